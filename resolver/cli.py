@@ -1,0 +1,190 @@
+"""The `resolver` command: demo, run, generate, evaluate.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad usage or configuration, 3 unusable input
+(the message names the file, row and field), 4 an evaluation below a --min-* threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from resolver import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INPUT, EXIT_QUALITY = 0, 1, 2, 3, 4
+
+
+def _console(args) -> Console:
+    return Console(stderr=True, quiet=getattr(args, "quiet", False))
+
+
+def _run_pipeline(config, console: Console):
+    from resolver.pipeline import run
+
+    with console.status("resolving") as status:
+        return run(config, report=lambda stage: status.update(f"[bold]{stage}"))
+
+
+def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2) -> dict:
+    from resolver.synth import generate
+
+    with Progress(
+        TextColumn("generating"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} people"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("generate", total=people)
+        return generate(out, people, seed=seed, workers=workers, progress=lambda n: progress.update(task, completed=n))
+
+
+def _summary_table(summary: dict, metrics: dict | None) -> Table:
+    table = Table(title="resolver run", show_header=True, header_style="bold")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = summary["rows"]
+    table.add_row("rows read", f"{rows['read']:,}")
+    table.add_row("rows resolved / rejected", f"{rows['resolved']:,} / {rows['rejected']:,}")
+    table.add_row("every row accounted for", "yes" if rows["accounted"] else "NO")
+    table.add_row("events collapsed", f"{summary['events']:,}")
+    table.add_row("persons (known / anonymous)", f"{summary['persons']['known']:,} / {summary['persons']['anonymous']:,}")
+    for action, count in sorted(summary["policy_actions"].items()):
+        table.add_row(f"policy: {action}", f"{count:,}")
+    table.add_row("wall time", f"{summary['seconds']:.2f} s")
+    if metrics:
+        for scope in ("records", "events"):
+            if scope in metrics:
+                m = metrics[scope]
+                table.add_row(
+                    f"{scope}: pairwise P / R / F1",
+                    f"{m['pairwise_precision']:.4f} / {m['pairwise_recall']:.4f} / {m['pairwise_f1']:.4f}",
+                )
+                table.add_row(
+                    f"{scope}: B-cubed P / R / F1",
+                    f"{m['bcubed_precision']:.4f} / {m['bcubed_recall']:.4f} / {m['bcubed_f1']:.4f}",
+                )
+                table.add_row(
+                    f"{scope}: over-merged persons / split true persons",
+                    f"{m['overmerged_clusters']:,} / {m['split_true_persons']:,}",
+                )
+    return table
+
+
+def cmd_generate(args) -> int:
+    console = _console(args)
+    start = time.perf_counter()
+    manifest = _generate(Path(args.out), args.people, args.seed, console, workers=args.workers)
+    console.print(
+        f"wrote {manifest.get('contacts', 0):,} contacts, {manifest.get('leads', 0):,} leads, "
+        f"{manifest.get('events', 0):,} events to {args.out} in {time.perf_counter() - start:.1f} s; "
+        f"config: {Path(args.out) / 'resolver.yaml'}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from resolver.config import load_config
+
+    console = _console(args)
+    config = load_config(args.config)
+    if args.out:
+        config.run.output_dir = str(Path(args.out).resolve())
+    if args.no_guards:
+        config.identity.guards = False
+    res = _run_pipeline(config, console)
+    console.print(_summary_table(res.summary, None))
+    console.print(f"outputs: {config.output_path()}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from resolver.config import load_config
+    from resolver.evaluate import evaluate_outputs
+
+    config = load_config(args.config)
+    out_dir = Path(args.out) if args.out else config.output_path()
+    metrics = evaluate_outputs(out_dir, Path(args.truth), config)
+    print(json.dumps(metrics, indent=2))
+    if args.min_precision is not None and metrics["records"]["pairwise_precision"] < args.min_precision:
+        return EXIT_QUALITY
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from resolver.config import load_config
+    from resolver.evaluate import evaluate_outputs
+
+    console = _console(args)
+    base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="resolver-demo-"))
+    _generate(base, args.people, args.seed, console)
+    config = load_config(base / "resolver.yaml")
+    res = _run_pipeline(config, console)
+    metrics = evaluate_outputs(config.output_path(), base / "truth", config)
+    Console(quiet=args.quiet).print(_summary_table(res.summary, metrics))
+    console.print(f"data: {base}  outputs: {config.output_path()}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resolver", description="Customer identity resolution for CRM and CDP data.")
+    parser.add_argument("--version", action="version", version=f"resolver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+        return p
+
+    demo = common(sub.add_parser("demo", help="generate a small dataset, resolve it, evaluate it"))
+    demo.add_argument("--people", type=int, default=5000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--out", help="folder for the generated data and outputs (default: a new temp folder)")
+    demo.set_defaults(func=cmd_demo)
+
+    run = common(sub.add_parser("run", help="resolve the sources in a config"))
+    run.add_argument("--config", required=True)
+    run.add_argument("--out", help="output folder (overrides run.output_dir)")
+    run.add_argument("--no-guards", action="store_true", help="switch off identifier limits and hub caps")
+    run.set_defaults(func=cmd_run)
+
+    gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data with ground truth"))
+    gen.add_argument("--people", type=int, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--workers", type=int, default=2)
+    gen.set_defaults(func=cmd_generate)
+
+    ev = common(sub.add_parser("evaluate", help="score a run's outputs against a truth folder"))
+    ev.add_argument("--config", required=True)
+    ev.add_argument("--truth", required=True, help="truth folder written by `resolver generate`")
+    ev.add_argument("--out", help="outputs to score (default: the config's output_dir)")
+    ev.add_argument("--min-precision", type=float, help="exit 4 when record pairwise precision is lower")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resolver.config import ConfigError
+    from resolver.io.readers import InputError
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        return EXIT_CONFIG
+    except InputError as exc:
+        console.print(f"[red]input error:[/red] {exc}", highlight=False)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Deterministic identity graph with the guards CDPs use against over-merging.
+
+Nodes are records (0..n_records-1) followed by identifier values. Edges say "record holds this
+identifier", "these identifiers were seen together in an event" or "a source system says these are
+the same" (explicit links: Salesforce merges, lead conversions, Segment alias). The policy:
+
+1. Hub caps: an identifier value linked to more records or strong identifiers of other types than
+   its type's `hub_cap` (a kiosk device, a carrier NAT IP, a family phone) stops being evidence.
+2. Non-evidence types (e.g. IP) are kept as observations but never link anything.
+3. Limits: a person holds at most `limit` distinct values of a type (`limit: 1` makes a unique
+   namespace). Components that break a limit are rebuilt greedily, strongest evidence first
+   (explicit links, then by type priority, then by how often the edge was seen); an edge that
+   would break a limit is cut instead of merging, and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from resolver.cluster import connected_components
+from resolver.config import IdentityConfig
+
+ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
+
+
+@dataclass
+class GraphResult:
+    labels: np.ndarray  # component label per node (records first, then identifiers)
+    edge_status: np.ndarray  # per edge: linked | hub | observed | cut
+    hub: np.ndarray  # per identifier node: True when it was capped as a hub
+    degree: np.ndarray  # per identifier node: records + strong identifiers of other types it links
+    actions: pd.DataFrame  # ACTION_COLUMNS
+
+
+def _type_table(identity: IdentityConfig, type_names: list[str]) -> pd.DataFrame:
+    rows = []
+    for name in type_names:
+        spec = identity.types[name]
+        rows.append(
+            {
+                "priority": spec.priority,
+                "limit": spec.limit if spec.limit is not None else 0,
+                "hub_cap": spec.hub_cap if spec.hub_cap is not None else 0,
+                "strong": spec.strong,
+                "evidence": spec.evidence,
+            }
+        )
+    return pd.DataFrame(rows, index=type_names)
+
+
+def identifier_degree(
+    n_records: int, node_type: np.ndarray, strong_type: np.ndarray, src: np.ndarray, dst: np.ndarray
+) -> np.ndarray:
+    """Per identifier node: distinct neighbours that are records or strong identifiers of another type.
+
+    `node_type` holds a type code per identifier node; `strong_type` says per type code whether
+    that type counts. Edges are assumed distinct.
+    """
+    n_ids = len(node_type)
+    a = np.concatenate([src, dst])
+    b = np.concatenate([dst, src])
+    is_id = a >= n_records
+    a, b = a[is_id], b[is_id]
+    b_is_record = b < n_records
+    b_type = np.where(b_is_record, -1, node_type[np.maximum(b - n_records, 0)])
+    counts = b_is_record | (strong_type[np.maximum(b_type, 0)] & (b_type != node_type[a - n_records]))
+    return np.bincount(a[counts] - n_records, minlength=n_ids).astype(np.int64)
+
+
+def _limit_violations(
+    labels: np.ndarray, node_type: np.ndarray, alias: np.ndarray, n_records: int, limits: np.ndarray
+) -> np.ndarray:
+    """Component labels in which some type holds more distinct values than its limit."""
+    limited = limits[node_type] > 0
+    frame = pd.DataFrame(
+        {
+            "label": labels[n_records:][limited],
+            "type": node_type[limited],
+            "alias": alias[limited],
+        }
+    ).drop_duplicates()
+    per_component = frame.groupby(["label", "type"], sort=False).size().reset_index(name="n")
+    over = per_component["n"].to_numpy() > limits[per_component["type"].to_numpy()]
+    return np.unique(per_component["label"].to_numpy()[over])
+
+
+def _greedy_rebuild(
+    edge_index: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    explicit: np.ndarray,
+    n_records: int,
+    node_type: np.ndarray,
+    alias: np.ndarray,
+    limits: np.ndarray,
+) -> list[tuple[int, int]]:
+    """Union edges in the given (already sorted) order; return (edge, type) for edges cut by a limit.
+
+    Runs only over components that break a limit, which are few and small next to the whole graph.
+    """
+    parent: dict[int, int] = {}
+    held: dict[int, dict[int, set[int]]] = {}
+
+    def find(node: int) -> int:
+        root = node
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(node, node) != root:  # path compression
+            parent[node], node = root, parent[node]
+        return root
+
+    def values_of(root: int) -> dict[int, set[int]]:
+        if root not in held:
+            held[root] = {}
+            if root >= n_records:
+                t = int(node_type[root - n_records])
+                if limits[t] > 0:
+                    held[root][t] = {int(alias[root - n_records])}
+        return held[root]
+
+    cuts: list[tuple[int, int]] = []
+    for e in edge_index.tolist():
+        ra, rb = find(int(src[e])), find(int(dst[e]))
+        if ra == rb:
+            continue
+        va, vb = values_of(ra), values_of(rb)
+        broken = next(
+            (t for t in set(va) | set(vb) if len(va.get(t, set()) | vb.get(t, set())) > limits[t]), None
+        )
+        if broken is not None and not explicit[e]:
+            cuts.append((e, broken))
+            continue
+        if len(va) < len(vb):
+            ra, rb, va, vb = rb, ra, vb, va
+        parent[rb] = ra
+        for t, values in vb.items():
+            va.setdefault(t, set()).update(values)
+        held.pop(rb, None)
+    return cuts
+
+
+def resolve_graph(
+    n_records: int,
+    nodes: pd.DataFrame,
+    edges: pd.DataFrame,
+    identity: IdentityConfig,
+) -> GraphResult:
+    """Apply the identity policy to the graph and return its components.
+
+    nodes: one row per identifier node, in node order: id_type, value, alias (int; equal for values
+    that an explicit same-type link declared to be one, e.g. a merged Salesforce id and its master).
+    edges: src, dst (node numbers), id_type (type whose priority ranks the edge), explicit (bool),
+    count (how often seen), first_seen.
+    """
+    type_names = list(identity.types)
+    types = _type_table(identity, type_names)
+    node_type = pd.Categorical(nodes["id_type"], categories=type_names).codes.astype(np.int64)
+    if (node_type < 0).any():
+        raise ValueError("identifier nodes of undeclared types")
+    edge_type = pd.Categorical(edges["id_type"], categories=type_names).codes.astype(np.int64)
+    src = edges["src"].to_numpy(np.int64)
+    dst = edges["dst"].to_numpy(np.int64)
+    explicit = edges["explicit"].to_numpy(bool)
+    alias = nodes["alias"].to_numpy(np.int64)
+    n_nodes = n_records + len(nodes)
+
+    evidence = types["evidence"].to_numpy(bool)
+    node_is_evidence = np.concatenate([np.ones(n_records, bool), evidence[node_type]])
+    status = np.where(node_is_evidence[src] & node_is_evidence[dst], "linked", "observed").astype(object)
+
+    linking = status == "linked"
+    degree = identifier_degree(
+        n_records, node_type, types["strong"].to_numpy(bool), src[linking], dst[linking]
+    )
+    caps = types["hub_cap"].to_numpy(np.int64)[node_type]
+    hub = (caps > 0) & (degree > caps) & identity.guards
+    node_is_hub = np.concatenate([np.zeros(n_records, bool), hub])
+    status[linking & (node_is_hub[src] | node_is_hub[dst])] = "hub"
+
+    actions = [_hub_actions(nodes, degree, caps, hub)]
+    linking = status == "linked"
+    labels = connected_components(n_nodes, src[linking], dst[linking])
+
+    limits = types["limit"].to_numpy(np.int64) if identity.guards else np.zeros(len(types), np.int64)
+    broken = _limit_violations(labels, node_type, alias, n_records, limits)
+    if len(broken):
+        in_broken = np.zeros(labels.max() + 1, dtype=bool)
+        in_broken[broken] = True
+        candidates = np.flatnonzero(linking & in_broken[labels[src]])
+        order = np.lexsort(
+            (
+                dst[candidates],
+                src[candidates],
+                edges["first_seen"].to_numpy("datetime64[ns]").astype(np.int64)[candidates],
+                -edges["count"].to_numpy(np.int64)[candidates],
+                types["priority"].to_numpy(np.int64)[edge_type[candidates]],
+                ~explicit[candidates],
+            )
+        )
+        cuts = _greedy_rebuild(
+            candidates[order], src, dst, explicit, n_records, node_type, alias, limits
+        )
+        if cuts:
+            cut_edges = np.array([e for e, _ in cuts], dtype=np.int64)
+            status[cut_edges] = "cut"
+            actions.append(_cut_actions(nodes, edges, cuts, type_names, limits, n_records))
+            linking = status == "linked"
+            labels = connected_components(n_nodes, src[linking], dst[linking])
+
+    return GraphResult(
+        labels=labels,
+        edge_status=status.astype(str),
+        hub=hub,
+        degree=degree,
+        actions=pd.concat(actions, ignore_index=True) if actions else empty_actions(),
+    )
+
+
+def empty_actions() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c == "count" else "str") for c in ACTION_COLUMNS})
+
+
+def _hub_actions(nodes: pd.DataFrame, degree: np.ndarray, caps: np.ndarray, hub: np.ndarray) -> pd.DataFrame:
+    if not hub.any():
+        return empty_actions()
+    picked = nodes[hub]
+    return pd.DataFrame(
+        {
+            "action": "hub_capped",
+            "source": pd.NA,
+            "id_type": picked["id_type"].astype(str).to_numpy(),
+            "value": picked["value"].to_numpy(),
+            "reason": [
+                f"linked to {d} records or strong identifiers (cap {c}); no longer evidence"
+                for d, c in zip(degree[hub].tolist(), caps[hub].tolist())
+            ],
+            "count": degree[hub],
+        }
+    )
+
+
+def _cut_actions(
+    nodes: pd.DataFrame,
+    edges: pd.DataFrame,
+    cuts: list[tuple[int, int]],
+    type_names: list[str],
+    limits: np.ndarray,
+    n_records: int,
+) -> pd.DataFrame:
+    rows = []
+    values = nodes["value"].to_numpy()
+    node_types = nodes["id_type"].astype(str).to_numpy()
+    for e, t in cuts:
+        row = edges.iloc[e]
+        ends = [int(row["src"]), int(row["dst"])]
+        ident = [n for n in ends if n >= n_records]
+        shown = ident[-1] if ident else ends[-1]
+        rows.append(
+            {
+                "action": "limit_cut",
+                "source": row.get("source", pd.NA),
+                "id_type": node_types[shown - n_records] if shown >= n_records else str(row["id_type"]),
+                "value": values[shown - n_records] if shown >= n_records else pd.NA,
+                "reason": (
+                    f"linking would give one person more than {int(limits[t])} {type_names[t]} "
+                    f"value(s); {row['id_type']} edge cut"
+                ),
+                "count": int(row["count"]),
+            }
+        )
+    return pd.DataFrame(rows, columns=ACTION_COLUMNS)

@@ -1,0 +1,53 @@
+"""Outputs: Parquet tables plus run_summary.json, written atomically.
+
+Everything is written into a fresh sibling folder first and swapped into place only when complete,
+so a run that fails half way leaves the previous outputs untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+OUTPUT_TABLES = {
+    "identity_map": "identity_map.parquet",
+    "identifier_map": "identifier_map.parquet",
+    "persons": "persons.parquet",
+    "policy_actions": "policy_actions.parquet",
+    "rejects": "rejects.parquet",
+}
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    frame.reset_index(drop=True).to_parquet(path, index=False)
+
+
+def write_outputs(out_dir: Path, resolution) -> None:
+    """Write every output table and the summary; replace `out_dir` only once all are written."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for attr, filename in OUTPUT_TABLES.items():
+            _write_table(getattr(resolution, attr), staging / filename)
+        (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out_dir, retired)
+    os.replace(staging, out_dir)
+    shutil.rmtree(retired, ignore_errors=True)

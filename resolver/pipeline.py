@@ -1,0 +1,355 @@
+"""The deterministic pipeline, top to bottom: read -> normalize/ingest -> graph -> cluster -> outputs.
+
+Each stage is a plain function over tables; `run` wires them together, times each stage and
+accounts for every input row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import psutil
+
+from resolver import __version__
+from resolver.cluster import person_ids
+from resolver.config import Config
+from resolver.graph import ACTION_COLUMNS, resolve_graph
+from resolver.ingest import SourceTables, ingest_source
+from resolver.io.readers import REJECT_COLUMNS, read_source
+from resolver.io.writers import write_outputs
+from resolver.normalize import Blocklist, hash_identifiers
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class StageLog:
+    stages: list[dict] = field(default_factory=list)
+    report: Reporter | None = None
+
+    @contextmanager
+    def stage(self, name: str, rows_in: int | None = None):
+        entry = {"stage": name, "rows_in": rows_in, "rows_out": None}
+        if self.report:
+            self.report(name)
+        start = time.perf_counter()
+        yield entry
+        entry["seconds"] = round(time.perf_counter() - start, 4)
+        entry["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        self.stages.append(entry)
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:  # pragma: no cover - not on Linux
+        return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclass
+class Resolution:
+    records: pd.DataFrame
+    identity_map: pd.DataFrame
+    identifier_map: pd.DataFrame
+    persons: pd.DataFrame
+    policy_actions: pd.DataFrame
+    rejects: pd.DataFrame
+    summary: dict
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def ingest_all(config: Config, log: StageLog) -> list[SourceTables]:
+    blocklist = Blocklist.from_config(
+        config.identity.blocklist.values, config.identity.blocklist.patterns, config.identity.blocklist.vendor_lists
+    )
+    out = []
+    for source in config.sources:
+        with log.stage(f"read:{source.name}") as entry:
+            raw = read_source(config, source)
+            entry["rows_out"] = raw.rows_read
+        with log.stage(f"normalize:{source.name}", rows_in=raw.rows_read) as entry:
+            tables = ingest_source(config, source, raw, blocklist)
+            entry["rows_out"] = len(tables.records) if tables.records is not None else tables.events
+        out.append(tables)
+    return out
+
+
+def _identifier_nodes(parts: list[SourceTables], records: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct identifier value, sorted by hash so node numbers are deterministic."""
+    from_records = observations.assign(ts=records["timestamp"].to_numpy()[observations["record_id"].to_numpy()])
+    rec = from_records.groupby("hash", sort=False).agg(
+        id_type=("id_type", "first"),
+        value=("value", "first"),
+        records=("record_id", "nunique"),
+        rec_first=("ts", "min"),
+        rec_last=("ts", "max"),
+    )
+    event_nodes = [p.event_nodes for p in parts if p.event_nodes is not None and len(p.event_nodes)]
+    anchors = [p.anchor_counts for p in parts if p.anchor_counts is not None and len(p.anchor_counts)]
+    if event_nodes:
+        ev = pd.concat(event_nodes).groupby("hash", sort=False).agg(
+            id_type=("id_type", "first"),
+            value=("value", "first"),
+            events=("events", "sum"),
+            ev_first=("first_seen", "min"),
+            ev_last=("last_seen", "max"),
+        )
+    else:
+        ev = pd.DataFrame(columns=["id_type", "value", "events", "ev_first", "ev_last"]).rename_axis("hash")
+    nodes = rec.join(ev, how="outer", lsuffix="", rsuffix="_ev")
+    nodes["id_type"] = nodes["id_type"].fillna(nodes["id_type_ev"])
+    nodes["value"] = nodes["value"].fillna(nodes["value_ev"])
+    nodes["records"] = nodes["records"].fillna(0).astype(np.int64)
+    nodes["events"] = nodes["events"].fillna(0).astype(np.int64)
+    anchored = pd.concat(anchors).groupby(level=0).sum() if anchors else pd.Series(dtype=np.int64)
+    nodes["anchored_events"] = anchored.reindex(nodes.index).fillna(0).astype(np.int64).to_numpy()
+    nodes["first_seen"] = nodes[["rec_first", "ev_first"]].min(axis=1)
+    nodes["last_seen"] = nodes[["rec_last", "ev_last"]].max(axis=1)
+    nodes = nodes.sort_index()
+    nodes.index = nodes.index.astype("uint64")
+    return nodes.reset_index()[
+        ["hash", "id_type", "value", "records", "events", "anchored_events", "first_seen", "last_seen"]
+    ]
+
+
+def _alias_groups(nodes: pd.DataFrame, observations: pd.DataFrame, node_of) -> np.ndarray:
+    """Values an explicit same-type link declares equal (merged Salesforce ids) share an alias group."""
+    from resolver.cluster import connected_components
+
+    keys = observations[observations["is_key"]][["record_id", "id_type", "hash"]]
+    links = observations[observations["explicit"]][["record_id", "id_type", "hash"]]
+    pairs = keys.merge(links, on=["record_id", "id_type"], suffixes=("_a", "_b"))
+    a = node_of(pairs["hash_a"].to_numpy())
+    b = node_of(pairs["hash_b"].to_numpy())
+    return connected_components(len(nodes), a, b)
+
+
+def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Records, identifier nodes and edges (node numbers: records first, then identifiers)."""
+    record_parts = [p for p in parts if p.records is not None]
+    offsets = np.cumsum([0] + [len(p.records) for p in record_parts])
+    records = _concat([p.records for p in record_parts], list(record_parts[0].records.columns) if record_parts else [])
+    records.insert(0, "record_id", np.arange(len(records), dtype=np.int64))
+    observations = _concat(
+        [p.observations.assign(record_id=p.observations["record_pos"] + off) for p, off in zip(record_parts, offsets)],
+        ["record_id", "id_type", "hash", "value", "rule", "explicit", "is_key"],
+    )
+    nodes = _identifier_nodes(parts, records, observations)
+    n_records = len(records)
+    node_hashes = nodes["hash"].to_numpy(np.uint64)
+
+    def node_of(hashes: np.ndarray) -> np.ndarray:
+        return n_records + np.searchsorted(node_hashes, np.asarray(hashes, dtype=np.uint64))
+
+    nodes["alias"] = _alias_groups(nodes, observations, lambda h: node_of(h) - n_records)
+
+    record_edges = pd.DataFrame(
+        {
+            "src": observations["record_id"].to_numpy(np.int64),
+            "dst": node_of(observations["hash"].to_numpy()),
+            "id_type": observations["id_type"].to_numpy(),
+            "rule": observations["rule"].to_numpy(),
+            "explicit": observations["explicit"].to_numpy(bool),
+            "count": 1,
+            "first_seen": records["timestamp"].to_numpy()[observations["record_id"].to_numpy()],
+        }
+    )
+    event_edges = [p.event_edges for p in parts if p.event_edges is not None and len(p.event_edges)]
+    if event_edges:
+        ev = pd.concat(event_edges, ignore_index=True)
+        if len(event_edges) > 1:
+            ev = ev.groupby(["a", "b", "rule"], sort=True).agg(
+                id_type=("id_type", "first"),
+                explicit=("explicit", "first"),
+                count=("count", "sum"),
+                first_seen=("first_seen", "min"),
+            ).reset_index()
+        ev = pd.DataFrame(
+            {
+                "src": node_of(ev["a"].to_numpy()),
+                "dst": node_of(ev["b"].to_numpy()),
+                "id_type": ev["id_type"].to_numpy(),
+                "rule": ev["rule"].to_numpy(),
+                "explicit": ev["explicit"].to_numpy(bool),
+                "count": ev["count"].to_numpy(np.int64),
+                "first_seen": ev["first_seen"].to_numpy(),
+            }
+        )
+        edges = pd.concat([record_edges, ev], ignore_index=True)
+    else:
+        edges = record_edges
+    # One edge per node pair; an explicit link wins over plain co-occurrence of the same pair.
+    lo = np.minimum(edges["src"].to_numpy(), edges["dst"].to_numpy())
+    hi = np.maximum(edges["src"].to_numpy(), edges["dst"].to_numpy())
+    edges = edges.assign(src=lo, dst=hi).sort_values(
+        ["src", "dst", "explicit", "count"], ascending=[True, True, False, False], kind="stable"
+    )
+    edges = edges.drop_duplicates(["src", "dst"]).reset_index(drop=True)
+    return records, nodes, edges
+
+
+def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
+    record_keys = np.zeros(len(records), dtype=np.uint64)
+    for source, idx in records.groupby("source", sort=False).indices.items():
+        record_keys[idx] = hash_identifiers(f"record:{source}", records["source_key"].iloc[idx].reset_index(drop=True))
+    return np.concatenate([record_keys, nodes["hash"].to_numpy(np.uint64)])
+
+
+def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, config: Config) -> np.ndarray:
+    """Per record, the strongest accepted edge that ties it to the rest of its person."""
+    n = len(records)
+    linked = edges[status == "linked"]
+    from_record = linked[linked["src"] < n]
+    is_rule = from_record["rule"].to_numpy() != "identifier"
+    label = np.where(is_rule, from_record["rule"].to_numpy(), from_record["id_type"].to_numpy())
+    type_priority = pd.Series({t: s.priority for t, s in config.identity.types.items()})
+    priority = np.where(is_rule, -1, from_record["id_type"].map(type_priority).to_numpy(np.int64))
+    best = pd.DataFrame({"record": from_record["src"].to_numpy(), "p": priority, "label": label}).sort_values(
+        ["record", "p", "label"], kind="stable"
+    ).drop_duplicates("record")
+    out = np.full(n, "singleton", dtype=object)
+    out[best["record"].to_numpy()] = best["label"].to_numpy()
+    return out
+
+
+def resolve(config: Config, parts: list[SourceTables], log: StageLog) -> Resolution:
+    with log.stage("graph:build") as entry:
+        records, nodes, edges = build_graph(parts)
+        entry["rows_out"] = len(edges)
+    n_records = len(records)
+    with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
+        result = resolve_graph(n_records, nodes, edges, config.identity)
+        entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
+
+    with log.stage("persons", rows_in=len(result.labels)) as entry:
+        labels = result.labels
+        active = ~records["is_deleted"].to_numpy()
+        node_is_hub = result.hub
+        evidence_types = {t for t, s in config.identity.types.items() if s.evidence}
+        node_evidence = nodes["id_type"].isin(evidence_types).to_numpy() & ~node_is_hub
+        is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
+        person_labels = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
+        person_labels[labels[is_person_member]] = True
+        pid = person_ids(labels, _member_keys(records, nodes))
+        pid = np.where(person_labels[labels], pid, None)
+
+        identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy()
+        identity_map["person_id"] = pid[:n_records]
+        identity_map["status"] = np.where(
+            active, "active", np.where(pd.notna(pid[:n_records]), "merged", "deleted")
+        )
+        identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, config)
+
+        node_status = np.where(
+            node_is_hub,
+            "hub",
+            np.where(~nodes["id_type"].isin(evidence_types).to_numpy(), "observed", np.where(pd.notna(pid[n_records:]), "linked", "orphan")),
+        )
+        identifier_map = nodes[["id_type", "value", "hash", "records", "events", "first_seen", "last_seen"]].copy()
+        identifier_map["person_id"] = np.where(node_status == "linked", pid[n_records:], None)
+        identifier_map["status"] = node_status
+        identifier_map["degree"] = result.degree
+
+        persons = _persons(identity_map, identifier_map, nodes)
+        entry["rows_out"] = len(persons)
+
+    rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
+    actions = _concat([a for p in parts for a in p.actions] + [result.actions], ACTION_COLUMNS)
+    return Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={})
+
+
+def _persons(identity_map: pd.DataFrame, identifier_map: pd.DataFrame, nodes: pd.DataFrame) -> pd.DataFrame:
+    linked = identifier_map["status"].to_numpy() == "linked"
+    ids = pd.DataFrame(
+        {
+            "person_id": identifier_map["person_id"].to_numpy()[linked],
+            "events": nodes["anchored_events"].to_numpy()[linked],
+            "first_seen": identifier_map["first_seen"].to_numpy()[linked],
+            "last_seen": identifier_map["last_seen"].to_numpy()[linked],
+        }
+    ).groupby("person_id").agg(
+        identifiers=("events", "size"), events=("events", "sum"), first_seen=("first_seen", "min"), last_seen=("last_seen", "max")
+    )
+    recs = identity_map[identity_map["person_id"].notna()]
+    by_person = recs.groupby("person_id").agg(records=("record_id", "size"), sources=("source", "nunique"))
+    persons = ids.join(by_person, how="outer")
+    persons["records"] = persons["records"].fillna(0).astype(np.int64)
+    persons["sources"] = persons["sources"].fillna(0).astype(np.int64)
+    persons["identifiers"] = persons["identifiers"].fillna(0).astype(np.int64)
+    persons["events"] = persons["events"].fillna(0).astype(np.int64)
+    persons["is_anonymous"] = persons["records"] == 0
+    return persons.sort_index().reset_index()[
+        ["person_id", "records", "sources", "identifiers", "events", "is_anonymous", "first_seen", "last_seen"]
+    ]
+
+
+def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: StageLog, run_id: str, started: datetime) -> dict:
+    per_source = {}
+    for p in parts:
+        rejected = int((res.rejects["source"] == p.name).sum())
+        resolved = len(p.records) if p.records is not None else p.events
+        per_source[p.name] = {
+            "rows_read": p.rows_read,
+            "resolved": resolved,
+            "rejected": rejected,
+            "accounted": p.rows_read == resolved + rejected,
+        }
+    read = sum(s["rows_read"] for s in per_source.values())
+    resolved = sum(s["resolved"] for s in per_source.values())
+    rejected = sum(s["rejected"] for s in per_source.values())
+    status_counts = res.identity_map["status"].value_counts().to_dict()
+    sizes = res.persons["records"] if len(res.persons) else pd.Series(dtype=int)
+    return {
+        "run_id": run_id,
+        "resolver_version": __version__,
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "guards": config.identity.guards,
+        "rows": {"read": read, "resolved": resolved, "rejected": rejected, "accounted": read == resolved + rejected},
+        "sources": per_source,
+        "records": {k: int(v) for k, v in status_counts.items()},
+        "events": int(sum(p.events for p in parts)),
+        "persons": {
+            "total": len(res.persons),
+            "known": int((~res.persons["is_anonymous"]).sum()) if len(res.persons) else 0,
+            "anonymous": int(res.persons["is_anonymous"].sum()) if len(res.persons) else 0,
+            "largest_by_records": int(sizes.max()) if len(sizes) else 0,
+        },
+        "identifiers": {k: int(v) for k, v in res.identifier_map["status"].value_counts().to_dict().items()},
+        "policy_actions": {k: int(v) for k, v in res.policy_actions["action"].value_counts().to_dict().items()},
+        "stages": log.stages,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+
+
+def run(config: Config, report: Reporter | None = None, write: bool = True) -> Resolution:
+    """Resolve the configured sources and (by default) write the outputs atomically."""
+    started = datetime.now(timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    log = StageLog(report=report)
+    wall = time.perf_counter()
+    parts = ingest_all(config, log)
+    res = resolve(config, parts, log)
+    res.summary = _summary(config, parts, res, log, run_id, started)
+    res.summary["seconds"] = round(time.perf_counter() - wall, 3)
+    if write:
+        res.summary["output_dir"] = str(config.output_path())
+        write_outputs(config.output_path(), res)
+    return res
+
+
