@@ -94,6 +94,9 @@ class IdentifierType(_Strict):
     hub_cap: int | None = None
     strong: bool = False
     evidence: bool = True
+    # When an edge of this type is what would join two groups, the joined group may hold at most
+    # this many values of the named types (e.g. a phone may not join two different emails).
+    link_limits: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("limit", "hub_cap")
     @classmethod
@@ -119,6 +122,14 @@ class IdentityConfig(_Strict):
     blocklist: BlocklistConfig = Field(default_factory=BlocklistConfig)
     email: EmailOptions = Field(default_factory=EmailOptions)
     guards: bool = True  # False switches off limits and hub caps (blocked values still apply)
+
+    @model_validator(mode="after")
+    def _link_limits_name_known_types(self) -> "IdentityConfig":
+        for name, spec in self.types.items():
+            unknown = sorted(set(spec.link_limits) - set(self.types))
+            if unknown:
+                raise ValueError(f"types.{name}.link_limits names undeclared types {unknown}")
+        return self
 
 
 class RunOptions(_Strict):

@@ -70,21 +70,56 @@ def identifier_degree(
     return np.bincount(a[counts] - n_records, minlength=n_ids).astype(np.int64)
 
 
+UNLIMITED = np.iinfo(np.int64).max
+
+
+def limit_matrix(identity: IdentityConfig, type_names: list[str]) -> np.ndarray:
+    """limits[t, u]: most values of type u a group may hold when an edge of type t joins it.
+
+    Row t is the global `limit` of every type, tightened by type t's `link_limits`.
+    """
+    n = len(type_names)
+    if not identity.guards:
+        return np.full((n, n), UNLIMITED, dtype=np.int64)
+    base = np.array(
+        [identity.types[u].limit or UNLIMITED for u in type_names], dtype=np.int64
+    )
+    limits = np.tile(base, (n, 1))
+    for t, name in enumerate(type_names):
+        for other, cap in identity.types[name].link_limits.items():
+            u = type_names.index(other)
+            limits[t, u] = min(limits[t, u], cap)
+    return limits
+
+
 def _limit_violations(
-    labels: np.ndarray, node_type: np.ndarray, alias: np.ndarray, n_records: int, limits: np.ndarray
+    labels: np.ndarray,
+    node_type: np.ndarray,
+    alias: np.ndarray,
+    n_records: int,
+    limits: np.ndarray,
+    linking_edge_types: np.ndarray,
+    linking_edge_labels: np.ndarray,
 ) -> np.ndarray:
-    """Component labels in which some type holds more distinct values than its limit."""
-    limited = limits[node_type] > 0
-    frame = pd.DataFrame(
-        {
-            "label": labels[n_records:][limited],
-            "type": node_type[limited],
-            "alias": alias[limited],
-        }
-    ).drop_duplicates()
-    per_component = frame.groupby(["label", "type"], sort=False).size().reset_index(name="n")
-    over = per_component["n"].to_numpy() > limits[per_component["type"].to_numpy()]
-    return np.unique(per_component["label"].to_numpy()[over])
+    """Component labels where some type holds more distinct values than a limit allows.
+
+    A component breaks a link limit when it holds an edge of type t and more values of type u
+    than limits[t, u]; global limits are the same test with the loosest row.
+    """
+    tracked = (limits < UNLIMITED).any(axis=0)
+    keep = tracked[node_type]
+    held = (
+        pd.DataFrame({"label": labels[n_records:][keep], "type": node_type[keep], "alias": alias[keep]})
+        .drop_duplicates()
+        .groupby(["label", "type"], sort=False)
+        .size()
+        .reset_index(name="n")
+    )
+    # Which edge types each component contains (global limits apply whatever the edge type).
+    edge_kinds = pd.DataFrame({"label": linking_edge_labels, "etype": linking_edge_types}).drop_duplicates()
+    strictest = edge_kinds.merge(held, on="label")
+    over = strictest["n"].to_numpy() > limits[strictest["etype"].to_numpy(), strictest["type"].to_numpy()]
+    return np.unique(strictest["label"].to_numpy()[over])
 
 
 def _greedy_rebuild(
@@ -92,6 +127,7 @@ def _greedy_rebuild(
     src: np.ndarray,
     dst: np.ndarray,
     explicit: np.ndarray,
+    edge_type: np.ndarray,
     n_records: int,
     node_type: np.ndarray,
     alias: np.ndarray,
@@ -112,12 +148,14 @@ def _greedy_rebuild(
             parent[node], node = root, parent[node]
         return root
 
+    tracked = (limits < UNLIMITED).any(axis=0)
+
     def values_of(root: int) -> dict[int, set[int]]:
         if root not in held:
             held[root] = {}
             if root >= n_records:
                 t = int(node_type[root - n_records])
-                if limits[t] > 0:
+                if tracked[t]:
                     held[root][t] = {int(alias[root - n_records])}
         return held[root]
 
@@ -127,8 +165,9 @@ def _greedy_rebuild(
         if ra == rb:
             continue
         va, vb = values_of(ra), values_of(rb)
+        row = limits[edge_type[e]]
         broken = next(
-            (t for t in set(va) | set(vb) if len(va.get(t, set()) | vb.get(t, set())) > limits[t]), None
+            (t for t in sorted(set(va) | set(vb)) if len(va.get(t, set()) | vb.get(t, set())) > row[t]), None
         )
         if broken is not None and not explicit[e]:
             cuts.append((e, broken))
@@ -150,17 +189,16 @@ def resolve_graph(
 ) -> GraphResult:
     """Apply the identity policy to the graph and return its components.
 
-    nodes: one row per identifier node, in node order: id_type, value, alias (int; equal for values
-    that an explicit same-type link declared to be one, e.g. a merged Salesforce id and its master).
-    edges: src, dst (node numbers), id_type (type whose priority ranks the edge), explicit (bool),
-    count (how often seen), first_seen.
+    nodes: one row per identifier node, in node order: type (code: position in identity.types),
+    value, alias (int; equal for values that an explicit same-type link declared to be one, e.g. a
+    merged Salesforce id and its master).
+    edges: src, dst (node numbers), type (code of the type whose priority ranks the edge),
+    explicit (bool), count (how often seen), first_seen.
     """
     type_names = list(identity.types)
     types = _type_table(identity, type_names)
-    node_type = pd.Categorical(nodes["id_type"], categories=type_names).codes.astype(np.int64)
-    if (node_type < 0).any():
-        raise ValueError("identifier nodes of undeclared types")
-    edge_type = pd.Categorical(edges["id_type"], categories=type_names).codes.astype(np.int64)
+    node_type = nodes["type"].to_numpy(np.int64)
+    edge_type = edges["type"].to_numpy(np.int64)
     src = edges["src"].to_numpy(np.int64)
     dst = edges["dst"].to_numpy(np.int64)
     explicit = edges["explicit"].to_numpy(bool)
@@ -180,12 +218,14 @@ def resolve_graph(
     node_is_hub = np.concatenate([np.zeros(n_records, bool), hub])
     status[linking & (node_is_hub[src] | node_is_hub[dst])] = "hub"
 
-    actions = [_hub_actions(nodes, degree, caps, hub)]
+    actions = [_hub_actions(nodes, type_names, degree, caps, hub)]
     linking = status == "linked"
     labels = connected_components(n_nodes, src[linking], dst[linking])
 
-    limits = types["limit"].to_numpy(np.int64) if identity.guards else np.zeros(len(types), np.int64)
-    broken = _limit_violations(labels, node_type, alias, n_records, limits)
+    limits = limit_matrix(identity, type_names)
+    broken = _limit_violations(
+        labels, node_type, alias, n_records, limits, edge_type[linking], labels[src[linking]]
+    )
     if len(broken):
         in_broken = np.zeros(labels.max() + 1, dtype=bool)
         in_broken[broken] = True
@@ -201,12 +241,12 @@ def resolve_graph(
             )
         )
         cuts = _greedy_rebuild(
-            candidates[order], src, dst, explicit, n_records, node_type, alias, limits
+            candidates[order], src, dst, explicit, edge_type, n_records, node_type, alias, limits
         )
         if cuts:
             cut_edges = np.array([e for e, _ in cuts], dtype=np.int64)
             status[cut_edges] = "cut"
-            actions.append(_cut_actions(nodes, edges, cuts, type_names, limits, n_records))
+            actions.append(_cut_actions(nodes, edges, edge_type, cuts, type_names, limits, n_records))
             linking = status == "linked"
             labels = connected_components(n_nodes, src[linking], dst[linking])
 
@@ -223,7 +263,7 @@ def empty_actions() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c == "count" else "str") for c in ACTION_COLUMNS})
 
 
-def _hub_actions(nodes: pd.DataFrame, degree: np.ndarray, caps: np.ndarray, hub: np.ndarray) -> pd.DataFrame:
+def _hub_actions(nodes: pd.DataFrame, type_names: list[str], degree: np.ndarray, caps: np.ndarray, hub: np.ndarray) -> pd.DataFrame:
     if not hub.any():
         return empty_actions()
     picked = nodes[hub]
@@ -231,7 +271,7 @@ def _hub_actions(nodes: pd.DataFrame, degree: np.ndarray, caps: np.ndarray, hub:
         {
             "action": "hub_capped",
             "source": pd.NA,
-            "id_type": picked["id_type"].astype(str).to_numpy(),
+            "id_type": np.asarray(type_names, dtype=object)[picked["type"].to_numpy()],
             "value": picked["value"].to_numpy(),
             "reason": [
                 f"linked to {d} records or strong identifiers (cap {c}); no longer evidence"
@@ -245,6 +285,7 @@ def _hub_actions(nodes: pd.DataFrame, degree: np.ndarray, caps: np.ndarray, hub:
 def _cut_actions(
     nodes: pd.DataFrame,
     edges: pd.DataFrame,
+    edge_type: np.ndarray,
     cuts: list[tuple[int, int]],
     type_names: list[str],
     limits: np.ndarray,
@@ -252,21 +293,20 @@ def _cut_actions(
 ) -> pd.DataFrame:
     rows = []
     values = nodes["value"].to_numpy()
-    node_types = nodes["id_type"].astype(str).to_numpy()
+    node_types = nodes["type"].to_numpy()
     for e, t in cuts:
         row = edges.iloc[e]
-        ends = [int(row["src"]), int(row["dst"])]
-        ident = [n for n in ends if n >= n_records]
-        shown = ident[-1] if ident else ends[-1]
+        shown = max(int(row["src"]), int(row["dst"]))  # the identifier end (records come first)
+        edge_name = type_names[edge_type[e]]
         rows.append(
             {
                 "action": "limit_cut",
-                "source": row.get("source", pd.NA),
-                "id_type": node_types[shown - n_records] if shown >= n_records else str(row["id_type"]),
+                "source": pd.NA,
+                "id_type": type_names[node_types[shown - n_records]] if shown >= n_records else edge_name,
                 "value": values[shown - n_records] if shown >= n_records else pd.NA,
                 "reason": (
-                    f"linking would give one person more than {int(limits[t])} {type_names[t]} "
-                    f"value(s); {row['id_type']} edge cut"
+                    f"a {edge_name} link would give one person more than {int(limits[edge_type[e], t])} "
+                    f"{type_names[t]} value(s); link cut"
                 ),
                 "count": int(row["count"]),
             }

@@ -3,6 +3,9 @@
 Records keep one row each. Events do not survive this stage row by row: each event adds an edge
 from its anchor identifier (the strongest one it carries) to each other identifier it carries,
 and the edges are collapsed into distinct pairs with a count and first/last seen.
+
+Identifier columns are normalized, blocked and hashed once per distinct raw value, then spread
+back to the rows as 64-bit hashes: strings are only kept for the distinct values.
 """
 
 from __future__ import annotations
@@ -17,7 +20,42 @@ from resolver.graph import ACTION_COLUMNS
 from resolver.io.readers import REJECT_COLUMNS, SourceFrame
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier, normalize_name, normalize_trim
 
-TRUTHY = {"true", "1", "yes", "y", "t"}
+TRUTHY = ("true", "1", "yes", "y", "t")
+IDENTIFIER_RULE, COOCCURRENCE_RULE = "identifier", "cooccurrence"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Small integer codes for identifier types and link rules, fixed by the config."""
+
+    types: tuple[str, ...]
+    rules: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Vocabulary":
+        link_rules = sorted({link.rule for s in config.sources for link in s.links})
+        return cls(tuple(config.identity.types), (IDENTIFIER_RULE, COOCCURRENCE_RULE, *link_rules))
+
+    def type_code(self, name: str) -> int:
+        return self.types.index(name)
+
+    def rule_code(self, name: str) -> int:
+        return self.rules.index(name)
+
+
+@dataclass
+class IdentifierColumn:
+    """One identifier column, normalized, blocked and hashed."""
+
+    id_type: str
+    column: str
+    rule: str  # IDENTIFIER_RULE, or the explicit link rule that reads this column
+    hash: np.ndarray  # uint64 per row; 0 where missing, invalid or blocked
+    values: pd.DataFrame  # hash, value: the normalized text of each distinct hash
+
+    @property
+    def explicit(self) -> bool:
+        return self.rule != IDENTIFIER_RULE
 
 
 @dataclass
@@ -27,26 +65,18 @@ class SourceTables:
     name: str
     rows_read: int
     records: pd.DataFrame | None = None  # kind == records
-    observations: pd.DataFrame | None = None  # record_pos, id_type, hash, value, rule, explicit
-    event_edges: pd.DataFrame | None = None  # kind == events: a, b, id_type, rule, explicit, count, first/last
-    event_nodes: pd.DataFrame | None = None  # id_type, hash, value, events, first_seen, last_seen
+    observations: pd.DataFrame | None = None  # record_pos, type, hash, rule, explicit, is_key
+    event_edges: pd.DataFrame | None = None  # a, b, type, rule, explicit, count, first_seen
+    event_nodes: pd.DataFrame | None = None  # hash, type, events, anchored, first_seen, last_seen
+    values: list[pd.DataFrame] = field(default_factory=list)  # hash -> normalized value
     events: int = 0
-    anchor_counts: pd.Series | None = None  # events per anchor identifier hash
     rejects: list[pd.DataFrame] = field(default_factory=list)
     actions: list[pd.DataFrame] = field(default_factory=list)
 
 
-@dataclass
-class IdentifierColumn:
-    """One identifier type read from one or more columns, normalized, blocked and hashed."""
-
-    id_type: str
-    column: str
-    value: pd.Series  # normalized value or NA
-    hash: np.ndarray  # uint64, 0 where missing, invalid or blocked
-
-
-def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw) -> pd.DataFrame:
+def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw=None) -> pd.DataFrame:
+    if not mask.any():
+        return pd.DataFrame(columns=REJECT_COLUMNS)
     picked = frame[mask]
     return pd.DataFrame(
         {
@@ -55,28 +85,33 @@ def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | Non
             "row": picked["_row"].to_numpy(np.int64),
             "field": field if field else pd.NA,
             "reason": reason,
-            "raw": pd.Series(raw, dtype="str")[mask].str.slice(0, 200).to_numpy() if raw is not None else pd.NA,
+            "raw": raw[mask].astype("str").str.slice(0, 200).to_numpy() if raw is not None else pd.NA,
         },
         columns=REJECT_COLUMNS,
     )
 
 
-def _value_actions(
-    action: str, source: str, id_type: str, values: pd.Series, reasons: pd.Series
-) -> pd.DataFrame:
-    """One row per (value, reason) with how many rows carried it."""
+def _value_actions(action: str, source: str, id_type: str, values: pd.Series, reasons: pd.Series, counts: np.ndarray) -> pd.DataFrame:
+    """One row per (value, reason) with how many input rows carried it."""
     present = reasons.notna().to_numpy()
     if not present.any():
         return pd.DataFrame(columns=ACTION_COLUMNS)
-    counted = (
-        pd.DataFrame({"value": values[present].to_numpy(), "reason": reasons[present].to_numpy()})
-        .value_counts(dropna=False)
-        .reset_index(name="count")
+    frame = pd.DataFrame(
+        {"value": values.to_numpy()[present], "reason": reasons.to_numpy()[present], "count": counts[present]}
     )
-    counted.insert(0, "id_type", id_type)
-    counted.insert(0, "source", source)
-    counted.insert(0, "action", action)
-    return counted[ACTION_COLUMNS]
+    frame = frame.groupby(["value", "reason"], sort=True, dropna=False)["count"].sum().reset_index()
+    frame.insert(0, "id_type", id_type)
+    frame.insert(0, "source", source)
+    frame.insert(0, "action", action)
+    return frame[ACTION_COLUMNS]
+
+
+def spread(per_distinct: np.ndarray, codes: np.ndarray, missing) -> np.ndarray:
+    """Values computed per distinct value, back to one per row (codes from pd.factorize; -1 = NA)."""
+    out = np.full(len(codes), missing, dtype=per_distinct.dtype)
+    present = codes >= 0
+    out[present] = per_distinct[codes[present]]
+    return out
 
 
 def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -87,76 +122,83 @@ def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     return result
 
 
-def read_identifiers(
-    config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list
-) -> list[IdentifierColumn]:
-    """Normalize, block and hash every identifier column (each column kept separately)."""
-    out = []
-    mapped = [(t, c, "identifier") for t, cols in source.identifier_columns().items() for c in cols]
+def identifier_column(
+    config: Config, source: SourceConfig, id_type: str, column: str, rule: str, raw: pd.Series,
+    blocklist: Blocklist, actions: list,
+) -> IdentifierColumn:
+    """Normalize, block and hash one column, working on its distinct values only."""
+    codes, uniques = pd.factorize(raw, use_na_sentinel=True)
+    distinct = pd.Series(uniques, dtype="str")
+    counts = np.bincount(codes[codes >= 0], minlength=len(distinct))
+    spec = config.identity.types[id_type]
+    normalized, reason = normalize_identifier(
+        spec.normalizer, distinct, default_region=config.run.default_region,
+        email_options=config.identity.email.model_dump(),
+    )
+    actions.append(_value_actions("invalid", source.name, id_type, distinct, reason, counts))
+    blocked = blocklist.blocked(id_type, normalized)
+    actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
+    normalized = normalized.mask(blocked.notna())
+    hashes = hash_identifiers(id_type, normalized)
+    row_hash = spread(hashes, codes, np.uint64(0))
+    kept = hashes != 0
+    values = pd.DataFrame({"hash": hashes[kept], "value": normalized.to_numpy()[kept]}).drop_duplicates("hash")
+    return IdentifierColumn(id_type, column, rule, row_hash, values)
+
+
+def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list) -> list[IdentifierColumn]:
+    mapped = [(t, c, IDENTIFIER_RULE) for t, cols in source.identifier_columns().items() for c in cols]
     mapped += [(link.type, link.column, link.rule) for link in source.links]
-    for id_type, column, _ in mapped:
-        spec = config.identity.types[id_type]
-        raw = frame[column]
-        value, reason = normalize_identifier(
-            spec.normalizer,
-            raw,
-            default_region=config.run.default_region,
-            email_options=config.identity.email.model_dump(),
-        )
-        actions.append(_value_actions("invalid", source.name, id_type, raw.astype("str"), reason))
-        blocked = blocklist.blocked(id_type, value)
-        actions.append(_value_actions("blocked", source.name, id_type, value, blocked))
-        value = value.mask(blocked.notna())
-        out.append(IdentifierColumn(id_type, column, value, hash_identifiers(id_type, value)))
-    return out
+    return [identifier_column(config, source, t, c, r, frame[c], blocklist, actions) for t, c, r in mapped]
 
 
-def _parse_times(values: pd.Series | None, n: int) -> pd.Series:
+def _parse_times(values: pd.Series | None, n: int) -> np.ndarray:
+    """ISO 8601 text to naive UTC datetime64[ns]; unparseable or missing -> NaT."""
     if values is None:
-        return pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]")
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    return parsed.dt.as_unit("ns").reset_index(drop=True)
+        return np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    codes, uniques = pd.factorize(values)
+    parsed = pd.to_datetime(pd.Series(uniques, dtype="str"), utc=True, errors="coerce", format="ISO8601")
+    return spread(parsed.dt.tz_convert(None).to_numpy("datetime64[ns]"), codes, np.datetime64("NaT", "ns"))
 
 
-def _duplicate_keys(keys: pd.Series) -> np.ndarray:
+def _duplicated(keys: pd.Series) -> np.ndarray:
     return keys.duplicated(keep="first").to_numpy() & keys.notna().to_numpy()
 
 
-def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist) -> SourceTables:
+def _truthy(values: pd.Series) -> np.ndarray:
+    return values.str.strip().str.lower().isin(TRUTHY).to_numpy()
+
+
+def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary) -> SourceTables:
     tables = SourceTables(source.name, raw.rows_read, rejects=[raw.rejects])
     frame = raw.frame.reset_index(drop=True)
+    idents = identifier_columns(config, source, frame, blocklist, tables.actions)
+    tables.values = [i.values for i in idents]
+
     key_raw = frame[source.key]
     missing = key_raw.isna().to_numpy()
+    # The record's own key, normalized like an identifier read from the same column (15 -> 18 chars).
+    key_ident = next((i for i in idents if i.column == source.key and not i.explicit), None)
     key_norm = normalize_trim(key_raw)
-    idents_all = read_identifiers(config, source, frame, blocklist, tables.actions)
-    # The record's own key, normalized like the identifier mapped to the same column (15 -> 18 chars).
-    for ident in idents_all:
-        if ident.column == source.key and ident.id_type in source.identifiers:
-            key_norm = ident.value.fillna(key_norm)
-            break
-    duplicate = _duplicate_keys(key_norm) & ~missing
-    bad = missing | duplicate
-    tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing record key", None))
-    tables.rejects.append(
-        _reject(frame, duplicate, source.name, source.key, "duplicate record key (earlier row kept)", key_raw)
-    )
-    keep = ~bad
-    deleted = (
-        frame[source.deleted].str.strip().str.lower().isin(TRUTHY).to_numpy()
-        if source.deleted
-        else np.zeros(len(frame), bool)
-    )
+    if key_ident is not None:
+        key_values = key_ident.values.set_index("hash")["value"]
+        key_norm = pd.Series(key_values.reindex(key_ident.hash).to_numpy(), dtype="str").fillna(key_norm)
+    duplicate = _duplicated(key_norm) & ~missing
+    tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing record key"))
+    tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate record key (earlier row kept)", key_raw))
+    keep = ~(missing | duplicate)
+    deleted = _truthy(frame[source.deleted]) if source.deleted else np.zeros(len(frame), bool)
 
-    positions = np.flatnonzero(keep)
+    times = _parse_times(frame[source.timestamp] if source.timestamp else None, len(frame))
     records = pd.DataFrame(
         {
             "source": source.name,
             "record_key": key_raw[keep].to_numpy(),
             "source_key": key_norm[keep].to_numpy(),
             "trust": source.trust,
-            "timestamp": _parse_times(frame[source.timestamp] if source.timestamp else None, len(frame))[keep].to_numpy(),
+            "timestamp": times[keep],
             "is_deleted": deleted[keep],
-            "file": frame["_file"][keep].astype(str).to_numpy(),
+            "file": pd.Categorical(frame["_file"][keep].astype(str)),
             "row": frame["_row"][keep].to_numpy(np.int64),
         }
     )
@@ -166,152 +208,133 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
         if name in records:
             records[f"{name}_norm"] = normalize_name(records[name]).to_numpy()
 
-    new_position = np.full(len(frame), -1, dtype=np.int64)
-    new_position[positions] = np.arange(len(positions))
-    link_columns = {(link.type, link.column): link.rule for link in source.links}
-    observations = []
-    for ident in idents_all:
-        rule = link_columns.get((ident.id_type, ident.column), "identifier")
-        explicit = rule != "identifier"
+    position = np.full(len(frame), -1, dtype=np.int64)
+    position[keep] = np.arange(int(keep.sum()))
+    parts = []
+    for ident in idents:
         has = (ident.hash != 0) & keep
-        if not explicit:
-            # A deleted record keeps only its own id (so that merges into it can be followed).
+        if not ident.explicit:
+            # A deleted record keeps only its own id, so that merges into it can still be followed.
             has &= ~deleted | (ident.column == source.key)
         rows = np.flatnonzero(has)
-        observations.append(
+        parts.append(
             pd.DataFrame(
                 {
-                    "record_pos": new_position[rows],
-                    "id_type": ident.id_type,
-                    "column": ident.column,
+                    "record_pos": position[rows],
+                    "type": np.int16(vocab.type_code(ident.id_type)),
                     "hash": ident.hash[rows],
-                    "value": ident.value.to_numpy()[rows],
-                    "rule": rule,
-                    "explicit": explicit,
-                    "is_key": ident.column == source.key and not explicit,
+                    "rule": np.int16(vocab.rule_code(ident.rule)),
+                    "explicit": ident.explicit,
+                    "is_key": ident is key_ident,
                 }
             )
         )
-    obs = pd.concat(observations, ignore_index=True)
-    # A deleted record that was not merged anywhere is out of the graph entirely.
-    linked = np.zeros(len(records), bool)
-    linked[obs.loc[obs["explicit"], "record_pos"].to_numpy()] = True
-    orphan = records["is_deleted"].to_numpy() & ~linked
+    obs = pd.concat(parts, ignore_index=True)
+    # A deleted record that was not merged anywhere leaves the graph entirely.
+    merged = np.zeros(len(records), bool)
+    merged[obs.loc[obs["explicit"], "record_pos"].to_numpy()] = True
+    orphan = records["is_deleted"].to_numpy() & ~merged
     obs = obs[~orphan[obs["record_pos"].to_numpy()]]
     tables.records = records
     tables.observations = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
     return tables
 
 
-def _anchor(hashes: np.ndarray, evidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per event, the first non-missing evidence identifier (columns are in priority order)."""
-    usable = (hashes != 0) & evidence[None, :]
+def _anchors(hashes: np.ndarray, usable_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per event, the first usable identifier (columns are sorted strongest first) and its column."""
+    usable = (hashes != 0) & usable_column[None, :]
     has_any = usable.any(axis=1)
-    first = np.where(has_any, usable.argmax(axis=1), -1)
-    anchor = np.where(has_any, hashes[np.arange(len(hashes)), np.maximum(first, 0)], 0)
-    return anchor.astype(np.uint64), first
+    column = np.where(has_any, usable.argmax(axis=1), -1)
+    anchor = np.where(has_any, hashes[np.arange(len(hashes)), np.maximum(column, 0)], 0)
+    return anchor.astype(np.uint64), column
 
 
-def ingest_events(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist) -> SourceTables:
+def ingest_events(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary) -> SourceTables:
     tables = SourceTables(source.name, raw.rows_read, rejects=[raw.rejects])
     frame = raw.frame.reset_index(drop=True)
     bad = np.zeros(len(frame), bool)
     if source.key:
         key = frame[source.key]
         missing = key.isna().to_numpy()
-        duplicate = _duplicate_keys(key) & ~missing
-        tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing event id", None))
-        tables.rejects.append(
-            _reject(frame, duplicate, source.name, source.key, "duplicate event id (redelivery)", key)
-        )
+        duplicate = _duplicated(key) & ~missing
+        tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing event id"))
+        tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate event id (redelivery)", key))
         bad = missing | duplicate
-    times = _parse_times(frame[source.timestamp] if source.timestamp else None, len(frame))
-    idents = read_identifiers(config, source, frame, blocklist, tables.actions)
     types = config.identity.types
-    link_rules = {(link.type, link.column): link.rule for link in source.links}
-    # Columns in priority order so that the anchor is the strongest identifier an event carries.
-    idents.sort(key=lambda i: (types[i.id_type].priority, (i.id_type, i.column) in link_rules))
+    idents = identifier_columns(config, source, frame, blocklist, tables.actions)
+    # Strongest first, so that an event's anchor is the strongest identifier it carries.
+    idents.sort(key=lambda i: (types[i.id_type].priority, i.explicit))
+    tables.values = [i.values for i in idents]
     hashes = np.stack([i.hash for i in idents], axis=1) if idents else np.zeros((len(frame), 0), np.uint64)
-    is_link = np.array([(i.id_type, i.column) in link_rules for i in idents], dtype=bool)
-    evidence = np.array([types[i.id_type].evidence for i in idents], dtype=bool) & ~is_link
-    anchor, anchor_col = _anchor(hashes, evidence)
+    anchor_ok = np.array([types[i.id_type].evidence and not i.explicit for i in idents], dtype=bool)
+    anchor, anchor_column = _anchors(hashes, anchor_ok)
     unusable = (anchor == 0) & ~bad
     tables.rejects.append(
-        _reject(frame, unusable, source.name, None, "no usable identifier (all missing, invalid or blocked)", None)
+        _reject(frame, unusable, source.name, None, "no usable identifier (all missing, invalid or blocked)")
     )
     keep = ~(bad | unusable)
     tables.events = int(keep.sum())
 
-    ts = times.to_numpy("datetime64[ns]")
-    anchor_type = np.array([i.id_type for i in idents], dtype=object)
-    priorities = np.array([types[i.id_type].priority for i in idents], dtype=np.int64)
-    tables.anchor_counts = pd.Series(anchor[keep]).value_counts()
-    edges, nodes = [], []
+    ts = _parse_times(frame[source.timestamp] if source.timestamp else None, len(frame))
+    column_type = np.array([vocab.type_code(i.id_type) for i in idents], dtype=np.int16)
+    column_priority = np.array([types[i.id_type].priority for i in idents], dtype=np.int64)
+    node_parts, edge_parts = [], []
     for col, ident in enumerate(idents):
         present = keep & (ident.hash != 0)
-        nodes.append(
-            pd.DataFrame(
-                {"id_type": ident.id_type, "hash": ident.hash[present], "value": ident.value.to_numpy()[present], "ts": ts[present]}
-            )
+        node_parts.append(
+            pd.DataFrame({"hash": ident.hash[present], "type": column_type[col], "ts": ts[present],
+                          "anchored": (anchor_column == col)[present]})
         )
-        pair = present & (ident.hash != anchor)
-        rows = np.flatnonzero(pair)
+        rows = np.flatnonzero(present & (ident.hash != anchor))
         if not len(rows):
             continue
-        rule = link_rules.get((ident.id_type, ident.column), "cooccurrence")
-        # The edge ranks like its weaker end.
-        a_cols = anchor_col[rows]
-        weaker = np.where(
-            priorities[a_cols] > types[ident.id_type].priority, anchor_type[a_cols], ident.id_type
-        )
-        edges.append(
+        # An edge ranks like its weaker end.
+        anchor_cols = anchor_column[rows]
+        weaker = np.where(column_priority[anchor_cols] > column_priority[col], column_type[anchor_cols], column_type[col])
+        edge_parts.append(
             pd.DataFrame(
                 {
                     "a": anchor[rows],
                     "b": ident.hash[rows],
-                    "id_type": weaker,
-                    "rule": rule,
-                    "explicit": rule != "cooccurrence",
+                    "type": weaker.astype(np.int16),
+                    "rule": np.int16(vocab.rule_code(ident.rule if ident.explicit else COOCCURRENCE_RULE)),
                     "ts": ts[rows],
                 }
             )
         )
-    tables.event_nodes = _collapse_nodes(nodes)
-    tables.event_edges = _collapse_edges(edges)
+    tables.event_nodes = collapse_nodes(node_parts)
+    tables.event_edges = collapse_edges(edge_parts, vocab)
     return tables
 
 
-def _collapse_nodes(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["id_type", "hash", "value", "ts"])
-    grouped = frame.groupby("hash", sort=True)
-    return pd.DataFrame(
-        {
-            "id_type": grouped["id_type"].first(),
-            "value": grouped["value"].first(),
-            "events": grouped.size(),
-            "first_seen": grouped["ts"].min(),
-            "last_seen": grouped["ts"].max(),
-        }
-    ).reset_index()
+NODE_COLUMNS = ["hash", "type", "events", "anchored", "first_seen", "last_seen"]
+EDGE_COLUMNS = ["a", "b", "type", "rule", "explicit", "count", "first_seen"]
 
 
-def _collapse_edges(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    columns = ["a", "b", "id_type", "rule", "explicit", "count", "first_seen", "last_seen"]
+def collapse_nodes(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Distinct identifiers seen in events, with counts and first/last seen."""
+    parts = [p for p in parts if len(p)]
     if not parts:
-        return pd.DataFrame(columns=columns)
-    frame = pd.concat(parts, ignore_index=True)
-    grouped = frame.groupby(["a", "b", "rule"], sort=True)
-    out = grouped.agg(
-        id_type=("id_type", "first"),
-        explicit=("explicit", "first"),
-        count=("ts", "size"),
-        first_seen=("ts", "min"),
-        last_seen=("ts", "max"),
-    ).reset_index()
-    return out[columns]
+        return pd.DataFrame(columns=NODE_COLUMNS)
+    grouped = pd.concat(parts, ignore_index=True).groupby("hash", sort=True)
+    return grouped.agg(
+        type=("type", "first"), events=("ts", "size"), anchored=("anchored", "sum"),
+        first_seen=("ts", "min"), last_seen=("ts", "max"),
+    ).reset_index()[NODE_COLUMNS]
 
 
-def ingest_source(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist) -> SourceTables:
+def collapse_edges(parts: list[pd.DataFrame], vocab: Vocabulary) -> pd.DataFrame:
+    """Distinct (anchor, identifier, rule) edges with how often and since when they were seen."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=EDGE_COLUMNS)
+    grouped = pd.concat(parts, ignore_index=True).groupby(["a", "b", "rule"], sort=True)
+    out = grouped.agg(type=("type", "min"), count=("ts", "size"), first_seen=("ts", "min")).reset_index()
+    out["explicit"] = out["rule"].to_numpy() != vocab.rule_code(COOCCURRENCE_RULE)
+    return out[EDGE_COLUMNS]
+
+
+def ingest_source(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary) -> SourceTables:
     if source.kind == "records":
-        return ingest_records(config, source, raw, blocklist)
-    return ingest_events(config, source, raw, blocklist)
+        return ingest_records(config, source, raw, blocklist, vocab)
+    return ingest_events(config, source, raw, blocklist, vocab)

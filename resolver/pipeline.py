@@ -18,10 +18,10 @@ import pandas as pd
 import psutil
 
 from resolver import __version__
-from resolver.cluster import person_ids
+from resolver.cluster import connected_components, person_ids
 from resolver.config import Config
 from resolver.graph import ACTION_COLUMNS, resolve_graph
-from resolver.ingest import SourceTables, ingest_source
+from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
 from resolver.io.readers import REJECT_COLUMNS, read_source
 from resolver.io.writers import write_outputs
 from resolver.normalize import Blocklist, hash_identifiers
@@ -73,7 +73,7 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def ingest_all(config: Config, log: StageLog) -> list[SourceTables]:
+def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceTables]:
     blocklist = Blocklist.from_config(
         config.identity.blocklist.values, config.identity.blocklist.patterns, config.identity.blocklist.vendor_lists
     )
@@ -83,71 +83,67 @@ def ingest_all(config: Config, log: StageLog) -> list[SourceTables]:
             raw = read_source(config, source)
             entry["rows_out"] = raw.rows_read
         with log.stage(f"normalize:{source.name}", rows_in=raw.rows_read) as entry:
-            tables = ingest_source(config, source, raw, blocklist)
+            tables = ingest_source(config, source, raw, blocklist, vocab)
             entry["rows_out"] = len(tables.records) if tables.records is not None else tables.events
+        del raw
         out.append(tables)
     return out
 
 
 def _identifier_nodes(parts: list[SourceTables], records: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct identifier value, sorted by hash so node numbers are deterministic."""
-    from_records = observations.assign(ts=records["timestamp"].to_numpy()[observations["record_id"].to_numpy()])
-    rec = from_records.groupby("hash", sort=False).agg(
-        id_type=("id_type", "first"),
-        value=("value", "first"),
-        records=("record_id", "nunique"),
-        rec_first=("ts", "min"),
-        rec_last=("ts", "max"),
+    ts = records["timestamp"].to_numpy()[observations["record_id"].to_numpy()]
+    rec = (
+        pd.DataFrame({"hash": observations["hash"].to_numpy(), "type": observations["type"].to_numpy(),
+                      "record_id": observations["record_id"].to_numpy(), "ts": ts})
+        .drop_duplicates(["hash", "record_id"])
+        .groupby("hash", sort=False)
+        .agg(type=("type", "first"), records=("record_id", "size"), rec_first=("ts", "min"), rec_last=("ts", "max"))
     )
     event_nodes = [p.event_nodes for p in parts if p.event_nodes is not None and len(p.event_nodes)]
-    anchors = [p.anchor_counts for p in parts if p.anchor_counts is not None and len(p.anchor_counts)]
     if event_nodes:
-        ev = pd.concat(event_nodes).groupby("hash", sort=False).agg(
-            id_type=("id_type", "first"),
-            value=("value", "first"),
-            events=("events", "sum"),
-            ev_first=("first_seen", "min"),
-            ev_last=("last_seen", "max"),
+        ev = pd.concat(event_nodes, ignore_index=True).groupby("hash", sort=False).agg(
+            ev_type=("type", "first"), events=("events", "sum"), anchored=("anchored", "sum"),
+            ev_first=("first_seen", "min"), ev_last=("last_seen", "max"),
         )
+        nodes = rec.join(ev, how="outer")
+        nodes["type"] = nodes["type"].fillna(nodes["ev_type"])
     else:
-        ev = pd.DataFrame(columns=["id_type", "value", "events", "ev_first", "ev_last"]).rename_axis("hash")
-    nodes = rec.join(ev, how="outer", lsuffix="", rsuffix="_ev")
-    nodes["id_type"] = nodes["id_type"].fillna(nodes["id_type_ev"])
-    nodes["value"] = nodes["value"].fillna(nodes["value_ev"])
-    nodes["records"] = nodes["records"].fillna(0).astype(np.int64)
-    nodes["events"] = nodes["events"].fillna(0).astype(np.int64)
-    anchored = pd.concat(anchors).groupby(level=0).sum() if anchors else pd.Series(dtype=np.int64)
-    nodes["anchored_events"] = anchored.reindex(nodes.index).fillna(0).astype(np.int64).to_numpy()
-    nodes["first_seen"] = nodes[["rec_first", "ev_first"]].min(axis=1)
-    nodes["last_seen"] = nodes[["rec_last", "ev_last"]].max(axis=1)
+        nodes = rec.assign(events=0, anchored=0, ev_first=pd.NaT, ev_last=pd.NaT)
     nodes = nodes.sort_index()
-    nodes.index = nodes.index.astype("uint64")
-    return nodes.reset_index()[
-        ["hash", "id_type", "value", "records", "events", "anchored_events", "first_seen", "last_seen"]
-    ]
+    out = pd.DataFrame(
+        {
+            "hash": nodes.index.to_numpy(np.uint64),
+            "type": nodes["type"].to_numpy().astype(np.int16),
+            "records": nodes["records"].fillna(0).to_numpy(np.int64),
+            "events": nodes["events"].fillna(0).to_numpy(np.int64),
+            "anchored_events": nodes["anchored"].fillna(0).to_numpy(np.int64),
+            "first_seen": nodes[["rec_first", "ev_first"]].min(axis=1).to_numpy(),
+            "last_seen": nodes[["rec_last", "ev_last"]].max(axis=1).to_numpy(),
+        }
+    )
+    values = pd.concat([v for p in parts for v in p.values], ignore_index=True).drop_duplicates("hash")
+    out["value"] = values.set_index("hash")["value"].reindex(out["hash"].to_numpy()).to_numpy()
+    return out
 
 
-def _alias_groups(nodes: pd.DataFrame, observations: pd.DataFrame, node_of) -> np.ndarray:
+def _alias_groups(n_nodes: int, observations: pd.DataFrame, node_of) -> np.ndarray:
     """Values an explicit same-type link declares equal (merged Salesforce ids) share an alias group."""
-    from resolver.cluster import connected_components
-
-    keys = observations[observations["is_key"]][["record_id", "id_type", "hash"]]
-    links = observations[observations["explicit"]][["record_id", "id_type", "hash"]]
-    pairs = keys.merge(links, on=["record_id", "id_type"], suffixes=("_a", "_b"))
-    a = node_of(pairs["hash_a"].to_numpy())
-    b = node_of(pairs["hash_b"].to_numpy())
-    return connected_components(len(nodes), a, b)
+    keys = observations[observations["is_key"]][["record_id", "type", "hash"]]
+    links = observations[observations["explicit"]][["record_id", "type", "hash"]]
+    pairs = keys.merge(links, on=["record_id", "type"], suffixes=("_a", "_b"))
+    return connected_components(n_nodes, node_of(pairs["hash_a"].to_numpy()), node_of(pairs["hash_b"].to_numpy()))
 
 
 def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Records, identifier nodes and edges (node numbers: records first, then identifiers)."""
     record_parts = [p for p in parts if p.records is not None]
     offsets = np.cumsum([0] + [len(p.records) for p in record_parts])
-    records = _concat([p.records for p in record_parts], list(record_parts[0].records.columns) if record_parts else [])
+    records = pd.concat([p.records for p in record_parts], ignore_index=True)
     records.insert(0, "record_id", np.arange(len(records), dtype=np.int64))
-    observations = _concat(
-        [p.observations.assign(record_id=p.observations["record_pos"] + off) for p, off in zip(record_parts, offsets)],
-        ["record_id", "id_type", "hash", "value", "rule", "explicit", "is_key"],
+    observations = pd.concat(
+        [p.observations.assign(record_id=p.observations["record_pos"].to_numpy() + off) for p, off in zip(record_parts, offsets)],
+        ignore_index=True,
     )
     nodes = _identifier_nodes(parts, records, observations)
     n_records = len(records)
@@ -156,50 +152,49 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     def node_of(hashes: np.ndarray) -> np.ndarray:
         return n_records + np.searchsorted(node_hashes, np.asarray(hashes, dtype=np.uint64))
 
-    nodes["alias"] = _alias_groups(nodes, observations, lambda h: node_of(h) - n_records)
+    nodes["alias"] = _alias_groups(len(nodes), observations, lambda h: node_of(h) - n_records)
 
-    record_edges = pd.DataFrame(
-        {
-            "src": observations["record_id"].to_numpy(np.int64),
-            "dst": node_of(observations["hash"].to_numpy()),
-            "id_type": observations["id_type"].to_numpy(),
-            "rule": observations["rule"].to_numpy(),
-            "explicit": observations["explicit"].to_numpy(bool),
-            "count": 1,
-            "first_seen": records["timestamp"].to_numpy()[observations["record_id"].to_numpy()],
-        }
-    )
+    record_ids = observations["record_id"].to_numpy()
+    frames = [
+        pd.DataFrame(
+            {
+                "src": record_ids,
+                "dst": node_of(observations["hash"].to_numpy()),
+                "type": observations["type"].to_numpy(),
+                "rule": observations["rule"].to_numpy(),
+                "explicit": observations["explicit"].to_numpy(bool),
+                "count": np.ones(len(observations), dtype=np.int64),
+                "first_seen": records["timestamp"].to_numpy()[record_ids],
+            }
+        )
+    ]
     event_edges = [p.event_edges for p in parts if p.event_edges is not None and len(p.event_edges)]
     if event_edges:
         ev = pd.concat(event_edges, ignore_index=True)
         if len(event_edges) > 1:
             ev = ev.groupby(["a", "b", "rule"], sort=True).agg(
-                id_type=("id_type", "first"),
-                explicit=("explicit", "first"),
-                count=("count", "sum"),
-                first_seen=("first_seen", "min"),
+                type=("type", "first"), explicit=("explicit", "first"), count=("count", "sum"), first_seen=("first_seen", "min")
             ).reset_index()
-        ev = pd.DataFrame(
-            {
-                "src": node_of(ev["a"].to_numpy()),
-                "dst": node_of(ev["b"].to_numpy()),
-                "id_type": ev["id_type"].to_numpy(),
-                "rule": ev["rule"].to_numpy(),
-                "explicit": ev["explicit"].to_numpy(bool),
-                "count": ev["count"].to_numpy(np.int64),
-                "first_seen": ev["first_seen"].to_numpy(),
-            }
+        frames.append(
+            pd.DataFrame(
+                {
+                    "src": node_of(ev["a"].to_numpy()),
+                    "dst": node_of(ev["b"].to_numpy()),
+                    "type": ev["type"].to_numpy(),
+                    "rule": ev["rule"].to_numpy(),
+                    "explicit": ev["explicit"].to_numpy(bool),
+                    "count": ev["count"].to_numpy(np.int64),
+                    "first_seen": ev["first_seen"].to_numpy(),
+                }
+            )
         )
-        edges = pd.concat([record_edges, ev], ignore_index=True)
-    else:
-        edges = record_edges
+    edges = pd.concat(frames, ignore_index=True)
     # One edge per node pair; an explicit link wins over plain co-occurrence of the same pair.
-    lo = np.minimum(edges["src"].to_numpy(), edges["dst"].to_numpy())
-    hi = np.maximum(edges["src"].to_numpy(), edges["dst"].to_numpy())
-    edges = edges.assign(src=lo, dst=hi).sort_values(
-        ["src", "dst", "explicit", "count"], ascending=[True, True, False, False], kind="stable"
-    )
-    edges = edges.drop_duplicates(["src", "dst"]).reset_index(drop=True)
+    src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
+    edges["src"], edges["dst"] = np.minimum(src, dst), np.maximum(src, dst)
+    order = np.lexsort((-edges["count"].to_numpy(), ~edges["explicit"].to_numpy(), edges["dst"].to_numpy(), edges["src"].to_numpy()))
+    edges = edges.iloc[order]
+    edges = edges[~edges.duplicated(["src", "dst"])].reset_index(drop=True)
     return records, nodes, edges
 
 
@@ -210,24 +205,28 @@ def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
     return np.concatenate([record_keys, nodes["hash"].to_numpy(np.uint64)])
 
 
-def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, config: Config) -> np.ndarray:
+def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, config: Config, vocab: Vocabulary) -> np.ndarray:
     """Per record, the strongest accepted edge that ties it to the rest of its person."""
     n = len(records)
-    linked = edges[status == "linked"]
-    from_record = linked[linked["src"] < n]
-    is_rule = from_record["rule"].to_numpy() != "identifier"
-    label = np.where(is_rule, from_record["rule"].to_numpy(), from_record["id_type"].to_numpy())
-    type_priority = pd.Series({t: s.priority for t, s in config.identity.types.items()})
-    priority = np.where(is_rule, -1, from_record["id_type"].map(type_priority).to_numpy(np.int64))
-    best = pd.DataFrame({"record": from_record["src"].to_numpy(), "p": priority, "label": label}).sort_values(
-        ["record", "p", "label"], kind="stable"
-    ).drop_duplicates("record")
+    linked = edges[(status == "linked") & (edges["src"].to_numpy() < n)]
+    rule = linked["rule"].to_numpy()
+    is_rule = rule != vocab.rule_code(IDENTIFIER_RULE)
+    type_names = np.array(vocab.types, dtype=object)
+    rule_names = np.array(vocab.rules, dtype=object)
+    priority = np.array([config.identity.types[t].priority for t in vocab.types], dtype=np.int64)
+    best = pd.DataFrame(
+        {
+            "record": linked["src"].to_numpy(),
+            "p": np.where(is_rule, -1, priority[linked["type"].to_numpy()]),
+            "label": np.where(is_rule, rule_names[rule], type_names[linked["type"].to_numpy()]),
+        }
+    ).sort_values(["record", "p", "label"], kind="stable").drop_duplicates("record")
     out = np.full(n, "singleton", dtype=object)
     out[best["record"].to_numpy()] = best["label"].to_numpy()
     return out
 
 
-def resolve(config: Config, parts: list[SourceTables], log: StageLog) -> Resolution:
+def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary) -> Resolution:
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -239,9 +238,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog) -> Resolut
     with log.stage("persons", rows_in=len(result.labels)) as entry:
         labels = result.labels
         active = ~records["is_deleted"].to_numpy()
-        node_is_hub = result.hub
-        evidence_types = {t for t, s in config.identity.types.items() if s.evidence}
-        node_evidence = nodes["id_type"].isin(evidence_types).to_numpy() & ~node_is_hub
+        evidence = np.array([config.identity.types[t].evidence for t in vocab.types], dtype=bool)
+        node_evidence = evidence[nodes["type"].to_numpy()] & ~result.hub
         is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
         person_labels = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
         person_labels[labels[is_person_member]] = True
@@ -250,21 +248,28 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog) -> Resolut
 
         identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy()
         identity_map["person_id"] = pid[:n_records]
-        identity_map["status"] = np.where(
-            active, "active", np.where(pd.notna(pid[:n_records]), "merged", "deleted")
-        )
-        identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, config)
+        identity_map["status"] = np.where(active, "active", np.where(pd.notna(pid[:n_records]), "merged", "deleted"))
+        identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, config, vocab)
 
+        node_pid = pid[n_records:]
         node_status = np.where(
-            node_is_hub,
-            "hub",
-            np.where(~nodes["id_type"].isin(evidence_types).to_numpy(), "observed", np.where(pd.notna(pid[n_records:]), "linked", "orphan")),
+            result.hub, "hub",
+            np.where(~evidence[nodes["type"].to_numpy()], "observed", np.where(pd.notna(node_pid), "linked", "orphan")),
         )
-        identifier_map = nodes[["id_type", "value", "hash", "records", "events", "first_seen", "last_seen"]].copy()
-        identifier_map["person_id"] = np.where(node_status == "linked", pid[n_records:], None)
-        identifier_map["status"] = node_status
-        identifier_map["degree"] = result.degree
-
+        identifier_map = pd.DataFrame(
+            {
+                "id_type": pd.Categorical.from_codes(nodes["type"].to_numpy(), categories=list(vocab.types)),
+                "value": nodes["value"].to_numpy(),
+                "hash": nodes["hash"].to_numpy(),
+                "records": nodes["records"].to_numpy(),
+                "events": nodes["events"].to_numpy(),
+                "first_seen": nodes["first_seen"].to_numpy(),
+                "last_seen": nodes["last_seen"].to_numpy(),
+                "person_id": np.where(node_status == "linked", node_pid, None),
+                "status": node_status,
+                "degree": result.degree,
+            }
+        )
         persons = _persons(identity_map, identifier_map, nodes)
         entry["rows_out"] = len(persons)
 
@@ -343,8 +348,9 @@ def run(config: Config, report: Reporter | None = None, write: bool = True) -> R
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log = StageLog(report=report)
     wall = time.perf_counter()
-    parts = ingest_all(config, log)
-    res = resolve(config, parts, log)
+    vocab = Vocabulary.from_config(config)
+    parts = ingest_all(config, log, vocab)
+    res = resolve(config, parts, log, vocab)
     res.summary = _summary(config, parts, res, log, run_id, started)
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)
     if write:

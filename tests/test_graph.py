@@ -43,10 +43,13 @@ class Graph:
                            "first_seen": pd.Timestamp("2024-01-01"), "rule": "x"})
 
     def resolve(self, **identity_overrides):
+        identity = IdentityConfig.model_validate({**IDENTITY, **identity_overrides})
+        names = list(identity.types)
         nodes = pd.DataFrame(self.nodes, columns=["id_type", "value"])
+        nodes["type"] = [names.index(t) for t in nodes["id_type"]]
         nodes["alias"] = [self.alias.get(i, i) for i in range(len(nodes))]
         edges = pd.DataFrame(self.edges)
-        identity = IdentityConfig.model_validate({**IDENTITY, **identity_overrides})
+        edges["type"] = [names.index(t) for t in edges["id_type"]]
         return resolve_graph(self.n_records, nodes, edges, identity)
 
 
