@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_cc
 
@@ -21,19 +22,36 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.n
     return labels.astype(np.int64)
 
 
-def person_ids(labels: np.ndarray, member_keys: np.ndarray) -> np.ndarray:
-    """A stable id per component: the smallest 64-bit member key in it, as 16 hex digits.
+def person_keys(labels: np.ndarray, member_keys: np.ndarray) -> np.ndarray:
+    """A stable 64-bit key per node's component: the smallest member key in it.
 
-    The id depends only on who is in the cluster, never on input order, so the same input gives
+    The key depends only on who is in the cluster, never on input order, so the same input gives
     the same ids. `member_keys` are per-node uint64 hashes of a stable member name
     (source + record key, or identifier type + value).
     """
     if len(labels) == 0:
-        return np.array([], dtype=object)
-    smallest = pd.Series(member_keys, dtype="uint64").groupby(labels).min()
-    ids = format_person_ids(smallest.to_numpy())
-    return ids[pd.Index(smallest.index).get_indexer(labels)]
+        return np.zeros(0, dtype=np.uint64)
+    smallest = np.full(int(labels.max()) + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(smallest, labels, np.asarray(member_keys, dtype=np.uint64))
+    return smallest[labels]
 
 
-def format_person_ids(keys: np.ndarray) -> np.ndarray:
-    return np.array([f"p{k:016x}" for k in np.asarray(keys, dtype=np.uint64).tolist()], dtype=object)
+_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
+
+
+def format_person_ids(keys: np.ndarray, missing: np.ndarray | None = None) -> pd.Series:
+    """Person keys as text ids: "p" + 16 hex digits (vectorized; NA where `missing`)."""
+    keys = np.ascontiguousarray(np.asarray(keys, dtype=">u8"))
+    n = len(keys)
+    chars = np.empty((n, 17), dtype=np.uint8)
+    chars[:, 0] = ord("p")
+    chars[:, 1:] = _HEX[keys.view(np.uint8).reshape(n, 8)].reshape(n, 16)
+    offsets = np.arange(0, 17 * (n + 1), 17, dtype=np.int32)
+    validity = None if missing is None else pa.array(~np.asarray(missing, dtype=bool)).buffers()[1]
+    arr = pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
+    return pd.Series(arr, dtype="str")
+
+
+def person_ids(labels: np.ndarray, member_keys: np.ndarray) -> pd.Series:
+    """Text person id per node (see person_keys)."""
+    return format_person_ids(person_keys(labels, member_keys))

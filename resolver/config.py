@@ -135,6 +135,7 @@ class IdentityConfig(_Strict):
 class RunOptions(_Strict):
     output_dir: str = "out"
     default_region: str = "US"
+    workers: int = Field(default=2, ge=1)  # processes that read and normalize source files in parallel
 
 
 class Config(_Strict):

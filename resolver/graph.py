@@ -291,24 +291,24 @@ def _cut_actions(
     limits: np.ndarray,
     n_records: int,
 ) -> pd.DataFrame:
-    rows = []
-    values = nodes["value"].to_numpy()
-    node_types = nodes["type"].to_numpy()
-    for e, t in cuts:
-        row = edges.iloc[e]
-        shown = max(int(row["src"]), int(row["dst"]))  # the identifier end (records come first)
-        edge_name = type_names[edge_type[e]]
-        rows.append(
-            {
-                "action": "limit_cut",
-                "source": pd.NA,
-                "id_type": type_names[node_types[shown - n_records]] if shown >= n_records else edge_name,
-                "value": values[shown - n_records] if shown >= n_records else pd.NA,
-                "reason": (
-                    f"a {edge_name} link would give one person more than {int(limits[edge_type[e], t])} "
-                    f"{type_names[t]} value(s); link cut"
-                ),
-                "count": int(row["count"]),
-            }
-        )
-    return pd.DataFrame(rows, columns=ACTION_COLUMNS)
+    cut = np.array([e for e, _ in cuts], dtype=np.int64)
+    broken = np.array([t for _, t in cuts], dtype=np.int64)
+    names = np.asarray(type_names, dtype=object)
+    # Show the identifier end of each cut edge (records come first in node numbering).
+    shown = np.maximum(edges["src"].to_numpy()[cut], edges["dst"].to_numpy()[cut]) - n_records
+    edge_names = names[edge_type[cut]]
+    reason = [
+        f"a {edge} link would give one person more than {limit} {held} value(s); link cut"
+        for edge, limit, held in zip(edge_names, limits[edge_type[cut], broken].tolist(), names[broken])
+    ]
+    return pd.DataFrame(
+        {
+            "action": "limit_cut",
+            "source": pd.NA,
+            "id_type": names[nodes["type"].to_numpy()[shown]],
+            "value": nodes["value"].to_numpy()[shown],
+            "reason": reason,
+            "count": edges["count"].to_numpy()[cut],
+        },
+        columns=ACTION_COLUMNS,
+    )

@@ -70,8 +70,10 @@ class SourceTables:
     event_nodes: pd.DataFrame | None = None  # hash, type, events, anchored, first_seen, last_seen
     values: list[pd.DataFrame] = field(default_factory=list)  # hash -> normalized value
     events: int = 0
+    event_ids: np.ndarray | None = None  # sorted hashes of the event ids kept (for cross-file dedupe)
     rejects: list[pd.DataFrame] = field(default_factory=list)
     actions: list[pd.DataFrame] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # read / normalize time of this part
 
 
 def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw=None) -> pd.DataFrame:
@@ -249,14 +251,28 @@ def _anchors(hashes: np.ndarray, usable_column: np.ndarray) -> tuple[np.ndarray,
     return anchor.astype(np.uint64), column
 
 
-def ingest_events(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary) -> SourceTables:
+def event_id_hashes(source: SourceConfig, keys: pd.Series) -> np.ndarray:
+    codes, uniques = pd.factorize(keys)
+    return spread(hash_identifiers(f"event:{source.name}", pd.Series(uniques, dtype="str")), codes, np.uint64(0))
+
+
+def ingest_events(
+    config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary,
+    seen_event_ids: np.ndarray | None = None,
+) -> SourceTables:
+    """Collapse events into identifier nodes and edges. `seen_event_ids` (hashes of event ids
+    taken from earlier files) makes redeliveries across files count as duplicates too."""
     tables = SourceTables(source.name, raw.rows_read, rejects=[raw.rejects])
     frame = raw.frame.reset_index(drop=True)
     bad = np.zeros(len(frame), bool)
     if source.key:
         key = frame[source.key]
         missing = key.isna().to_numpy()
-        duplicate = _duplicated(key) & ~missing
+        key_hash = event_id_hashes(source, key)
+        duplicate = pd.Series(key_hash).duplicated(keep="first").to_numpy() & ~missing
+        if seen_event_ids is not None and len(seen_event_ids):
+            duplicate |= np.isin(key_hash, seen_event_ids) & ~missing
+        tables.event_ids = np.unique(key_hash[~(missing | duplicate)])
         tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing event id"))
         tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate event id (redelivery)", key))
         bad = missing | duplicate
@@ -334,7 +350,10 @@ def collapse_edges(parts: list[pd.DataFrame], vocab: Vocabulary) -> pd.DataFrame
     return out[EDGE_COLUMNS]
 
 
-def ingest_source(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary) -> SourceTables:
+def ingest_source(
+    config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary,
+    seen_event_ids: np.ndarray | None = None,
+) -> SourceTables:
     if source.kind == "records":
         return ingest_records(config, source, raw, blocklist, vocab)
-    return ingest_events(config, source, raw, blocklist, vocab)
+    return ingest_events(config, source, raw, blocklist, vocab, seen_event_ids)

@@ -6,19 +6,22 @@ accounts for every input row.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import get_context
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-import psutil
 
 from resolver import __version__
-from resolver.cluster import connected_components, person_ids
+from resolver.cluster import connected_components, format_person_ids, person_keys
 from resolver.config import Config
 from resolver.graph import ACTION_COLUMNS, resolve_graph
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
@@ -46,13 +49,12 @@ class StageLog:
         self.stages.append(entry)
 
 
-def _peak_rss_mb() -> float:
-    try:
-        import resource
+def _peak_rss_mb(who: str = "self") -> float:
+    """Peak resident memory of this process, or of the largest finished worker process."""
+    import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except ImportError:  # pragma: no cover - not on Linux
-        return psutil.Process().memory_info().rss / 2**20
+    scope = resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN
+    return resource.getrusage(scope).ru_maxrss / 1024
 
 
 @dataclass
@@ -73,21 +75,88 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceTables]:
+@dataclass(frozen=True)
+class IngestJob:
+    """Some files of one source, read and normalized together (in a worker process)."""
+
+    source_index: int
+    files: tuple[str, ...]
+
+
+def plan_ingest(config: Config) -> list[IngestJob]:
+    """One job per records source (its key must be unique across its files), one per event file."""
+    jobs = []
+    for index, source in enumerate(config.sources):
+        files = [str(f) for f in config.source_files(source)]
+        if source.kind == "events" and len(files) > 1:
+            jobs.extend(IngestJob(index, (f,)) for f in files)
+        else:
+            jobs.append(IngestJob(index, tuple(files)))
+    return jobs
+
+
+def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None = None) -> SourceTables:
+    source = config.sources[job.source_index]
     blocklist = Blocklist.from_config(
         config.identity.blocklist.values, config.identity.blocklist.patterns, config.identity.blocklist.vendor_lists
     )
-    out = []
+    start = time.perf_counter()
+    # An empty file list lets read_source raise its "no files match" error.
+    raw = read_source(config, source, files=[Path(f) for f in job.files] or None)
+    read_s = time.perf_counter() - start
+    tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids)
+    tables.seconds = {"read": read_s, "normalize": time.perf_counter() - start - read_s}
+    return tables
+
+
+def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[SourceTables]:
+    workers = min(config.run.workers, len(jobs))
+    if workers <= 1:
+        return [ingest_job(config, job, vocab) for job in jobs]
+    # Biggest jobs first keeps both workers busy; results come back in plan order.
+    order = sorted(range(len(jobs)), key=lambda i: -sum(os.path.getsize(f) for f in jobs[i].files))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]
+
+
+def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: list[SourceTables], vocab: Vocabulary) -> None:
+    """An event id seen in an earlier file of the same source makes the later copy a duplicate.
+
+    Files are ingested independently; the rare file that repeats an earlier file's event ids is
+    ingested again, in order, with those ids excluded, so the result equals a sequential read.
+    """
+    seen: dict[int, np.ndarray] = {}
+    for i, (job, part) in enumerate(zip(jobs, parts)):
+        if part.event_ids is None:
+            continue
+        earlier = seen.get(job.source_index, np.zeros(0, np.uint64))
+        if len(earlier) and np.isin(part.event_ids, earlier).any():
+            parts[i] = part = ingest_job(config, job, vocab, seen_event_ids=earlier)
+        seen[job.source_index] = np.union1d(earlier, part.event_ids)
+
+
+def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceTables]:
+    jobs = plan_ingest(config)
+    with log.stage("ingest (read + normalize, wall)") as entry:
+        parts = _run_jobs(config, jobs, vocab)
+        _redo_cross_file_duplicates(config, jobs, parts, vocab)
+        entry["rows_out"] = sum(p.rows_read for p in parts)
     for source in config.sources:
-        with log.stage(f"read:{source.name}") as entry:
-            raw = read_source(config, source)
-            entry["rows_out"] = raw.rows_read
-        with log.stage(f"normalize:{source.name}", rows_in=raw.rows_read) as entry:
-            tables = ingest_source(config, source, raw, blocklist, vocab)
-            entry["rows_out"] = len(tables.records) if tables.records is not None else tables.events
-        del raw
-        out.append(tables)
-    return out
+        mine = [p for p in parts if p.name == source.name]
+        for step in ("read", "normalize"):
+            log.stages.append(
+                {
+                    "stage": f"{step}:{source.name}",
+                    "rows_in": sum(p.rows_read for p in mine) if step == "normalize" else None,
+                    "rows_out": sum(p.rows_read for p in mine) if step == "read"
+                    else sum(len(p.records) if p.records is not None else p.events for p in mine),
+                    "seconds": round(sum(p.seconds[step] for p in mine), 4),
+                    "files": sum(len(j.files) for j in jobs if config.sources[j.source_index].name == source.name),
+                    "note": "summed over worker processes",
+                }
+            )
+    return parts
 
 
 def _identifier_nodes(parts: list[SourceTables], records: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
@@ -147,10 +216,10 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     )
     nodes = _identifier_nodes(parts, records, observations)
     n_records = len(records)
-    node_hashes = nodes["hash"].to_numpy(np.uint64)
+    node_index = pd.Index(nodes["hash"].to_numpy(np.uint64))
 
     def node_of(hashes: np.ndarray) -> np.ndarray:
-        return n_records + np.searchsorted(node_hashes, np.asarray(hashes, dtype=np.uint64))
+        return n_records + node_index.get_indexer(np.asarray(hashes, dtype=np.uint64))
 
     nodes["alias"] = _alias_groups(len(nodes), observations, lambda h: node_of(h) - n_records)
 
@@ -191,10 +260,14 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     edges = pd.concat(frames, ignore_index=True)
     # One edge per node pair; an explicit link wins over plain co-occurrence of the same pair.
     src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
-    edges["src"], edges["dst"] = np.minimum(src, dst), np.maximum(src, dst)
-    order = np.lexsort((-edges["count"].to_numpy(), ~edges["explicit"].to_numpy(), edges["dst"].to_numpy(), edges["src"].to_numpy()))
-    edges = edges.iloc[order]
-    edges = edges[~edges.duplicated(["src", "dst"])].reset_index(drop=True)
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    pair = lo * np.int64(n_records + len(nodes)) + hi
+    order = np.lexsort((-edges["count"].to_numpy(), ~edges["explicit"].to_numpy(), pair))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pair[order][1:] != pair[order][:-1]
+    keep = order[first]
+    edges = edges.iloc[keep].reset_index(drop=True)
+    edges["src"], edges["dst"] = lo[keep], hi[keep]
     return records, nodes, edges
 
 
@@ -243,34 +316,35 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
         person_labels = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
         person_labels[labels[is_person_member]] = True
-        pid = person_ids(labels, _member_keys(records, nodes))
-        pid = np.where(person_labels[labels], pid, None)
+        no_person = ~person_labels[labels]
+        keys = person_keys(labels, _member_keys(records, nodes))
+        pid = format_person_ids(keys, missing=no_person)
 
         identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy()
-        identity_map["person_id"] = pid[:n_records]
-        identity_map["status"] = np.where(active, "active", np.where(pd.notna(pid[:n_records]), "merged", "deleted"))
+        identity_map["person_id"] = pid.iloc[:n_records].to_numpy()
+        identity_map["status"] = np.where(active, "active", np.where(no_person[:n_records], "deleted", "merged"))
         identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, config, vocab)
 
-        node_pid = pid[n_records:]
-        node_status = np.where(
-            result.hub, "hub",
-            np.where(~evidence[nodes["type"].to_numpy()], "observed", np.where(pd.notna(node_pid), "linked", "orphan")),
+        types = nodes["type"].to_numpy()
+        node_status = np.select(
+            [result.hub, ~evidence[types], no_person[n_records:]], ["hub", "observed", "orphan"], "linked"
         )
+        node_pid = pid.iloc[n_records:].reset_index(drop=True)
         identifier_map = pd.DataFrame(
             {
-                "id_type": pd.Categorical.from_codes(nodes["type"].to_numpy(), categories=list(vocab.types)),
+                "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
                 "value": nodes["value"].to_numpy(),
                 "hash": nodes["hash"].to_numpy(),
                 "records": nodes["records"].to_numpy(),
                 "events": nodes["events"].to_numpy(),
                 "first_seen": nodes["first_seen"].to_numpy(),
                 "last_seen": nodes["last_seen"].to_numpy(),
-                "person_id": np.where(node_status == "linked", node_pid, None),
-                "status": node_status,
+                "person_id": node_pid.where(node_status == "linked"),
+                "status": pd.Categorical(node_status),
                 "degree": result.degree,
             }
         )
-        persons = _persons(identity_map, identifier_map, nodes)
+        persons = _persons(keys, no_person, records, nodes, node_status == "linked")
         entry["rows_out"] = len(persons)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
@@ -278,42 +352,47 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     return Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={})
 
 
-def _persons(identity_map: pd.DataFrame, identifier_map: pd.DataFrame, nodes: pd.DataFrame) -> pd.DataFrame:
-    linked = identifier_map["status"].to_numpy() == "linked"
-    ids = pd.DataFrame(
+def _persons(
+    keys: np.ndarray, no_person: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame, node_linked: np.ndarray
+) -> pd.DataFrame:
+    """One row per person, aggregated on the 64-bit person keys (text ids only at the end)."""
+    n = len(records)
+    rec = ~no_person[:n]
+    by_records = pd.DataFrame(
+        {"key": keys[:n][rec], "source": pd.factorize(records["source"])[0][rec]}
+    ).groupby("key").agg(records=("source", "size"), sources=("source", "nunique"))
+    by_ids = pd.DataFrame(
         {
-            "person_id": identifier_map["person_id"].to_numpy()[linked],
-            "events": nodes["anchored_events"].to_numpy()[linked],
-            "first_seen": identifier_map["first_seen"].to_numpy()[linked],
-            "last_seen": identifier_map["last_seen"].to_numpy()[linked],
+            "key": keys[n:][node_linked],
+            "events": nodes["anchored_events"].to_numpy()[node_linked],
+            "first_seen": nodes["first_seen"].to_numpy()[node_linked],
+            "last_seen": nodes["last_seen"].to_numpy()[node_linked],
         }
-    ).groupby("person_id").agg(
+    ).groupby("key").agg(
         identifiers=("events", "size"), events=("events", "sum"), first_seen=("first_seen", "min"), last_seen=("last_seen", "max")
     )
-    recs = identity_map[identity_map["person_id"].notna()]
-    by_person = recs.groupby("person_id").agg(records=("record_id", "size"), sources=("source", "nunique"))
-    persons = ids.join(by_person, how="outer")
-    persons["records"] = persons["records"].fillna(0).astype(np.int64)
-    persons["sources"] = persons["sources"].fillna(0).astype(np.int64)
-    persons["identifiers"] = persons["identifiers"].fillna(0).astype(np.int64)
-    persons["events"] = persons["events"].fillna(0).astype(np.int64)
-    persons["is_anonymous"] = persons["records"] == 0
-    return persons.sort_index().reset_index()[
-        ["person_id", "records", "sources", "identifiers", "events", "is_anonymous", "first_seen", "last_seen"]
-    ]
+    persons = by_ids.join(by_records, how="outer").sort_index()
+    counts = {c: persons[c].fillna(0).to_numpy(np.int64) for c in ("records", "sources", "identifiers", "events")}
+    return pd.DataFrame(
+        {
+            "person_id": format_person_ids(persons.index.to_numpy(np.uint64)),
+            **counts,
+            "is_anonymous": counts["records"] == 0,
+            "first_seen": persons["first_seen"].to_numpy(),
+            "last_seen": persons["last_seen"].to_numpy(),
+        }
+    )
 
 
 def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: StageLog, run_id: str, started: datetime) -> dict:
-    per_source = {}
+    per_source: dict[str, dict] = {}
     for p in parts:
-        rejected = int((res.rejects["source"] == p.name).sum())
-        resolved = len(p.records) if p.records is not None else p.events
-        per_source[p.name] = {
-            "rows_read": p.rows_read,
-            "resolved": resolved,
-            "rejected": rejected,
-            "accounted": p.rows_read == resolved + rejected,
-        }
+        entry = per_source.setdefault(p.name, {"rows_read": 0, "resolved": 0, "rejected": 0})
+        entry["rows_read"] += p.rows_read
+        entry["resolved"] += len(p.records) if p.records is not None else p.events
+    for name, entry in per_source.items():
+        entry["rejected"] = int((res.rejects["source"] == name).sum())
+        entry["accounted"] = entry["rows_read"] == entry["resolved"] + entry["rejected"]
     read = sum(s["rows_read"] for s in per_source.values())
     resolved = sum(s["resolved"] for s in per_source.values())
     rejected = sum(s["rejected"] for s in per_source.values())
@@ -339,6 +418,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
         "policy_actions": {k: int(v) for k, v in res.policy_actions["action"].value_counts().to_dict().items()},
         "stages": log.stages,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_worker_rss_mb": round(_peak_rss_mb("children"), 1),
     }
 
 

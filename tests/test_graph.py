@@ -162,12 +162,12 @@ def test_connected_components_and_person_ids_are_order_free():
     labels = connected_components(5, np.array([0, 3]), np.array([1, 4]))
     assert labels[0] == labels[1] and labels[3] == labels[4] and labels[2] not in (labels[0], labels[3])
     keys = np.array([50, 10, 7, 99, 98], dtype=np.uint64)
-    ids = person_ids(labels, keys)
+    ids = person_ids(labels, keys).to_numpy()
     assert ids[0] == ids[1] == "p000000000000000a"
     assert ids[3] == "p0000000000000062"
     perm = np.array([4, 2, 0, 3, 1])
     relabelled = connected_components(5, np.array([2, 3]), np.array([4, 0]))  # same graph, nodes permuted
-    ids2 = person_ids(relabelled, keys[perm])
+    ids2 = person_ids(relabelled, keys[perm]).to_numpy()
     assert ids2.tolist() == ids[perm].tolist()
 
 

@@ -6,6 +6,7 @@ hypothesis-generated numbers in many formats and regions.
 
 import ipaddress
 import random
+import re
 import time
 import unicodedata
 
@@ -15,6 +16,7 @@ import phonenumbers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from unidecode import unidecode
 
 from resolver import normalize as nz
 from resolver.normalize import (
@@ -59,6 +61,33 @@ def test_plain_lists_are_accepted():
     assert values(normalize_trim([" a", None])) == ["a", None]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pd.Series([], dtype=object),
+        pd.Series([None, np.nan]),
+        pd.Series([1, 2]),
+        pd.Series([2125550234.0, np.nan]),
+        pd.Series(["a"], dtype="category"),
+    ],
+)
+def test_every_function_keeps_length_and_index(raw):
+    raw.index = range(10, 10 + len(raw))
+    outputs = [
+        normalize_trim(raw),
+        normalize_lower(raw),
+        normalize_email(raw),
+        normalize_name(raw),
+        normalize_ip(raw),
+        *salesforce_id_18(raw),
+        *normalize_phone(raw),
+        Blocklist.from_config().blocked("x", raw),
+    ]
+    for out in outputs:
+        assert list(out.index) == list(raw.index) and out.dtype == "str"
+    assert len(hash_identifiers("x", raw)) == len(raw)
+
+
 # ---------------------------------------------------------------------------------------------
 # email
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +120,9 @@ def test_email_folding_can_be_switched_off():
 
 
 def test_invalid_emails_are_missing():
-    raw = pd.Series(["no-at-sign", "two@@x.com", "a@b@c.com", "@x.com", "x@", "jo hn@x.com", "john@x .com", "", " ", None])
+    raw = pd.Series(
+        ["no-at-sign", "two@@x.com", "a@b@c.com", "@x.com", "x@", "jo hn@x.com", "john@x .com", "", " ", None]
+    )
     assert values(normalize_email(raw)) == [None] * len(raw)
 
 
@@ -104,6 +135,38 @@ def test_email_is_nfc_normalized():
     decomposed = "Jose\u0301@x.com"  # e + combining acute
     out = normalize_email(pd.Series([decomposed])).iloc[0]
     assert out == unicodedata.normalize("NFC", "josé@x.com") and len(out) == len("josé@x.com")
+
+
+def email_reference(raw: str, dots: bool, plus: bool) -> str | None:
+    """The documented rules, one value at a time."""
+    text = unicodedata.normalize("NFC", raw.strip()).lower()
+    if text.count("@") != 1 or any(ch.isspace() for ch in text):
+        return None
+    local, domain = text.split("@")
+    if not local or not domain:
+        return None
+    domain = "gmail.com" if domain == "googlemail.com" else domain
+    if plus and "+" in local and not local.startswith("+"):
+        local = local.split("+")[0]
+    if dots and domain == "gmail.com":
+        local = local.replace(".", "")
+    return f"{local}@{domain}" if local else None
+
+
+_email_text = st.text(alphabet="aAbZ19.+-_@ \tÉé\u0301ßØ", max_size=14)
+_email_like = st.builds(
+    lambda local, domain, pad: f"{pad}{local}@{domain}{pad}",
+    st.text(alphabet="aAbZ19.+-_É\u0301", max_size=8),
+    st.sampled_from(["gmail.com", "GoogleMail.com", "GMAIL.COM", "outlook.com", "x.io", "", "a b.com"]),
+    st.sampled_from(["", " ", "\t"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(_email_text, _email_like), max_size=30), st.booleans(), st.booleans())
+def test_email_matches_reference(raw, dots, plus):
+    got = normalize_email(pd.Series(raw, dtype=object), fold_gmail_dots=dots, fold_plus_tags=plus)
+    assert values(got) == [email_reference(v, dots, plus) for v in raw]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,13 +197,82 @@ def test_normalize_name(raw, expected):
     assert values(normalize_name(pd.Series([raw], dtype=object))) == [expected]
 
 
+def name_reference(raw: str) -> str | None:
+    """The documented rules, one value at a time, with unidecode and Python regexes."""
+    text = re.sub(r"['`.]+", "", unidecode(raw).lower())
+    text = re.sub(r"[^a-z0-9]+", " ", text).strip()
+    text = re.sub(nz._LEADING_TITLES, "", text)
+    text = re.sub(nz._TRAILING_SUFFIXES, "", text).strip()
+    return text or None
+
+
+_name_words = st.sampled_from(
+    [
+        "Dr.",
+        "mr",
+        "Mrs",
+        "Prof",
+        "sir",
+        "Jr.",
+        "SR",
+        "iii",
+        "PhD",
+        "md",
+        "José",
+        "O'Neil",
+        "O’Brien",
+        "Smith-Jones",
+        "Zoë",
+        "ßtraße",
+        "Øst",
+        "Ñoño",
+        "J.R.",
+        "Mary",
+        "",
+        "  ",
+        ",",
+        "-",
+        "`",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(_name_words, max_size=5).map(" ".join), st.text(alphabet="aZ09 .'`-,éüñçøß’\t", max_size=15)
+        ),
+        max_size=30,
+    )
+)
+def test_name_matches_reference(raw):
+    assert values(normalize_name(pd.Series(raw, dtype=object))) == [name_reference(v) for v in raw]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet="aB9 .'`-,_\t", max_size=12), max_size=40))
+def test_words_equals_the_regex_pipeline(raw):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(raw, pa.large_string())
+    text = pc.replace_substring_regex(pc.ascii_lower(arr), "['`.]+", "")
+    expected = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, "[^a-z0-9]+", " "))
+    assert nz._words(arr).to_pylist() == expected.to_pylist()
+    if len(raw) > 2:  # a sliced array (non-zero offset) too
+        assert nz._words(arr.slice(1)).to_pylist() == expected.slice(1).to_pylist()
+
+
 # ---------------------------------------------------------------------------------------------
 # IP addresses
 # ---------------------------------------------------------------------------------------------
 
 
 def test_ip_examples():
-    raw = pd.Series(["1.2.3.4", " 10.0.0.1 ", "01.2.3.4", "256.1.1.1", "1.2.3", "2001:DB8:0:0::1", "::ffff:1.2.3.4", "x", "", None])
+    raw = pd.Series(
+        ["1.2.3.4", " 10.0.0.1 ", "01.2.3.4", "256.1.1.1", "1.2.3", "2001:DB8:0:0::1", "::ffff:1.2.3.4", "x", "", None]
+    )
     assert values(normalize_ip(raw)) == [
         "1.2.3.4",
         "10.0.0.1",
@@ -162,7 +294,9 @@ def _ip_oracle(text):
         return None
 
 
-_octet = st.one_of(st.integers(0, 300).map(str), st.from_regex(r"0[0-9]{1,3}", fullmatch=True), st.just(""), st.just("a"))
+_octet = st.one_of(
+    st.integers(0, 300).map(str), st.from_regex(r"0[0-9]{1,3}", fullmatch=True), st.just(""), st.just("a")
+)
 _ipv4ish = st.lists(_octet, min_size=3, max_size=5).map(".".join)
 _ipv6 = st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
 _ipv6_upper = st.integers(0, 2**128 - 1).map(lambda n: ipaddress.IPv6Address(n).exploded.upper())
@@ -196,9 +330,19 @@ def test_salesforce_reference_example():
 
 
 def test_salesforce_bad_checksum_and_junk():
-    raw = pd.Series(["0036000000QKv5TAAA", "0036000000QKv5", "0036000000QKv5T!", "003-6000000QKv5T", "", None, "00Q5e00000AbCdEfGh"])
+    raw = pd.Series(
+        ["0036000000QKv5TAAA", "0036000000QKv5", "0036000000QKv5T!", "003-6000000QKv5T", "", None, "00Q5e00000AbCdEfGh"]
+    )
     ids, reasons = salesforce_id_18(raw)
-    assert values(ids) == ["0036000000QKv5TAAT", None, None, None, None, None, "00Q5e00000AbCdE" + _checksum("00Q5e00000AbCdE")]
+    assert values(ids) == [
+        "0036000000QKv5TAAT",
+        None,
+        None,
+        None,
+        None,
+        None,
+        "00Q5e00000AbCdE" + _checksum("00Q5e00000AbCdE"),
+    ]
     assert values(reasons) == [
         "bad checksum repaired",
         "not a Salesforce id",
@@ -303,7 +447,7 @@ def oracle_reason(raw: str, region: str) -> str | None:
 def assert_same_as_phonenumbers(raw: list[str], region: str) -> None:
     e164, reasons = normalize_phone(pd.Series(raw, dtype=object), default_region=region)
     got = values(e164)
-    for value, number, reason in zip(raw, got, values(reasons)):
+    for value, number, reason in zip(raw, got, values(reasons), strict=True):
         assert number == oracle(value, region), (value, region)
         assert reason == oracle_reason(value, region), (value, region)
 
@@ -376,11 +520,27 @@ def other_countries(draw) -> str:
 def example_numbers(draw) -> str:
     """Real example numbers of every region and type, in every format, sometimes with a digit changed."""
     region = draw(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)))
-    kind = draw(st.sampled_from([phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.TOLL_FREE]))
+    kind = draw(
+        st.sampled_from(
+            [
+                phonenumbers.PhoneNumberType.FIXED_LINE,
+                phonenumbers.PhoneNumberType.MOBILE,
+                phonenumbers.PhoneNumberType.TOLL_FREE,
+            ]
+        )
+    )
     number = phonenumbers.example_number_for_type(region, kind)
     if number is None:
         return "+" + draw(_digits)
-    style = draw(st.sampled_from([phonenumbers.PhoneNumberFormat.E164, phonenumbers.PhoneNumberFormat.INTERNATIONAL, phonenumbers.PhoneNumberFormat.NATIONAL]))
+    style = draw(
+        st.sampled_from(
+            [
+                phonenumbers.PhoneNumberFormat.E164,
+                phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+                phonenumbers.PhoneNumberFormat.NATIONAL,
+            ]
+        )
+    )
     text = phonenumbers.format_number(number, style)
     if draw(st.booleans()):
         at = draw(st.integers(0, len(text) - 1))
@@ -392,18 +552,50 @@ def example_numbers(draw) -> str:
 @st.composite
 def with_extension(draw) -> str:
     base = draw(nanp_numbers() | other_countries() | prefixed_digits())
-    label = draw(st.sampled_from(["x", "X", "ext", "ext.", "EXT", "Ext.", "extension", "#", ",", ";", "ext:", "x.", "/x", "e"]))
+    label = draw(
+        st.sampled_from(["x", "X", "ext", "ext.", "EXT", "Ext.", "extension", "#", ",", ";", "ext:", "x.", "/x", "e"])
+    )
     gap = draw(st.sampled_from(["", " ", "  ", "\t", "-", "/"]))
-    return base + gap + label + draw(st.sampled_from(["", " ", "-"])) + draw(_digits) + draw(st.sampled_from(["", "#", " "]))
+    return (
+        base
+        + gap
+        + label
+        + draw(st.sampled_from(["", " ", "-"]))
+        + draw(_digits)
+        + draw(st.sampled_from(["", "#", " "]))
+    )
 
 
 garbage = st.one_of(
-    st.sampled_from(["", " ", "\t", "n/a", "N/A", "unknown", "1-800-FLOWERS", "tel:+1-212-555-0134", "212\t555\t0134", "２１２５５５０１３４", "+", "++", "+1", "12", "1", "()", "212,555,0134", "0" * 260]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\t",
+            "n/a",
+            "N/A",
+            "unknown",
+            "1-800-FLOWERS",
+            "tel:+1-212-555-0134",
+            "212\t555\t0134",
+            "２１２５５５０１３４",
+            "+",
+            "++",
+            "+1",
+            "12",
+            "1",
+            "()",
+            "212,555,0134",
+            "0" * 260,
+        ]
+    ),
     st.text(max_size=20),
     st.text(alphabet="0123456789+-() .x#", max_size=25),
 )
 
-phone_inputs = st.one_of(nanp_numbers(), prefixed_digits(), other_countries(), example_numbers(), with_extension(), garbage)
+phone_inputs = st.one_of(
+    nanp_numbers(), prefixed_digits(), other_countries(), example_numbers(), with_extension(), garbage
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -446,9 +638,9 @@ def test_phone_equals_phonenumbers_on_a_large_batch():
 def test_phone_speed_sanity(capsys):
     rnd = random.Random(1)
     raw = [
-        rnd.choice(["({a}) {e}-{l}", "{a}.{e}.{l}", "+1 {a}-{e}-{l}", "1{a}{e}{l}", "+44 20 {e}{l}", "{a}-{e}-{l} x12"]).format(
-            a=rnd.randrange(200, 1000), e=rnd.randrange(200, 1000), l=f"{rnd.randrange(10000):04d}"
-        )
+        rnd.choice(
+            ["({a}) {e}-{l}", "{a}.{e}.{l}", "+1 {a}-{e}-{l}", "1{a}{e}{l}", "+44 20 {e}{l}", "{a}-{e}-{l} x12"]
+        ).format(a=rnd.randrange(200, 1000), e=rnd.randrange(200, 1000), l=f"{rnd.randrange(10000):04d}")
         for _ in range(200_000)
     ]
     start = time.perf_counter()
@@ -469,7 +661,9 @@ def test_normalize_identifier_dispatch():
     out, reason = normalize_identifier("email", raw)
     assert values(out) == ["foo@gmail.com", None, None]
     assert values(reason) == [None, "invalid email", None]
-    out, _ = normalize_identifier("email", pd.Series(["a.b+c@gmail.com"]), email_options={"fold_gmail_dots": False, "fold_plus_tags": True})
+    out, _ = normalize_identifier(
+        "email", pd.Series(["a.b+c@gmail.com"]), email_options={"fold_gmail_dots": False, "fold_plus_tags": True}
+    )
     assert values(out) == ["a.b@gmail.com"]
     out, reason = normalize_identifier("phone", pd.Series(["020 7946 0958"]), default_region="GB")
     assert values(out) == ["+442079460958"] and values(reason) == [None]
@@ -523,7 +717,25 @@ def test_hash_of_all_missing():
 
 def test_vendor_blocked_values():
     block = Blocklist.from_config()
-    raw = pd.Series(["NULL", "Anonymous", "-1", "void", "abc123", "invalid", "undefined", "Unknown", "not set", "00000000-0000-0000-0000-000000000000", "0", "000-000-0000", "real-user-42", None, ""])
+    raw = pd.Series(
+        [
+            "NULL",
+            "Anonymous",
+            "-1",
+            "void",
+            "abc123",
+            "invalid",
+            "undefined",
+            "Unknown",
+            "not set",
+            "00000000-0000-0000-0000-000000000000",
+            "0",
+            "000-000-0000",
+            "real-user-42",
+            None,
+            "",
+        ]
+    )
     assert values(block.blocked("user_id", raw)) == [
         "blocked value (segment)",
         "blocked value (segment)",
@@ -545,7 +757,23 @@ def test_vendor_blocked_values():
 
 def test_fake_emails_are_blocked():
     block = Blocklist.from_config()
-    raw = pd.Series(["test@test.com", "ASDF@asdf.com", "test@gmail.com", "noreply@shop.com", "no-reply@x.io", "donotreply@x.io", "jane@example.com", "jane@mail.example.org", "a@foo.test", "a@foo.invalid", "a@localhost", "jane@gmail.com", "jane@examples.com"])
+    raw = pd.Series(
+        [
+            "test@test.com",
+            "ASDF@asdf.com",
+            "test@gmail.com",
+            "noreply@shop.com",
+            "no-reply@x.io",
+            "donotreply@x.io",
+            "jane@example.com",
+            "jane@mail.example.org",
+            "a@foo.test",
+            "a@foo.invalid",
+            "a@localhost",
+            "jane@gmail.com",
+            "jane@examples.com",
+        ]
+    )
     assert values(block.blocked("email", raw)) == ["fake email"] * 6 + ["reserved email domain"] * 5 + [None, None]
 
 
@@ -572,7 +800,14 @@ def test_config_values_and_patterns():
     raw = pd.Series(["guest", "KIOSK-1", "temp_12", "temp_12x", "Demo-user", "alice"], index=list("abcdef"))
     out = block.blocked("user_id", raw)
     assert list(out.index) == list("abcdef")
-    assert values(out) == ["blocked value (config)", "blocked value (config)", r"blocked pattern temp_\d+", None, "blocked pattern (?i)demo.*", None]
+    assert values(out) == [
+        "blocked value (config)",
+        "blocked value (config)",
+        r"blocked pattern temp_\d+",
+        None,
+        "blocked pattern (?i)demo.*",
+        None,
+    ]
 
 
 def test_config_lists_can_be_scoped_to_one_type():
