@@ -103,23 +103,25 @@ def _limit_violations(
 ) -> np.ndarray:
     """Component labels where some type holds more distinct values than a limit allows.
 
-    A component breaks a link limit when it holds an edge of type t and more values of type u
-    than limits[t, u]; global limits are the same test with the loosest row.
+    Global limits: more values of type u than its `limit`. Link limits: the component holds an
+    edge of type t and more values of type u than limits[t, u].
     """
+    n_types = limits.shape[1]
     tracked = (limits < UNLIMITED).any(axis=0)
-    keep = tracked[node_type]
-    held = (
-        pd.DataFrame({"label": labels[n_records:][keep], "type": node_type[keep], "alias": alias[keep]})
-        .drop_duplicates()
-        .groupby(["label", "type"], sort=False)
-        .size()
-        .reset_index(name="n")
-    )
-    # Which edge types each component contains (global limits apply whatever the edge type).
-    edge_kinds = pd.DataFrame({"label": linking_edge_labels, "etype": linking_edge_types}).drop_duplicates()
-    strictest = edge_kinds.merge(held, on="label")
-    over = strictest["n"].to_numpy() > limits[strictest["etype"].to_numpy(), strictest["type"].to_numpy()]
-    return np.unique(strictest["label"].to_numpy()[over])
+    # Count alias groups, not values: one representative node per group.
+    representative = np.zeros(len(node_type), dtype=bool)
+    representative[np.unique(alias, return_index=True)[1]] = True
+    counted = tracked[node_type] & representative
+    key = labels[n_records:][counted].astype(np.int64) * n_types + node_type[counted]
+    held, count = np.unique(key, return_counts=True)
+    component, held_type = held // n_types, held % n_types
+    loosest = limits.max(axis=0)
+    broken = [component[count > loosest[held_type]]]
+    for t in np.flatnonzero((limits < loosest[None, :]).any(axis=1)):
+        with_t = np.unique(linking_edge_labels[linking_edge_types == t])
+        over = (count > limits[t, held_type]) & np.isin(component, with_t)
+        broken.append(component[over])
+    return np.unique(np.concatenate(broken))
 
 
 def _greedy_rebuild(

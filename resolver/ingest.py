@@ -65,10 +65,9 @@ class SourceTables:
     name: str
     rows_read: int
     records: pd.DataFrame | None = None  # kind == records
-    observations: pd.DataFrame | None = None  # record_pos, type, hash, rule, explicit, is_key
-    event_edges: pd.DataFrame | None = None  # a, b, type, rule, explicit, count, first_seen
-    event_nodes: pd.DataFrame | None = None  # hash, type, events, anchored, first_seen, last_seen
-    values: list[pd.DataFrame] = field(default_factory=list)  # hash -> normalized value
+    observations: pd.DataFrame | None = None  # record_pos, type, hash, value, rule, explicit, is_key
+    event_nodes: pd.DataFrame | None = None  # hash (sorted), type, value, events, anchored, first/last_seen
+    event_edges: pd.DataFrame | None = None  # a, b (rows of event_nodes), type, rule, explicit, count, first_seen
     events: int = 0
     event_ids: np.ndarray | None = None  # sorted hashes of the event ids kept (for cross-file dedupe)
     rejects: list[pd.DataFrame] = field(default_factory=list)
@@ -154,6 +153,19 @@ def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame
     return [identifier_column(config, source, t, c, r, frame[c], blocklist, actions) for t, c, r in mapped]
 
 
+def distinct_values(idents: list[IdentifierColumn]) -> pd.DataFrame:
+    """hash -> normalized value over all identifier columns, sorted by hash."""
+    if not idents:
+        return pd.DataFrame({"hash": np.zeros(0, np.uint64), "value": pd.Series(dtype="str")})
+    values = pd.concat([i.values for i in idents], ignore_index=True).drop_duplicates("hash")
+    return values.sort_values("hash", kind="stable").reset_index(drop=True)
+
+
+def value_of(values: pd.DataFrame, hashes: np.ndarray) -> np.ndarray:
+    """The normalized text of each hash (every hash must be in `values`)."""
+    return values["value"].to_numpy()[np.searchsorted(values["hash"].to_numpy(np.uint64), hashes)]
+
+
 def _parse_times(values: pd.Series | None, n: int) -> np.ndarray:
     """ISO 8601 text to naive UTC datetime64[ns]; unparseable or missing -> NaT."""
     if values is None:
@@ -175,7 +187,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     tables = SourceTables(source.name, raw.rows_read, rejects=[raw.rejects])
     frame = raw.frame.reset_index(drop=True)
     idents = identifier_columns(config, source, frame, blocklist, tables.actions)
-    tables.values = [i.values for i in idents]
+    values = distinct_values(idents)
 
     key_raw = frame[source.key]
     missing = key_raw.isna().to_numpy()
@@ -237,8 +249,10 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     merged[obs.loc[obs["explicit"], "record_pos"].to_numpy()] = True
     orphan = records["is_deleted"].to_numpy() & ~merged
     obs = obs[~orphan[obs["record_pos"].to_numpy()]]
+    obs = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
+    obs["value"] = value_of(values, obs["hash"].to_numpy())
     tables.records = records
-    tables.observations = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
+    tables.observations = obs
     return tables
 
 
@@ -280,7 +294,6 @@ def ingest_events(
     idents = identifier_columns(config, source, frame, blocklist, tables.actions)
     # Strongest first, so that an event's anchor is the strongest identifier it carries.
     idents.sort(key=lambda i: (types[i.id_type].priority, i.explicit))
-    tables.values = [i.values for i in idents]
     hashes = np.stack([i.hash for i in idents], axis=1) if idents else np.zeros((len(frame), 0), np.uint64)
     anchor_ok = np.array([types[i.id_type].evidence and not i.explicit for i in idents], dtype=bool)
     anchor, anchor_column = _anchors(hashes, anchor_ok)
@@ -301,6 +314,8 @@ def ingest_events(
             pd.DataFrame({"hash": ident.hash[present], "type": column_type[col], "ts": ts[present],
                           "anchored": (anchor_column == col)[present]})
         )
+        if not types[ident.id_type].evidence:
+            continue  # e.g. IP: counted as an observed identifier, never an edge of the identity graph
         rows = np.flatnonzero(present & (ident.hash != anchor))
         if not len(rows):
             continue
@@ -318,8 +333,14 @@ def ingest_events(
                 }
             )
         )
-    tables.event_nodes = collapse_nodes(node_parts)
-    tables.event_edges = collapse_edges(edge_parts, vocab)
+    nodes = collapse_nodes(node_parts)
+    nodes["value"] = value_of(distinct_values(idents), nodes["hash"].to_numpy())
+    edges = collapse_edges(edge_parts, vocab)
+    # Edge ends as rows of this part's node table, so the parent maps each node once, not each end.
+    node_hashes = nodes["hash"].to_numpy(np.uint64)
+    edges["a"] = np.searchsorted(node_hashes, edges["a"].to_numpy(np.uint64))
+    edges["b"] = np.searchsorted(node_hashes, edges["b"].to_numpy(np.uint64))
+    tables.event_nodes, tables.event_edges = nodes, edges
     return tables
 
 

@@ -413,7 +413,7 @@ def _without_extension(trimmed: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pc.replace_with_mask(trimmed, pa.array(mask), body.filter(pa.array(ok))), shaped
 
 
-def _national_forms(md, digits: pa.Array, n_digits: np.ndarray, plus: np.ndarray):
+def _national_forms(md: PhoneMetadata, digits: pa.Array, n_digits: np.ndarray, plus: np.ndarray):
     """Classes B, C and D for the default region: (full digits, international?, national?)."""
     idd = md.international_prefix or ""
     own = str(md.country_code)
@@ -436,7 +436,7 @@ def _national_forms(md, digits: pa.Array, n_digits: np.ndarray, plus: np.ndarray
     return full, intl, national_c | national_d
 
 
-def _too_long(md, length: int) -> bool:
+def _too_long(md: PhoneMetadata, length: int) -> bool:
     """_test_number_length(number, md) == TOO_LONG for a number of this length."""
     possible = md.general_desc.possible_length
     local = md.general_desc.possible_length_local_only
@@ -450,7 +450,11 @@ def _country_codes(full: pa.Array, mask: np.ndarray) -> np.ndarray:
     offsets, data = _offsets_data(full)
     three = np.zeros(len(full), dtype=np.int64)
     starts = offsets[:-1][mask]  # masked values have at least 3 digits
-    three[mask] = sum(100 // 10**k * (data[starts + k].astype(np.int64) - ord("0")) for k in range(3))
+
+    def digit(k: int) -> np.ndarray:
+        return data[starts + k].astype(np.int64) - ord("0")
+
+    three[mask] = 100 * digit(0) + 10 * digit(1) + digit(2)
     cc = np.zeros(len(full), dtype=np.int64)
     live = mask & (three >= 100)  # a leading 0 is never a country code
     for divisor in (100, 10, 1):
@@ -658,9 +662,10 @@ _TRAILING_SUFFIXES = rf"(?:(?:^| )(?:{'|'.join(_SUFFIXES)}))+$"
 
 
 def normalize_name(values: pd.Series) -> pd.Series:
-    """Name match key: ASCII-folded (unidecode), lower case, apostrophes and periods removed,
-    hyphens and other punctuation -> space, leading titles (mr, dr, ...) and trailing suffixes
-    (jr, iii, phd, ...) dropped, whitespace collapsed; empty -> NA.
+    """Name match key: ASCII-folded (NFKD accent stripping, unidecode for the rest), lower case,
+    apostrophes and periods removed, hyphens and other punctuation -> space, leading titles
+    (mr, dr, ...) and trailing suffixes (jr, iii, phd, ...) dropped, whitespace collapsed;
+    empty -> NA.
     "Dr. José O'Neil-Smith Jr." -> "jose oneil smith"."""
     s = _as_series(values)
     (out,) = _per_unique(_to_arrow(s), lambda u: (_fold_names(u),))

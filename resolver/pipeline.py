@@ -24,6 +24,7 @@ from resolver import __version__
 from resolver.cluster import connected_components, format_person_ids, person_keys
 from resolver.config import Config
 from resolver.graph import ACTION_COLUMNS, resolve_graph
+from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
 from resolver.io.readers import REJECT_COLUMNS, read_source
 from resolver.io.writers import write_outputs
@@ -159,115 +160,119 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceT
     return parts
 
 
-def _identifier_nodes(parts: list[SourceTables], records: pd.DataFrame, observations: pd.DataFrame) -> pd.DataFrame:
-    """One row per distinct identifier value, sorted by hash so node numbers are deterministic."""
-    ts = records["timestamp"].to_numpy()[observations["record_id"].to_numpy()]
-    rec = (
-        pd.DataFrame({"hash": observations["hash"].to_numpy(), "type": observations["type"].to_numpy(),
-                      "record_id": observations["record_id"].to_numpy(), "ts": ts})
-        .drop_duplicates(["hash", "record_id"])
-        .groupby("hash", sort=False)
-        .agg(type=("type", "first"), records=("record_id", "size"), rec_first=("ts", "min"), rec_last=("ts", "max"))
-    )
-    event_nodes = [p.event_nodes for p in parts if p.event_nodes is not None and len(p.event_nodes)]
-    if event_nodes:
-        ev = pd.concat(event_nodes, ignore_index=True).groupby("hash", sort=False).agg(
-            ev_type=("type", "first"), events=("events", "sum"), anchored=("anchored", "sum"),
-            ev_first=("first_seen", "min"), ev_last=("last_seen", "max"),
-        )
-        nodes = rec.join(ev, how="outer")
-        nodes["type"] = nodes["type"].fillna(nodes["ev_type"])
-    else:
-        nodes = rec.assign(events=0, anchored=0, ev_first=pd.NaT, ev_last=pd.NaT)
-    nodes = nodes.sort_index()
-    out = pd.DataFrame(
-        {
-            "hash": nodes.index.to_numpy(np.uint64),
-            "type": nodes["type"].to_numpy().astype(np.int16),
-            "records": nodes["records"].fillna(0).to_numpy(np.int64),
-            "events": nodes["events"].fillna(0).to_numpy(np.int64),
-            "anchored_events": nodes["anchored"].fillna(0).to_numpy(np.int64),
-            "first_seen": nodes[["rec_first", "ev_first"]].min(axis=1).to_numpy(),
-            "last_seen": nodes[["rec_last", "ev_last"]].max(axis=1).to_numpy(),
-        }
-    )
-    values = pd.concat([v for p in parts for v in p.values], ignore_index=True).drop_duplicates("hash")
-    out["value"] = values.set_index("hash")["value"].reindex(out["hash"].to_numpy()).to_numpy()
-    return out
-
-
-def _alias_groups(n_nodes: int, observations: pd.DataFrame, node_of) -> np.ndarray:
+def _alias_groups(n_nodes: int, observations: pd.DataFrame, obs_node: np.ndarray) -> np.ndarray:
     """Values an explicit same-type link declares equal (merged Salesforce ids) share an alias group."""
-    keys = observations[observations["is_key"]][["record_id", "type", "hash"]]
-    links = observations[observations["explicit"]][["record_id", "type", "hash"]]
+    frame = observations[["record_id", "type", "is_key", "explicit"]].assign(node=obs_node)
+    keys = frame[frame["is_key"]][["record_id", "type", "node"]]
+    links = frame[frame["explicit"]][["record_id", "type", "node"]]
     pairs = keys.merge(links, on=["record_id", "type"], suffixes=("_a", "_b"))
-    return connected_components(n_nodes, node_of(pairs["hash_a"].to_numpy()), node_of(pairs["hash_b"].to_numpy()))
+    return connected_components(n_nodes, pairs["node_a"].to_numpy(), pairs["node_b"].to_numpy())
+
+
+def _earliest(n: int, index: np.ndarray, times: np.ndarray) -> np.ndarray:
+    ints = times.astype("datetime64[ns]").view(np.int64)
+    big = np.iinfo(np.int64).max
+    out = np.full(n, big, dtype=np.int64)
+    np.minimum.at(out, index, np.where(ints == np.iinfo(np.int64).min, big, ints))
+    return np.where(out == big, np.iinfo(np.int64).min, out).view("datetime64[ns]")
+
+
+def _latest(n: int, index: np.ndarray, times: np.ndarray) -> np.ndarray:
+    out = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(out, index, times.astype("datetime64[ns]").view(np.int64))
+    return out.view("datetime64[ns]")
 
 
 def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Records, identifier nodes and edges (node numbers: records first, then identifiers)."""
+    """Records, identifier nodes and edges (node numbers: records first, then identifiers).
+
+    Identifier nodes are numbered in hash order, so numbering never depends on input order.
+    """
     record_parts = [p for p in parts if p.records is not None]
+    event_parts = [p for p in parts if p.event_nodes is not None and len(p.event_nodes)]
     offsets = np.cumsum([0] + [len(p.records) for p in record_parts])
     records = pd.concat([p.records for p in record_parts], ignore_index=True)
     records.insert(0, "record_id", np.arange(len(records), dtype=np.int64))
+    n_records = len(records)
     observations = pd.concat(
         [p.observations.assign(record_id=p.observations["record_pos"].to_numpy() + off) for p, off in zip(record_parts, offsets)],
         ignore_index=True,
     )
-    nodes = _identifier_nodes(parts, records, observations)
-    n_records = len(records)
-    node_index = pd.Index(nodes["hash"].to_numpy(np.uint64))
+    event_nodes = [p.event_nodes for p in event_parts]
 
-    def node_of(hashes: np.ndarray) -> np.ndarray:
-        return n_records + node_index.get_indexer(np.asarray(hashes, dtype=np.uint64))
-
-    nodes["alias"] = _alias_groups(len(nodes), observations, lambda h: node_of(h) - n_records)
+    # Every identifier value is observed on a record or is a node of some event file.
+    hashes = np.concatenate([observations["hash"].to_numpy(np.uint64)] + [t["hash"].to_numpy(np.uint64) for t in event_nodes])
+    node_hash, first_row, node_of_row = np.unique(hashes, return_index=True, return_inverse=True)
+    n_nodes = len(node_hash)
+    n_obs = len(observations)
+    obs_node = node_of_row[:n_obs]
+    ev_node = node_of_row[n_obs:]
+    ev_frame = pd.concat(event_nodes, ignore_index=True) if event_nodes else None
 
     record_ids = observations["record_id"].to_numpy()
-    frames = [
-        pd.DataFrame(
-            {
-                "src": record_ids,
-                "dst": node_of(observations["hash"].to_numpy()),
-                "type": observations["type"].to_numpy(),
-                "rule": observations["rule"].to_numpy(),
-                "explicit": observations["explicit"].to_numpy(bool),
-                "count": np.ones(len(observations), dtype=np.int64),
-                "first_seen": records["timestamp"].to_numpy()[record_ids],
-            }
-        )
-    ]
-    event_edges = [p.event_edges for p in parts if p.event_edges is not None and len(p.event_edges)]
-    if event_edges:
-        ev = pd.concat(event_edges, ignore_index=True)
-        if len(event_edges) > 1:
-            ev = ev.groupby(["a", "b", "rule"], sort=True).agg(
-                type=("type", "first"), explicit=("explicit", "first"), count=("count", "sum"), first_seen=("first_seen", "min")
-            ).reset_index()
-        frames.append(
-            pd.DataFrame(
-                {
-                    "src": node_of(ev["a"].to_numpy()),
-                    "dst": node_of(ev["b"].to_numpy()),
-                    "type": ev["type"].to_numpy(),
-                    "rule": ev["rule"].to_numpy(),
-                    "explicit": ev["explicit"].to_numpy(bool),
-                    "count": ev["count"].to_numpy(np.int64),
-                    "first_seen": ev["first_seen"].to_numpy(),
-                }
-            )
-        )
-    edges = pd.concat(frames, ignore_index=True)
-    # One edge per node pair; an explicit link wins over plain co-occurrence of the same pair.
-    src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
+    record_time = records["timestamp"].to_numpy()[record_ids]
+    distinct_record = ~pd.Series(obs_node * np.int64(n_records + 1) + record_ids).duplicated().to_numpy()
+    node_type = np.zeros(n_nodes, dtype=np.int16)
+    node_type[obs_node] = observations["type"].to_numpy()
+    values = observations["value"]
+    events = np.zeros(n_nodes, np.int64)
+    anchored = np.zeros(n_nodes, np.int64)
+    times = [record_time]
+    index = [obs_node]
+    if ev_frame is not None:
+        node_type[ev_node] = ev_frame["type"].to_numpy()
+        values = pd.concat([values, ev_frame["value"]], ignore_index=True)
+        events = np.bincount(ev_node, weights=ev_frame["events"].to_numpy(), minlength=n_nodes).astype(np.int64)
+        anchored = np.bincount(ev_node, weights=ev_frame["anchored"].to_numpy(), minlength=n_nodes).astype(np.int64)
+        times += [ev_frame["first_seen"].to_numpy(), ev_frame["last_seen"].to_numpy()]
+        index += [ev_node, ev_node]
+    all_index, all_times = np.concatenate(index), np.concatenate(times)
+    nodes = pd.DataFrame(
+        {
+            "hash": node_hash,
+            "type": node_type,
+            "value": values.take(first_row).reset_index(drop=True),
+            "records": np.bincount(obs_node[distinct_record], minlength=n_nodes).astype(np.int64),
+            "events": events,
+            "anchored_events": anchored,
+            "first_seen": _earliest(n_nodes, all_index, all_times),
+            "last_seen": _latest(n_nodes, all_index, all_times),
+        }
+    )
+    nodes["alias"] = _alias_groups(n_nodes, observations, obs_node)
+
+    src = [record_ids]
+    dst = [n_records + obs_node]
+    columns = {c: [observations[c].to_numpy()] for c in ("type", "rule", "explicit")}
+    count = [np.ones(n_obs, dtype=np.int64)]
+    first_seen = [record_time]
+    start = n_obs
+    for part in event_parts:
+        global_node = n_records + node_of_row[start:start + len(part.event_nodes)]
+        start += len(part.event_nodes)
+        e = part.event_edges
+        src.append(global_node[e["a"].to_numpy()])
+        dst.append(global_node[e["b"].to_numpy()])
+        for c in columns:
+            columns[c].append(e[c].to_numpy())
+        count.append(e["count"].to_numpy(np.int64))
+        first_seen.append(e["first_seen"].to_numpy())
+    src, dst = np.concatenate(src), np.concatenate(dst)
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
-    pair = lo * np.int64(n_records + len(nodes)) + hi
-    order = np.lexsort((-edges["count"].to_numpy(), ~edges["explicit"].to_numpy(), pair))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = pair[order][1:] != pair[order][:-1]
-    keep = order[first]
-    edges = edges.iloc[keep].reset_index(drop=True)
-    edges["src"], edges["dst"] = lo[keep], hi[keep]
+    explicit = np.concatenate(columns["explicit"]).astype(bool)
+    # One edge per node pair, seen how often in all; an explicit link names the rule.
+    groups = Groups.of(lo * np.int64(n_records + n_nodes) + hi, tiebreak=~explicit)
+    edges = pd.DataFrame(
+        {
+            "src": groups.first(lo),
+            "dst": groups.first(hi),
+            "type": groups.first(np.concatenate(columns["type"])),
+            "rule": groups.first(np.concatenate(columns["rule"])),
+            "explicit": groups.first(explicit),
+            "count": groups.sum(np.concatenate(count)),
+            "first_seen": groups.min_time(np.concatenate(first_seen)),
+        }
+    )
     return records, nodes, edges
 
 
