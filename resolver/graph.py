@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from resolver.cluster import connected_components
 from resolver.config import IdentityConfig
@@ -124,6 +125,95 @@ def _limit_violations(
     return np.unique(np.concatenate(broken))
 
 
+@njit(cache=True)
+def _find(parent: np.ndarray, node: int) -> int:
+    while parent[node] != node:
+        parent[node] = parent[parent[node]]  # path halving
+        node = parent[node]
+    return node
+
+
+@njit(cache=True)
+def _first_broken_type(
+    head_a: int, head_b: int, nxt: np.ndarray, value_type: np.ndarray, value_alias: np.ndarray, row: np.ndarray
+) -> int:
+    """The smallest type whose distinct values in the union of two groups exceed `row`, or -1."""
+    n_types = len(row)
+    counts = np.zeros(n_types, dtype=np.int64)
+    size = 0
+    for head in (head_a, head_b):
+        entry = head
+        while entry != -1:
+            size += 1
+            entry = nxt[entry]
+    seen_type = np.empty(size, dtype=np.int64)
+    seen_alias = np.empty(size, dtype=np.int64)
+    filled = 0
+    for head in (head_a, head_b):
+        entry = head
+        while entry != -1:
+            t, a = value_type[entry], value_alias[entry]
+            duplicate = False
+            for j in range(filled):
+                if seen_type[j] == t and seen_alias[j] == a:
+                    duplicate = True
+                    break
+            if not duplicate:
+                seen_type[filled] = t
+                seen_alias[filled] = a
+                filled += 1
+                counts[t] += 1
+            entry = nxt[entry]
+    for t in range(n_types):
+        if counts[t] > row[t]:
+            return t
+    return -1
+
+
+@njit(cache=True)
+def _greedy_union(
+    n_local: int,
+    ends_a: np.ndarray,
+    ends_b: np.ndarray,
+    edge_type: np.ndarray,
+    explicit: np.ndarray,
+    value_type: np.ndarray,
+    value_alias: np.ndarray,
+    limits: np.ndarray,
+) -> np.ndarray:
+    """Union-find over edges in the given order, refusing unions that break a limit.
+
+    Each group keeps a linked list of the limited values it holds (node i's own value, if any,
+    is entry i). Returns, per edge, the type whose limit it would break (-1 when it was merged
+    or was already inside one group).
+    """
+    parent = np.arange(n_local)
+    size = np.ones(n_local, dtype=np.int64)
+    head = np.where(value_type >= 0, np.arange(n_local), -1)
+    tail = head.copy()
+    nxt = np.full(n_local, -1, dtype=np.int64)
+    broken = np.full(len(ends_a), -1, dtype=np.int64)
+    for e in range(len(ends_a)):
+        ra, rb = _find(parent, ends_a[e]), _find(parent, ends_b[e])
+        if ra == rb:
+            continue
+        t = _first_broken_type(head[ra], head[rb], nxt, value_type, value_alias, limits[edge_type[e]])
+        if t >= 0 and not explicit[e]:
+            broken[e] = t
+            continue
+        if size[ra] < size[rb]:
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+        if head[rb] != -1:
+            if head[ra] == -1:
+                head[ra] = head[rb]
+            else:
+                nxt[tail[ra]] = head[rb]
+            tail[ra] = tail[rb]
+    return broken
+
+
 def _greedy_rebuild(
     edge_index: np.ndarray,
     src: np.ndarray,
@@ -135,52 +225,24 @@ def _greedy_rebuild(
     alias: np.ndarray,
     limits: np.ndarray,
 ) -> list[tuple[int, int]]:
-    """Union edges in the given (already sorted) order; return (edge, type) for edges cut by a limit.
+    """Union the edges in the given (already sorted) order; return (edge, type) for edges cut by a limit.
 
     Runs only over components that break a limit, which are few and small next to the whole graph.
     """
-    parent: dict[int, int] = {}
-    held: dict[int, dict[int, set[int]]] = {}
-
-    def find(node: int) -> int:
-        root = node
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(node, node) != root:  # path compression
-            parent[node], node = root, parent[node]
-        return root
-
+    ends = np.concatenate([src[edge_index], dst[edge_index]])
+    local_nodes, local = np.unique(ends, return_inverse=True)
+    m = len(edge_index)
     tracked = (limits < UNLIMITED).any(axis=0)
-
-    def values_of(root: int) -> dict[int, set[int]]:
-        if root not in held:
-            held[root] = {}
-            if root >= n_records:
-                t = int(node_type[root - n_records])
-                if tracked[t]:
-                    held[root][t] = {int(alias[root - n_records])}
-        return held[root]
-
-    cuts: list[tuple[int, int]] = []
-    for e in edge_index.tolist():
-        ra, rb = find(int(src[e])), find(int(dst[e]))
-        if ra == rb:
-            continue
-        va, vb = values_of(ra), values_of(rb)
-        row = limits[edge_type[e]]
-        broken = next(
-            (t for t in sorted(set(va) | set(vb)) if len(va.get(t, set()) | vb.get(t, set())) > row[t]), None
-        )
-        if broken is not None and not explicit[e]:
-            cuts.append((e, broken))
-            continue
-        if len(va) < len(vb):
-            ra, rb, va, vb = rb, ra, vb, va
-        parent[rb] = ra
-        for t, values in vb.items():
-            va.setdefault(t, set()).update(values)
-        held.pop(rb, None)
-    return cuts
+    is_identifier = local_nodes >= n_records
+    ident = np.maximum(local_nodes - n_records, 0)
+    value_type = np.where(is_identifier & tracked[node_type[ident]], node_type[ident], -1).astype(np.int64)
+    value_alias = np.where(value_type >= 0, alias[ident], -1).astype(np.int64)
+    broken = _greedy_union(
+        len(local_nodes), local[:m].astype(np.int64), local[m:].astype(np.int64), edge_type[edge_index].astype(np.int64),
+        explicit[edge_index], value_type, value_alias, limits,
+    )
+    cut = np.flatnonzero(broken >= 0)
+    return list(zip(edge_index[cut].tolist(), broken[cut].tolist()))
 
 
 def resolve_graph(

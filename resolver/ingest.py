@@ -52,6 +52,12 @@ class IdentifierColumn:
     rule: str  # IDENTIFIER_RULE, or the explicit link rule that reads this column
     hash: np.ndarray  # uint64 per row; 0 where missing, invalid or blocked
     values: pd.DataFrame  # hash, value: the normalized text of each distinct hash
+    codes: np.ndarray  # per row: position of its raw value among the distinct ones (-1 = missing)
+    normalized: pd.Series  # per distinct raw value: its normalized text (NA when dropped)
+
+    def text(self, rows: np.ndarray) -> pd.Series:
+        """Normalized text of the given rows (which must hold a value)."""
+        return self.normalized.take(self.codes[rows]).reset_index(drop=True)
 
     @property
     def explicit(self) -> bool:
@@ -143,8 +149,8 @@ def identifier_column(
     hashes = hash_identifiers(id_type, normalized)
     row_hash = spread(hashes, codes, np.uint64(0))
     kept = hashes != 0
-    values = pd.DataFrame({"hash": hashes[kept], "value": normalized.to_numpy()[kept]}).drop_duplicates("hash")
-    return IdentifierColumn(id_type, column, rule, row_hash, values)
+    values = pd.DataFrame({"hash": hashes[kept], "value": normalized[kept].reset_index(drop=True)}).drop_duplicates("hash")
+    return IdentifierColumn(id_type, column, rule, row_hash, values, codes, normalized)
 
 
 def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list) -> list[IdentifierColumn]:
@@ -161,9 +167,10 @@ def distinct_values(idents: list[IdentifierColumn]) -> pd.DataFrame:
     return values.sort_values("hash", kind="stable").reset_index(drop=True)
 
 
-def value_of(values: pd.DataFrame, hashes: np.ndarray) -> np.ndarray:
-    """The normalized text of each hash (every hash must be in `values`)."""
-    return values["value"].to_numpy()[np.searchsorted(values["hash"].to_numpy(np.uint64), hashes)]
+def value_of(values: pd.DataFrame, hashes: np.ndarray, index=None) -> pd.Series:
+    """The normalized text of each hash (every hash must be in `values`), as an Arrow-backed column."""
+    found = values["value"].take(np.searchsorted(values["hash"].to_numpy(np.uint64), hashes))
+    return pd.Series(found.array, index=index)
 
 
 def _parse_times(values: pd.Series | None, n: int) -> np.ndarray:
@@ -187,7 +194,6 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     tables = SourceTables(source.name, raw.rows_read, rejects=[raw.rejects])
     frame = raw.frame.reset_index(drop=True)
     idents = identifier_columns(config, source, frame, blocklist, tables.actions)
-    values = distinct_values(idents)
 
     key_raw = frame[source.key]
     missing = key_raw.isna().to_numpy()
@@ -195,8 +201,8 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     key_ident = next((i for i in idents if i.column == source.key and not i.explicit), None)
     key_norm = normalize_trim(key_raw)
     if key_ident is not None:
-        key_values = key_ident.values.set_index("hash")["value"]
-        key_norm = pd.Series(key_values.reindex(key_ident.hash).to_numpy(), dtype="str").fillna(key_norm)
+        rows = np.flatnonzero(~pd.isna(key_norm).to_numpy() & (key_ident.hash != 0))
+        key_norm = key_norm.mask(key_ident.hash != 0, key_ident.text(rows).set_axis(rows))
     duplicate = _duplicated(key_norm) & ~missing
     tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing record key"))
     tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate record key (earlier row kept)", key_raw))
@@ -204,11 +210,14 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     deleted = _truthy(frame[source.deleted]) if source.deleted else np.zeros(len(frame), bool)
 
     times = _parse_times(frame[source.timestamp] if source.timestamp else None, len(frame))
+    def kept(series: pd.Series) -> pd.Series:  # stays an Arrow-backed column, no Python objects
+        return series[keep].reset_index(drop=True)
+
     records = pd.DataFrame(
         {
-            "source": source.name,
-            "record_key": key_raw[keep].to_numpy(),
-            "source_key": key_norm[keep].to_numpy(),
+            "source": pd.Categorical([source.name] * int(keep.sum())),
+            "record_key": kept(key_raw),
+            "source_key": kept(key_norm),
             "trust": source.trust,
             "timestamp": times[keep],
             "is_deleted": deleted[keep],
@@ -217,10 +226,10 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
         }
     )
     for name, cols in source.attribute_columns().items():
-        records[name] = _coalesce(frame, cols)[keep].to_numpy()
+        records[name] = kept(_coalesce(frame, cols))
     for name in ("first_name", "last_name"):
         if name in records:
-            records[f"{name}_norm"] = normalize_name(records[name]).to_numpy()
+            records[f"{name}_norm"] = normalize_name(records[name])
 
     position = np.full(len(frame), -1, dtype=np.int64)
     position[keep] = np.arange(int(keep.sum()))
@@ -234,6 +243,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
         parts.append(
             pd.DataFrame(
                 {
+                    "value": ident.text(rows),
                     "record_pos": position[rows],
                     "type": np.int16(vocab.type_code(ident.id_type)),
                     "hash": ident.hash[rows],
@@ -250,7 +260,6 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     orphan = records["is_deleted"].to_numpy() & ~merged
     obs = obs[~orphan[obs["record_pos"].to_numpy()]]
     obs = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
-    obs["value"] = value_of(values, obs["hash"].to_numpy())
     tables.records = records
     tables.observations = obs
     return tables
