@@ -34,6 +34,9 @@ class Groups:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def sizes(self) -> np.ndarray:
+        return np.diff(np.append(self.starts, len(self.order))).astype(np.int64)
+
     def first(self, values: np.ndarray) -> np.ndarray:
         """The value of each group's first row (in the original row order)."""
         return values[self.order[self.starts]]

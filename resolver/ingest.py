@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from resolver.config import Config, SourceConfig
+from resolver.grouping import Groups
 from resolver.graph import ACTION_COLUMNS
 from resolver.io.readers import REJECT_COLUMNS, SourceFrame
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier, normalize_name, normalize_trim
@@ -79,6 +82,11 @@ class SourceTables:
     rejects: list[pd.DataFrame] = field(default_factory=list)
     actions: list[pd.DataFrame] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read / normalize time of this part
+    resolved: int = 0  # input rows this part resolved: its records, or its events
+
+    def release_graph_inputs(self) -> None:
+        """Drop what only the graph build needs, once it is built (memory)."""
+        self.records = self.observations = self.event_nodes = self.event_edges = None
 
 
 def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw=None) -> pd.DataFrame:
@@ -174,9 +182,19 @@ def value_of(values: pd.DataFrame, hashes: np.ndarray, index=None) -> pd.Series:
 
 
 def _parse_times(values: pd.Series | None, n: int) -> np.ndarray:
-    """ISO 8601 text to naive UTC datetime64[ns]; unparseable or missing -> NaT."""
+    """ISO 8601 text to naive UTC datetime64[ns]; unparseable or missing -> NaT.
+
+    Arrow parses the usual zoned form in C++; anything else (dates, naive times, junk) goes
+    through pandas one distinct value at a time.
+    """
     if values is None:
         return np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    try:
+        parsed = pc.cast(pa.array(values.array), pa.timestamp("ns", tz="UTC"))
+        ints = pc.fill_null(parsed.cast(pa.int64()), np.iinfo(np.int64).min)  # null -> NaT
+        return ints.to_numpy(zero_copy_only=False).astype(np.int64).view("datetime64[ns]")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        pass
     codes, uniques = pd.factorize(values)
     parsed = pd.to_datetime(pd.Series(uniques, dtype="str"), utc=True, errors="coerce", format="ISO8601")
     return spread(parsed.dt.tz_convert(None).to_numpy("datetime64[ns]"), codes, np.datetime64("NaT", "ns"))
@@ -262,6 +280,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     obs = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
     tables.records = records
     tables.observations = obs
+    tables.resolved = len(records)
     return tables
 
 
@@ -311,7 +330,7 @@ def ingest_events(
         _reject(frame, unusable, source.name, None, "no usable identifier (all missing, invalid or blocked)")
     )
     keep = ~(bad | unusable)
-    tables.events = int(keep.sum())
+    tables.events = tables.resolved = int(keep.sum())
 
     ts = _parse_times(frame[source.timestamp] if source.timestamp else None, len(frame))
     column_type = np.array([vocab.type_code(i.id_type) for i in idents], dtype=np.int16)
@@ -344,11 +363,7 @@ def ingest_events(
         )
     nodes = collapse_nodes(node_parts)
     nodes["value"] = value_of(distinct_values(idents), nodes["hash"].to_numpy())
-    edges = collapse_edges(edge_parts, vocab)
-    # Edge ends as rows of this part's node table, so the parent maps each node once, not each end.
-    node_hashes = nodes["hash"].to_numpy(np.uint64)
-    edges["a"] = np.searchsorted(node_hashes, edges["a"].to_numpy(np.uint64))
-    edges["b"] = np.searchsorted(node_hashes, edges["b"].to_numpy(np.uint64))
+    edges = collapse_edges(edge_parts, nodes["hash"].to_numpy(np.uint64), vocab)
     tables.event_nodes, tables.event_edges = nodes, edges
     return tables
 
@@ -358,26 +373,52 @@ EDGE_COLUMNS = ["a", "b", "type", "rule", "explicit", "count", "first_seen"]
 
 
 def collapse_nodes(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Distinct identifiers seen in events, with counts and first/last seen."""
+    """Distinct identifiers seen in events (sorted by hash), with counts and first/last seen."""
     parts = [p for p in parts if len(p)]
     if not parts:
-        return pd.DataFrame(columns=NODE_COLUMNS)
-    grouped = pd.concat(parts, ignore_index=True).groupby("hash", sort=True)
-    return grouped.agg(
-        type=("type", "first"), events=("ts", "size"), anchored=("anchored", "sum"),
-        first_seen=("ts", "min"), last_seen=("ts", "max"),
-    ).reset_index()[NODE_COLUMNS]
+        return pd.DataFrame({c: np.zeros(0, np.uint64 if c == "hash" else np.int64) for c in NODE_COLUMNS})
+    frame = pd.concat(parts, ignore_index=True)
+    groups = Groups.of(frame["hash"].to_numpy(np.uint64))
+    ts = frame["ts"].to_numpy()
+    return pd.DataFrame(
+        {
+            "hash": groups.keys,
+            "type": groups.first(frame["type"].to_numpy()),
+            "events": groups.sizes(),
+            "anchored": groups.sum(frame["anchored"].to_numpy(np.int64)),
+            "first_seen": groups.min_time(ts),
+            "last_seen": groups.max_time(ts),
+        }
+    )
 
 
-def collapse_edges(parts: list[pd.DataFrame], vocab: Vocabulary) -> pd.DataFrame:
-    """Distinct (anchor, identifier, rule) edges with how often and since when they were seen."""
+def collapse_edges(parts: list[pd.DataFrame], node_hashes: np.ndarray, vocab: Vocabulary) -> pd.DataFrame:
+    """Distinct (anchor, identifier, rule) edges with how often and since when they were seen.
+
+    Edge ends come back as rows of the (sorted) node table, so that whoever combines files maps
+    each node once rather than each edge end.
+    """
     parts = [p for p in parts if len(p)]
     if not parts:
-        return pd.DataFrame(columns=EDGE_COLUMNS)
-    grouped = pd.concat(parts, ignore_index=True).groupby(["a", "b", "rule"], sort=True)
-    out = grouped.agg(type=("type", "min"), count=("ts", "size"), first_seen=("ts", "min")).reset_index()
-    out["explicit"] = out["rule"].to_numpy() != vocab.rule_code(COOCCURRENCE_RULE)
-    return out[EDGE_COLUMNS]
+        return pd.DataFrame({c: np.zeros(0, bool if c == "explicit" else np.int64) for c in EDGE_COLUMNS})
+    frame = pd.concat(parts, ignore_index=True)
+    a = np.searchsorted(node_hashes, frame["a"].to_numpy(np.uint64))
+    b = np.searchsorted(node_hashes, frame["b"].to_numpy(np.uint64))
+    rule = frame["rule"].to_numpy(np.int64)
+    n, n_rules = len(node_hashes), len(vocab.rules)
+    groups = Groups.of((a * n + b) * n_rules + rule)
+    rules = groups.first(rule)
+    return pd.DataFrame(
+        {
+            "a": groups.first(a),
+            "b": groups.first(b),
+            "type": groups.first(frame["type"].to_numpy()),
+            "rule": rules.astype(np.int16),
+            "explicit": rules != vocab.rule_code(COOCCURRENCE_RULE),
+            "count": groups.sizes(),
+            "first_seen": groups.min_time(frame["ts"].to_numpy()),
+        }
+    )
 
 
 def ingest_source(

@@ -151,7 +151,7 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceT
                     "stage": f"{step}:{source.name}",
                     "rows_in": sum(p.rows_read for p in mine) if step == "normalize" else None,
                     "rows_out": sum(p.rows_read for p in mine) if step == "read"
-                    else sum(len(p.records) if p.records is not None else p.events for p in mine),
+                    else sum(p.resolved for p in mine),
                     "seconds": round(sum(p.seconds[step] for p in mine), 4),
                     "files": sum(len(j.files) for j in jobs if config.sources[j.source_index].name == source.name),
                     "note": "summed over worker processes",
@@ -308,6 +308,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
+    for part in parts:
+        part.release_graph_inputs()
     n_records = len(records)
     with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
         result = resolve_graph(n_records, nodes, edges, config.identity)
@@ -394,7 +396,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
     for p in parts:
         entry = per_source.setdefault(p.name, {"rows_read": 0, "resolved": 0, "rejected": 0})
         entry["rows_read"] += p.rows_read
-        entry["resolved"] += len(p.records) if p.records is not None else p.events
+        entry["resolved"] += p.resolved
     for name, entry in per_source.items():
         entry["rejected"] = int((res.rejects["source"] == name).sum())
         entry["accounted"] = entry["rows_read"] == entry["resolved"] + entry["rejected"]
