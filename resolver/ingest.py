@@ -370,13 +370,14 @@ def ingest_events(
 
 NODE_COLUMNS = ["hash", "type", "events", "anchored", "first_seen", "last_seen"]
 EDGE_COLUMNS = ["a", "b", "type", "rule", "explicit", "count", "first_seen"]
+_EMPTY_DTYPES = {"hash": np.uint64, "explicit": bool, "first_seen": "datetime64[ns]", "last_seen": "datetime64[ns]"}
 
 
 def collapse_nodes(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """Distinct identifiers seen in events (sorted by hash), with counts and first/last seen."""
     parts = [p for p in parts if len(p)]
     if not parts:
-        return pd.DataFrame({c: np.zeros(0, np.uint64 if c == "hash" else np.int64) for c in NODE_COLUMNS})
+        return pd.DataFrame({c: np.zeros(0, _EMPTY_DTYPES.get(c, np.int64)) for c in NODE_COLUMNS})
     frame = pd.concat(parts, ignore_index=True)
     groups = Groups.of(frame["hash"].to_numpy(np.uint64))
     ts = frame["ts"].to_numpy()
@@ -400,7 +401,7 @@ def collapse_edges(parts: list[pd.DataFrame], node_hashes: np.ndarray, vocab: Vo
     """
     parts = [p for p in parts if len(p)]
     if not parts:
-        return pd.DataFrame({c: np.zeros(0, bool if c == "explicit" else np.int64) for c in EDGE_COLUMNS})
+        return pd.DataFrame({c: np.zeros(0, _EMPTY_DTYPES.get(c, np.int64)) for c in EDGE_COLUMNS})
     frame = pd.concat(parts, ignore_index=True)
     a = np.searchsorted(node_hashes, frame["a"].to_numpy(np.uint64))
     b = np.searchsorted(node_hashes, frame["b"].to_numpy(np.uint64))

@@ -127,14 +127,21 @@ def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: li
     Files are ingested independently; the rare file that repeats an earlier file's event ids is
     ingested again, in order, with those ids excluded, so the result equals a sequential read.
     """
-    seen: dict[int, np.ndarray] = {}
-    for i, (job, part) in enumerate(zip(jobs, parts)):
-        if part.event_ids is None:
+    for source_index in sorted({job.source_index for job in jobs}):
+        mine = [i for i, job in enumerate(jobs) if job.source_index == source_index and parts[i].event_ids is not None]
+        if len(mine) < 2:
             continue
-        earlier = seen.get(job.source_index, np.zeros(0, np.uint64))
-        if len(earlier) and np.isin(part.event_ids, earlier).any():
-            parts[i] = part = ingest_job(config, job, vocab, seen_event_ids=earlier)
-        seen[job.source_index] = np.union1d(earlier, part.event_ids)
+        ids = np.concatenate([parts[i].event_ids for i in mine])
+        owner = np.concatenate([np.full(len(parts[i].event_ids), k) for k, i in enumerate(mine)])
+        order = np.argsort(ids, kind="stable")  # stable: within equal ids, earlier files first
+        repeated = ids[order][1:] == ids[order][:-1]
+        if not repeated.any():
+            continue
+        first_repeat = int(owner[order][1:][repeated].min())
+        for k in range(first_repeat, len(mine)):
+            earlier = np.unique(np.concatenate([parts[i].event_ids for i in mine[:k]]))
+            if np.isin(parts[mine[k]].event_ids, earlier).any():
+                parts[mine[k]] = ingest_job(config, jobs[mine[k]], vocab, seen_event_ids=earlier)
 
 
 def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceTables]:

@@ -139,3 +139,18 @@ def test_demo_command_runs_end_to_end(tmp_path, people, capsys):
     assert main(["demo", "--people", str(people), "--out", str(tmp_path / "demo")]) == EXIT_OK
     out = capsys.readouterr().out
     assert "pairwise P / R / F1" in out and "every row accounted for" in out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_event_redelivered_in_a_later_file_is_a_duplicate(tmp_path, workers):
+    config = _dataset(tmp_path, truncate_last=False)
+    config.write_text(CONFIG.replace("path: events.jsonl", "path: events*.jsonl").replace("run: {output_dir: out}", f"run: {{output_dir: out, workers: {workers}}}"))
+    later = [EVENTS[0], {"messageId": "m7", "timestamp": "2024-01-05T00:00:00Z", "anonymousId": "a7"}]
+    (tmp_path / "events2.jsonl").write_text("\n".join(json.dumps(e) for e in later) + "\n")
+    assert _run(config) == EXIT_OK
+    rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
+    redelivered = rejects[rejects["file"].str.endswith("events2.jsonl")]
+    assert redelivered["row"].tolist() == [1]
+    assert "duplicate event id" in redelivered["reason"].item()
+    ids = pd.read_parquet(tmp_path / "out" / "identifier_map.parquet")
+    assert ids.loc[ids["value"] == "u1", "events"].item() == 1  # counted once, not twice

@@ -90,10 +90,14 @@ def test_unique_namespaces_hold_in_the_output(resolved):
     assert len(merged) > 0 and merged["person_id"].notna().all()
 
 
-def test_same_input_gives_the_same_persons(resolved, generated, tmp_path):
+def test_same_input_gives_the_same_persons_in_one_process_or_several(resolved, generated, tmp_path):
     config, first = resolved
+    assert config.run.workers == 2
     again = load_config(generated / "resolver.yaml")
     again.run.output_dir = str(tmp_path / "again")
+    again.run.workers = 1
     second = run(again)
     pd.testing.assert_frame_equal(first.identity_map, second.identity_map)
     pd.testing.assert_frame_equal(first.identifier_map, second.identifier_map)
+    pd.testing.assert_frame_equal(first.persons, second.persons)
+    pd.testing.assert_frame_equal(first.policy_actions, second.policy_actions)
