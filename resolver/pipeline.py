@@ -291,23 +291,27 @@ def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
 
 
 def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, config: Config, vocab: Vocabulary) -> np.ndarray:
-    """Per record, the strongest accepted edge that ties it to the rest of its person."""
+    """Per record, the strongest accepted edge that ties it to the rest of its person
+    ("singleton" when nothing does).
+
+    Explicit links (merges, conversions) come first, then identifier types by priority.
+    """
     n = len(records)
-    linked = edges[(status == "linked") & (edges["src"].to_numpy() < n)]
-    rule = linked["rule"].to_numpy()
+    src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
+    accepted = status == "linked"
+    # Only an identifier that ties the record to something else explains a link.
+    degree = np.bincount(np.concatenate([src[accepted], dst[accepted]]), minlength=int(dst.max(initial=0)) + 1)
+    linked = accepted & (src < n) & (degree[dst] >= 2)
+    record = src[linked]
+    rule = edges["rule"].to_numpy()[linked].astype(np.int64)
+    id_type = edges["type"].to_numpy()[linked].astype(np.int64)
     is_rule = rule != vocab.rule_code(IDENTIFIER_RULE)
-    type_names = np.array(vocab.types, dtype=object)
-    rule_names = np.array(vocab.rules, dtype=object)
     priority = np.array([config.identity.types[t].priority for t in vocab.types], dtype=np.int64)
-    best = pd.DataFrame(
-        {
-            "record": linked["src"].to_numpy(),
-            "p": np.where(is_rule, -1, priority[linked["type"].to_numpy()]),
-            "label": np.where(is_rule, rule_names[rule], type_names[linked["type"].to_numpy()]),
-        }
-    ).sort_values(["record", "p", "label"], kind="stable").drop_duplicates("record")
+    labels = np.array(list(vocab.rules) + list(vocab.types), dtype=object)
+    label = np.where(is_rule, rule, len(vocab.rules) + id_type)
+    best = Groups.of(record, tiebreak=np.where(is_rule, -1, priority[id_type]) * len(labels) + label)
     out = np.full(n, "singleton", dtype=object)
-    out[best["record"].to_numpy()] = best["label"].to_numpy()
+    out[best.keys] = labels[best.first(label)]
     return out
 
 
@@ -334,10 +338,11 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         keys = person_keys(labels, _member_keys(records, nodes))
         pid = format_person_ids(keys, missing=no_person)
 
-        identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy()
-        identity_map["person_id"] = pid.iloc[:n_records].to_numpy()
-        identity_map["status"] = np.where(active, "active", np.where(no_person[:n_records], "deleted", "merged"))
-        identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, config, vocab)
+        # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
+        identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
+        identity_map["person_id"] = pid.iloc[:n_records].reset_index(drop=True)
+        identity_map["status"] = pd.Categorical(np.where(active, "active", np.where(no_person[:n_records], "deleted", "merged")))
+        identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
 
         types = nodes["type"].to_numpy()
         node_status = np.select(
@@ -347,7 +352,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         identifier_map = pd.DataFrame(
             {
                 "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
-                "value": nodes["value"].to_numpy(),
+                "value": nodes["value"],
                 "hash": nodes["hash"].to_numpy(),
                 "records": nodes["records"].to_numpy(),
                 "events": nodes["events"].to_numpy(),
