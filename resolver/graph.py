@@ -25,12 +25,14 @@ from resolver.cluster import connected_components
 from resolver.config import IdentityConfig
 
 ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
+EDGE_STATES = ("linked", "hub", "observed", "cut")
+LINKED, HUB, OBSERVED, CUT = range(len(EDGE_STATES))
 
 
 @dataclass
 class GraphResult:
     labels: np.ndarray  # component label per node (records first, then identifiers)
-    edge_status: np.ndarray  # per edge: linked | hub | observed | cut
+    edge_status: pd.Categorical  # per edge: one of EDGE_STATES
     hub: np.ndarray  # per identifier node: True when it was capped as a hub
     degree: np.ndarray  # per identifier node: records + strong identifiers of other types it links
     actions: pd.DataFrame  # ACTION_COLUMNS
@@ -185,7 +187,7 @@ def _greedy_union(
 
     Each group keeps a linked list of the limited values it holds (node i's own value, if any,
     is entry i). Returns, per edge, the type whose limit it would break (-1 when it was merged
-    or was already inside one group).
+    or was already inside one group), and per node the root of its final group.
     """
     parent = np.arange(n_local)
     size = np.ones(n_local, dtype=np.int64)
@@ -211,7 +213,9 @@ def _greedy_union(
             else:
                 nxt[tail[ra]] = head[rb]
             tail[ra] = tail[rb]
-    return broken
+    for node in range(n_local):
+        parent[node] = _find(parent, node)
+    return broken, parent
 
 
 def _greedy_rebuild(
@@ -224,8 +228,9 @@ def _greedy_rebuild(
     node_type: np.ndarray,
     alias: np.ndarray,
     limits: np.ndarray,
-) -> list[tuple[int, int]]:
-    """Union the edges in the given (already sorted) order; return (edge, type) for edges cut by a limit.
+) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """Union the edges in the given (already sorted) order. Returns (edge, type) for the edges
+    cut by a limit, and the groups the rest formed: the nodes touched and each one's group root.
 
     Runs only over components that break a limit, which are few and small next to the whole graph.
     """
@@ -237,12 +242,12 @@ def _greedy_rebuild(
     ident = np.maximum(local_nodes - n_records, 0)
     value_type = np.where(is_identifier & tracked[node_type[ident]], node_type[ident], -1).astype(np.int64)
     value_alias = np.where(value_type >= 0, alias[ident], -1).astype(np.int64)
-    broken = _greedy_union(
+    broken, root = _greedy_union(
         len(local_nodes), local[:m].astype(np.int64), local[m:].astype(np.int64), edge_type[edge_index].astype(np.int64),
         explicit[edge_index], value_type, value_alias, limits,
     )
     cut = np.flatnonzero(broken >= 0)
-    return list(zip(edge_index[cut].tolist(), broken[cut].tolist()))
+    return list(zip(edge_index[cut].tolist(), broken[cut].tolist())), local_nodes, root
 
 
 def resolve_graph(
@@ -271,19 +276,19 @@ def resolve_graph(
 
     evidence = types["evidence"].to_numpy(bool)
     node_is_evidence = np.concatenate([np.ones(n_records, bool), evidence[node_type]])
-    status = np.where(node_is_evidence[src] & node_is_evidence[dst], "linked", "observed").astype(object)
+    status = np.where(node_is_evidence[src] & node_is_evidence[dst], LINKED, OBSERVED).astype(np.int8)
 
-    linking = status == "linked"
+    linking = status == LINKED
     degree = identifier_degree(
         n_records, node_type, types["strong"].to_numpy(bool), src[linking], dst[linking]
     )
     caps = types["hub_cap"].to_numpy(np.int64)[node_type]
     hub = (caps > 0) & (degree > caps) & identity.guards
     node_is_hub = np.concatenate([np.zeros(n_records, bool), hub])
-    status[linking & (node_is_hub[src] | node_is_hub[dst])] = "hub"
+    status[linking & (node_is_hub[src] | node_is_hub[dst])] = HUB
 
     actions = [_hub_actions(nodes, type_names, degree, caps, hub)]
-    linking = status == "linked"
+    linking = status == LINKED
     labels = connected_components(n_nodes, src[linking], dst[linking])
 
     limits = limit_matrix(identity, type_names)
@@ -304,19 +309,21 @@ def resolve_graph(
                 ~explicit[candidates],
             )
         )
-        cuts = _greedy_rebuild(
+        cuts, rebuilt_nodes, rebuilt_root = _greedy_rebuild(
             candidates[order], src, dst, explicit, edge_type, n_records, node_type, alias, limits
         )
         if cuts:
             cut_edges = np.array([e for e, _ in cuts], dtype=np.int64)
-            status[cut_edges] = "cut"
+            status[cut_edges] = CUT
             actions.append(_cut_actions(nodes, edges, edge_type, cuts, type_names, limits, n_records))
-            linking = status == "linked"
-            labels = connected_components(n_nodes, src[linking], dst[linking])
+            # The rebuilt components are exactly the groups the greedy union formed.
+            labels = labels.copy()
+            labels[rebuilt_nodes] = labels.max() + 1 + rebuilt_root
+            labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
     return GraphResult(
         labels=labels,
-        edge_status=status.astype(str),
+        edge_status=pd.Categorical.from_codes(status, categories=EDGE_STATES),
         hub=hub,
         degree=degree,
         actions=pd.concat(actions, ignore_index=True) if actions else empty_actions(),

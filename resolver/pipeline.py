@@ -194,6 +194,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     """Records, identifier nodes and edges (node numbers: records first, then identifiers).
 
     Identifier nodes are numbered in hash order, so numbering never depends on input order.
+    The parts' observations and event tables are consumed (released as they are copied).
     """
     record_parts = [p for p in parts if p.records is not None]
     event_parts = [p for p in parts if p.event_nodes is not None and len(p.event_nodes)]
@@ -206,6 +207,9 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
         ignore_index=True,
     )
     event_nodes = [p.event_nodes for p in event_parts]
+    node_counts = [len(t) for t in event_nodes]
+    for part in record_parts + event_parts:  # the concatenated copies replace them (memory)
+        part.observations = part.event_nodes = None
 
     # Every identifier value is observed on a record or is a node of some event file.
     hashes = np.concatenate([observations["hash"].to_numpy(np.uint64)] + [t["hash"].to_numpy(np.uint64) for t in event_nodes])
@@ -215,6 +219,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     obs_node = node_of_row[:n_obs]
     ev_node = node_of_row[n_obs:]
     ev_frame = pd.concat(event_nodes, ignore_index=True) if event_nodes else None
+    del event_nodes
 
     record_ids = observations["record_id"].to_numpy()
     record_time = records["timestamp"].to_numpy()[record_ids]
@@ -254,10 +259,10 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     count = [np.ones(n_obs, dtype=np.int64)]
     first_seen = [record_time]
     start = n_obs
-    for part in event_parts:
-        global_node = n_records + node_of_row[start:start + len(part.event_nodes)]
-        start += len(part.event_nodes)
-        e = part.event_edges
+    for part, part_nodes in zip(event_parts, node_counts):
+        global_node = n_records + node_of_row[start:start + part_nodes]
+        start += part_nodes
+        e, part.event_edges = part.event_edges, None
         src.append(global_node[e["a"].to_numpy()])
         dst.append(global_node[e["b"].to_numpy()])
         for c in columns:
@@ -298,7 +303,7 @@ def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, c
     """
     n = len(records)
     src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
-    accepted = status == "linked"
+    accepted = np.asarray(status == "linked")
     # Only an identifier that ties the record to something else explains a link.
     degree = np.bincount(np.concatenate([src[accepted], dst[accepted]]), minlength=int(dst.max(initial=0)) + 1)
     linked = accepted & (src < n) & (degree[dst] >= 2)
@@ -320,7 +325,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
     for part in parts:
-        part.release_graph_inputs()
+        part.release_graph_inputs()  # what build_graph did not consume already
     n_records = len(records)
     with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
         result = resolve_graph(n_records, nodes, edges, config.identity)

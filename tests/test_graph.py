@@ -174,3 +174,25 @@ def test_connected_components_and_person_ids_are_order_free():
 @pytest.mark.parametrize("n", [0, 1])
 def test_connected_components_edge_cases(n):
     assert connected_components(n, np.array([], int), np.array([], int)).tolist() == list(range(n))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_components_after_cuts_are_the_components_of_the_linked_edges(seed):
+    """Random graphs full of limit conflicts: the labels must be the connected components of
+    exactly the edges marked linked, and no person may break a unique namespace."""
+    rng = np.random.default_rng(seed)
+    g = Graph(300)
+    for r in range(300):
+        g.link(r, ("user_id", f"u{rng.integers(250)}"))
+        g.link(r, ("email", f"e{rng.integers(200)}"))
+        if rng.random() < 0.5:
+            g.link(r, ("phone", f"p{rng.integers(100)}"))
+    result = g.resolve()
+    edges = pd.DataFrame(g.edges)
+    linked = np.asarray(result.edge_status == "linked")
+    expected = connected_components(300 + len(g.nodes), edges["src"].to_numpy()[linked], edges["dst"].to_numpy()[linked])
+    same_partition = pd.crosstab(result.labels, expected)
+    assert ((same_partition > 0).sum(axis=1) == 1).all() and ((same_partition > 0).sum(axis=0) == 1).all()
+    users = [i for i, (t, _) in enumerate(g.nodes) if t == "user_id"]
+    per_person = pd.Series(result.labels[300 + np.array(users)]).value_counts()
+    assert per_person.max() == 1
