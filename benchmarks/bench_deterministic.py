@@ -88,6 +88,7 @@ def main() -> int:
                 "records_per_s": records / wall,
                 "events_per_s": events / wall,
                 "peak_rss_mib": summary["peak_rss_mb"],
+                "peak_worker_rss_mib": summary.get("peak_worker_rss_mb", 0.0),
                 "stages_s": _stage_groups(summary["stages"]),
                 "record_pairwise_precision": metrics["records"]["pairwise_precision"],
                 "record_pairwise_recall": metrics["records"]["pairwise_recall"],
@@ -100,7 +101,7 @@ def main() -> int:
     machine = {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
     args.results.write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
 
-    print("| people | CRM records | events | generate s | resolve wall s | records/s | events/s | peak RSS MiB | record P / R | event P / R |")
+    print("| people | CRM records | events | generate s | resolve wall s | records/s | events/s | peak RSS MiB (main / worker) | record P / R | event P / R |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         gen = f"{r['generate_s']:.1f}" if r["generate_s"] is not None else "cached"
@@ -110,7 +111,7 @@ def main() -> int:
         )
         print(
             f"| {r['people']:,} | {r['crm_records']:,} | {r['events']:,} | {gen} | {r['resolve_wall_s']:.1f} | "
-            f"{r['records_per_s']:,.0f} | {r['events_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} | "
+            f"{r['records_per_s']:,.0f} | {r['events_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} / {r['peak_worker_rss_mib']:,.0f} | "
             f"{r['record_pairwise_precision']:.4f} / {r['record_pairwise_recall']:.4f} | {ev} |"
         )
     print()
