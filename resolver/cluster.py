@@ -22,18 +22,16 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.n
     return labels.astype(np.int64)
 
 
-def person_keys(labels: np.ndarray, member_keys: np.ndarray) -> np.ndarray:
-    """A stable 64-bit key per node's component: the smallest member key in it.
+def smallest_member_keys(labels: np.ndarray, member_keys: np.ndarray) -> np.ndarray:
+    """Per component label, the smallest 64-bit member key in it: the component's person key.
 
     The key depends only on who is in the cluster, never on input order, so the same input gives
     the same ids. `member_keys` are per-node uint64 hashes of a stable member name
     (source + record key, or identifier type + value).
     """
-    if len(labels) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    smallest = np.full(int(labels.max()) + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
+    smallest = np.full(int(labels.max()) + 1 if len(labels) else 0, np.iinfo(np.uint64).max, dtype=np.uint64)
     np.minimum.at(smallest, labels, np.asarray(member_keys, dtype=np.uint64))
-    return smallest[labels]
+    return smallest
 
 
 _HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
@@ -53,5 +51,5 @@ def format_person_ids(keys: np.ndarray, missing: np.ndarray | None = None) -> pd
 
 
 def person_ids(labels: np.ndarray, member_keys: np.ndarray) -> pd.Series:
-    """Text person id per node (see person_keys)."""
-    return format_person_ids(person_keys(labels, member_keys))
+    """Text person id per node (see smallest_member_keys)."""
+    return format_person_ids(smallest_member_keys(labels, member_keys)[labels])

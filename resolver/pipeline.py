@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from resolver import __version__
-from resolver.cluster import connected_components, format_person_ids, person_keys
+from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config
 from resolver.graph import ACTION_COLUMNS, resolve_graph
 from resolver.grouping import Groups
@@ -335,25 +335,24 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         labels = result.labels
         active = ~records["is_deleted"].to_numpy()
         evidence = np.array([config.identity.types[t].evidence for t in vocab.types], dtype=bool)
-        node_evidence = evidence[nodes["type"].to_numpy()] & ~result.hub
+        types = nodes["type"].to_numpy()
+        node_evidence = evidence[types] & ~result.hub
         is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
-        person_labels = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
-        person_labels[labels[is_person_member]] = True
-        no_person = ~person_labels[labels]
-        keys = person_keys(labels, _member_keys(records, nodes))
-        pid = format_person_ids(keys, missing=no_person)
+        is_person = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
+        is_person[labels[is_person_member]] = True
+        no_person = ~is_person[labels]
+        label_keys = smallest_member_keys(labels, _member_keys(records, nodes))
+        pid = format_person_ids(label_keys[labels], missing=no_person)
 
         # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
         identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
         identity_map["person_id"] = pid.iloc[:n_records].reset_index(drop=True)
-        identity_map["status"] = pd.Categorical(np.where(active, "active", np.where(no_person[:n_records], "deleted", "merged")))
+        record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
+        identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
         identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
 
-        types = nodes["type"].to_numpy()
-        node_status = np.select(
-            [result.hub, ~evidence[types], no_person[n_records:]], ["hub", "observed", "orphan"], "linked"
-        )
-        node_pid = pid.iloc[n_records:].reset_index(drop=True)
+        node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
+        linked = node_status == 0
         identifier_map = pd.DataFrame(
             {
                 "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
@@ -363,12 +362,12 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                 "events": nodes["events"].to_numpy(),
                 "first_seen": nodes["first_seen"].to_numpy(),
                 "last_seen": nodes["last_seen"].to_numpy(),
-                "person_id": node_pid.where(node_status == "linked"),
-                "status": pd.Categorical(node_status),
+                "person_id": pid.iloc[n_records:].reset_index(drop=True).where(linked),
+                "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
                 "degree": result.degree,
             }
         )
-        persons = _persons(keys, no_person, records, nodes, node_status == "linked")
+        persons = _persons(labels, is_person, label_keys, records, nodes, linked)
         entry["rows_out"] = len(persons)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
@@ -377,33 +376,37 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
 
 def _persons(
-    keys: np.ndarray, no_person: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame, node_linked: np.ndarray
+    labels: np.ndarray, is_person: np.ndarray, label_keys: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame,
+    node_linked: np.ndarray,
 ) -> pd.DataFrame:
-    """One row per person, aggregated on the 64-bit person keys (text ids only at the end)."""
-    n = len(records)
-    rec = ~no_person[:n]
-    by_records = pd.DataFrame(
-        {"key": keys[:n][rec], "source": pd.factorize(records["source"])[0][rec]}
-    ).groupby("key").agg(records=("source", "size"), sources=("source", "nunique"))
-    by_ids = pd.DataFrame(
-        {
-            "key": keys[n:][node_linked],
-            "events": nodes["anchored_events"].to_numpy()[node_linked],
-            "first_seen": nodes["first_seen"].to_numpy()[node_linked],
-            "last_seen": nodes["last_seen"].to_numpy()[node_linked],
-        }
-    ).groupby("key").agg(
-        identifiers=("events", "size"), events=("events", "sum"), first_seen=("first_seen", "min"), last_seen=("last_seen", "max")
-    )
-    persons = by_ids.join(by_records, how="outer").sort_index()
-    counts = {c: persons[c].fillna(0).to_numpy(np.int64) for c in ("records", "sources", "identifiers", "events")}
+    """One row per person, in person-id order, aggregated over the dense component labels."""
+    n, k = len(records), len(is_person)
+    record_labels = labels[:n][is_person[labels[:n]]]
+    source_codes = pd.factorize(records["source"])[0][is_person[labels[:n]]]
+    n_sources = int(source_codes.max(initial=-1)) + 1
+    distinct_sources = np.unique(record_labels * max(n_sources, 1) + source_codes) // max(n_sources, 1)
+    id_labels = labels[n:][node_linked]
+    counts = {
+        "records": np.bincount(record_labels, minlength=k),
+        "sources": np.bincount(distinct_sources, minlength=k),
+        "identifiers": np.bincount(id_labels, minlength=k),
+        "events": np.bincount(id_labels, weights=nodes["anchored_events"].to_numpy()[node_linked], minlength=k).astype(np.int64),
+    }
+    first = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    first_seen = nodes["first_seen"].to_numpy().view(np.int64)[node_linked]
+    np.minimum.at(first, id_labels, np.where(first_seen == np.iinfo(np.int64).min, np.iinfo(np.int64).max, first_seen))
+    first = np.where(first == np.iinfo(np.int64).max, np.iinfo(np.int64).min, first)
+    last = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, id_labels, nodes["last_seen"].to_numpy().view(np.int64)[node_linked])
+    chosen = np.flatnonzero(is_person)
+    chosen = chosen[np.argsort(label_keys[chosen], kind="stable")]
     return pd.DataFrame(
         {
-            "person_id": format_person_ids(persons.index.to_numpy(np.uint64)),
-            **counts,
-            "is_anonymous": counts["records"] == 0,
-            "first_seen": persons["first_seen"].to_numpy(),
-            "last_seen": persons["last_seen"].to_numpy(),
+            "person_id": format_person_ids(label_keys[chosen]),
+            **{name: values[chosen].astype(np.int64) for name, values in counts.items()},
+            "is_anonymous": counts["records"][chosen] == 0,
+            "first_seen": first[chosen].view("datetime64[ns]"),
+            "last_seen": last[chosen].view("datetime64[ns]"),
         }
     )
 
