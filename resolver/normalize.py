@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 from phonenumbers import NumberParseException, PhoneMetadata
 from unidecode import unidecode
 
+from resolver.kernels.hashing import hash_strings
+
 __all__ = [
     "Blocklist",
     "hash_identifiers",
@@ -847,21 +849,11 @@ def normalize_identifier(
     raise ValueError(f"unknown normalizer {kind!r}; expected one of {', '.join(NORMALIZERS)}")
 
 
-_HASH_KEY = "0123456789123456"  # pandas' default; pinned so stored hashes never change
-
-
 def hash_identifiers(type_name: str, values: pd.Series) -> np.ndarray:
-    """uint64 hash of ``type_name + "\\x1f" + value`` (SipHash via pandas.util.hash_array with a fixed
-    key, so stable across runs and platforms). NA -> 0; 0 is never the hash of a value."""
-    s = _as_series(values)
-    encoded = pc.dictionary_encode(_to_arrow(s))
-    keys = _concat(type_name, "\x1f", encoded.dictionary).to_numpy(zero_copy_only=False)
-    hashed = pd.util.hash_array(keys, encoding="utf8", hash_key=_HASH_KEY, categorize=False)
-    hashed[hashed == 0] = 1
-    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-    out = np.zeros(len(codes), dtype=np.uint64)
-    out[codes >= 0] = hashed[codes[codes >= 0]]
-    return out
+    """uint64 hash of ``type_name + "\\x1f" + value`` (resolver.kernels.hashing: FNV-1a plus a
+    splitmix64 finalizer, compiled over the Arrow buffers; stable across runs and platforms).
+    NA -> 0; 0 is never the hash of a value."""
+    return hash_strings(_to_arrow(_as_series(values)), prefix=f"{type_name}\x1f".encode())
 
 
 # ---------------------------------------------------------------------------------------------
