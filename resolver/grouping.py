@@ -13,6 +13,17 @@ import numpy as np
 _NAT = np.iinfo(np.int64).min
 
 
+def _order_with_tiebreak(keys: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """Rows ordered by key, then tiebreak: one sort of a combined integer key when it fits in 63
+    bits (the usual case), two stable passes otherwise."""
+    if len(keys) and keys.dtype.kind in "iu" and tiebreak.dtype.kind in "iub":
+        low = tiebreak.astype(np.int64) - int(tiebreak.min())
+        span = int(low.max()) + 1
+        if int(keys.min()) >= 0 and int(keys.max()) < (np.iinfo(np.int64).max - span) // span:
+            return np.argsort(keys.astype(np.int64) * span + low, kind="stable")
+    return np.lexsort((tiebreak, keys))
+
+
 @dataclass(frozen=True)
 class Groups:
     order: np.ndarray  # row order that makes equal keys adjacent
@@ -22,7 +33,7 @@ class Groups:
     @classmethod
     def of(cls, keys: np.ndarray, tiebreak: np.ndarray | None = None) -> "Groups":
         """Group rows by key; within a group rows are ordered by `tiebreak` (then by position)."""
-        order = np.argsort(keys, kind="stable") if tiebreak is None else np.lexsort((tiebreak, keys))
+        order = np.argsort(keys, kind="stable") if tiebreak is None else _order_with_tiebreak(keys, tiebreak)
         sorted_keys = keys[order]
         if len(sorted_keys) == 0:
             return cls(order, np.zeros(0, np.int64), sorted_keys)

@@ -51,3 +51,10 @@ def test_groups_reduce_like_pandas():
 def test_groups_tiebreak_orders_rows_within_a_group():
     groups = Groups.of(np.array([1, 1, 2]), tiebreak=np.array([1, 0, 0]))
     assert groups.first(np.array(["late", "early", "only"], dtype=object)).tolist() == ["early", "only"]
+
+
+def test_groups_tiebreak_falls_back_when_keys_do_not_fit_one_integer():
+    keys = np.array([2**62, 2**62, 1], dtype=np.uint64)
+    groups = Groups.of(keys, tiebreak=np.array([5, -3, 0]))
+    assert groups.keys.tolist() == [1, 2**62]
+    assert groups.first(np.array([10, 20, 30])).tolist() == [30, 20]
