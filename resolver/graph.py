@@ -45,7 +45,6 @@ def _type_table(identity: IdentityConfig, type_names: list[str]) -> pd.DataFrame
         rows.append(
             {
                 "priority": spec.priority,
-                "limit": spec.limit if spec.limit is not None else 0,
                 "hub_cap": spec.hub_cap if spec.hub_cap is not None else 0,
                 "strong": spec.strong,
                 "evidence": spec.evidence,

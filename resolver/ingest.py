@@ -175,10 +175,9 @@ def distinct_values(idents: list[IdentifierColumn]) -> pd.DataFrame:
     return values.sort_values("hash", kind="stable").reset_index(drop=True)
 
 
-def value_of(values: pd.DataFrame, hashes: np.ndarray, index=None) -> pd.Series:
+def value_of(values: pd.DataFrame, hashes: np.ndarray) -> pd.Series:
     """The normalized text of each hash (every hash must be in `values`), as an Arrow-backed column."""
-    found = values["value"].take(np.searchsorted(values["hash"].to_numpy(np.uint64), hashes))
-    return pd.Series(found.array, index=index)
+    return values["value"].take(np.searchsorted(values["hash"].to_numpy(np.uint64), hashes)).reset_index(drop=True)
 
 
 def _parse_times(values: pd.Series | None, n: int) -> np.ndarray:

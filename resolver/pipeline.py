@@ -110,12 +110,19 @@ def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids
     return tables
 
 
+def _estimated_cost(config: Config, job: IngestJob) -> float:
+    """Bytes to read, weighted: a records row costs about 2.5 times an event per byte (measured:
+    Salesforce CSV ~0.05 s/MB, Segment JSONL ~0.02 s/MB to read and normalize)."""
+    weight = 2.5 if config.sources[job.source_index].kind == "records" else 1.0
+    return weight * sum(os.path.getsize(f) for f in job.files)
+
+
 def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[SourceTables]:
     workers = min(config.run.workers, len(jobs))
     if workers <= 1:
         return [ingest_job(config, job, vocab) for job in jobs]
-    # Biggest jobs first keeps both workers busy; results come back in plan order.
-    order = sorted(range(len(jobs)), key=lambda i: -sum(os.path.getsize(f) for f in jobs[i].files))
+    # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
+    order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {i: pool.submit(ingest_job, config, jobs[i], vocab) for i in order}
         return [futures[i].result() for i in range(len(jobs))]
