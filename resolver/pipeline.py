@@ -263,6 +263,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     src = [record_ids]
     dst = [n_records + obs_node]
     columns = {c: [observations[c].to_numpy()] for c in ("type", "rule", "explicit")}
+    del observations, ev_frame, values  # node tables are built; free their copies before the edges
     count = [np.ones(n_obs, dtype=np.int64)]
     first_seen = [record_time]
     start = n_obs
@@ -278,6 +279,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
         first_seen.append(e["first_seen"].to_numpy())
     src, dst = np.concatenate(src), np.concatenate(dst)
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    del src, dst
     explicit = np.concatenate(columns["explicit"]).astype(bool)
     # One edge per node pair, seen how often in all; an explicit link names the rule.
     groups = Groups.of(lo * np.int64(n_records + n_nodes) + hi, tiebreak=~explicit)
