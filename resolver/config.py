@@ -12,7 +12,6 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-NORMALIZERS = ("trim", "lower", "email", "phone", "sfid", "ip")
 
 
 class ConfigError(ValueError):
