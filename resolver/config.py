@@ -13,7 +13,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-
 class ConfigError(ValueError):
     """A configuration problem, with the file and field it is about."""
 
