@@ -1,4 +1,4 @@
-"""The `resolver` command: demo, run, generate, evaluate.
+"""The `resolver` command: demo, run, plan, generate, evaluate.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or configuration, 3 unusable input
 (the message names the file, row and field), 4 an evaluation below a --min-* threshold.
@@ -26,14 +26,14 @@ def _console(args) -> Console:
     return Console(stderr=True, quiet=getattr(args, "quiet", False))
 
 
-def _run_pipeline(config, console: Console):
+def _run_pipeline(config, console: Console, model_path: Path | None = None):
     from resolver.pipeline import run
 
     with console.status("resolving") as status:
-        return run(config, report=lambda stage: status.update(f"[bold]{stage}"))
+        return run(config, report=lambda stage: status.update(f"[bold]{stage}"), model_path=model_path)
 
 
-def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2) -> dict:
+def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True) -> dict:
     from resolver.synth import generate
 
     with Progress(
@@ -41,7 +41,8 @@ def _generate(out: Path, people: int, seed: int, console: Console, workers: int 
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
         task = progress.add_task("generate", total=people)
-        return generate(out, people, seed=seed, workers=workers, progress=lambda n: progress.update(task, completed=n))
+        return generate(out, people, seed=seed, workers=workers, events=events,
+                        progress=lambda n: progress.update(task, completed=n))
 
 
 def _summary_table(summary: dict, metrics: dict | None) -> Table:
@@ -79,7 +80,8 @@ def _summary_table(summary: dict, metrics: dict | None) -> Table:
 def cmd_generate(args) -> int:
     console = _console(args)
     start = time.perf_counter()
-    manifest = _generate(Path(args.out), args.people, args.seed, console, workers=args.workers)
+    manifest = _generate(Path(args.out), args.people, args.seed, console, workers=args.workers,
+                         events=not args.no_events)
     console.print(
         f"wrote {manifest.get('contacts', 0):,} contacts, {manifest.get('leads', 0):,} leads, "
         f"{manifest.get('events', 0):,} events to {args.out} in {time.perf_counter() - start:.1f} s; "
@@ -97,9 +99,42 @@ def cmd_run(args) -> int:
         config.run.output_dir = str(Path(args.out).resolve())
     if args.no_guards:
         config.identity.guards = False
-    res = _run_pipeline(config, console)
+    res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None)
     console.print(_summary_table(res.summary, None))
+    _print_warnings(console, res.summary)
     console.print(f"outputs: {config.output_path()}")
+    return EXIT_OK
+
+
+def _print_warnings(console: Console, summary: dict) -> None:
+    matching = summary.get("matching") or {}
+    for warning in matching.get("blocking_warnings", []) + matching.get("model", {}).get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def cmd_plan(args) -> int:
+    from resolver.config import load_config
+    from resolver.pipeline import plan_matching
+
+    console = _console(args)
+    config = load_config(args.config)
+    with console.status("reading records"):
+        blocking, n_records = plan_matching(config)
+    cap = config.matching.blocking.max_block_size
+    table = Table(title=f"blocking plan: {n_records:,} records, block cap {cap:,}", header_style="bold")
+    for column in ("rule", "keyed records", "blocks", "pairs", "capped blocks", "pairs avoided by cap", "largest blocks"):
+        table.add_column(column, justify="left" if column in ("rule", "largest blocks") else "right")
+    for p in blocking.plans:
+        largest = ", ".join(f"{text} ({size:,})" for text, size in p.largest[:3])
+        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}", f"{p.capped_blocks:,}",
+                      f"{p.capped_pairs:,}", largest)
+    total = sum(p.pairs for p in blocking.plans)
+    table.add_row("all rules (upper bound)", "", "", f"{total:,}", "", "", "")
+    Console(quiet=args.quiet).print(table)
+    for warning in blocking.warnings(cap):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "
+                  "and pairs already in one deterministic person are skipped, so the run compares fewer.")
     return EXIT_OK
 
 
@@ -150,13 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     run.add_argument("--out", help="output folder (overrides run.output_dir)")
     run.add_argument("--no-guards", action="store_true", help="switch off identifier limits and hub caps")
+    run.add_argument("--model", help="a model.json from an earlier run: score with it, skip training")
     run.set_defaults(func=cmd_run)
+
+    plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))
+    plan.add_argument("--config", required=True)
+    plan.set_defaults(func=cmd_plan)
 
     gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data with ground truth"))
     gen.add_argument("--people", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True)
     gen.add_argument("--workers", type=int, default=2)
+    gen.add_argument("--no-events", action="store_true",
+                     help="write only the Salesforce CSVs and records truth (no Segment events)")
     gen.set_defaults(func=cmd_generate)
 
     ev = common(sub.add_parser("evaluate", help="score a run's outputs against a truth folder"))
@@ -171,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from resolver.config import ConfigError
     from resolver.io.readers import InputError
+    from resolver.model import ModelError
 
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
@@ -178,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        return EXIT_CONFIG
+    except ModelError as exc:
+        console.print(f"[red]model error:[/red] {exc}", highlight=False)
         return EXIT_CONFIG
     except InputError as exc:
         console.print(f"[red]input error:[/red] {exc}", highlight=False)

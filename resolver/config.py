@@ -130,6 +130,139 @@ class IdentityConfig(_Strict):
         return self
 
 
+# --------------------------------------------------------------------------------------------
+# Probabilistic matching
+# --------------------------------------------------------------------------------------------
+ATTRIBUTE_NORMALIZERS = ("name", "text", "email", "phone", "date", "number", "raw")
+COMPARISON_METHODS = (
+    "exact", "jaro_winkler", "levenshtein", "jaccard", "date", "numeric", "geo", "email", "phone",
+)
+_KEY_EXPRESSION = r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*|[a-z_]+\(\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:,\s*[A-Za-z0-9_]+\s*)*\))\s*$"
+
+
+class BlockingRule(_Strict):
+    """Records whose keys all agree (and none is missing) become candidate pairs.
+
+    A key is an attribute name or a function of one: prefix(col, n), last_digits(col, n),
+    year(col), metaphone(col), soundex(col), email_local(col), email_domain(col), initials(col),
+    or unordered(col_a, col_b) (the two values in sorted order: catches swapped first/last names).
+    """
+
+    name: str
+    keys: list[str] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _expressions(cls, keys: list[str]) -> list[str]:
+        import re
+
+        bad = [k for k in keys if not re.match(_KEY_EXPRESSION, k)]
+        if bad:
+            raise ValueError(f"not a key expression: {bad} (expected `column` or `function(column, ...)`)")
+        return keys
+
+
+class BlockingConfig(_Strict):
+    # A block with more records than this is skipped for its rule (with a warning naming the key):
+    # memory and time stay bounded by the cap, not by how common a surname is.
+    max_block_size: int = Field(default=500, ge=2)
+    rules: list[BlockingRule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "BlockingConfig":
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"blocking rule names must be unique: {names}")
+        return self
+
+
+class ComparisonConfig(_Strict):
+    """One attribute comparison with ordered levels: null (no weight), exact, the method's
+    graded levels, else."""
+
+    name: str
+    column: str | list[str]  # geo: [latitude, longitude]
+    method: Literal[COMPARISON_METHODS]  # type: ignore[valid-type]
+    thresholds: list[float] = Field(default_factory=list)  # similarity levels, e.g. [0.92, 0.80]
+    ngram: int | None = None  # jaccard: character n-grams of this size; None = word tokens
+    years: list[float] = Field(default_factory=list)  # date: "within N years" levels
+    distances: list[float] = Field(default_factory=list)  # numeric: |a-b| levels; geo: kilometres
+    digits: int = Field(default=7, ge=1)  # phone: the "same last N digits" level
+    nicknames: bool = False  # names: Bill = William level after exact
+    tf_adjust: bool = False  # exact agreement on a common value counts less than on a rare one
+
+    @model_validator(mode="after")
+    def _method_options(self) -> "ComparisonConfig":
+        if sorted(self.thresholds, reverse=True) != self.thresholds or any(not 0 < t <= 1 for t in self.thresholds):
+            raise ValueError("thresholds must be in (0, 1] and in decreasing order")
+        if self.method in ("jaro_winkler", "levenshtein", "jaccard") and not self.thresholds:
+            raise ValueError(f"method {self.method} needs `thresholds`")
+        if sorted(self.years) != self.years or sorted(self.distances) != self.distances:
+            raise ValueError("years and distances must be increasing")
+        if self.method == "geo" and (isinstance(self.column, str) or len(self.column) != 2):
+            raise ValueError("geo comparisons need `column: [latitude, longitude]`")
+        if self.method != "geo" and not isinstance(self.column, str):
+            raise ValueError("only geo comparisons take two columns")
+        if self.method in ("numeric", "geo") and not self.distances:
+            raise ValueError(f"method {self.method} needs `distances`")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return _as_list(self.column)
+
+
+class ModelOptions(_Strict):
+    max_iterations: int = Field(default=50, ge=1)
+    tolerance: float = Field(default=1e-5, gt=0)  # stop when no m/u probability moves more than this
+    u_sample_pairs: int = Field(default=2_000_000, ge=1000)  # random record pairs for u probabilities
+    fix_u: bool = False  # True: keep the sampled u (Splink style); False: EM re-estimates u among candidates
+    seed: int = 42
+
+
+class MatchThresholds(_Strict):
+    auto_merge: float = Field(default=0.85, gt=0, le=1)
+    review: float = Field(default=0.70, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MatchThresholds":
+        if self.review > self.auto_merge:
+            raise ValueError("review must not exceed auto_merge")
+        return self
+
+
+class MatchingConfig(_Strict):
+    enabled: bool = True
+    # Normalizer per attribute (name, text, email, phone, date, number, raw); unnamed attributes
+    # get one from their name (…email -> email, …phone -> phone, …date/birth… -> date, …name -> name).
+    normalizers: dict[str, Literal[ATTRIBUTE_NORMALIZERS]] = Field(default_factory=dict)  # type: ignore[valid-type]
+    blocking: BlockingConfig
+    comparisons: list[ComparisonConfig] = Field(min_length=1)
+    model: ModelOptions = Field(default_factory=ModelOptions)
+    thresholds: MatchThresholds = Field(default_factory=MatchThresholds)
+    # Extra limits on what a probabilistic link may join (on top of identity.types limits),
+    # e.g. {sf_lead_id: 1}: a fuzzy match never joins two people holding different lead ids.
+    link_limits: dict[str, int] = Field(default_factory=dict)
+    scored_pairs_min: float = Field(default=0.5, ge=0, le=1)  # scored_pairs.parquet keeps pairs at or above
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "MatchingConfig":
+        names = [c.name for c in self.comparisons]
+        if len(set(names)) != len(names):
+            raise ValueError(f"comparison names must be unique: {names}")
+        return self
+
+    def normalizer(self, attribute: str) -> str:
+        if attribute in self.normalizers:
+            return self.normalizers[attribute]
+        lowered = attribute.lower()
+        for needle, kind in (("email", "email"), ("phone", "phone"), ("birth", "date"), ("date", "date"),
+                             ("dob", "date"), ("name", "name"), ("latitude", "number"), ("longitude", "number")):
+            if needle in lowered:
+                return kind
+        return "text"
+
+
 class RunOptions(_Strict):
     output_dir: str = "out"
     default_region: str = "US"
@@ -140,6 +273,7 @@ class Config(_Strict):
     run: RunOptions = Field(default_factory=RunOptions)
     sources: list[SourceConfig]
     identity: IdentityConfig
+    matching: MatchingConfig | None = None
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -156,7 +290,27 @@ class Config(_Strict):
                 raise ValueError(
                     f"source {source.name!r} uses identifier types {unknown} that identity.types does not declare"
                 )
+        if self.matching is not None:
+            self._check_matching(self.matching, known)
         return self
+
+    def _check_matching(self, matching: MatchingConfig, known: set[str]) -> None:
+        from resolver.blocking import parse_key
+
+        attributes = {a for s in self.sources if s.kind == "records" for a in s.attributes}
+        for comparison in matching.comparisons:
+            missing = sorted(set(comparison.columns) - attributes)
+            if missing:
+                raise ValueError(f"matching.comparisons.{comparison.name}: no records source has attribute(s) {missing}")
+        for rule in matching.blocking.rules:
+            for key in rule.keys:
+                used = parse_key(key).columns
+                missing = sorted(set(used) - attributes)
+                if missing:
+                    raise ValueError(f"matching.blocking.{rule.name}: no records source has attribute(s) {missing}")
+        unknown = sorted(set(matching.link_limits) - known)
+        if unknown:
+            raise ValueError(f"matching.link_limits names undeclared identifier types {unknown}")
 
     def source_files(self, source: SourceConfig) -> list[Path]:
         """The files a source's glob matches, sorted so that runs are deterministic."""

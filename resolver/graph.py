@@ -26,6 +26,7 @@ from resolver.config import IdentityConfig
 
 ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
 EDGE_STATES = ("linked", "hub", "observed", "cut")
+PROBABILISTIC = "probabilistic"  # edge type of record-record links from probabilistic matching
 LINKED, HUB, OBSERVED, CUT = range(len(EDGE_STATES))
 
 
@@ -36,9 +37,12 @@ class GraphResult:
     hub: np.ndarray  # per identifier node: True when it was capped as a hub
     degree: np.ndarray  # per identifier node: records + strong identifiers of other types it links
     actions: pd.DataFrame  # ACTION_COLUMNS
+    cut_type: np.ndarray | None = None  # per edge: code of the type whose limit cut it (-1 = not cut)
 
 
-def _type_table(identity: IdentityConfig, type_names: list[str]) -> pd.DataFrame:
+def _type_table(identity: IdentityConfig, type_names: list[str], probabilistic: bool = False) -> pd.DataFrame:
+    """Per edge type code: priority, hub cap, strong, evidence. With `probabilistic`, one more
+    row (code len(type_names)) ranks probabilistic links after every identifier."""
     rows = []
     for name in type_names:
         spec = identity.types[name]
@@ -50,7 +54,12 @@ def _type_table(identity: IdentityConfig, type_names: list[str]) -> pd.DataFrame
                 "evidence": spec.evidence,
             }
         )
-    return pd.DataFrame(rows, index=type_names)
+    index = list(type_names)
+    if probabilistic:
+        rows.append({"priority": max([r["priority"] for r in rows], default=0) + 1, "hub_cap": 0,
+                     "strong": False, "evidence": True})
+        index.append(PROBABILISTIC)
+    return pd.DataFrame(rows, index=index)
 
 
 def identifier_degree(
@@ -75,20 +84,26 @@ def identifier_degree(
 UNLIMITED = np.iinfo(np.int64).max
 
 
-def limit_matrix(identity: IdentityConfig, type_names: list[str]) -> np.ndarray:
+def limit_matrix(identity: IdentityConfig, type_names: list[str],
+                 probabilistic_limits: dict[str, int] | None = None) -> np.ndarray:
     """limits[t, u]: most values of type u a group may hold when an edge of type t joins it.
 
-    Row t is the global `limit` of every type, tightened by type t's `link_limits`.
+    Row t is the global `limit` of every type, tightened by type t's `link_limits`. With
+    `probabilistic_limits`, one more row for probabilistic links, tightened by those.
     """
     n = len(type_names)
+    rows = n + (probabilistic_limits is not None)
     if not identity.guards:
-        return np.full((n, n), UNLIMITED, dtype=np.int64)
+        return np.full((rows, n), UNLIMITED, dtype=np.int64)
     base = np.array(
         [identity.types[u].limit or UNLIMITED for u in type_names], dtype=np.int64
     )
-    limits = np.tile(base, (n, 1))
-    for t, name in enumerate(type_names):
-        for other, cap in identity.types[name].link_limits.items():
+    limits = np.tile(base, (rows, 1))
+    tightening = [identity.types[name].link_limits for name in type_names]
+    if probabilistic_limits is not None:
+        tightening.append(probabilistic_limits)
+    for t, link_limits in enumerate(tightening):
+        for other, cap in link_limits.items():
             u = type_names.index(other)
             limits[t, u] = min(limits[t, u], cap)
     return limits
@@ -254,6 +269,7 @@ def resolve_graph(
     nodes: pd.DataFrame,
     edges: pd.DataFrame,
     identity: IdentityConfig,
+    probabilistic_limits: dict[str, int] | None = None,
 ) -> GraphResult:
     """Apply the identity policy to the graph and return its components.
 
@@ -261,10 +277,14 @@ def resolve_graph(
     value, alias (int; equal for values that an explicit same-type link declared to be one, e.g. a
     merged Salesforce id and its master).
     edges: src, dst (node numbers), type (code of the type whose priority ranks the edge),
-    explicit (bool), count (how often seen), first_seen.
+    explicit (bool), count (how often seen), first_seen; optionally score (higher first among
+    edges of equal priority: the match probability of a probabilistic link).
+    Probabilistic links are record-record edges of type code len(identity.types); they need
+    `probabilistic_limits` (extra link limits for them; {} for none) and rank after every
+    identifier, strongest probability first.
     """
     type_names = list(identity.types)
-    types = _type_table(identity, type_names)
+    types = _type_table(identity, type_names, probabilistic=probabilistic_limits is not None)
     node_type = nodes["type"].to_numpy(np.int64)
     edge_type = edges["type"].to_numpy(np.int64)
     src = edges["src"].to_numpy(np.int64)
@@ -290,7 +310,9 @@ def resolve_graph(
     linking = status == LINKED
     labels = connected_components(n_nodes, src[linking], dst[linking])
 
-    limits = limit_matrix(identity, type_names)
+    limits = limit_matrix(identity, type_names, probabilistic_limits)
+    score = edges["score"].to_numpy(np.float64) if "score" in edges else np.zeros(len(edges))
+    cut_type = np.full(len(edges), -1, dtype=np.int64)
     broken = _limit_violations(
         labels, node_type, alias, n_records, limits, edge_type[linking], labels[src[linking]]
     )
@@ -304,6 +326,7 @@ def resolve_graph(
                 src[candidates],
                 edges["first_seen"].to_numpy("datetime64[ns]").astype(np.int64)[candidates],
                 -edges["count"].to_numpy(np.int64)[candidates],
+                -score[candidates],
                 types["priority"].to_numpy(np.int64)[edge_type[candidates]],
                 ~explicit[candidates],
             )
@@ -314,7 +337,8 @@ def resolve_graph(
         if cuts:
             cut_edges = np.array([e for e, _ in cuts], dtype=np.int64)
             status[cut_edges] = CUT
-            actions.append(_cut_actions(nodes, edges, edge_type, cuts, type_names, limits, n_records))
+            cut_type[cut_edges] = [t for _, t in cuts]
+            actions.append(_cut_actions(nodes, edges, edge_type, cuts, list(types.index), limits, n_records))
             # The rebuilt components are exactly the groups the greedy union formed.
             labels = labels.copy()
             labels[rebuilt_nodes] = labels.max() + 1 + rebuilt_root
@@ -326,6 +350,7 @@ def resolve_graph(
         hub=hub,
         degree=degree,
         actions=pd.concat(actions, ignore_index=True) if actions else empty_actions(),
+        cut_type=cut_type,
     )
 
 
@@ -364,8 +389,11 @@ def _cut_actions(
     cut = np.array([e for e, _ in cuts], dtype=np.int64)
     broken = np.array([t for _, t in cuts], dtype=np.int64)
     names = np.asarray(type_names, dtype=object)
-    # Show the identifier end of each cut edge (records come first in node numbering).
+    # Show the identifier end of each cut edge (records come first in node numbering); a
+    # probabilistic link joins two records and has no identifier value to show.
     shown = np.maximum(edges["src"].to_numpy()[cut], edges["dst"].to_numpy()[cut]) - n_records
+    has_value = shown >= 0
+    shown = np.maximum(shown, 0)
     edge_names = names[edge_type[cut]]
     reason = [
         f"a {edge} link would give one person more than {limit} {held} value(s); link cut"
@@ -375,8 +403,8 @@ def _cut_actions(
         {
             "action": "limit_cut",
             "source": pd.NA,
-            "id_type": names[nodes["type"].to_numpy()[shown]],
-            "value": nodes["value"].to_numpy()[shown],
+            "id_type": np.where(has_value, names[nodes["type"].to_numpy()[shown]], edge_names),
+            "value": np.where(has_value, nodes["value"].to_numpy(dtype=object)[shown], None),
             "reason": reason,
             "count": edges["count"].to_numpy()[cut],
         },

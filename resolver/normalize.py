@@ -674,6 +674,37 @@ def normalize_name(values: pd.Series) -> pd.Series:
     return _to_series(out, s)
 
 
+def normalize_text(values: pd.Series) -> pd.Series:
+    """Free-text match key (streets, cities, companies): ASCII-folded, lower case, punctuation ->
+    space, whitespace collapsed; empty -> NA. "5788 Church Dr." -> "5788 church dr"."""
+    s = _as_series(values)
+    (out,) = _per_unique(_to_arrow(s), lambda u: (_null_if_empty(_words(_ascii_fold(u))),))
+    return _to_series(out, s)
+
+
+_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%d.%m.%Y", "%Y%m%d")
+
+
+def normalize_date(values: pd.Series) -> pd.Series:
+    """Calendar date as ISO ``YYYY-MM-DD`` from ISO dates or timestamps, ``YYYY/MM/DD``,
+    US ``MM/DD/YYYY``, ``DD.MM.YYYY`` or ``YYYYMMDD`` (zero-padded); anything else, or an
+    impossible date, -> NA."""
+    s = _as_series(values)
+
+    def parse(u: pa.Array) -> tuple[pa.Array]:
+        text = pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(u), 0, 10)
+        out = pa.nulls(len(u), pa.date32())
+        for fmt in _DATE_FORMATS:
+            parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
+            # Arrow rolls impossible dates over (02-30 -> 03-01): keep only exact round trips.
+            exact = pc.equal(pc.strftime(parsed, format=fmt), text)
+            out = pc.coalesce(out, pc.if_else(exact, parsed.cast(pa.date32()), None))
+        return (pc.strftime(out, format="%Y-%m-%d"),)
+
+    (out,) = _per_unique(_to_arrow(s), parse)
+    return _to_series(out, s)
+
+
 def _fold_names(raw: pa.Array) -> pa.Array:
     text = _words(_ascii_fold(raw))
     text = pc.replace_substring_regex(text, _LEADING_TITLES, "")

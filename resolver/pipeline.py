@@ -22,8 +22,8 @@ import pandas as pd
 
 from resolver import __version__
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
-from resolver.config import Config
-from resolver.graph import ACTION_COLUMNS, resolve_graph
+from resolver.config import Config, ConfigError
+from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
 from resolver.io.readers import REJECT_COLUMNS, read_source
@@ -67,6 +67,12 @@ class Resolution:
     policy_actions: pd.DataFrame
     rejects: pd.DataFrame
     summary: dict
+    match_links: pd.DataFrame | None = None
+    review_queue: pd.DataFrame | None = None
+    scored_pairs: pd.DataFrame | None = None
+    blocking_keys: pd.DataFrame | None = None
+    model: object | None = None  # the FSModel, saved as model.json
+    matching: dict | None = None  # run-summary section
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -313,15 +319,18 @@ def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, c
     n = len(records)
     src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
     accepted = np.asarray(status == "linked")
-    # Only an identifier that ties the record to something else explains a link.
+    # Only an identifier that ties the record to something else explains a link; a probabilistic
+    # link (record to record) explains both of its records.
     degree = np.bincount(np.concatenate([src[accepted], dst[accepted]]), minlength=int(dst.max(initial=0)) + 1)
-    linked = accepted & (src < n) & (degree[dst] >= 2)
-    record = src[linked]
-    rule = edges["rule"].to_numpy()[linked].astype(np.int64)
-    id_type = edges["type"].to_numpy()[linked].astype(np.int64)
+    linked = accepted & (src < n) & ((degree[dst] >= 2) | (dst < n))
+    record_record = linked & (dst < n)
+    record = np.concatenate([src[linked], dst[record_record]])
+    rule = np.concatenate([edges["rule"].to_numpy()[linked], edges["rule"].to_numpy()[record_record]]).astype(np.int64)
+    id_type = np.concatenate([edges["type"].to_numpy()[linked], edges["type"].to_numpy()[record_record]]).astype(np.int64)
     is_rule = rule != vocab.rule_code(IDENTIFIER_RULE)
     priority = np.array([config.identity.types[t].priority for t in vocab.types], dtype=np.int64)
-    labels = np.array(list(vocab.rules) + list(vocab.types), dtype=object)
+    priority = np.append(priority, priority.max(initial=0) + 1)  # probabilistic links rank last
+    labels = np.array(list(vocab.rules) + list(vocab.types) + [PROBABILISTIC], dtype=object)
     label = np.where(is_rule, rule, len(vocab.rules) + id_type)
     best = Groups.of(record, tiebreak=np.where(is_rule, -1, priority[id_type]) * len(labels) + label)
     out = np.full(n, "singleton", dtype=object)
@@ -329,7 +338,32 @@ def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, c
     return out
 
 
-def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary) -> Resolution:
+def _probabilistic_edges(match, n_types: int, vocab: Vocabulary) -> pd.DataFrame:
+    links = match.links()
+    return pd.DataFrame(
+        {
+            "src": match.left[links],
+            "dst": match.right[links],
+            "type": np.int16(n_types),
+            "rule": np.int16(vocab.rule_code(IDENTIFIER_RULE)),
+            "explicit": False,
+            "count": np.int64(1),
+            "first_seen": np.full(len(links), np.datetime64("NaT"), dtype="datetime64[ns]"),
+            "score": match.probability[links],
+        }
+    )
+
+
+def _match_probability(n_records: int, match, accepted_links: np.ndarray) -> np.ndarray:
+    """Per record, the highest probability of an accepted probabilistic link it has (NaN: none)."""
+    out = np.full(n_records, -np.inf)
+    for ends in (match.left[accepted_links], match.right[accepted_links]):
+        np.maximum.at(out, ends, match.probability[accepted_links])
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
+            model_path: Path | None = None) -> Resolution:
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -339,6 +373,25 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
         result = resolve_graph(n_records, nodes, edges, config.identity)
         entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
+
+    match = None
+    deterministic = result.labels[:n_records]
+    if config.matching is not None and config.matching.enabled:
+        from resolver.matching import DECISIONS, match_records
+
+        match = match_records(records, result.labels, config, model_path, stage=log.stage)
+        links = match.links()
+        if len(links):
+            n_det_edges = len(edges)
+            edges = pd.concat([edges.assign(score=0.0), _probabilistic_edges(match, len(vocab.types), vocab)],
+                              ignore_index=True)
+            with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
+                result = resolve_graph(n_records, nodes, edges, config.identity, config.matching.link_limits)
+                entry["rows_out"] = int(result.labels.max() + 1)
+            cut = np.asarray(result.edge_status.codes[n_det_edges:]) == CUT
+            match.decision[links[cut]] = DECISIONS.index("guard_cut")
+            match.cut_type = np.full(len(match.left), -1, dtype=np.int64)
+            match.cut_type[links] = result.cut_type[n_det_edges:]
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
         labels = result.labels
@@ -359,6 +412,10 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
         identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
         identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
+        identity_map["deterministic_group"] = deterministic
+        if match is not None:
+            accepted = match.decision == DECISIONS.index("link")
+            identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
 
         node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
         linked = node_status == 0
@@ -381,7 +438,48 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
     actions = _concat([a for p in parts for a in p.actions] + [result.actions], ACTION_COLUMNS)
-    return Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={})
+    resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={})
+    if match is not None:
+        with log.stage("match:outputs"):
+            _matching_outputs(resolution, match, config, vocab)
+    return resolution
+
+
+def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary) -> None:
+    """Explained links and review queue, scored pairs, blocking keys, model, summary section."""
+    from resolver.matching import DECISIONS, explain
+
+    person_ids = res.identity_map["person_id"]
+    names = np.array(list(vocab.types) + [PROBABILISTIC], dtype=object)
+    link, review, cut = (DECISIONS.index(d) for d in ("link", "review", "guard_cut"))
+    links = np.flatnonzero(match.decision == link)
+    res.match_links = explain(match, links, res.records, person_ids, np.full(len(links), "auto-merge", dtype=object))
+    in_band = np.flatnonzero(match.decision == review)
+    cut_rows = np.flatnonzero(match.decision == cut)
+    cut_reason = [f"guard: would give one person more than one allowed {names[t]} value"
+                  for t in (match.cut_type[cut_rows] if match.cut_type is not None else [])]
+    rows = np.concatenate([in_band, cut_rows])
+    reasons = np.array(["review band"] * len(in_band) + cut_reason, dtype=object)
+    order = np.argsort(-match.probability[rows], kind="stable")
+    res.review_queue = explain(match, rows[order], res.records, person_ids, reasons[order])
+    keep = match.probability >= config.matching.scored_pairs_min
+    res.scored_pairs = pd.DataFrame(
+        {
+            "record_id_l": match.left[keep],
+            "record_id_r": match.right[keep],
+            "probability": match.probability[keep],
+            "match_weight": match.weight[keep],
+            "rule": pd.Categorical.from_codes(match.rule[keep].astype(np.int64), categories=match.blocking.rules),
+            "decision": pd.Categorical.from_codes(match.decision[keep].astype(np.int64), categories=list(DECISIONS)),
+        }
+    )
+    res.blocking_keys = pd.DataFrame(
+        {"record_id": np.arange(len(res.records), dtype=np.int64),
+         **{rule: match.blocking.keys[r] for r, rule in enumerate(match.blocking.rules)}}
+    )
+    res.model = match.model
+    counts = np.bincount(match.decision, minlength=len(DECISIONS))
+    res.matching = {**match.summary, "decisions": {d: int(c) for d, c in zip(DECISIONS, counts)}}
 
 
 def _persons(
@@ -452,13 +550,30 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
         },
         "identifiers": {k: int(v) for k, v in res.identifier_map["status"].value_counts().to_dict().items()},
         "policy_actions": {k: int(v) for k, v in res.policy_actions["action"].value_counts().to_dict().items()},
+        "matching": res.matching,
         "stages": log.stages,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_worker_rss_mb": round(_peak_rss_mb("children"), 1),
     }
 
 
-def run(config: Config, report: Reporter | None = None, write: bool = True) -> Resolution:
+def plan_matching(config: Config):
+    """Blocking plan from the records alone: pair counts per rule and the largest blocks, before
+    any pair is made (reads and normalizes the records sources; events are not needed)."""
+    from resolver.attributes import match_attributes
+    from resolver.blocking import build_blocking_keys
+
+    if config.matching is None:
+        raise ConfigError("the configuration has no `matching` section to plan")
+    vocab = Vocabulary.from_config(config)
+    jobs = [job for job in plan_ingest(config) if config.sources[job.source_index].kind == "records"]
+    parts = _run_jobs(config, jobs, vocab)
+    records = pd.concat([p.records for p in parts], ignore_index=True)
+    active = ~records["is_deleted"].to_numpy(bool)
+    return build_blocking_keys(config.matching.blocking, match_attributes(records, config), active), len(records)
+
+
+def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically."""
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -466,7 +581,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True) -> R
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
     parts = ingest_all(config, log, vocab)
-    res = resolve(config, parts, log, vocab)
+    res = resolve(config, parts, log, vocab, model_path)
     res.summary = _summary(config, parts, res, log, run_id, started)
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)
     if write:

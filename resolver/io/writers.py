@@ -21,6 +21,11 @@ OUTPUT_TABLES = {
     "persons": "persons.parquet",
     "policy_actions": "policy_actions.parquet",
     "rejects": "rejects.parquet",
+    # probabilistic matching (written when it ran)
+    "match_links": "match_links.parquet",
+    "review_queue": "review_queue.parquet",
+    "scored_pairs": "scored_pairs.parquet",
+    "blocking_keys": "blocking_keys.parquet",
 }
 
 
@@ -36,13 +41,17 @@ def write_outputs(out_dir: Path, resolution) -> None:
     staging.mkdir()
     try:
         # Parquet encoding releases the GIL: the tables are written side by side.
+        tables = {attr: getattr(resolution, attr, None) for attr in OUTPUT_TABLES}
         with ThreadPoolExecutor(max_workers=len(OUTPUT_TABLES)) as pool:
             writes = [
-                pool.submit(_write_table, getattr(resolution, attr), staging / filename)
-                for attr, filename in OUTPUT_TABLES.items()
+                pool.submit(_write_table, frame, staging / OUTPUT_TABLES[attr])
+                for attr, frame in tables.items()
+                if frame is not None
             ]
             for write in writes:
                 write.result()
+        if getattr(resolution, "model", None) is not None:
+            resolution.model.save(staging / "model.json")
         (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
         _swap_into_place(staging, out_dir)
     except BaseException:

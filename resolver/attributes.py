@@ -1,0 +1,66 @@
+"""Record attributes in match form: each attribute normalized once, by its kind, for blocking and comparison.
+
+Records from different sources share attribute names (first_name, email, ...); a source that lacks
+an attribute leaves it missing (NA), and missing never agrees with anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from resolver.config import Config
+from resolver.normalize import (
+    normalize_date,
+    normalize_email,
+    normalize_name,
+    normalize_phone,
+    normalize_text,
+    normalize_trim,
+)
+
+
+def normalize_attribute(kind: str, values: pd.Series, config: Config) -> pd.Series:
+    """One attribute column in match form (NA where missing or unusable)."""
+    if kind == "name":
+        return normalize_name(values)
+    if kind == "text":
+        return normalize_text(values)
+    if kind == "email":
+        opts = config.identity.email
+        return normalize_email(values, fold_gmail_dots=opts.fold_gmail_dots, fold_plus_tags=opts.fold_plus_tags)
+    if kind == "phone":
+        return normalize_phone(values, config.run.default_region)[0]
+    if kind == "date":
+        return normalize_date(values)
+    if kind == "number":
+        numbers = pd.to_numeric(normalize_trim(values), errors="coerce")
+        return numbers.astype("float64")
+    return normalize_trim(values)
+
+
+def matching_columns(config: Config) -> list[str]:
+    """Every attribute the matching section reads, in a stable order."""
+    from resolver.blocking import parse_key
+
+    matching = config.matching
+    columns: list[str] = []
+    for rule in matching.blocking.rules:
+        for key in rule.keys:
+            columns.extend(parse_key(key).columns)
+    for comparison in matching.comparisons:
+        columns.extend(comparison.columns)
+    return list(dict.fromkeys(columns))
+
+
+def match_attributes(records: pd.DataFrame, config: Config) -> dict[str, pd.Series]:
+    """Normalized attribute columns for matching, one value per record (index 0..n-1)."""
+    out = {}
+    for column in matching_columns(config):
+        raw = records[column] if column in records else pd.Series(pd.NA, index=records.index, dtype="str")
+        out[column] = normalize_attribute(config.matching.normalizer(column), raw.reset_index(drop=True), config)
+    return out
+
+
+def present(values: pd.Series) -> np.ndarray:
+    return values.notna().to_numpy()

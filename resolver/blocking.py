@@ -1,0 +1,288 @@
+"""Candidate pairs from blocking rules, and their counts before any pair is made.
+
+A rule is a list of derived keys (surname prefix, birth year, phonetic code, last phone digits...).
+Records whose keys all agree fall in one block; every pair inside a block is a candidate.
+
+- Each rule's key is a 64-bit hash per record (0 = some part missing: no block).
+- Blocks larger than `max_block_size` are skipped for that rule, with a warning naming the key:
+  a rule's pairs are bounded by n * cap / 2, never by how common a value is.
+- The union of the rules compares each pair once: rule k drops a pair when an earlier rule
+  already produced it (the pair agrees on that rule's key), so no global de-duplication is needed.
+- Pairs already in one deterministic person are not candidates.
+
+Pair counts per rule come from block sizes alone (O(records)): `plan_blocking`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from resolver.config import BlockingConfig
+from resolver.grouping import Groups
+from resolver.kernels.hashing import hash_strings
+
+# function name -> (number of columns, number of integer arguments)
+KEY_FUNCTIONS = {
+    None: (1, 0),
+    "prefix": (1, 1),
+    "last_digits": (1, 1),
+    "year": (1, 0),
+    "metaphone": (1, 0),
+    "soundex": (1, 0),
+    "email_local": (1, 0),
+    "email_domain": (1, 0),
+    "initials": (1, 0),
+    "unordered": (2, 0),
+}
+
+
+@dataclass(frozen=True)
+class KeyExpr:
+    function: str | None
+    columns: tuple[str, ...]
+    args: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        if self.function is None:
+            return self.columns[0]
+        return f"{self.function}({', '.join([*self.columns, *map(str, self.args)])})"
+
+
+def parse_key(text: str) -> KeyExpr:
+    """`column` or `function(column[, column], int...)`; raises ValueError naming the problem."""
+    text = text.strip()
+    call = re.fullmatch(r"([a-z_]+)\((.*)\)", text)
+    if not call:
+        return KeyExpr(None, (text,))
+    function, inner = call.group(1), [p.strip() for p in call.group(2).split(",")]
+    if function not in KEY_FUNCTIONS:
+        known = ", ".join(sorted(k for k in KEY_FUNCTIONS if k))
+        raise ValueError(f"unknown key function {function!r} in {text!r} (known: {known})")
+    n_columns, n_args = KEY_FUNCTIONS[function]
+    if len(inner) != n_columns + n_args:
+        raise ValueError(f"{text!r}: {function} takes {n_columns} column(s) and {n_args} number(s)")
+    columns, args = inner[:n_columns], inner[n_columns:]
+    if not all(a.isdigit() and int(a) > 0 for a in args):
+        raise ValueError(f"{text!r}: {function}'s argument must be a positive integer")
+    return KeyExpr(function, tuple(columns), tuple(int(a) for a in args))
+
+
+# ---------------------------------------------------------------------------------------------
+# Key values
+# ---------------------------------------------------------------------------------------------
+def _per_distinct(values: pd.Series, fn) -> pd.Series:
+    """Apply a Python function to each distinct non-missing value (names repeat a lot)."""
+    codes, uniques = pd.factorize(values)
+    mapped = np.array([fn(u) for u in uniques], dtype=object)
+    out = pd.Series(np.where(codes >= 0, mapped[np.maximum(codes, 0)] if len(mapped) else None, None), dtype="str")
+    return out.where(out != "")
+
+
+def key_values(expr: KeyExpr, attributes: dict[str, pd.Series]) -> pd.Series:
+    """The key part as text per record (NA = missing: the record joins no block of this rule)."""
+    values = [attributes[c] for c in expr.columns]
+    first = values[0].astype("str")
+    f = expr.function
+    if f is None:
+        return first
+    if f == "prefix":
+        return first.str.slice(0, expr.args[0])
+    if f == "initials":
+        return _per_distinct(first, lambda v: "".join(w[0] for w in v.split()))
+    if f == "last_digits":
+        digits = first.str.replace(r"\D", "", regex=True)
+        n = expr.args[0]
+        return digits.str.slice(-n).where(digits.str.len() >= n)
+    if f == "year":
+        return first.str.slice(0, 4).where(first.str.match(r"^\d{4}"))
+    if f in ("metaphone", "soundex"):
+        import jellyfish
+
+        encode = jellyfish.metaphone if f == "metaphone" else jellyfish.soundex
+        return _per_distinct(first, lambda v: " ".join(encode(w) for w in v.split()))
+    if f == "email_local":
+        return first.str.split("@", n=1).str[0]
+    if f == "email_domain":
+        return first.str.split("@", n=1).str[1]
+    if f == "unordered":
+        second = values[1].astype("str")
+        low = first.where(first <= second, second)
+        high = second.where(first <= second, first)
+        return (low + "|" + high).where(first.notna() & second.notna())
+    raise AssertionError(f)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int) -> tuple[np.ndarray, list[pd.Series]]:
+    """64-bit block key per record (0 = a part is missing) and the text of each part."""
+    combined = np.zeros(n, dtype=np.uint64)
+    missing = np.zeros(n, dtype=bool)
+    parts = []
+    with np.errstate(over="ignore"):
+        for position, key in enumerate(keys):
+            text = key_values(parse_key(key), attributes).reset_index(drop=True)
+            parts.append(text)
+            hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{position}:".encode())
+            missing |= hashed == 0
+            combined = _mix(combined * _GOLDEN + hashed)
+    combined[missing] = 0
+    combined[(combined == 0) & ~missing] = 1
+    return combined, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: counts from block sizes
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RulePlan:
+    name: str
+    keyed_records: int
+    blocks: int
+    pairs: int  # pairs inside blocks within the cap (before cross-rule de-duplication)
+    capped_blocks: int
+    capped_records: int
+    capped_pairs: int  # pairs the cap avoided
+    largest: list[tuple[str, int]] = field(default_factory=list)  # (key text, records)
+
+
+@dataclass
+class BlockingKeys:
+    """Per rule: each record's effective key (0 = no block, or its block was over the cap)."""
+
+    rules: list[str]
+    keys: np.ndarray  # (n_rules, n_records) uint64
+    plans: list[RulePlan]
+
+    def warnings(self, cap: int) -> list[str]:
+        out = []
+        for plan in self.plans:
+            for text, size in plan.largest:
+                if size > cap:
+                    out.append(f"blocking rule {plan.name!r}: block {text!r} has {size:,} records (cap {cap:,}); "
+                               "its pairs are skipped for this rule")
+        return out
+
+
+def _key_text(parts: list[pd.Series], row: int) -> str:
+    return " | ".join(str(p.iloc[row]) for p in parts)
+
+
+def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series], active: np.ndarray,
+                        top: int = 5) -> BlockingKeys:
+    """Each rule's keys for the active records, with the plan (pair counts, largest blocks)."""
+    n = len(active)
+    all_keys = np.zeros((len(config.rules), n), dtype=np.uint64)
+    plans = []
+    cap = config.max_block_size
+    for r, rule in enumerate(config.rules):
+        keys, parts = rule_keys(rule.keys, attributes, n)
+        keys[~active] = 0
+        keyed = np.flatnonzero(keys != 0)
+        groups = Groups.of(keys[keyed])
+        sizes = groups.sizes()
+        over = sizes > cap
+        pairs = sizes * (sizes - 1) // 2
+        biggest = np.argsort(-sizes, kind="stable")[:top]
+        largest = [(_key_text(parts, int(keyed[groups.order[groups.starts[b]]])), int(sizes[b])) for b in biggest]
+        if over.any():  # records of an over-cap block have no key for this rule
+            in_over = np.repeat(over, sizes)
+            keys[keyed[groups.order[in_over]]] = 0
+        all_keys[r] = keys
+        plans.append(RulePlan(rule.name, len(keyed), len(sizes), int(pairs[~over].sum()), int(over.sum()),
+                              int(sizes[over].sum()), int(pairs[over].sum()), largest))
+    return BlockingKeys([r.name for r in config.rules], all_keys, plans)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs
+# ---------------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def _new_pair(a: int, b: int, rule: int, keys: np.ndarray, labels: np.ndarray) -> bool:
+    """A pair is new for this rule unless it is one deterministic person or an earlier rule had it."""
+    if labels[a] == labels[b]:
+        return False
+    for earlier in range(rule):
+        if keys[earlier, a] != 0 and keys[earlier, a] == keys[earlier, b]:
+            return False
+    return True
+
+
+@numba.njit(parallel=True, cache=True)
+def _count_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    counts = np.zeros(len(starts) - 1, dtype=np.int64)
+    for block in numba.prange(len(starts) - 1):
+        c = 0
+        for i in range(starts[block], starts[block + 1]):
+            for j in range(i + 1, starts[block + 1]):
+                if _new_pair(members[i], members[j], rule, keys, labels):
+                    c += 1
+        counts[block] = c
+    return counts
+
+
+@numba.njit(parallel=True, cache=True)
+def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
+              offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+    for block in numba.prange(len(starts) - 1):
+        k = offsets[block]
+        for i in range(starts[block], starts[block + 1]):
+            for j in range(i + 1, starts[block + 1]):
+                a, b = members[i], members[j]
+                if _new_pair(a, b, rule, keys, labels):
+                    left[k], right[k] = min(a, b), max(a, b)
+                    k += 1
+
+
+def rule_pairs(blocking: BlockingKeys, rule: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The new candidate pairs of one rule (left < right record positions), in a fixed order."""
+    keys = blocking.keys[rule]
+    keyed = np.flatnonzero(keys != 0)
+    groups = Groups.of(keys[keyed])  # stable: records stay in position order inside a block
+    sizes = groups.sizes()
+    multi = sizes >= 2
+    members = keyed[groups.order[np.repeat(multi, sizes)]].astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes[multi])]).astype(np.int64)
+    counts = _count_new(members, starts, rule, blocking.keys, labels)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    left = np.empty(offsets[-1], dtype=np.int32)
+    right = np.empty(offsets[-1], dtype=np.int32)
+    _fill_new(members, starts, rule, blocking.keys, labels, offsets, left, right)
+    return left, right
+
+
+@dataclass
+class CandidatePairs:
+    left: np.ndarray  # int32 record positions, left < right
+    right: np.ndarray
+    rule: np.ndarray  # int8: index of the rule that produced the pair
+    per_rule: list[int]
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+
+def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray) -> CandidatePairs:
+    """The union of all rules' pairs, each once, without pairs inside one deterministic person."""
+    lefts, rights, rules, per_rule = [], [], [], []
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    for r in range(len(blocking.rules)):
+        left, right = rule_pairs(blocking, r, labels)
+        lefts.append(left)
+        rights.append(right)
+        rules.append(np.full(len(left), r, dtype=np.int8))
+        per_rule.append(len(left))
+    return CandidatePairs(np.concatenate(lefts), np.concatenate(rights), np.concatenate(rules), per_rule)

@@ -1,0 +1,266 @@
+"""Probabilistic matching, top to bottom: attributes -> blocking -> comparison levels -> model ->
+scored pairs and decisions (link, review, no link), with a per-comparison explanation of each.
+
+Runs after the deterministic graph: pairs already in one deterministic person are not compared,
+and the accepted links go back into the graph, where the same guards apply to them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from resolver.attributes import match_attributes
+from resolver.blocking import BlockingKeys, CandidatePairs, build_blocking_keys, candidate_pairs
+from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
+from resolver.config import Config, ModelOptions
+from resolver.model import (
+    ComparisonModel,
+    FSModel,
+    default_m,
+    expectation_maximisation,
+    level_distribution,
+    match_weights,
+    pattern_counts,
+    probabilities,
+    random_pairs,
+    same_person_pairs,
+    tf_adjustments,
+    training_warnings,
+)
+
+DECISIONS = ("link", "review", "no_link", "guard_cut")
+DET_SAMPLE_PAIRS = 200_000
+SCORE_CHUNK = 4_000_000
+
+
+@dataclass
+class MatchResult:
+    """Scored candidate pairs kept for output (probability >= the lower of review and
+    scored_pairs_min), with their levels for explanations."""
+
+    left: np.ndarray  # int64 record positions
+    right: np.ndarray
+    rule: np.ndarray  # int8 blocking rule index
+    probability: np.ndarray
+    weight: np.ndarray
+    levels: np.ndarray  # (n, K) int8
+    tf: np.ndarray  # (n, K) float64 extra bits
+    decision: np.ndarray  # int8 index into DECISIONS
+    model: FSModel
+    blocking: BlockingKeys
+    prepared: list[PreparedComparison]
+    candidates: int
+    summary: dict = field(default_factory=dict)
+    cut_type: np.ndarray | None = None  # per pair: type code whose limit cut its link (-1 = none)
+
+    def links(self) -> np.ndarray:
+        return np.flatnonzero(self.decision == DECISIONS.index("link"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def _within_person_pairs(labels: np.ndarray, active: np.ndarray) -> int:
+    sizes = np.bincount(labels[active]) if active.any() else np.zeros(0, np.int64)
+    return int((sizes * (sizes - 1) // 2).sum())
+
+
+def selection_biased(config: Config) -> set[str]:
+    """Attributes read from a column that is also an identifier column of the same source: the
+    deterministic persons were formed by agreeing on them, so they say nothing about m there."""
+    biased = set()
+    for source in config.sources:
+        if source.kind != "records":
+            continue
+        identifier_columns = {c for cols in source.identifier_columns().values() for c in cols}
+        for name, cols in source.attribute_columns().items():
+            if identifier_columns & set(cols):
+                biased.add(name)
+    return biased
+
+
+def train_model(prepared: list[PreparedComparison], levels: np.ndarray, labels: np.ndarray, active: np.ndarray,
+                options: ModelOptions, biased: set[str] = frozenset()) -> FSModel:
+    """u by random sampling, m anchored on deterministic persons, then EM on the candidates."""
+    started = time.perf_counter()
+    ra, rb = random_pairs(active, options.u_sample_pairs, options.seed)
+    sampled = comparison_matrix(prepared, ra, rb)
+    u_random = [level_distribution(sampled[:, k], p.n_levels) for k, p in enumerate(prepared)]
+    da, db = same_person_pairs(labels, active, DET_SAMPLE_PAIRS, options.seed)
+    known = comparison_matrix(prepared, da, db)
+    m0 = []
+    for k, p in enumerate(prepared):
+        if set(p.config.columns) & biased:
+            known[:, k] = 0  # selected on it: no evidence about m
+        neutral = default_m(p.labels)
+        if (known[:, k] > 0).sum() >= 100:
+            neutral = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * neutral
+        m0.append(neutral)
+    n_active = int(active.sum())
+    total_pairs = max(n_active * (n_active - 1) // 2, 1)
+    det_pairs = _within_person_pairs(labels, active)
+    n_candidates = len(levels)
+    # The prior from deterministic links: about as many matches remain among the candidates as
+    # the deterministic persons already hold (a starting value; EM refines it).
+    lambda0 = float(np.clip(det_pairs / max(n_candidates, 1), 1e-4, 0.5))
+    patterns, counts = pattern_counts(levels)
+    m, u, lam, iterations, converged, history = expectation_maximisation(
+        patterns, counts, m0, u_random, lambda0, options.fix_u, options.max_iterations, options.tolerance,
+        known=pattern_counts(known),
+    )
+    comparisons = [
+        ComparisonModel(p.name, p.config.method, p.labels, m[k], u[k], u_random[k], p.config.tf_adjust)
+        for k, p in enumerate(prepared)
+    ]
+    warnings = training_warnings(comparisons)
+    if not converged:
+        warnings.append(f"EM did not converge in {iterations} iterations (tolerance {options.tolerance:g})")
+    prior = (det_pairs + lam * n_candidates) / total_pairs
+    training = {
+        "candidate_pairs": n_candidates,
+        "patterns": len(patterns),
+        "u_sample_pairs": len(ra),
+        "deterministic_pairs": det_pairs,
+        "deterministic_sample_pairs": len(da),
+        "selection_biased": sorted(biased),
+        "prior_from_deterministic": det_pairs / total_pairs,
+        "lambda_start": lambda0,
+        "iterations": iterations,
+        "converged": converged,
+        "fix_u": options.fix_u,
+        "lambda_history": [round(x, 8) for x in history[-5:]],
+        "warnings": warnings,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return FSModel(comparisons, lam, prior, training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring and decisions
+# ---------------------------------------------------------------------------------------------
+def _decide(probability: np.ndarray, auto_merge: float, review: float) -> np.ndarray:
+    return np.select([probability >= auto_merge, probability >= review], [0, 1], 2).astype(np.int8)
+
+
+def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
+                  stage=None) -> MatchResult:
+    """Score the candidate pairs of the active records; `labels` are the deterministic persons."""
+    matching = config.matching
+    timer = stage or _no_stage
+    active = ~records["is_deleted"].to_numpy(bool)
+    with timer("match:attributes", rows_in=len(records)):
+        attributes = match_attributes(records, config)
+        prepared = prepare_all(matching.comparisons, attributes)
+    with timer("match:blocking", rows_in=int(active.sum())) as entry:
+        blocking = build_blocking_keys(matching.blocking, attributes, active)
+        pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)])
+        entry["rows_out"] = len(pairs)
+    with timer("match:compare", rows_in=len(pairs)):
+        levels = comparison_matrix(prepared, pairs.left, pairs.right)
+    with timer("match:train"):
+        if model_path is not None:
+            model = FSModel.load(model_path, prepared)
+            model.training = {**model.training, "loaded_from": str(model_path)}
+        else:
+            model = train_model(prepared, levels, labels[: len(records)], active, matching.model,
+                                selection_biased(config))
+    with timer("match:score", rows_in=len(pairs)) as entry:
+        keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
+        kept = []
+        for start in range(0, len(pairs), SCORE_CHUNK):
+            chunk = slice(start, start + SCORE_CHUNK)
+            left = pairs.left[chunk].astype(np.int64)
+            tf = tf_adjustments(model, prepared, levels[chunk], left)
+            weight = match_weights(model, levels[chunk], tf)
+            probability = probabilities(weight)
+            rows = np.flatnonzero(probability >= keep_from)
+            kept.append((start + rows, weight[rows], probability[rows], tf[rows]))
+        rows = np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, np.int64)
+        weight = np.concatenate([k[1] for k in kept]) if kept else np.zeros(0)
+        probability = np.concatenate([k[2] for k in kept]) if kept else np.zeros(0)
+        tf = np.concatenate([k[3] for k in kept]) if kept else np.zeros((0, len(prepared)))
+        entry["rows_out"] = len(rows)
+    result = MatchResult(
+        left=pairs.left[rows].astype(np.int64), right=pairs.right[rows].astype(np.int64), rule=pairs.rule[rows],
+        probability=probability, weight=weight, levels=levels[rows], tf=tf,
+        decision=_decide(probability, matching.thresholds.auto_merge, matching.thresholds.review),
+        model=model, blocking=blocking, prepared=prepared, candidates=len(pairs),
+    )
+    result.summary = _summary(result, pairs, config)
+    return result
+
+
+def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict:
+    matching = config.matching
+    counts = np.bincount(result.decision, minlength=len(DECISIONS))
+    return {
+        "candidate_pairs": len(pairs),
+        "pairs_per_rule": dict(zip(result.blocking.rules, pairs.per_rule)),
+        "blocking_plan": [
+            {"rule": p.name, "keyed_records": p.keyed_records, "blocks": p.blocks, "pairs_in_blocks": p.pairs,
+             "capped_blocks": p.capped_blocks, "capped_records": p.capped_records, "capped_pairs": p.capped_pairs}
+            for p in result.blocking.plans
+        ],
+        "blocking_warnings": result.blocking.warnings(matching.blocking.max_block_size),
+        "thresholds": {"auto_merge": matching.thresholds.auto_merge, "review": matching.thresholds.review},
+        "decisions": {d: int(c) for d, c in zip(DECISIONS, counts)},
+        "model": {k: v for k, v in result.model.training.items() if k != "lambda_history"},
+        "candidate_match_rate": result.model.candidate_match_rate,
+        "prior": result.model.prior,
+    }
+
+
+class _NoStage:
+    def __init__(self):
+        self.entry = {}
+
+    def __enter__(self):
+        return self.entry
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _no_stage(name: str, rows_in: int | None = None):
+    return _NoStage()
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanations
+# ---------------------------------------------------------------------------------------------
+def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person_ids: pd.Series,
+            reasons: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per pair: both records, the probability, and for each comparison both values, the
+    level and its weight (the waterfall: prior_weight + the weights = match_weight)."""
+    left, right = result.left[rows], result.right[rows]
+    frame = pd.DataFrame(
+        {
+            "record_id_l": left,
+            "source_l": records["source"].to_numpy()[left],
+            "record_key_l": records["record_key"].to_numpy()[left],
+            "person_id_l": person_ids.to_numpy()[left],
+            "record_id_r": right,
+            "source_r": records["source"].to_numpy()[right],
+            "record_key_r": records["record_key"].to_numpy()[right],
+            "person_id_r": person_ids.to_numpy()[right],
+            "probability": result.probability[rows],
+            "match_weight": result.weight[rows],
+            "decision": pd.Categorical.from_codes(result.decision[rows], categories=list(DECISIONS)),
+            "reason": reasons if reasons is not None else "",
+            "blocking_rule": np.asarray(result.blocking.rules, dtype=object)[result.rule[rows]],
+            "prior_weight": result.model.prior_weight,
+        }
+    )
+    weights = result.model.weight_table()
+    for k, (p, c) in enumerate(zip(result.prepared, result.model.comparisons)):
+        level = result.levels[rows, k]
+        frame[f"{p.name}_l"] = p.values.to_numpy()[left] if len(left) else []
+        frame[f"{p.name}_r"] = p.values.to_numpy()[right] if len(right) else []
+        frame[f"{p.name}_level"] = pd.Categorical.from_codes(level.astype(np.int64), categories=p.labels)
+        frame[f"{p.name}_weight"] = weights[k][level] + result.tf[rows, k]
+    return frame
