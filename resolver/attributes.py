@@ -20,8 +20,25 @@ from resolver.normalize import (
 )
 
 
+def _without_junk(kind: str, normalized: pd.Series, config: Config) -> pd.Series:
+    """Junk emails and phones (test@..., noreply@..., 555-0000...) agree with each other without
+    meaning anything: the identity blocklist applies to them as attributes too."""
+    from resolver.normalize import Blocklist
+
+    blocklist_config = config.identity.blocklist
+    blocklist = Blocklist.from_config(blocklist_config.values, blocklist_config.patterns, blocklist_config.vendor_lists)
+    reasons = blocklist.blocked(kind, normalized)
+    return normalized.where(reasons.isna().to_numpy())
+
+
 def normalize_attribute(kind: str, values: pd.Series, config: Config) -> pd.Series:
     """One attribute column in match form (NA where missing or unusable)."""
+    if kind in ("email", "phone"):
+        return _without_junk(kind, _normalize(kind, values, config), config)
+    return _normalize(kind, values, config)
+
+
+def _normalize(kind: str, values: pd.Series, config: Config) -> pd.Series:
     if kind == "name":
         return normalize_name(values)
     if kind == "text":

@@ -122,15 +122,17 @@ def cmd_plan(args) -> int:
         blocking, n_records = plan_matching(config)
     cap = config.matching.blocking.max_block_size
     table = Table(title=f"blocking plan: {n_records:,} records, block cap {cap:,}", header_style="bold")
-    for column in ("rule", "keyed records", "blocks", "pairs", "capped blocks", "pairs avoided by cap", "largest blocks"):
-        table.add_column(column, justify="left" if column in ("rule", "largest blocks") else "right")
+    for column in ("rule", "records", "blocks", "pairs", "capped", "pairs capped"):
+        table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
     for p in blocking.plans:
-        largest = ", ".join(f"{text} ({size:,})" for text, size in p.largest[:3])
         table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}", f"{p.capped_blocks:,}",
-                      f"{p.capped_pairs:,}", largest)
-    total = sum(p.pairs for p in blocking.plans)
-    table.add_row("all rules (upper bound)", "", "", f"{total:,}", "", "", "")
-    Console(quiet=args.quiet).print(table)
+                      f"{p.capped_pairs:,}")
+    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}", "", "")
+    out = Console(quiet=args.quiet)
+    out.print(table)
+    out.print("largest blocks (records):")
+    for p in blocking.plans:
+        out.print(f"  {p.name}: " + ", ".join(f"{text} ({size:,})" for text, size in p.largest[:3]), highlight=False)
     for warning in blocking.warnings(cap):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "

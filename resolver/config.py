@@ -216,7 +216,10 @@ class ModelOptions(_Strict):
     max_iterations: int = Field(default=50, ge=1)
     tolerance: float = Field(default=1e-5, gt=0)  # stop when no m/u probability moves more than this
     u_sample_pairs: int = Field(default=2_000_000, ge=1000)  # random record pairs for u probabilities
-    fix_u: bool = False  # True: keep the sampled u (Splink style); False: EM re-estimates u among candidates
+    # Where u comes from when scoring a candidate pair: "candidates" = the level distribution among
+    # the candidate pairs of the rule that produced it (almost all non-matches); "random" = random
+    # record pairs for every rule (Splink's choice, which over-rates household agreement).
+    u_source: Literal["candidates", "random"] = "candidates"
     seed: int = 42
 
 
@@ -243,6 +246,9 @@ class MatchingConfig(_Strict):
     # Extra limits on what a probabilistic link may join (on top of identity.types limits),
     # e.g. {sf_lead_id: 1}: a fuzzy match never joins two people holding different lead ids.
     link_limits: dict[str, int] = Field(default_factory=dict)
+    # A probabilistic link may not make a person of more records than this (guards on): fuzzy
+    # links must not chain unrelated people into giant clusters as data grows.
+    max_person_records: int = Field(default=20, ge=2)
     scored_pairs_min: float = Field(default=0.5, ge=0, le=1)  # scored_pairs.parquet keeps pairs at or above
 
     @model_validator(mode="after")

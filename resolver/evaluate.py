@@ -25,6 +25,11 @@ class ClusterMetrics:
     bcubed_f1: float
     overmerged_clusters: int  # predicted persons that hold more than one true person
     split_true_persons: int  # true persons spread over more than one predicted person
+    # Cluster level: a predicted cluster counts only when it equals a true cluster exactly.
+    cluster_precision: float
+    cluster_recall: float
+    cluster_f1: float
+    largest_cluster: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +78,10 @@ def cluster_metrics(predicted, truth) -> ClusterMetrics:
     b_precision = float((cell_n * cell_n / pred_sizes[cells["p"].to_numpy()]).sum() / n) if n else 1.0
     b_recall = float((cell_n * cell_n / true_sizes[cells["t"].to_numpy()]).sum() / n) if n else 1.0
 
+    exact = cells["n"].to_numpy()
+    exact = (exact == pred_sizes[cells["p"].to_numpy()]) & (exact == true_sizes[cells["t"].to_numpy()])
+    c_precision = float(exact.sum() / len(pred_sizes)) if len(pred_sizes) else 1.0
+    c_recall = float(exact.sum() / len(true_sizes)) if len(true_sizes) else 1.0
     return ClusterMetrics(
         entities=n,
         predicted_clusters=len(pred_sizes),
@@ -85,6 +94,10 @@ def cluster_metrics(predicted, truth) -> ClusterMetrics:
         bcubed_f1=_f1(b_precision, b_recall),
         overmerged_clusters=int((cells.groupby("p").size() > 1).sum()),
         split_true_persons=int((cells.groupby("t").size() > 1).sum()),
+        cluster_precision=c_precision,
+        cluster_recall=c_recall,
+        cluster_f1=_f1(c_precision, c_recall),
+        largest_cluster=int(pred_sizes.max(initial=0)),
     )
 
 
@@ -136,4 +149,77 @@ def evaluate_outputs(out_dir, truth_dir, config) -> dict:
         both = pd.concat([records[["person_id", "true_person"]], events[["person_id", "true_person"]]], ignore_index=True)
         result["all"] = cluster_metrics(both["person_id"], both["true_person"]).as_dict()
     result["excluded_deleted_records"] = int(len(truth_records) - len(records))
+    if (out_dir / "scored_pairs.parquet").exists():
+        result["matching"] = matching_metrics(out_dir, truth_records)
     return result
+
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
+
+
+def true_pairs(record_ids: np.ndarray, persons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (lo, hi) of records with the same true person (O(true pairs))."""
+    frame = pd.DataFrame({"r": record_ids, "p": pd.factorize(persons)[0]})
+    pairs = frame.merge(frame, on="p", suffixes=("_a", "_b"))
+    pairs = pairs[pairs["r_a"] < pairs["r_b"]]
+    return pairs["r_a"].to_numpy(np.int64), pairs["r_b"].to_numpy(np.int64)
+
+
+def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b)
+
+
+def matching_metrics(out_dir, truth_records: pd.DataFrame) -> dict:
+    """Probabilistic matching against labels: blocking recall, and pairwise precision/recall/F1 of
+    the scored pairs at each threshold.
+
+    Recall counts the true pairs matching had to find: active records of one true person that the
+    deterministic graph had not already put together.
+    """
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    identity = pd.read_parquet(out_dir / "identity_map.parquet",
+                               columns=["record_id", "source", "record_key", "status", "deterministic_group"])
+    frame = identity.merge(truth_records, on=["source", "record_key"], how="inner")
+    frame = frame[frame["status"] != "deleted"]
+    n = int(identity["record_id"].max()) + 1 if len(identity) else 1
+    a, b = true_pairs(frame["record_id"].to_numpy(), frame["true_person"].to_numpy())
+    group = np.full(n, -1, dtype=np.int64)
+    group[identity["record_id"].to_numpy()] = identity["deterministic_group"].to_numpy()
+    remaining = group[a] != group[b]
+
+    keys = pd.read_parquet(out_dir / "blocking_keys.parquet")
+    rule_keys = keys.drop(columns="record_id")
+    key_rows = np.full(n, -1, dtype=np.int64)
+    key_rows[keys["record_id"].to_numpy()] = np.arange(len(keys))
+    blocked = np.zeros(len(a), dtype=bool)
+    per_rule = {}
+    for rule in rule_keys.columns:
+        k = rule_keys[rule].to_numpy(np.uint64)
+        hit = (k[key_rows[a]] != 0) & (k[key_rows[a]] == k[key_rows[b]])
+        per_rule[rule] = float(hit[remaining].mean()) if remaining.any() else 1.0
+        blocked |= hit
+
+    scored = pd.read_parquet(out_dir / "scored_pairs.parquet", columns=["record_id_l", "record_id_r", "probability"])
+    is_true = np.isin(_pair_keys(scored["record_id_l"].to_numpy(), scored["record_id_r"].to_numpy(), n),
+                      _pair_keys(a, b, n))
+    probability = scored["probability"].to_numpy()
+    wanted = int(remaining.sum())
+    table = []
+    for t in THRESHOLDS:
+        predicted = probability >= t
+        tp = int((predicted & is_true).sum())
+        precision = tp / predicted.sum() if predicted.any() else 1.0
+        recall = tp / wanted if wanted else 1.0
+        table.append({"threshold": t, "links": int(predicted.sum()), "true_links": tp, "precision": float(precision),
+                      "recall": float(recall), "f1": _f1(precision, recall)})
+    return {
+        "true_pairs": len(a),
+        "true_pairs_left_to_matching": wanted,
+        "blocking_recall": float(blocked[remaining].mean()) if wanted else 1.0,
+        "blocking_recall_all_pairs": float((blocked | ~remaining).mean()) if len(a) else 1.0,
+        "blocking_recall_by_rule": per_rule,
+        "thresholds": table,
+        "note": "pairs scored below the output floor (matching.scored_pairs_min) count as not linked",
+    }

@@ -141,6 +141,13 @@ def _limit_violations(
     return np.unique(np.concatenate(broken))
 
 
+def _oversized(labels: np.ndarray, n_records: int, cap: int, with_probabilistic: np.ndarray) -> np.ndarray:
+    """Components holding a probabilistic link and more records than the cap."""
+    records = np.bincount(labels[:n_records], minlength=int(labels.max(initial=-1)) + 1)
+    over = np.flatnonzero(records > cap)
+    return np.intersect1d(over, with_probabilistic)
+
+
 @njit(cache=True)
 def _find(parent: np.ndarray, node: int) -> int:
     while parent[node] != node:
@@ -196,15 +203,21 @@ def _greedy_union(
     value_type: np.ndarray,
     value_alias: np.ndarray,
     limits: np.ndarray,
+    is_record: np.ndarray,
+    capped_type: int,
+    record_cap: int,
 ) -> np.ndarray:
     """Union-find over edges in the given order, refusing unions that break a limit.
 
     Each group keeps a linked list of the limited values it holds (node i's own value, if any,
-    is entry i). Returns, per edge, the type whose limit it would break (-1 when it was merged
-    or was already inside one group), and per node the root of its final group.
+    is entry i). An edge of `capped_type` also may not make a group of more than `record_cap`
+    records (reported as type len(limits[0])). Returns, per edge, the type whose limit it would
+    break (-1 when it was merged or was already inside one group), and per node the root of its
+    final group.
     """
     parent = np.arange(n_local)
     size = np.ones(n_local, dtype=np.int64)
+    records = is_record.astype(np.int64)
     head = np.where(value_type >= 0, np.arange(n_local), -1)
     tail = head.copy()
     nxt = np.full(n_local, -1, dtype=np.int64)
@@ -214,6 +227,8 @@ def _greedy_union(
         if ra == rb:
             continue
         t = _first_broken_type(head[ra], head[rb], nxt, value_type, value_alias, limits[edge_type[e]])
+        if t < 0 and edge_type[e] == capped_type and records[ra] + records[rb] > record_cap:
+            t = limits.shape[1]
         if t >= 0 and not explicit[e]:
             broken[e] = t
             continue
@@ -221,6 +236,7 @@ def _greedy_union(
             ra, rb = rb, ra
         parent[rb] = ra
         size[ra] += size[rb]
+        records[ra] += records[rb]
         if head[rb] != -1:
             if head[ra] == -1:
                 head[ra] = head[rb]
@@ -242,6 +258,8 @@ def _greedy_rebuild(
     node_type: np.ndarray,
     alias: np.ndarray,
     limits: np.ndarray,
+    capped_type: int = -1,
+    record_cap: int = UNLIMITED,
 ) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
     """Union the edges in the given (already sorted) order. Returns (edge, type) for the edges
     cut by a limit, and the groups the rest formed: the nodes touched and each one's group root.
@@ -258,7 +276,7 @@ def _greedy_rebuild(
     value_alias = np.where(value_type >= 0, alias[ident], -1).astype(np.int64)
     broken, root = _greedy_union(
         len(local_nodes), local[:m].astype(np.int64), local[m:].astype(np.int64), edge_type[edge_index].astype(np.int64),
-        explicit[edge_index], value_type, value_alias, limits,
+        explicit[edge_index], value_type, value_alias, limits, ~is_identifier, capped_type, record_cap,
     )
     cut = np.flatnonzero(broken >= 0)
     return list(zip(edge_index[cut].tolist(), broken[cut].tolist())), local_nodes, root
@@ -270,6 +288,7 @@ def resolve_graph(
     edges: pd.DataFrame,
     identity: IdentityConfig,
     probabilistic_limits: dict[str, int] | None = None,
+    probabilistic_record_cap: int | None = None,
 ) -> GraphResult:
     """Apply the identity policy to the graph and return its components.
 
@@ -281,7 +300,8 @@ def resolve_graph(
     edges of equal priority: the match probability of a probabilistic link).
     Probabilistic links are record-record edges of type code len(identity.types); they need
     `probabilistic_limits` (extra link limits for them; {} for none) and rank after every
-    identifier, strongest probability first.
+    identifier, strongest probability first; with `probabilistic_record_cap`, a probabilistic
+    link may not make a person of more records than that (no chaining into giant clusters).
     """
     type_names = list(identity.types)
     types = _type_table(identity, type_names, probabilistic=probabilistic_limits is not None)
@@ -316,6 +336,10 @@ def resolve_graph(
     broken = _limit_violations(
         labels, node_type, alias, n_records, limits, edge_type[linking], labels[src[linking]]
     )
+    prob_type = len(type_names)
+    record_cap = probabilistic_record_cap if (probabilistic_record_cap and identity.guards) else UNLIMITED
+    if record_cap < UNLIMITED:
+        broken = np.union1d(broken, _oversized(labels, n_records, record_cap, labels[src[linking & (edge_type == prob_type)]]))
     if len(broken):
         in_broken = np.zeros(labels.max() + 1, dtype=bool)
         in_broken[broken] = True
@@ -332,7 +356,7 @@ def resolve_graph(
             )
         )
         cuts, rebuilt_nodes, rebuilt_root = _greedy_rebuild(
-            candidates[order], src, dst, explicit, edge_type, n_records, node_type, alias, limits
+            candidates[order], src, dst, explicit, edge_type, n_records, node_type, alias, limits, prob_type, record_cap
         )
         if cuts:
             cut_edges = np.array([e for e, _ in cuts], dtype=np.int64)
@@ -395,9 +419,13 @@ def _cut_actions(
     has_value = shown >= 0
     shown = np.maximum(shown, 0)
     edge_names = names[edge_type[cut]]
+    n_value_types = limits.shape[1]
+    size_cap = broken == n_value_types  # the probabilistic record cap, not a value limit
+    held_limit = limits[edge_type[cut], np.minimum(broken, n_value_types - 1)].tolist()
     reason = [
-        f"a {edge} link would give one person more than {limit} {held} value(s); link cut"
-        for edge, limit, held in zip(edge_names, limits[edge_type[cut], broken].tolist(), names[broken])
+        f"a {edge} link would make a person of more than the allowed records; link cut" if capped
+        else f"a {edge} link would give one person more than {limit} {names[held]} value(s); link cut"
+        for edge, limit, held, capped in zip(edge_names, held_limit, broken, size_cap)
     ]
     return pd.DataFrame(
         {

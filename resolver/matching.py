@@ -21,6 +21,8 @@ from resolver.config import Config, ModelOptions
 from resolver.model import (
     ComparisonModel,
     FSModel,
+    candidate_u,
+    comparison_weights,
     default_m,
     expectation_maximisation,
     level_distribution,
@@ -84,8 +86,23 @@ def selection_biased(config: Config) -> set[str]:
     return biased
 
 
-def train_model(prepared: list[PreparedComparison], levels: np.ndarray, labels: np.ndarray, active: np.ndarray,
-                options: ModelOptions, biased: set[str] = frozenset()) -> FSModel:
+def neutral_comparisons(config: Config, prepared: list[PreparedComparison]) -> np.ndarray:
+    """(n_rules, n_comparisons): a comparison of a column the rule blocks on as-is tells nothing
+    about its pairs (they all agree there, matches and non-matches alike)."""
+    from resolver.blocking import parse_key
+
+    rules = config.matching.blocking.rules
+    out = np.zeros((len(rules), len(prepared)), dtype=bool)
+    for r, rule in enumerate(rules):
+        plain = {parse_key(k).columns[0] for k in rule.keys if parse_key(k).function is None}
+        for k, p in enumerate(prepared):
+            out[r, k] = p.config.method != "geo" and p.config.columns[0] in plain
+    return out
+
+
+def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np.ndarray, labels: np.ndarray,
+                active: np.ndarray, options: ModelOptions, rules: list[str], neutral: np.ndarray,
+                biased: set[str] = frozenset()) -> FSModel:
     """u by random sampling, m anchored on deterministic persons, then EM on the candidates."""
     started = time.perf_counter()
     ra, rb = random_pairs(active, options.u_sample_pairs, options.seed)
@@ -97,10 +114,10 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, labels: 
     for k, p in enumerate(prepared):
         if set(p.config.columns) & biased:
             known[:, k] = 0  # selected on it: no evidence about m
-        neutral = default_m(p.labels)
+        start = default_m(p.labels)
         if (known[:, k] > 0).sum() >= 100:
-            neutral = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * neutral
-        m0.append(neutral)
+            start = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * start
+        m0.append(start)
     n_active = int(active.sum())
     total_pairs = max(n_active * (n_active - 1) // 2, 1)
     det_pairs = _within_person_pairs(labels, active)
@@ -108,10 +125,15 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, labels: 
     # The prior from deterministic links: about as many matches remain among the candidates as
     # the deterministic persons already hold (a starting value; EM refines it).
     lambda0 = float(np.clip(det_pairs / max(n_candidates, 1), 1e-4, 0.5))
-    patterns, counts = pattern_counts(levels)
-    m, u, lam, iterations, converged, history = expectation_maximisation(
-        patterns, counts, m0, u_random, lambda0, options.fix_u, options.max_iterations, options.tolerance,
-        known=pattern_counts(known),
+    patterns, pattern_rule, counts = pattern_counts(levels, rule)
+    known_patterns, _, known_counts = pattern_counts(known)
+    if options.u_source == "random":
+        u = [np.tile(x, (len(rules), 1)) for x in u_random]
+    else:
+        u = candidate_u(patterns, pattern_rule, counts, len(rules), [p.n_levels for p in prepared])
+    m, lam, iterations, converged = expectation_maximisation(
+        patterns, pattern_rule, counts, neutral, m0, u, np.full(len(rules), lambda0),
+        options.max_iterations, options.tolerance, known=(known_patterns, known_counts),
     )
     comparisons = [
         ComparisonModel(p.name, p.config.method, p.labels, m[k], u[k], u_random[k], p.config.tf_adjust)
@@ -120,7 +142,8 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, labels: 
     warnings = training_warnings(comparisons)
     if not converged:
         warnings.append(f"EM did not converge in {iterations} iterations (tolerance {options.tolerance:g})")
-    prior = (det_pairs + lam * n_candidates) / total_pairs
+    per_rule = np.bincount(rule, minlength=len(rules))
+    prior = float((det_pairs + (lam * per_rule).sum()) / total_pairs)
     training = {
         "candidate_pairs": n_candidates,
         "patterns": len(patterns),
@@ -132,12 +155,11 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, labels: 
         "lambda_start": lambda0,
         "iterations": iterations,
         "converged": converged,
-        "fix_u": options.fix_u,
-        "lambda_history": [round(x, 8) for x in history[-5:]],
+        "u_source": options.u_source,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return FSModel(comparisons, lam, prior, training)
+    return FSModel(rules, comparisons, neutral, lam, prior, training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,21 +184,23 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         entry["rows_out"] = len(pairs)
     with timer("match:compare", rows_in=len(pairs)):
         levels = comparison_matrix(prepared, pairs.left, pairs.right)
+    rules = [r.name for r in matching.blocking.rules]
     with timer("match:train"):
         if model_path is not None:
-            model = FSModel.load(model_path, prepared)
+            model = FSModel.load(model_path, prepared, rules)
             model.training = {**model.training, "loaded_from": str(model_path)}
         else:
-            model = train_model(prepared, levels, labels[: len(records)], active, matching.model,
-                                selection_biased(config))
+            model = train_model(prepared, levels, pairs.rule, labels[: len(records)], active, matching.model, rules,
+                                neutral_comparisons(config, prepared), selection_biased(config))
     with timer("match:score", rows_in=len(pairs)) as entry:
         keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
         kept = []
         for start in range(0, len(pairs), SCORE_CHUNK):
             chunk = slice(start, start + SCORE_CHUNK)
             left = pairs.left[chunk].astype(np.int64)
-            tf = tf_adjustments(model, prepared, levels[chunk], left)
-            weight = match_weights(model, levels[chunk], tf)
+            rule = pairs.rule[chunk].astype(np.int64)
+            tf = tf_adjustments(model, prepared, levels[chunk], rule, left)
+            weight = match_weights(model, levels[chunk], rule, tf)
             probability = probabilities(weight)
             rows = np.flatnonzero(probability >= keep_from)
             kept.append((start + rows, weight[rows], probability[rows], tf[rows]))
@@ -209,8 +233,8 @@ def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict
         "blocking_warnings": result.blocking.warnings(matching.blocking.max_block_size),
         "thresholds": {"auto_merge": matching.thresholds.auto_merge, "review": matching.thresholds.review},
         "decisions": {d: int(c) for d, c in zip(DECISIONS, counts)},
-        "model": {k: v for k, v in result.model.training.items() if k != "lambda_history"},
-        "candidate_match_rate": result.model.candidate_match_rate,
+        "model": result.model.training,
+        "match_rate_by_rule": dict(zip(result.model.rules, map(float, result.model.match_rate))),
         "prior": result.model.prior,
     }
 
@@ -253,14 +277,14 @@ def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person
             "decision": pd.Categorical.from_codes(result.decision[rows], categories=list(DECISIONS)),
             "reason": reasons if reasons is not None else "",
             "blocking_rule": np.asarray(result.blocking.rules, dtype=object)[result.rule[rows]],
-            "prior_weight": result.model.prior_weight,
+            "prior_weight": result.model.prior_weights[result.rule[rows].astype(np.int64)],
         }
     )
-    weights = result.model.weight_table()
-    for k, (p, c) in enumerate(zip(result.prepared, result.model.comparisons)):
+    weights = comparison_weights(result.model, result.levels[rows], result.rule[rows].astype(np.int64))
+    for k, p in enumerate(result.prepared):
         level = result.levels[rows, k]
         frame[f"{p.name}_l"] = p.values.to_numpy()[left] if len(left) else []
         frame[f"{p.name}_r"] = p.values.to_numpy()[right] if len(right) else []
         frame[f"{p.name}_level"] = pd.Categorical.from_codes(level.astype(np.int64), categories=p.labels)
-        frame[f"{p.name}_weight"] = weights[k][level] + result.tf[rows, k]
+        frame[f"{p.name}_weight"] = weights[:, k] + result.tf[rows, k]
     return frame

@@ -29,6 +29,8 @@ from resolver.compare import NULL_LEVEL, PreparedComparison
 
 MODEL_FORMAT = 1
 PROBABILITY_FLOOR = 1e-6
+# No level is impossible for a match: a moved address or a new phone must cost bits, not veto.
+M_FLOOR = 1e-3
 TF_CLIP_BITS = 10.0
 
 
@@ -42,50 +44,72 @@ class ComparisonModel:
     method: str
     labels: list[str]
     m: np.ndarray  # per level (index 0 = null, unused)
-    u: np.ndarray  # per level, among candidate non-matches (== u_random when u is fixed)
+    u: np.ndarray  # (n_rules, n_levels): per blocking rule, among that rule's candidate non-matches
     u_random: np.ndarray  # per level, over random record pairs
     tf_adjust: bool = False
 
     def weights(self) -> np.ndarray:
-        """log2(m/u) per level; the null level weighs nothing."""
-        w = np.log2(np.maximum(self.m, PROBABILITY_FLOOR) / np.maximum(self.u, PROBABILITY_FLOOR))
-        w[NULL_LEVEL] = 0.0
+        """(n_rules, n_levels) log2(m/u); the null level weighs nothing."""
+        m = np.maximum(np.nan_to_num(self.m, nan=1.0), PROBABILITY_FLOOR)
+        u = np.maximum(np.nan_to_num(self.u, nan=1.0), PROBABILITY_FLOOR)
+        w = np.log2(m[None, :] / u)
+        w[:, NULL_LEVEL] = 0.0
         return w
 
 
 @dataclass
 class FSModel:
+    """Fellegi-Sunter with one u (and match rate) per blocking rule.
+
+    A pair is scored under the rule that produced it: the non-matches a surname + postcode rule
+    brings are household members (they agree on address, differ on first name), those a full-name
+    rule brings are namesakes (they agree on names, differ on address). One u for both would make
+    each kind of agreement look stronger than it is; per rule, each weighs what it is worth.
+    A comparison on a column the rule blocks on exactly is neutral (weight 0) for its pairs.
+    """
+
+    rules: list[str]
     comparisons: list[ComparisonModel]
-    candidate_match_rate: float  # share of candidate pairs that match (EM's lambda)
+    neutral: np.ndarray  # (n_rules, n_comparisons) bool
+    match_rate: np.ndarray  # per rule: share of its candidate pairs that match (EM's lambda)
     prior: float  # probability that two random records match
-    training: dict = field(default_factory=dict)  # iterations, converged, pairs, warnings...
+    training: dict = field(default_factory=dict)
 
     @property
-    def prior_weight(self) -> float:
-        lam = min(max(self.candidate_match_rate, 1e-12), 1 - 1e-12)
-        return float(np.log2(lam / (1 - lam)))
+    def prior_weights(self) -> np.ndarray:
+        lam = np.clip(self.match_rate, 1e-12, 1 - 1e-12)
+        return np.log2(lam / (1 - lam))
 
     def weight_table(self) -> list[np.ndarray]:
-        return [c.weights() for c in self.comparisons]
+        """Per comparison: (n_rules, n_levels) weights, neutral rules zeroed."""
+        tables = []
+        for k, c in enumerate(self.comparisons):
+            w = c.weights()
+            w[self.neutral[:, k], :] = 0.0
+            tables.append(w)
+        return tables
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
             "format": MODEL_FORMAT,
-            "candidate_match_rate": self.candidate_match_rate,
+            "rules": self.rules,
             "prior": self.prior,
-            "prior_weight": self.prior_weight,
+            "match_rate_by_rule": dict(zip(self.rules, map(float, self.match_rate))),
+            "prior_weight_by_rule": dict(zip(self.rules, map(float, self.prior_weights))),
             "comparisons": [
                 {
                     "name": c.name, "method": c.method, "tf_adjust": c.tf_adjust,
+                    "neutral_in_rules": [r for r, n in zip(self.rules, self.neutral[:, k]) if n],
                     "levels": [
-                        {"label": label, "m": float(c.m[i]), "u": float(c.u[i]), "u_random": float(c.u_random[i]),
-                         "weight": float(w)}
-                        for i, (label, w) in enumerate(zip(c.labels, c.weights()))
+                        {"label": label, "m": float(c.m[i]), "u_random": float(c.u_random[i]),
+                         "u_by_rule": dict(zip(self.rules, map(float, c.u[:, i]))),
+                         "weight_by_rule": dict(zip(self.rules, map(float, w[:, i])))}
+                        for i, label in enumerate(c.labels)
                         if i != NULL_LEVEL
                     ],
                 }
-                for c in self.comparisons
+                for k, (c, w) in enumerate(zip(self.comparisons, self.weight_table()))
             ],
             "training": self.training,
         }
@@ -94,25 +118,31 @@ class FSModel:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path, prepared: list[PreparedComparison]) -> "FSModel":
-        """A saved model; its comparisons and levels must be exactly the configured ones."""
+    def load(cls, path: Path, prepared: list[PreparedComparison], rules: list[str]) -> "FSModel":
+        """A saved model; its rules, comparisons and levels must be exactly the configured ones."""
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: cannot read model: {exc}") from exc
-        if raw.get("format") != MODEL_FORMAT:
-            raise ModelError(f"{path}: model format {raw.get('format')!r}, expected {MODEL_FORMAT}")
+        if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{path}: not a resolver model of format {MODEL_FORMAT}")
+        if raw["rules"] != rules:
+            raise ModelError(f"{path}: the model's blocking rules {raw['rules']} differ from the configuration's {rules}")
         saved = [(c["name"], ["null"] + [lv["label"] for lv in c["levels"]]) for c in raw["comparisons"]]
         wanted = [(p.name, p.labels) for p in prepared]
         if saved != wanted:
             raise ModelError(f"{path}: the model's comparisons {saved} differ from the configuration's {wanted}")
         comparisons = []
-        for c, p in zip(raw["comparisons"], prepared):
-            def column(key: str) -> np.ndarray:
-                return np.array([np.nan] + [lv[key] for lv in c["levels"]])
-            comparisons.append(ComparisonModel(c["name"], c["method"], p.labels, column("m"), column("u"),
-                                               column("u_random"), p.config.tf_adjust))
-        return cls(comparisons, raw["candidate_match_rate"], raw["prior"], raw.get("training", {}))
+        neutral = np.zeros((len(rules), len(prepared)), dtype=bool)
+        for k, (c, p) in enumerate(zip(raw["comparisons"], prepared)):
+            levels = c["levels"]
+            m = np.array([np.nan] + [lv["m"] for lv in levels])
+            u_random = np.array([np.nan] + [lv["u_random"] for lv in levels])
+            u = np.array([[np.nan] + [lv["u_by_rule"][r] for lv in levels] for r in rules])
+            comparisons.append(ComparisonModel(c["name"], c["method"], p.labels, m, u, u_random, p.config.tf_adjust))
+            neutral[:, k] = [r in c["neutral_in_rules"] for r in rules]
+        rate = np.array([raw["match_rate_by_rule"][r] for r in rules])
+        return cls(rules, comparisons, neutral, rate, raw["prior"], raw.get("training", {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,72 +199,114 @@ def default_m(labels: list[str]) -> np.ndarray:
     return m
 
 
-def pattern_counts(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of the level matrix and how many pairs have each."""
+def pattern_counts(levels: np.ndarray, rule: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (rule, level pattern) rows and how many pairs have each: (patterns, rules, counts)."""
+    rule = np.zeros(len(levels), np.int8) if rule is None else rule
     if len(levels) == 0:
-        return levels, np.zeros(0, np.int64)
-    patterns, counts = np.unique(levels, axis=0, return_counts=True)
-    return patterns, counts
+        return levels, rule.astype(np.int64), np.zeros(0, np.int64)
+    rows, counts = np.unique(np.column_stack([rule.astype(np.int8), levels]), axis=0, return_counts=True)
+    return rows[:, 1:], rows[:, 0].astype(np.int64), counts
 
 
-def _log_likelihoods(patterns: np.ndarray, probs: list[np.ndarray]) -> np.ndarray:
-    out = np.zeros(len(patterns))
-    for k, p in enumerate(probs):
-        logs = np.log(np.maximum(np.nan_to_num(p, nan=1.0), PROBABILITY_FLOOR))
-        logs[NULL_LEVEL] = 0.0
-        out += logs[patterns[:, k]]
+def _floored(p: np.ndarray, floor: float) -> np.ndarray:
+    out = p.copy()
+    out[1:] = np.maximum(out[1:], floor)
+    out[1:] /= out[1:].sum()
     return out
 
 
-def expectation_maximisation(patterns: np.ndarray, counts: np.ndarray, m0: list[np.ndarray], u0: list[np.ndarray],
-                             lambda0: float, fix_u: bool, max_iterations: int, tolerance: float,
+def _log_table(p: np.ndarray) -> np.ndarray:
+    logs = np.log(np.maximum(np.nan_to_num(p, nan=1.0), PROBABILITY_FLOOR))
+    logs[..., NULL_LEVEL] = 0.0
+    return logs
+
+
+def _log_likelihood_ratio(patterns: np.ndarray, rule: np.ndarray, m: list[np.ndarray], u: list[np.ndarray],
+                          active: np.ndarray) -> np.ndarray:
+    """Per pattern: log P(levels | match) - log P(levels | non-match, its rule)."""
+    out = np.zeros(len(patterns))
+    for k in range(len(m)):
+        term = _log_table(m[k])[patterns[:, k]] - _log_table(u[k])[rule, patterns[:, k]]
+        out += np.where(active[rule, k], term, 0.0)
+    return out
+
+
+def _per_rule_distribution(levels: np.ndarray, rule: np.ndarray, n_rules: int, n_levels: int, weights: np.ndarray,
+                           pseudo: float) -> np.ndarray:
+    counts = np.bincount(rule * n_levels + levels, weights=weights, minlength=n_rules * n_levels)
+    counts = counts.reshape(n_rules, n_levels)
+    counts[:, NULL_LEVEL] = 0.0
+    counts[:, 1:] += pseudo
+    out = counts / counts[:, 1:].sum(axis=1, keepdims=True)
+    out[:, NULL_LEVEL] = np.nan
+    return out
+
+
+def candidate_u(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, n_rules: int,
+                n_levels: list[int]) -> list[np.ndarray]:
+    """u per rule as the level distribution over all of the rule's candidate pairs. Candidates are
+    overwhelmingly non-matches, and unlike an EM estimate this cannot drift: a rule whose pairs are
+    mostly one household cannot make EM call the household a match by shrinking its u."""
+    return [_per_rule_distribution(patterns[:, k].astype(np.int64), rule, n_rules, n, counts.astype(np.float64), 0.5)
+            for k, n in enumerate(n_levels)]
+
+
+def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: np.ndarray,
+                             m0: list[np.ndarray], u: list[np.ndarray], lambda0: np.ndarray,
+                             max_iterations: int, tolerance: float,
                              known: tuple[np.ndarray, np.ndarray] | None = None):
-    """EM over level patterns. Returns m, u, lambda, iterations, converged, history of lambda.
+    """EM over (rule, level pattern) counts: m shared by all rules and lambda per rule; u is given
+    (per rule) and stays fixed.
 
     `known` (patterns, counts) are pairs known to match (deterministic persons): they enter every
     M-step for m with weight 1, which anchors the match class on people, not households.
-    Comparisons the known pairs were selected on should be given as level 0 (null) there.
+    Comparisons the known pairs were selected on must be level 0 (null) there.
+    Returns m, lambda (per rule), iterations, converged.
     """
+    n_rules = neutral.shape[0]
+    active = ~neutral
     m = [x.copy() for x in m0]
-    u = [x.copy() for x in u0]
-    lam = float(lambda0)
+    lam = np.asarray(lambda0, dtype=np.float64).copy()
     counts = counts.astype(np.float64)
+    pairs_per_rule = np.bincount(rule, weights=counts, minlength=n_rules)
     if known is not None and len(known[0]):
-        all_patterns = np.concatenate([patterns, known[0]])
-        known_mass = known[1].astype(np.float64)
+        known_patterns, known_mass = known[0], known[1].astype(np.float64)
     else:
-        all_patterns, known_mass = patterns, np.zeros(0)
-    history = []
+        known_patterns, known_mass = np.zeros((0, len(m)), np.int8), np.zeros(0)
     converged = False
     iteration = 0
     for iteration in range(1, max_iterations + 1):
-        logit = np.log(lam) - np.log1p(-lam) + _log_likelihoods(patterns, m) - _log_likelihoods(patterns, u)
+        lam_c = np.clip(lam, 1e-9, 1 - 1e-9)
+        logit = np.log(lam_c[rule]) - np.log1p(-lam_c[rule]) + _log_likelihood_ratio(patterns, rule, m, u, active)
         w = 1.0 / (1.0 + np.exp(-np.clip(logit, -700, 700)))
         match_mass = counts * w
-        mass = np.concatenate([match_mass, known_mass])
-        new_m = [level_distribution(all_patterns[:, k], len(m[k]), mass, pseudo=1e-3) for k in range(len(m))]
-        new_u = u if fix_u else [level_distribution(patterns[:, k], len(u[k]), counts - match_mass, pseudo=1e-3)
-                                 for k in range(len(u))]
-        new_lam = float(np.clip(match_mass.sum() / max(counts.sum(), 1.0), 1e-9, 1 - 1e-9))
-        change = max(np.nanmax(np.abs(a - b)) for a, b in zip(new_m + new_u, m + u))
-        m, u, lam = new_m, new_u, new_lam
-        history.append(lam)
+        new_m = []
+        for k in range(len(m)):
+            informative = active[rule, k]  # a neutral comparison says nothing about m
+            levels = np.concatenate([patterns[informative, k], known_patterns[:, k]])
+            mass = np.concatenate([match_mass[informative], known_mass])
+            new_m.append(_floored(level_distribution(levels, len(m[k]), mass, pseudo=1e-3), M_FLOOR))
+        new_lam = np.bincount(rule, weights=match_mass, minlength=n_rules) / np.maximum(pairs_per_rule, 1.0)
+        change = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(new_m, m))
+        change = max(change, float(np.max(np.abs(new_lam - lam), initial=0.0)))
+        m, lam = new_m, new_lam
         if change < tolerance:
             converged = True
             break
-    return m, u, lam, iteration, converged, history
+    return m, lam, iteration, converged
 
 
 def training_warnings(comparisons: list[ComparisonModel]) -> list[str]:
-    """The EM guard: exact agreement must favour a match and total disagreement must not."""
+    """The EM guard: against random pairs, exact agreement must favour a match and total
+    disagreement must count against one; otherwise EM has probably learned another class."""
     out = []
     for c in comparisons:
-        exact = c.labels.index("exact") if "exact" in c.labels else 1
-        if c.m[exact] <= c.u[exact]:
-            out.append(f"comparison {c.name!r}: m <= u at {c.labels[exact]!r} ({c.m[exact]:.3g} vs {c.u[exact]:.3g}); "
+        top = 1  # "exact" (or the closest distance level)
+        if c.m[top] <= c.u_random[top]:
+            out.append(f"comparison {c.name!r}: m <= u at {c.labels[top]!r} ({c.m[top]:.3g} vs {c.u_random[top]:.3g}); "
                        "EM may have learned households instead of people")
-        if c.labels[-1] == "else" and c.m[-1] >= c.u[-1]:
-            out.append(f"comparison {c.name!r}: m >= u at 'else' ({c.m[-1]:.3g} vs {c.u[-1]:.3g}); "
+        if c.labels[-1] == "else" and c.m[-1] >= c.u_random[-1]:
+            out.append(f"comparison {c.name!r}: m >= u at 'else' ({c.m[-1]:.3g} vs {c.u_random[-1]:.3g}); "
                        "disagreement does not count against a match")
     return out
 
@@ -242,7 +314,7 @@ def training_warnings(comparisons: list[ComparisonModel]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
-def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels: np.ndarray,
+def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels: np.ndarray, rule: np.ndarray,
                    left: np.ndarray) -> np.ndarray:
     """(n_pairs, n_comparisons) extra bits for exact agreement on a rarer (or commoner) value than
     average: log2(u_random(exact) / frequency of the value), clipped to +/- TF_CLIP_BITS."""
@@ -250,16 +322,22 @@ def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels: n
     for k, (c, p) in enumerate(zip(model.comparisons, prepared)):
         if not c.tf_adjust or p.frequency is None:
             continue
-        exact = levels[:, k] == c.labels.index("exact")
+        exact = (levels[:, k] == c.labels.index("exact")) & ~model.neutral[rule, k]
         freq = p.frequency[left[exact]]
         out[exact, k] = np.clip(np.log2(c.u_random[c.labels.index("exact")] / freq), -TF_CLIP_BITS, TF_CLIP_BITS)
     return out
 
 
-def match_weights(model: FSModel, levels: np.ndarray, tf: np.ndarray | None = None) -> np.ndarray:
-    total = np.full(len(levels), model.prior_weight)
-    for k, w in enumerate(model.weight_table()):
-        total += w[levels[:, k]]
+def comparison_weights(model: FSModel, levels: np.ndarray, rule: np.ndarray) -> np.ndarray:
+    """(n_pairs, n_comparisons) weight of each pair's level under its rule (without tf)."""
+    out = np.zeros(levels.shape, dtype=np.float64)
+    for k, table in enumerate(model.weight_table()):
+        out[:, k] = table[rule, levels[:, k]]
+    return out
+
+
+def match_weights(model: FSModel, levels: np.ndarray, rule: np.ndarray, tf: np.ndarray | None = None) -> np.ndarray:
+    total = model.prior_weights[rule] + comparison_weights(model, levels, rule).sum(axis=1)
     if tf is not None:
         total += tf.sum(axis=1)
     return total

@@ -386,7 +386,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             edges = pd.concat([edges.assign(score=0.0), _probabilistic_edges(match, len(vocab.types), vocab)],
                               ignore_index=True)
             with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
-                result = resolve_graph(n_records, nodes, edges, config.identity, config.matching.link_limits)
+                result = resolve_graph(n_records, nodes, edges, config.identity, config.matching.link_limits,
+                                       config.matching.max_person_records)
                 entry["rows_out"] = int(result.labels.max() + 1)
             cut = np.asarray(result.edge_status.codes[n_det_edges:]) == CUT
             match.decision[links[cut]] = DECISIONS.index("guard_cut")
@@ -456,7 +457,8 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
     res.match_links = explain(match, links, res.records, person_ids, np.full(len(links), "auto-merge", dtype=object))
     in_band = np.flatnonzero(match.decision == review)
     cut_rows = np.flatnonzero(match.decision == cut)
-    cut_reason = [f"guard: would give one person more than one allowed {names[t]} value"
+    cut_reason = [f"guard: would give one person more {names[t]} values than allowed" if t < len(vocab.types)
+                  else f"guard: would make a person of more than {config.matching.max_person_records} records"
                   for t in (match.cut_type[cut_rows] if match.cut_type is not None else [])]
     rows = np.concatenate([in_band, cut_rows])
     reasons = np.array(["review band"] * len(in_band) + cut_reason, dtype=object)

@@ -1,0 +1,71 @@
+"""Comparison levels: each method's levels on small real examples; missing values weigh nothing."""
+
+import numpy as np
+import pandas as pd
+from rapidfuzz.distance import JaroWinkler
+
+from resolver.compare import compare_levels, level_labels, nickname_groups, prepare
+from resolver.config import ComparisonConfig
+
+
+def _levels(config: dict, left_values, right_values) -> list[str]:
+    c = ComparisonConfig(name="x", column="col", **config)
+    values = pd.Series(list(left_values) + list(right_values), dtype="str" if c.method != "numeric" else "float64")
+    n = len(left_values)
+    p = prepare(c, {"col": values})
+    left, right = np.arange(n), np.arange(n, 2 * n)
+    return [p.labels[i] for i in compare_levels(p, left, right)]
+
+
+def test_string_levels_follow_jaro_winkler_thresholds_and_nicknames():
+    left = ["william", "william", "catherine", "jon", "maria", None]
+    right = ["william", "bill", "katherine", "jonathan", "peter", "x"]
+    got = _levels({"method": "jaro_winkler", "thresholds": [0.92, 0.8], "nicknames": True}, left, right)
+    assert got == ["exact", "nickname", "jw>=0.92" if JaroWinkler.similarity("catherine", "katherine") >= 0.92
+                   else "jw>=0.8", "nickname", "else", "null"]
+
+
+def test_levenshtein_and_jaccard_levels():
+    assert _levels({"method": "levenshtein", "thresholds": [0.8]}, ["smithe", "smith"], ["smith", "jones"]) == \
+        ["lev>=0.8", "else"]
+    tokens = _levels({"method": "jaccard", "thresholds": [0.6, 0.3]}, ["12 main st apt 4", "12 main st"],
+                     ["12 main st", "99 oak rd"])
+    assert tokens == ["jaccard>=0.6", "else"]  # 3 of 5 tokens shared; none shared
+    grams = _levels({"method": "jaccard", "ngram": 2, "thresholds": [0.5]}, ["martha"], ["marta"])
+    assert grams == ["jaccard>=0.5"]
+
+
+def test_date_levels():
+    got = _levels({"method": "date", "years": [1, 10]},
+                  ["1980-03-04", "1980-03-04", "1980-03-04", "1980-03-04", "1980-03-04", "1980-03-04"],
+                  ["1980-03-04", "1980-04-03", "1980-12-31", "1975-01-01", "1950-01-01", None])
+    assert got == ["exact", "day/month swapped", "within 1 years", "within 10 years", "else", "null"]
+
+
+def test_email_phone_numeric_and_geo_levels():
+    assert _levels({"method": "email"}, ["a@x.com", "a@x.com", "a@x.com", "a@x.com"],
+                   ["a@x.com", "a@y.com", "b@x.com", "b@y.com"]) == ["exact", "same local part", "same domain", "else"]
+    assert _levels({"method": "phone", "digits": 7}, ["+14155550123", "+14155550123", "+14155550123"],
+                   ["+14155550123", "+16505550123", "+14155559999"]) == ["exact", "same last 7 digits", "else"]
+    assert _levels({"method": "numeric", "distances": [1, 5]}, [10.0, 10.0, 10.0, 10.0, np.nan],
+                   [10.0, 10.5, 14.0, 20.0, 1.0]) == ["exact", "within 1", "within 5", "else", "null"]
+    c = ComparisonConfig(name="where", column=["lat", "lon"], method="geo", distances=[1, 50])
+    p = prepare(c, {"lat": pd.Series([51.5007, 51.5014, 48.8584, np.nan]),
+                    "lon": pd.Series([-0.1246, -0.1419, 2.2945, 0.0])})
+    # Big Ben - Buckingham Palace ~1.2 km; Big Ben - Eiffel Tower ~340 km
+    assert [p.labels[i] for i in compare_levels(p, np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]))] == \
+        ["within 1 km", "within 50 km", "else", "null"]
+
+
+def test_labels_and_term_frequencies():
+    c = ComparisonConfig(name="x", column="col", method="exact", tf_adjust=True)
+    assert level_labels(c) == ["null", "exact", "else"]
+    p = prepare(c, {"col": pd.Series(["smith", "smith", "smith", "zhou", None], dtype="str")})
+    assert p.frequency[:4].tolist() == [0.75, 0.75, 0.75, 0.25] and np.isnan(p.frequency[4])
+
+
+def test_nickname_table_puts_a_name_in_every_group_it_belongs_to():
+    groups = nickname_groups()
+    assert set(groups["bill"]) & set(groups["william"])
+    assert set(groups["chris"]) & set(groups["christopher"]) and set(groups["chris"]) & set(groups["christine"])
+    assert not set(groups["william"]) & set(groups["robert"])
