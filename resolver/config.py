@@ -220,6 +220,10 @@ class ModelOptions(_Strict):
     # the candidate pairs of the rule that produced it (almost all non-matches); "random" = random
     # record pairs for every rule (Splink's choice, which over-rates household agreement).
     u_source: Literal["candidates", "random"] = "candidates"
+    # m of a comparison comes straight from pairs the deterministic graph already joined when it
+    # has this many of them with both values present (and they were not selected on it); EM
+    # estimates the rest. Set very high to let EM estimate every m (anchored on those pairs).
+    labelled_m_min_pairs: int = Field(default=1000, ge=1)
     seed: int = 42
 
 

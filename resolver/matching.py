@@ -110,13 +110,19 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
     u_random = [level_distribution(sampled[:, k], p.n_levels) for k, p in enumerate(prepared)]
     da, db = same_person_pairs(labels, active, DET_SAMPLE_PAIRS, options.seed)
     known = comparison_matrix(prepared, da, db)
-    m0 = []
+    m0, fixed = [], []
     for k, p in enumerate(prepared):
         if set(p.config.columns) & biased:
             known[:, k] = 0  # selected on it: no evidence about m
         start = default_m(p.labels)
-        if (known[:, k] > 0).sum() >= 100:
+        labelled = int((known[:, k] > 0).sum())
+        if labelled >= 100:
             start = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * start
+        # With enough labelled pairs, their m is the estimate: EM on candidates dominated by
+        # households would pull it towards "different first name" (pitfall: EM learns households).
+        fixed.append(labelled >= options.labelled_m_min_pairs)
+        if fixed[-1]:
+            start = level_distribution(known[:, k], p.n_levels, pseudo=0.5)
         m0.append(start)
     n_active = int(active.sum())
     total_pairs = max(n_active * (n_active - 1) // 2, 1)
@@ -133,7 +139,7 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
         u = candidate_u(patterns, pattern_rule, counts, len(rules), [p.n_levels for p in prepared])
     m, lam, iterations, converged = expectation_maximisation(
         patterns, pattern_rule, counts, neutral, m0, u, np.full(len(rules), lambda0),
-        options.max_iterations, options.tolerance, known=(known_patterns, known_counts),
+        options.max_iterations, options.tolerance, known=(known_patterns, known_counts), fixed_m=fixed,
     )
     comparisons = [
         ComparisonModel(p.name, p.config.method, p.labels, m[k], u[k], u_random[k], p.config.tf_adjust)
@@ -151,6 +157,7 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
         "deterministic_pairs": det_pairs,
         "deterministic_sample_pairs": len(da),
         "selection_biased": sorted(biased),
+        "m_from_deterministic_pairs": [p.name for p, f in zip(prepared, fixed) if f],
         "prior_from_deterministic": det_pairs / total_pairs,
         "lambda_start": lambda0,
         "iterations": iterations,

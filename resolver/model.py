@@ -200,12 +200,33 @@ def default_m(labels: list[str]) -> np.ndarray:
 
 
 def pattern_counts(levels: np.ndarray, rule: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (rule, level pattern) rows and how many pairs have each: (patterns, rules, counts)."""
-    rule = np.zeros(len(levels), np.int8) if rule is None else rule
-    if len(levels) == 0:
-        return levels, rule.astype(np.int64), np.zeros(0, np.int64)
-    rows, counts = np.unique(np.column_stack([rule.astype(np.int8), levels]), axis=0, return_counts=True)
-    return rows[:, 1:], rows[:, 0].astype(np.int64), counts
+    """Distinct (rule, level pattern) rows and how many pairs have each: (patterns, rules, counts).
+
+    Each row is packed into one integer (mixed radix), so tens of millions of pairs reduce with one
+    bincount (or one integer sort), never a row-wise sort of the matrix."""
+    rule = np.zeros(len(levels), np.int64) if rule is None else rule.astype(np.int64)
+    n, k = levels.shape
+    if n == 0:
+        return levels, rule, np.zeros(0, np.int64)
+    radix = [int(levels[:, j].max()) + 1 for j in range(k)] + [int(rule.max()) + 1]
+    key = np.zeros(n, dtype=np.int64)
+    for j in range(k):
+        key = key * radix[j] + levels[:, j]
+    key = key * radix[-1] + rule
+    span = int(np.prod(np.array(radix, dtype=np.float64)))
+    if span <= 1 << 24:
+        counts = np.bincount(key, minlength=span)
+        keys = np.flatnonzero(counts)
+        counts = counts[keys]
+    else:
+        keys, counts = np.unique(key, return_counts=True)
+    rules = keys % radix[-1]
+    keys //= radix[-1]
+    patterns = np.zeros((len(keys), k), dtype=levels.dtype)
+    for j in reversed(range(k)):
+        patterns[:, j] = keys % radix[j]
+        keys //= radix[j]
+    return patterns, rules, counts
 
 
 def _floored(p: np.ndarray, floor: float) -> np.ndarray:
@@ -254,13 +275,15 @@ def candidate_u(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, n_ru
 def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: np.ndarray,
                              m0: list[np.ndarray], u: list[np.ndarray], lambda0: np.ndarray,
                              max_iterations: int, tolerance: float,
-                             known: tuple[np.ndarray, np.ndarray] | None = None):
+                             known: tuple[np.ndarray, np.ndarray] | None = None,
+                             fixed_m: list[bool] | None = None):
     """EM over (rule, level pattern) counts: m shared by all rules and lambda per rule; u is given
     (per rule) and stays fixed.
 
     `known` (patterns, counts) are pairs known to match (deterministic persons): they enter every
     M-step for m with weight 1, which anchors the match class on people, not households.
     Comparisons the known pairs were selected on must be level 0 (null) there.
+    `fixed_m[k]` keeps comparison k's m at its starting value (a labelled estimate).
     Returns m, lambda (per rule), iterations, converged.
     """
     n_rules = neutral.shape[0]
@@ -282,6 +305,9 @@ def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.
         match_mass = counts * w
         new_m = []
         for k in range(len(m)):
+            if fixed_m is not None and fixed_m[k]:
+                new_m.append(m[k])
+                continue
             informative = active[rule, k]  # a neutral comparison says nothing about m
             levels = np.concatenate([patterns[informative, k], known_patterns[:, k]])
             mass = np.concatenate([match_mass[informative], known_mass])

@@ -107,7 +107,7 @@ def test_plan_counts_pairs_before_any_are_made(generated, capsys):
     assert main(["plan", "--config", str(generated / "resolver.yaml")]) == 0
     printed = capsys.readouterr()
     text = printed.out + printed.err
-    for rule in ("full_name", "phone7", "swapped_names", "all rules"):
+    for rule in ("full_name_city", "phone7", "swapped_names", "all rules"):
         assert rule in text
 
 
