@@ -23,6 +23,7 @@ from resolver.model import (
     FSModel,
     candidate_u,
     comparison_weights,
+    without_matches,
     default_m,
     expectation_maximisation,
     level_distribution,
@@ -137,10 +138,15 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
         u = [np.tile(x, (len(rules), 1)) for x in u_random]
     else:
         u = candidate_u(patterns, pattern_rule, counts, len(rules), [p.n_levels for p in prepared])
-    m, lam, iterations, converged = expectation_maximisation(
-        patterns, pattern_rule, counts, neutral, m0, u, np.full(len(rules), lambda0),
-        options.max_iterations, options.tolerance, known=(known_patterns, known_counts), fixed_m=fixed,
-    )
+    def fit(u_start: list[np.ndarray], m_start: list[np.ndarray], lambda_start: np.ndarray):
+        return expectation_maximisation(
+            patterns, pattern_rule, counts, neutral, m_start, u_start, lambda_start, options.max_iterations,
+            options.tolerance, known=(known_patterns, known_counts), fixed_m=fixed,
+        )
+
+    m, u, lam, iterations, converged = fit(u, m0, np.full(len(rules), lambda0))
+    if options.u_source == "candidates":
+        u = without_matches(u, m, lam)
     comparisons = [
         ComparisonModel(p.name, p.config.method, p.labels, m[k], u[k], u_random[k], p.config.tf_adjust)
         for k, p in enumerate(prepared)

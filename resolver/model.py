@@ -272,6 +272,22 @@ def candidate_u(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, n_ru
             for k, n in enumerate(n_levels)]
 
 
+def without_matches(u: list[np.ndarray], m: list[np.ndarray], lam: np.ndarray) -> list[np.ndarray]:
+    """u per rule with the rule's expected matches taken out, (u - lambda m) / (1 - lambda), but
+    never below half of u: a rule whose candidates are a quarter matches must not count their
+    agreement as u, and one step, bounded, cannot run away (iterating u inside EM lets a rule
+    whose pairs are mostly one household slide into calling the household a match)."""
+    out = []
+    for u_k, m_k in zip(u, m):
+        lam_col = np.clip(lam, 0.0, 0.9)[:, None]
+        corrected = (u_k - lam_col * np.nan_to_num(m_k, nan=0.0)[None, :]) / (1 - lam_col)
+        corrected[:, 1:] = np.maximum(corrected[:, 1:], u_k[:, 1:] / 2)
+        corrected[:, 1:] /= corrected[:, 1:].sum(axis=1, keepdims=True)
+        corrected[:, NULL_LEVEL] = np.nan
+        out.append(corrected)
+    return out
+
+
 def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: np.ndarray,
                              m0: list[np.ndarray], u: list[np.ndarray], lambda0: np.ndarray,
                              max_iterations: int, tolerance: float,
@@ -284,11 +300,12 @@ def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.
     M-step for m with weight 1, which anchors the match class on people, not households.
     Comparisons the known pairs were selected on must be level 0 (null) there.
     `fixed_m[k]` keeps comparison k's m at its starting value (a labelled estimate).
-    Returns m, lambda (per rule), iterations, converged.
+    Returns m, u, lambda (per rule), iterations, converged.
     """
     n_rules = neutral.shape[0]
     active = ~neutral
     m = [x.copy() for x in m0]
+    u = [x.copy() for x in u]
     lam = np.asarray(lambda0, dtype=np.float64).copy()
     counts = counts.astype(np.float64)
     pairs_per_rule = np.bincount(rule, weights=counts, minlength=n_rules)
@@ -319,7 +336,7 @@ def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.
         if change < tolerance:
             converged = True
             break
-    return m, lam, iteration, converged
+    return m, u, lam, iteration, converged
 
 
 def training_warnings(comparisons: list[ComparisonModel]) -> list[str]:

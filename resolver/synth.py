@@ -16,6 +16,9 @@ Output layout (all under ``out_dir``)::
     truth/events.parquet          source ("segment"|"segment_batch"), message_id, person_id,
                                   anonymous_id, user_id (raw values as written, null when absent)
 
+With ``events=False`` the segment/ files are not written, truth/events.parquet is empty and
+resolver.yaml has no Segment sources; the Salesforce and records truth files are unchanged.
+
 How it scales: people are generated in chunks of ``chunk_people`` consecutive person ids. Chunk ``i``
 draws everything from its own ``numpy.random.Generator`` (``SeedSequence(seed).spawn`` semantics), so a
 chunk's bytes depend only on (people, seed, chunk_people, i). Workers write per-chunk part files and the
@@ -551,6 +554,7 @@ class _Plan:
     people: int
     seed: int
     chunk_people: int
+    events: bool = True  # False: Salesforce CSVs + records truth only (no Segment events drawn or written)
 
     @property
     def chunks(self) -> int:
@@ -1571,8 +1575,9 @@ def _run_chunk(task: _ChunkTask) -> dict:
     p = _draw_people(rng, task.plan, pools, task.first_pid, task.size)
     _count_people(stats, p)
     _write_salesforce(rng, task, p, pools, stats)
-    events, tables = _draw_events(rng, p, pools, stats)
-    _write_events(rng, task, p, events, tables, stats)
+    if task.plan.events:  # events draw after the CRM, so the CRM bytes do not depend on this switch
+        events, tables = _draw_events(rng, p, pools, stats)
+        _write_events(rng, task, p, events, tables, stats)
     return stats
 
 
@@ -1673,23 +1678,69 @@ class _Assembler:
                 shutil.copyfileobj(part, f, 1 << 20)
             task.part(name).unlink()
         for name, writer in (("records.arrow", self.records), ("events.arrow", self.events)):
+            if not task.part(name).exists():  # no events part when events are not generated
+                continue
             with pa.memory_map(str(task.part(name))) as source:
                 writer.write_table(pa.ipc.open_file(source).read_all())
             task.part(name).unlink()
 
 
-def _prepare_out_dir(out: Path) -> None:
+def _prepare_out_dir(out: Path, events: bool) -> None:
     """Create the layout and remove files a previous run may have left (a stale events file would be read)."""
-    for sub in ("salesforce", "segment", "truth"):
+    for sub in ("salesforce", "segment", "truth") if events else ("salesforce", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for stale in list((out / "segment").glob("events-*.jsonl")) + list((out / "segment").glob("batch-*.json")):
         stale.unlink()
 
 
 def _files_written(plan: _Plan) -> list[str]:
-    return sorted(["resolver.yaml", "manifest.json", "salesforce/Contact_a.csv", "salesforce/Contact_b.csv",
-                   "salesforce/Lead.csv", "segment/batch-00000.json", "truth/records.parquet", "truth/events.parquet"]
-                  + [f"segment/events-{i:05d}.jsonl" for i in range(plan.chunks)])
+    files = ["resolver.yaml", "manifest.json", "salesforce/Contact_a.csv", "salesforce/Contact_b.csv",
+             "salesforce/Lead.csv", "truth/records.parquet", "truth/events.parquet"]
+    if plan.events:
+        files += ["segment/batch-00000.json"] + [f"segment/events-{i:05d}.jsonl" for i in range(plan.chunks)]
+    return sorted(files)
+
+
+def _write_config(out: Path, events: bool) -> None:
+    """Copy the default config; without events, drop its event sources (their globs would match no files)."""
+    with importlib.resources.as_file(importlib.resources.files("resolver") / "defaults" / "synthetic.yaml") as config:
+        if events:
+            shutil.copyfile(config, out / "resolver.yaml")
+            return
+        text = Path(config).read_bytes().decode("utf-8")
+    (out / "resolver.yaml").write_bytes(_without_event_sources(text).encode("utf-8"))
+
+
+def _without_event_sources(text: str) -> str:
+    """The config text with every ``kind: events`` source removed, comments kept.
+
+    Sources are the ``  - name:`` items of the top-level ``sources:`` block; an item is cut from its
+    ``- name:`` line up to the next item or the next top-level key."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    item: list[str] = []
+    in_sources = False
+
+    def flush() -> None:
+        if not any(line.strip() == "kind: events" for line in item):
+            out.extend(item)
+        item.clear()
+
+    for line in lines:
+        top_level = bool(line.strip()) and not line[0].isspace() and not line.startswith("#")
+        if top_level:
+            flush()
+            in_sources = line.startswith("sources:")
+            out.append(line)
+        elif in_sources and line.startswith("  - "):
+            flush()
+            item.append(line)
+        elif item:
+            item.append(line)
+        else:
+            out.append(line)
+    flush()
+    return "".join(out)
 
 
 def _manifest(plan: _Plan, stats: dict) -> dict:
@@ -1712,10 +1763,13 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
 
 
 def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: int = 100_000,
-             workers: int = 2, progress: Callable[[int], None] | None = None) -> dict:
+             workers: int = 2, progress: Callable[[int], None] | None = None, events: bool = True) -> dict:
     """Write a synthetic Salesforce + Segment dataset with ground truth to ``out_dir``.
 
     Output is a pure function of (people, seed, chunk_people): byte-identical for any ``workers``.
+    ``events=False`` writes only the Salesforce CSVs and truth/records.parquet (plus an empty
+    truth/events.parquet and a resolver.yaml without the Segment sources); the CRM files are
+    byte-identical to those written with events, since each chunk draws its events after its CRM rows.
     ``progress(n_people_done)`` is called after each chunk. Returns the manifest (also in manifest.json).
     With workers > 1 chunks run in spawned processes, so scripts must call this under
     ``if __name__ == "__main__":``.
@@ -1723,8 +1777,8 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
     if people < 1 or chunk_people < 1 or seed < 0:
         raise ValueError("people and chunk_people must be positive and seed non-negative")
     out = Path(out_dir)
-    plan = _Plan(int(people), int(seed), int(chunk_people))
-    _prepare_out_dir(out)
+    plan = _Plan(int(people), int(seed), int(chunk_people), bool(events))
+    _prepare_out_dir(out, plan.events)
     parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
     tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
     totals: dict[str, int] = {}
@@ -1741,8 +1795,7 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
                     progress(done)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
-    with importlib.resources.as_file(importlib.resources.files("resolver") / "defaults" / "synthetic.yaml") as config:
-        shutil.copyfile(config, out / "resolver.yaml")
+    _write_config(out, plan.events)
     manifest = _manifest(plan, totals)
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     return manifest

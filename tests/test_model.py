@@ -51,7 +51,7 @@ def test_em_recovers_m_and_the_match_rate_per_rule():
     patterns, pattern_rule, counts = pattern_counts(levels, rules)
     known_patterns, _, known_counts = pattern_counts(known)
     start = [np.array([np.nan, 0.6, 0.2, 0.2]), np.array([np.nan, 0.5, 0.5]), np.array([np.nan, 0.4, 0.3, 0.3])]
-    m, lam, iterations, converged = expectation_maximisation(
+    m, _, lam, iterations, converged = expectation_maximisation(
         patterns, pattern_rule, counts, np.zeros((2, 3), bool), start, TRUE_U, np.array([0.2, 0.2]), 200, 1e-7,
         known=(known_patterns, known_counts),
     )
