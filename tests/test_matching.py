@@ -117,3 +117,16 @@ def test_config_errors_name_the_field(tmp_path, generated):
     bad.write_text(raw)
     with pytest.raises(Exception, match="surname_dob.*shoe_size"):
         load_config(bad)
+
+
+def test_a_model_that_does_not_fit_the_configuration_is_refused(resolved, tmp_path, capsys):
+    config, _ = resolved
+    model = json.loads((config.output_path() / "model.json").read_text())
+    model["rules"] = model["rules"][::-1]
+    stale = tmp_path / "stale-model.json"
+    stale.write_text(json.dumps(model))
+    code = main(["run", "--config", str(config.base_dir / "resolver.yaml"), "--out", str(tmp_path / "o"),
+                 "--model", str(stale)])
+    assert code == 2
+    assert "blocking rules" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing half-written
