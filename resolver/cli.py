@@ -57,6 +57,12 @@ def _summary_table(summary: dict, metrics: dict | None) -> Table:
     table.add_row("persons (known / anonymous)", f"{summary['persons']['known']:,} / {summary['persons']['anonymous']:,}")
     for action, count in sorted(summary["policy_actions"].items()):
         table.add_row(f"policy: {action}", f"{count:,}")
+    matching = summary.get("matching")
+    if matching:
+        decisions = matching["decisions"]
+        table.add_row("matching: candidate pairs", f"{matching['candidate_pairs']:,}")
+        table.add_row("matching: linked / review / refused by guards",
+                      f"{decisions['link']:,} / {decisions['review']:,} / {decisions['guard_cut']:,}")
     table.add_row("wall time", f"{summary['seconds']:.2f} s")
     if metrics:
         for scope in ("records", "events"):
@@ -74,6 +80,16 @@ def _summary_table(summary: dict, metrics: dict | None) -> Table:
                     f"{scope}: over-merged persons / split true persons",
                     f"{m['overmerged_clusters']:,} / {m['split_true_persons']:,}",
                 )
+                table.add_row(f"{scope}: cluster P / R / F1",
+                              f"{m['cluster_precision']:.4f} / {m['cluster_recall']:.4f} / {m['cluster_f1']:.4f}")
+        if "matching" in metrics:
+            mm = metrics["matching"]
+            at = {row["threshold"]: row for row in mm["thresholds"]}
+            if 0.85 in at:
+                row = at[0.85]
+                table.add_row("matching: scored pairs P / R / F1 at 0.85",
+                              f"{row['precision']:.4f} / {row['recall']:.4f} / {row['f1']:.4f}")
+            table.add_row("matching: blocking recall", f"{mm['blocking_recall']:.4f}")
     return table
 
 
