@@ -46,8 +46,9 @@ out-of-memory error is reported as "oom" too.
 Metrics (same code for both tools, in this process): pairwise precision / recall / F1 of the links
 with probability >= 0.85 before clustering (recall over all true pairs among the prepared records;
 resolver scores only pairs across its deterministic email/phone groups, so its links are the pairs
-inside those groups plus its scored links >= 0.85; the scored links alone are in the JSON as
-pairwise.scored_links_only);
+inside those groups plus its accepted links (probability >= 0.85 and decision "link": a pair a
+guard or a must-agree comparison refused goes to its review queue instead); the scored links alone
+are in the JSON as pairwise.scored_links_only);
 the pairs implied by the clusters (all pairs inside a predicted cluster, counted arithmetically, never
 materialized); exact-match cluster precision (predicted clusters equal to a true cluster / predicted
 clusters), recall (/ true clusters) and F1, singletons counted as clusters; largest cluster.
@@ -109,7 +110,7 @@ RESOLVER_MATCHING = {
     },
     "comparisons": [
         {"name": "first_name", "column": "first_name", "method": "jaro_winkler", "thresholds": [0.92, 0.80],
-         "nicknames": True, "tf_adjust": True},
+         "nicknames": True, "tf_adjust": True, "must_agree": True},
         {"name": "last_name", "column": "last_name", "method": "jaro_winkler", "thresholds": [0.92, 0.80],
          "tf_adjust": True},
         {"name": "birth_date", "column": "birth_date", "method": "date", "years": [1, 10]},
@@ -420,7 +421,11 @@ def run_resolver(data: Path, run_dir: Path, args) -> tuple[RunResult, dict | Non
         return result, None
     identity = pd.read_parquet(out / "identity_map.parquet")
     uid_of = pd.Series(identity["record_key"].to_numpy(), index=identity["record_id"].to_numpy())
-    scored = pd.read_parquet(out / "scored_pairs.parquet", columns=["record_id_l", "record_id_r", "probability"])
+    scored = pd.read_parquet(out / "scored_pairs.parquet",
+                             columns=["record_id_l", "record_id_r", "probability", "decision"])
+    # resolver's links are its accepted decisions: at or above 0.85 and not refused by a guard or a
+    # must-agree comparison (those go to its review queue).
+    scored = scored[scored["decision"] == "link"]
     pairs = pd.DataFrame({"unique_id_l": uid_of.reindex(scored["record_id_l"].to_numpy()).to_numpy(),
                           "unique_id_r": uid_of.reindex(scored["record_id_r"].to_numpy()).to_numpy(),
                           "probability": scored["probability"].to_numpy()})

@@ -190,6 +190,10 @@ class ComparisonConfig(_Strict):
     digits: int = Field(default=7, ge=1)  # phone: the "same last N digits" level
     nicknames: bool = False  # names: Bill = William level after exact
     tf_adjust: bool = False  # exact agreement on a common value counts less than on a rare one
+    # Total disagreement ("else") here rules out an automatic merge, whatever the other fields
+    # say: the pair goes to review. For who-fields (first name), so that people who share
+    # where-fields (a household: surname, address, phone) are never merged on those alone.
+    must_agree: bool = False
 
     @model_validator(mode="after")
     def _method_options(self) -> "ComparisonConfig":

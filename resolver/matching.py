@@ -8,6 +8,7 @@ and the accepted links go back into the graph, where the same guards apply to th
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class MatchResult:
     candidates: int
     summary: dict = field(default_factory=dict)
     cut_type: np.ndarray | None = None  # per pair: type code whose limit cut its link (-1 = none)
+    veto: np.ndarray | None = None  # per pair: the must_agree comparison that disagrees (-1 = none)
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
@@ -178,8 +180,20 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
 # ---------------------------------------------------------------------------------------------
 # Scoring and decisions
 # ---------------------------------------------------------------------------------------------
-def _decide(probability: np.ndarray, auto_merge: float, review: float) -> np.ndarray:
-    return np.select([probability >= auto_merge, probability >= review], [0, 1], 2).astype(np.int8)
+def _decide(probability: np.ndarray, auto_merge: float, review: float, vetoed: np.ndarray) -> np.ndarray:
+    """link / review / no_link; a vetoed pair at or above auto-merge goes to review instead."""
+    link = (probability >= auto_merge) & ~vetoed
+    return np.select([link, probability >= review], [0, 1], 2).astype(np.int8)
+
+
+def vetoes(prepared: list[PreparedComparison], levels: np.ndarray) -> np.ndarray:
+    """Per pair: the first must_agree comparison at its "else" level (-1 = none)."""
+    out = np.full(len(levels), -1, dtype=np.int64)
+    for k in reversed(range(len(prepared))):
+        p = prepared[k]
+        if p.config.must_agree:
+            out[levels[:, k] == p.n_levels - 1] = k
+    return out
 
 
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
@@ -225,9 +239,12 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result = MatchResult(
         left=pairs.left[rows].astype(np.int64), right=pairs.right[rows].astype(np.int64), rule=pairs.rule[rows],
         probability=probability, weight=weight, levels=levels[rows], tf=tf,
-        decision=_decide(probability, matching.thresholds.auto_merge, matching.thresholds.review),
-        model=model, blocking=blocking, prepared=prepared, candidates=len(pairs),
+        decision=np.zeros(len(rows), np.int8), model=model, blocking=blocking, prepared=prepared,
+        candidates=len(pairs),
     )
+    result.veto = vetoes(prepared, result.levels)
+    result.decision = _decide(probability, matching.thresholds.auto_merge, matching.thresholds.review,
+                              result.veto >= 0)
     result.summary = _summary(result, pairs, config)
     return result
 
@@ -252,19 +269,10 @@ def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict
     }
 
 
-class _NoStage:
-    def __init__(self):
-        self.entry = {}
-
-    def __enter__(self):
-        return self.entry
-
-    def __exit__(self, *exc):
-        return False
-
-
+@contextmanager
 def _no_stage(name: str, rows_in: int | None = None):
-    return _NoStage()
+    """Stand-in for StageLog.stage when matching runs outside a pipeline."""
+    yield {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,16 +283,21 @@ def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person
     """One row per pair: both records, the probability, and for each comparison both values, the
     level and its weight (the waterfall: prior_weight + the weights = match_weight)."""
     left, right = result.left[rows], result.right[rows]
+
+    def take(column: pd.Series, at: np.ndarray):
+        # Row selection first: turning a whole Arrow-backed column into Python objects costs seconds.
+        return column.take(at).to_numpy()
+
     frame = pd.DataFrame(
         {
             "record_id_l": left,
-            "source_l": records["source"].to_numpy()[left],
-            "record_key_l": records["record_key"].to_numpy()[left],
-            "person_id_l": person_ids.to_numpy()[left],
+            "source_l": take(records["source"], left),
+            "record_key_l": take(records["record_key"], left),
+            "person_id_l": take(person_ids, left),
             "record_id_r": right,
-            "source_r": records["source"].to_numpy()[right],
-            "record_key_r": records["record_key"].to_numpy()[right],
-            "person_id_r": person_ids.to_numpy()[right],
+            "source_r": take(records["source"], right),
+            "record_key_r": take(records["record_key"], right),
+            "person_id_r": take(person_ids, right),
             "probability": result.probability[rows],
             "match_weight": result.weight[rows],
             "decision": pd.Categorical.from_codes(result.decision[rows], categories=list(DECISIONS)),
@@ -296,8 +309,8 @@ def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person
     weights = comparison_weights(result.model, result.levels[rows], result.rule[rows].astype(np.int64))
     for k, p in enumerate(result.prepared):
         level = result.levels[rows, k]
-        frame[f"{p.name}_l"] = p.values.to_numpy()[left] if len(left) else []
-        frame[f"{p.name}_r"] = p.values.to_numpy()[right] if len(right) else []
+        frame[f"{p.name}_l"] = take(p.values, left)
+        frame[f"{p.name}_r"] = take(p.values, right)
         frame[f"{p.name}_level"] = pd.Categorical.from_codes(level.astype(np.int64), categories=p.labels)
         frame[f"{p.name}_weight"] = weights[:, k] + result.tf[rows, k]
     return frame

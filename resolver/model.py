@@ -31,6 +31,7 @@ MODEL_FORMAT = 1
 PROBABILITY_FLOOR = 1e-6
 # No level is impossible for a match: a moved address or a new phone must cost bits, not veto.
 M_FLOOR = 1e-3
+PATTERN_CHUNK = 8_000_000
 TF_CLIP_BITS = 10.0
 
 
@@ -209,17 +210,26 @@ def pattern_counts(levels: np.ndarray, rule: np.ndarray | None = None) -> tuple[
     if n == 0:
         return levels, rule, np.zeros(0, np.int64)
     radix = [int(levels[:, j].max()) + 1 for j in range(k)] + [int(rule.max()) + 1]
-    key = np.zeros(n, dtype=np.int64)
-    for j in range(k):
-        key = key * radix[j] + levels[:, j]
-    key = key * radix[-1] + rule
     span = int(np.prod(np.array(radix, dtype=np.float64)))
-    if span <= 1 << 24:
-        counts = np.bincount(key, minlength=span)
-        keys = np.flatnonzero(counts)
-        counts = counts[keys]
-    else:
-        keys, counts = np.unique(key, return_counts=True)
+    found_keys, found_counts = [], []
+    for start in range(0, n, PATTERN_CHUNK):  # chunks bound the memory of the packed keys
+        part = slice(start, start + PATTERN_CHUNK)
+        key = np.zeros(len(rule[part]), dtype=np.int64)
+        for j in range(k):
+            key *= radix[j]
+            key += levels[part, j]
+        key *= radix[-1]
+        key += rule[part]
+        if span <= 1 << 24:
+            counts = np.bincount(key, minlength=span)
+            keys = np.flatnonzero(counts)
+            counts = counts[keys]
+        else:
+            keys, counts = np.unique(key, return_counts=True)
+        found_keys.append(keys)
+        found_counts.append(counts)
+    keys, inverse = np.unique(np.concatenate(found_keys), return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate(found_counts)).astype(np.int64)
     rules = keys % radix[-1]
     keys //= radix[-1]
     patterns = np.zeros((len(keys), k), dtype=levels.dtype)

@@ -461,7 +461,12 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
                   else f"guard: would make a person of more than {config.matching.max_person_records} records"
                   for t in (match.cut_type[cut_rows] if match.cut_type is not None else [])]
     rows = np.concatenate([in_band, cut_rows])
-    reasons = np.array(["review band"] * len(in_band) + cut_reason, dtype=object)
+    band_reason = [
+        f"{match.prepared[v].name} disagrees: never merged automatically"
+        if v >= 0 and match.probability[i] >= config.matching.thresholds.auto_merge else "review band"
+        for i, v in zip(in_band, match.veto[in_band])
+    ]
+    reasons = np.array(band_reason + cut_reason, dtype=object)
     order = np.argsort(-match.probability[rows], kind="stable")
     res.review_queue = explain(match, rows[order], res.records, person_ids, reasons[order])
     keep = match.probability >= config.matching.scored_pairs_min

@@ -40,6 +40,14 @@ def test_decisions_follow_the_thresholds(outputs):
     assert (scored["decision"] == "link").sum() == len(links)
 
 
+def test_a_disagreeing_first_name_is_never_merged_automatically(outputs):
+    # first_name has must_agree in the default config: households share surname, address and phone
+    assert (outputs["match_links"]["first_name_level"] != "else").all()
+    queue = outputs["review_queue"]
+    vetoed = queue[queue["reason"].str.startswith("first_name disagrees")]
+    assert (vetoed["first_name_level"] == "else").all() and (vetoed["probability"] >= 0.85).all()
+
+
 def test_every_link_is_explained_by_its_waterfall(outputs):
     links = outputs["match_links"]
     weights = [c for c in links.columns if c.endswith("_weight") and c != "prior_weight" and c != "match_weight"]

@@ -106,3 +106,17 @@ def test_model_round_trips_and_refuses_another_configuration(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ModelError, match="cannot read"):
         FSModel.load(tmp_path / "bad.json", prepared, ["r"])
+
+
+def test_pattern_counts_in_chunks_equal_a_row_wise_unique(monkeypatch):
+    import resolver.model as model
+
+    monkeypatch.setattr(model, "PATTERN_CHUNK", 997)
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 5, (20_000, 6)).astype(np.int8)
+    rules = rng.integers(0, 4, 20_000)
+    patterns, pattern_rules, counts = model.pattern_counts(levels, rules)
+    expected, expected_counts = np.unique(np.column_stack([rules, levels]), axis=0, return_counts=True)
+    got = np.column_stack([pattern_rules, patterns, counts])
+    want = np.column_stack([expected, expected_counts])
+    assert np.array_equal(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])])
