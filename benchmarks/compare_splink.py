@@ -609,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="data seed")
     parser.add_argument("--skip-splink", action="store_true")
     parser.add_argument("--skip-resolver", action="store_true")
+    parser.add_argument("--earlier", dest="earlier_results", nargs="*", default=[], type=Path,
+                        help="results JSON files of earlier invocations: a skipped tool's rows come from them")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per tool run")
     parser.add_argument("--splink-memory-limit", default="12GB", help="DuckDB memory_limit for Splink")
     parser.add_argument("--splink-em-max-pairs", type=float, default=1e7,
@@ -624,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown sizes {unknown}; choose from {list(SIZES)}")
+    args.earlier = {}
+    for path in args.earlier_results:  # later files win
+        for size, entry in json.loads(Path(path).read_text())["sizes"].items():
+            for tool, row in entry.get("tools", {}).items():
+                args.earlier.setdefault(size, {})[tool] = row
     args.max_rss = int(args.max_rss_gb * 2**30)
     args.min_free_disk = int(args.min_free_disk_gb * 2**30)
 
@@ -647,6 +654,11 @@ def main(argv: list[str] | None = None) -> int:
         for tool, skip, runner in (("splink", args.skip_splink, run_splink),
                                    ("resolver", args.skip_resolver, run_resolver)):
             if skip:
+                earlier = args.earlier.get(size, {}).get(tool)
+                if earlier:  # a row measured by an earlier invocation (--earlier), shown as such
+                    earlier = {**earlier, "tool": f"{tool} (earlier run)"}
+                    rows.append(earlier)
+                    entry["tools"][tool] = earlier
                 continue
             log(f"{size}: {tool}")
             result, outputs = runner(data, data / "runs" / tool, args)
