@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from resolver.compare import email_domain, email_local
 from resolver.config import BlockingConfig
 from resolver.grouping import Groups
 from resolver.kernels.hashing import hash_strings
@@ -107,9 +108,9 @@ def key_values(expr: KeyExpr, attributes: dict[str, pd.Series]) -> pd.Series:
         encode = jellyfish.metaphone if f == "metaphone" else jellyfish.soundex
         return _per_distinct(first, lambda v: " ".join(encode(w) for w in v.split()))
     if f == "email_local":
-        return first.str.split("@", n=1).str[0]
+        return email_local(first)
     if f == "email_domain":
-        return first.str.split("@", n=1).str[1]
+        return email_domain(first)
     if f == "unordered":
         second = values[1].astype("str")
         low = first.where(first <= second, second)

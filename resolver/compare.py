@@ -140,14 +140,22 @@ def prepare(c: ComparisonConfig, attributes: dict[str, pd.Series]) -> PreparedCo
         swapped = values.str.slice(0, 5) + values.str.slice(8, 10) + "-" + values.str.slice(5, 7)
         prepared.extra.update(days=days, swap_codes=_pair_codes(values, swapped))
     elif c.method == "email":
-        parts = values.str.split("@", n=1)
-        prepared.extra.update(local=_codes(parts.str[0]), domain=_codes(parts.str[1]))
+        prepared.extra.update(local=_codes(email_local(values)), domain=_codes(email_domain(values)))
     elif c.method == "phone":
         digits = values.str.replace(r"\D", "", regex=True)
         prepared.extra["suffix"] = _codes(digits.str.slice(-c.digits).where(digits.str.len() >= c.digits))
     if c.tf_adjust:
         prepared.frequency = _frequency(prepared.codes)
     return prepared
+
+
+def email_local(values: pd.Series) -> pd.Series:
+    """The part before the '@' (regexes, not split: they keep the string dtype when all are missing)."""
+    return values.str.replace(r"@.*$", "", regex=True)
+
+
+def email_domain(values: pd.Series) -> pd.Series:
+    return values.str.replace(r"^[^@]*@", "", regex=True).where(values.str.contains("@", regex=False).fillna(False))
 
 
 def _pair_codes(values: pd.Series, swapped: pd.Series) -> np.ndarray:

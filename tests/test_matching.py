@@ -138,3 +138,22 @@ def test_a_model_that_does_not_fit_the_configuration_is_refused(resolved, tmp_pa
     assert code == 2
     assert "blocking rules" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_tiny_input_with_an_attribute_missing_everywhere_still_resolves(tmp_path):
+    (tmp_path / "r.csv").write_text("id,first,last,email\na,Ann,Lee,\nb,,Lee,\nc,Anne,Lee,\n")
+    (tmp_path / "c.yaml").write_text(
+        "sources:\n"
+        "  - {name: r, kind: records, format: csv, path: r.csv, key: id,\n"
+        "     attributes: {first_name: first, last_name: last, email: email}, identifiers: {email: email}}\n"
+        "identity:\n  types:\n    email: {normalizer: email, limit: 5}\n"
+        "matching:\n"
+        "  blocking: {rules: [{name: last, keys: [last_name]}, {name: local, keys: ['email_local(email)']}]}\n"
+        "  comparisons:\n"
+        "    - {name: first_name, column: first_name, method: jaro_winkler, thresholds: [0.9]}\n"
+        "    - {name: email, column: email, method: email}\n"
+    )
+    res = run(load_config(tmp_path / "c.yaml"))
+    assert res.summary["matching"]["candidate_pairs"] == 3
+    assert len(res.identity_map) == 3 and res.identity_map["person_id"].notna().all()
+    assert res.summary["rows"]["accounted"]
