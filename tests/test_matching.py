@@ -157,3 +157,23 @@ def test_tiny_input_with_an_attribute_missing_everywhere_still_resolves(tmp_path
     assert res.summary["matching"]["candidate_pairs"] == 3
     assert len(res.identity_map) == 3 and res.identity_map["person_id"].notna().all()
     assert res.summary["rows"]["accounted"]
+
+
+def test_must_agree_sends_a_total_disagreement_to_review_whatever_the_probability():
+    from resolver.compare import prepare
+    from resolver.config import ComparisonConfig
+    from resolver.matching import DECISIONS, _decide, vetoes
+
+    values = {"first": pd.Series(["ann", "bob", "ann"], dtype="str"), "street": pd.Series(["x", "x", "x"], dtype="str")}
+    prepared = [
+        prepare(ComparisonConfig(name="first_name", column="first", method="jaro_winkler", thresholds=[0.9],
+                                 must_agree=True), values),
+        prepare(ComparisonConfig(name="street", column="street", method="exact"), values),
+    ]
+    from resolver.compare import comparison_matrix
+
+    levels = comparison_matrix(prepared, np.array([0, 0]), np.array([1, 2]))  # ann~bob: else; ann~ann: exact
+    veto = vetoes(prepared, levels)
+    assert veto.tolist() == [0, -1]
+    decision = _decide(np.array([0.999, 0.999]), 0.85, 0.70, veto >= 0)
+    assert [DECISIONS[d] for d in decision] == ["review", "link"]
