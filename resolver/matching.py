@@ -20,6 +20,7 @@ from resolver.blocking import BlockingKeys, CandidatePairs, build_blocking_keys,
 from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.config import Config, ModelOptions
 from resolver.model import (
+    M_FLOOR,
     ComparisonModel,
     FSModel,
     candidate_u,
@@ -27,6 +28,7 @@ from resolver.model import (
     without_matches,
     default_m,
     expectation_maximisation,
+    floored,
     level_distribution,
     match_weights,
     pattern_counts,
@@ -124,8 +126,8 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
         # With enough labelled pairs, their m is the estimate: EM on candidates dominated by
         # households would pull it towards "different first name" (pitfall: EM learns households).
         fixed.append(labelled >= options.labelled_m_min_pairs)
-        if fixed[-1]:
-            start = level_distribution(known[:, k], p.n_levels, pseudo=0.5)
+        if fixed[-1]:  # floored like EM's m: a moved address must cost bits, not veto the pair
+            start = floored(level_distribution(known[:, k], p.n_levels, pseudo=0.5), M_FLOOR)
         m0.append(start)
     n_active = int(active.sum())
     total_pairs = max(n_active * (n_active - 1) // 2, 1)

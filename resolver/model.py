@@ -239,7 +239,7 @@ def pattern_counts(levels: np.ndarray, rule: np.ndarray | None = None) -> tuple[
     return patterns, rules, counts
 
 
-def _floored(p: np.ndarray, floor: float) -> np.ndarray:
+def floored(p: np.ndarray, floor: float) -> np.ndarray:
     out = p.copy()
     out[1:] = np.maximum(out[1:], floor)
     out[1:] /= out[1:].sum()
@@ -338,7 +338,7 @@ def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.
             informative = active[rule, k]  # a neutral comparison says nothing about m
             levels = np.concatenate([patterns[informative, k], known_patterns[:, k]])
             mass = np.concatenate([match_mass[informative], known_mass])
-            new_m.append(_floored(level_distribution(levels, len(m[k]), mass, pseudo=1e-3), M_FLOOR))
+            new_m.append(floored(level_distribution(levels, len(m[k]), mass, pseudo=1e-3), M_FLOOR))
         new_lam = np.bincount(rule, weights=match_mass, minlength=n_rules) / np.maximum(pairs_per_rule, 1.0)
         change = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(new_m, m))
         change = max(change, float(np.max(np.abs(new_lam - lam), initial=0.0)))
