@@ -6,7 +6,6 @@ an attribute leaves it missing (NA), and missing never agrees with anything.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from resolver.config import Config
@@ -83,6 +82,3 @@ def match_attributes(records: pd.DataFrame, config: Config) -> dict[str, pd.Seri
     with ThreadPoolExecutor(max_workers=max(1, config.run.workers)) as pool:
         return dict(zip(columns, pool.map(one, columns)))
 
-
-def present(values: pd.Series) -> np.ndarray:
-    return values.notna().to_numpy()

@@ -68,6 +68,10 @@ class MatchResult:
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
 
+    def decision_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.decision, minlength=len(DECISIONS))
+        return {d: int(c) for d, c in zip(DECISIONS, counts)}
+
 
 # ---------------------------------------------------------------------------------------------
 # Training
@@ -253,7 +257,6 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
 
 def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict:
     matching = config.matching
-    counts = np.bincount(result.decision, minlength=len(DECISIONS))
     return {
         "candidate_pairs": len(pairs),
         "pairs_per_rule": dict(zip(result.blocking.rules, pairs.per_rule)),
@@ -264,7 +267,7 @@ def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict
         ],
         "blocking_warnings": result.blocking.warnings(matching.blocking.max_block_size),
         "thresholds": {"auto_merge": matching.thresholds.auto_merge, "review": matching.thresholds.review},
-        "decisions": {d: int(c) for d, c in zip(DECISIONS, counts)},
+        "decisions": result.decision_counts(),
         "model": result.model.training,
         "match_rate_by_rule": dict(zip(result.model.rules, map(float, result.model.match_rate))),
         "prior": result.model.prior,

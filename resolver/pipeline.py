@@ -485,8 +485,7 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
          **{rule: match.blocking.keys[r] for r, rule in enumerate(match.blocking.rules)}}
     )
     res.model = match.model
-    counts = np.bincount(match.decision, minlength=len(DECISIONS))
-    res.matching = {**match.summary, "decisions": {d: int(c) for d, c in zip(DECISIONS, counts)}}
+    res.matching = {**match.summary, "decisions": match.decision_counts()}  # after the guards' cuts
 
 
 def _persons(

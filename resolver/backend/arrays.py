@@ -38,6 +38,3 @@ def scatter_min(xp: ModuleType, target, index, values) -> None:
 
         cupyx.scatter_min(target, index, values)
 
-
-def to_host(xp: ModuleType, array) -> np.ndarray:
-    return array if xp is np else xp.asnumpy(array)
