@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from resolver.backend.arrays import CPU, Backend, to_host
 from resolver.compare import email_domain, email_local
 from resolver.config import BlockingConfig
 from resolver.grouping import Groups
@@ -128,16 +130,19 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int) -> tuple[np.ndarray, list[pd.Series]]:
-    """64-bit block key per record (0 = a part is missing) and the text of each part."""
-    combined = np.zeros(n, dtype=np.uint64)
-    missing = np.zeros(n, dtype=bool)
+def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend: Backend = CPU):
+    """64-bit block key per record (0 = a part is missing) and the text of each part; the key
+    parts are hashed by the backend's kernel target and the key lives in its array module."""
+    xp = backend.xp
+    combined = xp.zeros(n, dtype=xp.uint64)
+    missing = xp.zeros(n, dtype=bool)
     parts = []
     with np.errstate(over="ignore"):
         for position, key in enumerate(keys):
             text = key_values(parse_key(key), attributes).reset_index(drop=True)
             parts.append(text)
-            hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{position}:".encode())
+            hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{position}:".encode(),
+                                  target=backend.kernels, xp=xp)
             missing |= hashed == 0
             combined = _mix(combined * _GOLDEN + hashed)
     combined[missing] = 0
@@ -182,28 +187,45 @@ def _key_text(parts: list[pd.Series], row: int) -> str:
     return " | ".join(str(p.iloc[row]) for p in parts)
 
 
+def _blocks(xp: ModuleType, keys):
+    """Keyed records grouped by key (stable: position order inside a block): the records in block
+    order, each block's start in that order, and its size. Blocks come in ascending key order."""
+    keyed = xp.flatnonzero(keys != 0)
+    order = xp.argsort(keys[keyed], kind="stable")
+    members = keyed[order]
+    sorted_keys = keys[members]
+    boundary = xp.ones(len(members), dtype=bool)
+    boundary[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    starts = xp.flatnonzero(boundary)
+    sizes = xp.diff(xp.concatenate([starts, xp.asarray([len(members)], dtype=starts.dtype)]))
+    return members, starts, sizes.astype(xp.int64)
+
+
 def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series], active: np.ndarray,
-                        top: int = 5) -> BlockingKeys:
-    """Each rule's keys for the active records, with the plan (pair counts, largest blocks)."""
+                        top: int = 5, backend: Backend = CPU) -> BlockingKeys:
+    """Each rule's keys for the active records, with the plan (pair counts, largest blocks).
+    The keys are returned on the host; the backend computes them."""
+    xp = backend.xp
     n = len(active)
+    inactive = xp.asarray(~np.asarray(active, dtype=bool))
     all_keys = np.zeros((len(config.rules), n), dtype=np.uint64)
     plans = []
     cap = config.max_block_size
     for r, rule in enumerate(config.rules):
-        keys, parts = rule_keys(rule.keys, attributes, n)
-        keys[~active] = 0
-        keyed = np.flatnonzero(keys != 0)
-        groups = Groups.of(keys[keyed])
-        sizes = groups.sizes()
+        keys, parts = rule_keys(rule.keys, attributes, n, backend)
+        keys[inactive] = 0
+        members, starts, sizes = _blocks(xp, keys)
         over = sizes > cap
         pairs = sizes * (sizes - 1) // 2
-        biggest = np.argsort(-sizes, kind="stable")[:top]
-        largest = [(_key_text(parts, int(keyed[groups.order[groups.starts[b]]])), int(sizes[b])) for b in biggest]
-        if over.any():  # records of an over-cap block have no key for this rule
-            in_over = np.repeat(over, sizes)
-            keys[keyed[groups.order[in_over]]] = 0
-        all_keys[r] = keys
-        plans.append(RulePlan(rule.name, len(keyed), len(sizes), int(pairs[~over].sum()), int(over.sum()),
+        biggest = to_host(xp.argsort(-sizes, kind="stable")[:top])
+        first_member = to_host(members[starts[xp.asarray(biggest, dtype=xp.int64)]]) if len(biggest) else []
+        host_sizes = to_host(sizes[xp.asarray(biggest, dtype=xp.int64)]) if len(biggest) else []
+        largest = [(_key_text(parts, int(m)), int(z)) for m, z in zip(first_member, host_sizes)]
+        if bool(over.any()):  # records of an over-cap block have no key for this rule
+            block_of = xp.searchsorted(starts, xp.arange(len(members)), side="right") - 1
+            keys[members[over[block_of]]] = 0
+        all_keys[r] = to_host(keys)
+        plans.append(RulePlan(rule.name, len(members), len(sizes), int(pairs[~over].sum()), int(over.sum()),
                               int(sizes[over].sum()), int(pairs[over].sum()), largest))
     return BlockingKeys([r.name for r in config.rules], all_keys, plans)
 
@@ -276,14 +298,77 @@ class CandidatePairs:
         return len(self.left)
 
 
-def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray) -> CandidatePairs:
-    """The union of all rules' pairs, each once, without pairs inside one deterministic person."""
+def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend = CPU) -> CandidatePairs:
+    """The union of all rules' pairs, each once, without pairs inside one deterministic person.
+    On a GPU backend the pairs are made and stay on the device (arrays of backend.xp)."""
+    xp = backend.xp
     lefts, rights, rules, per_rule = [], [], [], []
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if backend.on_gpu_path:
+        keys = xp.asarray(blocking.keys)
+        labels = xp.asarray(np.asarray(labels, dtype=np.int64))
+        make = lambda r: rule_pairs_xp(xp, keys, r, labels)  # noqa: E731
+    else:
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        make = lambda r: rule_pairs(blocking, r, labels)  # noqa: E731
     for r in range(len(blocking.rules)):
-        left, right = rule_pairs(blocking, r, labels)
+        left, right = make(r)
         lefts.append(left)
         rights.append(right)
-        rules.append(np.full(len(left), r, dtype=np.int8))
+        rules.append(xp.full(len(left), r, dtype=xp.int8))
         per_rule.append(len(left))
-    return CandidatePairs(np.concatenate(lefts), np.concatenate(rights), np.concatenate(rules), per_rule)
+    return CandidatePairs(xp.concatenate(lefts), xp.concatenate(rights), xp.concatenate(rules), per_rule)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs with array operations (the GPU path): every pair of a block from its index alone
+# ---------------------------------------------------------------------------------------------
+PAIR_CHUNK = 1 << 25  # pair indexes expanded at once (bounds the temporary arrays)
+
+
+def _pairs_before_row(i, n):
+    """Pairs of a block of n records that come before row i: rows 0..i-1 hold n-1, n-2, ... pairs."""
+    return i * (2 * n - i - 1) // 2
+
+
+def _row_and_column(xp: ModuleType, t, n):
+    """The (i, j), i < j, of pair t in the row-major order of a block of n records."""
+    b = 2.0 * n.astype(xp.float64) - 1.0
+    i = xp.floor((b - xp.sqrt(xp.maximum(b * b - 8.0 * t.astype(xp.float64), 0.0))) / 2.0).astype(xp.int64)
+    i = xp.minimum(xp.maximum(i, 0), n - 2)
+    for _ in range(2):  # float rounding can be one row off either way
+        i = xp.where(_pairs_before_row(i + 1, n) <= t, i + 1, i)
+        i = xp.where(_pairs_before_row(i, n) > t, i - 1, i)
+    return i, t - _pairs_before_row(i, n) + i + 1
+
+
+def _new_pairs_xp(xp: ModuleType, a, b, rule: int, keys, labels):
+    keep = labels[a] != labels[b]
+    for earlier in range(rule):
+        ka = keys[earlier, a]
+        keep &= ~((ka != 0) & (ka == keys[earlier, b]))
+    return keep
+
+
+def rule_pairs_xp(xp: ModuleType, keys, rule: int, labels, chunk: int = PAIR_CHUNK):
+    """rule_pairs with array operations, same pairs in the same order: block by block (ascending
+    key), then by row and column inside the block. Pair p of the rule is found from p alone (its
+    block by a binary search over cumulative pair counts, its row by inverting the triangular
+    count), so the work is even across GPU threads however uneven the blocks are."""
+    members, starts, sizes = _blocks(xp, keys[rule])
+    multi = sizes >= 2
+    starts, sizes = starts[multi], sizes[multi]
+    counts = sizes * (sizes - 1) // 2
+    ends = xp.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    lefts, rights = [xp.zeros(0, dtype=xp.int32)], [xp.zeros(0, dtype=xp.int32)]
+    for lo in range(0, total, chunk):
+        p = xp.arange(lo, min(lo + chunk, total), dtype=xp.int64)
+        block = xp.searchsorted(ends, p, side="right")
+        n = sizes[block]
+        i, j = _row_and_column(xp, p - (ends[block] - counts[block]), n)
+        a, b = members[starts[block] + i], members[starts[block] + j]
+        keep = _new_pairs_xp(xp, a, b, rule, keys, labels)
+        a, b = a[keep], b[keep]
+        lefts.append(xp.minimum(a, b).astype(xp.int32))
+        rights.append(xp.maximum(a, b).astype(xp.int32))
+    return xp.concatenate(lefts), xp.concatenate(rights)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -115,6 +116,8 @@ def cmd_run(args) -> int:
         config.run.output_dir = str(Path(args.out).resolve())
     if args.no_guards:
         config.identity.guards = False
+    if args.backend:
+        config.run.backend = args.backend
     res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None)
     console.print(_summary_table(res.summary, None))
     _print_warnings(console, res.summary)
@@ -177,6 +180,8 @@ def cmd_demo(args) -> int:
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="resolver-demo-"))
     _generate(base, args.people, args.seed, console)
     config = load_config(base / "resolver.yaml")
+    if args.backend:
+        config.run.backend = args.backend
     res = _run_pipeline(config, console)
     metrics = evaluate_outputs(config.output_path(), base / "truth", config)
     Console(quiet=args.quiet).print(_summary_table(res.summary, metrics))
@@ -193,13 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
         return p
 
-    demo = common(sub.add_parser("demo", help="generate a small dataset, resolve it, evaluate it"))
+    def backend(p):
+        p.add_argument("--backend", choices=["cpu", "gpu", "auto"],
+                       help="where the hot stages run (default: run.backend in the config, auto: gpu when CuPy sees one)")
+        return p
+
+    demo = backend(common(sub.add_parser("demo", help="generate a small dataset, resolve it, evaluate it")))
     demo.add_argument("--people", type=int, default=5000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--out", help="folder for the generated data and outputs (default: a new temp folder)")
     demo.set_defaults(func=cmd_demo)
 
-    run = common(sub.add_parser("run", help="resolve the sources in a config"))
+    run = backend(common(sub.add_parser("run", help="resolve the sources in a config")))
     run.add_argument("--config", required=True)
     run.add_argument("--out", help="output folder (overrides run.output_dir)")
     run.add_argument("--no-guards", action="store_true", help="switch off identifier limits and hub caps")
@@ -229,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resolver.backend.arrays import BackendUnavailable
     from resolver.config import ConfigError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
@@ -238,13 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_CONFIG
     except ModelError as exc:
-        console.print(f"[red]model error:[/red] {exc}", highlight=False)
+        console.print(f"[red]model error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_CONFIG
+    except BackendUnavailable as exc:
+        console.print(f"[red]backend unavailable:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_CONFIG
     except InputError as exc:
-        console.print(f"[red]input error:[/red] {exc}", highlight=False)
+        console.print(f"[red]input error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130

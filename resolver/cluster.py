@@ -8,9 +8,16 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_cc
 
+from resolver.backend.arrays import CPU, Backend, to_host
+from resolver.backend.components import connected_components as xp_components
+from resolver.backend.components import cugraph_components
 
-def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Component label per node (0..k-1) of the undirected graph given by the edge arrays."""
+
+def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, backend: Backend = CPU) -> np.ndarray:
+    """Component label per node (0..k-1, numbered by each component's smallest node) of the
+    undirected graph given by the edge arrays; the backend picks the engine, the labels are equal."""
+    if backend.components != "scipy":
+        return _device_components(n_nodes, src, dst, backend)
     if n_nodes == 0:
         return np.zeros(0, dtype=np.int64)
     src = np.asarray(src, dtype=np.int64)
@@ -20,6 +27,16 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.n
     ).tocsr()
     _, labels = _scipy_cc(adjacency, directed=True, connection="weak")
     return labels.astype(np.int64)
+
+
+def _device_components(n_nodes: int, src, dst, backend: Backend) -> np.ndarray:
+    xp = backend.xp
+    src, dst = xp.asarray(src, dtype=xp.int64), xp.asarray(dst, dtype=xp.int64)
+    if backend.components == "cugraph":
+        labels = cugraph_components(n_nodes, src, dst)
+    else:
+        labels = xp_components(n_nodes, src, dst, xp)
+    return to_host(labels).astype(np.int64)
 
 
 def smallest_member_keys(labels: np.ndarray, member_keys: np.ndarray) -> np.ndarray:

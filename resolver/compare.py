@@ -9,12 +9,14 @@ term-frequency adjustment) is prepared once; pairs only index into it.
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
 
+from resolver.backend.arrays import module_of
 from resolver.config import ComparisonConfig
 
 NULL_LEVEL = 0
@@ -40,6 +42,22 @@ class PreparedComparison:
     @property
     def n_levels(self) -> int:
         return len(self.labels)
+
+    def on(self, xp: ModuleType) -> "PreparedComparison":
+        """This comparison with its per-record arrays in `xp` (moved to the GPU once for CuPy);
+        the text values stay on the host for explanations."""
+        if xp is np:
+            return self
+        from resolver.kernels.strings import Encoded
+
+        def move(value):
+            if isinstance(value, Encoded):
+                return Encoded(xp.asarray(value.offsets), xp.asarray(value.codes), xp.asarray(value.valid))
+            return xp.asarray(value) if isinstance(value, np.ndarray) else value
+
+        return replace(self, valid=xp.asarray(self.valid), codes=xp.asarray(self.codes),
+                       frequency=None if self.frequency is None else xp.asarray(self.frequency),
+                       extra={k: move(v) for k, v in self.extra.items()})
 
 
 def level_labels(c: ComparisonConfig) -> list[str]:
@@ -187,15 +205,16 @@ def _similarity(p: PreparedComparison, left: np.ndarray, right: np.ndarray, targ
     return strings.jaccard_tokens(enc, left, right, target=target)
 
 
-def _haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    lat1, lon1, lat2, lon2 = map(np.radians, (lat1, lon1, lat2, lon2))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+def _haversine_km(lat1, lon1, lat2, lon2):
+    xp = module_of(lat1)
+    lat1, lon1, lat2, lon2 = map(xp.radians, (lat1, lon1, lat2, lon2))
+    h = xp.sin((lat2 - lat1) / 2) ** 2 + xp.cos(lat1) * xp.cos(lat2) * xp.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * xp.arcsin(xp.sqrt(xp.clip(h, 0, 1)))
 
 
-def _nickname_match(ids: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def _nickname_match(ids, left, right):
     a, b = ids[left], ids[right]
-    hit = np.zeros(len(left), dtype=bool)
+    hit = module_of(left).zeros(len(left), dtype=bool)
     for i in range(NICKNAME_SLOTS):
         for j in range(NICKNAME_SLOTS):
             hit |= (a[:, i] >= 0) & (a[:, i] == b[:, j])
@@ -209,11 +228,13 @@ def _assign(level: np.ndarray, todo: np.ndarray, hit: np.ndarray, value: int) ->
     todo &= ~hit
 
 
-def compare_levels(p: PreparedComparison, left: np.ndarray, right: np.ndarray, target: str = "cpu") -> np.ndarray:
-    """The level of each pair (int8), 0 where either side is missing."""
+def compare_levels(p: PreparedComparison, left, right, target: str = "cpu"):
+    """The level of each pair (int8), 0 where either side is missing. Array-module generic: with
+    CuPy row indices (and `p` moved there with .on(cupy)) everything runs on the GPU."""
     c = p.config
     n = len(left)
-    level = np.zeros(n, dtype=np.int8)
+    xp = module_of(left)
+    level = xp.zeros(n, dtype=xp.int8)
     todo = p.valid[left] & p.valid[right]
     labels = p.labels
     if c.method == "geo":
@@ -226,8 +247,8 @@ def compare_levels(p: PreparedComparison, left: np.ndarray, right: np.ndarray, t
     if c.method in _SIMILARITY_LABEL:
         if c.nicknames:
             _assign(level, todo, _nickname_match(p.extra["nicknames"], left, right), labels.index("nickname"))
-        rows = np.flatnonzero(todo)
-        sim = np.zeros(n)
+        rows = xp.flatnonzero(todo)
+        sim = xp.zeros(n)
         sim[rows] = _similarity(p, left[rows], right[rows], target)
         first = labels.index("nickname") + 1 if c.nicknames else 2
         for k, t in enumerate(c.thresholds):
@@ -235,11 +256,11 @@ def compare_levels(p: PreparedComparison, left: np.ndarray, right: np.ndarray, t
     elif c.method == "date":
         swap = p.extra["swap_codes"]
         _assign(level, todo, swap[left] == p.codes[right], labels.index("day/month swapped"))
-        apart = np.abs(p.extra["days"][left] - p.extra["days"][right])
+        apart = xp.abs(p.extra["days"][left] - p.extra["days"][right])
         for k, y in enumerate(c.years):
             _assign(level, todo, apart <= y * 365.25, 3 + k)
     elif c.method == "numeric":
-        diff = np.abs(p.extra["number"][left] - p.extra["number"][right])
+        diff = xp.abs(p.extra["number"][left] - p.extra["number"][right])
         for k, d in enumerate(c.distances):
             _assign(level, todo, diff <= d, 2 + k)
     elif c.method == "email":
@@ -252,12 +273,14 @@ def compare_levels(p: PreparedComparison, left: np.ndarray, right: np.ndarray, t
     return level
 
 
-def comparison_matrix(prepared: list[PreparedComparison], left: np.ndarray, right: np.ndarray,
-                      target: str = "cpu", chunk: int = 2_000_000) -> np.ndarray:
-    """Levels of every comparison for every pair: (n_pairs, n_comparisons) int8, in chunks."""
-    out = np.zeros((len(left), len(prepared)), dtype=np.int8)
+def comparison_matrix(prepared: list[PreparedComparison], left, right, target: str = "cpu",
+                      chunk: int = 2_000_000):
+    """Levels of every comparison for every pair: (n_pairs, n_comparisons) int8, in chunks, in the
+    array module of the row indices (prepared comparisons must live there too: .on(xp))."""
+    xp = module_of(left)
+    out = xp.zeros((len(left), len(prepared)), dtype=xp.int8)
     for start in range(0, len(left), chunk):
-        lo, hi = left[start:start + chunk].astype(np.int64), right[start:start + chunk].astype(np.int64)
+        lo, hi = left[start:start + chunk].astype(xp.int64), right[start:start + chunk].astype(xp.int64)
         for k, p in enumerate(prepared):
             out[start:start + chunk, k] = compare_levels(p, lo, hi, target)
     return out

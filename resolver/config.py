@@ -281,6 +281,7 @@ class RunOptions(_Strict):
     output_dir: str = "out"
     default_region: str = "US"
     workers: int = Field(default=2, ge=1)  # processes that read and normalize source files in parallel
+    backend: Literal["cpu", "gpu", "auto"] = "auto"  # where the hot stages run (auto: gpu when CuPy sees one)
 
 
 class Config(_Strict):

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from resolver.backend.arrays import CPU, Backend
 from resolver.cluster import connected_components
 from resolver.config import IdentityConfig
 
@@ -289,6 +290,7 @@ def resolve_graph(
     identity: IdentityConfig,
     probabilistic_limits: dict[str, int] | None = None,
     probabilistic_record_cap: int | None = None,
+    backend: Backend = CPU,
 ) -> GraphResult:
     """Apply the identity policy to the graph and return its components.
 
@@ -328,7 +330,7 @@ def resolve_graph(
 
     actions = [_hub_actions(nodes, type_names, degree, caps, hub)]
     linking = status == LINKED
-    labels = connected_components(n_nodes, src[linking], dst[linking])
+    labels = connected_components(n_nodes, src[linking], dst[linking], backend)
 
     limits = limit_matrix(identity, type_names, probabilistic_limits)
     score = edges["score"].to_numpy(np.float64) if "score" in edges else np.zeros(len(edges))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.attributes import match_attributes
+from resolver.backend.arrays import CPU, Backend, module_of, to_host
 from resolver.blocking import BlockingKeys, CandidatePairs, build_blocking_keys, candidate_pairs
 from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.config import Config, ModelOptions
@@ -109,16 +110,25 @@ def neutral_comparisons(config: Config, prepared: list[PreparedComparison]) -> n
     return out
 
 
-def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np.ndarray, labels: np.ndarray,
+def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.ndarray,
                 active: np.ndarray, options: ModelOptions, rules: list[str], neutral: np.ndarray,
-                biased: set[str] = frozenset()) -> FSModel:
-    """u by random sampling, m anchored on deterministic persons, then EM on the candidates."""
+                biased: set[str] = frozenset(), backend: Backend = CPU) -> FSModel:
+    """u by random sampling, m anchored on deterministic persons, then EM on the candidates.
+
+    `prepared`, `levels` and `rule` live in the backend's array module; the samples are drawn on
+    the host (one seeded generator for every backend), compared by the backend, and EM runs on the
+    host over the distinct level patterns, so every backend trains the identical model."""
     started = time.perf_counter()
+    xp = backend.xp
+
+    def compare_on_backend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return to_host(comparison_matrix(prepared, xp.asarray(a), xp.asarray(b), backend.kernels))
+
     ra, rb = random_pairs(active, options.u_sample_pairs, options.seed)
-    sampled = comparison_matrix(prepared, ra, rb)
+    sampled = compare_on_backend(ra, rb)
     u_random = [level_distribution(sampled[:, k], p.n_levels) for k, p in enumerate(prepared)]
     da, db = same_person_pairs(labels, active, DET_SAMPLE_PAIRS, options.seed)
-    known = comparison_matrix(prepared, da, db)
+    known = compare_on_backend(da, db)
     m0, fixed = [], []
     for k, p in enumerate(prepared):
         if set(p.config.columns) & biased:
@@ -162,7 +172,7 @@ def train_model(prepared: list[PreparedComparison], levels: np.ndarray, rule: np
     warnings = training_warnings(comparisons)
     if not converged:
         warnings.append(f"EM did not converge in {iterations} iterations (tolerance {options.tolerance:g})")
-    per_rule = np.bincount(rule, minlength=len(rules))
+    per_rule = np.bincount(to_host(rule).astype(np.int64), minlength=len(rules))
     prior = float((det_pairs + (lam * per_rule).sum()) / total_pairs)
     training = {
         "candidate_pairs": n_candidates,
@@ -203,56 +213,68 @@ def vetoes(prepared: list[PreparedComparison], levels: np.ndarray) -> np.ndarray
 
 
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
-                  stage=None) -> MatchResult:
-    """Score the candidate pairs of the active records; `labels` are the deterministic persons."""
+                  stage=None, backend: Backend = CPU) -> MatchResult:
+    """Score the candidate pairs of the active records; `labels` are the deterministic persons.
+
+    On a GPU backend the pairs, their levels and their scores stay on the device from blocking to
+    scoring; only the pairs kept for output (and EM's level patterns) come back to the host."""
     matching = config.matching
     timer = stage or _no_stage
+    xp = backend.xp
     active = ~records["is_deleted"].to_numpy(bool)
     with timer("match:attributes", rows_in=len(records)):
         attributes = match_attributes(records, config)
         prepared = prepare_all(matching.comparisons, attributes)
+        on_backend = [p.on(xp) for p in prepared]
     with timer("match:blocking", rows_in=int(active.sum())) as entry:
-        blocking = build_blocking_keys(matching.blocking, attributes, active)
-        pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)])
+        blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend)
+        pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
     with timer("match:compare", rows_in=len(pairs)):
-        levels = comparison_matrix(prepared, pairs.left, pairs.right)
+        levels = comparison_matrix(on_backend, pairs.left, pairs.right, backend.kernels)
     rules = [r.name for r in matching.blocking.rules]
     with timer("match:train"):
         if model_path is not None:
             model = FSModel.load(model_path, prepared, rules)
             model.training = {**model.training, "loaded_from": str(model_path)}
         else:
-            model = train_model(prepared, levels, pairs.rule, labels[: len(records)], active, matching.model, rules,
-                                neutral_comparisons(config, prepared), selection_biased(config))
+            model = train_model(on_backend, levels, pairs.rule, labels[: len(records)], active, matching.model,
+                                rules, neutral_comparisons(config, prepared), selection_biased(config), backend)
     with timer("match:score", rows_in=len(pairs)) as entry:
-        keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
-        kept = []
-        for start in range(0, len(pairs), SCORE_CHUNK):
-            chunk = slice(start, start + SCORE_CHUNK)
-            left = pairs.left[chunk].astype(np.int64)
-            rule = pairs.rule[chunk].astype(np.int64)
-            tf = tf_adjustments(model, prepared, levels[chunk], rule, left)
-            weight = match_weights(model, levels[chunk], rule, tf)
-            probability = probabilities(weight)
-            rows = np.flatnonzero(probability >= keep_from)
-            kept.append((start + rows, weight[rows], probability[rows], tf[rows]))
-        rows = np.concatenate([k[0] for k in kept]) if kept else np.zeros(0, np.int64)
-        weight = np.concatenate([k[1] for k in kept]) if kept else np.zeros(0)
-        probability = np.concatenate([k[2] for k in kept]) if kept else np.zeros(0)
-        tf = np.concatenate([k[3] for k in kept]) if kept else np.zeros((0, len(prepared)))
+        rows, weight, probability, tf = _score(model, on_backend, levels, pairs,
+                                               min(matching.scored_pairs_min, matching.thresholds.review))
         entry["rows_out"] = len(rows)
+    device_rows = xp.asarray(rows)
     result = MatchResult(
-        left=pairs.left[rows].astype(np.int64), right=pairs.right[rows].astype(np.int64), rule=pairs.rule[rows],
-        probability=probability, weight=weight, levels=levels[rows], tf=tf,
-        decision=np.zeros(len(rows), np.int8), model=model, blocking=blocking, prepared=prepared,
-        candidates=len(pairs),
+        left=to_host(pairs.left[device_rows]).astype(np.int64), right=to_host(pairs.right[device_rows]).astype(np.int64),
+        rule=to_host(pairs.rule[device_rows]), probability=probability, weight=weight,
+        levels=to_host(levels[device_rows]), tf=tf, decision=np.zeros(len(rows), np.int8), model=model,
+        blocking=blocking, prepared=prepared, candidates=len(pairs),
     )
     result.veto = vetoes(prepared, result.levels)
     result.decision = _decide(probability, matching.thresholds.auto_merge, matching.thresholds.review,
                               result.veto >= 0)
     result.summary = _summary(result, pairs, config)
     return result
+
+
+def _score(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float):
+    """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
+    returns, on the host, the rows with probability >= keep_from and their weight, probability, tf."""
+    xp = module_of(levels)
+    kept = []
+    for start in range(0, len(pairs), SCORE_CHUNK):
+        chunk = slice(start, start + SCORE_CHUNK)
+        left = pairs.left[chunk].astype(xp.int64)
+        rule = pairs.rule[chunk].astype(xp.int64)
+        tf = tf_adjustments(model, prepared, levels[chunk], rule, left)
+        weight = match_weights(model, levels[chunk], rule, tf)
+        probability = probabilities(weight)
+        rows = xp.flatnonzero(probability >= keep_from)
+        kept.append(tuple(map(to_host, (start + rows, weight[rows], probability[rows], tf[rows]))))
+    if not kept:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, len(prepared)))
+    return tuple(np.concatenate([k[i] for k in kept]) for i in range(4))
 
 
 def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict:

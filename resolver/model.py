@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resolver.backend.arrays import module_of, to_host
 from resolver.compare import NULL_LEVEL, PreparedComparison
 
 MODEL_FORMAT = 1
@@ -200,39 +201,42 @@ def default_m(labels: list[str]) -> np.ndarray:
     return m
 
 
-def pattern_counts(levels: np.ndarray, rule: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (rule, level pattern) rows and how many pairs have each: (patterns, rules, counts).
+def pattern_counts(levels, rule=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (rule, level pattern) rows and how many pairs have each: (patterns, rules, counts),
+    the sufficient statistics of EM, returned on the host.
 
     Each row is packed into one integer (mixed radix), so tens of millions of pairs reduce with one
-    bincount (or one integer sort), never a row-wise sort of the matrix."""
-    rule = np.zeros(len(levels), np.int64) if rule is None else rule.astype(np.int64)
+    bincount (or one integer sort), never a row-wise sort of the matrix. Array-module generic: CuPy
+    levels are reduced on the GPU and only the distinct patterns come back."""
+    xp = module_of(levels)
+    rule = xp.zeros(len(levels), xp.int64) if rule is None else rule.astype(xp.int64)
     n, k = levels.shape
     if n == 0:
-        return levels, rule, np.zeros(0, np.int64)
+        return to_host(levels), to_host(rule), np.zeros(0, np.int64)
     radix = [int(levels[:, j].max()) + 1 for j in range(k)] + [int(rule.max()) + 1]
     span = int(np.prod(np.array(radix, dtype=np.float64)))
     found_keys, found_counts = [], []
     for start in range(0, n, PATTERN_CHUNK):  # chunks bound the memory of the packed keys
         part = slice(start, start + PATTERN_CHUNK)
-        key = np.zeros(len(rule[part]), dtype=np.int64)
+        key = xp.zeros(len(rule[part]), dtype=xp.int64)
         for j in range(k):
             key *= radix[j]
             key += levels[part, j]
         key *= radix[-1]
         key += rule[part]
         if span <= 1 << 24:
-            counts = np.bincount(key, minlength=span)
-            keys = np.flatnonzero(counts)
+            counts = xp.bincount(key, minlength=span)
+            keys = xp.flatnonzero(counts)
             counts = counts[keys]
         else:
-            keys, counts = np.unique(key, return_counts=True)
-        found_keys.append(keys)
-        found_counts.append(counts)
+            keys, counts = xp.unique(key, return_counts=True)
+        found_keys.append(to_host(keys))
+        found_counts.append(to_host(counts))
     keys, inverse = np.unique(np.concatenate(found_keys), return_inverse=True)
     counts = np.bincount(inverse, weights=np.concatenate(found_counts)).astype(np.int64)
     rules = keys % radix[-1]
     keys //= radix[-1]
-    patterns = np.zeros((len(keys), k), dtype=levels.dtype)
+    patterns = np.zeros((len(keys), k), dtype=to_host(levels[:1]).dtype)
     for j in reversed(range(k)):
         patterns[:, j] = keys % radix[j]
         keys //= radix[j]
@@ -367,34 +371,45 @@ def training_warnings(comparisons: list[ComparisonModel]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
-def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels: np.ndarray, rule: np.ndarray,
-                   left: np.ndarray) -> np.ndarray:
+def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels, rule, left):
     """(n_pairs, n_comparisons) extra bits for exact agreement on a rarer (or commoner) value than
-    average: log2(u_random(exact) / frequency of the value), clipped to +/- TF_CLIP_BITS."""
-    out = np.zeros(levels.shape, dtype=np.float64)
+    average: log2(u_random(exact) / frequency of the value), clipped to +/- TF_CLIP_BITS.
+    Array-module generic (prepared comparisons in the same module as the levels)."""
+    xp = module_of(levels)
+    out = xp.zeros(levels.shape, dtype=xp.float64)
+    neutral = xp.asarray(model.neutral)
     for k, (c, p) in enumerate(zip(model.comparisons, prepared)):
         if not c.tf_adjust or p.frequency is None:
             continue
-        exact = (levels[:, k] == c.labels.index("exact")) & ~model.neutral[rule, k]
+        exact = (levels[:, k] == c.labels.index("exact")) & ~neutral[rule, k]
         freq = p.frequency[left[exact]]
-        out[exact, k] = np.clip(np.log2(c.u_random[c.labels.index("exact")] / freq), -TF_CLIP_BITS, TF_CLIP_BITS)
+        out[exact, k] = xp.clip(xp.log2(c.u_random[c.labels.index("exact")] / freq), -TF_CLIP_BITS, TF_CLIP_BITS)
     return out
 
 
-def comparison_weights(model: FSModel, levels: np.ndarray, rule: np.ndarray) -> np.ndarray:
+def comparison_weights(model: FSModel, levels, rule):
     """(n_pairs, n_comparisons) weight of each pair's level under its rule (without tf)."""
-    out = np.zeros(levels.shape, dtype=np.float64)
+    xp = module_of(levels)
+    out = xp.zeros(levels.shape, dtype=xp.float64)
     for k, table in enumerate(model.weight_table()):
-        out[:, k] = table[rule, levels[:, k]]
+        out[:, k] = xp.asarray(table)[rule, levels[:, k]]
     return out
 
 
-def match_weights(model: FSModel, levels: np.ndarray, rule: np.ndarray, tf: np.ndarray | None = None) -> np.ndarray:
-    total = model.prior_weights[rule] + comparison_weights(model, levels, rule).sum(axis=1)
+def match_weights(model: FSModel, levels, rule, tf=None):
+    """Prior weight + each comparison's weight (+ tf), added left to right in one fixed order so
+    that numpy and CuPy give bit-identical sums."""
+    xp = module_of(levels)
+    per_comparison = comparison_weights(model, levels, rule)
+    total = xp.asarray(model.prior_weights)[rule]
+    for k in range(per_comparison.shape[1]):
+        total = total + per_comparison[:, k]
     if tf is not None:
-        total += tf.sum(axis=1)
+        for k in range(tf.shape[1]):
+            total = total + tf[:, k]
     return total
 
 
-def probabilities(weights: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp2(-np.clip(weights, -1000, 1000)))
+def probabilities(weights):
+    xp = module_of(weights)
+    return 1.0 / (1.0 + xp.exp2(-xp.clip(weights, -1000, 1000)))

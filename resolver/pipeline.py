@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from resolver import __version__
+from resolver.backend.arrays import CPU, Backend, select_backend
+from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
@@ -363,7 +365,7 @@ def _match_probability(n_records: int, match, accepted_links: np.ndarray) -> np.
 
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
-            model_path: Path | None = None) -> Resolution:
+            model_path: Path | None = None, backend: Backend = CPU) -> Resolution:
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -371,7 +373,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         part.release_graph_inputs()  # what build_graph did not consume already
     n_records = len(records)
     with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
-        result = resolve_graph(n_records, nodes, edges, config.identity)
+        result = resolve_graph(n_records, nodes, edges, config.identity, backend=backend)
         entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
 
     match = None
@@ -379,7 +381,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     if config.matching is not None and config.matching.enabled:
         from resolver.matching import DECISIONS, match_records
 
-        match = match_records(records, result.labels, config, model_path, stage=log.stage)
+        match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend)
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -387,7 +389,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                               ignore_index=True)
             with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
                 result = resolve_graph(n_records, nodes, edges, config.identity, config.matching.link_limits,
-                                       config.matching.max_person_records)
+                                       config.matching.max_person_records, backend)
                 entry["rows_out"] = int(result.labels.max() + 1)
             cut = np.asarray(result.edge_status.codes[n_det_edges:]) == CUT
             match.decision[links[cut]] = DECISIONS.index("guard_cut")
@@ -434,7 +436,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                 "degree": result.degree,
             }
         )
-        persons = _persons(labels, is_person, label_keys, records, nodes, linked)
+        persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
         entry["rows_out"] = len(persons)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
@@ -490,27 +492,28 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
 
 def _persons(
     labels: np.ndarray, is_person: np.ndarray, label_keys: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame,
-    node_linked: np.ndarray,
+    node_linked: np.ndarray, backend: Backend = CPU,
 ) -> pd.DataFrame:
-    """One row per person, in person-id order, aggregated over the dense component labels."""
+    """One row per person, in person-id order, aggregated over the dense component labels (group-bys
+    by the backend: cuDF when installed on a GPU, else numpy on the host)."""
     n, k = len(records), len(is_person)
-    record_labels = labels[:n][is_person[labels[:n]]]
-    source_codes = pd.factorize(records["source"])[0][is_person[labels[:n]]]
-    n_sources = int(source_codes.max(initial=-1)) + 1
-    distinct_sources = np.unique(record_labels * max(n_sources, 1) + source_codes) // max(n_sources, 1)
-    id_labels = labels[n:][node_linked]
-    counts = {
-        "records": np.bincount(record_labels, minlength=k),
-        "sources": np.bincount(distinct_sources, minlength=k),
-        "identifiers": np.bincount(id_labels, minlength=k),
-        "events": np.bincount(id_labels, weights=nodes["anchored_events"].to_numpy()[node_linked], minlength=k).astype(np.int64),
-    }
-    first = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    of_person = is_person[labels[:n]]
+    never, nat = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    by_record = group_aggregate(backend.frames, labels[:n][of_person], {
+        "records": Aggregate(None, "count"),
+        "sources": Aggregate(pd.factorize(records["source"])[0][of_person], "nunique"),
+    }, k)
     first_seen = nodes["first_seen"].to_numpy().view(np.int64)[node_linked]
-    np.minimum.at(first, id_labels, np.where(first_seen == np.iinfo(np.int64).min, np.iinfo(np.int64).max, first_seen))
-    first = np.where(first == np.iinfo(np.int64).max, np.iinfo(np.int64).min, first)
-    last = np.full(k, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(last, id_labels, nodes["last_seen"].to_numpy().view(np.int64)[node_linked])
+    by_identifier = group_aggregate(backend.frames, labels[n:][node_linked], {
+        "identifiers": Aggregate(None, "count"),
+        "events": Aggregate(nodes["anchored_events"].to_numpy(np.int64)[node_linked], "sum"),
+        "first": Aggregate(np.where(first_seen == nat, never, first_seen), "min", fill=never),  # NaT: unknown
+        "last": Aggregate(nodes["last_seen"].to_numpy().view(np.int64)[node_linked], "max", fill=nat),
+    }, k)
+    counts = {name: agg[name] for agg, name in ((by_record, "records"), (by_record, "sources"),
+                                               (by_identifier, "identifiers"), (by_identifier, "events"))}
+    first = np.where(by_identifier["first"] == never, nat, by_identifier["first"])
+    last = by_identifier["last"]
     chosen = np.flatnonzero(is_person)
     chosen = chosen[np.argsort(label_keys[chosen], kind="stable")]
     return pd.DataFrame(
@@ -579,16 +582,20 @@ def plan_matching(config: Config):
     return build_blocking_keys(config.matching.blocking, match_attributes(records, config), active), len(records)
 
 
-def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None) -> Resolution:
-    """Resolve the configured sources and (by default) write the outputs atomically."""
+def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
+        backend: Backend | None = None) -> Resolution:
+    """Resolve the configured sources and (by default) write the outputs atomically. The backend
+    is config.run.backend unless one is given (a BackendUnavailable error says what is missing)."""
+    backend = backend or select_backend(config.run.backend)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
     parts = ingest_all(config, log, vocab)
-    res = resolve(config, parts, log, vocab, model_path)
+    res = resolve(config, parts, log, vocab, model_path, backend)
     res.summary = _summary(config, parts, res, log, run_id, started)
+    res.summary["backend"] = backend.describe()
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)
     if write:
         res.summary["output_dir"] = str(config.output_path())
