@@ -303,15 +303,13 @@ def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend
     On a GPU backend the pairs are made and stay on the device (arrays of backend.xp)."""
     xp = backend.xp
     lefts, rights, rules, per_rule = [], [], [], []
-    if backend.on_gpu_path:
-        keys = xp.asarray(blocking.keys)
-        labels = xp.asarray(np.asarray(labels, dtype=np.int64))
-        make = lambda r: rule_pairs_xp(xp, keys, r, labels)  # noqa: E731
-    else:
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
-        make = lambda r: rule_pairs(blocking, r, labels)  # noqa: E731
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    device_keys, device_labels = (xp.asarray(blocking.keys), xp.asarray(labels)) if backend.on_gpu_path else (None, None)
     for r in range(len(blocking.rules)):
-        left, right = make(r)
+        if backend.on_gpu_path:
+            left, right = rule_pairs_xp(xp, device_keys, r, device_labels)
+        else:
+            left, right = rule_pairs(blocking, r, labels)
         lefts.append(left)
         rights.append(right)
         rules.append(xp.full(len(left), r, dtype=xp.int8))

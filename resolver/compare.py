@@ -43,7 +43,7 @@ class PreparedComparison:
     def n_levels(self) -> int:
         return len(self.labels)
 
-    def on(self, xp: ModuleType) -> "PreparedComparison":
+    def on(self, xp: ModuleType) -> PreparedComparison:
         """This comparison with its per-record arrays in `xp` (moved to the GPU once for CuPy);
         the text values stay on the host for explanations."""
         if xp is np:

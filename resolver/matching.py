@@ -17,7 +17,12 @@ import pandas as pd
 
 from resolver.attributes import match_attributes
 from resolver.backend.arrays import CPU, Backend, module_of, to_host
-from resolver.blocking import BlockingKeys, CandidatePairs, build_blocking_keys, candidate_pairs
+from resolver.blocking import (
+    BlockingKeys,
+    CandidatePairs,
+    build_blocking_keys,
+    candidate_pairs,
+)
 from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.config import Config, ModelOptions
 from resolver.model import (
@@ -26,7 +31,6 @@ from resolver.model import (
     FSModel,
     candidate_u,
     comparison_weights,
-    without_matches,
     default_m,
     expectation_maximisation,
     floored,
@@ -38,6 +42,7 @@ from resolver.model import (
     same_person_pairs,
     tf_adjustments,
     training_warnings,
+    without_matches,
 )
 
 DECISIONS = ("link", "review", "no_link", "guard_cut")

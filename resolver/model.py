@@ -120,7 +120,7 @@ class FSModel:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path, prepared: list[PreparedComparison], rules: list[str]) -> "FSModel":
+    def load(cls, path: Path, prepared: list[PreparedComparison], rules: list[str]) -> FSModel:
         """A saved model; its rules, comparisons and levels must be exactly the configured ones."""
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
