@@ -34,7 +34,7 @@ HERE = Path(__file__).parent
 def _simulated_comparison(config: Path, *extra: str) -> dict:
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(HERE.parent)}
     proc = subprocess.run(
-        [sys.executable, str(HERE / "_cudasim_backend.py"), str(config), "--u-sample-pairs", "1000", *extra],
+        [sys.executable, str(HERE / "_backend_equivalence.py"), str(config), "--u-sample-pairs", "1000", *extra],
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

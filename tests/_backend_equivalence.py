@@ -1,7 +1,7 @@
 """Resolve one dataset on the cpu backend and on the gpu backend's code paths, and print how their
 outputs compare as JSON.
 
-    NUMBA_ENABLE_CUDASIM=1 python tests/_cudasim_backend.py CONFIG [--u-sample-pairs N] [--permissive]
+    NUMBA_ENABLE_CUDASIM=1 python tests/_backend_equivalence.py CONFIG [--u-sample-pairs N] [--permissive]
 
 Without a GPU the gpu backend runs simulated (numpy arrays, CUDA kernels in numba's simulator,
 group-bys through the cuDF code path on pandas); on a GPU (no simulator) it is the real gpu
