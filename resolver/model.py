@@ -383,7 +383,8 @@ def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels, r
             continue
         exact = (levels[:, k] == c.labels.index("exact")) & ~neutral[rule, k]
         freq = p.frequency[left[exact]]
-        out[exact, k] = xp.clip(xp.log2(c.u_random[c.labels.index("exact")] / freq), -TF_CLIP_BITS, TF_CLIP_BITS)
+        u_exact = float(c.u_random[c.labels.index("exact")])
+        out[exact, k] = xp.clip(xp.log2(u_exact / freq), -TF_CLIP_BITS, TF_CLIP_BITS)
     return out
 
 

@@ -37,9 +37,9 @@ __all__ = [
 
 _CHUNK = 2048  # pairs per CPU task: large enough to amortise the scratch allocation
 _SERIAL_MAX = 2048  # rows or pairs up to which the CPU runs one thread (see _parallel_and_serial)
-_SCRATCH_BUDGET = 256 * 2**20  # bytes of CUDA scratch; caps the thread count for very long strings
+_SCRATCH_BUDGET = 2**30  # bytes of CUDA scratch; caps the thread count for very long strings
 _THREADS_PER_BLOCK = 128
-_MAX_CUDA_THREADS = 128 * 1024
+_MAX_CUDA_THREADS = 1 << 20  # enough resident threads for the largest GPUs (H200: 132 SMs x 2048)
 
 
 # ----------------------------------------------------------------------------------------------
