@@ -51,8 +51,8 @@ def _dataframe(df: ModuleType, key: np.ndarray, specs: dict[str, Aggregate], n_g
     columns = {"key": key}
     agg = {}
     for name, spec in specs.items():
-        columns[name] = key if spec.how == "count" else spec.values
-        agg[name] = "size" if spec.how == "count" else spec.how
+        columns[name] = key if spec.how == "count" else spec.values  # "count" of a never-null copy of the key
+        agg[name] = spec.how
     frame = df.DataFrame(columns)
     grouped = frame.groupby("key", sort=True).agg(agg)
     if hasattr(grouped, "to_pandas"):  # cuDF
