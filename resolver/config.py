@@ -267,14 +267,43 @@ class MatchingConfig(_Strict):
         return self
 
     def normalizer(self, attribute: str) -> str:
-        if attribute in self.normalizers:
-            return self.normalizers[attribute]
-        lowered = attribute.lower()
-        for needle, kind in (("email", "email"), ("phone", "phone"), ("birth", "date"), ("date", "date"),
-                             ("dob", "date"), ("name", "name"), ("latitude", "number"), ("longitude", "number")):
-            if needle in lowered:
-                return kind
-        return "text"
+        return self.normalizers.get(attribute) or attribute_kind(attribute)
+
+
+def attribute_kind(attribute: str) -> str:
+    """The normalizer an attribute gets from its name (…email -> email, …phone -> phone,
+    …date/birth/dob -> date, …name -> name, latitude/longitude -> number, else text)."""
+    lowered = attribute.lower()
+    for needle, kind in (("email", "email"), ("phone", "phone"), ("birth", "date"), ("date", "date"),
+                         ("dob", "date"), ("name", "name"), ("latitude", "number"), ("longitude", "number")):
+        if needle in lowered:
+            return kind
+    return "text"
+
+
+SURVIVORSHIP_RULES = ("source_priority", "most_recent", "most_frequent", "longest", "first_non_null")
+SurvivorshipRule = Literal[SURVIVORSHIP_RULES]  # type: ignore[valid-type]
+
+
+class GoldenConfig(_Strict):
+    """Survivorship: which record's value becomes the golden value of each field.
+
+    A field's rules form a fallback chain: each keeps the best candidates by its criterion and hands
+    ties to the next; the record first in source order breaks what ties remain. Missing values never
+    win while any record has one."""
+
+    rules: list[SurvivorshipRule] = Field(default_factory=lambda: ["source_priority", "most_recent", "most_frequent"],
+                                          min_length=1)
+    fields: dict[str, list[SurvivorshipRule]] = Field(default_factory=dict)  # per-field chains
+    # Sources, most trusted first; sources not listed follow, by `trust` (lower first), then config order.
+    source_priority: list[str] = Field(default_factory=list)
+    # Persons whose values of these fields differ by a Jaro-Winkler similarity below name_similarity
+    # are flagged for manual review in conflicts.parquet and golden_records.parquet.
+    name_fields: list[str] = Field(default_factory=lambda: ["first_name", "last_name"])
+    name_similarity: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    def chain(self, field: str) -> list[str]:
+        return self.fields.get(field, self.rules)
 
 
 class RunOptions(_Strict):
@@ -289,6 +318,7 @@ class Config(_Strict):
     sources: list[SourceConfig]
     identity: IdentityConfig
     matching: MatchingConfig | None = None
+    golden: GoldenConfig = Field(default_factory=GoldenConfig)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -307,6 +337,13 @@ class Config(_Strict):
                 )
         if self.matching is not None:
             self._check_matching(self.matching, known)
+        attributes = {a for s in self.sources if s.kind == "records" for a in s.attributes}
+        missing = sorted(set(self.golden.fields) - attributes)
+        if missing:
+            raise ValueError(f"golden.fields: no records source has attribute(s) {missing}")
+        unknown_sources = sorted(set(self.golden.source_priority) - set(names))
+        if unknown_sources:
+            raise ValueError(f"golden.source_priority names unknown sources {unknown_sources}")
         return self
 
     def _check_matching(self, matching: MatchingConfig, known: set[str]) -> None:

@@ -25,6 +25,7 @@ from resolver.backend.arrays import CPU, Backend, select_backend
 from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
+from resolver.golden import build_golden
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
@@ -74,7 +75,10 @@ class Resolution:
     scored_pairs: pd.DataFrame | None = None
     blocking_keys: pd.DataFrame | None = None
     model: object | None = None  # the FSModel, saved as model.json
+    golden_records: pd.DataFrame | None = None
+    conflicts: pd.DataFrame | None = None
     matching: dict | None = None  # run-summary section
+    golden: dict | None = None  # run-summary section
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -439,9 +443,15 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
         entry["rows_out"] = len(persons)
 
+    with log.stage("golden records", rows_in=n_records) as entry:
+        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config)
+        entry["rows_out"] = len(golden.conflicts)
+
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
     actions = _concat([a for p in parts for a in p.actions] + [result.actions], ACTION_COLUMNS)
-    resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={})
+    resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
+                            golden_records=golden.golden_records, conflicts=golden.conflicts)
+    resolution.golden = golden.summary
     if match is not None:
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
@@ -560,6 +570,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
         "identifiers": {k: int(v) for k, v in res.identifier_map["status"].value_counts().to_dict().items()},
         "policy_actions": {k: int(v) for k, v in res.policy_actions["action"].value_counts().to_dict().items()},
         "matching": res.matching,
+        "golden": res.golden,
         "stages": log.stages,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_worker_rss_mb": round(_peak_rss_mb("children"), 1),

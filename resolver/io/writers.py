@@ -19,6 +19,8 @@ OUTPUT_TABLES = {
     "identity_map": "identity_map.parquet",
     "identifier_map": "identifier_map.parquet",
     "persons": "persons.parquet",
+    "golden_records": "golden_records.parquet",
+    "conflicts": "conflicts.parquet",
     "policy_actions": "policy_actions.parquet",
     "rejects": "rejects.parquet",
     # probabilistic matching (written when it ran)

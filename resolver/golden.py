@@ -1,0 +1,266 @@
+"""Golden records: one row per person with each field's surviving value and its provenance, and the
+conflict log of every field whose records disagree.
+
+For each field, the candidates are a person's active records that hold a usable value. Values are
+compared in match form (normalized by the attribute's kind: "JOHN" and "john" agree, a junk email
+is no value). The field's rule chain (golden.fields, else golden.rules) ranks the candidates; each
+rule keeps the best and hands ties to the next, and the record first in source order breaks what
+ties remain. The deciding rule is the first one after which every remaining candidate holds the
+chosen value ("agreement" when all candidates agree from the start, "tiebreak" when no rule decides).
+
+Rules: source_priority (golden.source_priority, then source trust), most_recent (record timestamp),
+most_frequent (value held by most of the person's records), longest (most characters),
+first_non_null (first record in source order: configured source order, then file and row).
+
+Displayed values: emails, phones, dates and numbers in their normalized form (E.164, ISO dates);
+names and text as the winning record wrote them, trimmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from resolver.attributes import normalize_attribute
+from resolver.config import Config, attribute_kind
+
+NORMALIZED_DISPLAY = ("email", "phone", "date", "number")
+_BIG = np.iinfo(np.int64).max
+
+
+@dataclass
+class GoldenResult:
+    golden_records: pd.DataFrame
+    conflicts: pd.DataFrame
+    summary: dict
+
+
+def golden_fields(config: Config) -> list[str]:
+    """Every attribute of a records source, in config order."""
+    fields: list[str] = []
+    for source in config.sources:
+        if source.kind == "records":
+            fields.extend(source.attributes)
+    return list(dict.fromkeys(fields))
+
+
+def field_kind(config: Config, field: str) -> str:
+    return config.matching.normalizer(field) if config.matching is not None else attribute_kind(field)
+
+
+def source_ranks(config: Config) -> dict[str, int]:
+    """Source name -> rank (0 = most trusted): golden.source_priority first, then trust, then order."""
+    listed = list(config.golden.source_priority)
+    rest = sorted((s for s in config.sources if s.name not in listed),
+                  key=lambda s: (s.trust, [x.name for x in config.sources].index(s.name)))
+    return {name: rank for rank, name in enumerate(listed + [s.name for s in rest])}
+
+
+@dataclass
+class _Candidates:
+    """One row per (record, field value) a person could take its value from."""
+
+    person: np.ndarray  # dense person index
+    record: np.ndarray  # record_id
+    key: np.ndarray  # int64 code of the value in match form (equal codes: the same value)
+    display: pd.Series  # the value as shown in the golden record
+
+
+def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kind: str, config: Config) -> _Candidates:
+    raw = records[field].reset_index(drop=True) if field in records else pd.Series(pd.NA, index=range(len(records)), dtype="str")
+    normalized = normalize_attribute(kind, raw, config)
+    usable = (person_index >= 0) & normalized.notna().to_numpy()
+    if kind not in NORMALIZED_DISPLAY:
+        trimmed = raw.astype("str").str.strip()
+        usable &= (trimmed.fillna("") != "").to_numpy()
+    rows = np.flatnonzero(usable)
+    match_form = normalized.iloc[rows].reset_index(drop=True)
+    if kind == "number":
+        display = match_form.map(lambda v: f"{v:g}").astype("str")
+    elif kind in NORMALIZED_DISPLAY:
+        display = match_form.astype("str")
+    else:
+        display = raw.iloc[rows].astype("str").str.strip().reset_index(drop=True)
+    key = pd.factorize(match_form.astype("str"))[0].astype(np.int64)
+    return _Candidates(person_index[rows], rows.astype(np.int64), key, display)
+
+
+def _rule_scores(rule: str, c: _Candidates, records: pd.DataFrame, ranks: np.ndarray) -> np.ndarray:
+    """Per candidate: lower is better under `rule`."""
+    if rule == "source_priority":
+        return ranks[c.record]
+    if rule == "most_recent":
+        ts = records["timestamp"].to_numpy("datetime64[ns]").view(np.int64)[c.record]
+        return np.where(ts == np.iinfo(np.int64).min, _BIG, -ts)  # unknown time: least recent
+    if rule == "most_frequent":
+        pair = c.person * (int(c.key.max(initial=0)) + 1) + c.key
+        _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
+        return -counts[inverse.reshape(-1)]
+    if rule == "longest":
+        return -c.display.str.len().to_numpy(np.int64)
+    if rule == "first_non_null":
+        return c.record
+    raise ValueError(f"unknown survivorship rule {rule!r}")
+
+
+def _survive(c: _Candidates, chain: list[str], records: pd.DataFrame, ranks: np.ndarray, n_persons: int):
+    """Winner row per person (-1 = no candidate) and the index of the deciding rule per person
+    (len(chain) = tiebreak, -1 = agreement or no candidate)."""
+    scores = [_rule_scores(rule, c, records, ranks) for rule in chain]
+    order = np.lexsort((c.record, *reversed(scores), c.person))
+    person_sorted = c.person[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = person_sorted[1:] != person_sorted[:-1]
+    winner = np.full(n_persons, -1, dtype=np.int64)
+    winner[person_sorted[first]] = order[first]
+
+    has = winner >= 0
+    win_of = winner[c.person]  # per candidate: its person's winning row
+    differs = c.key != c.key[win_of]
+    distinct = np.bincount(c.person[differs], minlength=n_persons) > 0
+    deciding = np.full(n_persons, -1, dtype=np.int64)
+    undecided = distinct.copy()
+    tied = np.ones(len(c.person), dtype=bool)
+    for k, score in enumerate(scores):
+        tied &= score == score[win_of]
+        still = np.bincount(c.person[tied & differs], minlength=n_persons) > 0
+        decided_now = undecided & ~still
+        deciding[decided_now] = k
+        undecided &= still
+    deciding[undecided] = len(chain)
+    return winner, deciding, has, distinct
+
+
+def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
+    """Jaro-Winkler of each pair of lower-cased names; a known nickname of the other (Larry and
+    Lawrence) counts as 1."""
+    from resolver.compare import nickname_groups
+    from resolver.kernels.strings import encode, jaro_winkler
+
+    both = pd.concat([values_a, values_b], ignore_index=True)
+    n = len(values_a)
+    similarity = jaro_winkler(encode(both), np.arange(n), np.arange(n, 2 * n))
+    groups = nickname_groups()
+    nickname = [bool(set(groups.get(a, ())) & set(groups.get(b, ()))) for a, b in zip(values_a.fillna(""), values_b.fillna(""))]
+    return np.where(np.array(nickname, dtype=bool), 1.0, similarity)
+
+
+def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config) -> GoldenResult:
+    """Golden records (one row per person, in person_ids order) and the conflict log.
+
+    records: the run's records (record_id order) with source, record_key, timestamp, is_deleted and
+    the raw attribute columns; record_person: person id per record (NA for records in no person);
+    person_ids: every person, in output order."""
+    golden = config.golden
+    index_of = pd.Index(person_ids.astype("str"))
+    person_index = index_of.get_indexer(record_person.astype("str").fillna("\x00"))
+    person_index = np.where(record_person.isna().to_numpy() | records["is_deleted"].to_numpy(bool), -1, person_index)
+    n_persons = len(person_ids)
+    rank_of = source_ranks(config)
+    ranks = records["source"].astype("str").map(rank_of).to_numpy(np.int64)
+    sources = records["source"].astype("str").to_numpy(object)
+
+    out = {"person_id": person_ids.reset_index(drop=True)}
+    conflict_parts = []
+    flagged = np.zeros(n_persons, dtype=bool)
+    conflicting = np.zeros(n_persons, dtype=np.int64)
+    per_field = {}
+    for field in golden_fields(config):
+        kind = field_kind(config, field)
+        chain = golden.chain(field)
+        c = _candidates(records, person_index, field, kind, config)
+        winner, deciding, has, distinct = _survive(c, chain, records, ranks, n_persons)
+        labels = np.array(["agreement", *chain, "tiebreak"], dtype=object)
+        rule = np.where(has, labels[np.where(distinct, deciding + 1, 0)], None)
+        out.update(_field_columns(field, c, winner, has, rule, records, sources))
+        conflicting += distinct
+        per_field[field] = {"persons_with_value": int(has.sum()), "conflicts": int(distinct.sum())}
+
+        if distinct.any():
+            part, needs_review = _conflicts(field, c, winner, distinct, rule, sources, person_ids,
+                                            field in golden.name_fields, golden.name_similarity)
+            conflict_parts.append(part)
+            flagged |= needs_review
+    golden_records = pd.DataFrame(out)
+    golden_records["conflicting_fields"] = conflicting
+    golden_records["needs_review"] = flagged
+    conflicts = pd.concat(conflict_parts, ignore_index=True) if conflict_parts else _empty_conflicts()
+    summary = {"persons": n_persons, "persons_with_conflicts": int((conflicting > 0).sum()),
+               "persons_flagged_for_review": int(flagged.sum()), "fields": per_field}
+    return GoldenResult(golden_records, conflicts, summary)
+
+
+def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarray, rule: np.ndarray,
+                   records: pd.DataFrame, sources: np.ndarray) -> dict:
+    """The field's golden value and its provenance (source, record key, timestamp, rule)."""
+    if not len(c.record):
+        has = np.zeros(len(winner), dtype=bool)
+        winner = np.zeros(len(winner), dtype=np.int64)
+        c = _Candidates(c.person, np.zeros(1, np.int64), c.key, pd.Series([None], dtype="str"))
+    win_record = c.record[np.where(has, winner, 0)]
+
+    def text(values: np.ndarray) -> pd.Series:
+        return pd.Series(np.where(has, values, None), dtype="str")
+
+    timestamps = records["timestamp"].to_numpy("datetime64[ns]")[win_record] if len(records) else win_record.astype("datetime64[ns]")
+    return {
+        field: text(c.display.to_numpy(object)[np.where(has, winner, 0)]),
+        f"{field}__source": text(sources[win_record] if len(records) else np.full(len(has), None)),
+        f"{field}__record_key": text(records["record_key"].astype("str").to_numpy(object)[win_record]
+                                     if len(records) else np.full(len(has), None)),
+        f"{field}__timestamp": np.where(has, timestamps, np.datetime64("NaT")).astype("datetime64[ns]"),
+        f"{field}__rule": pd.Series(rule, dtype="str"),
+    }
+
+
+CONFLICT_COLUMNS = ["person_id", "field", "value", "records", "sources", "chosen", "chosen_value", "rule",
+                    "similarity_to_chosen", "needs_review"]
+
+
+def _empty_conflicts() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+        CONFLICT_COLUMNS, ["str", "str", "str", "int64", "str", "bool", "str", "str", "float64", "bool"])})
+
+
+def _conflicts(field: str, c: _Candidates, winner: np.ndarray, distinct: np.ndarray, rule: np.ndarray,
+               sources: np.ndarray, person_ids: pd.Series, is_name: bool, threshold: float):
+    """One row per distinct value of the field in each person whose records disagree."""
+    rows = np.flatnonzero(distinct[c.person])
+    frame = pd.DataFrame({
+        "person": c.person[rows], "key": c.key[rows], "value": c.display.to_numpy(object)[rows],
+        "source": sources[c.record[rows]], "record": c.record[rows],
+    })
+    # The shown form of a value: the one from its first record in source order.
+    frame = frame.sort_values(["person", "key", "record"], kind="stable")
+    grouped = frame.groupby(["person", "key"], sort=True)
+    values = grouped.agg(value=("value", "first"), records=("record", "size"))
+    values["sources"] = grouped["source"].agg(lambda s: ",".join(sorted(set(s))))
+    values = values.reset_index()
+    person = values["person"].to_numpy(np.int64)
+    win = winner[person]
+    chosen_key = c.key[win]
+    chosen_value = c.display.to_numpy(object)[win]
+    table = pd.DataFrame({
+        "person_id": person_ids.to_numpy(object)[person],
+        "field": field,
+        "value": values["value"].to_numpy(object),
+        "records": values["records"].to_numpy(np.int64),
+        "sources": values["sources"].to_numpy(object),
+        "chosen": values["key"].to_numpy(np.int64) == chosen_key,
+        "chosen_value": chosen_value,
+        "rule": rule[person],
+    })
+    table["similarity_to_chosen"] = np.nan
+    needs_review = np.zeros(len(winner), dtype=bool)
+    if is_name:
+        sim = _name_similarities(pd.Series(table["value"].str.lower(), dtype="str"),
+                                 pd.Series(pd.Series(chosen_value).str.lower(), dtype="str"))
+        table["similarity_to_chosen"] = sim
+        low = (sim < threshold) & ~table["chosen"].to_numpy()
+        needs_review[person[low]] = True
+    table["needs_review"] = needs_review[person]
+    for column in ("person_id", "value", "sources", "chosen_value", "rule"):
+        table[column] = table[column].astype("str")
+    return table, needs_review
