@@ -27,11 +27,12 @@ def _console(args) -> Console:
     return Console(stderr=True, quiet=getattr(args, "quiet", False))
 
 
-def _run_pipeline(config, console: Console, model_path: Path | None = None):
+def _run_pipeline(config, console: Console, model_path: Path | None = None, state_dir: Path | None = None):
     from resolver.pipeline import run
 
     with console.status("resolving") as status:
-        return run(config, report=lambda stage: status.update(f"[bold]{stage}"), model_path=model_path)
+        return run(config, report=lambda stage: status.update(f"[bold]{stage}"), model_path=model_path,
+                   state_dir=state_dir)
 
 
 def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True) -> dict:
@@ -118,7 +119,8 @@ def cmd_run(args) -> int:
         config.identity.guards = False
     if args.backend:
         config.run.backend = args.backend
-    res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None)
+    res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
+                        state_dir=Path(args.state) if args.state else config.state_path())
     console.print(_summary_table(res.summary, None))
     _print_warnings(console, res.summary)
     console.print(f"outputs: {config.output_path()}")
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (overrides run.output_dir)")
     run.add_argument("--no-guards", action="store_true", help="switch off identifier limits and hub caps")
     run.add_argument("--model", help="a model.json from an earlier run: score with it, skip training")
+    run.add_argument("--state", help="state directory: start from the previous run's (persistent person ids), "
+                                     "then commit this run's (default: run.state_dir)")
     run.set_defaults(func=cmd_run)
 
     plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.config import ConfigError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
+    from resolver.state import StateError
 
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
@@ -250,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_CONFIG
+    except StateError as exc:
+        console.print(f"[red]state error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_CONFIG
     except ModelError as exc:
         console.print(f"[red]model error:[/red] {escape(str(exc))}", highlight=False)

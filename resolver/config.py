@@ -310,6 +310,7 @@ class RunOptions(_Strict):
     output_dir: str = "out"
     default_region: str = "US"
     workers: int = Field(default=2, ge=1)  # processes that read and normalize source files in parallel
+    state_dir: str | None = None  # persistent ids, lineage, erasure tombstones (see `--state`)
     backend: Literal["cpu", "gpu", "auto"] = "auto"  # where the hot stages run (auto: gpu when CuPy sees one)
 
 
@@ -370,6 +371,12 @@ class Config(_Strict):
         if not pattern.is_absolute():
             pattern = self.base_dir / pattern
         return sorted(Path(p) for p in glob.glob(str(pattern)))
+
+    def state_path(self) -> Path | None:
+        if not self.run.state_dir:
+            return None
+        state = Path(self.run.state_dir)
+        return state if state.is_absolute() else self.base_dir / state
 
     def output_path(self) -> Path:
         out = Path(self.run.output_dir)

@@ -26,6 +26,7 @@ from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
 from resolver.golden import build_golden
+from resolver.state import State, StateStore, carry_ids
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
@@ -79,6 +80,8 @@ class Resolution:
     conflicts: pd.DataFrame | None = None
     matching: dict | None = None  # run-summary section
     golden: dict | None = None  # run-summary section
+    carried: object | None = None  # CarriedIds when the run started from a state
+    lineage: pd.DataFrame | None = None  # every merge and split so far (with a state)
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -309,6 +312,18 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     return records, nodes, edges
 
 
+def _label_age(labels: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
+    """Per label, the earliest time any member was seen (record timestamp, identifier first_seen);
+    unknown times count as newest."""
+    never = np.iinfo(np.int64).max
+    times = np.concatenate([records["timestamp"].to_numpy("datetime64[ns]").view(np.int64),
+                            nodes["first_seen"].to_numpy("datetime64[ns]").view(np.int64)])
+    times = np.where(times == np.iinfo(np.int64).min, never, times)
+    out = np.full(int(labels.max()) + 1 if len(labels) else 0, never, dtype=np.int64)
+    np.minimum.at(out, labels, times)
+    return out
+
+
 def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
     record_keys = np.zeros(len(records), dtype=np.uint64)
     for source, idx in records.groupby("source", sort=False).indices.items():
@@ -369,7 +384,8 @@ def _match_probability(n_records: int, match, accepted_links: np.ndarray) -> np.
 
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
-            model_path: Path | None = None, backend: Backend = CPU) -> Resolution:
+            model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
+            run_id: str = "", now: pd.Timestamp | None = None) -> Resolution:
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -410,7 +426,18 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         is_person = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
         is_person[labels[is_person_member]] = True
         no_person = ~is_person[labels]
-        label_keys = smallest_member_keys(labels, _member_keys(records, nodes))
+        member_keys = _member_keys(records, nodes)
+        label_keys = smallest_member_keys(labels, member_keys)
+        node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
+        linked = node_status == 0
+        carried = None
+        if previous is not None:  # persistent ids: this run's persons take the previous run's ids
+            is_member = np.concatenate([active, linked])
+            is_record = np.arange(len(labels)) < n_records
+            carried = carry_ids(previous, labels, member_keys, is_member, is_record, label_keys,
+                                _label_age(labels, records, nodes), is_person, run_id,
+                                now if now is not None else pd.Timestamp.now(tz="UTC"))
+            label_keys = carried.label_keys
         pid = format_person_ids(label_keys[labels], missing=no_person)
 
         # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
@@ -424,8 +451,6 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             accepted = match.decision == DECISIONS.index("link")
             identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
 
-        node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
-        linked = node_status == 0
         identifier_map = pd.DataFrame(
             {
                 "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
@@ -452,6 +477,9 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
+    resolution.carried = carried
+    if carried is not None:
+        resolution.lineage = pd.concat([previous.lineage, carried.lineage], ignore_index=True)
     if match is not None:
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
@@ -594,23 +622,36 @@ def plan_matching(config: Config):
 
 
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
-        backend: Backend | None = None) -> Resolution:
+        backend: Backend | None = None, state_dir: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
-    is config.run.backend unless one is given (a BackendUnavailable error says what is missing)."""
+    is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
+
+    With a state directory the run starts from the previous run's state (persistent person ids)
+    and, once the outputs are written, commits its own state there (atomically)."""
     backend = backend or select_backend(config.run.backend)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    store = StateStore(state_dir) if state_dir is not None else None
+    previous = store.load() if store is not None else None
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
     parts = ingest_all(config, log, vocab)
-    res = resolve(config, parts, log, vocab, model_path, backend)
+    res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started))
     res.summary = _summary(config, parts, res, log, run_id, started)
     res.summary["backend"] = backend.describe()
+    if res.carried is not None:
+        res.summary["persistent_ids"] = {"state": str(state_dir), "previous_run": previous.run_id, **res.carried.counts}
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)
     if write:
         res.summary["output_dir"] = str(config.output_path())
         write_outputs(config.output_path(), res)
+        if store is not None:
+            store.commit(_next_state(previous, res), run_id)
     return res
 
 
+def _next_state(previous: State, res: Resolution) -> State:
+    return State(members=res.carried.members, persons=res.carried.persons, lineage=res.lineage,
+                 tombstones=previous.tombstones, audit=previous.audit, salt=previous.salt,
+                 runs=previous.runs + 1)

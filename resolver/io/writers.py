@@ -23,6 +23,7 @@ OUTPUT_TABLES = {
     "conflicts": "conflicts.parquet",
     "policy_actions": "policy_actions.parquet",
     "rejects": "rejects.parquet",
+    "lineage": "lineage.parquet",  # with a state: every merge and split so far
     # probabilistic matching (written when it ran)
     "match_links": "match_links.parquet",
     "review_queue": "review_queue.parquet",
