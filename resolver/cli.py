@@ -191,6 +191,21 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def cmd_forget(args) -> int:
+    from resolver.config import load_config
+    from resolver.erasure import forget
+
+    console = _console(args)
+    config = load_config(args.config)
+    if args.out:
+        config.run.output_dir = str(Path(args.out).resolve())
+    kind, value = next((k, getattr(args, k)) for k in ("email", "phone", "person", "record") if getattr(args, k))
+    entry = forget(config, Path(args.state) if args.state else config.state_path(), kind, value)
+    console.print(f"forgot {entry['persons']} person(s): {entry['records']} record(s), {entry['identifiers']} "
+                  f"identifier(s), {entry['review_items']} review item(s); tombstones kept in the state")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resolver", description="Customer identity resolution for CRM and CDP data.")
     parser.add_argument("--version", action="version", version=f"resolver {__version__}")
@@ -220,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "then commit this run's (default: run.state_dir)")
     run.set_defaults(func=cmd_run)
 
+    forget = common(sub.add_parser("forget", help="erase a person (GDPR/CCPA) from the outputs and the state"))
+    forget.add_argument("--config", required=True)
+    forget.add_argument("--state", help="state directory (default: run.state_dir)")
+    forget.add_argument("--out", help="output folder (default: run.output_dir)")
+    selector = forget.add_mutually_exclusive_group(required=True)
+    selector.add_argument("--email")
+    selector.add_argument("--phone")
+    selector.add_argument("--person", help="a person id (p + 16 hex digits)")
+    selector.add_argument("--record", help="a record key (e.g. a Salesforce Id)")
+    forget.set_defaults(func=cmd_forget)
+
     plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))
     plan.add_argument("--config", required=True)
     plan.set_defaults(func=cmd_plan)
@@ -247,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.config import ConfigError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
+    from resolver.erasure import ErasureError
     from resolver.state import StateError
 
     args = build_parser().parse_args(argv)
@@ -255,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_CONFIG
+    except ErasureError as exc:
+        console.print(f"[red]erasure error:[/red] {escape(str(exc))}", highlight=False)
         return EXIT_CONFIG
     except StateError as exc:
         console.print(f"[red]state error:[/red] {escape(str(exc))}", highlight=False)

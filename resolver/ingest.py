@@ -83,6 +83,7 @@ class SourceTables:
     actions: list[pd.DataFrame] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read / normalize time of this part
     resolved: int = 0  # input rows this part resolved: its records, or its events
+    suppressed: int = 0  # records dropped because they match an erasure tombstone
 
     def release_graph_inputs(self) -> None:
         """Drop what only the graph build needs, once it is built (memory)."""

@@ -25,6 +25,7 @@ from resolver.backend.arrays import CPU, Backend, select_backend
 from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
+from resolver.erasure import suppress
 from resolver.golden import build_golden
 from resolver.state import State, StateStore, carry_ids
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
@@ -568,15 +569,17 @@ def _persons(
 def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: StageLog, run_id: str, started: datetime) -> dict:
     per_source: dict[str, dict] = {}
     for p in parts:
-        entry = per_source.setdefault(p.name, {"rows_read": 0, "resolved": 0, "rejected": 0})
+        entry = per_source.setdefault(p.name, {"rows_read": 0, "resolved": 0, "rejected": 0, "suppressed": 0})
         entry["rows_read"] += p.rows_read
         entry["resolved"] += p.resolved
+        entry["suppressed"] += p.suppressed
     for name, entry in per_source.items():
         entry["rejected"] = int((res.rejects["source"] == name).sum())
-        entry["accounted"] = entry["rows_read"] == entry["resolved"] + entry["rejected"]
+        entry["accounted"] = entry["rows_read"] == entry["resolved"] + entry["rejected"] + entry["suppressed"]
     read = sum(s["rows_read"] for s in per_source.values())
     resolved = sum(s["resolved"] for s in per_source.values())
     rejected = sum(s["rejected"] for s in per_source.values())
+    suppressed = sum(s["suppressed"] for s in per_source.values())
     status_counts = res.identity_map["status"].value_counts().to_dict()
     sizes = res.persons["records"] if len(res.persons) else pd.Series(dtype=int)
     return {
@@ -585,7 +588,8 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
         "started": started.isoformat(),
         "finished": datetime.now(timezone.utc).isoformat(),
         "guards": config.identity.guards,
-        "rows": {"read": read, "resolved": resolved, "rejected": rejected, "accounted": read == resolved + rejected},
+        "rows": {"read": read, "resolved": resolved, "rejected": rejected, "suppressed": suppressed,
+                 "accounted": read == resolved + rejected + suppressed},
         "sources": per_source,
         "records": {k: int(v) for k, v in status_counts.items()},
         "events": int(sum(p.events for p in parts)),
@@ -637,9 +641,16 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
     parts = ingest_all(config, log, vocab)
+    suppressed = None
+    if previous is not None and len(previous.tombstones):
+        with log.stage("erasure: suppress tombstoned data") as entry:
+            suppressed = suppress(parts, previous.tombstones, previous.salt)
+            entry["rows_out"] = suppressed.records
     res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started))
     res.summary = _summary(config, parts, res, log, run_id, started)
     res.summary["backend"] = backend.describe()
+    if suppressed is not None:
+        res.summary["suppressed"] = suppressed.as_dict()
     if res.carried is not None:
         res.summary["persistent_ids"] = {"state": str(state_dir), "previous_run": previous.run_id, **res.carried.counts}
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)

@@ -108,8 +108,9 @@ class StateStore:
                 raise StateError(f"{folder / (name + '.parquet')}: cannot read: {exc}") from exc
         return State(**tables, salt=manifest["salt"], run_id=manifest.get("run_id"), runs=manifest.get("runs", 0))
 
-    def commit(self, state: State, run_id: str) -> Path:
-        """Write `state` as the new live version (atomically) and return its folder."""
+    def commit(self, state: State, run_id: str, keep: int = KEEP_VERSIONS) -> Path:
+        """Write `state` as the new live version (atomically) and return its folder; only the
+        `keep` newest versions stay (an erasure keeps 1, so no older version holds the person)."""
         self.versions.mkdir(parents=True, exist_ok=True)
         staging = self.versions / f".tmp-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
@@ -133,13 +134,13 @@ class StateStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._prune(keep=name)
+        self._prune(live=name, keep=keep)
         return final
 
-    def _prune(self, keep: str) -> None:
+    def _prune(self, live: str, keep: int) -> None:
         names = sorted(p.name for p in self.versions.iterdir() if not p.name.startswith("."))
-        for name in names[:-KEEP_VERSIONS]:
-            if name != keep:
+        for name in names[:-keep]:
+            if name != live:
                 shutil.rmtree(self.versions / name, ignore_errors=True)
 
 

@@ -80,7 +80,7 @@ def test_bad_rows_are_rejected_with_file_row_and_reason_and_all_rows_accounted(t
     assert (rejects["file"].str.endswith(("crm.csv", "events.jsonl"))).all()
 
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["rows"] == {"read": 10, "resolved": 4, "rejected": 6, "accounted": True}
+    assert summary["rows"] == {"read": 10, "resolved": 4, "rejected": 6, "suppressed": 0, "accounted": True}
 
     actions = pd.read_parquet(out / "policy_actions.parquet")
     invalid = actions[actions["action"] == "invalid"]

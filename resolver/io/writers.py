@@ -70,3 +70,18 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
     os.replace(out_dir, retired)
     os.replace(staging, out_dir)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def rewrite_outputs(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Replace some tables of an existing output folder, atomically: the folder is copied, the
+    tables rewritten in the copy, and the copy swapped into place."""
+    out_dir = Path(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(out_dir, staging)
+        for name, frame in tables.items():
+            _write_table(frame, staging / OUTPUT_TABLES[name])
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

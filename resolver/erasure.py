@@ -1,0 +1,245 @@
+"""Erasure on request (GDPR / CCPA): `resolver forget`, and the suppression of erased people when
+their data is ingested again.
+
+`forget` resolves a selector (an email, a phone, a person id or a record key) to the persons it
+belongs to and removes their records, identifiers, golden records, conflicts and review items from
+every output table, and their members from the state. What remains is a tombstone per erased
+record and identifier: a salted 64-bit hash (keyed with the state's own salt, so it cannot be
+matched against another system's hashes, and never the value itself), plus an audit entry with
+what kind of selector was used, when, and how much was removed (no PII).
+
+A later run with the same state drops, right after reading, every record whose key or any
+identifier matches a tombstone, and every event identifier that does; the summary counts them as
+suppressed rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from resolver.config import Config
+from resolver.normalize import hash_identifiers, normalize_identifier
+
+SELECTORS = ("email", "phone", "person", "record")
+
+
+class ErasureError(ValueError):
+    """A forget request that cannot be carried out (no outputs, no state)."""
+
+
+def salted(keys: np.ndarray, salt: str) -> np.ndarray:
+    """A keyed 64-bit mix of member keys: two splitmix64 rounds, each keyed by half of the salt."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    first, second = np.uint64(int(salt[:16], 16)), np.uint64(int(salt[16:32], 16))
+    with np.errstate(over="ignore"):
+        h = keys
+        for k in (first, second):
+            h = h ^ k
+            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h = h ^ (h >> np.uint64(31))
+    return h
+
+
+def record_keys(source: str, source_keys: pd.Series) -> np.ndarray:
+    """The member key of records of one source (as the pipeline hashes them)."""
+    return hash_identifiers(f"record:{source}", source_keys.reset_index(drop=True))
+
+
+def identifier_hashes(config: Config, kind: str, value: str) -> dict[str, int]:
+    """Identifier type -> hash of `value` normalized as that type, for every type whose normalizer
+    is `kind` (email or phone)."""
+    out = {}
+    for name, spec in config.identity.types.items():
+        if spec.normalizer != kind:
+            continue
+        normalized, _ = normalize_identifier(kind, pd.Series([value], dtype="str"), default_region=config.run.default_region,
+                                             email_options=config.identity.email.model_dump())
+        h = int(hash_identifiers(name, normalized)[0])
+        if h:
+            out[name] = h
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Suppression at ingest
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Suppressed:
+    records: int = 0
+    identifier_values: int = 0
+    events: int = 0
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "identifier_values": self.identifier_values, "event_observations": self.events}
+
+
+def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
+    """Drop, in place, what matches a tombstone: records (their key or any identifier they hold)
+    and event identifier values (with the links they carry)."""
+    counts = Suppressed()
+    if not len(tombstones):
+        return counts
+    dead = set(tombstones["salted_hash"].to_numpy(np.uint64).tolist())
+
+    def hit(keys: np.ndarray) -> np.ndarray:
+        return np.isin(salted(keys, salt), np.fromiter(dead, dtype=np.uint64, count=len(dead)))
+
+    for part in parts:
+        if part.records is not None and len(part.records):
+            records, obs = part.records, part.observations
+            gone = hit(record_keys(part.name, records["source_key"]))
+            gone[obs["record_pos"].to_numpy()[hit(obs["hash"].to_numpy(np.uint64))]] = True
+            if gone.any():
+                keep = ~gone
+                new_pos = np.cumsum(keep) - 1
+                kept_obs = keep[obs["record_pos"].to_numpy()]
+                part.observations = obs[kept_obs].assign(record_pos=new_pos[obs["record_pos"].to_numpy()[kept_obs]])
+                part.observations = part.observations.reset_index(drop=True)
+                part.records = records[keep].reset_index(drop=True)
+                n = int(gone.sum())
+                part.resolved -= n
+                part.suppressed += n
+                counts.records += n
+        if part.event_nodes is not None and len(part.event_nodes):
+            nodes, edges = part.event_nodes, part.event_edges
+            gone = hit(nodes["hash"].to_numpy(np.uint64))
+            if gone.any():
+                keep = ~gone
+                new_row = np.cumsum(keep) - 1
+                a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
+                kept_edges = keep[a] & keep[b]
+                part.event_edges = edges[kept_edges].assign(a=new_row[a[kept_edges]], b=new_row[b[kept_edges]])
+                part.event_edges = part.event_edges.reset_index(drop=True)
+                part.event_nodes = nodes[keep].reset_index(drop=True)
+                counts.identifier_values += int(gone.sum())
+                counts.events += int(nodes["events"].to_numpy()[gone].sum())
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# forget
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Erasure:
+    persons: set
+    record_ids: np.ndarray  # record_id of erased records (outputs' numbering)
+    identifier_hashes: np.ndarray  # uint64 hashes of erased identifier values
+    values: set  # the erased texts (emails, phones, record keys), to scan free-text columns
+
+
+def _select(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Config) -> Erasure:
+    identity, identifiers = outputs["identity_map"], outputs["identifier_map"]
+    persons: set = set()
+    hashes = np.zeros(0, dtype=np.uint64)
+    records = np.zeros(0, dtype=np.int64)
+    if kind in ("email", "phone"):
+        hashes = np.array(list(identifier_hashes(config, kind, value).values()), dtype=np.uint64)
+        rows = identifiers["hash"].to_numpy(np.uint64)
+        persons |= set(identifiers.loc[np.isin(rows, hashes), "person_id"].dropna().astype(str))
+    elif kind == "person":
+        persons.add(value)
+    elif kind == "record":
+        hit = (identity["record_key"].astype(str) == value) | (identity["source_key"].astype(str) == value)
+        records = identity.loc[hit, "record_id"].to_numpy(np.int64)
+        persons |= set(identity.loc[hit, "person_id"].dropna().astype(str))
+    else:
+        raise ErasureError(f"unknown selector {kind!r} (expected one of {', '.join(SELECTORS)})")
+    in_person = identity["person_id"].astype(str).isin(persons).to_numpy()
+    records = np.union1d(records, identity.loc[in_person, "record_id"].to_numpy(np.int64))
+    id_rows = identifiers["person_id"].astype(str).isin(persons).to_numpy() | np.isin(identifiers["hash"].to_numpy(np.uint64), hashes)
+    hashes = np.union1d(hashes, identifiers.loc[id_rows, "hash"].to_numpy(np.uint64))
+    picked = identity["record_id"].isin(records)
+    values = {value} | set(identifiers.loc[id_rows, "value"].dropna().astype(str))
+    values |= set(identity.loc[picked, "record_key"].astype(str)) | set(identity.loc[picked, "source_key"].astype(str))
+    return Erasure(persons, records, hashes, {v for v in values if v})
+
+
+def _mentions(frame: pd.DataFrame, columns: list[str], values: set) -> np.ndarray:
+    """Rows where any of the text columns contains any erased value."""
+    out = np.zeros(len(frame), dtype=bool)
+    if not values:
+        return out
+    import re
+
+    pattern = "|".join(re.escape(v) for v in sorted(values))
+    for column in columns:
+        if column in frame:
+            out |= frame[column].astype("str").str.contains(pattern, regex=True).fillna(False).to_numpy(bool)
+    return out
+
+
+def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
+    """Which rows of an output table belong to the erased persons (True = remove)."""
+    drop = np.zeros(len(frame), dtype=bool)
+    for column in ("person_id", "person_id_l", "person_id_r"):
+        if column in frame:
+            drop |= frame[column].astype("str").isin(e.persons).to_numpy()
+    for column in ("record_id", "record_id_l", "record_id_r"):
+        if column in frame and name != "lineage":
+            drop |= frame[column].isin(e.record_ids).to_numpy()
+    if name == "identifier_map":
+        drop |= np.isin(frame["hash"].to_numpy(np.uint64), e.identifier_hashes)
+    if name == "lineage":
+        drop |= frame["other_id"].astype("str").isin(e.persons).to_numpy()
+    if name in ("policy_actions", "rejects", "identifier_map", "conflicts"):
+        drop |= _mentions(frame, ["value", "raw"], e.values)
+    return drop
+
+
+def forget(config: Config, state_dir, kind: str, value: str) -> dict:
+    """Erase what `kind`/`value` selects from the outputs and the state; returns the audit entry."""
+    from resolver.io.writers import OUTPUT_TABLES, rewrite_outputs
+    from resolver.state import StateStore
+
+    out = config.output_path()
+    if not (out / "identity_map.parquet").exists():
+        raise ErasureError(f"{out}: no outputs of a run to erase from")
+    if state_dir is None:
+        raise ErasureError("forget needs the state directory (--state or run.state_dir): the tombstones live there")
+    outputs = {name: pd.read_parquet(out / file) for name, file in OUTPUT_TABLES.items() if (out / file).exists()}
+    erasure = _select(kind, value, outputs, config)
+
+    removed = {}
+    changed = {}
+    for name, frame in outputs.items():
+        drop = _erase_rows(name, frame, erasure)
+        removed[name] = int(drop.sum())
+        if drop.any():
+            changed[name] = frame[~drop].reset_index(drop=True)
+    rewrite_outputs(out, changed)
+
+    store = StateStore(state_dir)
+    state = store.load()
+    identity = outputs["identity_map"]
+    erased_records = identity[identity["record_id"].isin(erasure.record_ids)]
+    member_keys = np.concatenate([
+        record_keys(str(source), group["source_key"]) for source, group in erased_records.groupby("source", observed=True)
+    ] or [np.zeros(0, np.uint64)])
+    now = pd.Timestamp.now(tz="UTC")
+    person_keys = np.array([int(p[1:], 16) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
+    members = state.members
+    gone = np.isin(members["member_key"].to_numpy(np.uint64), np.concatenate([member_keys, erasure.identifier_hashes])) | \
+        np.isin(members["person_key"].to_numpy(np.uint64), person_keys)
+    state.members = members[~gone].reset_index(drop=True)
+    forgotten = state.persons["person_key"].isin(person_keys)
+    state.persons.loc[forgotten, "status"] = "forgotten"
+    state.lineage = state.lineage[~_erase_rows("lineage", state.lineage, erasure)].reset_index(drop=True)
+    new_tombstones = pd.DataFrame({
+        "kind": ["record"] * len(member_keys) + ["identifier"] * len(erasure.identifier_hashes),
+        "salted_hash": salted(np.concatenate([member_keys, erasure.identifier_hashes]), state.salt),
+        "created_at": now,
+    })
+    state.tombstones = pd.concat([state.tombstones, new_tombstones], ignore_index=True).drop_duplicates("salted_hash")
+    review_items = removed.get("review_queue", 0)
+    entry = {
+        "time": now, "action": "forget", "selector": kind, "persons": len(erasure.persons),
+        "records": len(erasure.record_ids), "identifiers": len(erasure.identifier_hashes),
+        "review_items": review_items, "run_id": state.run_id or "",
+    }
+    state.audit = pd.concat([state.audit, pd.DataFrame([entry])], ignore_index=True)
+    store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
+    return {**entry, "time": now.isoformat(), "rows_removed": removed}
