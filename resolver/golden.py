@@ -18,6 +18,7 @@ names and text as the winning record wrote them, trimmed.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,9 +69,11 @@ class _Candidates:
     display: pd.Series  # the value as shown in the golden record
 
 
-def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kind: str, config: Config) -> _Candidates:
+def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kind: str, config: Config,
+                normalized: pd.Series | None = None) -> _Candidates:
     raw = records[field].reset_index(drop=True) if field in records else pd.Series(pd.NA, index=range(len(records)), dtype="str")
-    normalized = normalize_attribute(kind, raw, config)
+    if normalized is None:
+        normalized = normalize_attribute(kind, raw, config)
     usable = (person_index >= 0) & normalized.notna().to_numpy()
     if kind not in NORMALIZED_DISPLAY:
         trimmed = raw.astype("str").str.strip()
@@ -147,42 +150,53 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
     return np.where(np.array(nickname, dtype=bool), 1.0, similarity)
 
 
-def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config) -> GoldenResult:
+def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config,
+                 normalized: dict[str, pd.Series] | None = None) -> GoldenResult:
     """Golden records (one row per person, in person_ids order) and the conflict log.
 
     records: the run's records (record_id order) with source, record_key, timestamp, is_deleted and
     the raw attribute columns; record_person: person id per record (NA for records in no person);
-    person_ids: every person, in output order."""
+    person_ids: every person, in output order; normalized: attributes already in match form (the
+    matching stage's), reused instead of normalizing again."""
     golden = config.golden
-    index_of = pd.Index(person_ids.astype("str"))
-    person_index = index_of.get_indexer(record_person.astype("str").fillna("\x00"))
-    person_index = np.where(record_person.isna().to_numpy() | records["is_deleted"].to_numpy(bool), -1, person_index)
+    normalized = normalized or {}
+    person_index = pd.Categorical(record_person.astype("str"), categories=person_ids.astype("str")).codes.astype(np.int64)
+    person_index = np.where(records["is_deleted"].to_numpy(bool), -1, person_index)
     n_persons = len(person_ids)
     rank_of = source_ranks(config)
-    ranks = records["source"].astype("str").map(rank_of).to_numpy(np.int64)
-    sources = records["source"].astype("str").to_numpy(object)
+    source_names = records["source"].astype("category")
+    ranks = np.array([rank_of[c] for c in source_names.cat.categories], dtype=np.int64)[source_names.cat.codes.to_numpy()]
 
+    def one_field(field: str):
+        kind = field_kind(config, field)
+        chain = golden.chain(field)
+        c = _candidates(records, person_index, field, kind, config, normalized.get(field))
+        winner, deciding, has, distinct = _survive(c, chain, records, ranks, n_persons)
+        labels = ["agreement", *chain, "tiebreak"]
+        rule = pd.Categorical.from_codes(np.where(has, np.where(distinct, deciding + 1, 0), -1), categories=labels)
+        columns = _field_columns(field, c, winner, has, rule, records, source_names)
+        conflict = None
+        if distinct.any():
+            conflict = _conflicts(field, c, winner, distinct, rule, source_names, person_ids,
+                                  field in golden.name_fields, golden.name_similarity)
+        return columns, has, distinct, conflict
+
+    fields = golden_fields(config)
+    # Sorting and gathering release the GIL: fields are worked on side by side.
+    with ThreadPoolExecutor(max_workers=max(1, config.run.workers)) as pool:
+        done = list(pool.map(one_field, fields))
     out = {"person_id": person_ids.reset_index(drop=True)}
     conflict_parts = []
     flagged = np.zeros(n_persons, dtype=bool)
     conflicting = np.zeros(n_persons, dtype=np.int64)
     per_field = {}
-    for field in golden_fields(config):
-        kind = field_kind(config, field)
-        chain = golden.chain(field)
-        c = _candidates(records, person_index, field, kind, config)
-        winner, deciding, has, distinct = _survive(c, chain, records, ranks, n_persons)
-        labels = np.array(["agreement", *chain, "tiebreak"], dtype=object)
-        rule = np.where(has, labels[np.where(distinct, deciding + 1, 0)], None)
-        out.update(_field_columns(field, c, winner, has, rule, records, sources))
+    for field, (columns, has, distinct, conflict) in zip(fields, done):
+        out.update(columns)
         conflicting += distinct
         per_field[field] = {"persons_with_value": int(has.sum()), "conflicts": int(distinct.sum())}
-
-        if distinct.any():
-            part, needs_review = _conflicts(field, c, winner, distinct, rule, sources, person_ids,
-                                            field in golden.name_fields, golden.name_similarity)
-            conflict_parts.append(part)
-            flagged |= needs_review
+        if conflict is not None:
+            conflict_parts.append(conflict[0])
+            flagged |= conflict[1]
     golden_records = pd.DataFrame(out)
     golden_records["conflicting_fields"] = conflicting
     golden_records["needs_review"] = flagged
@@ -192,26 +206,28 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     return GoldenResult(golden_records, conflicts, summary)
 
 
-def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarray, rule: np.ndarray,
-                   records: pd.DataFrame, sources: np.ndarray) -> dict:
-    """The field's golden value and its provenance (source, record key, timestamp, rule)."""
-    if not len(c.record):
-        has = np.zeros(len(winner), dtype=bool)
-        winner = np.zeros(len(winner), dtype=np.int64)
-        c = _Candidates(c.person, np.zeros(1, np.int64), c.key, pd.Series([None], dtype="str"))
-    win_record = c.record[np.where(has, winner, 0)]
+def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarray, rule: pd.Categorical,
+                   records: pd.DataFrame, sources: pd.Series) -> dict:
+    """The field's golden value and its provenance (source, record key, timestamp, rule); Arrow
+    and categorical columns are gathered with take, never through Python objects."""
+    missing = ~has
+    win = np.where(has, winner, 0)
+    record = c.record[win] if len(c.record) else np.zeros(len(winner), dtype=np.int64)
+    any_record = len(records) > 0
 
-    def text(values: np.ndarray) -> pd.Series:
-        return pd.Series(np.where(has, values, None), dtype="str")
+    def gather(column: pd.Series, rows: np.ndarray) -> pd.Series:
+        if not len(column):
+            return pd.Series([None] * len(rows), dtype="str")
+        out = column.take(rows).reset_index(drop=True)
+        return out.mask(missing) if isinstance(out.dtype, pd.CategoricalDtype) else out.where(~missing)
 
-    timestamps = records["timestamp"].to_numpy("datetime64[ns]")[win_record] if len(records) else win_record.astype("datetime64[ns]")
+    timestamps = records["timestamp"].to_numpy("datetime64[ns]")[record] if any_record else record.astype("datetime64[ns]")
     return {
-        field: text(c.display.to_numpy(object)[np.where(has, winner, 0)]),
-        f"{field}__source": text(sources[win_record] if len(records) else np.full(len(has), None)),
-        f"{field}__record_key": text(records["record_key"].astype("str").to_numpy(object)[win_record]
-                                     if len(records) else np.full(len(has), None)),
+        field: gather(c.display, win) if len(c.record) else pd.Series([None] * len(has), dtype="str"),
+        f"{field}__source": gather(sources, record),
+        f"{field}__record_key": gather(records["record_key"].astype("str"), record),
         f"{field}__timestamp": np.where(has, timestamps, np.datetime64("NaT")).astype("datetime64[ns]"),
-        f"{field}__rule": pd.Series(rule, dtype="str"),
+        f"{field}__rule": pd.Series(rule),
     }
 
 
@@ -224,43 +240,40 @@ def _empty_conflicts() -> pd.DataFrame:
         CONFLICT_COLUMNS, ["str", "str", "str", "int64", "str", "bool", "str", "str", "float64", "bool"])})
 
 
-def _conflicts(field: str, c: _Candidates, winner: np.ndarray, distinct: np.ndarray, rule: np.ndarray,
-               sources: np.ndarray, person_ids: pd.Series, is_name: bool, threshold: float):
+def _conflicts(field: str, c: _Candidates, winner: np.ndarray, distinct: np.ndarray, rule: pd.Categorical,
+               sources: pd.Series, person_ids: pd.Series, is_name: bool, threshold: float):
     """One row per distinct value of the field in each person whose records disagree."""
     rows = np.flatnonzero(distinct[c.person])
-    frame = pd.DataFrame({
-        "person": c.person[rows], "key": c.key[rows], "value": c.display.to_numpy(object)[rows],
-        "source": sources[c.record[rows]], "record": c.record[rows],
-    })
-    # The shown form of a value: the one from its first record in source order.
-    frame = frame.sort_values(["person", "key", "record"], kind="stable")
-    grouped = frame.groupby(["person", "key"], sort=True)
-    values = grouped.agg(value=("value", "first"), records=("record", "size"))
-    values["sources"] = grouped["source"].agg(lambda s: ",".join(sorted(set(s))))
-    values = values.reset_index()
-    person = values["person"].to_numpy(np.int64)
-    win = winner[person]
-    chosen_key = c.key[win]
-    chosen_value = c.display.to_numpy(object)[win]
+    person, key, record = c.person[rows], c.key[rows], c.record[rows]
+    order = np.lexsort((record, key, person))  # the shown form of a value: its first record's
+    person, key, record, rows = person[order], key[order], record[order], rows[order]
+    start = np.ones(len(rows), dtype=bool)
+    start[1:] = (person[1:] != person[:-1]) | (key[1:] != key[:-1])
+    starts = np.flatnonzero(start)
+    names = list(sources.cat.categories)
+    bits = np.left_shift(np.int64(1), sources.cat.codes.to_numpy().astype(np.int64)[record])
+    masks = np.bitwise_or.reduceat(bits, starts) if len(starts) else bits[:0]
+    unique_masks, mask_code = np.unique(masks, return_inverse=True)
+    labels = [",".join(n for i, n in enumerate(names) if int(m) >> i & 1) for m in unique_masks]
+    group_person = person[starts]
+    win = winner[group_person]
+    chosen_value = c.display.take(win).reset_index(drop=True)
     table = pd.DataFrame({
-        "person_id": person_ids.to_numpy(object)[person],
+        "person_id": person_ids.take(group_person).reset_index(drop=True).astype("str"),
         "field": field,
-        "value": values["value"].to_numpy(object),
-        "records": values["records"].to_numpy(np.int64),
-        "sources": values["sources"].to_numpy(object),
-        "chosen": values["key"].to_numpy(np.int64) == chosen_key,
-        "chosen_value": chosen_value,
-        "rule": rule[person],
+        "value": c.display.take(rows[starts]).reset_index(drop=True).astype("str"),
+        "records": np.diff(np.append(starts, len(rows))).astype(np.int64),
+        "sources": pd.Series(pd.Categorical.from_codes(mask_code.reshape(-1), categories=labels)).astype("str"),
+        "chosen": key[starts] == c.key[win],
+        "chosen_value": chosen_value.astype("str"),
+        "rule": pd.Series(rule.take(group_person)).astype("str"),
     })
     table["similarity_to_chosen"] = np.nan
     needs_review = np.zeros(len(winner), dtype=bool)
     if is_name:
-        sim = _name_similarities(pd.Series(table["value"].str.lower(), dtype="str"),
-                                 pd.Series(pd.Series(chosen_value).str.lower(), dtype="str"))
+        sim = _name_similarities(table["value"].str.lower(), chosen_value.astype("str").str.lower())
         table["similarity_to_chosen"] = sim
         low = (sim < threshold) & ~table["chosen"].to_numpy()
-        needs_review[person[low]] = True
-    table["needs_review"] = needs_review[person]
-    for column in ("person_id", "value", "sources", "chosen_value", "rule"):
-        table[column] = table[column].astype("str")
+        needs_review[group_person[low]] = True
+    table["needs_review"] = needs_review[group_person]
     return table, needs_review

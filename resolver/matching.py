@@ -70,6 +70,7 @@ class MatchResult:
     summary: dict = field(default_factory=dict)
     cut_type: np.ndarray | None = None  # per pair: type code whose limit cut its link (-1 = none)
     veto: np.ndarray | None = None  # per pair: the must_agree comparison that disagrees (-1 = none)
+    attributes: dict | None = None  # the records' attributes in match form (reused by survivorship)
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
@@ -254,7 +255,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         left=to_host(pairs.left[device_rows]).astype(np.int64), right=to_host(pairs.right[device_rows]).astype(np.int64),
         rule=to_host(pairs.rule[device_rows]), probability=probability, weight=weight,
         levels=to_host(levels[device_rows]), tf=tf, decision=np.zeros(len(rows), np.int8), model=model,
-        blocking=blocking, prepared=prepared, candidates=len(pairs),
+        blocking=blocking, prepared=prepared, candidates=len(pairs), attributes=attributes,
     )
     result.veto = vetoes(prepared, result.levels)
     result.decision = _decide(probability, matching.thresholds.auto_merge, matching.thresholds.review,

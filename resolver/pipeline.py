@@ -470,7 +470,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         entry["rows_out"] = len(persons)
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config)
+        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config,
+                              match.attributes if match is not None else None)
         entry["rows_out"] = len(golden.conflicts)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
