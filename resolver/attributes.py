@@ -31,7 +31,14 @@ def _without_junk(kind: str, normalized: pd.Series, config: Config) -> pd.Series
 
 
 def normalize_attribute(kind: str, values: pd.Series, config: Config) -> pd.Series:
-    """One attribute column in match form (NA where missing or unusable)."""
+    """One attribute column in match form (NA where missing or unusable); each distinct value is
+    normalized once, and not at all when the active normalization memo already knows it."""
+    from resolver.memo import memoized_column
+
+    return memoized_column(f"attribute:{kind}", values, lambda v: _match_form(kind, v, config))
+
+
+def _match_form(kind: str, values: pd.Series, config: Config) -> pd.Series:
     if kind in ("email", "phone"):
         return _without_junk(kind, _normalize(kind, values, config), config)
     return _normalize(kind, values, config)

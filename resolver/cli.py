@@ -27,12 +27,13 @@ def _console(args) -> Console:
     return Console(stderr=True, quiet=getattr(args, "quiet", False))
 
 
-def _run_pipeline(config, console: Console, model_path: Path | None = None, state_dir: Path | None = None):
+def _run_pipeline(config, console: Console, model_path: Path | None = None, state_dir: Path | None = None,
+                  full: bool = False):
     from resolver.pipeline import run
 
     with console.status("resolving") as status:
         return run(config, report=lambda stage: status.update(f"[bold]{stage}"), model_path=model_path,
-                   state_dir=state_dir)
+                   state_dir=state_dir, full=full)
 
 
 def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True) -> dict:
@@ -120,7 +121,7 @@ def cmd_run(args) -> int:
     if args.backend:
         config.run.backend = args.backend
     res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
-                        state_dir=Path(args.state) if args.state else config.state_path())
+                        state_dir=Path(args.state) if args.state else config.state_path(), full=args.full)
     console.print(_summary_table(res.summary, None))
     _print_warnings(console, res.summary)
     console.print(f"outputs: {config.output_path()}")
@@ -233,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="a model.json from an earlier run: score with it, skip training")
     run.add_argument("--state", help="state directory: start from the previous run's (persistent person ids), "
                                      "then commit this run's (default: run.state_dir)")
+    run.add_argument("--full", action="store_true",
+                     help="with a state: normalize, compare and train from scratch (ids still persist)")
     run.set_defaults(func=cmd_run)
 
     forget = common(sub.add_parser("forget", help="erase a person (GDPR/CCPA) from the outputs and the state"))

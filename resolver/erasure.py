@@ -15,7 +15,7 @@ suppressed rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,7 @@ class Suppressed:
     records: int = 0
     identifier_values: int = 0
     events: int = 0
+    values: set = field(default_factory=set)  # their texts: kept out of the memo and policy actions
 
     def as_dict(self) -> dict:
         return {"records": self.records, "identifier_values": self.identifier_values, "event_observations": self.events}
@@ -94,6 +95,11 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
             gone = hit(record_keys(part.name, records["source_key"]))
             gone[obs["record_pos"].to_numpy()[hit(obs["hash"].to_numpy(np.uint64))]] = True
             if gone.any():
+                dropped = records[gone]
+                counts.values |= set(dropped["source_key"].dropna().astype(str)) | set(dropped["record_key"].dropna().astype(str))
+                attribute_columns = [c for c in dropped.columns if dropped[c].dtype == "str" and c not in ("source",)]
+                counts.values |= set(dropped[attribute_columns].stack().dropna().astype(str))
+                counts.values |= set(obs.loc[gone[obs["record_pos"].to_numpy()], "value"].dropna().astype(str))
                 keep = ~gone
                 new_pos = np.cumsum(keep) - 1
                 kept_obs = keep[obs["record_pos"].to_numpy()]
@@ -108,6 +114,7 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
             nodes, edges = part.event_nodes, part.event_edges
             gone = hit(nodes["hash"].to_numpy(np.uint64))
             if gone.any():
+                counts.values |= set(nodes.loc[gone, "value"].dropna().astype(str))
                 keep = ~gone
                 new_row = np.cumsum(keep) - 1
                 a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
@@ -117,6 +124,9 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 part.event_nodes = nodes[keep].reset_index(drop=True)
                 counts.identifier_values += int(gone.sum())
                 counts.events += int(nodes["events"].to_numpy()[gone].sum())
+    if counts.values:  # ingest's policy actions name values: the suppressed ones go
+        for part in parts:
+            part.actions = [a[~memo_mentions(a[["value"]], counts.values)] if len(a) else a for a in part.actions]
     return counts
 
 
@@ -170,6 +180,31 @@ def _mentions(frame: pd.DataFrame, columns: list[str], values: set) -> np.ndarra
         if column in frame:
             out |= frame[column].astype("str").str.contains(pattern, regex=True).fillna(False).to_numpy(bool)
     return out
+
+
+def _attribute_values(outputs: dict[str, pd.DataFrame], e: Erasure) -> set:
+    """The erased persons' attribute values as the outputs show them (golden records and conflicts)."""
+    values: set = set()
+    golden = outputs.get("golden_records")
+    if golden is not None:
+        mine = golden[golden["person_id"].astype("str").isin(e.persons)]
+        fields = [c for c in mine.columns if "__" not in c and c not in ("person_id", "conflicting_fields", "needs_review")]
+        values |= set(mine[fields].stack().dropna().astype(str))
+    conflicts = outputs.get("conflicts")
+    if conflicts is not None:
+        values |= set(conflicts.loc[conflicts["person_id"].astype("str").isin(e.persons), "value"].dropna().astype(str))
+    return values
+
+
+def memo_mentions(table: pd.DataFrame, values: set) -> np.ndarray:
+    """Memo rows whose raw value or normalized form is one of the erased values (case and
+    surrounding spaces ignored)."""
+    wanted = {v.strip().lower() for v in values if v and v.strip()}
+    hit = np.zeros(len(table), dtype=bool)
+    for column in table.columns:
+        text = table[column].astype("str").str.strip().str.lower()
+        hit |= text.isin(wanted).to_numpy(bool)
+    return hit
 
 
 def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
@@ -241,5 +276,12 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
         "review_items": review_items, "run_id": state.run_id or "",
     }
     state.audit = pd.concat([state.audit, pd.DataFrame([entry])], ignore_index=True)
+    state.memo = {name: table[~memo_mentions(table, _attribute_values(outputs, erasure) | erasure.values)]
+                  for name, table in state.memo.items()}
+    erased_keys = np.concatenate([member_keys, erasure.identifier_hashes])
+    if state.pairs is not None:
+        state.pairs = state.pairs[~(state.pairs["member_key_l"].isin(erased_keys) | state.pairs["member_key_r"].isin(erased_keys))]
+    if state.fingerprints is not None:
+        state.fingerprints = state.fingerprints[~state.fingerprints["member_key"].isin(erased_keys)]
     store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
     return {**entry, "time": now.isoformat(), "rows_removed": removed}

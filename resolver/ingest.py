@@ -21,6 +21,7 @@ from resolver.config import Config, SourceConfig
 from resolver.grouping import Groups
 from resolver.graph import ACTION_COLUMNS
 from resolver.io.readers import REJECT_COLUMNS, SourceFrame
+from resolver.memo import memoized, memoized_column
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier, normalize_name, normalize_trim
 
 TRUTHY = ("true", "1", "yes", "y", "t")
@@ -84,6 +85,7 @@ class SourceTables:
     seconds: dict[str, float] = field(default_factory=dict)  # read / normalize time of this part
     resolved: int = 0  # input rows this part resolved: its records, or its events
     suppressed: int = 0  # records dropped because they match an erasure tombstone
+    memo: object | None = None  # the normalization memo lookups of this part (a NormalizationMemo)
 
     def release_graph_inputs(self) -> None:
         """Drop what only the graph build needs, once it is built (memory)."""
@@ -147,10 +149,10 @@ def identifier_column(
     distinct = pd.Series(uniques, dtype="str")
     counts = np.bincount(codes[codes >= 0], minlength=len(distinct))
     spec = config.identity.types[id_type]
-    normalized, reason = normalize_identifier(
-        spec.normalizer, distinct, default_region=config.run.default_region,
+    normalized, reason = memoized(f"identifier:{spec.normalizer}", distinct, lambda values: normalize_identifier(
+        spec.normalizer, values, default_region=config.run.default_region,
         email_options=config.identity.email.model_dump(),
-    )
+    ))
     actions.append(_value_actions("invalid", source.name, id_type, distinct, reason, counts))
     blocked = blocklist.blocked(id_type, normalized)
     actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
@@ -247,7 +249,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
         records[name] = kept(_coalesce(frame, cols))
     for name in ("first_name", "last_name"):
         if name in records:
-            records[f"{name}_norm"] = normalize_name(records[name])
+            records[f"{name}_norm"] = memoized_column("name", records[name], normalize_name)
 
     position = np.full(len(frame), -1, dtype=np.int64)
     position[keep] = np.arange(int(keep.sum()))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from resolver.attributes import match_attributes
 from resolver.backend.arrays import CPU, Backend, module_of, to_host
@@ -71,6 +72,8 @@ class MatchResult:
     cut_type: np.ndarray | None = None  # per pair: type code whose limit cut its link (-1 = none)
     veto: np.ndarray | None = None  # per pair: the must_agree comparison that disagrees (-1 = none)
     attributes: dict | None = None  # the records' attributes in match form (reused by survivorship)
+    pair_cache: pd.DataFrame | None = None  # every candidate pair's levels, by member keys (for the state)
+    fingerprints: pd.DataFrame | None = None  # per record: member key, hash of its compared attributes
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
@@ -218,8 +221,62 @@ def vetoes(prepared: list[PreparedComparison], levels: np.ndarray) -> np.ndarray
     return out
 
 
+@dataclass
+class Reuse:
+    """What an incremental run takes from the state: the model, and the levels of pairs compared
+    before (valid while both records' compared attributes are unchanged)."""
+
+    model: dict | None
+    pairs: pd.DataFrame | None  # member_key_l, member_key_r, level columns l0..
+    fingerprints: pd.DataFrame | None  # member_key, fingerprint
+
+
+def fingerprints(attributes: dict[str, pd.Series], prepared: list[PreparedComparison]) -> np.ndarray:
+    """Per record, a 64-bit hash of every attribute its comparisons read (in match form)."""
+    from resolver.kernels.hashing import hash_strings
+
+    columns = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
+    out = np.zeros(len(next(iter(attributes.values()))) if attributes else 0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in columns:
+            text = attributes[column].astype("str")
+            hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{column}=".encode())
+            out = (out * np.uint64(0x100000001B3)) ^ hashed
+    return out
+
+
+def _reused_levels(reuse: Reuse, pairs: CandidatePairs, member_keys: np.ndarray, prints: np.ndarray,
+                   n_comparisons: int) -> tuple[np.ndarray, np.ndarray]:
+    """Levels of the candidate pairs the state already compared, and which pairs those are."""
+    n = len(member_keys)
+    levels = np.zeros((len(pairs), n_comparisons), dtype=np.int8)
+    found = np.zeros(len(pairs), dtype=bool)
+    if reuse.pairs is None or reuse.fingerprints is None or not len(pairs) or not len(reuse.pairs):
+        return levels, found
+    position = pd.Index(member_keys).get_indexer(reuse.fingerprints["member_key"].to_numpy(np.uint64))
+    unchanged = np.zeros(n, dtype=bool)
+    known = position >= 0
+    unchanged[position[known]] = reuse.fingerprints["fingerprint"].to_numpy(np.uint64)[known] == prints[position[known]]
+    index = pd.Index(member_keys)
+    a = index.get_indexer(reuse.pairs["member_key_l"].to_numpy(np.uint64))
+    b = index.get_indexer(reuse.pairs["member_key_r"].to_numpy(np.uint64))
+    ok = (a >= 0) & (b >= 0)
+    ok[ok] &= unchanged[a[ok]] & unchanged[b[ok]]
+    stored_ids = np.minimum(a[ok], b[ok]).astype(np.int64) * n + np.maximum(a[ok], b[ok])
+    stored_levels = reuse.pairs[[f"l{k}" for k in range(n_comparisons)]].to_numpy(np.int8)[ok]
+    order = np.argsort(stored_ids, kind="stable")
+    stored_ids, stored_levels = stored_ids[order], stored_levels[order]
+    current = pairs.left.astype(np.int64) * n + pairs.right.astype(np.int64)
+    if len(stored_ids):
+        at = np.minimum(np.searchsorted(stored_ids, current), len(stored_ids) - 1)
+        found = stored_ids[at] == current
+        levels[found] = stored_levels[at[found]]
+    return levels, found
+
+
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
-                  stage=None, backend: Backend = CPU) -> MatchResult:
+                  stage=None, backend: Backend = CPU, reuse: Reuse | None = None,
+                  member_keys: np.ndarray | None = None) -> MatchResult:
     """Score the candidate pairs of the active records; `labels` are the deterministic persons.
 
     On a GPU backend the pairs, their levels and their scores stay on the device from blocking to
@@ -236,13 +293,25 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend)
         pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
-    with timer("match:compare", rows_in=len(pairs)):
-        levels = comparison_matrix(on_backend, pairs.left, pairs.right, backend.kernels)
+    prints = fingerprints(attributes, prepared) if member_keys is not None else None
+    with timer("match:compare", rows_in=len(pairs)) as entry:
+        if reuse is not None and not backend.on_gpu_path:  # incremental: compare only what changed
+            levels, found = _reused_levels(reuse, pairs, member_keys, prints, len(prepared))
+            todo = np.flatnonzero(~found)
+            levels[todo] = comparison_matrix(prepared, pairs.left[todo], pairs.right[todo])
+            compared = len(todo)
+        else:
+            levels = comparison_matrix(on_backend, pairs.left, pairs.right, backend.kernels)
+            compared = len(pairs)
+        entry["rows_out"] = compared
     rules = [r.name for r in matching.blocking.rules]
     with timer("match:train"):
         if model_path is not None:
             model = FSModel.load(model_path, prepared, rules)
             model.training = {**model.training, "loaded_from": str(model_path)}
+        elif reuse is not None and reuse.model is not None:
+            model = FSModel.from_dict(reuse.model, prepared, rules, "the state's model.json")
+            model.training = {**model.training, "loaded_from": "state"}
         else:
             model = train_model(on_backend, levels, pairs.rule, labels[: len(records)], active, matching.model,
                                 rules, neutral_comparisons(config, prepared), selection_biased(config), backend)
@@ -261,6 +330,15 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.decision = _decide(probability, matching.thresholds.auto_merge, matching.thresholds.review,
                               result.veto >= 0)
     result.summary = _summary(result, pairs, config)
+    result.summary["pairs_compared"] = compared
+    result.summary["pairs_reused"] = len(pairs) - compared
+    if member_keys is not None:  # what the next incremental run may reuse
+        host_levels = to_host(levels)
+        result.pair_cache = pd.DataFrame({
+            "member_key_l": member_keys[to_host(pairs.left)], "member_key_r": member_keys[to_host(pairs.right)],
+            **{f"l{k}": host_levels[:, k] for k in range(len(prepared))},
+        })
+        result.fingerprints = pd.DataFrame({"member_key": member_keys, "fingerprint": prints})
     return result
 
 

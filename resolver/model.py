@@ -126,6 +126,11 @@ class FSModel:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path}: cannot read model: {exc}") from exc
+        return cls.from_dict(raw, prepared, rules, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, prepared: list[PreparedComparison], rules: list[str], path: str = "model") -> FSModel:
+        """A model from to_dict(); `path` names it in errors."""
         if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
             raise ModelError(f"{path}: not a resolver model of format {MODEL_FORMAT}")
         if raw["rules"] != rules:

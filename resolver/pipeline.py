@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing import get_context
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -27,6 +27,8 @@ from resolver.cluster import connected_components, format_person_ids, smallest_m
 from resolver.config import Config, ConfigError
 from resolver.erasure import suppress
 from resolver.golden import build_golden
+from resolver.matching import Reuse
+from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
@@ -83,6 +85,7 @@ class Resolution:
     golden: dict | None = None  # run-summary section
     carried: object | None = None  # CarriedIds when the run started from a state
     lineage: pd.DataFrame | None = None  # every merge and split so far (with a state)
+    match: object | None = None  # the MatchResult (its pair cache goes to the state)
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -112,7 +115,20 @@ def plan_ingest(config: Config) -> list[IngestJob]:
     return jobs
 
 
-def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None = None) -> SourceTables:
+def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None = None,
+               memo: NormalizationMemo | None = None) -> SourceTables:
+    """Read and normalize one job's files; with a memo, values it remembers are not normalized
+    again, and the job's lookups come back in tables.memo."""
+    own = NormalizationMemo(tables=memo.tables) if memo is not None else None
+    if own is None:
+        return _ingest_job(config, job, vocab, seen_event_ids)
+    with own.active():
+        tables = _ingest_job(config, job, vocab, seen_event_ids)
+    tables.memo = own
+    return tables
+
+
+def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None) -> SourceTables:
     source = config.sources[job.source_index]
     blocklist = Blocklist.from_config(
         config.identity.blocklist.values, config.identity.blocklist.patterns, config.identity.blocklist.vendor_lists
@@ -133,18 +149,20 @@ def _estimated_cost(config: Config, job: IngestJob) -> float:
     return weight * sum(os.path.getsize(f) for f in job.files)
 
 
-def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[SourceTables]:
+def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
+              memo: NormalizationMemo | None = None) -> list[SourceTables]:
     workers = min(config.run.workers, len(jobs))
     if workers <= 1:
-        return [ingest_job(config, job, vocab) for job in jobs]
+        return [ingest_job(config, job, vocab, memo=memo) for job in jobs]
     # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
     order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab) for i in order}
+        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, memo) for i in order}
         return [futures[i].result() for i in range(len(jobs))]
 
 
-def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: list[SourceTables], vocab: Vocabulary) -> None:
+def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: list[SourceTables], vocab: Vocabulary,
+                                memo: NormalizationMemo | None = None) -> None:
     """An event id seen in an earlier file of the same source makes the later copy a duplicate.
 
     Files are ingested independently; the rare file that repeats an earlier file's event ids is
@@ -164,15 +182,20 @@ def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: li
         for k in range(first_repeat, len(mine)):
             earlier = np.unique(np.concatenate([parts[i].event_ids for i in mine[:k]]))
             if np.isin(parts[mine[k]].event_ids, earlier).any():
-                parts[mine[k]] = ingest_job(config, jobs[mine[k]], vocab, seen_event_ids=earlier)
+                parts[mine[k]] = ingest_job(config, jobs[mine[k]], vocab, seen_event_ids=earlier, memo=memo)
 
 
-def ingest_all(config: Config, log: StageLog, vocab: Vocabulary) -> list[SourceTables]:
+def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: NormalizationMemo | None = None) -> list[SourceTables]:
     jobs = plan_ingest(config)
     with log.stage("ingest (read + normalize, wall)") as entry:
-        parts = _run_jobs(config, jobs, vocab)
-        _redo_cross_file_duplicates(config, jobs, parts, vocab)
+        parts = _run_jobs(config, jobs, vocab, memo)
+        _redo_cross_file_duplicates(config, jobs, parts, vocab, memo)
         entry["rows_out"] = sum(p.rows_read for p in parts)
+    if memo is not None:  # the workers' lookups join the run's memo
+        for part in parts:
+            if part.memo is not None:
+                memo.absorb(part.memo.seen, part.memo.hits, part.memo.misses)
+                part.memo = None
     for source in config.sources:
         mine = [p for p in parts if p.name == source.name]
         for step in ("read", "normalize"):
@@ -325,11 +348,16 @@ def _label_age(labels: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame) -
     return out
 
 
-def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
+def _record_member_keys(records: pd.DataFrame) -> np.ndarray:
+    """Per record, the hash of its source and key: who it is across runs."""
     record_keys = np.zeros(len(records), dtype=np.uint64)
-    for source, idx in records.groupby("source", sort=False).indices.items():
+    for source, idx in records.groupby("source", sort=False, observed=True).indices.items():
         record_keys[idx] = hash_identifiers(f"record:{source}", records["source_key"].iloc[idx].reset_index(drop=True))
-    return np.concatenate([record_keys, nodes["hash"].to_numpy(np.uint64)])
+    return record_keys
+
+
+def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
+    return np.concatenate([_record_member_keys(records), nodes["hash"].to_numpy(np.uint64)])
 
 
 def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, config: Config, vocab: Vocabulary) -> np.ndarray:
@@ -386,7 +414,7 @@ def _match_probability(n_records: int, match, accepted_links: np.ndarray) -> np.
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
-            run_id: str = "", now: pd.Timestamp | None = None) -> Resolution:
+            run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None) -> Resolution:
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -402,7 +430,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     if config.matching is not None and config.matching.enabled:
         from resolver.matching import DECISIONS, match_records
 
-        match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend)
+        match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
+                              reuse=reuse, member_keys=_record_member_keys(records) if previous is not None else None)
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -482,6 +511,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     resolution.carried = carried
     if carried is not None:
         resolution.lineage = pd.concat([previous.lineage, carried.lineage], ignore_index=True)
+    resolution.match = match
     if match is not None:
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
@@ -626,44 +656,74 @@ def plan_matching(config: Config):
     return build_blocking_keys(config.matching.blocking, match_attributes(records, config), active), len(records)
 
 
+def config_digest(config: Config) -> str:
+    """What the state's memo, model and pairs depend on: identity, matching, survivorship and the
+    default phone region (not the sources' paths or the run's folders)."""
+    import hashlib
+
+    parts = config.model_dump_json(include={"identity", "matching", "golden"}) + config.run.default_region
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]
+
+
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
-        backend: Backend | None = None, state_dir: Path | None = None) -> Resolution:
+        backend: Backend | None = None, state_dir: Path | None = None, full: bool = False) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
-    With a state directory the run starts from the previous run's state (persistent person ids)
-    and, once the outputs are written, commits its own state there (atomically)."""
+    With a state directory the run starts from the previous run's state: persistent person ids,
+    and (unless `full`, or the configuration changed) an incremental run: values the state's memo
+    knows are not normalized again, pairs compared before between unchanged records are not
+    compared again, and the state's model scores the pairs instead of training a new one. Once the
+    outputs are written, the run commits its own state there (atomically)."""
     backend = backend or select_backend(config.run.backend)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     store = StateStore(state_dir) if state_dir is not None else None
     previous = store.load() if store is not None else None
+    digest = config_digest(config)
+    incremental = previous is not None and not full and previous.config_digest == digest and previous.runs > 0
+    memo = NormalizationMemo(tables=previous.memo if incremental else {}) if previous is not None else None
+    reuse = Reuse(previous.model, previous.pairs, previous.fingerprints) if incremental else None
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
-    parts = ingest_all(config, log, vocab)
+    parts = ingest_all(config, log, vocab, memo)
     suppressed = None
     if previous is not None and len(previous.tombstones):
         with log.stage("erasure: suppress tombstoned data") as entry:
             suppressed = suppress(parts, previous.tombstones, previous.salt)
             entry["rows_out"] = suppressed.records
-    res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started))
+    with memo.active() if memo is not None else nullcontext():
+        res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse)
     res.summary = _summary(config, parts, res, log, run_id, started)
     res.summary["backend"] = backend.describe()
     if suppressed is not None:
         res.summary["suppressed"] = suppressed.as_dict()
     if res.carried is not None:
         res.summary["persistent_ids"] = {"state": str(state_dir), "previous_run": previous.run_id, **res.carried.counts}
+        res.summary["incremental"] = {"incremental": incremental, "normalization": memo.stats(),
+                                      **({"pairs_compared": res.matching["pairs_compared"],
+                                          "pairs_reused": res.matching["pairs_reused"]} if res.matching else {})}
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)
     if write:
         res.summary["output_dir"] = str(config.output_path())
         write_outputs(config.output_path(), res)
         if store is not None:
-            store.commit(_next_state(previous, res), run_id)
+            store.commit(_next_state(previous, res, memo, digest, suppressed.values if suppressed else set()), run_id)
     return res
 
 
-def _next_state(previous: State, res: Resolution) -> State:
+def _next_state(previous: State, res: Resolution, memo: NormalizationMemo, digest: str, erased: set) -> State:
+    """The state this run hands on; values of suppressed (erased) data stay out of the memo."""
+    from resolver.erasure import memo_mentions
+
+    match = res.match
+    handed_on = memo.handed_on()
+    if erased:
+        handed_on = {name: table[~memo_mentions(table, erased)] for name, table in handed_on.items()}
     return State(members=res.carried.members, persons=res.carried.persons, lineage=res.lineage,
                  tombstones=previous.tombstones, audit=previous.audit, salt=previous.salt,
-                 runs=previous.runs + 1)
+                 runs=previous.runs + 1, config_digest=digest, memo=handed_on,
+                 model=match.model.to_dict() if match is not None else None,
+                 pairs=match.pair_cache if match is not None else None,
+                 fingerprints=match.fingerprints if match is not None else None)

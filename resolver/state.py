@@ -15,6 +15,13 @@ Layout (README: "State directory"):
         lineage.parquet           every merge and split, with run id and time
         tombstones.parquet        salted hashes of erased identifiers and records
         audit.parquet             one row per erasure: what kind, when, counts (no PII)
+        memo/NAME.parquet         normalization memo: raw value -> normalized form, per normalizer
+                                  (the distinct values of the last run; used under the same
+                                  configuration digest only)
+        model.json                the Fellegi-Sunter model incremental runs score with
+        pairs.parquet             compared candidate pairs: both records' member keys and the
+                                  comparison levels (reused while both records are unchanged)
+        fingerprints.parquet      per record: member key and a hash of its compared attributes
 
 A new version is written into a temporary folder, renamed into versions/, and only then does
 CURRENT name it; a crash at any point leaves CURRENT on a complete earlier version. The two newest
@@ -66,6 +73,11 @@ class State:
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     run_id: str | None = None  # the run that wrote this version
     runs: int = 0  # how many runs have written the state
+    config_digest: str | None = None  # the configuration the memo, model and pairs were made under
+    memo: dict[str, pd.DataFrame] = field(default_factory=dict)
+    model: dict | None = None  # FSModel.to_dict()
+    pairs: pd.DataFrame | None = None
+    fingerprints: pd.DataFrame | None = None
 
     TABLES = ("members", "persons", "lineage", "tombstones", "audit")
 
@@ -106,7 +118,15 @@ class StateStore:
                 tables[name] = pd.read_parquet(folder / f"{name}.parquet")
             except (OSError, ValueError) as exc:
                 raise StateError(f"{folder / (name + '.parquet')}: cannot read: {exc}") from exc
-        return State(**tables, salt=manifest["salt"], run_id=manifest.get("run_id"), runs=manifest.get("runs", 0))
+        memo = {}
+        for path in sorted((folder / "memo").glob("*.parquet")):
+            memo[path.stem.replace("__", ":")] = pd.read_parquet(path)
+        model_path = folder / "model.json"
+        model = json.loads(model_path.read_text(encoding="utf-8")) if model_path.exists() else None
+        optional = {name: pd.read_parquet(folder / f"{name}.parquet") if (folder / f"{name}.parquet").exists() else None
+                    for name in ("pairs", "fingerprints")}
+        return State(**tables, salt=manifest["salt"], run_id=manifest.get("run_id"), runs=manifest.get("runs", 0),
+                     config_digest=manifest.get("config_digest"), memo=memo, model=model, **optional)
 
     def commit(self, state: State, run_id: str, keep: int = KEEP_VERSIONS) -> Path:
         """Write `state` as the new live version (atomically) and return its folder; only the
@@ -117,8 +137,18 @@ class StateStore:
         try:
             for name in State.TABLES:
                 getattr(state, name).reset_index(drop=True).to_parquet(staging / f"{name}.parquet", index=False)
+            if state.memo:
+                (staging / "memo").mkdir()
+                for name, table in state.memo.items():
+                    table.to_parquet(staging / "memo" / f"{name.replace(':', '__')}.parquet", index=False)
+            for name in ("pairs", "fingerprints"):
+                if getattr(state, name) is not None:
+                    getattr(state, name).reset_index(drop=True).to_parquet(staging / f"{name}.parquet", index=False)
+            if state.model is not None:
+                (staging / "model.json").write_text(json.dumps(state.model), encoding="utf-8")
             manifest = {
                 "format": STATE_FORMAT, "run_id": run_id, "runs": state.runs, "salt": state.salt,
+                "config_digest": state.config_digest,
                 "written": pd.Timestamp.now(tz="UTC").isoformat(),
                 "counts": {name: len(getattr(state, name)) for name in State.TABLES},
             }
@@ -150,8 +180,9 @@ def _fsync_file(path: Path) -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        _fsync_file(path)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
 
 
 # ---------------------------------------------------------------------------------------------
