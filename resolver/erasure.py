@@ -202,6 +202,8 @@ def memo_mentions(table: pd.DataFrame, values: set) -> np.ndarray:
     wanted = {v.strip().lower() for v in values if v and v.strip()}
     hit = np.zeros(len(table), dtype=bool)
     for column in table.columns:
+        if column == "key":  # the memo's hash of the raw value
+            continue
         text = table[column].astype("str").str.strip().str.lower()
         hit |= text.isin(wanted).to_numpy(bool)
     return hit
@@ -278,10 +280,9 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     state.audit = pd.concat([state.audit, pd.DataFrame([entry])], ignore_index=True)
     state.memo = {name: table[~memo_mentions(table, _attribute_values(outputs, erasure) | erasure.values)]
                   for name, table in state.memo.items()}
-    erased_keys = np.concatenate([member_keys, erasure.identifier_hashes])
-    if state.pairs is not None:
-        state.pairs = state.pairs[~(state.pairs["member_key_l"].isin(erased_keys) | state.pairs["member_key_r"].isin(erased_keys))]
-    if state.fingerprints is not None:
-        state.fingerprints = state.fingerprints[~state.fingerprints["member_key"].isin(erased_keys)]
+    # Cached pairs are hashes that cannot be traced to a record; a cache that held the person's
+    # pairs is dropped whole (the next run compares everything once).
+    if state.pairs is not None and len(erasure.record_ids):
+        state.pairs = None
     store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
     return {**entry, "time": now.isoformat(), "rows_removed": removed}

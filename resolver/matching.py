@@ -72,8 +72,7 @@ class MatchResult:
     cut_type: np.ndarray | None = None  # per pair: type code whose limit cut its link (-1 = none)
     veto: np.ndarray | None = None  # per pair: the must_agree comparison that disagrees (-1 = none)
     attributes: dict | None = None  # the records' attributes in match form (reused by survivorship)
-    pair_cache: pd.DataFrame | None = None  # every candidate pair's levels, by member keys (for the state)
-    fingerprints: pd.DataFrame | None = None  # per record: member key, hash of its compared attributes
+    pair_cache: pd.DataFrame | None = None  # every candidate pair's levels by pair hash (for the state)
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
@@ -227,8 +226,7 @@ class Reuse:
     before (valid while both records' compared attributes are unchanged)."""
 
     model: dict | None
-    pairs: pd.DataFrame | None  # member_key_l, member_key_r, level columns l0..
-    fingerprints: pd.DataFrame | None  # member_key, fingerprint
+    pairs: pd.DataFrame | None  # pair_hash (sorted), level columns l0..
 
 
 def fingerprints(attributes: dict[str, pd.Series], prepared: list[PreparedComparison]) -> np.ndarray:
@@ -245,32 +243,31 @@ def fingerprints(attributes: dict[str, pd.Series], prepared: list[PreparedCompar
     return out
 
 
-def _reused_levels(reuse: Reuse, pairs: CandidatePairs, member_keys: np.ndarray, prints: np.ndarray,
-                   n_comparisons: int) -> tuple[np.ndarray, np.ndarray]:
-    """Levels of the candidate pairs the state already compared, and which pairs those are."""
-    n = len(member_keys)
-    levels = np.zeros((len(pairs), n_comparisons), dtype=np.int8)
-    found = np.zeros(len(pairs), dtype=bool)
-    if reuse.pairs is None or reuse.fingerprints is None or not len(pairs) or not len(reuse.pairs):
+def pair_hashes(left: np.ndarray, right: np.ndarray, member_keys: np.ndarray, prints: np.ndarray) -> np.ndarray:
+    """One 64-bit hash per pair of records, of both records' member keys and attribute fingerprints
+    (order-free): equal only when the same two records are compared on the same values."""
+    from resolver.blocking import _mix
+
+    with np.errstate(over="ignore"):
+        a = _mix(member_keys[left] ^ (prints[left] * np.uint64(0x9E3779B97F4A7C15)))
+        b = _mix(member_keys[right] ^ (prints[right] * np.uint64(0x9E3779B97F4A7C15)))
+        return _mix(np.minimum(a, b) * np.uint64(0xC2B2AE3D27D4EB4F) + np.maximum(a, b))
+
+
+def _reused_levels(reuse: Reuse, current: np.ndarray, n_comparisons: int) -> tuple[np.ndarray, np.ndarray]:
+    """Levels of the candidate pairs the state compared before on the same values (`current`: the
+    pairs' hashes; the state's pairs are sorted by hash), and which pairs those are."""
+    levels = np.zeros((len(current), n_comparisons), dtype=np.int8)
+    found = np.zeros(len(current), dtype=bool)
+    if reuse.pairs is None or not len(reuse.pairs) or not len(current):
         return levels, found
-    position = pd.Index(member_keys).get_indexer(reuse.fingerprints["member_key"].to_numpy(np.uint64))
-    unchanged = np.zeros(n, dtype=bool)
-    known = position >= 0
-    unchanged[position[known]] = reuse.fingerprints["fingerprint"].to_numpy(np.uint64)[known] == prints[position[known]]
-    index = pd.Index(member_keys)
-    a = index.get_indexer(reuse.pairs["member_key_l"].to_numpy(np.uint64))
-    b = index.get_indexer(reuse.pairs["member_key_r"].to_numpy(np.uint64))
-    ok = (a >= 0) & (b >= 0)
-    ok[ok] &= unchanged[a[ok]] & unchanged[b[ok]]
-    stored_ids = np.minimum(a[ok], b[ok]).astype(np.int64) * n + np.maximum(a[ok], b[ok])
-    stored_levels = reuse.pairs[[f"l{k}" for k in range(n_comparisons)]].to_numpy(np.int8)[ok]
-    order = np.argsort(stored_ids, kind="stable")
-    stored_ids, stored_levels = stored_ids[order], stored_levels[order]
-    current = pairs.left.astype(np.int64) * n + pairs.right.astype(np.int64)
-    if len(stored_ids):
-        at = np.minimum(np.searchsorted(stored_ids, current), len(stored_ids) - 1)
-        found = stored_ids[at] == current
-        levels[found] = stored_levels[at[found]]
+    stored = reuse.pairs["pair_hash"].to_numpy(np.uint64)
+    stored_levels = reuse.pairs[[f"l{k}" for k in range(n_comparisons)]].to_numpy(np.int8)
+    by_hash = np.argsort(current, kind="stable")  # sorted queries: a cache-friendly binary search
+    at = np.minimum(np.searchsorted(stored, current[by_hash]), len(stored) - 1)
+    hit = stored[at] == current[by_hash]
+    found[by_hash[hit]] = True
+    levels[by_hash[hit]] = stored_levels[at[hit]]
     return levels, found
 
 
@@ -293,10 +290,13 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend)
         pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
-    prints = fingerprints(attributes, prepared) if member_keys is not None else None
+    hashes = None
+    if member_keys is not None:
+        left, right = to_host(pairs.left), to_host(pairs.right)
+        hashes = pair_hashes(left, right, member_keys, fingerprints(attributes, prepared))
     with timer("match:compare", rows_in=len(pairs)) as entry:
         if reuse is not None and not backend.on_gpu_path:  # incremental: compare only what changed
-            levels, found = _reused_levels(reuse, pairs, member_keys, prints, len(prepared))
+            levels, found = _reused_levels(reuse, hashes, len(prepared))
             todo = np.flatnonzero(~found)
             levels[todo] = comparison_matrix(prepared, pairs.left[todo], pairs.right[todo])
             compared = len(todo)
@@ -332,13 +332,11 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.summary = _summary(result, pairs, config)
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = len(pairs) - compared
-    if member_keys is not None:  # what the next incremental run may reuse
-        host_levels = to_host(levels)
-        result.pair_cache = pd.DataFrame({
-            "member_key_l": member_keys[to_host(pairs.left)], "member_key_r": member_keys[to_host(pairs.right)],
-            **{f"l{k}": host_levels[:, k] for k in range(len(prepared))},
-        })
-        result.fingerprints = pd.DataFrame({"member_key": member_keys, "fingerprint": prints})
+    if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
+        by_hash = np.argsort(hashes, kind="stable")
+        host_levels = to_host(levels)[by_hash]
+        result.pair_cache = pd.DataFrame({"pair_hash": hashes[by_hash],
+                                          **{f"l{k}": host_levels[:, k] for k in range(len(prepared))}})
     return result
 
 

@@ -3,7 +3,8 @@ state so that an incremental run normalizes only values it has not seen before.
 
 Normalizers are pure functions of the value (and of the configuration: a state's memo is used only
 with the configuration digest it was made under), so a remembered result is exactly what normalizing
-again would give. The memo a run hands on holds the distinct values that run saw, no more: values
+again would give. Entries are keyed by a 64-bit hash of the raw value (sorted, found by binary
+search); the raw text itself is not kept. The memo a run hands on holds the distinct values that run saw, no more: values
 that left the sources (or were erased) leave the memo with them.
 
 The memo in use is set for a block of code (`with memo.active():`), in the main process and in
@@ -13,23 +14,30 @@ each ingest worker, and the normalizing functions consult it through `memoized`.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-_ACTIVE: contextvars.ContextVar["NormalizationMemo | None"] = contextvars.ContextVar("memo", default=None)
+_ACTIVE: contextvars.ContextVar[NormalizationMemo | None] = contextvars.ContextVar("memo", default=None)
+
+
+def _keys(values: pd.Series) -> np.ndarray:
+    """64-bit hashes of the raw values: the memo is keyed by them (raw text is never stored)."""
+    from resolver.kernels.hashing import hash_strings
+
+    return hash_strings(pa.array(values.astype("str").array, type=pa.large_string()), prefix=b"memo:")
 
 
 @dataclass
 class NormalizationMemo:
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> raw, out0[, out1]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> key (sorted), out0[, out1]
     seen: dict[str, list[pd.DataFrame]] = field(default_factory=dict)  # this run's lookups
     hits: int = 0
     misses: int = 0
-    _index: dict[str, pd.Index] = field(default_factory=dict, repr=False)
 
     @contextmanager
     def active(self):
@@ -42,28 +50,30 @@ class NormalizationMemo:
     def lookup(self, name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
         """fn(distinct) (a tuple of Series aligned with `distinct`), computing only unseen values."""
         distinct = distinct.reset_index(drop=True)
+        keys = _keys(distinct)
         table = self.tables.get(name)
         if table is None or not len(table) or not len(distinct):
-            results = fn(distinct)
+            results = tuple(r.reset_index(drop=True) for r in fn(distinct))
             self.misses += len(distinct)
         else:
-            if name not in self._index:
-                self._index[name] = pd.Index(table["raw"].astype("str"))
-            position = self._index[name].get_indexer(distinct.astype("str"))
-            miss = position < 0
-            self.hits += int((~miss).sum())
-            self.misses += int(miss.sum())
-            computed = fn(distinct[miss].reset_index(drop=True)) if miss.any() else None
-            order = np.argsort(np.concatenate([np.flatnonzero(~miss), np.flatnonzero(miss)]), kind="stable")
+            stored = table["key"].to_numpy(np.uint64)
+            at = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
+            hit = stored[at] == keys
+            self.hits += int(hit.sum())
+            self.misses += int((~hit).sum())
+            computed = fn(distinct[~hit].reset_index(drop=True)) if not hit.all() else None
+            order = np.argsort(np.concatenate([np.flatnonzero(hit), np.flatnonzero(~hit)]), kind="stable")
             results = []
             for i in range(len(table.columns) - 1):
-                known = table[f"out{i}"].take(position[~miss]).reset_index(drop=True)
-                parts = [known] if computed is None else [known, computed[i].reset_index(drop=True)]
-                joined = pd.concat(parts, ignore_index=True) if len(parts) > 1 else known
-                results.append(joined.take(order).reset_index(drop=True).astype(known.dtype if computed is None
-                                                                                else computed[i].dtype))
+                known = table[f"out{i}"].take(at[hit]).reset_index(drop=True)
+                if computed is None:
+                    results.append(known)
+                    continue
+                fresh = computed[i].reset_index(drop=True)
+                joined = pd.concat([known.astype(fresh.dtype), fresh], ignore_index=True)
+                results.append(joined.take(order).reset_index(drop=True))
             results = tuple(results)
-        frame = pd.DataFrame({"raw": distinct.astype("str"), **{f"out{i}": r.reset_index(drop=True) for i, r in enumerate(results)}})
+        frame = pd.DataFrame({"key": keys, **{f"out{i}": r for i, r in enumerate(results)}})
         self.seen.setdefault(name, []).append(frame)
         return results
 
@@ -75,9 +85,12 @@ class NormalizationMemo:
         self.misses += misses
 
     def handed_on(self) -> dict[str, pd.DataFrame]:
-        """The memo for the next run: every distinct value this run looked up, once."""
-        return {name: pd.concat(frames, ignore_index=True).drop_duplicates("raw").reset_index(drop=True)
-                for name, frames in self.seen.items()}
+        """The memo for the next run: every distinct value this run looked up, once, by key."""
+        out = {}
+        for name, frames in self.seen.items():
+            table = pd.concat(frames, ignore_index=True).drop_duplicates("key")
+            out[name] = table.sort_values("key", kind="stable").reset_index(drop=True)
+        return out
 
     def stats(self) -> dict:
         total = self.hits + self.misses

@@ -19,9 +19,9 @@ Layout (README: "State directory"):
                                   (the distinct values of the last run; used under the same
                                   configuration digest only)
         model.json                the Fellegi-Sunter model incremental runs score with
-        pairs.parquet             compared candidate pairs: both records' member keys and the
-                                  comparison levels (reused while both records are unchanged)
-        fingerprints.parquet      per record: member key and a hash of its compared attributes
+        pairs.parquet             compared candidate pairs: a hash of both records' keys and
+                                  compared attributes (sorted), and the comparison levels; reused
+                                  while both records are unchanged
 
 A new version is written into a temporary folder, renamed into versions/, and only then does
 CURRENT name it; a crash at any point leaves CURRENT on a complete earlier version. The two newest
@@ -77,7 +77,6 @@ class State:
     memo: dict[str, pd.DataFrame] = field(default_factory=dict)
     model: dict | None = None  # FSModel.to_dict()
     pairs: pd.DataFrame | None = None
-    fingerprints: pd.DataFrame | None = None
 
     TABLES = ("members", "persons", "lineage", "tombstones", "audit")
 
@@ -120,11 +119,13 @@ class StateStore:
                 raise StateError(f"{folder / (name + '.parquet')}: cannot read: {exc}") from exc
         memo = {}
         for path in sorted((folder / "memo").glob("*.parquet")):
-            memo[path.stem.replace("__", ":")] = pd.read_parquet(path)
+            table = pd.read_parquet(path)
+            if "key" in table.columns:  # a memo of another layout is simply not used
+                memo[path.stem.replace("__", ":")] = table
         model_path = folder / "model.json"
         model = json.loads(model_path.read_text(encoding="utf-8")) if model_path.exists() else None
-        optional = {name: pd.read_parquet(folder / f"{name}.parquet") if (folder / f"{name}.parquet").exists() else None
-                    for name in ("pairs", "fingerprints")}
+        pairs = pd.read_parquet(folder / "pairs.parquet") if (folder / "pairs.parquet").exists() else None
+        optional = {"pairs": pairs if pairs is not None and "pair_hash" in pairs.columns else None}
         return State(**tables, salt=manifest["salt"], run_id=manifest.get("run_id"), runs=manifest.get("runs", 0),
                      config_digest=manifest.get("config_digest"), memo=memo, model=model, **optional)
 
@@ -141,9 +142,8 @@ class StateStore:
                 (staging / "memo").mkdir()
                 for name, table in state.memo.items():
                     table.to_parquet(staging / "memo" / f"{name.replace(':', '__')}.parquet", index=False)
-            for name in ("pairs", "fingerprints"):
-                if getattr(state, name) is not None:
-                    getattr(state, name).reset_index(drop=True).to_parquet(staging / f"{name}.parquet", index=False)
+            if state.pairs is not None:
+                state.pairs.reset_index(drop=True).to_parquet(staging / "pairs.parquet", index=False)
             if state.model is not None:
                 (staging / "model.json").write_text(json.dumps(state.model), encoding="utf-8")
             manifest = {
@@ -227,37 +227,53 @@ def carry_ids(previous: State, labels: np.ndarray, member_keys: np.ndarray, is_m
 
     n_labels = len(label_keys)
     nodes = np.flatnonzero(is_member & is_person[labels])
-    old_members = previous.members
-    old_key_of = pd.Series(old_members["person_key"].to_numpy(np.uint64),
-                           index=pd.Index(old_members["member_key"].to_numpy(np.uint64)))
-    position = old_key_of.index.get_indexer(member_keys[nodes])
-    found = position >= 0
-    overlap = pd.DataFrame({
-        "label": labels[nodes[found]],
-        "old": old_key_of.to_numpy()[position[found]],
-        "record": is_record[nodes[found]].astype(np.int64),
-    })
-    per_pair = overlap.groupby(["old", "label"], sort=True).agg(records=("record", "sum"), members=("record", "size"))
-    per_pair = per_pair.reset_index()
-    per_pair["age"] = label_age[per_pair["label"].to_numpy()]
-    per_pair["fresh_key"] = label_keys[per_pair["label"].to_numpy()]
-    heirs = per_pair.sort_values(["old", "records", "members", "age", "fresh_key"],
-                                 ascending=[True, False, False, True, True], kind="stable")
-    heirs = heirs.drop_duplicates("old", keep="first")
-
-    persons = previous.persons.set_index("person_key", drop=False)
-    created = persons["created_at"] if len(persons) else pd.Series(dtype="datetime64[ns, UTC]")
-    heirs["created_at"] = created.reindex(heirs["old"].to_numpy()).to_numpy()
-    claims = heirs.sort_values(["label", "created_at", "old"], kind="stable")
-    keeper = claims.drop_duplicates("label", keep="first")
-    merged_away = claims[~claims.index.isin(keeper.index)]
+    # Which earlier person each of this run's members belonged to (members are kept sorted by key).
+    old_member_keys = previous.members["member_key"].to_numpy(np.uint64)
+    old_person_keys = previous.members["person_key"].to_numpy(np.uint64)
+    if len(old_member_keys) and not np.all(old_member_keys[1:] >= old_member_keys[:-1]):
+        order = np.argsort(old_member_keys, kind="stable")
+        old_member_keys, old_person_keys = old_member_keys[order], old_person_keys[order]
+    nodes = nodes[np.argsort(member_keys[nodes], kind="stable")]  # sorted queries: a cache-friendly search
+    at = np.minimum(np.searchsorted(old_member_keys, member_keys[nodes]), max(len(old_member_keys) - 1, 0))
+    found = old_member_keys[at] == member_keys[nodes] if len(old_member_keys) else np.zeros(len(nodes), bool)
+    old_of_node = old_person_keys[at[found]]
+    label_of_node = labels[nodes[found]]
+    # Overlaps: (earlier person, new person) -> records and members they share.
+    olds, old_index = np.unique(old_of_node, return_inverse=True)
+    pair_keys, pair_index = np.unique(old_index.reshape(-1).astype(np.int64) * n_labels + label_of_node,
+                                      return_inverse=True)
+    pair_records = np.bincount(pair_index.reshape(-1), weights=is_record[nodes[found]], minlength=len(pair_keys))
+    pair_members = np.bincount(pair_index.reshape(-1), minlength=len(pair_keys))
+    pair_old, pair_label = pair_keys // n_labels, pair_keys % n_labels
+    # Each earlier person's heir: most records, most members, oldest, smallest key.
+    order = np.lexsort((label_keys[pair_label], label_age[pair_label], -pair_members, -pair_records, pair_old))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pair_old[order][1:] != pair_old[order][:-1]
+    heir_pairs = order[first]
+    is_heir_pair = np.zeros(len(pair_keys), dtype=bool)
+    is_heir_pair[heir_pairs] = True
+    # A new person heir to several keeps the oldest id (created first, then the smallest key).
+    persons = previous.persons.sort_values("person_key", kind="stable").reset_index(drop=True)
+    person_keys = persons["person_key"].to_numpy(np.uint64)
+    created = persons["created_at"].to_numpy("datetime64[ns]").view(np.int64) if len(persons) else np.zeros(0, np.int64)
+    pos = np.minimum(np.searchsorted(person_keys, olds), max(len(person_keys) - 1, 0))
+    old_created = np.where(person_keys[pos] == olds, created[pos], np.iinfo(np.int64).max) if len(person_keys) \
+        else np.full(len(olds), np.iinfo(np.int64).max)
+    heir_old, heir_label = pair_old[heir_pairs], pair_label[heir_pairs]
+    claim = np.lexsort((olds[heir_old], old_created[heir_old], heir_label))
+    keeps = np.ones(len(claim), dtype=bool)
+    keeps[1:] = heir_label[claim][1:] != heir_label[claim][:-1]
+    keeper, merged_claims = claim[keeps], claim[~keeps]
 
     out_keys = np.zeros(n_labels, dtype=np.uint64)
     kept = np.zeros(n_labels, dtype=bool)
-    out_keys[keeper["label"].to_numpy()] = keeper["old"].to_numpy(np.uint64)
-    kept[keeper["label"].to_numpy()] = True
+    out_keys[heir_label[keeper]] = olds[heir_old[keeper]]
+    kept[heir_label[keeper]] = True
+    merged_old = olds[heir_old[merged_claims]]
+    merged_label = heir_label[merged_claims]
+    merged_records = pair_records[heir_pairs][merged_claims].astype(np.int64)
     # New ids: the key from scratch unless an id issued before (or kept this run) already has it.
-    issued = np.concatenate([persons.index.to_numpy(np.uint64), out_keys[kept]])
+    issued = np.concatenate([person_keys, out_keys[kept]])
     fresh = np.flatnonzero(is_person & ~kept)
     candidates = label_keys[fresh].copy()
     clash = np.isin(candidates, issued)
@@ -267,52 +283,58 @@ def carry_ids(previous: State, labels: np.ndarray, member_keys: np.ndarray, is_m
         candidates[clash] = _remix(label_keys[fresh][clash], attempt)
         clash = np.isin(candidates, issued) | pd.Series(candidates).duplicated().to_numpy()
     out_keys[fresh] = candidates
+    split_pairs = np.flatnonzero(~is_heir_pair)
 
     def text(keys) -> np.ndarray:
         return format_person_ids(np.asarray(keys, dtype=np.uint64)).to_numpy(object)
 
     merges = pd.DataFrame({
         "event": "merge",
-        "person_id": text(out_keys[merged_away["label"].to_numpy()]),
-        "other_id": text(merged_away["old"].to_numpy()),
-        "records": merged_away["records"].to_numpy(np.int64),
+        "person_id": text(out_keys[merged_label]),
+        "other_id": text(merged_old),
+        "records": merged_records,
     })
-    split_rows = per_pair[~per_pair.set_index(["old", "label"]).index.isin(heirs.set_index(["old", "label"]).index)]
     splits = pd.DataFrame({
         "event": "split",
-        "person_id": text(split_rows["old"].to_numpy()),
-        "other_id": text(out_keys[split_rows["label"].to_numpy()]),
-        "records": split_rows["records"].to_numpy(np.int64),
+        "person_id": text(olds[pair_old[split_pairs]]),
+        "other_id": text(out_keys[pair_label[split_pairs]]),
+        "records": pair_records[split_pairs].astype(np.int64),
     })
     lineage = pd.concat([merges, splits], ignore_index=True)
     lineage.insert(0, "time", now)
     lineage.insert(0, "run_id", run_id)
     lineage = lineage.astype({"run_id": "str", "event": "str", "person_id": "str", "other_id": "str"})
 
-    # The person table: every id ever issued, with this run's status.
+    # The person table: every id ever issued (sorted by key), with this run's status.
     record_counts = np.bincount(labels[nodes[is_record[nodes]]], minlength=n_labels)
-    active_keys = out_keys[is_person]
-    table = previous.persons.copy()
-    status = pd.Series(table["status"].to_numpy(object), index=table["person_key"].to_numpy(np.uint64))
-    merged_into = pd.Series(table["merged_into"].to_numpy(np.uint64), index=status.index)
-    for old, label in zip(merged_away["old"].to_numpy(np.uint64), merged_away["label"].to_numpy()):
-        status[old] = "merged"
-        merged_into[old] = out_keys[label]
     new_keys = out_keys[fresh]
+    status = persons["status"].to_numpy(object).copy()
+    merged_into = persons["merged_into"].to_numpy(np.uint64).copy()
+    where = np.searchsorted(person_keys, merged_old)
+    status[where] = "merged"
+    merged_into[where] = out_keys[merged_label]
     table = pd.DataFrame({
-        "person_key": np.concatenate([status.index.to_numpy(np.uint64), new_keys]),
-        "created_run": np.concatenate([table["created_run"].to_numpy(object), np.full(len(new_keys), run_id, object)]),
-        "created_at": pd.concat([table["created_at"], pd.Series([now] * len(new_keys), dtype="datetime64[ns, UTC]")],
-                                ignore_index=True),
-        "status": np.concatenate([status.to_numpy(object), np.full(len(new_keys), "active", object)]),
-        "merged_into": np.concatenate([merged_into.to_numpy(np.uint64), np.zeros(len(new_keys), np.uint64)]),
+        "person_key": np.concatenate([person_keys, new_keys]),
+        "created_run": np.concatenate([persons["created_run"].to_numpy(object), np.full(len(new_keys), run_id, object)]),
+        "created_at": np.concatenate([persons["created_at"].to_numpy("datetime64[ns]"),
+                                      np.full(len(new_keys), now.tz_convert(None).to_datetime64(), dtype="datetime64[ns]")]),
+        "status": np.concatenate([status, np.full(len(new_keys), "active", object)]),
+        "merged_into": np.concatenate([merged_into, np.zeros(len(new_keys), np.uint64)]),
     })
-    counts_by_key = pd.Series(record_counts[is_person], index=active_keys)
-    table["records"] = counts_by_key.reindex(table["person_key"].to_numpy(np.uint64)).fillna(0).to_numpy(np.int64)
-    table.loc[table["status"].eq("active") & ~table["person_key"].isin(active_keys), "status"] = "retired"
+    table["created_at"] = table["created_at"].dt.tz_localize("UTC")
+    active_keys = out_keys[is_person]
+    active_order = np.argsort(active_keys, kind="stable")
+    sorted_active = active_keys[active_order]
+    keys = table["person_key"].to_numpy(np.uint64)
+    at = np.minimum(np.searchsorted(sorted_active, keys), max(len(sorted_active) - 1, 0))
+    live = (sorted_active[at] == keys) if len(sorted_active) else np.zeros(len(keys), bool)
+    table["records"] = np.where(live, record_counts[is_person][active_order][at] if len(sorted_active) else 0, 0).astype(np.int64)
+    table.loc[(table["status"] == "active").to_numpy() & ~live, "status"] = "retired"
+    table = table.sort_values("person_key", kind="stable").reset_index(drop=True)
     table = table.astype({"created_run": "str", "status": "str"})
-    members = pd.DataFrame({"member_key": member_keys[nodes], "person_key": out_keys[labels[nodes]]})
-    split_off = np.isin(fresh, split_rows["label"].to_numpy())
+    members = pd.DataFrame({"member_key": member_keys[nodes], "person_key": out_keys[labels[nodes]]})  # sorted
+    split_labels = np.unique(pair_label[split_pairs])
+    split_off = np.isin(fresh, split_labels)
     counts = {"kept": int(kept.sum()), "new": int((~split_off).sum()), "split_off": int(split_off.sum()),
-              "merged_away": len(merged_away), "merge_events": len(merges), "split_events": len(splits)}
+              "merged_away": len(merged_old), "merge_events": len(merges), "split_events": len(splits)}
     return CarriedIds(out_keys, lineage, table, members, counts)

@@ -15,7 +15,7 @@ from resolver.synth import generate
 def _change_sources(root):
     """New contacts (copies with new ids, some with a typo or a new email), changed ones, deleted
     ones (IsDeleted) and removed rows."""
-    path = sorted((root / "salesforce").glob("Contact*.csv"))[0]
+    path = min((root / "salesforce").glob("Contact*.csv"))
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     id_col = frame.columns[0]
     rng = np.random.default_rng(3)
@@ -69,7 +69,7 @@ def test_incremental_run_equals_a_full_rerun(tmp_path):
     assert inc["pairs_compared"] + inc["pairs_reused"] == full["matching"]["candidate_pairs"]
     assert incremental["matching"]["decisions"] == full["matching"]["decisions"]
 
-    assert _partition(tmp_path / "out").values().__len__() == len(_partition(full_out))
+    assert len(_partition(tmp_path / "out")) == len(_partition(full_out))
     assert set(_partition(tmp_path / "out").values()) == set(_partition(full_out).values())
     inc_golden = _golden_by_members(tmp_path / "out")
     full_golden = _golden_by_members(full_out)
