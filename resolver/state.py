@@ -35,6 +35,7 @@ import os
 import secrets
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 STATE_FORMAT = 1
+PERSON_STATES = ("active", "merged", "retired", "forgotten")
 KEEP_VERSIONS = 2
 
 
@@ -111,17 +113,14 @@ class StateStore:
             raise StateError(f"{manifest_path}: not JSON: {exc}") from exc
         if manifest.get("format") != STATE_FORMAT:
             raise StateError(f"{manifest_path}: state format {manifest.get('format')!r}, expected {STATE_FORMAT}")
-        tables = {}
-        for name in State.TABLES:
-            try:
-                tables[name] = pd.read_parquet(folder / f"{name}.parquet")
-            except (OSError, ValueError) as exc:
-                raise StateError(f"{folder / (name + '.parquet')}: cannot read: {exc}") from exc
+        paths = [folder / f"{name}.parquet" for name in State.TABLES] + sorted((folder / "memo").glob("*.parquet"))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            frames = dict(zip(paths, pool.map(_read, paths)))
+        tables = {name: frames[folder / f"{name}.parquet"] for name in State.TABLES}
         memo = {}
-        for path in sorted((folder / "memo").glob("*.parquet")):
-            table = pd.read_parquet(path)
-            if "key" in table.columns:  # a memo of another layout is simply not used
-                memo[path.stem.replace("__", ":")] = table
+        for path in paths[len(State.TABLES):]:
+            if "key" in frames[path].columns:  # a memo of another layout is simply not used
+                memo[path.stem.replace("__", ":")] = frames[path]
         model_path = folder / "model.json"
         model = json.loads(model_path.read_text(encoding="utf-8")) if model_path.exists() else None
         pairs = pd.read_parquet(folder / "pairs.parquet") if (folder / "pairs.parquet").exists() else None
@@ -136,14 +135,17 @@ class StateStore:
         staging = self.versions / f".tmp-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
-            for name in State.TABLES:
-                getattr(state, name).reset_index(drop=True).to_parquet(staging / f"{name}.parquet", index=False)
+            writes = {staging / f"{name}.parquet": getattr(state, name) for name in State.TABLES}
             if state.memo:
                 (staging / "memo").mkdir()
-                for name, table in state.memo.items():
-                    table.to_parquet(staging / "memo" / f"{name.replace(':', '__')}.parquet", index=False)
+                writes.update({staging / "memo" / f"{name.replace(':', '__')}.parquet": table
+                               for name, table in state.memo.items()})
             if state.pairs is not None:
-                state.pairs.reset_index(drop=True).to_parquet(staging / "pairs.parquet", index=False)
+                writes[staging / "pairs.parquet"] = state.pairs
+            # Parquet encoding releases the GIL: the tables are written side by side.
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for done in [pool.submit(_write, frame, path) for path, frame in writes.items()]:
+                    done.result()
             if state.model is not None:
                 (staging / "model.json").write_text(json.dumps(state.model), encoding="utf-8")
             manifest = {
@@ -172,6 +174,17 @@ class StateStore:
         for name in names[:-keep]:
             if name != live:
                 shutil.rmtree(self.versions / name, ignore_errors=True)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    frame.reset_index(drop=True).to_parquet(path, index=False)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from exc
 
 
 def _fsync_file(path: Path) -> None:
@@ -308,30 +321,33 @@ def carry_ids(previous: State, labels: np.ndarray, member_keys: np.ndarray, is_m
     # The person table: every id ever issued (sorted by key), with this run's status.
     record_counts = np.bincount(labels[nodes[is_record[nodes]]], minlength=n_labels)
     new_keys = out_keys[fresh]
-    status = persons["status"].to_numpy(object).copy()
+    status = pd.Categorical(persons["status"].astype("str"), categories=PERSON_STATES).codes.astype(np.int8)
     merged_into = persons["merged_into"].to_numpy(np.uint64).copy()
     where = np.searchsorted(person_keys, merged_old)
-    status[where] = "merged"
+    status[where] = PERSON_STATES.index("merged")
     merged_into[where] = out_keys[merged_label]
-    table = pd.DataFrame({
-        "person_key": np.concatenate([person_keys, new_keys]),
-        "created_run": np.concatenate([persons["created_run"].to_numpy(object), np.full(len(new_keys), run_id, object)]),
-        "created_at": np.concatenate([persons["created_at"].to_numpy("datetime64[ns]"),
-                                      np.full(len(new_keys), now.tz_convert(None).to_datetime64(), dtype="datetime64[ns]")]),
-        "status": np.concatenate([status, np.full(len(new_keys), "active", object)]),
-        "merged_into": np.concatenate([merged_into, np.zeros(len(new_keys), np.uint64)]),
-    })
-    table["created_at"] = table["created_at"].dt.tz_localize("UTC")
+    keys = np.concatenate([person_keys, new_keys])
+    status = np.concatenate([status, np.full(len(new_keys), PERSON_STATES.index("active"), np.int8)])
     active_keys = out_keys[is_person]
     active_order = np.argsort(active_keys, kind="stable")
     sorted_active = active_keys[active_order]
-    keys = table["person_key"].to_numpy(np.uint64)
     at = np.minimum(np.searchsorted(sorted_active, keys), max(len(sorted_active) - 1, 0))
     live = (sorted_active[at] == keys) if len(sorted_active) else np.zeros(len(keys), bool)
-    table["records"] = np.where(live, record_counts[is_person][active_order][at] if len(sorted_active) else 0, 0).astype(np.int64)
-    table.loc[(table["status"] == "active").to_numpy() & ~live, "status"] = "retired"
-    table = table.sort_values("person_key", kind="stable").reset_index(drop=True)
-    table = table.astype({"created_run": "str", "status": "str"})
+    status[(status == PERSON_STATES.index("active")) & ~live] = PERSON_STATES.index("retired")
+    order = np.argsort(keys, kind="stable")
+    created_at = pd.concat([persons["created_at"].reset_index(drop=True),
+                            pd.Series([now] * len(new_keys), dtype=persons["created_at"].dtype)], ignore_index=True)
+    table = pd.DataFrame({
+        "person_key": keys[order],
+        "created_run": pd.concat([persons["created_run"].astype("str").reset_index(drop=True),
+                                  pd.Series([run_id] * len(new_keys), dtype="str")], ignore_index=True).take(order)
+                         .reset_index(drop=True),
+        "created_at": created_at.take(order).reset_index(drop=True),
+        "status": pd.Series(pd.Categorical.from_codes(status[order], categories=list(PERSON_STATES))).astype("str"),
+        "merged_into": np.concatenate([merged_into, np.zeros(len(new_keys), np.uint64)])[order],
+        "records": np.where(live, record_counts[is_person][active_order][at] if len(sorted_active) else 0,
+                            0).astype(np.int64)[order],
+    })
     members = pd.DataFrame({"member_key": member_keys[nodes], "person_key": out_keys[labels[nodes]]})  # sorted
     split_labels = np.unique(pair_label[split_pairs])
     split_off = np.isin(fresh, split_labels)
