@@ -172,6 +172,7 @@ class BlockingKeys:
     rules: list[str]
     keys: np.ndarray  # (n_rules, n_records) uint64
     plans: list[RulePlan]
+    raw_keys: np.ndarray | None = None  # before deleted records and over-cap blocks lose theirs
 
     def warnings(self, cap: int) -> list[str]:
         out = []
@@ -183,8 +184,24 @@ class BlockingKeys:
         return out
 
 
-def _key_text(parts: list[pd.Series], row: int) -> str:
-    return " | ".join(str(p.iloc[row]) for p in parts)
+def _key_text(keys: list[str], attributes: dict[str, pd.Series], row: int) -> str:
+    """The text of one record's key (for naming the largest blocks)."""
+    used = {c for k in keys for c in parse_key(k).columns}
+    one = {name: attributes[name].iloc[[row]].reset_index(drop=True) for name in used}
+    return " | ".join(str(key_values(parse_key(k), one).iloc[0]) for k in keys)
+
+
+def _rule_keys_reusing(keys: list[str], attributes: dict[str, pd.Series], n: int, backend: Backend,
+                       known: np.ndarray | None, known_keys: np.ndarray | None):
+    """rule_keys, computing only the records whose keys are not known (`known` mask)."""
+    if known is None:
+        return rule_keys(keys, attributes, n, backend)[0]
+    todo = np.flatnonzero(~known)
+    out = np.asarray(known_keys, dtype=np.uint64).copy()
+    if len(todo):
+        subset = {name: values.iloc[todo].reset_index(drop=True) for name, values in attributes.items()}
+        out[todo] = to_host(rule_keys(keys, subset, len(todo), backend)[0])
+    return backend.xp.asarray(out)
 
 
 def _blocks(xp: ModuleType, keys):
@@ -202,17 +219,22 @@ def _blocks(xp: ModuleType, keys):
 
 
 def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series], active: np.ndarray,
-                        top: int = 5, backend: Backend = CPU) -> BlockingKeys:
+                        top: int = 5, backend: Backend = CPU, known: np.ndarray | None = None,
+                        known_keys: np.ndarray | None = None) -> BlockingKeys:
     """Each rule's keys for the active records, with the plan (pair counts, largest blocks).
-    The keys are returned on the host; the backend computes them."""
+    The keys are returned on the host; the backend computes them. With `known` (a mask of records)
+    and `known_keys` (n_rules, n), those records' keys are taken as given (an incremental run)."""
     xp = backend.xp
     n = len(active)
     inactive = xp.asarray(~np.asarray(active, dtype=bool))
     all_keys = np.zeros((len(config.rules), n), dtype=np.uint64)
+    raw_keys = np.zeros((len(config.rules), n), dtype=np.uint64)
     plans = []
     cap = config.max_block_size
     for r, rule in enumerate(config.rules):
-        keys, parts = rule_keys(rule.keys, attributes, n, backend)
+        keys = _rule_keys_reusing(rule.keys, attributes, n, backend, known,
+                                  None if known_keys is None else known_keys[r])
+        raw_keys[r] = to_host(keys)
         keys[inactive] = 0
         members, starts, sizes = _blocks(xp, keys)
         over = sizes > cap
@@ -220,14 +242,14 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
         biggest = to_host(xp.argsort(-sizes, kind="stable")[:top])
         first_member = to_host(members[starts[xp.asarray(biggest, dtype=xp.int64)]]) if len(biggest) else []
         host_sizes = to_host(sizes[xp.asarray(biggest, dtype=xp.int64)]) if len(biggest) else []
-        largest = [(_key_text(parts, int(m)), int(z)) for m, z in zip(first_member, host_sizes)]
+        largest = [(_key_text(rule.keys, attributes, int(m)), int(z)) for m, z in zip(first_member, host_sizes)]
         if bool(over.any()):  # records of an over-cap block have no key for this rule
             block_of = xp.searchsorted(starts, xp.arange(len(members)), side="right") - 1
             keys[members[over[block_of]]] = 0
         all_keys[r] = to_host(keys)
         plans.append(RulePlan(rule.name, len(members), len(sizes), int(pairs[~over].sum()), int(over.sum()),
                               int(sizes[over].sum()), int(pairs[over].sum()), largest))
-    return BlockingKeys([r.name for r in config.rules], all_keys, plans)
+    return BlockingKeys([r.name for r in config.rules], all_keys, plans, raw_keys)
 
 
 # ---------------------------------------------------------------------------------------------

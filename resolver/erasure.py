@@ -280,9 +280,9 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     state.audit = pd.concat([state.audit, pd.DataFrame([entry])], ignore_index=True)
     state.memo = {name: table[~memo_mentions(table, _attribute_values(outputs, erasure) | erasure.values)]
                   for name, table in state.memo.items()}
-    # Cached pairs are hashes that cannot be traced to a record; a cache that held the person's
-    # pairs is dropped whole (the next run compares everything once).
-    if state.pairs is not None and len(erasure.record_ids):
-        state.pairs = None
+    # Cached pairs and keys are hashes that cannot be traced to a record; caches that held the
+    # person's are dropped whole (the next run keys and compares everything once).
+    if len(erasure.record_ids):
+        state.pairs = state.keys = None
     store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
     return {**entry, "time": now.isoformat(), "rows_removed": removed}

@@ -73,6 +73,7 @@ class MatchResult:
     veto: np.ndarray | None = None  # per pair: the must_agree comparison that disagrees (-1 = none)
     attributes: dict | None = None  # the records' attributes in match form (reused by survivorship)
     pair_cache: pd.DataFrame | None = None  # every candidate pair's levels by pair hash (for the state)
+    key_cache: pd.DataFrame | None = None  # every record's blocking keys by record hash (for the state)
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
@@ -227,13 +228,13 @@ class Reuse:
 
     model: dict | None
     pairs: pd.DataFrame | None  # pair_hash (sorted), level columns l0..
+    keys: pd.DataFrame | None = None  # record_hash (sorted), blocking key columns k0.. (before caps)
 
 
-def fingerprints(attributes: dict[str, pd.Series], prepared: list[PreparedComparison]) -> np.ndarray:
-    """Per record, a 64-bit hash of every attribute its comparisons read (in match form)."""
+def fingerprints(attributes: dict[str, pd.Series], columns: list[str]) -> np.ndarray:
+    """Per record, a 64-bit hash of the named attributes (in match form)."""
     from resolver.kernels.hashing import hash_strings
 
-    columns = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
     out = np.zeros(len(next(iter(attributes.values()))) if attributes else 0, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in columns:
@@ -252,6 +253,21 @@ def pair_hashes(left: np.ndarray, right: np.ndarray, member_keys: np.ndarray, pr
         a = _mix(member_keys[left] ^ (prints[left] * np.uint64(0x9E3779B97F4A7C15)))
         b = _mix(member_keys[right] ^ (prints[right] * np.uint64(0x9E3779B97F4A7C15)))
         return _mix(np.minimum(a, b) * np.uint64(0xC2B2AE3D27D4EB4F) + np.maximum(a, b))
+
+
+def _reused_keys(stored: pd.DataFrame, record_hashes: np.ndarray, n_rules: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocking keys of the records the state keyed before with the same attributes: a mask of
+    those records, and (n_rules, n) keys (zero elsewhere)."""
+    keys = np.zeros((n_rules, len(record_hashes)), dtype=np.uint64)
+    known = np.zeros(len(record_hashes), dtype=bool)
+    table = stored["record_hash"].to_numpy(np.uint64)
+    if not len(table) or not len(record_hashes):
+        return known, keys
+    at = np.minimum(np.searchsorted(table, record_hashes), len(table) - 1)
+    known = table[at] == record_hashes
+    for r in range(n_rules):
+        keys[r, known] = stored[f"k{r}"].to_numpy(np.uint64)[at[known]]
+    return known, keys
 
 
 def _reused_levels(reuse: Reuse, current: np.ndarray, n_comparisons: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,14 +302,25 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         attributes = match_attributes(records, config)
         prepared = prepare_all(matching.comparisons, attributes)
         on_backend = [p.on(xp) for p in prepared]
+    record_hashes = known = known_keys = None
+    if member_keys is not None:  # who each record is and what it holds: its blocking keys follow
+        from resolver.blocking import _mix
+
+        with np.errstate(over="ignore"):
+            record_hashes = _mix(member_keys ^ (fingerprints(attributes, list(attributes)) * np.uint64(0x9E3779B97F4A7C15)))
+        if reuse is not None and reuse.keys is not None:
+            known, known_keys = _reused_keys(reuse.keys, record_hashes, len(matching.blocking.rules))
     with timer("match:blocking", rows_in=int(active.sum())) as entry:
-        blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend)
+        blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend, known=known,
+                                       known_keys=known_keys)
+        entry["keyed_again"] = int(len(records) if known is None else (~known).sum())
         pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
     hashes = None
     if member_keys is not None:
         left, right = to_host(pairs.left), to_host(pairs.right)
-        hashes = pair_hashes(left, right, member_keys, fingerprints(attributes, prepared))
+        compared = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
+        hashes = pair_hashes(left, right, member_keys, fingerprints(attributes, compared))
     with timer("match:compare", rows_in=len(pairs)) as entry:
         if reuse is not None and not backend.on_gpu_path:  # incremental: compare only what changed
             levels, found = _reused_levels(reuse, hashes, len(prepared))
@@ -332,6 +359,10 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.summary = _summary(result, pairs, config)
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = len(pairs) - compared
+    if record_hashes is not None:
+        by_record = np.argsort(record_hashes, kind="stable")
+        result.key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
+                                         **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
     if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
         by_hash = np.argsort(hashes, kind="stable")
         host_levels = to_host(levels)[by_hash]

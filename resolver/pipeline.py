@@ -683,7 +683,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     digest = config_digest(config)
     incremental = previous is not None and not full and previous.config_digest == digest and previous.runs > 0
     memo = NormalizationMemo(tables=previous.memo if incremental else {}) if previous is not None else None
-    reuse = Reuse(previous.model, previous.pairs) if incremental else None
+    reuse = Reuse(previous.model, previous.pairs, previous.keys) if incremental else None
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
@@ -725,4 +725,5 @@ def _next_state(previous: State, res: Resolution, memo: NormalizationMemo, diges
                  tombstones=previous.tombstones, audit=previous.audit, salt=previous.salt,
                  runs=previous.runs + 1, config_digest=digest, memo=handed_on,
                  model=match.model.to_dict() if match is not None else None,
-                 pairs=match.pair_cache if match is not None else None)
+                 pairs=match.pair_cache if match is not None else None,
+                 keys=match.key_cache if match is not None else None)

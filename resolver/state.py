@@ -22,6 +22,8 @@ Layout (README: "State directory"):
         pairs.parquet             compared candidate pairs: a hash of both records' keys and
                                   compared attributes (sorted), and the comparison levels; reused
                                   while both records are unchanged
+        keys.parquet              every record's blocking keys, by a hash of its key and
+                                  attributes (sorted): only new or changed records are keyed again
 
 A new version is written into a temporary folder, renamed into versions/, and only then does
 CURRENT name it; a crash at any point leaves CURRENT on a complete earlier version. The two newest
@@ -79,6 +81,7 @@ class State:
     memo: dict[str, pd.DataFrame] = field(default_factory=dict)
     model: dict | None = None  # FSModel.to_dict()
     pairs: pd.DataFrame | None = None
+    keys: pd.DataFrame | None = None
 
     TABLES = ("members", "persons", "lineage", "tombstones", "audit")
 
@@ -124,7 +127,8 @@ class StateStore:
         model_path = folder / "model.json"
         model = json.loads(model_path.read_text(encoding="utf-8")) if model_path.exists() else None
         pairs = pd.read_parquet(folder / "pairs.parquet") if (folder / "pairs.parquet").exists() else None
-        optional = {"pairs": pairs if pairs is not None and "pair_hash" in pairs.columns else None}
+        keys = pd.read_parquet(folder / "keys.parquet") if (folder / "keys.parquet").exists() else None
+        optional = {"pairs": pairs if pairs is not None and "pair_hash" in pairs.columns else None, "keys": keys}
         return State(**tables, salt=manifest["salt"], run_id=manifest.get("run_id"), runs=manifest.get("runs", 0),
                      config_digest=manifest.get("config_digest"), memo=memo, model=model, **optional)
 
@@ -142,6 +146,8 @@ class StateStore:
                                for name, table in state.memo.items()})
             if state.pairs is not None:
                 writes[staging / "pairs.parquet"] = state.pairs
+            if state.keys is not None:
+                writes[staging / "keys.parquet"] = state.keys
             # Parquet encoding releases the GIL: the tables are written side by side.
             with ThreadPoolExecutor(max_workers=4) as pool:
                 for done in [pool.submit(_write, frame, path) for path, frame in writes.items()]:

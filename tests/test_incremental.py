@@ -68,6 +68,8 @@ def test_incremental_run_equals_a_full_rerun(tmp_path):
     assert 0 < inc["pairs_compared"] < full["matching"]["candidate_pairs"] / 2
     assert inc["pairs_compared"] + inc["pairs_reused"] == full["matching"]["candidate_pairs"]
     assert incremental["matching"]["decisions"] == full["matching"]["decisions"]
+    blocking = next(s for s in incremental["stages"] if s["stage"] == "match:blocking")
+    assert 0 < blocking["keyed_again"] < incremental["rows"]["resolved"] / 5  # only new or changed records
 
     assert len(_partition(tmp_path / "out")) == len(_partition(full_out))
     assert set(_partition(tmp_path / "out").values()) == set(_partition(full_out).values())
