@@ -157,7 +157,10 @@ def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
     # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
     order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, memo) for i in order}
+        # Workers get only the memo tables ingest uses (the attribute memos stay here).
+        shipped = NormalizationMemo(tables={k: v for k, v in memo.tables.items() if not k.startswith("attribute:")}) \
+            if memo is not None else None
+        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
         return [futures[i].result() for i in range(len(jobs))]
 
 
