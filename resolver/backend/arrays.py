@@ -128,11 +128,3 @@ def scatter_min(xp: ModuleType, target, index, values) -> None:
 
         cupyx.scatter_min(target, index, values)
 
-
-def scatter_max(xp: ModuleType, target, index, values) -> None:
-    if xp is np:
-        np.maximum.at(target, index, values)
-    else:  # CuPy
-        import cupyx
-
-        cupyx.scatter_max(target, index, values)
