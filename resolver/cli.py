@@ -66,6 +66,16 @@ def _summary_table(summary: dict, metrics: dict | None) -> Table:
         table.add_row("matching: candidate pairs", f"{matching['candidate_pairs']:,}")
         table.add_row("matching: linked / review / refused by guards",
                       f"{decisions['link']:,} / {decisions['review']:,} / {decisions['guard_cut']:,}")
+    golden = summary.get("golden")
+    if golden:
+        table.add_row("golden records: with conflicts / flagged for review",
+                      f"{golden['persons_with_conflicts']:,} / {golden['persons_flagged_for_review']:,}")
+    if "suppressed" in rows and rows["suppressed"]:
+        table.add_row("rows suppressed (erased)", f"{rows['suppressed']:,}")
+    ids = summary.get("persistent_ids")
+    if ids:
+        table.add_row("persistent ids: kept / new / merged away / split off",
+                      f"{ids['kept']:,} / {ids['new']:,} / {ids['merged_away']:,} / {ids['split_off']:,}")
     table.add_row("wall time", f"{summary['seconds']:.2f} s")
     if metrics:
         for scope in ("records", "events"):
