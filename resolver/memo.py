@@ -13,7 +13,6 @@ each ingest worker, and the normalizing functions consult it through `memoized`.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-_ACTIVE: contextvars.ContextVar[NormalizationMemo | None] = contextvars.ContextVar("memo", default=None)
+# One memo is active per process at a time (a plain global, not a context variable: the stages
+# normalize columns in thread pools, and threads do not inherit context variables).
+_ACTIVE: list[NormalizationMemo] = []
 
 
 def _keys(values: pd.Series) -> np.ndarray:
@@ -41,11 +42,11 @@ class NormalizationMemo:
 
     @contextmanager
     def active(self):
-        token = _ACTIVE.set(self)
+        _ACTIVE.append(self)
         try:
             yield self
         finally:
-            _ACTIVE.reset(token)
+            _ACTIVE.remove(self)
 
     def lookup(self, name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
         """fn(distinct) (a tuple of Series aligned with `distinct`), computing only unseen values."""
@@ -100,15 +101,14 @@ class NormalizationMemo:
 
 def memoized(name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
     """fn over distinct raw values, through the active memo when there is one."""
-    memo = _ACTIVE.get()
-    if memo is None:
+    if not _ACTIVE:
         return fn(distinct)
-    return memo.lookup(name, distinct, fn)
+    return _ACTIVE[-1].lookup(name, distinct, fn)
 
 
 def memoized_column(name: str, values: pd.Series, fn: Callable[[pd.Series], pd.Series]) -> pd.Series:
     """fn over a whole column (with repeats), normalizing each distinct value once and remembering it."""
-    if _ACTIVE.get() is None:
+    if not _ACTIVE:
         return fn(values)
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     distinct = pd.Series(uniques, dtype=values.dtype if len(uniques) else "str")
