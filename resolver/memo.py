@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,10 +36,22 @@ def _keys(values: pd.Series) -> np.ndarray:
 
 @dataclass
 class NormalizationMemo:
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> key (sorted), out0[, out1]
-    seen: dict[str, list[pd.DataFrame]] = field(default_factory=dict)  # this run's lookups
+    """tables: name -> key (sorted), out0[, out1]. An ingest worker gets `folder` instead (the
+    state's memo folder) and reads only the tables it uses."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    folder: Path | None = None
+    # This run's lookups per name: the keys it found (its table has their outputs) and the rows
+    # it had to normalize (key and outputs).
+    seen: dict[str, list[tuple[np.ndarray, pd.DataFrame]]] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        if name not in self.tables and self.folder is not None:
+            path = self.folder / f"{name.replace(':', '__')}.parquet"
+            self.tables[name] = pd.read_parquet(path) if path.exists() else None
+        return self.tables.get(name)
 
     @contextmanager
     def active(self):
@@ -52,7 +65,8 @@ class NormalizationMemo:
         """fn(distinct) (a tuple of Series aligned with `distinct`), computing only unseen values."""
         distinct = distinct.reset_index(drop=True)
         keys = _keys(distinct)
-        table = self.tables.get(name)
+        table = self.table(name)
+        hit = np.zeros(len(keys), dtype=bool)
         if table is None or not len(table) or not len(distinct):
             results = tuple(r.reset_index(drop=True) for r in fn(distinct))
             self.misses += len(distinct)
@@ -74,11 +88,13 @@ class NormalizationMemo:
                 joined = pd.concat([known.astype(fresh.dtype), fresh], ignore_index=True)
                 results.append(joined.take(order).reset_index(drop=True))
             results = tuple(results)
-        frame = pd.DataFrame({"key": keys, **{f"out{i}": r for i, r in enumerate(results)}})
-        self.seen.setdefault(name, []).append(frame)
+        fresh = np.flatnonzero(~hit)
+        frame = pd.DataFrame({"key": keys[fresh], **{f"out{i}": r.take(fresh).reset_index(drop=True)
+                                                     for i, r in enumerate(results)}})
+        self.seen.setdefault(name, []).append((keys[hit], frame))
         return results
 
-    def absorb(self, seen: dict[str, list[pd.DataFrame]], hits: int, misses: int) -> None:
+    def absorb(self, seen: dict[str, list[tuple[np.ndarray, pd.DataFrame]]], hits: int, misses: int) -> None:
         """Take in what an ingest worker looked up."""
         for name, frames in seen.items():
             self.seen.setdefault(name, []).extend(frames)
@@ -88,9 +104,15 @@ class NormalizationMemo:
     def handed_on(self) -> dict[str, pd.DataFrame]:
         """The memo for the next run: every distinct value this run looked up, once, by key."""
         out = {}
-        for name, frames in self.seen.items():
-            table = pd.concat(frames, ignore_index=True).drop_duplicates("key")
-            out[name] = table.sort_values("key", kind="stable").reset_index(drop=True)
+        for name, parts in self.seen.items():
+            frames = [frame for _, frame in parts]
+            found = np.unique(np.concatenate([keys for keys, _ in parts]))
+            table = self.table(name)
+            if len(found) and table is not None:
+                stored = table["key"].to_numpy(np.uint64)
+                frames.insert(0, table.iloc[np.searchsorted(stored, found)])
+            merged = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True).drop_duplicates("key")
+            out[name] = merged.sort_values("key", kind="stable").reset_index(drop=True)
         return out
 
     def stats(self) -> dict:

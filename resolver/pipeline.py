@@ -119,7 +119,7 @@ def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids
                memo: NormalizationMemo | None = None) -> SourceTables:
     """Read and normalize one job's files; with a memo, values it remembers are not normalized
     again, and the job's lookups come back in tables.memo."""
-    own = NormalizationMemo(tables=memo.tables) if memo is not None else None
+    own = NormalizationMemo(tables=memo.tables, folder=memo.folder) if memo is not None else None
     if own is None:
         return _ingest_job(config, job, vocab, seen_event_ids)
     with own.active():
@@ -157,9 +157,8 @@ def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
     # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
     order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        # Workers get only the memo tables ingest uses (the attribute memos stay here).
-        shipped = NormalizationMemo(tables={k: v for k, v in memo.tables.items() if not k.startswith("attribute:")}) \
-            if memo is not None else None
+        # Workers read the memo tables they use from the state themselves (no pickled copies).
+        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
         futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
         return [futures[i].result() for i in range(len(jobs))]
 
@@ -685,7 +684,10 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     previous = store.load() if store is not None else None
     digest = config_digest(config)
     incremental = previous is not None and not full and previous.config_digest == digest and previous.runs > 0
-    memo = NormalizationMemo(tables=previous.memo if incremental else {}) if previous is not None else None
+    memo = None
+    if previous is not None:
+        memo = NormalizationMemo(tables=previous.memo if incremental else {},
+                                 folder=store.current() / "memo" if incremental and store.current() else None)
     reuse = Reuse(previous.model, previous.pairs, previous.keys) if incremental else None
     log = StageLog(report=report)
     wall = time.perf_counter()
