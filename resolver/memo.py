@@ -102,17 +102,20 @@ class NormalizationMemo:
         self.misses += misses
 
     def handed_on(self) -> dict[str, pd.DataFrame]:
-        """The memo for the next run: every distinct value this run looked up, once, by key."""
+        """The memo for the next run: every distinct value this run looked up, once, sorted by key.
+        Rows are gathered once, by position: the string columns are never sorted or deduplicated."""
         out = {}
         for name, parts in self.seen.items():
-            frames = [frame for _, frame in parts]
             found = np.unique(np.concatenate([keys for keys, _ in parts]))
+            fresh = pd.concat([frame for _, frame in parts], ignore_index=True)
+            fresh_keys, first = np.unique(fresh["key"].to_numpy(np.uint64), return_index=True)
             table = self.table(name)
-            if len(found) and table is not None:
-                stored = table["key"].to_numpy(np.uint64)
-                frames.insert(0, table.iloc[np.searchsorted(stored, found)])
-            merged = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True).drop_duplicates("key")
-            out[name] = merged.sort_values("key", kind="stable").reset_index(drop=True)
+            pieces, keys = [fresh.take(first)], [fresh_keys]
+            if len(found) and table is not None and len(table):
+                pieces.insert(0, table.take(np.searchsorted(table["key"].to_numpy(np.uint64), found)))
+                keys.insert(0, found)
+            merged = pd.concat(pieces, ignore_index=True)
+            out[name] = merged.take(np.argsort(np.concatenate(keys), kind="stable")).reset_index(drop=True)
         return out
 
     def stats(self) -> dict:

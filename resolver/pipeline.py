@@ -124,7 +124,7 @@ def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids
         return _ingest_job(config, job, vocab, seen_event_ids)
     with own.active():
         tables = _ingest_job(config, job, vocab, seen_event_ids)
-    tables.memo = own
+    tables.memo = NormalizationMemo(seen=own.seen, hits=own.hits, misses=own.misses)  # not the tables it read
     return tables
 
 
