@@ -289,28 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.erasure import ErasureError
     from resolver.state import StateError
 
+    # Expected failures: one line naming the problem, and an exit code.
+    known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
+             (StateError, "state error", EXIT_CONFIG), (ModelError, "model error", EXIT_CONFIG),
+             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_CONFIG
-    except ErasureError as exc:
-        console.print(f"[red]erasure error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_CONFIG
-    except StateError as exc:
-        console.print(f"[red]state error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_CONFIG
-    except ModelError as exc:
-        console.print(f"[red]model error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_CONFIG
-    except BackendUnavailable as exc:
-        console.print(f"[red]backend unavailable:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_CONFIG
-    except InputError as exc:
-        console.print(f"[red]input error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_INPUT
+    except tuple(kind for kind, _, _ in known) as exc:
+        label, code = next((label, code) for kind, label, code in known if isinstance(exc, kind))
+        console.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False)
+        return code
     except KeyboardInterrupt:
         return 130
 
