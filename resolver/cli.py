@@ -284,9 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from resolver.backend.arrays import BackendUnavailable
     from resolver.config import ConfigError
+    from resolver.erasure import ErasureError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
-    from resolver.erasure import ErasureError
     from resolver.state import StateError
 
     # Expected failures: one line naming the problem, and an exit code.
