@@ -28,7 +28,7 @@ from resolver.backend.arrays import CPU, Backend, to_host
 from resolver.compare import email_domain, email_local
 from resolver.config import BlockingConfig
 from resolver.grouping import Groups
-from resolver.kernels.hashing import hash_strings
+from resolver.kernels.hashing import hash_strings, mix64
 
 # function name -> (number of columns, number of integer arguments)
 KEY_FUNCTIONS = {
@@ -124,12 +124,6 @@ def key_values(expr: KeyExpr, attributes: dict[str, pd.Series]) -> pd.Series:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
 def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend: Backend = CPU):
     """64-bit block key per record (0 = a part is missing) and the text of each part; the key
     parts are hashed by the backend's kernel target and the key lives in its array module."""
@@ -144,7 +138,7 @@ def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend
             hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{position}:".encode(),
                                   target=backend.kernels, xp=xp)
             missing |= hashed == 0
-            combined = _mix(combined * _GOLDEN + hashed)
+            combined = mix64(combined * _GOLDEN + hashed)
     combined[missing] = 0
     combined[(combined == 0) & ~missing] = 1
     return combined, parts

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.config import Config
+from resolver.kernels.hashing import mix64
 from resolver.normalize import hash_identifiers, normalize_identifier
 
 SELECTORS = ("email", "phone", "person", "record")
@@ -34,19 +35,19 @@ def salted(keys: np.ndarray, salt: str) -> np.ndarray:
     """A keyed 64-bit mix of member keys: two splitmix64 rounds, each keyed by half of the salt."""
     keys = np.asarray(keys, dtype=np.uint64)
     first, second = np.uint64(int(salt[:16], 16)), np.uint64(int(salt[16:32], 16))
-    with np.errstate(over="ignore"):
-        h = keys
-        for k in (first, second):
-            h = h ^ k
-            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h = h ^ (h >> np.uint64(31))
+    h = keys
+    for k in (first, second):
+        h = mix64(h ^ k)
     return h
 
 
-def record_keys(source: str, source_keys: pd.Series) -> np.ndarray:
-    """The member key of records of one source (as the pipeline hashes them)."""
-    return hash_identifiers(f"record:{source}", source_keys.reset_index(drop=True))
+def record_member_keys(records: pd.DataFrame) -> np.ndarray:
+    """Per record (`source`, `source_key` columns): the hash of its source and key, who it is
+    across runs (the member key of the state)."""
+    out = np.zeros(len(records), dtype=np.uint64)
+    for source, idx in records.groupby("source", sort=False, observed=True).indices.items():
+        out[idx] = hash_identifiers(f"record:{source}", records["source_key"].iloc[idx].reset_index(drop=True))
+    return out
 
 
 def identifier_hashes(config: Config, kind: str, value: str) -> dict[str, int]:
@@ -92,7 +93,7 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
     for part in parts:
         if part.records is not None and len(part.records):
             records, obs = part.records, part.observations
-            gone = hit(record_keys(part.name, records["source_key"]))
+            gone = hit(record_member_keys(records))
             gone[obs["record_pos"].to_numpy()[hit(obs["hash"].to_numpy(np.uint64))]] = True
             if gone.any():
                 dropped = records[gone]
@@ -253,9 +254,7 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     state = store.load()
     identity = outputs["identity_map"]
     erased_records = identity[identity["record_id"].isin(erasure.record_ids)]
-    member_keys = np.concatenate([
-        record_keys(str(source), group["source_key"]) for source, group in erased_records.groupby("source", observed=True)
-    ] or [np.zeros(0, np.uint64)])
+    member_keys = record_member_keys(erased_records.reset_index(drop=True))
     now = pd.Timestamp.now(tz="UTC")
     person_keys = np.array([int(p[1:], 16) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
     members = state.members

@@ -247,12 +247,12 @@ def fingerprints(attributes: dict[str, pd.Series], columns: list[str]) -> np.nda
 def pair_hashes(left: np.ndarray, right: np.ndarray, member_keys: np.ndarray, prints: np.ndarray) -> np.ndarray:
     """One 64-bit hash per pair of records, of both records' member keys and attribute fingerprints
     (order-free): equal only when the same two records are compared on the same values."""
-    from resolver.blocking import _mix
+    from resolver.kernels.hashing import mix64
 
     with np.errstate(over="ignore"):
-        a = _mix(member_keys[left] ^ (prints[left] * np.uint64(0x9E3779B97F4A7C15)))
-        b = _mix(member_keys[right] ^ (prints[right] * np.uint64(0x9E3779B97F4A7C15)))
-        return _mix(np.minimum(a, b) * np.uint64(0xC2B2AE3D27D4EB4F) + np.maximum(a, b))
+        a = mix64(member_keys[left] ^ (prints[left] * np.uint64(0x9E3779B97F4A7C15)))
+        b = mix64(member_keys[right] ^ (prints[right] * np.uint64(0x9E3779B97F4A7C15)))
+        return mix64(np.minimum(a, b) * np.uint64(0xC2B2AE3D27D4EB4F) + np.maximum(a, b))
 
 
 def _reused_keys(stored: pd.DataFrame, record_hashes: np.ndarray, n_rules: int) -> tuple[np.ndarray, np.ndarray]:
@@ -304,10 +304,10 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         on_backend = [p.on(xp) for p in prepared]
     record_hashes = known = known_keys = None
     if member_keys is not None:  # who each record is and what it holds: its blocking keys follow
-        from resolver.blocking import _mix
+        from resolver.kernels.hashing import mix64
 
         with np.errstate(over="ignore"):
-            record_hashes = _mix(member_keys ^ (fingerprints(attributes, list(attributes)) * np.uint64(0x9E3779B97F4A7C15)))
+            record_hashes = mix64(member_keys ^ (fingerprints(attributes, list(attributes)) * np.uint64(0x9E3779B97F4A7C15)))
         if reuse is not None and reuse.keys is not None:
             known, known_keys = _reused_keys(reuse.keys, record_hashes, len(matching.blocking.rules))
     with timer("match:blocking", rows_in=int(active.sum())) as entry:

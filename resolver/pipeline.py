@@ -25,7 +25,7 @@ from resolver.backend.arrays import CPU, Backend, select_backend
 from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
-from resolver.erasure import suppress
+from resolver.erasure import record_member_keys, suppress
 from resolver.golden import build_golden
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
@@ -35,7 +35,7 @@ from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
 from resolver.io.readers import REJECT_COLUMNS, read_source
 from resolver.io.writers import write_outputs
-from resolver.normalize import Blocklist, hash_identifiers
+from resolver.normalize import Blocklist
 
 Reporter = Callable[[str], None]
 
@@ -350,16 +350,8 @@ def _label_age(labels: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame) -
     return out
 
 
-def _record_member_keys(records: pd.DataFrame) -> np.ndarray:
-    """Per record, the hash of its source and key: who it is across runs."""
-    record_keys = np.zeros(len(records), dtype=np.uint64)
-    for source, idx in records.groupby("source", sort=False, observed=True).indices.items():
-        record_keys[idx] = hash_identifiers(f"record:{source}", records["source_key"].iloc[idx].reset_index(drop=True))
-    return record_keys
-
-
 def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
-    return np.concatenate([_record_member_keys(records), nodes["hash"].to_numpy(np.uint64)])
+    return np.concatenate([record_member_keys(records), nodes["hash"].to_numpy(np.uint64)])
 
 
 def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, config: Config, vocab: Vocabulary) -> np.ndarray:
@@ -433,7 +425,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         from resolver.matching import DECISIONS, match_records
 
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
-                              reuse=reuse, member_keys=_record_member_keys(records) if previous is not None else None)
+                              reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None)
         links = match.links()
         if len(links):
             n_det_edges = len(edges)

@@ -211,11 +211,10 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _remix(key: np.ndarray, attempt: int) -> np.ndarray:
+    from resolver.kernels.hashing import mix64
+
     with np.errstate(over="ignore"):
-        h = key ^ (np.uint64(attempt) * _GOLDEN)
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))
+        return mix64(key ^ (np.uint64(attempt) * _GOLDEN))
 
 
 @dataclass

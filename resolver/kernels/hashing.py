@@ -25,6 +25,14 @@ def _mix(h: int) -> int:
     return h ^ (h >> 31)
 
 
+def mix64(h):
+    """The splitmix64 finalizer over uint64 arrays (numpy or CuPy; wraps around, as intended)."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
 def fnv1a(data: bytes, h: int = FNV_OFFSET) -> int:
     """FNV-1a state after feeding `data` into state `h` (no finalizer)."""
     for byte in data:
