@@ -289,7 +289,7 @@ def _reused_levels(reuse: Reuse, current: np.ndarray, n_comparisons: int) -> tup
 
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
                   stage=None, backend: Backend = CPU, reuse: Reuse | None = None,
-                  member_keys: np.ndarray | None = None) -> MatchResult:
+                  member_keys: np.ndarray | None = None, attributes: dict[str, pd.Series] | None = None) -> MatchResult:
     """Score the candidate pairs of the active records; `labels` are the deterministic persons.
 
     On a GPU backend the pairs, their levels and their scores stay on the device from blocking to
@@ -299,7 +299,8 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     xp = backend.xp
     active = ~records["is_deleted"].to_numpy(bool)
     with timer("match:attributes", rows_in=len(records)):
-        attributes = match_attributes(records, config)
+        if attributes is None:
+            attributes = match_attributes(records, config)
         prepared = prepare_all(matching.comparisons, attributes)
         on_backend = [p.on(xp) for p in prepared]
     record_hashes = known = known_keys = None

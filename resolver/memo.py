@@ -101,19 +101,30 @@ class NormalizationMemo:
         self.hits += hits
         self.misses += misses
 
+    def remember(self, name: str, keys: np.ndarray) -> None:
+        """Keys of values normalized in an earlier run by a part this run loaded from the state: the
+        memo handed on keeps them (where it still has them)."""
+        self.seen.setdefault(name, []).append((keys, pd.DataFrame({"key": np.zeros(0, dtype=np.uint64)})))
+
     def handed_on(self) -> dict[str, pd.DataFrame]:
         """The memo for the next run: every distinct value this run looked up, once, sorted by key.
         Rows are gathered once, by position: the string columns are never sorted or deduplicated."""
         out = {}
         for name, parts in self.seen.items():
             found = np.unique(np.concatenate([keys for keys, _ in parts]))
-            fresh = pd.concat([frame for _, frame in parts], ignore_index=True)
+            frames = [frame for _, frame in parts if len(frame)] or [parts[0][1]]
+            fresh = pd.concat(frames, ignore_index=True)
             fresh_keys, first = np.unique(fresh["key"].to_numpy(np.uint64), return_index=True)
             table = self.table(name)
-            pieces, keys = [fresh.take(first)], [fresh_keys]
+            pieces, keys = ([fresh.take(first)], [fresh_keys]) if len(fresh) else ([], [])
             if len(found) and table is not None and len(table):
-                pieces.insert(0, table.take(np.searchsorted(table["key"].to_numpy(np.uint64), found)))
+                stored = table["key"].to_numpy(np.uint64)
+                at = np.minimum(np.searchsorted(stored, found), len(stored) - 1)
+                found = found[(stored[at] == found) & ~np.isin(found, fresh_keys)]  # erased values are gone
+                pieces.insert(0, table.take(np.searchsorted(stored, found)))
                 keys.insert(0, found)
+            if not pieces:
+                continue
             merged = pd.concat(pieces, ignore_index=True)
             out[name] = merged.take(np.argsort(np.concatenate(keys), kind="stable")).reset_index(drop=True)
         return out
