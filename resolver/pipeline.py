@@ -140,10 +140,10 @@ def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_id
     raw = read_source(config, source, files=[Path(f) for f in job.files] or None)
     read_s = time.perf_counter() - start
     tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids)
-    if tables.records is not None and config.matching is not None and config.matching.enabled:
-        from resolver.attributes import match_attributes
+    if tables.records is not None:  # in match form for matching and golden records, once per record
+        from resolver.attributes import attribute_kinds, match_attributes
 
-        tables.attributes = pd.DataFrame(match_attributes(tables.records, config))
+        tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config)))
     tables.seconds = {"read": read_s, "normalize": time.perf_counter() - start - read_s}
     return tables
 
@@ -203,7 +203,8 @@ class Snapshots:
     config_digest: str
     reuse: bool
     files: pd.DataFrame | None = None
-    memo_keys: dict[str, pd.DataFrame] = field(default_factory=dict)
+    memo_keys: dict[str, pd.DataFrame] = field(default_factory=dict)  # of the parts loaded from the state
+    lookups: dict[str, dict] = field(default_factory=dict)  # memo lookups of the parts ingested (NormalizationMemo.seen)
 
     def keys(self, config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[str]:
         from resolver.snapshots import fingerprint_files, fingerprint_table, snapshot_key
@@ -231,8 +232,6 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
                snapshots: Snapshots | None = None) -> list[SourceTables]:
     """Every job's tables, in plan order. With snapshots, a job whose files and configuration are
     unchanged since the previous run is loaded from the state instead of read and normalized."""
-    from resolver.snapshots import memo_keys
-
     jobs = plan_ingest(config)
     with log.stage("ingest (read + normalize, wall)") as entry:
         keys = snapshots.keys(config, jobs, vocab) if snapshots is not None else [None] * len(jobs)
@@ -257,7 +256,7 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
         for part in parts:
             if part.memo is not None:
                 if snapshots is not None and part.snapshot is not None:
-                    snapshots.memo_keys[part.snapshot] = memo_keys(part)
+                    snapshots.lookups[part.snapshot] = part.memo.seen
                 memo.absorb(part.memo.seen, part.memo.hits, part.memo.misses)
                 part.memo = None
             elif part.loaded:  # what its normalization looked up stays in the memo handed on
@@ -482,6 +481,12 @@ def _ingest_actions(parts: list[SourceTables]) -> pd.DataFrame:
     return actions.groupby(keys, sort=True, dropna=False, observed=True)["count"].sum().reset_index()[ACTION_COLUMNS]
 
 
+def _matching_attributes(config: Config, attributes: dict[str, pd.Series] | None) -> dict[str, pd.Series] | None:
+    from resolver.attributes import matching_columns
+
+    return None if attributes is None else {column: attributes[column] for column in matching_columns(config)}
+
+
 def _attributes_of(parts: list[SourceTables]) -> dict[str, pd.Series] | None:
     """The records' match attributes, in record order (None when no part has records)."""
     frames = [p.attributes for p in parts if p.records is not None and p.attributes is not None]
@@ -494,9 +499,7 @@ def _attributes_of(parts: list[SourceTables]) -> dict[str, pd.Series] | None:
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
             run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None) -> Resolution:
-    attributes = None
-    if config.matching is not None and config.matching.enabled:  # computed per part by the ingest jobs
-        attributes = _attributes_of(parts)
+    attributes = _attributes_of(parts)  # computed per part by the ingest jobs
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -514,7 +517,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
                               reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
-                              attributes=attributes)
+                              attributes=_matching_attributes(config, attributes))
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -582,8 +585,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         entry["rows_out"] = len(persons)
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config,
-                              match.attributes if match is not None else None)
+        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
@@ -736,8 +738,9 @@ def plan_matching(config: Config):
     reject_cross_file_duplicates(config, parts)
     records = pd.concat([p.records for p in parts], ignore_index=True)
     active = ~records["is_deleted"].to_numpy(bool)
-    attributes = _attributes_of(parts)
-    if attributes is None:  # matching is switched off: the jobs did not compute them
+    if config.matching.enabled:
+        attributes = _matching_attributes(config, _attributes_of(parts))
+    else:  # the jobs put in match form only what golden records need
         from resolver.attributes import match_attributes
 
         attributes = match_attributes(records, config)
@@ -790,7 +793,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     writer = SnapshotWriter(store.pending(run_id)) if store is not None and write else None
     try:
         if writer is not None:  # new snapshots (each file's tables alone) are written while the run goes on
-            writer.start(parts, snapshots.previous, snapshots.memo_keys)
+            writer.start(parts, snapshots.previous, snapshots.lookups)
         reject_cross_file_duplicates(config, parts)
         with memo.active() if memo is not None else nullcontext():
             res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from resolver.ingest import SourceTables
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 FILE_COLUMNS = {"path": "str", "size": "int64", "mtime_ns": "int64", "sha256": "str"}
 _TABLES = ("records", "attributes", "observations", "event_nodes", "event_edges")
 
@@ -87,11 +87,12 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     return pd.concat(non_empty, ignore_index=True) if non_empty else frames[0].iloc[:0]
 
 
-def memo_keys(part: SourceTables) -> pd.DataFrame:
-    """The memo keys a part's normalization looked up (name, key), from its memo lookups."""
+def memo_keys(seen: dict) -> pd.DataFrame:
+    """The memo keys a part's normalization looked up (name, key; sorted per name), from its memo
+    lookups (NormalizationMemo.seen)."""
     names, keys = [], []
-    if part.memo is not None:
-        for name, lookups in part.memo.seen.items():
+    if seen:
+        for name, lookups in sorted(seen.items()):
             found = np.unique(np.concatenate([k for k, _ in lookups] + [f["key"].to_numpy(np.uint64) for _, f in lookups]))
             names.append(np.full(len(found), name, dtype=object))
             keys.append(found)
@@ -100,8 +101,8 @@ def memo_keys(part: SourceTables) -> pd.DataFrame:
     return pd.DataFrame({"name": pd.Series(np.concatenate(names), dtype="str"), "key": np.concatenate(keys)})
 
 
-def save_snapshot(part: SourceTables, keys: pd.DataFrame, folder: Path) -> None:
-    """Write one part's tables into `folder` (created; the caller renames it into place)."""
+def save_snapshot(part: SourceTables, seen: dict, folder: Path) -> None:
+    """Write one part's tables, and the memo keys its lookups (`seen`) name, into `folder`."""
     folder.mkdir(parents=True)
     for name in _TABLES:
         table = getattr(part, name)
@@ -113,7 +114,7 @@ def save_snapshot(part: SourceTables, keys: pd.DataFrame, folder: Path) -> None:
             table.to_parquet(folder / f"{name}.parquet", index=False)
     if part.event_ids is not None:
         pd.DataFrame({"id": part.event_ids}).to_parquet(folder / "event_ids.parquet", index=False)
-    keys.to_parquet(folder / "memo_keys.parquet", index=False)
+    memo_keys(seen).to_parquet(folder / "memo_keys.parquet", index=False)
     meta = {"format": SNAPSHOT_FORMAT, "name": part.name, "rows_read": part.rows_read, "resolved": part.resolved,
             "events": part.events}
     (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -159,7 +160,7 @@ class SnapshotWriter:
         self.writing: dict[str, Future] = {}
         self.kept: dict[str, Path] = {}
 
-    def start(self, parts: list[SourceTables], previous: dict[str, Path], memo_keys: dict[str, pd.DataFrame]) -> None:
+    def start(self, parts: list[SourceTables], previous: dict[str, Path], lookups: dict[str, dict]) -> None:
         for part in parts:
             key = part.snapshot
             if key is None or key in self.kept or key in self.writing:
@@ -167,7 +168,7 @@ class SnapshotWriter:
             if part.loaded:
                 self.kept[key] = previous[key]
             else:  # a shallow copy: the tables stay referenced after the graph build drops them from the part
-                self.writing[key] = self.pool.submit(save_snapshot, dataclasses.replace(part), memo_keys[key],
+                self.writing[key] = self.pool.submit(save_snapshot, dataclasses.replace(part), lookups.get(key, {}),
                                                      self.folder / key)
 
     def finish(self) -> dict[str, Path]:
