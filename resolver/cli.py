@@ -130,6 +130,9 @@ def cmd_run(args) -> int:
         config.identity.guards = False
     if args.backend:
         config.run.backend = args.backend
+    for option, value in (("name", args.engine), ("scheduler", args.scheduler), ("workers", args.workers)):
+        if value is not None:
+            setattr(config.engine, option, value)
     res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
                         state_dir=Path(args.state) if args.state else config.state_path(), full=args.full)
     console.print(_summary_table(res.summary, None))
@@ -244,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="a model.json from an earlier run: score with it, skip training")
     run.add_argument("--state", help="state directory: start from the previous run's (persistent person ids), "
                                      "then commit this run's (default: run.state_dir)")
+    run.add_argument("--engine", choices=["local", "dask"], help="where the stages run (default: engine.name in the "
+                     "config): this process and its ingest workers, or a Dask cluster")
+    run.add_argument("--scheduler", help="with --engine dask: the address of a running Dask scheduler "
+                                         "(default: start a cluster for the run)")
+    run.add_argument("--workers", type=int, help="with --engine dask: workers of the cluster started for the run")
     run.add_argument("--full", action="store_true",
                      help="with a state: normalize, compare and train from scratch (ids still persist)")
     run.set_defaults(func=cmd_run)
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from resolver.backend.arrays import BackendUnavailable
     from resolver.config import ConfigError
+    from resolver.dask_engine import EngineUnavailable
     from resolver.erasure import ErasureError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
@@ -292,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     # Expected failures: one line naming the problem, and an exit code.
     known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
              (StateError, "state error", EXIT_CONFIG), (ModelError, "model error", EXIT_CONFIG),
-             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
+             (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:

@@ -257,10 +257,17 @@ def _cugraph_dask_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, eng
 # ---------------------------------------------------------------------------------------------
 # Golden records, by person bucket
 # ---------------------------------------------------------------------------------------------
+def _golden_part(job: tuple, config):
+    from resolver.golden import build_golden
+
+    records, record_person, person_ids, normalized = job
+    return build_golden(records, record_person, person_ids, config, normalized)
+
+
 def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
                    config, normalized: dict[str, pd.Series]):
     """build_golden, bucket by bucket of persons: the same rows, in person order."""
-    from resolver.golden import GoldenResult, build_golden, golden_fields, golden_summary
+    from resolver.golden import GoldenResult, golden_fields, golden_summary
     from resolver.kernels.hashing import hash_strings
 
     ids = person_ids.astype("str").reset_index(drop=True)
@@ -280,7 +287,7 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
         jobs.append((records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
                      ids.iloc[mine].reset_index(drop=True),
                      {name: column.iloc[rows].reset_index(drop=True) for name, column in normalized.items()}))
-    parts = engine.map(build_golden, *zip(*jobs), config=config)
+    parts = engine.map(_golden_part, jobs, config=config)
     golden = pd.concat([p.golden_records for p in parts], ignore_index=True)
     golden = golden.take(position.reindex(golden["person_id"].astype("str").to_numpy()).to_numpy().argsort(kind="stable"))
     golden = golden.reset_index(drop=True)

@@ -157,6 +157,13 @@ def _estimated_cost(config: Config, job: IngestJob) -> float:
 
 def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
               memo: NormalizationMemo | None = None) -> list[SourceTables]:
+    from resolver import dask_engine
+
+    engine = dask_engine.active()
+    if engine is not None and jobs:  # one task per file on the cluster
+        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
+        n = len(jobs)
+        return engine.map(ingest_job, [config] * n, jobs, [vocab] * n, [None] * n, [shipped] * n)
     workers = min(config.run.workers, len(jobs))
     if workers <= 1:
         return [ingest_job(config, job, vocab, memo=memo) for job in jobs]
@@ -585,7 +592,14 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         entry["rows_out"] = len(persons)
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
+        from resolver import dask_engine
+
+        engine = dask_engine.active()
+        if engine is not None:  # persons in buckets, one survivorship task per bucket
+            golden = dask_engine.golden_records(engine, records, identity_map["person_id"], persons["person_id"],
+                                                config, attributes)
+        else:
+            golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
@@ -758,6 +772,24 @@ def config_digest(config: Config) -> str:
 
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
         backend: Backend | None = None, state_dir: Path | None = None, full: bool = False) -> Resolution:
+    """Resolve the configured sources on the configured engine (config.engine: local, or dask);
+    see _run for what a run does."""
+    backend = backend or select_backend(config.run.backend)
+    if config.engine.name == "local":
+        return _run(config, report, write, model_path, backend, state_dir, full)
+    from dataclasses import replace
+
+    from resolver.dask_engine import dask_engine
+
+    with dask_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
+        if not backend.on_gpu_path:  # components by label propagation on the cluster
+            backend = replace(backend, components="dask")
+        res = _run(config, report, write, model_path, backend, state_dir, full, engine.description)
+    return res
+
+
+def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,
+         state_dir: Path | None, full: bool, engine: dict | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -766,7 +798,6 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     knows are not normalized again, pairs compared before between unchanged records are not
     compared again, and the state's model scores the pairs instead of training a new one. Once the
     outputs are written, the run commits its own state there (atomically)."""
-    backend = backend or select_backend(config.run.backend)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     store = StateStore(state_dir) if state_dir is not None else None
@@ -799,6 +830,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
             res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse)
         res.summary = _summary(config, parts, res, log, run_id, started)
         res.summary["backend"] = backend.describe()
+        res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
         if suppressed is not None:
             res.summary["suppressed"] = suppressed.as_dict()
         if res.carried is not None:

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -95,9 +94,14 @@ def test_separate_scheduler_and_worker_processes_give_the_same_outputs(world, tm
             process.wait(timeout=30)
 
 
-def test_an_unreachable_scheduler_is_a_clear_error(world, capsys):
+def test_an_unreachable_scheduler_is_a_clear_error(world, tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load((world / "resolver.yaml").read_text())
+    config["engine"] = {"connect_timeout": 2}
+    (world / "impatient.yaml").write_text(yaml.safe_dump(config))
     port = _free_port()
-    code = main(["run", "--config", str(world / "resolver.yaml"), "--out", str(world / "never"), "--engine", "dask",
+    code = main(["run", "--config", str(world / "impatient.yaml"), "--out", str(tmp_path / "never"), "--engine", "dask",
                  "--scheduler", f"tcp://127.0.0.1:{port}", "--backend", "cpu"])
     assert code == 2
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in capsys.readouterr().err
@@ -112,7 +116,7 @@ def client():
         yield client
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(edges=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=60),
        extra=st.integers(1, 45))
 def test_label_propagation_finds_each_components_smallest_node(client, edges, extra):
