@@ -52,9 +52,20 @@ class DaskEngine:
         futures = self.client.map(fn, *iterables, pure=False, **kwargs)
         return self.client.gather(futures)
 
+    def worker_peak_rss_mb(self) -> list[float]:
+        """Peak resident memory of each worker process so far (MB), in worker address order."""
+        peaks = self.client.run(_peak_rss_mb)
+        return [round(peaks[address], 1) for address in sorted(peaks)]
+
     def broadcast(self, value):
         """`value` on every worker once (a future the tasks take as an argument)."""
         return self.client.scatter(value, broadcast=True, hash=False)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def active() -> DaskEngine | None:

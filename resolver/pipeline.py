@@ -831,6 +831,10 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         res.summary = _summary(config, parts, res, log, run_id, started)
         res.summary["backend"] = backend.describe()
         res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
+        if engine is not None:
+            from resolver import dask_engine
+
+            res.summary["engine"]["worker_peak_rss_mb"] = dask_engine.active().worker_peak_rss_mb()
         if suppressed is not None:
             res.summary["suppressed"] = suppressed.as_dict()
         if res.carried is not None:

@@ -84,6 +84,8 @@ def test_separate_scheduler_and_worker_processes_give_the_same_outputs(world, tm
         assert main(["run", "--config", str(world / "resolver.yaml"), "--out", str(out), "-q", "--backend", "cpu",
                      "--engine", "dask", "--scheduler", address]) == EXIT_OK
         summary = json.loads((out / "run_summary.json").read_text())
+        peaks = summary["engine"].pop("worker_peak_rss_mb")
+        assert len(peaks) == 2 and all(p > 0 for p in peaks)
         assert summary["engine"] == {"engine": "dask", "cluster": "scheduler", "workers": 2, "buckets": 4,
                                      "scheduler": address}
         _same_outputs(world / "local", out)
