@@ -15,8 +15,9 @@ running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). What runs wher
   level pattern), which the client sums; pairs are put in the local engine's order (rule, block
   key, left, right), so training and scoring see identical inputs.
 - **Connected components**: cuGraph's multi-GPU weakly connected components on dask-cudf where
-  installed; otherwise min-label propagation with pointer jumping over Dask DataFrames, until an
-  iteration changes no label.
+  installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
+  propose each node's smallest neighbour label, the client keeps the smallest and jumps
+  pointers), until a round changes no label.
 - **Golden records**: persons are split into buckets by a hash of their id, each bucket's records
   go to one survivorship task (shuffle and group), and the client puts the rows in person order.
 
@@ -206,37 +207,48 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine:
     return numbered_by_smallest_node(np, np.unique(smallest, return_inverse=True)[1].reshape(-1))
 
 
+def _partition_min_labels(edges: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One edge partition's proposals: each node it touches, and the smallest label among its
+    neighbours' in this partition."""
+    src, dst = edges["src"].to_numpy(np.int64), edges["dst"].to_numpy(np.int64)
+    nodes = np.concatenate([src, dst])
+    offered = np.concatenate([labels[dst], labels[src]])
+    order = np.lexsort((offered, nodes))
+    nodes, offered = nodes[order], offered[order]
+    first = np.ones(len(nodes), dtype=bool)
+    first[1:] = nodes[1:] != nodes[:-1]
+    return nodes[first], offered[first]
+
+
 def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: DaskEngine) -> np.ndarray:
-    """Per node, the smallest node of its component. Each round every node takes the smallest
-    label among its own and its neighbours', then the label of its label (pointer jumping); a
-    label is always a node of the same component no larger than the node, so the labels only
-    fall, and the round that changes none is the last."""
+    """Per node, the smallest node of its component, by min-label propagation over the edges as a
+    Dask DataFrame: each round every partition proposes, for each node it touches, the smallest
+    label among that node's neighbours there; the client takes the smallest proposal per node,
+    jumps pointers (a node takes its label's label) and broadcasts the labels for the next round.
+    A label is always a node of the same component no larger than the node, so labels only fall;
+    the round that changes none is the last."""
+    import dask
     import dask.dataframe as dd
 
-    partitions = max(1, min(engine.buckets, n_nodes))
-    edges = dd.from_pandas(pd.DataFrame({"node": np.concatenate([src, dst]), "other": np.concatenate([dst, src])}),
-                           npartitions=partitions).persist()
-    labels = dd.from_pandas(pd.DataFrame({"node": np.arange(n_nodes, dtype=np.int64),
-                                          "label": np.arange(n_nodes, dtype=np.int64)}), npartitions=partitions).persist()
+    partitions = max(1, min(engine.buckets, len(src)))
+    edges = dd.from_pandas(pd.DataFrame({"src": src, "dst": dst}), npartitions=partitions).persist()
+    pieces = edges.to_delayed()
+    labels = np.arange(n_nodes, dtype=np.int64)
     for _ in range(MAX_ROUNDS):
-        seen = edges.merge(labels.rename(columns={"node": "other"}), on="other")
-        best = seen.groupby("node")["label"].min().reset_index().rename(columns={"label": "neighbour"})
-        hooked = labels.merge(best, on="node", how="left")
-        hooked["label"] = hooked["label"].where(~(hooked["neighbour"] < hooked["label"]), hooked["neighbour"])
-        hooked = hooked[["node", "label"]].astype({"label": "int64"})
-        grand = hooked.rename(columns={"node": "label", "label": "grand"})
-        jumped = hooked.merge(grand, on="label", how="left")
-        jumped["label"] = jumped["label"].where(~(jumped["grand"] < jumped["label"]), jumped["grand"])
-        jumped = jumped[["node", "label"]].astype({"label": "int64"}).persist()
-        before = labels.rename(columns={"label": "before"})
-        changed = int((jumped.merge(before, on="node")[["label", "before"]].diff(axis=1)["before"] != 0).sum().compute())
-        labels = jumped
-        if changed == 0:
-            break
-    else:  # pragma: no cover - a graph would need a diameter beyond any identity graph's
-        raise RuntimeError(f"label propagation did not converge in {MAX_ROUNDS} rounds")
-    result = labels.compute().sort_values("node")
-    return result["label"].to_numpy(np.int64)
+        shared = engine.broadcast(labels)
+        proposals = engine.client.gather(engine.client.compute(
+            [dask.delayed(_partition_min_labels)(piece, shared) for piece in pieces]))
+        before = labels.copy()
+        for nodes, offered in proposals:
+            np.minimum.at(labels, nodes, offered)
+        while True:  # pointer jumping
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+        if np.array_equal(labels, before):
+            return labels
+    raise RuntimeError(f"label propagation did not converge in {MAX_ROUNDS} rounds")  # pragma: no cover
 
 
 def _cugraph_dask_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: DaskEngine) -> np.ndarray:
