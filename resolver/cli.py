@@ -188,6 +188,66 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from resolver.bench_report import markdown_ladder, write_bench
+    from resolver.capacity import available_backends, available_engines, run_ladder
+
+    console = _console(args)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    backends = args.backends.split(",") if args.backends else available_backends()
+    engines = args.engines.split(",") if args.engines else ["local"]
+    missing = sorted(set(engines) - set(available_engines()))
+    if missing:
+        from resolver.dask_engine import EngineUnavailable
+
+        raise EngineUnavailable(f"engine {missing[0]} is not installed here: pip install 'resolver[dask]'")
+    out = Path(args.out)
+    with console.status("benchmarking") as status:
+        bench = run_ladder(sizes, args.repeat, backends, engines, Path(args.data), out / "runs", args.seed,
+                           report=lambda text: status.update(text))
+    paths = write_bench(bench, out)
+    if not args.quiet:
+        print(markdown_ladder(bench))
+    console.print(f"results: {paths['json']}, chart: {paths['png']}, page: {paths['html']}")
+    return EXIT_OK
+
+
+def cmd_capacity(args) -> int:
+    from resolver.capacity import estimate
+
+    bench = json.loads(Path(args.from_).read_text(encoding="utf-8"))
+    answer = estimate(bench, args.events, args.profiles, args.gpu, args.engine, args.max_extrapolation,
+                      args.allow_extrapolation)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    console = Console(quiet=args.quiet)
+    for warning in answer["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    table = Table(title=f"capacity: {args.profiles:,} profiles, {args.events:,} events ({answer['backend']}, "
+                        f"{answer['engine']} engine{', ' + args.gpu if args.gpu != 'none' else ''})")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("interval", justify="right")
+    table.add_column("slope", justify="right")
+    table.add_column("x measured", justify="right")
+    for stage, s in answer["stages"].items():
+        table.add_row(stage, f"{s['seconds']:,.1f}", f"{s['low']:,.1f} - {s['high']:,.1f}", f"{s['slope']:.2f}",
+                      f"{s['factor']:,.1f}")
+    table.add_row("wall time", f"{answer['wall_s']:,.1f}", f"{answer['wall_s_low']:,.1f} - {answer['wall_s_high']:,.1f}",
+                  "", "")
+    console.print(table)
+    if answer["backend"] == "gpu":
+        console.print(f"GPUs: {answer['gpus']} x {args.gpu} ({answer['gpu_memory_gib']} GiB), about "
+                      f"{answer['memory_per_gpu_gib']:,.1f} GiB per GPU")
+    elif answer["host_memory_gib"] is not None:
+        console.print(f"host memory: about {answer['host_memory_gib']:,.1f} GiB "
+                      f"(this machine: {answer['machine_memory_gib']} GiB)")
+    console.print("assumptions:\n" + "\n".join(f"  - {escape(a)}" for a in answer["assumptions"]))
+    console.print(f"uncertainty: {answer['uncertainty']}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from resolver.config import load_config
     from resolver.evaluate import evaluate_outputs
@@ -256,6 +316,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with a state: normalize, compare and train from scratch (ids still persist)")
     run.set_defaults(func=cmd_run)
 
+    bench = common(sub.add_parser("bench", help="measure cost curves: a ladder of generated sizes, every backend "
+                                                 "and engine, repeated; JSON, PNG chart and HTML page"))
+    bench.add_argument("--sizes", default="10000,30000,100000,300000,1000000", help="people per rung, comma-separated")
+    bench.add_argument("--repeat", type=int, default=3, help="runs per rung (median, min and max are reported)")
+    bench.add_argument("--backends", help="comma-separated (default: every backend available here)")
+    bench.add_argument("--engines", help="comma-separated: local, dask (default: local)")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--data", default="bench-data", help="generated datasets (kept and reused)")
+    bench.add_argument("--out", default="bench-results", help="bench.json, bench.png, bench.html and the runs")
+    bench.set_defaults(func=cmd_bench)
+
+    capacity = common(sub.add_parser("capacity", help="estimate wall time, GPUs and memory for a workload "
+                                                       "from a bench's measurements"))
+    capacity.add_argument("--events", type=int, required=True)
+    capacity.add_argument("--profiles", type=int, required=True, help="CRM records (customer profiles)")
+    capacity.add_argument("--gpu", default="none", help="h200, h100, a100, a100-40gb, l40s, l4, a10, or none (CPU)")
+    capacity.add_argument("--engine", default="local", choices=["local", "dask"])
+    capacity.add_argument("--from", dest="from_", default="bench-results/bench.json", help="a bench.json")
+    capacity.add_argument("--max-extrapolation", type=float, default=10.0,
+                          help="refuse targets more than this factor beyond the largest measured size")
+    capacity.add_argument("--allow-extrapolation", action="store_true",
+                          help="answer beyond --max-extrapolation anyway (the answer says it extrapolated)")
+    capacity.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    capacity.set_defaults(func=cmd_capacity)
+
     forget = common(sub.add_parser("forget", help="erase a person (GDPR/CCPA) from the outputs and the state"))
     forget.add_argument("--config", required=True)
     forget.add_argument("--state", help="state directory (default: run.state_dir)")
@@ -291,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from resolver.backend.arrays import BackendUnavailable
+    from resolver.capacity import CapacityError
     from resolver.config import ConfigError
     from resolver.dask_engine import EngineUnavailable
     from resolver.erasure import ErasureError
@@ -302,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
              (StateError, "state error", EXIT_CONFIG), (ModelError, "model error", EXIT_CONFIG),
              (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
-             (InputError, "input error", EXIT_INPUT)]
+             (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
