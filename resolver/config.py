@@ -48,9 +48,9 @@ class LinkConfig(_Strict):
 
 class SourceConfig(_Strict):
     name: str
-    system: Literal["salesforce", "segment", "generic"] = "generic"
+    system: Literal["salesforce", "segment", "ga4", "adobe", "tealium", "generic"] = "generic"
     kind: Literal["records", "events"] = "records"
-    format: Literal["csv", "parquet", "jsonl", "segment"]
+    format: Literal["csv", "parquet", "jsonl", "segment", "ga4", "adobe", "tealium"]
     path: str
     csv: CsvOptions = Field(default_factory=CsvOptions)
     trust: int = 100

@@ -674,4 +674,36 @@ def _reject_frame(rejects: list[tuple]) -> pd.DataFrame:
     )
 
 
-_READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl, "segment": _read_segment}
+def _read_shaped(path: Path, source: SourceConfig, columns: list[str]) -> Iterable[_Part]:
+    """Newline-delimited JSON events of a CDP shape (resolver/io/cdp_shapes.py: ga4, adobe,
+    tealium), each reshaped before its columns are taken; bad lines become rejects with their line
+    number. Pieces of _SHAPED_LINES lines keep memory bounded."""
+    from resolver.io.cdp_shapes import TRANSFORMS
+
+    transform = TRANSFORMS[source.format]
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for start in range(0, len(lines), _SHAPED_LINES):
+        extractor = _Extractor(columns)
+        with _paused_gc():
+            for offset, line in enumerate(lines[start:start + _SHAPED_LINES]):
+                if not line.strip():
+                    continue
+                number = start + offset + 1
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    extractor.reject(number, None, f"invalid JSON: {exc.msg}", line)
+                    continue
+                if type(obj) is not dict:
+                    extractor.reject(number, None, "not a JSON object", line)
+                    continue
+                extractor.add(number, transform(obj), line)
+        yield extractor.part()
+
+
+_SHAPED_LINES = 200_000
+_READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl, "segment": _read_segment,
+            "ga4": _read_shaped, "adobe": _read_shaped, "tealium": _read_shaped}
