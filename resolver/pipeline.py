@@ -27,6 +27,7 @@ from resolver.cluster import connected_components, format_person_ids, smallest_m
 from resolver.config import Config, ConfigError
 from resolver.erasure import record_member_keys, suppress
 from resolver.golden import build_golden
+from resolver.history import append_history
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
@@ -36,6 +37,8 @@ from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_so
 from resolver.io.readers import REJECT_COLUMNS, read_source
 from resolver.io.writers import write_outputs
 from resolver.normalize import Blocklist
+from resolver.report import REPORT_FILE, report_for_run
+from resolver.review import load_decisions
 
 Reporter = Callable[[str], None]
 
@@ -408,7 +411,8 @@ def _match_probability(n_records: int, match, accepted_links: np.ndarray) -> np.
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
-            run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None) -> Resolution:
+            run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
+            decisions: pd.DataFrame | None = None) -> Resolution:
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -426,6 +430,11 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
                               reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None)
+        steward = None
+        if decisions is not None and len(decisions):  # review decisions: must-links and cannot-links
+            from resolver.review import apply_decisions
+
+            steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -439,6 +448,10 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             match.decision[links[cut]] = DECISIONS.index("guard_cut")
             match.cut_type = np.full(len(match.left), -1, dtype=np.int64)
             match.cut_type[links] = result.cut_type[n_det_edges:]
+        if steward is not None:
+            from resolver.review import check_constraints
+
+            match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
         labels = result.labels
@@ -520,7 +533,9 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
     names = np.array(list(vocab.types) + [PROBABILISTIC], dtype=object)
     link, review, cut = (DECISIONS.index(d) for d in ("link", "review", "guard_cut"))
     links = np.flatnonzero(match.decision == link)
-    res.match_links = explain(match, links, res.records, person_ids, np.full(len(links), "auto-merge", dtype=object))
+    steward = match.steward[links] == 1 if match.steward is not None else np.zeros(len(links), bool)
+    res.match_links = explain(match, links, res.records, person_ids,
+                              np.where(steward, "accepted by a reviewer", "auto-merge").astype(object))
     in_band = np.flatnonzero(match.decision == review)
     cut_rows = np.flatnonzero(match.decision == cut)
     cut_reason = [f"guard: would give one person more {names[t]} values than allowed" if t < len(vocab.types)
@@ -660,7 +675,8 @@ def config_digest(config: Config) -> str:
 
 
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
-        backend: Backend | None = None, state_dir: Path | None = None, full: bool = False) -> Resolution:
+        backend: Backend | None = None, state_dir: Path | None = None, full: bool = False,
+        truth: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -668,7 +684,9 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     and (unless `full`, or the configuration changed) an incremental run: values the state's memo
     knows are not normalized again, pairs compared before between unchanged records are not
     compared again, and the state's model scores the pairs instead of training a new one. Once the
-    outputs are written, the run commits its own state there (atomically)."""
+    outputs are written, the run commits its own state there (atomically). Review decisions in the
+    state are applied (resolver.review), and the run appends its row to the state's history.
+    `truth` (a truth folder or records file) adds quality curves to report.html."""
     backend = backend or select_backend(config.run.backend)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -681,6 +699,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
         memo = NormalizationMemo(tables=previous.memo if incremental else {},
                                  folder=store.current() / "memo" if incremental and store.current() else None)
     reuse = Reuse(previous.model, previous.pairs, previous.keys) if incremental else None
+    decisions = load_decisions(state_dir) if store is not None else None
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
@@ -691,7 +710,8 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
             suppressed = suppress(parts, previous.tombstones, previous.salt)
             entry["rows_out"] = suppressed.records
     with memo.active() if memo is not None else nullcontext():
-        res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse)
+        res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
+                      decisions)
     res.summary = _summary(config, parts, res, log, run_id, started)
     res.summary["backend"] = backend.describe()
     if suppressed is not None:
@@ -704,9 +724,11 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     res.summary["seconds"] = round(time.perf_counter() - wall, 3)
     if write:
         res.summary["output_dir"] = str(config.output_path())
-        write_outputs(config.output_path(), res)
+        page, row = report_for_run(res, state_dir if store is not None else None, decisions, truth)
+        write_outputs(config.output_path(), res, files={REPORT_FILE: page})
         if store is not None:
             store.commit(_next_state(previous, res, memo, digest, suppressed.values if suppressed else set()), run_id)
+            append_history(state_dir, row)
     return res
 
 
