@@ -470,13 +470,18 @@ def report_from_outputs(out_dir: Path, tables: dict[str, pd.DataFrame] | None = 
     from resolver.io.writers import OUTPUT_TABLES
 
     out_dir = Path(out_dir)
-    loaded = {name: pd.read_parquet(out_dir / file) if (out_dir / file).exists() else None
-              for name, file in OUTPUT_TABLES.items()}
-    loaded.update(tables or {})
+    tables = dict(tables or {})
+    loaded = {name: tables[name] if name in tables else pd.read_parquet(out_dir / file) if (out_dir / file).exists()
+              else None for name, file in OUTPUT_TABLES.items()}
     summary = json.loads((out_dir / "run_summary.json").read_text(encoding="utf-8"))
     model = json.loads((out_dir / "model.json").read_text(encoding="utf-8")) if (out_dir / "model.json").exists() else None
     history = load_history(state_dir) if state_dir is not None else None
-    return build_report(loaded, summary, model, history, None, persistent=state_dir is not None)
+    try:
+        return build_report(loaded, summary, model, history, None, persistent=state_dir is not None)
+    except Exception as exc:  # noqa: BLE001 - the old page must go whatever happens
+        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>resolver run report</title>"
+                f"</head><body><h1>resolver run report</h1><p>The report could not be rebuilt after an erasure: "
+                f"{_e(type(exc).__name__)}: {_e(exc)}</p></body></html>\n")
 
 
 def report_for_run(res, state_dir: Path | None, decisions: pd.DataFrame | None,
