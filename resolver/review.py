@@ -157,9 +157,13 @@ def review_items(out_dir: Path, state_dir: Path | None = None, links: int = 0, s
                                                       "source_r", "record_key_r", "probability", "reason"])
         merged = merged.sample(n=min(links, len(merged)), random_state=seed).sort_values("probability")
         frames.append(merged.assign(kind="link"))
-    if not frames:
-        return pd.DataFrame(columns=["item_id", "kind", "probability", "reason", "source_l", "record_key_l",
-                                     "source_r", "record_key_r", "decision"])
+    if not frames:  # no matching in that run: nothing to review
+        return pd.DataFrame({"item_id": pd.Series(dtype="str"), "kind": pd.Series(dtype="str"),
+                             "probability": pd.Series(dtype="float64"),
+                             **{c: pd.Series(dtype="str") for c in ("reason", "source_l", "record_key_l", "source_r",
+                                                                     "record_key_r", "decision")},
+                             "member_key_l": pd.Series(dtype="uint64"), "member_key_r": pd.Series(dtype="uint64"),
+                             "source_key_l": pd.Series(dtype="str"), "source_key_r": pd.Series(dtype="str")})
     items = pd.concat(frames, ignore_index=True)
     mk_l = member.reindex(items["record_id_l"]).to_numpy(np.uint64)
     mk_r = member.reindex(items["record_id_r"]).to_numpy(np.uint64)

@@ -76,7 +76,7 @@ def test_report_renders_in_chromium_and_every_chart_draws(stewarded, tmp_path):
 
 
 def _chart_data(page: str) -> dict:
-    return json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S).group(1))
+    return json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.DOTALL).group(1))
 
 
 def test_report_is_self_contained_and_shows_what_the_run_did(stewarded):
