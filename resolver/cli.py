@@ -130,6 +130,10 @@ def cmd_run(args) -> int:
         config.identity.guards = False
     if args.backend:
         config.run.backend = args.backend
+    if args.truth:
+        from resolver.report import read_truth
+
+        read_truth(Path(args.truth))  # a wrong path is a usage error now, not a report without curves later
     res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
                         state_dir=Path(args.state) if args.state else config.state_path(), full=args.full,
                         truth=Path(args.truth) if args.truth else None)

@@ -182,3 +182,13 @@ def test_history_is_replaced_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".history.lock", HISTORY_FILE]
     append_history(tmp_path, {**row, "run_id": "r2"})
     assert list(load_history(tmp_path)["run_id"]) == ["r1", "r2"]
+
+
+def test_a_missing_truth_is_a_usage_error_before_the_run(stewarded, tmp_path, capsys):
+    from resolver.cli import EXIT_CONFIG
+
+    before = (stewarded["second"] / "run_summary.json").read_text()
+    assert main(["run", "--config", str(stewarded["config"]), "--out", str(tmp_path / "out"),
+                 "--truth", str(tmp_path / "no-truth"), "-q"]) == EXIT_CONFIG
+    assert "no truth records" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and (stewarded["second"] / "run_summary.json").read_text() == before

@@ -488,9 +488,12 @@ def report_for_run(res, state_dir: Path | None, decisions: pd.DataFrame | None,
                    truth: Path | None = None) -> tuple[str, dict]:
     """A run's report page and its history row. A report that cannot be built never stops the
     run: the page then says why (and so does the summary, under `report`)."""
+    import time
+
     from resolver.history import history_row, load_history, with_row
     from resolver.review import load_decisions
 
+    started = time.perf_counter()
     row = history_row(res.summary, res.review_queue, decisions if decisions is not None else load_decisions(None))
     try:
         history = with_row(load_history(state_dir), row)
@@ -503,4 +506,5 @@ def report_for_run(res, state_dir: Path | None, decisions: pd.DataFrame | None,
         page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>resolver run report</title>"
                 f"</head><body><h1>resolver run report</h1><p>The report could not be built: {_e(type(exc).__name__)}: "
                 f"{_e(exc)}</p><p>The run's other outputs are complete.</p></body></html>\n")
+    res.summary["report"]["seconds"] = round(time.perf_counter() - started, 3)
     return page, row
