@@ -547,6 +547,10 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
         if v >= 0 and match.probability[i] >= config.matching.thresholds.auto_merge else "review band"
         for i, v in zip(in_band, match.veto[in_band])
     ]
+    if match.steward is not None:  # links a reviewer's rejection holds back (resolver.review)
+        from resolver.review import HELD_REASON, STEWARD_HELD
+
+        band_reason = [HELD_REASON if match.steward[i] == STEWARD_HELD else r for i, r in zip(in_band, band_reason)]
     reasons = np.array(band_reason + cut_reason, dtype=object)
     order = np.argsort(-match.probability[rows], kind="stable")
     res.review_queue = explain(match, rows[order], res.records, person_ids, reasons[order])

@@ -11,12 +11,14 @@ values. It is an append-only log (the last decision about a pair counts), replac
 The next run with that state applies the decisions (`apply_decisions`):
 
 - accept = must-link: the pair is linked whatever its probability (also when it was no candidate
-  pair or scored below the review band), as a probabilistic link that ranks before every other one;
-  the identity guards still apply, and a link they refuse goes to the review queue with the guard's
-  reason (and is counted as refused).
-- reject = cannot-link: the probabilistic matcher never links the pair. A cannot-link does not
-  split what identifiers or other links join: when the two records still end up in one person, the
-  run reports it as a conflict (`review_decisions.cannot_link_conflicts`, with how they are joined).
+  pair or scored below the review band), as a probabilistic link; the identity guards still apply,
+  and a link they refuse goes to the review queue with the guard's reason (and is counted as refused).
+- reject = cannot-link: the probabilistic matcher never links the pair, neither directly nor through
+  other probabilistic links: within the deterministic groups (what identifiers join), links are
+  taken reviewer-accepted first, then strongest first, and a link that would put the two sides of a
+  rejected pair into one person is held back (it goes to the review queue, reason
+  HELD_REASON). A cannot-link does not split what identifiers join: when the two records are in
+  one deterministic group, the run reports it as a conflict (`review_decisions.cannot_link_conflicts`).
 """
 
 from __future__ import annotations
@@ -272,7 +274,8 @@ def decision_counts(decisions: pd.DataFrame) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Applying the decisions in a run
 # ---------------------------------------------------------------------------------------------
-STEWARD_NONE, STEWARD_ACCEPTED, STEWARD_REJECTED = 0, 1, 2
+STEWARD_NONE, STEWARD_ACCEPTED, STEWARD_REJECTED, STEWARD_HELD = 0, 1, 2, 3
+HELD_REASON = "cannot-link: would join two records a reviewer rejected"
 
 
 @dataclass
@@ -347,6 +350,7 @@ def apply_decisions(decisions: pd.DataFrame, records: pd.DataFrame, match, membe
         match.steward = np.concatenate([match.steward, np.full(len(left), STEWARD_ACCEPTED, np.int8)])
         if match.veto is not None:
             match.veto = np.concatenate([match.veto, np.full(len(left), -1, dtype=match.veto.dtype)])
+    held = _hold_links_joining_rejected(match, deterministic, lo[reject], hi[reject])
     counts = {
         "decisions": len(current),
         "accepted": int((current["decision"] == ACCEPT).sum()),
@@ -357,9 +361,69 @@ def apply_decisions(decisions: pd.DataFrame, records: pd.DataFrame, match, membe
         "must_links_added": int(missing.sum()),
         "cannot_links": int(reject.sum()),
         "cannot_links_blocked": int(rejected.sum()),
+        "links_held_by_cannot_links": held,
     }
     return Constraints(lo[accept], hi[accept], lo[reject], hi[reject],
                        current["item_id"].to_numpy(object)[reject], counts)
+
+
+def _hold_links_joining_rejected(match, deterministic: np.ndarray, cannot_a: np.ndarray, cannot_b: np.ndarray) -> int:
+    """Hold back (decision review, steward STEWARD_HELD) the probabilistic links that would put both
+    records of a rejected pair into one person, through any chain of links; returns how many.
+
+    Works on deterministic groups (identifiers join records before any link): only the components of
+    the group graph that hold both sides of a rejected pair are rebuilt, reviewer-accepted links
+    first, then by probability, refusing a union that would join two sides."""
+    from resolver.cluster import connected_components
+    from resolver.matching import DECISIONS
+
+    links = match.links()
+    ga, gb = deterministic[cannot_a], deterministic[cannot_b]
+    apart = ga != gb  # in one group already: identifiers join them (reported as a conflict)
+    if not len(links) or not apart.any():
+        return 0
+    ga, gb = ga[apart], gb[apart]
+    la, lb = deterministic[match.left[links]], deterministic[match.right[links]]
+    n_groups = int(deterministic.max()) + 1
+    component = connected_components(n_groups, la, lb)
+    risky = np.unique(component[ga][component[ga] == component[gb]])
+    if not len(risky):
+        return 0
+    mine = np.flatnonzero(np.isin(component[la], risky))
+    accepted = match.steward[links[mine]] == STEWARD_ACCEPTED
+    mine = mine[np.lexsort((match.right[links[mine]], match.left[links[mine]], -match.probability[links[mine]],
+                            ~accepted))]
+    forbidden: dict[int, set] = {}
+    for a, b in zip(ga.tolist(), gb.tolist()):
+        forbidden.setdefault(a, set()).add(b)
+        forbidden.setdefault(b, set()).add(a)
+    parent: dict[int, int] = {}
+    members: dict[int, set] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        members.setdefault(x, {x})
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    held = []
+    for k in mine.tolist():
+        ra, rb = find(int(la[k])), find(int(lb[k]))
+        if ra == rb:
+            continue
+        if len(members[ra]) < len(members[rb]):
+            ra, rb = rb, ra
+        if any(forbidden.get(g, set()) & members[ra] for g in members[rb]):
+            held.append(links[k])
+            continue
+        parent[rb] = ra
+        members[ra] |= members.pop(rb)
+    held = np.asarray(held, dtype=np.int64)
+    match.decision[held] = DECISIONS.index("review")
+    match.steward[held] = STEWARD_HELD
+    return len(held)
 
 
 def check_constraints(constraints: Constraints, labels: np.ndarray, deterministic: np.ndarray, match) -> dict:
@@ -373,7 +437,7 @@ def check_constraints(constraints: Constraints, labels: np.ndarray, deterministi
     by_ids = deterministic[constraints.cannot_left] == deterministic[constraints.cannot_right]
     conflicts = [{"item_id": str(i), "joined_by": "identifiers" if d else "other links"}
                  for i, d in zip(constraints.cannot_items[joined], by_ids[joined])]
-    return {**constraints.counts, "must_links_refused_by_guards": refused,
-            "must_links_linked": int(len(constraints.must_left) - refused
-                                     - constraints.counts["must_links_already_joined"]),
+    linked = (labels[constraints.must_left] == labels[constraints.must_right]) & \
+        (deterministic[constraints.must_left] != deterministic[constraints.must_right])
+    return {**constraints.counts, "must_links_refused_by_guards": refused, "must_links_linked": int(linked.sum()),
             "cannot_link_conflicts": conflicts}

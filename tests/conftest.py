@@ -59,7 +59,10 @@ def _pick_decisions(out: Path) -> dict[str, list[str]]:
       id: the guard refuses the must-link);
     - reject_link / accept_link: two automatic merges that join two deterministic groups, one rejected (a
       cannot-link that splits them) and one confirmed (by item id, from `review list --links`);
-    - reject_joined: two records that identifiers join (the cannot-link is reported as a conflict)."""
+    - reject_joined: two records that identifiers join (the cannot-link is reported as a conflict);
+    - accept_chain_1 / accept_chain_2 / reject_chain: three more lead-only singletons, must-links
+      L3-L4, L4-L5 and a cannot-link L3-L5 (one must-link is held back: no chain of links joins a
+      rejected pair)."""
     import pandas as pd
 
     from resolver.review import review_items
@@ -78,7 +81,7 @@ def _pick_decisions(out: Path) -> dict[str, list[str]]:
     joined = joined[joined["linked_by"] != "probabilistic"]
     pair = joined.groupby("deterministic_group").filter(lambda g: len(g) == 2 and g["person_id"].nunique() == 1)
     pair = pair.sort_values(["deterministic_group", "record_id"])  # the first two rows: one group
-    assert len(leads) >= 2 and len(contacts) >= 2 and len(two) >= 2 and len(pair) >= 2
+    assert len(leads) >= 5 and len(contacts) >= 2 and len(two) >= 2 and len(pair) >= 2
     items = review_items(out, None, links=1 << 30)
     confirm = items[(items["kind"] == "link") & (items["record_key_l"] == two.iloc[1]["record_key_l"])
                     & (items["record_key_r"] == two.iloc[1]["record_key_r"])]
@@ -93,4 +96,7 @@ def _pick_decisions(out: Path) -> dict[str, list[str]]:
         "reject_link": ["--pair", key(two.iloc[0], "_l"), key(two.iloc[0], "_r"), "--reject"],
         "accept_link": ["--item", confirm.iloc[0]["item_id"], "--accept", "--by", "steward-2"],
         "reject_joined": ["--pair", key(pair.iloc[0]), key(pair.iloc[1]), "--reject"],
+        "accept_chain_1": ["--pair", key(leads.iloc[2]), key(leads.iloc[3]), "--accept"],
+        "accept_chain_2": ["--pair", key(leads.iloc[3]), key(leads.iloc[4]), "--accept"],
+        "reject_chain": ["--pair", key(leads.iloc[2]), key(leads.iloc[4]), "--reject"],
     }

@@ -37,7 +37,7 @@ def _summary(out) -> dict:
 
 def test_decisions_are_kept_in_the_state_with_who_and_when(stewarded):
     decisions = load_decisions(stewarded["state"])
-    assert len(decisions) == 5
+    assert len(decisions) == len(stewarded["picks"]) == 8
     assert set(decisions["decision"]) == {"accept", "reject"}
     assert (decisions["decided_by"] == "steward-2").sum() == 1
     assert decisions["decided_at"].notna().all()
@@ -57,7 +57,7 @@ def test_an_accepted_pair_is_linked_by_the_next_run(stewarded):
     mine = links[links["record_key_l"].isin(keys) & links["record_key_r"].isin(keys)]
     assert list(mine["reason"]) == ["accepted by a reviewer"]  # with its waterfall, like any link
     applied = _summary(stewarded["second"])["matching"]["review_decisions"]
-    assert applied["must_links"] == 3 and applied["must_links_linked"] >= 1
+    assert applied["must_links"] == 5 and applied["must_links_linked"] >= 1
 
 
 def test_an_accepted_pair_still_obeys_the_guards_and_the_refusal_is_reported(stewarded):
@@ -79,7 +79,7 @@ def test_a_rejected_link_is_not_merged_again(stewarded):
     assert _person(first, left) == _person(first, right)  # the matcher merged them automatically
     assert _person(second, left) != _person(second, right)
     applied = _summary(stewarded["second"])["matching"]["review_decisions"]
-    assert applied["cannot_links"] == 2 and applied["cannot_links_blocked"] == 1
+    assert applied["cannot_links"] == 3 and applied["cannot_links_blocked"] == 1
     lineage = pd.read_parquet(stewarded["second"] / "lineage.parquet")
     assert (lineage["event"] == "split").any()  # the persistent person split, and lineage says so
 
@@ -91,14 +91,31 @@ def test_a_confirmed_link_stays_and_a_rejected_pair_that_identifiers_join_is_a_c
     left, right = _pair(stewarded, "reject_joined")
     assert _person(second, left) == _person(second, right)  # a cannot-link does not cut identifiers
     conflicts = _summary(stewarded["second"])["matching"]["review_decisions"]["cannot_link_conflicts"]
-    item = load_decisions(stewarded["state"]).iloc[-1]["item_id"]
+    item = load_decisions(stewarded["state"]).iloc[list(stewarded["picks"]).index("reject_joined")]["item_id"]
     assert conflicts == [{"item_id": item, "joined_by": "identifiers"}]
+
+
+def test_no_chain_of_links_joins_a_rejected_pair(stewarded):
+    from resolver.review import HELD_REASON
+
+    first, second = _pair(stewarded, "accept_chain_1"), _pair(stewarded, "accept_chain_2")
+    one, three = _pair(stewarded, "reject_chain")
+    assert first[0] == one and second[1] == three and first[1] == second[0]  # L3-L4, L4-L5 accepted; L3-L5 rejected
+    identity = pd.read_parquet(stewarded["second"] / "identity_map.parquet")
+    assert _person(identity, one) != _person(identity, three)
+    joined = [_person(identity, a) == _person(identity, b) for a, b in (first, second)]
+    assert sorted(joined) == [False, True]  # the first must-link in order holds, the other is held back
+    applied = _summary(stewarded["second"])["matching"]["review_decisions"]
+    assert applied["links_held_by_cannot_links"] == 1
+    queue = pd.read_parquet(stewarded["second"] / "review_queue.parquet")
+    assert (queue["reason"] == HELD_REASON).sum() == 1
 
 
 def test_decided_items_leave_the_review_list(stewarded, capsys):
     state, out = stewarded["state"], stewarded["second"]
     capsys.readouterr()
-    assert main(["review", "list", "--state", str(state), "--out", str(out), "--all", "--json", "--links", "1000"]) == EXIT_OK
+    assert main(["review", "list", "--state", str(state), "--out", str(out), "--all", "--json", "--links", "1000",
+                 "--limit", "100000"]) == EXIT_OK
     everything = json.loads(capsys.readouterr().out)
     assert main(["review", "list", "--state", str(state), "--out", str(out), "--json", "--links", "1000",
                  "--limit", "100000"]) == EXIT_OK
@@ -116,7 +133,7 @@ def test_a_decision_about_an_unknown_record_is_refused(stewarded, capsys):
                  "--pair", "no-such-key", "0035g0000Q7014K", "--accept"])
     assert code == EXIT_CONFIG
     assert "no record with key 'no-such-key'" in capsys.readouterr().err
-    assert len(load_decisions(stewarded["state"])) == 5
+    assert len(load_decisions(stewarded["state"])) == 8
 
 
 def test_history_has_a_row_per_run_with_the_estimated_false_positive_rate(stewarded):
@@ -125,7 +142,7 @@ def test_history_has_a_row_per_run_with_the_estimated_false_positive_rate(stewar
     first, second = history.iloc[0], history.iloc[1]
     assert first["decisions"] == 0 and pd.isna(first["estimated_fp_rate"])
     # two automatic merges were decided: one rejected, one confirmed
-    assert second["decisions"] == 5 and second["auto_merge_decided"] == 2
+    assert second["decisions"] == 8 and second["auto_merge_decided"] == 2
     assert second["estimated_fp_rate"] == 0.5
     summary = _summary(stewarded["second"])
     assert second["persons"] == summary["persons"]["total"]
