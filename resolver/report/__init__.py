@@ -253,6 +253,8 @@ def _policy(r: _Report, tables: dict) -> None:
 def _band_kind(reason: str) -> str:
     if reason.startswith("guard"):
         return "refused by a guard"
+    if reason.startswith("cannot-link"):
+        return "held by a rejection"
     if "never merged automatically" in reason:
         return "must-agree veto"
     return "review band"
@@ -272,7 +274,7 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
         conflicts = applied.get("cannot_link_conflicts") or []
         if conflicts:
             body += (f'<p class="warn">{len(conflicts)} rejected pair(s) are still in one person (a cannot-link does not '
-                     "split what identifiers or other links join):</p>" + _table(pd.DataFrame(conflicts)))
+                     "split what identifiers join):</p>" + _table(pd.DataFrame(conflicts)))
     if not len(queue):
         r.section("review", "Review queue", body + '<p class="note">The review queue is empty.</p>')
         return
@@ -283,7 +285,7 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
         edges = np.array([lo, 1.0])
     band = np.clip(np.searchsorted(edges, probability, side="right") - 1, 0, len(edges) - 2)
     kinds = queue["reason"].astype(str).map(_band_kind).to_numpy()
-    names = ["review band", "must-agree veto", "refused by a guard"]
+    names = ["review band", "must-agree veto", "refused by a guard", "held by a rejection"]
     series = [{"name": k, "values": np.bincount(band[kinds == k], minlength=len(edges) - 1).astype(int).tolist()}
               for k in names if (kinds == k).any()]
     body += f"<h3>{len(queue):,} pairs to review, by probability band</h3>" + r.chart("review_bands", {
