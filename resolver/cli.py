@@ -206,7 +206,7 @@ def cmd_demo(args) -> int:
     res = _run_pipeline(config, console, truth=base / "truth")
     metrics = evaluate_outputs(config.output_path(), base / "truth", config)
     Console(quiet=args.quiet).print(_summary_table(res.summary, metrics))
-    console.print(f"data: {base}  outputs: {config.output_path()}")
+    console.print(f"data: {base}  outputs: {config.output_path()}  report: {config.output_path() / 'report.html'}")
     return EXIT_OK
 
 
