@@ -396,8 +396,10 @@ def _history(r: _Report, history: pd.DataFrame | None, persistent: bool) -> None
     fp = history["estimated_fp_rate"]
     if fp.notna().any():
         body += "<h3>Estimated false-positive rate of automatic merges</h3>" + r.chart("history_fp", {
-            "type": "line", "x": runs, "xLabel": "run", "yMax": max(0.05, float(fp.max())),
-            "series": [series("rejected / decided (auto-merge band)", "estimated_fp_rate")]})
+            "type": "line", "x": runs, "xLabel": "run", "yMax": min(1.0, max(0.05, 1.2 * float(fp.max()))),
+            "series": [series("est. FP rate", "estimated_fp_rate")]})
+        body += ('<p class="note">Rejected / decided among the pairs reviewers decided that scored at or above '
+                 "auto-merge, by the decisions recorded before each run.</p>")
     else:
         body += ('<p class="note">No estimated false-positive rate yet: it needs review decisions on pairs scored at or '
                  "above auto-merge (<code>resolver review list --links N</code> lists merged pairs to audit).</p>")
