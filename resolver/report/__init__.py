@@ -14,7 +14,6 @@ an erased person).
 from __future__ import annotations
 
 import html
-import itertools
 import json
 import math
 from importlib import resources
@@ -269,8 +268,9 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
     body = ""
     applied = matching.get("review_decisions")
     if applied:
+        counts = [(k.replace("_", " "), v) for k, v in applied.items() if k != "cannot_link_conflicts"]
         body += ("<h3>Review decisions applied in this run</h3>"
-                 + _table(pd.DataFrame([{k: v for k, v in applied.items() if k != "cannot_link_conflicts"}])))
+                 + _table(pd.DataFrame(counts, columns=["measure", "count"]), {"count"}))
         conflicts = applied.get("cannot_link_conflicts") or []
         if conflicts:
             body += (f'<p class="warn">{len(conflicts)} rejected pair(s) are still in one person (a cannot-link does not '
@@ -289,8 +289,8 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
     series = [{"name": k, "values": np.bincount(band[kinds == k], minlength=len(edges) - 1).astype(int).tolist()}
               for k in names if (kinds == k).any()]
     body += f"<h3>{len(queue):,} pairs to review, by probability band</h3>" + r.chart("review_bands", {
-        "type": "vbar", "stacked": True, "xLabel": "match probability",
-        "labels": [f"{a:.2f}–{b:.2f}" for a, b in itertools.pairwise(edges)], "series": series})
+        "type": "vbar", "stacked": True, "xLabel": "match probability (bands of 0.05, from the value shown)",
+        "labels": [f"{a:.2f}" for a in edges[:-1]], "series": series})
     top = queue.head(TOP_REVIEW)
     ids = _item_ids(top, tables.get("identity_map"))
     comparisons = [c[:-len("_level")] for c in queue.columns if c.endswith("_level")]
