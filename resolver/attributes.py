@@ -76,16 +76,29 @@ def matching_columns(config: Config) -> list[str]:
     return list(dict.fromkeys(columns))
 
 
-def match_attributes(records: pd.DataFrame, config: Config) -> dict[str, pd.Series]:
-    """Normalized attribute columns for matching, one value per record (index 0..n-1)."""
+def attribute_kinds(config: Config) -> dict[str, str]:
+    """Every attribute a run puts in match form, with its kind: what matching reads, then the
+    golden record's fields (the ingest jobs compute them all, once per record)."""
+    from resolver.golden import field_kind, golden_fields
+
+    matching = config.matching is not None and config.matching.enabled
+    columns = (matching_columns(config) if matching else []) + golden_fields(config)
+    return {column: field_kind(config, column) for column in dict.fromkeys(columns)}
+
+
+def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str] | None = None) -> dict[str, pd.Series]:
+    """Normalized attribute columns (by default the ones matching reads), one value per record
+    (index 0..n-1)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    if kinds is None:
+        kinds = {column: config.matching.normalizer(column) for column in matching_columns(config)}
 
     def one(column: str) -> pd.Series:
         raw = records[column] if column in records else pd.Series(pd.NA, index=records.index, dtype="str")
-        return normalize_attribute(config.matching.normalizer(column), raw.reset_index(drop=True), config)
+        return normalize_attribute(kinds[column], raw.reset_index(drop=True), config)
 
-    columns = matching_columns(config)
     # Arrow's string kernels release the GIL: columns are normalized side by side.
     with ThreadPoolExecutor(max_workers=max(1, config.run.workers)) as pool:
-        return dict(zip(columns, pool.map(one, columns)))
+        return dict(zip(kinds, pool.map(one, kinds)))
 

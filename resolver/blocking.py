@@ -288,18 +288,25 @@ def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarr
 
 def rule_pairs(blocking: BlockingKeys, rule: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The new candidate pairs of one rule (left < right record positions), in a fixed order."""
-    keys = blocking.keys[rule]
+    return rule_pairs_of(blocking.keys, rule, labels)
+
+
+def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rule_pairs over a keys matrix (rules x records) and the records' deterministic labels: the
+    dask engine calls it on one bucket of records at a time."""
+    keys = all_keys[rule]
     keyed = np.flatnonzero(keys != 0)
     groups = Groups.of(keys[keyed])  # stable: records stay in position order inside a block
     sizes = groups.sizes()
     multi = sizes >= 2
     members = keyed[groups.order[np.repeat(multi, sizes)]].astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes[multi])]).astype(np.int64)
-    counts = _count_new(members, starts, rule, blocking.keys, labels)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    counts = _count_new(members, starts, rule, all_keys, labels)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     left = np.empty(offsets[-1], dtype=np.int32)
     right = np.empty(offsets[-1], dtype=np.int32)
-    _fill_new(members, starts, rule, blocking.keys, labels, offsets, left, right)
+    _fill_new(members, starts, rule, all_keys, labels, offsets, left, right)
     return left, right
 
 

@@ -130,6 +130,9 @@ def cmd_run(args) -> int:
         config.identity.guards = False
     if args.backend:
         config.run.backend = args.backend
+    for option, value in (("name", args.engine), ("scheduler", args.scheduler), ("workers", args.workers)):
+        if value is not None:
+            setattr(config.engine, option, value)
     if args.truth:
         from resolver.report import read_truth
 
@@ -305,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="a model.json from an earlier run: score with it, skip training")
     run.add_argument("--state", help="state directory: start from the previous run's (persistent person ids), "
                                      "then commit this run's (default: run.state_dir)")
+    run.add_argument("--engine", choices=["local", "dask"], help="where the stages run (default: engine.name in the "
+                     "config): this process and its ingest workers, or a Dask cluster")
+    run.add_argument("--scheduler", help="with --engine dask: the address of a running Dask scheduler "
+                                         "(default: start a cluster for the run)")
+    run.add_argument("--workers", type=int, help="with --engine dask: workers of the cluster started for the run")
     run.add_argument("--full", action="store_true",
                      help="with a state: normalize, compare and train from scratch (ids still persist)")
     run.add_argument("--truth", help="truth folder written by `resolver generate` (or its records.parquet): "
@@ -375,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from resolver.backend.arrays import BackendUnavailable
     from resolver.config import ConfigError
+    from resolver.dask_engine import EngineUnavailable
     from resolver.erasure import ErasureError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
@@ -385,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
              (StateError, "state error", EXIT_CONFIG), (ModelError, "model error", EXIT_CONFIG),
              (ReviewError, "review error", EXIT_CONFIG),
-             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
+             (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:

@@ -16,6 +16,10 @@ from resolver.backend.components import cugraph_components
 def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, backend: Backend = CPU) -> np.ndarray:
     """Component label per node (0..k-1, numbered by each component's smallest node) of the
     undirected graph given by the edge arrays; the backend picks the engine, the labels are equal."""
+    if backend.components == "dask":
+        from resolver import dask_engine
+
+        return dask_engine.connected_components(n_nodes, src, dst, dask_engine.active())
     if backend.components != "scipy":
         return _device_components(n_nodes, src, dst, backend)
     if n_nodes == 0:

@@ -314,8 +314,24 @@ class RunOptions(_Strict):
     backend: Literal["cpu", "gpu", "auto"] = "auto"  # where the hot stages run (auto: gpu when CuPy sees one)
 
 
+class EngineOptions(_Strict):
+    """Where the stages run: this process and its ingest workers (local), or a Dask cluster."""
+
+    name: Literal["local", "dask"] = "local"
+    scheduler: str | None = None  # a running Dask scheduler (tcp://host:8786); else a cluster is started
+    workers: int | None = Field(default=None, ge=1)  # of the started cluster (default: run.workers; GPUs: one each)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str | float | None = "auto"  # per worker ("8GiB", a fraction of the machine, or "auto")
+    partitions: int | None = Field(default=None, ge=1)  # buckets of pairs and golden records (default: 2 per worker)
+    rmm_pool_size: str | float | None = None  # LocalCUDACluster: RMM pool per worker ("30GB", or a share of GPU memory)
+    spill: bool = True  # LocalCUDACluster: cuDF spilling to host memory
+    local_directory: str | None = None  # workers' scratch (spill) folder
+    connect_timeout: float = Field(default=30.0, gt=0)  # seconds to reach the scheduler and its first worker
+
+
 class Config(_Strict):
     run: RunOptions = Field(default_factory=RunOptions)
+    engine: EngineOptions = Field(default_factory=EngineOptions)
     sources: list[SourceConfig]
     identity: IdentityConfig
     matching: MatchingConfig | None = None

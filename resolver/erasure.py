@@ -101,12 +101,8 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 attribute_columns = [c for c in dropped.columns if dropped[c].dtype == "str" and c not in ("source",)]
                 counts.values |= set(dropped[attribute_columns].stack().dropna().astype(str))
                 counts.values |= set(obs.loc[gone[obs["record_pos"].to_numpy()], "value"].dropna().astype(str))
-                keep = ~gone
-                new_pos = np.cumsum(keep) - 1
-                kept_obs = keep[obs["record_pos"].to_numpy()]
-                part.observations = obs[kept_obs].assign(record_pos=new_pos[obs["record_pos"].to_numpy()[kept_obs]])
-                part.observations = part.observations.reset_index(drop=True)
-                part.records = records[keep].reset_index(drop=True)
+                part.drop_records(gone)
+                part.snapshot = None  # never kept in the state: it is ingested (and suppressed) again each run
                 n = int(gone.sum())
                 part.resolved -= n
                 part.suppressed += n
@@ -123,6 +119,7 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 part.event_edges = edges[kept_edges].assign(a=new_row[a[kept_edges]], b=new_row[b[kept_edges]])
                 part.event_edges = part.event_edges.reset_index(drop=True)
                 part.event_nodes = nodes[keep].reset_index(drop=True)
+                part.snapshot = None
                 counts.identifier_values += int(gone.sum())
                 counts.events += int(nodes["events"].to_numpy()[gone].sum())
     if counts.values:  # ingest's policy actions name values: the suppressed ones go
@@ -287,6 +284,7 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     # person's are dropped whole (the next run keys and compares everything once).
     if len(erasure.record_ids):
         state.pairs = state.keys = None
+    state.snapshots = {}  # source snapshots hold the records as read: the next run ingests everything again
     store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
     from resolver.review import forget_decisions
 

@@ -189,11 +189,9 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     conflict_parts = []
     flagged = np.zeros(n_persons, dtype=bool)
     conflicting = np.zeros(n_persons, dtype=np.int64)
-    per_field = {}
-    for field, (columns, has, distinct, conflict) in zip(fields, done):
+    for field, (columns, _has, distinct, conflict) in zip(fields, done):
         out.update(columns)
         conflicting += distinct
-        per_field[field] = {"persons_with_value": int(has.sum()), "conflicts": int(distinct.sum())}
         if conflict is not None:
             conflict_parts.append(conflict[0])
             flagged |= conflict[1]
@@ -201,9 +199,20 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     golden_records["conflicting_fields"] = conflicting
     golden_records["needs_review"] = flagged
     conflicts = pd.concat(conflict_parts, ignore_index=True) if conflict_parts else _empty_conflicts()
-    summary = {"persons": n_persons, "persons_with_conflicts": int((conflicting > 0).sum()),
-               "persons_flagged_for_review": int(flagged.sum()), "fields": per_field}
-    return GoldenResult(golden_records, conflicts, summary)
+    return GoldenResult(golden_records, conflicts, golden_summary(golden_records, conflicts, fields))
+
+
+def golden_summary(golden_records: pd.DataFrame, conflicts: pd.DataFrame, fields: list[str]) -> dict:
+    """Counts for the run summary, from the tables alone (so that golden records built in parts
+    summarize the same)."""
+    per_field = {}
+    for field in fields:
+        mine = conflicts["person_id"][conflicts["field"] == field]
+        per_field[field] = {"persons_with_value": int(golden_records[field].notna().sum()),
+                            "conflicts": int(mine.nunique())}
+    return {"persons": len(golden_records),
+            "persons_with_conflicts": int((golden_records["conflicting_fields"] > 0).sum()),
+            "persons_flagged_for_review": int(golden_records["needs_review"].sum()), "fields": per_field}
 
 
 def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarray, rule: pd.Categorical,
@@ -276,4 +285,6 @@ def _conflicts(field: str, c: _Candidates, winner: np.ndarray, distinct: np.ndar
         low = (sim < threshold) & ~table["chosen"].to_numpy()
         needs_review[group_person[low]] = True
     table["needs_review"] = needs_review[group_person]
-    return table, needs_review
+    # A person's values in the order its records first show them (not in an order that depends on
+    # other persons' records), so that golden records built in parts are the same.
+    return table.take(np.lexsort((record[starts], group_person))).reset_index(drop=True), needs_review

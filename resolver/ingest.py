@@ -86,10 +86,25 @@ class SourceTables:
     resolved: int = 0  # input rows this part resolved: its records, or its events
     suppressed: int = 0  # records dropped because they match an erasure tombstone
     memo: object | None = None  # the normalization memo lookups of this part (a NormalizationMemo)
+    attributes: pd.DataFrame | None = None  # per record: the attributes in match form (when matching is on)
+    snapshot: str | None = None  # key of the state snapshot these tables are (or may be saved as)
+    loaded: bool = False  # loaded from a state snapshot instead of ingested
+
+    def drop_records(self, gone: np.ndarray) -> None:
+        """Remove the records where `gone` is True, with their observations and attributes (new
+        tables are assigned: a snapshot being written from the old ones is not disturbed)."""
+        keep = ~gone
+        new_pos = np.cumsum(keep) - 1
+        pos = self.observations["record_pos"].to_numpy()
+        kept_obs = keep[pos]
+        self.observations = self.observations[kept_obs].assign(record_pos=new_pos[pos[kept_obs]]).reset_index(drop=True)
+        self.records = self.records[keep].reset_index(drop=True)
+        if self.attributes is not None:
+            self.attributes = self.attributes[keep].reset_index(drop=True)
 
     def release_graph_inputs(self) -> None:
         """Drop what only the graph build needs, once it is built (memory)."""
-        self.records = self.observations = self.event_nodes = self.event_edges = None
+        self.records = self.observations = self.event_nodes = self.event_edges = self.attributes = None
 
 
 def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw=None) -> pd.DataFrame:
@@ -202,6 +217,38 @@ def _parse_times(values: pd.Series | None, n: int) -> np.ndarray:
     return spread(parsed.dt.tz_convert(None).to_numpy("datetime64[ns]"), codes, np.datetime64("NaT", "ns"))
 
 
+DUPLICATE_KEY = "duplicate record key (earlier row kept)"
+
+
+def reject_cross_file_duplicates(config: Config, parts: list[SourceTables]) -> int:
+    """A record key already seen in an earlier file of the same source makes the later row a
+    duplicate, as within one file: files are ingested one by one, so this is checked across them
+    afterwards (the rows go to the rejects). Returns how many rows were rejected."""
+    rejected = 0
+    for source in config.sources:
+        mine = [p for p in parts if p.name == source.name and p.records is not None]
+        if source.kind != "records" or len(mine) < 2:
+            continue
+        keys = pd.concat([p.records["source_key"] for p in mine], ignore_index=True)
+        duplicate = _duplicated(keys)
+        if not duplicate.any():
+            continue
+        offsets = np.cumsum([0] + [len(p.records) for p in mine])
+        for k, part in enumerate(mine):
+            gone = duplicate[offsets[k]:offsets[k + 1]]
+            if not gone.any():
+                continue
+            dropped = part.records[gone]
+            part.rejects.append(pd.DataFrame({
+                "source": source.name, "file": dropped["file"].astype(str).to_numpy(), "row": dropped["row"].to_numpy(np.int64),
+                "field": source.key, "reason": DUPLICATE_KEY,
+                "raw": dropped["record_key"].astype("str").str.slice(0, 200).to_numpy()}, columns=REJECT_COLUMNS))
+            part.drop_records(gone)
+            part.resolved -= int(gone.sum())
+            rejected += int(gone.sum())
+    return rejected
+
+
 def _duplicated(keys: pd.Series) -> np.ndarray:
     return keys.duplicated(keep="first").to_numpy() & keys.notna().to_numpy()
 
@@ -225,7 +272,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
         key_norm = key_norm.mask(key_ident.hash != 0, key_ident.text(rows).set_axis(rows))
     duplicate = _duplicated(key_norm) & ~missing
     tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing record key"))
-    tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate record key (earlier row kept)", key_raw))
+    tables.rejects.append(_reject(frame, duplicate, source.name, source.key, DUPLICATE_KEY, key_raw))
     keep = ~(missing | duplicate)
     deleted = _truthy(frame[source.deleted]) if source.deleted else np.zeros(len(frame), bool)
 

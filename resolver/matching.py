@@ -123,12 +123,13 @@ def neutral_comparisons(config: Config, prepared: list[PreparedComparison]) -> n
 
 def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.ndarray,
                 active: np.ndarray, options: ModelOptions, rules: list[str], neutral: np.ndarray,
-                biased: set[str] = frozenset(), backend: Backend = CPU) -> FSModel:
+                biased: set[str] = frozenset(), backend: Backend = CPU, counts=None) -> FSModel:
     """u by random sampling, m anchored on deterministic persons, then EM on the candidates.
 
     `prepared`, `levels` and `rule` live in the backend's array module; the samples are drawn on
     the host (one seeded generator for every backend), compared by the backend, and EM runs on the
-    host over the distinct level patterns, so every backend trains the identical model."""
+    host over the distinct level patterns, so every backend trains the identical model. `counts`:
+    the level-pattern counts of the candidates when already summed (the dask engine's tasks)."""
     started = time.perf_counter()
     xp = backend.xp
 
@@ -161,7 +162,7 @@ def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.nda
     # The prior from deterministic links: about as many matches remain among the candidates as
     # the deterministic persons already hold (a starting value; EM refines it).
     lambda0 = float(np.clip(det_pairs / max(n_candidates, 1), 1e-4, 0.5))
-    patterns, pattern_rule, counts = pattern_counts(levels, rule)
+    patterns, pattern_rule, counts = counts if counts is not None else pattern_counts(levels, rule)
     known_patterns, _, known_counts = pattern_counts(known)
     if options.u_source == "random":
         u = [np.tile(x, (len(rules), 1)) for x in u_random]
@@ -291,7 +292,7 @@ def _reused_levels(reuse: Reuse, current: np.ndarray, n_comparisons: int) -> tup
 
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
                   stage=None, backend: Backend = CPU, reuse: Reuse | None = None,
-                  member_keys: np.ndarray | None = None) -> MatchResult:
+                  member_keys: np.ndarray | None = None, attributes: dict[str, pd.Series] | None = None) -> MatchResult:
     """Score the candidate pairs of the active records; `labels` are the deterministic persons.
 
     On a GPU backend the pairs, their levels and their scores stay on the device from blocking to
@@ -301,7 +302,8 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     xp = backend.xp
     active = ~records["is_deleted"].to_numpy(bool)
     with timer("match:attributes", rows_in=len(records)):
-        attributes = match_attributes(records, config)
+        if attributes is None:
+            attributes = match_attributes(records, config)
         prepared = prepare_all(matching.comparisons, attributes)
         on_backend = [p.on(xp) for p in prepared]
     record_hashes = known = known_keys = None
@@ -312,11 +314,19 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
             record_hashes = mix64(member_keys ^ (fingerprints(attributes, list(attributes)) * np.uint64(0x9E3779B97F4A7C15)))
         if reuse is not None and reuse.keys is not None:
             known, known_keys = _reused_keys(reuse.keys, record_hashes, len(matching.blocking.rules))
+    from resolver import dask_engine
+
+    engine = dask_engine.active() if not backend.on_gpu_path else None
+    summed_counts = None
     with timer("match:blocking", rows_in=int(active.sum())) as entry:
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend, known=known,
                                        known_keys=known_keys)
         entry["keyed_again"] = int(len(records) if known is None else (~known).sum())
-        pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
+        if engine is not None:  # pairs made and compared bucket by bucket on the cluster
+            pairs, engine_levels, summed_counts = dask_engine.pairs_and_levels(
+                engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules])
+        else:
+            pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
     hashes = None
     if member_keys is not None:
@@ -324,7 +334,9 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         compared = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
         hashes = pair_hashes(left, right, member_keys, fingerprints(attributes, compared))
     with timer("match:compare", rows_in=len(pairs)) as entry:
-        if reuse is not None and not backend.on_gpu_path:  # incremental: compare only what changed
+        if engine is not None:
+            levels, compared = engine_levels, len(pairs)
+        elif reuse is not None and not backend.on_gpu_path:  # incremental: compare only what changed
             levels, found = _reused_levels(reuse, hashes, len(prepared))
             todo = np.flatnonzero(~found)
             levels[todo] = comparison_matrix(prepared, pairs.left[todo], pairs.right[todo])
@@ -343,7 +355,8 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
             model.training = {**model.training, "loaded_from": "state"}
         else:
             model = train_model(on_backend, levels, pairs.rule, labels[: len(records)], active, matching.model,
-                                rules, neutral_comparisons(config, prepared), selection_biased(config), backend)
+                                rules, neutral_comparisons(config, prepared), selection_biased(config), backend,
+                                counts=summed_counts)
     with timer("match:score", rows_in=len(pairs)) as entry:
         histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
         rows, weight, probability, tf = _score(model, on_backend, levels, pairs,

