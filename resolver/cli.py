@@ -1,4 +1,4 @@
-"""The `resolver` command: demo, run, plan, generate, evaluate.
+"""The `resolver` command: demo, run, plan, generate, evaluate, forget, review.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or configuration, 3 unusable input
 (the message names the file, row and field), 4 an evaluation below a --min-* threshold.
@@ -28,12 +28,12 @@ def _console(args) -> Console:
 
 
 def _run_pipeline(config, console: Console, model_path: Path | None = None, state_dir: Path | None = None,
-                  full: bool = False):
+                  full: bool = False, truth: Path | None = None):
     from resolver.pipeline import run
 
     with console.status("resolving") as status:
         return run(config, report=lambda stage: status.update(f"[bold]{stage}"), model_path=model_path,
-                   state_dir=state_dir, full=full)
+                   state_dir=state_dir, full=full, truth=truth)
 
 
 def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True) -> dict:
@@ -133,11 +133,19 @@ def cmd_run(args) -> int:
     for option, value in (("name", args.engine), ("scheduler", args.scheduler), ("workers", args.workers)):
         if value is not None:
             setattr(config.engine, option, value)
+    if args.truth:
+        from resolver.report import read_truth
+
+        read_truth(Path(args.truth))  # a wrong path is a usage error now, not a report without curves later
     res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
-                        state_dir=Path(args.state) if args.state else config.state_path(), full=args.full)
+                        state_dir=Path(args.state) if args.state else config.state_path(), full=args.full,
+                        truth=Path(args.truth) if args.truth else None)
     console.print(_summary_table(res.summary, None))
     _print_warnings(console, res.summary)
-    console.print(f"outputs: {config.output_path()}")
+    if (res.summary.get("report") or {}).get("error"):
+        console.print(f"[yellow]warning:[/yellow] report.html could not be built: {res.summary['report']['error']}",
+                      highlight=False)
+    console.print(f"outputs: {config.output_path()} (report: {config.output_path() / 'report.html'})")
     return EXIT_OK
 
 
@@ -258,10 +266,10 @@ def cmd_demo(args) -> int:
     config = load_config(base / "resolver.yaml")
     if args.backend:
         config.run.backend = args.backend
-    res = _run_pipeline(config, console)
+    res = _run_pipeline(config, console, truth=base / "truth")
     metrics = evaluate_outputs(config.output_path(), base / "truth", config)
     Console(quiet=args.quiet).print(_summary_table(res.summary, metrics))
-    console.print(f"data: {base}  outputs: {config.output_path()}")
+    console.print(f"data: {base}  outputs: {config.output_path()}  report: {config.output_path() / 'report.html'}")
     return EXIT_OK
 
 
@@ -277,6 +285,59 @@ def cmd_forget(args) -> int:
     entry = forget(config, Path(args.state) if args.state else config.state_path(), kind, value)
     console.print(f"forgot {entry['persons']} person(s): {entry['records']} record(s), {entry['identifiers']} "
                   f"identifier(s), {entry['review_items']} review item(s); tombstones kept in the state")
+    return EXIT_OK
+
+
+def _review_places(args) -> tuple[Path | None, Path]:
+    """The state directory and the outputs a review command works on: --state / --out, else the
+    config's run.state_dir / run.output_dir, else the outputs of the state's last run."""
+    from resolver.config import load_config
+    from resolver.history import load_history
+    from resolver.review import ReviewError
+
+    config = load_config(args.config) if args.config else None
+    state = Path(args.state) if args.state else (config.state_path() if config is not None else None)
+    if args.out:
+        return state, Path(args.out)
+    if config is not None:
+        return state, config.output_path()
+    history = load_history(state)
+    if len(history) and history["output_dir"].iloc[-1]:
+        return state, Path(history["output_dir"].iloc[-1])
+    raise ReviewError("which outputs? give --out (or --config, or a --state that a run has written)")
+
+
+def cmd_review_list(args) -> int:
+    from resolver.review import review_items
+
+    state, out = _review_places(args)
+    items = review_items(out, state, links=args.links)
+    if not args.all:
+        items = items[items["decision"] == ""]
+    items = items.head(args.limit)
+    if args.json:
+        shown = items.drop(columns=["member_key_l", "member_key_r"])
+        print(shown.to_json(orient="records", indent=2))
+        return EXIT_OK
+    table = Table(title=f"review items: {out}", header_style="bold")
+    for column in ("item", "kind", "p", "left (source:key)", "right (source:key)", "reason", "decision"):
+        table.add_column(column, justify="right" if column == "p" else "left")
+    for row in items.itertuples(index=False):
+        table.add_row(row.item_id, row.kind, f"{row.probability:.3f}", f"{row.source_l}:{row.record_key_l}",
+                      f"{row.source_r}:{row.record_key_r}", row.reason, row.decision)
+    Console(quiet=args.quiet, width=200).print(table)
+    return EXIT_OK
+
+
+def cmd_review_decide(args) -> int:
+    from resolver.review import decide
+
+    state, out = _review_places(args)
+    entry = decide(state, out, accept=args.accept, pair=tuple(args.pair) if args.pair else None, item=args.item,
+                   by=args.by)
+    _console(args).print(f"recorded: {entry['decision']} {entry['source_l']}:{entry['record_key_l']} ↔ "
+                         f"{entry['source_r']}:{entry['record_key_r']} (item {entry['item_id']}, by "
+                         f"{entry['decided_by']}); the next run with this state applies it", highlight=False)
     return EXIT_OK
 
 
@@ -314,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="with --engine dask: workers of the cluster started for the run")
     run.add_argument("--full", action="store_true",
                      help="with a state: normalize, compare and train from scratch (ids still persist)")
+    run.add_argument("--truth", help="truth folder written by `resolver generate` (or its records.parquet): "
+                                     "adds precision/recall/F1 curves to report.html")
     run.set_defaults(func=cmd_run)
 
     bench = common(sub.add_parser("bench", help="measure cost curves: a ladder of generated sizes, every backend "
@@ -340,6 +403,34 @@ def build_parser() -> argparse.ArgumentParser:
                           help="answer beyond --max-extrapolation anyway (the answer says it extrapolated)")
     capacity.add_argument("--json", action="store_true", help="print the estimate as JSON")
     capacity.set_defaults(func=cmd_capacity)
+
+    review = sub.add_parser("review", help="list review items; record accept/reject decisions for the next run")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+
+    def places(p):
+        p.add_argument("--state", help="state directory (default: run.state_dir of --config)")
+        p.add_argument("--config", help="a config: its run.state_dir and run.output_dir are the defaults")
+        p.add_argument("--out", help="the run's outputs (default: run.output_dir, else the state's last run)")
+        return p
+
+    listing = places(common(review_sub.add_parser("list", help="review items, highest probability first")))
+    listing.add_argument("--limit", type=int, default=20, help="show at most N items (default 20)")
+    listing.add_argument("--links", type=int, default=0, metavar="N",
+                         help="also a random sample of N automatic merges to audit (estimates the false-positive rate)")
+    listing.add_argument("--all", action="store_true", help="include items already decided")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=cmd_review_list)
+
+    deciding = places(common(review_sub.add_parser("decide", help="accept (must-link) or reject (cannot-link) a pair")))
+    which = deciding.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pair", nargs=2, metavar=("LEFTKEY", "RIGHTKEY"),
+                       help="two record keys (as in the file, or SOURCE:KEY when a key is in several sources)")
+    which.add_argument("--item", help="a review item's id (from `resolver review list` or report.html)")
+    verdict = deciding.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--accept", action="store_true", help="the two records are one person: link them")
+    verdict.add_argument("--reject", action="store_true", help="the two records are different people: never link them")
+    deciding.add_argument("--by", help="who decided (default: the login name)")
+    deciding.set_defaults(func=cmd_review_decide)
 
     forget = common(sub.add_parser("forget", help="erase a person (GDPR/CCPA) from the outputs and the state"))
     forget.add_argument("--config", required=True)
@@ -382,11 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.erasure import ErasureError
     from resolver.io.readers import InputError
     from resolver.model import ModelError
+    from resolver.review import ReviewError
     from resolver.state import StateError
 
     # Expected failures: one line naming the problem, and an exit code.
     known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
              (StateError, "state error", EXIT_CONFIG), (ModelError, "model error", EXIT_CONFIG),
+             (ReviewError, "review error", EXIT_CONFIG),
              (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
              (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)

@@ -245,7 +245,11 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
         removed[name] = int(drop.sum())
         if drop.any():
             changed[name] = frame[~drop].reset_index(drop=True)
-    rewrite_outputs(out, changed)
+    # The report shows records, review items and golden values: it is rebuilt without the person.
+    from resolver.report import REPORT_FILE, report_from_outputs
+
+    page = report_from_outputs(out, {**outputs, **changed}, state_dir)
+    rewrite_outputs(out, changed, files={REPORT_FILE: page})
 
     store = StateStore(state_dir)
     state = store.load()
@@ -282,4 +286,7 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
         state.pairs = state.keys = None
     state.snapshots = {}  # source snapshots hold the records as read: the next run ingests everything again
     store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
+    from resolver.review import forget_decisions
+
+    entry["review_decisions"] = forget_decisions(state_dir, member_keys)
     return {**entry, "time": now.isoformat(), "rows_removed": removed}

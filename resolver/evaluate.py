@@ -181,6 +181,15 @@ def matching_metrics(out_dir, truth_records: pd.DataFrame) -> dict:
     out_dir = Path(out_dir)
     identity = pd.read_parquet(out_dir / "identity_map.parquet",
                                columns=["record_id", "source", "record_key", "status", "deterministic_group"])
+    keys = pd.read_parquet(out_dir / "blocking_keys.parquet")
+    scored = pd.read_parquet(out_dir / "scored_pairs.parquet", columns=["record_id_l", "record_id_r", "probability"])
+    return matching_metrics_of(identity, keys, scored, truth_records)
+
+
+def matching_metrics_of(identity: pd.DataFrame, keys: pd.DataFrame, scored: pd.DataFrame, truth_records: pd.DataFrame,
+                        thresholds=THRESHOLDS) -> dict:
+    """matching_metrics over the output tables themselves (identity map, blocking keys, scored pairs)."""
+    identity = identity[["record_id", "source", "record_key", "status", "deterministic_group"]]
     frame = identity.merge(truth_records, on=["source", "record_key"], how="inner")
     frame = frame[frame["status"] != "deleted"]
     n = int(identity["record_id"].max()) + 1 if len(identity) else 1
@@ -189,7 +198,6 @@ def matching_metrics(out_dir, truth_records: pd.DataFrame) -> dict:
     group[identity["record_id"].to_numpy()] = identity["deterministic_group"].to_numpy()
     remaining = group[a] != group[b]
 
-    keys = pd.read_parquet(out_dir / "blocking_keys.parquet")
     rule_keys = keys.drop(columns="record_id")
     key_rows = np.full(n, -1, dtype=np.int64)
     key_rows[keys["record_id"].to_numpy()] = np.arange(len(keys))
@@ -201,13 +209,12 @@ def matching_metrics(out_dir, truth_records: pd.DataFrame) -> dict:
         per_rule[rule] = float(hit[remaining].mean()) if remaining.any() else 1.0
         blocked |= hit
 
-    scored = pd.read_parquet(out_dir / "scored_pairs.parquet", columns=["record_id_l", "record_id_r", "probability"])
     is_true = np.isin(_pair_keys(scored["record_id_l"].to_numpy(), scored["record_id_r"].to_numpy(), n),
                       _pair_keys(a, b, n))
     probability = scored["probability"].to_numpy()
     wanted = int(remaining.sum())
     table = []
-    for t in THRESHOLDS:
+    for t in thresholds:
         predicted = probability >= t
         tp = int((predicted & is_true).sum())
         precision = tp / predicted.sum() if predicted.any() else 1.0

@@ -49,6 +49,7 @@ from resolver.model import (
 DECISIONS = ("link", "review", "no_link", "guard_cut")
 DET_SAMPLE_PAIRS = 200_000
 SCORE_CHUNK = 4_000_000
+WEIGHT_BINS = np.arange(-40.0, 41.0, 1.0)  # match-weight histogram of every candidate pair (the run report)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class MatchResult:
     attributes: dict | None = None  # the records' attributes in match form (reused by survivorship)
     pair_cache: pd.DataFrame | None = None  # every candidate pair's levels by pair hash (for the state)
     key_cache: pd.DataFrame | None = None  # every record's blocking keys by record hash (for the state)
+    steward: np.ndarray | None = None  # per pair: 0, or a review decision applied (resolver.review)
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
@@ -356,8 +358,9 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
                                 rules, neutral_comparisons(config, prepared), selection_biased(config), backend,
                                 counts=summed_counts)
     with timer("match:score", rows_in=len(pairs)) as entry:
+        histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
         rows, weight, probability, tf = _score(model, on_backend, levels, pairs,
-                                               min(matching.scored_pairs_min, matching.thresholds.review))
+                                               min(matching.scored_pairs_min, matching.thresholds.review), histogram)
         entry["rows_out"] = len(rows)
     device_rows = xp.asarray(rows)
     result = MatchResult(
@@ -372,6 +375,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.summary = _summary(result, pairs, config)
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = len(pairs) - compared
+    result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
     if record_hashes is not None:
         by_record = np.argsort(record_hashes, kind="stable")
         result.key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
@@ -384,10 +388,13 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     return result
 
 
-def _score(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float):
+def _score(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
+           histogram: np.ndarray | None = None):
     """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
-    returns, on the host, the rows with probability >= keep_from and their weight, probability, tf."""
+    returns, on the host, the rows with probability >= keep_from and their weight, probability, tf.
+    With `histogram`, adds every pair's match weight to it (bins WEIGHT_BINS, the ends open)."""
     xp = module_of(levels)
+    edges = xp.asarray(WEIGHT_BINS)
     kept = []
     for start in range(0, len(pairs), SCORE_CHUNK):
         chunk = slice(start, start + SCORE_CHUNK)
@@ -396,6 +403,9 @@ def _score(model: FSModel, prepared: list[PreparedComparison], levels, pairs: Ca
         tf = tf_adjustments(model, prepared, levels[chunk], rule, left)
         weight = match_weights(model, levels[chunk], rule, tf)
         probability = probabilities(weight)
+        if histogram is not None:
+            clipped = xp.clip(weight, float(WEIGHT_BINS[0]), float(WEIGHT_BINS[-1]))
+            histogram += to_host(xp.histogram(clipped, bins=edges)[0]).astype(np.int64)
         rows = xp.flatnonzero(probability >= keep_from)
         kept.append(tuple(map(to_host, (start + rows, weight[rows], probability[rows], tf[rows]))))
     if not kept:

@@ -27,6 +27,7 @@ from resolver.cluster import connected_components, format_person_ids, smallest_m
 from resolver.config import Config, ConfigError
 from resolver.erasure import record_member_keys, suppress
 from resolver.golden import build_golden
+from resolver.history import append_history
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
@@ -36,6 +37,8 @@ from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_so
 from resolver.io.readers import REJECT_COLUMNS, read_source
 from resolver.io.writers import write_outputs
 from resolver.normalize import Blocklist
+from resolver.report import REPORT_FILE, report_for_run
+from resolver.review import load_decisions
 from resolver.snapshots import SnapshotWriter
 
 Reporter = Callable[[str], None]
@@ -505,7 +508,8 @@ def _attributes_of(parts: list[SourceTables]) -> dict[str, pd.Series] | None:
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
-            run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None) -> Resolution:
+            run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
+            decisions: pd.DataFrame | None = None) -> Resolution:
     attributes = _attributes_of(parts)  # computed per part by the ingest jobs
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
@@ -525,6 +529,11 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
                               reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
                               attributes=_matching_attributes(config, attributes))
+        steward = None
+        if decisions is not None and len(decisions):  # review decisions: must-links and cannot-links
+            from resolver.review import apply_decisions
+
+            steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -538,6 +547,10 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             match.decision[links[cut]] = DECISIONS.index("guard_cut")
             match.cut_type = np.full(len(match.left), -1, dtype=np.int64)
             match.cut_type[links] = result.cut_type[n_det_edges:]
+        if steward is not None:
+            from resolver.review import check_constraints
+
+            match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
         labels = result.labels
@@ -625,7 +638,9 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
     names = np.array(list(vocab.types) + [PROBABILISTIC], dtype=object)
     link, review, cut = (DECISIONS.index(d) for d in ("link", "review", "guard_cut"))
     links = np.flatnonzero(match.decision == link)
-    res.match_links = explain(match, links, res.records, person_ids, np.full(len(links), "auto-merge", dtype=object))
+    steward = match.steward[links] == 1 if match.steward is not None else np.zeros(len(links), bool)
+    res.match_links = explain(match, links, res.records, person_ids,
+                              np.where(steward, "accepted by a reviewer", "auto-merge").astype(object))
     in_band = np.flatnonzero(match.decision == review)
     cut_rows = np.flatnonzero(match.decision == cut)
     cut_reason = [f"guard: would give one person more {names[t]} values than allowed" if t < len(vocab.types)
@@ -637,6 +652,10 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
         if v >= 0 and match.probability[i] >= config.matching.thresholds.auto_merge else "review band"
         for i, v in zip(in_band, match.veto[in_band])
     ]
+    if match.steward is not None:  # links a reviewer's rejection holds back (resolver.review)
+        from resolver.review import HELD_REASON, STEWARD_HELD
+
+        band_reason = [HELD_REASON if match.steward[i] == STEWARD_HELD else r for i, r in zip(in_band, band_reason)]
     reasons = np.array(band_reason + cut_reason, dtype=object)
     order = np.argsort(-match.probability[rows], kind="stable")
     res.review_queue = explain(match, rows[order], res.records, person_ids, reasons[order])
@@ -771,12 +790,13 @@ def config_digest(config: Config) -> str:
 
 
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
-        backend: Backend | None = None, state_dir: Path | None = None, full: bool = False) -> Resolution:
+        backend: Backend | None = None, state_dir: Path | None = None, full: bool = False,
+        truth: Path | None = None) -> Resolution:
     """Resolve the configured sources on the configured engine (config.engine: local, or dask);
     see _run for what a run does."""
     backend = backend or select_backend(config.run.backend)
     if config.engine.name == "local":
-        return _run(config, report, write, model_path, backend, state_dir, full)
+        return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)
     from dataclasses import replace
 
     from resolver.dask_engine import dask_engine
@@ -784,12 +804,12 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     with dask_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
         if not backend.on_gpu_path:  # components by label propagation on the cluster
             backend = replace(backend, components="dask")
-        res = _run(config, report, write, model_path, backend, state_dir, full, engine.description)
+        res = _run(config, report, write, model_path, backend, state_dir, full, engine.description, truth)
     return res
 
 
 def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,
-         state_dir: Path | None, full: bool, engine: dict | None = None) -> Resolution:
+         state_dir: Path | None, full: bool, engine: dict | None = None, truth: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -797,7 +817,9 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     and (unless `full`, or the configuration changed) an incremental run: values the state's memo
     knows are not normalized again, pairs compared before between unchanged records are not
     compared again, and the state's model scores the pairs instead of training a new one. Once the
-    outputs are written, the run commits its own state there (atomically)."""
+    outputs are written, the run commits its own state there (atomically). Review decisions in the
+    state are applied (resolver.review), and the run appends its row to the state's history.
+    `truth` (a truth folder or records file) adds quality curves to report.html."""
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     store = StateStore(state_dir) if state_dir is not None else None
@@ -809,6 +831,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         memo = NormalizationMemo(tables=previous.memo if incremental else {},
                                  folder=store.current() / "memo" if incremental and store.current() else None)
     reuse = Reuse(previous.model, previous.pairs, previous.keys) if incremental else None
+    decisions = load_decisions(state_dir) if store is not None else None
     snapshots = None
     if previous is not None:
         snapshots = Snapshots(previous.snapshots, previous.files, digest, reuse=incremental)
@@ -827,7 +850,8 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
             writer.start(parts, snapshots.previous, snapshots.lookups)
         reject_cross_file_duplicates(config, parts)
         with memo.active() if memo is not None else nullcontext():
-            res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse)
+            res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
+                          decisions)
         res.summary = _summary(config, parts, res, log, run_id, started)
         res.summary["backend"] = backend.describe()
         res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
@@ -846,11 +870,13 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         res.summary["seconds"] = round(time.perf_counter() - wall, 3)
         if write:
             res.summary["output_dir"] = str(config.output_path())
-            write_outputs(config.output_path(), res)
+            page, row = report_for_run(res, state_dir if store is not None else None, decisions, truth)
+            write_outputs(config.output_path(), res, files={REPORT_FILE: page})
             if store is not None:
                 state = _next_state(previous, res, memo, digest, suppressed.values if suppressed else set())
                 state.snapshots, state.files = writer.finish(), snapshots.files
                 store.commit(state, run_id)
+                append_history(state_dir, row)
     finally:
         if writer is not None:
             writer.close()

@@ -36,8 +36,9 @@ def _write_table(frame: pd.DataFrame, path: Path) -> None:
     frame.reset_index(drop=True).to_parquet(path, index=False)
 
 
-def write_outputs(out_dir: Path, resolution) -> None:
-    """Write every output table and the summary; replace `out_dir` only once all are written."""
+def write_outputs(out_dir: Path, resolution, files: dict[str, str] | None = None) -> None:
+    """Write every output table, the summary and `files` (name -> text: report.html); replace
+    `out_dir` only once all are written."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -55,6 +56,8 @@ def write_outputs(out_dir: Path, resolution) -> None:
                 write.result()
         if getattr(resolution, "model", None) is not None:
             resolution.model.save(staging / "model.json")
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
         _swap_into_place(staging, out_dir)
     except BaseException:
@@ -72,15 +75,17 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def rewrite_outputs(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Replace some tables of an existing output folder, atomically: the folder is copied, the
-    tables rewritten in the copy, and the copy swapped into place."""
+def rewrite_outputs(out_dir: Path, tables: dict[str, pd.DataFrame], files: dict[str, str] | None = None) -> None:
+    """Replace some tables (and text `files`) of an existing output folder, atomically: the folder
+    is copied, the tables rewritten in the copy, and the copy swapped into place."""
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(out_dir, staging)
         for name, frame in tables.items():
             _write_table(frame, staging / OUTPUT_TABLES[name])
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
