@@ -60,6 +60,19 @@ class SourceConfig(_Strict):
     attributes: dict[str, str | list[str]] = Field(default_factory=dict)
     identifiers: dict[str, str | list[str]] = Field(default_factory=dict)
     links: list[LinkConfig] = Field(default_factory=list)
+    # Events sources: what anonymous-visitor sessions keep (ip, user_agent, page, city, country,
+    # screen; a list is the first present, except screen: [width, height] -> "WxH").
+    session: dict[str, str | list[str]] = Field(default_factory=dict)
+
+    @field_validator("session")
+    @classmethod
+    def _known_session_fields(cls, value: dict) -> dict:
+        from resolver.stitching import SESSION_FIELDS
+
+        unknown = sorted(set(value) - set(SESSION_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown session fields {unknown} (known: {', '.join(SESSION_FIELDS)})")
+        return value
 
     @model_validator(mode="after")
     def _records_need_a_key(self) -> "SourceConfig":
@@ -82,6 +95,8 @@ class SourceConfig(_Strict):
         for group in (*self.attribute_columns().values(), *self.identifier_columns().values()):
             cols.extend(group)
         cols.extend(link.column for link in self.links)
+        for group in self.session.values():
+            cols.extend(_as_list(group))
         return list(dict.fromkeys(cols))
 
 
@@ -314,6 +329,25 @@ class RunOptions(_Strict):
     backend: Literal["cpu", "gpu", "auto"] = "auto"  # where the hot stages run (auto: gpu when CuPy sees one)
 
 
+class StitchingConfig(_Strict):
+    """Anonymous visitor stitching (resolver/stitching.py)."""
+
+    enabled: bool = True
+    anonymous_types: list[str] = Field(default_factory=lambda: ["anonymous_id"])  # identifier types of anonymous ids
+    session_gap_minutes: float = Field(default=30.0, gt=0)  # inactivity that ends a session
+    window_days: float = Field(default=7.0, gt=0)  # sessions on one network further apart are no evidence
+    nat_degree: int = Field(default=20, ge=1)  # an IP with more anonymous ids is NAT / carrier / VPN: not a key
+    subnet_degree: int = Field(default=60, ge=1)  # the same for a /24
+    permutations: int = Field(default=32, ge=4, le=256)  # MinHash size of the page signatures
+    bands: int = Field(default=8, ge=1)  # LSH bands over the signature
+    band_bucket_cap: int = Field(default=50, ge=1)  # a band or device key shared by more persons is no key
+    thresholds: MatchThresholds = Field(default_factory=lambda: MatchThresholds())
+    labelled_min_pairs: int = Field(default=100, ge=1)  # authenticated ids needed to fix a feature's m
+    max_iterations: int = Field(default=200, ge=1)
+    sample_pairs: int = Field(default=50_000, ge=100)  # labelled and random pairs drawn for m and u
+    seed: int = 7
+
+
 class EngineOptions(_Strict):
     """Where the stages run: this process and its ingest workers (local), or a Dask cluster."""
 
@@ -332,6 +366,7 @@ class EngineOptions(_Strict):
 class Config(_Strict):
     run: RunOptions = Field(default_factory=RunOptions)
     engine: EngineOptions = Field(default_factory=EngineOptions)
+    stitching: StitchingConfig | None = None
     sources: list[SourceConfig]
     identity: IdentityConfig
     matching: MatchingConfig | None = None
@@ -341,6 +376,10 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
         names = [s.name for s in self.sources]
+        if self.stitching is not None:
+            unknown = sorted(set(self.stitching.anonymous_types) - set(self.identity.types))
+            if unknown:
+                raise ValueError(f"stitching.anonymous_types names unknown identifier types {unknown}")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {dupes}")

@@ -119,6 +119,9 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 part.event_edges = edges[kept_edges].assign(a=new_row[a[kept_edges]], b=new_row[b[kept_edges]])
                 part.event_edges = part.event_edges.reset_index(drop=True)
                 part.event_nodes = nodes[keep].reset_index(drop=True)
+                if part.sessions is not None:  # the erased anonymous ids' sessions go with them
+                    part.sessions = part.sessions[~hit(part.sessions["anon_hash"].to_numpy(np.uint64))]
+                    part.sessions = part.sessions.reset_index(drop=True)
                 part.snapshot = None
                 counts.identifier_values += int(gone.sum())
                 counts.events += int(nodes["events"].to_numpy()[gone].sum())

@@ -87,6 +87,7 @@ class SourceTables:
     suppressed: int = 0  # records dropped because they match an erasure tombstone
     memo: object | None = None  # the normalization memo lookups of this part (a NormalizationMemo)
     attributes: pd.DataFrame | None = None  # per record: the attributes in match form (when matching is on)
+    sessions: pd.DataFrame | None = None  # events sources with stitching: anonymous-visitor sessions
     snapshot: str | None = None  # key of the state snapshot these tables are (or may be saved as)
     loaded: bool = False  # loaded from a state snapshot instead of ingested
 
@@ -105,6 +106,7 @@ class SourceTables:
     def release_graph_inputs(self) -> None:
         """Drop what only the graph build needs, once it is built (memory)."""
         self.records = self.observations = self.event_nodes = self.event_edges = self.attributes = None
+        self.sessions = None
 
 
 def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw=None) -> pd.DataFrame:
@@ -414,7 +416,39 @@ def ingest_events(
     nodes["value"] = value_of(distinct_values(idents), nodes["hash"].to_numpy())
     edges = collapse_edges(edge_parts, nodes["hash"].to_numpy(np.uint64), vocab)
     tables.event_nodes, tables.event_edges = nodes, edges
+    if config.stitching is not None and config.stitching.enabled and source.session:
+        tables.sessions = event_sessions(config, source, frame, idents, keep, ts, vocab)
     return tables
+
+
+def _session_field(frame: pd.DataFrame, name: str, columns: list[str]) -> pd.Series:
+    if name == "screen" and len(columns) == 2:  # [width, height] -> "WxH"
+        width, height = (normalize_trim(frame[c]) for c in columns)
+        return (width + "x" + height).where(width.notna() & height.notna())
+    return normalize_trim(_coalesce(frame, columns))
+
+
+def event_sessions(config: Config, source: SourceConfig, frame: pd.DataFrame, idents: list[IdentifierColumn],
+                   keep: np.ndarray, ts: np.ndarray, vocab: Vocabulary) -> pd.DataFrame:
+    """The sessions of the anonymous ids this file's events carry (resolver/stitching.py): the
+    per-event rows end here."""
+    from resolver.stitching import sessionize
+
+    options = config.stitching
+    anonymous = [i for i in idents if i.id_type in options.anonymous_types and not i.explicit]
+    anon_hash = np.zeros(len(frame), dtype=np.uint64)
+    anon_type = np.zeros(len(frame), dtype=np.int16)
+    for ident in reversed(anonymous):  # the first column that holds one wins
+        has = ident.hash != 0
+        anon_hash[has] = ident.hash[has]
+        anon_type[has] = vocab.type_code(ident.id_type)
+    anon_hash[~keep] = 0
+    fields = {name: _session_field(frame, name, _as_columns(columns)) for name, columns in source.session.items()}
+    return sessionize(anon_hash, anon_type, ts, fields, options.session_gap_minutes, options.permutations)
+
+
+def _as_columns(columns) -> list[str]:
+    return [columns] if isinstance(columns, str) else list(columns)
 
 
 NODE_COLUMNS = ["hash", "type", "events", "anchored", "first_seen", "last_seen"]

@@ -90,6 +90,9 @@ class Resolution:
     carried: object | None = None  # CarriedIds when the run started from a state
     lineage: pd.DataFrame | None = None  # every merge and split so far (with a state)
     match: object | None = None  # the MatchResult (its pair cache goes to the state)
+    anonymous_map: pd.DataFrame | None = None  # anonymous visitor stitching: anonymous id -> person
+    stitch_review: pd.DataFrame | None = None
+    stitching: dict | None = None  # run-summary section
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -511,6 +514,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
             decisions: pd.DataFrame | None = None) -> Resolution:
     attributes = _attributes_of(parts)  # computed per part by the ingest jobs
+    session_parts = [p.sessions for p in parts if p.sessions is not None and len(p.sessions)]
+    sessions = pd.concat(session_parts, ignore_index=True) if session_parts else None
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         entry["rows_out"] = len(edges)
@@ -615,11 +620,21 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
 
+    stitched = None
+    if config.stitching is not None and config.stitching.enabled and sessions is not None:
+        from resolver.stitching import stitch
+
+        with log.stage("stitching: anonymous visitors", rows_in=len(sessions)) as entry:
+            stitched = stitch(sessions, identifier_map, persons, config.stitching, config.stitching.anonymous_types)
+            entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
     actions = _concat([_ingest_actions(parts), result.actions], ACTION_COLUMNS)
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
+    if stitched is not None:
+        resolution.anonymous_map, resolution.stitch_review = stitched.anonymous_map, stitched.review
+        resolution.stitching = stitched.summary
     resolution.carried = carried
     if carried is not None:
         resolution.lineage = pd.concat([previous.lineage, carried.lineage], ignore_index=True)
@@ -752,6 +767,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
         "policy_actions": {k: int(v) for k, v in res.policy_actions["action"].value_counts().to_dict().items()},
         "matching": res.matching,
         "golden": res.golden,
+        **({"stitching": res.stitching} if res.stitching is not None else {}),
         "stages": log.stages,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "peak_worker_rss_mb": round(_peak_rss_mb("children"), 1),
@@ -785,7 +801,7 @@ def config_digest(config: Config) -> str:
     default phone region (not the sources' paths or the run's folders)."""
     import hashlib
 
-    parts = config.model_dump_json(include={"identity", "matching", "golden"}) + config.run.default_region
+    parts = config.model_dump_json(include={"identity", "matching", "golden", "stitching"}) + config.run.default_region
     return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 

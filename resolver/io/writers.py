@@ -29,6 +29,9 @@ OUTPUT_TABLES = {
     "review_queue": "review_queue.parquet",
     "scored_pairs": "scored_pairs.parquet",
     "blocking_keys": "blocking_keys.parquet",
+    # anonymous visitor stitching (written when it ran)
+    "anonymous_map": "anonymous_map.parquet",
+    "stitch_review": "stitch_review.parquet",
 }
 
 

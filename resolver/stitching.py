@@ -1,0 +1,437 @@
+"""Anonymous visitor stitching: which known person an anonymous id (a Segment anonymousId, a GA4
+client id, a Tealium visitor id, an Adobe ECID) that never authenticated belongs to.
+
+Deterministic stitching is the identity graph's: a login or alias event that carries an anonymous
+id and a known id links them, under the graph's guards (a shared kiosk's id is a hub and links no
+one). What is left are anonymous ids whose person holds no CRM record or user id. For those:
+
+1. **Sessions** (at ingest, per file: per-event rows never outlive this step): each anonymous id's
+   events split where the inactivity gap exceeds `session_gap_minutes`; a session keeps its start,
+   end, event count, first IP, user agent, screen, city and country, and a MinHash signature of its
+   visited pages (path only).
+2. **Candidates** (anonymous id, known person) from: the same IP within `window_days` (IPs seen with
+   more than `nat_degree` anonymous ids are carrier / corporate NAT or VPN exits: never a key), the
+   same /24 (capped likewise), the same device fingerprint (user agent + screen) in the same city,
+   and LSH bands of the page signatures.
+3. **Features** per pair, as comparison levels: network (same IP / same /24 / none), time gap of the
+   closest sessions on a shared network (within an hour / a day / the window / beyond), device
+   (same fingerprint / same platform: OS and device class parsed by ua-parser / different), geography
+   (same city / same country / different), pages (MinHash Jaccard: >= 0.5 / >= 0.25 / > 0 / 0).
+   A missing value is the null level (no evidence either way).
+4. **Scoring** by a Fellegi-Sunter model trained without labels: m starts from (and, given enough,
+   is fixed to) pairs of an anonymous id that *did* authenticate and its own person, compared as if
+   it had not (the person's other ids only); u from random (anonymous id, person) pairs; EM
+   estimates the match rate among the candidates. >= `thresholds.auto_merge` stitches,
+   the review band goes to the stitching review queue with its per-feature explanation, below stays
+   anonymous; each anonymous id joins at most one person (its best candidate).
+
+Stitches are an overlay: persons and the identifier map stay the deterministic graph's;
+anonymous_map.parquet says which person each anonymous id (and its sessions and events) is
+attributed to, how, and how sure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from resolver.kernels.hashing import mix64
+
+SESSION_FIELDS = ("ip", "user_agent", "page", "city", "country", "screen")
+FEATURES = {
+    "network": ["null", "none", "same /24", "same IP"],
+    "time": ["null", "beyond window", "within window", "within a day", "within an hour"],
+    "device": ["null", "different", "same platform", "same fingerprint"],
+    "geo": ["null", "different", "same country", "same city"],
+    "pages": ["null", "disjoint", "some overlap", "similar", "very similar"],
+}
+_MAX32 = np.uint64(0xFFFFFFFF)
+_NS_PER_HOUR = 3600 * 10**9
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions (ingest side)
+# ---------------------------------------------------------------------------------------------
+def _text_hash(values: pd.Series, prefix: bytes) -> np.ndarray:
+    import pyarrow as pa
+
+    from resolver.kernels.hashing import hash_strings
+
+    text = values.astype("str").fillna("")
+    hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=prefix)
+    return np.where(text.to_numpy(dtype=object) == "", np.uint64(0), hashed).astype(np.uint64)
+
+
+def page_path(urls: pd.Series) -> pd.Series:
+    """A URL's path, lower case, without query, fragment or trailing slash ("/" for the home page)."""
+    text = urls.astype("str").str.strip().str.lower()
+    path = text.str.replace(r"^[a-z][a-z0-9+.-]*://[^/]*", "", regex=True).str.replace(r"[?#].*$", "", regex=True)
+    path = path.str.rstrip("/")
+    return path.where(path != "", "/").where(text.notna())
+
+
+def _seeds(permutations: int) -> np.ndarray:
+    return mix64(np.arange(1, permutations + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+
+def minhash_rows(page_hash: np.ndarray, permutations: int) -> np.ndarray:
+    """(n, permutations) uint32 hashes of each page under each permutation (max for no page)."""
+    out = np.empty((len(page_hash), permutations), dtype=np.uint32)
+    for i, seed in enumerate(_seeds(permutations)):
+        with np.errstate(over="ignore"):
+            out[:, i] = (mix64(page_hash ^ seed) >> np.uint64(32)).astype(np.uint32)
+    out[page_hash == 0] = np.iinfo(np.uint32).max
+    return out
+
+
+def sessionize(anon_hash: np.ndarray, anon_type: np.ndarray, times: np.ndarray, fields: dict[str, pd.Series],
+               gap_minutes: float, permutations: int) -> pd.DataFrame:
+    """One row per session of each anonymous id (events with a time only): anon_hash, anon_type,
+    start, end (int64 ns), events, the session's first ip, user_agent, screen, city and country,
+    and mh0.. (the MinHash signature of its pages)."""
+    ts = times.astype("datetime64[ns]").view(np.int64)
+    rows = np.flatnonzero((anon_hash != 0) & (ts != np.iinfo(np.int64).min))
+    rows = rows[np.lexsort((ts[rows], anon_hash[rows]))]
+    a, t = anon_hash[rows], ts[rows]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = (a[1:] != a[:-1]) | (t[1:] - t[:-1] > int(gap_minutes * 60 * 10**9))
+    starts = np.flatnonzero(new)
+    session = np.cumsum(new) - 1
+    frame = pd.DataFrame({
+        "anon_hash": a[starts], "anon_type": anon_type[rows][starts].astype(np.int16), "start": t[starts],
+        "end": np.maximum.reduceat(t, starts) if len(starts) else t[:0],
+        "events": np.diff(np.append(starts, len(rows))).astype(np.int64),
+    })
+    by_session = pd.Series(session)
+    for name in ("ip", "user_agent", "screen", "city", "country"):
+        values = fields.get(name)
+        if values is None:
+            frame[name] = pd.Series([None] * len(starts), dtype="str")
+            continue
+        picked = values.iloc[rows].reset_index(drop=True).astype("str")
+        frame[name] = picked.groupby(by_session).first().reindex(range(len(starts))).reset_index(drop=True)
+    pages = fields.get("page")
+    page_hash = _text_hash(page_path(pages.iloc[rows].reset_index(drop=True)), b"page:") if pages is not None \
+        else np.zeros(len(rows), dtype=np.uint64)
+    signature = minhash_rows(page_hash, permutations)
+    sig = np.minimum.reduceat(signature, starts, axis=0) if len(starts) else signature[:0]
+    for i in range(permutations):
+        frame[f"mh{i}"] = sig[:, i]
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Stitching (after the persons are resolved)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StitchResult:
+    anonymous_map: pd.DataFrame
+    review: pd.DataFrame
+    model: dict | None
+    summary: dict
+
+
+@lru_cache(maxsize=65536)
+def _platform(user_agent: str) -> str:
+    from ua_parser import parse
+
+    parsed = parse(user_agent)
+    os_family = parsed.os.family if parsed.os else "Other"
+    device = parsed.device.family if parsed.device else "Other"
+    kind = "tablet" if "iPad" in user_agent or "Tablet" in user_agent else \
+        "mobile" if any(k in user_agent for k in ("Mobile", "iPhone", "Android")) else "desktop"
+    return f"{os_family}|{kind}|{device if kind != 'desktop' else ''}"
+
+
+def platforms(user_agents: pd.Series) -> pd.Series:
+    """OS family, device class and (for phones and tablets) device model, from ua-parser."""
+    codes, uniques = pd.factorize(user_agents.astype("str"))
+    parsed = np.array([_platform(u) for u in uniques], dtype=object)
+    out = np.where(codes >= 0, parsed[np.maximum(codes, 0)] if len(parsed) else None, None)
+    return pd.Series(out, dtype="str")
+
+
+def _subnet(ip: pd.Series) -> pd.Series:
+    text = ip.astype("str")
+    v4 = text.str.extract(r"^(\d+\.\d+\.\d+)\.\d+$")[0]
+    return v4.where(v4.isna(), v4 + ".0/24")
+
+
+def _prepare_sessions(sessions: pd.DataFrame, owner: pd.Series, permutations: int) -> pd.DataFrame:
+    s = sessions.reset_index(drop=True).copy()
+    s["person"] = owner.to_numpy()
+    s["subnet"] = _subnet(s["ip"])
+    s["fingerprint"] = (s["user_agent"].astype("str") + "|" + s["screen"].astype("str").fillna("")).where(
+        s["user_agent"].notna())
+    s["platform"] = platforms(s["user_agent"]).where(s["user_agent"].notna())
+    return s
+
+
+def _degree(sessions: pd.DataFrame, column: str) -> pd.Series:
+    """Distinct anonymous ids per value of `column`."""
+    return sessions[["anon_hash", column]].dropna().drop_duplicates().groupby(column).size()
+
+
+def _signatures(sessions: pd.DataFrame, by: list[str], permutations: int) -> pd.DataFrame:
+    columns = [f"mh{i}" for i in range(permutations)]
+    return sessions.groupby(by, sort=True)[columns].min()
+
+
+def _network_candidates(unknown: pd.DataFrame, known: pd.DataFrame, column: str, window_ns: int,
+                        shared: set) -> pd.DataFrame:
+    """(anon_hash, person, gap) for unknown and known sessions on the same network value within
+    the window (values in `shared` are NAT / carrier exits: skipped)."""
+    left = unknown[["anon_hash", column, "start", "end"]].dropna(subset=[column])
+    left = left[~left[column].isin(shared)]
+    right = known[["person", "anon_hash", column, "start", "end"]].dropna(subset=[column])
+    joined = left.merge(right, on=column, suffixes=("", "_k"))
+    joined = joined[joined["anon_hash"] != joined["anon_hash_k"]]
+    gap = np.maximum(0, np.maximum(joined["start"].to_numpy(), joined["start_k"].to_numpy())
+                     - np.minimum(joined["end"].to_numpy(), joined["end_k"].to_numpy()))
+    joined = joined.assign(gap=gap)
+    joined = joined[joined["gap"] <= window_ns]
+    return joined.groupby(["anon_hash", "person"], sort=False)["gap"].min().reset_index()
+
+
+def _band_candidates(unknown_sig: pd.DataFrame, known_sig: pd.DataFrame, bands: int, cap: int) -> pd.DataFrame:
+    """(anon_hash, person) sharing a whole band of their page signatures (buckets of more than
+    `cap` persons are too common to mean anything)."""
+    permutations = unknown_sig.shape[1]
+    rows = max(1, permutations // bands)
+    found = []
+    empty = np.iinfo(np.uint32).max
+    for b in range(0, permutations, rows):
+        cols = unknown_sig.columns[b:b + rows]
+
+        def keys(sig: pd.DataFrame) -> np.ndarray:
+            h = np.zeros(len(sig), dtype=np.uint64)
+            for c in cols:
+                with np.errstate(over="ignore"):
+                    h = mix64(h ^ sig[c].to_numpy().astype(np.uint64))
+            has_pages = (sig[cols].to_numpy() != empty).any(axis=1)
+            return np.where(has_pages, h, np.uint64(0))
+
+        left = pd.DataFrame({"anon_hash": unknown_sig.index.to_numpy(), "band": keys(unknown_sig)})
+        right = pd.DataFrame({"person": known_sig.index.to_numpy(), "band": keys(known_sig)})
+        left, right = left[left["band"] != 0], right[right["band"] != 0]
+        sizes = right.groupby("band").size()
+        right = right[right["band"].map(sizes) <= cap]
+        found.append(left.merge(right, on="band")[["anon_hash", "person"]])
+    if not found:
+        return pd.DataFrame({"anon_hash": np.zeros(0, np.uint64), "person": pd.Series(dtype="str")})
+    return pd.concat(found, ignore_index=True).drop_duplicates()
+
+
+def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set,
+              window_ns: int, permutations: int) -> np.ndarray:
+    """(n_pairs, 5) levels of FEATURES for each (anon_hash, person) pair; the person's sessions of
+    the pair's own anonymous id never count (so an authenticated id can be compared as if it were not)."""
+    n = len(pairs)
+    index = pairs[["anon_hash", "person"]].reset_index(drop=True).assign(pair=np.arange(n))
+    levels = np.zeros((n, len(FEATURES)), dtype=np.int8)
+    mine = unknown.drop(columns="person").merge(index, on="anon_hash")  # the pair's anonymous sessions
+    theirs = known.merge(index[["person", "pair", "anon_hash"]].rename(columns={"anon_hash": "own"}), on="person")
+    theirs = theirs[theirs["anon_hash"] != theirs["own"]]
+
+    def closest(column: str, shared: set) -> pd.Series:
+        left = mine[["pair", column, "start", "end"]].dropna(subset=[column])
+        left = left[~left[column].isin(shared)]
+        right = theirs[["pair", column, "start", "end"]].dropna(subset=[column])
+        joined = left.merge(right, on=["pair", column], suffixes=("", "_k"))
+        gap = np.maximum(0, np.maximum(joined["start"].to_numpy(), joined["start_k"].to_numpy())
+                         - np.minimum(joined["end"].to_numpy(), joined["end_k"].to_numpy()))
+        return pd.Series(gap, index=joined["pair"].to_numpy()).groupby(level=0).min()
+
+    ip_gap, subnet_gap = closest("ip", shared_ips), closest("subnet", shared_subnets)
+    has_network = mine.groupby("pair")["ip"].count().reindex(range(n), fill_value=0).to_numpy() > 0
+    same_ip = np.zeros(n, bool)
+    same_ip[ip_gap.index[ip_gap.to_numpy() <= window_ns]] = True
+    same_subnet = np.zeros(n, bool)
+    same_subnet[subnet_gap.index[subnet_gap.to_numpy() <= window_ns]] = True
+    levels[:, 0] = np.where(same_ip, 3, np.where(same_subnet, 2, np.where(has_network, 1, 0)))
+    gap = np.full(n, np.iinfo(np.int64).max)
+    for found in (ip_gap, subnet_gap):
+        gap[found.index.to_numpy()] = np.minimum(gap[found.index.to_numpy()], found.to_numpy())
+    levels[:, 1] = np.select([gap <= _NS_PER_HOUR, gap <= 24 * _NS_PER_HOUR, gap <= window_ns,
+                              gap < np.iinfo(np.int64).max], [4, 3, 2, 1], 0)
+
+    def shares(column: str) -> tuple[np.ndarray, np.ndarray]:
+        left = mine[["pair", column]].dropna().drop_duplicates()
+        right = theirs[["pair", column]].dropna().drop_duplicates()
+        hit = np.zeros(n, bool)
+        hit[left.merge(right, on=["pair", column])["pair"].to_numpy()] = True
+        known_side = np.zeros(n, bool)
+        known_side[left["pair"].to_numpy()] = True
+        known_other = np.zeros(n, bool)
+        known_other[right["pair"].to_numpy()] = True
+        return hit, known_side & known_other
+
+    same_fp, has_device = shares("fingerprint")
+    same_platform, _ = shares("platform")
+    levels[:, 2] = np.where(~has_device, 0, np.where(same_fp, 3, np.where(same_platform, 2, 1)))
+    same_city, has_city = shares("city")
+    same_country, has_country = shares("country")
+    levels[:, 3] = np.where(same_city, 3, np.where(same_country, 2, np.where(has_city | has_country, 1, 0)))
+
+    columns = [f"mh{i}" for i in range(permutations)]
+    a_sig = mine.groupby("pair")[columns].min().reindex(range(n), fill_value=np.iinfo(np.uint32).max).to_numpy()
+    p_sig = theirs.groupby("pair")[columns].min().reindex(range(n), fill_value=np.iinfo(np.uint32).max).to_numpy()
+    empty = np.iinfo(np.uint32).max
+    both = (a_sig != empty).any(axis=1) & (p_sig != empty).any(axis=1)
+    jaccard = ((a_sig == p_sig) & (a_sig != empty)).mean(axis=1) if permutations else np.zeros(n)
+    levels[:, 4] = np.where(~both, 0, np.select([jaccard >= 0.5, jaccard >= 0.25, jaccard > 0], [4, 3, 2], 1))
+    return levels
+
+
+def _model(levels: np.ndarray, labelled: np.ndarray, random: np.ndarray, options) -> object:
+    from resolver.model import (
+        M_FLOOR,
+        ComparisonModel,
+        FSModel,
+        expectation_maximisation,
+        floored,
+        level_distribution,
+        pattern_counts,
+    )
+
+    names = list(FEATURES)
+    n_levels = [len(FEATURES[f]) for f in names]
+    u = [level_distribution(random[:, k], n_levels[k])[None, :] for k in range(len(names))]
+    fixed, m0 = [], []
+    for k in range(len(names)):
+        informative = int((labelled[:, k] > 0).sum()) if len(labelled) else 0
+        fixed.append(informative >= options.labelled_min_pairs)
+        start = level_distribution(labelled[:, k], n_levels[k]) if informative else \
+            np.concatenate([[np.nan], np.linspace(1, 3, n_levels[k] - 1) / np.linspace(1, 3, n_levels[k] - 1).sum()])
+        m0.append(floored(start, M_FLOOR))
+    neutral = np.zeros((1, len(names)), dtype=bool)
+    patterns, rule, counts = pattern_counts(levels.astype(np.int8)) if len(levels) else \
+        (np.zeros((0, len(names)), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    known = pattern_counts(labelled.astype(np.int8)) if len(labelled) else None
+    m, u, lam, iterations, converged = expectation_maximisation(
+        patterns, rule, counts, neutral, m0, u, np.array([0.1]), options.max_iterations, 1e-6,
+        known=(known[0], known[2]) if known is not None else None, fixed_m=fixed)
+    comparisons = [ComparisonModel(name, "stitching", FEATURES[name], m[k], u[k], u[k][0], False)
+                   for k, name in enumerate(names)]
+    training = {"candidate_pairs": int(len(levels)), "labelled_pairs": int(len(labelled)),
+                "random_pairs": int(len(random)), "m_from_labelled_pairs": [n for n, f in zip(names, fixed) if f],
+                "iterations": iterations, "converged": converged}
+    return FSModel(["stitch"], comparisons, neutral, lam, float(lam[0]), training)
+
+
+def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options,
+           anonymous_types: list[str]) -> StitchResult:
+    """Anonymous ids -> persons (deterministic, probabilistic, review, anonymous, shared)."""
+    from resolver.model import match_weights, probabilities
+
+    permutations = options.permutations
+    window_ns = int(options.window_days * 24 * _NS_PER_HOUR)
+    ids = identifier_map[identifier_map["id_type"].astype("str").isin(anonymous_types)]
+    ids = ids[["hash", "id_type", "value", "person_id", "status"]].rename(columns={"hash": "anon_hash"})
+    known_persons = set(persons.loc[~persons["is_anonymous"], "person_id"].astype("str"))
+    per_anon = sessions.groupby("anon_hash").agg(sessions=("start", "size"), events=("events", "sum"),
+                                                 first_seen=("start", "min"), last_seen=("end", "max")).reset_index()
+    for column in ("first_seen", "last_seen"):
+        per_anon[column] = per_anon[column].to_numpy(np.int64).view("datetime64[ns]")
+    anon = ids.merge(per_anon, on="anon_hash", how="left")
+    anon["person_id"] = anon["person_id"].astype("str")
+    deterministic = anon["person_id"].isin(known_persons).to_numpy()
+    shared = (anon["status"].astype("str") == "hub").to_numpy()
+    eligible = ~deterministic & ~shared & anon["sessions"].notna().to_numpy()
+
+    owner_of = pd.Series(np.where(deterministic, anon["person_id"], None), index=anon["anon_hash"].to_numpy())
+    s = _prepare_sessions(sessions, sessions["anon_hash"].map(owner_of), permutations)
+    known = s[s["person"].notna()]
+    unknown = s[s["anon_hash"].isin(anon.loc[eligible, "anon_hash"])]
+    ip_degree, subnet_degree = _degree(s, "ip"), _degree(s, "subnet")
+    shared_ips = set(ip_degree.index[ip_degree > options.nat_degree])
+    shared_subnets = set(subnet_degree.index[subnet_degree > options.subnet_degree])
+
+    # Candidates
+    candidates = [_network_candidates(unknown, known, "ip", window_ns, shared_ips)[["anon_hash", "person"]],
+                  _network_candidates(unknown, known, "subnet", window_ns, shared_subnets)[["anon_hash", "person"]]]
+    device_keys = known.dropna(subset=["fingerprint", "city"])
+    device_sizes = device_keys.groupby(["fingerprint", "city"])["person"].nunique()
+    common = device_sizes[device_sizes > options.band_bucket_cap].index
+    device = unknown.drop(columns="person").dropna(subset=["fingerprint", "city"]).merge(
+        device_keys[["fingerprint", "city", "person"]], on=["fingerprint", "city"])
+    if len(common):
+        device = device[~pd.MultiIndex.from_frame(device[["fingerprint", "city"]]).isin(common)]
+    candidates.append(device[["anon_hash", "person"]])
+    candidates.append(_band_candidates(_signatures(unknown, ["anon_hash"], permutations),
+                                       _signatures(known, ["person"], permutations), options.bands,
+                                       options.band_bucket_cap))
+    pairs = pd.concat(candidates, ignore_index=True).drop_duplicates().sort_values(["anon_hash", "person"],
+                                                                                    kind="stable").reset_index(drop=True)
+    levels = _features(pairs, unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+
+    # Labelled pairs: authenticated ids and their own person (seen only through its other ids).
+    rng = np.random.default_rng(options.seed)
+    labelled_ids = known[["anon_hash", "person"]].drop_duplicates()
+    others = labelled_ids.groupby("person")["anon_hash"].transform("size")
+    labelled_ids = labelled_ids[others.to_numpy() >= 2]
+    if len(labelled_ids) > options.sample_pairs:
+        labelled_ids = labelled_ids.iloc[np.sort(rng.choice(len(labelled_ids), options.sample_pairs, replace=False))]
+    as_unknown = s[s["anon_hash"].isin(labelled_ids["anon_hash"])]
+    labelled = _features(labelled_ids, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    person_list = np.array(sorted(known_persons & set(known["person"].dropna())), dtype=object)
+    anon_list = s["anon_hash"].drop_duplicates().to_numpy()
+    if len(person_list) and len(anon_list):
+        k = min(options.sample_pairs, len(anon_list) * len(person_list))
+        random_pairs = pd.DataFrame({"anon_hash": anon_list[rng.integers(0, len(anon_list), k)],
+                                     "person": person_list[rng.integers(0, len(person_list), k)]})
+        random = _features(random_pairs, s, known, shared_ips, shared_subnets, window_ns, permutations)
+    else:
+        random = np.zeros((0, len(FEATURES)), np.int8)
+    model = _model(levels, labelled, random, options)
+    weight = match_weights(model, levels, np.zeros(len(levels), np.int64)) if len(levels) else np.zeros(0)
+    probability = probabilities(weight) if len(levels) else np.zeros(0)
+
+    # Decisions: each anonymous id's best candidate.
+    scored = pairs.assign(probability=probability, match_weight=weight)
+    order = np.lexsort((scored["person"].to_numpy().astype(str), -scored["probability"].to_numpy(),
+                        scored["anon_hash"].to_numpy()))
+    scored = scored.iloc[order]
+    best_rows = ~scored["anon_hash"].duplicated()
+    best = scored[best_rows.to_numpy()]
+    best_levels = levels[order][best_rows.to_numpy()]
+    auto, review = options.thresholds.auto_merge, options.thresholds.review
+    decision = np.where(best["probability"] >= auto, "probabilistic", np.where(best["probability"] >= review, "review",
+                                                                                 "anonymous"))
+    explained = best[["anon_hash"]].assign(candidate_person_id=best["person"].to_numpy(),
+                                           probability=best["probability"].to_numpy(),
+                                           match_weight=best["match_weight"].to_numpy(), decision=decision)
+    tables = model.weight_table()
+    for k, name in enumerate(FEATURES):
+        explained[name] = pd.Categorical.from_codes(best_levels[:, k].astype(np.int64), categories=FEATURES[name])
+        explained[f"{name}_weight"] = tables[k][0, best_levels[:, k]]
+    out = anon.merge(explained, on="anon_hash", how="left")
+    method = np.where(deterministic, "deterministic", np.where(shared, "shared",
+                      out["decision"].fillna("anonymous").to_numpy()))
+    out["method"] = pd.Categorical(method, categories=["deterministic", "probabilistic", "review", "anonymous", "shared"])
+    out["stitched_person_id"] = np.where(deterministic, out["person_id"],
+                                         np.where(method == "probabilistic", out["candidate_person_id"], None))
+    anonymous_map = out.rename(columns={"value": "anonymous_id", "person_id": "graph_person_id"})
+    anonymous_map = anonymous_map.drop(columns=["anon_hash", "status", "decision"]).sort_values(
+        ["id_type", "anonymous_id"], kind="stable").reset_index(drop=True)
+    review_table = anonymous_map[anonymous_map["method"] == "review"].sort_values("probability", ascending=False,
+                                                                                  kind="stable").reset_index(drop=True)
+    counts = anonymous_map["method"].value_counts().to_dict()
+    auto_p = anonymous_map.loc[anonymous_map["method"] == "probabilistic", "probability"]
+    by_day = anonymous_map.loc[anonymous_map["method"] == "probabilistic", "first_seen"].dt.strftime("%Y-%m-%d")
+    summary = {
+        "anonymous_ids": len(anonymous_map),
+        **{f"stitched_{k}" if k in ("deterministic", "probabilistic") else k: int(counts.get(k, 0))
+           for k in ("deterministic", "probabilistic", "review", "anonymous", "shared")},
+        "candidate_pairs": int(len(pairs)),
+        "events_attributed": {m: int(anonymous_map.loc[anonymous_map["method"] == m, "events"].sum())
+                              for m in ("deterministic", "probabilistic")},
+        "estimated_false_positive_rate": float((1 - auto_p).mean()) if len(auto_p) else 0.0,
+        "probabilistic_stitches_by_first_seen_day": by_day.value_counts().sort_index().to_dict(),
+        "shared_ips_skipped": len(shared_ips),
+        "model": model.training,
+    }
+    return StitchResult(anonymous_map, review_table, model.to_dict(), summary)
