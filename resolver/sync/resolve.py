@@ -1,0 +1,455 @@
+"""Resolution of one event against the store (inside the writer's transaction).
+
+A Salesforce change updates the stored record field by field (non-empty values only; a field
+changes only when the event is at least as recent as the value it holds: out-of-order deliveries
+cannot roll a field back), then maps the record through its configured source exactly as a batch
+run does (same attribute and identifier columns, same normalizers, same blocklist). The person:
+
+1. the person the record already belongs to, else the person of its strongest identifier
+   (identity.types priority) found in the store; identifiers that belong to other persons are not
+   merged in real time (a deterministic link must never bridge two people without the batch
+   guards): the conflict goes to the review queue;
+2. else the trained model (the state's model.json) scores the record against the golden records
+   of the persons that share a blocking key with it: at or above auto_merge it joins the best one,
+   in the review band it becomes a new person and a review item, below it becomes a new person;
+3. a new person's id is the smallest member hash of what it holds (its record and identifiers),
+   formatted as the batch formats ids: the next batch run gives the same person the same id.
+
+New identifiers join the person unless the type's limit is reached. Golden fields follow the
+field's survivorship chain (source_priority, most_recent; rules that need every record, such as
+most_frequent, count as ties) and otherwise the last-modified value wins; every change of a golden
+field is logged (field, before, after, source, event id).
+
+Segment messages carry identifiers (and attributes when the configured events source maps any):
+they join the person of their strongest known identifier, or make a new (anonymous) person.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from resolver.attributes import normalize_attribute
+from resolver.cluster import format_person_ids
+from resolver.config import Config, SourceConfig
+from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
+from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
+from resolver.sync.payloads import Event
+from resolver.sync.store import Tx
+
+OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
+                   "Account": ("sf_account_id", "account")}
+
+
+class ResolveError(RuntimeError):
+    """An event that cannot be resolved under this configuration (it goes to the dead-letter queue)."""
+
+
+def _get(obj: dict, path: str):
+    """A dotted path into a JSON object (`context.device.id`)."""
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value) if not isinstance(value, bool) else ("true" if value else "false")
+    return text if text.strip() else None
+
+
+def to_signed(key: int) -> int:
+    return key - (1 << 64) if key >= (1 << 63) else key
+
+
+class Resolver:
+    def __init__(self, config: Config, model: dict | None):
+        self.config = config
+        bl = config.identity.blocklist
+        self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
+        self.types = config.identity.types
+        self.ranks = source_ranks(config)
+        self.fields = golden_fields(config)
+        self._identifier_cache: dict[tuple[str, str], str | None] = {}
+        self._attribute_cache: dict[tuple[str, str], object] = {}
+        self.objects = self._object_sources(config)
+        self.segment = self._segment_source(config)
+        self.matcher = Matcher(config, model) if config.matching is not None and model is not None else None
+
+    # -- configuration -------------------------------------------------------------------------
+    @staticmethod
+    def _object_sources(config: Config) -> dict[str, SourceConfig]:
+        by_name = {s.name: s for s in config.sources}
+        out = {}
+        for obj, name in config.sync.objects.items():
+            if name not in by_name or by_name[name].kind != "records":
+                from resolver.config import ConfigError
+
+                raise ConfigError(f"sync.objects.{obj}: {name!r} is not a records source")
+            out[obj] = by_name[name]
+        for source in config.sources:
+            if source.system != "salesforce" or source.kind != "records":
+                continue
+            key_types = {t for t, cols in source.identifier_columns().items() if source.key in cols}
+            for obj, (id_type, word) in OBJECT_ID_TYPES.items():
+                if obj not in out and (id_type in key_types or word in source.name.lower()):
+                    out[obj] = source
+        return out
+
+    @staticmethod
+    def _segment_source(config: Config) -> SourceConfig | None:
+        if config.sync.segment_source:
+            return next(s for s in config.sources if s.name == config.sync.segment_source)
+        return next((s for s in config.sources if s.system == "segment"), None)
+
+    # -- normalization (the batch's functions, one value at a time, remembered) -------------------
+    def identifier(self, id_type: str, raw) -> str | None:
+        raw = _text(raw)
+        if raw is None:
+            return None
+        cache_key = (id_type, raw)
+        if cache_key in self._identifier_cache:
+            return self._identifier_cache[cache_key]
+        spec = self.types[id_type]
+        normalized, _ = normalize_identifier(spec.normalizer, pd.Series([raw], dtype="str"),
+                                             default_region=self.config.run.default_region,
+                                             email_options=self.config.identity.email.model_dump())
+        value = None
+        if not pd.isna(normalized.iloc[0]) and pd.isna(self.blocklist.blocked(id_type, normalized).iloc[0]):
+            value = str(normalized.iloc[0])
+        if len(self._identifier_cache) > 500_000:
+            self._identifier_cache.clear()
+        self._identifier_cache[cache_key] = value
+        return value
+
+    def attribute(self, field: str, raw) -> tuple[str | None, str | None]:
+        """(display value, match form) of one golden field value."""
+        raw = _text(raw)
+        if raw is None:
+            return None, None
+        cache_key = (field, raw)
+        if cache_key not in self._attribute_cache:
+            kind = field_kind(self.config, field)
+            match = normalize_attribute(kind, pd.Series([raw], dtype="str"), self.config).iloc[0]
+            if pd.isna(match):
+                out = (None, None)
+            elif kind == "number":
+                out = (f"{match:g}", f"{match:g}")
+            elif kind in NORMALIZED_DISPLAY:
+                out = (str(match), str(match))
+            else:
+                out = (raw.strip(), str(match))
+            if len(self._attribute_cache) > 500_000:
+                self._attribute_cache.clear()
+            self._attribute_cache[cache_key] = out
+        return self._attribute_cache[cache_key]
+
+    # -- events ----------------------------------------------------------------------------------
+    def apply(self, tx: Tx, event: Event, received_at: str) -> str | None:
+        """Resolve one event; returns the person it ended with (None: nothing to resolve)."""
+        if event.channel == "segment":
+            return self._segment_event(tx, event, received_at)
+        source = self.objects.get(event.object or "")
+        if source is None:
+            raise ResolveError(f"no records source in the configuration maps Salesforce object {event.object!r} "
+                               "(sync.objects)")
+        person = None
+        for record_id in event.record_ids:
+            person = self._salesforce_record(tx, event, source, record_id, received_at) or person
+        return person
+
+    def _record_key(self, source: SourceConfig, raw: str) -> str:
+        key_types = [t for t, cols in source.identifier_columns().items() if source.key in cols]
+        if key_types:
+            value = self.identifier(key_types[0], raw)
+            if value is not None:
+                return value
+        return raw.strip()
+
+    def _salesforce_record(self, tx: Tx, event: Event, source: SourceConfig, record_id: str, received_at: str):
+        ts = event.timestamp or received_at
+        if record_id.endswith("*"):  # a wildcard (gap overflow): every record of the object must be refetched
+            self._log(tx, event, None, "_refetch", None, record_id, source.name, received_at)
+            return None
+        key = self._record_key(source, record_id)
+        row = tx.one("SELECT fields, person_id, deleted FROM records WHERE source = ? AND record_key = ?",
+                     (source.name, key))
+        stored = json.loads(row[0]) if row else {}
+        person = row[1] if row else None
+        seq = tx.one("SELECT seq FROM events WHERE event_id = ?", (event.event_id,))
+        seq = seq[0] if seq else 0
+        if event.change.startswith("GAP_"):
+            self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
+                                refetch=1, seq=seq)
+            self._log(tx, event, person, "_refetch", None, key, source.name, received_at)
+            return person
+        if event.change in ("DELETE", "UNDELETE"):
+            deleted = event.change == "DELETE"
+            self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=deleted, refetch=0, seq=seq)
+            self._log(tx, event, person, "_deleted", str(not deleted).lower(), str(deleted).lower(), source.name,
+                      received_at)
+            return person
+        for api, value in event.fields.items():
+            if _text(value) is None:
+                continue  # only non-empty values update a record
+            held = stored.get(api)
+            if held is None or held[1] is None or ts >= held[1]:
+                stored[api] = [value, ts]
+        flat = {api: held[0] for api, held in stored.items()}
+        flat.setdefault(source.key, record_id)
+        field_ts = {api: held[1] for api, held in stored.items()}
+        identifiers = self._identifiers(source, flat)
+        attributes = self._attributes(source, flat, field_ts)
+        if person is None:
+            person = self._deterministic(tx, event, identifiers, received_at, source.name)
+        if person is None:
+            person = self._probabilistic(tx, event, key, attributes, received_at)
+        if person is None:
+            members = [int(hash_identifiers(f"record:{source.name}", pd.Series([key], dtype="str"))[0])]
+            person = self._new_person(tx, members + [self._hash(t, v) for t, v in identifiers], received_at)
+        self._attach(tx, event, person, identifiers, received_at, source.name)
+        self._golden(tx, event, person, attributes, source.name, key, received_at)
+        self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
+                            refetch=0, seq=seq)
+        return person
+
+    def _segment_event(self, tx: Tx, event: Event, received_at: str) -> str | None:
+        source = self.segment
+        if source is None:
+            raise ResolveError("no segment events source in the configuration (sync.segment_source)")
+        message = event.fields
+        identifiers = self._identifiers(source, message, getter=_get)
+        if not identifiers:
+            return None
+        person = self._deterministic(tx, event, identifiers, received_at, source.name)
+        if person is None:
+            person = self._new_person(tx, [self._hash(t, v) for t, v in identifiers], received_at)
+        self._attach(tx, event, person, identifiers, received_at, source.name)
+        ts = event.timestamp or received_at
+        attributes = self._attributes(source, message, {}, getter=_get, default_ts=ts)
+        if attributes:
+            self._golden(tx, event, person, attributes, source.name, None, received_at)
+        return person
+
+    # -- mapping -----------------------------------------------------------------------------------
+    def _identifiers(self, source: SourceConfig, row: dict, getter=None) -> list[tuple[str, str]]:
+        get = getter or (lambda obj, col: obj.get(col))
+        found: dict[tuple[str, str], None] = {}
+        mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
+        mapped += [(link.type, link.column) for link in source.links]
+        for id_type, column in mapped:
+            if not self.types[id_type].evidence:
+                continue
+            value = self.identifier(id_type, get(row, column))
+            if value is not None:
+                found[(id_type, value)] = None
+        # strongest first (identity.types priority), as the batch anchors events
+        return sorted(found, key=lambda tv: (self.types[tv[0]].priority, tv[0], tv[1]))
+
+    def _attributes(self, source: SourceConfig, row: dict, field_ts: dict, getter=None, default_ts=None) -> dict:
+        """field -> (display, match form, timestamp) of the source's attributes (first non-empty column)."""
+        get = getter or (lambda obj, col: obj.get(col))
+        out = {}
+        for name, cols in source.attribute_columns().items():
+            for col in cols:
+                display, match = self.attribute(name, get(row, col))
+                if display is not None:
+                    out[name] = (display, match, field_ts.get(col, default_ts))
+                    break
+        return out
+
+    @staticmethod
+    def _hash(id_type: str, value: str) -> int:
+        return int(hash_identifiers(id_type, pd.Series([value], dtype="str"))[0])
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _deterministic(self, tx: Tx, event: Event, identifiers, received_at: str, source: str) -> str | None:
+        persons = []
+        for id_type, value in identifiers:
+            row = tx.one("SELECT i.person_id FROM identifiers i JOIN persons p ON p.person_id = i.person_id "
+                         "WHERE i.id_type = ? AND i.value = ? AND p.status = 'active'", (id_type, value))
+            if row and row[0] not in persons:
+                persons.append(row[0])
+        if len(persons) > 1:
+            for other in persons[1:]:
+                tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
+                           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (event.event_id, None, persons[0], other, None,
+                            "identifiers of one event belong to several persons: not merged in real time", received_at))
+        return persons[0] if persons else None
+
+    def _probabilistic(self, tx: Tx, event: Event, key: str, attributes: dict, received_at: str) -> str | None:
+        if self.matcher is None or not attributes:
+            return None
+        best = self.matcher.best(tx, {f: v[0] for f, v in attributes.items()})
+        if best is None:
+            return None
+        person, probability, vetoed = best
+        thresholds = self.config.matching.thresholds
+        if probability >= thresholds.auto_merge and not vetoed:
+            self._log(tx, event, person, "_match", None, f"{probability:.4f}", "probabilistic", received_at)
+            return person
+        if probability >= thresholds.review:
+            reason = "review band" if probability < thresholds.auto_merge else "a must-agree comparison disagrees"
+            tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
+                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (event.event_id, key, None, person, float(probability), reason, received_at))
+        return None
+
+    def _new_person(self, tx: Tx, members: list[int], received_at: str) -> str:
+        key = min(members)
+        attempt = 0
+        while True:
+            person = str(format_person_ids(np.array([key], dtype=np.uint64)).iloc[0])
+            if tx.execute("INSERT INTO persons (person_id, origin, created_at, status) VALUES (?, 'serve', ?, 'active') "
+                          "ON CONFLICT (person_id) DO NOTHING", (person, received_at)) == 1:
+                return person
+            attempt += 1  # an id issued before is never given to anyone else
+            key = int(hash_identifiers("person-retry", pd.Series([f"{min(members)}:{attempt}"], dtype="str"))[0])
+
+    def _attach(self, tx: Tx, event: Event, person: str, identifiers, received_at: str, source: str) -> None:
+        for id_type, value in identifiers:
+            row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, value))
+            if row is not None:
+                continue  # held already (by this person, or by another: see the review queue)
+            limit = self.types[id_type].limit
+            if limit is not None and self.config.identity.guards:
+                held = tx.one("SELECT COUNT(*) FROM identifiers WHERE person_id = ? AND id_type = ?", (person, id_type))[0]
+                if held >= limit:
+                    self._log(tx, event, person, f"identifier:{id_type}", None, "refused: limit reached", source,
+                              received_at)
+                    continue
+            tx.execute("INSERT INTO identifiers (id_type, value, person_id, origin) VALUES (?, ?, ?, 'serve')",
+                       (id_type, value, person))
+            self._log(tx, event, person, f"identifier:{id_type}", None, value, source, received_at)
+
+    def _golden(self, tx: Tx, event: Event, person: str, attributes: dict, source: str, record_key: str | None,
+                received_at: str) -> None:
+        current = {f: (v, s, t) for f, v, s, t in tx.all(
+            "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
+        changed = False
+        for field, (display, match, ts) in attributes.items():
+            ts = ts or received_at
+            held = current.get(field)
+            if held is not None and held[0] is not None and not self._wins(field, source, ts, held):
+                continue
+            before = held[0] if held else None
+            same = before is not None and self.attribute(field, before)[1] == match
+            if same and held[2] is not None and held[2] >= ts:
+                continue
+            tx.execute("INSERT INTO golden (person_id, field, value, source, record_key, last_modified, event_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (person_id, field) DO UPDATE SET value = excluded.value, "
+                       "source = excluded.source, record_key = excluded.record_key, "
+                       "last_modified = excluded.last_modified, event_id = excluded.event_id",
+                       (person, field, display, source, record_key, ts, event.event_id))
+            if not same:
+                changed = True
+                self._log(tx, event, person, field, before, display, source, received_at)
+        if changed and self.matcher is not None:
+            golden = {f: v for f, v, _, _ in tx.all("SELECT field, value, source, last_modified FROM golden "
+                                                    "WHERE person_id = ?", (person,))}
+            self.matcher.index(tx, person, golden)
+
+    def _wins(self, field: str, source: str, ts: str, held: tuple) -> bool:
+        """Does the event's value replace the held one under the field's survivorship chain?"""
+        _, held_source, held_ts = held
+        for rule in self.config.golden.chain(field):
+            if rule == "source_priority":
+                mine, theirs = self.ranks.get(source, len(self.ranks)), self.ranks.get(held_source, len(self.ranks))
+                if mine != theirs:
+                    return mine < theirs
+            elif rule == "most_recent" and (held_ts is None or ts != held_ts):
+                return held_ts is None or ts > held_ts
+        return held_ts is None or ts >= held_ts  # no rule decides: the last-modified value wins
+
+    def _upsert_record(self, tx: Tx, source: SourceConfig, key: str, obj, person, fields: dict, ts: str,
+                       deleted: bool, refetch: int, seq: int) -> None:
+        last = max([held[1] for held in fields.values() if held[1]] + [ts])
+        tx.execute("INSERT INTO records (source, record_key, object, person_id, fields, last_modified, deleted, refetch,"
+                   " updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, record_key) DO UPDATE SET "
+                   "object = excluded.object, person_id = excluded.person_id, fields = excluded.fields, "
+                   "last_modified = excluded.last_modified, deleted = excluded.deleted, refetch = excluded.refetch, "
+                   "updated_seq = excluded.updated_seq",
+                   (source.name, key, obj, person, json.dumps(fields, sort_keys=True), last, int(deleted), refetch, seq))
+
+    @staticmethod
+    def _log(tx: Tx, event: Event, person, field: str, before, after, source: str, at: str) -> None:
+        tx.execute("INSERT INTO change_log (event_id, person_id, field, before, after, source, at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (event.event_id, person, field, before, after, source, at))
+
+
+class Matcher:
+    """The batch model scoring one record against the golden records of block-sharing persons."""
+
+    def __init__(self, config: Config, model: dict):
+        from resolver.attributes import matching_columns
+        from resolver.compare import prepare_all
+        from resolver.model import FSModel
+
+        self.config = config
+        self.rules = config.matching.blocking.rules
+        self.columns = matching_columns(config)
+        self.cap = config.matching.blocking.max_block_size
+        prepared = prepare_all(config.matching.comparisons, self._attributes([{}]))
+        self.model = FSModel.from_dict(model, prepared, [r.name for r in self.rules], "the state's model.json")
+
+    def _attributes(self, rows: list[dict]) -> dict[str, pd.Series]:
+        frame = pd.DataFrame(rows, columns=self.columns, dtype="str")
+        return {c: normalize_attribute(self.config.matching.normalizer(c), frame[c].reset_index(drop=True), self.config)
+                for c in self.columns}
+
+    def keys(self, rows: list[dict]) -> np.ndarray:
+        """(n_rules, n_rows) uint64 block keys (0 = no key)."""
+        from resolver.blocking import rule_keys
+
+        attributes = self._attributes(rows)
+        return np.array([rule_keys(rule.keys, attributes, len(rows))[0] for rule in self.rules],
+                        dtype=np.uint64).reshape(len(self.rules), len(rows))
+
+    def index(self, tx: Tx, person: str, golden: dict) -> None:
+        tx.execute("DELETE FROM block_keys WHERE person_id = ?", (person,))
+        keys = self.keys([golden])[:, 0]
+        tx.executemany("INSERT INTO block_keys (rule, key, person_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                       [(r, to_signed(int(k)), person) for r, k in enumerate(keys) if k != 0])
+
+    def best(self, tx: Tx, record: dict) -> tuple[str, float, bool] | None:
+        from resolver.compare import comparison_matrix, prepare_all
+        from resolver.matching import vetoes
+        from resolver.model import match_weights, probabilities
+
+        keys = self.keys([record])[:, 0]
+        found: dict[str, int] = {}
+        for r, k in enumerate(keys):
+            if k == 0:
+                continue
+            rows = tx.all("SELECT person_id FROM block_keys WHERE rule = ? AND key = ? LIMIT ?",
+                          (r, to_signed(int(k)), self.cap + 1))
+            if len(rows) > self.cap:
+                continue  # an over-cap block is skipped, as in the batch
+            for (person,) in rows:
+                found.setdefault(person, r)
+        if not found:
+            return None
+        persons = list(found)
+        golden: dict[str, dict] = {p: {} for p in persons}
+        for start in range(0, len(persons), 500):
+            chunk = persons[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for person, field, value in tx.all(f"SELECT person_id, field, value FROM golden WHERE person_id IN ({marks})",
+                                               chunk):
+                golden[person][field] = value
+        rows = [record] + [golden[p] for p in persons]
+        prepared = prepare_all(self.config.matching.comparisons, self._attributes(rows))
+        left = np.zeros(len(persons), dtype=np.int64)
+        right = np.arange(1, len(persons) + 1, dtype=np.int64)
+        levels = comparison_matrix(prepared, left, right)
+        rule = np.array([found[p] for p in persons], dtype=np.int64)
+        probability = probabilities(match_weights(self.model, levels, rule))
+        vetoed = vetoes(prepared, levels) >= 0
+        best = int(np.argmax(probability))
+        return persons[best], float(probability[best]), bool(vetoed[best])
