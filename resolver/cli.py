@@ -274,10 +274,18 @@ def cmd_sync_export(args) -> int:
     finally:
         service.close()
     console = _console(args)
+    if args.update_config and result["sources"]:
+        from resolver.sync.batch import add_export_sources
+
+        add_export_sources(Path(args.config), result["sources"])
+        console.print(f"{args.config}: now reads the export ({', '.join(s['name'] for s in result['sources'])})",
+                      highlight=False)
+        result["sources"] = []
     console.print(f"exported {result['records']:,} records and {result['segment_events']:,} Segment events: "
                   + ", ".join(result["files"].values()), highlight=False)
     if result["sources"]:
-        console.print("add these sources to the config (same mapping as the originals):", highlight=False)
+        console.print("add these sources to the config, each just before the source it copies "
+                      "(or run with --update-config):", highlight=False)
         print(yaml.safe_dump({"sources": result["sources"]}, sort_keys=False))
     if args.json:
         print(dumps(result))
@@ -349,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sync_common(common(sync_sub.add_parser("export", help="write what the service received as batch sources")))
     export.add_argument("--out", help="folder (default: sync.export_dir, else STATE/sync-export)")
     export.add_argument("--json", action="store_true", help="also print the result as JSON")
+    export.add_argument("--update-config", action="store_true",
+                        help="rewrite the config to read the export (each export source before its original)")
     export.set_defaults(func=cmd_sync_export)
 
     plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))

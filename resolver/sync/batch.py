@@ -28,6 +28,7 @@ import pandas as pd
 
 from resolver.cluster import format_person_ids
 from resolver.config import Config
+from resolver.sync.resolve import sync_name
 from resolver.sync.store import Store, Tx, now_iso, set_meta
 
 log = logging.getLogger("resolver.sync")
@@ -160,10 +161,8 @@ def export(service, out_dir: Path) -> dict:
         by_source.setdefault(source, []).append((key, json.loads(fields), deleted, last))
     for name, rows in by_source.items():
         source = next(s for s in config.sources if s.name == name)
-        columns = [source.key] + sorted({api for _, f, _, _ in rows for api in f} - {source.key})
-        for extra in (source.timestamp, source.deleted):
-            if extra and extra not in columns:
-                columns.append(extra)
+        referenced = source.referenced_columns()  # every column the source maps must be in the header
+        columns = referenced + sorted({api for _, f, _, _ in rows for api in f} - set(referenced))
         path = out_dir / f"{name}.csv"
         tmp = path.with_suffix(".csv.tmp")
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
@@ -181,7 +180,7 @@ def export(service, out_dir: Path) -> dict:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         written[name] = str(path)
-        sources.append({**source.model_dump(exclude_defaults=True), "name": f"{name}_sync", "path": str(path),
+        sources.append({**source.model_dump(exclude_defaults=True), "name": sync_name(name), "path": str(path),
                         "format": "csv", "csv": {"delimiter": ",", "encoding": "utf-8"}})
     if segment and service.resolver.segment is not None:
         source = service.resolver.segment
@@ -193,6 +192,27 @@ def export(service, out_dir: Path) -> dict:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         written[source.name] = str(path)
-        sources.append({**source.model_dump(exclude_defaults=True), "name": f"{source.name}_sync", "path": str(path),
+        sources.append({**source.model_dump(exclude_defaults=True), "name": sync_name(source.name), "path": str(path),
                         "format": "jsonl", "kind": "events"})
     return {"files": written, "records": len(records), "segment_events": len(segment), "sources": sources}
+
+
+def add_export_sources(config_path: Path, sources: list[dict]) -> None:
+    """Rewrite a YAML config so that it reads the export: each export source goes just before the
+    source it copies (so it ranks above it in source_priority), replacing an earlier copy."""
+    import yaml
+
+    raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    by_name = {s["name"]: s for s in sources}
+    out = []
+    for source in raw.get("sources", []):
+        if source.get("name") in by_name:
+            continue
+        extra = by_name.get(sync_name(source.get("name", "")))
+        if extra is not None:
+            out.append(extra)
+        out.append(source)
+    raw["sources"] = out
+    tmp = Path(config_path).with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, config_path)

@@ -63,6 +63,24 @@ def _text(value) -> str | None:
     return text if text.strip() else None
 
 
+def sync_name(source: str) -> str:
+    """The source name of what serve received for `source` (the export's source in the batch)."""
+    return f"{source}_sync"
+
+
+def with_sync_sources(config: Config) -> Config:
+    """The config with each source's export source just before it (same trust), unless the config
+    lists it already: what serve received is a newer version of the same records, so it ranks
+    just above them in source_priority, in serve as in the batch run that reads the export."""
+    names = {s.name for s in config.sources}
+    sources = []
+    for source in config.sources:
+        if sync_name(source.name) not in names and not source.name.endswith("_sync"):
+            sources.append(source.model_copy(update={"name": sync_name(source.name)}))
+        sources.append(source)
+    return config.model_copy(update={"sources": sources})
+
+
 def to_signed(key: int) -> int:
     return key - (1 << 64) if key >= (1 << 63) else key
 
@@ -73,7 +91,7 @@ class Resolver:
         bl = config.identity.blocklist
         self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
         self.types = config.identity.types
-        self.ranks = source_ranks(config)
+        self.ranks = source_ranks(with_sync_sources(config))
         self.fields = golden_fields(config)
         self._identifier_cache: dict[tuple[str, str], str | None] = {}
         self._attribute_cache: dict[tuple[str, str], object] = {}
@@ -208,12 +226,12 @@ class Resolver:
         if person is None:
             person = self._deterministic(tx, event, identifiers, received_at, source.name)
         if person is None:
-            person = self._probabilistic(tx, event, key, attributes, received_at)
+            person = self._probabilistic(tx, event, key, attributes, identifiers, received_at)
         if person is None:
             members = [int(hash_identifiers(f"record:{source.name}", pd.Series([key], dtype="str"))[0])]
             person = self._new_person(tx, members + [self._hash(t, v) for t, v in identifiers], received_at)
         self._attach(tx, event, person, identifiers, received_at, source.name)
-        self._golden(tx, event, person, attributes, source.name, key, received_at)
+        self._golden(tx, event, person, attributes, sync_name(source.name), key, received_at)
         self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
                             refetch=0, seq=seq)
         return person
@@ -233,7 +251,7 @@ class Resolver:
         ts = event.timestamp or received_at
         attributes = self._attributes(source, message, {}, getter=_get, default_ts=ts)
         if attributes:
-            self._golden(tx, event, person, attributes, source.name, None, received_at)
+            self._golden(tx, event, person, attributes, sync_name(source.name), None, received_at)
         return person
 
     # -- mapping -----------------------------------------------------------------------------------
@@ -283,7 +301,26 @@ class Resolver:
                             "identifiers of one event belong to several persons: not merged in real time", received_at))
         return persons[0] if persons else None
 
-    def _probabilistic(self, tx: Tx, event: Event, key: str, attributes: dict, received_at: str) -> str | None:
+    def _guard(self, tx: Tx, person: str, identifiers) -> str | None:
+        """The type whose limit a fuzzy link to `person` would break (identity limits and
+        matching.link_limits), as the batch's guarded pass refuses it; None when the link is allowed."""
+        if not self.config.identity.guards:
+            return None
+        limits = {t: spec.limit for t, spec in self.types.items() if spec.limit is not None}
+        for id_type, limit in self.config.matching.link_limits.items():
+            limits[id_type] = min(limit, limits.get(id_type, limit))
+        for id_type, limit in limits.items():
+            mine = {v for t, v in identifiers if t == id_type}
+            if not mine:
+                continue
+            held = {v for (v,) in tx.all("SELECT value FROM identifiers WHERE person_id = ? AND id_type = ?",
+                                         (person, id_type))}
+            if len(held | mine) > limit:
+                return id_type
+        return None
+
+    def _probabilistic(self, tx: Tx, event: Event, key: str, attributes: dict, identifiers,
+                       received_at: str) -> str | None:
         if self.matcher is None or not attributes:
             return None
         best = self.matcher.best(tx, {f: v[0] for f, v in attributes.items()})
@@ -291,11 +328,14 @@ class Resolver:
             return None
         person, probability, vetoed = best
         thresholds = self.config.matching.thresholds
-        if probability >= thresholds.auto_merge and not vetoed:
+        refused = self._guard(tx, person, identifiers) if probability >= thresholds.auto_merge else None
+        if probability >= thresholds.auto_merge and not vetoed and refused is None:
             self._log(tx, event, person, "_match", None, f"{probability:.4f}", "probabilistic", received_at)
             return person
         if probability >= thresholds.review:
             reason = "review band" if probability < thresholds.auto_merge else "a must-agree comparison disagrees"
+            if refused is not None:
+                reason = f"guard: would give one person more {refused} values than allowed"
             tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
                        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (event.event_id, key, None, person, float(probability), reason, received_at))

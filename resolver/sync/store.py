@@ -163,6 +163,7 @@ class Store:
             raise StoreError(f"{url}: unsupported store URL (sqlite:///PATH or postgresql://...)")
         self._local = threading.local()
         self._readers: list = []
+        self._generation = 0
         self._readers_lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -209,9 +210,9 @@ class Store:
 
     def _reader(self):
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
+        if conn is None or getattr(self._local, "generation", None) != self._generation:
+            conn = self._connect()  # first read on this thread, or the store was closed since
+            self._local.conn, self._local.generation = conn, self._generation
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
@@ -316,6 +317,7 @@ class Store:
                 with contextlib.suppress(Exception):  # another thread's connection
                     conn.close()
             self._readers.clear()
+            self._generation += 1
 
     # -- small helpers -----------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
