@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from _sync_helpers import (
     ORG_ID,
     SECRET,
@@ -24,6 +23,7 @@ from _sync_helpers import (
     signed,
     with_sync,
 )
+
 from resolver.cli import EXIT_OK, main
 from resolver.config import load_config
 
@@ -368,3 +368,99 @@ def test_serve_changes_flow_into_the_next_batch_run(batch, tmp_path):
     assert service.profile("email", "moved.on@fastmail.com")["person_id"] == contact["person_id"]
     assert service.profile("email", "zelda.quibblewick@corpmail.io")["person_id"] == new_person
     service.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(root: Path, port: int, log):
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    command = [sys.executable, "-m", "resolver", "serve", "--config", str(root / "data" / "resolver.yaml"),
+               "--state", str(root / "state"), "--port", str(port)]
+    proc = subprocess.Popen(command, env={**os.environ, "RESOLVER_WEBHOOK_SECRET": SECRET}, stdout=log, stderr=log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "serve exited at start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("serve did not become healthy")
+
+
+def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
+    """SIGKILL the service while clients post events; after a restart every event that got a 2xx
+    is in the store exactly once, resolved, and redelivering it changes nothing."""
+    import sqlite3
+    import threading
+
+    import httpx
+
+    root = _copy(batch, tmp_path)
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - open for both server runs
+    proc = _start_server(root, port, log)
+    accepted: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            i = 0
+            while not stop.is_set():
+                mid = f"kill-{worker}-{i}"
+                body = segment([identify(mid, user_id=f"u-kill-{worker}-{i % 40}", anonymous_id=f"a-kill-{mid}")])
+                try:
+                    response = http.post("/webhooks/segment", content=body, headers=signed(body))
+                    if response.status_code == 200:
+                        with lock:
+                            accepted.add(f"segment:{mid}")
+                except httpx.HTTPError:
+                    pass  # the server died under this request: it was never acknowledged
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(accepted) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL, mid-load
+    proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(accepted) >= 300
+
+    proc = _start_server(root, port, log)
+    try:
+        with sqlite3.connect(root / "state" / "sync.db") as db:
+            rows = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id").fetchall())
+            status = dict(db.execute("SELECT event_id, status FROM events").fetchall())
+        missing = sorted(accepted - set(rows))
+        assert missing == []
+        assert all(rows[e] == 1 for e in accepted)
+        assert {status[e] for e in accepted} == {"resolved"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            for event_id in sorted(accepted)[:25]:
+                mid = event_id.split(":", 1)[1]
+                worker, i = mid.split("-")[1:]
+                body = segment([identify(mid, user_id=f"u-kill-{worker}-{int(i) % 40}", anonymous_id=f"a-kill-{mid}")])
+                assert http.post("/webhooks/segment", content=body, headers=signed(body)).json() == \
+                    {"accepted": 0, "duplicates": 1, "failed": 0}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
