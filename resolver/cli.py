@@ -229,9 +229,16 @@ def _sync_service(args, import_batch: bool = False):
 def cmd_serve(args) -> int:
     import logging
 
+    import numba
     import uvicorn
 
     from resolver.sync.app import create_app
+
+    # One event at a time: numba's parallel kernels would only pay thread wake-ups on tiny arrays.
+    numba.set_num_threads(1)
+    # The store's writer thread holds the GIL in long stretches; a short switch interval keeps the
+    # event loop (parsing, answering) from queueing behind it.
+    sys.setswitchinterval(0.0005)
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -464,3 +464,28 @@ def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_payload_parsers_name_what_they_read():
+    """CDC compound fields flatten to the API names sources map; ids make redelivery harmless."""
+    import numpy as np
+
+    from resolver.cluster import format_person_ids
+    from resolver.sync.payloads import parse_cdc, parse_outbound, parse_segment
+    from resolver.sync.resolve import person_id
+
+    [event] = parse_cdc(cdc("Lead", "UPDATE", ["00Q5g00000LEADA"], {
+        "Name": {"FirstName": "Ann"}, "Address": {"City": "Oakland"}, "MailingAddress": {"PostalCode": "94607"},
+        "Email": None}, key="tk-9", sequence=3, commit_ms=1717350011000))
+    assert event.event_id == "sfdc-cdc:tk-9:3" and event.object == "Lead"
+    assert event.fields == {"FirstName": "Ann", "City": "Oakland", "MailingPostalCode": "94607", "Email": None}
+    assert event.timestamp == "2024-06-02T17:40:11.000000Z"  # commitTimestamp (epoch ms)
+    org, [a, b] = parse_outbound(outbound([("N1", "Contact", {"Id": "0035g00000AbCdE", "Phone": None}),
+                                           ("N2", "Lead", {"Id": "00Q5g00000LEADA", "LastName": "O'Neil"})]))
+    assert org == ORG_ID and (a.event_id, a.object, a.fields) == ("sfdc-om:N1", "Contact", {"Id": "0035g00000AbCdE",
+                                                                                              "Phone": None})
+    assert b.fields["LastName"] == "O'Neil"
+    [message] = parse_segment(segment([identify("abc", user_id="u")]))
+    assert message.event_id == "segment:abc" and message.fields["userId"] == "u"
+    keys = np.array([0, 1, 2**63, 2**64 - 1, 0x0123456789ABCDEF], dtype=np.uint64)
+    assert [person_id(int(k)) for k in keys] == list(format_person_ids(keys))

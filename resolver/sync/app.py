@@ -71,7 +71,7 @@ def _signed(secret: str | None, data: bytes, header: str | None) -> bool:
 
 
 def create_app(service: SyncService, secret: str | None = None, org_ids: list[str] | None = None,
-               retry_interval: float = 1.0) -> Starlette:
+               retry_interval: float = 1.0, index_interval: float = 0.25) -> Starlette:
     config = service.config
     secret = secret if secret is not None else os.environ.get("RESOLVER_WEBHOOK_SECRET") or None
     if org_ids is None:
@@ -194,23 +194,26 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         persons_gauge.set(counts["persons"])
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def retry_loop() -> None:
+    async def background(job, interval: float) -> None:
         while True:
-            await asyncio.sleep(retry_interval)
+            await asyncio.sleep(interval)
             try:
-                await asyncio.wrap_future(service.store.submit(service.retry_due))
+                await asyncio.wrap_future(service.store.submit(job))
             except Exception as exc:  # noqa: BLE001 - try again next round
-                log.error("dead-letter retry round failed: %s", type(exc).__name__)
+                log.error("background %s failed: %s", job.__name__, type(exc).__name__)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        task = asyncio.create_task(retry_loop())
+        # Dead letters whose retry is due; blocking keys of changed golden records (off the request path).
+        tasks = [asyncio.create_task(background(service.retry_due, retry_interval)),
+                 asyncio.create_task(background(service.resolver.flush_index, index_interval))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await asyncio.to_thread(service.close)
 
     routes = [

@@ -32,12 +32,11 @@ import numpy as np
 import pandas as pd
 
 from resolver.attributes import normalize_attribute
-from resolver.cluster import format_person_ids
 from resolver.config import Config, SourceConfig
 from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
 from resolver.sync.payloads import Event
-from resolver.sync.store import Tx
+from resolver.sync.store import Tx, set_meta
 
 OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
                    "Account": ("sf_account_id", "account")}
@@ -81,6 +80,12 @@ def with_sync_sources(config: Config) -> Config:
     return config.model_copy(update={"sources": sources})
 
 
+def person_id(key: int) -> str:
+    """One key as cluster.format_person_ids formats it ("p" + 16 hex digits), without building a
+    column for a single value (tests check the two agree)."""
+    return f"p{key:016x}"
+
+
 def to_signed(key: int) -> int:
     return key - (1 << 64) if key >= (1 << 63) else key
 
@@ -97,7 +102,9 @@ class Resolver:
         self._attribute_cache: dict[tuple[str, str], object] = {}
         self.objects = self._object_sources(config)
         self.segment = self._segment_source(config)
-        self.matcher = Matcher(config, model) if config.matching is not None and model is not None else None
+        self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
+        self._best: dict = {}  # (event id, record key) -> the model's best candidate, from prepare()
+        self._hash_cache: dict[tuple[str, str], int] = {}
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -125,35 +132,47 @@ class Resolver:
             return next(s for s in config.sources if s.name == config.sync.segment_source)
         return next((s for s in config.sources if s.system == "segment"), None)
 
-    # -- normalization (the batch's functions, one value at a time, remembered) -------------------
+    # -- normalization (the batch's functions, vectorized per group of events, remembered) ---------
+    def _warm_identifiers(self, id_type: str, raws: list[str]) -> None:
+        todo = list(dict.fromkeys(r for r in raws if (id_type, r) not in self._identifier_cache))
+        if not todo:
+            return
+        spec = self.types[id_type]
+        normalized, _ = normalize_identifier(spec.normalizer, pd.Series(todo, dtype="str"),
+                                             default_region=self.config.run.default_region,
+                                             email_options=self.config.identity.email.model_dump())
+        blocked = self.blocklist.blocked(id_type, normalized).notna().to_numpy()
+        if len(self._identifier_cache) > 500_000:
+            self._identifier_cache.clear()
+        values = normalized.mask(blocked)
+        hashes = hash_identifiers(id_type, values)
+        if len(self._hash_cache) > 500_000:
+            self._hash_cache.clear()
+        for raw, value, h in zip(todo, values, hashes):
+            kept = None if pd.isna(value) else str(value)
+            self._identifier_cache[(id_type, raw)] = kept
+            if kept is not None:
+                self._hash_cache[(id_type, kept)] = int(h)
+
     def identifier(self, id_type: str, raw) -> str | None:
+        """`raw` normalized as the batch normalizes identifiers of this type (None: missing,
+        invalid or blocked)."""
         raw = _text(raw)
         if raw is None:
             return None
-        cache_key = (id_type, raw)
-        if cache_key in self._identifier_cache:
-            return self._identifier_cache[cache_key]
-        spec = self.types[id_type]
-        normalized, _ = normalize_identifier(spec.normalizer, pd.Series([raw], dtype="str"),
-                                             default_region=self.config.run.default_region,
-                                             email_options=self.config.identity.email.model_dump())
-        value = None
-        if not pd.isna(normalized.iloc[0]) and pd.isna(self.blocklist.blocked(id_type, normalized).iloc[0]):
-            value = str(normalized.iloc[0])
-        if len(self._identifier_cache) > 500_000:
-            self._identifier_cache.clear()
-        self._identifier_cache[cache_key] = value
-        return value
+        if (id_type, raw) not in self._identifier_cache:
+            self._warm_identifiers(id_type, [raw])
+        return self._identifier_cache[(id_type, raw)]
 
-    def attribute(self, field: str, raw) -> tuple[str | None, str | None]:
-        """(display value, match form) of one golden field value."""
-        raw = _text(raw)
-        if raw is None:
-            return None, None
-        cache_key = (field, raw)
-        if cache_key not in self._attribute_cache:
-            kind = field_kind(self.config, field)
-            match = normalize_attribute(kind, pd.Series([raw], dtype="str"), self.config).iloc[0]
+    def _warm_attributes(self, field: str, raws: list[str]) -> None:
+        todo = list(dict.fromkeys(r for r in raws if (field, r) not in self._attribute_cache))
+        if not todo:
+            return
+        kind = field_kind(self.config, field)
+        matches = normalize_attribute(kind, pd.Series(todo, dtype="str"), self.config)
+        if len(self._attribute_cache) > 500_000:
+            self._attribute_cache.clear()
+        for raw, match in zip(todo, matches):
             if pd.isna(match):
                 out = (None, None)
             elif kind == "number":
@@ -162,10 +181,89 @@ class Resolver:
                 out = (str(match), str(match))
             else:
                 out = (raw.strip(), str(match))
-            if len(self._attribute_cache) > 500_000:
-                self._attribute_cache.clear()
-            self._attribute_cache[cache_key] = out
-        return self._attribute_cache[cache_key]
+            self._attribute_cache[(field, raw)] = out
+
+    def attribute(self, field: str, raw) -> tuple[str | None, str | None]:
+        """(display value, match form) of one golden field value, as the batch's golden records
+        show and compare it."""
+        raw = _text(raw)
+        if raw is None:
+            return None, None
+        if (field, raw) not in self._attribute_cache:
+            self._warm_attributes(field, [raw])
+        return self._attribute_cache[(field, raw)]
+
+    def prepare(self, tx: Tx, groups: list[list[Event]]) -> None:
+        """Vectorized work for a group of requests, before they are resolved one by one: every
+        identifier and attribute value they carry is normalized in one call per type, and the new
+        Salesforce records that no identifier ties to anyone are scored together by the model."""
+        self._best = {}
+        events = [e for group in groups for e in group]
+        identifiers: dict[str, list[str]] = {}
+        attributes: dict[str, list[str]] = {}
+        for event in events:
+            if event.channel == "segment":
+                source, row, get = self.segment, event.fields, _get
+            else:
+                source, row, get = self.objects.get(event.object or ""), event.fields, lambda o, c: o.get(c)
+                if source is not None and event.record_ids:
+                    row = {**row, source.key: row.get(source.key) or event.record_ids[0]}
+            if source is None:
+                continue
+            for id_type, cols in source.identifier_columns().items():
+                identifiers.setdefault(id_type, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
+            for link in source.links:
+                identifiers.setdefault(link.type, []).extend(t for t in [_text(get(row, link.column))] if t is not None)
+            for name, cols in source.attribute_columns().items():
+                attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
+        for id_type, raws in identifiers.items():
+            self._warm_identifiers(id_type, raws)
+        for name, raws in attributes.items():
+            self._warm_attributes(name, raws)
+        if self.matcher is None:
+            return
+        wanted, rows = [], []
+        for event in events:
+            source = self.objects.get(event.object or "") if event.channel != "segment" else None
+            if source is None or event.change not in ("CREATE", "UPDATE", "UPSERT"):
+                continue
+            for record_id in event.record_ids:
+                key = self._record_key(source, record_id)
+                if tx.one("SELECT 1 FROM records WHERE source = ? AND record_key = ?", (source.name, key)):
+                    continue
+                flat = {**event.fields, source.key: event.fields.get(source.key) or record_id}
+                found = [tx.one("SELECT 1 FROM identifiers WHERE id_type = ? AND value = ?", tv)
+                         for tv in self._identifiers(source, flat)]
+                if any(found):
+                    continue
+                attrs = self._attributes(source, flat, {})
+                if attrs:
+                    wanted.append((event.event_id, key))
+                    rows.append({f: v[0] for f, v in attrs.items()})
+        if rows:
+            self._best = dict(zip(wanted, self.matcher.best_many(tx, rows)))
+
+    def flush_index(self, tx: Tx) -> int:
+        """Blocking keys of the persons whose golden record changed since the last flush (the
+        change log says which), in one vectorized pass; returns how many persons. The service runs
+        it a few times a second, off the request path; the change log makes it crash-safe."""
+        if self.matcher is None:
+            return 0
+        row = tx.one("SELECT value FROM meta WHERE key = 'index_seq'")
+        done = int(row[0]) if row else 0
+        rows = tx.all("SELECT seq, person_id, field FROM change_log WHERE seq > ? ORDER BY seq", (done,))
+        if not rows:
+            return 0
+        persons = sorted({p for _, p, f in rows if p and not f.startswith("_") and ":" not in f})
+        if persons:
+            golden = _golden_rows(tx, persons)
+            keys = self.matcher.keys([golden[p] for p in persons])
+            tx.executemany("DELETE FROM block_keys WHERE person_id = ?", [(p,) for p in persons])
+            tx.executemany("INSERT INTO block_keys (rule, key, person_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(r, to_signed(int(keys[r, i])), p) for r in range(keys.shape[0])
+                            for i, p in enumerate(persons) if keys[r, i] != 0])
+        set_meta(tx, "index_seq", str(rows[-1][0]))
+        return len(persons)
 
     # -- events ----------------------------------------------------------------------------------
     def apply(self, tx: Tx, event: Event, received_at: str) -> str | None:
@@ -281,9 +379,11 @@ class Resolver:
                     break
         return out
 
-    @staticmethod
-    def _hash(id_type: str, value: str) -> int:
-        return int(hash_identifiers(id_type, pd.Series([value], dtype="str"))[0])
+    def _hash(self, id_type: str, value: str) -> int:
+        """The identifier's 64-bit hash (the batch's member key of it)."""
+        if (id_type, value) not in self._hash_cache:
+            self._hash_cache[(id_type, value)] = int(hash_identifiers(id_type, pd.Series([value], dtype="str"))[0])
+        return self._hash_cache[(id_type, value)]
 
     # -- steps -------------------------------------------------------------------------------------
     def _deterministic(self, tx: Tx, event: Event, identifiers, received_at: str, source: str) -> str | None:
@@ -323,7 +423,8 @@ class Resolver:
                        received_at: str) -> str | None:
         if self.matcher is None or not attributes:
             return None
-        best = self.matcher.best(tx, {f: v[0] for f, v in attributes.items()})
+        best = self._best.pop((event.event_id, key), None) if (event.event_id, key) in self._best else \
+            self.matcher.best_many(tx, [{f: v[0] for f, v in attributes.items()}])[0]
         if best is None:
             return None
         person, probability, vetoed = best
@@ -345,7 +446,7 @@ class Resolver:
         key = min(members)
         attempt = 0
         while True:
-            person = str(format_person_ids(np.array([key], dtype=np.uint64)).iloc[0])
+            person = person_id(key)
             if tx.execute("INSERT INTO persons (person_id, origin, created_at, status) VALUES (?, 'serve', ?, 'active') "
                           "ON CONFLICT (person_id) DO NOTHING", (person, received_at)) == 1:
                 return person
@@ -372,7 +473,6 @@ class Resolver:
                 received_at: str) -> None:
         current = {f: (v, s, t) for f, v, s, t in tx.all(
             "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
-        changed = False
         for field, (display, match, ts) in attributes.items():
             ts = ts or received_at
             held = current.get(field)
@@ -388,12 +488,7 @@ class Resolver:
                        "last_modified = excluded.last_modified, event_id = excluded.event_id",
                        (person, field, display, source, record_key, ts, event.event_id))
             if not same:
-                changed = True
                 self._log(tx, event, person, field, before, display, source, received_at)
-        if changed and self.matcher is not None:
-            golden = {f: v for f, v, _, _ in tx.all("SELECT field, value, source, last_modified FROM golden "
-                                                    "WHERE person_id = ?", (person,))}
-            self.matcher.index(tx, person, golden)
 
     def _wins(self, field: str, source: str, ts: str, held: tuple) -> bool:
         """Does the event's value replace the held one under the field's survivorship chain?"""
@@ -426,12 +521,13 @@ class Resolver:
 class Matcher:
     """The batch model scoring one record against the golden records of block-sharing persons."""
 
-    def __init__(self, config: Config, model: dict):
+    def __init__(self, config: Config, model: dict, resolver: Resolver | None = None):
         from resolver.attributes import matching_columns
         from resolver.compare import prepare_all
         from resolver.model import FSModel
 
         self.config = config
+        self.resolver = resolver  # its memo of match forms saves normalizing a value twice
         self.rules = config.matching.blocking.rules
         self.columns = matching_columns(config)
         self.cap = config.matching.blocking.max_block_size
@@ -439,9 +535,18 @@ class Matcher:
         self.model = FSModel.from_dict(model, prepared, [r.name for r in self.rules], "the state's model.json")
 
     def _attributes(self, rows: list[dict]) -> dict[str, pd.Series]:
-        frame = pd.DataFrame(rows, columns=self.columns, dtype="str")
-        return {c: normalize_attribute(self.config.matching.normalizer(c), frame[c].reset_index(drop=True), self.config)
-                for c in self.columns}
+        """Each matching column in match form (the batch's normalize_attribute, per distinct value)."""
+        out = {}
+        for c in self.columns:
+            raws = [_text(row.get(c)) for row in rows]
+            kind = self.config.matching.normalizer(c)
+            if self.resolver is None or kind == "number":
+                out[c] = normalize_attribute(kind, pd.Series(raws, dtype="str"), self.config)
+                continue
+            self.resolver._warm_attributes(c, [r for r in raws if r is not None])
+            out[c] = pd.Series([None if r is None else self.resolver._attribute_cache[(c, r)][1] for r in raws],
+                               dtype="str")
+        return out
 
     def keys(self, rows: list[dict]) -> np.ndarray:
         """(n_rules, n_rows) uint64 block keys (0 = no key)."""
@@ -451,45 +556,59 @@ class Matcher:
         return np.array([rule_keys(rule.keys, attributes, len(rows))[0] for rule in self.rules],
                         dtype=np.uint64).reshape(len(self.rules), len(rows))
 
-    def index(self, tx: Tx, person: str, golden: dict) -> None:
-        tx.execute("DELETE FROM block_keys WHERE person_id = ?", (person,))
-        keys = self.keys([golden])[:, 0]
-        tx.executemany("INSERT INTO block_keys (rule, key, person_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                       [(r, to_signed(int(k)), person) for r, k in enumerate(keys) if k != 0])
-
-    def best(self, tx: Tx, record: dict) -> tuple[str, float, bool] | None:
+    def best_many(self, tx: Tx, records: list[dict]) -> list[tuple[str, float, bool] | None]:
+        """Per record: (best candidate person, probability, vetoed) among the persons whose golden
+        record shares a blocking key with it (None: no candidate). Candidates and comparisons are
+        made for all records at once."""
         from resolver.compare import comparison_matrix, prepare_all
         from resolver.matching import vetoes
         from resolver.model import match_weights, probabilities
 
-        keys = self.keys([record])[:, 0]
-        found: dict[str, int] = {}
-        for r, k in enumerate(keys):
-            if k == 0:
-                continue
-            rows = tx.all("SELECT person_id FROM block_keys WHERE rule = ? AND key = ? LIMIT ?",
-                          (r, to_signed(int(k)), self.cap + 1))
-            if len(rows) > self.cap:
-                continue  # an over-cap block is skipped, as in the batch
-            for (person,) in rows:
-                found.setdefault(person, r)
-        if not found:
-            return None
-        persons = list(found)
-        golden: dict[str, dict] = {p: {} for p in persons}
-        for start in range(0, len(persons), 500):
-            chunk = persons[start:start + 500]
-            marks = ", ".join("?" * len(chunk))
-            for person, field, value in tx.all(f"SELECT person_id, field, value FROM golden WHERE person_id IN ({marks})",
-                                               chunk):
-                golden[person][field] = value
-        rows = [record] + [golden[p] for p in persons]
-        prepared = prepare_all(self.config.matching.comparisons, self._attributes(rows))
-        left = np.zeros(len(persons), dtype=np.int64)
-        right = np.arange(1, len(persons) + 1, dtype=np.int64)
+        keys = self.keys(records)
+        blocks: dict[tuple[int, int], list[str]] = {}
+        found: list[dict[str, int]] = []
+        for i in range(len(records)):
+            mine: dict[str, int] = {}
+            for r in range(keys.shape[0]):
+                k = int(keys[r, i])
+                if k == 0:
+                    continue
+                if (r, k) not in blocks:
+                    rows = tx.all("SELECT person_id FROM block_keys WHERE rule = ? AND key = ? LIMIT ?",
+                                  (r, to_signed(k), self.cap + 1))
+                    blocks[(r, k)] = [p for (p,) in rows] if len(rows) <= self.cap else []  # over the cap: skipped
+                for person in blocks[(r, k)]:
+                    mine.setdefault(person, r)
+            found.append(mine)
+        persons = sorted({p for mine in found for p in mine})
+        if not persons:
+            return [None] * len(records)
+        golden = _golden_rows(tx, persons)
+        position = {p: len(records) + j for j, p in enumerate(persons)}
+        prepared = prepare_all(self.config.matching.comparisons,
+                               self._attributes(records + [golden[p] for p in persons]))
+        left = np.array([i for i, mine in enumerate(found) for _ in mine], dtype=np.int64)
+        right = np.array([position[p] for mine in found for p in mine], dtype=np.int64)
+        rule = np.array([r for mine in found for r in mine.values()], dtype=np.int64)
         levels = comparison_matrix(prepared, left, right)
-        rule = np.array([found[p] for p in persons], dtype=np.int64)
         probability = probabilities(match_weights(self.model, levels, rule))
         vetoed = vetoes(prepared, levels) >= 0
-        best = int(np.argmax(probability))
-        return persons[best], float(probability[best]), bool(vetoed[best])
+        out: list = [None] * len(records)
+        start = 0
+        for i, mine in enumerate(found):
+            if mine:
+                j = start + int(np.argmax(probability[start:start + len(mine)]))
+                out[i] = (persons[right[j] - len(records)], float(probability[j]), bool(vetoed[j]))
+            start += len(mine)
+        return out
+
+
+def _golden_rows(tx: Tx, persons: list[str]) -> dict[str, dict]:
+    golden: dict[str, dict] = {p: {} for p in persons}
+    for start in range(0, len(persons), 500):
+        chunk = persons[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for person, field, value in tx.all(f"SELECT person_id, field, value FROM golden WHERE person_id IN ({marks})",
+                                           chunk):
+            golden[person][field] = value
+    return golden

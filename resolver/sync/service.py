@@ -31,6 +31,8 @@ class SyncService:
         self.store = Store(store_url(config, self.state_dir, url))
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
         self.resolver = Resolver(config, state.model if state is not None else None)
+        self.store.prepare = self.resolver.prepare
+        self.store.finish = self.resolver.flush_index
         if import_batch and self.state_dir is not None:
             from resolver.sync.batch import import_batch as load
 
@@ -46,7 +48,7 @@ class SyncService:
     def accept(self, events: list[Event]) -> concurrent.futures.Future:
         """Store and resolve `events` in the writer's next transaction; the future gives
         {"accepted", "duplicates", "failed"} once that transaction is committed."""
-        return self.store.submit(lambda tx: self._accept(tx, events))
+        return self.store.submit(lambda tx: self._accept(tx, events), payload=events)
 
     def _accept(self, tx: Tx, events: list[Event]) -> dict:
         counts = {"accepted": 0, "duplicates": 0, "failed": 0}

@@ -133,6 +133,7 @@ class _Savepoint:
 class _Job:
     fn: Callable[[Tx], Any]
     future: concurrent.futures.Future
+    payload: Any = None  # what the group's `prepare` hook sees of this job
 
 
 class Store:
@@ -169,6 +170,10 @@ class Store:
         self._writer: threading.Thread | None = None
         self._writer_conn = None
         self._closed = False
+        # Hooks, in the jobs' transaction: prepare(tx, payloads) before a group of submitted jobs
+        # (vectorized work for all of them), finish(tx) after a write(); a failing hook is skipped.
+        self.prepare: Callable[[Tx, list], None] | None = None
+        self.finish: Callable[[Tx], None] | None = None
         conn = self._connect()
         try:
             self._schema(conn)
@@ -235,7 +240,9 @@ class Store:
         try:
             self._begin(conn)
             try:
-                result = fn(Tx(conn, self.dialect))
+                tx = Tx(conn, self.dialect)
+                result = fn(tx)
+                self._hook(tx, self.finish)
                 conn.execute("COMMIT")
                 return result
             except BaseException:
@@ -244,7 +251,16 @@ class Store:
         finally:
             conn.close()
 
-    def submit(self, fn: Callable[[Tx], Any]) -> concurrent.futures.Future:
+    def _hook(self, tx: Tx, hook, *args) -> None:
+        if hook is None:
+            return
+        try:
+            with tx.savepoint():
+                hook(tx, *args)
+        except Exception as exc:  # noqa: BLE001 - hooks only speed up or tidy; the jobs stand alone
+            log.error("store hook %s failed: %s", getattr(hook, "__name__", "hook"), type(exc).__name__)
+
+    def submit(self, fn: Callable[[Tx], Any], payload: Any = None) -> concurrent.futures.Future:
         """Queue `fn` for the writer thread; the future resolves once its transaction committed."""
         if self._closed:
             raise RuntimeError("the store is closed")
@@ -253,7 +269,7 @@ class Store:
             self._writer = threading.Thread(target=self._write_loop, name="resolver-store-writer", daemon=True)
             self._writer.start()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(_Job(fn, future, payload))
         return future
 
     def _write_loop(self) -> None:
@@ -282,6 +298,9 @@ class Store:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             self._begin(conn)
+            payloads = [job.payload for job in jobs if job.payload is not None]
+            if payloads:
+                self._hook(tx, self.prepare, payloads)
             for job in jobs:
                 try:
                     with tx.savepoint():
