@@ -217,7 +217,8 @@ class Resolver:
             for name, cols in source.attribute_columns().items():
                 attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
         for id_type, raws in identifiers.items():
-            self._warm_identifiers(id_type, raws)
+            if self.types[id_type].evidence:  # the others never link (and are not stored)
+                self._warm_identifiers(id_type, raws)
         for name, raws in attributes.items():
             self._warm_attributes(name, raws)
         if self.matcher is None:
