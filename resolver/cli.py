@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -238,7 +239,7 @@ def cmd_serve(args) -> int:
     numba.set_num_threads(1)
     # The store's writer thread holds the GIL in long stretches; a short switch interval keeps the
     # event loop (parsing, answering) from queueing behind it.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(float(os.environ.get("RESOLVER_SWITCH_INTERVAL", "0.0005")))
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -489,3 +489,20 @@ def test_payload_parsers_name_what_they_read():
     assert message.event_id == "segment:abc" and message.fields["userId"] == "u"
     keys = np.array([0, 1, 2**63, 2**64 - 1, 0x0123456789ABCDEF], dtype=np.uint64)
     assert [person_id(int(k)) for k in keys] == list(format_person_ids(keys))
+
+
+def test_writer_survives_a_request_that_gave_up(tmp_path):
+    """A client that disconnects cancels its future; the writer still commits the job and goes on."""
+    import threading
+
+    from resolver.sync.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'sync.db'}")
+    gate = threading.Event()
+    first = store.submit(lambda tx: gate.wait(10))
+    given_up = store.submit(lambda tx: tx.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')"))
+    assert given_up.cancel()
+    gate.set()
+    assert first.result(timeout=10) is True
+    assert store.submit(lambda tx: tx.one("SELECT value FROM meta WHERE key = 'k'")).result(timeout=10) == ("v",)
+    store.close()

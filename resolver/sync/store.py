@@ -313,14 +313,10 @@ class Store:
             with contextlib.suppress(Exception):  # the connection may be gone
                 conn.execute("ROLLBACK")
             for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                _settle(job.future, None, exc)
             return
         for job, result, error in results:
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
+            _settle(job.future, result, error)
 
     def close(self) -> None:
         self._closed = True
@@ -342,6 +338,18 @@ class Store:
     def meta(self, key: str) -> str | None:
         row = self.read(lambda tx: tx.one("SELECT value FROM meta WHERE key = ?", (key,)))
         return row[0] if row else None
+
+
+def _settle(future: concurrent.futures.Future, result: Any, error: BaseException | None) -> None:
+    """Answer a job's future, unless its requester gave up waiting (a cancelled future: the client
+    went away; what the job committed stays committed, it was just never acknowledged)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def set_meta(tx: Tx, key: str, value: str) -> None:
