@@ -209,11 +209,16 @@ def test_new_records_are_scored_by_the_model_with_the_batch_guards(batch, tmp_pa
         for entity, record_id, body in (("Lead", "00Q5g00000LEADA", lead), ("Contact", "0035g00000TWINA", twin),
                                         ("Contact", "0035g00000LONEA", other)):
             assert _post(client, "/webhooks/salesforce/cdc", cdc(entity, "CREATE", [record_id], body)).status_code == 200
+        # The model's step runs batched, a moment after the events (each record is its own person until then).
+        deadline = time.monotonic() + 30
+        while _rows(service, "SELECT COUNT(*) FROM match_queue") != [(0,)] and time.monotonic() < deadline:
+            time.sleep(0.05)
         matched = _get(client, "/profiles/sf_lead_id/00Q5g00000LEADA").json()
         second_contact = _get(client, "/profiles/sf_contact_id/0035g00000TWINA").json()
         lone = _get(client, "/profiles/sf_contact_id/0035g00000LONEA").json()
-    # No shared identifier: the model linked the lead to the contact's person.
+    # No shared identifier: the model linked the lead to the contact's person (its provisional one retired).
     assert matched["person_id"] == contact["person_id"]
+    assert _rows(service, "SELECT COUNT(*) FROM persons WHERE status = 'merged' AND origin = 'serve'") == [(1,)]
     assert _rows(service, "SELECT person_id FROM change_log WHERE field = '_match'") == [(contact["person_id"],)]
     # A second Salesforce Contact for one person breaks the unique namespace: a new person and a review item.
     assert second_contact["person_id"] != contact["person_id"] and second_contact["origin"] == "serve"

@@ -204,8 +204,10 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        # Dead letters whose retry is due; blocking keys of changed golden records (off the request path).
+        # Dead letters whose retry is due; the model's step for new records and the blocking keys of
+        # changed golden records (batched, off the request path, a few times a second).
         tasks = [asyncio.create_task(background(service.retry_due, retry_interval)),
+                 asyncio.create_task(background(service.resolver.match_pending, index_interval)),
                  asyncio.create_task(background(service.resolver.flush_index, index_interval))]
         try:
             yield

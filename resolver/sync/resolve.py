@@ -80,6 +80,12 @@ def with_sync_sources(config: Config) -> Config:
     return config.model_copy(update={"sources": sources})
 
 
+def _now() -> str:
+    from resolver.sync.store import now_iso
+
+    return now_iso()
+
+
 def person_id(key: int) -> str:
     """One key as cluster.format_person_ids formats it ("p" + 16 hex digits), without building a
     column for a single value (tests check the two agree)."""
@@ -103,7 +109,6 @@ class Resolver:
         self.objects = self._object_sources(config)
         self.segment = self._segment_source(config)
         self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
-        self._best: dict = {}  # (event id, record key) -> the model's best candidate, from prepare()
         self._hash_cache: dict[tuple[str, str], int] = {}
 
     # -- configuration -------------------------------------------------------------------------
@@ -197,7 +202,6 @@ class Resolver:
         """Vectorized work for a group of requests, before they are resolved one by one: every
         identifier and attribute value they carry is normalized in one call per type, and the new
         Salesforce records that no identifier ties to anyone are scored together by the model."""
-        self._best = {}
         events = [e for group in groups for e in group]
         identifiers: dict[str, list[str]] = {}
         attributes: dict[str, list[str]] = {}
@@ -221,28 +225,6 @@ class Resolver:
                 self._warm_identifiers(id_type, raws)
         for name, raws in attributes.items():
             self._warm_attributes(name, raws)
-        if self.matcher is None:
-            return
-        wanted, rows = [], []
-        for event in events:
-            source = self.objects.get(event.object or "") if event.channel != "segment" else None
-            if source is None or event.change not in ("CREATE", "UPDATE", "UPSERT"):
-                continue
-            for record_id in event.record_ids:
-                key = self._record_key(source, record_id)
-                if tx.one("SELECT 1 FROM records WHERE source = ? AND record_key = ?", (source.name, key)):
-                    continue
-                flat = {**event.fields, source.key: event.fields.get(source.key) or record_id}
-                found = [tx.one("SELECT 1 FROM identifiers WHERE id_type = ? AND value = ?", tv)
-                         for tv in self._identifiers(source, flat)]
-                if any(found):
-                    continue
-                attrs = self._attributes(source, flat, {})
-                if attrs:
-                    wanted.append((event.event_id, key))
-                    rows.append({f: v[0] for f, v in attrs.items()})
-        if rows:
-            self._best = dict(zip(wanted, self.matcher.best_many(tx, rows)))
 
     def flush_index(self, tx: Tx) -> int:
         """Blocking keys of the persons whose golden record changed since the last flush (the
@@ -324,8 +306,7 @@ class Resolver:
         attributes = self._attributes(source, flat, field_ts)
         if person is None:
             person = self._deterministic(tx, event, identifiers, received_at, source.name)
-        if person is None:
-            person = self._probabilistic(tx, event, key, attributes, identifiers, received_at)
+        score = person is None and self.matcher is not None and bool(attributes)
         if person is None:
             members = [int(hash_identifiers(f"record:{source.name}", pd.Series([key], dtype="str"))[0])]
             person = self._new_person(tx, members + [self._hash(t, v) for t, v in identifiers], received_at)
@@ -333,6 +314,10 @@ class Resolver:
         self._golden(tx, event, person, attributes, sync_name(source.name), key, received_at)
         self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
                             refetch=0, seq=seq)
+        if score:  # the model's step, batched with the other new records a moment later (match_pending)
+            tx.execute("INSERT INTO match_queue (event_id, source, record_key, person_id, attributes, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (event.event_id, source.name, key, person,
+                                                     json.dumps({f: v[0] for f, v in attributes.items()}), received_at))
         return person
 
     def _segment_event(self, tx: Tx, event: Event, received_at: str) -> str | None:
@@ -420,28 +405,77 @@ class Resolver:
                 return id_type
         return None
 
-    def _probabilistic(self, tx: Tx, event: Event, key: str, attributes: dict, identifiers,
-                       received_at: str) -> str | None:
-        if self.matcher is None or not attributes:
-            return None
-        best = self._best.pop((event.event_id, key), None) if (event.event_id, key) in self._best else \
-            self.matcher.best_many(tx, [{f: v[0] for f, v in attributes.items()}])[0]
-        if best is None:
-            return None
-        person, probability, vetoed = best
+    def finish(self, tx: Tx) -> None:
+        """After a transaction of the CLI (dlq replay): the pending model step and the key index."""
+        self.match_pending(tx)
+        self.flush_index(tx)
+
+    def match_pending(self, tx: Tx, limit: int = 500) -> int:
+        """The probabilistic step for new records no identifier tied to anyone, all at once: the
+        model scores each against the golden records of the persons sharing a blocking key with
+        it. At or above auto_merge (no must-agree veto, no guard refusing) its provisional person
+        is merged into the best candidate; in the review band it becomes a review item; else it
+        stays its own person. Runs a few times a second, off the request path; returns how many."""
+        if self.matcher is None:
+            return 0
+        rows = tx.all("SELECT seq, event_id, record_key, person_id, attributes FROM match_queue ORDER BY seq LIMIT ?",
+                      (limit,))
+        if not rows:
+            return 0
+        results = self.matcher.best_many(tx, [json.loads(r[4]) for r in rows], exclude=[r[3] for r in rows])
         thresholds = self.config.matching.thresholds
-        refused = self._guard(tx, person, identifiers) if probability >= thresholds.auto_merge else None
-        if probability >= thresholds.auto_merge and not vetoed and refused is None:
-            self._log(tx, event, person, "_match", None, f"{probability:.4f}", "probabilistic", received_at)
-            return person
-        if probability >= thresholds.review:
-            reason = "review band" if probability < thresholds.auto_merge else "a must-agree comparison disagrees"
-            if refused is not None:
-                reason = f"guard: would give one person more {refused} values than allowed"
-            tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
-                       " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (event.event_id, key, None, person, float(probability), reason, received_at))
-        return None
+        at = _now()
+        for (_, event_id, key, provisional, _), best in zip(rows, results):
+            if best is None or not self._active(tx, provisional):
+                continue
+            person, probability, vetoed = best
+            if not self._active(tx, person):
+                continue
+            held = tx.all("SELECT id_type, value FROM identifiers WHERE person_id = ?", (provisional,))
+            refused = self._guard(tx, person, held) if probability >= thresholds.auto_merge else None
+            if probability >= thresholds.auto_merge and not vetoed and refused is None:
+                self._merge(tx, provisional, person, probability, event_id, at)
+            elif probability >= thresholds.review:
+                reason = "review band" if probability < thresholds.auto_merge else "a must-agree comparison disagrees"
+                if refused is not None:
+                    reason = f"guard: would give one person more {refused} values than allowed"
+                tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
+                           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (event_id, key, provisional, person, float(probability), reason, at))
+        tx.execute("DELETE FROM match_queue WHERE seq <= ?", (rows[-1][0],))
+        return len(rows)
+
+    @staticmethod
+    def _active(tx: Tx, person: str) -> bool:
+        row = tx.one("SELECT status FROM persons WHERE person_id = ?", (person,))
+        return row is not None and row[0] == "active"
+
+    def _merge(self, tx: Tx, provisional: str, person: str, probability: float, event_id: str, at: str) -> None:
+        """The provisional person joins `person`: identifiers, records and events move, golden
+        fields follow survivorship, the provisional id is retired (status merged)."""
+        event = Event(event_id=event_id, channel="model", change="MATCH", timestamp=None)
+        self._log(tx, event, person, "_match", provisional, f"{probability:.4f}", "probabilistic", at)
+        for table in ("identifiers", "records", "events"):
+            tx.execute(f"UPDATE {table} SET person_id = ? WHERE person_id = ?", (person, provisional))
+        current = {f: (v, s, t) for f, v, s, t in tx.all(
+            "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
+        for field, value, source, key, ts, origin in tx.all(
+                "SELECT field, value, source, record_key, last_modified, event_id FROM golden WHERE person_id = ?",
+                (provisional,)):
+            held = current.get(field)
+            if held is not None and held[0] is not None and not self._wins(field, source, ts or at, held):
+                continue
+            tx.execute("INSERT INTO golden (person_id, field, value, source, record_key, last_modified, event_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (person_id, field) DO UPDATE SET value = excluded.value, "
+                       "source = excluded.source, record_key = excluded.record_key, "
+                       "last_modified = excluded.last_modified, event_id = excluded.event_id",
+                       (person, field, value, source, key, ts, origin))
+            if held is None or held[0] != value:
+                self._log(tx, event, person, field, held[0] if held else None, value, source, at)
+        tx.execute("DELETE FROM golden WHERE person_id = ?", (provisional,))
+        tx.execute("DELETE FROM block_keys WHERE person_id = ?", (provisional,))
+        tx.execute("UPDATE persons SET status = 'merged' WHERE person_id = ?", (provisional,))
+        self._log(tx, event, provisional, "_merged_into", provisional, person, "probabilistic", at)
 
     def _new_person(self, tx: Tx, members: list[int], received_at: str) -> str:
         key = min(members)
@@ -557,7 +591,8 @@ class Matcher:
         return np.array([rule_keys(rule.keys, attributes, len(rows))[0] for rule in self.rules],
                         dtype=np.uint64).reshape(len(self.rules), len(rows))
 
-    def best_many(self, tx: Tx, records: list[dict]) -> list[tuple[str, float, bool] | None]:
+    def best_many(self, tx: Tx, records: list[dict], exclude: list[str | None] | None = None
+                  ) -> list[tuple[str, float, bool] | None]:
         """Per record: (best candidate person, probability, vetoed) among the persons whose golden
         record shares a blocking key with it (None: no candidate). Candidates and comparisons are
         made for all records at once."""
@@ -579,7 +614,8 @@ class Matcher:
                                   (r, to_signed(k), self.cap + 1))
                     blocks[(r, k)] = [p for (p,) in rows] if len(rows) <= self.cap else []  # over the cap: skipped
                 for person in blocks[(r, k)]:
-                    mine.setdefault(person, r)
+                    if exclude is None or person != exclude[i]:
+                        mine.setdefault(person, r)
             found.append(mine)
         persons = sorted({p for mine in found for p in mine})
         if not persons:

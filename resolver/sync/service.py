@@ -32,7 +32,7 @@ class SyncService:
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
         self.resolver = Resolver(config, state.model if state is not None else None)
         self.store.prepare = self.resolver.prepare
-        self.store.finish = self.resolver.flush_index
+        self.store.finish = self.resolver.finish
         if import_batch and self.state_dir is not None:
             from resolver.sync.batch import import_batch as load
 

@@ -57,6 +57,9 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS review_queue (
         seq {serial} PRIMARY KEY, event_id TEXT, record_key TEXT, person_id TEXT, candidate_id TEXT,
         probability DOUBLE PRECISION, reason TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS match_queue (
+        seq {serial} PRIMARY KEY, event_id TEXT, source TEXT NOT NULL, record_key TEXT NOT NULL,
+        person_id TEXT NOT NULL, attributes TEXT NOT NULL, created_at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS dlq (
         event_id TEXT PRIMARY KEY, channel TEXT NOT NULL, payload TEXT NOT NULL, error TEXT NOT NULL,
         attempts INTEGER NOT NULL, next_attempt_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
