@@ -9,9 +9,11 @@ run does (same attribute and identifier columns, same normalizers, same blocklis
    (identity.types priority) found in the store; identifiers that belong to other persons are not
    merged in real time (a deterministic link must never bridge two people without the batch
    guards): the conflict goes to the review queue;
-2. else the trained model (the state's model.json) scores the record against the golden records
-   of the persons that share a blocking key with it: at or above auto_merge it joins the best one,
-   in the review band it becomes a new person and a review item, below it becomes a new person;
+2. else a new (provisional) person at once, and the record joins the match queue: a moment
+   later, batched with the other new records (match_pending, off the request path), the trained
+   model (the state's model.json) scores it against the golden records of the persons that share
+   a blocking key with it: at or above auto_merge (no veto, no guard refusing) the provisional
+   person is merged into the best one, in the review band it becomes a review item;
 3. a new person's id is the smallest member hash of what it holds (its record and identifiers),
    formatted as the batch formats ids: the next batch run gives the same person the same id.
 
