@@ -1,4 +1,5 @@
-"""The `resolver` command: demo, run, plan, generate, evaluate, forget, review.
+"""The `resolver` command: demo, run, bench, capacity, plan, generate, evaluate, forget, review, serve,
+dlq, sync export.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or configuration, 3 unusable input
 (the message names the file, row and field), 4 an evaluation below a --min-* threshold.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -341,6 +343,88 @@ def cmd_review_decide(args) -> int:
     return EXIT_OK
 
 
+def _sync_service(args, import_batch: bool = False):
+    from resolver.config import load_config
+    from resolver.sync.service import SyncService
+
+    config = load_config(args.config)
+    state = Path(args.state) if args.state else config.state_path()
+    return SyncService(config, state, args.store, import_batch=import_batch)
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    import numba
+    import uvicorn
+
+    from resolver.sync.app import create_app
+
+    # One event at a time: numba's parallel kernels would only pay thread wake-ups on tiny arrays.
+    numba.set_num_threads(1)
+    # The store's writer thread holds the GIL in long stretches; a short switch interval keeps the
+    # event loop (parsing, answering) from queueing behind it.
+    sys.setswitchinterval(float(os.environ.get("RESOLVER_SWITCH_INTERVAL", "0.0005")))
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = _sync_service(args, import_batch=True)
+    app = create_app(service)
+    # No access log: request paths of profile lookups hold identifiers (PII).
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning" if args.quiet else "info",
+                timeout_graceful_shutdown=10)
+    return EXIT_OK
+
+
+def cmd_dlq(args) -> int:
+    from resolver.sync.service import dumps
+
+    service = _sync_service(args)
+    try:
+        if args.action == "list":
+            print(dumps(service.dead_letters()))
+        elif args.action == "replay":
+            print(dumps(service.replay(args.event_id or None)))
+        else:
+            if not args.event_id and not args.all:
+                from resolver.config import ConfigError
+
+                raise ConfigError("dlq drop needs event ids or --all")
+            print(dumps({"dropped": service.drop(args.event_id or None)}))
+    finally:
+        service.close()
+    return EXIT_OK
+
+
+def cmd_sync_export(args) -> int:
+    import yaml
+
+    from resolver.sync.service import dumps
+
+    service = _sync_service(args)
+    try:
+        result = service.export(Path(args.out) if args.out else None)
+    finally:
+        service.close()
+    console = _console(args)
+    if args.update_config and result["sources"]:
+        from resolver.sync.batch import add_export_sources
+
+        add_export_sources(Path(args.config), result["sources"])
+        console.print(f"{args.config}: now reads the export ({', '.join(s['name'] for s in result['sources'])})",
+                      highlight=False)
+        result["sources"] = []
+    console.print(f"exported {result['records']:,} records and {result['segment_events']:,} Segment events: "
+                  + ", ".join(result["files"].values()), highlight=False)
+    if result["sources"]:
+        console.print("add these sources to the config, each just before the source it copies "
+                      "(or run with --update-config):", highlight=False)
+        print(yaml.safe_dump({"sources": result["sources"]}, sort_keys=False))
+    if args.json:
+        print(dumps(result))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resolver", description="Customer identity resolution for CRM and CDP data.")
     parser.add_argument("--version", action="version", version=f"resolver {__version__}")
@@ -443,6 +527,33 @@ def build_parser() -> argparse.ArgumentParser:
     selector.add_argument("--record", help="a record key (e.g. a Salesforce Id)")
     forget.set_defaults(func=cmd_forget)
 
+    def sync_common(p):
+        p.add_argument("--config", required=True)
+        p.add_argument("--state", help="state directory of the batch runs (default: run.state_dir)")
+        p.add_argument("--store", help="store URL: sqlite:///PATH or postgresql://... "
+                                       "(default: sync.store, else sqlite under the state directory)")
+        return p
+
+    serve = sync_common(common(sub.add_parser("serve", help="real-time sync service: webhooks in, profiles out")))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=cmd_serve)
+
+    dlq = sync_common(common(sub.add_parser("dlq", help="the sync service's dead-letter queue")))
+    dlq.add_argument("action", choices=["list", "replay", "drop"])
+    dlq.add_argument("event_id", nargs="*", help="event ids (default for replay: all)")
+    dlq.add_argument("--all", action="store_true", help="drop: every dead letter")
+    dlq.set_defaults(func=cmd_dlq)
+
+    sync = sub.add_parser("sync", help="batch <-> sync service")
+    sync_sub = sync.add_subparsers(dest="sync_command", required=True)
+    export = sync_common(common(sync_sub.add_parser("export", help="write what the service received as batch sources")))
+    export.add_argument("--out", help="folder (default: sync.export_dir, else STATE/sync-export)")
+    export.add_argument("--json", action="store_true", help="also print the result as JSON")
+    export.add_argument("--update-config", action="store_true",
+                        help="rewrite the config to read the export (each export source before its original)")
+    export.set_defaults(func=cmd_sync_export)
+
     plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))
     plan.add_argument("--config", required=True)
     plan.set_defaults(func=cmd_plan)
@@ -475,11 +586,12 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.model import ModelError
     from resolver.review import ReviewError
     from resolver.state import StateError
+    from resolver.sync.store import StoreError
 
     # Expected failures: one line naming the problem, and an exit code.
     known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
-             (StateError, "state error", EXIT_CONFIG), (ModelError, "model error", EXIT_CONFIG),
-             (ReviewError, "review error", EXIT_CONFIG),
+             (StateError, "state error", EXIT_CONFIG), (StoreError, "store error", EXIT_CONFIG),
+             (ModelError, "model error", EXIT_CONFIG), (ReviewError, "review error", EXIT_CONFIG),
              (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
              (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)

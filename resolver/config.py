@@ -363,6 +363,24 @@ class EngineOptions(_Strict):
     connect_timeout: float = Field(default=30.0, gt=0)  # seconds to reach the scheduler and its first worker
 
 
+class SyncRetry(_Strict):
+    max_attempts: int = Field(default=5, ge=1)  # automatic tries of a failed event (then only `dlq replay`)
+    base_seconds: float = Field(default=2.0, gt=0)  # backoff: base * 2^(attempts-1), capped at max_seconds
+    max_seconds: float = Field(default=300.0, gt=0)
+
+
+class SyncConfig(_Strict):
+    """The real-time sync service (`resolver serve`)."""
+
+    store: str | None = None  # sqlite:///PATH or postgresql://...; default sqlite under the state dir
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)  # bigger requests get 413
+    salesforce_org_ids: list[str] = Field(default_factory=list)  # Outbound Messages from these orgs need no HMAC
+    objects: dict[str, str] = Field(default_factory=dict)  # Salesforce object -> records source (default: inferred)
+    segment_source: str | None = None  # the events source whose mapping Segment webhooks use (default: first segment one)
+    export_dir: str | None = None  # where `resolver sync export` writes (default: STATE/sync-export)
+    retry: SyncRetry = Field(default_factory=SyncRetry)
+
+
 class Config(_Strict):
     run: RunOptions = Field(default_factory=RunOptions)
     engine: EngineOptions = Field(default_factory=EngineOptions)
@@ -371,6 +389,7 @@ class Config(_Strict):
     identity: IdentityConfig
     matching: MatchingConfig | None = None
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")

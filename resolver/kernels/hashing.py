@@ -66,6 +66,15 @@ def _hash_buffers(offsets: np.ndarray, data: np.ndarray, start: np.uint64, out: 
         out[i] = _hash_row_cpu(offsets, data, start, i)
 
 
+@njit(cache=True)
+def _hash_buffers_serial(offsets: np.ndarray, data: np.ndarray, start: np.uint64, out: np.ndarray) -> None:
+    for i in range(len(out)):
+        out[i] = _hash_row_cpu(offsets, data, start, i)
+
+
+_SERIAL_BELOW = 4096  # rows: below this, waking the parallel threads costs more than the hashing
+
+
 def _hash_kernel(offsets, data, start, out):
     """Grid-stride loop over rows; `cuda` and `_row` are bound by _cuda_hash_kernel."""
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):  # noqa: F821
@@ -108,7 +117,7 @@ def hash_strings(values: pa.Array, prefix: bytes = b"", target: str = "cpu", xp=
     offsets, data = _arrow_buffers(values)
     if target == "cpu":
         out = np.zeros(n, dtype=np.uint64)
-        _hash_buffers(offsets, data, start, out)
+        (_hash_buffers_serial if n < _SERIAL_BELOW else _hash_buffers)(offsets, data, start, out)
         out = xp.asarray(out)
     elif target == "cuda":
         out = xp.zeros(n, dtype=xp.uint64)

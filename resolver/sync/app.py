@@ -1,0 +1,232 @@
+"""The sync service over HTTP (Starlette; `resolver serve` runs it with uvicorn).
+
+POST /webhooks/salesforce/outbound   SOAP Outbound Message -> the Ack Salesforce expects
+POST /webhooks/salesforce/cdc        Change Data Capture JSON
+POST /webhooks/segment               a Segment message or {"batch": [...]}
+GET  /profiles/{type}/{value}        the person, golden record and identifiers
+GET  /refetch                        records a CDC gap event marked for refetch
+GET  /healthz, GET /metrics          liveness (the store answers) and Prometheus metrics
+
+Security: a webhook is accepted when `X-Resolver-Signature: sha256=<hex>` is the HMAC-SHA256 of
+the raw body under RESOLVER_WEBHOOK_SECRET (compared in constant time), or, for Outbound Messages
+only, when its OrganizationId is allow-listed (RESOLVER_SALESFORCE_ORG_IDS, comma-separated, and
+sync.salesforce_org_ids). GET /profiles and /refetch need the HMAC of the request path (with its
+query). Anything else: 401. Bodies over sync.max_body_bytes: 413 (from Content-Length, and counted
+while streaming). Malformed bodies: 400 naming the problem; nothing of them is stored.
+
+Durability: a 2xx is sent only after the events' transaction committed (see store.py). Logs
+carry event ids and counts, never identifiers or names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from resolver.sync.payloads import (
+    ACK,
+    PayloadError,
+    outbound_org_id,
+    parse_cdc,
+    parse_outbound,
+    parse_segment,
+)
+from resolver.sync.service import SyncService
+
+log = logging.getLogger("resolver.sync")
+SIGNATURE_HEADER = "x-resolver-signature"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+def sign(secret: str, data: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def _signed(secret: str | None, data: bytes, header: str | None) -> bool:
+    if not secret or not header:
+        return False
+    return hmac.compare_digest(sign(secret, data).encode(), header.strip().encode())
+
+
+def create_app(service: SyncService, secret: str | None = None, org_ids: list[str] | None = None,
+               retry_interval: float = 1.0, index_interval: float = 0.25) -> Starlette:
+    config = service.config
+    secret = secret if secret is not None else os.environ.get("RESOLVER_WEBHOOK_SECRET") or None
+    if org_ids is None:
+        org_ids = [o for o in os.environ.get("RESOLVER_SALESFORCE_ORG_IDS", "").split(",") if o.strip()]
+    allowed_orgs = {o.strip()[:15] for o in list(org_ids) + list(config.sync.salesforce_org_ids)}
+    limit = config.sync.max_body_bytes
+
+    registry = CollectorRegistry()
+    requests = Counter("resolver_sync_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
+    events = Counter("resolver_sync_events", "webhook events", ["channel", "outcome"], registry=registry)
+    latency = Histogram("resolver_sync_request_seconds", "request latency", ["endpoint"], registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+    dlq_gauge = Gauge("resolver_sync_dlq_pending", "dead letters waiting for a retry", registry=registry)
+    dead_gauge = Gauge("resolver_sync_dlq_dead", "dead letters out of automatic retries", registry=registry)
+    persons_gauge = Gauge("resolver_sync_persons", "persons in the store", registry=registry)
+
+    async def body_of(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise _Refused(413, f"body of {int(length)} bytes is over the limit of {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Refused(413, f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def authorized(request: Request, data: bytes) -> bool:
+        return _signed(secret, data, request.headers.get(SIGNATURE_HEADER))
+
+    async def webhook(request: Request, channel: str) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            body = await body_of(request)
+            if channel == "salesforce_outbound":
+                if not authorized(request, body):
+                    # No signature: an allow-listed organization may still send Outbound Messages.
+                    org = outbound_org_id(body)
+                    if org is None or org[:15] not in allowed_orgs:
+                        raise _Refused(401, "unauthorized")
+                _, parsed = parse_outbound(body)
+            else:
+                if not authorized(request, body):
+                    raise _Refused(401, "unauthorized")
+                parsed = parse_cdc(body) if channel == "salesforce_cdc" else parse_segment(body)
+            try:
+                counts = await asyncio.wrap_future(service.accept(parsed))
+            except Exception as exc:  # noqa: BLE001 - the commit failed: nothing was accepted
+                log.error("%s: %d events not stored: %s", channel, len(parsed), type(exc).__name__)
+                raise _Refused(503, "the store could not commit the events; nothing was accepted") from None
+            for outcome, n in counts.items():
+                if n:
+                    events.labels(channel, outcome).inc(n)
+            log.info("%s: %d accepted, %d duplicate, %d failed (%s)", channel, counts["accepted"],
+                     counts["duplicates"], counts["failed"], ",".join(e.event_id for e in parsed[:5]))
+            status = 200
+            if channel == "salesforce_outbound":
+                return Response(ACK, media_type="text/xml; charset=utf-8")
+            return JSONResponse(counts)
+        except PayloadError as exc:
+            status = 400
+            log.info("%s: refused a malformed body (400)", channel)
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except _Refused as exc:
+            status = exc.status
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        finally:
+            requests.labels(channel, str(status)).inc()
+            latency.labels(channel).observe(time.perf_counter() - start)
+
+    async def outbound(request: Request) -> Response:
+        return await webhook(request, "salesforce_outbound")
+
+    async def cdc(request: Request) -> Response:
+        return await webhook(request, "salesforce_cdc")
+
+    async def segment(request: Request) -> Response:
+        return await webhook(request, "segment")
+
+    def path_signed(request: Request) -> bool:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return authorized(request, target.encode())
+
+    async def profile(request: Request) -> Response:
+        start = time.perf_counter()
+        if not path_signed(request):
+            requests.labels("profiles", "401").inc()
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        id_type, value = request.path_params["id_type"], request.path_params["value"]
+        try:
+            found = await asyncio.to_thread(service.profile, id_type, value)
+        except KeyError:
+            requests.labels("profiles", "404").inc()
+            return JSONResponse({"error": f"unknown identifier type {id_type!r}"}, status_code=404)
+        latency.labels("profiles").observe(time.perf_counter() - start)
+        if found is None:
+            requests.labels("profiles", "404").inc()
+            return JSONResponse({"error": "no person holds this identifier"}, status_code=404)
+        requests.labels("profiles", "200").inc()
+        return JSONResponse(found)
+
+    async def refetch(request: Request) -> Response:
+        if not path_signed(request):
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return JSONResponse({"records": await asyncio.to_thread(service.refetch)})
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await asyncio.to_thread(service.store.read, lambda tx: tx.one("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"status": "error", "store": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(request: Request) -> Response:
+        counts = await asyncio.to_thread(service.counts)
+        dlq_gauge.set(counts["dlq_pending"])
+        dead_gauge.set(counts["dlq_dead"])
+        persons_gauge.set(counts["persons"])
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def background(job, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wrap_future(service.store.submit(job))
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                log.error("background %s failed: %s", job.__name__, type(exc).__name__)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # Dead letters whose retry is due; the model's step for new records and the blocking keys of
+        # changed golden records (batched, off the request path, a few times a second).
+        tasks = [asyncio.create_task(background(service.retry_due, retry_interval)),
+                 asyncio.create_task(background(service.resolver.match_pending, index_interval)),
+                 asyncio.create_task(background(service.resolver.flush_index, index_interval))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.to_thread(service.close)
+
+    routes = [
+        Route("/webhooks/salesforce/outbound", outbound, methods=["POST"]),
+        Route("/webhooks/salesforce/cdc", cdc, methods=["POST"]),
+        Route("/webhooks/segment", segment, methods=["POST"]),
+        Route("/profiles/{id_type}/{value:path}", profile, methods=["GET"]),
+        Route("/refetch", refetch, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    return app

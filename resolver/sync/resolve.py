@@ -1,0 +1,653 @@
+"""Resolution of one event against the store (inside the writer's transaction).
+
+A Salesforce change updates the stored record field by field (non-empty values only; a field
+changes only when the event is at least as recent as the value it holds: out-of-order deliveries
+cannot roll a field back), then maps the record through its configured source exactly as a batch
+run does (same attribute and identifier columns, same normalizers, same blocklist). The person:
+
+1. the person the record already belongs to, else the person of its strongest identifier
+   (identity.types priority) found in the store; identifiers that belong to other persons are not
+   merged in real time (a deterministic link must never bridge two people without the batch
+   guards): the conflict goes to the review queue;
+2. else a new (provisional) person at once, and the record joins the match queue: a moment
+   later, batched with the other new records (match_pending, off the request path), the trained
+   model (the state's model.json) scores it against the golden records of the persons that share
+   a blocking key with it: at or above auto_merge (no veto, no guard refusing) the provisional
+   person is merged into the best one, in the review band it becomes a review item;
+3. a new person's id is the smallest member hash of what it holds (its record and identifiers),
+   formatted as the batch formats ids: the next batch run gives the same person the same id.
+
+New identifiers join the person unless the type's limit is reached. Golden fields follow the
+field's survivorship chain (source_priority, most_recent; rules that need every record, such as
+most_frequent, count as ties) and otherwise the last-modified value wins; every change of a golden
+field is logged (field, before, after, source, event id).
+
+Segment messages carry identifiers (and attributes when the configured events source maps any):
+they join the person of their strongest known identifier, or make a new (anonymous) person.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from resolver.attributes import normalize_attribute
+from resolver.config import Config, SourceConfig
+from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
+from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
+from resolver.sync.payloads import Event
+from resolver.sync.store import Tx, set_meta
+
+OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
+                   "Account": ("sf_account_id", "account")}
+
+
+class ResolveError(RuntimeError):
+    """An event that cannot be resolved under this configuration (it goes to the dead-letter queue)."""
+
+
+def _get(obj: dict, path: str):
+    """A dotted path into a JSON object (`context.device.id`)."""
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value) if not isinstance(value, bool) else ("true" if value else "false")
+    return text if text.strip() else None
+
+
+def sync_name(source: str) -> str:
+    """The source name of what serve received for `source` (the export's source in the batch)."""
+    return f"{source}_sync"
+
+
+def with_sync_sources(config: Config) -> Config:
+    """The config with each source's export source just before it (same trust), unless the config
+    lists it already: what serve received is a newer version of the same records, so it ranks
+    just above them in source_priority, in serve as in the batch run that reads the export."""
+    names = {s.name for s in config.sources}
+    sources = []
+    for source in config.sources:
+        if sync_name(source.name) not in names and not source.name.endswith("_sync"):
+            sources.append(source.model_copy(update={"name": sync_name(source.name)}))
+        sources.append(source)
+    return config.model_copy(update={"sources": sources})
+
+
+def _now() -> str:
+    from resolver.sync.store import now_iso
+
+    return now_iso()
+
+
+def person_id(key: int) -> str:
+    """One key as cluster.format_person_ids formats it ("p" + 16 hex digits), without building a
+    column for a single value (tests check the two agree)."""
+    return f"p{key:016x}"
+
+
+def to_signed(key: int) -> int:
+    return key - (1 << 64) if key >= (1 << 63) else key
+
+
+class Resolver:
+    def __init__(self, config: Config, model: dict | None):
+        self.config = config
+        bl = config.identity.blocklist
+        self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
+        self.types = config.identity.types
+        self.ranks = source_ranks(with_sync_sources(config))
+        self.fields = golden_fields(config)
+        self._identifier_cache: dict[tuple[str, str], str | None] = {}
+        self._attribute_cache: dict[tuple[str, str], object] = {}
+        self.objects = self._object_sources(config)
+        self.segment = self._segment_source(config)
+        self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
+        self._hash_cache: dict[tuple[str, str], int] = {}
+
+    # -- configuration -------------------------------------------------------------------------
+    @staticmethod
+    def _object_sources(config: Config) -> dict[str, SourceConfig]:
+        by_name = {s.name: s for s in config.sources}
+        out = {}
+        for obj, name in config.sync.objects.items():
+            if name not in by_name or by_name[name].kind != "records":
+                from resolver.config import ConfigError
+
+                raise ConfigError(f"sync.objects.{obj}: {name!r} is not a records source")
+            out[obj] = by_name[name]
+        for source in config.sources:
+            if source.system != "salesforce" or source.kind != "records":
+                continue
+            key_types = {t for t, cols in source.identifier_columns().items() if source.key in cols}
+            for obj, (id_type, word) in OBJECT_ID_TYPES.items():
+                if obj not in out and (id_type in key_types or word in source.name.lower()):
+                    out[obj] = source
+        return out
+
+    @staticmethod
+    def _segment_source(config: Config) -> SourceConfig | None:
+        if config.sync.segment_source:
+            return next(s for s in config.sources if s.name == config.sync.segment_source)
+        return next((s for s in config.sources if s.system == "segment"), None)
+
+    # -- normalization (the batch's functions, vectorized per group of events, remembered) ---------
+    def _warm_identifiers(self, id_type: str, raws: list[str]) -> None:
+        todo = list(dict.fromkeys(r for r in raws if (id_type, r) not in self._identifier_cache))
+        if not todo:
+            return
+        spec = self.types[id_type]
+        normalized, _ = normalize_identifier(spec.normalizer, pd.Series(todo, dtype="str"),
+                                             default_region=self.config.run.default_region,
+                                             email_options=self.config.identity.email.model_dump())
+        blocked = self.blocklist.blocked(id_type, normalized).notna().to_numpy()
+        if len(self._identifier_cache) > 500_000:
+            self._identifier_cache.clear()
+        values = normalized.mask(blocked)
+        hashes = hash_identifiers(id_type, values)
+        if len(self._hash_cache) > 500_000:
+            self._hash_cache.clear()
+        for raw, value, h in zip(todo, values, hashes):
+            kept = None if pd.isna(value) else str(value)
+            self._identifier_cache[(id_type, raw)] = kept
+            if kept is not None:
+                self._hash_cache[(id_type, kept)] = int(h)
+
+    def identifier(self, id_type: str, raw) -> str | None:
+        """`raw` normalized as the batch normalizes identifiers of this type (None: missing,
+        invalid or blocked)."""
+        raw = _text(raw)
+        if raw is None:
+            return None
+        if (id_type, raw) not in self._identifier_cache:
+            self._warm_identifiers(id_type, [raw])
+        return self._identifier_cache[(id_type, raw)]
+
+    def _warm_attributes(self, field: str, raws: list[str]) -> None:
+        todo = list(dict.fromkeys(r for r in raws if (field, r) not in self._attribute_cache))
+        if not todo:
+            return
+        kind = field_kind(self.config, field)
+        matches = normalize_attribute(kind, pd.Series(todo, dtype="str"), self.config)
+        if len(self._attribute_cache) > 500_000:
+            self._attribute_cache.clear()
+        for raw, match in zip(todo, matches):
+            if pd.isna(match):
+                out = (None, None)
+            elif kind == "number":
+                out = (f"{match:g}", f"{match:g}")
+            elif kind in NORMALIZED_DISPLAY:
+                out = (str(match), str(match))
+            else:
+                out = (raw.strip(), str(match))
+            self._attribute_cache[(field, raw)] = out
+
+    def attribute(self, field: str, raw) -> tuple[str | None, str | None]:
+        """(display value, match form) of one golden field value, as the batch's golden records
+        show and compare it."""
+        raw = _text(raw)
+        if raw is None:
+            return None, None
+        if (field, raw) not in self._attribute_cache:
+            self._warm_attributes(field, [raw])
+        return self._attribute_cache[(field, raw)]
+
+    def prepare(self, tx: Tx, groups: list[list[Event]]) -> None:
+        """Vectorized work for a group of requests, before they are resolved one by one: every
+        identifier and attribute value they carry is normalized in one call per type, and the new
+        Salesforce records that no identifier ties to anyone are scored together by the model."""
+        events = [e for group in groups for e in group]
+        identifiers: dict[str, list[str]] = {}
+        attributes: dict[str, list[str]] = {}
+        for event in events:
+            if event.channel == "segment":
+                source, row, get = self.segment, event.fields, _get
+            else:
+                source, row, get = self.objects.get(event.object or ""), event.fields, lambda o, c: o.get(c)
+                if source is not None and event.record_ids:
+                    row = {**row, source.key: row.get(source.key) or event.record_ids[0]}
+            if source is None:
+                continue
+            for id_type, cols in source.identifier_columns().items():
+                identifiers.setdefault(id_type, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
+            for link in source.links:
+                identifiers.setdefault(link.type, []).extend(t for t in [_text(get(row, link.column))] if t is not None)
+            for name, cols in source.attribute_columns().items():
+                attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
+        for id_type, raws in identifiers.items():
+            if self.types[id_type].evidence:  # the others never link (and are not stored)
+                self._warm_identifiers(id_type, raws)
+        for name, raws in attributes.items():
+            self._warm_attributes(name, raws)
+
+    def flush_index(self, tx: Tx) -> int:
+        """Blocking keys of the persons whose golden record changed since the last flush (the
+        change log says which), in one vectorized pass; returns how many persons. The service runs
+        it a few times a second, off the request path; the change log makes it crash-safe."""
+        if self.matcher is None:
+            return 0
+        row = tx.one("SELECT value FROM meta WHERE key = 'index_seq'")
+        done = int(row[0]) if row else 0
+        rows = tx.all("SELECT seq, person_id, field FROM change_log WHERE seq > ? ORDER BY seq", (done,))
+        if not rows:
+            return 0
+        persons = sorted({p for _, p, f in rows if p and not f.startswith("_") and ":" not in f})
+        if persons:
+            golden = _golden_rows(tx, persons)
+            keys = self.matcher.keys([golden[p] for p in persons])
+            tx.executemany("DELETE FROM block_keys WHERE person_id = ?", [(p,) for p in persons])
+            tx.executemany("INSERT INTO block_keys (rule, key, person_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(r, to_signed(int(keys[r, i])), p) for r in range(keys.shape[0])
+                            for i, p in enumerate(persons) if keys[r, i] != 0])
+        set_meta(tx, "index_seq", str(rows[-1][0]))
+        return len(persons)
+
+    # -- events ----------------------------------------------------------------------------------
+    def apply(self, tx: Tx, event: Event, received_at: str) -> str | None:
+        """Resolve one event; returns the person it ended with (None: nothing to resolve)."""
+        if event.channel == "segment":
+            return self._segment_event(tx, event, received_at)
+        source = self.objects.get(event.object or "")
+        if source is None:
+            raise ResolveError(f"no records source in the configuration maps Salesforce object {event.object!r} "
+                               "(sync.objects)")
+        person = None
+        for record_id in event.record_ids:
+            person = self._salesforce_record(tx, event, source, record_id, received_at) or person
+        return person
+
+    def _record_key(self, source: SourceConfig, raw: str) -> str:
+        key_types = [t for t, cols in source.identifier_columns().items() if source.key in cols]
+        if key_types:
+            value = self.identifier(key_types[0], raw)
+            if value is not None:
+                return value
+        return raw.strip()
+
+    def _salesforce_record(self, tx: Tx, event: Event, source: SourceConfig, record_id: str, received_at: str):
+        ts = event.timestamp or received_at
+        if record_id.endswith("*"):  # a wildcard (gap overflow): every record of the object must be refetched
+            self._log(tx, event, None, "_refetch", None, record_id, source.name, received_at)
+            return None
+        key = self._record_key(source, record_id)
+        row = tx.one("SELECT fields, person_id, deleted FROM records WHERE source = ? AND record_key = ?",
+                     (source.name, key))
+        stored = json.loads(row[0]) if row else {}
+        person = row[1] if row else None
+        seq = tx.one("SELECT seq FROM events WHERE event_id = ?", (event.event_id,))
+        seq = seq[0] if seq else 0
+        if event.change.startswith("GAP_"):
+            self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
+                                refetch=1, seq=seq)
+            self._log(tx, event, person, "_refetch", None, key, source.name, received_at)
+            return person
+        if event.change in ("DELETE", "UNDELETE"):
+            deleted = event.change == "DELETE"
+            self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=deleted, refetch=0, seq=seq)
+            self._log(tx, event, person, "_deleted", str(not deleted).lower(), str(deleted).lower(), source.name,
+                      received_at)
+            return person
+        for api, value in event.fields.items():
+            if _text(value) is None:
+                continue  # only non-empty values update a record
+            held = stored.get(api)
+            if held is None or held[1] is None or ts >= held[1]:
+                stored[api] = [value, ts]
+        flat = {api: held[0] for api, held in stored.items()}
+        flat.setdefault(source.key, record_id)
+        field_ts = {api: held[1] for api, held in stored.items()}
+        identifiers = self._identifiers(source, flat)
+        attributes = self._attributes(source, flat, field_ts)
+        if person is None:
+            person = self._deterministic(tx, event, identifiers, received_at, source.name)
+        score = person is None and self.matcher is not None and bool(attributes)
+        if person is None:
+            members = [int(hash_identifiers(f"record:{source.name}", pd.Series([key], dtype="str"))[0])]
+            person = self._new_person(tx, members + [self._hash(t, v) for t, v in identifiers], received_at)
+        self._attach(tx, event, person, identifiers, received_at, source.name)
+        self._golden(tx, event, person, attributes, sync_name(source.name), key, received_at)
+        self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
+                            refetch=0, seq=seq)
+        if score:  # the model's step, batched with the other new records a moment later (match_pending)
+            tx.execute("INSERT INTO match_queue (event_id, source, record_key, person_id, attributes, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (event.event_id, source.name, key, person,
+                                                     json.dumps({f: v[0] for f, v in attributes.items()}), received_at))
+        return person
+
+    def _segment_event(self, tx: Tx, event: Event, received_at: str) -> str | None:
+        source = self.segment
+        if source is None:
+            raise ResolveError("no segment events source in the configuration (sync.segment_source)")
+        message = event.fields
+        identifiers = self._identifiers(source, message, getter=_get)
+        if not identifiers:
+            return None
+        person = self._deterministic(tx, event, identifiers, received_at, source.name)
+        if person is None:
+            person = self._new_person(tx, [self._hash(t, v) for t, v in identifiers], received_at)
+        self._attach(tx, event, person, identifiers, received_at, source.name)
+        ts = event.timestamp or received_at
+        attributes = self._attributes(source, message, {}, getter=_get, default_ts=ts)
+        if attributes:
+            self._golden(tx, event, person, attributes, sync_name(source.name), None, received_at)
+        return person
+
+    # -- mapping -----------------------------------------------------------------------------------
+    def _identifiers(self, source: SourceConfig, row: dict, getter=None) -> list[tuple[str, str]]:
+        get = getter or (lambda obj, col: obj.get(col))
+        found: dict[tuple[str, str], None] = {}
+        mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
+        mapped += [(link.type, link.column) for link in source.links]
+        for id_type, column in mapped:
+            if not self.types[id_type].evidence:
+                continue
+            value = self.identifier(id_type, get(row, column))
+            if value is not None:
+                found[(id_type, value)] = None
+        # strongest first (identity.types priority), as the batch anchors events
+        return sorted(found, key=lambda tv: (self.types[tv[0]].priority, tv[0], tv[1]))
+
+    def _attributes(self, source: SourceConfig, row: dict, field_ts: dict, getter=None, default_ts=None) -> dict:
+        """field -> (display, match form, timestamp) of the source's attributes (first non-empty column)."""
+        get = getter or (lambda obj, col: obj.get(col))
+        out = {}
+        for name, cols in source.attribute_columns().items():
+            for col in cols:
+                display, match = self.attribute(name, get(row, col))
+                if display is not None:
+                    out[name] = (display, match, field_ts.get(col, default_ts))
+                    break
+        return out
+
+    def _hash(self, id_type: str, value: str) -> int:
+        """The identifier's 64-bit hash (the batch's member key of it)."""
+        if (id_type, value) not in self._hash_cache:
+            self._hash_cache[(id_type, value)] = int(hash_identifiers(id_type, pd.Series([value], dtype="str"))[0])
+        return self._hash_cache[(id_type, value)]
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _deterministic(self, tx: Tx, event: Event, identifiers, received_at: str, source: str) -> str | None:
+        persons = []
+        for id_type, value in identifiers:
+            row = tx.one("SELECT i.person_id FROM identifiers i JOIN persons p ON p.person_id = i.person_id "
+                         "WHERE i.id_type = ? AND i.value = ? AND p.status = 'active'", (id_type, value))
+            if row and row[0] not in persons:
+                persons.append(row[0])
+        if len(persons) > 1:
+            for other in persons[1:]:
+                tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
+                           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (event.event_id, None, persons[0], other, None,
+                            "identifiers of one event belong to several persons: not merged in real time", received_at))
+        return persons[0] if persons else None
+
+    def _guard(self, tx: Tx, person: str, identifiers) -> str | None:
+        """The type whose limit a fuzzy link to `person` would break (identity limits and
+        matching.link_limits), as the batch's guarded pass refuses it; None when the link is allowed."""
+        if not self.config.identity.guards:
+            return None
+        limits = {t: spec.limit for t, spec in self.types.items() if spec.limit is not None}
+        for id_type, limit in self.config.matching.link_limits.items():
+            limits[id_type] = min(limit, limits.get(id_type, limit))
+        for id_type, limit in limits.items():
+            mine = {v for t, v in identifiers if t == id_type}
+            if not mine:
+                continue
+            held = {v for (v,) in tx.all("SELECT value FROM identifiers WHERE person_id = ? AND id_type = ?",
+                                         (person, id_type))}
+            if len(held | mine) > limit:
+                return id_type
+        return None
+
+    def finish(self, tx: Tx) -> None:
+        """After a transaction of the CLI (dlq replay): the pending model step and the key index."""
+        self.match_pending(tx)
+        self.flush_index(tx)
+
+    def match_pending(self, tx: Tx, limit: int = 500) -> int:
+        """The probabilistic step for new records no identifier tied to anyone, all at once: the
+        model scores each against the golden records of the persons sharing a blocking key with
+        it. At or above auto_merge (no must-agree veto, no guard refusing) its provisional person
+        is merged into the best candidate; in the review band it becomes a review item; else it
+        stays its own person. Runs a few times a second, off the request path; returns how many."""
+        if self.matcher is None:
+            return 0
+        rows = tx.all("SELECT seq, event_id, record_key, person_id, attributes FROM match_queue ORDER BY seq LIMIT ?",
+                      (limit,))
+        if not rows:
+            return 0
+        results = self.matcher.best_many(tx, [json.loads(r[4]) for r in rows], exclude=[r[3] for r in rows])
+        thresholds = self.config.matching.thresholds
+        at = _now()
+        for (_, event_id, key, provisional, _), best in zip(rows, results):
+            if best is None or not self._active(tx, provisional):
+                continue
+            person, probability, vetoed = best
+            if not self._active(tx, person):
+                continue
+            held = tx.all("SELECT id_type, value FROM identifiers WHERE person_id = ?", (provisional,))
+            refused = self._guard(tx, person, held) if probability >= thresholds.auto_merge else None
+            if probability >= thresholds.auto_merge and not vetoed and refused is None:
+                self._merge(tx, provisional, person, probability, event_id, at)
+            elif probability >= thresholds.review:
+                reason = "review band" if probability < thresholds.auto_merge else "a must-agree comparison disagrees"
+                if refused is not None:
+                    reason = f"guard: would give one person more {refused} values than allowed"
+                tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
+                           " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (event_id, key, provisional, person, float(probability), reason, at))
+        tx.execute("DELETE FROM match_queue WHERE seq <= ?", (rows[-1][0],))
+        return len(rows)
+
+    @staticmethod
+    def _active(tx: Tx, person: str) -> bool:
+        row = tx.one("SELECT status FROM persons WHERE person_id = ?", (person,))
+        return row is not None and row[0] == "active"
+
+    def _merge(self, tx: Tx, provisional: str, person: str, probability: float, event_id: str, at: str) -> None:
+        """The provisional person joins `person`: identifiers, records and events move, golden
+        fields follow survivorship, the provisional id is retired (status merged)."""
+        event = Event(event_id=event_id, channel="model", change="MATCH", timestamp=None)
+        self._log(tx, event, person, "_match", provisional, f"{probability:.4f}", "probabilistic", at)
+        for table in ("identifiers", "records", "events"):
+            tx.execute(f"UPDATE {table} SET person_id = ? WHERE person_id = ?", (person, provisional))
+        current = {f: (v, s, t) for f, v, s, t in tx.all(
+            "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
+        for field, value, source, key, ts, origin in tx.all(
+                "SELECT field, value, source, record_key, last_modified, event_id FROM golden WHERE person_id = ?",
+                (provisional,)):
+            held = current.get(field)
+            if held is not None and held[0] is not None and not self._wins(field, source, ts or at, held):
+                continue
+            tx.execute("INSERT INTO golden (person_id, field, value, source, record_key, last_modified, event_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (person_id, field) DO UPDATE SET value = excluded.value, "
+                       "source = excluded.source, record_key = excluded.record_key, "
+                       "last_modified = excluded.last_modified, event_id = excluded.event_id",
+                       (person, field, value, source, key, ts, origin))
+            if held is None or held[0] != value:
+                self._log(tx, event, person, field, held[0] if held else None, value, source, at)
+        tx.execute("DELETE FROM golden WHERE person_id = ?", (provisional,))
+        tx.execute("DELETE FROM block_keys WHERE person_id = ?", (provisional,))
+        tx.execute("UPDATE persons SET status = 'merged' WHERE person_id = ?", (provisional,))
+        self._log(tx, event, provisional, "_merged_into", provisional, person, "probabilistic", at)
+
+    def _new_person(self, tx: Tx, members: list[int], received_at: str) -> str:
+        key = min(members)
+        attempt = 0
+        while True:
+            person = person_id(key)
+            if tx.execute("INSERT INTO persons (person_id, origin, created_at, status) VALUES (?, 'serve', ?, 'active') "
+                          "ON CONFLICT (person_id) DO NOTHING", (person, received_at)) == 1:
+                return person
+            attempt += 1  # an id issued before is never given to anyone else
+            key = int(hash_identifiers("person-retry", pd.Series([f"{min(members)}:{attempt}"], dtype="str"))[0])
+
+    def _attach(self, tx: Tx, event: Event, person: str, identifiers, received_at: str, source: str) -> None:
+        for id_type, value in identifiers:
+            row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, value))
+            if row is not None:
+                continue  # held already (by this person, or by another: see the review queue)
+            limit = self.types[id_type].limit
+            if limit is not None and self.config.identity.guards:
+                held = tx.one("SELECT COUNT(*) FROM identifiers WHERE person_id = ? AND id_type = ?", (person, id_type))[0]
+                if held >= limit:
+                    self._log(tx, event, person, f"identifier:{id_type}", None, "refused: limit reached", source,
+                              received_at)
+                    continue
+            tx.execute("INSERT INTO identifiers (id_type, value, person_id, origin) VALUES (?, ?, ?, 'serve')",
+                       (id_type, value, person))
+            self._log(tx, event, person, f"identifier:{id_type}", None, value, source, received_at)
+
+    def _golden(self, tx: Tx, event: Event, person: str, attributes: dict, source: str, record_key: str | None,
+                received_at: str) -> None:
+        current = {f: (v, s, t) for f, v, s, t in tx.all(
+            "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
+        for field, (display, match, ts) in attributes.items():
+            ts = ts or received_at
+            held = current.get(field)
+            if held is not None and held[0] is not None and not self._wins(field, source, ts, held):
+                continue
+            before = held[0] if held else None
+            same = before is not None and self.attribute(field, before)[1] == match
+            if same and held[2] is not None and held[2] >= ts:
+                continue
+            tx.execute("INSERT INTO golden (person_id, field, value, source, record_key, last_modified, event_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (person_id, field) DO UPDATE SET value = excluded.value, "
+                       "source = excluded.source, record_key = excluded.record_key, "
+                       "last_modified = excluded.last_modified, event_id = excluded.event_id",
+                       (person, field, display, source, record_key, ts, event.event_id))
+            if not same:
+                self._log(tx, event, person, field, before, display, source, received_at)
+
+    def _wins(self, field: str, source: str, ts: str, held: tuple) -> bool:
+        """Does the event's value replace the held one under the field's survivorship chain?"""
+        _, held_source, held_ts = held
+        for rule in self.config.golden.chain(field):
+            if rule == "source_priority":
+                mine, theirs = self.ranks.get(source, len(self.ranks)), self.ranks.get(held_source, len(self.ranks))
+                if mine != theirs:
+                    return mine < theirs
+            elif rule == "most_recent" and (held_ts is None or ts != held_ts):
+                return held_ts is None or ts > held_ts
+        return held_ts is None or ts >= held_ts  # no rule decides: the last-modified value wins
+
+    def _upsert_record(self, tx: Tx, source: SourceConfig, key: str, obj, person, fields: dict, ts: str,
+                       deleted: bool, refetch: int, seq: int) -> None:
+        last = max([held[1] for held in fields.values() if held[1]] + [ts])
+        tx.execute("INSERT INTO records (source, record_key, object, person_id, fields, last_modified, deleted, refetch,"
+                   " updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, record_key) DO UPDATE SET "
+                   "object = excluded.object, person_id = excluded.person_id, fields = excluded.fields, "
+                   "last_modified = excluded.last_modified, deleted = excluded.deleted, refetch = excluded.refetch, "
+                   "updated_seq = excluded.updated_seq",
+                   (source.name, key, obj, person, json.dumps(fields, sort_keys=True), last, int(deleted), refetch, seq))
+
+    @staticmethod
+    def _log(tx: Tx, event: Event, person, field: str, before, after, source: str, at: str) -> None:
+        tx.execute("INSERT INTO change_log (event_id, person_id, field, before, after, source, at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (event.event_id, person, field, before, after, source, at))
+
+
+class Matcher:
+    """The batch model scoring one record against the golden records of block-sharing persons."""
+
+    def __init__(self, config: Config, model: dict, resolver: Resolver | None = None):
+        from resolver.attributes import matching_columns
+        from resolver.compare import prepare_all
+        from resolver.model import FSModel
+
+        self.config = config
+        self.resolver = resolver  # its memo of match forms saves normalizing a value twice
+        self.rules = config.matching.blocking.rules
+        self.columns = matching_columns(config)
+        self.cap = config.matching.blocking.max_block_size
+        prepared = prepare_all(config.matching.comparisons, self._attributes([{}]))
+        self.model = FSModel.from_dict(model, prepared, [r.name for r in self.rules], "the state's model.json")
+
+    def _attributes(self, rows: list[dict]) -> dict[str, pd.Series]:
+        """Each matching column in match form (the batch's normalize_attribute, per distinct value)."""
+        out = {}
+        for c in self.columns:
+            raws = [_text(row.get(c)) for row in rows]
+            kind = self.config.matching.normalizer(c)
+            if self.resolver is None or kind == "number":
+                out[c] = normalize_attribute(kind, pd.Series(raws, dtype="str"), self.config)
+                continue
+            self.resolver._warm_attributes(c, [r for r in raws if r is not None])
+            out[c] = pd.Series([None if r is None else self.resolver._attribute_cache[(c, r)][1] for r in raws],
+                               dtype="str")
+        return out
+
+    def keys(self, rows: list[dict]) -> np.ndarray:
+        """(n_rules, n_rows) uint64 block keys (0 = no key)."""
+        from resolver.blocking import rule_keys
+
+        attributes = self._attributes(rows)
+        return np.array([rule_keys(rule.keys, attributes, len(rows))[0] for rule in self.rules],
+                        dtype=np.uint64).reshape(len(self.rules), len(rows))
+
+    def best_many(self, tx: Tx, records: list[dict], exclude: list[str | None] | None = None
+                  ) -> list[tuple[str, float, bool] | None]:
+        """Per record: (best candidate person, probability, vetoed) among the persons whose golden
+        record shares a blocking key with it (None: no candidate). Candidates and comparisons are
+        made for all records at once."""
+        from resolver.compare import comparison_matrix, prepare_all
+        from resolver.matching import vetoes
+        from resolver.model import match_weights, probabilities
+
+        keys = self.keys(records)
+        blocks: dict[tuple[int, int], list[str]] = {}
+        found: list[dict[str, int]] = []
+        for i in range(len(records)):
+            mine: dict[str, int] = {}
+            for r in range(keys.shape[0]):
+                k = int(keys[r, i])
+                if k == 0:
+                    continue
+                if (r, k) not in blocks:
+                    rows = tx.all("SELECT person_id FROM block_keys WHERE rule = ? AND key = ? LIMIT ?",
+                                  (r, to_signed(k), self.cap + 1))
+                    blocks[(r, k)] = [p for (p,) in rows] if len(rows) <= self.cap else []  # over the cap: skipped
+                for person in blocks[(r, k)]:
+                    if exclude is None or person != exclude[i]:
+                        mine.setdefault(person, r)
+            found.append(mine)
+        persons = sorted({p for mine in found for p in mine})
+        if not persons:
+            return [None] * len(records)
+        golden = _golden_rows(tx, persons)
+        position = {p: len(records) + j for j, p in enumerate(persons)}
+        prepared = prepare_all(self.config.matching.comparisons,
+                               self._attributes(records + [golden[p] for p in persons]))
+        left = np.array([i for i, mine in enumerate(found) for _ in mine], dtype=np.int64)
+        right = np.array([position[p] for mine in found for p in mine], dtype=np.int64)
+        rule = np.array([r for mine in found for r in mine.values()], dtype=np.int64)
+        levels = comparison_matrix(prepared, left, right)
+        probability = probabilities(match_weights(self.model, levels, rule))
+        vetoed = vetoes(prepared, levels) >= 0
+        out: list = [None] * len(records)
+        start = 0
+        for i, mine in enumerate(found):
+            if mine:
+                j = start + int(np.argmax(probability[start:start + len(mine)]))
+                out[i] = (persons[right[j] - len(records)], float(probability[j]), bool(vetoed[j]))
+            start += len(mine)
+        return out
+
+
+def _golden_rows(tx: Tx, persons: list[str]) -> dict[str, dict]:
+    golden: dict[str, dict] = {p: {} for p in persons}
+    for start in range(0, len(persons), 500):
+        chunk = persons[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for person, field, value in tx.all(f"SELECT person_id, field, value FROM golden WHERE person_id IN ({marks})",
+                                           chunk):
+            golden[person][field] = value
+    return golden

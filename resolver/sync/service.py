@@ -1,0 +1,210 @@
+"""The sync service's operations, independent of HTTP: accept events (durably, exactly once),
+resolve them, retry failures from the dead-letter queue, answer profile lookups, start from the
+latest batch state, and export what it received for the next batch run."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from resolver.config import Config
+from resolver.sync.payloads import Event
+from resolver.sync.resolve import Resolver
+from resolver.sync.store import Store, Tx, default_store_url, iso, now_iso
+
+log = logging.getLogger("resolver.sync")
+
+
+def store_url(config: Config, state_dir: Path | None, url: str | None = None) -> str:
+    return url or config.sync.store or default_store_url(state_dir)
+
+
+class SyncService:
+    def __init__(self, config: Config, state_dir: Path | None, url: str | None = None, import_batch: bool = True):
+        from resolver.state import StateStore
+
+        self.config = config
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.store = Store(store_url(config, self.state_dir, url))
+        state = StateStore(self.state_dir).load() if self.state_dir is not None else None
+        self.resolver = Resolver(config, state.model if state is not None else None)
+        self.store.prepare = self.resolver.prepare
+        self.store.finish = self.resolver.finish
+        if import_batch and self.state_dir is not None:
+            from resolver.sync.batch import import_batch as load
+
+            summary = load(self.store, config, self.state_dir, self.resolver)
+            if summary:
+                log.info("imported batch version %s: %d persons, %d identifiers", summary["version"],
+                         summary["persons"], summary["identifiers"])
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- accepting -------------------------------------------------------------------------------
+    def accept(self, events: list[Event]) -> concurrent.futures.Future:
+        """Store and resolve `events` in the writer's next transaction; the future gives
+        {"accepted", "duplicates", "failed"} once that transaction is committed."""
+        return self.store.submit(lambda tx: self._accept(tx, events), payload=events)
+
+    def _accept(self, tx: Tx, events: list[Event]) -> dict:
+        counts = {"accepted": 0, "duplicates": 0, "failed": 0}
+        received = now_iso()
+        for event in events:
+            fresh = tx.execute("INSERT INTO events (event_id, channel, received_at, payload, status) "
+                               "VALUES (?, ?, ?, ?, 'accepted') ON CONFLICT (event_id) DO NOTHING",
+                               (event.event_id, event.channel, received, event.to_json()))
+            if fresh != 1:
+                counts["duplicates"] += 1
+                continue
+            counts["accepted"] += 1
+            error = self._resolve(tx, event, received)
+            if error is not None:
+                self._dead_letter(tx, event, received, 1, error)
+                counts["failed"] += 1
+        return counts
+
+    def _resolve(self, tx: Tx, event: Event, received: str) -> str | None:
+        """Resolve one event in a savepoint; None, or the error (its changes rolled back)."""
+        try:
+            with tx.savepoint():
+                person = self.resolver.apply(tx, event, received)
+                tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL WHERE event_id = ?",
+                           (person, event.event_id))
+            return None
+        except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the dead-letter queue
+            log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
+            return f"{type(exc).__name__}: {exc}"
+
+    def _backoff(self, attempts: int) -> timedelta:
+        retry = self.config.sync.retry
+        return timedelta(seconds=min(retry.base_seconds * 2 ** (attempts - 1), retry.max_seconds))
+
+    def _dead_letter(self, tx: Tx, event: Event, received: str, attempts: int, error: str) -> None:
+        retry = self.config.sync.retry
+        dead = attempts >= retry.max_attempts
+        next_at = None if dead else iso(datetime.now(UTC) + self._backoff(attempts))
+        tx.execute("INSERT INTO dlq (event_id, channel, payload, error, attempts, next_attempt_at, created_at, updated_at,"
+                   " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET "
+                   "error = excluded.error, attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, "
+                   "updated_at = excluded.updated_at, status = excluded.status",
+                   (event.event_id, event.channel, event.to_json(), error, attempts, next_at, received, now_iso(),
+                    "dead" if dead else "pending"))
+        tx.execute("UPDATE events SET status = 'failed', error = ? WHERE event_id = ?", (error, event.event_id))
+
+    # -- dead-letter queue -----------------------------------------------------------------------
+    def retry_due(self, tx: Tx, limit: int = 100) -> dict:
+        """Retry the pending dead letters whose next attempt is due (the background task)."""
+        rows = tx.all("SELECT event_id, payload, attempts FROM dlq WHERE status = 'pending' AND next_attempt_at <= ? "
+                      "ORDER BY next_attempt_at LIMIT ?", (now_iso(), limit))
+        return self._retry(tx, rows)
+
+    def _retry(self, tx: Tx, rows) -> dict:
+        counts = {"resolved": 0, "failed": 0}
+        for event_id, payload, attempts in rows:
+            event = Event.from_json(payload)
+            error = self._resolve(tx, event, now_iso())
+            if error is None:
+                tx.execute("DELETE FROM dlq WHERE event_id = ?", (event_id,))
+                counts["resolved"] += 1
+            else:
+                self._dead_letter(tx, event, now_iso(), attempts + 1, error)
+                counts["failed"] += 1
+        if rows:
+            log.info("dead-letter retry: %d resolved, %d failed", counts["resolved"], counts["failed"])
+        return counts
+
+    def replay(self, event_ids: list[str] | None) -> dict:
+        """Re-run dead letters now (all of them, or the given ids), whatever their status."""
+        def job(tx: Tx) -> dict:
+            rows = self._dlq_rows(tx, event_ids)
+            return self._retry(tx, [(r[0], r[1], r[2]) for r in rows])
+        return self.store.write(job)
+
+    def drop(self, event_ids: list[str] | None) -> int:
+        def job(tx: Tx) -> int:
+            rows = self._dlq_rows(tx, event_ids)
+            for row in rows:
+                tx.execute("DELETE FROM dlq WHERE event_id = ?", (row[0],))
+                tx.execute("UPDATE events SET status = 'dropped' WHERE event_id = ?", (row[0],))
+            return len(rows)
+        return self.store.write(job)
+
+    @staticmethod
+    def _dlq_rows(tx: Tx, event_ids: list[str] | None):
+        if event_ids:
+            return [r for e in event_ids for r in tx.all("SELECT event_id, payload, attempts FROM dlq WHERE event_id = ?",
+                                                         (e,))]
+        return tx.all("SELECT event_id, payload, attempts FROM dlq ORDER BY created_at")
+
+    def dead_letters(self) -> list[dict]:
+        rows = self.store.read(lambda tx: tx.all(
+            "SELECT event_id, channel, error, attempts, next_attempt_at, status, created_at FROM dlq ORDER BY created_at"))
+        names = ("event_id", "channel", "error", "attempts", "next_attempt_at", "status", "created_at")
+        return [dict(zip(names, r)) for r in rows]
+
+    # -- reading ---------------------------------------------------------------------------------
+    def profile(self, id_type: str, value: str) -> dict | None:
+        if id_type not in self.config.identity.types:
+            raise KeyError(id_type)
+        normalized = self.resolver.identifier(id_type, value)
+        if normalized is None:
+            return None
+
+        def read(tx: Tx):
+            row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, normalized))
+            if row is None:
+                return None
+            person = row[0]
+            status = tx.one("SELECT status, origin, created_at FROM persons WHERE person_id = ?", (person,))
+            golden = tx.all("SELECT field, value, source, record_key, last_modified FROM golden WHERE person_id = ? "
+                            "ORDER BY field", (person,))
+            identifiers = tx.all("SELECT id_type, value FROM identifiers WHERE person_id = ? ORDER BY id_type, value",
+                                 (person,))
+            return {
+                "person_id": person,
+                "status": status[0] if status else None,
+                "origin": status[1] if status else None,
+                "golden": {f: v for f, v, *_ in golden},
+                "provenance": {f: {"source": s, "record_key": k, "last_modified": t} for f, _, s, k, t in golden},
+                "identifiers": [{"type": t, "value": v} for t, v in identifiers],
+            }
+        return self.store.read(read)
+
+    def counts(self) -> dict:
+        def read(tx: Tx):
+            out = {}
+            for table in ("events", "persons", "identifiers", "change_log", "review_queue"):
+                out[table] = tx.one(f"SELECT COUNT(*) FROM {table}")[0]
+            out["dlq_pending"] = tx.one("SELECT COUNT(*) FROM dlq WHERE status = 'pending'")[0]
+            out["dlq_dead"] = tx.one("SELECT COUNT(*) FROM dlq WHERE status = 'dead'")[0]
+            out["refetch"] = tx.one("SELECT COUNT(*) FROM records WHERE refetch = 1")[0]
+            return out
+        return self.store.read(read)
+
+    def refetch(self) -> list[dict]:
+        rows = self.store.read(lambda tx: tx.all(
+            "SELECT source, object, record_key FROM records WHERE refetch = 1 ORDER BY source, record_key"))
+        return [{"source": s, "object": o, "record_key": k} for s, o, k in rows]
+
+    def export(self, out_dir: Path | None = None) -> dict:
+        from resolver.sync.batch import export
+
+        return export(self, Path(out_dir) if out_dir else self.export_dir())
+
+    def export_dir(self) -> Path:
+        if self.config.sync.export_dir:
+            path = Path(self.config.sync.export_dir)
+            return path if path.is_absolute() else self.config.base_dir / path
+        if self.state_dir is None:
+            from resolver.sync.store import StoreError
+
+            raise StoreError("no export folder: give --out, sync.export_dir or a state directory")
+        return self.state_dir / "sync-export"
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
