@@ -151,7 +151,67 @@ def evaluate_outputs(out_dir, truth_dir, config) -> dict:
     result["excluded_deleted_records"] = int(len(truth_records) - len(records))
     if (out_dir / "scored_pairs.parquet").exists():
         result["matching"] = matching_metrics(out_dir, truth_records)
+    if (out_dir / "anonymous_map.parquet").exists():
+        result["stitching"] = stitching_metrics(out_dir, truth_dir, truth_records)
     return result
+
+
+def _anonymous_truth(truth_dir) -> pd.Series:
+    """Anonymous id -> its true person: truth/visitors.parquet when the generator wrote one, else
+    the person most of the id's events belong to (truth/events.parquet)."""
+    visitors = truth_dir / "visitors.parquet"
+    if visitors.exists():
+        frame = pd.read_parquet(visitors)
+        return frame.dropna(subset=["person_id"]).drop_duplicates("anonymous_id").set_index("anonymous_id")["person_id"]
+    events = pd.read_parquet(truth_dir / "events.parquet").dropna(subset=["anonymous_id", "person_id"])
+    counts = events.groupby(["anonymous_id", "person_id"]).size().reset_index(name="n")
+    counts = counts.sort_values(["anonymous_id", "n", "person_id"], ascending=[True, False, True], kind="stable")
+    return counts.drop_duplicates("anonymous_id").set_index("anonymous_id")["person_id"]
+
+
+def stitching_metrics(out_dir, truth_dir, truth_records: pd.DataFrame) -> dict:
+    """Anonymous-visitor stitching against the truth: precision of the deterministic and of the
+    probabilistic stitches, recall of the probabilistic ones among the ids left to them whose true
+    person the run knows, and precision / recall of the best candidate at thresholds.
+
+    A run's person stands for the true person most of its records belong to."""
+    from pathlib import Path
+
+    out_dir, truth_dir = Path(out_dir), Path(truth_dir)
+    stitched = pd.read_parquet(out_dir / "anonymous_map.parquet")
+    identity = pd.read_parquet(out_dir / "identity_map.parquet", columns=["source", "record_key", "person_id"])
+    holders = identity.merge(truth_records[["source", "record_key", "true_person"]], on=["source", "record_key"])
+    counts = holders.groupby(["person_id", "true_person"]).size().reset_index(name="n")
+    counts = counts.sort_values(["person_id", "n", "true_person"], ascending=[True, False, True], kind="stable")
+    stands_for = counts.drop_duplicates("person_id").set_index("person_id")["true_person"]
+    truth = _anonymous_truth(truth_dir)
+    true_person = stitched["anonymous_id"].map(truth)
+    predicted = stitched["stitched_person_id"].map(stands_for)
+    candidate = stitched["candidate_person_id"].map(stands_for)
+    method = stitched["method"].astype("str")
+    correct = (predicted == true_person).to_numpy()
+    left = method.isin(["probabilistic", "review", "anonymous"]).to_numpy()
+    reachable = left & true_person.isin(set(stands_for)).to_numpy()
+    out = {"anonymous_ids": len(stitched), "with_truth": int(true_person.notna().sum())}
+    for kind in ("deterministic", "probabilistic"):
+        mine = (method == kind).to_numpy()
+        out[f"{kind}_stitched"] = int(mine.sum())
+        out[f"{kind}_precision"] = float(correct[mine].mean()) if mine.any() else 1.0
+    probabilistic = (method == "probabilistic").to_numpy()
+    out["probabilistic_recall"] = float((correct & probabilistic).sum() / reachable.sum()) if reachable.any() else 1.0
+    out["left_to_probabilistic"] = int(left.sum())
+    out["reachable"] = int(reachable.sum())
+    probability = stitched["probability"].fillna(0.0).to_numpy()
+    good = (candidate == true_person).to_numpy()
+    curve = []
+    for threshold in THRESHOLDS:
+        taken = left & (probability >= threshold)
+        hits = int((taken & good).sum())
+        curve.append({"threshold": threshold, "stitched": int(taken.sum()),
+                      "precision": hits / int(taken.sum()) if taken.any() else 1.0,
+                      "recall": hits / int(reachable.sum()) if reachable.any() else 1.0})
+    out["by_threshold"] = curve
+    return out
 
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)

@@ -48,7 +48,11 @@ FEATURES = {
     "geo": ["null", "different", "same country", "same city"],
     "pages": ["null", "disjoint", "some overlap", "similar", "very similar"],
 }
-_MAX32 = np.uint64(0xFFFFFFFF)
+# How a candidate was found (the first way wins), and the feature each way selects on: that
+# feature is neutral for its candidates (they agree on it by construction), and u and the match
+# rate are estimated per way, as the record model does per blocking rule.
+CANDIDATE_RULES = ("same IP", "same /24", "same device and city", "similar pages")
+_SELECTED_ON = {"same IP": "network", "same /24": "network", "same device and city": "device", "similar pages": "pages"}
 _NS_PER_HOUR = 3600 * 10**9
 
 
@@ -225,6 +229,28 @@ def _band_candidates(unknown_sig: pd.DataFrame, known_sig: pd.DataFrame, bands: 
     return pd.concat(found, ignore_index=True).drop_duplicates()
 
 
+def _candidates(anonymous: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set, window_ns: int,
+                options) -> pd.DataFrame:
+    """(anon_hash, person, rule) candidates for the anonymous ids of `anonymous` sessions, each found
+    by the first CANDIDATE_RULES way that finds it, sorted."""
+    candidates = [_network_candidates(anonymous, known, "ip", window_ns, shared_ips)[["anon_hash", "person"]],
+                  _network_candidates(anonymous, known, "subnet", window_ns, shared_subnets)[["anon_hash", "person"]]]
+    device_keys = known.dropna(subset=["fingerprint", "city"])
+    device_sizes = device_keys.groupby(["fingerprint", "city"])["person"].nunique()
+    common = device_sizes[device_sizes > options.band_bucket_cap].index
+    device = anonymous.drop(columns="person").dropna(subset=["fingerprint", "city"]).merge(
+        device_keys[["fingerprint", "city", "person"]], on=["fingerprint", "city"])
+    if len(common):
+        device = device[~pd.MultiIndex.from_frame(device[["fingerprint", "city"]]).isin(common)]
+    candidates.append(device[["anon_hash", "person"]])
+    candidates.append(_band_candidates(_signatures(anonymous, ["anon_hash"], options.permutations),
+                                       _signatures(known, ["person"], options.permutations), options.bands,
+                                       options.band_bucket_cap))
+    pairs = pd.concat([c.assign(rule=np.int64(r)) for r, c in enumerate(candidates)], ignore_index=True)
+    pairs = pairs.drop_duplicates(["anon_hash", "person"]).sort_values(["anon_hash", "person"], kind="stable")
+    return pairs.reset_index(drop=True)
+
+
 def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set,
               window_ns: int, permutations: int) -> np.ndarray:
     """(n_pairs, 5) levels of FEATURES for each (anon_hash, person) pair; the person's sessions of
@@ -286,7 +312,8 @@ def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, s
     return levels
 
 
-def _model(levels: np.ndarray, labelled: np.ndarray, random: np.ndarray, options) -> object:
+def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, non_matches: np.ndarray, non_match_rule: np.ndarray,
+           random: np.ndarray, options) -> object:
     from resolver.model import (
         M_FLOOR,
         ComparisonModel,
@@ -299,7 +326,7 @@ def _model(levels: np.ndarray, labelled: np.ndarray, random: np.ndarray, options
 
     names = list(FEATURES)
     n_levels = [len(FEATURES[f]) for f in names]
-    u = [level_distribution(random[:, k], n_levels[k])[None, :] for k in range(len(names))]
+    u_random = [level_distribution(random[:, k], n_levels[k]) for k in range(len(names))]
     fixed, m0 = [], []
     for k in range(len(names)):
         informative = int((labelled[:, k] > 0).sum()) if len(labelled) else 0
@@ -307,19 +334,39 @@ def _model(levels: np.ndarray, labelled: np.ndarray, random: np.ndarray, options
         start = level_distribution(labelled[:, k], n_levels[k]) if informative else \
             np.concatenate([[np.nan], np.linspace(1, 3, n_levels[k] - 1) / np.linspace(1, 3, n_levels[k] - 1).sum()])
         m0.append(floored(start, M_FLOOR))
-    neutral = np.zeros((1, len(names)), dtype=bool)
-    patterns, rule, counts = pattern_counts(levels.astype(np.int8)) if len(levels) else \
+    n_rules = len(CANDIDATE_RULES)
+    neutral = np.zeros((n_rules, len(names)), dtype=bool)
+    for r, way in enumerate(CANDIDATE_RULES):
+        neutral[r, names.index(_SELECTED_ON[way])] = True
+    patterns, pattern_rule, counts = pattern_counts(levels.astype(np.int8), rule) if len(levels) else \
         (np.zeros((0, len(names)), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
     known = pattern_counts(labelled.astype(np.int8)) if len(labelled) else None
+    # u per way of finding candidates, from labelled non-matches found that way (an authenticated
+    # id and the other persons on its home IP, its office /24, ...): sharing an IP says little
+    # among candidates that share one by construction; the device, the pages and the timing say
+    # more. A rule with too few labelled non-matches takes the random-pair u. m is held to the
+    # labelled matches; EM estimates the match rate per rule.
+    u = []
+    for k in range(len(names)):
+        table = np.tile(u_random[k], (n_rules, 1))
+        for r in range(n_rules):
+            mine = non_matches[non_match_rule == r, k] if len(non_matches) else np.zeros(0, np.int8)
+            if int((mine > 0).sum()) >= options.labelled_min_pairs:
+                table[r] = level_distribution(mine, n_levels[k])
+        u.append(table)
     m, u, lam, iterations, converged = expectation_maximisation(
-        patterns, rule, counts, neutral, m0, u, np.array([0.1]), options.max_iterations, 1e-6,
+        patterns, pattern_rule, counts, neutral, m0, u, np.full(n_rules, 0.1), options.max_iterations, 1e-6,
         known=(known[0], known[2]) if known is not None else None, fixed_m=fixed)
-    comparisons = [ComparisonModel(name, "stitching", FEATURES[name], m[k], u[k], u[k][0], False)
+    comparisons = [ComparisonModel(name, "stitching", FEATURES[name], m[k], u[k], u_random[k], False)
                    for k, name in enumerate(names)]
     training = {"candidate_pairs": int(len(levels)), "labelled_pairs": int(len(labelled)),
+                "labelled_non_matches": int(len(non_matches)),
                 "random_pairs": int(len(random)), "m_from_labelled_pairs": [n for n, f in zip(names, fixed) if f],
                 "iterations": iterations, "converged": converged}
-    return FSModel(["stitch"], comparisons, neutral, lam, float(lam[0]), training)
+    per_rule = np.bincount(rule, minlength=n_rules)
+    training["candidates_by_rule"] = dict(zip(CANDIDATE_RULES, map(int, per_rule)))
+    prior = float((lam * per_rule).sum() / max(per_rule.sum(), 1))
+    return FSModel(list(CANDIDATE_RULES), comparisons, neutral, lam, prior, training)
 
 
 def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options,
@@ -350,33 +397,33 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     shared_ips = set(ip_degree.index[ip_degree > options.nat_degree])
     shared_subnets = set(subnet_degree.index[subnet_degree > options.subnet_degree])
 
-    # Candidates
-    candidates = [_network_candidates(unknown, known, "ip", window_ns, shared_ips)[["anon_hash", "person"]],
-                  _network_candidates(unknown, known, "subnet", window_ns, shared_subnets)[["anon_hash", "person"]]]
-    device_keys = known.dropna(subset=["fingerprint", "city"])
-    device_sizes = device_keys.groupby(["fingerprint", "city"])["person"].nunique()
-    common = device_sizes[device_sizes > options.band_bucket_cap].index
-    device = unknown.drop(columns="person").dropna(subset=["fingerprint", "city"]).merge(
-        device_keys[["fingerprint", "city", "person"]], on=["fingerprint", "city"])
-    if len(common):
-        device = device[~pd.MultiIndex.from_frame(device[["fingerprint", "city"]]).isin(common)]
-    candidates.append(device[["anon_hash", "person"]])
-    candidates.append(_band_candidates(_signatures(unknown, ["anon_hash"], permutations),
-                                       _signatures(known, ["person"], permutations), options.bands,
-                                       options.band_bucket_cap))
-    pairs = pd.concat(candidates, ignore_index=True).drop_duplicates().sort_values(["anon_hash", "person"],
-                                                                                    kind="stable").reset_index(drop=True)
-    levels = _features(pairs, unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    def candidates_of(anonymous: pd.DataFrame) -> pd.DataFrame:
+        return _candidates(anonymous, known, shared_ips, shared_subnets, window_ns, options)
 
-    # Labelled pairs: authenticated ids and their own person (seen only through its other ids).
+    pairs = candidates_of(unknown)
+    levels = _features(pairs, unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    rule = pairs["rule"].to_numpy(np.int64)
+
+    # Labelled pairs from the ids that did authenticate, compared as if they had not (through the
+    # person's other ids only): with their own person they are matches (m); with the other persons
+    # the same candidate rules find for them (a housemate on the home IP, a colleague at the
+    # office) they are non-matches (u, per rule).
     rng = np.random.default_rng(options.seed)
-    labelled_ids = known[["anon_hash", "person"]].drop_duplicates()
-    others = labelled_ids.groupby("person")["anon_hash"].transform("size")
-    labelled_ids = labelled_ids[others.to_numpy() >= 2]
+    authenticated = known[["anon_hash", "person"]].drop_duplicates()
+    others = authenticated.groupby("person")["anon_hash"].transform("size")
+    labelled_ids = authenticated[others.to_numpy() >= 2]
     if len(labelled_ids) > options.sample_pairs:
         labelled_ids = labelled_ids.iloc[np.sort(rng.choice(len(labelled_ids), options.sample_pairs, replace=False))]
     as_unknown = s[s["anon_hash"].isin(labelled_ids["anon_hash"])]
     labelled = _features(labelled_ids, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    as_unknown = s[s["person"].notna()].drop(columns="person").assign(person=None)
+    strangers = candidates_of(as_unknown)
+    own = authenticated.set_index("anon_hash")["person"]
+    strangers = strangers[strangers["person"].to_numpy() != strangers["anon_hash"].map(own).to_numpy()]
+    if len(strangers) > options.sample_pairs:
+        strangers = strangers.iloc[np.sort(rng.choice(len(strangers), options.sample_pairs, replace=False))]
+    strangers = strangers.reset_index(drop=True)
+    non_matches = _features(strangers, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
     person_list = np.array(sorted(known_persons & set(known["person"].dropna())), dtype=object)
     anon_list = s["anon_hash"].drop_duplicates().to_numpy()
     if len(person_list) and len(anon_list):
@@ -386,8 +433,8 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
         random = _features(random_pairs, s, known, shared_ips, shared_subnets, window_ns, permutations)
     else:
         random = np.zeros((0, len(FEATURES)), np.int8)
-    model = _model(levels, labelled, random, options)
-    weight = match_weights(model, levels, np.zeros(len(levels), np.int64)) if len(levels) else np.zeros(0)
+    model = _model(levels, rule, labelled, non_matches, strangers["rule"].to_numpy(np.int64), random, options)
+    weight = match_weights(model, levels, rule) if len(levels) else np.zeros(0)
     probability = probabilities(weight) if len(levels) else np.zeros(0)
 
     # Decisions: each anonymous id's best candidate.
@@ -405,9 +452,11 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
                                            probability=best["probability"].to_numpy(),
                                            match_weight=best["match_weight"].to_numpy(), decision=decision)
     tables = model.weight_table()
+    best_rule = best["rule"].to_numpy(np.int64)
+    explained["found_by"] = pd.Categorical.from_codes(best_rule, categories=list(CANDIDATE_RULES))
     for k, name in enumerate(FEATURES):
         explained[name] = pd.Categorical.from_codes(best_levels[:, k].astype(np.int64), categories=FEATURES[name])
-        explained[f"{name}_weight"] = tables[k][0, best_levels[:, k]]
+        explained[f"{name}_weight"] = tables[k][best_rule, best_levels[:, k]]
     out = anon.merge(explained, on="anon_hash", how="left")
     method = np.where(deterministic, "deterministic", np.where(shared, "shared",
                       out["decision"].fillna("anonymous").to_numpy()))
