@@ -35,11 +35,12 @@ def write_chart(bench: dict, path: Path) -> None:
                 low = np.array([r["wall_s"]["min"] for r in rows])
                 high = np.array([r["wall_s"]["max"] for r in rows])
                 label, style = "total (wall)", "k-"
-            else:
-                x = np.array([stage_driver(stage, r) for r in rows])
-                y = np.array([r["stages"][stage]["median"] for r in rows])
-                low = np.array([r["stages"][stage]["min"] for r in rows])
-                high = np.array([r["stages"][stage]["max"] for r in rows])
+            else:  # a stage some runs do not have (no probabilistic links at all, say) is left out there
+                having = [r for r in rows if r["stages"].get(stage)]
+                x = np.array([stage_driver(stage, r) for r in having])
+                y = np.array([r["stages"][stage]["median"] for r in having])
+                low = np.array([r["stages"][stage]["min"] for r in having])
+                high = np.array([r["stages"][stage]["max"] for r in having])
                 label, style = stage.replace(" (read + normalize, wall)", ""), "o--"
             law = fits.get(stage)
             if law is not None:
