@@ -16,6 +16,7 @@ suppressed rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -292,4 +293,17 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     from resolver.review import forget_decisions
 
     entry["review_decisions"] = forget_decisions(state_dir, member_keys)
-    return {**entry, "time": now.isoformat(), "rows_removed": removed}
+    result = {**entry, "time": now.isoformat(), "rows_removed": removed}
+    from resolver.sync.forget import erase as erase_in_sync_store
+    from resolver.sync.forget import store_url_for
+
+    url = store_url_for(config, Path(state_dir))
+    if url is not None:  # what `serve` keeps about them goes too
+        from resolver.sync.store import Store
+
+        sync_store = Store(url)
+        try:
+            result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons, erasure.values)
+        finally:
+            sync_store.close()
+    return result

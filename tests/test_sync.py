@@ -511,3 +511,29 @@ def test_writer_survives_a_request_that_gave_up(tmp_path):
     assert first.result(timeout=10) is True
     assert store.submit(lambda tx: tx.one("SELECT value FROM meta WHERE key = 'k'")).result(timeout=10) == ("v",)
     store.close()
+
+
+def test_forget_erases_the_person_from_the_sync_store(batch, tmp_path):
+    root = _copy(batch, tmp_path)
+    contact = _contact(root)
+    service = _service(root)
+    update = outbound([("04l5g00000ERA0001", "Contact",
+                        {"Id": contact["id"], "Email": "Erase.Me@fastmail.com",
+                         "LastModifiedDate": "2031-06-02T17:40:11.000Z"})])
+    with _client(service) as client:
+        assert _post(client, "/webhooks/salesforce/outbound", update).status_code == 200
+        assert _get(client, "/profiles/email/erase.me@fastmail.com").json()["person_id"] == contact["person_id"]
+    service.close()
+    assert main(["forget", "--config", str(root / "data" / "resolver.yaml"), "--state", str(root / "state"),
+                 "--email", contact["email"], "-q"]) == EXIT_OK
+    database = b"".join(p.read_bytes() for p in (root / "state").glob("sync.db*"))
+    for value in (contact["email"], "erase.me@fastmail.com", "Erase.Me@fastmail.com"):
+        assert value.encode() not in database, value
+    service = _service(root)
+    assert _rows(service, "SELECT COUNT(*) FROM identifiers WHERE person_id = ?", (contact["person_id"],)) == [(0,)]
+    before = _rows(service, "SELECT COUNT(*) FROM events")
+    with _client(service) as client:  # a redelivery of the erased event is still known, and changes nothing
+        assert _post(client, "/webhooks/salesforce/outbound", update).status_code == 200
+        assert _get(client, "/profiles/email/erase.me@fastmail.com").status_code == 404
+    assert _rows(service, "SELECT COUNT(*) FROM events") == before
+    service.close()

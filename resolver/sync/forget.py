@@ -1,0 +1,95 @@
+"""Erasure in the sync store: `resolver forget` removes the erased persons from the store `serve`
+keeps (persons, identifiers, golden fields, records, blocking keys, change log, review and match
+queues), blanks the payload of every accepted event that named them (the event id stays, so a
+redelivery is still recognised and changes nothing) and drops their dead letters. A SQLite store
+is then vacuumed and its write-ahead log truncated, so no freed page keeps the values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resolver.sync.store import Store, Tx
+
+ERASED_PAYLOAD = '{"erased": true}'
+_CHUNK = 400  # values per IN (...) list
+
+
+def store_url_for(config, state_dir: Path | None) -> str | None:
+    """The sync store to erase from: the configured one, else the default SQLite file in the state
+    directory when `serve` has created it."""
+    if config.sync.store:
+        return config.sync.store
+    if state_dir is not None and (Path(state_dir) / "sync.db").exists():
+        return f"sqlite:///{(Path(state_dir) / 'sync.db').resolve()}"
+    return None
+
+
+def _chunks(values: list[str]):
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
+
+
+def _ids_where(tx: Tx, sql: str, values: list[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(values):
+        marks = ",".join("?" * len(chunk))
+        found |= {row[0] for row in tx.all(sql.format(marks=marks), chunk) if row[0] is not None}
+    return found
+
+
+def _delete(tx: Tx, table: str, conditions: list[tuple[str, list[str]]]) -> int:
+    removed = 0
+    for column, values in conditions:
+        for chunk in _chunks(values):
+            marks = ",".join("?" * len(chunk))
+            removed += tx.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
+    return removed
+
+
+def erase(store: Store, persons: set[str], values: set[str]) -> dict:
+    """Remove what `persons` (ids) and `values` (erased emails, phones, record keys, as text) name;
+    returns the rows touched per table."""
+    wanted = sorted({v for v in values if v})
+    lowered = sorted({v.strip().lower() for v in wanted})
+
+    def work(tx: Tx) -> dict:
+        people = set(persons)
+        people |= _ids_where(tx, "SELECT person_id FROM identifiers WHERE lower(value) IN ({marks})", lowered)
+        people |= _ids_where(tx, "SELECT person_id FROM records WHERE record_key IN ({marks})", wanted)
+        ids = sorted(people)
+        counts = {
+            "identifiers": _delete(tx, "identifiers", [("person_id", ids)]),
+            "golden": _delete(tx, "golden", [("person_id", ids)]),
+            "records": _delete(tx, "records", [("person_id", ids), ("record_key", wanted)]),
+            "block_keys": _delete(tx, "block_keys", [("person_id", ids)]),
+            "change_log": _delete(tx, "change_log", [("person_id", ids)]),
+            "review_queue": _delete(tx, "review_queue", [("person_id", ids), ("candidate_id", ids),
+                                                         ("record_key", wanted)]),
+            "match_queue": _delete(tx, "match_queue", [("person_id", ids), ("record_key", wanted)]),
+            "persons": _delete(tx, "persons", [("person_id", ids)]),
+        }
+        blanked = 0
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            blanked += tx.execute(f"UPDATE events SET payload = ?, person_id = NULL, error = NULL "
+                                  f"WHERE person_id IN ({marks})", [ERASED_PAYLOAD, *chunk])
+        dead = 0
+        for value in wanted:  # payloads are raw text: any that mentions an erased value
+            pattern = "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            blanked += tx.execute("UPDATE events SET payload = ?, person_id = NULL, error = NULL "
+                                  "WHERE lower(payload) LIKE lower(?) ESCAPE '\\'", [ERASED_PAYLOAD, pattern])
+            dead += tx.execute("DELETE FROM dlq WHERE lower(payload) LIKE lower(?) ESCAPE '\\'", [pattern])
+        counts["events_blanked"] = blanked
+        counts["dead_letters"] = dead
+        counts["persons_erased"] = len(ids)
+        return counts
+
+    counts = store.write(work)
+    if store.dialect == "sqlite":  # freed pages and the WAL would still hold the values
+        conn = store._connect()
+        try:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    return counts
