@@ -275,6 +275,8 @@ class _Ids:
     vpn: np.ndarray          # share of sessions (after the first unless the id is a VPN window) on a VPN
     corporate: np.ndarray    # corporate-NAT row used by every session in working hours; -1 otherwise
     household: np.ndarray    # tablets: household size (members head .. head+size-1); 0 otherwise
+    after: np.ndarray        # row of the id this one follows in time (cookie resets); -1 otherwise. Then
+                             # start_day is the gap in days after that id's last session.
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -329,7 +331,7 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
                     home, source[owner] if source_ is None else source_,
                     (first_pid + owner) * 8 + slot_k if slot_k is not None else None, sessions, start_day,
                     cellular, vpn, np.full(m, -1) if corporate is None else corporate,
-                    np.zeros(m, np.int64) if household is None else household)
+                    np.zeros(m, np.int64) if household is None else household, np.full(m, -1))
 
     def cellular_share(device):
         return np.where(DEVICE_CLASS[device] == 1, CELLULAR_SHARE, 0.0)
@@ -338,8 +340,6 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
     primary = ids(v, 0, primary_device, primary_screen, logs_in, v, 0, sessions, start,
                   cellular_share(primary_device), np.where(vpn_hop, VPN_HOP_SHARE, 0.0))
     primary.kind = np.where(logs_in, PRIMARY_LOGIN, PRIMARY)
-    # Primary ids last about sessions * 3 days on average; resets start after it.
-    primary_end = start + 4 * sessions
 
     second = rng.random(nv) < SECOND_DEVICE_RATE
     o = v[second]
@@ -356,8 +356,9 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
     r_rank = s._rank_within(resets)
     o = v[r_of]
     reset_ids = ids(o, RESET, primary_device[r_of], primary_screen[r_of], np.zeros(len(o), bool), o, 2 + r_rank,
-                    _geometric(rng, 0.4, len(o), 6), primary_end[r_of] + 1 + 30 * r_rank + rng.integers(0, 10, len(o)),
-                    np.zeros(len(o)), np.zeros(len(o)))
+                    _geometric(rng, 0.4, len(o), 6), 1 + rng.integers(0, 10, len(o)), np.zeros(len(o)), np.zeros(len(o)))
+    # A reset follows the primary's last session, a second reset the first (primary rows come first below).
+    reset_ids.after = np.where(r_rank == 0, r_of, nv + len(second_ids) + np.arange(len(o)) - 1)
 
     window = rng.random(nv) < VPN_WINDOW_RATE
     o = v[window]
@@ -394,7 +395,8 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
                         rng.choice(4, size=ns, p=SOURCE_SHARES), plan.people * 8 + first_pid + st,
                         _geometric(rng, 0.5, ns, 6), rng.integers(0, VISIT_START_DAYS, ns),
                         np.where(st_class == 1, 0.6, 0.0), st_vpn.astype(float),
-                        np.where(st_corporate, corp_row + rng.integers(0, k_corp, ns), -1), np.zeros(ns, np.int64))
+                        np.where(st_corporate, corp_row + rng.integers(0, k_corp, ns), -1), np.zeros(ns, np.int64),
+                        np.full(ns, -1))
 
     all_ids = _concat_ids([primary, second_ids, reset_ids, vpn_ids, work_ids, tablet_ids, stranger_ids])
     stranger_ip = s._ips(rng.choice([67, 71, 76, 99], ns), rng.integers(0, 256, ns), rng.integers(0, 256, ns),
@@ -438,7 +440,14 @@ def _sessions(rng: np.random.Generator, ids: _Ids, habits: _Habits) -> _Sessions
     gap = rng.geometric(0.35, m)
     gap[rank == 0] = 0
     elapsed = np.cumsum(gap)
-    day = ids.start_day[sid] + elapsed - elapsed[s._offsets(ids.sessions)][sid]
+    first = s._offsets(ids.sessions)
+    since_first = elapsed - elapsed[first][sid]
+    start_day = ids.start_day.copy()
+    last = since_first[first + ids.sessions - 1]
+    follows = np.flatnonzero(ids.after >= 0)
+    for _ in range(2):  # chains are at most primary -> reset -> reset
+        start_day[follows] = start_day[ids.after[follows]] + last[ids.after[follows]] + ids.start_day[follows]
+    day = start_day[sid] + since_first
 
     # Who is at the device: its user, or for a tablet a household member (one favourite member most often).
     user = ids.user[sid].copy()
