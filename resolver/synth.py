@@ -16,6 +16,11 @@ Output layout (all under ``out_dir``)::
     truth/events.parquet          source ("segment"|"segment_batch"), message_id, person_id,
                                   anonymous_id, user_id (raw values as written, null when absent)
 
+With ``visitors=True`` (resolver/synth_visitors.py) web-visitor traffic is added: segment/visitors-*.jsonl,
+ga4/events_YYYYMMDD.json, tealium/visitors-*.jsonl, adobe/visitors-*.jsonl, truth/visitors.parquet and
+truth/visitor_events.parquet; every other file is byte-identical to a run without it, except resolver.yaml
+(visitor sources and identity types) and manifest.json (a ``visitors`` section and the new files).
+
 With ``events=False`` the segment/ files are not written, truth/events.parquet is empty and
 resolver.yaml has no Segment sources; the Salesforce and records truth files are unchanged.
 

@@ -21,7 +21,7 @@ screen and home IP, after the primary's sessions, never logs in); a private-wind
 session goes through a VPN (datacenter IPs); VPN hops on some sessions of the primary; a work
 desktop behind the employer's corporate NAT IP, used in working hours. Households of 2-4 share one
 home IP (the CRM generator gives each household one), and some share a tablet whose single id is used
-by several members (truth: the member with most sessions, kind household_tablet, shared). Phones are
+by several members (truth: the member with most events, kind household_tablet, shared). Phones are
 on a carrier NAT IP (a few dozen overall, in a few /24 blocks, each shared by thousands of visitors
 at 100k people) for CELLULAR_SHARE of their sessions. Strangers are visitors who are nobody in the
 CRM and never log in: their own residential IPs, carrier NAT on phones, some at corporate NATs or on
@@ -225,7 +225,7 @@ class _IpPools:
 
 
 def carrier_ip_count(people: int) -> int:
-    return max(6, min(40, people // 2500))
+    return max(6, min(24, people // 4000))
 
 
 def corporate_ip_count(people: int) -> int:
@@ -701,7 +701,7 @@ def run_chunk(task, p, stats: dict) -> None:
     events = _events(rng, sessions, habits)
     id_of_event = sessions.id[events.session]
 
-    # Per id: first/last time, counts, IP kinds, and the true person (tablets: the member with most sessions).
+    # Per id: first/last time, counts, IP kinds, and the true person (tablets: the member with most events).
     n_ids = len(ids)
     first_ms = np.full(n_ids, np.iinfo(np.int64).max)
     np.minimum.at(first_ms, id_of_event, events.ts_ms)
@@ -721,10 +721,10 @@ def run_chunk(task, p, stats: dict) -> None:
     person_user = ids.user.copy()
     users = np.ones(n_ids, np.int64)
     if len(tablet_rows):
-        is_tablet = ids.household[sessions.id] > 0
-        member = sessions.user[is_tablet] - ids.user[sessions.id[is_tablet]]
+        is_tablet = ids.household[id_of_event] > 0  # count each member's events on it
+        member = sessions.user[events.session[is_tablet]] - ids.user[id_of_event[is_tablet]]
         table = np.zeros((n_ids, 4), np.int64)
-        np.add.at(table, (sessions.id[is_tablet], member), 1)
+        np.add.at(table, (id_of_event[is_tablet], member), 1)
         person_user[tablet_rows] = ids.user[tablet_rows] + table[tablet_rows].argmax(axis=1)
         users[tablet_rows] = (table[tablet_rows] > 0).sum(axis=1)
     person_id = user_pid[person_user]

@@ -253,8 +253,12 @@ def test_tablet_owner_is_the_member_with_most_events(world, truth):
                              on=["source", "anonymous_id"], suffixes=("", "_owner"))
     assert (used["person_id"] >= used["household_id"]).all() and (used["person_id"] < used["household_id"] + 4).all()
     users = used.groupby(["source", "anonymous_id"])["person_id"].nunique()
-    assert (users >= 2).all()
-    assert len(users) == len(tablets)
+    assert (users >= 2).all() and len(users) == len(tablets)
+    assert (users.sort_index() == tablets.set_index(["source", "anonymous_id"])["users"].sort_index()).all()
+    per_member = used.groupby(["source", "anonymous_id", "person_id"]).size()
+    top = per_member.groupby(level=[0, 1]).max()
+    for row in tablets.itertuples():
+        assert per_member[(row.source, row.anonymous_id, row.person_id)] == top[(row.source, row.anonymous_id)]
 
 
 def test_nat_ips_are_shared_by_many_visitors(world, events, truth):
