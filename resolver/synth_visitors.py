@@ -246,7 +246,7 @@ def _ip_pools(people: int, seed: int) -> _IpPools:
     carrier = s._ips(blocks[block, 0], blocks[block, 1], blocks[block, 2], host)
     carrier_geo = rng.integers(0, len(s.US_CITIES), len(blocks))[block]  # geo-IP of a block: its hub city
     # Corporate NAT: one egress IP per employer network, in business ranges.
-    corporate = s._ips(rng.choice([12, 63, 199, 208], c), rng.integers(0, 256, c), rng.integers(0, 256, c),
+    corporate = s._ips(rng.choice([12, 63, 199, 50], c), rng.integers(0, 256, c), rng.integers(0, 256, c),
                        rng.integers(1, 255, c))
     corporate_geo = rng.integers(0, len(s.US_CITIES), c)
     datacenter = s._ips(rng.choice([45, 104, 138, 185, 193], d), rng.integers(0, 256, d), rng.integers(0, 256, d),
@@ -399,8 +399,11 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
                         np.full(ns, -1))
 
     all_ids = _concat_ids([primary, second_ids, reset_ids, vpn_ids, work_ids, tablet_ids, stranger_ids])
-    stranger_ip = s._ips(rng.choice([67, 71, 76, 99], ns), rng.integers(0, 256, ns), rng.integers(0, 256, ns),
-                         rng.integers(1, 255, ns))
+    # Strangers' home networks: a bijection of the global stranger number (no two strangers collide), in
+    # residential ranges apart from the CRM households' 73/98/24.x.x.
+    code = s._permute(first_pid + st, 4 * 2**16 * 254, plan.seed, purpose=22)
+    network, host = np.divmod(code, 254)
+    stranger_ip = s._ips(np.array([67, 71, 76, 99])[network >> 16], (network >> 8) & 255, network & 255, host + 1)
     ip = pa.concat_arrays([p.home_ip, stranger_ip, pools.carrier, pools.corporate, pools.datacenter])
     ip_geo = np.concatenate([person_geo, rng.integers(0, len(s.US_CITIES), ns), pools.carrier_geo,
                              pools.corporate_geo, pools.datacenter_geo])

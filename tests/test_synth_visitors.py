@@ -363,6 +363,15 @@ def test_the_pipeline_runs_on_visitor_data_with_every_row_accounted(world, truth
     assert (logged["person_id_resolved"] == logged["crm"]).mean() > 0.8
 
 
+def test_visitors_without_crm_events(tmp_path):
+    generate(tmp_path, 150, seed=4, workers=1, events=False, visitors=True)
+    assert not list(tmp_path.glob("segment/events-*")) and list(tmp_path.glob("segment/visitors-*"))
+    config = load_config(tmp_path / "resolver.yaml")
+    assert [s.name for s in config.sources] == ["sf_contacts", "sf_leads", *ID_TYPES]
+    for source in config.sources[2:]:
+        assert len(read_source(config, source).rejects) == 0
+
+
 def test_cli_generate_visitors(tmp_path):
     assert main(["generate", "--people", "60", "--seed", "2", "--out", str(tmp_path), "--visitors", "-q"]) == EXIT_OK
     manifest = json.loads((tmp_path / "manifest.json").read_text())
