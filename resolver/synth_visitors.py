@@ -862,11 +862,13 @@ CONFIG_SOURCES = """
     path: segment/visitors-*.jsonl
     key: messageId
     timestamp: timestamp
-    attributes:
-      page_url: context.page.url
+    session:
+      ip: context.ip
       user_agent: context.userAgent
+      page: context.page.url
       city: context.location.city
       country: context.location.country
+      screen: [context.screen.width, context.screen.height]
     identifiers:
       anonymous_id: anonymousId
       user_id: userId
@@ -880,8 +882,8 @@ CONFIG_SOURCES = """
     path: ga4/events_*.json
     key: _event_id
     timestamp: event_timestamp
-    attributes:
-      page_url: event_params.page_location
+    session:                  # GA4 exports carry no IP, user agent or screen
+      page: event_params.page_location
       city: geo.city
       country: geo.country
     identifiers:
@@ -895,9 +897,11 @@ CONFIG_SOURCES = """
     path: tealium/visitors-*.jsonl
     key: event_id
     timestamp: timestamp
-    attributes:
-      page_url: page_url
+    session:
+      ip: client_ip
       user_agent: user_agent
+      page: page_url
+      screen: screen_resolution
     identifiers:
       tealium_visitor_id: tealium_visitor_id
       user_id: customer_id
@@ -911,10 +915,13 @@ CONFIG_SOURCES = """
     path: adobe/visitors-*.jsonl
     key: _id
     timestamp: timestamp
-    attributes:
-      page_url: web.webPageDetails.URL
+    session:
+      ip: environment.ipV4
       user_agent: environment.browserDetails.userAgent
+      page: web.webPageDetails.URL
       city: placeContext.geo.city
+      country: placeContext.geo.countryCode
+      screen: [device.screenWidth, device.screenHeight]
     identifiers:
       ecid: identityMap.ECID
       user_id: identityMap.CRMID
@@ -928,9 +935,16 @@ CONFIG_TYPES = """\
 """
 
 
+CONFIG_STITCHING = """
+# Anonymous visitor stitching (resolver/stitching.py) over the visitor sources' sessions.
+stitching:
+  anonymous_types: [anonymous_id, ga_client_id, tealium_visitor_id, ecid]
+"""
+
+
 def with_visitor_config(text: str) -> str:
-    """The synthetic config text plus the visitor sources (at the end of ``sources:``) and identity types
-    (after ``ip:`` in ``identity.types``); comments and everything else kept."""
+    """The synthetic config text plus the visitor sources (at the end of ``sources:``), identity types
+    (after ``ip:`` in ``identity.types``) and a ``stitching:`` section; comments and everything else kept."""
     lines = text.splitlines(keepends=True)
     identity = next(i for i, line in enumerate(lines) if line.startswith("identity:"))
     end_of_sources = identity
@@ -938,7 +952,7 @@ def with_visitor_config(text: str) -> str:
         end_of_sources -= 1
     ip_type = next(i for i, line in enumerate(lines) if i > identity and line.strip().startswith("ip:"))
     return "".join(lines[:end_of_sources] + [CONFIG_SOURCES] + lines[end_of_sources:ip_type + 1] + [CONFIG_TYPES]
-                   + lines[ip_type + 1:])
+                   + lines[ip_type + 1:] + [CONFIG_STITCHING])
 
 
 def manifest_section(stats: dict, people: int) -> dict:

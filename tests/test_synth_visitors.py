@@ -325,6 +325,11 @@ def test_the_four_shapes_read_with_the_generated_config(world, events):
     for name in ("ga_client_id", "tealium_visitor_id", "ecid"):
         assert types[name].hub_cap == types["anonymous_id"].hub_cap
     assert types["tealium_visitor_id"].normalizer == "lower"
+    assert config.stitching is not None and set(config.stitching.anonymous_types) == set(ID_TYPES.values())
+    sessions = {source.name: source.session for source in config.sources[4:]}
+    assert all("page" in fields for fields in sessions.values())
+    assert all("ip" in sessions[name] and "user_agent" in sessions[name] and "screen" in sessions[name]
+               for name in ("segment_visitors", "tealium_visitors", "adobe_visitors"))
     event_truth = pd.read_parquet(out / "truth" / "visitor_events.parquet")
     for source in config.sources[4:]:
         read = read_source(config, source)
@@ -347,6 +352,7 @@ def test_the_pipeline_runs_on_visitor_data_with_every_row_accounted(world, truth
                         ("adobe_visitors", "adobe")):
         assert summary["sources"][source]["rows_read"] == manifest["visitors"][f"events_{key}"]
         assert summary["sources"][source]["accounted"]
+    assert summary["stitching"]["anonymous_ids"] >= len(truth)
     # Deterministic stitching works today: an id that logs in ends up with its person's CRM records.
     identifiers = pd.read_parquet(out / "out" / "identifier_map.parquet")
     identity = pd.read_parquet(out / "out" / "identity_map.parquet")
