@@ -38,7 +38,8 @@ def _run_pipeline(config, console: Console, model_path: Path | None = None, stat
                    state_dir=state_dir, full=full, truth=truth)
 
 
-def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True) -> dict:
+def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True,
+              visitors: bool = False) -> dict:
     from resolver.synth import generate
 
     with Progress(
@@ -46,7 +47,7 @@ def _generate(out: Path, people: int, seed: int, console: Console, workers: int 
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
         task = progress.add_task("generate", total=people)
-        return generate(out, people, seed=seed, workers=workers, events=events,
+        return generate(out, people, seed=seed, workers=workers, events=events, visitors=visitors,
                         progress=lambda n: progress.update(task, completed=n))
 
 
@@ -112,7 +113,7 @@ def cmd_generate(args) -> int:
     console = _console(args)
     start = time.perf_counter()
     manifest = _generate(Path(args.out), args.people, args.seed, console, workers=args.workers,
-                         events=not args.no_events)
+                         events=not args.no_events, visitors=args.visitors)
     console.print(
         f"wrote {manifest.get('contacts', 0):,} contacts, {manifest.get('leads', 0):,} leads, "
         f"{manifest.get('events', 0):,} events to {args.out} in {time.perf_counter() - start:.1f} s; "
@@ -565,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--workers", type=int, default=2)
     gen.add_argument("--no-events", action="store_true",
                      help="write only the Salesforce CSVs and records truth (no Segment events)")
+    gen.add_argument("--visitors", action="store_true",
+                     help="also write anonymous web-visitor traffic (Segment, GA4, Tealium, Adobe) with truth")
     gen.set_defaults(func=cmd_generate)
 
     ev = common(sub.add_parser("evaluate", help="score a run's outputs against a truth folder"))

@@ -16,6 +16,11 @@ Output layout (all under ``out_dir``)::
     truth/events.parquet          source ("segment"|"segment_batch"), message_id, person_id,
                                   anonymous_id, user_id (raw values as written, null when absent)
 
+With ``visitors=True`` (resolver/synth_visitors.py) web-visitor traffic is added: segment/visitors-*.jsonl,
+ga4/events_YYYYMMDD.json, tealium/visitors-*.jsonl, adobe/visitors-*.jsonl, truth/visitors.parquet and
+truth/visitor_events.parquet; every other file is byte-identical to a run without it, except resolver.yaml
+(visitor sources and identity types) and manifest.json (a ``visitors`` section and the new files).
+
 With ``events=False`` the segment/ files are not written, truth/events.parquet is empty and
 resolver.yaml has no Segment sources; the Salesforce and records truth files are unchanged.
 
@@ -555,6 +560,7 @@ class _Plan:
     seed: int
     chunk_people: int
     events: bool = True  # False: Salesforce CSVs + records truth only (no Segment events drawn or written)
+    visitors: bool = False  # True: also the web-visitor layer (resolver/synth_visitors.py)
 
     @property
     def chunks(self) -> int:
@@ -1578,6 +1584,10 @@ def _run_chunk(task: _ChunkTask) -> dict:
     if task.plan.events:  # events draw after the CRM, so the CRM bytes do not depend on this switch
         events, tables = _draw_events(rng, p, pools, stats)
         _write_events(rng, task, p, events, tables, stats)
+    if task.plan.visitors:  # its own random stream: nothing above depends on this switch
+        from resolver import synth_visitors
+
+        synth_visitors.run_chunk(task, p, stats)
     return stats
 
 
@@ -1660,7 +1670,7 @@ def _chunk_results(tasks: list[_ChunkTask], workers: int) -> Iterator[dict]:
 class _Assembler:
     """Appends each chunk's parts, in chunk order, to the final CSV and parquet files."""
 
-    def __init__(self, out: Path, files: contextlib.ExitStack):
+    def __init__(self, out: Path, files: contextlib.ExitStack, visitors: bool = False):
         sf = out / "salesforce"
         self.csv = {part: files.enter_context(open(sf / name, "wb")) for part, name in  # noqa: SIM115
                     (("contact_a.csv", "Contact_a.csv"), ("contact_b.csv", "Contact_b.csv"), ("lead.csv", "Lead.csv"))}
@@ -1671,6 +1681,11 @@ class _Assembler:
             pq.ParquetWriter(out / "truth" / "records.parquet", RECORDS_SCHEMA, compression="zstd"))
         self.events = files.enter_context(
             pq.ParquetWriter(out / "truth" / "events.parquet", EVENTS_SCHEMA, compression="zstd"))
+        self.visitors = None
+        if visitors:
+            from resolver import synth_visitors
+
+            self.visitors = synth_visitors.Assembler(out, files)
 
     def append(self, task: _ChunkTask) -> None:
         for name, f in self.csv.items():
@@ -1683,14 +1698,21 @@ class _Assembler:
             with pa.memory_map(str(task.part(name))) as source:
                 writer.write_table(pa.ipc.open_file(source).read_all())
             task.part(name).unlink()
+        if self.visitors is not None:
+            self.visitors.append(task)
 
 
-def _prepare_out_dir(out: Path, events: bool) -> None:
+def _prepare_out_dir(out: Path, events: bool, visitors: bool = False) -> None:
     """Create the layout and remove files a previous run may have left (a stale events file would be read)."""
+    from resolver import synth_visitors
+
     for sub in ("salesforce", "segment", "truth") if events else ("salesforce", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for stale in list((out / "segment").glob("events-*.jsonl")) + list((out / "segment").glob("batch-*.json")):
         stale.unlink()
+    synth_visitors.remove_stale(out)
+    if visitors:
+        synth_visitors.prepare(out)
 
 
 def _files_written(plan: _Plan) -> list[str]:
@@ -1701,14 +1723,21 @@ def _files_written(plan: _Plan) -> list[str]:
     return sorted(files)
 
 
-def _write_config(out: Path, events: bool) -> None:
-    """Copy the default config; without events, drop its event sources (their globs would match no files)."""
+def _write_config(out: Path, events: bool, visitors: bool = False) -> None:
+    """Copy the default config; without events, drop its event sources (their globs would match no files);
+    with visitors, add the visitor sources and identity types."""
     with importlib.resources.as_file(importlib.resources.files("resolver") / "defaults" / "synthetic.yaml") as config:
-        if events:
+        if events and not visitors:
             shutil.copyfile(config, out / "resolver.yaml")
             return
         text = Path(config).read_bytes().decode("utf-8")
-    (out / "resolver.yaml").write_bytes(_without_event_sources(text).encode("utf-8"))
+    if not events:
+        text = _without_event_sources(text)
+    if visitors:
+        from resolver import synth_visitors
+
+        text = synth_visitors.with_visitor_config(text)
+    (out / "resolver.yaml").write_bytes(text.encode("utf-8"))
 
 
 def _without_event_sources(text: str) -> str:
@@ -1753,23 +1782,34 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
                   "ids_15_char", "ids_18_char", "cookie_reset_people", "server_side_events", "uk_people"]
     noise = {k: stats.get(k, 0) for k in noise_keys}
     noise["kiosks"], noise["nat_ips"] = plan.kiosks, plan.nat_ips
-    counts = {k: v for k, v in sorted(stats.items()) if k not in noise and k != "people"}
-    return {
+    counts = {k: v for k, v in sorted(stats.items())
+              if k not in noise and k != "people" and not k.startswith("visitor_")}
+    manifest = {
         "generator": "resolver.synth", "people": plan.people, "seed": plan.seed, "chunk_people": plan.chunk_people,
         "chunks": plan.chunks, "contacts": contacts, "leads": leads, "crm_rows": contacts + leads,
         "events": events, "deleted_rows": stats.get("deleted_contacts", 0) + stats.get("deleted_leads", 0),
         "counts": counts, "noise": noise, "files": _files_written(plan),
     }
+    if plan.visitors:
+        from resolver import synth_visitors
+
+        manifest["visitors"] = synth_visitors.manifest_section(stats, plan.people)
+    return manifest
 
 
 def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: int = 100_000,
-             workers: int = 2, progress: Callable[[int], None] | None = None, events: bool = True) -> dict:
+             workers: int = 2, progress: Callable[[int], None] | None = None, events: bool = True,
+             visitors: bool = False) -> dict:
     """Write a synthetic Salesforce + Segment dataset with ground truth to ``out_dir``.
 
     Output is a pure function of (people, seed, chunk_people): byte-identical for any ``workers``.
     ``events=False`` writes only the Salesforce CSVs and truth/records.parquet (plus an empty
     truth/events.parquet and a resolver.yaml without the Segment sources); the CRM files are
     byte-identical to those written with events, since each chunk draws its events after its CRM rows.
+    ``visitors=True`` adds the web-visitor layer (resolver/synth_visitors.py: Segment, GA4, Tealium and
+    Adobe visitor events, truth/visitors.parquet, truth/visitor_events.parquet, their config sources);
+    it draws from its own random streams, so every file written without it is byte-identical with it
+    (except resolver.yaml and manifest.json, which gain the visitor parts).
     ``progress(n_people_done)`` is called after each chunk. Returns the manifest (also in manifest.json).
     With workers > 1 chunks run in spawned processes, so scripts must call this under
     ``if __name__ == "__main__":``.
@@ -1777,15 +1817,15 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
     if people < 1 or chunk_people < 1 or seed < 0:
         raise ValueError("people and chunk_people must be positive and seed non-negative")
     out = Path(out_dir)
-    plan = _Plan(int(people), int(seed), int(chunk_people), bool(events))
-    _prepare_out_dir(out, plan.events)
+    plan = _Plan(int(people), int(seed), int(chunk_people), bool(events), bool(visitors))
+    _prepare_out_dir(out, plan.events, plan.visitors)
     parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
     tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
     totals: dict[str, int] = {}
     done = 0
     try:
         with contextlib.ExitStack() as files:
-            assembler = _Assembler(out, files)
+            assembler = _Assembler(out, files, plan.visitors)
             for task, stats in zip(tasks, _chunk_results(tasks, workers)):
                 assembler.append(task)
                 for k, v in stats.items():
@@ -1795,7 +1835,9 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
                     progress(done)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
-    _write_config(out, plan.events)
+    _write_config(out, plan.events, plan.visitors)
     manifest = _manifest(plan, totals)
+    if plan.visitors:
+        manifest["files"] = sorted(manifest["files"] + assembler.visitors.files(plan.chunks))
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     return manifest
