@@ -342,7 +342,7 @@ class StitchingConfig(_Strict):
     bands: int = Field(default=8, ge=1)  # LSH bands over the signature
     band_bucket_cap: int = Field(default=50, ge=1)  # a band or device key shared by more persons is no key
     thresholds: MatchThresholds = Field(default_factory=lambda: MatchThresholds())
-    labelled_min_pairs: int = Field(default=100, ge=1)  # authenticated ids needed to fix a feature's m
+    labelled_min_pairs: int = Field(default=20, ge=1)  # labelled pairs needed to fix a feature's m (or a rule's u)
     max_iterations: int = Field(default=200, ge=1)
     sample_pairs: int = Field(default=50_000, ge=100)  # labelled and random pairs drawn for m and u
     seed: int = 7

@@ -157,16 +157,25 @@ def evaluate_outputs(out_dir, truth_dir, config) -> dict:
 
 
 def _anonymous_truth(truth_dir) -> pd.Series:
-    """Anonymous id -> its true person: truth/visitors.parquet when the generator wrote one, else
-    the person most of the id's events belong to (truth/events.parquet)."""
+    """Anonymous id (lower case) -> its true person (NA: nobody's): truth/visitors.parquet where the
+    generator wrote one, and for the other ids the person most of their events belong to
+    (truth/events.parquet)."""
+    parts = []
     visitors = truth_dir / "visitors.parquet"
     if visitors.exists():
-        frame = pd.read_parquet(visitors)
-        return frame.dropna(subset=["person_id"]).drop_duplicates("anonymous_id").set_index("anonymous_id")["person_id"]
-    events = pd.read_parquet(truth_dir / "events.parquet").dropna(subset=["anonymous_id", "person_id"])
-    counts = events.groupby(["anonymous_id", "person_id"]).size().reset_index(name="n")
-    counts = counts.sort_values(["anonymous_id", "n", "person_id"], ascending=[True, False, True], kind="stable")
-    return counts.drop_duplicates("anonymous_id").set_index("anonymous_id")["person_id"]
+        frame = pd.read_parquet(visitors, columns=["anonymous_id", "person_id"])
+        parts.append(frame.assign(anonymous_id=frame["anonymous_id"].astype("str").str.lower()))
+    events_path = truth_dir / "events.parquet"
+    if events_path.exists():
+        events = pd.read_parquet(events_path, columns=["anonymous_id", "person_id"]).dropna(subset=["anonymous_id"])
+        counts = events.groupby(["anonymous_id", "person_id"]).size().reset_index(name="n")
+        counts = counts.sort_values(["anonymous_id", "n", "person_id"], ascending=[True, False, True], kind="stable")
+        counts = counts.drop_duplicates("anonymous_id")[["anonymous_id", "person_id"]]
+        parts.append(counts.assign(anonymous_id=counts["anonymous_id"].astype("str").str.lower()))
+    if not parts:
+        return pd.Series(dtype="float64")
+    truth = pd.concat(parts, ignore_index=True).drop_duplicates("anonymous_id")
+    return truth.set_index("anonymous_id")["person_id"]
 
 
 def stitching_metrics(out_dir, truth_dir, truth_records: pd.DataFrame) -> dict:
@@ -185,16 +194,20 @@ def stitching_metrics(out_dir, truth_dir, truth_records: pd.DataFrame) -> dict:
     counts = counts.sort_values(["person_id", "n", "true_person"], ascending=[True, False, True], kind="stable")
     stands_for = counts.drop_duplicates("person_id").set_index("person_id")["true_person"]
     truth = _anonymous_truth(truth_dir)
-    true_person = stitched["anonymous_id"].map(truth)
+    known_id = stitched["anonymous_id"].astype("str").str.lower().isin(truth.index).to_numpy()
+    true_person = stitched["anonymous_id"].astype("str").str.lower().map(truth)
     predicted = stitched["stitched_person_id"].map(stands_for)
     candidate = stitched["candidate_person_id"].map(stands_for)
     method = stitched["method"].astype("str")
+    # A stitch is right when it names the id's person; an id of nobody (a stranger) stitched to
+    # anyone is wrong. Ids the truth does not know are left out.
     correct = (predicted == true_person).to_numpy()
-    left = method.isin(["probabilistic", "review", "anonymous"]).to_numpy()
+    left = method.isin(["probabilistic", "review", "anonymous"]).to_numpy() & known_id
     reachable = left & true_person.isin(set(stands_for)).to_numpy()
-    out = {"anonymous_ids": len(stitched), "with_truth": int(true_person.notna().sum())}
+    out = {"anonymous_ids": len(stitched), "with_truth": int(known_id.sum()),
+           "strangers_stitched": int(((method == "probabilistic").to_numpy() & known_id & true_person.isna().to_numpy()).sum())}
     for kind in ("deterministic", "probabilistic"):
-        mine = (method == kind).to_numpy()
+        mine = (method == kind).to_numpy() & known_id
         out[f"{kind}_stitched"] = int(mine.sum())
         out[f"{kind}_precision"] = float(correct[mine].mean()) if mine.any() else 1.0
     probabilistic = (method == "probabilistic").to_numpy()
@@ -205,7 +218,7 @@ def stitching_metrics(out_dir, truth_dir, truth_records: pd.DataFrame) -> dict:
     good = (candidate == true_person).to_numpy()
     curve = []
     for threshold in THRESHOLDS:
-        taken = left & (probability >= threshold)
+        taken = left & (probability >= threshold) & stitched["candidate_person_id"].notna().to_numpy()
         hits = int((taken & good).sum())
         curve.append({"threshold": threshold, "stitched": int(taken.sum()),
                       "precision": hits / int(taken.sum()) if taken.any() else 1.0,

@@ -11,8 +11,7 @@ one). What is left are anonymous ids whose person holds no CRM record or user id
    visited pages (path only).
 2. **Candidates** (anonymous id, known person) from: the same IP within `window_days` (IPs seen with
    more than `nat_degree` anonymous ids are carrier / corporate NAT or VPN exits: never a key), the
-   same /24 (capped likewise), the same device fingerprint (user agent + screen) in the same city,
-   and LSH bands of the page signatures.
+   same /24 (capped likewise), and LSH bands of the page signatures.
 3. **Features** per pair, as comparison levels: network (same IP / same /24 / none), time gap of the
    closest sessions on a shared network (within an hour / a day / the window / beyond), device
    (same fingerprint / same platform: OS and device class parsed by ua-parser / different), geography
@@ -51,8 +50,8 @@ FEATURES = {
 # How a candidate was found (the first way wins), and the feature each way selects on: that
 # feature is neutral for its candidates (they agree on it by construction), and u and the match
 # rate are estimated per way, as the record model does per blocking rule.
-CANDIDATE_RULES = ("same IP", "same /24", "same device and city", "similar pages")
-_SELECTED_ON = {"same IP": "network", "same /24": "network", "same device and city": "device", "similar pages": "pages"}
+CANDIDATE_RULES = ("same IP", "same /24", "similar pages")
+_SELECTED_ON = {"same IP": "network", "same /24": "network", "similar pages": "pages"}
 _NS_PER_HOUR = 3600 * 10**9
 
 
@@ -233,16 +232,10 @@ def _candidates(anonymous: pd.DataFrame, known: pd.DataFrame, shared_ips: set, s
                 options) -> pd.DataFrame:
     """(anon_hash, person, rule) candidates for the anonymous ids of `anonymous` sessions, each found
     by the first CANDIDATE_RULES way that finds it, sorted."""
+    # (A device fingerprint is no key: popular phones share user agent and screen by the million;
+    # it is a feature of the candidates the network and the pages find.)
     candidates = [_network_candidates(anonymous, known, "ip", window_ns, shared_ips)[["anon_hash", "person"]],
                   _network_candidates(anonymous, known, "subnet", window_ns, shared_subnets)[["anon_hash", "person"]]]
-    device_keys = known.dropna(subset=["fingerprint", "city"])
-    device_sizes = device_keys.groupby(["fingerprint", "city"])["person"].nunique()
-    common = device_sizes[device_sizes > options.band_bucket_cap].index
-    device = anonymous.drop(columns="person").dropna(subset=["fingerprint", "city"]).merge(
-        device_keys[["fingerprint", "city", "person"]], on=["fingerprint", "city"])
-    if len(common):
-        device = device[~pd.MultiIndex.from_frame(device[["fingerprint", "city"]]).isin(common)]
-    candidates.append(device[["anon_hash", "person"]])
     candidates.append(_band_candidates(_signatures(anonymous, ["anon_hash"], options.permutations),
                                        _signatures(known, ["person"], options.permutations), options.bands,
                                        options.band_bucket_cap))
@@ -312,8 +305,11 @@ def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, s
     return levels
 
 
-def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, non_matches: np.ndarray, non_match_rule: np.ndarray,
+def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_rule: np.ndarray, is_match: np.ndarray,
            random: np.ndarray, options) -> object:
+    """The stitching model: m from labelled matches, u per rule from labelled non-matches (random
+    pairs where a rule has too few), the match rate per rule from the labels; EM (m held where
+    labelled) only for what the labels leave open."""
     from resolver.model import (
         M_FLOOR,
         ComparisonModel,
@@ -326,45 +322,57 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, non_match
 
     names = list(FEATURES)
     n_levels = [len(FEATURES[f]) for f in names]
+    n_rules = len(CANDIDATE_RULES)
+    minimum = options.labelled_min_pairs
     u_random = [level_distribution(random[:, k], n_levels[k]) for k in range(len(names))]
+    labelled = labelled.copy()
+    for r, way in enumerate(CANDIDATE_RULES):  # a rule's pairs agree on what it selects on: no evidence there
+        labelled[labelled_rule == r, names.index(_SELECTED_ON[way])] = 0
+    matches, non_matches = labelled[is_match], labelled[~is_match]
     fixed, m0 = [], []
     for k in range(len(names)):
-        informative = int((labelled[:, k] > 0).sum()) if len(labelled) else 0
-        fixed.append(informative >= options.labelled_min_pairs)
-        start = level_distribution(labelled[:, k], n_levels[k]) if informative else \
+        informative = int((matches[:, k] > 0).sum()) if len(matches) else 0
+        fixed.append(informative >= minimum)
+        start = level_distribution(matches[:, k], n_levels[k]) if informative else \
             np.concatenate([[np.nan], np.linspace(1, 3, n_levels[k] - 1) / np.linspace(1, 3, n_levels[k] - 1).sum()])
         m0.append(floored(start, M_FLOOR))
-    n_rules = len(CANDIDATE_RULES)
     neutral = np.zeros((n_rules, len(names)), dtype=bool)
     for r, way in enumerate(CANDIDATE_RULES):
         neutral[r, names.index(_SELECTED_ON[way])] = True
-    patterns, pattern_rule, counts = pattern_counts(levels.astype(np.int8), rule) if len(levels) else \
-        (np.zeros((0, len(names)), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    known = pattern_counts(labelled.astype(np.int8)) if len(labelled) else None
-    # u per way of finding candidates, from labelled non-matches found that way (an authenticated
-    # id and the other persons on its home IP, its office /24, ...): sharing an IP says little
-    # among candidates that share one by construction; the device, the pages and the timing say
-    # more. A rule with too few labelled non-matches takes the random-pair u. m is held to the
-    # labelled matches; EM estimates the match rate per rule.
     u = []
     for k in range(len(names)):
         table = np.tile(u_random[k], (n_rules, 1))
         for r in range(n_rules):
-            mine = non_matches[non_match_rule == r, k] if len(non_matches) else np.zeros(0, np.int8)
-            if int((mine > 0).sum()) >= options.labelled_min_pairs:
+            mine = non_matches[labelled_rule[~is_match] == r, k]
+            if int((mine > 0).sum()) >= minimum:
                 table[r] = level_distribution(mine, n_levels[k])
         u.append(table)
-    m, u, lam, iterations, converged = expectation_maximisation(
-        patterns, pattern_rule, counts, neutral, m0, u, np.full(n_rules, 0.1), options.max_iterations, 1e-6,
-        known=(known[0], known[2]) if known is not None else None, fixed_m=fixed)
+    labelled_per_rule = np.bincount(labelled_rule, minlength=n_rules)
+    matches_per_rule = np.bincount(labelled_rule[is_match], minlength=n_rules)
+    lam = np.where(labelled_per_rule >= minimum, (matches_per_rule + 0.5) / (labelled_per_rule + 1.0), np.nan)
+    iterations, converged = 0, True
+    if np.isnan(lam).any() or not all(fixed):  # EM for what the labels leave open
+        patterns, pattern_rule, counts = pattern_counts(levels.astype(np.int8), rule) if len(levels) else \
+            (np.zeros((0, len(names)), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        known = pattern_counts(matches.astype(np.int8)) if len(matches) else None
+        m, u, fitted, iterations, converged = expectation_maximisation(
+            patterns, pattern_rule, counts, neutral, m0, u, np.where(np.isnan(lam), 0.1, lam), options.max_iterations,
+            1e-6, known=(known[0], known[2]) if known is not None else None, fixed_m=fixed)
+        lam = np.where(np.isnan(lam), fitted, lam)
+    else:
+        m = m0
     comparisons = [ComparisonModel(name, "stitching", FEATURES[name], m[k], u[k], u_random[k], False)
                    for k, name in enumerate(names)]
-    training = {"candidate_pairs": int(len(levels)), "labelled_pairs": int(len(labelled)),
-                "labelled_non_matches": int(len(non_matches)),
-                "random_pairs": int(len(random)), "m_from_labelled_pairs": [n for n, f in zip(names, fixed) if f],
-                "iterations": iterations, "converged": converged}
     per_rule = np.bincount(rule, minlength=n_rules)
-    training["candidates_by_rule"] = dict(zip(CANDIDATE_RULES, map(int, per_rule)))
+    training = {"candidate_pairs": int(len(levels)), "labelled_matches": int(is_match.sum()),
+                "labelled_non_matches": int((~is_match).sum()), "random_pairs": int(len(random)),
+                "m_from_labels": [n for n, f in zip(names, fixed) if f],
+                "match_rate_from_labels": [r for r, n in zip(CANDIDATE_RULES, labelled_per_rule) if n >= minimum],
+                "match_rate_from_labels_mask": [bool(n >= minimum) for n in labelled_per_rule],
+                "labelled_by_rule": {r: {"matches": int(a), "non_matches": int(b - a)} for r, a, b in
+                                     zip(CANDIDATE_RULES, matches_per_rule, labelled_per_rule)},
+                "em_iterations": iterations, "converged": converged,
+                "candidates_by_rule": dict(zip(CANDIDATE_RULES, map(int, per_rule)))}
     prior = float((lam * per_rule).sum() / max(per_rule.sum(), 1))
     return FSModel(list(CANDIDATE_RULES), comparisons, neutral, lam, prior, training)
 
@@ -404,26 +412,20 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     levels = _features(pairs, unknown, known, shared_ips, shared_subnets, window_ns, permutations)
     rule = pairs["rule"].to_numpy(np.int64)
 
-    # Labelled pairs from the ids that did authenticate, compared as if they had not (through the
-    # person's other ids only): with their own person they are matches (m); with the other persons
-    # the same candidate rules find for them (a housemate on the home IP, a colleague at the
-    # office) they are non-matches (u, per rule).
+    # Labels from the ids that did authenticate, compared as if they had not (the person's side
+    # through its other ids only): the candidates the same rules find for them are matches when
+    # they name the id's own person, non-matches otherwise (a housemate on the home IP, a
+    # colleague on the office /24). They give m, u per rule and the match rate per rule.
     rng = np.random.default_rng(options.seed)
     authenticated = known[["anon_hash", "person"]].drop_duplicates()
-    others = authenticated.groupby("person")["anon_hash"].transform("size")
-    labelled_ids = authenticated[others.to_numpy() >= 2]
-    if len(labelled_ids) > options.sample_pairs:
-        labelled_ids = labelled_ids.iloc[np.sort(rng.choice(len(labelled_ids), options.sample_pairs, replace=False))]
-    as_unknown = s[s["anon_hash"].isin(labelled_ids["anon_hash"])]
-    labelled = _features(labelled_ids, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
     as_unknown = s[s["person"].notna()].drop(columns="person").assign(person=None)
-    strangers = candidates_of(as_unknown)
+    labelled_pairs = candidates_of(as_unknown)
+    if len(labelled_pairs) > options.sample_pairs:
+        keep = np.sort(rng.choice(len(labelled_pairs), options.sample_pairs, replace=False))
+        labelled_pairs = labelled_pairs.iloc[keep].reset_index(drop=True)
     own = authenticated.set_index("anon_hash")["person"]
-    strangers = strangers[strangers["person"].to_numpy() != strangers["anon_hash"].map(own).to_numpy()]
-    if len(strangers) > options.sample_pairs:
-        strangers = strangers.iloc[np.sort(rng.choice(len(strangers), options.sample_pairs, replace=False))]
-    strangers = strangers.reset_index(drop=True)
-    non_matches = _features(strangers, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    is_match = labelled_pairs["person"].to_numpy() == labelled_pairs["anon_hash"].map(own).to_numpy()
+    labelled = _features(labelled_pairs, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
     person_list = np.array(sorted(known_persons & set(known["person"].dropna())), dtype=object)
     anon_list = s["anon_hash"].drop_duplicates().to_numpy()
     if len(person_list) and len(anon_list):
@@ -433,7 +435,7 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
         random = _features(random_pairs, s, known, shared_ips, shared_subnets, window_ns, permutations)
     else:
         random = np.zeros((0, len(FEATURES)), np.int8)
-    model = _model(levels, rule, labelled, non_matches, strangers["rule"].to_numpy(np.int64), random, options)
+    model = _model(levels, rule, labelled, labelled_pairs["rule"].to_numpy(np.int64), is_match, random, options)
     weight = match_weights(model, levels, rule) if len(levels) else np.zeros(0)
     probability = probabilities(weight) if len(levels) else np.zeros(0)
 
@@ -446,11 +448,22 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     best = scored[best_rows.to_numpy()]
     best_levels = levels[order][best_rows.to_numpy()]
     auto, review = options.thresholds.auto_merge, options.thresholds.review
-    decision = np.where(best["probability"] >= auto, "probabilistic", np.where(best["probability"] >= review, "review",
-                                                                                 "anonymous"))
+    # The runner-up: an id that two persons could both claim (a household's shared IP, a tablet)
+    # is not stitched automatically; it goes to review, however high its best score.
+    second = scored[(~best_rows).to_numpy()].drop_duplicates("anon_hash").set_index("anon_hash")["probability"]
+    runner_up = best["anon_hash"].map(second).fillna(0.0).to_numpy()
+    contested = runner_up >= review
+    # Pages alone (no shared network) never stitch automatically: a catalogue's popular pages are
+    # browsed by strangers alike. Nor does a rule whose match rate no labels support.
+    network = best_levels[:, list(FEATURES).index("network")]
+    labelled_rule = np.asarray(model.training["match_rate_from_labels_mask"], dtype=bool)[best["rule"].to_numpy(np.int64)]
+    unsupported = (network < FEATURES["network"].index("same /24")) | ~labelled_rule
+    decision = np.where((best["probability"] >= auto) & ~contested & ~unsupported, "probabilistic",
+                        np.where(best["probability"] >= review, "review", "anonymous"))
     explained = best[["anon_hash"]].assign(candidate_person_id=best["person"].to_numpy(),
                                            probability=best["probability"].to_numpy(),
-                                           match_weight=best["match_weight"].to_numpy(), decision=decision)
+                                           match_weight=best["match_weight"].to_numpy(), runner_up_probability=runner_up,
+                                           decision=decision)
     tables = model.weight_table()
     best_rule = best["rule"].to_numpy(np.int64)
     explained["found_by"] = pd.Categorical.from_codes(best_rule, categories=list(CANDIDATE_RULES))
