@@ -199,26 +199,26 @@ def _network_candidates(unknown: pd.DataFrame, known: pd.DataFrame, column: str,
     return joined.groupby(["anon_hash", "person"], sort=False)["gap"].min().reset_index()
 
 
+def _band_keys(signatures: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """One LSH band of each signature hashed to a key (0: no pages at all in the band)."""
+    h = np.zeros(len(signatures), dtype=np.uint64)
+    for c in cols:
+        with np.errstate(over="ignore"):
+            h = mix64(h ^ signatures[c].to_numpy().astype(np.uint64))
+    has_pages = (signatures[cols].to_numpy() != np.iinfo(np.uint32).max).any(axis=1)
+    return np.where(has_pages, h, np.uint64(0))
+
+
 def _band_candidates(unknown_sig: pd.DataFrame, known_sig: pd.DataFrame, bands: int, cap: int) -> pd.DataFrame:
     """(anon_hash, person) sharing a whole band of their page signatures (buckets of more than
     `cap` persons are too common to mean anything)."""
     permutations = unknown_sig.shape[1]
     rows = max(1, permutations // bands)
     found = []
-    empty = np.iinfo(np.uint32).max
     for b in range(0, permutations, rows):
-        cols = unknown_sig.columns[b:b + rows]
-
-        def keys(sig: pd.DataFrame) -> np.ndarray:
-            h = np.zeros(len(sig), dtype=np.uint64)
-            for c in cols:
-                with np.errstate(over="ignore"):
-                    h = mix64(h ^ sig[c].to_numpy().astype(np.uint64))
-            has_pages = (sig[cols].to_numpy() != empty).any(axis=1)
-            return np.where(has_pages, h, np.uint64(0))
-
-        left = pd.DataFrame({"anon_hash": unknown_sig.index.to_numpy(), "band": keys(unknown_sig)})
-        right = pd.DataFrame({"person": known_sig.index.to_numpy(), "band": keys(known_sig)})
+        cols = list(unknown_sig.columns[b:b + rows])
+        left = pd.DataFrame({"anon_hash": unknown_sig.index.to_numpy(), "band": _band_keys(unknown_sig, cols)})
+        right = pd.DataFrame({"person": known_sig.index.to_numpy(), "band": _band_keys(known_sig, cols)})
         left, right = left[left["band"] != 0], right[right["band"] != 0]
         sizes = right.groupby("band").size()
         right = right[right["band"].map(sizes) <= cap]
