@@ -206,7 +206,7 @@ def cmd_bench(args) -> int:
     console = _console(args)
     sizes = [int(s) for s in args.sizes.split(",")]
     backends = args.backends.split(",") if args.backends else available_backends()
-    engines = args.engines.split(",") if args.engines else ["local"]
+    engines = args.engines.split(",") if args.engines else available_engines()
     missing = sorted(set(engines) - set(available_engines()))
     if missing:
         from resolver.dask_engine import EngineUnavailable
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sizes", default="10000,30000,100000,300000,1000000", help="people per rung, comma-separated")
     bench.add_argument("--repeat", type=int, default=3, help="runs per rung (median, min and max are reported)")
     bench.add_argument("--backends", help="comma-separated (default: every backend available here)")
-    bench.add_argument("--engines", help="comma-separated: local, dask (default: local)")
+    bench.add_argument("--engines", help="comma-separated: local, dask (default: every engine installed here)")
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--data", default="bench-data", help="generated datasets (kept and reused)")
     bench.add_argument("--out", default="bench-results", help="bench.json, bench.png, bench.html and the runs")

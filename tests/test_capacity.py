@@ -22,7 +22,8 @@ from resolver.cli import EXIT_CONFIG, EXIT_OK, main
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    code = main(["bench", "--sizes", "600,1200", "--repeat", "2", "--backends", "cpu", "--data", str(root / "data"),
+    code = main(["bench", "--sizes", "600,1200", "--repeat", "2", "--backends", "cpu", "--engines", "local",
+                 "--data", str(root / "data"),
                  "--out", str(root / "out"), "-q"])
     assert code == EXIT_OK
     return root / "out"
