@@ -58,6 +58,7 @@ from resolver import synth as s
 VISITOR_RATE = 0.5            # CRM people who browse the website
 LOGIN_RATE = 0.55             # of visitors: their primary browser logs in later (else it never does)
 SECOND_DEVICE_RATE = 0.35     # of visitors: a second device that never logs in
+HOME_LOGIN_RATE = 0.25        # of visitors: another device at home that they do log in on (phone or laptop)
 COOKIE_RESET_RATE = 0.15      # of visitors: 1-2 new ids on the primary device (never log in)
 VPN_WINDOW_RATE = 0.06        # of visitors: a private window whose every session is on a VPN
 VPN_HOP_RATE = 0.12           # of visitors: some primary-device sessions through a VPN
@@ -74,8 +75,8 @@ SOURCE_SHARES = [0.4, 0.2, 0.2, 0.2]  # segment, ga4, tealium, adobe (per househ
 SOURCES = ["segment_visitors", "ga4_visitors", "tealium_visitors", "adobe_visitors"]
 SEGMENT, GA4, TEALIUM, ADOBE = range(4)
 KINDS = ["logs_in_later", "never_logs_in", "second_device", "cookie_reset", "household_tablet", "vpn",
-         "work_device", "stranger"]
-PRIMARY_LOGIN, PRIMARY, SECOND, RESET, TABLET, VPN, WORK, STRANGER = range(len(KINDS))
+         "work_device", "stranger", "home_device_logs_in"]
+PRIMARY_LOGIN, PRIMARY, SECOND, RESET, TABLET, VPN, WORK, STRANGER, HOME_LOGIN = range(len(KINDS))
 
 POOL_STREAM = s._POOL_STREAM
 VISIT_START_S = s._epoch_s("2024-03-01")
@@ -398,7 +399,6 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
                         np.where(st_corporate, corp_row + rng.integers(0, k_corp, ns), -1), np.zeros(ns, np.int64),
                         np.full(ns, -1))
 
-    all_ids = _concat_ids([primary, second_ids, reset_ids, vpn_ids, work_ids, tablet_ids, stranger_ids])
     # Strangers' home networks: a bijection of the global stranger number (no two strangers collide), in
     # residential ranges apart from the CRM households' 73/98/24.x.x.
     code = s._permute(first_pid + st, 4 * 2**16 * 254, plan.seed, purpose=22)
@@ -407,6 +407,20 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
     ip = pa.concat_arrays([p.home_ip, stranger_ip, pools.carrier, pools.corporate, pools.datacenter])
     ip_geo = np.concatenate([person_geo, rng.integers(0, len(s.US_CITIES), ns), pools.carrier_geo,
                              pools.corporate_geo, pools.datacenter_geo])
+
+    # Another device at home that its owner logs in on, like the second device but authenticated:
+    # people who browse on a laptop and a phone at home and sign in on both. Drawn last, so the
+    # other behaviours' draws are unchanged.
+    home = rng.random(nv) < HOME_LOGIN_RATE
+    o = v[home]
+    home_class = np.where(primary_class[home] == 0, np.where(rng.random(len(o)) < 0.8, 1, 0), 0)
+    home_device = _pick_device(rng, home_class)
+    clash = home_device == primary_device[home]
+    home_device[clash] = (home_device[clash] + 1) % 6
+    home_ids = ids(o, HOME_LOGIN, home_device, _pick_screen(rng, home_device), np.ones(len(o), bool), o, 6,
+                   1 + _geometric(rng, 0.4, len(o), 8), start[home] + rng.integers(0, 10, len(o)),
+                   cellular_share(home_device), np.zeros(len(o)))
+    all_ids = _concat_ids([primary, second_ids, reset_ids, vpn_ids, work_ids, tablet_ids, stranger_ids, home_ids])
     user_pid = np.concatenate([p.pid, np.full(ns, -1)])
     habits = _Habits(favourites, hour, carrier_row, k_carrier, dc_row, len(pools.datacenter))
     s._count(stats, "visitor_persons", nv)

@@ -34,7 +34,8 @@ BEFORE = {
 }
 ID_TYPES = {"segment_visitors": "anonymous_id", "ga4_visitors": "ga_client_id",
             "tealium_visitors": "tealium_visitor_id", "adobe_visitors": "ecid"}
-PERSON_KINDS = {"logs_in_later", "never_logs_in", "second_device", "cookie_reset", "vpn", "work_device"}
+PERSON_KINDS = {"logs_in_later", "never_logs_in", "second_device", "cookie_reset", "vpn", "work_device",
+                "home_device_logs_in"}
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -183,7 +184,7 @@ def test_logs_in_later_ids_are_anonymous_first_then_log_in_once(events, truth):
     first = ordered.groupby(["source", "anonymous_id"]).first()
     assert not first.loc[list(logs_in), "login"].any()  # anonymous first
     assert logins["user"].notna().all() and ordered.loc[~ordered["login"], "user"].isna().all()
-    assert set(truth.loc[truth["logs_in"], "kind"]) == {"logs_in_later", "work_device"}
+    assert set(truth.loc[truth["logs_in"], "kind"]) == {"logs_in_later", "work_device", "home_device_logs_in"}
     # The user id a login carries is the person's (one user id per person, never shared).
     person = truth.set_index(["source", "anonymous_id"])["person_id"]
     users = logins.assign(person=[person[k] for k in map(tuple, logins[["source", "anonymous_id"]].to_numpy())])
@@ -204,6 +205,18 @@ def test_cookie_resets_share_device_and_home_with_an_earlier_id_and_never_log_in
     for row in resets.itertuples():
         if (row.source, row.anonymous_id) in ips.index:
             assert ips[(row.source, row.anonymous_id)] == {row.home_ip}
+
+
+def test_home_devices_that_log_in_share_the_home_ip_with_their_owners_primary(events, truth):
+    home = truth[truth["kind"] == "home_device_logs_in"]
+    assert len(home) > 50 and home["logs_in"].all() and home["person_id"].notna().all()
+    primaries = truth[truth["kind"].isin(["logs_in_later", "never_logs_in"])].set_index("person_id")
+    ips = events.groupby(["source", "anonymous_id"])["ip"].agg(set)
+    for row in home.itertuples():
+        primary = primaries.loc[row.person_id]
+        assert row.home_ip == primary.home_ip and row.user_agent != primary.user_agent
+        if row.source != "ga4_visitors":  # GA4 exports carry no IP
+            assert row.home_ip in ips[(row.source, row.anonymous_id)]
 
 
 def test_second_devices_use_the_home_ip_at_the_same_hours_with_the_same_interests(events, truth):
