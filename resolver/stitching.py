@@ -133,7 +133,6 @@ def sessionize(anon_hash: np.ndarray, anon_type: np.ndarray, times: np.ndarray, 
 class StitchResult:
     anonymous_map: pd.DataFrame
     review: pd.DataFrame
-    model: dict | None
     summary: dict
 
 
@@ -163,7 +162,7 @@ def _subnet(ip: pd.Series) -> pd.Series:
     return v4.where(v4.isna(), v4 + ".0/24")
 
 
-def _prepare_sessions(sessions: pd.DataFrame, owner: pd.Series, permutations: int) -> pd.DataFrame:
+def _prepare_sessions(sessions: pd.DataFrame, owner: pd.Series) -> pd.DataFrame:
     s = sessions.reset_index(drop=True).copy()
     s["person"] = owner.to_numpy()
     s["subnet"] = _subnet(s["ip"])
@@ -377,14 +376,13 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
     return FSModel(list(CANDIDATE_RULES), comparisons, neutral, lam, prior, training)
 
 
-def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options,
-           anonymous_types: list[str]) -> StitchResult:
+def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options) -> StitchResult:
     """Anonymous ids -> persons (deterministic, probabilistic, review, anonymous, shared)."""
     from resolver.model import match_weights, probabilities
 
     permutations = options.permutations
     window_ns = int(options.window_days * 24 * _NS_PER_HOUR)
-    ids = identifier_map[identifier_map["id_type"].astype("str").isin(anonymous_types)]
+    ids = identifier_map[identifier_map["id_type"].astype("str").isin(options.anonymous_types)]
     ids = ids[["hash", "id_type", "value", "person_id", "status"]].rename(columns={"hash": "anon_hash"})
     known_persons = set(persons.loc[~persons["is_anonymous"], "person_id"].astype("str"))
     per_anon = sessions.groupby("anon_hash").agg(sessions=("start", "size"), events=("events", "sum"),
@@ -398,7 +396,7 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     eligible = ~deterministic & ~shared & anon["sessions"].notna().to_numpy()
 
     owner_of = pd.Series(np.where(deterministic, anon["person_id"], None), index=anon["anon_hash"].to_numpy())
-    s = _prepare_sessions(sessions, sessions["anon_hash"].map(owner_of), permutations)
+    s = _prepare_sessions(sessions, sessions["anon_hash"].map(owner_of))
     known = s[s["person"].notna()]
     unknown = s[s["anon_hash"].isin(anon.loc[eligible, "anon_hash"])]
     ip_degree, subnet_degree = _degree(s, "ip"), _degree(s, "subnet")
@@ -496,4 +494,4 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
         "shared_ips_skipped": len(shared_ips),
         "model": model.training,
     }
-    return StitchResult(anonymous_map, review_table, model.to_dict(), summary)
+    return StitchResult(anonymous_map, review_table, summary)
