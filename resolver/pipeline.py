@@ -34,7 +34,7 @@ from resolver.state import State, StateStore, carry_ids
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
-from resolver.io.readers import REJECT_COLUMNS, read_source
+from resolver.io.readers import REJECT_COLUMNS, Piece, read_source, split_file
 from resolver.io.writers import write_outputs
 from resolver.normalize import Blocklist
 from resolver.report import REPORT_FILE, report_for_run
@@ -104,22 +104,26 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class IngestJob:
-    """Some files of one source, read and normalized together (in a worker process)."""
+    """Some files of one source, or one piece of one file, read and normalized together (in a
+    worker process)."""
 
     source_index: int
     files: tuple[str, ...]
+    piece: Piece | None = None
 
 
 def plan_ingest(config: Config) -> list[IngestJob]:
-    """One job per file (record keys and event ids repeated across the files of a source are
-    found afterwards); a source that matches no file gets one job, whose read names the problem."""
+    """One job per file, or per piece of a big splittable file (record keys and event ids repeated
+    across the jobs of a source are found afterwards); a source that matches no file gets one job,
+    whose read names the problem."""
     jobs = []
     for index, source in enumerate(config.sources):
         files = [str(f) for f in config.source_files(source)]
-        if files:
-            jobs.extend(IngestJob(index, (f,)) for f in files)
-        else:
+        if not files:
             jobs.append(IngestJob(index, ()))
+        for f in files:
+            pieces = split_file(Path(f), source.format, config.run.partition_bytes) or [None]
+            jobs.extend(IngestJob(index, (f,), piece) for piece in pieces)
     return jobs
 
 
@@ -143,7 +147,7 @@ def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_id
     )
     start = time.perf_counter()
     # An empty file list lets read_source raise its "no files match" error.
-    raw = read_source(config, source, files=[Path(f) for f in job.files] or None)
+    raw = read_source(config, source, files=[Path(f) for f in job.files] or None, piece=job.piece)
     read_s = time.perf_counter() - start
     tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids)
     if tables.records is not None:  # in match form for matching and golden records, once per record
@@ -158,6 +162,8 @@ def _estimated_cost(config: Config, job: IngestJob) -> float:
     """Bytes to read, weighted: a records row costs about 2.5 times an event per byte (measured:
     Salesforce CSV ~0.05 s/MB, Segment JSONL ~0.02 s/MB to read and normalize)."""
     weight = 2.5 if config.sources[job.source_index].kind == "records" else 1.0
+    if job.piece is not None and config.sources[job.source_index].format != "parquet":
+        return weight * (job.piece.end - job.piece.start)
     return weight * sum(os.path.getsize(f) for f in job.files)
 
 
@@ -222,13 +228,16 @@ class Snapshots:
     def keys(self, config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[str]:
         from resolver.snapshots import fingerprint_files, fingerprint_table, snapshot_key
 
-        keys, prints = [], []
+        keys, prints = [], {}
         for job in jobs:
-            mine = fingerprint_files(list(job.files), self.known_files)
-            prints.extend(mine)
+            missing = [f for f in job.files if f not in prints]  # a file read in pieces is hashed once
+            prints.update({p.path: p for p in fingerprint_files(missing, self.known_files)})
+            mine = [prints[f] for f in job.files]
             settings = config.sources[job.source_index].model_dump_json()
+            if job.piece is not None:
+                settings += f"|piece {job.piece.start}:{job.piece.end}:{job.piece.first_row}"
             keys.append(snapshot_key(self.config_digest, settings, (vocab.types, vocab.rules), mine))
-        self.files = fingerprint_table(prints)
+        self.files = fingerprint_table(list(prints.values()))
         return keys
 
 
@@ -278,6 +287,7 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
                     memo.remember(name, looked_up["key"].to_numpy(np.uint64)[group])
     for source in config.sources:
         mine = [p for p in parts if p.name == source.name]
+        own_jobs = [j for j in jobs if config.sources[j.source_index].name == source.name]
         for step in ("read", "normalize"):
             log.stages.append(
                 {
@@ -286,7 +296,8 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
                     "rows_out": sum(p.rows_read for p in mine) if step == "read"
                     else sum(p.resolved for p in mine),
                     "seconds": round(sum(p.seconds[step] for p in mine), 4),
-                    "files": sum(len(j.files) for j in jobs if config.sources[j.source_index].name == source.name),
+                    "files": len({f for j in own_jobs for f in j.files}),
+                    "jobs": len(own_jobs),
                     "note": "summed over worker processes",
                 }
             )

@@ -63,9 +63,67 @@ class _Part:
     rejects: list[Reject] = field(default_factory=list)
 
 
-def read_source(config: Config, source: SourceConfig, files: list[Path] | None = None) -> SourceFrame:
-    """Read every file of `source` (in sorted order), or just `files`, into one frame of raw
-    strings plus rejects."""
+@dataclass(frozen=True)
+class Piece:
+    """The part of one file that one ingest job reads: bytes [start, end) of a line-delimited file
+    (both at line starts), or row groups [start, end) of a Parquet file; `first_row` is the number
+    of its first line (row) in the file, so rejects name the same rows as a whole-file read."""
+
+    start: int
+    end: int
+    first_row: int
+
+
+SPLITTABLE_FORMATS = frozenset({"jsonl", "ga4", "adobe", "tealium", "parquet"})
+
+
+def split_file(path: Path, fmt: str, target_bytes: int) -> list[Piece] | None:
+    """Pieces of about `target_bytes` each, in file order, or None when the file is small or its
+    format cannot be cut (CSV may quote newlines; a Segment batch is one JSON body)."""
+    if fmt not in SPLITTABLE_FORMATS or target_bytes <= 0 or os.path.getsize(path) <= target_bytes:
+        return None
+    pieces = _row_group_pieces(path, target_bytes) if fmt == "parquet" else _line_pieces(path, target_bytes)
+    return pieces if len(pieces) > 1 else None
+
+
+def _line_pieces(path: Path, target_bytes: int) -> list[Piece]:
+    """Cut after the first newline at or past each multiple of `target_bytes`; a piece's first line
+    number counts the newlines before it (a pass over the file at memory speed)."""
+    with open(path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    size = len(data)
+    cuts = [0]
+    while cuts[-1] + target_bytes < size:
+        newline = data.find(b"\n", cuts[-1] + target_bytes)
+        if newline < 0 or newline + 1 >= size:
+            break
+        cuts.append(newline + 1)
+    cuts.append(size)
+    pieces, first_row = [], 1
+    for start, end in zip(cuts[:-1], cuts[1:]):
+        pieces.append(Piece(start, end, first_row))
+        first_row += sum(_count_newlines(data, s, min(s + _JSON_CHUNK, end)) for s in range(start, end, _JSON_CHUNK))
+    return pieces
+
+
+def _row_group_pieces(path: Path, target_bytes: int) -> list[Piece]:
+    """Consecutive row groups of about `target_bytes` (uncompressed) each."""
+    meta = pq.ParquetFile(path).metadata
+    pieces, start, first_row, rows, size = [], 0, 1, 0, 0
+    for group in range(meta.num_row_groups):
+        rows += meta.row_group(group).num_rows
+        size += meta.row_group(group).total_byte_size
+        if size >= target_bytes or group == meta.num_row_groups - 1:
+            pieces.append(Piece(start, group + 1, first_row))
+            start, first_row, size = group + 1, first_row + rows, 0
+            rows = 0
+    return pieces
+
+
+def read_source(config: Config, source: SourceConfig, files: list[Path] | None = None,
+                piece: Piece | None = None) -> SourceFrame:
+    """Read every file of `source` (in sorted order), or just `files`, or one `piece` of the one
+    file in `files`, into one frame of raw strings plus rejects."""
     files = config.source_files(source) if files is None else files
     if not files:
         pattern = Path(source.path)
@@ -79,7 +137,7 @@ def read_source(config: Config, source: SourceConfig, files: list[Path] | None =
     for path in files:
         # One file at a time; only the referenced columns of each stay in memory until the end.
         try:
-            for part in reader(path, source, columns):
+            for part in reader(path, source, columns, piece):
                 tables.append(_part_table(part, columns, str(path)))
                 rejects.extend((source.name, str(path), *r) for r in sorted(part.rejects, key=lambda r: r[0]))
         except OSError as exc:
@@ -98,7 +156,8 @@ def read_source(config: Config, source: SourceConfig, files: list[Path] | None =
 # ----------------------------------------------------------------------------------------- CSV
 
 
-def _read_csv(path: Path, source: SourceConfig, columns: list[str]) -> Iterable[_Part]:
+def _read_csv(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
+    assert piece is None, "CSV files are read whole (quoted fields may hold newlines)"
     encoding = _codec_name(source, source.csv.encoding)
     header = _csv_header(path, source, encoding)
     where = _match_columns(columns, header, path, source, "header")
@@ -267,14 +326,17 @@ def _decode_text(
 # -------------------------------------------------------------------------------------- Parquet
 
 
-def _read_parquet(path: Path, source: SourceConfig, columns: list[str]) -> Iterable[_Part]:
+def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
     try:
         pf = pq.ParquetFile(path)
         leaves = _leaf_paths(pf.schema_arrow)
         where = _match_columns(columns, leaves, path, source, "columns")
         # Read only the top-level fields holding the wanted leaves, then flatten their structs.
         tops = sorted({_top_field(pf.schema_arrow, leaves[i]) for i in where.values()})
-        table = _flatten(pf.read(columns=tops))
+        if piece is None:
+            table = _flatten(pf.read(columns=tops))
+        else:
+            table = _flatten(pf.read_row_groups(range(piece.start, piece.end), columns=tops))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {exc}") from exc
     strings: dict[str, pa.ChunkedArray] = {}
@@ -287,7 +349,8 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str]) -> Itera
             binary[col] = arr.cast(pa.binary())  # may hold invalid UTF-8: rejected per row, as in CSV
         else:
             strings[col] = _to_string(arr, col, path, source)
-    rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    first_row = piece.first_row if piece is not None else 1
+    rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
     decoded, rejects, keep = _decode_text(binary, rows, "UTF-8")
     if keep is not None:
         strings = {col: arr.filter(keep) for col, arr in strings.items()}
@@ -354,7 +417,7 @@ def _to_string(arr: pa.ChunkedArray, col: str, path: Path, source: SourceConfig)
 # ---------------------------------------------------------------------------------------- JSONL
 
 
-def _read_jsonl(path: Path, source: SourceConfig, columns: list[str]) -> Iterable[_Part]:
+def _read_jsonl(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
     schema = _json_schema(columns)
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
@@ -362,16 +425,21 @@ def _read_jsonl(path: Path, source: SourceConfig, columns: list[str]) -> Iterabl
         # Memory-mapped: pieces go to pyarrow without copies and the page cache holds the text.
         # The map closes when the last view of it is gone, so it is not closed explicitly.
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    start = len(codecs.BOM_UTF8) if data[:3] == codecs.BOM_UTF8 else 0  # some Windows tools write one
-    first_line = 1
-    while start < len(data):
-        end = data.rfind(b"\n", start, start + _JSON_CHUNK) + 1 if start + _JSON_CHUNK < len(data) else len(data)
+    start, stop, first_line = (piece.start, piece.end, piece.first_row) if piece is not None else (0, len(data), 1)
+    if start == 0 and data[:3] == codecs.BOM_UTF8:  # some Windows tools write one
+        start = len(codecs.BOM_UTF8)
+    while start < stop:
+        end = data.rfind(b"\n", start, start + _JSON_CHUNK) + 1 if start + _JSON_CHUNK < stop else stop
         if end <= start:  # one line longer than a piece
-            end = data.find(b"\n", start) + 1 or len(data)
+            end = data.find(b"\n", start, stop) + 1 or stop
         newlines = _newlines(data, start, end)
         yield from _jsonl_piece(data, start, end, newlines, first_line, columns, schema)
         first_line += len(newlines)
         start = end
+
+
+def _count_newlines(data: mmap.mmap, start: int, end: int) -> int:
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8, end - start, start) == ord("\n")))
 
 
 def _newlines(data: mmap.mmap, start: int, end: int) -> np.ndarray:
@@ -487,9 +555,10 @@ def _json_schema(columns: list[str]) -> pa.Schema | None:
 # -------------------------------------------------------------------------------------- Segment
 
 
-def _read_segment(path: Path, source: SourceConfig, columns: list[str]) -> Iterable[_Part]:
+def _read_segment(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
     """A Segment HTTP batch body {"batch": [...]}, or a JSONL of such bodies; one row per message,
     numbered by its position among the file's messages (its index in `batch` for one batch)."""
+    assert piece is None, "Segment batch files are read whole"
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     if not data.strip():
         raise InputError(f"source {source.name!r}: {path}: not a Segment batch file (empty)")
@@ -674,14 +743,21 @@ def _reject_frame(rejects: list[tuple]) -> pd.DataFrame:
     )
 
 
-def _read_shaped(path: Path, source: SourceConfig, columns: list[str]) -> Iterable[_Part]:
+def _read_shaped(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
     """Newline-delimited JSON events of a CDP shape (resolver/io/cdp_shapes.py: ga4, adobe,
     tealium), each reshaped before its columns are taken; bad lines become rejects with their line
     number. Pieces of _SHAPED_LINES lines keep memory bounded."""
     from resolver.io.cdp_shapes import TRANSFORMS
 
     transform = TRANSFORMS[source.format]
-    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    with open(path, "rb") as f:
+        if piece is None:
+            data, first_line = f.read(), 1
+        else:
+            f.seek(piece.start)
+            data, first_line = f.read(piece.end - piece.start), piece.first_row
+    if piece is None or piece.start == 0:
+        data = data.removeprefix(codecs.BOM_UTF8)
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -691,7 +767,7 @@ def _read_shaped(path: Path, source: SourceConfig, columns: list[str]) -> Iterab
             for offset, line in enumerate(lines[start:start + _SHAPED_LINES]):
                 if not line.strip():
                     continue
-                number = start + offset + 1
+                number = first_line + start + offset
                 try:
                     obj = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
