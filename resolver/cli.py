@@ -39,7 +39,7 @@ def _run_pipeline(config, console: Console, model_path: Path | None = None, stat
 
 
 def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True,
-              visitors: bool = False) -> dict:
+              visitors: bool = False, events_per_person: float | None = None) -> dict:
     from resolver.synth import generate
 
     with Progress(
@@ -47,8 +47,9 @@ def _generate(out: Path, people: int, seed: int, console: Console, workers: int 
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
         task = progress.add_task("generate", total=people)
+        extra = {"events_per_person": events_per_person} if events_per_person is not None else {}
         return generate(out, people, seed=seed, workers=workers, events=events, visitors=visitors,
-                        progress=lambda n: progress.update(task, completed=n))
+                        progress=lambda n: progress.update(task, completed=n), **extra)
 
 
 def _summary_table(summary: dict, metrics: dict | None) -> Table:
@@ -113,7 +114,7 @@ def cmd_generate(args) -> int:
     console = _console(args)
     start = time.perf_counter()
     manifest = _generate(Path(args.out), args.people, args.seed, console, workers=args.workers,
-                         events=not args.no_events, visitors=args.visitors)
+                         events=not args.no_events, visitors=args.visitors, events_per_person=args.events_per_person)
     console.print(
         f"wrote {manifest.get('contacts', 0):,} contacts, {manifest.get('leads', 0):,} leads, "
         f"{manifest.get('events', 0):,} events to {args.out} in {time.perf_counter() - start:.1f} s; "
@@ -568,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write only the Salesforce CSVs and records truth (no Segment events)")
     gen.add_argument("--visitors", action="store_true",
                      help="also write anonymous web-visitor traffic (Segment, GA4, Tealium, Adobe) with truth")
+    gen.add_argument("--events-per-person", type=float, default=None,
+                     help="mean of each user's own Segment events (default 5.6); more makes an events-heavy dataset")
     gen.set_defaults(func=cmd_generate)
 
     ev = common(sub.add_parser("evaluate", help="score a run's outputs against a truth folder"))

@@ -561,6 +561,7 @@ class _Plan:
     chunk_people: int
     events: bool = True  # False: Salesforce CSVs + records truth only (no Segment events drawn or written)
     visitors: bool = False  # True: also the web-visitor layer (resolver/synth_visitors.py)
+    mean_events: float = MEAN_EVENTS  # own events per user with events (geometric mean, before cookies)
 
     @property
     def chunks(self) -> int:
@@ -1263,13 +1264,14 @@ class _OwnActivity:
     cookies: pa.Array  # anonymousId of each cookie row
 
 
-def _own_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict) -> _OwnActivity:
+def _own_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict,
+                mean_events: float = MEAN_EVENTS) -> _OwnActivity:
     """Events on each user's own devices: rotating cookies, a login point, identify on new cookies after it."""
     n, users = len(p), np.flatnonzero(p.has_events)
     nu = len(users)
     cookies = _cookie_counts(rng, nu, stats)
     devices_per_user = np.minimum(rng.choice([1, 2, 3], size=nu, p=[0.6, 0.3, 0.1]), cookies)
-    counts = np.maximum(rng.geometric(1 / MEAN_EVENTS, nu), cookies)
+    counts = np.maximum(rng.geometric(1 / mean_events, nu), cookies)
 
     devices = _devices(rng, rng.choice(3, size=int(devices_per_user.sum()), p=DEVICE_TYPE_WEIGHTS), stats)
     # Cookie j of a user lives on device j mod (devices); cookies follow each other in time.
@@ -1362,8 +1364,9 @@ class _EventTables:
     ip: pa.Array              # the chunk's people (home IP), then the NAT pool, then kiosk IPs
 
 
-def _draw_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict) -> tuple[_Events, _EventTables]:
-    own = _own_events(rng, p, pools, stats)
+def _draw_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict,
+                 mean_events: float = MEAN_EVENTS) -> tuple[_Events, _EventTables]:
+    own = _own_events(rng, p, pools, stats, mean_events)
     cookies, devices, kiosks = len(own.cookies), len(own.devices.kind), len(pools.kiosk_anon)
     kiosk = _kiosk_events(rng, p, cookies, devices, len(p) + len(pools.nat_ip), kiosks, stats)
     tablet, tablets, tablet_anon = _family_tablets(rng, p, cookies + kiosks, devices + kiosks, stats)
@@ -1582,7 +1585,7 @@ def _run_chunk(task: _ChunkTask) -> dict:
     _count_people(stats, p)
     _write_salesforce(rng, task, p, pools, stats)
     if task.plan.events:  # events draw after the CRM, so the CRM bytes do not depend on this switch
-        events, tables = _draw_events(rng, p, pools, stats)
+        events, tables = _draw_events(rng, p, pools, stats, task.plan.mean_events)
         _write_events(rng, task, p, events, tables, stats)
     if task.plan.visitors:  # its own random stream: nothing above depends on this switch
         from resolver import synth_visitors
@@ -1786,6 +1789,7 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
               if k not in noise and k != "people" and not k.startswith("visitor_")}
     manifest = {
         "generator": "resolver.synth", "people": plan.people, "seed": plan.seed, "chunk_people": plan.chunk_people,
+        "events_per_person": plan.mean_events,
         "chunks": plan.chunks, "contacts": contacts, "leads": leads, "crm_rows": contacts + leads,
         "events": events, "deleted_rows": stats.get("deleted_contacts", 0) + stats.get("deleted_leads", 0),
         "counts": counts, "noise": noise, "files": _files_written(plan),
@@ -1799,7 +1803,7 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
 
 def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: int = 100_000,
              workers: int = 2, progress: Callable[[int], None] | None = None, events: bool = True,
-             visitors: bool = False) -> dict:
+             visitors: bool = False, events_per_person: float = MEAN_EVENTS) -> dict:
     """Write a synthetic Salesforce + Segment dataset with ground truth to ``out_dir``.
 
     Output is a pure function of (people, seed, chunk_people): byte-identical for any ``workers``.
@@ -1810,14 +1814,16 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
     Adobe visitor events, truth/visitors.parquet, truth/visitor_events.parquet, their config sources);
     it draws from its own random streams, so every file written without it is byte-identical with it
     (except resolver.yaml and manifest.json, which gain the visitor parts).
+    ``events_per_person`` sets the mean of each user's own events (more makes an events-heavy
+    dataset with the same people and CRM rows).
     ``progress(n_people_done)`` is called after each chunk. Returns the manifest (also in manifest.json).
     With workers > 1 chunks run in spawned processes, so scripts must call this under
     ``if __name__ == "__main__":``.
     """
-    if people < 1 or chunk_people < 1 or seed < 0:
-        raise ValueError("people and chunk_people must be positive and seed non-negative")
+    if people < 1 or chunk_people < 1 or seed < 0 or events_per_person < 1:
+        raise ValueError("people and chunk_people must be positive, seed non-negative, events_per_person >= 1")
     out = Path(out_dir)
-    plan = _Plan(int(people), int(seed), int(chunk_people), bool(events), bool(visitors))
+    plan = _Plan(int(people), int(seed), int(chunk_people), bool(events), bool(visitors), float(events_per_person))
     _prepare_out_dir(out, plan.events, plan.visitors)
     parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
     tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
