@@ -6,7 +6,7 @@ generated data: wall time, peak memory of the client and of each worker, buckets
     python benchmarks/bench_engines.py --people 1000000 --workers 2
 
     # out of core: 50M Segment events in one 25 GB JSONL file, with 1.56M CRM records
-    python benchmarks/bench_engines.py --people 1440000 --events-per-person 50 --one-events-file \
+    python benchmarks/bench_engines.py --people 1440000 --events-per-person 50 --seed 3 --one-events-file \
         --data /work/bench --whole-file-cap-gib 16
 
 Each run is its own process, timed with its peak RSS (/usr/bin/time); the dask workers' peaks come
@@ -34,15 +34,15 @@ import psutil
 HERE = Path(__file__).resolve().parent
 
 
-def _data(people: int, events: bool, events_per_person: float | None, one_file: bool, root: Path) -> Path:
+def _data(people: int, events: bool, events_per_person: float | None, one_file: bool, root: Path, seed: int) -> Path:
     per = f"-epp-{events_per_person:g}" if events_per_person else ""
-    target = root / f"{'people' if events else 'records'}-{people}{per}-seed-1{'-one-file' if one_file else ''}"
+    target = root / f"{'people' if events else 'records'}-{people}{per}-seed-{seed}{'-one-file' if one_file else ''}"
     if not (target / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "resolver", "generate", "--people", str(people), "--seed", "1",
+        subprocess.run([sys.executable, "-m", "resolver", "generate", "--people", str(people), "--seed", str(seed),
                         "--out", str(target), "--quiet", *([] if events else ["--no-events"]),
                         *(["--events-per-person", str(events_per_person)] if events_per_person else [])], check=True)
-        if one_file:
-            _join_event_files(target / "segment")
+    if one_file and not (target / "segment" / "events-all.jsonl").exists():
+        _join_event_files(target / "segment")
     return target
 
 
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--whole-file-cap-gib", type=float, default=None,
                         help="also run the local engine reading files whole, stopped past this many GiB")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default=str(HERE / "data" / "engines"))
     parser.add_argument("--results", default=str(HERE / "results" / "engines.json"))
     args = parser.parse_args()
@@ -123,7 +124,7 @@ def main() -> None:
     rows = []
     events = args.events or bool(args.events_per_person)
     for people in args.people:
-        data = _data(people, events, args.events_per_person, args.one_events_file, Path(args.data))
+        data = _data(people, events, args.events_per_person, args.one_events_file, Path(args.data), args.seed)
         config = data / "resolver.yaml"
         row = {"people": people, "local": _run(config, data / "out-local"),
                "dask": _run(config, data / "out-dask", "--engine", "dask", "--workers", str(args.workers))}
