@@ -49,13 +49,11 @@ FEATURES = {
     "geo": ["null", "different", "same country", "same city"],
     "pages": ["null", "disjoint", "some overlap", "similar", "very similar"],
 }
-# How a candidate was found (the first way wins), and the features each way selects on: those
-# are neutral for its candidates (they agree on them by construction), and u and the match rate
-# are estimated per way, as the record model does per blocking rule. A session's city and country
-# are its IP's geolocation (Segment context.location, GA4 geo, Adobe placeContext), so sessions on
-# one network agree on them by construction too: geography is evidence only for the pages rule.
+# How a candidate was found (the first way wins), and the feature each way selects on: that
+# feature is neutral for its candidates (they agree on it by construction), and u and the match
+# rate are estimated per way, as the record model does per blocking rule.
 CANDIDATE_RULES = ("same IP", "same /24", "similar pages")
-_SELECTED_ON = {"same IP": ("network", "geo"), "same /24": ("network", "geo"), "similar pages": ("pages",)}
+_SELECTED_ON = {"same IP": "network", "same /24": "network", "similar pages": "pages"}
 _NS_PER_HOUR = 3600 * 10**9
 _NO_GAP = np.iinfo(np.int64).max  # no sessions on a shared network at all
 
@@ -351,20 +349,6 @@ def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, s
     return feature_levels(xp, evidence, window_ns, permutations)
 
 
-def _shrunk_u(levels: np.ndarray, prior: np.ndarray, weight: int) -> np.ndarray:
-    """u of one feature among a rule's labelled non-matches, shrunk toward `prior` (random pairs)
-    as if `weight` more pairs had been drawn from it: a handful of labels moves u a little, many
-    move it all the way. (A cliff at a minimum count would fall back to random pairs for a rule
-    with few labels, and random pairs almost never share a network, a city or a day: every
-    agreement on a shared IP would then look like strong evidence.)"""
-    counts = np.bincount(levels, minlength=len(prior)).astype(np.float64)[:len(prior)]
-    counts[0] = 0.0  # null: no evidence
-    counts[1:] += weight * prior[1:]
-    out = counts / counts[1:].sum()
-    out[0] = np.nan
-    return out
-
-
 def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_rule: np.ndarray, is_match: np.ndarray,
            random: np.ndarray, options) -> object:
     """The stitching model: m from labelled matches, u per rule from labelled non-matches (random
@@ -387,8 +371,7 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
     u_random = [level_distribution(random[:, k], n_levels[k]) for k in range(len(names))]
     labelled = labelled.copy()
     for r, way in enumerate(CANDIDATE_RULES):  # a rule's pairs agree on what it selects on: no evidence there
-        for feature in _SELECTED_ON[way]:
-            labelled[labelled_rule == r, names.index(feature)] = 0
+        labelled[labelled_rule == r, names.index(_SELECTED_ON[way])] = 0
     matches, non_matches = labelled[is_match], labelled[~is_match]
     fixed, m0 = [], []
     for k in range(len(names)):
@@ -399,12 +382,14 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
         m0.append(floored(start, M_FLOOR))
     neutral = np.zeros((n_rules, len(names)), dtype=bool)
     for r, way in enumerate(CANDIDATE_RULES):
-        neutral[r, [names.index(feature) for feature in _SELECTED_ON[way]]] = True
+        neutral[r, names.index(_SELECTED_ON[way])] = True
     u = []
     for k in range(len(names)):
         table = np.tile(u_random[k], (n_rules, 1))
         for r in range(n_rules):
-            table[r] = _shrunk_u(non_matches[labelled_rule[~is_match] == r, k], u_random[k], minimum)
+            mine = non_matches[labelled_rule[~is_match] == r, k]
+            if int((mine > 0).sum()) >= minimum:
+                table[r] = level_distribution(mine, n_levels[k])
         u.append(table)
     labelled_per_rule = np.bincount(labelled_rule, minlength=n_rules)
     matches_per_rule = np.bincount(labelled_rule[is_match], minlength=n_rules)
