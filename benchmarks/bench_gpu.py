@@ -83,6 +83,24 @@ def components_edges_per_second(n_edges: int, xp) -> float:
     return n_edges / _timed(run, repeat=1)
 
 
+def minhash_sessions_per_second(n_sessions: int, target: str, xp, permutations: int = 32) -> float:
+    """Sessions of 8 page views per second signed by the MinHash kernel (visitor stitching); on the
+    GPU the page hashes are on the device before timing starts."""
+    from resolver.kernels.minhash import signatures
+
+    rng = np.random.default_rng(6)
+    page_hash = xp.asarray(rng.integers(1, 2**63, n_sessions * 8, dtype=np.uint64))
+    offsets = xp.arange(0, n_sessions * 8 + 1, 8, dtype=xp.int64)
+
+    def run():
+        out = signatures(page_hash, offsets, permutations, target=target, xp=xp)
+        if xp is not np:
+            xp.cuda.Device().synchronize()
+        return out
+
+    return n_sessions / _timed(run)
+
+
 class GpuMemoryPeak:
     """Largest device memory in use while the block runs, sampled every 20 ms from the driver (so it
     counts CuPy's pool, numba's allocations and everything else on the device)."""
@@ -191,6 +209,8 @@ def main() -> None:
     parser.add_argument("--cpu-pairs", type=int, default=20_000_000, help="pairs per CPU comparison run")
     parser.add_argument("--edges", type=int, default=1_000_000_000, help="edges for connected components (GPU)")
     parser.add_argument("--cpu-edges", type=int, default=10_000_000)
+    parser.add_argument("--sessions", type=int, default=20_000_000, help="sessions per GPU MinHash run")
+    parser.add_argument("--cpu-sessions", type=int, default=2_000_000)
     parser.add_argument("--e2e-sizes", default="1000000,10000000", help="people per end-to-end run ('' = skip)")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "resolver-bench-gpu"))
     parser.add_argument("--json", help="also write the numbers to this file")
@@ -216,6 +236,10 @@ def main() -> None:
             gpu_cc = components_edges_per_second(args.edges, cp)
         cp.get_default_memory_pool().free_all_blocks()
     rows.append((f"connected components edges/s ({args.edges:,} GPU / {args.cpu_edges:,} CPU edges)", gpu_cc, cpu_cc))
+    print(rows[-1], flush=True)
+    gpu_mh = minhash_sessions_per_second(args.sessions, "cuda", cp) if gpu else None
+    rows.append(("MinHash signatures, sessions/s (8 pages, 32 permutations)", gpu_mh,
+                 minhash_sessions_per_second(args.cpu_sessions, "cpu", np)))
     print(rows[-1], flush=True)
     sizes = [int(x) for x in args.e2e_sizes.split(",") if x]
     e2e = end_to_end(sizes, ["cpu", "gpu"] if gpu else ["cpu"], Path(args.workdir), cp, deadline) if sizes else []

@@ -6,7 +6,7 @@
 #   device: bash benchmarks/gpu_check.sh           # (carry .whl); numbers also in $OUT/bench_gpu.json
 #
 # Without a GPU it is a dry run: the GPU tests skip and the benchmark measures the CPU side only
-# (pass small sizes: --cpu-pairs 2000000 --cpu-edges 2000000 --e2e-sizes 20000).
+# (pass small sizes: --cpu-pairs 2000000 --cpu-edges 2000000 --cpu-sessions 200000 --e2e-sizes 20000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -27,8 +27,8 @@ print("numba targets:", available_targets(), "| backend auto:", select_backend("
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 # GPU tests: the real-GPU subset, and the kernels' own tests (their simulator checks included).
-timeout 240 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py tests/test_string_kernels.py \
-  tests/test_backend_components.py 2>&1 | tee "$out/gpu_tests.log" | tail -25
+timeout 300 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py tests/test_string_kernels.py \
+  tests/test_minhash_kernels.py tests/test_backend_components.py 2>&1 | tee "$out/gpu_tests.log" | tail -25
 left=$(( 470 - (SECONDS - started) ))
 echo "tests took $((SECONDS - started)) s; benchmark gets ${left} s"
 timeout "$left" python3 benchmarks/bench_gpu.py --json "$out/bench_gpu.json" --deadline $(( left - 20 )) "$@"

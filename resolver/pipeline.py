@@ -636,7 +636,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         from resolver.stitching import stitch
 
         with log.stage("stitching: anonymous visitors", rows_in=len(sessions)) as entry:
-            stitched = stitch(sessions, identifier_map, persons, config.stitching)
+            stitched = stitch(sessions, identifier_map, persons, config.stitching, backend=backend)
             entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
     actions = _concat([_ingest_actions(parts), result.actions], ACTION_COLUMNS)

@@ -37,6 +37,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from resolver.backend.arrays import CPU, Backend, scatter_min, to_host
+from resolver.kernels import minhash
 from resolver.kernels.hashing import mix64
 
 SESSION_FIELDS = ("ip", "user_agent", "page", "city", "country", "screen")
@@ -53,6 +55,7 @@ FEATURES = {
 CANDIDATE_RULES = ("same IP", "same /24", "similar pages")
 _SELECTED_ON = {"same IP": "network", "same /24": "network", "similar pages": "pages"}
 _NS_PER_HOUR = 3600 * 10**9
+_NO_GAP = np.iinfo(np.int64).max  # no sessions on a shared network at all
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,14 +79,11 @@ def page_path(urls: pd.Series) -> pd.Series:
     return path.where(path != "", "/").where(text.notna())
 
 
-def _seeds(permutations: int) -> np.ndarray:
-    return mix64(np.arange(1, permutations + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-
-
 def minhash_rows(page_hash: np.ndarray, permutations: int) -> np.ndarray:
-    """(n, permutations) uint32 hashes of each page under each permutation (max for no page)."""
+    """(n, permutations) uint32 hashes of each page under each permutation (max for no page): the
+    numpy definition that the compiled kernel (resolver/kernels/minhash.py) is tested against."""
     out = np.empty((len(page_hash), permutations), dtype=np.uint32)
-    for i, seed in enumerate(_seeds(permutations)):
+    for i, seed in enumerate(minhash.seeds(permutations)):
         with np.errstate(over="ignore"):
             out[:, i] = (mix64(page_hash ^ seed) >> np.uint64(32)).astype(np.uint32)
     out[page_hash == 0] = np.iinfo(np.uint32).max
@@ -91,10 +91,10 @@ def minhash_rows(page_hash: np.ndarray, permutations: int) -> np.ndarray:
 
 
 def sessionize(anon_hash: np.ndarray, anon_type: np.ndarray, times: np.ndarray, fields: dict[str, pd.Series],
-               gap_minutes: float, permutations: int) -> pd.DataFrame:
+               gap_minutes: float, permutations: int, target: str = "cpu", xp=np) -> pd.DataFrame:
     """One row per session of each anonymous id (events with a time only): anon_hash, anon_type,
     start, end (int64 ns), events, the session's first ip, user_agent, screen, city and country,
-    and mh0.. (the MinHash signature of its pages)."""
+    and mh0.. (the MinHash signature of its pages, by the kernel built for `target`)."""
     ts = times.astype("datetime64[ns]").view(np.int64)
     rows = np.flatnonzero((anon_hash != 0) & (ts != np.iinfo(np.int64).min))
     rows = rows[np.lexsort((ts[rows], anon_hash[rows]))]
@@ -119,8 +119,8 @@ def sessionize(anon_hash: np.ndarray, anon_type: np.ndarray, times: np.ndarray, 
     pages = fields.get("page")
     page_hash = _text_hash(page_path(pages.iloc[rows].reset_index(drop=True)), b"page:") if pages is not None \
         else np.zeros(len(rows), dtype=np.uint64)
-    signature = minhash_rows(page_hash, permutations)
-    sig = np.minimum.reduceat(signature, starts, axis=0) if len(starts) else signature[:0]
+    offsets = np.append(starts, len(rows)).astype(np.int64)
+    sig = to_host(minhash.signatures(page_hash, offsets, permutations, target=target, xp=xp))
     for i in range(permutations):
         frame[f"mh{i}"] = sig[:, i]
     return frame
@@ -198,26 +198,19 @@ def _network_candidates(unknown: pd.DataFrame, known: pd.DataFrame, column: str,
     return joined.groupby(["anon_hash", "person"], sort=False)["gap"].min().reset_index()
 
 
-def _band_keys(signatures: pd.DataFrame, cols: list[str]) -> np.ndarray:
-    """One LSH band of each signature hashed to a key (0: no pages at all in the band)."""
-    h = np.zeros(len(signatures), dtype=np.uint64)
-    for c in cols:
-        with np.errstate(over="ignore"):
-            h = mix64(h ^ signatures[c].to_numpy().astype(np.uint64))
-    has_pages = (signatures[cols].to_numpy() != np.iinfo(np.uint32).max).any(axis=1)
-    return np.where(has_pages, h, np.uint64(0))
-
-
-def _band_candidates(unknown_sig: pd.DataFrame, known_sig: pd.DataFrame, bands: int, cap: int) -> pd.DataFrame:
+def _band_candidates(unknown_sig: pd.DataFrame, known_sig: pd.DataFrame, bands: int, cap: int,
+                     xp=np) -> pd.DataFrame:
     """(anon_hash, person) sharing a whole band of their page signatures (buckets of more than
-    `cap` persons are too common to mean anything)."""
+    `cap` persons are too common to mean anything). The band keys are computed on `xp`."""
     permutations = unknown_sig.shape[1]
     rows = max(1, permutations // bands)
+    left_sig, right_sig = (xp.asarray(frame.to_numpy(np.uint32)) for frame in (unknown_sig, known_sig))
     found = []
     for b in range(0, permutations, rows):
-        cols = list(unknown_sig.columns[b:b + rows])
-        left = pd.DataFrame({"anon_hash": unknown_sig.index.to_numpy(), "band": _band_keys(unknown_sig, cols)})
-        right = pd.DataFrame({"person": known_sig.index.to_numpy(), "band": _band_keys(known_sig, cols)})
+        stop = min(b + rows, permutations)
+        left = pd.DataFrame({"anon_hash": unknown_sig.index.to_numpy(),
+                             "band": to_host(minhash.band_keys(left_sig, b, stop))})
+        right = pd.DataFrame({"person": known_sig.index.to_numpy(), "band": to_host(minhash.band_keys(right_sig, b, stop))})
         left, right = left[left["band"] != 0], right[right["band"] != 0]
         sizes = right.groupby("band").size()
         right = right[right["band"].map(sizes) <= cap]
@@ -228,7 +221,7 @@ def _band_candidates(unknown_sig: pd.DataFrame, known_sig: pd.DataFrame, bands: 
 
 
 def _candidates(anonymous: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set, window_ns: int,
-                options) -> pd.DataFrame:
+                options, xp=np) -> pd.DataFrame:
     """(anon_hash, person, rule) candidates for the anonymous ids of `anonymous` sessions, each found
     by the first CANDIDATE_RULES way that finds it, sorted."""
     # (A device fingerprint is no key: popular phones share user agent and screen by the million;
@@ -237,44 +230,54 @@ def _candidates(anonymous: pd.DataFrame, known: pd.DataFrame, shared_ips: set, s
                   _network_candidates(anonymous, known, "subnet", window_ns, shared_subnets)[["anon_hash", "person"]]]
     candidates.append(_band_candidates(_signatures(anonymous, ["anon_hash"], options.permutations),
                                        _signatures(known, ["person"], options.permutations), options.bands,
-                                       options.band_bucket_cap))
+                                       options.band_bucket_cap, xp))
     pairs = pd.concat([c.assign(rule=np.int64(r)) for r, c in enumerate(candidates)], ignore_index=True)
     pairs = pairs.drop_duplicates(["anon_hash", "person"]).sort_values(["anon_hash", "person"], kind="stable")
     return pairs.reset_index(drop=True)
 
 
-def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set,
-              window_ns: int, permutations: int) -> np.ndarray:
-    """(n_pairs, 5) levels of FEATURES for each (anon_hash, person) pair; the person's sessions of
-    the pair's own anonymous id never count (so an authenticated id can be compared as if it were not)."""
+@dataclass(frozen=True)
+class PairEvidence:
+    """What joining a pair's sessions found: per pair (host numpy, n entries) the flags of the
+    device and place features, and per joined row the (pair, value) facts the levels reduce over.
+    The joins are pandas; `feature_levels` turns this into levels on any array module."""
+
+    n: int
+    has_network: np.ndarray  # the anonymous id has an IP at all
+    ip_pair: np.ndarray  # (pair, gap of the two sessions) for every session pair on one IP
+    ip_gap: np.ndarray
+    subnet_pair: np.ndarray  # the same on one /24
+    subnet_gap: np.ndarray
+    same_fingerprint: np.ndarray
+    has_device: np.ndarray  # both sides have a user agent
+    same_platform: np.ndarray
+    same_city: np.ndarray
+    same_country: np.ndarray
+    has_place: np.ndarray  # both sides have a city or a country
+    anon_pair: np.ndarray  # (pair, signature) for every session of the pair's anonymous id
+    anon_sig: np.ndarray
+    person_pair: np.ndarray  # ... and of the person's other ids
+    person_sig: np.ndarray
+
+
+def _evidence(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set,
+              permutations: int) -> PairEvidence:
+    """The joins behind the features of each (anon_hash, person) pair; the person's sessions of the
+    pair's own anonymous id never count (so an authenticated id can be compared as if it were not)."""
     n = len(pairs)
     index = pairs[["anon_hash", "person"]].reset_index(drop=True).assign(pair=np.arange(n))
-    levels = np.zeros((n, len(FEATURES)), dtype=np.int8)
     mine = unknown.drop(columns="person").merge(index, on="anon_hash")  # the pair's anonymous sessions
     theirs = known.merge(index[["person", "pair", "anon_hash"]].rename(columns={"anon_hash": "own"}), on="person")
     theirs = theirs[theirs["anon_hash"] != theirs["own"]]
 
-    def closest(column: str, shared: set) -> pd.Series:
+    def session_gaps(column: str, shared: set) -> tuple[np.ndarray, np.ndarray]:
         left = mine[["pair", column, "start", "end"]].dropna(subset=[column])
         left = left[~left[column].isin(shared)]
         right = theirs[["pair", column, "start", "end"]].dropna(subset=[column])
         joined = left.merge(right, on=["pair", column], suffixes=("", "_k"))
         gap = np.maximum(0, np.maximum(joined["start"].to_numpy(), joined["start_k"].to_numpy())
                          - np.minimum(joined["end"].to_numpy(), joined["end_k"].to_numpy()))
-        return pd.Series(gap, index=joined["pair"].to_numpy()).groupby(level=0).min()
-
-    ip_gap, subnet_gap = closest("ip", shared_ips), closest("subnet", shared_subnets)
-    has_network = mine.groupby("pair")["ip"].count().reindex(range(n), fill_value=0).to_numpy() > 0
-    same_ip = np.zeros(n, bool)
-    same_ip[ip_gap.index[ip_gap.to_numpy() <= window_ns]] = True
-    same_subnet = np.zeros(n, bool)
-    same_subnet[subnet_gap.index[subnet_gap.to_numpy() <= window_ns]] = True
-    levels[:, 0] = np.where(same_ip, 3, np.where(same_subnet, 2, np.where(has_network, 1, 0)))
-    gap = np.full(n, np.iinfo(np.int64).max)
-    for found in (ip_gap, subnet_gap):
-        gap[found.index.to_numpy()] = np.minimum(gap[found.index.to_numpy()], found.to_numpy())
-    levels[:, 1] = np.select([gap <= _NS_PER_HOUR, gap <= 24 * _NS_PER_HOUR, gap <= window_ns,
-                              gap < np.iinfo(np.int64).max], [4, 3, 2, 1], 0)
+        return joined["pair"].to_numpy(np.int64), gap.astype(np.int64)
 
     def shares(column: str) -> tuple[np.ndarray, np.ndarray]:
         left = mine[["pair", column]].dropna().drop_duplicates()
@@ -287,21 +290,63 @@ def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, s
         known_other[right["pair"].to_numpy()] = True
         return hit, known_side & known_other
 
+    ip_pair, ip_gap = session_gaps("ip", shared_ips)
+    subnet_pair, subnet_gap = session_gaps("subnet", shared_subnets)
+    has_network = np.zeros(n, bool)
+    has_network[mine.loc[mine["ip"].notna(), "pair"].to_numpy()] = True
     same_fp, has_device = shares("fingerprint")
     same_platform, _ = shares("platform")
-    levels[:, 2] = np.where(~has_device, 0, np.where(same_fp, 3, np.where(same_platform, 2, 1)))
     same_city, has_city = shares("city")
     same_country, has_country = shares("country")
-    levels[:, 3] = np.where(same_city, 3, np.where(same_country, 2, np.where(has_city | has_country, 1, 0)))
-
     columns = [f"mh{i}" for i in range(permutations)]
-    a_sig = mine.groupby("pair")[columns].min().reindex(range(n), fill_value=np.iinfo(np.uint32).max).to_numpy()
-    p_sig = theirs.groupby("pair")[columns].min().reindex(range(n), fill_value=np.iinfo(np.uint32).max).to_numpy()
-    empty = np.iinfo(np.uint32).max
-    both = (a_sig != empty).any(axis=1) & (p_sig != empty).any(axis=1)
-    jaccard = ((a_sig == p_sig) & (a_sig != empty)).mean(axis=1) if permutations else np.zeros(n)
-    levels[:, 4] = np.where(~both, 0, np.select([jaccard >= 0.5, jaccard >= 0.25, jaccard > 0], [4, 3, 2], 1))
-    return levels
+    return PairEvidence(n, has_network, ip_pair, ip_gap, subnet_pair, subnet_gap, same_fp, has_device, same_platform,
+                        same_city, same_country, has_city | has_country,
+                        mine["pair"].to_numpy(np.int64), mine[columns].to_numpy(np.uint32),
+                        theirs["pair"].to_numpy(np.int64), theirs[columns].to_numpy(np.uint32))
+
+
+def _pair_min(xp, n: int, pair, values, fill):
+    """Per pair, the least of its rows' values (`fill` for a pair without rows); rows 1-D or 2-D."""
+    out = xp.full((n,) + tuple(values.shape[1:]), fill, dtype=values.dtype)
+    if len(pair):
+        scatter_min(xp, out, xp.asarray(pair), xp.asarray(values))
+    return out
+
+
+def _level(xp, conditions, levels, default):
+    """The level of the first true condition (np.select, spelt with where for any xp)."""
+    out = xp.full(conditions[0].shape, default, dtype=xp.int8)
+    for condition, level in zip(reversed(conditions), reversed(levels)):
+        out = xp.where(condition, xp.int8(level), out)
+    return out
+
+
+def feature_levels(xp, ev: PairEvidence, window_ns: int, permutations: int):
+    """(n_pairs, 5) int8 levels of FEATURES on array module `xp`: integer arithmetic only, so
+    numpy and CuPy give the same levels."""
+    ip_gap = _pair_min(xp, ev.n, ev.ip_pair, ev.ip_gap, _NO_GAP)
+    subnet_gap = _pair_min(xp, ev.n, ev.subnet_pair, ev.subnet_gap, _NO_GAP)
+    has_network = xp.asarray(ev.has_network)
+    network = _level(xp, [ip_gap <= window_ns, subnet_gap <= window_ns, has_network], [3, 2, 1], 0)
+    gap = xp.minimum(ip_gap, subnet_gap)
+    time = _level(xp, [gap <= _NS_PER_HOUR, gap <= 24 * _NS_PER_HOUR, gap <= window_ns, gap < _NO_GAP], [4, 3, 2, 1], 0)
+    same_fp, same_platform, has_device = (xp.asarray(a) for a in (ev.same_fingerprint, ev.same_platform,
+                                                                  ev.has_device))
+    device = _level(xp, [~has_device, same_fp, same_platform], [0, 3, 2], 1)
+    geo = _level(xp, [xp.asarray(ev.same_city), xp.asarray(ev.same_country), xp.asarray(ev.has_place)], [3, 2, 1], 0)
+    a_sig = _pair_min(xp, ev.n, ev.anon_pair, ev.anon_sig, minhash.EMPTY)
+    p_sig = _pair_min(xp, ev.n, ev.person_pair, ev.person_sig, minhash.EMPTY)
+    both = (a_sig != minhash.EMPTY).any(axis=1) & (p_sig != minhash.EMPTY).any(axis=1)
+    agree = minhash.agreements(a_sig, p_sig)  # Jaccard estimate agree / permutations, compared exactly
+    pages = _level(xp, [~both, 2 * agree >= permutations, 4 * agree >= permutations, agree > 0], [0, 4, 3, 2], 1)
+    return xp.stack([network, time, device, geo, pages], axis=1)
+
+
+def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set,
+              window_ns: int, permutations: int, xp=np):
+    """(n_pairs, 5) levels of FEATURES for each (anon_hash, person) pair, as an `xp` array."""
+    evidence = _evidence(pairs, unknown, known, shared_ips, shared_subnets, permutations)
+    return feature_levels(xp, evidence, window_ns, permutations)
 
 
 def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_rule: np.ndarray, is_match: np.ndarray,
@@ -376,11 +421,14 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
     return FSModel(list(CANDIDATE_RULES), comparisons, neutral, lam, prior, training)
 
 
-def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options) -> StitchResult:
-    """Anonymous ids -> persons (deterministic, probabilistic, review, anonymous, shared)."""
+def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options,
+           backend: Backend = CPU) -> StitchResult:
+    """Anonymous ids -> persons (deterministic, probabilistic, review, anonymous, shared). The
+    joins are pandas; band keys, feature levels and scores run on the backend's array module."""
     from resolver.model import match_weights, probabilities
 
     permutations = options.permutations
+    xp = backend.xp
     window_ns = int(options.window_days * 24 * _NS_PER_HOUR)
     ids = identifier_map[identifier_map["id_type"].astype("str").isin(options.anonymous_types)]
     ids = ids[["hash", "id_type", "value", "person_id", "status"]].rename(columns={"hash": "anon_hash"})
@@ -404,10 +452,14 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     shared_subnets = set(subnet_degree.index[subnet_degree > options.subnet_degree])
 
     def candidates_of(anonymous: pd.DataFrame) -> pd.DataFrame:
-        return _candidates(anonymous, known, shared_ips, shared_subnets, window_ns, options)
+        return _candidates(anonymous, known, shared_ips, shared_subnets, window_ns, options, xp)
+
+    def levels_of(pairs: pd.DataFrame, anonymous: pd.DataFrame):
+        return _features(pairs, anonymous, known, shared_ips, shared_subnets, window_ns, permutations, xp)
 
     pairs = candidates_of(unknown)
-    levels = _features(pairs, unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    device_levels = levels_of(pairs, unknown)
+    levels = to_host(device_levels)
     rule = pairs["rule"].to_numpy(np.int64)
 
     # Labels from the ids that did authenticate, compared as if they had not (the person's side
@@ -423,19 +475,19 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
         labelled_pairs = labelled_pairs.iloc[keep].reset_index(drop=True)
     own = authenticated.set_index("anon_hash")["person"]
     is_match = labelled_pairs["person"].to_numpy() == labelled_pairs["anon_hash"].map(own).to_numpy()
-    labelled = _features(labelled_pairs, as_unknown, known, shared_ips, shared_subnets, window_ns, permutations)
+    labelled = to_host(levels_of(labelled_pairs, as_unknown))
     person_list = np.array(sorted(known_persons & set(known["person"].dropna())), dtype=object)
     anon_list = s["anon_hash"].drop_duplicates().to_numpy()
     if len(person_list) and len(anon_list):
         k = min(options.sample_pairs, len(anon_list) * len(person_list))
         random_pairs = pd.DataFrame({"anon_hash": anon_list[rng.integers(0, len(anon_list), k)],
                                      "person": person_list[rng.integers(0, len(person_list), k)]})
-        random = _features(random_pairs, s, known, shared_ips, shared_subnets, window_ns, permutations)
+        random = to_host(levels_of(random_pairs, s))
     else:
         random = np.zeros((0, len(FEATURES)), np.int8)
     model = _model(levels, rule, labelled, labelled_pairs["rule"].to_numpy(np.int64), is_match, random, options)
-    weight = match_weights(model, levels, rule) if len(levels) else np.zeros(0)
-    probability = probabilities(weight) if len(levels) else np.zeros(0)
+    device_weight = match_weights(model, device_levels, xp.asarray(rule)) if len(levels) else xp.zeros(0)
+    weight, probability = to_host(device_weight), to_host(probabilities(device_weight))
 
     # Decisions: each anonymous id's best candidate.
     scored = pairs.assign(probability=probability, match_weight=weight)

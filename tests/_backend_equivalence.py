@@ -70,6 +70,11 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> 
                                                                gpu.scored_pairs["match_weight"].to_numpy()),
             decisions=[r.matching["decisions"] for r in (cpu, gpu)],
         )
+    if cpu.anonymous_map is not None:  # visitor stitching: band keys, levels and scores on the backend
+        out.update(same_anonymous_map=same_frame(cpu.anonymous_map, gpu.anonymous_map),
+                   same_stitch_review=same_frame(cpu.stitch_review, gpu.stitch_review),
+                   stitching=[{k: r.stitching[k] for k in ("stitched_probabilistic", "review", "candidate_pairs")}
+                              for r in (cpu, gpu)])
     return out
 
 

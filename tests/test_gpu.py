@@ -109,3 +109,43 @@ def test_pipeline_outputs_equal_the_cpu_backend(tmp_path):
     same = {k: v for k, v in result.items() if k.startswith("same_")}
     assert all(same.values()), same
     assert result["max_relative_weight_difference"] <= 1e-9
+
+
+def test_stitching_kernels_equal_the_cpu_build():
+    from resolver.kernels.minhash import band_keys, signatures
+    from resolver.stitching import PairEvidence, feature_levels
+
+    rng = np.random.default_rng(7)
+    events, sessions, permutations = 3_000_000, 400_000, 32
+    page_hash = rng.integers(0, 2**63, events, dtype=np.uint64) * np.uint64(2)  # some 0: no page
+    offsets = np.concatenate([[0], np.sort(rng.integers(0, events, sessions - 1)), [events]]).astype(np.int64)
+    cpu = signatures(page_hash, offsets, permutations)
+    gpu = signatures(cp.asarray(page_hash), cp.asarray(offsets), permutations, target="cuda", xp=cp)
+    np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
+    for start in range(0, permutations, 4):
+        np.testing.assert_array_equal(cp.asnumpy(band_keys(gpu, start, start + 4)), band_keys(cpu, start, start + 4))
+
+    n, rows = 500_000, 2_000_000
+    flags = {k: rng.random(n) < 0.5 for k in ("has_network", "same_fingerprint", "has_device", "same_platform",
+                                              "same_city", "same_country", "has_place")}
+    evidence = PairEvidence(n=n, ip_pair=rng.integers(0, n, rows), ip_gap=rng.integers(0, 10**16, rows),
+                            subnet_pair=rng.integers(0, n, rows), subnet_gap=rng.integers(0, 10**16, rows),
+                            anon_pair=rng.integers(0, n, rows), anon_sig=cpu[rng.integers(0, sessions, rows)],
+                            person_pair=rng.integers(0, n, rows), person_sig=cpu[rng.integers(0, sessions, rows)],
+                            **flags)
+    window = 7 * 86400 * 10**9
+    np.testing.assert_array_equal(cp.asnumpy(feature_levels(cp, evidence, window, permutations)),
+                                  feature_levels(np, evidence, window, permutations))
+
+
+def test_stitching_outputs_equal_the_cpu_backend(tmp_path):
+    from resolver.synth import generate
+
+    generate(tmp_path, 3000, seed=11, workers=os.cpu_count() or 2, visitors=True)
+    proc = subprocess.run([sys.executable, str(HERE / "_backend_equivalence.py"), str(tmp_path / "resolver.yaml")],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same_anonymous_map"] and result["same_stitch_review"], result
+    assert result["stitching"][0] == result["stitching"][1] and result["stitching"][0]["stitched_probabilistic"] > 0
