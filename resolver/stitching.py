@@ -23,6 +23,10 @@ one). What is left are anonymous ids whose person holds no CRM record or user id
    estimates the match rate among the candidates. >= `thresholds.auto_merge` stitches,
    the review band goes to the stitching review queue with its per-feature explanation, below stays
    anonymous; each anonymous id joins at most one person (its best candidate).
+5. **Guards** send a high score to review instead: a runner-up that could claim the id too, pages
+   without a shared network, a rule no labels support, and a household: when the evidence is a
+   shared network and the candidate shares a postal address with other persons, the device may be
+   any member's (a housemate's phone, the family tablet), and only a person can tell.
 
 Stitches are an overlay: persons and the identifier map stay the deterministic graph's;
 anonymous_map.parquet says which person each anonymous id (and its sessions and events) is
@@ -421,10 +425,27 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
     return FSModel(list(CANDIDATE_RULES), comparisons, neutral, lam, prior, training)
 
 
+def household_sizes(golden_records: pd.DataFrame | None) -> pd.Series:
+    """Per person id, how many persons share its postal address (street and postal code in match
+    form); persons without both are left out (no household is known)."""
+    if golden_records is None or not {"street", "postal_code"} <= set(golden_records.columns):
+        return pd.Series(dtype="int64")
+    from resolver.normalize import normalize_text
+
+    street = normalize_text(golden_records["street"].astype("str").where(golden_records["street"].notna()))
+    postal = normalize_text(golden_records["postal_code"].astype("str").where(golden_records["postal_code"].notna()))
+    key = (street + "|" + postal).reset_index(drop=True)
+    known = key.notna().to_numpy()
+    ids = golden_records["person_id"].astype("str").reset_index(drop=True)[known]
+    sizes = key[known].map(key[known].value_counts())
+    return pd.Series(sizes.to_numpy(np.int64), index=ids.to_numpy())
+
+
 def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options,
-           backend: Backend = CPU) -> StitchResult:
+           backend: Backend = CPU, households: pd.Series | None = None) -> StitchResult:
     """Anonymous ids -> persons (deterministic, probabilistic, review, anonymous, shared). The
-    joins are pandas; band keys, feature levels and scores run on the backend's array module."""
+    joins are pandas; band keys, feature levels and scores run on the backend's array module.
+    `households` (household_sizes) sends network-found stitches to a shared address to review."""
     from resolver.model import match_weights, probabilities
 
     permutations = options.permutations
@@ -508,12 +529,16 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     network = best_levels[:, list(FEATURES).index("network")]
     labelled_rule = np.asarray(model.training["match_rate_from_labels_mask"], dtype=bool)[best["rule"].to_numpy(np.int64)]
     unsupported = (network < FEATURES["network"].index("same /24")) | ~labelled_rule
-    decision = np.where((best["probability"] >= auto) & ~contested & ~unsupported, "probabilistic",
+    # A household: the network ties the id to an address where several persons live.
+    household = best["person"].astype("str").map(households if households is not None else {}).fillna(1)
+    household = household.to_numpy(np.int64)
+    in_household = (household >= 2) & (best["rule"].to_numpy(np.int64) != CANDIDATE_RULES.index("similar pages"))
+    decision = np.where((best["probability"] >= auto) & ~contested & ~unsupported & ~in_household, "probabilistic",
                         np.where(best["probability"] >= review, "review", "anonymous"))
     explained = best[["anon_hash"]].assign(candidate_person_id=best["person"].to_numpy(),
                                            probability=best["probability"].to_numpy(),
                                            match_weight=best["match_weight"].to_numpy(), runner_up_probability=runner_up,
-                                           decision=decision)
+                                           household_persons=household, decision=decision)
     tables = model.weight_table()
     best_rule = best["rule"].to_numpy(np.int64)
     explained["found_by"] = pd.Categorical.from_codes(best_rule, categories=list(CANDIDATE_RULES))
@@ -544,6 +569,7 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
         "estimated_false_positive_rate": float((1 - auto_p).mean()) if len(auto_p) else 0.0,
         "probabilistic_stitches_by_first_seen_day": by_day.value_counts().sort_index().to_dict(),
         "shared_ips_skipped": len(shared_ips),
+        "household_to_review": int((in_household & (best["probability"] >= auto).to_numpy()).sum()),
         "model": model.training,
     }
     return StitchResult(anonymous_map, review_table, summary)

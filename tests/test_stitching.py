@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from resolver.cli import EXIT_OK, main
-from resolver.stitching import minhash_rows, page_path, sessionize
+from resolver.stitching import household_sizes, minhash_rows, page_path, sessionize
 
 DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36"
 PHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -20,9 +20,10 @@ ANDROID = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, 
 CATEGORIES = ["shoes", "tents", "jackets", "stoves", "packs", "ropes", "maps", "bikes", "skis", "boats", "lamps", "socks"]
 
 
-def _scenario(root, people=240, seed=5):
+def _scenario(root, people=240, seed=5, households=False):
     """CRM contacts and Segment events; returns the truth: anonymous id -> the contact it belongs to
-    (None for strangers), and the kind of each id."""
+    (None for strangers), and the kind of each id. With `households`, the two people sharing each
+    home IP also share a postal address in the CRM (otherwise contacts have no address)."""
     rng = np.random.default_rng(seed)
     start = pd.Timestamp("2024-03-01T00:00:00Z")
     events, truth, contacts = [], {}, []
@@ -48,7 +49,8 @@ def _scenario(root, people=240, seed=5):
     for p in range(people):  # households of two on one home IP, each logging in on their own computer
         key = f"003P{p:05d}"
         email = f"person{p}@mailbox.org"
-        contacts.append({"Id": key, "Email": email, "LastName": f"Name{p}", "UserId": f"u{p}"})
+        contacts.append({"Id": key, "Email": email, "LastName": f"Name{p}", "UserId": f"u{p}",
+                         **({"Street": f"{p // 2 + 1} Elm Street", "PostalCode": f"{10000 + p // 2}"} if households else {})})
         home = f"73.{p // 400}.{(p // 2) % 200}.{(p // 2) % 250 + 2}"
         favourites = list(rng.choice(CATEGORIES, 2, replace=False))
         day = start + pd.Timedelta(days=int(rng.integers(0, 20)), hours=int(rng.integers(7, 22)))
@@ -85,7 +87,8 @@ def _scenario(root, people=240, seed=5):
         "run": {"output_dir": "out", "workers": 1},
         "sources": [
             {"name": "crm", "kind": "records", "format": "csv", "path": "crm/*.csv", "key": "Id",
-             "attributes": {"email": "Email", "last_name": "LastName"},
+             "attributes": {"email": "Email", "last_name": "LastName",
+                            **({"street": "Street", "postal_code": "PostalCode"} if households else {})},
              "identifiers": {"crm_id": "Id", "email": "Email", "user_id": "UserId"}},
             {"name": "segment", "kind": "events", "format": "jsonl", "path": "segment/*.jsonl", "key": "messageId",
              "timestamp": "timestamp",
@@ -163,6 +166,32 @@ def test_housemates_are_not_taken_for_the_person(world):
     housemates = stitched[stitched["kind"] == "housemate"]
     wrong = (housemates["method"] == "probabilistic").mean()
     assert wrong <= 0.1, wrong
+
+
+def test_a_device_on_a_households_network_goes_to_review(tmp_path):
+    """Two contacts share each home IP and, here, a postal address: a phone that never logs in on
+    that IP may be either's, so however high it scores it is not stitched automatically."""
+    truth = _scenario(tmp_path, households=True)
+    assert main(["run", "--config", str(tmp_path / "resolver.yaml"), "-q", "--backend", "cpu"]) == EXIT_OK
+    stitched = pd.read_parquet(tmp_path / "out" / "anonymous_map.parquet")
+    stitched["kind"] = stitched["anonymous_id"].map({k: v[1] for k, v in truth.items()})
+    phones = stitched[stitched["kind"] == "second_device"]
+    network_found = phones["found_by"].astype("str").isin(["same IP", "same /24"])
+    assert network_found.sum() >= 40
+    assert not (phones["method"][network_found] == "probabilistic").any()
+    assert (phones["household_persons"][network_found] == 2).all()
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["stitching"]["household_to_review"] >= 20
+    assert summary["stitching"]["review"] >= summary["stitching"]["household_to_review"]
+
+
+def test_household_sizes_count_persons_per_postal_address():
+    golden = pd.DataFrame({"person_id": ["a", "b", "c", "d", "e"],
+                           "street": ["12 Elm St.", "12 elm st", "9 Oak Ave", None, "12 Elm St"],
+                           "postal_code": ["10001", "10001", "10001", "10001", "20002"]})
+    sizes = household_sizes(golden)
+    assert sizes.to_dict() == {"a": 2, "b": 2, "c": 1, "e": 1}  # d has no street: no household known
+    assert household_sizes(golden.drop(columns="street")).empty
 
 
 def test_evaluate_reports_stitching_precision_and_recall(world, capsys):
