@@ -49,9 +49,18 @@ class DaskEngine:
     description: dict
 
     def map(self, fn, *iterables, **kwargs) -> list:
-        """fn over the iterables on the cluster, results in order."""
+        """fn over the iterables on the cluster, results in order. Each result is fetched as soon
+        as its task ends and its future released, so a worker holds only the results of tasks
+        still running or not yet fetched, never all of them (memory per worker stays bounded)."""
+        from distributed import as_completed
+
         futures = self.client.map(fn, *iterables, pure=False, **kwargs)
-        return self.client.gather(futures)
+        position = {future.key: i for i, future in enumerate(futures)}
+        results: list = [None] * len(futures)
+        for future, result in as_completed(futures, with_results=True):
+            results[position[future.key]] = result
+            future.release()  # the worker may drop the result now
+        return results
 
     def worker_peak_rss_mb(self) -> list[float]:
         """Peak resident memory of each worker process so far (MB), in worker address order."""
