@@ -11,7 +11,9 @@ generated data: wall time, peak memory of the client and of each worker, buckets
 
 Each run is its own process, timed with its peak RSS (/usr/bin/time); the dask workers' peaks come
 from the run summary, the local engine's ingest workers' peak from its `peak_worker_rss_mb`. Both
-runs must give the same persons and golden records (checked). Big event files are read in pieces of
+runs must give the same persons and golden records (checked). "All processes" is the largest sum
+of anonymous resident memory (RSS less file-backed pages) over the run's processes, sampled twice
+a second. Big event files are read in pieces of
 `run.partition_bytes` (256 MiB) by both engines; `--whole-file-cap-gib G` adds a local run that reads
 each file whole (partition_bytes 0, the engine before pieces), stopped when its processes together
 pass G GiB. Prints a Markdown table; results go to --results as JSON.
@@ -60,10 +62,13 @@ def _join_event_files(folder: Path) -> None:
 
 
 def _tree_rss(process: psutil.Process) -> int:
+    """Anonymous resident memory of a process and its children: RSS less file-backed pages (a
+    memory-mapped input file's pages are the page cache's, not the run's)."""
     total = 0
     for p in [process, *process.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_info()
+            total += info.rss - info.shared
         except psutil.NoSuchProcess:
             pass
     return total

@@ -88,22 +88,37 @@ def split_file(path: Path, fmt: str, target_bytes: int) -> list[Piece] | None:
 
 def _line_pieces(path: Path, target_bytes: int) -> list[Piece]:
     """Cut after the first newline at or past each multiple of `target_bytes`; a piece's first line
-    number counts the newlines before it (a pass over the file at memory speed)."""
+    number counts the newlines before it. Read through one reused buffer, not a memory map: a map
+    would leave every page of the file resident in this process."""
+    size = os.path.getsize(path)
+    buffer = bytearray(min(_JSON_CHUNK, size))
     with open(path, "rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    size = len(data)
-    cuts = [0]
-    while cuts[-1] + target_bytes < size:
-        newline = data.find(b"\n", cuts[-1] + target_bytes)
-        if newline < 0 or newline + 1 >= size:
-            break
-        cuts.append(newline + 1)
-    cuts.append(size)
-    pieces, first_row = [], 1
-    for start, end in zip(cuts[:-1], cuts[1:]):
-        pieces.append(Piece(start, end, first_row))
-        first_row += sum(_count_newlines(data, s, min(s + _JSON_CHUNK, end)) for s in range(start, end, _JSON_CHUNK))
+        cuts = [0]
+        while cuts[-1] + target_bytes < size:
+            f.seek(cuts[-1] + target_bytes)
+            f.readline()  # to the end of the line the cut falls in
+            if f.tell() >= size:
+                break
+            cuts.append(f.tell())
+        cuts.append(size)
+        f.seek(0)
+        pieces, first_row = [], 1
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            pieces.append(Piece(start, end, first_row))
+            first_row += _count_newlines(f, end - start, buffer)
     return pieces
+
+
+def _count_newlines(f, length: int, buffer: bytearray) -> int:
+    """Newline bytes in the next `length` bytes of `f`."""
+    count, view = 0, memoryview(buffer)
+    while length > 0:
+        got = f.readinto(view[:min(len(buffer), length)])
+        if not got:
+            break
+        count += int(np.count_nonzero(np.frombuffer(buffer, np.uint8, got) == ord("\n")))
+        length -= got
+    return count
 
 
 def _row_group_pieces(path: Path, target_bytes: int) -> list[Piece]:
@@ -436,10 +451,6 @@ def _read_jsonl(path: Path, source: SourceConfig, columns: list[str], piece: Pie
         yield from _jsonl_piece(data, start, end, newlines, first_line, columns, schema)
         first_line += len(newlines)
         start = end
-
-
-def _count_newlines(data: mmap.mmap, start: int, end: int) -> int:
-    return int(np.count_nonzero(np.frombuffer(data, np.uint8, end - start, start) == ord("\n")))
 
 
 def _newlines(data: mmap.mmap, start: int, end: int) -> np.ndarray:
