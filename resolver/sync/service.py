@@ -1,12 +1,14 @@
 """The sync service's operations, independent of HTTP: accept events (durably, exactly once),
-resolve them, retry failures from the dead-letter queue, answer profile lookups, start from the
-latest batch state, and export what it received for the next batch run."""
+resolve them (the worker, off the request path: worker.py), retry failures from the dead-letter
+queue, answer profile lookups, start from the latest batch state, and export what it received for
+the next batch run."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,9 +32,13 @@ class SyncService:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.store = Store(store_url(config, self.state_dir, url))
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
-        self.resolver = Resolver(config, state.model if state is not None else None)
-        self.store.prepare = self.resolver.prepare
+        self.resolver = Resolver(config, state.model if state is not None else None,
+                                 salt=state.salt if state is not None else None)
         self.store.finish = self.resolver.finish
+        # Set while a worker drains the inbox: reads then first wait until it has resolved every
+        # event accepted before them (read-your-writes, at most `read_wait` seconds).
+        self.resolving = False
+        self.read_wait = 1.0
         if import_batch and self.state_dir is not None:
             from resolver.sync.batch import import_batch as load
 
@@ -46,38 +52,68 @@ class SyncService:
 
     # -- accepting -------------------------------------------------------------------------------
     def accept(self, events: list[Event]) -> concurrent.futures.Future:
-        """Store and resolve `events` in the writer's next transaction; the future gives
-        {"accepted", "duplicates", "failed"} once that transaction is committed."""
-        return self.store.submit(lambda tx: self._accept(tx, events), payload=events)
+        """Append `events` to the inbox in the inbox writer's next transaction (group commit); the
+        future gives {"accepted", "duplicates", "failed"} once that transaction is committed, i.e.
+        once the events are durable. Resolution follows off the request path (the worker); an
+        event that then fails goes to the dead-letter queue, so "failed" counts only events that
+        could not be stored (none: a failed commit fails the whole request)."""
+        return self.store.submit(lambda tx: self._accept(tx, events))
 
-    def _accept(self, tx: Tx, events: list[Event]) -> dict:
+    @staticmethod
+    def _accept(tx: Tx, events: list[Event]) -> dict:
         counts = {"accepted": 0, "duplicates": 0, "failed": 0}
         received = now_iso()
         for event in events:
             fresh = tx.execute("INSERT INTO events (event_id, channel, received_at, payload, status) "
                                "VALUES (?, ?, ?, ?, 'accepted') ON CONFLICT (event_id) DO NOTHING",
                                (event.event_id, event.channel, received, event.to_json()))
-            if fresh != 1:
-                counts["duplicates"] += 1
-                continue
-            counts["accepted"] += 1
-            error = self._resolve(tx, event, received)
-            if error is not None:
-                self._dead_letter(tx, event, received, 1, error)
-                counts["failed"] += 1
+            counts["accepted" if fresh == 1 else "duplicates"] += 1
         return counts
 
-    def _resolve(self, tx: Tx, event: Event, received: str) -> str | None:
+    def resolve_accepted(self, tx: Tx, seq: int, event: Event, received: str) -> None:
+        """Resolve one event of the inbox (the worker, in its transaction)."""
+        error = self._resolve(tx, event, received, seq)
+        if error is not None:
+            self._dead_letter(tx, event, received, 1, error)
+
+    def _resolve(self, tx: Tx, event: Event, received: str, seq: int = 0) -> str | None:
         """Resolve one event in a savepoint; None, or the error (its changes rolled back)."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
         try:
             with tx.savepoint():
-                person = self.resolver.apply(tx, event, received)
-                tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL WHERE event_id = ?",
-                           (person, event.event_id))
+                person, suppressed = self.resolver.apply(tx, event, received, seq)
+                if suppressed:  # it carried an erased value: resolved without it, and not kept
+                    tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
+                               "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))
+                else:
+                    tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL "
+                               "WHERE event_id = ?", (person, event.event_id))
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the dead-letter queue
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return f"{type(exc).__name__}: {exc}"
+
+    def backlog(self, upto: int | None = None) -> bool:
+        """Are events accepted (up to seq `upto`) still waiting for the worker?"""
+        sql = "SELECT 1 FROM events WHERE status = 'accepted'" + (" AND seq <= ?" if upto is not None else "")
+        return self.store.read(lambda tx: tx.one(sql + " LIMIT 1", (upto,) if upto is not None else ())) is not None
+
+    def wait_resolved(self, timeout: float | None = None) -> bool:
+        """Wait until every event accepted so far is resolved (only while a worker runs; at most
+        `timeout`, default read_wait, seconds); True when it is."""
+        if not self.resolving:
+            return True
+        row = self.store.read(lambda tx: tx.one("SELECT MAX(seq) FROM events"))
+        upto = row[0] if row else None
+        if upto is None:
+            return True
+        deadline = time.monotonic() + (self.read_wait if timeout is None else timeout)
+        while self.backlog(upto):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.003)
+        return True
 
     def _backoff(self, attempts: int) -> timedelta:
         retry = self.config.sync.retry
@@ -104,9 +140,12 @@ class SyncService:
 
     def _retry(self, tx: Tx, rows) -> dict:
         counts = {"resolved": 0, "failed": 0}
+        if rows:
+            self.resolver.refresh_suppressed(tx)
         for event_id, payload, attempts in rows:
             event = Event.from_json(payload)
-            error = self._resolve(tx, event, now_iso())
+            seq = tx.one("SELECT seq FROM events WHERE event_id = ?", (event_id,))
+            error = self._resolve(tx, event, now_iso(), seq[0] if seq else 0)
             if error is None:
                 tx.execute("DELETE FROM dlq WHERE event_id = ?", (event_id,))
                 counts["resolved"] += 1
@@ -141,6 +180,7 @@ class SyncService:
         return tx.all("SELECT event_id, payload, attempts FROM dlq ORDER BY created_at")
 
     def dead_letters(self) -> list[dict]:
+        self.wait_resolved()
         rows = self.store.read(lambda tx: tx.all(
             "SELECT event_id, channel, error, attempts, next_attempt_at, status, created_at FROM dlq ORDER BY created_at"))
         names = ("event_id", "channel", "error", "attempts", "next_attempt_at", "status", "created_at")
@@ -153,6 +193,7 @@ class SyncService:
         normalized = self.resolver.identifier(id_type, value)
         if normalized is None:
             return None
+        self.wait_resolved()
 
         def read(tx: Tx):
             row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, normalized))
@@ -175,6 +216,8 @@ class SyncService:
         return self.store.read(read)
 
     def counts(self) -> dict:
+        self.wait_resolved()
+
         def read(tx: Tx):
             out = {}
             for table in ("events", "persons", "identifiers", "change_log", "review_queue"):
@@ -186,6 +229,7 @@ class SyncService:
         return self.store.read(read)
 
     def refetch(self) -> list[dict]:
+        self.wait_resolved()
         rows = self.store.read(lambda tx: tx.all(
             "SELECT source, object, record_key FROM records WHERE refetch = 1 ORDER BY source, record_key"))
         return [{"source": s, "object": o, "record_key": k} for s, o, k in rows]

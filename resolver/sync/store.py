@@ -4,14 +4,22 @@ and dead-letter queue, in SQLite (embedded default) or PostgreSQL (by URL).
 One SQL dialect for both: statements are written with `?` placeholders (PostgreSQL gets `%s`),
 upserts with `ON CONFLICT`, and the few DDL differences (an auto-increment key) are filled in.
 
-Writes go through one writer thread (`Store.submit`): it takes every job waiting in its queue,
-runs them in ONE transaction (each job in its own savepoint, so one failure rolls back only that
-job) and commits once before any job is answered. That is group commit: with SQLite
-`synchronous=FULL` (the default here) every commit is fsynced, so an answered request survives a
-power loss, and one fsync covers all the requests that arrived while the previous one ran.
-`?synchronous=normal` in the URL trades that for speed (WAL + NORMAL survives a crash of the
-process, not of the machine). Reads use their own connection per thread (WAL readers never block
-the writer).
+Two kinds of writers:
+
+- the inbox writer (`Store.submit`, one thread of the HTTP process): it takes every job waiting in
+  its queue, runs them in ONE transaction (each job in its own savepoint, so one failure rolls
+  back only that job) and commits once before any job is answered. That is group commit: with
+  SQLite `synchronous=FULL` (the default here) every commit is fsynced, so an answered request
+  survives a power loss, and one fsync covers all the requests that arrived while the previous
+  one ran. `?synchronous=normal` in the URL trades that for speed (WAL + NORMAL survives a crash
+  of the process, not of the machine). Its jobs are small (the events' rows, nothing else);
+- the resolver (`Store.transaction` on a connection of its own, see worker.py): what it writes is
+  derived from accepted events and is redone from them after a crash, so on SQLite its commits
+  are not fsynced on their own (`synchronous=NORMAL`); the write-ahead log is sequential, so the
+  next fsynced commit of the inbox makes them durable too, and a power loss can only drop a suffix
+  of them, whose events are then still `accepted` and get resolved again.
+
+Reads use their own connection per thread (WAL readers never block the writers).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
         seq {serial} PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, channel TEXT NOT NULL,
         received_at TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, person_id TEXT, error TEXT)""",
+    # The inbox: accepted events the resolver has not resolved yet, in arrival order.
+    "CREATE INDEX IF NOT EXISTS events_inbox ON events (seq) WHERE status = 'accepted'",
     """CREATE TABLE IF NOT EXISTS persons (
         person_id TEXT PRIMARY KEY, origin TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS identifiers (
@@ -60,6 +70,8 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS match_queue (
         seq {serial} PRIMARY KEY, event_id TEXT, source TEXT NOT NULL, record_key TEXT NOT NULL,
         person_id TEXT NOT NULL, attributes TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    # Salted hashes (erasure.salted) of erased identifiers and records: `serve` never stores them again.
+    "CREATE TABLE IF NOT EXISTS suppressed (salted_hash BIGINT PRIMARY KEY, kind TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS dlq (
         event_id TEXT PRIMARY KEY, channel TEXT NOT NULL, payload TEXT NOT NULL, error TEXT NOT NULL,
         attempts INTEGER NOT NULL, next_attempt_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
@@ -136,7 +148,6 @@ class _Savepoint:
 class _Job:
     fn: Callable[[Tx], Any]
     future: concurrent.futures.Future
-    payload: Any = None  # what the group's `prepare` hook sees of this job
 
 
 class Store:
@@ -173,9 +184,8 @@ class Store:
         self._writer: threading.Thread | None = None
         self._writer_conn = None
         self._closed = False
-        # Hooks, in the jobs' transaction: prepare(tx, payloads) before a group of submitted jobs
-        # (vectorized work for all of them), finish(tx) after a write(); a failing hook is skipped.
-        self.prepare: Callable[[Tx, list], None] | None = None
+        # A hook, in the transaction of a write() (the CLI's): finish(tx) after its work; a failing
+        # hook is skipped.
         self.finish: Callable[[Tx], None] | None = None
         conn = self._connect()
         try:
@@ -184,11 +194,11 @@ class Store:
             conn.close()
 
     # -- connections ---------------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self, synchronous: str | None = None):
         if self.dialect == "sqlite":
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA synchronous={synchronous or self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             return conn
         import psycopg
@@ -254,6 +264,24 @@ class Store:
         finally:
             conn.close()
 
+    def derived_connection(self):
+        """A connection for the resolver's writes (derived data, redone from the events after a
+        crash: on SQLite its commits are not fsynced on their own, see the module docstring)."""
+        return self._connect("NORMAL" if self.dialect == "sqlite" else None)
+
+    def transaction(self, conn, fn: Callable[[Tx], Any]) -> Any:
+        """Run `fn` in a transaction on `conn` (one of this store's connections): commit, or roll
+        back and raise."""
+        self._begin(conn)
+        try:
+            result = fn(Tx(conn, self.dialect))
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                conn.execute("ROLLBACK")
+            raise
+
     def _hook(self, tx: Tx, hook, *args) -> None:
         if hook is None:
             return
@@ -263,7 +291,7 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - hooks only speed up or tidy; the jobs stand alone
             log.error("store hook %s failed: %s", getattr(hook, "__name__", "hook"), type(exc).__name__)
 
-    def submit(self, fn: Callable[[Tx], Any], payload: Any = None) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[[Tx], Any]) -> concurrent.futures.Future:
         """Queue `fn` for the writer thread; the future resolves once its transaction committed."""
         if self._closed:
             raise RuntimeError("the store is closed")
@@ -272,7 +300,7 @@ class Store:
             self._writer = threading.Thread(target=self._write_loop, name="resolver-store-writer", daemon=True)
             self._writer.start()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Job(fn, future, payload))
+        self._queue.put(_Job(fn, future))
         return future
 
     def _write_loop(self) -> None:
@@ -301,9 +329,6 @@ class Store:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             self._begin(conn)
-            payloads = [job.payload for job in jobs if job.payload is not None]
-            if payloads:
-                self._hook(tx, self.prepare, payloads)
             for job in jobs:
                 try:
                     with tx.savepoint():
