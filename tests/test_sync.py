@@ -97,6 +97,9 @@ def _post(client, path: str, body: bytes, sign: bool = True):
 
 
 def _rows(service, sql: str, params=()):
+    # Events are resolved off the request path (the worker): read, as the service's own reads do,
+    # once every event accepted so far is resolved.
+    assert service.wait_resolved(timeout=30)
     return service.store.read(lambda tx: tx.all(sql, params))
 
 
@@ -209,9 +212,7 @@ def test_new_records_are_scored_by_the_model_with_the_batch_guards(batch, tmp_pa
         for entity, record_id, body in (("Lead", "00Q5g00000LEADA", lead), ("Contact", "0035g00000TWINA", twin),
                                         ("Contact", "0035g00000LONEA", other)):
             assert _post(client, "/webhooks/salesforce/cdc", cdc(entity, "CREATE", [record_id], body)).status_code == 200
-        # The model's step runs batched, a moment after the events (each record is its own person until then);
-        # the events themselves are resolved off the request path first (the worker), then queued for it.
-        assert service.wait_resolved(timeout=30)
+        # The model's step runs batched, a moment after the events (each record is its own person until then).
         deadline = time.monotonic() + 30
         while _rows(service, "SELECT COUNT(*) FROM match_queue") != [(0,)] and time.monotonic() < deadline:
             time.sleep(0.05)

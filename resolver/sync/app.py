@@ -76,7 +76,7 @@ def _signed(secret: str | None, data: bytes, header: str | None) -> bool:
 
 
 def create_app(service: SyncService, secret: str | None = None, org_ids: list[str] | None = None,
-               retry_interval: float = 1.0, index_interval: float = 0.25, worker: str = "thread") -> Starlette:
+               retry_interval: float = 1.0, index_interval: float = 1.0, worker: str = "thread") -> Starlette:
     config = service.config
     secret = secret if secret is not None else os.environ.get("RESOLVER_WEBHOOK_SECRET") or None
     if org_ids is None:
@@ -187,7 +187,8 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
 
     async def healthz(request: Request) -> Response:
         try:
-            await asyncio.to_thread(service.store.read, lambda tx: tx.one("SELECT 1"))
+            for store in (service.inbox, service.store):
+                await asyncio.to_thread(store.read, lambda tx: tx.one("SELECT 1"))
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"status": "error", "store": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -208,8 +209,9 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         options = {"retry_interval": retry_interval, "index_interval": index_interval}
         running = start_worker(service, worker, **options)
         service.resolving = True
-        # What a crash left in the inbox is resolved before the service answers anything.
-        while await asyncio.to_thread(service.backlog):
+        # The worker warms up, and what a crash left in the inbox is resolved, before the service
+        # answers anything.
+        while not running.ready() or await asyncio.to_thread(service.backlog):
             if not running.alive():
                 raise RuntimeError("the resolver worker exited at start")
             await asyncio.sleep(0.05)

@@ -93,7 +93,7 @@ def erase(store: Store, persons: set[str], values: set[str], tombstones=None) ->
                                   f"WHERE person_id IN ({marks})", [ERASED_PAYLOAD, *chunk])
         dead = 0
         for value in wanted:  # payloads are raw text: any that mentions an erased value
-            pattern = "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            pattern = _like(value)
             blanked += tx.execute("UPDATE events SET payload = ?, person_id = NULL, error = NULL "
                                   "WHERE lower(payload) LIKE lower(?) ESCAPE '\\'", [ERASED_PAYLOAD, pattern])
             dead += tx.execute("DELETE FROM dlq WHERE lower(payload) LIKE lower(?) ESCAPE '\\'", [pattern])
@@ -104,11 +104,36 @@ def erase(store: Store, persons: set[str], values: set[str], tombstones=None) ->
         return counts
 
     counts = store.write(work)
-    if store.dialect == "sqlite":  # freed pages and the WAL would still hold the values
-        conn = store._connect()
-        try:
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+    inbox = Store(store.url, inbox=True)  # the events as received: the same events are blanked there
+    try:
+        erased = [e for (e,) in store.read(lambda tx: tx.all("SELECT event_id FROM events WHERE payload = ?",
+                                                              (ERASED_PAYLOAD,)))]
+
+        def blank(tx: Tx) -> int:
+            n = 0
+            for chunk in _chunks(erased):
+                marks = ",".join("?" * len(chunk))
+                n += tx.execute(f"UPDATE inbox SET payload = ? WHERE payload <> ? AND event_id IN ({marks})",
+                                [ERASED_PAYLOAD, ERASED_PAYLOAD, *chunk])
+            for value in wanted:  # and any not taken in yet that mentions an erased value
+                n += tx.execute("UPDATE inbox SET payload = ? WHERE lower(payload) LIKE lower(?) ESCAPE '\\'",
+                                [ERASED_PAYLOAD, _like(value)])
+            return n
+
+        counts["inbox_blanked"] = inbox.write(blank)
+    finally:
+        inbox.close()
+    for target in (store, inbox):
+        if target.dialect == "sqlite":  # freed pages and the WAL would still hold the values
+            conn = target._connect()
+            try:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
     return counts
+
+
+def _like(value: str) -> str:
+    """A LIKE pattern (escape character backslash) for text that contains `value`."""
+    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -326,8 +326,9 @@ class Resolver:
             self._log(tx, event, None, "_refetch", None, record_id, source.name, received_at)
             return None
         key = self._record_key(source, record_id)
-        if self._erased(self._record_member(source, key)) or self._erased(self._member(f"record:{source.name}", key)):
-            self._suppressed_hit = True  # an erased record is never stored again
+        if self.suppressed and (self._erased(self._record_member(source, key))
+                                or self._erased(self._member(f"record:{source.name}", key))):
+            self._suppressed_hit = True  # an erased record is never stored again (batch or export key)
             return None
         row = tx.one("SELECT fields, person_id, deleted FROM records WHERE source = ? AND record_key = ?",
                      (source.name, key))
@@ -354,7 +355,7 @@ class Resolver:
         flat.setdefault(source.key, record_id)
         field_ts = {api: held[1] for api, held in stored.items()}
         identifiers = self._identifiers(source, flat)
-        if any(self._erased(self._hash(t, v)) for t, v in identifiers):
+        if self.suppressed and any(self._erased(self._hash(t, v)) for t, v in identifiers):
             self._suppressed_hit = True  # a record holding an erased identifier is dropped, as the batch drops it
             return None
         attributes = self._attributes(source, flat, field_ts)
@@ -380,7 +381,7 @@ class Resolver:
             raise ResolveError("no segment events source in the configuration (sync.segment_source)")
         message = event.fields
         identifiers = self._identifiers(source, message, getter=_get)
-        kept = [(t, v) for t, v in identifiers if not self._erased(self._hash(t, v))]
+        kept = [(t, v) for t, v in identifiers if not (self.suppressed and self._erased(self._hash(t, v)))]
         if len(kept) < len(identifiers):  # erased identifiers are left out (with the links they carry)
             self._suppressed_hit = True
             identifiers = kept

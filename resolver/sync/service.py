@@ -31,6 +31,7 @@ class SyncService:
         self.config = config
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.store = Store(store_url(config, self.state_dir, url))
+        self.inbox = Store(self.store.url, inbox=True)  # what requests append to (store.py)
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
         self.resolver = Resolver(config, state.model if state is not None else None,
                                  salt=state.salt if state is not None else None)
@@ -48,6 +49,7 @@ class SyncService:
                          summary["persons"], summary["identifiers"])
 
     def close(self) -> None:
+        self.inbox.close()
         self.store.close()
 
     # -- accepting -------------------------------------------------------------------------------
@@ -57,24 +59,35 @@ class SyncService:
         once the events are durable. Resolution follows off the request path (the worker); an
         event that then fails goes to the dead-letter queue, so "failed" counts only events that
         could not be stored (none: a failed commit fails the whole request)."""
-        return self.store.submit(lambda tx: self._accept(tx, events))
+        return self.inbox.submit(lambda tx: self._accept(tx, events))
 
     @staticmethod
     def _accept(tx: Tx, events: list[Event]) -> dict:
         counts = {"accepted": 0, "duplicates": 0, "failed": 0}
         received = now_iso()
         for event in events:
-            fresh = tx.execute("INSERT INTO events (event_id, channel, received_at, payload, status) "
-                               "VALUES (?, ?, ?, ?, 'accepted') ON CONFLICT (event_id) DO NOTHING",
+            fresh = tx.execute("INSERT INTO inbox (event_id, channel, received_at, payload) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT (event_id) DO NOTHING",
                                (event.event_id, event.channel, received, event.to_json()))
             counts["accepted" if fresh == 1 else "duplicates"] += 1
         return counts
 
-    def resolve_accepted(self, tx: Tx, seq: int, event: Event, received: str) -> None:
-        """Resolve one event of the inbox (the worker, in its transaction)."""
-        error = self._resolve(tx, event, received, seq)
+    def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,
+                         event: Event | None) -> bool:
+        """Record and resolve one event of the inbox (the worker, in its transaction; `event` is
+        None when its payload was erased meanwhile); False when the store had it already."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        row = tx.one("INSERT INTO events (event_id, channel, received_at, payload, status) VALUES (?, ?, ?, ?, ?) "
+                     "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                     (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
+                      "accepted" if event is not None else "resolved"))
+        if row is None or event is None:
+            return row is not None
+        error = self._resolve(tx, event, received, row[0])
         if error is not None:
             self._dead_letter(tx, event, received, 1, error)
+        return True
 
     def _resolve(self, tx: Tx, event: Event, received: str, seq: int = 0) -> str | None:
         """Resolve one event in a savepoint; None, or the error (its changes rolled back)."""
@@ -94,25 +107,32 @@ class SyncService:
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return f"{type(exc).__name__}: {exc}"
 
-    def backlog(self, upto: int | None = None) -> bool:
-        """Are events accepted (up to seq `upto`) still waiting for the worker?"""
-        sql = "SELECT 1 FROM events WHERE status = 'accepted'" + (" AND seq <= ?" if upto is not None else "")
-        return self.store.read(lambda tx: tx.one(sql + " LIMIT 1", (upto,) if upto is not None else ())) is not None
+    def inbox_position(self) -> tuple[int, int]:
+        """(the last event accepted into the inbox, the last one the resolver has taken in)."""
+        accepted = self.inbox.read(lambda tx: tx.one("SELECT MAX(seq) FROM inbox"))
+        return (accepted[0] or 0) if accepted else 0, self.resolved_position()
+
+    def resolved_position(self) -> int:
+        row = self.store.read(lambda tx: tx.one("SELECT value FROM meta WHERE key = 'inbox_seq'"))
+        return int(row[0]) if row else 0
+
+    def backlog(self) -> bool:
+        """Are accepted events still waiting for the resolver?"""
+        accepted, resolved = self.inbox_position()
+        return accepted > resolved
 
     def wait_resolved(self, timeout: float | None = None) -> bool:
         """Wait until every event accepted so far is resolved (only while a worker runs; at most
         `timeout`, default read_wait, seconds); True when it is."""
         if not self.resolving:
             return True
-        row = self.store.read(lambda tx: tx.one("SELECT MAX(seq) FROM events"))
-        upto = row[0] if row else None
-        if upto is None:
-            return True
+        upto, resolved = self.inbox_position()
         deadline = time.monotonic() + (self.read_wait if timeout is None else timeout)
-        while self.backlog(upto):
+        while resolved < upto:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.003)
+            resolved = self.resolved_position()
         return True
 
     def _backoff(self, attempts: int) -> timedelta:

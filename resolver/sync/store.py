@@ -4,22 +4,26 @@ and dead-letter queue, in SQLite (embedded default) or PostgreSQL (by URL).
 One SQL dialect for both: statements are written with `?` placeholders (PostgreSQL gets `%s`),
 upserts with `ON CONFLICT`, and the few DDL differences (an auto-increment key) are filled in.
 
-Two kinds of writers:
+Two stores by one URL, each with one writer:
 
-- the inbox writer (`Store.submit`, one thread of the HTTP process): it takes every job waiting in
-  its queue, runs them in ONE transaction (each job in its own savepoint, so one failure rolls
-  back only that job) and commits once before any job is answered. That is group commit: with
-  SQLite `synchronous=FULL` (the default here) every commit is fsynced, so an answered request
-  survives a power loss, and one fsync covers all the requests that arrived while the previous
-  one ran. `?synchronous=normal` in the URL trades that for speed (WAL + NORMAL survives a crash
-  of the process, not of the machine). Its jobs are small (the events' rows, nothing else);
-- the resolver (`Store.transaction` on a connection of its own, see worker.py): what it writes is
-  derived from accepted events and is redone from them after a crash, so on SQLite its commits
-  are not fsynced on their own (`synchronous=NORMAL`); the write-ahead log is sequential, so the
-  next fsynced commit of the inbox makes them durable too, and a power loss can only drop a suffix
-  of them, whose events are then still `accepted` and get resolved again.
+- the inbox (`Store(url, inbox=True)`: the `inbox` table; on SQLite a database file of its own,
+  `<path>.inbox`, so that its writer never waits for the resolver's write lock, nor the resolver
+  for its fsyncs; on PostgreSQL a table of the same database). Webhook requests append their
+  events there through `Store.submit`: one thread takes every job waiting in its queue, runs them
+  in ONE transaction (each job in its own savepoint, so one failure rolls back only that job) and
+  commits once before any job is answered. That is group commit: with SQLite `synchronous=FULL`
+  (the default here) every commit is fsynced, so an answered request survives a power loss, and
+  one fsync covers all the requests that arrived while the previous one ran.
+  `?synchronous=normal` in the URL trades that for speed (WAL + NORMAL survives a crash of the
+  process, not of the machine);
+- the store proper (`Store(url)`): what the resolver (worker.py) derives from the inbox, with
+  the inbox position it has reached (meta `inbox_seq`) in the same transactions. Everything in it
+  can be derived again from the inbox, so on SQLite the resolver's commits are not fsynced on
+  their own (`synchronous=NORMAL`, `Store.derived_connection`): a power loss can only drop a
+  suffix of them (the write-ahead log is sequential), position included, and the resolver then
+  resolves those inbox events again. The CLI's writes (`Store.write`) are fsynced.
 
-Reads use their own connection per thread (WAL readers never block the writers).
+Reads use their own connection per thread (WAL readers never block the writer).
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
         seq {serial} PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, channel TEXT NOT NULL,
         received_at TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, person_id TEXT, error TEXT)""",
-    # The inbox: accepted events the resolver has not resolved yet, in arrival order.
-    "CREATE INDEX IF NOT EXISTS events_inbox ON events (seq) WHERE status = 'accepted'",
     """CREATE TABLE IF NOT EXISTS persons (
         person_id TEXT PRIMARY KEY, origin TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS identifiers (
@@ -76,6 +78,14 @@ SCHEMA = [
         event_id TEXT PRIMARY KEY, channel TEXT NOT NULL, payload TEXT NOT NULL, error TEXT NOT NULL,
         attempts INTEGER NOT NULL, next_attempt_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
         status TEXT NOT NULL)""",
+]
+
+
+# Accepted events, as received, in arrival order: what the request path writes (and all it writes).
+INBOX_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS inbox (
+        seq {serial} PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, channel TEXT NOT NULL, received_at TEXT NOT NULL,
+        payload TEXT NOT NULL)""",
 ]
 
 
@@ -151,10 +161,13 @@ class _Job:
 
 
 class Store:
-    """A store by URL: `sqlite:///path/to/sync.db` or `postgresql://user@host:port/db`."""
+    """A store by URL: `sqlite:///path/to/sync.db` or `postgresql://user@host:port/db`; with
+    `inbox=True` the inbox of that store (see the module docstring)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, inbox: bool = False):
         self.url = url
+        self.inbox = inbox
+        self.schema = INBOX_SCHEMA if inbox else SCHEMA
         parsed = urlparse(url)
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if parsed.scheme == "sqlite":
@@ -163,7 +176,7 @@ class Store:
             path = path.removeprefix("/")  # sqlite:///relative, sqlite:////absolute
             if not path:
                 raise StoreError(f"{url}: no database file in the sqlite URL")
-            self.path = Path(path)
+            self.path = Path(f"{path}.inbox") if inbox else Path(path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.synchronous = options.get("synchronous", "full").upper()
             if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -216,7 +229,7 @@ class Store:
         try:
             if self.dialect == "postgresql":  # one process creates the schema at a time
                 conn.execute("SELECT pg_advisory_xact_lock(7281)")
-            for statement in SCHEMA:
+            for statement in self.schema:
                 tx.execute(statement.format(serial=serial))
             conn.execute("COMMIT")
         except BaseException:
@@ -265,8 +278,8 @@ class Store:
             conn.close()
 
     def derived_connection(self):
-        """A connection for the resolver's writes (derived data, redone from the events after a
-        crash: on SQLite its commits are not fsynced on their own, see the module docstring)."""
+        """A connection for the resolver's writes (derived from the inbox: on SQLite its commits
+        are not fsynced on their own, see the module docstring)."""
         return self._connect("NORMAL" if self.dialect == "sqlite" else None)
 
     def transaction(self, conn, fn: Callable[[Tx], Any]) -> Any:

@@ -1,48 +1,69 @@
 """The resolver worker: resolution off the request path.
 
-A webhook request only validates, authenticates and durably appends its events to the inbox (the
-`events` table, status `accepted`, one group-committed transaction for all concurrent requests),
-then answers. The worker drains the inbox in arrival order, in batches: it reads whatever has
-arrived (up to `batch` events), normalizes their identifiers and attributes in one vectorized
-call per type (outside any write transaction), then resolves them one by one in ONE transaction
-(each in its own savepoint: a failing event goes to the dead-letter queue, the others stand) and
-marks them `resolved` (or `failed`). Between batches it runs the model's step for new records and
-the blocking-key index (a few times a second) and the due dead-letter retries.
+A webhook request only validates, authenticates and durably appends its events to the inbox
+(store.py: one group-committed transaction for all concurrent requests), then answers. The worker
+drains the inbox in arrival order, in batches: it reads whatever has arrived since its position
+(up to BATCH events), normalizes their identifiers and attributes in one vectorized call per
+type (outside any write transaction), then records them in the `events` table and resolves them
+one by one, in transactions of CHUNK events (each event in its own savepoint: a failing event
+goes to the dead-letter queue, the others stand), each of which also moves the position (meta
+`inbox_seq`). Between batches it runs the model's step for new records and the blocking-key
+index (a few times a second) and the due dead-letter retries.
 
 `resolver serve` runs the worker in a process of its own (`start_worker(..., "process")`), so its
 CPU does not compete with the event loop for one interpreter lock; an application embedding the
 service may run it as a thread (`"thread"`, the default of `create_app`). Both drain the same
 inbox the same way. The worker process exits when its parent is gone.
 
-Crash safety: an event is `accepted` until the transaction that resolves it commits, and only
-`accepted` events are picked up (re-checked inside the write transaction, so two workers never
-resolve one event twice), so a crash at any point leaves every unresolved event in the inbox, and
-the next start resolves it before the service reports healthy.
+Crash safety: the position moves in the transaction that resolves the events up to it (and is
+re-read inside it, so two workers never resolve one event twice), so a crash at any point leaves
+every unresolved event after the position, and the next start resolves them before the service
+answers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
 import time
 
 from resolver.sync.payloads import Event
-from resolver.sync.store import Tx
+from resolver.sync.store import Tx, set_meta
 
 log = logging.getLogger("resolver.sync")
 
-BATCH = 200  # events per resolution transaction at most (bounds how long the write lock is held)
+_STATS = bool(os.environ.get("RESOLVER_WORKER_STATS"))
+_S = {"t": time.monotonic(), "batches": 0, "events": 0, "cpu": time.process_time()}
+
+
+def _stats(n):
+    if n:
+        _S["batches"] += 1
+        _S["events"] += n
+    now = time.monotonic()
+    if now - _S["t"] >= 5:
+        import sys
+        cpu = time.process_time()
+        print(f"worker: {_S['events']} events in {_S['batches']} batches, cpu {cpu - _S['cpu']:.2f}s/{now - _S['t']:.1f}s",
+              file=sys.stderr, flush=True)
+        _S.update(t=now, batches=0, events=0, cpu=cpu)
+
+
+BATCH = 200  # events normalized together at most
+CYCLE = 0.1  # seconds between batches when caught up: a batch holds what arrived meanwhile
+CHUNK = 50  # events per resolution transaction (lookups see progress chunk by chunk)
 
 
 class Worker:
-    def __init__(self, service, retry_interval: float = 1.0, index_interval: float = 0.25,
-                 poll_interval: float = 0.01, batch: int = BATCH):
+    def __init__(self, service, retry_interval: float = 1.0, index_interval: float = 1.0,
+                 cycle: float = CYCLE, batch: int = BATCH, chunk: int = CHUNK):
         self.service = service
         self.store = service.store
         self.retry_interval, self.index_interval = retry_interval, index_interval
-        self.poll_interval, self.batch = poll_interval, batch
+        self.cycle, self.batch, self.chunk = cycle, batch, chunk
         self._conn = None
 
     @property
@@ -66,33 +87,52 @@ class Worker:
 
     # -- one step ----------------------------------------------------------------------------------
     def drain_once(self) -> int:
-        """Resolve the oldest accepted events (one batch); returns how many were picked up."""
-        rows = self.store.read(lambda tx: tx.all(
-            "SELECT seq, received_at, payload FROM events WHERE status = 'accepted' ORDER BY seq LIMIT ?",
-            (self.batch,)))
+        """Take in and resolve the next events of the inbox (one batch); returns how many."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        position = self.service.resolved_position()
+        rows = self.service.inbox.read(lambda tx: tx.all(
+            "SELECT seq, event_id, channel, received_at, payload FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (position, self.batch)))
         if not rows:
             return 0
-        batch = [(seq, received, Event.from_json(payload)) for seq, received, payload in rows]
-        # Normalization is pure CPU: done before the write lock is taken.
-        self.service.resolver.prepare([event for _, _, event in batch])
-        first, last = batch[0][0], batch[-1][0]
-        lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""
+        batch = [(seq, event_id, channel, received, payload,
+                  None if payload == ERASED_PAYLOAD else Event.from_json(payload))
+                 for seq, event_id, channel, received, payload in rows]
+        # Normalization is pure CPU: done for the whole batch before the write transaction.
+        self.service.resolver.prepare([event for *_, event in batch if event is not None])
+        for start in range(0, len(batch), self.chunk):
+            self._resolve_chunk(batch[start:start + self.chunk])
+        return len(batch)
 
-        def work(tx: Tx) -> int:
-            # Only what is still accepted now (another worker, e.g. one left over from a crashed
-            # parent, may have resolved some of them meanwhile).
+    def _resolve_chunk(self, chunk: list) -> None:
+        lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
+
+        def work(tx: Tx) -> None:
+            # Where the store is now (another worker, e.g. one left over from a crashed parent,
+            # may have moved on meanwhile): the position moves with what it resolves, atomically.
+            row = tx.one("SELECT value FROM meta WHERE key = 'inbox_seq'" + lock)
+            position = int(row[0]) if row else 0
             self.service.resolver.refresh_suppressed(tx)
-            pending = {seq for (seq,) in tx.all(
-                f"SELECT seq FROM events WHERE status = 'accepted' AND seq >= ? AND seq <= ?{lock}", (first, last))}
-            done = 0
-            for seq, received, event in batch:
-                if seq in pending:
-                    self.service.resolve_accepted(tx, seq, event, received)
-                    done += 1
-            return done
+            last = None
+            for seq, event_id, channel, received, payload, event in chunk:
+                if seq > position:
+                    self.service.resolve_accepted(tx, event_id, channel, received, payload, event)
+                    last = seq
+            if last is not None:
+                set_meta(tx, "inbox_seq", str(last))
 
         self._write(work)
-        return len(batch)
+
+    def check_position(self) -> None:
+        """An inbox behind the store's position (it was replaced): take it in from its start again
+        (events the store has already are recognised by their ids)."""
+        self._write(lambda tx: tx.execute("INSERT INTO meta (key, value) VALUES ('inbox_seq', '0') "
+                                          "ON CONFLICT (key) DO NOTHING"))
+        accepted, resolved = self.service.inbox_position()
+        if accepted < resolved:
+            log.error("the inbox ends at %d, before the store's position %d: taking it in again", accepted, resolved)
+            self._write(lambda tx: set_meta(tx, "inbox_seq", "0"))
 
     def drain(self, deadline: float | None = None) -> int:
         """Resolve everything accepted so far (until `deadline`, a time.monotonic() value)."""
@@ -120,13 +160,58 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - try again next round
                 log.error("background %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
 
+    def warm_up(self) -> None:
+        """Run every resolution step once on made-up events, in a transaction that is rolled back:
+        compiled kernels and first-call costs are paid before the first real batch."""
+        from resolver.sync.payloads import parse_cdc, parse_segment
+
+        class _Rollback(Exception):
+            pass
+
+        name = {"FirstName": "Warm", "LastName": "Upton"}
+        address = {"Street": "1 Main St", "City": "Oakland", "PostalCode": "94607", "Country": "US"}
+        events = parse_segment(json.dumps({"type": "identify", "messageId": "resolver-warm-up", "userId": "warm-up",
+                                           "anonymousId": "warm-up", "traits": {"email": "warm.up@example.com",
+                                                                                "phone": "+14155550100"}}).encode())
+        for obj, prefix in (("Contact", "0035g00000WARMA"), ("Lead", "00Q5g00000WARMA")):
+            events += parse_cdc(json.dumps({"payload": {
+                "ChangeEventHeader": {"entityName": obj, "recordIds": [prefix], "changeType": "CREATE",
+                                      "transactionKey": f"warm-up-{obj}", "sequenceNumber": 1,
+                                      "commitTimestamp": 1717350011000},
+                "Name": name, "Email": "warm.up@example.com", "Phone": "(415) 555-0100", "MailingAddress": address,
+                "Address": address, "Company": "Warm Up"}}).encode())
+        resolver = self.service.resolver
+
+        def work(tx: Tx) -> None:
+            resolver.refresh_suppressed(tx)
+            resolver.prepare(events)
+            for event in events:
+                with contextlib.suppress(Exception), tx.savepoint():
+                    resolver.apply(tx, event, events[0].timestamp or "2024-01-01T00:00:00.000000Z")
+            for step in (resolver.match_pending, resolver.flush_index):
+                with contextlib.suppress(Exception), tx.savepoint():
+                    step(tx)
+            raise _Rollback
+
+        try:
+            self._write(work)
+        except _Rollback:
+            pass
+        except Exception as exc:  # noqa: BLE001 - only a warm-up
+            log.warning("resolver worker: warm-up failed: %s", type(exc).__name__)
+
     # -- the loop ----------------------------------------------------------------------------------
-    def run(self, stop, parent_pid: int | None = None, drain_seconds: float = 30.0) -> None:
+    def run(self, stop, parent_pid: int | None = None, drain_seconds: float = 30.0, ready=None) -> None:
         """Drain and tidy until `stop` (a threading or multiprocessing Event) is set, then resolve
-        what is left (at most drain_seconds) and return."""
+        what is left (at most drain_seconds) and return. `ready` (an Event) is set once warmed up."""
         state: dict = {}
         try:
+            self.check_position()
+            self.warm_up()
+            if ready is not None:
+                ready.set()
             while not stop.is_set():
+                started = time.monotonic()
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.error("resolver worker: the service process is gone; exiting")
                     return
@@ -138,8 +223,10 @@ class Worker:
                     n = 0
                     stop.wait(0.5)
                 self.housekeeping(time.monotonic(), state)
-                if n == 0:
-                    stop.wait(self.poll_interval)
+                if _STATS:
+                    _stats(n)
+                if n < self.batch:  # caught up: let the next batch gather (normalizing many at once is cheaper)
+                    stop.wait(max(0.0, started + self.cycle - time.monotonic()))
             with contextlib.suppress(Exception):
                 self.drain(time.monotonic() + drain_seconds)
                 self.housekeeping(float("inf"), {})
@@ -150,11 +237,14 @@ class Worker:
 # -- running it --------------------------------------------------------------------------------------
 class _ThreadWorker:
     def __init__(self, service, **options):
-        self.stop_event = threading.Event()
+        self.stop_event, self.ready_event = threading.Event(), threading.Event()
         self.worker = Worker(service, **options)
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop_event,), name="resolver-worker",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.worker.run, args=(self.stop_event,),
+                                       kwargs={"ready": self.ready_event}, name="resolver-worker", daemon=True)
         self.thread.start()
+
+    def ready(self) -> bool:
+        return self.ready_event.is_set()
 
     def alive(self) -> bool:
         return self.thread.is_alive()
@@ -164,7 +254,7 @@ class _ThreadWorker:
         self.thread.join(timeout)
 
 
-def _process_main(config, state_dir, url, options: dict, stop, parent_pid: int, log_level: int) -> None:
+def _process_main(config, state_dir, url, options: dict, stop, ready, parent_pid: int, log_level: int) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(Exception):
         import numba
@@ -174,7 +264,7 @@ def _process_main(config, state_dir, url, options: dict, stop, parent_pid: int, 
 
     service = SyncService(config, state_dir, url, import_batch=False)
     try:
-        Worker(service, **options).run(stop, parent_pid=parent_pid)
+        Worker(service, **options).run(stop, parent_pid=parent_pid, ready=ready)
     finally:
         service.close()
 
@@ -184,12 +274,15 @@ class _ProcessWorker:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        self.stop_event = context.Event()
+        self.stop_event, self.ready_event = context.Event(), context.Event()
         self.process = context.Process(
             target=_process_main, name="resolver-worker", daemon=True,
-            args=(service.config, service.state_dir, service.store.url, options, self.stop_event, os.getpid(),
-                  logging.getLogger().getEffectiveLevel()))
+            args=(service.config, service.state_dir, service.store.url, options, self.stop_event, self.ready_event,
+                  os.getpid(), logging.getLogger().getEffectiveLevel()))
         self.process.start()
+
+    def ready(self) -> bool:
+        return self.ready_event.is_set()
 
     def alive(self) -> bool:
         return self.process.is_alive()
