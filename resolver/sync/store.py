@@ -63,6 +63,10 @@ SCHEMA = [
         updated_seq BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (source, record_key))""",
     """CREATE TABLE IF NOT EXISTS block_keys (
         rule INTEGER NOT NULL, key BIGINT NOT NULL, person_id TEXT NOT NULL, PRIMARY KEY (rule, key, person_id))""",
+    # By person: a merge moves, and an erasure removes, everything a person holds.
+    "CREATE INDEX IF NOT EXISTS block_keys_person ON block_keys (person_id)",
+    "CREATE INDEX IF NOT EXISTS records_person ON records (person_id)",
+    "CREATE INDEX IF NOT EXISTS events_person ON events (person_id)",
     """CREATE TABLE IF NOT EXISTS change_log (
         seq {serial} PRIMARY KEY, event_id TEXT, person_id TEXT, field TEXT NOT NULL, before TEXT, after TEXT,
         source TEXT, at TEXT NOT NULL)""",

@@ -35,25 +35,8 @@ from resolver.sync.store import Tx, set_meta
 
 log = logging.getLogger("resolver.sync")
 
-_STATS = bool(os.environ.get("RESOLVER_WORKER_STATS"))
-_S = {"t": time.monotonic(), "batches": 0, "events": 0, "cpu": time.process_time()}
-
-
-def _stats(n):
-    if n:
-        _S["batches"] += 1
-        _S["events"] += n
-    now = time.monotonic()
-    if now - _S["t"] >= 5:
-        import sys
-        cpu = time.process_time()
-        print(f"worker: {_S['events']} events in {_S['batches']} batches, cpu {cpu - _S['cpu']:.2f}s/{now - _S['t']:.1f}s",
-              file=sys.stderr, flush=True)
-        _S.update(t=now, batches=0, events=0, cpu=cpu)
-
-
 BATCH = 200  # events normalized together at most
-CYCLE = 0.1  # seconds between batches when caught up: a batch holds what arrived meanwhile
+CYCLE = 0.2  # seconds between batches when caught up: a batch holds what arrived meanwhile
 CHUNK = 50  # events per resolution transaction (lookups see progress chunk by chunk)
 
 
@@ -223,8 +206,6 @@ class Worker:
                     n = 0
                     stop.wait(0.5)
                 self.housekeeping(time.monotonic(), state)
-                if _STATS:
-                    _stats(n)
                 if n < self.batch:  # caught up: let the next batch gather (normalizing many at once is cheaper)
                     stop.wait(max(0.0, started + self.cycle - time.monotonic()))
             with contextlib.suppress(Exception):
