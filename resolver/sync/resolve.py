@@ -121,12 +121,14 @@ class Resolver:
         self.types = config.identity.types
         self.ranks = source_ranks(with_sync_sources(config))
         self.fields = golden_fields(config)
+        # Memos (bounded: cleared past 500,000 entries): raw value -> normalized form, attribute
+        # value -> (display, match form), (type or record kind, value) -> 64-bit member key.
         self._identifier_cache: dict[tuple[str, str], str | None] = {}
         self._attribute_cache: dict[tuple[str, str], object] = {}
+        self._hash_cache: dict[tuple[str, str], int] = {}
         self.objects = self._object_sources(config)
         self.segment = self._segment_source(config)
         self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
-        self._hash_cache: dict[tuple[str, str], int] = {}
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -155,10 +157,11 @@ class Resolver:
         return next((s for s in config.sources if s.system == "segment"), None)
 
     # -- normalization (the batch's functions, vectorized per group of events, remembered) ---------
-    def _warm_identifiers(self, id_type: str, raws: list[str]) -> None:
+    def _warm_identifiers(self, id_type: str, raws: list[str]) -> dict[str, str | None]:
+        """Normalize (and remember) the values not seen yet; returns what it normalized."""
         todo = list(dict.fromkeys(r for r in raws if (id_type, r) not in self._identifier_cache))
         if not todo:
-            return
+            return {}
         spec = self.types[id_type]
         normalized, _ = normalize_identifier(spec.normalizer, pd.Series(todo, dtype="str"),
                                              default_region=self.config.run.default_region,
@@ -170,11 +173,13 @@ class Resolver:
         hashes = hash_identifiers(id_type, values)
         if len(self._hash_cache) > 500_000:
             self._hash_cache.clear()
+        done = {}
         for raw, value, h in zip(todo, values, hashes):
-            kept = None if pd.isna(value) else str(value)
+            kept = done[raw] = None if pd.isna(value) else str(value)
             self._identifier_cache[(id_type, raw)] = kept
             if kept is not None:
                 self._hash_cache[(id_type, kept)] = int(h)
+        return done
 
     def identifier(self, id_type: str, raw) -> str | None:
         """`raw` normalized as the batch normalizes identifiers of this type (None: missing,
@@ -182,9 +187,10 @@ class Resolver:
         raw = _text(raw)
         if raw is None:
             return None
-        if (id_type, raw) not in self._identifier_cache:
-            self._warm_identifiers(id_type, [raw])
-        return self._identifier_cache[(id_type, raw)]
+        try:
+            return self._identifier_cache[(id_type, raw)]
+        except KeyError:  # not seen yet (or the memo was cleared meanwhile, by another thread)
+            return self._warm_identifiers(id_type, [raw]).get(raw, self._identifier_cache.get((id_type, raw)))
 
     def _warm_attributes(self, field: str, raws: list[str]) -> None:
         todo = list(dict.fromkeys(r for r in raws if (field, r) not in self._attribute_cache))
