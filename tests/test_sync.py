@@ -579,6 +579,8 @@ def test_erased_people_stay_erased_when_webhooks_carry_them_again(batch, tmp_pat
     marks = ", ".join("?" * len(ids))
     assert _rows(service, f"SELECT event_id, status, payload FROM events WHERE event_id IN ({marks}) ORDER BY event_id",
                  ids) == sorted((e, "resolved", ERASED_PAYLOAD) for e in ids)
+    assert service.inbox.read(lambda tx: tx.all(f"SELECT payload FROM inbox WHERE event_id IN ({marks})", ids)) == \
+        [(ERASED_PAYLOAD,)] * 3  # the raw payloads as received are blanked too
     assert _rows(service, "SELECT COUNT(*) FROM identifiers WHERE value IN (?, ?) OR person_id = ?",
                  (contact["email"], "back.again@fastmail.com", contact["person_id"])) == [(0,)]
     assert _rows(service, "SELECT COUNT(*) FROM records WHERE record_key = ?", (contact["id"],)) == [(0,)]

@@ -91,7 +91,9 @@ class Worker:
     def _resolve_chunk(self, chunk: list) -> None:
         lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
 
-        def work(tx: Tx) -> None:
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        def work(tx: Tx) -> list[str]:
             # Where the store is now (another worker, e.g. one left over from a crashed parent,
             # may have moved on meanwhile): the position moves with what it resolves, atomically.
             row = tx.one("SELECT value FROM meta WHERE key = 'inbox_seq'" + lock)
@@ -104,8 +106,17 @@ class Worker:
                     last = seq
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
+            # The events that carried erased values (resolved without them, payload blanked).
+            ids = [event_id for _, event_id, _, _, payload, event in chunk if event is not None]
+            marks = ", ".join("?" * len(ids))
+            return [e for (e,) in tx.all(f"SELECT event_id FROM events WHERE payload = ? AND event_id IN ({marks})",
+                                         [ERASED_PAYLOAD, *ids])] if ids else []
 
-        self._write(work)
+        erased = self._write(work)
+        if erased:  # their raw payload goes from the inbox too
+            marks = ", ".join("?" * len(erased))
+            self.service.inbox.write(lambda tx: tx.execute(
+                f"UPDATE inbox SET payload = ? WHERE event_id IN ({marks})", [ERASED_PAYLOAD, *erased]))
 
     def check_position(self) -> None:
         """An inbox behind the store's position (it was replaced): take it in from its start again
