@@ -282,7 +282,7 @@ class Resolver:
     def flush_index(self, tx: Tx) -> int:
         """Blocking keys of the persons whose golden record changed since the last flush (the
         change log says which), in one vectorized pass; returns how many persons. The service runs
-        it a few times a second, off the request path; the change log makes it crash-safe."""
+        it once a second (the worker), off the request path; the change log makes it crash-safe."""
         if self.matcher is None:
             return 0
         row = tx.one("SELECT value FROM meta WHERE key = 'index_seq'")
@@ -479,7 +479,7 @@ class Resolver:
         model scores each against the golden records of the persons sharing a blocking key with
         it. At or above auto_merge (no must-agree veto, no guard refusing) its provisional person
         is merged into the best candidate; in the review band it becomes a review item; else it
-        stays its own person. Runs a few times a second, off the request path; returns how many."""
+        stays its own person. Runs once a second (the worker), off the request path; returns how many."""
         if self.matcher is None:
             return 0
         rows = tx.all("SELECT seq, event_id, record_key, person_id, attributes FROM match_queue ORDER BY seq LIMIT ?",

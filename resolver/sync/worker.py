@@ -8,7 +8,7 @@ type (outside any write transaction), then records them in the `events` table an
 one by one, in transactions of CHUNK events (each event in its own savepoint: a failing event
 goes to the dead-letter queue, the others stand), each of which also moves the position (meta
 `inbox_seq`). Between batches it runs the model's step for new records and the blocking-key
-index (a few times a second) and the due dead-letter retries.
+index (once a second) and the due dead-letter retries.
 
 `resolver serve` runs the worker in a process of its own (`start_worker(..., "process")`), so its
 CPU does not compete with the event loop for one interpreter lock; an application embedding the
@@ -247,6 +247,11 @@ class _ThreadWorker:
 
 
 def _process_main(config, state_dir, url, options: dict, stop, ready, parent_pid: int, log_level: int) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent stops the worker (which first resolves
+    # what is left), so the worker itself ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(Exception):
         import numba
