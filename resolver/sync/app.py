@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import logging
@@ -215,6 +216,11 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
             if not running.alive():
                 raise RuntimeError("the resolver worker exited at start")
             await asyncio.sleep(0.05)
+
+        # Everything loaded so far (config, model, libraries) lives as long as the process: keep it
+        # out of the garbage collector's full passes, which would otherwise stall the event loop.
+        gc.collect()
+        gc.freeze()
 
         async def watch() -> None:  # a worker that died is started again (its work is in the inbox)
             nonlocal running

@@ -24,6 +24,7 @@ answers.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -202,6 +203,8 @@ class Worker:
         try:
             self.check_position()
             self.warm_up()
+            gc.collect()
+            gc.freeze()  # what is loaded by now stays: out of the collector's full passes
             if ready is not None:
                 ready.set()
             while not stop.is_set():
