@@ -209,7 +209,7 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
 
         options = {"retry_interval": retry_interval, "index_interval": index_interval}
         running = start_worker(service, worker, **options)
-        service.resolving = True
+        service.resolving, service.nudge = True, lambda: running.wake()
         # The worker warms up, and what a crash left in the inbox is resolved, before the service
         # answers anything.
         while not running.ready() or await asyncio.to_thread(service.backlog):

@@ -40,6 +40,7 @@ class SyncService:
         # event accepted before them (read-your-writes, at most `read_wait` seconds).
         self.resolving = False
         self.read_wait = 1.0
+        self.nudge = None  # set with the worker: wakes it when a read is waiting for the inbox
         if import_batch and self.state_dir is not None:
             from resolver.sync.batch import import_batch as load
 
@@ -128,6 +129,8 @@ class SyncService:
             return True
         upto, resolved = self.inbox_position()
         deadline = time.monotonic() + (self.read_wait if timeout is None else timeout)
+        if resolved < upto and self.nudge is not None:
+            self.nudge()  # no need to wait for the worker's next round
         while resolved < upto:
             if time.monotonic() >= deadline:
                 return False

@@ -196,9 +196,11 @@ class Worker:
             log.warning("resolver worker: warm-up failed: %s", type(exc).__name__)
 
     # -- the loop ----------------------------------------------------------------------------------
-    def run(self, stop, parent_pid: int | None = None, drain_seconds: float = 30.0, ready=None) -> None:
+    def run(self, stop, parent_pid: int | None = None, drain_seconds: float = 30.0, ready=None, wake=None) -> None:
         """Drain and tidy until `stop` (a threading or multiprocessing Event) is set, then resolve
-        what is left (at most drain_seconds) and return. `ready` (an Event) is set once warmed up."""
+        what is left (at most drain_seconds) and return. `ready` (an Event) is set once warmed up;
+        `wake` (an Event) ends a wait between batches early (a lookup is waiting for the inbox)."""
+        wake = wake if wake is not None else stop
         state: dict = {}
         try:
             self.check_position()
@@ -221,7 +223,9 @@ class Worker:
                     stop.wait(0.5)
                 self.housekeeping(time.monotonic(), state)
                 if n < self.batch:  # caught up: let the next batch gather (normalizing many at once is cheaper)
-                    stop.wait(max(0.0, started + self.cycle - time.monotonic()))
+                    wake.wait(max(0.0, started + self.cycle - time.monotonic()))
+                    if wake is not stop:
+                        wake.clear()
             with contextlib.suppress(Exception):
                 self.drain(time.monotonic() + drain_seconds)
                 self.housekeeping(float("inf"), {})
@@ -232,10 +236,11 @@ class Worker:
 # -- running it --------------------------------------------------------------------------------------
 class _ThreadWorker:
     def __init__(self, service, **options):
-        self.stop_event, self.ready_event = threading.Event(), threading.Event()
+        self.stop_event, self.ready_event, self.wake_event = threading.Event(), threading.Event(), threading.Event()
         self.worker = Worker(service, **options)
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop_event,),
-                                       kwargs={"ready": self.ready_event}, name="resolver-worker", daemon=True)
+                                       kwargs={"ready": self.ready_event, "wake": self.wake_event},
+                                       name="resolver-worker", daemon=True)
         self.thread.start()
 
     def ready(self) -> bool:
@@ -244,12 +249,16 @@ class _ThreadWorker:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
+    def wake(self) -> None:
+        self.wake_event.set()
+
     def stop(self, timeout: float = 60) -> None:
         self.stop_event.set()
+        self.wake_event.set()
         self.thread.join(timeout)
 
 
-def _process_main(config, state_dir, url, options: dict, stop, ready, parent_pid: int, log_level: int) -> None:
+def _process_main(config, state_dir, url, options: dict, stop, ready, wake, parent_pid: int, log_level: int) -> None:
     import signal
 
     # Ctrl-C reaches the whole process group: the parent stops the worker (which first resolves
@@ -264,7 +273,7 @@ def _process_main(config, state_dir, url, options: dict, stop, ready, parent_pid
 
     service = SyncService(config, state_dir, url, import_batch=False)
     try:
-        Worker(service, **options).run(stop, parent_pid=parent_pid, ready=ready)
+        Worker(service, **options).run(stop, parent_pid=parent_pid, ready=ready, wake=wake)
     finally:
         service.close()
 
@@ -274,11 +283,11 @@ class _ProcessWorker:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        self.stop_event, self.ready_event = context.Event(), context.Event()
+        self.stop_event, self.ready_event, self.wake_event = context.Event(), context.Event(), context.Event()
         self.process = context.Process(
             target=_process_main, name="resolver-worker", daemon=True,
             args=(service.config, service.state_dir, service.store.url, options, self.stop_event, self.ready_event,
-                  os.getpid(), logging.getLogger().getEffectiveLevel()))
+                  self.wake_event, os.getpid(), logging.getLogger().getEffectiveLevel()))
         self.process.start()
 
     def ready(self) -> bool:
@@ -287,8 +296,12 @@ class _ProcessWorker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
+    def wake(self) -> None:
+        self.wake_event.set()
+
     def stop(self, timeout: float = 60) -> None:
         self.stop_event.set()
+        self.wake_event.set()
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
