@@ -586,3 +586,19 @@ def test_erased_people_stay_erased_when_webhooks_carry_them_again(batch, tmp_pat
     assert _rows(service, "SELECT COUNT(*) FROM records WHERE record_key = ?", (contact["id"],)) == [(0,)]
     assert _rows(service, "SELECT COUNT(*) FROM persons WHERE person_id = ?", (contact["person_id"],)) == [(0,)]
     service.close()
+
+
+def test_an_unreadable_inbox_event_does_not_stop_the_worker(batch, tmp_path):
+    """An inbox payload the worker cannot read (e.g. written by another version) is kept as a failed
+    event; the events after it are resolved as usual."""
+    root = _copy(batch, tmp_path)
+    service = _service(root)
+    service.inbox.write(lambda tx: tx.execute("INSERT INTO inbox (event_id, channel, received_at, payload) "
+                                              "VALUES ('segment:odd-1', 'segment', '2024-01-01', '{\"nope\": 1}')"))
+    with _client(service) as client:
+        body = segment([identify("msg-after-odd", user_id="u-after-odd", anonymous_id="anon-after-odd")])
+        assert _post(client, "/webhooks/segment", body).status_code == 200
+        assert _get(client, "/profiles/anonymous_id/anon-after-odd").status_code == 200
+    assert _rows(service, "SELECT event_id, status FROM events ORDER BY seq") == [
+        ("segment:odd-1", "failed"), ("segment:msg-after-odd", "resolved")]
+    service.close()

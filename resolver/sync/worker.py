@@ -80,11 +80,10 @@ class Worker:
             (position, self.batch)))
         if not rows:
             return 0
-        batch = [(seq, event_id, channel, received, payload,
-                  None if payload == ERASED_PAYLOAD else Event.from_json(payload))
+        batch = [(seq, event_id, channel, received, payload, _event(event_id, payload, ERASED_PAYLOAD))
                  for seq, event_id, channel, received, payload in rows]
         # Normalization is pure CPU: done for the whole batch before the write transaction.
-        self.service.resolver.prepare([event for *_, event in batch if event is not None])
+        self.service.resolver.prepare([event for *_, event in batch if isinstance(event, Event)])
         for start in range(0, len(batch), self.chunk):
             self._resolve_chunk(batch[start:start + self.chunk])
         return len(batch)
@@ -102,13 +101,19 @@ class Worker:
             self.service.resolver.refresh_suppressed(tx)
             last = None
             for seq, event_id, channel, received, payload, event in chunk:
-                if seq > position:
+                if seq <= position:
+                    continue
+                if isinstance(event, Exception):  # kept, but nothing can be made of it
+                    tx.execute("INSERT INTO events (event_id, channel, received_at, payload, status, error) "
+                               "VALUES (?, ?, ?, ?, 'failed', ?) ON CONFLICT (event_id) DO NOTHING",
+                               (event_id, channel, received, payload, f"unreadable payload: {type(event).__name__}"))
+                else:
                     self.service.resolve_accepted(tx, event_id, channel, received, payload, event)
-                    last = seq
+                last = seq
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
             # The events that carried erased values (resolved without them, payload blanked).
-            ids = [event_id for _, event_id, _, _, payload, event in chunk if event is not None]
+            ids = [event_id for _, event_id, _, _, _, event in chunk if isinstance(event, Event)]
             marks = ", ".join("?" * len(ids))
             return [e for (e,) in tx.all(f"SELECT event_id FROM events WHERE payload = ? AND event_id IN ({marks})",
                                          [ERASED_PAYLOAD, *ids])] if ids else []
@@ -231,6 +236,18 @@ class Worker:
                 self.housekeeping(float("inf"), {})
         finally:
             self._reset()
+
+
+def _event(event_id: str, payload: str, erased: str) -> Event | Exception | None:
+    """The inbox payload as an Event; None when it was erased; the error when it cannot be read
+    (e.g. written by another version): one such event must not stop the worker."""
+    if payload == erased:
+        return None
+    try:
+        return Event.from_json(payload)
+    except (ValueError, TypeError) as exc:
+        log.error("event %s: unreadable payload in the inbox (%s)", event_id, type(exc).__name__)
+        return exc
 
 
 # -- running it --------------------------------------------------------------------------------------
