@@ -362,16 +362,17 @@ def cmd_serve(args) -> int:
 
     from resolver.sync.app import create_app
 
-    # One event at a time: numba's parallel kernels would only pay thread wake-ups on tiny arrays.
+    # Small arrays at a time: numba's parallel kernels would only pay thread wake-ups.
     numba.set_num_threads(1)
-    # The store's writer thread holds the GIL in long stretches; a short switch interval keeps the
-    # event loop (parsing, answering) from queueing behind it.
+    # The inbox writer thread shares the interpreter with the event loop; a short switch interval
+    # keeps the loop (parsing, answering) from queueing behind it. Resolution runs in a process of
+    # its own (the worker), not here.
     sys.setswitchinterval(float(os.environ.get("RESOLVER_SWITCH_INTERVAL", "0.0005")))
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = _sync_service(args, import_batch=True)
-    app = create_app(service)
+    app = create_app(service, worker="process")
     # No access log: request paths of profile lookups hold identifiers (PII).
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning" if args.quiet else "info",
                 timeout_graceful_shutdown=10)

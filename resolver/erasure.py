@@ -303,7 +303,8 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
 
         sync_store = Store(url)
         try:
-            result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons, erasure.values)
+            result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons, erasure.values,
+                                                       tombstones=new_tombstones)
         finally:
             sync_store.close()
     return result

@@ -97,6 +97,9 @@ def _post(client, path: str, body: bytes, sign: bool = True):
 
 
 def _rows(service, sql: str, params=()):
+    # Events are resolved off the request path (the worker): read, as the service's own reads do,
+    # once every event accepted so far is resolved.
+    assert service.wait_resolved(timeout=30)
     return service.store.read(lambda tx: tx.all(sql, params))
 
 
@@ -536,4 +539,66 @@ def test_forget_erases_the_person_from_the_sync_store(batch, tmp_path):
         assert _post(client, "/webhooks/salesforce/outbound", update).status_code == 200
         assert _get(client, "/profiles/email/erase.me@fastmail.com").status_code == 404
     assert _rows(service, "SELECT COUNT(*) FROM events") == before
+    service.close()
+
+
+def test_erased_people_stay_erased_when_webhooks_carry_them_again(batch, tmp_path):
+    """After `resolver forget` (here while serve runs), a webhook carrying an erased identifier or
+    record does not bring the person back: the erased values are left out, the erased record is not
+    stored, and the event's stored payload is blanked (its id stays, so a redelivery is a duplicate)."""
+    from resolver.sync.forget import ERASED_PAYLOAD
+
+    root = _copy(batch, tmp_path)
+    contact = _contact(root)
+    service = _service(root)
+    config = str(root / "data" / "resolver.yaml")
+    with _client(service) as client:
+        assert _get(client, f"/profiles/email/{contact['email']}").json()["person_id"] == contact["person_id"]
+        assert main(["forget", "--config", config, "--state", str(root / "state"), "--email", contact["email"],
+                     "-q"]) == EXIT_OK
+        assert _get(client, f"/profiles/email/{contact['email']}").status_code == 404
+        bodies = [
+            ("/webhooks/segment", segment([identify("msg-erased-1", anonymous_id="anon-after-erasure",
+                                                    email=contact["email"].upper())])),
+            ("/webhooks/salesforce/cdc", cdc("Contact", "UPDATE", [contact["id"]], {
+                "Email": "back.again@fastmail.com", "MailingAddress": {"City": "Fresno"},
+                "LastModifiedDate": "2031-01-01T00:00:00.000Z"}, key="tx-erased-1")),
+            ("/webhooks/salesforce/outbound", outbound([("04l5g00000ERA0002", "Contact", {
+                "Id": contact["id"], "Title": "Back", "LastModifiedDate": "2031-02-01T00:00:00.000Z"})])),
+        ]
+        for path, body in bodies:
+            assert _post(client, path, body).status_code == 200
+        assert _get(client, f"/profiles/email/{contact['email']}").status_code == 404
+        assert _get(client, f"/profiles/sf_contact_id/{contact['id']}").status_code == 404
+        assert _get(client, "/profiles/email/back.again@fastmail.com").status_code == 404  # the record was dropped
+        anonymous = _get(client, "/profiles/anonymous_id/anon-after-erasure").json()  # what is not erased stays
+        assert anonymous["person_id"] != contact["person_id"] and anonymous["origin"] == "serve"
+        assert [i["type"] for i in anonymous["identifiers"]] == ["anonymous_id"]
+        assert _post(client, *bodies[0]).json() == {"accepted": 0, "duplicates": 1, "failed": 0}
+    ids = ("segment:msg-erased-1", "sfdc-cdc:tx-erased-1:1", "sfdc-om:04l5g00000ERA0002")
+    marks = ", ".join("?" * len(ids))
+    assert _rows(service, f"SELECT event_id, status, payload FROM events WHERE event_id IN ({marks}) ORDER BY event_id",
+                 ids) == sorted((e, "resolved", ERASED_PAYLOAD) for e in ids)
+    assert service.inbox.read(lambda tx: tx.all(f"SELECT payload FROM inbox WHERE event_id IN ({marks})", ids)) == \
+        [(ERASED_PAYLOAD,)] * 3  # the raw payloads as received are blanked too
+    assert _rows(service, "SELECT COUNT(*) FROM identifiers WHERE value IN (?, ?) OR person_id = ?",
+                 (contact["email"], "back.again@fastmail.com", contact["person_id"])) == [(0,)]
+    assert _rows(service, "SELECT COUNT(*) FROM records WHERE record_key = ?", (contact["id"],)) == [(0,)]
+    assert _rows(service, "SELECT COUNT(*) FROM persons WHERE person_id = ?", (contact["person_id"],)) == [(0,)]
+    service.close()
+
+
+def test_an_unreadable_inbox_event_does_not_stop_the_worker(batch, tmp_path):
+    """An inbox payload the worker cannot read (e.g. written by another version) is kept as a failed
+    event; the events after it are resolved as usual."""
+    root = _copy(batch, tmp_path)
+    service = _service(root)
+    service.inbox.write(lambda tx: tx.execute("INSERT INTO inbox (event_id, channel, received_at, payload) "
+                                              "VALUES ('segment:odd-1', 'segment', '2024-01-01', '{\"nope\": 1}')"))
+    with _client(service) as client:
+        body = segment([identify("msg-after-odd", user_id="u-after-odd", anonymous_id="anon-after-odd")])
+        assert _post(client, "/webhooks/segment", body).status_code == 200
+        assert _get(client, "/profiles/anonymous_id/anon-after-odd").status_code == 200
+    assert _rows(service, "SELECT event_id, status FROM events ORDER BY seq") == [
+        ("segment:odd-1", "failed"), ("segment:msg-after-odd", "resolved")]
     service.close()

@@ -14,14 +14,20 @@ sync.salesforce_org_ids). GET /profiles and /refetch need the HMAC of the reques
 query). Anything else: 401. Bodies over sync.max_body_bytes: 413 (from Content-Length, and counted
 while streaming). Malformed bodies: 400 naming the problem; nothing of them is stored.
 
-Durability: a 2xx is sent only after the events' transaction committed (see store.py). Logs
-carry event ids and counts, never identifiers or names.
+Durability: a 2xx is sent only after the events' transaction committed (see store.py): the request
+path validates, authenticates and appends the events to the inbox, nothing more. The worker
+(worker.py) resolves them off the request path, in a thread (`worker="thread"`) or in a process
+of its own (`worker="process"`, what `resolver serve` runs); a profile lookup first waits until
+every event accepted before it is resolved (at most 1 s), so it reflects them. At start the
+service resolves what a crash left in the inbox before it answers. Logs carry event ids and
+counts, never identifiers or names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import hmac
 import logging
@@ -71,7 +77,7 @@ def _signed(secret: str | None, data: bytes, header: str | None) -> bool:
 
 
 def create_app(service: SyncService, secret: str | None = None, org_ids: list[str] | None = None,
-               retry_interval: float = 1.0, index_interval: float = 0.25) -> Starlette:
+               retry_interval: float = 1.0, index_interval: float = 1.0, worker: str = "thread") -> Starlette:
     config = service.config
     secret = secret if secret is not None else os.environ.get("RESOLVER_WEBHOOK_SECRET") or None
     if org_ids is None:
@@ -182,7 +188,8 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
 
     async def healthz(request: Request) -> Response:
         try:
-            await asyncio.to_thread(service.store.read, lambda tx: tx.one("SELECT 1"))
+            for store in (service.inbox, service.store):
+                await asyncio.to_thread(store.read, lambda tx: tx.one("SELECT 1"))
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"status": "error", "store": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -194,28 +201,44 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         persons_gauge.set(counts["persons"])
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def background(job, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await asyncio.wrap_future(service.store.submit(job))
-            except Exception as exc:  # noqa: BLE001 - try again next round
-                log.error("background %s failed: %s", job.__name__, type(exc).__name__)
-
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        # Dead letters whose retry is due; the model's step for new records and the blocking keys of
-        # changed golden records (batched, off the request path, a few times a second).
-        tasks = [asyncio.create_task(background(service.retry_due, retry_interval)),
-                 asyncio.create_task(background(service.resolver.match_pending, index_interval)),
-                 asyncio.create_task(background(service.resolver.flush_index, index_interval))]
+        # The worker resolves the inbox, and runs the model's step for new records, the blocking
+        # keys of changed golden records and the due dead-letter retries (off the request path).
+        from resolver.sync.worker import start_worker
+
+        options = {"retry_interval": retry_interval, "index_interval": index_interval}
+        running = start_worker(service, worker, **options)
+        service.resolving, service.nudge = True, lambda: running.wake()
+        # The worker warms up, and what a crash left in the inbox is resolved, before the service
+        # answers anything.
+        while not running.ready() or await asyncio.to_thread(service.backlog):
+            if not running.alive():
+                raise RuntimeError("the resolver worker exited at start")
+            await asyncio.sleep(0.05)
+
+        # Everything loaded so far (config, model, libraries) lives as long as the process: keep it
+        # out of the garbage collector's full passes, which would otherwise stall the event loop.
+        gc.collect()
+        gc.freeze()
+
+        async def watch() -> None:  # a worker that died is started again (its work is in the inbox)
+            nonlocal running
+            while True:
+                await asyncio.sleep(1.0)
+                if not running.alive():
+                    log.error("the resolver worker exited; starting it again")
+                    running = start_worker(service, worker, **options)
+
+        watcher = asyncio.create_task(watch())
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.to_thread(running.stop)
+            service.resolving = False
             await asyncio.to_thread(service.close)
 
     routes = [

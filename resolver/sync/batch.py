@@ -128,6 +128,9 @@ def import_batch(store: Store, config: Config, state_dir: Path, resolver) -> dic
             row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, key))
             if row:
                 tx.execute("UPDATE records SET person_id = ? WHERE source = ? AND record_key = ?", (row[0], source, key))
+        from resolver.sync.forget import add_suppressed
+
+        add_suppressed(tx, state.tombstones)  # erased people stay erased in serve too
         set_meta(tx, "batch_version", version)
         set_meta(tx, "batch_run_id", state.run_id or "")
         set_meta(tx, "batch_imported_at", now_iso())
@@ -150,7 +153,11 @@ def export(service, out_dir: Path) -> dict:
 
     def read(tx: Tx):
         records = tx.all("SELECT source, record_key, fields, deleted, last_modified FROM records ORDER BY source, record_key")
-        segment = tx.all("SELECT payload FROM events WHERE channel = 'segment' ORDER BY seq")
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        # Erased events' payloads are blanked: nothing of them goes to the batch.
+        segment = tx.all("SELECT payload FROM events WHERE channel = 'segment' AND payload <> ? ORDER BY seq",
+                         (ERASED_PAYLOAD,))
         return records, segment
 
     records, segment = service.store.read(read)

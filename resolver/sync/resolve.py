@@ -1,4 +1,4 @@
-"""Resolution of one event against the store (inside the writer's transaction).
+"""Resolution of one event against the store (inside the worker's transaction, see worker.py).
 
 A Salesforce change updates the stored record field by field (non-empty values only; a field
 changes only when the event is at least as recent as the value it holds: out-of-order deliveries
@@ -14,8 +14,9 @@ run does (same attribute and identifier columns, same normalizers, same blocklis
    model (the state's model.json) scores it against the golden records of the persons that share
    a blocking key with it: at or above auto_merge (no veto, no guard refusing) the provisional
    person is merged into the best one, in the review band it becomes a review item;
-3. a new person's id is the smallest member hash of what it holds (its record and identifiers),
-   formatted as the batch formats ids: the next batch run gives the same person the same id.
+3. a new person's id is the smallest member hash of what it holds (its record, keyed by the
+   export source the next batch run reads it from, and its identifiers), formatted as the batch
+   formats ids: the next batch run gives the same person the same id.
 
 New identifiers join the person unless the type's limit is reached. Golden fields follow the
 field's survivorship chain (source_priority, most_recent; rules that need every record, such as
@@ -24,6 +25,11 @@ field is logged (field, before, after, source, event id).
 
 Segment messages carry identifiers (and attributes when the configured events source maps any):
 they join the person of their strongest known identifier, or make a new (anonymous) person.
+
+Erased people stay erased (as the batch suppresses them at ingest): an identifier whose salted
+hash is a tombstone (the `suppressed` table: the state's tombstones, and what `resolver forget`
+adds) is left out of the event, and a Salesforce record whose key or any identifier is one is not
+stored at all; the event's stored payload is then blanked (`apply` reports it).
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ def _get(obj: dict, path: str):
             return None
         obj = obj.get(part)
     return obj
+
+
+def _field(obj: dict, column: str):
+    """A Salesforce record's field by API name (records are flat)."""
+    return obj.get(column)
 
 
 def _text(value) -> str | None:
@@ -99,19 +110,25 @@ def to_signed(key: int) -> int:
 
 
 class Resolver:
-    def __init__(self, config: Config, model: dict | None):
+    def __init__(self, config: Config, model: dict | None, salt: str | None = None):
         self.config = config
+        self.salt = salt  # the state's tombstone salt (erasure.salted); None: no state, nothing erased
+        self.suppressed: set[int] = set()  # salted hashes (signed 64-bit, as stored) of erased values
+        self._suppressed_version: str | None = None
+        self._suppressed_hit = False  # set by apply() when the event carried an erased value
         bl = config.identity.blocklist
         self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
         self.types = config.identity.types
         self.ranks = source_ranks(with_sync_sources(config))
         self.fields = golden_fields(config)
+        # Memos (bounded: cleared past 500,000 entries): raw value -> normalized form, attribute
+        # value -> (display, match form), (type or record kind, value) -> 64-bit member key.
         self._identifier_cache: dict[tuple[str, str], str | None] = {}
         self._attribute_cache: dict[tuple[str, str], object] = {}
+        self._hash_cache: dict[tuple[str, str], int] = {}
         self.objects = self._object_sources(config)
         self.segment = self._segment_source(config)
         self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
-        self._hash_cache: dict[tuple[str, str], int] = {}
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -140,10 +157,11 @@ class Resolver:
         return next((s for s in config.sources if s.system == "segment"), None)
 
     # -- normalization (the batch's functions, vectorized per group of events, remembered) ---------
-    def _warm_identifiers(self, id_type: str, raws: list[str]) -> None:
+    def _warm_identifiers(self, id_type: str, raws: list[str]) -> dict[str, str | None]:
+        """Normalize (and remember) the values not seen yet; returns what it normalized."""
         todo = list(dict.fromkeys(r for r in raws if (id_type, r) not in self._identifier_cache))
         if not todo:
-            return
+            return {}
         spec = self.types[id_type]
         normalized, _ = normalize_identifier(spec.normalizer, pd.Series(todo, dtype="str"),
                                              default_region=self.config.run.default_region,
@@ -155,11 +173,13 @@ class Resolver:
         hashes = hash_identifiers(id_type, values)
         if len(self._hash_cache) > 500_000:
             self._hash_cache.clear()
+        done = {}
         for raw, value, h in zip(todo, values, hashes):
-            kept = None if pd.isna(value) else str(value)
+            kept = done[raw] = None if pd.isna(value) else str(value)
             self._identifier_cache[(id_type, raw)] = kept
             if kept is not None:
                 self._hash_cache[(id_type, kept)] = int(h)
+        return done
 
     def identifier(self, id_type: str, raw) -> str | None:
         """`raw` normalized as the batch normalizes identifiers of this type (None: missing,
@@ -167,9 +187,10 @@ class Resolver:
         raw = _text(raw)
         if raw is None:
             return None
-        if (id_type, raw) not in self._identifier_cache:
-            self._warm_identifiers(id_type, [raw])
-        return self._identifier_cache[(id_type, raw)]
+        try:
+            return self._identifier_cache[(id_type, raw)]
+        except KeyError:  # not seen yet (or the memo was cleared meanwhile, by another thread)
+            return self._warm_identifiers(id_type, [raw]).get(raw, self._identifier_cache.get((id_type, raw)))
 
     def _warm_attributes(self, field: str, raws: list[str]) -> None:
         todo = list(dict.fromkeys(r for r in raws if (field, r) not in self._attribute_cache))
@@ -200,38 +221,68 @@ class Resolver:
             self._warm_attributes(field, [raw])
         return self._attribute_cache[(field, raw)]
 
-    def prepare(self, tx: Tx, groups: list[list[Event]]) -> None:
-        """Vectorized work for a group of requests, before they are resolved one by one: every
-        identifier and attribute value they carry is normalized in one call per type, and the new
-        Salesforce records that no identifier ties to anyone are scored together by the model."""
-        events = [e for group in groups for e in group]
+    def prepare(self, events: list[Event]) -> None:
+        """Vectorized work for a batch of events, before they are resolved one by one (and outside
+        the write transaction): every identifier and attribute value they carry is normalized in
+        one call per type and remembered."""
         identifiers: dict[str, list[str]] = {}
         attributes: dict[str, list[str]] = {}
         for event in events:
             if event.channel == "segment":
-                source, row, get = self.segment, event.fields, _get
+                source, rows, get = self.segment, [event.fields], _get
             else:
-                source, row, get = self.objects.get(event.object or ""), event.fields, lambda o, c: o.get(c)
-                if source is not None and event.record_ids:
-                    row = {**row, source.key: row.get(source.key) or event.record_ids[0]}
+                source, get = self.objects.get(event.object or ""), _field
+                rows = [event.fields]
+                if source is not None:  # every record the event names (its key is an identifier too)
+                    rows = [{**event.fields, source.key: event.fields.get(source.key) or record_id}
+                            for record_id in event.record_ids or [None]]
             if source is None:
                 continue
-            for id_type, cols in source.identifier_columns().items():
-                identifiers.setdefault(id_type, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
-            for link in source.links:
-                identifiers.setdefault(link.type, []).extend(t for t in [_text(get(row, link.column))] if t is not None)
+            mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
+            mapped += [(link.type, link.column) for link in source.links]
+            for row in rows:
+                for id_type, column in mapped:
+                    if (text := _text(get(row, column))) is not None:
+                        identifiers.setdefault(id_type, []).append(text)
             for name, cols in source.attribute_columns().items():
-                attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(row, c))) is not None)
+                attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(rows[0], c))) is not None)
         for id_type, raws in identifiers.items():
             if self.types[id_type].evidence:  # the others never link (and are not stored)
                 self._warm_identifiers(id_type, raws)
         for name, raws in attributes.items():
             self._warm_attributes(name, raws)
 
+    # -- erased values -----------------------------------------------------------------------------
+    def refresh_suppressed(self, tx: Tx) -> None:
+        """Reload the erased values' salted hashes when they changed (a cheap check per batch)."""
+        row = tx.one("SELECT value FROM meta WHERE key = 'suppressed_version'")
+        version = row[0] if row else None
+        if version != self._suppressed_version:
+            self.suppressed = {h for (h,) in tx.all("SELECT salted_hash FROM suppressed")}
+            self._suppressed_version = version
+
+    def _erased(self, key: int) -> bool:
+        """Is this member key (an identifier's or a record's hash) erased?"""
+        if not self.suppressed or self.salt is None:
+            return False
+        from resolver.erasure import salted
+
+        return to_signed(int(salted(np.array([key], dtype=np.uint64), self.salt)[0])) in self.suppressed
+
+    def _record_member(self, source: SourceConfig, key: str) -> int:
+        """A record's member key as the next batch run computes it: it reads what serve received
+        from the export source (sync_name), so the record is keyed by that source's name."""
+        return self._member(f"record:{sync_name(source.name)}", key)
+
+    def _member(self, kind: str, value: str) -> int:
+        if (kind, value) not in self._hash_cache:
+            self._hash_cache[(kind, value)] = int(hash_identifiers(kind, pd.Series([value], dtype="str"))[0])
+        return self._hash_cache[(kind, value)]
+
     def flush_index(self, tx: Tx) -> int:
         """Blocking keys of the persons whose golden record changed since the last flush (the
         change log says which), in one vectorized pass; returns how many persons. The service runs
-        it a few times a second, off the request path; the change log makes it crash-safe."""
+        it once a second (the worker), off the request path; the change log makes it crash-safe."""
         if self.matcher is None:
             return 0
         row = tx.one("SELECT value FROM meta WHERE key = 'index_seq'")
@@ -251,18 +302,20 @@ class Resolver:
         return len(persons)
 
     # -- events ----------------------------------------------------------------------------------
-    def apply(self, tx: Tx, event: Event, received_at: str) -> str | None:
-        """Resolve one event; returns the person it ended with (None: nothing to resolve)."""
+    def apply(self, tx: Tx, event: Event, received_at: str, seq: int = 0) -> tuple[str | None, bool]:
+        """Resolve one event (`seq`: its position in the events table); returns the person it
+        ended with (None: nothing to resolve) and whether it carried erased values (left out)."""
+        self._suppressed_hit = False
         if event.channel == "segment":
-            return self._segment_event(tx, event, received_at)
+            return self._segment_event(tx, event, received_at), self._suppressed_hit
         source = self.objects.get(event.object or "")
         if source is None:
             raise ResolveError(f"no records source in the configuration maps Salesforce object {event.object!r} "
                                "(sync.objects)")
         person = None
         for record_id in event.record_ids:
-            person = self._salesforce_record(tx, event, source, record_id, received_at) or person
-        return person
+            person = self._salesforce_record(tx, event, source, record_id, received_at, seq) or person
+        return person, self._suppressed_hit
 
     def _record_key(self, source: SourceConfig, raw: str) -> str:
         key_types = [t for t, cols in source.identifier_columns().items() if source.key in cols]
@@ -272,18 +325,21 @@ class Resolver:
                 return value
         return raw.strip()
 
-    def _salesforce_record(self, tx: Tx, event: Event, source: SourceConfig, record_id: str, received_at: str):
+    def _salesforce_record(self, tx: Tx, event: Event, source: SourceConfig, record_id: str, received_at: str,
+                           seq: int):
         ts = event.timestamp or received_at
         if record_id.endswith("*"):  # a wildcard (gap overflow): every record of the object must be refetched
             self._log(tx, event, None, "_refetch", None, record_id, source.name, received_at)
             return None
         key = self._record_key(source, record_id)
+        if self.suppressed and (self._erased(self._record_member(source, key))
+                                or self._erased(self._member(f"record:{source.name}", key))):
+            self._suppressed_hit = True  # an erased record is never stored again (batch or export key)
+            return None
         row = tx.one("SELECT fields, person_id, deleted FROM records WHERE source = ? AND record_key = ?",
                      (source.name, key))
         stored = json.loads(row[0]) if row else {}
         person = row[1] if row else None
-        seq = tx.one("SELECT seq FROM events WHERE event_id = ?", (event.event_id,))
-        seq = seq[0] if seq else 0
         if event.change.startswith("GAP_"):
             self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
                                 refetch=1, seq=seq)
@@ -292,8 +348,8 @@ class Resolver:
         if event.change in ("DELETE", "UNDELETE"):
             deleted = event.change == "DELETE"
             self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=deleted, refetch=0, seq=seq)
-            self._log(tx, event, person, "_deleted", str(not deleted).lower(), str(deleted).lower(), source.name,
-                      received_at)
+            self._log(tx, event, person, "_deleted", str(bool(row and row[2])).lower(), str(deleted).lower(),
+                      source.name, received_at)
             return person
         for api, value in event.fields.items():
             if _text(value) is None:
@@ -305,12 +361,15 @@ class Resolver:
         flat.setdefault(source.key, record_id)
         field_ts = {api: held[1] for api, held in stored.items()}
         identifiers = self._identifiers(source, flat)
+        if self.suppressed and any(self._erased(self._hash(t, v)) for t, v in identifiers):
+            self._suppressed_hit = True  # a record holding an erased identifier is dropped, as the batch drops it
+            return None
         attributes = self._attributes(source, flat, field_ts)
         if person is None:
             person = self._deterministic(tx, event, identifiers, received_at, source.name)
         score = person is None and self.matcher is not None and bool(attributes)
         if person is None:
-            members = [int(hash_identifiers(f"record:{source.name}", pd.Series([key], dtype="str"))[0])]
+            members = [self._record_member(source, key)]
             person = self._new_person(tx, members + [self._hash(t, v) for t, v in identifiers], received_at)
         self._attach(tx, event, person, identifiers, received_at, source.name)
         self._golden(tx, event, person, attributes, sync_name(source.name), key, received_at)
@@ -328,6 +387,10 @@ class Resolver:
             raise ResolveError("no segment events source in the configuration (sync.segment_source)")
         message = event.fields
         identifiers = self._identifiers(source, message, getter=_get)
+        kept = [(t, v) for t, v in identifiers if not (self.suppressed and self._erased(self._hash(t, v)))]
+        if len(kept) < len(identifiers):  # erased identifiers are left out (with the links they carry)
+            self._suppressed_hit = True
+            identifiers = kept
         if not identifiers:
             return None
         person = self._deterministic(tx, event, identifiers, received_at, source.name)
@@ -342,7 +405,7 @@ class Resolver:
 
     # -- mapping -----------------------------------------------------------------------------------
     def _identifiers(self, source: SourceConfig, row: dict, getter=None) -> list[tuple[str, str]]:
-        get = getter or (lambda obj, col: obj.get(col))
+        get = getter or _field
         found: dict[tuple[str, str], None] = {}
         mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
         mapped += [(link.type, link.column) for link in source.links]
@@ -357,7 +420,7 @@ class Resolver:
 
     def _attributes(self, source: SourceConfig, row: dict, field_ts: dict, getter=None, default_ts=None) -> dict:
         """field -> (display, match form, timestamp) of the source's attributes (first non-empty column)."""
-        get = getter or (lambda obj, col: obj.get(col))
+        get = getter or _field
         out = {}
         for name, cols in source.attribute_columns().items():
             for col in cols:
@@ -369,9 +432,7 @@ class Resolver:
 
     def _hash(self, id_type: str, value: str) -> int:
         """The identifier's 64-bit hash (the batch's member key of it)."""
-        if (id_type, value) not in self._hash_cache:
-            self._hash_cache[(id_type, value)] = int(hash_identifiers(id_type, pd.Series([value], dtype="str"))[0])
-        return self._hash_cache[(id_type, value)]
+        return self._member(id_type, value)
 
     # -- steps -------------------------------------------------------------------------------------
     def _deterministic(self, tx: Tx, event: Event, identifiers, received_at: str, source: str) -> str | None:
@@ -381,12 +442,13 @@ class Resolver:
                          "WHERE i.id_type = ? AND i.value = ? AND p.status = 'active'", (id_type, value))
             if row and row[0] not in persons:
                 persons.append(row[0])
-        if len(persons) > 1:
-            for other in persons[1:]:
+        reason = "identifiers of one event belong to several persons: not merged in real time"
+        for other in persons[1:]:  # one review item per pair of persons, however many events show it
+            if tx.one("SELECT 1 FROM review_queue WHERE person_id = ? AND candidate_id = ? AND reason = ?",
+                      (persons[0], other, reason)) is None:
                 tx.execute("INSERT INTO review_queue (event_id, record_key, person_id, candidate_id, probability, reason,"
                            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (event.event_id, None, persons[0], other, None,
-                            "identifiers of one event belong to several persons: not merged in real time", received_at))
+                           (event.event_id, None, persons[0], other, None, reason, received_at))
         return persons[0] if persons else None
 
     def _guard(self, tx: Tx, person: str, identifiers) -> str | None:
@@ -417,7 +479,7 @@ class Resolver:
         model scores each against the golden records of the persons sharing a blocking key with
         it. At or above auto_merge (no must-agree veto, no guard refusing) its provisional person
         is merged into the best candidate; in the review band it becomes a review item; else it
-        stays its own person. Runs a few times a second, off the request path; returns how many."""
+        stays its own person. Runs once a second (the worker), off the request path; returns how many."""
         if self.matcher is None:
             return 0
         rows = tx.all("SELECT seq, event_id, record_key, person_id, attributes FROM match_queue ORDER BY seq LIMIT ?",

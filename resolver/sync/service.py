@@ -1,12 +1,14 @@
 """The sync service's operations, independent of HTTP: accept events (durably, exactly once),
-resolve them, retry failures from the dead-letter queue, answer profile lookups, start from the
-latest batch state, and export what it received for the next batch run."""
+resolve them (the worker, off the request path: worker.py), retry failures from the dead-letter
+queue, answer profile lookups, start from the latest batch state, and export what it received for
+the next batch run."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,10 +31,16 @@ class SyncService:
         self.config = config
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.store = Store(store_url(config, self.state_dir, url))
+        self.inbox = Store(self.store.url, inbox=True)  # what requests append to (store.py)
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
-        self.resolver = Resolver(config, state.model if state is not None else None)
-        self.store.prepare = self.resolver.prepare
+        self.resolver = Resolver(config, state.model if state is not None else None,
+                                 salt=state.salt if state is not None else None)
         self.store.finish = self.resolver.finish
+        # Set while a worker drains the inbox: reads then first wait until it has resolved every
+        # event accepted before them (read-your-writes, at most `read_wait` seconds).
+        self.resolving = False
+        self.read_wait = 1.0
+        self.nudge = None  # set with the worker: wakes it when a read is waiting for the inbox
         if import_batch and self.state_dir is not None:
             from resolver.sync.batch import import_batch as load
 
@@ -42,42 +50,93 @@ class SyncService:
                          summary["persons"], summary["identifiers"])
 
     def close(self) -> None:
+        self.inbox.close()
         self.store.close()
 
     # -- accepting -------------------------------------------------------------------------------
     def accept(self, events: list[Event]) -> concurrent.futures.Future:
-        """Store and resolve `events` in the writer's next transaction; the future gives
-        {"accepted", "duplicates", "failed"} once that transaction is committed."""
-        return self.store.submit(lambda tx: self._accept(tx, events), payload=events)
+        """Append `events` to the inbox in the inbox writer's next transaction (group commit); the
+        future gives {"accepted", "duplicates", "failed"} once that transaction is committed, i.e.
+        once the events are durable. Resolution follows off the request path (the worker); an
+        event that then fails goes to the dead-letter queue, so "failed" counts only events that
+        could not be stored (none: a failed commit fails the whole request)."""
+        return self.inbox.submit(lambda tx: self._accept(tx, events))
 
-    def _accept(self, tx: Tx, events: list[Event]) -> dict:
+    @staticmethod
+    def _accept(tx: Tx, events: list[Event]) -> dict:
         counts = {"accepted": 0, "duplicates": 0, "failed": 0}
         received = now_iso()
         for event in events:
-            fresh = tx.execute("INSERT INTO events (event_id, channel, received_at, payload, status) "
-                               "VALUES (?, ?, ?, ?, 'accepted') ON CONFLICT (event_id) DO NOTHING",
+            fresh = tx.execute("INSERT INTO inbox (event_id, channel, received_at, payload) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT (event_id) DO NOTHING",
                                (event.event_id, event.channel, received, event.to_json()))
-            if fresh != 1:
-                counts["duplicates"] += 1
-                continue
-            counts["accepted"] += 1
-            error = self._resolve(tx, event, received)
-            if error is not None:
-                self._dead_letter(tx, event, received, 1, error)
-                counts["failed"] += 1
+            counts["accepted" if fresh == 1 else "duplicates"] += 1
         return counts
 
-    def _resolve(self, tx: Tx, event: Event, received: str) -> str | None:
+    def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,
+                         event: Event | None) -> bool:
+        """Record and resolve one event of the inbox (the worker, in its transaction; `event` is
+        None when its payload was erased meanwhile); False when the store had it already."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        row = tx.one("INSERT INTO events (event_id, channel, received_at, payload, status) VALUES (?, ?, ?, ?, ?) "
+                     "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                     (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
+                      "accepted" if event is not None else "resolved"))
+        if row is None or event is None:
+            return row is not None
+        error = self._resolve(tx, event, received, row[0])
+        if error is not None:
+            self._dead_letter(tx, event, received, 1, error)
+        return True
+
+    def _resolve(self, tx: Tx, event: Event, received: str, seq: int = 0) -> str | None:
         """Resolve one event in a savepoint; None, or the error (its changes rolled back)."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
         try:
             with tx.savepoint():
-                person = self.resolver.apply(tx, event, received)
-                tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL WHERE event_id = ?",
-                           (person, event.event_id))
+                person, suppressed = self.resolver.apply(tx, event, received, seq)
+                if suppressed:  # it carried an erased value: resolved without it, and not kept
+                    tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
+                               "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))
+                else:
+                    tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL "
+                               "WHERE event_id = ?", (person, event.event_id))
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the dead-letter queue
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return f"{type(exc).__name__}: {exc}"
+
+    def inbox_position(self) -> tuple[int, int]:
+        """(the last event accepted into the inbox, the last one the resolver has taken in)."""
+        accepted = self.inbox.read(lambda tx: tx.one("SELECT MAX(seq) FROM inbox"))
+        return (accepted[0] or 0) if accepted else 0, self.resolved_position()
+
+    def resolved_position(self) -> int:
+        row = self.store.read(lambda tx: tx.one("SELECT value FROM meta WHERE key = 'inbox_seq'"))
+        return int(row[0]) if row else 0
+
+    def backlog(self) -> bool:
+        """Are accepted events still waiting for the resolver?"""
+        accepted, resolved = self.inbox_position()
+        return accepted > resolved
+
+    def wait_resolved(self, timeout: float | None = None) -> bool:
+        """Wait until every event accepted so far is resolved (only while a worker runs; at most
+        `timeout`, default read_wait, seconds); True when it is."""
+        if not self.resolving:
+            return True
+        upto, resolved = self.inbox_position()
+        deadline = time.monotonic() + (self.read_wait if timeout is None else timeout)
+        if resolved < upto and self.nudge is not None:
+            self.nudge()  # no need to wait for the worker's next round
+        while resolved < upto:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.003)
+            resolved = self.resolved_position()
+        return True
 
     def _backoff(self, attempts: int) -> timedelta:
         retry = self.config.sync.retry
@@ -104,9 +163,12 @@ class SyncService:
 
     def _retry(self, tx: Tx, rows) -> dict:
         counts = {"resolved": 0, "failed": 0}
+        if rows:
+            self.resolver.refresh_suppressed(tx)
         for event_id, payload, attempts in rows:
             event = Event.from_json(payload)
-            error = self._resolve(tx, event, now_iso())
+            seq = tx.one("SELECT seq FROM events WHERE event_id = ?", (event_id,))
+            error = self._resolve(tx, event, now_iso(), seq[0] if seq else 0)
             if error is None:
                 tx.execute("DELETE FROM dlq WHERE event_id = ?", (event_id,))
                 counts["resolved"] += 1
@@ -141,6 +203,7 @@ class SyncService:
         return tx.all("SELECT event_id, payload, attempts FROM dlq ORDER BY created_at")
 
     def dead_letters(self) -> list[dict]:
+        self.wait_resolved()
         rows = self.store.read(lambda tx: tx.all(
             "SELECT event_id, channel, error, attempts, next_attempt_at, status, created_at FROM dlq ORDER BY created_at"))
         names = ("event_id", "channel", "error", "attempts", "next_attempt_at", "status", "created_at")
@@ -153,6 +216,7 @@ class SyncService:
         normalized = self.resolver.identifier(id_type, value)
         if normalized is None:
             return None
+        self.wait_resolved()
 
         def read(tx: Tx):
             row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, normalized))
@@ -175,6 +239,8 @@ class SyncService:
         return self.store.read(read)
 
     def counts(self) -> dict:
+        self.wait_resolved()
+
         def read(tx: Tx):
             out = {}
             for table in ("events", "persons", "identifiers", "change_log", "review_queue"):
@@ -186,6 +252,7 @@ class SyncService:
         return self.store.read(read)
 
     def refetch(self) -> list[dict]:
+        self.wait_resolved()
         rows = self.store.read(lambda tx: tx.all(
             "SELECT source, object, record_key FROM records WHERE refetch = 1 ORDER BY source, record_key"))
         return [{"source": s, "object": o, "record_key": k} for s, o, k in rows]

@@ -4,14 +4,26 @@ and dead-letter queue, in SQLite (embedded default) or PostgreSQL (by URL).
 One SQL dialect for both: statements are written with `?` placeholders (PostgreSQL gets `%s`),
 upserts with `ON CONFLICT`, and the few DDL differences (an auto-increment key) are filled in.
 
-Writes go through one writer thread (`Store.submit`): it takes every job waiting in its queue,
-runs them in ONE transaction (each job in its own savepoint, so one failure rolls back only that
-job) and commits once before any job is answered. That is group commit: with SQLite
-`synchronous=FULL` (the default here) every commit is fsynced, so an answered request survives a
-power loss, and one fsync covers all the requests that arrived while the previous one ran.
-`?synchronous=normal` in the URL trades that for speed (WAL + NORMAL survives a crash of the
-process, not of the machine). Reads use their own connection per thread (WAL readers never block
-the writer).
+Two stores by one URL, each with one writer:
+
+- the inbox (`Store(url, inbox=True)`: the `inbox` table; on SQLite a database file of its own,
+  `<path>.inbox`, so that its writer never waits for the resolver's write lock, nor the resolver
+  for its fsyncs; on PostgreSQL a table of the same database). Webhook requests append their
+  events there through `Store.submit`: one thread takes every job waiting in its queue, runs them
+  in ONE transaction (each job in its own savepoint, so one failure rolls back only that job) and
+  commits once before any job is answered. That is group commit: with SQLite `synchronous=FULL`
+  (the default here) every commit is fsynced, so an answered request survives a power loss, and
+  one fsync covers all the requests that arrived while the previous one ran.
+  `?synchronous=normal` in the URL trades that for speed (WAL + NORMAL survives a crash of the
+  process, not of the machine);
+- the store proper (`Store(url)`): what the resolver (worker.py) derives from the inbox, with
+  the inbox position it has reached (meta `inbox_seq`) in the same transactions. Everything in it
+  can be derived again from the inbox, so on SQLite the resolver's commits are not fsynced on
+  their own (`synchronous=NORMAL`, `Store.derived_connection`): a power loss can only drop a
+  suffix of them (the write-ahead log is sequential), position included, and the resolver then
+  resolves those inbox events again. The CLI's writes (`Store.write`) are fsynced.
+
+Reads use their own connection per thread (WAL readers never block the writer).
 """
 
 from __future__ import annotations
@@ -51,6 +63,10 @@ SCHEMA = [
         updated_seq BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (source, record_key))""",
     """CREATE TABLE IF NOT EXISTS block_keys (
         rule INTEGER NOT NULL, key BIGINT NOT NULL, person_id TEXT NOT NULL, PRIMARY KEY (rule, key, person_id))""",
+    # By person: a merge moves, and an erasure removes, everything a person holds.
+    "CREATE INDEX IF NOT EXISTS block_keys_person ON block_keys (person_id)",
+    "CREATE INDEX IF NOT EXISTS records_person ON records (person_id)",
+    "CREATE INDEX IF NOT EXISTS events_person ON events (person_id)",
     """CREATE TABLE IF NOT EXISTS change_log (
         seq {serial} PRIMARY KEY, event_id TEXT, person_id TEXT, field TEXT NOT NULL, before TEXT, after TEXT,
         source TEXT, at TEXT NOT NULL)""",
@@ -60,10 +76,20 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS match_queue (
         seq {serial} PRIMARY KEY, event_id TEXT, source TEXT NOT NULL, record_key TEXT NOT NULL,
         person_id TEXT NOT NULL, attributes TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    # Salted hashes (erasure.salted) of erased identifiers and records: `serve` never stores them again.
+    "CREATE TABLE IF NOT EXISTS suppressed (salted_hash BIGINT PRIMARY KEY, kind TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS dlq (
         event_id TEXT PRIMARY KEY, channel TEXT NOT NULL, payload TEXT NOT NULL, error TEXT NOT NULL,
         attempts INTEGER NOT NULL, next_attempt_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
         status TEXT NOT NULL)""",
+]
+
+
+# Accepted events, as received, in arrival order: what the request path writes (and all it writes).
+INBOX_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS inbox (
+        seq {serial} PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, channel TEXT NOT NULL, received_at TEXT NOT NULL,
+        payload TEXT NOT NULL)""",
 ]
 
 
@@ -136,14 +162,16 @@ class _Savepoint:
 class _Job:
     fn: Callable[[Tx], Any]
     future: concurrent.futures.Future
-    payload: Any = None  # what the group's `prepare` hook sees of this job
 
 
 class Store:
-    """A store by URL: `sqlite:///path/to/sync.db` or `postgresql://user@host:port/db`."""
+    """A store by URL: `sqlite:///path/to/sync.db` or `postgresql://user@host:port/db`; with
+    `inbox=True` the inbox of that store (see the module docstring)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, inbox: bool = False):
         self.url = url
+        self.inbox = inbox
+        self.schema = INBOX_SCHEMA if inbox else SCHEMA
         parsed = urlparse(url)
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         if parsed.scheme == "sqlite":
@@ -152,7 +180,7 @@ class Store:
             path = path.removeprefix("/")  # sqlite:///relative, sqlite:////absolute
             if not path:
                 raise StoreError(f"{url}: no database file in the sqlite URL")
-            self.path = Path(path)
+            self.path = Path(f"{path}.inbox") if inbox else Path(path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.synchronous = options.get("synchronous", "full").upper()
             if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -173,9 +201,8 @@ class Store:
         self._writer: threading.Thread | None = None
         self._writer_conn = None
         self._closed = False
-        # Hooks, in the jobs' transaction: prepare(tx, payloads) before a group of submitted jobs
-        # (vectorized work for all of them), finish(tx) after a write(); a failing hook is skipped.
-        self.prepare: Callable[[Tx, list], None] | None = None
+        # A hook, in the transaction of a write() (the CLI's): finish(tx) after its work; a failing
+        # hook is skipped.
         self.finish: Callable[[Tx], None] | None = None
         conn = self._connect()
         try:
@@ -184,11 +211,11 @@ class Store:
             conn.close()
 
     # -- connections ---------------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self, synchronous: str | None = None):
         if self.dialect == "sqlite":
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA synchronous={synchronous or self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             return conn
         import psycopg
@@ -206,7 +233,7 @@ class Store:
         try:
             if self.dialect == "postgresql":  # one process creates the schema at a time
                 conn.execute("SELECT pg_advisory_xact_lock(7281)")
-            for statement in SCHEMA:
+            for statement in self.schema:
                 tx.execute(statement.format(serial=serial))
             conn.execute("COMMIT")
         except BaseException:
@@ -254,6 +281,24 @@ class Store:
         finally:
             conn.close()
 
+    def derived_connection(self):
+        """A connection for the resolver's writes (derived from the inbox: on SQLite its commits
+        are not fsynced on their own, see the module docstring)."""
+        return self._connect("NORMAL" if self.dialect == "sqlite" else None)
+
+    def transaction(self, conn, fn: Callable[[Tx], Any]) -> Any:
+        """Run `fn` in a transaction on `conn` (one of this store's connections): commit, or roll
+        back and raise."""
+        self._begin(conn)
+        try:
+            result = fn(Tx(conn, self.dialect))
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                conn.execute("ROLLBACK")
+            raise
+
     def _hook(self, tx: Tx, hook, *args) -> None:
         if hook is None:
             return
@@ -263,7 +308,7 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - hooks only speed up or tidy; the jobs stand alone
             log.error("store hook %s failed: %s", getattr(hook, "__name__", "hook"), type(exc).__name__)
 
-    def submit(self, fn: Callable[[Tx], Any], payload: Any = None) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[[Tx], Any]) -> concurrent.futures.Future:
         """Queue `fn` for the writer thread; the future resolves once its transaction committed."""
         if self._closed:
             raise RuntimeError("the store is closed")
@@ -272,7 +317,7 @@ class Store:
             self._writer = threading.Thread(target=self._write_loop, name="resolver-store-writer", daemon=True)
             self._writer.start()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Job(fn, future, payload))
+        self._queue.put(_Job(fn, future))
         return future
 
     def _write_loop(self) -> None:
@@ -301,9 +346,6 @@ class Store:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             self._begin(conn)
-            payloads = [job.payload for job in jobs if job.payload is not None]
-            if payloads:
-                self._hook(tx, self.prepare, payloads)
             for job in jobs:
                 try:
                     with tx.savepoint():
