@@ -126,6 +126,19 @@ def test_different_seed_differs(small, tmp_path):
         assert (small / name).read_bytes() != (tmp_path / name).read_bytes(), name
 
 
+def test_more_events_per_person_keeps_the_crm_files_and_the_truth_complete(small, tmp_path):
+    manifest = generate(tmp_path, 600, seed=7, chunk_people=200, workers=1, events_per_person=30)
+    for name in ["salesforce/Contact_a.csv", "salesforce/Contact_b.csv", "salesforce/Lead.csv"]:
+        assert (small / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    baseline = orjson.loads((small / "manifest.json").read_bytes())
+    assert manifest["events_per_person"] == 30 and baseline["events_per_person"] == pytest.approx(5.6)
+    assert manifest["events"] > 3 * baseline["events"]
+    truth = pq.read_table(tmp_path / "truth" / "events.parquet")
+    assert truth.num_rows == manifest["events"]
+    with pytest.raises(ValueError):
+        generate(tmp_path / "bad", 10, events_per_person=0.5)
+
+
 def test_manifest_progress_and_config(tmp_path):
     seen = []
     manifest = generate(tmp_path, 450, seed=1, chunk_people=200, workers=1, progress=seen.append)
