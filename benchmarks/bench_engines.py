@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--events", action="store_true", help="with Segment events (default: CRM records only)")
     parser.add_argument("--events-per-person", type=float, default=None, help="generate with more events (implies --events)")
     parser.add_argument("--one-events-file", action="store_true", help="join the Segment event files into one")
+    parser.add_argument("--cap-gib", type=float, default=None,
+                        help="stop any run whose processes together pass this many GiB (a row says so)")
     parser.add_argument("--whole-file-cap-gib", type=float, default=None,
                         help="also run the local engine reading files whole, stopped past this many GiB")
     parser.add_argument("--workers", type=int, default=2)
@@ -131,14 +133,16 @@ def main() -> None:
     for people in args.people:
         data = _data(people, events, args.events_per_person, args.one_events_file, Path(args.data), args.seed)
         config = data / "resolver.yaml"
-        row = {"people": people, "local": _run(config, data / "out-local"),
-               "dask": _run(config, data / "out-dask", "--engine", "dask", "--workers", str(args.workers))}
-        row["identical"] = _same(data / "out-local", data / "out-dask")
+        row = {"people": people, "local": _run(config, data / "out-local", cap_gib=args.cap_gib),
+               "dask": _run(config, data / "out-dask", "--engine", "dask", "--workers", str(args.workers),
+                            cap_gib=args.cap_gib)}
+        finished = not (row["local"].get("stopped") or row["dask"].get("stopped"))
+        row["identical"] = _same(data / "out-local", data / "out-dask") if finished else None
         if args.whole_file_cap_gib:
             whole = data / "whole-files.yaml"
             whole.write_text(config.read_text().replace("run:\n", "run:\n  partition_bytes: 0\n", 1))
             row["local, whole files"] = _run(whole, data / "out-whole", cap_gib=args.whole_file_cap_gib)
-            if not row["local, whole files"].get("stopped"):
+            if not (row["local, whole files"].get("stopped") or row["local"].get("stopped")):
                 row["local, whole files"]["identical"] = _same(data / "out-local", data / "out-whole")
         rows.append(row)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
@@ -154,10 +158,15 @@ def main() -> None:
             if r.get("stopped"):
                 print(f"| {row['people']:,} | | | {name} | | {r['stopped']} | | | | {r['tree_peak_rss_gib']} | | |")
                 continue
+            ratio = f"{r['wall_s'] / row['local']['wall_s']:.2f}" if row["local"].get("wall_s") else "-"
             print(f"| {row['people']:,} | {r['records']:,} | {r['events']:,} | {name} | {r['ingest_jobs']} | {r['wall_s']} "
-                  f"| {r['wall_s'] / row['local']['wall_s']:.2f} | {r['client_peak_rss_gib']} "
+                  f"| {ratio} | {r['client_peak_rss_gib']} "
                   f"| {', '.join(map(str, r['worker_peak_rss_gib'])) or '-'} | {r['tree_peak_rss_gib']} "
-                  f"| {r['buckets'] or '-'} | {'yes' if r.get('identical', row['identical']) else 'NO'} |")
+                  f"| {r['buckets'] or '-'} | {_identical(r.get('identical', row['identical']))} |")
+
+
+def _identical(same: bool | None) -> str:
+    return "-" if same is None else "yes" if same else "NO"
 
 
 if __name__ == "__main__":
