@@ -60,6 +60,8 @@ CANDIDATE_RULES = ("same IP", "same /24", "similar pages")
 _SELECTED_ON = {"same IP": "network", "same /24": "network", "similar pages": "pages"}
 _NS_PER_HOUR = 3600 * 10**9
 _NO_GAP = np.iinfo(np.int64).max  # no sessions on a shared network at all
+_JOIN_SLICE = 100_000  # left-side sessions joined at once on one network value
+_PAIR_SLICE = 50_000  # candidate pairs whose evidence is gathered at once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,12 +195,22 @@ def _network_candidates(unknown: pd.DataFrame, known: pd.DataFrame, column: str,
     left = unknown[["anon_hash", column, "start", "end"]].dropna(subset=[column])
     left = left[~left[column].isin(shared)]
     right = known[["person", "anon_hash", column, "start", "end"]].dropna(subset=[column])
-    joined = left.merge(right, on=column, suffixes=("", "_k"))
-    joined = joined[joined["anon_hash"] != joined["anon_hash_k"]]
-    gap = np.maximum(0, np.maximum(joined["start"].to_numpy(), joined["start_k"].to_numpy())
-                     - np.minimum(joined["end"].to_numpy(), joined["end_k"].to_numpy()))
-    joined = joined.assign(gap=gap)
-    joined = joined[joined["gap"] <= window_ns]
+    # Session pairs on one value grow with the square of its sessions (a home IP holds every
+    # session of a family's devices): join a slice of the left side at a time and keep only each
+    # slice's closest gap per (anon_hash, person), so memory stays bounded by the slice.
+    found = []
+    for start in range(0, len(left), _JOIN_SLICE):
+        joined = left.iloc[start:start + _JOIN_SLICE].merge(right, on=column, suffixes=("", "_k"))
+        joined = joined[joined["anon_hash"] != joined["anon_hash_k"]]
+        gap = np.maximum(0, np.maximum(joined["start"].to_numpy(), joined["start_k"].to_numpy())
+                         - np.minimum(joined["end"].to_numpy(), joined["end_k"].to_numpy()))
+        close = gap <= window_ns
+        found.append(pd.DataFrame({"anon_hash": joined["anon_hash"].to_numpy()[close],
+                                   "person": joined["person"].to_numpy()[close], "gap": gap[close]}))
+    if not found:
+        return pd.DataFrame({"anon_hash": np.zeros(0, np.uint64), "person": pd.Series(dtype="str"),
+                             "gap": np.zeros(0, np.int64)})
+    joined = pd.concat(found, ignore_index=True)
     return joined.groupby(["anon_hash", "person"], sort=False)["gap"].min().reset_index()
 
 
@@ -348,9 +360,18 @@ def feature_levels(xp, ev: PairEvidence, window_ns: int, permutations: int):
 
 def _features(pairs: pd.DataFrame, unknown: pd.DataFrame, known: pd.DataFrame, shared_ips: set, shared_subnets: set,
               window_ns: int, permutations: int, xp=np):
-    """(n_pairs, 5) levels of FEATURES for each (anon_hash, person) pair, as an `xp` array."""
-    evidence = _evidence(pairs, unknown, known, shared_ips, shared_subnets, permutations)
-    return feature_levels(xp, evidence, window_ns, permutations)
+    """(n_pairs, 5) levels of FEATURES for each (anon_hash, person) pair, as an `xp` array. Pairs
+    are taken a slice at a time: each pair's evidence joins all its sessions with all its person's,
+    so memory stays bounded by the slice, and a pair's levels depend on that pair alone."""
+    if len(pairs) == 0:
+        return feature_levels(xp, _evidence(pairs, unknown, known, shared_ips, shared_subnets, permutations),
+                              window_ns, permutations)
+    levels = []
+    for start in range(0, len(pairs), _PAIR_SLICE):
+        piece = pairs.iloc[start:start + _PAIR_SLICE]
+        evidence = _evidence(piece, unknown, known, shared_ips, shared_subnets, permutations)
+        levels.append(feature_levels(xp, evidence, window_ns, permutations))
+    return xp.concatenate(levels) if len(levels) > 1 else levels[0]
 
 
 def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_rule: np.ndarray, is_match: np.ndarray,
@@ -490,6 +511,12 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     rng = np.random.default_rng(options.seed)
     authenticated = known[["anon_hash", "person"]].drop_duplicates()
     as_unknown = s[s["person"].notna()].drop(columns="person").assign(person=None)
+    if authenticated["anon_hash"].nunique() > options.sample_pairs:
+        # Labels need a sample, not every authenticated id: draw the ids before their candidates
+        # (all of them would join every known session with every other on its network).
+        ids = np.sort(authenticated["anon_hash"].unique())
+        drawn = ids[np.sort(rng.choice(len(ids), options.sample_pairs, replace=False))]
+        as_unknown = as_unknown[as_unknown["anon_hash"].isin(drawn)]
     labelled_pairs = candidates_of(as_unknown)
     if len(labelled_pairs) > options.sample_pairs:
         keep = np.sort(rng.choice(len(labelled_pairs), options.sample_pairs, replace=False))
