@@ -633,11 +633,11 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
     stitched = None
     if config.stitching is not None and config.stitching.enabled and sessions is not None:
-        from resolver.stitching import household_sizes, stitch
+        from resolver.stitching import household_keys, stitch
 
         with log.stage("stitching: anonymous visitors", rows_in=len(sessions)) as entry:
             stitched = stitch(sessions, identifier_map, persons, config.stitching, backend=backend,
-                              households=household_sizes(golden.golden_records))
+                              households=household_keys(golden.golden_records))
             entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
     actions = _concat([_ingest_actions(parts), result.actions], ACTION_COLUMNS)

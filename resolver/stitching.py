@@ -446,11 +446,11 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
     return FSModel(list(CANDIDATE_RULES), comparisons, neutral, lam, prior, training)
 
 
-def household_sizes(golden_records: pd.DataFrame | None) -> pd.Series:
-    """Per person id, how many persons share its postal address (street and postal code in match
-    form); persons without both are left out (no household is known)."""
+def household_keys(golden_records: pd.DataFrame | None) -> pd.Series:
+    """Per person id, its postal address in match form (street and postal code): persons with the
+    same key live together. Persons without both are left out (no household is known)."""
     if golden_records is None or not {"street", "postal_code"} <= set(golden_records.columns):
-        return pd.Series(dtype="int64")
+        return pd.Series(dtype="str")
     from resolver.normalize import normalize_text
 
     street = normalize_text(golden_records["street"].astype("str").where(golden_records["street"].notna()))
@@ -458,15 +458,32 @@ def household_sizes(golden_records: pd.DataFrame | None) -> pd.Series:
     key = (street + "|" + postal).reset_index(drop=True)
     known = key.notna().to_numpy()
     ids = golden_records["person_id"].astype("str").reset_index(drop=True)[known]
-    sizes = key[known].map(key[known].value_counts())
-    return pd.Series(sizes.to_numpy(np.int64), index=ids.to_numpy())
+    return pd.Series(key[known].to_numpy(), index=ids.to_numpy(), dtype="str")
+
+
+def household_sizes(keys: pd.Series) -> pd.Series:
+    """Per person id (of household_keys), how many persons share its address."""
+    return keys.map(keys.value_counts()).astype("int64")
+
+
+def _unrelated_ips(known: pd.DataFrame, households: pd.Series) -> set:
+    """IPs on which persons of two or more households authenticated: a VPN exit, a café, an office
+    below the NAT degree. A home IP carries one household (persons sharing an address count as
+    one; a person without an address is a household of its own)."""
+    on_ip = known[["ip", "person"]].dropna().drop_duplicates()
+    person = on_ip["person"].astype("str")
+    address = person.map(households)
+    unit = np.where(address.isna().to_numpy(), ("person:" + person).to_numpy(object), address.to_numpy(object))
+    units = on_ip.assign(unit=unit).drop_duplicates(["ip", "unit"]).groupby("ip").size()
+    return set(units.index[units >= 2])
 
 
 def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.DataFrame, options,
            backend: Backend = CPU, households: pd.Series | None = None) -> StitchResult:
     """Anonymous ids -> persons (deterministic, probabilistic, review, anonymous, shared). The
     joins are pandas; band keys, feature levels and scores run on the backend's array module.
-    `households` (household_sizes) sends network-found stitches to a shared address to review."""
+    `households` (household_keys: person -> address) sends network-found stitches to a person who
+    shares an address to review, and makes an IP that persons of two households used no key."""
     from resolver.model import match_weights, probabilities
 
     permutations = options.permutations
@@ -490,7 +507,9 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     known = s[s["person"].notna()]
     unknown = s[s["anon_hash"].isin(anon.loc[eligible, "anon_hash"])]
     ip_degree, subnet_degree = _degree(s, "ip"), _degree(s, "subnet")
-    shared_ips = set(ip_degree.index[ip_degree > options.nat_degree])
+    households = households if households is not None else pd.Series(dtype="str")
+    several_households = _unrelated_ips(known, households)
+    shared_ips = set(ip_degree.index[ip_degree > options.nat_degree]) | several_households
     shared_subnets = set(subnet_degree.index[subnet_degree > options.subnet_degree])
 
     def candidates_of(anonymous: pd.DataFrame) -> pd.DataFrame:
@@ -557,7 +576,7 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     labelled_rule = np.asarray(model.training["match_rate_from_labels_mask"], dtype=bool)[best["rule"].to_numpy(np.int64)]
     unsupported = (network < FEATURES["network"].index("same /24")) | ~labelled_rule
     # A household: the network ties the id to an address where several persons live.
-    household = best["person"].astype("str").map(households if households is not None else {}).fillna(1)
+    household = best["person"].astype("str").map(household_sizes(households)).fillna(1)
     household = household.to_numpy(np.int64)
     in_household = (household >= 2) & (best["rule"].to_numpy(np.int64) != CANDIDATE_RULES.index("similar pages"))
     decision = np.where((best["probability"] >= auto) & ~contested & ~unsupported & ~in_household, "probabilistic",
@@ -596,6 +615,7 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
         "estimated_false_positive_rate": float((1 - auto_p).mean()) if len(auto_p) else 0.0,
         "probabilistic_stitches_by_first_seen_day": by_day.value_counts().sort_index().to_dict(),
         "shared_ips_skipped": len(shared_ips),
+        "ips_of_several_households": len(several_households),
         "household_to_review": int((in_household & (best["probability"] >= auto).to_numpy()).sum()),
         "model": model.training,
     }

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from resolver.cli import EXIT_OK, main
-from resolver.stitching import household_sizes, minhash_rows, page_path, sessionize
+from resolver.stitching import household_keys, household_sizes, minhash_rows, page_path, sessionize
 
 DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36"
 PHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -185,13 +185,14 @@ def test_a_device_on_a_households_network_goes_to_review(tmp_path):
     assert summary["stitching"]["review"] >= summary["stitching"]["household_to_review"]
 
 
-def test_household_sizes_count_persons_per_postal_address():
+def test_households_are_persons_sharing_a_postal_address():
     golden = pd.DataFrame({"person_id": ["a", "b", "c", "d", "e"],
                            "street": ["12 Elm St.", "12 elm st", "9 Oak Ave", None, "12 Elm St"],
                            "postal_code": ["10001", "10001", "10001", "10001", "20002"]})
-    sizes = household_sizes(golden)
-    assert sizes.to_dict() == {"a": 2, "b": 2, "c": 1, "e": 1}  # d has no street: no household known
-    assert household_sizes(golden.drop(columns="street")).empty
+    keys = household_keys(golden)
+    assert list(keys.index) == ["a", "b", "c", "e"]  # d has no street: no household known
+    assert household_sizes(keys).to_dict() == {"a": 2, "b": 2, "c": 1, "e": 1}
+    assert household_keys(golden.drop(columns="street")).empty
 
 
 def test_evaluate_reports_stitching_precision_and_recall(world, capsys):
