@@ -1789,11 +1789,12 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
               if k not in noise and k != "people" and not k.startswith("visitor_")}
     manifest = {
         "generator": "resolver.synth", "people": plan.people, "seed": plan.seed, "chunk_people": plan.chunk_people,
-        "events_per_person": plan.mean_events,
         "chunks": plan.chunks, "contacts": contacts, "leads": leads, "crm_rows": contacts + leads,
         "events": events, "deleted_rows": stats.get("deleted_contacts", 0) + stats.get("deleted_leads", 0),
         "counts": counts, "noise": noise, "files": _files_written(plan),
     }
+    if plan.mean_events != MEAN_EVENTS:  # only when asked for: default manifests stay as they were
+        manifest["events_per_person"] = plan.mean_events
     if plan.visitors:
         from resolver import synth_visitors
 

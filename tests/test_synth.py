@@ -131,7 +131,7 @@ def test_more_events_per_person_keeps_the_crm_files_and_the_truth_complete(small
     for name in ["salesforce/Contact_a.csv", "salesforce/Contact_b.csv", "salesforce/Lead.csv"]:
         assert (small / name).read_bytes() == (tmp_path / name).read_bytes(), name
     baseline = orjson.loads((small / "manifest.json").read_bytes())
-    assert manifest["events_per_person"] == 30 and baseline["events_per_person"] == pytest.approx(5.6)
+    assert manifest["events_per_person"] == 30 and "events_per_person" not in baseline  # default: as before
     assert manifest["events"] > 3 * baseline["events"]
     truth = pq.read_table(tmp_path / "truth" / "events.parquet")
     assert truth.num_rows == manifest["events"]
