@@ -88,6 +88,7 @@ EVENT_USER_RATE = 0.70
 USER_ID_RATE = 0.60                    # of all people; drawn among event users
 USER_ID_IS_EMAIL_RATE = 0.10           # of people with a userId
 COOKIE_RESET_RATE = 0.05
+MAX_PEOPLE = 10_000_000                # phone number spaces (see _london_numbers) hold this many
 MEAN_EVENTS = 5.6                      # geometric draw; raised to the cookie count afterwards
 KIOSK_USER_RATE = 0.03                 # of logged-in event users
 FAMILY_TABLET_RATE = 0.4               # of households whose first two members both log in
@@ -399,6 +400,10 @@ def _permute(x, n: int, seed: int, purpose: int) -> np.ndarray:
     and user-id numbers, home IPs). A 4-round Feistel network over the smallest even bit width that
     covers n, with cycle walking (outputs >= n are permuted again), which keeps it a bijection.
     """
+    x = np.asarray(x)
+    if len(x) and (int(x.min()) < 0 or int(x.max()) >= n):
+        # Cycle walking from outside [0, n) may never come back: refuse instead of hanging.
+        raise ValueError(f"_permute: inputs must lie in [0, {n}) (purpose {purpose}): the generator's space is too small")
     half = max(1, (int(n - 1).bit_length() + 1) // 2)
     keys = np.random.SeedSequence([seed, purpose]).generate_state(4, np.uint64)
     out = np.asarray(x, dtype=np.uint64).copy()
@@ -692,8 +697,19 @@ def _phone_numbers(rng: np.random.Generator, seed: int, index: np.ndarray, uk: n
     s = _permute(index, space, seed, purpose=1)
     us = (np.asarray(AREA_CODES)[s // (len(EXCHANGES) * 10_000)] * 10**7
           + np.asarray(EXCHANGES)[(s // 10_000) % len(EXCHANGES)] * 10**4 + s % 10_000)
-    london = np.where(rng.random(len(index)) < 0.5, 7, 8) * 10**7 + _permute(index, 10**7, seed, purpose=2)
-    return np.where(uk, london, us)
+    return np.where(uk, _london_numbers(rng.random(len(index)), seed, index, uk), us)
+
+
+def _london_numbers(draw: np.ndarray, seed: int, index: np.ndarray, uk: np.ndarray) -> np.ndarray:
+    """Unique London numbers for the `uk` rows: index < 10**7 gets 020 7 or 020 8 (by `draw`) and a
+    bijective 7-digit rest; index in [10**7, 2 * 10**7) gets 020 3 and the same rest of its offset
+    (020 3 is a London range the first half never uses). Other rows get 0."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.zeros(len(index), dtype=np.int64)
+    low, high = uk & (index < 10**7), uk & (index >= 10**7)
+    out[low] = np.where(draw[low] < 0.5, 7, 8) * 10**7 + _permute(index[low], 10**7, seed, purpose=2)
+    out[high] = 3 * 10**7 + _permute(index[high] - 10**7, 10**7, seed, purpose=2)
+    return out
 
 
 # Local-part patterns: (left part, separator, right part); parts are 0 first name, 1 last name, 2 initial, 3 nothing.
@@ -1823,6 +1839,8 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
     """
     if people < 1 or chunk_people < 1 or seed < 0 or events_per_person < 1:
         raise ValueError("people and chunk_people must be positive, seed non-negative, events_per_person >= 1")
+    if people > MAX_PEOPLE:  # home phones are numbered people + household: London has 2 * 10**7 of them
+        raise ValueError(f"at most {MAX_PEOPLE:,} people per dataset (got {people:,})")
     out = Path(out_dir)
     plan = _Plan(int(people), int(seed), int(chunk_people), bool(events), bool(visitors), float(events_per_person))
     _prepare_out_dir(out, plan.events, plan.visitors)

@@ -427,3 +427,20 @@ def test_carrier_nat_ips_are_shared_widely(sample):
     sizes = sorted(len(people) for people in ip_people.values())
     assert sizes[-1] > 100  # a NAT gateway
     assert sizes[len(sizes) // 2] <= 4  # most IPs are one household's
+
+
+def test_phone_number_spaces_hold_the_largest_dataset_without_collisions():
+    """Home phones are numbered people + household (up to 2 * MAX_PEOPLE): every such index gets its
+    own London number, and an index outside a bijection's space is refused, never walked forever."""
+    import numpy as np
+
+    from resolver.synth import MAX_PEOPLE, _london_numbers, _permute
+
+    index = np.concatenate([np.arange(0, 2 * MAX_PEOPLE, 997), [10**7 - 1, 10**7, 2 * MAX_PEOPLE - 1]])
+    numbers = _london_numbers(np.random.default_rng(1).random(len(index)), 7, index, np.ones(len(index), bool))
+    assert len(np.unique(numbers)) == len(index)
+    assert set(np.unique(numbers // 10**7)) <= {3, 7, 8}
+    with pytest.raises(ValueError, match="must lie in"):
+        _permute(np.array([5, 10**7]), 10**7, 7, purpose=2)
+    with pytest.raises(ValueError, match="at most"):
+        generate("/nonexistent-never-written", MAX_PEOPLE + 1)
