@@ -325,9 +325,10 @@ class RunOptions(_Strict):
     output_dir: str = "out"
     default_region: str = "US"
     workers: int = Field(default=2, ge=1)  # processes that read and normalize source files in parallel
-    # A JSONL / GA4 / Adobe / Tealium / Parquet file bigger than this is read as pieces of about this
-    # size, one ingest job each (bounded memory per job; 0: whole files). CSV and Segment batch files
-    # are always read whole.
+    # A CSV / JSONL / GA4 / Adobe / Tealium / Parquet file bigger than this is read as pieces of about
+    # this size, one ingest job each (bounded memory per job; 0: whole files): CSVs cut at record ends
+    # (never inside a quoted field), line formats at line ends, Parquet at row groups. Segment batch
+    # files, and CSVs in encodings other than UTF-8 / ASCII / Latin-1 / cp1252, are read whole.
     partition_bytes: int = Field(default=256 << 20, ge=0)
     state_dir: str | None = None  # persistent ids, lineage, erasure tombstones (see `--state`)
     backend: Literal["cpu", "gpu", "auto"] = "auto"  # where the hot stages run (auto: gpu when CuPy sees one)

@@ -122,7 +122,7 @@ def plan_ingest(config: Config) -> list[IngestJob]:
         if not files:
             jobs.append(IngestJob(index, ()))
         for f in files:
-            pieces = split_file(Path(f), source.format, config.run.partition_bytes) or [None]
+            pieces = split_file(Path(f), source.format, config.run.partition_bytes, source.csv) or [None]
             jobs.extend(IngestJob(index, (f,), piece) for piece in pieces)
     return jobs
 

@@ -98,10 +98,70 @@ def test_parquet_row_group_pieces_read_like_the_whole_file(tmp_path):
     assert rows_read == n
 
 
-def test_small_files_and_csv_are_not_cut(tmp_path):
+def _csv_text(n: int, bad_every: int, blank_every: int, crlf: bool, invalid_utf8_every: int) -> bytes:
+    """A Salesforce-like export: quoted fields with newlines, delimiters and doubled quotes; blank
+    lines; rows with too many fields; rows holding bytes that are not UTF-8."""
+    newline = b"\r\n" if crlf else b"\n"
+    lines = [b"Id,Email,Street,Note"]
+    for i in range(n):
+        if bad_every and i % bad_every == bad_every - 1:
+            bad = f"{i},extra,fields,in,this,row".encode()
+            lines.append(bad + b"\xfe" if invalid_utf8_every else bad)  # sends pyarrow to the fallback reader
+        elif blank_every and i % blank_every == blank_every - 1:
+            lines.append(b"")
+        else:
+            street = f'"{i} Main St{newline.decode()}Apt {i % 9}"' if i % 3 == 0 else f"{i} Elm Rd"
+            note = '"said ""hi"", left"' if i % 5 == 0 else ('"a,b"' if i % 4 == 0 else "")
+            line = f"{i},p{i}@example.com,{street},{note}".encode()
+            if invalid_utf8_every and i % invalid_utf8_every == 0:
+                line = line.replace(b"@", b"\xff@")
+            lines.append(line)
+    return b"\xef\xbb\xbf" + newline.join(lines) + newline
+
+
+def _csv_config(tmp_path) -> Config:
+    spec = {"name": "crm", "kind": "records", "format": "csv", "path": "contacts.csv", "key": "Id",
+            "attributes": {"email": "Email", "street": "Street", "company": "Note"}}
+    return Config.model_validate({"sources": [spec], "identity": {"types": {}}, "base_dir": tmp_path})
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(20, 300), bad_every=st.sampled_from([0, 13]), blank_every=st.sampled_from([0, 17]),
+       crlf=st.booleans(), invalid_utf8_every=st.sampled_from([0, 29]), target=st.integers(100, 3000))
+def test_csv_pieces_read_like_the_whole_file(tmp_path_factory, n, bad_every, blank_every, crlf, invalid_utf8_every,
+                                             target):
+    tmp_path = tmp_path_factory.mktemp("csv")
+    path = tmp_path / "contacts.csv"
+    path.write_bytes(_csv_text(n, bad_every, blank_every, crlf, invalid_utf8_every))
+    config = _csv_config(tmp_path)
+    if len(path.read_bytes()) <= target * 1.5:
+        target = len(path.read_bytes()) // 3
+    whole, frame, rejects, rows_read = _whole_and_pieced(config, path, target)
+    pd.testing.assert_frame_equal(whole.frame, frame)
+    pd.testing.assert_frame_equal(whole.rejects, rejects)
+    assert whole.rows_read == rows_read
+
+
+def test_csv_pieces_start_at_record_ends(tmp_path):
+    """A cut never falls inside a quoted field, even where the field holds many newlines."""
+    body = "Id,Street\n" + "".join(f'{i},"line one\nline two\nline three {i}"\n' for i in range(400))
+    path = tmp_path / "contacts.csv"
+    path.write_text(body)
+    pieces = split_file(path, "csv", 500)
+    assert pieces is not None and len(pieces) > 5
+    data = path.read_bytes()
+    for piece in pieces[1:]:
+        assert data[piece.start:piece.start + 1].isdigit() and data[piece.start - 1:piece.start] == b"\n"
+        assert int(data[piece.start:].split(b",", 1)[0]) == piece.first_row - 1  # the row's own Id
+
+
+def test_small_files_and_other_encodings_are_not_cut(tmp_path):
+    from resolver.config import CsvOptions
+
     path = tmp_path / "a.csv"
     path.write_text("id,email\n" + "".join(f"{i},p{i}@x.com\n" for i in range(1000)))
-    assert split_file(path, "csv", 100) is None  # quoted fields may hold newlines
+    assert split_file(path, "csv", 100) is not None
+    assert split_file(path, "csv", 100, CsvOptions(encoding="utf-16")) is None  # a newline is not one byte
     small = tmp_path / "a.jsonl"
     small.write_text('{"a": 1}\n')
     assert split_file(small, "jsonl", 1 << 20) is None
@@ -115,7 +175,7 @@ def world(tmp_path_factory):
     assert main(["run", "--config", str(root / "resolver.yaml"), "--out", str(root / "whole"), "-q",
                  "--backend", "cpu"]) == EXIT_OK
     body = yaml.safe_load((root / "resolver.yaml").read_text())
-    body.setdefault("run", {})["partition_bytes"] = 300_000  # the events file in ~7 pieces
+    body.setdefault("run", {})["partition_bytes"] = 100_000  # the events file in ~20 pieces, CSVs in several
     (root / "pieces.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
     return root
 
@@ -130,6 +190,7 @@ def test_a_run_in_pieces_gives_the_whole_file_runs_outputs(world):
     config = load_config(world / "pieces.yaml")
     jobs = plan_ingest(config)
     assert sum(job.piece is not None for job in jobs) >= 5
+    assert any(job.piece is not None and config.sources[job.source_index].format == "csv" for job in jobs)
     out = world / "pieced"
     assert main(["run", "--config", str(world / "pieces.yaml"), "--out", str(out), "-q", "--backend", "cpu"]) == EXIT_OK
     _same_outputs(world / "whole", out)

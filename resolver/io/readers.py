@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gc
+import io
 import mmap
 import os
 import sys
@@ -30,7 +31,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from resolver.config import Config, SourceConfig
+from resolver.config import Config, CsvOptions, SourceConfig
+from resolver.io.csv_cuts import record_cuts
 
 REJECT_COLUMNS = ["source", "file", "row", "field", "reason", "raw"]
 RAW_LIMIT = 200  # characters of offending text kept in rejects.raw
@@ -74,16 +76,40 @@ class Piece:
     first_row: int
 
 
-SPLITTABLE_FORMATS = frozenset({"jsonl", "ga4", "adobe", "tealium", "parquet"})
+SPLITTABLE_FORMATS = frozenset({"csv", "jsonl", "ga4", "adobe", "tealium", "parquet"})
+# Encodings in which a newline, quote or delimiter byte is always that character (so a file can be
+# cut at a byte offset); a CSV in any other encoding is read whole.
+_BYTE_CUTTABLE_CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252"})
 
 
-def split_file(path: Path, fmt: str, target_bytes: int) -> list[Piece] | None:
+def split_file(path: Path, fmt: str, target_bytes: int, csv_options: CsvOptions | None = None) -> list[Piece] | None:
     """Pieces of about `target_bytes` each, in file order, or None when the file is small or its
-    format cannot be cut (CSV may quote newlines; a Segment batch is one JSON body)."""
+    format cannot be cut (a Segment batch is one JSON body; a CSV in an encoding that is not cut
+    at bytes). A CSV is cut at record ends: quoted fields may hold newlines."""
     if fmt not in SPLITTABLE_FORMATS or target_bytes <= 0 or os.path.getsize(path) <= target_bytes:
         return None
-    pieces = _row_group_pieces(path, target_bytes) if fmt == "parquet" else _line_pieces(path, target_bytes)
-    return pieces if len(pieces) > 1 else None
+    if fmt == "csv":
+        pieces = _csv_pieces(path, target_bytes, csv_options or CsvOptions())
+    elif fmt == "parquet":
+        pieces = _row_group_pieces(path, target_bytes)
+    else:
+        pieces = _line_pieces(path, target_bytes)
+    return pieces if pieces is not None and len(pieces) > 1 else None
+
+
+def _csv_pieces(path: Path, target_bytes: int, options: CsvOptions) -> list[Piece] | None:
+    """Cut at the first record end at or past each multiple of `target_bytes`; a piece's
+    first_row is the data-row number of its first record (the header is not a data row)."""
+    try:
+        codec = codecs.lookup(options.encoding).name
+    except LookupError:
+        return None  # read whole: the read names the unknown encoding
+    if codec not in _BYTE_CUTTABLE_CODECS or max(ord(options.delimiter), ord(options.quotechar)) > 127:
+        return None
+    cuts = record_cuts(path, target_bytes, options.delimiter, options.quotechar)
+    starts = [(0, 1)] + [(offset, records) for offset, records in cuts]
+    ends = [offset for offset, _ in cuts] + [os.path.getsize(path)]
+    return [Piece(start, end, first_row) for (start, first_row), end in zip(starts, ends)]
 
 
 def _line_pieces(path: Path, target_bytes: int) -> list[Piece]:
@@ -172,42 +198,78 @@ def read_source(config: Config, source: SourceConfig, files: list[Path] | None =
 
 
 def _read_csv(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
-    assert piece is None, "CSV files are read whole (quoted fields may hold newlines)"
     encoding = _codec_name(source, source.csv.encoding)
     header = _csv_header(path, source, encoding)
     where = _match_columns(columns, header, path, source, "header")
+    text = _CsvText(path, piece)
     try:
         with _quiet_undecodable_rows():
-            binary, rows, rejects = _csv_arrow(path, source, encoding, len(header), where)
+            binary, rows, rejects = _csv_arrow(text, source, encoding, len(header), where)
     except (pa.ArrowInvalid, UnicodeDecodeError):
         # pyarrow gives up on the whole file for a few things a row-level reader survives: a bad
         # row that is also invalid UTF-8, an undecodable byte in a non-UTF-8 file, a header
         # without a newline, a row bigger than a parse block.
-        binary, rows, rejects = _csv_python(path, source, encoding, len(header), where)
+        binary, rows, rejects = _csv_python(text, source, encoding, len(header), where)
     strings, bad_text, keep = _decode_text(binary, rows, "UTF-8" if encoding == "utf-8" else source.csv.encoding)
     yield _Part(strings, rows if keep is None else rows[keep], rejects + bad_text)
 
 
+@dataclass(frozen=True)
+class _CsvText:
+    """The bytes one CSV read parses: the whole file, or one piece of it. Only the piece at the
+    start of the file holds the header; rows are numbered from the piece's first data row."""
+
+    path: Path
+    piece: Piece | None
+
+    @property
+    def has_header(self) -> bool:
+        return self.piece is None or self.piece.start == 0
+
+    @property
+    def rows_before(self) -> int:
+        return 0 if self.piece is None else self.piece.first_row - 1
+
+    def _piece_bytes(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.piece.start)
+            return f.read(self.piece.end - self.piece.start)
+
+    def source(self):
+        """What pyarrow reads: the path, or the piece's bytes."""
+        return self.path if self.piece is None else pa.BufferReader(self._piece_bytes())
+
+    def binary(self):
+        """A binary stream of the text, for Python's csv module."""
+        return open(self.path, "rb") if self.piece is None else io.BytesIO(self._piece_bytes())
+
+    def where(self, line: int) -> str:
+        if self.piece is None:
+            return f"line {line}"
+        return f"line {line} of the piece from byte {self.piece.start}"
+
+
 def _csv_arrow(
-    path: Path, source: SourceConfig, encoding: str, width: int, where: dict[str, int]
+    text: _CsvText, source: SourceConfig, encoding: str, width: int, where: dict[str, int]
 ) -> tuple[dict[str, pa.ChunkedArray], np.ndarray, list[Reject]]:
     """The fast reader: pyarrow, mapped columns only, as binary so bad UTF-8 cannot fail the file."""
     names = [f"c{i}" for i in range(width)]  # our own: real headers may repeat a name or its case
     wanted = sorted({names[i] for i in where.values()})
     rejects: list[Reject] = []
+    # Single-threaded, pyarrow numbers records from 1 (the header, when the text has it; quoted
+    # newlines and blank lines not counted), which gives the data-row ordinal.
+    header_rows = 1 if text.has_header else 0
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
-        # Single-threaded, pyarrow numbers records with the header as 1 (quoted newlines and
-        # blank lines not counted), so number - 1 is the data-row ordinal.
         reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
-        rejects.append((row.number - 1, None, reason, row.text))
+        rejects.append((text.rows_before + row.number - header_rows, None, reason, row.text))
         return "skip"
 
     table = pa_csv.read_csv(
-        path,
+        text.source(),
         read_options=pa_csv.ReadOptions(
             column_names=names,
-            skip_rows_after_names=1,  # the header, skipped by the parser so a quoted newline is fine
+            skip_rows_after_names=header_rows,  # skipped by the parser so a quoted newline is fine
             use_threads=False,  # invalid rows only get a number single-threaded; no slower here
             encoding="utf8" if encoding == "utf-8" else encoding,
         ),
@@ -224,7 +286,8 @@ def _csv_arrow(
         ),
     )
     total = table.num_rows + len(rejects)
-    rows = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), [r[0] for r in rejects])
+    ordinals = np.arange(text.rows_before + 1, text.rows_before + total + 1, dtype=np.int64)
+    rows = np.setdiff1d(ordinals, [r[0] for r in rejects])
     return {col: table.column(names[i]) for col, i in where.items()}, rows, rejects
 
 
@@ -247,7 +310,7 @@ def _quiet_undecodable_rows():
 
 
 def _csv_python(
-    path: Path, source: SourceConfig, encoding: str, width: int, where: dict[str, int]
+    text: _CsvText, source: SourceConfig, encoding: str, width: int, where: dict[str, int]
 ) -> tuple[dict[str, pa.Array], np.ndarray, list[Reject]]:
     """The fallback reader: Python's csv module, row by row, same results as _csv_arrow.
 
@@ -258,11 +321,12 @@ def _csv_python(
     records: list[list[str]] = []
     rows: list[int] = []
     rejects: list[Reject] = []
-    ordinal = 0
-    with _csv_text(path, encoding, "surrogateescape") as f, _paused_gc():
+    ordinal = text.rows_before
+    with _csv_text(text.binary(), encoding, "surrogateescape") as f, _paused_gc():
         reader = csv.reader(f, delimiter=source.csv.delimiter, quotechar=source.csv.quotechar)
         try:
-            next(reader)  # the header
+            if text.has_header:
+                next(reader)
             for record in reader:
                 if not record:
                     continue  # blank lines are not rows (pyarrow skips them too)
@@ -274,7 +338,7 @@ def _csv_python(
                 rows.append(ordinal)
                 records.append(record)
         except csv.Error as exc:
-            where_ = f"source {source.name!r}: {path}: cannot parse CSV (line {reader.line_num})"
+            where_ = f"source {source.name!r}: {text.path}: cannot parse CSV ({text.where(reader.line_num)})"
             raise InputError(f"{where_}: {exc}") from exc
         by_column = list(zip(*records)) if records else [()] * width
         del records  # freed while the collector is still paused
@@ -290,14 +354,16 @@ def _binary_column(values: Sequence[str]) -> pa.Array:
         return pa.array([v.encode("utf-8", "surrogateescape") for v in values], pa.binary())
 
 
-def _csv_text(path: Path, encoding: str, errors: str):
-    # "-sig" drops the byte-order mark that Excel-saved UTF-8 exports start with.
-    return open(path, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors=errors, newline="")
+def _csv_text(binary, encoding: str, errors: str):
+    """Text from a binary stream (closed with it). "-sig" drops the byte-order mark that
+    Excel-saved UTF-8 exports start with."""
+    return io.TextIOWrapper(binary, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors=errors,
+                            newline="")
 
 
 def _csv_header(path: Path, source: SourceConfig, encoding: str) -> list[str]:
     # Python's csv module reads just the first record (which may hold quoted newlines).
-    with _csv_text(path, encoding, "replace") as f:
+    with _csv_text(open(path, "rb"), encoding, "replace") as f:
         header = next(csv.reader(f, delimiter=source.csv.delimiter, quotechar=source.csv.quotechar), None)
     if header is None:
         raise InputError(f"source {source.name!r}: {path}: empty file (no header row)")
