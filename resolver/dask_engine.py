@@ -71,6 +71,11 @@ class DaskEngine:
         """`value` on every worker once (a future the tasks take as an argument)."""
         return self.client.scatter(value, broadcast=True, hash=False)
 
+    def scatter(self, value):
+        """`value` on one worker (a future a task takes as an argument): the data travels once,
+        outside the task graph, and the client need not keep a copy."""
+        return self.client.scatter([value], hash=False)[0]
+
 
 def _peak_rss_mb() -> float:
     import resource
@@ -240,7 +245,12 @@ def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: D
     import dask.dataframe as dd
 
     partitions = max(1, min(engine.buckets, len(src)))
-    edges = dd.from_pandas(pd.DataFrame({"src": src, "dst": dst}), npartitions=partitions).persist()
+    bounds = np.linspace(0, len(src), partitions + 1).astype(np.int64)
+    # The partitions are scattered, not embedded in the task graph (a graph carrying the edges
+    # would be shipped, and warned about, on every round).
+    edges = dd.from_delayed([engine.scatter(pd.DataFrame({"src": src[a:b], "dst": dst[a:b]}))
+                             for a, b in zip(bounds[:-1], bounds[1:])],
+                            meta=pd.DataFrame({"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64)}))
     pieces = edges.to_delayed()
     labels = np.arange(n_nodes, dtype=np.int64)
     for _ in range(MAX_ROUNDS):
@@ -313,13 +323,15 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
     record_bucket = np.full(len(records), -1, dtype=np.int64)
     record_bucket[known] = bucket_of_person[record_position[known].astype(np.int64)].astype(np.int64)
     jobs = []
-    for b in range(engine.buckets):
+    for b in range(engine.buckets):  # each bucket's rows go to the cluster before the next is cut
         rows = np.flatnonzero(record_bucket == b)
         mine = np.flatnonzero(bucket_of_person == np.uint64(b))
-        jobs.append((records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
-                     ids.iloc[mine].reset_index(drop=True),
-                     {name: column.iloc[rows].reset_index(drop=True) for name, column in normalized.items()}))
+        jobs.append(engine.scatter((records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
+                                    ids.iloc[mine].reset_index(drop=True),
+                                    {name: column.iloc[rows].reset_index(drop=True)
+                                     for name, column in normalized.items()})))
     parts = engine.map(_golden_part, jobs, config=config)
+    del jobs  # the workers may drop the bucket inputs
     golden = pd.concat([p.golden_records for p in parts], ignore_index=True)
     golden = golden.take(position.reindex(golden["person_id"].astype("str").to_numpy()).to_numpy().argsort(kind="stable"))
     golden = golden.reset_index(drop=True)
