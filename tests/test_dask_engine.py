@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
+from _outputs import assert_same_outputs, generated_with_baseline
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,29 +18,15 @@ from resolver.cli import EXIT_OK, main
 from resolver.cluster import connected_components
 from resolver.dask_engine import merge_pattern_counts
 from resolver.model import pattern_counts
-from resolver.synth import generate
-
-TABLES = ("identity_map", "identifier_map", "persons", "golden_records", "conflicts", "scored_pairs", "review_queue",
-          "match_links", "policy_actions", "rejects", "blocking_keys")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dask")
-    generate(root, 1500, seed=41, workers=1)
-    assert main(["run", "--config", str(root / "resolver.yaml"), "--out", str(root / "local"), "-q",
-                 "--backend", "cpu"]) == EXIT_OK
-    return root
+    return generated_with_baseline(tmp_path_factory.mktemp("dask"), 1500, seed=41)
 
 
 def _same_outputs(a, b):
-    for name in TABLES:
-        pd.testing.assert_frame_equal(pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet"),
-                                      obj=name)
-    model_a = json.loads((a / "model.json").read_text())
-    model_b = json.loads((b / "model.json").read_text())
-    model_a["training"].pop("seconds"), model_b["training"].pop("seconds")
-    assert model_a == model_b
+    assert_same_outputs(a, b, model=True)
 
 
 def test_local_cluster_gives_the_local_engines_outputs(world):

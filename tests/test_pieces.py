@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from _outputs import assert_same_outputs, generated_with_baseline
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,10 +19,6 @@ from resolver.cli import EXIT_OK, main
 from resolver.config import Config, load_config
 from resolver.io.readers import read_source, split_file
 from resolver.pipeline import plan_ingest
-from resolver.synth import generate
-
-TABLES = ("identity_map", "identifier_map", "persons", "golden_records", "conflicts", "scored_pairs", "review_queue",
-          "match_links", "policy_actions", "rejects")
 
 
 def _events_config(tmp_path, fmt: str, path: str, columns: dict) -> Config:
@@ -170,10 +167,7 @@ def test_small_files_and_other_encodings_are_not_cut(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pieces")
-    generate(root, 1200, seed=5, workers=1)
-    assert main(["run", "--config", str(root / "resolver.yaml"), "--out", str(root / "whole"), "-q",
-                 "--backend", "cpu"]) == EXIT_OK
+    root = generated_with_baseline(tmp_path_factory.mktemp("pieces"), 1200, seed=5)
     body = yaml.safe_load((root / "resolver.yaml").read_text())
     body.setdefault("run", {})["partition_bytes"] = 100_000  # the events file in ~20 pieces, CSVs in several
     (root / "pieces.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
@@ -181,9 +175,7 @@ def world(tmp_path_factory):
 
 
 def _same_outputs(a, b):
-    for name in TABLES:
-        pd.testing.assert_frame_equal(pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet"),
-                                      obj=name)
+    assert_same_outputs(a, b)
 
 
 def test_a_run_in_pieces_gives_the_whole_file_runs_outputs(world):
@@ -193,11 +185,11 @@ def test_a_run_in_pieces_gives_the_whole_file_runs_outputs(world):
     assert any(job.piece is not None and config.sources[job.source_index].format == "csv" for job in jobs)
     out = world / "pieced"
     assert main(["run", "--config", str(world / "pieces.yaml"), "--out", str(out), "-q", "--backend", "cpu"]) == EXIT_OK
-    _same_outputs(world / "whole", out)
+    _same_outputs(world / "local", out)
     summary = json.loads((out / "run_summary.json").read_text())
     read = next(s for s in summary["stages"] if s["stage"] == "read:segment")
     assert read["files"] == 1 and read["jobs"] >= 5
-    whole = json.loads((world / "whole" / "run_summary.json").read_text())
+    whole = json.loads((world / "local" / "run_summary.json").read_text())
     for key in ("rows", "records", "events", "persons", "identifiers"):
         assert whole[key] == summary[key], key
 
@@ -207,7 +199,7 @@ def test_the_dask_engine_reads_the_pieces_as_partitions(world):
     out = world / "dask-pieced"
     assert main(["run", "--config", str(world / "pieces.yaml"), "--out", str(out), "-q", "--backend", "cpu",
                  "--engine", "dask", "--workers", "2"]) == EXIT_OK
-    _same_outputs(world / "whole", out)
+    _same_outputs(world / "local", out)
 
 
 def test_an_incremental_run_reuses_the_unchanged_pieces(world, tmp_path):
