@@ -361,7 +361,8 @@ class EngineOptions(_Strict):
     workers: int | None = Field(default=None, ge=1)  # of the started cluster (default: run.workers; GPUs: one each)
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str | float | None = "auto"  # per worker ("8GiB", a fraction of the machine, or "auto")
-    partitions: int | None = Field(default=None, ge=1)  # buckets of pairs and golden records (default: 2 per worker)
+    # buckets of pairs and golden records (default: 2 per worker, or more: about 500k records each)
+    partitions: int | None = Field(default=None, ge=1)
     rmm_pool_size: str | float | None = None  # LocalCUDACluster: RMM pool per worker ("30GB", or a share of GPU memory)
     spill: bool = True  # LocalCUDACluster: cuDF spilling to host memory
     local_directory: str | None = None  # workers' scratch (spill) folder

@@ -42,11 +42,25 @@ class EngineUnavailable(RuntimeError):
     """The dask engine cannot start here; the message says what is missing."""
 
 
+# Without a configured partition count, a stage makes at least this many rows per bucket's worth of
+# buckets, so a task's memory stays about the same however big the data.
+ROWS_PER_BUCKET = 500_000
+
+
 @dataclass
 class DaskEngine:
     client: object  # distributed.Client
-    buckets: int  # partitions of pairs and golden records
+    buckets: int  # partitions of pairs and golden records (at least)
     description: dict
+    grow: bool = True  # more buckets for more rows (False: `engine.partitions` fixed the count)
+
+    def buckets_for(self, rows: int, rows_per_bucket: int | None = None) -> int:
+        """Buckets for a stage over `rows` rows: the configured count, or enough to keep each
+        bucket to about `rows_per_bucket` (default ROWS_PER_BUCKET) rows, never fewer than two
+        per worker."""
+        if not self.grow:
+            return self.buckets
+        return max(self.buckets, -(-rows // (rows_per_bucket or ROWS_PER_BUCKET)))
 
     def map(self, fn, *iterables, **kwargs) -> list:
         """fn over the iterables on the cluster, results in order. Each result is fetched as soon
@@ -129,7 +143,8 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
         buckets = options.partitions or 2 * max(n_workers, 1)
         engine = DaskEngine(client, buckets, {"engine": "dask", "cluster": kind, "workers": n_workers,
                                               "buckets": buckets, **({"scheduler": options.scheduler}
-                                                                     if options.scheduler else {})})
+                                                                     if options.scheduler else {})},
+                            grow=options.partitions is None)
         _ACTIVE.append(engine)
         try:
             yield engine
@@ -183,9 +198,11 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
 
     shared_keys, shared_labels, shared_prepared = (engine.broadcast(x) for x in (keys, np.asarray(labels, np.int64),
                                                                                  prepared))
-    tasks = [(r, b) for r in range(len(rules)) for b in range(engine.buckets)]
+    buckets = engine.buckets_for(keys.shape[1])
+    engine.description["pair_buckets"] = buckets
+    tasks = [(r, b) for r in range(len(rules)) for b in range(buckets)]
     done = engine.map(_bucket_pairs, [shared_keys] * len(tasks), [shared_labels] * len(tasks), [r for r, _ in tasks],
-                      [b for _, b in tasks], [engine.buckets] * len(tasks), [shared_prepared] * len(tasks))
+                      [b for _, b in tasks], [buckets] * len(tasks), [shared_prepared] * len(tasks))
     left = np.concatenate([d[0] for d in done]) if done else np.zeros(0, np.int32)
     right = np.concatenate([d[1] for d in done]) if done else np.zeros(0, np.int32)
     block = np.concatenate([d[2] for d in done]) if done else np.zeros(0, np.uint64)
@@ -244,7 +261,8 @@ def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: D
     import dask
     import dask.dataframe as dd
 
-    partitions = max(1, min(engine.buckets, len(src)))
+    # Edges are 16 bytes: partitions of 4M edges (64 MB).
+    partitions = max(1, min(engine.buckets_for(len(src), rows_per_bucket=8 * ROWS_PER_BUCKET), len(src)))
     bounds = np.linspace(0, len(src), partitions + 1).astype(np.int64)
     # The partitions are scattered, not embedded in the task graph (a graph carrying the edges
     # would be shipped, and warned about, on every round).
@@ -315,7 +333,9 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
     ids = person_ids.astype("str").reset_index(drop=True)
     import pyarrow as pa
 
-    bucket_of_person = hash_strings(pa.array(ids.array, type=pa.large_string()), prefix=b"bucket:") % np.uint64(engine.buckets)
+    buckets = engine.buckets_for(len(records))
+    engine.description["golden_buckets"] = buckets
+    bucket_of_person = hash_strings(pa.array(ids.array, type=pa.large_string()), prefix=b"bucket:") % np.uint64(buckets)
     position = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
     holder = record_person.astype("str").reset_index(drop=True)
     record_position = position.reindex(holder.to_numpy()).to_numpy()  # NaN: a record of no person
@@ -323,7 +343,7 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
     record_bucket = np.full(len(records), -1, dtype=np.int64)
     record_bucket[known] = bucket_of_person[record_position[known].astype(np.int64)].astype(np.int64)
     jobs = []
-    for b in range(engine.buckets):  # each bucket's rows go to the cluster before the next is cut
+    for b in range(buckets):  # each bucket's rows go to the cluster before the next is cut
         rows = np.flatnonzero(record_bucket == b)
         mine = np.flatnonzero(bucket_of_person == np.uint64(b))
         jobs.append(engine.scatter((records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),

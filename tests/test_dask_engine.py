@@ -29,12 +29,17 @@ def _same_outputs(a, b):
     assert_same_outputs(a, b, model=True)
 
 
-def test_local_cluster_gives_the_local_engines_outputs(world):
+def test_local_cluster_gives_the_local_engines_outputs(world, monkeypatch):
+    from resolver import dask_engine
+
+    monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 200)  # more buckets, as big data gets
     out = world / "dask-local"
     assert main(["run", "--config", str(world / "resolver.yaml"), "--out", str(out), "-q", "--backend", "cpu",
                  "--engine", "dask", "--workers", "2"]) == EXIT_OK
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["engine"]["cluster"] == "LocalCluster" and summary["engine"]["workers"] == 2
+    assert summary["engine"]["buckets"] == 4 and summary["engine"]["golden_buckets"] > 4
+    assert summary["engine"]["pair_buckets"] > 4
     _same_outputs(world / "local", out)
 
 
@@ -73,7 +78,7 @@ def test_separate_scheduler_and_worker_processes_give_the_same_outputs(world, tm
         peaks = summary["engine"].pop("worker_peak_rss_mb")
         assert len(peaks) == 2 and all(p > 0 for p in peaks)
         assert summary["engine"] == {"engine": "dask", "cluster": "scheduler", "workers": 2, "buckets": 4,
-                                     "scheduler": address}
+                                     "pair_buckets": 4, "golden_buckets": 4, "scheduler": address}
         _same_outputs(world / "local", out)
     finally:
         for process in [*workers, scheduler]:
