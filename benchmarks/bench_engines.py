@@ -104,9 +104,16 @@ def _run(config: Path, out: Path, *extra: str, cap_gib: float | None = None) -> 
     workers = [mb / 1024 for mb in engine.get("worker_peak_rss_mb", [])] or [summary.get("peak_worker_rss_mb", 0) / 1024]
     return {"wall_s": round(wall, 1), "client_peak_rss_gib": round(int(stderr.strip().splitlines()[-1]) / 2**20, 2),
             "worker_peak_rss_gib": [round(w, 2) for w in workers], "tree_peak_rss_gib": round(tree_peak / 2**30, 2),
-            "workers": engine.get("workers"), "buckets": engine.get("buckets"), "records": sum(summary["records"].values()),
+            "workers": engine.get("workers"), "buckets": _buckets(engine), "records": sum(summary["records"].values()),
             "events": summary["events"], "ingest_jobs": sum(s.get("jobs", 0) for s in reads),
             "persons": summary["persons"]["total"]}
+
+
+def _buckets(engine: dict) -> str | None:
+    """Pair / golden-record buckets of a dask run (they grow with the data), None for local."""
+    if "buckets" not in engine:
+        return None
+    return f"{engine.get('pair_buckets', engine['buckets'])} / {engine.get('golden_buckets', engine['buckets'])}"
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -150,7 +157,7 @@ def main() -> None:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(rows, indent=2))
     print("| people | records | events | engine | ingest jobs | wall s | vs local | client peak GiB | worker peaks GiB "
-          "| all processes GiB | buckets | identical |")
+          "| all processes GiB | buckets (pairs / golden) | identical |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|")
     for row in rows:
         for name in ("local", "dask", "local, whole files"):
