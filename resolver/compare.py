@@ -60,6 +60,20 @@ class PreparedComparison:
                        extra={k: move(v) for k, v in self.extra.items()})
 
 
+    def take(self, rows: np.ndarray) -> PreparedComparison:
+        """What comparing pairs among just these records needs (renumbered from 0): not the text
+        nor the frequencies, which scoring and explanations use on the client."""
+        from resolver.kernels.strings import Encoded
+
+        def take(value):
+            if isinstance(value, Encoded):
+                return value.take(rows)
+            return value[rows] if isinstance(value, np.ndarray) else value
+
+        return replace(self, valid=self.valid[rows], codes=self.codes[rows], values=None, frequency=None,
+                       extra={k: take(v) for k, v in self.extra.items()})
+
+
 def level_labels(c: ComparisonConfig) -> list[str]:
     """The level names of a comparison, strongest first after "null"; "else" last."""
     if c.method == "exact":

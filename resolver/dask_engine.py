@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,32 @@ class DaskEngine:
             future.release()  # the worker may drop the result now
         return results
 
+    def map_lazily(self, fn, jobs: Iterable[tuple], in_flight: int | None = None, **kwargs) -> list:
+        """fn(*job, **kwargs) for each job, results in order, with at most `in_flight` jobs (default:
+        two per worker) on the cluster at once. A job's arguments are made only when a slot frees and
+        are scattered, not put in the task graph: neither the client nor the workers ever hold more
+        than `in_flight` jobs' inputs, however many jobs there are."""
+        from distributed import as_completed
+
+        in_flight = in_flight or 2 * max(self.description.get("workers", 1), 1)
+        numbered = enumerate(jobs)
+        position, results = {}, {}
+
+        def submit(index: int, job: tuple):
+            future = self.client.submit(_apply, fn, self.scatter(job), pure=False, **kwargs)
+            position[future.key] = index
+            return future
+
+        running = as_completed([submit(i, job) for i, job in itertools.islice(numbered, in_flight)],
+                               with_results=True)
+        for future, result in running:
+            results[position.pop(future.key)] = result
+            future.release()
+            following = next(numbered, None)
+            if following is not None:
+                running.add(submit(*following))
+        return [results[i] for i in range(len(results))]
+
     def worker_peak_rss_mb(self) -> list[float]:
         """Peak resident memory of each worker process so far (MB), in worker address order."""
         peaks = self.client.run(_peak_rss_mb)
@@ -89,6 +116,10 @@ class DaskEngine:
         """`value` on one worker (a future a task takes as an argument): the data travels once,
         outside the task graph, and the client need not keep a copy."""
         return self.client.scatter([value], hash=False)[0]
+
+
+def _apply(fn, job: tuple, **kwargs):
+    return fn(*job, **kwargs)
 
 
 def _peak_rss_mb() -> float:
@@ -159,19 +190,33 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
 # ---------------------------------------------------------------------------------------------
 # Candidate pairs and comparisons, bucket by bucket
 # ---------------------------------------------------------------------------------------------
-def _bucket_pairs(keys: np.ndarray, labels: np.ndarray, rule: int, bucket: int, buckets: int, prepared: list):
-    """One task: rule `rule`'s candidate pairs whose block key falls in `bucket`, with the block key
-    of each pair, their comparison levels and the counts of their level patterns."""
+def _bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+    """One task: rule `rule`'s candidate pairs among the records `rows` (one bucket of block keys,
+    with every rule's keys, their labels and their comparison data, all renumbered from 0), their
+    comparison levels and the counts of their level patterns; pairs come back as record positions."""
     from resolver.blocking import rule_pairs_of
     from resolver.compare import comparison_matrix
     from resolver.model import pattern_counts
 
-    rule_keys = keys[rule]
-    rows = np.flatnonzero((rule_keys != 0) & (rule_keys % np.uint64(buckets) == np.uint64(bucket)))
-    local_left, local_right = rule_pairs_of(np.ascontiguousarray(keys[:, rows]), rule, labels[rows])
-    left, right = rows[local_left].astype(np.int32), rows[local_right].astype(np.int32)
-    levels = comparison_matrix(prepared, left, right)
-    return left, right, rule_keys[left], levels, pattern_counts(levels, np.full(len(left), rule, dtype=np.int64))
+    local_left, local_right = rule_pairs_of(keys, rule, labels)
+    levels = comparison_matrix(prepared, local_left, local_right)
+    counts = pattern_counts(levels, np.full(len(local_left), rule, dtype=np.int64))
+    return rows[local_left].astype(np.int32), rows[local_right].astype(np.int32), levels, counts
+
+
+def _bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int):
+    """(rule, job) for every rule's buckets: the keyed records whose block key falls in the bucket
+    (in position order), with just their keys, labels and comparison data. A block lies wholly in
+    one bucket, so every candidate pair is made in exactly one job."""
+    for rule in range(len(keys)):
+        rule_keys = keys[rule]
+        keyed = np.flatnonzero(rule_keys != 0)
+        bucket = (rule_keys[keyed] % np.uint64(buckets)).astype(np.int64)
+        order = np.argsort(bucket, kind="stable")  # stable: positions stay ascending in a bucket
+        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+        for b in range(buckets):
+            rows = keyed[order[bounds[b]:bounds[b + 1]]]
+            yield rule, (rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule, [p.take(rows) for p in prepared])
 
 
 def merge_pattern_counts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_comparisons: int):
@@ -196,23 +241,30 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
     statistics summed over the tasks."""
     from resolver.blocking import CandidatePairs
 
-    shared_keys, shared_labels, shared_prepared = (engine.broadcast(x) for x in (keys, np.asarray(labels, np.int64),
-                                                                                 prepared))
     buckets = engine.buckets_for(keys.shape[1])
     engine.description["pair_buckets"] = buckets
-    tasks = [(r, b) for r in range(len(rules)) for b in range(buckets)]
-    done = engine.map(_bucket_pairs, [shared_keys] * len(tasks), [shared_labels] * len(tasks), [r for r, _ in tasks],
-                      [b for _, b in tasks], [buckets] * len(tasks), [shared_prepared] * len(tasks))
-    left = np.concatenate([d[0] for d in done]) if done else np.zeros(0, np.int32)
-    right = np.concatenate([d[1] for d in done]) if done else np.zeros(0, np.int32)
-    block = np.concatenate([d[2] for d in done]) if done else np.zeros(0, np.uint64)
-    rule = np.concatenate([np.full(len(d[0]), r, dtype=np.int8) for (r, _), d in zip(tasks, done)]) if done \
-        else np.zeros(0, np.int8)
-    levels = np.concatenate([d[3] for d in done]) if done else np.zeros((0, len(prepared)), np.int8)
+    labels = np.asarray(labels, np.int64)
+    task_rules: list[int] = []
+
+    def jobs():
+        for rule, job in _bucket_jobs(keys, labels, prepared, buckets):
+            task_rules.append(rule)
+            yield job
+
+    done = engine.map_lazily(_bucket_pairs, jobs())
+    if not done:
+        left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
+        levels = np.zeros((0, len(prepared)), np.int8)
+    else:
+        left = np.concatenate([d[0] for d in done])
+        right = np.concatenate([d[1] for d in done])
+        rule = np.concatenate([np.full(len(d[0]), r, dtype=np.int8) for r, d in zip(task_rules, done)])
+        levels = np.concatenate([d[2] for d in done])
+    block = keys[rule.astype(np.int64), left] if len(left) else np.zeros(0, np.uint64)
     order = np.lexsort((right, left, block, rule))  # rule, block key, then row-major in the block
     per_rule = np.bincount(rule.astype(np.int64), minlength=len(rules)).tolist()
     pairs = CandidatePairs(left[order], right[order], rule[order], per_rule)
-    counts = merge_pattern_counts([d[4] for d in done], len(prepared))
+    counts = merge_pattern_counts([d[3] for d in done], len(prepared))
     return pairs, levels[order], counts
 
 
@@ -317,17 +369,10 @@ def _cugraph_dask_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, eng
 # ---------------------------------------------------------------------------------------------
 # Golden records, by person bucket
 # ---------------------------------------------------------------------------------------------
-def _golden_part(job: tuple, config):
-    from resolver.golden import build_golden
-
-    records, record_person, person_ids, normalized = job
-    return build_golden(records, record_person, person_ids, config, normalized)
-
-
 def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
                    config, normalized: dict[str, pd.Series]):
     """build_golden, bucket by bucket of persons: the same rows, in person order."""
-    from resolver.golden import GoldenResult, golden_fields, golden_summary
+    from resolver.golden import GoldenResult, build_golden, golden_fields, golden_summary
     from resolver.kernels.hashing import hash_strings
 
     ids = person_ids.astype("str").reset_index(drop=True)
@@ -342,16 +387,16 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
     known = ~np.isnan(record_position)
     record_bucket = np.full(len(records), -1, dtype=np.int64)
     record_bucket[known] = bucket_of_person[record_position[known].astype(np.int64)].astype(np.int64)
-    jobs = []
-    for b in range(buckets):  # each bucket's rows go to the cluster before the next is cut
-        rows = np.flatnonzero(record_bucket == b)
-        mine = np.flatnonzero(bucket_of_person == np.uint64(b))
-        jobs.append(engine.scatter((records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
-                                    ids.iloc[mine].reset_index(drop=True),
-                                    {name: column.iloc[rows].reset_index(drop=True)
-                                     for name, column in normalized.items()})))
-    parts = engine.map(_golden_part, jobs, config=config)
-    del jobs  # the workers may drop the bucket inputs
+
+    def jobs():  # each bucket's rows are cut when a task slot frees
+        for b in range(buckets):
+            rows = np.flatnonzero(record_bucket == b)
+            mine = np.flatnonzero(bucket_of_person == np.uint64(b))
+            yield (records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
+                   ids.iloc[mine].reset_index(drop=True), config,
+                   {name: column.iloc[rows].reset_index(drop=True) for name, column in normalized.items()})
+
+    parts = engine.map_lazily(build_golden, jobs())
     golden = pd.concat([p.golden_records for p in parts], ignore_index=True)
     golden = golden.take(position.reindex(golden["person_id"].astype("str").to_numpy()).to_numpy().argsort(kind="stable"))
     golden = golden.reset_index(drop=True)

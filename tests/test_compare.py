@@ -2,6 +2,8 @@
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rapidfuzz.distance import JaroWinkler
 
 from resolver.compare import compare_levels, level_labels, nickname_groups, prepare
@@ -69,3 +71,33 @@ def test_nickname_table_puts_a_name_in_every_group_it_belongs_to():
     assert set(groups["bill"]) & set(groups["william"])
     assert set(groups["chris"]) & set(groups["christopher"]) and set(groups["chris"]) & set(groups["christine"])
     assert not set(groups["william"]) & set(groups["robert"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.text(alphabet="abcé字 @.-0123", max_size=8)), min_size=2, max_size=40),
+       data=st.data())
+def test_comparing_among_taken_records_gives_the_levels_of_the_whole(values, data):
+    """A dask comparison task gets only its bucket's records (PreparedComparison.take): every
+    method must give those records' pairs the levels the whole table gives them."""
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, len(values) - 1), min_size=2))), dtype=np.int64)
+    column = pd.Series(values, dtype="str")
+    configs = [ComparisonConfig(name="jw", column="c", method="jaro_winkler", thresholds=[0.9, 0.7], nicknames=True),
+               ComparisonConfig(name="lev", column="c", method="levenshtein", thresholds=[0.8]),
+               ComparisonConfig(name="grams", column="c", method="jaccard", ngram=2, thresholds=[0.5]),
+               ComparisonConfig(name="mail", column="c", method="email", tf_adjust=True),
+               ComparisonConfig(name="phone", column="c", method="phone", digits=2)]
+    left, right = (a.ravel() for a in np.meshgrid(np.arange(len(rows)), np.arange(len(rows))))
+    for config in configs:
+        whole = prepare(config, {"c": column})
+        taken = whole.take(rows)
+        np.testing.assert_array_equal(compare_levels(taken, left, right),
+                                      compare_levels(whole, rows[left], rows[right]), err_msg=config.name)
+
+
+def test_taken_strings_are_the_rows_code_points():
+    from resolver.kernels.strings import encode
+
+    encoded = encode(pd.Series(["ab", None, "", "é字x", "z"], dtype="str"))
+    taken = encoded.take(np.array([3, 1, 0, 3]))
+    assert taken.lengths.tolist() == [3, 0, 2, 3] and taken.valid.tolist() == [True, False, True, True]
+    assert [chr(c) for c in taken.codes] == list("é字x") + list("ab") + list("é字x")

@@ -63,6 +63,15 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return self.offsets[1:] - self.offsets[:-1]
 
+    def take(self, rows: np.ndarray) -> Encoded:
+        """Just these rows, renumbered from 0 (numpy)."""
+        lengths = self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # each new code's old position: its row's old start plus its place in the row
+        source = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        return Encoded(offsets, self.codes[source], self.valid[rows])
+
 
 def _count_code_points(data, byte_offsets, valid, counts):
     """Code points per string = bytes that are not UTF-8 continuation bytes (0b10xxxxxx)."""
