@@ -75,6 +75,7 @@ class DaskEngine:
         for future, result in as_completed(futures, with_results=True):
             results[position[future.key]] = result
             future.release()  # the worker may drop the result now
+        self.client.run(_trim_memory)
         return results
 
     def map_lazily(self, fn, jobs: Iterable[tuple], in_flight: int | None = None, **kwargs) -> list:
@@ -101,6 +102,7 @@ class DaskEngine:
             following = next(numbered, None)
             if following is not None:
                 running.add(submit(*following))
+        self.client.run(_trim_memory)
         return [results[i] for i in range(len(results))]
 
     def worker_peak_rss_mb(self) -> list[float]:
@@ -116,6 +118,18 @@ class DaskEngine:
         """`value` on one worker (a future a task takes as an argument): the data travels once,
         outside the task graph, and the client need not keep a copy."""
         return self.client.scatter([value], hash=False)[0]
+
+
+def _trim_memory() -> None:
+    """Hand the memory a finished stage freed back to the OS (glibc and Arrow keep freed memory
+    for reuse, so a worker would otherwise stay at its ingest peak through every later stage)."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _apply(fn, job: tuple, **kwargs):
