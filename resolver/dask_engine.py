@@ -5,15 +5,17 @@ A cluster is started for the run (`LocalCluster` of CPU worker processes, or `Lo
 with one worker per GPU when dask-cuda is installed and the backend is the GPU), or the run joins a
 running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). What runs where:
 
-- **Ingest**: one task per source file (files are the partitions); each task reads, normalizes
-  and collapses its file's events, and the client combines the parts in plan order.
+- **Ingest**: one task per source file, or per piece of a big file (files are the partitions);
+  each task reads, normalizes and collapses its part's events, and the client combines the parts
+  in plan order.
 - **Candidate pairs and comparisons**: for each blocking rule the keyed records are split into
   buckets by their key hash (key mod the bucket count). A block lies wholly in one bucket, so each
   task makes exactly its bucket's pairs (skipping pairs an earlier rule or the deterministic graph
   already has, as the local engine does): every candidate pair is made and compared in exactly
-  one task. Tasks return their pairs, comparison levels and EM sufficient statistics (counts per
-  level pattern), which the client sums; pairs are put in the local engine's order (rule, block
-  key, left, right), so training and scoring see identical inputs.
+  one task. A task is sent only its bucket's records (their keys, labels and comparison data), so
+  no worker holds everyone's. Tasks return their pairs, comparison levels and EM sufficient
+  statistics (counts per level pattern), which the client sums; pairs are put in the local
+  engine's order (rule, block key, left, right), so training and scoring see identical inputs.
 - **Connected components**: cuGraph's multi-GPU weakly connected components on dask-cudf where
   installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
   propose each node's smallest neighbour label, the client keeps the smallest and jumps
@@ -21,7 +23,9 @@ running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). What runs wher
 - **Golden records**: persons are split into buckets by a hash of their id, each bucket's records
   go to one survivorship task (shuffle and group), and the client puts the rows in person order.
 
-The identity policy (hub caps, limits, greedy rebuild), EM over the summed statistics and scoring
+Buckets grow with the data (about ROWS_PER_BUCKET records each) unless `engine.partitions` fixes
+their count, and a bucket's inputs are cut and scattered only when a task slot frees, so memory per
+task and per worker does not grow with the dataset. The identity policy (hub caps, limits, greedy rebuild), EM over the summed statistics and scoring
 run on the client. Workers must see the source files and the state folder at the same paths.
 """
 
