@@ -5,6 +5,9 @@ generated data: wall time, peak memory of the client and of each worker, buckets
     python benchmarks/bench_engines.py --people 20000 --events  # a quick one, with events
     python benchmarks/bench_engines.py --people 1000000 --workers 2
 
+    # 10M people: 10.8M CRM records in 2.5 GB of Salesforce CSVs
+    python benchmarks/bench_engines.py --people 10000000 --data /work/bench --cap-gib 20
+
     # out of core: 50M Segment events in one 25 GB JSONL file, with 1.56M CRM records
     python benchmarks/bench_engines.py --people 1440000 --events-per-person 50 --seed 3 --one-events-file \
         --data /work/bench --whole-file-cap-gib 16
@@ -13,7 +16,7 @@ Each run is its own process, timed with its peak RSS (/usr/bin/time); the dask w
 from the run summary, the local engine's ingest workers' peak from its `peak_worker_rss_mb`. Both
 runs must give the same persons and golden records (checked). "All processes" is the largest sum
 of anonymous resident memory (RSS less file-backed pages) over the run's processes, sampled twice
-a second. Big event files are read in pieces of
+a second. Big files (CSV at record ends, JSONL, Parquet) are read in pieces of
 `run.partition_bytes` (256 MiB) by both engines; `--whole-file-cap-gib G` adds a local run that reads
 each file whole (partition_bytes 0, the engine before pieces), stopped when its processes together
 pass G GiB. Prints a Markdown table; results go to --results as JSON.
