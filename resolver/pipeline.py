@@ -31,6 +31,7 @@ from resolver.history import append_history
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
+from resolver.heap import return_freed_memory
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
@@ -141,6 +142,7 @@ def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids
 
 
 def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None) -> SourceTables:
+    return_freed_memory()  # in a worker process too
     source = config.sources[job.source_index]
     blocklist = Blocklist.from_config(
         config.identity.blocklist.values, config.identity.blocklist.patterns, config.identity.blocklist.vendor_lists
@@ -822,6 +824,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
         truth: Path | None = None) -> Resolution:
     """Resolve the configured sources on the configured engine (config.engine: local, or dask);
     see _run for what a run does."""
+    return_freed_memory()
     backend = backend or select_backend(config.run.backend)
     if config.engine.name == "local":
         return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)
