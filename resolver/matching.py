@@ -48,7 +48,7 @@ from resolver.model import (
 
 DECISIONS = ("link", "review", "no_link", "guard_cut")
 DET_SAMPLE_PAIRS = 200_000
-SCORE_CHUNK = 4_000_000
+SCORE_CHUNK = 1_000_000  # pairs scored at a time: each holds ~0.1 GiB of (pairs, comparisons) floats
 WEIGHT_BINS = np.arange(-40.0, 41.0, 1.0)  # match-weight histogram of every candidate pair (the run report)
 
 
@@ -79,6 +79,13 @@ class MatchResult:
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
+
+    def release_comparison_inputs(self) -> None:
+        """Keep only what explanations read of the comparisons (names, level labels, values): their
+        per-record codes and encodings, and the attributes, are done with once the pairs are
+        scored and the review decisions applied (memory)."""
+        self.prepared = [p.for_explanations() for p in self.prepared]
+        self.attributes = None
 
     def decision_counts(self) -> dict[str, int]:
         counts = np.bincount(self.decision, minlength=len(DECISIONS))
@@ -380,6 +387,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         by_record = np.argsort(record_hashes, kind="stable")
         result.key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
                                          **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
+    blocking.raw_keys = None  # only the state's key cache reads them (memory)
     if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
         by_hash = np.argsort(hashes, kind="stable")
         host_levels = to_host(levels)[by_hash]
