@@ -540,7 +540,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
 
     match = None
-    deterministic = result.labels[:n_records]
+    deterministic = result.labels[:n_records].copy()  # a copy: the first graph's labels go when it is redone
     if config.matching is not None and config.matching.enabled:
         from resolver.matching import DECISIONS, match_records
 
@@ -569,58 +569,15 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             from resolver.review import check_constraints
 
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
+        match.release_comparison_inputs()  # pairs are compared and scored: explanations need less
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
-        labels = result.labels
-        active = ~records["is_deleted"].to_numpy()
-        evidence = np.array([config.identity.types[t].evidence for t in vocab.types], dtype=bool)
-        types = nodes["type"].to_numpy()
-        node_evidence = evidence[types] & ~result.hub
-        is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
-        is_person = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
-        is_person[labels[is_person_member]] = True
-        no_person = ~is_person[labels]
-        member_keys = _member_keys(records, nodes)
-        label_keys = smallest_member_keys(labels, member_keys)
-        node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
-        linked = node_status == 0
-        carried = None
-        if previous is not None:  # persistent ids: this run's persons take the previous run's ids
-            is_member = np.concatenate([active, linked])
-            is_record = np.arange(len(labels)) < n_records
-            carried = carry_ids(previous, labels, member_keys, is_member, is_record, label_keys,
-                                _label_age(labels, records, nodes), is_person, run_id,
-                                now if now is not None else pd.Timestamp.now(tz="UTC"))
-            label_keys = carried.label_keys
-        pid = format_person_ids(label_keys[labels], missing=no_person)
-
-        # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
-        identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
-        identity_map["person_id"] = pid.iloc[:n_records].reset_index(drop=True)
-        record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
-        identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
-        identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
-        identity_map["deterministic_group"] = deterministic
-        if match is not None:
-            accepted = match.decision == DECISIONS.index("link")
-            identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
-
-        identifier_map = pd.DataFrame(
-            {
-                "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
-                "value": nodes["value"],
-                "hash": nodes["hash"].to_numpy(),
-                "records": nodes["records"].to_numpy(),
-                "events": nodes["events"].to_numpy(),
-                "first_seen": nodes["first_seen"].to_numpy(),
-                "last_seen": nodes["last_seen"].to_numpy(),
-                "person_id": pid.iloc[n_records:].reset_index(drop=True).where(linked),
-                "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
-                "degree": result.degree,
-            }
-        )
-        persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
+        identity_map, identifier_map, persons, carried = _person_tables(
+            config, vocab, records, nodes, edges, result, deterministic, match, previous, run_id, now, backend)
         entry["rows_out"] = len(persons)
+    # From here on only the tables above are read: the graph goes (memory).
+    graph_actions = result.actions
+    del nodes, edges, result, deterministic
 
     with log.stage("golden records", rows_in=n_records) as entry:
         from resolver import dask_engine
@@ -632,6 +589,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         else:
             golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
+    del attributes  # golden records were their last reader (memory)
 
     stitched = None
     if config.stitching is not None and config.stitching.enabled and sessions is not None:
@@ -642,7 +600,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                               households=household_keys(golden.golden_records))
             entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
-    actions = _concat([_ingest_actions(parts), result.actions], ACTION_COLUMNS)
+    actions = _concat([_ingest_actions(parts), graph_actions], ACTION_COLUMNS)
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
@@ -657,6 +615,69 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
     return resolution
+
+
+def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame,
+                   result, deterministic: np.ndarray, match, previous: State | None, run_id: str,
+                   now: pd.Timestamp | None, backend: Backend):
+    """Identity map, identifier map and persons from the resolved graph (and the carried ids
+    when the run has a state)."""
+    n_records = len(records)
+    labels = result.labels
+    active = ~records["is_deleted"].to_numpy()
+    evidence = np.array([config.identity.types[t].evidence for t in vocab.types], dtype=bool)
+    types = nodes["type"].to_numpy()
+    node_evidence = evidence[types] & ~result.hub
+    is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
+    is_person = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
+    is_person[labels[is_person_member]] = True
+    no_person = ~is_person[labels]
+    member_keys = _member_keys(records, nodes)
+    label_keys = smallest_member_keys(labels, member_keys)
+    node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
+    linked = node_status == 0
+    carried = None
+    if previous is not None:  # persistent ids: this run's persons take the previous run's ids
+        is_member = np.concatenate([active, linked])
+        is_record = np.arange(len(labels)) < n_records
+        carried = carry_ids(previous, labels, member_keys, is_member, is_record, label_keys,
+                            _label_age(labels, records, nodes), is_person, run_id,
+                            now if now is not None else pd.Timestamp.now(tz="UTC"))
+        label_keys = carried.label_keys
+    # The records' ids and the identifiers' apart: a slice of one text column for both would keep
+    # all of it alive as long as either table lives (memory).
+    record_pid = format_person_ids(label_keys[labels[:n_records]], missing=no_person[:n_records])
+    identifier_pid = format_person_ids(label_keys[labels[n_records:]], missing=no_person[n_records:])
+
+    # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
+    identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
+    identity_map["person_id"] = record_pid
+    record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
+    identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
+    identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
+    identity_map["deterministic_group"] = deterministic
+    if match is not None:
+        from resolver.matching import DECISIONS
+
+        accepted = match.decision == DECISIONS.index("link")
+        identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
+
+    identifier_map = pd.DataFrame(
+        {
+            "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
+            "value": nodes["value"],
+            "hash": nodes["hash"].to_numpy(),
+            "records": nodes["records"].to_numpy(),
+            "events": nodes["events"].to_numpy(),
+            "first_seen": nodes["first_seen"].to_numpy(),
+            "last_seen": nodes["last_seen"].to_numpy(),
+            "person_id": identifier_pid.where(linked),
+            "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
+            "degree": result.degree,
+        }
+    )
+    persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
+    return identity_map, identifier_map, persons, carried
 
 
 def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary) -> None:
