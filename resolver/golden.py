@@ -47,6 +47,12 @@ def golden_fields(config: Config) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
+def raw_fields(config: Config) -> list[str]:
+    """The fields whose golden value shows the record's own text: build_golden reads those record
+    columns as written (the others only in match form)."""
+    return [f for f in golden_fields(config) if field_kind(config, f) not in NORMALIZED_DISPLAY]
+
+
 def field_kind(config: Config, field: str) -> str:
     return config.matching.normalizer(field) if config.matching is not None else attribute_kind(field)
 

@@ -26,7 +26,7 @@ from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
 from resolver.erasure import record_member_keys, suppress
-from resolver.golden import build_golden
+from resolver.golden import build_golden, raw_fields
 from resolver.history import append_history
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
@@ -70,9 +70,13 @@ def _peak_rss_mb(who: str = "self") -> float:
     return resource.getrusage(scope).ru_maxrss / 1024
 
 
+# The records' columns read once golden records are built (their attributes are read until then).
+RECORD_COLUMNS = ["record_id", "source", "record_key", "source_key", "trust", "timestamp", "is_deleted", "file", "row"]
+
+
 @dataclass
 class Resolution:
-    records: pd.DataFrame
+    records: pd.DataFrame  # RECORD_COLUMNS
     identity_map: pd.DataFrame
     identifier_map: pd.DataFrame
     persons: pd.DataFrame
@@ -531,6 +535,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     sessions = pd.concat(session_parts, ignore_index=True) if session_parts else None
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
+        records = records[RECORD_COLUMNS + [c for c in raw_fields(config) if c in records]]  # what is read later (memory)
         entry["rows_out"] = len(edges)
     for part in parts:
         part.release_graph_inputs()  # what build_graph did not consume already
@@ -552,6 +557,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             from resolver.review import apply_decisions
 
             steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)
+        match.release_comparison_inputs()  # pairs are compared, scored and decided: explanations need less
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -569,7 +575,6 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             from resolver.review import check_constraints
 
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
-        match.release_comparison_inputs()  # pairs are compared and scored: explanations need less
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
         identity_map, identifier_map, persons, carried = _person_tables(
@@ -590,6 +595,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
     del attributes  # golden records were their last reader (memory)
+    records = records[RECORD_COLUMNS]  # and of the records' attributes
 
     stitched = None
     if config.stitching is not None and config.stitching.enabled and sessions is not None:
