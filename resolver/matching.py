@@ -335,6 +335,12 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         else:
             pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
+    key_cache = None
+    if record_hashes is not None:
+        by_record = np.argsort(record_hashes, kind="stable")
+        key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
+                                  **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
+    blocking.raw_keys = None  # only the state's key cache reads them (memory)
     hashes = None
     if member_keys is not None:
         left, right = to_host(pairs.left), to_host(pairs.right)
@@ -383,11 +389,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = len(pairs) - compared
     result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
-    if record_hashes is not None:
-        by_record = np.argsort(record_hashes, kind="stable")
-        result.key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
-                                         **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
-    blocking.raw_keys = None  # only the state's key cache reads them (memory)
+    result.key_cache = key_cache
     if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
         by_hash = np.argsort(hashes, kind="stable")
         host_levels = to_host(levels)[by_hash]
