@@ -201,7 +201,7 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
         if conflict is not None:
             conflict_parts.append(conflict[0])
             flagged |= conflict[1]
-    golden_records = pd.DataFrame(out)
+    golden_records = pd.DataFrame(out, copy=False)  # fresh columns: not copied into consolidated blocks (memory)
     golden_records["conflicting_fields"] = conflicting
     golden_records["needs_review"] = flagged
     conflicts = pd.concat(conflict_parts, ignore_index=True) if conflict_parts else _empty_conflicts()

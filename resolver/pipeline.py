@@ -392,7 +392,8 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
             "anchored_events": anchored,
             "first_seen": _earliest(n_nodes, all_index, all_times),
             "last_seen": _latest(n_nodes, all_index, all_times),
-        }
+        },
+        copy=False,  # fresh arrays: not copied into consolidated blocks (memory)
     )
     nodes["alias"] = _alias_groups(n_nodes, observations, obs_node)
 
@@ -428,7 +429,8 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
             "explicit": groups.first(explicit),
             "count": groups.sum(np.concatenate(count)),
             "first_seen": groups.min_time(np.concatenate(first_seen)),
-        }
+        },
+        copy=False,  # fresh arrays: not copied into consolidated blocks (memory)
     )
     return records, nodes, edges
 
@@ -672,15 +674,16 @@ def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nod
         {
             "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
             "value": nodes["value"],
-            "hash": nodes["hash"].to_numpy(),
-            "records": nodes["records"].to_numpy(),
-            "events": nodes["events"].to_numpy(),
-            "first_seen": nodes["first_seen"].to_numpy(),
-            "last_seen": nodes["last_seen"].to_numpy(),
+            "hash": nodes["hash"],
+            "records": nodes["records"],
+            "events": nodes["events"],
+            "first_seen": nodes["first_seen"],
+            "last_seen": nodes["last_seen"],
             "person_id": identifier_pid.where(linked),
             "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
             "degree": result.degree,
-        }
+        },
+        copy=False,  # shares the nodes' columns (the nodes go after this stage) instead of copying them (memory)
     )
     persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
     return identity_map, identifier_map, persons, carried
@@ -767,7 +770,8 @@ def _persons(
             "is_anonymous": counts["records"][chosen] == 0,
             "first_seen": first[chosen].view("datetime64[ns]"),
             "last_seen": last[chosen].view("datetime64[ns]"),
-        }
+        },
+        copy=False,  # fresh arrays: not copied into consolidated blocks (memory)
     )
 
 
