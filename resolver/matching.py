@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,11 @@ class MatchResult:
         scored and the review decisions applied (memory)."""
         self.prepared = [p.for_explanations() for p in self.prepared]
         self.attributes = None
+
+    def release_explanation_inputs(self) -> None:
+        """Once the links and the review queue are explained, the comparisons' values are not read
+        again (the state takes the model and the caches): they go (memory)."""
+        self.prepared = [replace(p, values=p.values.iloc[:0]) for p in self.prepared]
 
     def decision_counts(self) -> dict[str, int]:
         counts = np.bincount(self.decision, minlength=len(DECISIONS))

@@ -735,6 +735,7 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
     )
     res.model = match.model
     res.matching = {**match.summary, "decisions": match.decision_counts()}  # after the guards' cuts
+    match.release_explanation_inputs()
 
 
 def _persons(
