@@ -43,6 +43,11 @@ class PreparedComparison:
     def n_levels(self) -> int:
         return len(self.labels)
 
+    def for_explanations(self) -> PreparedComparison:
+        """This comparison without the per-record arrays that comparing pairs needs: what
+        explanations read (name, labels, values) stays."""
+        return replace(self, valid=np.zeros(0, dtype=bool), codes=np.zeros(0, dtype=np.int64), frequency=None, extra={})
+
     def on(self, xp: ModuleType) -> PreparedComparison:
         """This comparison with its per-record arrays in `xp` (moved to the GPU once for CuPy);
         the text values stay on the host for explanations."""

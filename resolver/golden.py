@@ -47,6 +47,12 @@ def golden_fields(config: Config) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
+def raw_fields(config: Config) -> list[str]:
+    """The fields whose golden value shows the record's own text: build_golden reads those record
+    columns as written (the others only in match form)."""
+    return [f for f in golden_fields(config) if field_kind(config, f) not in NORMALIZED_DISPLAY]
+
+
 def field_kind(config: Config, field: str) -> str:
     return config.matching.normalizer(field) if config.matching is not None else attribute_kind(field)
 
@@ -195,7 +201,7 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
         if conflict is not None:
             conflict_parts.append(conflict[0])
             flagged |= conflict[1]
-    golden_records = pd.DataFrame(out)
+    golden_records = pd.DataFrame(out, copy=False)  # fresh columns: not copied into consolidated blocks (memory)
     golden_records["conflicting_fields"] = conflicting
     golden_records["needs_review"] = flagged
     conflicts = pd.concat(conflict_parts, ignore_index=True) if conflict_parts else _empty_conflicts()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ from resolver.model import (
 
 DECISIONS = ("link", "review", "no_link", "guard_cut")
 DET_SAMPLE_PAIRS = 200_000
-SCORE_CHUNK = 4_000_000
+SCORE_CHUNK = 1_000_000  # pairs scored at a time: each holds ~0.1 GiB of (pairs, comparisons) floats
 WEIGHT_BINS = np.arange(-40.0, 41.0, 1.0)  # match-weight histogram of every candidate pair (the run report)
 
 
@@ -79,6 +79,18 @@ class MatchResult:
 
     def links(self) -> np.ndarray:
         return np.flatnonzero(self.decision == DECISIONS.index("link"))
+
+    def release_comparison_inputs(self) -> None:
+        """Keep only what explanations read of the comparisons (names, level labels, values): their
+        per-record codes and encodings, and the attributes, are done with once the pairs are
+        scored and the review decisions applied (memory)."""
+        self.prepared = [p.for_explanations() for p in self.prepared]
+        self.attributes = None
+
+    def release_explanation_inputs(self) -> None:
+        """Once the links and the review queue are explained, the comparisons' values are not read
+        again (the state takes the model and the caches): they go (memory)."""
+        self.prepared = [replace(p, values=p.values.iloc[:0]) for p in self.prepared]
 
     def decision_counts(self) -> dict[str, int]:
         counts = np.bincount(self.decision, minlength=len(DECISIONS))
@@ -328,6 +340,12 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         else:
             pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
         entry["rows_out"] = len(pairs)
+    key_cache = None
+    if record_hashes is not None:
+        by_record = np.argsort(record_hashes, kind="stable")
+        key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
+                                  **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
+    blocking.raw_keys = None  # only the state's key cache reads them (memory)
     hashes = None
     if member_keys is not None:
         left, right = to_host(pairs.left), to_host(pairs.right)
@@ -376,10 +394,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = len(pairs) - compared
     result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
-    if record_hashes is not None:
-        by_record = np.argsort(record_hashes, kind="stable")
-        result.key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
-                                         **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
+    result.key_cache = key_cache
     if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
         by_hash = np.argsort(hashes, kind="stable")
         host_levels = to_host(levels)[by_hash]

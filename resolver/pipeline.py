@@ -26,11 +26,12 @@ from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
 from resolver.erasure import record_member_keys, suppress
-from resolver.golden import build_golden
+from resolver.golden import build_golden, raw_fields
 from resolver.history import append_history
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
+from resolver.heap import return_freed_memory
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
@@ -69,9 +70,13 @@ def _peak_rss_mb(who: str = "self") -> float:
     return resource.getrusage(scope).ru_maxrss / 1024
 
 
+# The records' columns read once golden records are built (their attributes are read until then).
+RECORD_COLUMNS = ["record_id", "source", "record_key", "source_key", "trust", "timestamp", "is_deleted", "file", "row"]
+
+
 @dataclass
 class Resolution:
-    records: pd.DataFrame
+    records: pd.DataFrame  # RECORD_COLUMNS
     identity_map: pd.DataFrame
     identifier_map: pd.DataFrame
     persons: pd.DataFrame
@@ -141,6 +146,7 @@ def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids
 
 
 def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None) -> SourceTables:
+    return_freed_memory()  # in a worker process too
     source = config.sources[job.source_index]
     blocklist = Blocklist.from_config(
         config.identity.blocklist.values, config.identity.blocklist.patterns, config.identity.blocklist.vendor_lists
@@ -386,7 +392,8 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
             "anchored_events": anchored,
             "first_seen": _earliest(n_nodes, all_index, all_times),
             "last_seen": _latest(n_nodes, all_index, all_times),
-        }
+        },
+        copy=False,  # fresh arrays: not copied into consolidated blocks (memory)
     )
     nodes["alias"] = _alias_groups(n_nodes, observations, obs_node)
 
@@ -422,7 +429,8 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
             "explicit": groups.first(explicit),
             "count": groups.sum(np.concatenate(count)),
             "first_seen": groups.min_time(np.concatenate(first_seen)),
-        }
+        },
+        copy=False,  # fresh arrays: not copied into consolidated blocks (memory)
     )
     return records, nodes, edges
 
@@ -529,6 +537,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     sessions = pd.concat(session_parts, ignore_index=True) if session_parts else None
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
+        records = records[RECORD_COLUMNS + [c for c in raw_fields(config) if c in records]]  # what is read later (memory)
         entry["rows_out"] = len(edges)
     for part in parts:
         part.release_graph_inputs()  # what build_graph did not consume already
@@ -538,7 +547,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
 
     match = None
-    deterministic = result.labels[:n_records]
+    deterministic = result.labels[:n_records].copy()  # a copy: the first graph's labels go when it is redone
     if config.matching is not None and config.matching.enabled:
         from resolver.matching import DECISIONS, match_records
 
@@ -550,6 +559,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             from resolver.review import apply_decisions
 
             steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)
+        match.release_comparison_inputs()  # pairs are compared, scored and decided: explanations need less
         links = match.links()
         if len(links):
             n_det_edges = len(edges)
@@ -569,56 +579,12 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
-        labels = result.labels
-        active = ~records["is_deleted"].to_numpy()
-        evidence = np.array([config.identity.types[t].evidence for t in vocab.types], dtype=bool)
-        types = nodes["type"].to_numpy()
-        node_evidence = evidence[types] & ~result.hub
-        is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
-        is_person = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
-        is_person[labels[is_person_member]] = True
-        no_person = ~is_person[labels]
-        member_keys = _member_keys(records, nodes)
-        label_keys = smallest_member_keys(labels, member_keys)
-        node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
-        linked = node_status == 0
-        carried = None
-        if previous is not None:  # persistent ids: this run's persons take the previous run's ids
-            is_member = np.concatenate([active, linked])
-            is_record = np.arange(len(labels)) < n_records
-            carried = carry_ids(previous, labels, member_keys, is_member, is_record, label_keys,
-                                _label_age(labels, records, nodes), is_person, run_id,
-                                now if now is not None else pd.Timestamp.now(tz="UTC"))
-            label_keys = carried.label_keys
-        pid = format_person_ids(label_keys[labels], missing=no_person)
-
-        # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
-        identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
-        identity_map["person_id"] = pid.iloc[:n_records].reset_index(drop=True)
-        record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
-        identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
-        identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
-        identity_map["deterministic_group"] = deterministic
-        if match is not None:
-            accepted = match.decision == DECISIONS.index("link")
-            identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
-
-        identifier_map = pd.DataFrame(
-            {
-                "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
-                "value": nodes["value"],
-                "hash": nodes["hash"].to_numpy(),
-                "records": nodes["records"].to_numpy(),
-                "events": nodes["events"].to_numpy(),
-                "first_seen": nodes["first_seen"].to_numpy(),
-                "last_seen": nodes["last_seen"].to_numpy(),
-                "person_id": pid.iloc[n_records:].reset_index(drop=True).where(linked),
-                "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
-                "degree": result.degree,
-            }
-        )
-        persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
+        identity_map, identifier_map, persons, carried = _person_tables(
+            config, vocab, records, nodes, edges, result, deterministic, match, previous, run_id, now, backend)
         entry["rows_out"] = len(persons)
+    # From here on only the tables above are read: the graph goes (memory).
+    graph_actions = result.actions
+    del nodes, edges, result, deterministic
 
     with log.stage("golden records", rows_in=n_records) as entry:
         from resolver import dask_engine
@@ -630,6 +596,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         else:
             golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
+    del attributes  # golden records were their last reader (memory)
+    records = records[RECORD_COLUMNS]  # and of the records' attributes
 
     stitched = None
     if config.stitching is not None and config.stitching.enabled and sessions is not None:
@@ -640,7 +608,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                               households=household_keys(golden.golden_records))
             entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
-    actions = _concat([_ingest_actions(parts), result.actions], ACTION_COLUMNS)
+    actions = _concat([_ingest_actions(parts), graph_actions], ACTION_COLUMNS)
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
@@ -655,6 +623,70 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
     return resolution
+
+
+def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame,
+                   result, deterministic: np.ndarray, match, previous: State | None, run_id: str,
+                   now: pd.Timestamp | None, backend: Backend):
+    """Identity map, identifier map and persons from the resolved graph (and the carried ids
+    when the run has a state)."""
+    n_records = len(records)
+    labels = result.labels
+    active = ~records["is_deleted"].to_numpy()
+    evidence = np.array([config.identity.types[t].evidence for t in vocab.types], dtype=bool)
+    types = nodes["type"].to_numpy()
+    node_evidence = evidence[types] & ~result.hub
+    is_person_member = np.concatenate([active, node_evidence & (nodes["events"].to_numpy() > 0)])
+    is_person = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
+    is_person[labels[is_person_member]] = True
+    no_person = ~is_person[labels]
+    member_keys = _member_keys(records, nodes)
+    label_keys = smallest_member_keys(labels, member_keys)
+    node_status = np.select([result.hub, ~evidence[types], no_person[n_records:]], [1, 2, 3], 0)
+    linked = node_status == 0
+    carried = None
+    if previous is not None:  # persistent ids: this run's persons take the previous run's ids
+        is_member = np.concatenate([active, linked])
+        is_record = np.arange(len(labels)) < n_records
+        carried = carry_ids(previous, labels, member_keys, is_member, is_record, label_keys,
+                            _label_age(labels, records, nodes), is_person, run_id,
+                            now if now is not None else pd.Timestamp.now(tz="UTC"))
+        label_keys = carried.label_keys
+    # The records' ids and the identifiers' apart: a slice of one text column for both would keep
+    # all of it alive as long as either table lives (memory).
+    record_pid = format_person_ids(label_keys[labels[:n_records]], missing=no_person[:n_records])
+    identifier_pid = format_person_ids(label_keys[labels[n_records:]], missing=no_person[n_records:])
+
+    # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
+    identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
+    identity_map["person_id"] = record_pid
+    record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
+    identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
+    identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
+    identity_map["deterministic_group"] = deterministic
+    if match is not None:
+        from resolver.matching import DECISIONS
+
+        accepted = match.decision == DECISIONS.index("link")
+        identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
+
+    identifier_map = pd.DataFrame(
+        {
+            "id_type": pd.Categorical.from_codes(types, categories=list(vocab.types)),
+            "value": nodes["value"],
+            "hash": nodes["hash"],
+            "records": nodes["records"],
+            "events": nodes["events"],
+            "first_seen": nodes["first_seen"],
+            "last_seen": nodes["last_seen"],
+            "person_id": identifier_pid.where(linked),
+            "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
+            "degree": result.degree,
+        },
+        copy=False,  # shares the nodes' columns (the nodes go after this stage) instead of copying them (memory)
+    )
+    persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
+    return identity_map, identifier_map, persons, carried
 
 
 def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary) -> None:
@@ -703,6 +735,7 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
     )
     res.model = match.model
     res.matching = {**match.summary, "decisions": match.decision_counts()}  # after the guards' cuts
+    match.release_explanation_inputs()
 
 
 def _persons(
@@ -738,7 +771,8 @@ def _persons(
             "is_anonymous": counts["records"][chosen] == 0,
             "first_seen": first[chosen].view("datetime64[ns]"),
             "last_seen": last[chosen].view("datetime64[ns]"),
-        }
+        },
+        copy=False,  # fresh arrays: not copied into consolidated blocks (memory)
     )
 
 
@@ -822,6 +856,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
         truth: Path | None = None) -> Resolution:
     """Resolve the configured sources on the configured engine (config.engine: local, or dask);
     see _run for what a run does."""
+    return_freed_memory()
     backend = backend or select_backend(config.run.backend)
     if config.engine.name == "local":
         return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)

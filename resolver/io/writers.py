@@ -35,6 +35,9 @@ OUTPUT_TABLES = {
 }
 
 
+WRITERS = 2  # tables written at once
+
+
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
     frame.reset_index(drop=True).to_parquet(path, index=False)
 
@@ -47,9 +50,10 @@ def write_outputs(out_dir: Path, resolution, files: dict[str, str] | None = None
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        # Parquet encoding releases the GIL: the tables are written side by side.
+        # Parquet encoding releases the GIL: the tables are written side by side, a few at a time
+        # (each holds its Arrow copy and encoded pages while it is written: memory).
         tables = {attr: getattr(resolution, attr, None) for attr in OUTPUT_TABLES}
-        with ThreadPoolExecutor(max_workers=len(OUTPUT_TABLES)) as pool:
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             writes = [
                 pool.submit(_write_table, frame, staging / OUTPUT_TABLES[attr])
                 for attr, frame in tables.items()
