@@ -66,8 +66,8 @@ class PreparedComparison:
 
 
     def take(self, rows: np.ndarray) -> PreparedComparison:
-        """What comparing pairs among just these records needs (renumbered from 0): not the text
-        nor the frequencies, which scoring and explanations use on the client."""
+        """What comparing and scoring pairs among just these records needs (renumbered from 0):
+        not the text, which only explanations use."""
         from resolver.kernels.strings import Encoded
 
         def take(value):
@@ -75,7 +75,8 @@ class PreparedComparison:
                 return value.take(rows)
             return value[rows] if isinstance(value, np.ndarray) else value
 
-        return replace(self, valid=self.valid[rows], codes=self.codes[rows], values=None, frequency=None,
+        return replace(self, valid=self.valid[rows], codes=self.codes[rows], values=None,
+                       frequency=None if self.frequency is None else self.frequency[rows],
                        extra={k: take(v) for k, v in self.extra.items()})
 
 

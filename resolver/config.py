@@ -273,6 +273,9 @@ class MatchingConfig(_Strict):
     # links must not chain unrelated people into giant clusters as data grows.
     max_person_records: int = Field(default=20, ge=2)
     scored_pairs_min: float = Field(default=0.5, ge=0, le=1)  # scored_pairs.parquet keeps pairs at or above
+    # Blocks holding more candidate pairs than this are not all held at once: pairs are made,
+    # compared and scored bucket by bucket, twice (EM statistics, then scores; same results).
+    stream_above_pairs: int = Field(default=50_000_000, ge=0)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "MatchingConfig":

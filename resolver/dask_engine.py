@@ -208,35 +208,6 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
 # ---------------------------------------------------------------------------------------------
 # Candidate pairs and comparisons, bucket by bucket
 # ---------------------------------------------------------------------------------------------
-def _bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
-    """One task: rule `rule`'s candidate pairs among the records `rows` (one bucket of block keys,
-    with every rule's keys, their labels and their comparison data, all renumbered from 0), their
-    comparison levels and the counts of their level patterns; pairs come back as record positions."""
-    from resolver.blocking import rule_pairs_of
-    from resolver.compare import comparison_matrix
-    from resolver.model import pattern_counts
-
-    local_left, local_right = rule_pairs_of(keys, rule, labels)
-    levels = comparison_matrix(prepared, local_left, local_right)
-    counts = pattern_counts(levels, np.full(len(local_left), rule, dtype=np.int64))
-    return rows[local_left].astype(np.int32), rows[local_right].astype(np.int32), levels, counts
-
-
-def _bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int):
-    """(rule, job) for every rule's buckets: the keyed records whose block key falls in the bucket
-    (in position order), with just their keys, labels and comparison data. A block lies wholly in
-    one bucket, so every candidate pair is made in exactly one job."""
-    for rule in range(len(keys)):
-        rule_keys = keys[rule]
-        keyed = np.flatnonzero(rule_keys != 0)
-        bucket = (rule_keys[keyed] % np.uint64(buckets)).astype(np.int64)
-        order = np.argsort(bucket, kind="stable")  # stable: positions stay ascending in a bucket
-        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
-        for b in range(buckets):
-            rows = keyed[order[bounds[b]:bounds[b + 1]]]
-            yield rule, (rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule, [p.take(rows) for p in prepared])
-
-
 def merge_pattern_counts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_comparisons: int):
     """Sum per-partition (patterns, rules, counts) into what pattern_counts gives over all pairs
     (distinct rows in lexicographic order of the levels, then the rule)."""
@@ -258,6 +229,7 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
     """Every rule's candidate pairs (in the local engine's order), their levels, and the EM
     statistics summed over the tasks."""
     from resolver.blocking import CandidatePairs
+    from resolver.pair_buckets import bucket_jobs, bucket_pairs
 
     buckets = engine.buckets_for(keys.shape[1])
     engine.description["pair_buckets"] = buckets
@@ -265,11 +237,11 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
     task_rules: list[int] = []
 
     def jobs():
-        for rule, job in _bucket_jobs(keys, labels, prepared, buckets):
-            task_rules.append(rule)
+        for job in bucket_jobs(keys, labels, prepared, buckets):
+            task_rules.append(job[3])
             yield job
 
-    done = engine.map_lazily(_bucket_pairs, jobs())
+    done = engine.map_lazily(bucket_pairs, jobs())
     if not done:
         left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
         levels = np.zeros((0, len(prepared)), np.int8)

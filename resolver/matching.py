@@ -135,13 +135,16 @@ def neutral_comparisons(config: Config, prepared: list[PreparedComparison]) -> n
 
 def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.ndarray,
                 active: np.ndarray, options: ModelOptions, rules: list[str], neutral: np.ndarray,
-                biased: set[str] = frozenset(), backend: Backend = CPU, counts=None) -> FSModel:
+                biased: set[str] = frozenset(), backend: Backend = CPU, counts=None,
+                n_candidates: int | None = None) -> FSModel:
     """u by random sampling, m anchored on deterministic persons, then EM on the candidates.
 
     `prepared`, `levels` and `rule` live in the backend's array module; the samples are drawn on
     the host (one seeded generator for every backend), compared by the backend, and EM runs on the
     host over the distinct level patterns, so every backend trains the identical model. `counts`:
-    the level-pattern counts of the candidates when already summed (the dask engine's tasks)."""
+    the level-pattern counts of the candidates when already summed (the dask engine's tasks, or
+    pairs made bucket by bucket: then `levels` and `rule` may be None, and `n_candidates` counts
+    the pairs)."""
     started = time.perf_counter()
     xp = backend.xp
 
@@ -170,7 +173,7 @@ def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.nda
     n_active = int(active.sum())
     total_pairs = max(n_active * (n_active - 1) // 2, 1)
     det_pairs = _within_person_pairs(labels, active)
-    n_candidates = len(levels)
+    n_candidates = len(levels) if levels is not None else n_candidates
     # The prior from deterministic links: about as many matches remain among the candidates as
     # the deterministic persons already hold (a starting value; EM refines it).
     lambda0 = float(np.clip(det_pairs / max(n_candidates, 1), 1e-4, 0.5))
@@ -196,7 +199,10 @@ def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.nda
     warnings = training_warnings(comparisons)
     if not converged:
         warnings.append(f"EM did not converge in {iterations} iterations (tolerance {options.tolerance:g})")
-    per_rule = np.bincount(to_host(rule).astype(np.int64), minlength=len(rules))
+    if rule is not None:
+        per_rule = np.bincount(to_host(rule).astype(np.int64), minlength=len(rules))
+    else:  # pairs made bucket by bucket: each rule's pairs from the pattern counts
+        per_rule = np.bincount(pattern_rule.astype(np.int64), weights=counts, minlength=len(rules)).astype(np.int64)
     prior = float((det_pairs + (lam * per_rule).sum()) / total_pairs)
     training = {
         "candidate_pairs": n_candidates,
@@ -334,12 +340,19 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend, known=known,
                                        known_keys=known_keys)
         entry["keyed_again"] = int(len(records) if known is None else (~known).sum())
-        if engine is not None:  # pairs made and compared bucket by bucket on the cluster
+        streamed = _streams(matching, blocking, backend, member_keys, reuse)
+        if streamed:  # too many to hold: made bucket by bucket in the passes of _streamed_match
+            pairs = None
+        elif engine is not None:  # pairs made and compared bucket by bucket on the cluster
             pairs, engine_levels, summed_counts = dask_engine.pairs_and_levels(
                 engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules])
         else:
             pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
-        entry["rows_out"] = len(pairs)
+        entry["rows_out"] = None if streamed else len(pairs)
+    if streamed:
+        blocking.raw_keys = None
+        return _streamed_match(config, blocking, labels[: len(records)], active, prepared, model_path, engine, timer,
+                               attributes)
     key_cache = None
     if record_hashes is not None:
         by_record = np.argsort(record_hashes, kind="stable")
@@ -390,7 +403,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     result.veto = vetoes(prepared, result.levels)
     result.decision = _decide(probability, matching.thresholds.auto_merge, matching.thresholds.review,
                               result.veto >= 0)
-    result.summary = _summary(result, pairs, config)
+    result.summary = _summary(result, len(pairs), pairs.per_rule, config)
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = len(pairs) - compared
     result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
@@ -400,6 +413,63 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         host_levels = to_host(levels)[by_hash]
         result.pair_cache = pd.DataFrame({"pair_hash": hashes[by_hash],
                                           **{f"l{k}": host_levels[:, k] for k in range(len(prepared))}})
+    return result
+
+
+def _streams(matching, blocking, backend: Backend, member_keys, reuse) -> bool:
+    """Make pairs bucket by bucket, never holding them all, when the blocks hold more than
+    `matching.stream_above_pairs` pairs, on the CPU, without a state (whose caches keep every
+    pair's hash and levels)."""
+    return (member_keys is None and reuse is None and not backend.on_gpu_path
+            and sum(p.pairs for p in blocking.plans) > matching.stream_above_pairs)
+
+
+def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.ndarray, prepared: list,
+                    model_path: Path | None, engine, timer, attributes) -> MatchResult:
+    """match_records for pairs that do not fit in memory together (resolver.pair_buckets): a
+    first pass sums EM's statistics bucket by bucket (none when the model is loaded), a second
+    scores every bucket's pairs with the trained model and keeps those the outputs show. The
+    result is the one holding every pair gives."""
+    from resolver import pair_buckets
+
+    matching = config.matching
+    rules = [r.name for r in matching.blocking.rules]
+    labels = np.asarray(labels, dtype=np.int64)
+    keys = blocking.keys
+    if engine is not None:
+        mapper, buckets = engine.map_lazily, engine.buckets_for(keys.shape[1])
+    else:
+        mapper, buckets = pair_buckets.in_process, pair_buckets.local_buckets(keys.shape[1])
+    with timer("match:compare") as entry:
+        if model_path is None:
+            per_rule, counts = pair_buckets.pattern_statistics(mapper, keys, labels, prepared, buckets)
+            entry["rows_out"] = sum(per_rule)
+    with timer("match:train"):
+        if model_path is not None:
+            model = FSModel.load(model_path, prepared, rules)
+            model.training = {**model.training, "loaded_from": str(model_path)}
+        else:
+            model = train_model(prepared, None, None, labels, active, matching.model, rules,
+                                neutral_comparisons(config, prepared), selection_biased(config), counts=counts,
+                                n_candidates=sum(per_rule))
+    with timer("match:score") as entry:
+        keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
+        scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from)
+        entry["rows_in"], entry["rows_out"] = sum(scored.per_rule), len(scored.left)
+    candidates = sum(scored.per_rule)
+    result = MatchResult(
+        left=scored.left, right=scored.right, rule=scored.rule, probability=scored.probability, weight=scored.weight,
+        levels=scored.levels, tf=scored.tf, decision=np.zeros(len(scored.left), np.int8), model=model,
+        blocking=blocking, prepared=prepared, candidates=candidates, attributes=attributes,
+    )
+    result.veto = vetoes(prepared, result.levels)
+    result.decision = _decide(result.probability, matching.thresholds.auto_merge, matching.thresholds.review,
+                              result.veto >= 0)
+    result.summary = _summary(result, candidates, scored.per_rule, config)
+    result.summary["pairs_compared"] = candidates
+    result.summary["pairs_reused"] = 0
+    result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": scored.histogram.tolist()}
+    result.summary["streamed"] = {"buckets": buckets, "passes": 1 if model_path is not None else 2}
     return result
 
 
@@ -428,11 +498,11 @@ def _score(model: FSModel, prepared: list[PreparedComparison], levels, pairs: Ca
     return tuple(np.concatenate([k[i] for k in kept]) for i in range(4))
 
 
-def _summary(result: MatchResult, pairs: CandidatePairs, config: Config) -> dict:
+def _summary(result: MatchResult, candidates: int, per_rule: list[int], config: Config) -> dict:
     matching = config.matching
     return {
-        "candidate_pairs": len(pairs),
-        "pairs_per_rule": dict(zip(result.blocking.rules, pairs.per_rule)),
+        "candidate_pairs": candidates,
+        "pairs_per_rule": dict(zip(result.blocking.rules, per_rule)),
         "blocking_plan": [
             {"rule": p.name, "keyed_records": p.keyed_records, "blocks": p.blocks, "pairs_in_blocks": p.pairs,
              "capped_blocks": p.capped_blocks, "capped_records": p.capped_records, "capped_pairs": p.capped_pairs}

@@ -1,0 +1,148 @@
+"""Candidate pairs bucket by bucket, for data whose pairs do not all fit in memory at once.
+
+For each blocking rule the keyed records are split into buckets by their key hash. A block lies
+wholly in one bucket, so a bucket's records make exactly that bucket's pairs (skipping pairs an
+earlier rule or the deterministic graph already has, as `candidate_pairs` does): every candidate
+pair is made in exactly one bucket. A bucket job carries just its records' keys, labels and
+comparison data, renumbered from 0, so it can run in this process or as a task on a cluster.
+
+Candidate pairs grow faster than records (blocks grow with the population: 4.0M pairs for 1.08M
+records, 49k for 108k), so at scale a run does not hold them all. Pairs are made and compared
+twice instead: once for EM's sufficient statistics (counts of level patterns), and once, with the
+trained model, to score them and keep only the pairs the outputs show. Both passes put the same
+numbers in the same order as holding every pair would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# Jobs run by a mapper: fn over an iterator of argument tuples, results in order (in this process,
+# or DaskEngine.map_lazily on a cluster).
+Mapper = Callable[[Callable, Iterable[tuple]], list]
+
+
+ROWS_PER_BUCKET = 500_000  # keyed records per bucket in this process (a bucket's pairs are held at once)
+
+
+def in_process(fn: Callable, jobs: Iterable[tuple]) -> list:
+    return [fn(*job) for job in jobs]
+
+
+def local_buckets(records: int) -> int:
+    return max(1, -(-records // ROWS_PER_BUCKET))
+
+
+def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int) -> Iterator[tuple]:
+    """(rows, keys, labels, rule, prepared) for every rule's buckets: the keyed records whose block
+    key falls in the bucket (in position order), with just their keys, labels and comparison data.
+    Made one at a time: only the jobs being run exist."""
+    for rule in range(len(keys)):
+        rule_keys = keys[rule]
+        keyed = np.flatnonzero(rule_keys != 0)
+        bucket = (rule_keys[keyed] % np.uint64(buckets)).astype(np.int64)
+        order = np.argsort(bucket, kind="stable")  # stable: positions stay ascending in a bucket
+        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+        for b in range(buckets):
+            rows = keyed[order[bounds[b]:bounds[b + 1]]]
+            yield rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule, [p.take(rows) for p in prepared]
+
+
+def _pairs_and_levels(keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+    from resolver.blocking import rule_pairs_of
+    from resolver.compare import comparison_matrix
+
+    left, right = rule_pairs_of(keys, rule, labels)
+    return left, right, comparison_matrix(prepared, left, right)
+
+
+def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+    """One bucket's pairs (record positions), their comparison levels and level-pattern counts."""
+    from resolver.model import pattern_counts
+
+    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    counts = pattern_counts(levels, np.full(len(left), rule, dtype=np.int64))
+    return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
+
+
+def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+    """One bucket's pair count and level-pattern counts (the pairs themselves are dropped)."""
+    from resolver.model import pattern_counts
+
+    left, _, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    return len(left), pattern_counts(levels, np.full(len(left), rule, dtype=np.int64))
+
+
+def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
+                  keep_from: float):
+    """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
+    levels, weight, probability, tf adjustments) and the histogram of every pair's weight."""
+    from resolver.blocking import CandidatePairs
+    from resolver.matching import WEIGHT_BINS, _score
+
+    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
+    pairs = CandidatePairs(left, right, np.full(len(left), rule, dtype=np.int8), [])
+    kept, weight, probability, tf = _score(model, prepared, levels, pairs, keep_from, histogram)
+    return (rows[left[kept]].astype(np.int64), rows[right[kept]].astype(np.int64), levels[kept], weight, probability,
+            tf, histogram, rule, len(left))
+
+
+@dataclass
+class ScoredPairs:
+    """The pairs kept for output, in the order of all candidate pairs (rule, block key, left,
+    right), and what the summary says of all of them."""
+
+    left: np.ndarray
+    right: np.ndarray
+    rule: np.ndarray
+    levels: np.ndarray
+    weight: np.ndarray
+    probability: np.ndarray
+    tf: np.ndarray
+    histogram: np.ndarray
+    per_rule: list[int]  # candidate pairs of each rule, kept or not
+
+
+def pattern_statistics(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int):
+    """First pass: (pairs per rule, EM's level-pattern counts summed over the buckets)."""
+    from resolver.dask_engine import merge_pattern_counts
+
+    rules: list[int] = []
+
+    def jobs():
+        for job in bucket_jobs(keys, labels, prepared, buckets):
+            rules.append(job[3])
+            yield job
+
+    done = mapper(bucket_statistics, jobs())
+    per_rule = np.zeros(len(keys), dtype=np.int64)
+    np.add.at(per_rule, np.asarray(rules, dtype=np.int64), np.asarray([d[0] for d in done], dtype=np.int64))
+    return per_rule.tolist(), merge_pattern_counts([d[1] for d in done], len(prepared))
+
+
+def scored_pairs(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
+                 keep_from: float) -> ScoredPairs:
+    """Second pass: every bucket's pairs scored, the kept ones in candidate order."""
+    from resolver.matching import WEIGHT_BINS
+
+    jobs = ((*job, model, keep_from) for job in bucket_jobs(keys, labels, prepared, buckets))
+    done = mapper(bucket_scored, jobs)
+    histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
+    per_rule = np.zeros(len(keys), dtype=np.int64)
+    for d in done:
+        per_rule[d[7]] += d[8]
+    kept = [d for d in done if len(d[0])]
+    if not kept:
+        return ScoredPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8),
+                           np.zeros((0, len(prepared)), np.int8), np.zeros(0), np.zeros(0),
+                           np.zeros((0, len(prepared))), histogram, per_rule.tolist())
+    left, right, levels, weight, probability, tf = (np.concatenate([d[i] for d in kept]) for i in range(6))
+    rule = np.concatenate([np.full(len(d[0]), d[7], dtype=np.int8) for d in kept])
+    block = keys[rule.astype(np.int64), left]
+    order = np.lexsort((right, left, block, rule))
+    return ScoredPairs(left[order], right[order], rule[order], levels[order], weight[order], probability[order],
+                       tf[order], histogram, per_rule.tolist())
