@@ -81,6 +81,7 @@ def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kin
     if normalized is None:
         normalized = normalize_attribute(kind, raw, config)
     usable = (person_index >= 0) & normalized.notna().to_numpy()
+    trimmed = None
     if kind not in NORMALIZED_DISPLAY:
         trimmed = raw.astype("str").str.strip()
         usable &= (trimmed.fillna("") != "").to_numpy()
@@ -90,8 +91,8 @@ def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kin
         display = match_form.map(lambda v: f"{v:g}").astype("str")
     elif kind in NORMALIZED_DISPLAY:
         display = match_form.astype("str")
-    else:
-        display = raw.iloc[rows].astype("str").str.strip().reset_index(drop=True)
+    else:  # the trimmed text already made (not a second trimmed copy: memory)
+        display = trimmed.iloc[rows].reset_index(drop=True)
     key = pd.factorize(match_form.astype("str"))[0].astype(np.int64)
     return _Candidates(person_index[rows], rows.astype(np.int64), key, display)
 
