@@ -438,6 +438,7 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
     keys = blocking.keys
     if engine is not None:
         mapper, buckets = engine.map_lazily, engine.buckets_for(keys.shape[1])
+        engine.description["pair_buckets"] = buckets
     else:
         mapper, buckets = pair_buckets.in_process, pair_buckets.local_buckets(keys.shape[1])
     with timer("match:compare") as entry:

@@ -54,6 +54,7 @@ def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
     monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 300)
     summary = _run(world, world / "streamed-dask", "--engine", "dask", "--workers", "2")
     assert summary["matching"]["streamed"]["buckets"] > 4
+    assert summary["engine"]["pair_buckets"] == summary["matching"]["streamed"]["buckets"]
     assert_same_outputs(world / "local", world / "streamed-dask", model=True)
 
 
