@@ -229,7 +229,7 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
     """Every rule's candidate pairs (in the local engine's order), their levels, and the EM
     statistics summed over the tasks."""
     from resolver.blocking import CandidatePairs
-    from resolver.pair_buckets import bucket_jobs, bucket_pairs
+    from resolver.pair_buckets import bucket_jobs, bucket_pairs, candidate_order
 
     buckets = engine.buckets_for(keys.shape[1])
     engine.description["pair_buckets"] = buckets
@@ -250,8 +250,7 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
         right = np.concatenate([d[1] for d in done])
         rule = np.concatenate([np.full(len(d[0]), r, dtype=np.int8) for r, d in zip(task_rules, done)])
         levels = np.concatenate([d[2] for d in done])
-    block = keys[rule.astype(np.int64), left] if len(left) else np.zeros(0, np.uint64)
-    order = np.lexsort((right, left, block, rule))  # rule, block key, then row-major in the block
+    order = candidate_order(keys, rule, left, right)
     per_rule = np.bincount(rule.astype(np.int64), minlength=len(rules)).tolist()
     pairs = CandidatePairs(left[order], right[order], rule[order], per_rule)
     counts = merge_pattern_counts([d[3] for d in done], len(prepared))

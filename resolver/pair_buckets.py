@@ -91,6 +91,13 @@ def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: 
             tf, histogram, rule, len(left))
 
 
+def candidate_order(keys: np.ndarray, rule: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The order `candidate_pairs` makes pairs in, for pairs gathered from buckets: by rule, then
+    block key, then row-major inside the block."""
+    block = keys[rule.astype(np.int64), left] if len(left) else np.zeros(0, np.uint64)
+    return np.lexsort((right, left, block, rule))
+
+
 @dataclass
 class ScoredPairs:
     """The pairs kept for output, in the order of all candidate pairs (rule, block key, left,
@@ -142,7 +149,6 @@ def scored_pairs(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared:
                            np.zeros((0, len(prepared))), histogram, per_rule.tolist())
     left, right, levels, weight, probability, tf = (np.concatenate([d[i] for d in kept]) for i in range(6))
     rule = np.concatenate([np.full(len(d[0]), d[7], dtype=np.int8) for d in kept])
-    block = keys[rule.astype(np.int64), left]
-    order = np.lexsort((right, left, block, rule))
+    order = candidate_order(keys, rule, left, right)
     return ScoredPairs(left[order], right[order], rule[order], levels[order], weight[order], probability[order],
                        tf[order], histogram, per_rule.tolist())
