@@ -385,7 +385,8 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
                    ids.iloc[mine].reset_index(drop=True), config,
                    {name: column.iloc[rows].reset_index(drop=True) for name, column in normalized.items()})
 
-    parts = engine.map_lazily(build_golden, jobs())
+    # One bucket per worker at a time: a bucket's inputs are a slice of every record (memory).
+    parts = engine.map_lazily(build_golden, jobs(), in_flight=max(engine.description.get("workers", 1), 1))
     golden_parts = [p.golden_records for p in parts]
     conflict_parts = [p.conflicts for p in parts]
     del parts
