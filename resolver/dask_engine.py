@@ -208,27 +208,11 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
 # ---------------------------------------------------------------------------------------------
 # Candidate pairs and comparisons, bucket by bucket
 # ---------------------------------------------------------------------------------------------
-def merge_pattern_counts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_comparisons: int):
-    """Sum per-partition (patterns, rules, counts) into what pattern_counts gives over all pairs
-    (distinct rows in lexicographic order of the levels, then the rule)."""
-    parts = [p for p in parts if len(p[2])]
-    if not parts:
-        return np.zeros((0, n_comparisons), dtype=np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    patterns = np.concatenate([p[0] for p in parts])
-    rules = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    counts = np.concatenate([p[2] for p in parts]).astype(np.int64)
-    order = np.lexsort((rules, *[patterns[:, j] for j in reversed(range(patterns.shape[1]))]))
-    patterns, rules, counts = patterns[order], rules[order], counts[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (patterns[1:] != patterns[:-1]).any(axis=1) | (rules[1:] != rules[:-1])
-    starts = np.flatnonzero(new)
-    return patterns[starts], rules[starts], np.add.reduceat(counts, starts)
-
-
 def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, prepared: list, rules: list[str]):
     """Every rule's candidate pairs (in the local engine's order), their levels, and the EM
     statistics summed over the tasks."""
     from resolver.blocking import CandidatePairs
+    from resolver.model import merge_pattern_counts
     from resolver.pair_buckets import bucket_jobs, bucket_pairs, candidate_order
 
     buckets = engine.buckets_for(keys.shape[1])

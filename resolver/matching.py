@@ -390,8 +390,8 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
                                 counts=summed_counts)
     with timer("match:score", rows_in=len(pairs)) as entry:
         histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
-        rows, weight, probability, tf = _score(model, on_backend, levels, pairs,
-                                               min(matching.scored_pairs_min, matching.thresholds.review), histogram)
+        rows, weight, probability, tf = score_pairs(model, on_backend, levels, pairs,
+                                                    min(matching.scored_pairs_min, matching.thresholds.review), histogram)
         entry["rows_out"] = len(rows)
     device_rows = xp.asarray(rows)
     result = MatchResult(
@@ -474,8 +474,8 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
     return result
 
 
-def _score(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
-           histogram: np.ndarray | None = None):
+def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
+                histogram: np.ndarray | None = None):
     """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
     returns, on the host, the rows with probability >= keep_from and their weight, probability, tf.
     With `histogram`, adds every pair's match weight to it (bins WEIGHT_BINS, the ends open)."""

@@ -81,12 +81,12 @@ def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: 
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
     levels, weight, probability, tf adjustments) and the histogram of every pair's weight."""
     from resolver.blocking import CandidatePairs
-    from resolver.matching import WEIGHT_BINS, _score
+    from resolver.matching import WEIGHT_BINS, score_pairs
 
     left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     pairs = CandidatePairs(left, right, np.full(len(left), rule, dtype=np.int8), [])
-    kept, weight, probability, tf = _score(model, prepared, levels, pairs, keep_from, histogram)
+    kept, weight, probability, tf = score_pairs(model, prepared, levels, pairs, keep_from, histogram)
     return (rows[left[kept]].astype(np.int64), rows[right[kept]].astype(np.int64), levels[kept], weight, probability,
             tf, histogram, rule, len(left))
 
@@ -116,7 +116,7 @@ class ScoredPairs:
 
 def pattern_statistics(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int):
     """First pass: (pairs per rule, EM's level-pattern counts summed over the buckets)."""
-    from resolver.dask_engine import merge_pattern_counts
+    from resolver.model import merge_pattern_counts
 
     rules: list[int] = []
 
