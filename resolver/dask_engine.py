@@ -348,25 +348,25 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
     from resolver.golden import GoldenResult, build_golden, golden_fields, golden_summary
     from resolver.kernels.hashing import hash_strings
 
-    ids = person_ids.astype("str").reset_index(drop=True)
     import pyarrow as pa
 
+    ids = person_ids.astype("str").reset_index(drop=True)
+    holder = record_person.astype("str").reset_index(drop=True)
     buckets = engine.buckets_for(len(records))
     engine.description["golden_buckets"] = buckets
-    bucket_of_person = hash_strings(pa.array(ids.array, type=pa.large_string()), prefix=b"bucket:") % np.uint64(buckets)
-    position = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
-    holder = record_person.astype("str").reset_index(drop=True)
-    record_position = position.reindex(holder.to_numpy()).to_numpy()  # NaN: a record of no person
-    known = ~np.isnan(record_position)
-    record_bucket = np.full(len(records), -1, dtype=np.int64)
-    record_bucket[known] = bucket_of_person[record_position[known].astype(np.int64)].astype(np.int64)
+    bucket_of_person = (hash_strings(pa.array(ids.array, type=pa.large_string()), prefix=b"bucket:")
+                        % np.uint64(buckets)).astype(np.int64)
+    # Positions by codes, not a string-keyed index: one would hold every id as a Python object.
+    person_of_record = pd.Categorical(holder, categories=ids).codes.astype(np.int64)  # -1: in no person
+    record_bucket = np.where(person_of_record >= 0, bucket_of_person[np.maximum(person_of_record, 0)], -1)
+    del person_of_record
+    persons_of_bucket = [np.flatnonzero(bucket_of_person == b) for b in range(buckets)]
 
     def jobs():  # each bucket's rows are cut when a task slot frees
         for b in range(buckets):
             rows = np.flatnonzero(record_bucket == b)
-            mine = np.flatnonzero(bucket_of_person == np.uint64(b))
             yield (records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
-                   ids.iloc[mine].reset_index(drop=True), config,
+                   ids.iloc[persons_of_bucket[b]].reset_index(drop=True), config,
                    {name: column.iloc[rows].reset_index(drop=True) for name, column in normalized.items()})
 
     # One bucket per worker at a time: a bucket's inputs are a slice of every record (memory).
@@ -374,15 +374,14 @@ def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.
     golden_parts = [p.golden_records for p in parts]
     conflict_parts = [p.conflicts for p in parts]
     del parts
-    person_rank = np.concatenate([position.reindex(p["person_id"].astype("str").to_numpy()).to_numpy()
-                                  for p in golden_parts])
-    golden = concat_in_order(golden_parts, person_rank.argsort(kind="stable"))
+    # A bucket's golden rows are its persons, in order; its conflicts name them by id.
+    golden = concat_in_order(golden_parts, np.concatenate(persons_of_bucket).argsort(kind="stable"))
+    conflict_person = np.concatenate([
+        mine[pd.Categorical(part["person_id"], categories=ids.iloc[mine]).codes.astype(np.int64)]
+        for mine, part in zip(persons_of_bucket, conflict_parts)])
     fields = golden_fields(config)
-    field_rank = pd.Series(np.arange(len(fields)), index=fields)
-    order = np.lexsort((
-        np.concatenate([position.reindex(p["person_id"].astype("str").to_numpy()).to_numpy() for p in conflict_parts]),
-        np.concatenate([field_rank.reindex(p["field"].astype("str").to_numpy()).to_numpy() for p in conflict_parts])))
-    conflicts = concat_in_order(conflict_parts, order)
+    conflict_field = np.concatenate([pd.Categorical(part["field"], categories=fields).codes for part in conflict_parts])
+    conflicts = concat_in_order(conflict_parts, np.lexsort((conflict_person, conflict_field)))
     return GoldenResult(golden, conflicts, golden_summary(golden, conflicts, fields))
 
 
