@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from resolver import pair_buckets
+
 _ACTIVE: list[DaskEngine] = []
 
 
@@ -47,9 +49,9 @@ class EngineUnavailable(RuntimeError):
     """The dask engine cannot start here; the message says what is missing."""
 
 
-# Without a configured partition count, a stage makes at least this many rows per bucket's worth of
-# buckets, so a task's memory stays about the same however big the data.
-ROWS_PER_BUCKET = 500_000
+# Without a configured partition count, a stage makes a bucket per this many rows (the in-process
+# streamed passes' size), so a task's memory stays about the same however big the data.
+ROWS_PER_BUCKET = pair_buckets.ROWS_PER_BUCKET
 
 
 @dataclass
@@ -345,10 +347,10 @@ def _cugraph_dask_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, eng
 def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
                    config, normalized: dict[str, pd.Series]):
     """build_golden, bucket by bucket of persons: the same rows, in person order."""
+    import pyarrow as pa
+
     from resolver.golden import GoldenResult, build_golden, golden_fields, golden_summary
     from resolver.kernels.hashing import hash_strings
-
-    import pyarrow as pa
 
     ids = person_ids.astype("str").reset_index(drop=True)
     holder = record_person.astype("str").reset_index(drop=True)
