@@ -379,8 +379,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     rules = [r.name for r in matching.blocking.rules]
     with timer("match:train"):
         if model_path is not None:
-            model = FSModel.load(model_path, prepared, rules)
-            model.training = {**model.training, "loaded_from": str(model_path)}
+            model = _loaded_model(model_path, prepared, rules)
         elif reuse is not None and reuse.model is not None:
             model = FSModel.from_dict(reuse.model, prepared, rules, "the state's model.json")
             model.training = {**model.training, "loaded_from": "state"}
@@ -400,13 +399,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         levels=to_host(levels[device_rows]), tf=tf, decision=np.zeros(len(rows), np.int8), model=model,
         blocking=blocking, prepared=prepared, candidates=len(pairs), attributes=attributes,
     )
-    result.veto = vetoes(prepared, result.levels)
-    result.decision = _decide(probability, matching.thresholds.auto_merge, matching.thresholds.review,
-                              result.veto >= 0)
-    result.summary = _summary(result, len(pairs), pairs.per_rule, config)
-    result.summary["pairs_compared"] = compared
-    result.summary["pairs_reused"] = len(pairs) - compared
-    result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
+    _decide_and_summarize(result, config, pairs.per_rule, compared, histogram)
     result.key_cache = key_cache
     if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
         by_hash = np.argsort(hashes, kind="stable")
@@ -414,6 +407,24 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
         result.pair_cache = pd.DataFrame({"pair_hash": hashes[by_hash],
                                           **{f"l{k}": host_levels[:, k] for k in range(len(prepared))}})
     return result
+
+
+def _loaded_model(model_path: Path, prepared: list[PreparedComparison], rules: list[str]) -> FSModel:
+    model = FSModel.load(model_path, prepared, rules)
+    model.training = {**model.training, "loaded_from": str(model_path)}
+    return model
+
+
+def _decide_and_summarize(result: MatchResult, config: Config, per_rule, compared: int, histogram: np.ndarray) -> None:
+    """Vetoes, decisions and the summary of scored pairs, `compared` of the result's candidates
+    compared in this run (the others' levels came from the state)."""
+    thresholds = config.matching.thresholds
+    result.veto = vetoes(result.prepared, result.levels)
+    result.decision = _decide(result.probability, thresholds.auto_merge, thresholds.review, result.veto >= 0)
+    result.summary = _summary(result, result.candidates, per_rule, config)
+    result.summary["pairs_compared"] = compared
+    result.summary["pairs_reused"] = result.candidates - compared
+    result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
 
 
 def _streams(matching, blocking, backend: Backend, member_keys, reuse) -> bool:
@@ -447,8 +458,7 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
             entry["rows_out"] = sum(per_rule)
     with timer("match:train"):
         if model_path is not None:
-            model = FSModel.load(model_path, prepared, rules)
-            model.training = {**model.training, "loaded_from": str(model_path)}
+            model = _loaded_model(model_path, prepared, rules)
         else:
             model = train_model(prepared, None, None, labels, active, matching.model, rules,
                                 neutral_comparisons(config, prepared), selection_biased(config), counts=counts,
@@ -463,13 +473,7 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
         levels=scored.levels, tf=scored.tf, decision=np.zeros(len(scored.left), np.int8), model=model,
         blocking=blocking, prepared=prepared, candidates=candidates, attributes=attributes,
     )
-    result.veto = vetoes(prepared, result.levels)
-    result.decision = _decide(result.probability, matching.thresholds.auto_merge, matching.thresholds.review,
-                              result.veto >= 0)
-    result.summary = _summary(result, candidates, scored.per_rule, config)
-    result.summary["pairs_compared"] = candidates
-    result.summary["pairs_reused"] = 0
-    result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": scored.histogram.tolist()}
+    _decide_and_summarize(result, config, scored.per_rule, candidates, scored.histogram)
     result.summary["streamed"] = {"buckets": buckets, "passes": 1 if model_path is not None else 2}
     return result
 
