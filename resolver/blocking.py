@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from resolver.backend.arrays import CPU, Backend, to_host
+from resolver.backend.arrays import CPU, Backend, module_of, to_host
 from resolver.compare import email_domain, email_local
 from resolver.config import BlockingConfig
 from resolver.grouping import Groups
@@ -308,6 +308,18 @@ def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray) -> tuple[
     right = np.empty(offsets[-1], dtype=np.int32)
     _fill_new(members, starts, rule, all_keys, labels, offsets, left, right)
     return left, right
+
+
+def agreement_masks(keys, left, right):
+    """Per pair, a bit per blocking rule whose (effective) key the two records share: the training
+    sessions a pair belongs to (every pair in the rule's blocks, whichever rule produced it).
+    Array-module generic; `keys` is (n_rules, n_records) in the pairs' module."""
+    xp = module_of(left)
+    mask = xp.zeros(len(left), dtype=xp.int64)
+    for r in range(keys.shape[0]):
+        a = keys[r][left]
+        mask |= ((a != 0) & (a == keys[r][right])).astype(xp.int64) << r
+    return mask
 
 
 @dataclass

@@ -2,7 +2,8 @@
 dlq, sync export.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or configuration, 3 unusable input
-(the message names the file, row and field), 4 an evaluation below a --min-* threshold.
+(the message names the file, row and field), 4 an evaluation below a --min-* threshold, 5 a trained
+model that failed its health check (outputs written, no automatic merges; --allow-unhealthy-model).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from resolver import __version__
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INPUT, EXIT_QUALITY = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INPUT, EXIT_QUALITY, EXIT_UNHEALTHY_MODEL = 0, 1, 2, 3, 4, 5
 
 
 def _console(args) -> Console:
@@ -132,6 +133,8 @@ def cmd_run(args) -> int:
         config.run.output_dir = str(Path(args.out).resolve())
     if args.no_guards:
         config.identity.guards = False
+    if args.allow_unhealthy_model and config.matching is not None:
+        config.matching.model.allow_unhealthy = True
     if args.backend:
         config.run.backend = args.backend
     for option, value in (("name", args.engine), ("scheduler", args.scheduler), ("workers", args.workers)):
@@ -150,13 +153,27 @@ def cmd_run(args) -> int:
         console.print(f"[yellow]warning:[/yellow] report.html could not be built: {res.summary['report']['error']}",
                       highlight=False)
     console.print(f"outputs: {config.output_path()} (report: {config.output_path() / 'report.html'})")
-    return EXIT_OK
+    return _model_health_exit(console, res.summary)
 
 
 def _print_warnings(console: Console, summary: dict) -> None:
     matching = summary.get("matching") or {}
-    for warning in matching.get("blocking_warnings", []) + matching.get("model", {}).get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    for warning in matching.get("blocking_warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
+def _model_health_exit(console: Console, summary: dict) -> int:
+    """One line per health problem of the trained model; exit 5 when it merged nothing on its own."""
+    health = (summary.get("matching") or {}).get("model_health") or {}
+    withheld = health.get("auto_merge_withheld")
+    for problem in health.get("problems", []):
+        label = "[red]model unhealthy:[/red]" if withheld else "[yellow]model warning:[/yellow]"
+        console.print(f"{label} {escape(problem)}", highlight=False)
+    if withheld:
+        console.print("[red]no automatic merges:[/red] the probabilistic links went to the review queue; fix the "
+                      "problems above, or rerun with --allow-unhealthy-model to merge anyway", highlight=False)
+        return EXIT_UNHEALTHY_MODEL
+    return EXIT_OK
 
 
 def cmd_plan(args) -> int:
@@ -274,7 +291,7 @@ def cmd_demo(args) -> int:
     metrics = evaluate_outputs(config.output_path(), base / "truth", config)
     Console(quiet=args.quiet).print(_summary_table(res.summary, metrics))
     console.print(f"data: {base}  outputs: {config.output_path()}  report: {config.output_path() / 'report.html'}")
-    return EXIT_OK
+    return _model_health_exit(console, res.summary)
 
 
 def cmd_forget(args) -> int:
@@ -452,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     run.add_argument("--out", help="output folder (overrides run.output_dir)")
     run.add_argument("--no-guards", action="store_true", help="switch off identifier limits and hub caps")
+    run.add_argument("--allow-unhealthy-model", action="store_true",
+                     help="auto-merge even when the trained model fails its health check (exit 0, problems printed)")
     run.add_argument("--model", help="a model.json from an earlier run: score with it, skip training")
     run.add_argument("--state", help="state directory: start from the previous run's (persistent person ids), "
                                      "then commit this run's (default: run.state_dir)")

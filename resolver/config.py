@@ -209,6 +209,10 @@ class ComparisonConfig(_Strict):
     # say: the pair goes to review. For who-fields (first name), so that people who share
     # where-fields (a household: surname, address, phone) are never merged on those alone.
     must_agree: bool = False
+    # A household field: people who live together share it (surname, address, postcode, phone).
+    # The model's household class learns how often they do; on other fields household members
+    # agree no more than strangers. None: from the column's name (household_field()).
+    household: bool | None = None
 
     @model_validator(mode="after")
     def _method_options(self) -> "ComparisonConfig":
@@ -230,19 +234,33 @@ class ComparisonConfig(_Strict):
     def columns(self) -> list[str]:
         return _as_list(self.column)
 
+    def household_field(self) -> bool:
+        """Whether people of one household share this field: `household` when set, else from the
+        column's name (surnames, addresses, postcodes, cities, phones, coordinates)."""
+        if self.household is not None:
+            return self.household
+        if self.method == "geo":
+            return True
+        name = self.columns[0].lower()
+        return any(hint in name for hint in _HOUSEHOLD_HINTS)
+
+
+# Column-name fragments of fields a household shares.
+_HOUSEHOLD_HINTS = ("last", "surname", "family", "street", "address", "addr", "city", "suburb", "town", "post",
+                    "zip", "state", "county", "country", "phone", "tel", "unit", "apartment", "house", "building",
+                    "locality", "region")
+
 
 class ModelOptions(_Strict):
-    max_iterations: int = Field(default=50, ge=1)
-    tolerance: float = Field(default=1e-5, gt=0)  # stop when no m/u probability moves more than this
+    max_iterations: int = Field(default=500, ge=1)
+    tolerance: float = Field(default=1e-5, gt=0)  # stop when no probability or class share moves more than this
     u_sample_pairs: int = Field(default=2_000_000, ge=1000)  # random record pairs for u probabilities
-    # Where u comes from when scoring a candidate pair: "candidates" = the level distribution among
-    # the candidate pairs of the rule that produced it (almost all non-matches); "random" = random
-    # record pairs for every rule (Splink's choice, which over-rates household agreement).
-    u_source: Literal["candidates", "random"] = "candidates"
-    # m of a comparison comes straight from pairs the deterministic graph already joined when it
-    # has this many of them with both values present (and they were not selected on it); EM
-    # estimates the rest. Set very high to let EM estimate every m (anchored on those pairs).
-    labelled_m_min_pairs: int = Field(default=1000, ge=1)
+    # A third class for different people of one household (see resolver/model.py); it needs at
+    # least one household field and one person field among the comparisons.
+    households: bool = True
+    # A model that fails its health check (resolver.model.health_problems) does not auto-merge:
+    # its would-be links go to review and the run exits 5. True merges anyway (--allow-unhealthy-model).
+    allow_unhealthy: bool = False
     seed: int = 42
 
 

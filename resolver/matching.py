@@ -21,6 +21,7 @@ from resolver.backend.arrays import CPU, Backend, module_of, to_host
 from resolver.blocking import (
     BlockingKeys,
     CandidatePairs,
+    agreement_masks,
     build_blocking_keys,
     candidate_pairs,
 )
@@ -28,22 +29,24 @@ from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.config import Config, ModelOptions
 from resolver.model import (
     M_FLOOR,
+    RATE_PSEUDO_PAIRS,
     ComparisonModel,
     FSModel,
-    candidate_u,
+    class_posteriors,
     comparison_weights,
     default_m,
-    expectation_maximisation,
+    fit_em,
     floored,
+    health_problems,
+    household_adjustments,
     level_distribution,
     match_weights,
+    monotone,
     pattern_counts,
     probabilities,
     random_pairs,
     same_person_pairs,
     tf_adjustments,
-    training_warnings,
-    without_matches,
 )
 
 DECISIONS = ("link", "review", "no_link", "guard_cut")
@@ -119,34 +122,112 @@ def selection_biased(config: Config) -> set[str]:
     return biased
 
 
-def neutral_comparisons(config: Config, prepared: list[PreparedComparison]) -> np.ndarray:
-    """(n_rules, n_comparisons): a comparison of a column the rule blocks on as-is tells nothing
-    about its pairs (they all agree there, matches and non-matches alike)."""
+def _rule_columns(config: Config) -> list[tuple[set[str], set[str]]]:
+    """Per blocking rule: (columns it blocks on as-is, every column its keys read)."""
     from resolver.blocking import parse_key
 
-    rules = config.matching.blocking.rules
-    out = np.zeros((len(rules), len(prepared)), dtype=bool)
-    for r, rule in enumerate(rules):
-        plain = {parse_key(k).columns[0] for k in rule.keys if parse_key(k).function is None}
-        for k, p in enumerate(prepared):
-            out[r, k] = p.config.method != "geo" and p.config.columns[0] in plain
+    out = []
+    for rule in config.matching.blocking.rules:
+        parsed = [parse_key(k) for k in rule.keys]
+        out.append(({p.columns[0] for p in parsed if p.function is None}, {c for p in parsed for c in p.columns}))
     return out
 
 
-def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.ndarray,
-                active: np.ndarray, options: ModelOptions, rules: list[str], neutral: np.ndarray,
-                biased: set[str] = frozenset(), backend: Backend = CPU, counts=None,
-                n_candidates: int | None = None) -> FSModel:
-    """u by random sampling, m anchored on deterministic persons, then EM on the candidates.
+def selected_comparisons(config: Config, prepared: list[PreparedComparison]) -> np.ndarray:
+    """(n_rules, n_comparisons): the rule's keys read the comparison's column (as-is or through a
+    function such as a prefix or a phonetic code): its pairs were selected on that column, so they
+    would bias m there (the matches that disagree on it are missing)."""
+    rules = _rule_columns(config)
+    out = np.zeros((len(rules), len(prepared)), dtype=bool)
+    for r, (_, read) in enumerate(rules):
+        for k, p in enumerate(prepared):
+            out[r, k] = bool(set(p.config.columns) & read)
+    return out
 
-    `prepared`, `levels` and `rule` live in the backend's array module; the samples are drawn on
-    the host (one seeded generator for every backend), compared by the backend, and EM runs on the
-    host over the distinct level patterns, so every backend trains the identical model. `counts`:
-    the level-pattern counts of the candidates when already summed (the dask engine's tasks, or
-    pairs made bucket by bucket: then `levels` and `rule` may be None, and `n_candidates` counts
-    the pairs)."""
+
+@dataclass
+class TrainingDesign:
+    """What the configuration says about training, beside the data."""
+
+    rules: list[str]
+    selected: np.ndarray  # (n_rules, K): comparisons whose column a rule's keys read
+    household_fields: list[bool]
+    biased: set[str] = field(default_factory=set)
+    rule_columns: list[set[str]] = field(default_factory=list)  # per rule, every column its keys read
+
+    @classmethod
+    def of(cls, config: Config, prepared: list[PreparedComparison]) -> TrainingDesign:
+        return cls([r.name for r in config.matching.blocking.rules], selected_comparisons(config, prepared),
+                   [p.config.household_field() for p in prepared], selection_biased(config),
+                   [read for _, read in _rule_columns(config)])
+
+    def independent_rules(self) -> np.ndarray:
+        """(n_rules, n_rules): rule s's keys read none of the columns rule r's keys read, so s's
+        pairs show how often a class's pairs agree on r's key (conditional independence)."""
+        n = len(self.rules)
+        columns = self.rule_columns or [set(np.flatnonzero(row)) for row in self.selected]
+        return np.array([[s != r and not (columns[s] & columns[r]) for s in range(n)] for r in range(n)], dtype=bool)
+
+
+def training_sessions(patterns: np.ndarray, masks: np.ndarray, counts: np.ndarray, n_rules: int):
+    """EM's sessions from the candidates' (level pattern, shared rule keys) counts: session r holds
+    every candidate pair in rule r's blocks, whichever rule produced it (as Splink trains one EM
+    session per blocking rule). Within a session the comparisons of the columns the rule selects on
+    are left out; the others are a fair sample of its matches and non-matches. Returns the
+    session-expanded patterns, session index, counts and the row of each in the input."""
+    rows = [np.flatnonzero((masks >> r) & 1) for r in range(n_rules)]
+    session = np.concatenate([np.full(len(x), r, dtype=np.int64) for r, x in enumerate(rows)])
+    rows = np.concatenate(rows).astype(np.int64)
+    return patterns[rows], session, counts[rows], rows
+
+
+def _recalls(design: TrainingDesign, weight: np.ndarray, session: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per rule: the share of a class's pairs (weights per session row) that agree on the rule's
+    key, measured in the sessions of the rules independent of it (NaN where none is)."""
+    independent = design.independent_rules()
+    out = np.full(len(design.rules), np.nan)
+    for r in range(len(design.rules)):
+        rows = independent[r][session]  # rows of the sessions independent of r
+        total = weight[rows].sum()
+        if total >= 1.0:
+            out[r] = weight[rows & (((masks >> r) & 1) == 1)].sum() / total
+    return out
+
+
+def population_rate(rates: np.ndarray, pairs: np.ndarray, recall: np.ndarray, population: float) -> tuple[float, list]:
+    """A class's share among all pairs from its share among each rule's pairs: pairs of the class
+    in the population = rate * pairs / recall (the rule finds that share of them). Each rule with
+    a measured recall gives an estimate; they are combined in log space, weighted by the class
+    pairs the rule holds. Without any measured recall, the rule holding the most gives a lower
+    bound (recall 1)."""
+    found = rates * pairs
+    usable = (found > 0.5) & (recall > 1e-3)
+    estimates = np.where(usable, found / np.where(usable, recall, 1.0), np.nan)
+    if usable.any():
+        total = float(np.exp(np.average(np.log(estimates[usable]), weights=found[usable])))
+    else:
+        total = float(found.max(initial=0.0))
+    return float(np.clip(total / max(population, 1.0), 1e-12, 0.5)), estimates.tolist()
+
+
+def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.ndarray, active: np.ndarray,
+                options: ModelOptions, design: TrainingDesign, backend: Backend = CPU, counts=None,
+                n_candidates: int | None = None) -> FSModel:
+    """u by random sampling, m warm-started from deterministic persons, then EM over one session
+    per blocking rule for m, the household class and each session's class shares, then the class
+    shares among all pairs (resolver/model.py). The model scores every pair alike, whichever rule
+    found it: a global prior and every comparison.
+
+    `prepared`, `levels` and `masks` (per pair, the rules whose keys it shares) live in the
+    backend's array module; the samples are drawn on the host (one seeded generator for every
+    backend), compared by the backend, and EM runs on the host over the distinct level patterns,
+    so every backend trains the identical model. `counts`: the (pattern, mask) counts of the
+    candidates when already summed (the dask engine's tasks, or pairs made bucket by bucket: then
+    `levels` and `masks` may be None, and `n_candidates` counts the pairs)."""
     started = time.perf_counter()
     xp = backend.xp
+    rules = design.rules
+    n_rules = len(rules)
 
     def compare_on_backend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return to_host(comparison_matrix(prepared, xp.asarray(a), xp.asarray(b), backend.kernels))
@@ -156,71 +237,76 @@ def train_model(prepared: list[PreparedComparison], levels, rule, labels: np.nda
     u_random = [level_distribution(sampled[:, k], p.n_levels) for k, p in enumerate(prepared)]
     da, db = same_person_pairs(labels, active, DET_SAMPLE_PAIRS, options.seed)
     known = compare_on_backend(da, db)
-    m0, fixed = [], []
+    m0 = []
     for k, p in enumerate(prepared):
-        if set(p.config.columns) & biased:
+        if set(p.config.columns) & design.biased:
             known[:, k] = 0  # selected on it: no evidence about m
         start = default_m(p.labels)
-        labelled = int((known[:, k] > 0).sum())
-        if labelled >= 100:
+        if int((known[:, k] > 0).sum()) >= 100:  # a warm start from the deterministic persons
             start = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * start
-        # With enough labelled pairs, their m is the estimate: EM on candidates dominated by
-        # households would pull it towards "different first name" (pitfall: EM learns households).
-        fixed.append(labelled >= options.labelled_m_min_pairs)
-        if fixed[-1]:  # floored like EM's m: a moved address must cost bits, not veto the pair
-            start = floored(level_distribution(known[:, k], p.n_levels, pseudo=0.5), M_FLOOR)
-        m0.append(start)
+        m0.append(monotone(floored(start, M_FLOOR), u_random[k]))
     n_active = int(active.sum())
     total_pairs = max(n_active * (n_active - 1) // 2, 1)
     det_pairs = _within_person_pairs(labels, active)
     n_candidates = len(levels) if levels is not None else n_candidates
-    # The prior from deterministic links: about as many matches remain among the candidates as
-    # the deterministic persons already hold (a starting value; EM refines it).
-    lambda0 = float(np.clip(det_pairs / max(n_candidates, 1), 1e-4, 0.5))
-    patterns, pattern_rule, counts = counts if counts is not None else pattern_counts(levels, rule)
+    patterns, masks, counts = counts if counts is not None else pattern_counts(levels, masks)
     known_patterns, _, known_counts = pattern_counts(known)
-    if options.u_source == "random":
-        u = [np.tile(x, (len(rules), 1)) for x in u_random]
-    else:
-        u = candidate_u(patterns, pattern_rule, counts, len(rules), [p.n_levels for p in prepared])
-    def fit(u_start: list[np.ndarray], m_start: list[np.ndarray], lambda_start: np.ndarray):
-        return expectation_maximisation(
-            patterns, pattern_rule, counts, neutral, m_start, u_start, lambda_start, options.max_iterations,
-            options.tolerance, known=(known_patterns, known_counts), fixed_m=fixed,
-        )
-
-    m, u, lam, iterations, converged = fit(u, m0, np.full(len(rules), lambda0))
-    if options.u_source == "candidates":
-        u = without_matches(u, m, lam)
+    s_patterns, session, s_counts, s_rows = training_sessions(patterns, masks.astype(np.int64), counts, n_rules)
+    session_pairs = np.bincount(session, weights=s_counts, minlength=n_rules)
+    silent = design.selected | (session_pairs == 0)[:, None]  # what a session cannot learn from
+    household = options.households and any(design.household_fields) and not all(design.household_fields)
+    h0 = [m0[k].copy() if household and shared else None for k, shared in enumerate(design.household_fields)]
+    u = [np.tile(x, (n_rules, 1)) for x in u_random]
+    fit = fit_em(s_patterns, session, s_counts, silent, m0, u, np.full(n_rules, 0.1), options.max_iterations,
+                 options.tolerance, known=(known_patterns, known_counts), h0=h0 if household else None,
+                 household_rate0=np.full(n_rules, 0.05) if household else None, monotone_against=u_random,
+                 rate_pseudo_pairs=RATE_PSEUDO_PAIRS)
+    unlearned = [prepared[k].name for k in range(len(prepared)) if silent[:, k].all()]
+    w_m, w_h, _ = class_posteriors(s_patterns, session, silent, fit.m, fit.h, u, fit.match_rate, fit.household_rate)
+    s_masks = masks.astype(np.int64)[s_rows]
+    population = max(total_pairs - det_pairs, 1)
+    match_recall = _recalls(design, w_m * s_counts, session, s_masks)
+    match_rate, match_estimates = population_rate(fit.match_rate, session_pairs, match_recall, population)
+    household_rate = None
+    if household:
+        household_recall = _recalls(design, w_h * s_counts, session, s_masks)
+        household_rate, household_estimates = population_rate(fit.household_rate, session_pairs, household_recall,
+                                                              population)
     comparisons = [
-        ComparisonModel(p.name, p.config.method, p.labels, m[k], u[k], u_random[k], p.config.tf_adjust)
+        ComparisonModel(p.name, p.config.method, p.labels, fit.m[k], u[k], u_random[k], p.config.tf_adjust, fit.h[k])
         for k, p in enumerate(prepared)
     ]
-    warnings = training_warnings(comparisons)
-    if not converged:
-        warnings.append(f"EM did not converge in {iterations} iterations (tolerance {options.tolerance:g})")
-    if rule is not None:
-        per_rule = np.bincount(to_host(rule).astype(np.int64), minlength=len(rules))
-    else:  # pairs made bucket by bucket: each rule's pairs from the pattern counts
-        per_rule = np.bincount(pattern_rule.astype(np.int64), weights=counts, minlength=len(rules)).astype(np.int64)
-    prior = float((det_pairs + (lam * per_rule).sum()) / total_pairs)
+    sessions = {
+        rule: {"pairs": int(session_pairs[r]), "match_rate": float(fit.match_rate[r]),
+               "match_recall": None if np.isnan(match_recall[r]) else float(match_recall[r]),
+               "matches_estimate": None if np.isnan(match_estimates[r]) else float(match_estimates[r]),
+               **({"household_rate": float(fit.household_rate[r]),
+                   "household_recall": None if np.isnan(household_recall[r]) else float(household_recall[r])}
+                  if household else {})}
+        for r, rule in enumerate(rules)
+    }
     training = {
         "candidate_pairs": n_candidates,
         "patterns": len(patterns),
         "u_sample_pairs": len(ra),
         "deterministic_pairs": det_pairs,
         "deterministic_sample_pairs": len(da),
-        "selection_biased": sorted(biased),
-        "m_from_deterministic_pairs": [p.name for p, f in zip(prepared, fixed) if f],
+        "selection_biased": sorted(design.biased),
+        "not_learned": unlearned,
+        "household_class": household,
+        "household_fields": [p.name for p, shared in zip(prepared, design.household_fields) if shared and household],
+        "sessions": sessions,
+        "match_rate": match_rate,
+        "household_rate": household_rate,
         "prior_from_deterministic": det_pairs / total_pairs,
-        "lambda_start": lambda0,
-        "iterations": iterations,
-        "converged": converged,
-        "u_source": options.u_source,
-        "warnings": warnings,
+        "iterations": fit.iterations,
+        "converged": fit.converged,
+        "log_likelihood": fit.log_likelihood,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return FSModel(rules, comparisons, neutral, lam, prior, training)
+    prior = float((det_pairs + match_rate * population) / total_pairs)
+    return FSModel(rules, comparisons, np.zeros((n_rules, len(prepared)), dtype=bool), np.full(n_rules, match_rate),
+                   prior, training, np.full(n_rules, household_rate) if household else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,9 +470,10 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
             model = FSModel.from_dict(reuse.model, prepared, rules, "the state's model.json")
             model.training = {**model.training, "loaded_from": "state"}
         else:
-            model = train_model(on_backend, levels, pairs.rule, labels[: len(records)], active, matching.model,
-                                rules, neutral_comparisons(config, prepared), selection_biased(config), backend,
-                                counts=summed_counts)
+            masks = None if summed_counts is not None else \
+                agreement_masks(xp.asarray(blocking.keys), pairs.left.astype(xp.int64), pairs.right.astype(xp.int64))
+            model = train_model(on_backend, levels, masks, labels[: len(records)], active, matching.model,
+                                TrainingDesign.of(config, prepared), backend, counts=summed_counts)
     with timer("match:score", rows_in=len(pairs)) as entry:
         histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
         rows, weight, probability, tf = score_pairs(model, on_backend, levels, pairs,
@@ -421,10 +508,23 @@ def _decide_and_summarize(result: MatchResult, config: Config, per_rule, compare
     thresholds = config.matching.thresholds
     result.veto = vetoes(result.prepared, result.levels)
     result.decision = _decide(result.probability, thresholds.auto_merge, thresholds.review, result.veto >= 0)
+    health = model_health(result.model, config)
+    if health["auto_merge_withheld"]:  # an unfit model merges nothing on its own: its links wait for review
+        result.decision[result.decision == DECISIONS.index("link")] = DECISIONS.index("review")
     result.summary = _summary(result, result.candidates, per_rule, config)
+    result.summary["model_health"] = health
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = result.candidates - compared
     result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
+
+
+def model_health(model: FSModel, config: Config) -> dict:
+    """The training health check (resolver.model.health_problems) and what it means for this run:
+    with problems, no automatic merge unless matching.model.allow_unhealthy."""
+    options = config.matching.model
+    problems = health_problems(model, config.matching.thresholds.auto_merge)
+    return {"ok": not problems, "problems": problems,
+            "auto_merge_withheld": bool(problems) and not options.allow_unhealthy}
 
 
 def _streams(matching, blocking, backend: Backend, member_keys, reuse) -> bool:
@@ -460,9 +560,8 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
         if model_path is not None:
             model = _loaded_model(model_path, prepared, rules)
         else:
-            model = train_model(prepared, None, None, labels, active, matching.model, rules,
-                                neutral_comparisons(config, prepared), selection_biased(config), counts=counts,
-                                n_candidates=sum(per_rule))
+            model = train_model(prepared, None, None, labels, active, matching.model,
+                                TrainingDesign.of(config, prepared), counts=counts, n_candidates=sum(per_rule))
     with timer("match:score") as entry:
         keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
         scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from)
@@ -534,7 +633,7 @@ def _no_stage(name: str, rows_in: int | None = None):
 def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person_ids: pd.Series,
             reasons: np.ndarray | None = None) -> pd.DataFrame:
     """One row per pair: both records, the probability, and for each comparison both values, the
-    level and its weight (the waterfall: prior_weight + the weights = match_weight)."""
+    level and its weight (the waterfall: prior_weight + the weights + household_weight = match_weight)."""
     left, right = result.left[rows], result.right[rows]
 
     def take(column: pd.Series, at: np.ndarray):
@@ -557,6 +656,8 @@ def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person
             "reason": reasons if reasons is not None else "",
             "blocking_rule": np.asarray(result.blocking.rules, dtype=object)[result.rule[rows]],
             "prior_weight": result.model.prior_weights[result.rule[rows].astype(np.int64)],
+            "household_weight": household_adjustments(result.model, result.levels[rows],
+                                                      result.rule[rows].astype(np.int64), result.tf[rows]),
         }
     )
     weights = comparison_weights(result.model, result.levels[rows], result.rule[rows].astype(np.int64))

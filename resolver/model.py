@@ -1,20 +1,35 @@
-"""Fellegi-Sunter model: m and u probabilities per comparison level, trained without labels.
+"""Fellegi-Sunter model with a household class, trained without labels.
 
-- u by random sampling: the level distribution over random record pairs (almost all non-matches).
-- Starting m from the deterministic persons: pairs of records that share an identifier are known
-  matches, so their levels on the other attributes are a labelled sample (blended with a neutral
-  default because they agree on email/phone by construction).
-- EM over the candidate pairs, on the counts of distinct level patterns (a few thousand patterns
-  stand for millions of pairs, so each iteration is instant). By default EM also re-estimates u
-  among the candidates: candidate non-matches are mostly household members and namesakes who agree
-  on surname, address and phone far more often than random pairs do, and a weight learned there
-  makes a shared address or phone weak evidence, as it should be.
-- Guards: EM starts from the deterministic m (it cannot drift to "same household" unnoticed), and
-  after training every comparison must have m > u at exact agreement and m < u at "else";
-  otherwise a warning names it.
+Three kinds of record pair, each with a level distribution per comparison:
 
-A pair's match weight is prior weight + one weight per comparison (log2 m/u of its level) + the
-term-frequency adjustment, and its probability is 2^w / (1 + 2^w).
+- **match** (same person): m, learned by EM for every comparison, warm-started from the pairs the
+  deterministic graph already joined when there are some;
+- **household** (different people of one household): h. On household fields (surname, address,
+  postcode, phone: what people living together share) h is learned by EM; on person fields (first
+  name, birth date, email, ids) h = u: household members agree there no more than strangers do.
+  So agreeing on the address and the phone is household evidence, and a differing first name or
+  birth date is what separates a household from a person;
+- **unrelated**: u, from uniformly random record pairs. Random pairs are a sample of the non-
+  matches whatever blocking chose, so u never depends on which rule found a pair: a tight rule
+  whose candidates are all matches cannot drag u up to m (the collapse of the earlier design).
+
+The class shares are estimated per blocking rule by the same EM (a rule that finds mostly matches
+gets a high match rate, one that finds households a high household rate), shrunk towards the pooled
+shares so that a rule with few candidates cannot run away. A comparison of a column the rule
+blocks on as-is is neutral for that rule's pairs (they all agree there), and m is learned only from
+the rules that do not block on the comparison's column at all (a rule selects its pairs on it).
+
+EM works on the counts of distinct (rule, level pattern) rows: a few thousand patterns stand for
+millions of pairs, so each iteration is instant. After each M-step the level weights are made
+monotone (a closer level never weighs less than a farther one: pool-adjacent-violators on m/u).
+
+A pair's match weight is log2 P(match) / P(not match):
+
+    prior + sum over comparisons of log2(m/u) (+ term frequency) + household adjustment
+
+where the household adjustment -log2(1 + 2^H) <= 0, with H = household prior + the household
+fields' log2(h/u): the weight a pair loses because a household explains it as well as a person.
+The probability is 2^w / (1 + 2^w).
 """
 
 from __future__ import annotations
@@ -28,12 +43,18 @@ import numpy as np
 from resolver.backend.arrays import module_of, to_host
 from resolver.compare import NULL_LEVEL, PreparedComparison
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 PROBABILITY_FLOOR = 1e-6
 # No level is impossible for a match: a moved address or a new phone must cost bits, not veto.
 M_FLOOR = 1e-3
 PATTERN_CHUNK = 8_000_000
 TF_CLIP_BITS = 10.0
+# A rule's class shares are shrunk towards the pooled ones with this many pseudo-pairs.
+RATE_PSEUDO_PAIRS = 10.0
+# EM stops when no probability moves more than its tolerance, or the log-likelihood rises by less
+# than this share of itself in an iteration.
+LIKELIHOOD_TOLERANCE = 1e-10
 
 
 class ModelError(ValueError):
@@ -46,28 +67,37 @@ class ComparisonModel:
     method: str
     labels: list[str]
     m: np.ndarray  # per level (index 0 = null, unused)
-    u: np.ndarray  # (n_rules, n_levels): per blocking rule, among that rule's candidate non-matches
+    u: np.ndarray  # (n_rules, n_levels): per blocking rule (matching: every row is u_random)
     u_random: np.ndarray  # per level, over random record pairs
     tf_adjust: bool = False
+    h: np.ndarray | None = None  # per level among household pairs; None: not a household field (h = u)
 
     def weights(self) -> np.ndarray:
         """(n_rules, n_levels) log2(m/u); the null level weighs nothing."""
-        m = np.maximum(np.nan_to_num(self.m, nan=1.0), PROBABILITY_FLOOR)
-        u = np.maximum(np.nan_to_num(self.u, nan=1.0), PROBABILITY_FLOOR)
-        w = np.log2(m[None, :] / u)
-        w[:, NULL_LEVEL] = 0.0
-        return w
+        return _log2_ratio(self.m, self.u)
+
+    def household_weights(self) -> np.ndarray:
+        """(n_rules, n_levels) log2(h/u): zero for a person field."""
+        if self.h is None:
+            return np.zeros_like(np.atleast_2d(self.u), dtype=np.float64)
+        return _log2_ratio(self.h, self.u)
+
+
+def _log2_ratio(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    p = np.maximum(np.nan_to_num(p, nan=1.0), PROBABILITY_FLOOR)
+    u = np.maximum(np.nan_to_num(np.atleast_2d(u), nan=1.0), PROBABILITY_FLOOR)
+    w = np.log2(p[None, :] / u)
+    w[:, NULL_LEVEL] = 0.0
+    return w
 
 
 @dataclass
 class FSModel:
-    """Fellegi-Sunter with one u (and match rate) per blocking rule.
+    """Fellegi-Sunter with class shares per blocking rule (match, and household when the model has
+    a household class).
 
-    A pair is scored under the rule that produced it: the non-matches a surname + postcode rule
-    brings are household members (they agree on address, differ on first name), those a full-name
-    rule brings are namesakes (they agree on names, differ on address). One u for both would make
-    each kind of agreement look stronger than it is; per rule, each weighs what it is worth.
-    A comparison on a column the rule blocks on exactly is neutral (weight 0) for its pairs.
+    A pair is scored under the rule that produced it: its rule's shares are the prior, and a
+    comparison of a column the rule blocks on exactly is neutral (weight 0) for its pairs.
     """
 
     rules: list[str]
@@ -76,36 +106,61 @@ class FSModel:
     match_rate: np.ndarray  # per rule: share of its candidate pairs that match (EM's lambda)
     prior: float  # probability that two random records match
     training: dict = field(default_factory=dict)
+    household_rate: np.ndarray | None = None  # per rule: share of household pairs (None: no household class)
+
+    @property
+    def has_household(self) -> bool:
+        return self.household_rate is not None
+
+    def _unrelated_rate(self) -> np.ndarray:
+        household = self.household_rate if self.has_household else 0.0
+        return np.clip(1.0 - self.match_rate - household, 1e-12, 1.0)
 
     @property
     def prior_weights(self) -> np.ndarray:
+        """Per rule: log2(match share / unrelated share)."""
         lam = np.clip(self.match_rate, 1e-12, 1 - 1e-12)
-        return np.log2(lam / (1 - lam))
+        return np.log2(lam / self._unrelated_rate())
+
+    @property
+    def household_prior_weights(self) -> np.ndarray:
+        """Per rule: log2(household share / unrelated share) (-inf-like when no household class)."""
+        if not self.has_household:
+            return np.full(len(self.rules), -1000.0)
+        return np.log2(np.clip(self.household_rate, 1e-12, 1.0) / self._unrelated_rate())
 
     def weight_table(self) -> list[np.ndarray]:
         """Per comparison: (n_rules, n_levels) weights, neutral rules zeroed."""
-        tables = []
-        for k, c in enumerate(self.comparisons):
-            w = c.weights()
-            w[self.neutral[:, k], :] = 0.0
-            tables.append(w)
-        return tables
+        return [self._zero_neutral(c.weights(), k) for k, c in enumerate(self.comparisons)]
+
+    def household_table(self) -> list[np.ndarray]:
+        """Per comparison: (n_rules, n_levels) household evidence log2(h/u), neutral rules zeroed."""
+        return [self._zero_neutral(c.household_weights(), k) for k, c in enumerate(self.comparisons)]
+
+    def _zero_neutral(self, table: np.ndarray, k: int) -> np.ndarray:
+        table = np.broadcast_to(table, (len(self.rules), table.shape[-1])).copy()
+        table[self.neutral[:, k], :] = 0.0
+        return table
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        household = self.household_rate if self.has_household else np.zeros(len(self.rules))
         return {
             "format": MODEL_FORMAT,
             "rules": self.rules,
             "prior": self.prior,
             "match_rate_by_rule": dict(zip(self.rules, map(float, self.match_rate))),
+            "household_rate_by_rule": dict(zip(self.rules, map(float, household))) if self.has_household else None,
             "prior_weight_by_rule": dict(zip(self.rules, map(float, self.prior_weights))),
             "comparisons": [
                 {
                     "name": c.name, "method": c.method, "tf_adjust": c.tf_adjust,
+                    "household_field": c.h is not None,
                     "neutral_in_rules": [r for r, n in zip(self.rules, self.neutral[:, k]) if n],
                     "levels": [
                         {"label": label, "m": float(c.m[i]), "u_random": float(c.u_random[i]),
-                         "u_by_rule": dict(zip(self.rules, map(float, c.u[:, i]))),
+                         **({"h": float(c.h[i])} if c.h is not None else {}),
+                         "u_by_rule": dict(zip(self.rules, map(float, np.atleast_2d(c.u)[:, i]))),
                          "weight_by_rule": dict(zip(self.rules, map(float, w[:, i])))}
                         for i, label in enumerate(c.labels)
                         if i != NULL_LEVEL
@@ -131,7 +186,7 @@ class FSModel:
     @classmethod
     def from_dict(cls, raw: dict, prepared: list[PreparedComparison], rules: list[str], path: str = "model") -> FSModel:
         """A model from to_dict(); `path` names it in errors."""
-        if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
+        if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS:
             raise ModelError(f"{path}: not a resolver model of format {MODEL_FORMAT}")
         if raw["rules"] != rules:
             raise ModelError(f"{path}: the model's blocking rules {raw['rules']} differ from the configuration's {rules}")
@@ -146,10 +201,13 @@ class FSModel:
             m = np.array([np.nan] + [lv["m"] for lv in levels])
             u_random = np.array([np.nan] + [lv["u_random"] for lv in levels])
             u = np.array([[np.nan] + [lv["u_by_rule"][r] for lv in levels] for r in rules])
-            comparisons.append(ComparisonModel(c["name"], c["method"], p.labels, m, u, u_random, p.config.tf_adjust))
+            h = np.array([np.nan] + [lv["h"] for lv in levels]) if c.get("household_field") else None
+            comparisons.append(ComparisonModel(c["name"], c["method"], p.labels, m, u, u_random, p.config.tf_adjust, h))
             neutral[:, k] = [r in c["neutral_in_rules"] for r in rules]
         rate = np.array([raw["match_rate_by_rule"][r] for r in rules])
-        return cls(rules, comparisons, neutral, rate, raw["prior"], raw.get("training", {}))
+        household = raw.get("household_rate_by_rule")
+        household = np.array([household[r] for r in rules]) if household else None
+        return cls(rules, comparisons, neutral, rate, raw["prior"], raw.get("training", {}), household)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +306,6 @@ def pattern_counts(levels, rule=None) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return patterns, rules, counts
 
 
-
 def merge_pattern_counts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_comparisons: int):
     """Sum per-partition (patterns, rules, counts) into what pattern_counts gives over all pairs
     (distinct rows in lexicographic order of the levels, then the rule)."""
@@ -265,11 +322,39 @@ def merge_pattern_counts(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     starts = np.flatnonzero(new)
     return patterns[starts], rules[starts], np.add.reduceat(counts, starts)
 
+
 def floored(p: np.ndarray, floor: float) -> np.ndarray:
     out = p.copy()
     out[1:] = np.maximum(out[1:], floor)
     out[1:] /= out[1:].sum()
     return out
+
+
+def monotone(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """p with p/u non-increasing over the levels in order (closest first), by pool-adjacent-
+    violators on the ratio weighted by u: a violating run of levels shares one ratio, sum(p)/sum(u)
+    over the run. The total of p is kept, so p stays a distribution."""
+    ratio = list(p[1:] / u[1:])
+    mass_p, mass_u = list(p[1:]), list(u[1:])
+    blocks: list[list[float]] = []  # [sum p, sum u, levels]
+    for i in range(len(ratio)):
+        blocks.append([mass_p[i], mass_u[i], 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            sp, su, n = blocks.pop()
+            blocks[-1][0] += sp
+            blocks[-1][1] += su
+            blocks[-1][2] += n
+    out = p.copy()
+    i = 1
+    for sp, su, n in blocks:
+        out[i:i + n] = u[i:i + n] * (sp / su)
+        i += n
+    return out
+
+
+def is_monotone(m: np.ndarray, u: np.ndarray, tolerance: float = 1e-9) -> bool:
+    ratio = np.log(np.maximum(m[1:], PROBABILITY_FLOOR)) - np.log(np.maximum(u[1:], PROBABILITY_FLOOR))
+    return bool(np.all(np.diff(ratio) <= tolerance))
 
 
 def _log_table(p: np.ndarray) -> np.ndarray:
@@ -278,115 +363,183 @@ def _log_table(p: np.ndarray) -> np.ndarray:
     return logs
 
 
-def _log_likelihood_ratio(patterns: np.ndarray, rule: np.ndarray, m: list[np.ndarray], u: list[np.ndarray],
-                          active: np.ndarray) -> np.ndarray:
-    """Per pattern: log P(levels | match) - log P(levels | non-match, its rule)."""
-    out = np.zeros(len(patterns))
-    for k in range(len(m)):
-        term = _log_table(m[k])[patterns[:, k]] - _log_table(u[k])[rule, patterns[:, k]]
-        out += np.where(active[rule, k], term, 0.0)
-    return out
+@dataclass
+class EMFit:
+    """What EM learned: m per comparison, h per household comparison (None elsewhere), and the
+    class shares per rule."""
+
+    m: list[np.ndarray]
+    h: list[np.ndarray | None]
+    match_rate: np.ndarray
+    household_rate: np.ndarray | None
+    iterations: int
+    converged: bool
+    log_likelihood: float
 
 
-def _per_rule_distribution(levels: np.ndarray, rule: np.ndarray, n_rules: int, n_levels: int, weights: np.ndarray,
-                           pseudo: float) -> np.ndarray:
-    counts = np.bincount(rule * n_levels + levels, weights=weights, minlength=n_rules * n_levels)
-    counts = counts.reshape(n_rules, n_levels)
-    counts[:, NULL_LEVEL] = 0.0
-    counts[:, 1:] += pseudo
-    out = counts / counts[:, 1:].sum(axis=1, keepdims=True)
-    out[:, NULL_LEVEL] = np.nan
-    return out
+def _shrunk_rates(mass: np.ndarray, pairs: np.ndarray, pseudo: float) -> np.ndarray:
+    pooled = mass.sum() / max(pairs.sum(), 1.0)
+    return (mass + pseudo * pooled) / np.maximum(pairs + pseudo, 1e-12)
 
 
-def candidate_u(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, n_rules: int,
-                n_levels: list[int]) -> list[np.ndarray]:
-    """u per rule as the level distribution over all of the rule's candidate pairs. Candidates are
-    overwhelmingly non-matches, and unlike an EM estimate this cannot drift: a rule whose pairs are
-    mostly one household cannot make EM call the household a match by shrinking its u."""
-    return [_per_rule_distribution(patterns[:, k].astype(np.int64), rule, n_rules, n, counts.astype(np.float64), 0.5)
-            for k, n in enumerate(n_levels)]
+def _u_terms(patterns: np.ndarray, rule: np.ndarray, active: np.ndarray, u: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.where(active[rule, k], _log_table(u[k])[rule, patterns[:, k]], 0.0) for k in range(len(u))]
 
 
-def without_matches(u: list[np.ndarray], m: list[np.ndarray], lam: np.ndarray) -> list[np.ndarray]:
-    """u per rule with the rule's expected matches taken out, (u - lambda m) / (1 - lambda), but
-    never below half of u: a rule whose candidates are a quarter matches must not count their
-    agreement as u, and one step, bounded, cannot run away (iterating u inside EM lets a rule
-    whose pairs are mostly one household slide into calling the household a match)."""
-    out = []
-    for u_k, m_k in zip(u, m):
-        lam_col = np.clip(lam, 0.0, 0.9)[:, None]
-        corrected = (u_k - lam_col * np.nan_to_num(m_k, nan=0.0)[None, :]) / (1 - lam_col)
-        corrected[:, 1:] = np.maximum(corrected[:, 1:], u_k[:, 1:] / 2)
-        corrected[:, 1:] /= corrected[:, 1:].sum(axis=1, keepdims=True)
-        corrected[:, NULL_LEVEL] = np.nan
-        out.append(corrected)
-    return out
-
-
-def expectation_maximisation(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: np.ndarray,
-                             m0: list[np.ndarray], u: list[np.ndarray], lambda0: np.ndarray,
-                             max_iterations: int, tolerance: float,
-                             known: tuple[np.ndarray, np.ndarray] | None = None,
-                             fixed_m: list[bool] | None = None):
-    """EM over (rule, level pattern) counts: m shared by all rules and lambda per rule; u is given
-    (per rule) and stays fixed.
-
-    `known` (patterns, counts) are pairs known to match (deterministic persons): they enter every
-    M-step for m with weight 1, which anchors the match class on people, not households.
-    Comparisons the known pairs were selected on must be level 0 (null) there.
-    `fixed_m[k]` keeps comparison k's m at its starting value (a labelled estimate).
-    Returns m, u, lambda (per rule), iterations, converged.
-    """
-    n_rules = neutral.shape[0]
+def class_posteriors(patterns: np.ndarray, rule: np.ndarray, neutral: np.ndarray, m: list[np.ndarray],
+                     h: list[np.ndarray | None], u: list[np.ndarray], match_rate: np.ndarray,
+                     household_rate: np.ndarray | None, u_terms: list[np.ndarray] | None = None):
+    """Per pattern: P(match), P(household) (zeros without a household class) and the log-likelihood
+    of the pattern, under its rule's class shares. Neutral comparisons are left out."""
     active = ~neutral
+    rule = np.asarray(rule, dtype=np.int64)
+    u_terms = _u_terms(patterns, rule, active, u) if u_terms is None else u_terms
+    household = household_rate is not None
+    log_u = np.sum(u_terms, axis=0) if u_terms else np.zeros(len(patterns))
+    log_m = np.zeros(len(patterns))
+    log_h = log_u.copy()
+    for k in range(len(m)):
+        log_m += np.where(active[rule, k], _log_table(m[k])[patterns[:, k]], 0.0)
+        if household and h[k] is not None:
+            log_h += np.where(active[rule, k], _log_table(h[k])[patterns[:, k]], 0.0) - u_terms[k]
+    lam_h = household_rate if household else np.zeros_like(match_rate)
+    lam_u = np.clip(1.0 - match_rate - lam_h, 1e-12, 1.0)
+    a = np.log(np.clip(match_rate[rule], 1e-300, 1.0)) + log_m
+    c = np.log(lam_u[rule]) + log_u
+    b = np.log(np.clip(lam_h[rule], 1e-300, 1.0)) + log_h if household else np.full(len(patterns), -np.inf)
+    top = np.maximum(np.maximum(a, b), c)
+    ea, eb, ec = np.exp(a - top), np.exp(b - top), np.exp(c - top)
+    total = ea + eb + ec
+    return ea / total, eb / total, top + np.log(total)
+
+
+def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: np.ndarray,
+           m0: list[np.ndarray], u: list[np.ndarray], match_rate0: np.ndarray, max_iterations: int, tolerance: float,
+           known: tuple[np.ndarray, np.ndarray] | None = None, fixed_m: list[bool] | None = None,
+           learns_m: np.ndarray | None = None, h0: list[np.ndarray | None] | None = None,
+           household_rate0: np.ndarray | None = None, monotone_against: list[np.ndarray] | None = None,
+           rate_pseudo_pairs: float = 0.0) -> EMFit:
+    """EM over (rule, level pattern) counts (a "rule" may be any group of pairs with class shares
+    of its own: the matcher's training sessions).
+
+    - `neutral` (n_rules, K): comparisons that say nothing for a rule's pairs (it selected on them).
+    - `u` per comparison, (n_rules, n_levels): fixed.
+    - `m0`: starting m; `fixed_m[k]` keeps comparison k's m as given (a labelled estimate).
+    - `learns_m` (n_rules, K): where a rule's pairs inform m and h (default: wherever not neutral).
+    - `known` (patterns, counts): pairs known to match, in every M-step for m with weight 1.
+    - `h0`: starting h of the household fields (None elsewhere), with `household_rate0` per rule:
+      a three-class model. Without them, two classes (match, unrelated).
+    - `monotone_against`: per comparison, the u that m/u (and h/u) is kept non-increasing against.
+    - `rate_pseudo_pairs`: each rule's shares are shrunk towards the pooled shares by this many pairs.
+    """
+    n_rules, n_comparisons = neutral.shape
+    learns = ~neutral if learns_m is None else learns_m
+    household = h0 is not None and household_rate0 is not None and any(h is not None for h in h0)
     m = [x.copy() for x in m0]
-    u = [x.copy() for x in u]
-    lam = np.asarray(lambda0, dtype=np.float64).copy()
+    h = [None if x is None or not household else x.copy() for x in (h0 or [None] * n_comparisons)]
+    lam_m = np.asarray(match_rate0, dtype=np.float64).copy()
+    lam_h = np.asarray(household_rate0, dtype=np.float64).copy() if household else None
     counts = counts.astype(np.float64)
+    rule = np.asarray(rule, dtype=np.int64)
     pairs_per_rule = np.bincount(rule, weights=counts, minlength=n_rules)
     if known is not None and len(known[0]):
         known_patterns, known_mass = known[0], known[1].astype(np.float64)
     else:
-        known_patterns, known_mass = np.zeros((0, len(m)), np.int8), np.zeros(0)
+        known_patterns, known_mass = np.zeros((0, n_comparisons), np.int8), np.zeros(0)
+    u_terms = _u_terms(patterns, rule, ~neutral, u)  # fixed: computed once
+
+    def fitted(p: np.ndarray, mass: np.ndarray, levels: np.ndarray, k: int) -> np.ndarray:
+        out = floored(level_distribution(levels, len(p), mass, pseudo=1e-3), M_FLOOR)
+        return monotone(out, monotone_against[k]) if monotone_against is not None else out
+
     converged = False
     iteration = 0
+    log_likelihood = previous = -np.inf
+    w_m_before = None
     for iteration in range(1, max_iterations + 1):
-        lam_c = np.clip(lam, 1e-9, 1 - 1e-9)
-        logit = np.log(lam_c[rule]) - np.log1p(-lam_c[rule]) + _log_likelihood_ratio(patterns, rule, m, u, active)
-        w = 1.0 / (1.0 + np.exp(-np.clip(logit, -700, 700)))
-        match_mass = counts * w
-        new_m = []
-        for k in range(len(m)):
-            if fixed_m is not None and fixed_m[k]:
-                new_m.append(m[k])
-                continue
-            informative = active[rule, k]  # a neutral comparison says nothing about m
-            levels = np.concatenate([patterns[informative, k], known_patterns[:, k]])
-            mass = np.concatenate([match_mass[informative], known_mass])
-            new_m.append(floored(level_distribution(levels, len(m[k]), mass, pseudo=1e-3), M_FLOOR))
-        new_lam = np.bincount(rule, weights=match_mass, minlength=n_rules) / np.maximum(pairs_per_rule, 1.0)
-        change = max(float(np.nanmax(np.abs(a - b))) for a, b in zip(new_m, m))
-        change = max(change, float(np.max(np.abs(new_lam - lam), initial=0.0)))
-        m, lam = new_m, new_lam
-        if change < tolerance:
+        w_m, w_h, pattern_ll = class_posteriors(patterns, rule, neutral, m, h, u, lam_m, lam_h, u_terms)
+        previous, log_likelihood = log_likelihood, float((counts * pattern_ll).sum())
+        # EM's likelihood never falls: when it no longer rises, stop
+        if abs(log_likelihood - previous) <= LIKELIHOOD_TOLERANCE * abs(log_likelihood):
             converged = True
             break
-    return m, u, lam, iteration, converged
+        # A household class with almost no pairs can drift between "household" and "unrelated" for
+        # hundreds of iterations without moving m, the match rates or any pair's match posterior:
+        # converged for matching once those three stand still.
+        posterior_change = np.inf if w_m_before is None else float(np.max(np.abs(w_m - w_m_before), initial=0.0))
+        w_m_before = w_m
+        match_mass, household_mass = counts * w_m, counts * w_h
+        new_m, new_h = [], []
+        for k in range(n_comparisons):
+            informative = learns[rule, k]
+            if fixed_m is not None and fixed_m[k]:
+                new_m.append(m[k])
+            else:
+                new_m.append(fitted(m[k], np.concatenate([match_mass[informative], known_mass]),
+                                    np.concatenate([patterns[informative, k], known_patterns[:, k]]), k))
+            new_h.append(None if h[k] is None else
+                         fitted(h[k], household_mass[informative], patterns[informative, k], k))
+        new_lam_m = _shrunk_rates(np.bincount(rule, weights=match_mass, minlength=n_rules), pairs_per_rule,
+                                  rate_pseudo_pairs)
+        new_lam_h = _shrunk_rates(np.bincount(rule, weights=household_mass, minlength=n_rules), pairs_per_rule,
+                                  rate_pseudo_pairs) if household else None
+        match_change = max(float(np.nanmax(np.abs(x - y))) for x, y in zip(new_m, m))
+        match_change = max(match_change, float(np.max(np.abs(new_lam_m - lam_m), initial=0.0)))
+        change = match_change
+        for x, y in zip(new_h, h):
+            if x is not None:
+                change = max(change, float(np.nanmax(np.abs(x - y))))
+        if household:
+            change = max(change, float(np.max(np.abs(new_lam_h - lam_h), initial=0.0)))
+        m, h, lam_m, lam_h = new_m, new_h, new_lam_m, new_lam_h
+        if change < tolerance or max(match_change, posterior_change) < tolerance:
+            converged = True
+            break
+    return EMFit(m, h, lam_m, lam_h, iteration, converged, log_likelihood)
 
 
-def training_warnings(comparisons: list[ComparisonModel]) -> list[str]:
-    """The EM guard: against random pairs, exact agreement must favour a match and total
-    disagreement must count against one; otherwise EM has probably learned another class."""
+# ---------------------------------------------------------------------------------------------
+# Health check
+# ---------------------------------------------------------------------------------------------
+MIN_MATCH_RATE = 1e-6
+
+
+def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str]:
+    """What makes a model unfit to merge on its own, one line each naming the rule or comparison
+    and what to change:
+
+    - a blocking rule whose pairs EM put at a match rate below 1e-6 (nothing it finds is a match);
+    - EM did not converge;
+    - m <= u at a comparison's exact (closest) level: agreeing there does not favour a match;
+    - level weights that are not monotone: a closer level weighs less than a farther one;
+    - a pair agreeing exactly on every compared field that would not reach auto_merge: the
+      comparisons cannot tell people apart.
+    """
     out = []
-    for c in comparisons:
-        top = 1  # "exact" (or the closest distance level)
+    training = model.training or {}
+    for rule, session in (training.get("sessions") or {}).items():
+        if session["pairs"] and session["match_rate"] < MIN_MATCH_RATE:
+            out.append(f"blocking rule {rule!r}: EM put the match rate of its {session['pairs']:,} candidate pairs at "
+                       f"{session['match_rate']:.2g}, so nothing it finds can link; check that its keys and the "
+                       "comparisons describe the same people, or drop it")
+    if training.get("converged") is False:
+        out.append(f"EM did not converge in {training.get('iterations')} iterations; raise matching.model.max_iterations "
+                   "or check the comparisons for a column that is nearly always missing")
+    for c in model.comparisons:
+        top = 1
         if c.m[top] <= c.u_random[top]:
-            out.append(f"comparison {c.name!r}: m <= u at {c.labels[top]!r} ({c.m[top]:.3g} vs {c.u_random[top]:.3g}); "
-                       "EM may have learned households instead of people")
-        if c.labels[-1] == "else" and c.m[-1] >= c.u_random[-1]:
-            out.append(f"comparison {c.name!r}: m >= u at 'else' ({c.m[-1]:.3g} vs {c.u_random[-1]:.3g}); "
-                       "disagreement does not count against a match")
+            out.append(f"comparison {c.name!r}: m <= u at {c.labels[top]!r} ({c.m[top]:.3g} vs {c.u_random[top]:.3g}): "
+                       "agreeing on it does not make a match more likely; check its column, or remove the comparison")
+        if not is_monotone(c.m, c.u_random):
+            out.append(f"comparison {c.name!r}: level weights are not monotone (a closer level weighs less than a "
+                       "farther one); retrain the model instead of editing it, or reorder its thresholds")
+    if auto_merge is not None and model.rules:
+        levels = np.ones((1, len(model.comparisons)), dtype=np.int8)
+        probability = float(probabilities(match_weights(model, levels, np.zeros(1, np.int64)))[0])
+        if probability < auto_merge:
+            out.append(f"a pair agreeing on every compared field scores only {probability:.3f} (< auto_merge "
+                       f"{auto_merge:g}): the comparisons cannot tell people apart; compare more fields "
+                       "(names, birth date, address)")
     return out
 
 
@@ -419,9 +572,32 @@ def comparison_weights(model: FSModel, levels, rule):
     return out
 
 
+def _softplus2(x):
+    """log2(1 + 2^x), without overflow."""
+    xp = module_of(x)
+    return xp.maximum(x, 0.0) + xp.log2(1.0 + xp.exp2(-xp.abs(x)))
+
+
+def household_adjustments(model: FSModel, levels, rule, tf=None):
+    """Per pair: -log2(1 + 2^H) (<= 0), H = the household prior + the household fields' log2(h/u)
+    (+ their tf, which household members share too): the bits a pair loses because a household
+    explains it. Zero for a model without a household class."""
+    xp = module_of(levels)
+    if not model.has_household:
+        return xp.zeros(len(levels), dtype=xp.float64)
+    evidence = xp.asarray(model.household_prior_weights)[rule]
+    for k, table in enumerate(model.household_table()):
+        if model.comparisons[k].h is None:
+            continue
+        evidence = evidence + xp.asarray(table)[rule, levels[:, k]]
+        if tf is not None:
+            evidence = evidence + tf[:, k]
+    return -_softplus2(evidence)
+
+
 def match_weights(model: FSModel, levels, rule, tf=None):
-    """Prior weight + each comparison's weight (+ tf), added left to right in one fixed order so
-    that numpy and CuPy give bit-identical sums."""
+    """Prior weight + each comparison's weight (+ tf) + the household adjustment, added left to
+    right in one fixed order so that numpy and CuPy give the same sums."""
     xp = module_of(levels)
     per_comparison = comparison_weights(model, levels, rule)
     total = xp.asarray(model.prior_weights)[rule]
@@ -430,6 +606,8 @@ def match_weights(model: FSModel, levels, rule, tf=None):
     if tf is not None:
         for k in range(tf.shape[1]):
             total = total + tf[:, k]
+    if model.has_household:
+        total = total + household_adjustments(model, levels, rule, tf)
     return total
 
 

@@ -59,21 +59,25 @@ def _pairs_and_levels(keys: np.ndarray, labels: np.ndarray, rule: int, prepared:
     return left, right, comparison_matrix(prepared, left, right)
 
 
-def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
-    """One bucket's pairs (record positions), their comparison levels and level-pattern counts."""
+def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, levels: np.ndarray):
+    """EM's statistics of some pairs: counts of (level pattern, rules whose keys they share)."""
+    from resolver.blocking import agreement_masks
     from resolver.model import pattern_counts
 
+    return pattern_counts(levels, agreement_masks(keys, left, right))
+
+
+def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+    """One bucket's pairs (record positions), their comparison levels and level-pattern counts."""
     left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
-    counts = pattern_counts(levels, np.full(len(left), rule, dtype=np.int64))
+    counts = _session_counts(keys, left, right, levels)
     return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
 
 
 def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
     """One bucket's pair count and level-pattern counts (the pairs themselves are dropped)."""
-    from resolver.model import pattern_counts
-
-    left, _, levels = _pairs_and_levels(keys, labels, rule, prepared)
-    return len(left), pattern_counts(levels, np.full(len(left), rule, dtype=np.int64))
+    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    return len(left), _session_counts(keys, left, right, levels)
 
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,

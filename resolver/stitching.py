@@ -383,7 +383,7 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
         M_FLOOR,
         ComparisonModel,
         FSModel,
-        expectation_maximisation,
+        fit_em,
         floored,
         level_distribution,
         pattern_counts,
@@ -424,10 +424,11 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
         patterns, pattern_rule, counts = pattern_counts(levels.astype(np.int8), rule) if len(levels) else \
             (np.zeros((0, len(names)), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64))
         known = pattern_counts(matches.astype(np.int8)) if len(matches) else None
-        m, u, fitted, iterations, converged = expectation_maximisation(
-            patterns, pattern_rule, counts, neutral, m0, u, np.where(np.isnan(lam), 0.1, lam), options.max_iterations,
-            1e-6, known=(known[0], known[2]) if known is not None else None, fixed_m=fixed)
-        lam = np.where(np.isnan(lam), fitted, lam)
+        fit = fit_em(patterns, pattern_rule, counts, neutral, m0, u, np.where(np.isnan(lam), 0.1, lam),
+                     options.max_iterations, 1e-6, known=(known[0], known[2]) if known is not None else None,
+                     fixed_m=fixed)
+        m, iterations, converged = fit.m, fit.iterations, fit.converged
+        lam = np.where(np.isnan(lam), fit.match_rate, lam)
     else:
         m = m0
     comparisons = [ComparisonModel(name, "stitching", FEATURES[name], m[k], u[k], u_random[k], False)

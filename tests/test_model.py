@@ -1,4 +1,5 @@
-"""Fellegi-Sunter: EM recovers known parameters, the guards warn, models round-trip through JSON."""
+"""Fellegi-Sunter: EM recovers known parameters (two and three classes), the health check names what is
+wrong, models round-trip through JSON."""
 
 import numpy as np
 import pandas as pd
@@ -6,16 +7,22 @@ import pytest
 
 from resolver.compare import prepare
 from resolver.config import ComparisonConfig
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resolver.matching import population_rate
 from resolver.model import (
     ComparisonModel,
     FSModel,
     ModelError,
-    candidate_u,
-    expectation_maximisation,
+    fit_em,
+    health_problems,
+    household_adjustments,
+    is_monotone,
     match_weights,
+    monotone,
     pattern_counts,
     probabilities,
-    training_warnings,
 )
 
 TRUE_M = [np.array([np.nan, 0.85, 0.10, 0.05]), np.array([np.nan, 0.9, 0.1]), np.array([np.nan, 0.7, 0.2, 0.1])]
@@ -51,22 +58,115 @@ def test_em_recovers_m_and_the_match_rate_per_rule():
     patterns, pattern_rule, counts = pattern_counts(levels, rules)
     known_patterns, _, known_counts = pattern_counts(known)
     start = [np.array([np.nan, 0.6, 0.2, 0.2]), np.array([np.nan, 0.5, 0.5]), np.array([np.nan, 0.4, 0.3, 0.3])]
-    m, _, lam, iterations, converged = expectation_maximisation(
-        patterns, pattern_rule, counts, np.zeros((2, 3), bool), start, TRUE_U, np.array([0.2, 0.2]), 200, 1e-7,
-        known=(known_patterns, known_counts),
-    )
-    assert converged and iterations < 200
+    fit = fit_em(patterns, pattern_rule, counts, np.zeros((2, 3), bool), start, TRUE_U, np.array([0.2, 0.2]), 200, 1e-7,
+                 known=(known_patterns, known_counts))
+    assert fit.converged and fit.iterations < 200 and fit.household_rate is None
     for k in range(3):
-        np.testing.assert_allclose(m[k][1:], TRUE_M[k][1:], atol=0.02)
-    np.testing.assert_allclose(lam, TRUE_LAMBDA, rtol=0.1)
+        np.testing.assert_allclose(fit.m[k][1:], TRUE_M[k][1:], atol=0.02)
+    np.testing.assert_allclose(fit.match_rate, TRUE_LAMBDA, rtol=0.1)
 
 
-def test_candidate_u_is_the_level_distribution_per_rule():
-    levels = np.array([[1], [1], [2], [0], [2], [2]], dtype=np.int8)
-    rules = np.array([0, 0, 0, 0, 1, 1])
-    patterns, pattern_rule, counts = pattern_counts(levels, rules)
-    (u,) = candidate_u(patterns, pattern_rule, counts, 2, [3])
-    np.testing.assert_allclose(u[:, 1:], [[2.5 / 4, 1.5 / 4], [0.5 / 3, 2.5 / 3]])  # +0.5 pseudo-counts
+# Three classes: comparisons 0-1 are person fields (first name, birth date), 2-4 household fields
+# (surname, address, phone).
+M3 = [np.array([np.nan, 0.90, 0.07, 0.03]), np.array([np.nan, 0.92, 0.05, 0.03]), np.array([np.nan, 0.95, 0.05]),
+      np.array([np.nan, 0.85, 0.10, 0.05]), np.array([np.nan, 0.80, 0.20])]
+H3 = [None, None, np.array([np.nan, 0.80, 0.20]), np.array([np.nan, 0.90, 0.07, 0.03]), np.array([np.nan, 0.50, 0.50])]
+U3 = [np.array([np.nan, 0.01, 0.04, 0.95]), np.array([np.nan, 0.001, 0.2, 0.799]), np.array([np.nan, 0.02, 0.98]),
+      np.array([np.nan, 0.001, 0.019, 0.98]), np.array([np.nan, 0.001, 0.999])]
+
+
+def _simulate_households(n: int, shares: tuple[float, float], seed: int):
+    """Pairs drawn from three classes: match (M3), household (H3 on household fields, U3 elsewhere)
+    and unrelated (U3). Returns levels and the true class (0 match, 1 household, 2 unrelated)."""
+    rng = np.random.default_rng(seed)
+    cls = rng.choice(3, n, p=[shares[0], shares[1], 1 - sum(shares)])
+    cols = []
+    for k in range(len(M3)):
+        tables = [M3[k], H3[k] if H3[k] is not None else U3[k], U3[k]]
+        draws = [rng.choice(len(t) - 1, n, p=t[1:]) + 1 for t in tables]
+        cols.append(np.choose(cls, draws))
+    return np.column_stack(cols).astype(np.int8), cls
+
+
+def test_em_with_a_household_class_tells_households_from_people():
+    levels, cls = _simulate_households(200_000, (0.05, 0.30), seed=11)
+    patterns, rules, counts = pattern_counts(levels)
+    k_all = len(M3)
+    u = [np.tile(x, (1, 1)) for x in U3]
+    m0 = [np.concatenate([[np.nan], np.full(len(x) - 1, 1 / (len(x) - 1))]) for x in U3]
+    for x in m0:  # agreement more likely than not: a neutral start
+        x[1] += 0.3
+        x[1:] /= x[1:].sum()
+    h0 = [None if H3[k] is None else m0[k].copy() for k in range(k_all)]
+    fit = fit_em(patterns, rules, counts, np.zeros((1, k_all), bool), m0, u, np.array([0.1]), 2000, 1e-7,
+                 h0=h0, household_rate0=np.array([0.05]), monotone_against=U3)
+    assert fit.converged
+    np.testing.assert_allclose(fit.match_rate, [0.05], rtol=0.1)
+    np.testing.assert_allclose(fit.household_rate, [0.30], rtol=0.1)
+    for k in range(k_all):
+        np.testing.assert_allclose(fit.m[k][1:], M3[k][1:], atol=0.03)
+        if H3[k] is not None:
+            np.testing.assert_allclose(fit.h[k][1:], H3[k][1:], atol=0.03)
+    # a household (same surname, address and phone, another first name and birth date) is not a
+    # match; a pair agreeing on everything is
+    model = FSModel(["r"], [ComparisonModel(str(k), "x", [str(i) for i in range(len(U3[k]))], fit.m[k], u[k], U3[k],
+                                            h=fit.h[k]) for k in range(k_all)],
+                    np.zeros((1, k_all), bool), fit.match_rate, 0.0, {}, fit.household_rate)
+    pairs = np.array([[3, 3, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=np.int8)
+    p = probabilities(match_weights(model, pairs, np.zeros(2, np.int64)))
+    assert p[0] < 0.01 and p[1] > 0.99
+
+
+def test_the_household_adjustment_is_the_three_class_posterior():
+    c0 = ComparisonModel("first", "exact", ["null", "exact", "else"], np.array([np.nan, 0.9, 0.1]),
+                         np.array([[np.nan, 0.01, 0.99]]), np.array([np.nan, 0.01, 0.99]))
+    c1 = ComparisonModel("street", "exact", ["null", "exact", "else"], np.array([np.nan, 0.8, 0.2]),
+                         np.array([[np.nan, 0.001, 0.999]]), np.array([np.nan, 0.001, 0.999]),
+                         h=np.array([np.nan, 0.95, 0.05]))
+    model = FSModel(["r"], [c0, c1], np.zeros((1, 2), bool), np.array([1e-4]), 0.0, {}, np.array([1e-3]))
+    levels = np.array([[1, 1], [2, 1], [2, 2], [0, 1]], dtype=np.int8)
+    got = probabilities(match_weights(model, levels, np.zeros(4, np.int64)))
+    lam_m, lam_h, lam_u = 1e-4, 1e-3, 1 - 1e-4 - 1e-3
+    want = []
+    for a, b in levels:
+        pm = (c0.m[a] if a else 1) * c1.m[b]
+        ph = (c0.u_random[a] if a else 1) * c1.h[b]
+        pu = (c0.u_random[a] if a else 1) * c1.u_random[b]
+        want.append(lam_m * pm / (lam_m * pm + lam_h * ph + lam_u * pu))
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    adjustment = household_adjustments(model, levels, np.zeros(4, np.int64))
+    assert (adjustment <= 0).all() and adjustment[0] < adjustment[2]  # a shared street is household evidence
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.01, 10.0), min_size=2, max_size=7), st.lists(st.floats(0.01, 10.0), min_size=7, max_size=7))
+def test_monotone_pools_violators_and_keeps_a_distribution(raw_p, raw_u):
+    p = np.array([np.nan, *raw_p]) / sum(raw_p)
+    u = np.array([np.nan, *raw_u[: len(raw_p)]]) / sum(raw_u[: len(raw_p)])
+    out = monotone(p, u)
+    ratio = out[1:] / u[1:]
+    assert np.all(np.diff(ratio) <= 1e-9 * ratio.max())
+    assert np.isclose(out[1:].sum(), 1.0)
+    if np.all(np.diff(p[1:] / u[1:]) <= 0):
+        np.testing.assert_allclose(out[1:], p[1:])
+    # the least-squares property of isotonic regression: no monotone ratio is closer (weighted by u)
+    assert is_monotone(out, u)
+
+
+def test_monotone_pools_a_violating_pair():
+    p, u = np.array([np.nan, 0.2, 0.6, 0.2]), np.array([np.nan, 0.1, 0.1, 0.8])
+    out = monotone(p, u)
+    np.testing.assert_allclose(out[1:], [0.4, 0.4, 0.2])  # levels 1 and 2 share the ratio (0.2+0.6)/(0.1+0.1)
+
+
+def test_population_rate_from_rule_recalls():
+    # 1,000 matches among 1e6 pairs; rule 0 finds 40% of them among 2,000 pairs, rule 1 half among 10,000
+    rate, estimates = population_rate(np.array([400 / 2000, 500 / 10000]), np.array([2000.0, 10000.0]),
+                                      np.array([0.4, 0.5]), 1e6)
+    np.testing.assert_allclose(estimates, [1000, 1000])
+    assert rate == pytest.approx(1e-3)
+    rate, _ = population_rate(np.array([0.2, 0.05]), np.array([2000.0, 10000.0]), np.array([np.nan, np.nan]), 1e6)
+    assert rate == pytest.approx(500 / 1e6)  # no recall measured: a lower bound, the rule holding the most
 
 
 def _model(m_exact=0.9, u_exact=0.01) -> FSModel:
@@ -83,10 +183,23 @@ def test_weights_probabilities_and_the_null_level():
     np.testing.assert_allclose(probabilities(np.array([0.0, 1.0])), [0.5, 2 / 3])
 
 
-def test_guard_warns_when_em_learned_the_wrong_class():
-    assert training_warnings([_model().comparisons[0]]) == []
-    (warning, *_) = training_warnings([_model(m_exact=0.005).comparisons[0]])
-    assert "households" in warning and "'name'" in warning
+def test_health_check_names_each_problem():
+    assert health_problems(_model(m_exact=0.99, u_exact=1e-4), auto_merge=0.85) == []
+    problems = health_problems(_model(m_exact=0.005))
+    assert any("'name'" in p and "m <= u at 'exact'" in p for p in problems)
+    weak = _model(m_exact=0.9, u_exact=0.5)  # agreeing on the one field is barely evidence
+    (problem,) = health_problems(weak, auto_merge=0.85)
+    assert "every compared field" in problem and "0.018" in problem
+    broken = _model()
+    broken.training = {"converged": False, "iterations": 50,
+                       "sessions": {"tight": {"pairs": 5000, "match_rate": 3e-9}, "empty": {"pairs": 0, "match_rate": 0.0}}}
+    problems = health_problems(broken)
+    assert any("'tight'" in p and "3e-09" in p for p in problems) and not any("'empty'" in p for p in problems)
+    assert any("did not converge in 50 iterations" in p for p in problems)
+    edited = _model()
+    edited.comparisons[0] = ComparisonModel("name", "x", ["null", "exact", "close", "else"], np.array([np.nan, 0.5, 0.45, 0.05]),
+                                            np.array([[np.nan, 0.1, 0.01, 0.89]]), np.array([np.nan, 0.1, 0.01, 0.89]))
+    assert any("not monotone" in p for p in health_problems(edited))
 
 
 def test_model_round_trips_and_refuses_another_configuration(tmp_path):

@@ -149,6 +149,7 @@ def _matching(r: _Report, summary: dict, tables: dict, model: dict | None) -> No
         r.section("matching", "Match weights and model", '<p class="note">No probabilistic matching in this run.</p>')
         return
     body = ""
+    health = matching.get("model_health")
     hist = matching.get("weight_histogram")
     scored = tables.get("scored_pairs")
     thresholds = matching.get("thresholds", {})
@@ -175,23 +176,28 @@ def _matching(r: _Report, summary: dict, tables: dict, model: dict | None) -> No
             "series": [{"name": "pairs", "values": counts[lo:hi]}]})
         body += f'<p class="note">Pairs per 1-bit bin of match weight ({_e(note)}), log scale; the dashed lines are the thresholds.</p>'
     if model:
-        labels, m, u, weights = [], [], [], []
+        labels, m, u, h, weights = [], [], [], [], []
         for c in model["comparisons"]:
             for level in c["levels"]:
                 labels.append(f"{c['name']}: {level['label']}")
                 m.append(level["m"])
                 u.append(level["u_random"])
+                h.append(level.get("h", level["u_random"]))
                 weights.append([level["weight_by_rule"][rule] for rule in model["rules"]])
+        series = [{"name": "m (matches)", "values": m}, {"name": "u (random pairs)", "values": u}]
+        if model.get("household_rate_by_rule"):
+            series.insert(1, {"name": "h (one household, two people)", "values": h})
         body += "<h3>m and u per comparison level</h3>" + r.chart("m_u", {
-            "type": "hbar", "labels": labels, "labelWidth": 240,
-            "series": [{"name": "m (matches)", "values": m}, {"name": "u (random pairs)", "values": u}]})
+            "type": "hbar", "labels": labels, "labelWidth": 240, "series": series})
         body += "<h3>Match weights per comparison level</h3>" + r.chart("model_weights", {
             "type": "weights", "labels": labels, "rules": model["rules"], "weights": weights})
-        body += ('<p class="note">Weight = log2(m / u) with u among the chosen rule\'s candidate pairs; 0 where the rule '
-                 "blocks on the compared column. Green: evidence for a match, red: against.</p>")
-        warnings = (model.get("training") or {}).get("warnings") or []
-        if warnings:
-            body += "<p class=\"warn\">Training warnings:</p><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
+        body += ('<p class="note">Weight = log2(m / u) with u over random record pairs; 0 where the rule blocks on '
+                 "the compared column. Green: evidence for a match, red: against. A pair also loses the bits a "
+                 "household explains (its household weight).</p>")
+    if health and health.get("problems"):
+        body += ("<p class=\"warn\">The model failed its health check"
+                 + (" and merged nothing automatically" if health.get("auto_merge_withheld") else "") + ":</p><ul>"
+                 + "".join(f"<li>{_e(w)}</li>" for w in health["problems"]) + "</ul>")
     r.section("matching", "Match weights and model", body)
 
 
@@ -303,6 +309,8 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
             steps.append({"label": f"{c}: {row[f'{c}_level']}", "value": float(row[f"{c}_weight"])})
             detail.append({"comparison": c, "left": row[f"{c}_l"], "right": row[f"{c}_r"], "level": row[f"{c}_level"],
                            "weight": float(row[f"{c}_weight"])})
+        if row.get("household_weight"):  # the bits lost because a household explains the pair as well
+            steps.append({"label": "household", "value": float(row["household_weight"])})
         chart = r.chart(f"waterfall_{i}", {"type": "waterfall", "steps": steps, "total": float(row["match_weight"]),
                                              "probability": float(row["probability"])})
         body += (f"<details{' open' if i < 3 else ''}><summary><code>{_e(item)}</code> p = {row['probability']:.3f} — "
