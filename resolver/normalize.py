@@ -682,13 +682,16 @@ def normalize_text(values: pd.Series) -> pd.Series:
     return _to_series(out, s)
 
 
-_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%d.%m.%Y", "%Y%m%d")
+# In order: an 8-digit value is YYYYMMDD when it is a valid one, else US MMDDYYYY (pseudopeople,
+# many US exports); round trips make a wrong reading of either impossible but for a few dates
+# such as 10101010.
+_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%m/%d/%Y", "%d.%m.%Y", "%Y%m%d", "%m%d%Y")
 
 
 def normalize_date(values: pd.Series) -> pd.Series:
     """Calendar date as ISO ``YYYY-MM-DD`` from ISO dates or timestamps, ``YYYY/MM/DD``,
-    US ``MM/DD/YYYY``, ``DD.MM.YYYY`` or ``YYYYMMDD`` (zero-padded); anything else, or an
-    impossible date, -> NA."""
+    US ``MM/DD/YYYY``, ``DD.MM.YYYY``, ``YYYYMMDD`` or ``MMDDYYYY`` (zero-padded); anything else,
+    or an impossible date, -> NA."""
     s = _as_series(values)
 
     def parse(u: pa.Array) -> tuple[pa.Array]:

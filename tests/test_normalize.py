@@ -829,3 +829,11 @@ def test_blocked_values_work_on_normalized_output():
     assert values(block.blocked("email", email)) == ["fake email", None]
     phone, _ = normalize_phone(pd.Series(["(212) 555-1212", "(212) 555-0234"]))
     assert values(block.blocked("phone", phone)) == ["junk phone", None]
+
+
+def test_dates_in_every_accepted_shape_and_nothing_impossible():
+    values = pd.Series(["1985-10-22", "1985/10/22", "10/22/1985", "22.10.1985", "19851022", "10221985",
+                        "02/30/1990", "13011990", "1985-13-01", "yesterday", None], dtype="str")
+    got = nz.normalize_date(values).tolist()
+    assert got[:6] == ["1985-10-22"] * 6
+    assert all(pd.isna(v) for v in got[6:])
