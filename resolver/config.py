@@ -131,7 +131,7 @@ class EmailOptions(_Strict):
 
 
 class IdentityConfig(_Strict):
-    types: dict[str, IdentifierType]
+    types: dict[str, IdentifierType] = Field(default_factory=dict)  # none: records link by matching only
     blocklist: BlocklistConfig = Field(default_factory=BlocklistConfig)
     email: EmailOptions = Field(default_factory=EmailOptions)
     guards: bool = True  # False switches off limits and hub caps (blocked values still apply)
@@ -395,11 +395,16 @@ class Config(_Strict):
     engine: EngineOptions = Field(default_factory=EngineOptions)
     stitching: StitchingConfig | None = None
     sources: list[SourceConfig]
-    identity: IdentityConfig
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
     matching: MatchingConfig | None = None
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("identity", mode="before")
+    @classmethod
+    def _identity_may_be_empty(cls, value):
+        return {} if value is None else value  # `identity:` with nothing under it
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -322,7 +322,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
                 }
             )
         )
-    obs = pd.concat(parts, ignore_index=True)
+    obs = pd.concat(parts, ignore_index=True) if parts else _no_observations()
     # A deleted record that was not merged anywhere leaves the graph entirely.
     merged = np.zeros(len(records), bool)
     merged[obs.loc[obs["explicit"], "record_pos"].to_numpy()] = True
@@ -333,6 +333,16 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     tables.observations = obs
     tables.resolved = len(records)
     return tables
+
+
+def _no_observations() -> pd.DataFrame:
+    """The observations of a records source that maps no identifier: none (every record is then a
+    node of its own, linked only by matching)."""
+    return pd.DataFrame({
+        "value": pd.Series([], dtype="str"), "record_pos": np.zeros(0, np.int64), "type": np.zeros(0, np.int16),
+        "hash": np.zeros(0, np.uint64), "rule": np.zeros(0, np.int16), "explicit": np.zeros(0, bool),
+        "is_key": np.zeros(0, bool),
+    })
 
 
 def _anchors(hashes: np.ndarray, usable_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
