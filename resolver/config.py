@@ -25,10 +25,18 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+# Cells that mean "no value" in CSV exports (R, pandas, SQL dumps, MySQL's \\N, Excel's #N/A):
+# exact, case-sensitive matches after trimming whitespace ("" also makes a blank cell missing).
+CSV_NULL_VALUES = ("", "NA", "N/A", "n/a", "NULL", "null", "\\N", "NaN", "nan", "None", "#N/A")
+
+
 class CsvOptions(_Strict):
     delimiter: str = ","
     encoding: str = "utf-8"
     quotechar: str = '"'
+    # A cell equal to one of these (after trimming whitespace) is a missing value, in every column
+    # read (a record whose key is one is rejected like an empty key); [] keeps only empty cells missing.
+    null_values: list[str] = Field(default_factory=lambda: list(CSV_NULL_VALUES))
 
     @field_validator("delimiter")
     @classmethod

@@ -265,10 +265,10 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     idents = identifier_columns(config, source, frame, blocklist, tables.actions)
 
     key_raw = frame[source.key]
-    missing = key_raw.isna().to_numpy()
     # The record's own key, normalized like an identifier read from the same column (15 -> 18 chars).
     key_ident = next((i for i in idents if i.column == source.key and not i.explicit), None)
     key_norm = normalize_trim(key_raw)
+    missing = key_norm.isna().to_numpy()  # absent, or only whitespace
     if key_ident is not None:
         rows = np.flatnonzero(~pd.isna(key_norm).to_numpy() & (key_ident.hash != 0))
         key_norm = key_norm.mask(key_ident.hash != 0, key_ident.text(rows).set_axis(rows))
