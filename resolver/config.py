@@ -46,6 +46,19 @@ class CsvOptions(_Strict):
         return value
 
 
+class DateParts(_Strict):
+    """An attribute built from three columns: `{year: COL, month: COL, day: COL}` gives the ISO
+    date YYYY-MM-DD (missing when a part is missing or the three make no valid date)."""
+
+    year: str
+    month: str
+    day: str
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.year, self.month, self.day]
+
+
 class LinkConfig(_Strict):
     """An explicit merge edge: the record (or event) is the same person as `type`:`column`'s value."""
 
@@ -65,7 +78,8 @@ class SourceConfig(_Strict):
     key: str | None = None
     timestamp: str | None = None
     deleted: str | None = None
-    attributes: dict[str, str | list[str]] = Field(default_factory=dict)
+    # attribute -> column, list of columns (first non-empty wins), or {year, month, day} columns
+    attributes: dict[str, str | list[str] | DateParts] = Field(default_factory=dict)
     identifiers: dict[str, str | list[str]] = Field(default_factory=dict)
     links: list[LinkConfig] = Field(default_factory=list)
     # Events sources: what anonymous-visitor sessions keep (ip, user_agent, page, city, country,
@@ -89,7 +103,12 @@ class SourceConfig(_Strict):
         return self
 
     def attribute_columns(self) -> dict[str, list[str]]:
-        return {name: _as_list(cols) for name, cols in self.attributes.items()}
+        """Attribute -> the columns it is the first non-empty of (date-part attributes: date_parts)."""
+        return {name: _as_list(cols) for name, cols in self.attributes.items() if not isinstance(cols, DateParts)}
+
+    def date_parts(self) -> dict[str, DateParts]:
+        """Attributes built from year, month and day columns."""
+        return {name: parts for name, parts in self.attributes.items() if isinstance(parts, DateParts)}
 
     def identifier_columns(self) -> dict[str, list[str]]:
         return {name: _as_list(cols) for name, cols in self.identifiers.items()}
@@ -100,7 +119,8 @@ class SourceConfig(_Strict):
         for name in (self.key, self.timestamp, self.deleted):
             if name:
                 cols.append(name)
-        for group in (*self.attribute_columns().values(), *self.identifier_columns().values()):
+        for group in (*self.attribute_columns().values(), *(p.columns for p in self.date_parts().values()),
+                      *self.identifier_columns().values()):
             cols.extend(group)
         cols.extend(link.column for link in self.links)
         for group in self.session.values():

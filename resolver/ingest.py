@@ -149,6 +149,22 @@ def spread(per_distinct: np.ndarray, codes: np.ndarray, missing) -> np.ndarray:
     return out
 
 
+def date_from_parts(year: pd.Series, month: pd.Series, day: pd.Series) -> pd.Series:
+    """ISO dates YYYY-MM-DD from year, month and day columns (text, as read: "1956", "4", "04", or
+    "4.0" from a JSON number); NA where a part is missing or not a whole number, the year has not
+    four digits, or the three make no calendar date (1999-02-30)."""
+    from resolver.normalize import _to_arrow, _to_series, normalize_date
+
+    def part(values: pd.Series, digits: str, width: int) -> pa.Array:
+        text = pc.replace_substring_regex(pc.utf8_trim_whitespace(_to_arrow(values)), r"\.0*$", "")
+        ok = pc.fill_null(pc.match_substring_regex(text, f"^[0-9]{{{digits}}}$"), False)
+        return pc.if_else(ok, pc.utf8_lpad(text, width, "0"), pa.scalar(None, pa.large_string()))
+
+    joined = pc.binary_join_element_wise(part(year, "4", 4), part(month, "1,2", 2), part(day, "1,2", 2),
+                                         pa.scalar("-", pa.large_string()))
+    return normalize_date(_to_series(joined, year))
+
+
 def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     """First non-empty value across columns, row by row."""
     result = frame[columns[0]]
@@ -296,6 +312,8 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     )
     for name, cols in source.attribute_columns().items():
         records[name] = kept(_coalesce(frame, cols))
+    for name, parts in source.date_parts().items():
+        records[name] = kept(date_from_parts(frame[parts.year], frame[parts.month], frame[parts.day]))
     for name in ("first_name", "last_name"):
         if name in records:
             records[f"{name}_norm"] = memoized_column("name", records[name], normalize_name)
