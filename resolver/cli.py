@@ -123,11 +123,18 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
+def _config_warnings(console: Console, config) -> None:
+    """What the config asks for that is most likely not meant, as soon as it is loaded."""
+    for warning in config.warnings():
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 def cmd_run(args) -> int:
     from resolver.config import load_config
 
     console = _console(args)
     config = load_config(args.config)
+    _config_warnings(console, config)
     if args.out:
         config.run.output_dir = str(Path(args.out).resolve())
     if args.no_guards:
@@ -145,7 +152,7 @@ def cmd_run(args) -> int:
                         state_dir=Path(args.state) if args.state else config.state_path(), full=args.full,
                         truth=Path(args.truth) if args.truth else None)
     console.print(_summary_table(res.summary, None))
-    _print_warnings(console, res.summary)
+    _print_warnings(console, res.summary, already=config.warnings())
     if (res.summary.get("report") or {}).get("error"):
         console.print(f"[yellow]warning:[/yellow] report.html could not be built: {res.summary['report']['error']}",
                       highlight=False)
@@ -153,10 +160,12 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
-def _print_warnings(console: Console, summary: dict) -> None:
+def _print_warnings(console: Console, summary: dict, already: list[str] = ()) -> None:
+    """The run summary's warnings (those printed at load, `already`, are not repeated)."""
     matching = summary.get("matching") or {}
-    for warning in matching.get("blocking_warnings", []) + matching.get("model", {}).get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    general = [w for w in summary.get("warnings", []) if w not in already]
+    for warning in general + matching.get("blocking_warnings", []) + matching.get("model", {}).get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def cmd_plan(args) -> int:
@@ -165,6 +174,7 @@ def cmd_plan(args) -> int:
 
     console = _console(args)
     config = load_config(args.config)
+    _config_warnings(console, config)
     with console.status("reading records"):
         blocking, n_records = plan_matching(config)
     cap = config.matching.blocking.max_block_size
@@ -181,7 +191,7 @@ def cmd_plan(args) -> int:
     for p in blocking.plans:
         out.print(f"  {p.name}: " + ", ".join(f"{text} ({size:,})" for text, size in p.largest[:3]), highlight=False)
     for warning in blocking.warnings(cap):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "
                   "and pairs already in one deterministic person are skipped, so the run compares fewer.")
     return EXIT_OK

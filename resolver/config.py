@@ -288,7 +288,8 @@ class MatchThresholds(_Strict):
 class MatchingConfig(_Strict):
     enabled: bool = True
     # Normalizer per attribute (name, text, email, phone, date, number, raw); unnamed attributes
-    # get one from their name (…email -> email, …phone -> phone, …date/birth… -> date, …name -> name).
+    # get one from their name (…email -> email, …phone -> phone, …year…/yob -> number,
+    # …date/birth… -> date, …name -> name): attribute_kind.
     normalizers: dict[str, Literal[ATTRIBUTE_NORMALIZERS]] = Field(default_factory=dict)  # type: ignore[valid-type]
     blocking: BlockingConfig
     comparisons: list[ComparisonConfig] = Field(min_length=1)
@@ -315,13 +316,19 @@ class MatchingConfig(_Strict):
     def normalizer(self, attribute: str) -> str:
         return self.normalizers.get(attribute) or attribute_kind(attribute)
 
+    def normalizer_origin(self, attribute: str) -> str:
+        """Where an attribute's kind comes from, in words (for messages)."""
+        return "set in matching.normalizers" if attribute in self.normalizers else "guessed from its name"
+
 
 def attribute_kind(attribute: str) -> str:
     """The normalizer an attribute gets from its name (…email -> email, …phone -> phone,
-    …date/birth/dob -> date, …name -> name, latitude/longitude -> number, else text)."""
+    …year…/yob -> number (birth_year is a number, not a date), …date/birth/dob -> date,
+    …name -> name, latitude/longitude -> number, else text)."""
     lowered = attribute.lower()
-    for needle, kind in (("email", "email"), ("phone", "phone"), ("birth", "date"), ("date", "date"),
-                         ("dob", "date"), ("name", "name"), ("latitude", "number"), ("longitude", "number")):
+    for needle, kind in (("email", "email"), ("phone", "phone"), ("year", "number"), ("yob", "number"),
+                         ("birth", "date"), ("date", "date"), ("dob", "date"), ("name", "name"),
+                         ("latitude", "number"), ("longitude", "number")):
         if needle in lowered:
             return kind
     return "text"
@@ -480,6 +487,36 @@ class Config(_Strict):
         unknown = sorted(set(matching.link_limits) - known)
         if unknown:
             raise ValueError(f"matching.link_limits names undeclared identifier types {unknown}")
+
+    def warnings(self) -> list[str]:
+        """What is valid but most likely not meant, one line each (printed when a run or plan loads
+        the config, and kept in the run summary's `warnings`)."""
+        out = []
+        matching = self.matching is not None and self.matching.enabled
+        if not (matching and self.identity.guards):
+            return out
+        for source in self.sources:
+            if source.kind != "records":
+                continue
+            for id_type, cols in source.identifier_columns().items():
+                if source.key not in cols:
+                    continue
+                limit = self.identity.types[id_type].limit
+                fuzzy = self.matching.link_limits.get(id_type)
+                if limit == 1 or fuzzy == 1:
+                    where = "limit: 1" if limit == 1 else f"matching.link_limits.{id_type}: 1"
+                    out.append(
+                        f"identifier type {id_type!r} reads the key column {source.key!r} of source {source.name!r} "
+                        f"with {where}: no two records of {source.name!r} can ever be merged (each holds its own "
+                        f"{id_type}); records are tracked by their key without it, so remove `{id_type}: "
+                        f"{source.key}` from the source's identifiers, or drop the limit, unless one record per "
+                        "person is what you mean (one Salesforce Contact per person)")
+        return out
+
+    def record_key_types(self) -> set[str]:
+        """Identifier types that some records source reads from its key column."""
+        return {t for s in self.sources if s.kind == "records"
+                for t, cols in s.identifier_columns().items() if s.key in cols}
 
     def source_files(self, source: SourceConfig) -> list[Path]:
         """The files a source's glob matches, sorted so that runs are deterministic."""
