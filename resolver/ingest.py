@@ -175,9 +175,10 @@ def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 def identifier_column(
     config: Config, source: SourceConfig, id_type: str, column: str, rule: str, raw: pd.Series,
-    blocklist: Blocklist, actions: list,
+    blocklist: Blocklist | None, actions: list,
 ) -> IdentifierColumn:
-    """Normalize, block and hash one column, working on its distinct values only."""
+    """Normalize, block (unless `blocklist` is None) and hash one column, working on its distinct
+    values only."""
     codes, uniques = pd.factorize(raw, use_na_sentinel=True)
     distinct = pd.Series(uniques, dtype="str")
     counts = np.bincount(codes[codes >= 0], minlength=len(distinct))
@@ -187,9 +188,10 @@ def identifier_column(
         email_options=config.identity.email.model_dump(),
     ))
     actions.append(_value_actions("invalid", source.name, id_type, distinct, reason, counts))
-    blocked = blocklist.blocked(id_type, normalized)
-    actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
-    normalized = normalized.mask(blocked.notna())
+    if blocklist is not None:
+        blocked = blocklist.blocked(id_type, normalized)
+        actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
+        normalized = normalized.mask(blocked.notna())
     hashes = hash_identifiers(id_type, normalized)
     row_hash = spread(hashes, codes, np.uint64(0))
     kept = hashes != 0
@@ -200,7 +202,19 @@ def identifier_column(
 def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list) -> list[IdentifierColumn]:
     mapped = [(t, c, IDENTIFIER_RULE) for t, cols in source.identifier_columns().items() for c in cols]
     mapped += [(link.type, link.column, link.rule) for link in source.links]
-    return [identifier_column(config, source, t, c, r, frame[c], blocklist, actions) for t, c, r in mapped]
+    return [identifier_column(config, source, t, c, r, frame[c], None if _is_record_key(config, source, t, c, r)
+                              else blocklist, actions) for t, c, r in mapped]
+
+
+def _is_record_key(config: Config, source: SourceConfig, id_type: str, column: str, rule: str) -> bool:
+    """A records source's own key column, or an explicit link of a records source to a record-key
+    type (MasterRecordId -> sf_contact_id): these name records, never a placeholder someone typed,
+    so junk lists do not apply ("0" and "-1" are keys like any other)."""
+    if source.kind != "records":
+        return False
+    if rule == IDENTIFIER_RULE:
+        return column == source.key
+    return id_type in config.record_key_types()
 
 
 def distinct_values(idents: list[IdentifierColumn]) -> pd.DataFrame:
