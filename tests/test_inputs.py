@@ -246,6 +246,18 @@ def test_a_date_from_year_month_day_columns_through_every_reader(tmp_path, fmt):
         assert (got[f"p{i}"] if pd.notna(got[f"p{i}"]) else None) == expected, (fmt, year, month, day)
 
 
+def test_the_sync_service_builds_date_part_attributes_as_the_batch_does(tmp_path):
+    from resolver.sync.resolve import Resolver
+
+    config = load_config(_config(tmp_path, {"sources": [_parts_source("csv", "people.csv")]}))
+    resolver = Resolver(config, None)
+    got = resolver._attributes(config.sources[0], {"first": "Ann", "by": "1956", "bm": "4", "bd": "9"}, {},
+                               default_ts="2024-01-01T00:00:00Z")
+    assert got["birth_date"][:2] == ("1956-04-09", "1956-04-09")
+    got = resolver._attributes(config.sources[0], {"first": "Ann", "by": "1956", "bm": "2", "bd": "30"}, {})
+    assert "birth_date" not in got and "first_name" in got
+
+
 def test_date_parts_need_all_three_columns(tmp_path):
     body = {"sources": [{"name": "p", "format": "csv", "path": "p.csv", "key": "id",
                          "attributes": {"birth_date": {"year": "by", "month": "bm"}}}]}
