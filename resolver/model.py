@@ -167,16 +167,47 @@ def level_distribution(levels: np.ndarray, n_levels: int, weights: np.ndarray | 
     return out
 
 
-def random_pairs(active: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform random pairs of distinct active records."""
+def random_pairs(active: np.ndarray, n_pairs: int, seed: int, groups: np.ndarray | None = None,
+                 link_type: str = "link_and_dedupe") -> tuple[np.ndarray, np.ndarray]:
+    """Uniform random pairs of distinct active records. With `groups` (each record's source code)
+    and a link type, uniform over the pairs it allows: link_only, records of different groups;
+    dedupe_only, records of one group (matching.link_type); n_pairs of them (none when no pair is
+    allowed)."""
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(active)
+    if groups is not None and link_type != "link_and_dedupe":
+        return _allowed_random_pairs(rng, pool, np.asarray(groups, dtype=np.int64), n_pairs, link_type)
     if len(pool) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     a = pool[rng.integers(0, len(pool), n_pairs)]
     b = pool[rng.integers(0, len(pool), n_pairs)]
     keep = a != b
     return a[keep], b[keep]
+
+
+def _allowed_random_pairs(rng: np.random.Generator, pool: np.ndarray, groups: np.ndarray, n_pairs: int,
+                          link_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ordered pairs (a, b) drawn uniformly from those the link type allows: a with probability
+    proportional to how many partners it has, then b uniformly among them (no rejection, so a
+    source that dominates the data costs nothing)."""
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pool = pool[np.argsort(groups[pool], kind="stable")]  # members of a group are contiguous
+    g = groups[pool]
+    _, start, size = np.unique(g, return_index=True, return_counts=True)
+    group_of = np.searchsorted(start, np.arange(len(pool)), side="right") - 1
+    own = size[group_of]
+    partners = (len(pool) - own) if link_type == "link_only" else (own - 1)
+    total = partners.sum()
+    if total <= 0 or n_pairs <= 0:
+        return empty
+    a_pos = rng.choice(len(pool), size=n_pairs, p=partners / total)
+    j = rng.integers(0, partners[a_pos])  # b's index among a's partners
+    first = start[group_of[a_pos]]
+    if link_type == "link_only":  # partners: every record before a's group, then every one after it
+        b_pos = np.where(j < first, j, j + own[a_pos])
+    else:  # partners: a's group without a
+        b_pos = first + j + (first + j >= a_pos)
+    return pool[a_pos].astype(np.int64), pool[b_pos].astype(np.int64)
 
 
 def same_person_pairs(labels: np.ndarray, active: np.ndarray, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
