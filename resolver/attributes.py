@@ -70,7 +70,7 @@ def matching_columns(config: Config) -> list[str]:
     matching = config.matching
     columns: list[str] = []
     for rule in matching.blocking.rules:
-        for key in rule.keys:
+        for key in rule.keys + rule.refine_keys:
             columns.extend(parse_key(key).columns)
     for comparison in matching.comparisons:
         columns.extend(comparison.columns)

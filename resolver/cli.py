@@ -178,18 +178,29 @@ def cmd_plan(args) -> int:
     with console.status("reading records"):
         blocking, n_records = plan_matching(config)
     cap = config.matching.blocking.max_block_size
-    table = Table(title=f"blocking plan: {n_records:,} records, block cap {cap:,}", header_style="bold")
-    for column in ("rule", "records", "blocks", "pairs", "capped", "pairs capped"):
+    link_type = config.matching.link_type
+    title = f"blocking plan: {n_records:,} records, block cap {cap:,}"
+    if link_type != "link_and_dedupe":
+        title += f", {link_type} (pairs counted as it allows)"
+    table = Table(title=title, header_style="bold")
+    for column in ("rule", "records", "blocks", "pairs", "refined", "refined pairs", "capped", "pairs capped"):
         table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
     for p in blocking.plans:
-        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}", f"{p.capped_blocks:,}",
-                      f"{p.capped_pairs:,}")
-    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}", "", "")
+        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}", f"{p.refined_blocks:,}",
+                      f"{p.refined_pairs:,}", f"{p.capped_blocks:,}", f"{p.capped_pairs:,}")
+    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}", "",
+                  f"{sum(p.refined_pairs for p in blocking.plans):,}", "", "")
     out = Console(quiet=args.quiet)
     out.print(table)
     out.print("largest blocks (records):")
     for p in blocking.plans:
         out.print(f"  {p.name}: " + ", ".join(f"{text} ({size:,})" for text, size in p.largest[:3]), highlight=False)
+    for p, rule in zip(blocking.plans, config.matching.blocking.rules):
+        if p.refined_blocks:
+            out.print(f"  {p.name}: {p.refined_blocks:,} block(s) over the cap re-blocked by "
+                      f"{', '.join(rule.refine_keys)}: {p.refined_pairs:,} pairs"
+                      + (f"; {p.refine_missing:,} records without a refine key left them" if p.refine_missing else ""),
+                      highlight=False, soft_wrap=True)
     for warning in blocking.warnings(cap):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -177,6 +177,7 @@ class IdentityConfig(_Strict):
 # Probabilistic matching
 # --------------------------------------------------------------------------------------------
 ATTRIBUTE_NORMALIZERS = ("name", "text", "email", "phone", "date", "number", "raw")
+LINK_TYPES = ("link_and_dedupe", "link_only", "dedupe_only")
 COMPARISON_METHODS = (
     "exact", "jaro_winkler", "levenshtein", "jaccard", "date", "numeric", "geo", "email", "phone",
 )
@@ -193,16 +194,33 @@ class BlockingRule(_Strict):
 
     name: str
     keys: list[str] = Field(min_length=1)
+    # A block of more than max_block_size records is re-blocked: its records' key is combined with
+    # the first of these keys (same grammar as `keys`), a sub-block still over the cap with the
+    # next, and so on; what is still over the cap after the last is skipped. Default (None): the
+    # comparison columns the rule does not use, in comparison order ([]: no refinement).
+    refine: list[str] | None = None
+    _default_refine: list[str] = PrivateAttr(default_factory=list)
 
-    @field_validator("keys")
+    @field_validator("keys", "refine")
     @classmethod
-    def _expressions(cls, keys: list[str]) -> list[str]:
+    def _expressions(cls, keys: list[str] | None) -> list[str] | None:
         import re
 
-        bad = [k for k in keys if not re.match(_KEY_EXPRESSION, k)]
+        bad = [k for k in keys or [] if not re.match(_KEY_EXPRESSION, k)]
         if bad:
             raise ValueError(f"not a key expression: {bad} (expected `column` or `function(column, ...)`)")
         return keys
+
+    @property
+    def refine_keys(self) -> list[str]:
+        """The keys an over-cap block is refined by: `refine`, or the default matching set."""
+        return list(self.refine) if self.refine is not None else list(self._default_refine)
+
+    def columns(self) -> set[str]:
+        """The attributes the rule's keys read."""
+        from resolver.blocking import parse_key
+
+        return {c for k in self.keys for c in parse_key(k).columns}
 
 
 class BlockingConfig(_Strict):
@@ -295,6 +313,9 @@ class MatchingConfig(_Strict):
     comparisons: list[ComparisonConfig] = Field(min_length=1)
     model: ModelOptions = Field(default_factory=ModelOptions)
     thresholds: MatchThresholds = Field(default_factory=MatchThresholds)
+    # Which pairs may be candidates (Splink's names): link_and_dedupe, any two records; link_only,
+    # only records of different sources; dedupe_only, only records of the same source.
+    link_type: Literal[LINK_TYPES] = "link_and_dedupe"  # type: ignore[valid-type]
     # Extra limits on what a probabilistic link may join (on top of identity.types limits),
     # e.g. {sf_lead_id: 1}: a fuzzy match never joins two people holding different lead ids.
     link_limits: dict[str, int] = Field(default_factory=dict)
@@ -311,6 +332,16 @@ class MatchingConfig(_Strict):
         names = [c.name for c in self.comparisons]
         if len(set(names)) != len(names):
             raise ValueError(f"comparison names must be unique: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _default_refinements(self) -> "MatchingConfig":
+        """A rule without `refine` refines an over-cap block by the exact values of the comparison
+        columns it does not use, in comparison order (plain columns; geo comparisons left out)."""
+        compared = list(dict.fromkeys(c.columns[0] for c in self.comparisons if c.method != "geo"))
+        for rule in self.blocking.rules:
+            used = rule.columns()
+            rule._default_refine = [c for c in compared if c not in used]
         return self
 
     def normalizer(self, attribute: str) -> str:
@@ -479,11 +510,16 @@ class Config(_Strict):
             if missing:
                 raise ValueError(f"matching.comparisons.{comparison.name}: no records source has attribute(s) {missing}")
         for rule in matching.blocking.rules:
-            for key in rule.keys:
+            for key in rule.keys + (rule.refine or []):
                 used = parse_key(key).columns
                 missing = sorted(set(used) - attributes)
                 if missing:
                     raise ValueError(f"matching.blocking.{rule.name}: no records source has attribute(s) {missing}")
+        records_sources = [s.name for s in self.sources if s.kind == "records"]
+        if matching.link_type == "link_only" and len(records_sources) < 2:
+            raise ValueError(f"matching.link_type link_only links records of different sources, and there is only "
+                             f"one records source ({', '.join(records_sources) or 'none'}): use link_and_dedupe "
+                             "or dedupe_only, or add the other source")
         unknown = sorted(set(matching.link_limits) - known)
         if unknown:
             raise ValueError(f"matching.link_limits names undeclared identifier types {unknown}")

@@ -23,6 +23,7 @@ from resolver.blocking import (
     CandidatePairs,
     build_blocking_keys,
     candidate_pairs,
+    pair_scope,
 )
 from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.config import Config, ModelOptions
@@ -336,23 +337,25 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
 
     engine = dask_engine.active() if not backend.on_gpu_path else None
     summed_counts = None
+    scope = pair_scope(matching.link_type, records["source"])  # link_only / dedupe_only: which pairs may be made
     with timer("match:blocking", rows_in=int(active.sum())) as entry:
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend, known=known,
-                                       known_keys=known_keys)
+                                       known_keys=known_keys, scope=scope)
         entry["keyed_again"] = int(len(records) if known is None else (~known).sum())
         streamed = _streams(matching, blocking, backend, member_keys, reuse)
         if streamed:  # too many to hold: made bucket by bucket in the passes of _streamed_match
             pairs = None
         elif engine is not None:  # pairs made and compared bucket by bucket on the cluster
             pairs, engine_levels, summed_counts = dask_engine.pairs_and_levels(
-                engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules])
+                engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules],
+                scope)
         else:
-            pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
+            pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend, scope)
         entry["rows_out"] = None if streamed else len(pairs)
     if streamed:
         blocking.raw_keys = None
         return _streamed_match(config, blocking, labels[: len(records)], active, prepared, model_path, engine, timer,
-                               attributes)
+                               attributes, scope)
     key_cache = None
     if record_hashes is not None:
         by_record = np.argsort(record_hashes, kind="stable")
@@ -436,7 +439,7 @@ def _streams(matching, blocking, backend: Backend, member_keys, reuse) -> bool:
 
 
 def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.ndarray, prepared: list,
-                    model_path: Path | None, engine, timer, attributes) -> MatchResult:
+                    model_path: Path | None, engine, timer, attributes, scope=None) -> MatchResult:
     """match_records for pairs that do not fit in memory together (resolver.pair_buckets): a
     first pass sums EM's statistics bucket by bucket (none when the model is loaded), a second
     scores every bucket's pairs with the trained model and keeps those the outputs show. The
@@ -454,7 +457,7 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
         mapper, buckets = pair_buckets.in_process, pair_buckets.local_buckets(keys.shape[1])
     with timer("match:compare") as entry:
         if model_path is None:
-            per_rule, counts = pair_buckets.pattern_statistics(mapper, keys, labels, prepared, buckets)
+            per_rule, counts = pair_buckets.pattern_statistics(mapper, keys, labels, prepared, buckets, scope)
             entry["rows_out"] = sum(per_rule)
     with timer("match:train"):
         if model_path is not None:
@@ -465,7 +468,7 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
                                 n_candidates=sum(per_rule))
     with timer("match:score") as entry:
         keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
-        scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from)
+        scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from, scope)
         entry["rows_in"], entry["rows_out"] = sum(scored.per_rule), len(scored.left)
     candidates = sum(scored.per_rule)
     result = MatchResult(
@@ -506,11 +509,13 @@ def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pair
 def _summary(result: MatchResult, candidates: int, per_rule: list[int], config: Config) -> dict:
     matching = config.matching
     return {
+        "link_type": matching.link_type,
         "candidate_pairs": candidates,
         "pairs_per_rule": dict(zip(result.blocking.rules, per_rule)),
         "blocking_plan": [
             {"rule": p.name, "keyed_records": p.keyed_records, "blocks": p.blocks, "pairs_in_blocks": p.pairs,
-             "capped_blocks": p.capped_blocks, "capped_records": p.capped_records, "capped_pairs": p.capped_pairs}
+             "capped_blocks": p.capped_blocks, "capped_records": p.capped_records, "capped_pairs": p.capped_pairs,
+             "refined_blocks": p.refined_blocks, "refined_pairs": p.refined_pairs, "refine_missing": p.refine_missing}
             for p in result.blocking.plans
         ],
         "blocking_warnings": result.blocking.warnings(matching.blocking.max_block_size),

@@ -832,7 +832,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
 def plan_matching(config: Config):
     """Blocking plan from the records alone: pair counts per rule and the largest blocks, before
     any pair is made (reads and normalizes the records sources; events are not needed)."""
-    from resolver.blocking import build_blocking_keys
+    from resolver.blocking import build_blocking_keys, pair_scope
 
     if config.matching is None:
         raise ConfigError("the configuration has no `matching` section to plan")
@@ -848,7 +848,8 @@ def plan_matching(config: Config):
         from resolver.attributes import match_attributes
 
         attributes = match_attributes(records, config)
-    return build_blocking_keys(config.matching.blocking, attributes, active), len(records)
+    scope = pair_scope(config.matching.link_type, records["source"])
+    return build_blocking_keys(config.matching.blocking, attributes, active, scope=scope), len(records)
 
 
 def config_digest(config: Config) -> str:

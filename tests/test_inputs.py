@@ -373,3 +373,382 @@ def test_an_identifier_value_0_outside_the_key_is_still_blocked(tmp_path):
     assert _identity_map(tmp_path)["person_id"].nunique() == 2  # "0" links no one
     actions = pd.read_parquet(tmp_path / "out" / "policy_actions.parquet")
     assert ((actions["action"] == "blocked") & (actions["id_type"] == "ext_id")).sum() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. link_only / dedupe_only
+# ---------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from resolver.blocking import (  # noqa: E402
+    BlockingKeys,
+    PairScope,
+    build_blocking_keys,
+    candidate_pairs,
+    pair_scope,
+    rule_pairs_of,
+    rule_pairs_xp,
+)
+from resolver.config import BlockingConfig, BlockingRule  # noqa: E402
+
+
+def _two_sources(tmp_path: Path, link_type: str | None, **matching) -> Path:
+    """Source a: people 0-19, people 0-4 twice; source b: people 10-29, people 25-29 twice. People
+    10-19 are in both."""
+    people = [{**p, "last": LAST[i % 6]} for i, p in enumerate(_people(30))]  # namesakes: non-matches to block
+    a = [{"id": f"a{i}", **people[i]} for i in range(20)] + [{"id": f"a{i}x", **people[i]} for i in range(5)]
+    b = [{"id": f"b{i}", **people[i]} for i in range(10, 30)] + [{"id": f"b{i}x", **people[i]} for i in range(25, 30)]
+    _write_csv(tmp_path / "a.csv", a)
+    _write_csv(tmp_path / "b.csv", b)
+    spec = {**MATCHING, **matching}
+    if link_type is not None:
+        spec["link_type"] = link_type
+    return _config(tmp_path, {"sources": [{"name": s, "format": "csv", "path": f"{s}.csv", "key": "id",
+                                           "attributes": ATTRIBUTES} for s in ("a", "b")], "matching": spec})
+
+
+def _pairs_made(tmp_path: Path) -> pd.DataFrame:
+    ids = _identity_map(tmp_path)
+    scored = pd.read_parquet(tmp_path / "out" / "scored_pairs.parquet")
+    source = ids.set_index("record_id")["source"].astype(str)
+    return pd.DataFrame({"l": source.loc[scored["record_id_l"]].to_numpy(),
+                         "r": source.loc[scored["record_id_r"]].to_numpy()})
+
+
+def _same(ids: pd.DataFrame, x: str, y: str) -> bool:
+    person = dict(zip(ids["record_key"], ids["person_id"]))
+    return person[x] == person[y]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_link_only_makes_pairs_only_between_sources(tmp_path, stream):
+    extra = {"stream_above_pairs": 0} if stream else {}  # 0: pairs made bucket by bucket (pair_buckets)
+    assert _run(_two_sources(tmp_path, "link_only", **extra)) == EXIT_OK
+    summary = _summary(tmp_path)
+    assert ("streamed" in summary["matching"]) == stream and summary["matching"]["link_type"] == "link_only"
+    made = _pairs_made(tmp_path)
+    assert len(made) and (made["l"] != made["r"]).all()
+    ids = _identity_map(tmp_path)
+    assert all(_same(ids, f"a{i}", f"b{i}") for i in range(10, 20))  # the same people across sources
+    assert not any(_same(ids, f"a{i}", f"a{i}x") for i in range(5))  # never within one
+    assert not any(_same(ids, f"b{i}", f"b{i}x") for i in range(25, 30))
+    # every candidate pair the blocks allow: cross-source pairs of one surname only
+    plan = summary["matching"]["blocking_plan"][0]
+    assert summary["matching"]["candidate_pairs"] == plan["pairs_in_blocks"] == _allowed_pairs(tmp_path, "link_only")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_dedupe_only_makes_pairs_only_within_a_source(tmp_path, stream):
+    extra = {"stream_above_pairs": 0} if stream else {}
+    assert _run(_two_sources(tmp_path, "dedupe_only", **extra)) == EXIT_OK
+    made = _pairs_made(tmp_path)
+    assert len(made) and (made["l"] == made["r"]).all()
+    ids = _identity_map(tmp_path)
+    assert all(_same(ids, f"a{i}", f"a{i}x") for i in range(5))
+    assert not any(_same(ids, f"a{i}", f"b{i}") for i in range(10, 20))
+    assert _summary(tmp_path)["matching"]["candidate_pairs"] == _allowed_pairs(tmp_path, "dedupe_only")
+
+
+def test_link_and_dedupe_is_the_default_and_makes_both(tmp_path):
+    assert _run(_two_sources(tmp_path, None)) == EXIT_OK
+    made = _pairs_made(tmp_path)
+    assert (made["l"] == made["r"]).any() and (made["l"] != made["r"]).any()
+    ids = _identity_map(tmp_path)
+    assert _same(ids, "a0", "a0x") and _same(ids, "a10", "b10")
+    assert _summary(tmp_path)["matching"]["candidate_pairs"] == _allowed_pairs(tmp_path, "link_and_dedupe")
+
+
+def _allowed_pairs(tmp_path: Path, link_type: str) -> int:
+    """Brute force: pairs of records with one surname that the link type allows."""
+    rows = pd.concat([pd.read_csv(tmp_path / f"{s}.csv").assign(source=s) for s in ("a", "b")], ignore_index=True)
+    count = 0
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            if rows["last"][i] != rows["last"][j]:
+                continue
+            same = rows["source"][i] == rows["source"][j]
+            count += {"link_and_dedupe": True, "link_only": not same, "dedupe_only": same}[link_type]
+    return count
+
+
+def test_link_only_needs_two_records_sources(tmp_path):
+    from resolver.config import ConfigError
+
+    _duplicated_people(tmp_path)
+    body = {"sources": [{"name": "people", "format": "csv", "path": "people.csv", "key": "id",
+                         "attributes": ATTRIBUTES}], "matching": {**MATCHING, "link_type": "link_only"}}
+    with pytest.raises(ConfigError, match="link_only .* only one records source"):
+        load_config(_config(tmp_path, body))
+
+
+def test_link_only_on_the_dask_engine_gives_the_local_engines_pairs(tmp_path):
+    pytest.importorskip("distributed")
+    config = _two_sources(tmp_path, "link_only")
+    assert _run(config) == EXIT_OK
+    local = pd.read_parquet(tmp_path / "out" / "scored_pairs.parquet")
+    assert main(["run", "--config", str(config), "-q", "--out", str(tmp_path / "dask"), "--engine", "dask",
+                 "--workers", "1", "--backend", "cpu"]) == EXIT_OK
+    on_dask = pd.read_parquet(tmp_path / "dask" / "scored_pairs.parquet")
+    pd.testing.assert_frame_equal(local[["record_id_l", "record_id_r", "rule"]],
+                                  on_dask[["record_id_l", "record_id_r", "rule"]])
+    assert len(_pairs_made(tmp_path)) == len(on_dask)
+
+
+def test_the_dask_engines_bucketed_pairs_keep_the_scope():
+    from resolver import dask_engine
+    from resolver.compare import prepare
+    from resolver.config import ComparisonConfig
+    from resolver.pair_buckets import in_process
+
+    class Engine:  # what pairs_and_levels reads of a DaskEngine, with tasks run in this process
+        description: dict = {}
+
+        def buckets_for(self, rows):
+            return 3
+
+        def map_lazily(self, fn, jobs):
+            return in_process(fn, jobs)
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 6, size=(2, 120)).astype(np.uint64)
+    labels = np.arange(120)
+    groups = rng.integers(0, 3, size=120)
+    prepared = [prepare(ComparisonConfig(name="c", column="c", method="exact"),
+                        {"c": pd.Series(rng.choice(["a", "b"], size=120), dtype="str")})]
+    for link_type in ("link_only", "dedupe_only"):
+        scope = PairScope(link_type, groups)
+        pairs, _, _ = dask_engine.pairs_and_levels(Engine(), keys, labels, prepared, ["r0", "r1"], scope)
+        held = candidate_pairs(BlockingKeys(["r0", "r1"], keys, []), labels, scope=scope)
+        assert [x.tolist() for x in (pairs.left, pairs.right, pairs.rule)] == \
+            [x.tolist() for x in (held.left, held.right, held.rule)]
+        same = groups[pairs.left] == groups[pairs.right]
+        assert len(same) and (same.all() if link_type == "dedupe_only" else not same.any())
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(2, 40), cap=st.integers(2, 9),
+       link_type=st.sampled_from(["link_and_dedupe", "link_only", "dedupe_only"]))
+def test_scoped_pairs_and_counts_equal_brute_force_on_every_path(data, n, cap, link_type):
+    first = data.draw(st.lists(st.sampled_from(["a", "b", "c", None]), min_size=n, max_size=n))
+    second = data.draw(st.lists(st.sampled_from(["x", "y", None]), min_size=n, max_size=n))
+    labels = np.array(data.draw(st.lists(st.integers(0, n), min_size=n, max_size=n)))
+    sources = pd.Series(data.draw(st.lists(st.sampled_from(["s1", "s2", "s3"]), min_size=n, max_size=n)))
+    attrs = {"f": pd.Series(first, dtype="str"), "s": pd.Series(second, dtype="str")}
+    config = BlockingConfig(max_block_size=cap, rules=[BlockingRule(name="fs", keys=["f", "s"], refine=[]),
+                                                       BlockingRule(name="f", keys=["f"], refine=["s"])])
+    scope = pair_scope(link_type, sources)
+    assert (scope is None) == (link_type == "link_and_dedupe")
+    keys = build_blocking_keys(config, attrs, np.ones(n, bool), scope=scope)
+    pairs = candidate_pairs(keys, labels, scope=scope)
+
+    def allowed(i, j):
+        same = sources[i] == sources[j]
+        return {"link_and_dedupe": True, "link_only": not same, "dedupe_only": same}[link_type]
+
+    got = {(int(i), int(j)): int(r) for i, j, r in zip(pairs.left, pairs.right, pairs.rule)}
+    assert len(got) == len(pairs)
+    expected, seen = {}, set()
+    for r in range(2):
+        k = keys.keys[r]
+        in_blocks = [(i, j) for i in range(n) for j in range(i + 1, n) if k[i] != 0 and k[i] == k[j]]
+        assert keys.plans[r].pairs == sum(allowed(i, j) for i, j in in_blocks)
+        for i, j in in_blocks:
+            if (i, j) not in seen:
+                seen.add((i, j))
+                if labels[i] != labels[j] and allowed(i, j):
+                    expected[(i, j)] = r
+    assert got == expected
+    # the array path and the bucketed path make the same pairs in the same order
+    for r in range(2):
+        left, right = rule_pairs_of(keys.keys, r, labels, scope)
+        xl, xr = rule_pairs_xp(np, keys.keys, r, labels, chunk=7, scope=scope)
+        assert left.tolist() == xl.tolist() and right.tolist() == xr.tolist()
+
+
+def test_random_pairs_sample_only_allowed_pairs_uniformly():
+    from collections import Counter
+
+    from resolver.model import random_pairs
+
+    groups = np.array([0, 0, 0, 1, 1, 2, 0, 1])
+    active = np.ones(8, bool)
+    active[7] = False
+    a, b = random_pairs(active, 56_000, seed=1, groups=groups, link_type="link_only")
+    assert len(a) == 56_000 and (groups[a] != groups[b]).all() and active[a].all() and active[b].all()
+    counts = Counter(zip(a.tolist(), b.tolist()))
+    assert len(counts) == 28  # ordered pairs across groups among the 7 active records
+    assert max(counts.values()) < 1.2 * 2000 and min(counts.values()) > 0.8 * 2000
+    a, b = random_pairs(active, 14_000, seed=1, groups=groups, link_type="dedupe_only")
+    assert (groups[a] == groups[b]).all() and (a != b).all()
+    assert len(Counter(zip(a.tolist(), b.tolist()))) == 14  # 4*3 + 2*1 ordered pairs within groups
+    none = random_pairs(active, 10, seed=1, groups=np.zeros(8, int), link_type="link_only")
+    assert len(none[0]) == 0
+    # without groups, or with link_and_dedupe, the sample is the one it always was
+    plain = random_pairs(active, 500, seed=4)
+    same = random_pairs(active, 500, seed=4, groups=groups, link_type="link_and_dedupe")
+    assert all(np.array_equal(x, y) for x, y in zip(plain, same))
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. An over-cap block re-blocked with a finer key
+# ---------------------------------------------------------------------------------------------
+def _smiths(n: int = 600, johns: int = 0) -> tuple[dict[str, pd.Series], list[tuple[int, int]]]:
+    """n records sharing the surname smith; records 2k and 2k+1 (k < 50) are one person (same first
+    name and birth date); `johns` further records share the first name john (and 20 birth dates).
+    Three records have no first name."""
+    rng = np.random.default_rng(5)
+    first = [f"name{i // 2}" if i < 100 else f"other{i}" for i in range(n)]
+    dob = [f"19{50 + (i // 2) % 40}-01-{1 + (i // 2) % 28:02d}" if i < 100 else f"{1900 + i % 100}-02-{1 + i % 28:02d}"
+           for i in range(n)]
+    for i in range(100, 100 + johns):  # the johns share 20 birth dates
+        first[i], dob[i] = "john", f"1970-03-{1 + i % 20:02d}"
+    for i in rng.choice(np.arange(100 + johns, n), size=3, replace=False):
+        first[i] = None
+    attrs = {"last_name": pd.Series(["smith"] * n, dtype="str"), "first_name": pd.Series(first, dtype="str"),
+             "birth_date": pd.Series(dob, dtype="str")}
+    return attrs, [(2 * k, 2 * k + 1) for k in range(50)]
+
+
+def _matching_blocking(rules: list[dict], cap: int = 500):
+    """A BlockingConfig as a matching section makes it (the default refine keys come from there)."""
+    from resolver.config import MatchingConfig
+
+    return MatchingConfig.model_validate({
+        "blocking": {"max_block_size": cap, "rules": rules},
+        "comparisons": [{"name": "first_name", "column": "first_name", "method": "jaro_winkler", "thresholds": [0.9]},
+                        {"name": "birth_date", "column": "birth_date", "method": "date"}]}).blocking
+
+
+def _pair_set(left, right) -> set[tuple[int, int]]:
+    return set(zip(np.asarray(left).tolist(), np.asarray(right).tolist()))
+
+
+def test_default_refine_keys_are_the_comparison_columns_the_rule_does_not_use():
+    blocking = _matching_blocking([{"name": "surname", "keys": ["last_name"]},
+                                   {"name": "first", "keys": ["prefix(first_name, 3)"]},
+                                   {"name": "mine", "keys": ["last_name"], "refine": ["year(birth_date)"]},
+                                   {"name": "none", "keys": ["last_name"], "refine": []}])
+    assert [r.refine_keys for r in blocking.rules] == [["first_name", "birth_date"], ["birth_date"],
+                                                        ["year(birth_date)"], []]
+
+
+def test_a_big_block_is_refined_and_its_true_pairs_found_on_the_numba_and_array_paths():
+    attrs, truth = _smiths()
+    blocking = build_blocking_keys(_matching_blocking([{"name": "surname", "keys": ["last_name"]}]), attrs,
+                                   np.ones(600, bool))
+    plan = blocking.plans[0]
+    assert (plan.refined_blocks, plan.capped_blocks, plan.refine_missing) == (1, 0, 3)
+    assert plan.pairs == plan.refined_pairs == 50 and blocking.warnings(500) == []
+    labels = np.arange(600)
+    held = candidate_pairs(blocking, labels)
+    assert _pair_set(held.left, held.right) == set(truth)
+    xl, xr = rule_pairs_xp(np, blocking.keys, 0, labels, chunk=11)
+    assert xl.tolist() == held.left.tolist() and xr.tolist() == held.right.tolist()
+
+
+def test_a_sub_block_still_over_the_cap_is_refined_by_the_next_key():
+    attrs, truth = _smiths(johns=450)  # 450 johns: over a cap of 400 after the first name too
+    blocking = build_blocking_keys(_matching_blocking([{"name": "surname", "keys": ["last_name"]}], cap=400), attrs,
+                                   np.ones(600, bool))
+    plan = blocking.plans[0]
+    assert plan.capped_blocks == 0 and plan.refined_blocks == 1
+    pairs = candidate_pairs(blocking, np.arange(600))
+    johns = [i for i in range(100, 550) if attrs["first_name"][i] == "john"]
+    same_dob = {(i, j) for i in johns for j in johns if i < j and attrs["birth_date"][i] == attrs["birth_date"][j]}
+    assert same_dob and _pair_set(pairs.left, pairs.right) == set(truth) | same_dob
+    assert plan.pairs == len(truth) + len(same_dob)
+
+
+def test_what_is_over_the_cap_after_the_last_refine_key_is_skipped_with_the_warning():
+    attrs, truth = _smiths(johns=450)
+    blocking = build_blocking_keys(_matching_blocking([{"name": "surname", "keys": ["last_name"],
+                                                        "refine": ["first_name"]}], cap=400), attrs,
+                                   np.ones(600, bool))
+    plan = blocking.plans[0]
+    assert (plan.capped_blocks, plan.capped_records) == (1, 450)
+    (warning,) = blocking.warnings(400)
+    assert "'smith | john' has 450 records" in warning
+    pairs = candidate_pairs(blocking, np.arange(600))
+    assert _pair_set(pairs.left, pairs.right) == set(truth)  # the johns' block is skipped, the rest found
+    unrefined = build_blocking_keys(_matching_blocking([{"name": "surname", "keys": ["last_name"], "refine": []}]),
+                                    attrs, np.ones(600, bool))
+    assert unrefined.plans[0].pairs == 0 and len(candidate_pairs(unrefined, np.arange(600))) == 0
+    assert "'smith' has 600 records" in unrefined.warnings(500)[0]
+
+
+def _reference_pairs(attrs: dict[str, pd.Series], rules: list[tuple[list[str], list[str]]], cap: int,
+                     labels: np.ndarray) -> dict[tuple[int, int], int]:
+    """Brute force: each rule's blocks by its columns, an over-cap block split by each refine column
+    in turn; a pair goes to the first rule whose (refined) block holds both records."""
+    n = len(labels)
+
+    def blocks(columns, members):
+        out: dict = {}
+        for i in members:
+            values = tuple(attrs[c][i] for c in columns)
+            if not any(pd.isna(v) for v in values):
+                out.setdefault(values, []).append(i)
+        return list(out.values())
+
+    block_of = []
+    for keys, refine in rules:
+        mine, todo = {}, [(list(keys), block) for block in blocks(keys, range(n))]
+        while todo:
+            columns, block = todo.pop()
+            if len(block) <= cap:
+                for i in block:
+                    mine[i] = (tuple(columns), tuple(attrs[c][i] for c in columns))
+            elif len(columns) - len(keys) < len(refine):
+                todo += [(columns + [refine[len(columns) - len(keys)]], sub)
+                         for sub in blocks(columns + [refine[len(columns) - len(keys)]], block)]
+        block_of.append(mine)
+    out = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            for r, mine in enumerate(block_of):
+                if i in mine and mine.get(i) == mine.get(j):
+                    if labels[i] != labels[j]:
+                        out[(i, j)] = r
+                    break
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), n=st.integers(2, 45), cap=st.integers(2, 6))
+def test_refined_keys_keep_each_pair_once_with_the_first_rule_that_finds_it(data, n, cap):
+    column = st.sampled_from(["a", "b", None])
+    attrs = {c: pd.Series(data.draw(st.lists(column, min_size=n, max_size=n)), dtype="str") for c in "fstu"}
+    labels = np.array(data.draw(st.lists(st.integers(0, n), min_size=n, max_size=n)))
+    rules = [(["f"], ["s", "t"]), (["s"], ["u"]), (["t"], [])]
+    config = BlockingConfig(max_block_size=cap, rules=[BlockingRule(name=f"r{r}", keys=k, refine=f)
+                                                       for r, (k, f) in enumerate(rules)])
+    blocking = build_blocking_keys(config, attrs, np.ones(n, bool))
+    pairs = candidate_pairs(blocking, labels)
+    got = {(int(i), int(j)): int(r) for i, j, r in zip(pairs.left, pairs.right, pairs.rule)}
+    assert len(got) == len(pairs) and got == _reference_pairs(attrs, rules, cap, labels)
+    for r in range(3):
+        left, right = rule_pairs_of(blocking.keys, r, labels)
+        xl, xr = rule_pairs_xp(np, blocking.keys, r, labels, chunk=5)
+        assert left.tolist() == xl.tolist() and right.tolist() == xr.tolist()
+
+
+def test_plan_and_the_run_summary_report_refined_blocks(tmp_path, capsys):
+    attrs, _ = _smiths()
+    rows = pd.DataFrame({"id": range(600), "first": attrs["first_name"], "last": attrs["last_name"],
+                         "dob": attrs["birth_date"]})
+    rows.to_csv(tmp_path / "people.csv", index=False)
+    body = {"sources": [{"name": "people", "format": "csv", "path": "people.csv", "key": "id",
+                         "attributes": {"first_name": "first", "last_name": "last", "birth_date": "dob"}}],
+            "matching": {"blocking": {"rules": [{"name": "surname", "keys": ["last_name"]}]},
+                         "comparisons": [{"name": "first_name", "column": "first_name", "method": "exact"},
+                                         {"name": "birth_date", "column": "birth_date", "method": "date"}]}}
+    config = _config(tmp_path, body)
+    assert main(["plan", "--config", str(config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "re-blocked by first_name, birth_date: 50 pairs; 3 records without a refine key left them" in out
+    assert _run(config) == EXIT_OK
+    summary = _summary(tmp_path)
+    (plan,) = summary["matching"]["blocking_plan"]
+    assert (plan["refined_blocks"], plan["refined_pairs"], plan["capped_blocks"]) == (1, 50, 0)
+    assert summary["matching"]["candidate_pairs"] == 50 and summary["matching"]["blocking_warnings"] == []
