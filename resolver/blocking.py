@@ -263,6 +263,13 @@ def _blocks(xp: ModuleType, keys):
     return members, starts, sizes.astype(xp.int64)
 
 
+def _block_of(xp: ModuleType, sizes):
+    """Each member's block (members in block order), from the block sizes (CuPy's repeat takes no
+    array of counts: a search over the block starts instead)."""
+    starts = xp.cumsum(sizes) - sizes
+    return xp.searchsorted(starts, xp.arange(int(sizes.sum()), dtype=xp.int64), side="right") - 1
+
+
 def _block_pairs(xp: ModuleType, members, sizes, groups=None, link_type: int = LINK_AND_DEDUPE):
     """Pairs each block makes (members in block order, `sizes` per block): all of them, or with
     groups those the link type allows (link_only: n^2 - sum of n_g^2, halved; dedupe_only: the
@@ -271,7 +278,7 @@ def _block_pairs(xp: ModuleType, members, sizes, groups=None, link_type: int = L
     if groups is None or link_type == LINK_AND_DEDUPE or not len(sizes):
         return total
     g = groups[members].astype(xp.int64)
-    block = xp.repeat(xp.arange(len(sizes), dtype=xp.int64), sizes)
+    block = _block_of(xp, sizes)
     width = int(g.max()) + 1
     combos, counts = xp.unique(block * width + g, return_counts=True)
     counts = counts.astype(xp.int64)
@@ -310,8 +317,7 @@ def _refine(xp: ModuleType, keys, pending, rule: BlockingRule, attributes: dict[
         over = sizes > cap
         pairs = _block_pairs(xp, pending[order], sizes, groups, link_type)
         out["refined_pairs"] += int(pairs[~over].sum())
-        block_of = xp.repeat(xp.arange(len(sizes), dtype=xp.int64), sizes)
-        pending = pending[order[over[block_of]]]
+        pending = pending[order[over[_block_of(xp, sizes)]]]
     if len(pending):  # still over the cap: skipped for this rule, with a warning naming the key
         order, starts, sizes = _blocks(xp, keys[pending])
         members = pending[order]
