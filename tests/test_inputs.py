@@ -318,6 +318,7 @@ def test_a_normalizer_that_nulls_most_values_warns_with_the_fix(tmp_path, capsys
         assert part in warning
     lines = [line for line in capsys.readouterr().err.splitlines() if "'birth_year' is normalized" in line]
     assert len(lines) == 1 and lines[0] == f"warning: {warning}"
+    assert "set in matching.normalizers" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_a_guessed_kind_that_nulls_most_values_says_it_was_guessed(tmp_path):
