@@ -181,15 +181,19 @@ def cmd_plan(args) -> int:
     link_type = config.matching.link_type
     title = f"blocking plan: {n_records:,} records, block cap {cap:,}"
     if link_type != "link_and_dedupe":
-        title += f", {link_type} (pairs counted as it allows)"
+        title += f", {link_type}"  # pairs are counted as the link type allows
+    refined = any(p.refined_blocks for p in blocking.plans)  # the refine columns only when a block was refined
     table = Table(title=title, header_style="bold")
-    for column in ("rule", "records", "blocks", "pairs", "refined", "refined pairs", "capped", "pairs capped"):
+    columns = ("rule", "records", "blocks", "pairs") + (("refined", "refined pairs") if refined else ()) + (
+        "capped", "pairs capped")
+    for column in columns:
         table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
     for p in blocking.plans:
-        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}", f"{p.refined_blocks:,}",
-                      f"{p.refined_pairs:,}", f"{p.capped_blocks:,}", f"{p.capped_pairs:,}")
-    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}", "",
-                  f"{sum(p.refined_pairs for p in blocking.plans):,}", "", "")
+        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}",
+                      *((f"{p.refined_blocks:,}", f"{p.refined_pairs:,}") if refined else ()),
+                      f"{p.capped_blocks:,}", f"{p.capped_pairs:,}")
+    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}",
+                  *(("", f"{sum(p.refined_pairs for p in blocking.plans):,}") if refined else ()), "", "")
     out = Console(quiet=args.quiet)
     out.print(table)
     out.print("largest blocks (records):")
