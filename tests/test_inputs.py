@@ -14,9 +14,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from resolver.blocking import (
+    BlockingKeys,
+    PairScope,
+    build_blocking_keys,
+    candidate_pairs,
+    pair_scope,
+    rule_pairs_of,
+    rule_pairs_xp,
+)
 from resolver.cli import EXIT_INPUT, EXIT_OK, main
-from resolver.config import attribute_kind, load_config
+from resolver.config import BlockingConfig, BlockingRule, attribute_kind, load_config
 
 FIRST = ["anna", "bruno", "carla", "dieter", "emma", "felix", "greta", "hans", "ida", "jonas", "karla", "lukas",
          "mia", "noah", "olga", "paul", "quinn", "rosa", "sven", "tina", "ulla", "volker", "wanda", "xaver"]
@@ -287,7 +298,8 @@ def test_year_like_attribute_names_are_numbers_not_dates():
 
 def _years_config(tmp_path: Path, normalizers: dict | None, n: int = 30) -> Path:
     people = _people(n)
-    rows = [{"id": f"r{i}", "first": p["first"], "last": LAST[i % 5], "yob": p["dob"][:4]} for i, p in enumerate(people)]
+    rows = [{"id": f"r{i}", "first": p["first"], "last": LAST[i % 5], "yob": p["dob"][:4]}
+            for i, p in enumerate(people)]
     _write_csv(tmp_path / "people.csv", rows)
     matching = {"blocking": {"rules": [{"name": "surname", "keys": ["last_name"]}]},
                 "comparisons": [{"name": "birth_year", "column": "birth_year", "method": "exact"},
@@ -379,21 +391,6 @@ def test_an_identifier_value_0_outside_the_key_is_still_blocked(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 6. link_only / dedupe_only
 # ---------------------------------------------------------------------------------------------
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from resolver.blocking import (  # noqa: E402
-    BlockingKeys,
-    PairScope,
-    build_blocking_keys,
-    candidate_pairs,
-    pair_scope,
-    rule_pairs_of,
-    rule_pairs_xp,
-)
-from resolver.config import BlockingConfig, BlockingRule  # noqa: E402
-
-
 def _two_sources(tmp_path: Path, link_type: str | None, **matching) -> Path:
     """Source a: people 0-19, people 0-4 twice; source b: people 10-29, people 25-29 twice. People
     10-19 are in both."""
@@ -753,3 +750,15 @@ def test_plan_and_the_run_summary_report_refined_blocks(tmp_path, capsys):
     (plan,) = summary["matching"]["blocking_plan"]
     assert (plan["refined_blocks"], plan["refined_pairs"], plan["capped_blocks"]) == (1, 50, 0)
     assert summary["matching"]["candidate_pairs"] == 50 and summary["matching"]["blocking_warnings"] == []
+
+
+def test_refine_keys_are_checked_like_keys(tmp_path):
+    from resolver.config import ConfigError
+
+    _duplicated_people(tmp_path)
+    for refine, message in ((["shoe_size"], "no records source has attribute"), (["shout(first_name)"], "shout")):
+        matching = {**MATCHING, "blocking": {"rules": [{"name": "surname", "keys": ["last_name"], "refine": refine}]}}
+        body = {"sources": [{"name": "people", "format": "csv", "path": "people.csv", "key": "id",
+                             "attributes": ATTRIBUTES}], "matching": matching}
+        with pytest.raises(ConfigError, match=message):
+            load_config(_config(tmp_path, body))
