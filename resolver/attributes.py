@@ -6,6 +6,7 @@ an attribute leaves it missing (NA), and missing never agrees with anything.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from resolver.config import Config
@@ -69,7 +70,7 @@ def matching_columns(config: Config) -> list[str]:
     matching = config.matching
     columns: list[str] = []
     for rule in matching.blocking.rules:
-        for key in rule.keys:
+        for key in rule.keys + rule.refine_keys:
             columns.extend(parse_key(key).columns)
     for comparison in matching.comparisons:
         columns.extend(comparison.columns)
@@ -102,3 +103,50 @@ def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str
     with ThreadPoolExecutor(max_workers=max(1, config.run.workers)) as pool:
         return dict(zip(kinds, pool.map(one, kinds)))
 
+
+
+# An attribute whose normalizer makes more than this share of its non-empty values missing, over
+# at least NULLED_MIN_VALUES of them, is most likely of another kind (birth_year read as a date).
+NULLED_SHARE, NULLED_MIN_VALUES = 0.5, 20
+
+
+def normalization_report(config: Config, records: pd.DataFrame, attributes: dict[str, pd.Series] | None,
+                         ) -> tuple[dict[str, dict], list[str]]:
+    """Per attribute put in match form: its kind, where the kind came from, how many records hold
+    a non-empty value and how many of those the normalizer made missing; and one warning line per
+    attribute whose normalizer nulled most of them (with the setting that fixes it)."""
+    from resolver.golden import field_kind
+
+    report: dict[str, dict] = {}
+    warnings: list[str] = []
+    for name, normalized in (attributes or {}).items():
+        if name not in records:
+            continue
+        raw = records[name].reset_index(drop=True)
+        present = raw.notna().to_numpy().copy()
+        nulled = present & normalized.reset_index(drop=True).isna().to_numpy()
+        if nulled.any():  # whitespace only is no value: only the nulled ones can be (few, usually)
+            blank = raw[nulled].astype("str").str.strip().eq("").to_numpy()
+            present[np.flatnonzero(nulled)[blank]] = False
+            nulled &= present
+        kind = field_kind(config, name)
+        origin = config.matching.normalizer_origin(name) if config.matching is not None else "guessed from its name"
+        non_empty, lost = int(present.sum()), int(nulled.sum())
+        report[name] = {"kind": kind, "kind_from": "matching.normalizers" if origin.startswith("set") else "name",
+                        "non_empty": non_empty, "nulled": lost}
+        if non_empty >= NULLED_MIN_VALUES and lost > NULLED_SHARE * non_empty:
+            suggestion = _suggested_kind(raw[nulled], kind)
+            warnings.append(
+                f"attribute {name!r} is normalized as {kind} ({origin}), which made {lost / non_empty:.0%} of its "
+                f"{non_empty:,} non-empty values missing: if it is not a {kind}, set its kind, e.g. "
+                f"`matching.normalizers: {{{name}: {suggestion}}}` (name | text | email | phone | date | number | raw)")
+    return report, warnings
+
+
+def _suggested_kind(nulled: pd.Series, kind: str) -> str:
+    """A kind that would keep the values a normalizer nulled: number when they read as numbers."""
+    sample = nulled.iloc[:1000].astype("str").str.strip()
+    numbers = pd.to_numeric(sample, errors="coerce")
+    if kind != "number" and numbers.notna().mean() > 0.9:
+        return "number"
+    return "raw" if kind == "text" else "text"

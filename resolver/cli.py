@@ -124,11 +124,18 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
+def _config_warnings(console: Console, config) -> None:
+    """What the config asks for that is most likely not meant, as soon as it is loaded."""
+    for warning in config.warnings():
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 def cmd_run(args) -> int:
     from resolver.config import load_config
 
     console = _console(args)
     config = load_config(args.config)
+    _config_warnings(console, config)
     if args.out:
         config.run.output_dir = str(Path(args.out).resolve())
     if args.no_guards:
@@ -148,7 +155,7 @@ def cmd_run(args) -> int:
                         state_dir=Path(args.state) if args.state else config.state_path(), full=args.full,
                         truth=Path(args.truth) if args.truth else None)
     console.print(_summary_table(res.summary, None))
-    _print_warnings(console, res.summary)
+    _print_warnings(console, res.summary, already=config.warnings())
     if (res.summary.get("report") or {}).get("error"):
         console.print(f"[yellow]warning:[/yellow] report.html could not be built: {res.summary['report']['error']}",
                       highlight=False)
@@ -156,10 +163,12 @@ def cmd_run(args) -> int:
     return _model_health_exit(console, res.summary)
 
 
-def _print_warnings(console: Console, summary: dict) -> None:
+def _print_warnings(console: Console, summary: dict, already: list[str] = ()) -> None:
+    """The run summary's warnings (those printed at load, `already`, are not repeated)."""
     matching = summary.get("matching") or {}
-    for warning in matching.get("blocking_warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    general = [w for w in summary.get("warnings", []) if w not in already]
+    for warning in general + matching.get("blocking_warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def _model_health_exit(console: Console, summary: dict) -> int:
@@ -168,10 +177,11 @@ def _model_health_exit(console: Console, summary: dict) -> int:
     withheld = health.get("auto_merge_withheld")
     for problem in health.get("problems", []):
         label = "[red]model unhealthy:[/red]" if withheld else "[yellow]model warning:[/yellow]"
-        console.print(f"{label} {escape(problem)}", highlight=False)
+        console.print(f"{label} {escape(problem)}", highlight=False, soft_wrap=True)
     if withheld:
         console.print("[red]no automatic merges:[/red] the probabilistic links went to the review queue; fix the "
-                      "problems above, or rerun with --allow-unhealthy-model to merge anyway", highlight=False)
+                      "problems above, or rerun with --allow-unhealthy-model to merge anyway", highlight=False,
+                      soft_wrap=True)
         return EXIT_UNHEALTHY_MODEL
     return EXIT_OK
 
@@ -182,23 +192,39 @@ def cmd_plan(args) -> int:
 
     console = _console(args)
     config = load_config(args.config)
+    _config_warnings(console, config)
     with console.status("reading records"):
         blocking, n_records = plan_matching(config)
     cap = config.matching.blocking.max_block_size
-    table = Table(title=f"blocking plan: {n_records:,} records, block cap {cap:,}", header_style="bold")
-    for column in ("rule", "records", "blocks", "pairs", "capped", "pairs capped"):
+    link_type = config.matching.link_type
+    title = f"blocking plan: {n_records:,} records, block cap {cap:,}"
+    if link_type != "link_and_dedupe":
+        title += f", {link_type}"  # pairs are counted as the link type allows
+    refined = any(p.refined_blocks for p in blocking.plans)  # the refine columns only when a block was refined
+    table = Table(title=title, header_style="bold")
+    columns = ("rule", "records", "blocks", "pairs") + (("refined", "refined pairs") if refined else ()) + (
+        "capped", "pairs capped")
+    for column in columns:
         table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
     for p in blocking.plans:
-        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}", f"{p.capped_blocks:,}",
-                      f"{p.capped_pairs:,}")
-    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}", "", "")
+        table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}",
+                      *((f"{p.refined_blocks:,}", f"{p.refined_pairs:,}") if refined else ()),
+                      f"{p.capped_blocks:,}", f"{p.capped_pairs:,}")
+    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}",
+                  *(("", f"{sum(p.refined_pairs for p in blocking.plans):,}") if refined else ()), "", "")
     out = Console(quiet=args.quiet)
     out.print(table)
     out.print("largest blocks (records):")
     for p in blocking.plans:
         out.print(f"  {p.name}: " + ", ".join(f"{text} ({size:,})" for text, size in p.largest[:3]), highlight=False)
+    for p, rule in zip(blocking.plans, config.matching.blocking.rules):
+        if p.refined_blocks:
+            out.print(f"  {p.name}: {p.refined_blocks:,} block(s) over the cap re-blocked by "
+                      f"{', '.join(rule.refine_keys)}: {p.refined_pairs:,} pairs"
+                      + (f"; {p.refine_missing:,} records without a refine key left them" if p.refine_missing else ""),
+                      highlight=False, soft_wrap=True)
     for warning in blocking.warnings(cap):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "
                   "and pairs already in one deterministic person are skipped, so the run compares fewer.")
     return EXIT_OK

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -25,10 +25,18 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+# Cells that mean "no value" in CSV exports (R, pandas, SQL dumps, MySQL's \\N, Excel's #N/A):
+# exact, case-sensitive matches after trimming whitespace ("" also makes a blank cell missing).
+CSV_NULL_VALUES = ("", "NA", "N/A", "n/a", "NULL", "null", "\\N", "NaN", "nan", "None", "#N/A")
+
+
 class CsvOptions(_Strict):
     delimiter: str = ","
     encoding: str = "utf-8"
     quotechar: str = '"'
+    # A cell equal to one of these (after trimming whitespace) is a missing value, in every column
+    # read (a record whose key is one is rejected like an empty key); [] keeps only empty cells missing.
+    null_values: list[str] = Field(default_factory=lambda: list(CSV_NULL_VALUES))
 
     @field_validator("delimiter")
     @classmethod
@@ -36,6 +44,19 @@ class CsvOptions(_Strict):
         if len(value) != 1:
             raise ValueError("delimiter must be one character")
         return value
+
+
+class DateParts(_Strict):
+    """An attribute built from three columns: `{year: COL, month: COL, day: COL}` gives the ISO
+    date YYYY-MM-DD (missing when a part is missing or the three make no valid date)."""
+
+    year: str
+    month: str
+    day: str
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.year, self.month, self.day]
 
 
 class LinkConfig(_Strict):
@@ -57,7 +78,8 @@ class SourceConfig(_Strict):
     key: str | None = None
     timestamp: str | None = None
     deleted: str | None = None
-    attributes: dict[str, str | list[str]] = Field(default_factory=dict)
+    # attribute -> column, list of columns (first non-empty wins), or {year, month, day} columns
+    attributes: dict[str, str | list[str] | DateParts] = Field(default_factory=dict)
     identifiers: dict[str, str | list[str]] = Field(default_factory=dict)
     links: list[LinkConfig] = Field(default_factory=list)
     # Events sources: what anonymous-visitor sessions keep (ip, user_agent, page, city, country,
@@ -81,7 +103,12 @@ class SourceConfig(_Strict):
         return self
 
     def attribute_columns(self) -> dict[str, list[str]]:
-        return {name: _as_list(cols) for name, cols in self.attributes.items()}
+        """Attribute -> the columns it is the first non-empty of (date-part attributes: date_parts)."""
+        return {name: _as_list(cols) for name, cols in self.attributes.items() if not isinstance(cols, DateParts)}
+
+    def date_parts(self) -> dict[str, DateParts]:
+        """Attributes built from year, month and day columns."""
+        return {name: parts for name, parts in self.attributes.items() if isinstance(parts, DateParts)}
 
     def identifier_columns(self) -> dict[str, list[str]]:
         return {name: _as_list(cols) for name, cols in self.identifiers.items()}
@@ -92,7 +119,8 @@ class SourceConfig(_Strict):
         for name in (self.key, self.timestamp, self.deleted):
             if name:
                 cols.append(name)
-        for group in (*self.attribute_columns().values(), *self.identifier_columns().values()):
+        for group in (*self.attribute_columns().values(), *(p.columns for p in self.date_parts().values()),
+                      *self.identifier_columns().values()):
             cols.extend(group)
         cols.extend(link.column for link in self.links)
         for group in self.session.values():
@@ -131,7 +159,7 @@ class EmailOptions(_Strict):
 
 
 class IdentityConfig(_Strict):
-    types: dict[str, IdentifierType]
+    types: dict[str, IdentifierType] = Field(default_factory=dict)  # none: records link by matching only
     blocklist: BlocklistConfig = Field(default_factory=BlocklistConfig)
     email: EmailOptions = Field(default_factory=EmailOptions)
     guards: bool = True  # False switches off limits and hub caps (blocked values still apply)
@@ -149,6 +177,7 @@ class IdentityConfig(_Strict):
 # Probabilistic matching
 # --------------------------------------------------------------------------------------------
 ATTRIBUTE_NORMALIZERS = ("name", "text", "email", "phone", "date", "number", "raw")
+LINK_TYPES = ("link_and_dedupe", "link_only", "dedupe_only")
 COMPARISON_METHODS = (
     "exact", "jaro_winkler", "levenshtein", "jaccard", "date", "numeric", "geo", "email", "phone",
 )
@@ -165,23 +194,41 @@ class BlockingRule(_Strict):
 
     name: str
     keys: list[str] = Field(min_length=1)
+    # A block of more than max_block_size records is re-blocked: its records' key is combined with
+    # the first of these keys (same grammar as `keys`), a sub-block still over the cap with the
+    # next, and so on; what is still over the cap after the last is skipped. Default (None): the
+    # comparison columns the rule does not use, in comparison order ([]: no refinement).
+    refine: list[str] | None = None
+    _default_refine: list[str] = PrivateAttr(default_factory=list)
 
-    @field_validator("keys")
+    @field_validator("keys", "refine")
     @classmethod
-    def _expressions(cls, keys: list[str]) -> list[str]:
+    def _expressions(cls, keys: list[str] | None) -> list[str] | None:
         import re
 
-        bad = [k for k in keys if not re.match(_KEY_EXPRESSION, k)]
+        bad = [k for k in keys or [] if not re.match(_KEY_EXPRESSION, k)]
         if bad:
             raise ValueError(f"not a key expression: {bad} (expected `column` or `function(column, ...)`)")
         return keys
+
+    @property
+    def refine_keys(self) -> list[str]:
+        """The keys an over-cap block is refined by: `refine`, or the default matching set."""
+        return list(self.refine) if self.refine is not None else list(self._default_refine)
+
+    def columns(self) -> set[str]:
+        """The attributes the rule's keys read."""
+        from resolver.blocking import parse_key
+
+        return {c for k in self.keys for c in parse_key(k).columns}
 
 
 class BlockingConfig(_Strict):
     # A block with more records than this is skipped for its rule (with a warning naming the key):
     # memory and time stay bounded by the cap, not by how common a surname is.
     max_block_size: int = Field(default=500, ge=2)
-    rules: list[BlockingRule] = Field(min_length=1)
+    # At most 31 rules: a pair's training sessions are two bits per rule of one 64-bit mask.
+    rules: list[BlockingRule] = Field(min_length=1, max_length=31)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "BlockingConfig":
@@ -278,12 +325,16 @@ class MatchThresholds(_Strict):
 class MatchingConfig(_Strict):
     enabled: bool = True
     # Normalizer per attribute (name, text, email, phone, date, number, raw); unnamed attributes
-    # get one from their name (…email -> email, …phone -> phone, …date/birth… -> date, …name -> name).
+    # get one from their name (…email -> email, …phone -> phone, …year…/yob -> number,
+    # …date/birth… -> date, …name -> name): attribute_kind.
     normalizers: dict[str, Literal[ATTRIBUTE_NORMALIZERS]] = Field(default_factory=dict)  # type: ignore[valid-type]
     blocking: BlockingConfig
     comparisons: list[ComparisonConfig] = Field(min_length=1)
     model: ModelOptions = Field(default_factory=ModelOptions)
     thresholds: MatchThresholds = Field(default_factory=MatchThresholds)
+    # Which pairs may be candidates (Splink's names): link_and_dedupe, any two records; link_only,
+    # only records of different sources; dedupe_only, only records of the same source.
+    link_type: Literal[LINK_TYPES] = "link_and_dedupe"  # type: ignore[valid-type]
     # Extra limits on what a probabilistic link may join (on top of identity.types limits),
     # e.g. {sf_lead_id: 1}: a fuzzy match never joins two people holding different lead ids.
     link_limits: dict[str, int] = Field(default_factory=dict)
@@ -302,16 +353,32 @@ class MatchingConfig(_Strict):
             raise ValueError(f"comparison names must be unique: {names}")
         return self
 
+    @model_validator(mode="after")
+    def _default_refinements(self) -> "MatchingConfig":
+        """A rule without `refine` refines an over-cap block by the exact values of the comparison
+        columns it does not use, in comparison order (plain columns; geo comparisons left out)."""
+        compared = list(dict.fromkeys(c.columns[0] for c in self.comparisons if c.method != "geo"))
+        for rule in self.blocking.rules:
+            used = rule.columns()
+            rule._default_refine = [c for c in compared if c not in used]
+        return self
+
     def normalizer(self, attribute: str) -> str:
         return self.normalizers.get(attribute) or attribute_kind(attribute)
+
+    def normalizer_origin(self, attribute: str) -> str:
+        """Where an attribute's kind comes from, in words (for messages)."""
+        return "set in matching.normalizers" if attribute in self.normalizers else "guessed from its name"
 
 
 def attribute_kind(attribute: str) -> str:
     """The normalizer an attribute gets from its name (…email -> email, …phone -> phone,
-    …date/birth/dob -> date, …name -> name, latitude/longitude -> number, else text)."""
+    …year…/yob -> number (birth_year is a number, not a date), …date/birth/dob -> date,
+    …name -> name, latitude/longitude -> number, else text)."""
     lowered = attribute.lower()
-    for needle, kind in (("email", "email"), ("phone", "phone"), ("birth", "date"), ("date", "date"),
-                         ("dob", "date"), ("name", "name"), ("latitude", "number"), ("longitude", "number")):
+    for needle, kind in (("email", "email"), ("phone", "phone"), ("year", "number"), ("yob", "number"),
+                         ("birth", "date"), ("date", "date"), ("dob", "date"), ("name", "name"),
+                         ("latitude", "number"), ("longitude", "number")):
         if needle in lowered:
             return kind
     return "text"
@@ -413,11 +480,16 @@ class Config(_Strict):
     engine: EngineOptions = Field(default_factory=EngineOptions)
     stitching: StitchingConfig | None = None
     sources: list[SourceConfig]
-    identity: IdentityConfig
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
     matching: MatchingConfig | None = None
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("identity", mode="before")
+    @classmethod
+    def _identity_may_be_empty(cls, value):
+        return {} if value is None else value  # `identity:` with nothing under it
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -457,14 +529,50 @@ class Config(_Strict):
             if missing:
                 raise ValueError(f"matching.comparisons.{comparison.name}: no records source has attribute(s) {missing}")
         for rule in matching.blocking.rules:
-            for key in rule.keys:
+            for key in rule.keys + (rule.refine or []):
                 used = parse_key(key).columns
                 missing = sorted(set(used) - attributes)
                 if missing:
                     raise ValueError(f"matching.blocking.{rule.name}: no records source has attribute(s) {missing}")
+        records_sources = [s.name for s in self.sources if s.kind == "records"]
+        if matching.link_type == "link_only" and len(records_sources) < 2:
+            raise ValueError(f"matching.link_type link_only links records of different sources, and there is only "
+                             f"one records source ({', '.join(records_sources) or 'none'}): use link_and_dedupe "
+                             "or dedupe_only, or add the other source")
         unknown = sorted(set(matching.link_limits) - known)
         if unknown:
             raise ValueError(f"matching.link_limits names undeclared identifier types {unknown}")
+
+    def warnings(self) -> list[str]:
+        """What is valid but most likely not meant, one line each (printed when a run or plan loads
+        the config, and kept in the run summary's `warnings`)."""
+        out = []
+        matching = self.matching is not None and self.matching.enabled
+        if not (matching and self.identity.guards):
+            return out
+        for source in self.sources:
+            # A CRM's own record id with limit 1 is deliberate: one Salesforce Contact per person.
+            if source.kind != "records" or source.system == "salesforce":
+                continue
+            for id_type, cols in source.identifier_columns().items():
+                if source.key not in cols:
+                    continue
+                limit = self.identity.types[id_type].limit
+                fuzzy = self.matching.link_limits.get(id_type)
+                if limit == 1 or fuzzy == 1:
+                    where = "limit: 1" if limit == 1 else f"matching.link_limits.{id_type}: 1"
+                    out.append(
+                        f"identifier type {id_type!r} reads the key column {source.key!r} of source {source.name!r} "
+                        f"with {where}: no two records of {source.name!r} can ever be merged (each holds its own "
+                        f"{id_type}); records are tracked by their key without it, so remove `{id_type}: "
+                        f"{source.key}` from the source's identifiers, or drop the limit, unless one record per "
+                        "person is what you mean (one CRM contact per person)")
+        return out
+
+    def record_key_types(self) -> set[str]:
+        """Identifier types that some records source reads from its key column."""
+        return {t for s in self.sources if s.kind == "records"
+                for t, cols in s.identifier_columns().items() if s.key in cols}
 
     def source_files(self, source: SourceConfig) -> list[Path]:
         """The files a source's glob matches, sorted so that runs are deterministic."""

@@ -210,9 +210,10 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
 # ---------------------------------------------------------------------------------------------
 # Candidate pairs and comparisons, bucket by bucket
 # ---------------------------------------------------------------------------------------------
-def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, prepared: list, rules: list[str]):
-    """Every rule's candidate pairs (in the local engine's order), their levels, and the EM
-    statistics summed over the tasks."""
+def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, prepared: list, rules: list[str],
+                     scope=None):
+    """Every rule's candidate pairs (in the local engine's order; with a blocking.PairScope, only
+    those its link type allows), their levels, and the EM statistics summed over the tasks."""
     from resolver.blocking import CandidatePairs
     from resolver.model import merge_pattern_counts
     from resolver.pair_buckets import bucket_jobs, bucket_pairs, candidate_order
@@ -223,7 +224,7 @@ def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, p
     task_rules: list[int] = []
 
     def jobs():
-        for job in bucket_jobs(keys, labels, prepared, buckets):
+        for job in bucket_jobs(keys, labels, prepared, buckets, scope):
             task_rules.append(job[3])
             yield job
 

@@ -60,7 +60,8 @@ def _type_table(identity: IdentityConfig, type_names: list[str], probabilistic: 
         rows.append({"priority": max([r["priority"] for r in rows], default=0) + 1, "hub_cap": 0,
                      "strong": False, "evidence": True})
         index.append(PROBABILISTIC)
-    return pd.DataFrame(rows, index=index)
+    # Explicit columns: a config may declare no identifier type at all (records linked only by matching).
+    return pd.DataFrame(rows, index=index, columns=["priority", "hub_cap", "strong", "evidence"])
 
 
 def identifier_degree(
@@ -125,6 +126,8 @@ def _limit_violations(
     edge of type t and more values of type u than limits[t, u].
     """
     n_types = limits.shape[1]
+    if n_types == 0:  # no identifier type: nothing to limit
+        return np.zeros(0, dtype=np.int64)
     tracked = (limits < UNLIMITED).any(axis=0)
     # Count alias groups, not values: one representative node per group.
     representative = np.zeros(len(node_type), dtype=bool)

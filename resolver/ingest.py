@@ -149,6 +149,22 @@ def spread(per_distinct: np.ndarray, codes: np.ndarray, missing) -> np.ndarray:
     return out
 
 
+def date_from_parts(year: pd.Series, month: pd.Series, day: pd.Series) -> pd.Series:
+    """ISO dates YYYY-MM-DD from year, month and day columns (text, as read: "1956", "4", "04", or
+    "4.0" from a JSON number); NA where a part is missing or not a whole number, the year has not
+    four digits, or the three make no calendar date (1999-02-30)."""
+    from resolver.normalize import _to_arrow, _to_series, normalize_date
+
+    def part(values: pd.Series, digits: str, width: int) -> pa.Array:
+        text = pc.replace_substring_regex(pc.utf8_trim_whitespace(_to_arrow(values)), r"\.0*$", "")
+        ok = pc.fill_null(pc.match_substring_regex(text, f"^[0-9]{{{digits}}}$"), False)
+        return pc.if_else(ok, pc.utf8_lpad(text, width, "0"), pa.scalar(None, pa.large_string()))
+
+    joined = pc.binary_join_element_wise(part(year, "4", 4), part(month, "1,2", 2), part(day, "1,2", 2),
+                                         pa.scalar("-", pa.large_string()))
+    return normalize_date(_to_series(joined, year))
+
+
 def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     """First non-empty value across columns, row by row."""
     result = frame[columns[0]]
@@ -159,9 +175,10 @@ def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 def identifier_column(
     config: Config, source: SourceConfig, id_type: str, column: str, rule: str, raw: pd.Series,
-    blocklist: Blocklist, actions: list,
+    blocklist: Blocklist | None, actions: list,
 ) -> IdentifierColumn:
-    """Normalize, block and hash one column, working on its distinct values only."""
+    """Normalize, block (unless `blocklist` is None) and hash one column, working on its distinct
+    values only."""
     codes, uniques = pd.factorize(raw, use_na_sentinel=True)
     distinct = pd.Series(uniques, dtype="str")
     counts = np.bincount(codes[codes >= 0], minlength=len(distinct))
@@ -171,9 +188,10 @@ def identifier_column(
         email_options=config.identity.email.model_dump(),
     ))
     actions.append(_value_actions("invalid", source.name, id_type, distinct, reason, counts))
-    blocked = blocklist.blocked(id_type, normalized)
-    actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
-    normalized = normalized.mask(blocked.notna())
+    if blocklist is not None:
+        blocked = blocklist.blocked(id_type, normalized)
+        actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
+        normalized = normalized.mask(blocked.notna())
     hashes = hash_identifiers(id_type, normalized)
     row_hash = spread(hashes, codes, np.uint64(0))
     kept = hashes != 0
@@ -184,7 +202,19 @@ def identifier_column(
 def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list) -> list[IdentifierColumn]:
     mapped = [(t, c, IDENTIFIER_RULE) for t, cols in source.identifier_columns().items() for c in cols]
     mapped += [(link.type, link.column, link.rule) for link in source.links]
-    return [identifier_column(config, source, t, c, r, frame[c], blocklist, actions) for t, c, r in mapped]
+    return [identifier_column(config, source, t, c, r, frame[c], None if _is_record_key(config, source, t, c, r)
+                              else blocklist, actions) for t, c, r in mapped]
+
+
+def _is_record_key(config: Config, source: SourceConfig, id_type: str, column: str, rule: str) -> bool:
+    """A records source's own key column, or an explicit link of a records source to a record-key
+    type (MasterRecordId -> sf_contact_id): these name records, never a placeholder someone typed,
+    so junk lists do not apply ("0" and "-1" are keys like any other)."""
+    if source.kind != "records":
+        return False
+    if rule == IDENTIFIER_RULE:
+        return column == source.key
+    return id_type in config.record_key_types()
 
 
 def distinct_values(idents: list[IdentifierColumn]) -> pd.DataFrame:
@@ -265,10 +295,10 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     idents = identifier_columns(config, source, frame, blocklist, tables.actions)
 
     key_raw = frame[source.key]
-    missing = key_raw.isna().to_numpy()
     # The record's own key, normalized like an identifier read from the same column (15 -> 18 chars).
     key_ident = next((i for i in idents if i.column == source.key and not i.explicit), None)
     key_norm = normalize_trim(key_raw)
+    missing = key_norm.isna().to_numpy()  # absent, or only whitespace
     if key_ident is not None:
         rows = np.flatnonzero(~pd.isna(key_norm).to_numpy() & (key_ident.hash != 0))
         key_norm = key_norm.mask(key_ident.hash != 0, key_ident.text(rows).set_axis(rows))
@@ -296,6 +326,8 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     )
     for name, cols in source.attribute_columns().items():
         records[name] = kept(_coalesce(frame, cols))
+    for name, parts in source.date_parts().items():
+        records[name] = kept(date_from_parts(frame[parts.year], frame[parts.month], frame[parts.day]))
     for name in ("first_name", "last_name"):
         if name in records:
             records[f"{name}_norm"] = memoized_column("name", records[name], normalize_name)
@@ -322,7 +354,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
                 }
             )
         )
-    obs = pd.concat(parts, ignore_index=True)
+    obs = pd.concat(parts, ignore_index=True) if parts else _no_observations()
     # A deleted record that was not merged anywhere leaves the graph entirely.
     merged = np.zeros(len(records), bool)
     merged[obs.loc[obs["explicit"], "record_pos"].to_numpy()] = True
@@ -333,6 +365,16 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     tables.observations = obs
     tables.resolved = len(records)
     return tables
+
+
+def _no_observations() -> pd.DataFrame:
+    """The observations of a records source that maps no identifier: none (every record is then a
+    node of its own, linked only by matching)."""
+    return pd.DataFrame({
+        "value": pd.Series([], dtype="str"), "record_pos": np.zeros(0, np.int64), "type": np.zeros(0, np.int16),
+        "hash": np.zeros(0, np.uint64), "rule": np.zeros(0, np.int16), "explicit": np.zeros(0, bool),
+        "is_key": np.zeros(0, bool),
+    })
 
 
 def _anchors(hashes: np.ndarray, usable_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,9 +21,11 @@ from resolver.backend.arrays import CPU, Backend, module_of, to_host
 from resolver.blocking import (
     BlockingKeys,
     CandidatePairs,
+    PairScope,
     agreement_masks,
     build_blocking_keys,
     candidate_pairs,
+    pair_scope,
 )
 from resolver.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.config import Config, ModelOptions
@@ -103,9 +105,28 @@ class MatchResult:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def _within_person_pairs(labels: np.ndarray, active: np.ndarray) -> int:
-    sizes = np.bincount(labels[active]) if active.any() else np.zeros(0, np.int64)
+def _pairs_of_groups(codes: np.ndarray) -> int:
+    sizes = np.unique(codes, return_counts=True)[1] if len(codes) else np.zeros(0, np.int64)
     return int((sizes * (sizes - 1) // 2).sum())
+
+
+def allowed_pairs(active: np.ndarray, scope: PairScope | None) -> int:
+    """Pairs of active records the link type allows (all of them without a scope)."""
+    n = int(active.sum())
+    if scope is None:
+        return n * (n - 1) // 2
+    within = _pairs_of_groups(to_host(scope.groups)[active])
+    return n * (n - 1) // 2 - within if scope.link_type == "link_only" else within
+
+
+def _within_person_pairs(labels: np.ndarray, active: np.ndarray, scope: PairScope | None = None) -> int:
+    """Pairs of active records inside one deterministic person (that the link type allows)."""
+    labels = np.asarray(labels, dtype=np.int64)[active]
+    if scope is None:
+        return _pairs_of_groups(labels)
+    groups = to_host(scope.groups)[active].astype(np.int64)
+    both = _pairs_of_groups(labels * (int(groups.max(initial=0)) + 1) + groups)  # same person, same group
+    return _pairs_of_groups(labels) - both if scope.link_type == "link_only" else both
 
 
 def selection_biased(config: Config) -> set[str]:
@@ -122,85 +143,84 @@ def selection_biased(config: Config) -> set[str]:
     return biased
 
 
-def _rule_columns(config: Config) -> list[tuple[set[str], set[str]]]:
-    """Per blocking rule: (columns it blocks on as-is, every column its keys read)."""
+def _key_columns(keys: list[str]) -> set[str]:
     from resolver.blocking import parse_key
 
-    out = []
-    for rule in config.matching.blocking.rules:
-        parsed = [parse_key(k) for k in rule.keys]
-        out.append(({p.columns[0] for p in parsed if p.function is None}, {c for p in parsed for c in p.columns}))
-    return out
-
-
-def selected_comparisons(config: Config, prepared: list[PreparedComparison]) -> np.ndarray:
-    """(n_rules, n_comparisons): the rule's keys read the comparison's column (as-is or through a
-    function such as a prefix or a phonetic code): its pairs were selected on that column, so they
-    would bias m there (the matches that disagree on it are missing)."""
-    rules = _rule_columns(config)
-    out = np.zeros((len(rules), len(prepared)), dtype=bool)
-    for r, (_, read) in enumerate(rules):
-        for k, p in enumerate(prepared):
-            out[r, k] = bool(set(p.config.columns) & read)
-    return out
+    return {c for k in keys for c in parse_key(k).columns}
 
 
 @dataclass
 class TrainingDesign:
-    """What the configuration says about training, beside the data."""
+    """What the configuration says about training, beside the data: one EM session per blocking
+    rule (every pair of its blocks) and one per rule's refined blocks (over-cap blocks re-blocked
+    by finer keys), sessions 0..R-1 and R..2R-1, each with the columns it selects on."""
 
     rules: list[str]
-    selected: np.ndarray  # (n_rules, K): comparisons whose column a rule's keys read
+    session_columns: list[set[str]]  # per session, every column its keys (and refine keys) read
+    compared_columns: list[set[str]]  # per comparison, its columns
     household_fields: list[bool]
     biased: set[str] = field(default_factory=set)
-    rule_columns: list[set[str]] = field(default_factory=list)  # per rule, every column its keys read
 
     @classmethod
     def of(cls, config: Config, prepared: list[PreparedComparison]) -> TrainingDesign:
-        return cls([r.name for r in config.matching.blocking.rules], selected_comparisons(config, prepared),
-                   [p.config.household_field() for p in prepared], selection_biased(config),
-                   [read for _, read in _rule_columns(config)])
+        rules = config.matching.blocking.rules
+        plain = [_key_columns(r.keys) for r in rules]
+        refined = [columns | _key_columns(r.refine_keys) for columns, r in zip(plain, rules)]
+        return cls([r.name for r in rules], plain + refined, [set(p.config.columns) for p in prepared],
+                   [p.config.household_field() for p in prepared], selection_biased(config))
 
-    def independent_rules(self) -> np.ndarray:
-        """(n_rules, n_rules): rule s's keys read none of the columns rule r's keys read, so s's
-        pairs show how often a class's pairs agree on r's key (conditional independence)."""
+    @property
+    def n_sessions(self) -> int:
+        return 2 * len(self.rules)
+
+    def session_names(self) -> list[str]:
+        return self.rules + [f"{r} (refined blocks)" for r in self.rules]
+
+    def selected(self) -> np.ndarray:
+        """(n_sessions, K): comparisons of a column the session's pairs were selected on: its pairs
+        would bias m there (the matches that disagree on it are missing)."""
+        return np.array([[bool(c & s) for c in self.compared_columns] for s in self.session_columns], dtype=bool)
+
+    def independent_sessions(self, rule: int) -> np.ndarray:
+        """Per session: its keys read none of the columns `rule`'s keys read, so its pairs show how
+        often a class's pairs agree on that rule's key (conditional independence)."""
+        columns = self.session_columns[rule]
         n = len(self.rules)
-        columns = self.rule_columns or [set(np.flatnonzero(row)) for row in self.selected]
-        return np.array([[s != r and not (columns[s] & columns[r]) for s in range(n)] for r in range(n)], dtype=bool)
+        return np.array([s % n != rule and not (self.session_columns[s] & columns) for s in range(self.n_sessions)])
 
 
-def training_sessions(patterns: np.ndarray, masks: np.ndarray, counts: np.ndarray, n_rules: int):
-    """EM's sessions from the candidates' (level pattern, shared rule keys) counts: session r holds
-    every candidate pair in rule r's blocks, whichever rule produced it (as Splink trains one EM
-    session per blocking rule). Within a session the comparisons of the columns the rule selects on
-    are left out; the others are a fair sample of its matches and non-matches. Returns the
-    session-expanded patterns, session index, counts and the row of each in the input."""
-    rows = [np.flatnonzero((masks >> r) & 1) for r in range(n_rules)]
-    session = np.concatenate([np.full(len(x), r, dtype=np.int64) for r, x in enumerate(rows)])
+def training_sessions(patterns: np.ndarray, masks: np.ndarray, counts: np.ndarray, n_sessions: int):
+    """EM's sessions from the candidates' (level pattern, sessions) counts (blocking.agreement_masks):
+    session r holds every candidate pair in rule r's blocks, whichever rule produced it (as Splink
+    trains one EM session per blocking rule). Within a session the comparisons of the columns it
+    selects on are left out; the others are a fair sample of its matches and non-matches. Returns
+    the session-expanded patterns, session index, counts and the row of each in the input."""
+    rows = [np.flatnonzero((masks >> s) & 1) for s in range(n_sessions)]
+    session = np.concatenate([np.full(len(x), s, dtype=np.int64) for s, x in enumerate(rows)])
     rows = np.concatenate(rows).astype(np.int64)
     return patterns[rows], session, counts[rows], rows
 
 
 def _recalls(design: TrainingDesign, weight: np.ndarray, session: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per rule: the share of a class's pairs (weights per session row) that agree on the rule's
-    key, measured in the sessions of the rules independent of it (NaN where none is)."""
-    independent = design.independent_rules()
-    out = np.full(len(design.rules), np.nan)
-    for r in range(len(design.rules)):
-        rows = independent[r][session]  # rows of the sessions independent of r
+    """Per rule: the share of a class's pairs (weights per session row) that the rule finds (that
+    share its key, in a block or a refined one), measured in the sessions independent of it (NaN
+    where none is)."""
+    n = len(design.rules)
+    out = np.full(n, np.nan)
+    for r in range(n):
+        rows = design.independent_sessions(r)[session]
         total = weight[rows].sum()
         if total >= 1.0:
-            out[r] = weight[rows & (((masks >> r) & 1) == 1)].sum() / total
+            found = (((masks >> r) | (masks >> (n + r))) & 1) == 1
+            out[r] = weight[rows & found].sum() / total
     return out
 
 
-def population_rate(rates: np.ndarray, pairs: np.ndarray, recall: np.ndarray, population: float) -> tuple[float, list]:
-    """A class's share among all pairs from its share among each rule's pairs: pairs of the class
-    in the population = rate * pairs / recall (the rule finds that share of them). Each rule with
-    a measured recall gives an estimate; they are combined in log space, weighted by the class
-    pairs the rule holds. Without any measured recall, the rule holding the most gives a lower
-    bound (recall 1)."""
-    found = rates * pairs
+def population_rate(found: np.ndarray, recall: np.ndarray, population: float) -> tuple[float, list]:
+    """A class's share among all pairs from the pairs of it each rule finds (`found`: the rule's
+    class share times its pairs): pairs of the class in the population = found / recall. Each rule
+    with a measured recall gives an estimate; they are combined in log space, weighted by what the
+    rule found. Without any measured recall, the rule finding the most gives a lower bound."""
     usable = (found > 0.5) & (recall > 1e-3)
     estimates = np.where(usable, found / np.where(usable, recall, 1.0), np.nan)
     if usable.any():
@@ -212,7 +232,7 @@ def population_rate(rates: np.ndarray, pairs: np.ndarray, recall: np.ndarray, po
 
 def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.ndarray, active: np.ndarray,
                 options: ModelOptions, design: TrainingDesign, backend: Backend = CPU, counts=None,
-                n_candidates: int | None = None) -> FSModel:
+                n_candidates: int | None = None, scope: PairScope | None = None) -> FSModel:
     """u by random sampling, m warm-started from deterministic persons, then EM over one session
     per blocking rule for m, the household class and each session's class shares, then the class
     shares among all pairs (resolver/model.py). The model scores every pair alike, whichever rule
@@ -223,7 +243,8 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
     backend), compared by the backend, and EM runs on the host over the distinct level patterns,
     so every backend trains the identical model. `counts`: the (pattern, mask) counts of the
     candidates when already summed (the dask engine's tasks, or pairs made bucket by bucket: then
-    `levels` and `masks` may be None, and `n_candidates` counts the pairs)."""
+    `levels` and `masks` may be None, and `n_candidates` counts the pairs). With a `scope`
+    (link_only / dedupe_only), u and the population of pairs are the pairs it allows."""
     started = time.perf_counter()
     xp = backend.xp
     rules = design.rules
@@ -232,7 +253,9 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
     def compare_on_backend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return to_host(comparison_matrix(prepared, xp.asarray(a), xp.asarray(b), backend.kernels))
 
-    ra, rb = random_pairs(active, options.u_sample_pairs, options.seed)
+    groups = None if scope is None else to_host(scope.groups)
+    ra, rb = random_pairs(active, options.u_sample_pairs, options.seed, groups,
+                          "link_and_dedupe" if scope is None else scope.link_type)
     sampled = compare_on_backend(ra, rb)
     u_random = [level_distribution(sampled[:, k], p.n_levels) for k, p in enumerate(prepared)]
     da, db = same_person_pairs(labels, active, DET_SAMPLE_PAIRS, options.seed)
@@ -245,46 +268,55 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
         if int((known[:, k] > 0).sum()) >= 100:  # a warm start from the deterministic persons
             start = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * start
         m0.append(monotone(floored(start, M_FLOOR), u_random[k]))
-    n_active = int(active.sum())
-    total_pairs = max(n_active * (n_active - 1) // 2, 1)
-    det_pairs = _within_person_pairs(labels, active)
+    total_pairs = max(allowed_pairs(active, scope), 1)
+    det_pairs = _within_person_pairs(labels, active, scope)
     n_candidates = len(levels) if levels is not None else n_candidates
     patterns, masks, counts = counts if counts is not None else pattern_counts(levels, masks)
     known_patterns, _, known_counts = pattern_counts(known)
-    s_patterns, session, s_counts, s_rows = training_sessions(patterns, masks.astype(np.int64), counts, n_rules)
-    session_pairs = np.bincount(session, weights=s_counts, minlength=n_rules)
-    silent = design.selected | (session_pairs == 0)[:, None]  # what a session cannot learn from
+    n_sessions = design.n_sessions
+    s_patterns, session, s_counts, s_rows = training_sessions(patterns, masks.astype(np.int64), counts, n_sessions)
+    session_pairs = np.bincount(session, weights=s_counts, minlength=n_sessions)
+    silent = design.selected() | (session_pairs == 0)[:, None]  # what a session cannot learn from
     household = options.households and any(design.household_fields) and not all(design.household_fields)
     h0 = [m0[k].copy() if household and shared else None for k, shared in enumerate(design.household_fields)]
-    u = [np.tile(x, (n_rules, 1)) for x in u_random]
-    fit = fit_em(s_patterns, session, s_counts, silent, m0, u, np.full(n_rules, 0.1), options.max_iterations,
+    u = [np.tile(x, (n_sessions, 1)) for x in u_random]
+    fit = fit_em(s_patterns, session, s_counts, silent, m0, u, np.full(n_sessions, 0.1), options.max_iterations,
                  options.tolerance, known=(known_patterns, known_counts), h0=h0 if household else None,
-                 household_rate0=np.full(n_rules, 0.05) if household else None, monotone_against=u_random,
+                 household_rate0=np.full(n_sessions, 0.05) if household else None, monotone_against=u_random,
                  rate_pseudo_pairs=RATE_PSEUDO_PAIRS)
     unlearned = [prepared[k].name for k in range(len(prepared)) if silent[:, k].all()]
     w_m, w_h, _ = class_posteriors(s_patterns, session, silent, fit.m, fit.h, u, fit.match_rate, fit.household_rate)
     s_masks = masks.astype(np.int64)[s_rows]
     population = max(total_pairs - det_pairs, 1)
+
+    def per_rule(values: np.ndarray) -> np.ndarray:  # a rule's blocks and its refined blocks together
+        return values[:n_rules] + values[n_rules:]
+
     match_recall = _recalls(design, w_m * s_counts, session, s_masks)
-    match_rate, match_estimates = population_rate(fit.match_rate, session_pairs, match_recall, population)
+    match_rate, match_estimates = population_rate(per_rule(fit.match_rate * session_pairs), match_recall, population)
     household_rate = None
     if household:
         household_recall = _recalls(design, w_h * s_counts, session, s_masks)
-        household_rate, household_estimates = population_rate(fit.household_rate, session_pairs, household_recall,
-                                                              population)
+        household_rate, household_estimates = population_rate(per_rule(fit.household_rate * session_pairs),
+                                                              household_recall, population)
     comparisons = [
-        ComparisonModel(p.name, p.config.method, p.labels, fit.m[k], u[k], u_random[k], p.config.tf_adjust, fit.h[k])
+        ComparisonModel(p.name, p.config.method, p.labels, fit.m[k], u[k][:n_rules], u_random[k], p.config.tf_adjust,
+                        fit.h[k])
         for k, p in enumerate(prepared)
     ]
-    sessions = {
-        rule: {"pairs": int(session_pairs[r]), "match_rate": float(fit.match_rate[r]),
-               "match_recall": None if np.isnan(match_recall[r]) else float(match_recall[r]),
-               "matches_estimate": None if np.isnan(match_estimates[r]) else float(match_estimates[r]),
-               **({"household_rate": float(fit.household_rate[r]),
-                   "household_recall": None if np.isnan(household_recall[r]) else float(household_recall[r])}
-                  if household else {})}
-        for r, rule in enumerate(rules)
-    }
+    sessions = {}
+    for s, name in enumerate(design.session_names()):
+        if s >= n_rules and not session_pairs[s]:
+            continue  # a rule without refined blocks
+        r = s % n_rules
+        sessions[name] = {"pairs": int(session_pairs[s]), "match_rate": float(fit.match_rate[s]),
+                          **({"household_rate": float(fit.household_rate[s])} if household else {})}
+        if s < n_rules:
+            sessions[name].update(
+                match_recall=None if np.isnan(match_recall[r]) else float(match_recall[r]),
+                matches_estimate=None if np.isnan(match_estimates[r]) else float(match_estimates[r]),
+                **({"household_recall": None if np.isnan(household_recall[r]) else float(household_recall[r])}
+                   if household else {}))
     training = {
         "candidate_pairs": n_candidates,
         "patterns": len(patterns),
@@ -293,6 +325,7 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
         "deterministic_sample_pairs": len(da),
         "selection_biased": sorted(design.biased),
         "not_learned": unlearned,
+        "comparisons_without_values": [p.name for k, p in enumerate(prepared) if not (sampled[:, k] > 0).any()],
         "household_class": household,
         "household_fields": [p.name for p, shared in zip(prepared, design.household_fields) if shared and household],
         "sessions": sessions,
@@ -422,23 +455,25 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
 
     engine = dask_engine.active() if not backend.on_gpu_path else None
     summed_counts = None
+    scope = pair_scope(matching.link_type, records["source"])  # link_only / dedupe_only: which pairs may be made
     with timer("match:blocking", rows_in=int(active.sum())) as entry:
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend, known=known,
-                                       known_keys=known_keys)
+                                       known_keys=known_keys, scope=scope)
         entry["keyed_again"] = int(len(records) if known is None else (~known).sum())
         streamed = _streams(matching, blocking, backend, member_keys, reuse)
         if streamed:  # too many to hold: made bucket by bucket in the passes of _streamed_match
             pairs = None
         elif engine is not None:  # pairs made and compared bucket by bucket on the cluster
             pairs, engine_levels, summed_counts = dask_engine.pairs_and_levels(
-                engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules])
+                engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules],
+                scope)
         else:
-            pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend)
+            pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend, scope)
         entry["rows_out"] = None if streamed else len(pairs)
     if streamed:
         blocking.raw_keys = None
         return _streamed_match(config, blocking, labels[: len(records)], active, prepared, model_path, engine, timer,
-                               attributes)
+                               attributes, scope)
     key_cache = None
     if record_hashes is not None:
         by_record = np.argsort(record_hashes, kind="stable")
@@ -473,7 +508,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
             masks = None if summed_counts is not None else \
                 agreement_masks(xp.asarray(blocking.keys), pairs.left.astype(xp.int64), pairs.right.astype(xp.int64))
             model = train_model(on_backend, levels, masks, labels[: len(records)], active, matching.model,
-                                TrainingDesign.of(config, prepared), backend, counts=summed_counts)
+                                TrainingDesign.of(config, prepared), backend, counts=summed_counts, scope=scope)
     with timer("match:score", rows_in=len(pairs)) as entry:
         histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
         rows, weight, probability, tf = score_pairs(model, on_backend, levels, pairs,
@@ -536,7 +571,7 @@ def _streams(matching, blocking, backend: Backend, member_keys, reuse) -> bool:
 
 
 def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.ndarray, prepared: list,
-                    model_path: Path | None, engine, timer, attributes) -> MatchResult:
+                    model_path: Path | None, engine, timer, attributes, scope=None) -> MatchResult:
     """match_records for pairs that do not fit in memory together (resolver.pair_buckets): a
     first pass sums EM's statistics bucket by bucket (none when the model is loaded), a second
     scores every bucket's pairs with the trained model and keeps those the outputs show. The
@@ -554,17 +589,18 @@ def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.nda
         mapper, buckets = pair_buckets.in_process, pair_buckets.local_buckets(keys.shape[1])
     with timer("match:compare") as entry:
         if model_path is None:
-            per_rule, counts = pair_buckets.pattern_statistics(mapper, keys, labels, prepared, buckets)
+            per_rule, counts = pair_buckets.pattern_statistics(mapper, keys, labels, prepared, buckets, scope)
             entry["rows_out"] = sum(per_rule)
     with timer("match:train"):
         if model_path is not None:
             model = _loaded_model(model_path, prepared, rules)
         else:
             model = train_model(prepared, None, None, labels, active, matching.model,
-                                TrainingDesign.of(config, prepared), counts=counts, n_candidates=sum(per_rule))
+                                TrainingDesign.of(config, prepared), counts=counts, n_candidates=sum(per_rule),
+                                scope=scope)
     with timer("match:score") as entry:
         keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
-        scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from)
+        scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from, scope)
         entry["rows_in"], entry["rows_out"] = sum(scored.per_rule), len(scored.left)
     candidates = sum(scored.per_rule)
     result = MatchResult(
@@ -605,11 +641,13 @@ def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pair
 def _summary(result: MatchResult, candidates: int, per_rule: list[int], config: Config) -> dict:
     matching = config.matching
     return {
+        "link_type": matching.link_type,
         "candidate_pairs": candidates,
         "pairs_per_rule": dict(zip(result.blocking.rules, per_rule)),
         "blocking_plan": [
             {"rule": p.name, "keyed_records": p.keyed_records, "blocks": p.blocks, "pairs_in_blocks": p.pairs,
-             "capped_blocks": p.capped_blocks, "capped_records": p.capped_records, "capped_pairs": p.capped_pairs}
+             "capped_blocks": p.capped_blocks, "capped_records": p.capped_records, "capped_pairs": p.capped_pairs,
+             "refined_blocks": p.refined_blocks, "refined_pairs": p.refined_pairs, "refine_missing": p.refine_missing}
             for p in result.blocking.plans
         ],
         "blocking_warnings": result.blocking.warnings(matching.blocking.max_block_size),

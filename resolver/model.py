@@ -53,8 +53,8 @@ TF_CLIP_BITS = 10.0
 # A rule's class shares are shrunk towards the pooled ones with this many pseudo-pairs.
 RATE_PSEUDO_PAIRS = 10.0
 # EM stops when no probability moves more than its tolerance, or the log-likelihood rises by less
-# than this share of itself in an iteration.
-LIKELIHOOD_TOLERANCE = 1e-10
+# than this many nats per pair in an iteration.
+LIKELIHOOD_TOLERANCE = 1e-8
 
 
 class ModelError(ValueError):
@@ -225,16 +225,47 @@ def level_distribution(levels: np.ndarray, n_levels: int, weights: np.ndarray | 
     return out
 
 
-def random_pairs(active: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform random pairs of distinct active records."""
+def random_pairs(active: np.ndarray, n_pairs: int, seed: int, groups: np.ndarray | None = None,
+                 link_type: str = "link_and_dedupe") -> tuple[np.ndarray, np.ndarray]:
+    """Uniform random pairs of distinct active records. With `groups` (each record's source code)
+    and a link type, uniform over the pairs it allows: link_only, records of different groups;
+    dedupe_only, records of one group (matching.link_type); n_pairs of them (none when no pair is
+    allowed)."""
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(active)
+    if groups is not None and link_type != "link_and_dedupe":
+        return _allowed_random_pairs(rng, pool, np.asarray(groups, dtype=np.int64), n_pairs, link_type)
     if len(pool) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     a = pool[rng.integers(0, len(pool), n_pairs)]
     b = pool[rng.integers(0, len(pool), n_pairs)]
     keep = a != b
     return a[keep], b[keep]
+
+
+def _allowed_random_pairs(rng: np.random.Generator, pool: np.ndarray, groups: np.ndarray, n_pairs: int,
+                          link_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ordered pairs (a, b) drawn uniformly from those the link type allows: a with probability
+    proportional to how many partners it has, then b uniformly among them (no rejection, so a
+    source that dominates the data costs nothing)."""
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pool = pool[np.argsort(groups[pool], kind="stable")]  # members of a group are contiguous
+    g = groups[pool]
+    _, start, size = np.unique(g, return_index=True, return_counts=True)
+    group_of = np.searchsorted(start, np.arange(len(pool)), side="right") - 1
+    own = size[group_of]
+    partners = (len(pool) - own) if link_type == "link_only" else (own - 1)
+    total = partners.sum()
+    if total <= 0 or n_pairs <= 0:
+        return empty
+    a_pos = rng.choice(len(pool), size=n_pairs, p=partners / total)
+    j = rng.integers(0, partners[a_pos])  # b's index among a's partners
+    first = start[group_of[a_pos]]
+    if link_type == "link_only":  # partners: every record before a's group, then every one after it
+        b_pos = np.where(j < first, j, j + own[a_pos])
+    else:  # partners: a's group without a
+        b_pos = first + j + (first + j >= a_pos)
+    return pool[a_pos].astype(np.int64), pool[b_pos].astype(np.int64)
 
 
 def same_person_pairs(labels: np.ndarray, active: np.ndarray, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -460,12 +491,12 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
         w_m, w_h, pattern_ll = class_posteriors(patterns, rule, neutral, m, h, u, lam_m, lam_h, u_terms)
         previous, log_likelihood = log_likelihood, float((counts * pattern_ll).sum())
         # EM's likelihood never falls: when it no longer rises, stop
-        if abs(log_likelihood - previous) <= LIKELIHOOD_TOLERANCE * abs(log_likelihood):
+        if abs(log_likelihood - previous) <= LIKELIHOOD_TOLERANCE * counts.sum():
             converged = True
             break
-        # A household class with almost no pairs can drift between "household" and "unrelated" for
-        # hundreds of iterations without moving m, the match rates or any pair's match posterior:
-        # converged for matching once those three stand still.
+        # A class with almost no pairs can drift for hundreds of iterations (a household class
+        # between "household" and "unrelated"; m when hardly any pair matches) without moving the
+        # match rates or any pair's match posterior: converged for matching once those stand still.
         posterior_change = np.inf if w_m_before is None else float(np.max(np.abs(w_m - w_m_before), initial=0.0))
         w_m_before = w_m
         match_mass, household_mass = counts * w_m, counts * w_h
@@ -483,16 +514,15 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
                                   rate_pseudo_pairs)
         new_lam_h = _shrunk_rates(np.bincount(rule, weights=household_mass, minlength=n_rules), pairs_per_rule,
                                   rate_pseudo_pairs) if household else None
-        match_change = max(float(np.nanmax(np.abs(x - y))) for x, y in zip(new_m, m))
-        match_change = max(match_change, float(np.max(np.abs(new_lam_m - lam_m), initial=0.0)))
-        change = match_change
+        rate_change = float(np.max(np.abs(new_lam_m - lam_m), initial=0.0))
+        change = max(rate_change, max(float(np.nanmax(np.abs(x - y))) for x, y in zip(new_m, m)))
         for x, y in zip(new_h, h):
             if x is not None:
                 change = max(change, float(np.nanmax(np.abs(x - y))))
         if household:
             change = max(change, float(np.max(np.abs(new_lam_h - lam_h), initial=0.0)))
         m, h, lam_m, lam_h = new_m, new_h, new_lam_m, new_lam_h
-        if change < tolerance or max(match_change, posterior_change) < tolerance:
+        if change < tolerance or max(rate_change, posterior_change) < tolerance:
             converged = True
             break
     return EMFit(m, h, lam_m, lam_h, iteration, converged, log_likelihood)
@@ -525,8 +555,14 @@ def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str
     if training.get("converged") is False:
         out.append(f"EM did not converge in {training.get('iterations')} iterations; raise matching.model.max_iterations "
                    "or check the comparisons for a column that is nearly always missing")
+    empty = set(training.get("comparisons_without_values") or [])
+    for name in sorted(empty):
+        out.append(f"comparison {name!r}: no sampled pair of records has both values (its column is empty, or its "
+                   "normalizer made it missing: see the warnings); remove the comparison or fix the attribute's kind")
     for c in model.comparisons:
         top = 1
+        if c.name in empty:
+            continue
         if c.m[top] <= c.u_random[top]:
             out.append(f"comparison {c.name!r}: m <= u at {c.labels[top]!r} ({c.m[top]:.3g} vs {c.u_random[top]:.3g}): "
                        "agreeing on it does not make a match more likely; check its column, or remove the comparison")

@@ -36,9 +36,11 @@ def local_buckets(records: int) -> int:
     return max(1, -(-records // ROWS_PER_BUCKET))
 
 
-def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int) -> Iterator[tuple]:
-    """(rows, keys, labels, rule, prepared) for every rule's buckets: the keyed records whose block
-    key falls in the bucket (in position order), with just their keys, labels and comparison data.
+def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
+                scope=None) -> Iterator[tuple]:
+    """(rows, keys, labels, rule, prepared, scope) for every rule's buckets: the keyed records whose
+    block key falls in the bucket (in position order), with just their keys, labels, comparison
+    data and pair scope (blocking.PairScope: link_only / dedupe_only groups; None: every pair).
     Made one at a time: only the jobs being run exist."""
     for rule in range(len(keys)):
         rule_keys = keys[rule]
@@ -48,14 +50,15 @@ def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: i
         bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
         for b in range(buckets):
             rows = keyed[order[bounds[b]:bounds[b + 1]]]
-            yield rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule, [p.take(rows) for p in prepared]
+            yield (rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule, [p.take(rows) for p in prepared],
+                   scope.take(rows) if scope is not None else None)
 
 
-def _pairs_and_levels(keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+def _pairs_and_levels(keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None):
     from resolver.blocking import rule_pairs_of
     from resolver.compare import comparison_matrix
 
-    left, right = rule_pairs_of(keys, rule, labels)
+    left, right = rule_pairs_of(keys, rule, labels, scope)
     return left, right, comparison_matrix(prepared, left, right)
 
 
@@ -67,27 +70,28 @@ def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, level
     return pattern_counts(levels, agreement_masks(keys, left, right))
 
 
-def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None):
     """One bucket's pairs (record positions), their comparison levels and level-pattern counts."""
-    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
     counts = _session_counts(keys, left, right, levels)
     return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
 
 
-def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list):
+def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list,
+                      scope=None):
     """One bucket's pair count and level-pattern counts (the pairs themselves are dropped)."""
-    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
     return len(left), _session_counts(keys, left, right, levels)
 
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
-                  keep_from: float):
+                  keep_from: float, scope=None):
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
     levels, weight, probability, tf adjustments) and the histogram of every pair's weight."""
     from resolver.blocking import CandidatePairs
     from resolver.matching import WEIGHT_BINS, score_pairs
 
-    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared)
+    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     pairs = CandidatePairs(left, right, np.full(len(left), rule, dtype=np.int8), [])
     kept, weight, probability, tf = score_pairs(model, prepared, levels, pairs, keep_from, histogram)
@@ -118,14 +122,15 @@ class ScoredPairs:
     per_rule: list[int]  # candidate pairs of each rule, kept or not
 
 
-def pattern_statistics(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int):
+def pattern_statistics(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
+                       scope=None):
     """First pass: (pairs per rule, EM's level-pattern counts summed over the buckets)."""
     from resolver.model import merge_pattern_counts
 
     rules: list[int] = []
 
     def jobs():
-        for job in bucket_jobs(keys, labels, prepared, buckets):
+        for job in bucket_jobs(keys, labels, prepared, buckets, scope):
             rules.append(job[3])
             yield job
 
@@ -136,11 +141,11 @@ def pattern_statistics(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, pre
 
 
 def scored_pairs(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
-                 keep_from: float) -> ScoredPairs:
+                 keep_from: float, scope=None) -> ScoredPairs:
     """Second pass: every bucket's pairs scored, the kept ones in candidate order."""
     from resolver.matching import WEIGHT_BINS
 
-    jobs = ((*job, model, keep_from) for job in bucket_jobs(keys, labels, prepared, buckets))
+    jobs = ((*job[:5], model, keep_from, job[5]) for job in bucket_jobs(keys, labels, prepared, buckets, scope))
     done = mapper(bucket_scored, jobs)
     histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     per_rule = np.zeros(len(keys), dtype=np.int64)

@@ -98,6 +98,8 @@ class Resolution:
     anonymous_map: pd.DataFrame | None = None  # anonymous visitor stitching: anonymous id -> person
     stitch_review: pd.DataFrame | None = None
     stitching: dict | None = None  # run-summary section
+    attributes: dict | None = None  # run-summary section: per attribute, its kind and values it nulled
+    warnings: list[str] = field(default_factory=list)  # run-summary `warnings` (config and attributes)
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -537,6 +539,9 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     sessions = pd.concat(session_parts, ignore_index=True) if session_parts else None
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
+        from resolver.attributes import normalization_report
+
+        attribute_report, attribute_warnings = normalization_report(config, records, attributes)
         records = records[RECORD_COLUMNS + [c for c in raw_fields(config) if c in records]]  # what is read later (memory)
         entry["rows_out"] = len(edges)
     for part in parts:
@@ -612,6 +617,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
+    resolution.attributes = attribute_report
+    resolution.warnings = config.warnings() + attribute_warnings
     if stitched is not None:
         resolution.anonymous_map, resolution.stitch_review = stitched.anonymous_map, stitched.review
         resolution.stitching = stitched.summary
@@ -811,6 +818,8 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
         },
         "identifiers": {k: int(v) for k, v in res.identifier_map["status"].value_counts().to_dict().items()},
         "policy_actions": {k: int(v) for k, v in res.policy_actions["action"].value_counts().to_dict().items()},
+        "warnings": res.warnings,
+        "attributes": res.attributes,
         "matching": res.matching,
         "golden": res.golden,
         **({"stitching": res.stitching} if res.stitching is not None else {}),
@@ -823,7 +832,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
 def plan_matching(config: Config):
     """Blocking plan from the records alone: pair counts per rule and the largest blocks, before
     any pair is made (reads and normalizes the records sources; events are not needed)."""
-    from resolver.blocking import build_blocking_keys
+    from resolver.blocking import build_blocking_keys, pair_scope
 
     if config.matching is None:
         raise ConfigError("the configuration has no `matching` section to plan")
@@ -839,7 +848,8 @@ def plan_matching(config: Config):
         from resolver.attributes import match_attributes
 
         attributes = match_attributes(records, config)
-    return build_blocking_keys(config.matching.blocking, attributes, active), len(records)
+    scope = pair_scope(config.matching.link_type, records["source"])
+    return build_blocking_keys(config.matching.blocking, attributes, active, scope=scope), len(records)
 
 
 def config_digest(config: Config) -> str:

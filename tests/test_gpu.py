@@ -69,6 +69,39 @@ def test_pair_generation_equals_the_compiled_one():
         np.testing.assert_array_equal(cp.asnumpy(got[1]), expected[1])
 
 
+def test_scoped_pairs_and_refined_blocks_equal_the_cpu_ones():
+    """matching.link_type's pair scope and BlockingRule.refine on the device give the host's keys,
+    plan and pairs."""
+    import pandas as pd
+
+    from resolver.backend.arrays import CPU
+    from resolver.blocking import PairScope, build_blocking_keys, rule_pairs, rule_pairs_xp
+    from resolver.config import BlockingConfig, BlockingRule
+
+    rng = np.random.default_rng(6)
+    n = 200_000
+    attrs = {"last": pd.Series(rng.choice([f"s{i}" for i in range(40)], n), dtype="str"),
+             "first": pd.Series(rng.choice([f"f{i}" for i in range(300)] + [None], n), dtype="str"),
+             "dob": pd.Series(rng.choice([f"19{i:02d}-01-01" for i in range(90)], n), dtype="str")}
+    config = BlockingConfig(max_block_size=400, rules=[
+        BlockingRule(name="last", keys=["last"], refine=["first", "dob"]),
+        BlockingRule(name="first", keys=["first"], refine=[])])
+    labels = rng.integers(0, n // 2, n)
+    for link_type in ("link_only", "dedupe_only"):
+        groups = rng.integers(0, 3, n)
+        scope = PairScope(link_type, groups)
+        host = build_blocking_keys(config, attrs, np.ones(n, bool), backend=CPU, scope=scope)
+        device = build_blocking_keys(config, attrs, np.ones(n, bool), backend=GPU, scope=scope)
+        np.testing.assert_array_equal(device.keys, host.keys)
+        assert [vars(p) for p in device.plans] == [vars(p) for p in host.plans]
+        for rule in range(2):
+            expected = rule_pairs(host, rule, labels, scope)
+            got = rule_pairs_xp(cp, cp.asarray(host.keys), rule, cp.asarray(labels), chunk=1 << 22,
+                                scope=scope.on(cp))
+            np.testing.assert_array_equal(cp.asnumpy(got[0]), expected[0])
+            np.testing.assert_array_equal(cp.asnumpy(got[1]), expected[1])
+
+
 def test_components_equal_scipy():
     from resolver.backend.components import connected_components
     from resolver.cluster import connected_components as scipy_components

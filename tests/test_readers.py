@@ -128,7 +128,11 @@ def test_csv_all_quoted_values_are_strings_not_trimmed(tmp_path):
     write(tmp_path / "Contact.csv", text)
     result = read(tmp_path, **CSV_SOURCE)
     assert values(result, "Id") == ["007", "1.50", None]  # never type-inferred
-    assert values(result, "FirstName") == ["  Ann ", "NA", None]  # not trimmed; "NA" is a value
+    assert values(result, "FirstName") == ["  Ann ", None, None]  # not trimmed; "NA" is a null token
+    assert values(result, "MailingStreet") == ['say "hi"', None, None]
+    # without null tokens, "NA" and "null" are values like any other
+    result = read(tmp_path, **CSV_SOURCE, csv={"null_values": []})
+    assert values(result, "FirstName") == ["  Ann ", "NA", None]
     assert values(result, "MailingStreet") == ['say "hi"', "null", None]
 
 
@@ -287,7 +291,8 @@ def test_csv_round_trips_what_pythons_csv_writer_wrote(tmp_path, monkeypatch, ro
     kept = [(i, row) for i, row in enumerate(rows, 1) if len(row) == 3]
     assert values(result, "_row") == [i for i, _ in kept]
     for n, col in enumerate(["Id", "FirstName", "MailingStreet"]):
-        assert values(result, col) == [row[n] or None for _, row in kept]
+        # whitespace only is a missing value (the null token "" once trimmed); the rest is kept as written
+        assert values(result, col) == [row[n] if row[n].strip() else None for _, row in kept]
     assert list(result.rejects["row"]) == [i for i, row in enumerate(rows, 1) if len(row) != 3]
 
 

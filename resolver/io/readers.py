@@ -175,11 +175,12 @@ def read_source(config: Config, source: SourceConfig, files: list[Path] | None =
     reader = _READERS[source.format]
     tables: list[pa.Table] = []
     rejects: list[tuple] = []
+    nulls = source.csv.null_values if source.format == "csv" else ()
     for path in files:
         # One file at a time; only the referenced columns of each stay in memory until the end.
         try:
             for part in reader(path, source, columns, piece):
-                tables.append(_part_table(part, columns, str(path)))
+                tables.append(_part_table(part, columns, str(path), nulls))
                 rejects.extend((source.name, str(path), *r) for r in sorted(part.rejects, key=lambda r: r[0]))
         except OSError as exc:
             raise InputError(f"source {source.name!r}: {path}: cannot read: {exc}") from exc
@@ -793,13 +794,18 @@ def _raw(text: bytes | str | None) -> str | None:
     return text[: RAW_LIMIT * 4].decode("utf-8", errors="backslashreplace")[:RAW_LIMIT]
 
 
-def _part_table(part: _Part | None, columns: list[str], path: str) -> pa.Table:
-    """One file's rows as an Arrow table: empty strings become null, then _file and _row."""
+def _part_table(part: _Part | None, columns: list[str], path: str, nulls: Sequence[str] = ()) -> pa.Table:
+    """One file's rows as an Arrow table: empty strings, and cells that are one of `nulls` once
+    trimmed (CSV null tokens: NA, NULL, \\N...), become null; then _file and _row."""
     n = 0 if part is None else len(part.rows)
     data: dict[str, Any] = {}
+    tokens = pa.array(sorted(set(nulls)), pa.string()) if nulls else None
     for col in columns:
         arr = pa.array([], pa.string()) if part is None else part.columns[col]
-        data[col] = pc.if_else(pc.equal(pc.binary_length(arr), 0), pa.scalar(None, pa.string()), arr)
+        missing = pc.equal(pc.binary_length(arr), 0)
+        if tokens is not None:
+            missing = pc.or_(missing, pc.is_in(pc.utf8_trim_whitespace(arr), value_set=tokens))
+        data[col] = pc.if_else(missing, pa.scalar(None, pa.string()), arr)
     data["_file"] = pa.repeat(pa.scalar(path, pa.string()), n)
     data["_row"] = pa.array(np.empty(0, np.int64) if part is None else part.rows, pa.int64())
     return pa.table(data)

@@ -118,6 +118,9 @@ def _overview(r: _Report, summary: dict, tables: dict) -> None:
         for k, v in cards) + "</div>"
     if not rows.get("accounted", True):
         body += '<p class="warn">Not every input row is accounted for (read ≠ resolved + rejected + suppressed).</p>'
+    warnings = summary.get("warnings") or []  # the configuration's, and attributes their normalizer nulled
+    if warnings:
+        body += '<p class="warn">Warnings:</p><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
     rejects = tables.get("rejects")
     if rejects is not None and len(rejects):
         by_reason = rejects.groupby(["source", "reason"], observed=True).size().reset_index(name="rows")

@@ -75,6 +75,16 @@ def _text(value) -> str | None:
     return text if text.strip() else None
 
 
+def _date_from_parts(get, row: dict, parts) -> str | None:
+    """A date-part attribute's ISO date from one record's year, month and day fields, as the batch
+    builds it (resolver.ingest.date_from_parts); None when it makes no date."""
+    from resolver.ingest import date_from_parts
+
+    year, month, day = (pd.Series([_text(get(row, c))], dtype="str") for c in parts.columns)
+    value = date_from_parts(year, month, day).iloc[0]
+    return None if pd.isna(value) else str(value)
+
+
 def sync_name(source: str) -> str:
     """The source name of what serve received for `source` (the export's source in the batch)."""
     return f"{source}_sync"
@@ -246,6 +256,9 @@ class Resolver:
                         identifiers.setdefault(id_type, []).append(text)
             for name, cols in source.attribute_columns().items():
                 attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(rows[0], c))) is not None)
+            for name, parts in source.date_parts().items():
+                if (t := _date_from_parts(get, rows[0], parts)) is not None:
+                    attributes.setdefault(name, []).append(t)
         for id_type, raws in identifiers.items():
             if self.types[id_type].evidence:  # the others never link (and are not stored)
                 self._warm_identifiers(id_type, raws)
@@ -428,6 +441,11 @@ class Resolver:
                 if display is not None:
                     out[name] = (display, match, field_ts.get(col, default_ts))
                     break
+        for name, parts in source.date_parts().items():
+            display, match = self.attribute(name, _date_from_parts(get, row, parts))
+            if display is not None:
+                out[name] = (display, match, max((field_ts.get(c, default_ts) for c in parts.columns),
+                                                 key=lambda t: t or ""))
         return out
 
     def _hash(self, id_type: str, value: str) -> int:
