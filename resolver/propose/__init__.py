@@ -120,11 +120,18 @@ def _normalized(frame: pd.DataFrame, plans: list[SourcePlan], types: dict, norma
     return match_attributes(frame, config, kinds)
 
 
+WHO_KINDS = (K.FIRST_NAME, K.FULL_NAME, K.BIRTH_DATE, K.YEAR, K.MONTH, K.DAY, K.ID, K.EMAIL)
+
+
 def _probable(cands: list[R.Candidate], keys: np.ndarray, source: np.ndarray, normalized: dict[str, pd.Series],
-              records: int, link_only: bool) -> dict[str, np.ndarray]:
-    """Per candidate, which of the probable matches among all candidates' sampled pairs it finds."""
+              records: int, link_only: bool, who: dict[str, bool], identifiers: set[str]) -> dict[str, np.ndarray]:
+    """Per candidate, which of the probable matches among all candidates' sampled pairs it finds
+    (less those an identifier already joins: a run does not compare them)."""
     left, right, mask = R.universe(cands, keys, source, link_only)
-    probable = R.probable_matches(left, right, normalized, records)
+    probable = R.probable_matches(left, right, normalized, records, who)
+    for name in identifiers:  # pairs an identifier joins are no candidates in a run
+        codes = pd.factorize(normalized[name].astype("str"))[0]
+        probable &= ~((codes[left] >= 0) & (codes[left] == codes[right]))
     mask = mask[probable]
     return {c.name: (mask >> np.uint64(r)) & np.uint64(1) == 1 for r, c in enumerate(cands)}
 
@@ -170,7 +177,9 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
     link_only = chosen_link == "link_only"
     keys = R.count(cands, normalized, source, [p.sample.sampled for p in plans], [p.sample.rows for p in plans],
                    link_only=link_only)
-    found = _probable(cands, keys, source, normalized, records, link_only)
+    who = {a.name: a.kind != K.ID for p in plans for a in p.attributes.values() if a.kind in WHO_KINDS}
+    identifiers = {t for p in plans for t in p.identifiers}
+    found = _probable(cands, keys, source, normalized, records, link_only, who, identifiers)
     chosen = R.choose(cands, budget, found)
     if not chosen:
         raise InputError("no blocking rule fits: " + "; ".join(f"{c.name} {c.verdict}" for c in cands)

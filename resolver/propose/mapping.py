@@ -106,7 +106,8 @@ def map_source(name: str, sample: FileSample, detections: list[K.Detection], key
                composite_ok: bool) -> SourcePlan:
     plan = SourcePlan(name, sample, detections, key)
     taken: set[str] = set()
-    for d in detections:
+    # Of several columns of one kind (ids, streets), the plainest name gets the canonical one.
+    for d in sorted(detections, key=lambda d: len(K.name_words(d.column))):
         if not d.compared or d.kind in (K.YEAR, K.MONTH, K.DAY):
             continue
         if d.kind in (K.EMAIL, K.PHONE) and CANONICAL[d.kind] in plan.attributes:
@@ -118,6 +119,8 @@ def map_source(name: str, sample: FileSample, detections: list[K.Detection], key
         if d.kind == K.BIRTH_DATE:
             normalizer, note = _date_note(d)
         plan.attributes[attr] = Attribute(attr, d.kind, [d.column], normalizer, note=note)
+    position = {d.column: i for i, d in enumerate(detections)}
+    plan.attributes = dict(sorted(plan.attributes.items(), key=lambda kv: position[kv[1].columns[0]]))
     _date_parts(plan, detections, composite_ok, taken)
     _identifiers(plan)
     for d in detections:

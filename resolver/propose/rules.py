@@ -12,14 +12,16 @@ for N(N-1) / (n(n-1)) pairs; a block's size for N / n records, which is what the
    blocks over `max_block_size` (a run skips those blocks: it finds little), or when it alone is
    over the budget;
 2. the pairs every viable candidate makes in the sample are scored as a run would score them with
-   a model nobody trained: each field that agrees exactly adds log2(m / u), each that disagrees
-   log2((1 - m) / (1 - u)), with m = 0.9 and u the chance that two random records agree (from the
-   field's value frequencies). A pair over log2(records), the prior odds against two records
-   matching, is a *probable match* (`probable_matches`);
+   a model nobody trained: each field that agrees exactly adds log2(m / u), each that differs by
+   more than a typo log2((1 - m) / (1 - u)), with m = 0.9 and u the chance that two random records
+   agree (from the field's value frequencies). A pair over log2(records), the prior odds against two records
+   matching, that also agrees on one of the fields that tell household members apart (first name,
+   birth date, ids, email) is a *probable match* (`probable_matches`);
 3. greedily, the rule that finds the most probable matches no chosen rule finds, while the budget
    holds (ties: the earlier candidate), until no rule finds a new one or `MAX_RULES`;
 4. if one field is still in every chosen rule (a typo there would hide a match from every rule),
-   the viable rule without it that finds the most probable matches is added when it fits.
+   a viable rule without it is added when it fits: of those that find at least 95% of the most
+   probable matches any of them finds, the one with the fewest pairs.
 The total is a sum over rules, an upper bound: a run compares a pair found by several rules once.
 """
 
@@ -195,12 +197,35 @@ def universe(cands: list[Candidate], keys: np.ndarray, source: np.ndarray, link_
     return unique // n, unique % n, merged
 
 
+def _one_substitution(text: pd.Series, left: np.ndarray, right: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Whether two values of equal length differ in exactly one character."""
+    width = max(int(text.str.len().max()), 1)
+    chars = np.array(text.fillna("").tolist(), dtype=f"<U{width}").view(np.int32).reshape(len(text), width)
+    lengths = text.str.len().fillna(-1).to_numpy(np.int64)
+    out = np.zeros(len(left), dtype=bool)
+    for lo in range(0, len(left), chunk):
+        a, b = left[lo:lo + chunk], right[lo:lo + chunk]
+        out[lo:lo + chunk] = (lengths[a] == lengths[b]) & ((chars[a] != chars[b]).sum(axis=1) == 1)
+    return out
+
+
 def probable_matches(left: np.ndarray, right: np.ndarray, attributes: dict[str, pd.Series], records: int,
-                     m: float = M_PROBABILITY) -> np.ndarray:
-    """Pairs whose fixed-m Fellegi-Sunter weight over exact field agreement is above log2(records)."""
+                     who: dict[str, bool] | None = None, m: float = M_PROBABILITY) -> np.ndarray:
+    """Pairs whose fixed-m Fellegi-Sunter weight is above log2(records): a field that agrees adds
+    log2(m / u), one that differs by a typo (words: Jaro-Winkler at least 0.85; dates, numbers and
+    ids: one character) nothing, one that differs more log2((1 - m) / (1 - u)). A probable match
+    also agrees on one of the `who` fields both records have, if they have any (first name, birth
+    date, ids, email: what tells members of one household apart, who share a surname and an
+    address); `who[field]` says whether a typo counts as agreeing there (not for ids: sequential
+    ids of one household differ in one digit)."""
+    from resolver.kernels.strings import encode, jaro_winkler
+
+    who = who or {}
     weight = np.zeros(len(left))
-    for values in attributes.values():
-        codes = pd.factorize(values.astype("str"))[0]
+    who_both, who_agree = np.zeros(len(left), dtype=bool), np.zeros(len(left), dtype=bool)
+    for name, values in attributes.items():
+        text = values.astype("str").reset_index(drop=True)
+        codes = pd.factorize(text)[0]
         valid = codes >= 0
         if valid.sum() < 2:
             continue
@@ -208,8 +233,17 @@ def probable_matches(left: np.ndarray, right: np.ndarray, attributes: dict[str, 
         u = float(min(max((share ** 2).sum(), 1e-9), 0.5))
         both = valid[left] & valid[right]
         agree = both & (codes[left] == codes[right])
-        weight += np.where(agree, np.log2(m / u), np.where(both, np.log2((1 - m) / (1 - u)), 0.0))
-    return weight > np.log2(max(records, 2))
+        near = np.zeros(len(left), dtype=bool)
+        rows = np.flatnonzero(both & ~agree)
+        if len(rows) and text.str.contains("[^\\W\\d_]", regex=True).mean() > 0.5:  # words: a typo
+            near[rows] = jaro_winkler(encode(text), left[rows], right[rows]) >= 0.85
+        elif len(rows):  # dates, numbers, ids: one character changed (siblings' birth dates are not near)
+            near[rows] = _one_substitution(text, left[rows], right[rows])
+        weight += np.where(agree, np.log2(m / u), np.where(both & ~near, np.log2((1 - m) / (1 - u)), 0.0))
+        if name in who:  # who[name]: whether a typo counts (names, dates), or only equal values (ids)
+            who_both |= both
+            who_agree |= agree | (near & who[name])
+    return (weight > np.log2(max(records, 2))) & (who_agree | ~who_both)
 
 
 def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | None = None,
@@ -255,7 +289,9 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
     if common:
         spare = [c for c in viable if c not in chosen and c.columns.isdisjoint(common) and total + c.pairs <= budget]
         if spare:
-            best = max(spare, key=lambda c: (int(found.get(c.name, none).sum()), -c.priority))
+            most = max(int(found.get(c.name, none).sum()) for c in spare)
+            close = [c for c in spare if found.get(c.name, none).sum() >= 0.95 * most]  # then the cheapest
+            best = min(close, key=lambda c: (c.pairs, c.priority))
             best.verdict = f"chosen: every other rule uses {', '.join(common)}; this one does not (typos there)"
             chosen.append(best)
             total += best.pairs
