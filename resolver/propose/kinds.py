@@ -325,7 +325,7 @@ def detect_digits(p: Profile) -> Detection | None:
     common_length, common_share = int(length_counts.index[0]), float(length_counts.iloc[0])
     padded = p.share(p.values.str.match(r"0\d").fillna(False).to_numpy(bool))
     shared = p.distinct_share < 0.6 or p.top_count >= max(3, 0.002 * p.filled)
-    if common_length == 4 and numbers.between(1900, 2100).mean() >= 0.95 and p.distinct >= 3:
+    if common_length == 4 and numbers.between(1900, 2100).mean() >= 0.95 and p.distinct >= 3 and not hinted(p.column, POSTCODE):
         return Detection(p.column, YEAR, f"years {int(numbers.min())}-{int(numbers.max())}")
     if numbers.between(1, 12).mean() >= 0.98 and p.distinct >= 6 and lengths.max() <= 2:
         return Detection(p.column, MONTH, "numbers 1-12")

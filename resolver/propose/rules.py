@@ -265,7 +265,7 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
     found = found or {}
     width = max((len(v) for v in found.values()), default=0)
     none = np.zeros(width, dtype=bool)
-    total_matches = max(int(np.logical_or.reduce([found.get(c.name, none) for c in viable] or [none]).sum()), 1)
+    total_matches = int(np.logical_or.reduce([found.get(c.name, none) for c in viable] or [none]).sum())
     covered = none.copy()
     chosen: list[Candidate] = []
     total = 0
@@ -280,7 +280,8 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
         if not scored:
             break
         new, _, best = max(scored, key=lambda s: (s[0], s[1]))
-        best.verdict = (f"chosen: finds {new:,} of the {total_matches:,} probable matches"
+        best.verdict = ("chosen: the first viable rule (no probable match to count)" if not total_matches else
+                        f"chosen: finds {new:,} of the {total_matches:,} probable matches"
                         + (" that no rule above finds" if chosen else ""))
         chosen.append(best)
         covered |= found.get(best.name, none)
