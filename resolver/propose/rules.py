@@ -17,8 +17,9 @@ for N(N-1) / (n(n-1)) pairs; a block's size for N / n records, which is what the
    agree (from the field's value frequencies). A pair over log2(records), the prior odds against two records
    matching, that also agrees on one of the fields that tell household members apart (first name,
    birth date, ids, email) is a *probable match* (`probable_matches`);
-3. greedily, the rule that finds the most probable matches no chosen rule finds, while the budget
-   holds (ties: the earlier candidate), until no rule finds a new one or `MAX_RULES`;
+3. greedily, the rule that finds the most probable matches no chosen rule finds per pair it makes
+   (pairs + 1% of the budget: a tiny rule is not free), while the budget holds (ties: the earlier
+   candidate), until no rule finds a new one or `MAX_RULES`;
 4. if one field is still in every chosen rule (a typo there would hide a match from every rule),
    a viable rule without it is added when it fits: of those that find at least 95% of the most
    probable matches any of them finds, the one with the fewest pairs.
@@ -270,16 +271,18 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
     chosen: list[Candidate] = []
     total = 0
 
+    floor = budget / 100  # a rule costs at least 1% of the budget: tiny rules are not free
+
     def gain(c: Candidate) -> int:
         return int((found.get(c.name, none) & ~covered).sum())
 
     while len(chosen) < max_rules:
         fits = [c for c in viable if c not in chosen and total + c.pairs <= budget]
-        scored = [(gain(c), -c.priority, c) for c in fits]
-        scored = [s for s in scored if s[0] > 0 or not chosen]
+        scored = [(gain(c) / (c.pairs + floor), gain(c), -c.priority, c) for c in fits]
+        scored = [s for s in scored if s[1] > 0 or not chosen]
         if not scored:
             break
-        new, _, best = max(scored, key=lambda s: (s[0], s[1]))
+        _, new, _, best = max(scored, key=lambda s: (s[0], s[1], s[2]))
         best.verdict = ("chosen: the first viable rule (no probable match to count)" if not total_matches else
                         f"chosen: finds {new:,} of the {total_matches:,} probable matches"
                         + (" that no rule above finds" if chosen else ""))
