@@ -191,10 +191,14 @@ def cmd_init(args) -> int:
     from resolver.propose import propose, write
 
     console = _console(args)
+    if Path(args.out).exists() and not args.force:
+        from resolver.config import ConfigError
+
+        raise ConfigError(f"{args.out} exists; --force replaces it")
     with console.status("reading samples and counting blocking pairs"):
         proposal = propose(args.data, out=Path(args.out), names=args.name, link_type=args.link_type,
                            pair_budget=args.pair_budget, sample_rows=args.sample_rows, exclude=tuple(args.exclude))
-        write(proposal)
+        write(proposal, force=args.force)
     out = Console(quiet=args.quiet, highlight=False)
     for plan in proposal.sources:
         s = plan.sample
@@ -605,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--sample-rows", type=int, default=20_000, help="rows read from each input (default 20000)")
     init.add_argument("--exclude", action="append", default=[], metavar="COLUMN",
                       help="a column to leave out (e.g. a ground-truth id); repeatable")
+    init.add_argument("--force", action="store_true", help="replace --out when it exists")
     init.set_defaults(func=cmd_init)
 
     gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data with ground truth"))

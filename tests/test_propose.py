@@ -51,7 +51,8 @@ def _frame() -> pd.DataFrame:
                                                              RNG.integers(0, 10000, N))],
         "c_email": [f"{f}.{l}{i}@example.org" for i, (f, l) in enumerate(zip(pick(FIRST), pick(LAST)))],
         "c_postcode": [f"{v:04d}" for v in pick(list(range(2000, 3000, 7)))],
-        "c_street": [f"{n} {w} {t}" for n, w, t in zip(RNG.integers(1, 999, N), pick(LAST), pick(["st", "road", "ave"]))],
+        "c_street": [f"{n} {w} {t}" for n, w, t in zip(RNG.integers(1, 999, N), pick(LAST),
+                                                        pick(["st", "road", "ave"]))],
         "c_constant": ["x"] * N,
         "c_empty": [None] * (N - 1) + ["1"],
     })
@@ -233,12 +234,14 @@ def _write_people(path: Path, n: int = 400, email: bool = True) -> None:
     people = pd.DataFrame({
         "CustomerID": [f"C{i:05d}" for i in range(n)],
         "GivenName": rng.choice(FIRST, n), "FamilyName": rng.choice(LAST, n),
-        "Born": (pd.Timestamp("1950-01-01") + pd.to_timedelta(rng.integers(0, 20000, n), unit="D")).strftime("%Y-%m-%d"),
+        "Born": (pd.Timestamp("1950-01-01") + pd.to_timedelta(rng.integers(0, 20000, n), unit="D"))
+        .strftime("%Y-%m-%d"),
         "Zip": rng.integers(10000, 10400, n).astype(str),
         "Notes": ["a long free text note about this customer and their preferences"] * n,
     })
     if email:
-        people["Mail"] = [f"{f}.{l}.{i}@example.com" for i, (f, l) in enumerate(zip(people.GivenName, people.FamilyName))]
+        names = zip(people.GivenName, people.FamilyName)
+        people["Mail"] = [f"{f}.{last}.{i}@example.com" for i, (f, last) in enumerate(names)]
     people.to_csv(path, index=False)
 
 
@@ -262,6 +265,12 @@ def test_cli_init_writes_a_loadable_config_and_names_problems(tmp_path, capsys):
     assert main(["init", str(tmp_path / "people.csv"), "--out", str(out), "--quiet"]) == EXIT_OK
     config = load_config(out)
     assert config.sources[0].path == "../people.csv" and config.sources[0].key == "CustomerID"
+    edited = out.read_text() + "# edited by hand\n"
+    out.write_text(edited)
+    assert main(["init", str(tmp_path / "people.csv"), "--out", str(out)]) == EXIT_CONFIG  # never over a config
+    assert out.read_text() == edited
+    assert main(["init", str(tmp_path / "people.csv"), "--out", str(out), "--force", "-q"]) == EXIT_OK
+    out.unlink()
     assert main(["init", str(tmp_path / "people.csv"), "--name", "a", "--name", "b", "--out", str(out)]) == EXIT_CONFIG
     pd.DataFrame({"first": pick(FIRST, 50), "last": pick(LAST, 50)}).to_csv(tmp_path / "nokey.csv", index=False)
     assert main(["init", str(tmp_path / "nokey.csv"), "--out", str(out)]) == EXIT_INPUT
@@ -274,3 +283,31 @@ def test_exclude_leaves_a_column_out(tmp_path):
     proposal = propose([str(tmp_path / "people.csv")], out=tmp_path / "r.yaml", exclude=("Zip",))
     assert "postal_code" not in proposal.sources[0].attributes
     assert proposal.sources[0].detection("Zip").kind == K.EXCLUDED
+
+
+def test_parquet_and_jsonl_are_read_as_the_readers_read_them(tmp_path):
+    n = 300
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({
+        "pid": np.arange(n),
+        "first_name": pd.Categorical(rng.choice(FIRST, n)),
+        "last_name": rng.choice(LAST, n),
+        "dob": pd.Timestamp("1950-01-01") + pd.to_timedelta(rng.integers(0, 20000, n), unit="D"),
+    })
+    frame.to_parquet(tmp_path / "p.parquet", index=False)
+    with open(tmp_path / "j.jsonl", "w") as f:
+        for row in frame.itertuples():
+            f.write(f'{{"id": {row.pid}, "person": {{"given": "{row.first_name}", "family": "{row.last_name}"}}, '
+                    f'"born": "{row.dob:%Y-%m-%d}"}}\n')
+    (tmp_path / "s.csv").write_text("key;vorname;nachname\n" + "".join(
+        f"{i};{a};{b}\n" for i, (a, b) in enumerate(zip(frame.first_name, frame.last_name))))
+    proposal = propose([str(tmp_path / "p.parquet"), str(tmp_path / "j.jsonl"), str(tmp_path / "s.csv")],
+                       out=tmp_path / "r.yaml")
+    write(proposal)
+    config = load_config(tmp_path / "r.yaml")
+    parquet, jsonl, semicolon = config.sources
+    assert parquet.format == "parquet" and parquet.attributes["birth_date"] == "dob"  # a timestamp column: ISO text
+    assert jsonl.format == "jsonl" and jsonl.attributes["first_name"] == "person.given"
+    assert jsonl.attributes["last_name"] == "person.family" and jsonl.key == "id"
+    assert semicolon.csv.delimiter == ";" and semicolon.attributes["first_name"] == "vorname"
+    assert proposal.link_type == "link_and_dedupe"

@@ -186,18 +186,41 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
                          if cands else "no blocking rule can be built from the detected columns "
                          "(it needs names, a birth date, an email, a phone, a postcode or an id)")
     attributes = {a.name: a for p in plans for a in p.attributes.values()}
+    warnings = _warnings(plans, chosen, region)
     return Proposal(
         out=Path(out), sources=plans, types=types, normalizers=normalizers, candidates=cands, rules=chosen,
         comparisons=propose_comparisons(attributes, normalized), budget=budget, budget_reason=reason,
         records=records, link_type=chosen_link, link_type_supported="link_type" in MatchingConfig.model_fields,
-        default_region=region,
+        default_region=region, warnings=warnings,
     )
 
 
-def write(proposal: Proposal) -> str:
-    """Write the proposal's YAML and load it back (a config that does not validate is a bug here)."""
+def _warnings(plans: list[SourcePlan], chosen: list[R.Candidate], region: str) -> list[str]:
+    out = []
+    for p in plans:
+        s = p.sample
+        if s.sampled < s.rows:
+            out.append(f"{s.pattern}: kinds and pair counts come from its first {s.sampled:,} of "
+                       f"{'about ' if not s.exact else ''}{s.rows:,} rows (--sample-rows reads more)")
+        for attr in p.attributes.values():
+            if attr.kind == K.BIRTH_DATE and attr.normalizer != "date":
+                out.append(f"{p.name}.{attr.columns[0]}: {attr.note}")
+    common = R.weak_fields(chosen)
+    if common:
+        out.append(f"every chosen rule uses {', '.join(common)}: a typo there hides a match from blocking "
+                   "(no rule without it fits the budget)")
+    if region != "US":
+        out.append(f"phones follow {region} rules: run.default_region is {region}")
+    return out
+
+
+def write(proposal: Proposal, force: bool = True) -> str:
+    """Write the proposal's YAML and load it back (a config that does not validate is a bug here).
+    Without `force`, an existing file is left alone (ConfigError)."""
     text = render(proposal)
     out = proposal.out
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; --force replaces it")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     load_config(out)

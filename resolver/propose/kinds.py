@@ -38,10 +38,12 @@ FIRST_NAME, LAST_NAME, FULL_NAME, MIDDLE = "first name", "last name", "full name
 EMAIL, PHONE = "email", "phone"
 BIRTH_DATE, DATE, TIMESTAMP = "birth date", "date", "timestamp"
 YEAR, MONTH, DAY = "year", "month", "day"
-POSTCODE, STREET_NUMBER, STREET, CITY, STATE, COUNTRY = "postcode", "street number", "street", "city", "state", "country"
+POSTCODE, STREET_NUMBER, STREET = "postcode", "street number", "street"
+CITY, STATE, COUNTRY = "city", "state", "country"
 GENDER = "gender"
 NUMBER, CATEGORY, FLAG, TEXT = "number", "category", "flag", "free text"
-EMPTY, CONSTANT, OTHER_ENTITY, EXCLUDED, DUPLICATE = "empty", "constant", "about someone else", "excluded", "second column"
+EMPTY, CONSTANT, EXCLUDED, DUPLICATE = "empty", "constant", "excluded", "second column"
+OTHER_ENTITY = "about someone else"
 
 COMPARED = (FIRST_NAME, LAST_NAME, FULL_NAME, MIDDLE, EMAIL, PHONE, BIRTH_DATE, YEAR, MONTH, DAY, POSTCODE,
             STREET_NUMBER, STREET, CITY, STATE, COUNTRY, GENDER, ID)
@@ -325,11 +327,13 @@ def detect_digits(p: Profile) -> Detection | None:
     common_length, common_share = int(length_counts.index[0]), float(length_counts.iloc[0])
     padded = p.share(p.values.str.match(r"0\d").fillna(False).to_numpy(bool))
     shared = p.distinct_share < 0.6 or p.top_count >= max(3, 0.002 * p.filled)
-    if common_length == 4 and numbers.between(1900, 2100).mean() >= 0.95 and p.distinct >= 3 and not hinted(p.column, POSTCODE):
+    yearly = numbers.between(1900, 2100).mean() >= 0.95 and p.distinct >= 3
+    if common_length == 4 and yearly and not hinted(p.column, POSTCODE):
         return Detection(p.column, YEAR, f"years {int(numbers.min())}-{int(numbers.max())}")
     if numbers.between(1, 12).mean() >= 0.98 and p.distinct >= 6 and lengths.max() <= 2:
         return Detection(p.column, MONTH, "numbers 1-12")
-    if numbers.between(1, 31).mean() >= 0.98 and (numbers > 12).mean() > 0.1 and lengths.max() <= 2 and p.distinct >= 15:
+    days = numbers.between(1, 31).mean() >= 0.98 and (numbers > 12).mean() > 0.1
+    if days and lengths.max() <= 2 and p.distinct >= 15:
         return Detection(p.column, DAY, "numbers 1-31")
     if common_share >= 0.9 and 3 <= common_length <= 6 and shared:
         return Detection(p.column, POSTCODE, f"{common_share:.0%} are {common_length} digits, "
@@ -513,8 +517,8 @@ def _date_parts(found: dict[str, Detection]) -> None:
                 found[column] = Detection(column, YEAR, f"{d.reason}; the name says birth: a birth year",
                                           {"part": YEAR})
             else:
-                found[column] = Detection(column, NUMBER, f"{d.reason}, but no {', '.join(k for k in trio if not trio[k]) or 'use'}"
-                                          " to make a date of; not compared")
+                missing = ", ".join(k for k in trio if not trio[k]) or "use"
+                found[column] = Detection(column, NUMBER, f"{d.reason}, but no {missing} to make a date of; not compared")
 
 
 def _street_numbers(found: dict[str, Detection]) -> None:
@@ -523,7 +527,8 @@ def _street_numbers(found: dict[str, Detection]) -> None:
     for column, d in list(found.items()):
         if d.kind == STREET_NUMBER and d.detail.get("tentative"):
             if hinted(column, STREET_NUMBER) or hinted(column, STREET) or has_street:
-                why = "the name says so" if hinted(column, STREET_NUMBER) or hinted(column, STREET) else "a street column is present"
+                named = hinted(column, STREET_NUMBER) or hinted(column, STREET)
+                why = "the name says so" if named else "a street column is present"
                 found[column] = Detection(column, STREET_NUMBER, f"{d.reason}; {why}")
             else:
                 found[column] = Detection(column, NUMBER, f"{d.reason}, no street column: not compared")

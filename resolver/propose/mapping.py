@@ -37,7 +37,8 @@ NORMALIZER = {
     K.CITY: "text", K.STATE: "text", K.COUNTRY: "text", K.GENDER: "text", K.ID: "text", K.YEAR: "text",
 }
 EMAIL_TYPE = {"normalizer": "email", "priority": 3, "limit": 5, "hub_cap": 8, "strong": True}
-PHONE_TYPE = {"normalizer": "phone", "priority": 5, "limit": 5, "hub_cap": 8, "strong": True, "link_limits": {"email": 1}}
+PHONE_TYPE = {"normalizer": "phone", "priority": 5, "limit": 5, "hub_cap": 8, "strong": True,
+              "link_limits": {"email": 1}}
 _TIMESTAMP_WORDS = frozenset({"modified", "updated", "update", "changed", "systemmodstamp", "timestamp", "ts"})
 _DELETED_WORDS = frozenset({"deleted", "removed", "isdeleted"})
 
@@ -192,7 +193,7 @@ def identity_types(plans: list[SourcePlan]) -> dict[str, dict]:
     if "email" in used:
         types["email"] = dict(EMAIL_TYPE)
     if "phone" in used:
-        types["phone"] = dict(PHONE_TYPE) if "email" in used else {k: v for k, v in PHONE_TYPE.items() if k != "link_limits"}
+        types["phone"] = {k: v for k, v in PHONE_TYPE.items() if k != "link_limits" or "email" in used}
     return types
 
 
@@ -213,11 +214,10 @@ def attribute_values(plan: SourcePlan) -> dict[str, pd.Series]:
     out = {}
     for attr in plan.attributes.values():
         if attr.parts:
-            y, m, d = (pd.to_numeric(frame[attr.parts[k]], errors="coerce") for k in ("year", "month", "day"))
-            ok = y.notna() & m.notna() & d.notna()
-            text = (y.fillna(0).astype(int).astype(str).str.zfill(4) + "-" + m.fillna(0).astype(int).astype(str).str.zfill(2)
-                    + "-" + d.fillna(0).astype(int).astype(str).str.zfill(2))
-            out[attr.name] = text.where(ok).astype("str")
+            parts = [pd.to_numeric(frame[attr.parts[k]], errors="coerce") for k in ("year", "month", "day")]
+            ok = parts[0].notna() & parts[1].notna() & parts[2].notna()
+            y, m, d = (v.fillna(0).astype(int).astype(str) for v in parts)
+            out[attr.name] = (y.str.zfill(4) + "-" + m.str.zfill(2) + "-" + d.str.zfill(2)).where(ok).astype("str")
             continue
         values = frame[attr.columns[0]].astype("str")
         for column in attr.columns[1:]:

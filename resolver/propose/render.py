@@ -17,7 +17,10 @@ def flow(value) -> str:
 
 
 def _relative(pattern: str, folder: Path) -> str:
-    return Path(os.path.relpath(os.path.abspath(pattern), folder.resolve())).as_posix()
+    """The path relative to the config's folder; absolute when that climbs two folders or more."""
+    absolute = os.path.abspath(pattern)
+    relative = Path(os.path.relpath(absolute, folder.resolve())).as_posix()
+    return Path(absolute).as_posix() if relative.startswith("../../") else relative
 
 
 def _columns_comment(plan, width: int) -> list[str]:
@@ -92,7 +95,8 @@ def render(p) -> str:
     if p.normalizers:
         lines.append(f"  normalizers: {flow(p.normalizers)}   # where the name-based guess would be wrong")
     lines += ["  blocking:", f"    max_block_size: {p.max_block_size}   # a bigger block is skipped for its rule"]
-    lines.append(f"    # Pair budget {p.budget:,} ({p.budget_reason}); candidate rules, pairs in all {p.records:,} records:")
+    lines.append(f"    # Pair budget {p.budget:,} ({p.budget_reason}); candidate rules, pairs in all "
+                 f"{p.records:,} records:")
     width = max(len(c.name) for c in p.candidates)
     for c in p.candidates:
         lines.append(f"    #   {c.name:<{width}} {c.pairs:>13,} pairs, {c.keyed:4.0%} keyed  {c.verdict}")

@@ -301,7 +301,8 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
             total += best.pairs
     for c in viable:
         if c not in chosen:
-            c.verdict = (f"left out: {c.pairs:,} more pairs would pass the budget" if total + c.pairs > budget and gain(c)
+            over = total + c.pairs > budget
+            c.verdict = (f"left out: {c.pairs:,} more pairs would pass the budget" if over and gain(c)
                          else "left out: the rule limit" if gain(c) else
                          "not needed: every probable match it finds, a chosen rule finds")
     return sorted(chosen, key=lambda c: c.priority)

@@ -201,8 +201,8 @@ def _arrow_text(arr: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if pa.types.is_nested(kind):
         return None
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
-        return pa.chunked_array([pa.array([None if v is None else v.decode("utf-8", "replace") for v in arr.to_pylist()],
-                                          pa.string())])
+        text = [None if v is None else v.decode("utf-8", "replace") for v in arr.to_pylist()]
+        return pa.chunked_array([pa.array(text, pa.string())])
     text = arr.cast(pa.string())
     if pa.types.is_timestamp(kind):
         text = pc.replace_substring(text, " ", "T", max_replacements=1)
