@@ -311,3 +311,17 @@ def test_parquet_and_jsonl_are_read_as_the_readers_read_them(tmp_path):
     assert jsonl.attributes["last_name"] == "person.family" and jsonl.key == "id"
     assert semicolon.csv.delimiter == ";" and semicolon.attributes["first_name"] == "vorname"
     assert proposal.link_type == "link_and_dedupe"
+
+
+def test_bare_digit_strings_are_phones_only_when_the_name_says_so():
+    numbers = pd.Series([f"{a}{b:07d}" for a, b in zip(pick([212, 415, 617]), RNG.integers(2_000_000, 9_999_999, N))])
+    assert K.detect_column("loyalty_number", numbers).kind == K.ID
+    assert K.detect_column("mobile", numbers).kind == K.PHONE
+
+
+def test_a_repeated_header_is_skipped(tmp_path):
+    (tmp_path / "r.csv").write_text("id,first,last,Last\n" + "".join(f"{i},{a},{b},{c}\n" for i, (a, b, c) in enumerate(
+        zip(pick(FIRST), pick(LAST), pick(LAST)))))
+    proposal = propose([str(tmp_path / "r.csv")], out=tmp_path / "r.yaml")
+    assert [d.kind for d in proposal.sources[0].detections] == [K.KEY, K.FIRST_NAME, K.LAST_NAME, K.DUPLICATE]
+    write(proposal)

@@ -10,8 +10,9 @@ The order of the tests matters and is the documentation of the rules:
 1. missing in almost every row -> empty; one value -> constant (both skipped);
 2. emails (an @ and a domain); US SSN-shaped ids; phones (7-15 digits in phone punctuation that
    libphonenumber accepts: US rules unless values carry "+" or a trunk "0", then the region that
-   validates most); dates (one format for at least 80% of the values: ISO, YYYY/MM/DD, MM/DD/YYYY,
-   DD/MM/YYYY, DD.MM.YYYY, YYYYMMDD; a birth date when the name says so or the years span 15+);
+   validates most; bare digit strings only when the name says phone); dates (one format for at
+   least 80% of the values: ISO, YYYY/MM/DD, MM/DD/YYYY, DD/MM/YYYY, DD.MM.YYYY, YYYYMMDD; a birth
+   date when the name says so or the years span 15+);
 3. digit strings: year / month / day parts, postcodes (one length of 3-6 digits, values shared by
    many rows), ids (7+ digits, or mostly distinct), street numbers (1-6 digits of any length, with
    a letter or a range), other numbers (skipped);
@@ -48,6 +49,7 @@ OTHER_ENTITY = "about someone else"
 COMPARED = (FIRST_NAME, LAST_NAME, FULL_NAME, MIDDLE, EMAIL, PHONE, BIRTH_DATE, YEAR, MONTH, DAY, POSTCODE,
             STREET_NUMBER, STREET, CITY, STATE, COUNTRY, GENDER, ID)
 
+REPEAT = " [repeated "  # sample.py names a repeated header "name [repeated 2]"
 NULL_TOKENS = frozenset({"na", "n/a", "null", "none", "nan", "\\n", "-", "--", "?", "unknown", "nil"})
 
 _MIN_SHARE = 0.8  # share of the values that must fit a shape
@@ -296,6 +298,8 @@ def detect_phone(p: Profile) -> Detection | None:
     digits = p.values.str.replace(r"\D", "", regex=True).str.len()
     if p.share(digits.between(7, 15).to_numpy(bool)) < _MIN_SHARE:
         return None
+    if p.matches(r"\d+") >= 0.9 and not hinted(p.column, PHONE):
+        return None  # bare digit strings are ids or numbers unless the name says phone
     from resolver.normalize import normalize_phone
 
     sample = p.values.drop_duplicates().head(2000).reset_index(drop=True)
@@ -478,7 +482,7 @@ def detect_frame(frame: pd.DataFrame, exclude: tuple[str, ...] = (), names: froz
     excluded = {e.strip().casefold() for e in exclude}
     found: dict[str, Detection] = {}
     for column in frame.columns:
-        if "#" in column and column.split("#")[0].casefold() in {c.casefold() for c in frame.columns if "#" not in c}:
+        if REPEAT in column:
             found[column] = Detection(column, DUPLICATE, "a repeated header name; a config cannot name it")
         elif column.casefold() in excluded:
             found[column] = Detection(column, EXCLUDED, "left out by --exclude")
@@ -518,7 +522,8 @@ def _date_parts(found: dict[str, Detection]) -> None:
                                           {"part": YEAR})
             else:
                 missing = ", ".join(k for k in trio if not trio[k]) or "use"
-                found[column] = Detection(column, NUMBER, f"{d.reason}, but no {missing} to make a date of; not compared")
+                found[column] = Detection(column, NUMBER, f"{d.reason}, but no {missing} to make a date of; "
+                                          "not compared")
 
 
 def _street_numbers(found: dict[str, Detection]) -> None:

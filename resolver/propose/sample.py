@@ -108,7 +108,7 @@ def _unique_names(names: list[str]) -> list[str]:
         base = name.strip()
         key = base.casefold()
         seen[key] = seen.get(key, 0) + 1
-        out.append(base if seen[key] == 1 else f"{base}#{seen[key]}")
+        out.append(base if seen[key] == 1 else f"{base} [repeated {seen[key]}]")
     return out
 
 
