@@ -17,11 +17,11 @@ The order of the tests matters and is the documentation of the rules:
    many rows), ids (7+ digits, or mostly distinct), street numbers (1-6 digits of any length, with
    a letter or a range), other numbers (skipped);
 4. short codes: postcodes of the UK / Canada / Netherlands, ids (digits and letters, mostly distinct);
-5. words: flags, gender, state and country (vocabularies), first names (at least 12% of the rows
-   start with a given name of resolver/data/nicknames.csv), initials, full names (2-4 words starting
-   with a given name), categories (few distinct values), streets (a street-type word or a house
-   number), free text (long), then last name or city: place words ("port", "mount", "lake",
-   "north"...) or the column name say city, else last name.
+5. words: flags, gender, state and country (vocabularies), initials, first names (at least 12% of
+   the rows start with a given name of resolver/data/nicknames.csv), full names (2-4 words starting
+   with a given name), streets (a street-type word after the first), cities (place words: "port",
+   "mount", "lake", "north"... in 4% of the rows, or the name says city), categories (few distinct
+   values), free text (long), unit designations, else last names.
 """
 
 from __future__ import annotations
@@ -401,15 +401,16 @@ def detect_words(p: Profile, names: frozenset[str]) -> Detection | None:
         return Detection(p.column, FIRST_NAME, f"{given:.0%} of the rows are given names")
     if given >= 0.12 and 1.7 <= mean_tokens <= 4:
         return Detection(p.column, FULL_NAME, f"{mean_tokens:.1f} words a value, {given:.0%} start with a given name")
-    place = _place_score(lower)
-    detail = {"place": place, "given": given}
-    if p.distinct >= 3 and (hinted(p.column, CITY) or place >= 0.04) and mean_tokens <= 3:
-        return Detection(p.column, CITY, f"place names ({place:.0%} with words like port, mount, north)", detail)
-    if p.distinct <= min(50, 0.2 * p.filled):
-        return Detection(p.column, CATEGORY, f"{p.distinct} distinct values: a category; not compared")
     street = p.share(words.map(lambda ws: any(w.strip(".,") in STREET_WORDS for w in ws[1:])).to_numpy(bool))
     if street >= 0.2:
         return Detection(p.column, STREET, f"{street:.0%} name a street type (st, road, avenue...)")
+    place = _place_score(lower)
+    detail = {"place": place, "given": given}
+    if p.distinct >= 3 and (hinted(p.column, CITY) or place >= 0.04) and mean_tokens <= 3:
+        why = f"{place:.0%} with words like port, mount, north" if place >= 0.04 else "the name says city"
+        return Detection(p.column, CITY, f"place names ({why})", detail)
+    if p.distinct <= min(50, 0.2 * p.filled):
+        return Detection(p.column, CATEGORY, f"{p.distinct} distinct values: a category; not compared")
     if float(p.values.str.len().mean()) > 30 or mean_tokens > 4:
         return Detection(p.column, TEXT, f"free text ({mean_tokens:.1f} words a value); not compared")
     if p.share(lower.str.contains(_UNITS).fillna(False).to_numpy(bool)) >= 0.5:
