@@ -283,9 +283,9 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
         if not scored:
             break
         _, new, _, best = max(scored, key=lambda s: (s[0], s[1], s[2]))
-        best.verdict = ("chosen: the first viable rule (no probable match to count)" if not total_matches else
-                        f"chosen: finds {new:,} of the {total_matches:,} probable matches"
-                        + (" that no rule above finds" if chosen else ""))
+        best.verdict = ("chosen 1st: the first viable rule (no probable match to count)" if not total_matches else
+                        f"chosen {_ordinal(len(chosen) + 1)}: finds {new:,} of the {total_matches:,} probable matches"
+                        + (" the rules chosen before it miss" if chosen else ""))
         chosen.append(best)
         covered |= found.get(best.name, none)
         total += best.pairs
@@ -296,7 +296,8 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
             most = max(int(found.get(c.name, none).sum()) for c in spare)
             close = [c for c in spare if found.get(c.name, none).sum() >= 0.95 * most]  # then the cheapest
             best = min(close, key=lambda c: (c.pairs, c.priority))
-            best.verdict = f"chosen: every other rule uses {', '.join(common)}; this one does not (typos there)"
+            best.verdict = (f"chosen {_ordinal(len(chosen) + 1)}: every other rule uses {', '.join(common)}; "
+                            "this one does not (typos there)")
             chosen.append(best)
             total += best.pairs
     for c in viable:
@@ -306,6 +307,10 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
                          else "left out: the rule limit" if gain(c) else
                          "not needed: every probable match it finds, a chosen rule finds")
     return sorted(chosen, key=lambda c: c.priority)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def weak_fields(chosen: list[Candidate]) -> list[str]:
