@@ -284,7 +284,7 @@ def detect_date(p: Profile) -> Detection | None:
     midnight = p.values.str.contains(r"[T ]00:00(?::00(?:\.0+)?)?(?:Z|[+-]00:?00)?$", regex=True).fillna(False)
     how = f"{p.share(parsed.notna().to_numpy(bool)):.0%} {fmt.name} dates, years {low}-{high}"
     if p.share((timed & ~midnight).to_numpy(bool)) > 0.5:
-        return Detection(p.column, TIMESTAMP, f"{how} with times of day", detail)
+        return Detection(p.column, TIMESTAMP, f"{how} with times of day; not compared", detail)
     if hinted(p.column, BIRTH_DATE):
         return Detection(p.column, BIRTH_DATE, f"{how}; the name says birth", detail)
     if high - low >= 15 and high <= date.today().year:
@@ -437,12 +437,13 @@ def detect_column(column: str, series: pd.Series, names: frozenset[str] | None =
     names = given_names() if names is None else names
     if set(name_words(column)) & OTHER_ENTITIES:
         entity = sorted(set(name_words(column)) & OTHER_ENTITIES)[0]
-        return Detection(column, OTHER_ENTITY, f"the name says {entity}: about someone else; not compared")
+        return Detection(column, OTHER_ENTITY, f"the name says {entity}; not compared")
     p = Profile.of(column, series)
     if p.fill < 0.01 or p.filled < 2:
-        return Detection(column, EMPTY, f"{p.fill:.1%} of the rows have a value; skipped")
+        return Detection(column, EMPTY, f"{p.fill:.1%} of the rows have a value; not compared")
     if p.distinct == 1:
-        return Detection(column, CONSTANT, f"one value ({p.values.iloc[0][:20]!r}) in every row that has one; skipped")
+        return Detection(column, CONSTANT, f"one value ({p.values.iloc[0][:20]!r}) in every row that has one; "
+                                           "not compared")
     if p.matches(EMAIL_RE) >= _MIN_SHARE:
         return Detection(column, EMAIL, f"{p.matches(EMAIL_RE):.0%} are email addresses")
     if p.matches(SSN_RE) >= _MIN_SHARE:
@@ -484,9 +485,10 @@ def detect_frame(frame: pd.DataFrame, exclude: tuple[str, ...] = (), names: froz
     found: dict[str, Detection] = {}
     for column in frame.columns:
         if REPEAT in column:
-            found[column] = Detection(column, DUPLICATE, "a repeated header name; a config cannot name it")
+            found[column] = Detection(column, DUPLICATE, "a repeated header name (a config cannot name it); "
+                                      "not compared")
         elif column.casefold() in excluded:
-            found[column] = Detection(column, EXCLUDED, "left out by --exclude")
+            found[column] = Detection(column, EXCLUDED, "left out by --exclude; not compared")
         else:
             found[column] = detect_column(column, frame[column], names)
     key = _key(frame, found)

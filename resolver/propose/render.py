@@ -26,8 +26,7 @@ def _relative(pattern: str, folder: Path) -> str:
 def _columns_comment(plan, width: int) -> list[str]:
     lines = ["    # columns (kind: why):"]
     for d in plan.detections:
-        mark = "" if d.compared or d.kind == K.KEY else "  [skipped]"
-        lines.append(f"    #   {d.column:<{width}} {d.kind}: {d.reason}{mark}")
+        lines.append(f"    #   {d.column:<{width}} {d.kind}: {d.reason}")
     return lines
 
 
