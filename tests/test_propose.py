@@ -325,3 +325,14 @@ def test_a_repeated_header_is_skipped(tmp_path):
     proposal = propose([str(tmp_path / "r.csv")], out=tmp_path / "r.yaml")
     assert [d.kind for d in proposal.sources[0].detections] == [K.KEY, K.FIRST_NAME, K.LAST_NAME, K.DUPLICATE]
     write(proposal)
+
+
+def test_init_keeps_the_chosen_rules_under_a_given_budget(tmp_path):
+    attributes = _common_value_frame()
+    frame = pd.DataFrame({"row_id": range(len(attributes["city"]))} | {k: v for k, v in attributes.items()})
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    proposal = propose([str(tmp_path / "people.csv")], out=tmp_path / "r.yaml", pair_budget=20_000)
+    assert proposal.sources[0].detection("city").kind == K.CITY  # one value in 95% of the rows
+    assert proposal.budget == 20_000 and 0 < proposal.total_pairs <= 20_000
+    write(proposal)
+    assert "Pair budget 20,000 (--pair-budget)" in (tmp_path / "r.yaml").read_text()

@@ -37,6 +37,7 @@ from resolver.config import BlockingConfig, BlockingRule
 
 MAX_BLOCK_SIZE = 500  # the config default; the cap a run applies
 MAX_RULES = 8
+MAX_CANDIDATES = 64  # which candidates make a sampled pair is a 64-bit mask
 PAIRS_PER_RECORD = 50
 MIN_BUDGET = 1_000_000
 DOB = "{dob}"  # stands for the birth date, or its parts
@@ -119,7 +120,7 @@ def candidates(attributes: dict[str, int], ids: list[str]) -> list[Candidate]:
                 candidate = Candidate(name.replace("{id}", id_attr or ""), expanded, len(out))
                 if candidate.columns <= usable:
                     out.append(candidate)
-    return out
+    return out[:MAX_CANDIDATES]
 
 
 def count(cands: list[Candidate], attributes: dict[str, pd.Series], source: np.ndarray, sampled: list[int],
