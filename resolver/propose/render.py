@@ -7,7 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from resolver.propose import kinds as K
 
 
 def flow(value) -> str:
