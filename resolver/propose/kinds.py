@@ -11,7 +11,7 @@ The order of the tests matters and is the documentation of the rules:
 2. emails (an @ and a domain); US SSN-shaped ids; phones (7-15 digits in phone punctuation that
    libphonenumber accepts: US rules unless values carry "+" or a trunk "0", then the region that
    validates most; bare digit strings only when the name says phone); dates (one format for at
-   least 80% of the values: ISO, YYYY/MM/DD, MM/DD/YYYY, DD/MM/YYYY, DD.MM.YYYY, YYYYMMDD; a birth
+   least 80% of the values: ISO, YYYY/MM/DD, MM/DD/YYYY, DD/MM/YYYY, DD.MM.YYYY, YYYYMMDD, MMDDYYYY; a birth
    date when the name says so or the years span 15+);
 3. digit strings: year / month / day parts, postcodes (one length of 3-6 digits, values shared by
    many rows), ids (7+ digits, or mostly distinct), street numbers (1-6 digits of any length, with
@@ -231,6 +231,7 @@ DATE_FORMATS = (
     DateFormat("YYYY-MM-DD", r"\d{4}-\d{2}-\d{2}(?:[T ][\d:.]+(?:Z|[+-]\d{2}:?\d{2})?)?", "%Y-%m-%d"),
     DateFormat("YYYY/MM/DD", r"\d{4}/\d{2}/\d{2}", "%Y/%m/%d"),
     DateFormat("YYYYMMDD", r"\d{8}", "%Y%m%d"),
+    DateFormat("MMDDYYYY", r"\d{8}", "%m%d%Y", day_first=False),
     DateFormat("MM/DD/YYYY", r"\d{2}/\d{2}/\d{4}", "%m/%d/%Y", day_first=False),
     DateFormat("DD/MM/YYYY", r"\d{2}/\d{2}/\d{4}", "%d/%m/%Y", day_first=True),
     DateFormat("M/D/YYYY", r"\d{1,2}/\d{1,2}/\d{4}", "%m/%d/%Y", day_first=False),

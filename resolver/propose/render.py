@@ -8,7 +8,6 @@ from pathlib import Path
 import yaml
 
 
-
 def flow(value) -> str:
     """One YAML value on one line (flow style, quoted where YAML needs it)."""
     text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**9, allow_unicode=True).strip()
