@@ -22,13 +22,17 @@ for N(N-1) / (n(n-1)) pairs; a block's size for N / n records, which is what the
    candidate), until no rule finds a new one or `MAX_RULES`;
 4. if one field is still in every chosen rule (a typo there would hide a match from every rule),
    a viable rule without it is added when it fits: of those that find at least 95% of the most
-   probable matches any of them finds, the one with the fewest pairs.
+   probable matches any of them finds, the one with the fewest pairs;
+5. while rule slots and budget are left, the rule that keeps the most matches with typos in two
+   fields (then three) that every chosen rule uses one of (it uses none of them), so that the
+   rules cover each other's fields.
 The total is a sum over rules, an upper bound: a run compares a pair found by several rules once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 import numpy as np
 import pandas as pd
 
@@ -301,6 +305,20 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
                             "this one does not (typos there)")
             chosen.append(best)
             total += best.pairs
+    for size in (2, 3):  # rule slots and budget left: matches with typos in two, then three fields
+        while len(chosen) < max_rules:
+            errors = _uncovered(viable, chosen, size)
+            spare = [(sum(c.columns.isdisjoint(e) for e in errors), int(found.get(c.name, none).sum()), -c.pairs, c)
+                     for c in viable if c not in chosen and total + c.pairs <= budget]
+            spare = [s for s in spare if s[0] > 0]
+            if not spare:
+                break
+            covers, _, _, best = max(spare, key=lambda s: s[:3])
+            example = " + ".join(sorted(next(e for e in errors if best.columns.isdisjoint(e))))
+            best.verdict = (f"chosen {_ordinal(len(chosen) + 1)}: no rule chosen before it keeps a match with typos "
+                            f"in {example} ({covers} such combinations of {size} fields)")
+            chosen.append(best)
+            total += best.pairs
     for c in viable:
         if c not in chosen:
             over = total + c.pairs > budget
@@ -308,6 +326,13 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
                          else "left out: the rule limit" if gain(c) else
                          "not needed: every probable match it finds, a chosen rule finds")
     return sorted(chosen, key=lambda c: c.priority)
+
+
+def _uncovered(viable: list[Candidate], chosen: list[Candidate], size: int) -> list[frozenset[str]]:
+    """Sets of `size` fields (of those the viable rules use) that every chosen rule uses one of:
+    typos in all of them would hide a match from every chosen rule."""
+    fields = sorted(set().union(*(c.columns for c in viable)) if viable else set())
+    return [frozenset(e) for e in combinations(fields, size) if not any(c.columns.isdisjoint(e) for c in chosen)]
 
 
 def _ordinal(n: int) -> str:
