@@ -1,5 +1,5 @@
-"""The `resolver` command: demo, run, bench, capacity, plan, generate, evaluate, forget, review, serve,
-dlq, sync export.
+"""The `resolver` command: demo, run, bench, capacity, plan, init, generate, evaluate, forget, review,
+serve, dlq, sync export.
 
 Exit codes: 0 success, 1 unexpected failure, 2 bad usage or configuration, 3 unusable input
 (the message names the file, row and field), 4 an evaluation below a --min-* threshold, 5 a trained
@@ -227,6 +227,42 @@ def cmd_plan(args) -> int:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "
                   "and pairs already in one deterministic person are skipped, so the run compares fewer.")
+    return EXIT_OK
+
+
+def cmd_init(args) -> int:
+    from resolver.propose import propose, write
+
+    console = _console(args)
+    if Path(args.out).exists() and not args.force:
+        from resolver.config import ConfigError
+
+        raise ConfigError(f"{args.out} exists; --force replaces it")
+    with console.status("reading samples and counting blocking pairs"):
+        proposal = propose(args.data, out=Path(args.out), names=args.name, link_type=args.link_type,
+                           pair_budget=args.pair_budget, sample_rows=args.sample_rows, exclude=tuple(args.exclude))
+        write(proposal, force=args.force)
+    out = Console(quiet=args.quiet, highlight=False)
+    for plan in proposal.sources:
+        s = plan.sample
+        out.print(f"[bold]{plan.name}[/bold]: {s.format}, {s.rows:,} rows" + ("" if s.exact else " (estimated)")
+                  + (f", {s.sampled:,} sampled" if s.sampled < s.rows else "") + f"; key {plan.key}")
+        for d in plan.detections:
+            if d.compared or d.kind == "record key":
+                out.print(f"  {escape(d.column)} -> {d.kind}", highlight=False)
+        skipped = [d.column for d in plan.detections if not d.compared and d.kind != "record key"]
+        if skipped:
+            out.print(f"  skipped: {escape(', '.join(skipped))}", highlight=False)
+    table = Table(title=f"blocking rules (budget {proposal.budget:,} pairs)", header_style="bold")
+    for column in ("rule", "keys", "pairs"):
+        table.add_column(column, justify="right" if column == "pairs" else "left")
+    for rule in proposal.rules:
+        table.add_row(rule.name, ", ".join(rule.keys), f"{rule.pairs:,}")
+    table.add_row("total", "", f"{proposal.total_pairs:,}")
+    out.print(table)
+    out.print(f"{len(proposal.comparisons)} comparisons; wrote {args.out} (run it: resolver run --config {args.out})")
+    for warning in proposal.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     return EXIT_OK
 
 
@@ -605,6 +641,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))
     plan.add_argument("--config", required=True)
     plan.set_defaults(func=cmd_plan)
+
+    init = common(sub.add_parser("init", help="propose a working config from the data: column kinds, blocking "
+                                              "rules under a pair budget, comparisons"))
+    init.add_argument("data", nargs="+", metavar="DATA", help="CSV, Parquet or JSONL files or globs; one source each")
+    init.add_argument("--out", default="resolver.yaml", help="the config to write (default resolver.yaml)")
+    init.add_argument("--name", action="append", help="a source name, once per DATA in order (default: file stems)")
+    init.add_argument("--link-type", choices=["link_only", "dedupe_only", "link_and_dedupe"],
+                      help="default: link_and_dedupe for two or more inputs")
+    init.add_argument("--pair-budget", type=int, help="most candidate pairs the chosen rules may make "
+                                                      "(default: 50 a record, at least 1,000,000)")
+    init.add_argument("--sample-rows", type=int, default=20_000, help="rows read from each input (default 20000)")
+    init.add_argument("--exclude", action="append", default=[], metavar="COLUMN",
+                      help="a column to leave out (e.g. a ground-truth id); repeatable")
+    init.add_argument("--force", action="store_true", help="replace --out when it exists")
+    init.set_defaults(func=cmd_init)
 
     gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data with ground truth"))
     gen.add_argument("--people", type=int, required=True)
