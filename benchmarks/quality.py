@@ -94,7 +94,9 @@ comparisons, no model settings; the same config at both noise levels); the gener
 ``resolver.yaml`` ``resolver generate`` writes. ``--configs init``: ``python -m resolver init
 <files> --out cfg.yaml`` (the command is being written; until it exists those runs are "error").
 Its links are the scored pairs with decision "link", plus every pair inside a deterministic
-(identifier) group; its clusters are ``identity_map.parquet``'s person_id.
+(identifier) group; its clusters are ``identity_map.parquet``'s person_id. The results JSON says
+which resolver ran (``resolver``: the package path, its git commit and how many files differ from
+it: an editable install follows its working tree).
 
 Metrics (benchmarks/quality_metrics.py, unit-tested in tests/test_quality_metrics.py): the table's
 pairwise P / R / F1 are cluster-implied (every pair inside a predicted cluster); cluster F1 is
@@ -241,6 +243,23 @@ def run_resolver(task: Task, folder: Path, run_dir: Path, args) -> tuple[RunResu
     return result, {"clusters": clusters, "pairs": pairs, "threshold": None, "groups": groups}
 
 
+def resolver_provenance() -> dict:
+    """Which resolver the runs used: the package the resolver venv imports (an editable install
+    follows its working tree), its git commit and how many files differ from it."""
+    done = subprocess.run([sys.executable, "-c", "import resolver, sys; sys.stdout.write(resolver.__file__)"],
+                          capture_output=True, text=True)
+    package = Path(done.stdout.strip()).parent if done.returncode == 0 else None
+    info: dict = {"package": str(package) if package else None}
+    if package:
+        def git(*cmd: str) -> str:
+            out = subprocess.run(["git", "-C", str(package), *cmd], capture_output=True, text=True)
+            return out.stdout.strip() if out.returncode == 0 else ""
+
+        info["git_head"] = git("rev-parse", "HEAD") or None
+        info["git_changed_files"] = len([line for line in git("status", "--porcelain").splitlines() if line])
+    return info
+
+
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                            "timeout_s": args.timeout, "splink_memory_limit": args.splink_memory_limit,
                            "max_rss_gb": args.max_rss_gb},
               "rows": []}
+    if "resolver" in tools:
+        report["resolver"] = resolver_provenance()
+        log(f"resolver: {report['resolver']}")
     rows: list[dict] = []
     for name in tasks:
         task = TASKS[name]
