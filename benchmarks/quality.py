@@ -17,8 +17,9 @@ benchmarks/tool_runs.py), scores both with the same code (benchmarks/quality_met
 one Markdown table: task, tool, records, pairwise (cluster-implied) P / R / F1, cluster F1, B-cubed
 F1, over-merged %, split %, largest cluster, wall s, peak RSS GiB, status. Everything (settings,
 Splink's exact settings dict and training steps, resolver's config, all metrics, phase seconds)
-goes to benchmarks/results/quality-<date>.json. A tool that fails is a row with status "error" and
-the last line it printed; the other tasks still run.
+goes to benchmarks/results/quality-<date>.json. A tool that fails is a row with status "error (rc=N)"
+and the last line it printed (resolver: its "model unhealthy" lines when it refused to auto-merge;
+its outputs, written anyway, are scored as they are); the other tasks still run.
 
 Tasks
 -----
@@ -208,13 +209,23 @@ def resolver_config(task: Task, folder: Path, run_dir: Path, args) -> tuple[Path
     return path, info
 
 
+def resolver_error(log_path: str | None) -> str | None:
+    """What a failed resolver run said: its 'unhealthy' lines when it printed some, else its last line."""
+    if not log_path or not Path(log_path).exists():
+        return None
+    lines = [line.strip() for line in Path(log_path).read_text(errors="replace").splitlines() if line.strip()]
+    unhealthy = [line for line in lines if line.startswith("model unhealthy")]
+    return " / ".join(unhealthy) if unhealthy else last_line(log_path)
+
+
 def run_resolver(task: Task, folder: Path, run_dir: Path, args) -> tuple[RunResult, dict | None]:
     config_path, info = resolver_config(task, folder, run_dir, args)
     if config_path is None:
         result = RunResult(status="error", log=str(run_dir / "init.log"))
         result.extra = {"config": info, "error": info.get("error")}
         return result, None
-    cmd = [sys.executable, "-m", "resolver", "run", "--config", str(config_path), "--quiet"]
+    # Not --quiet: a run that refuses to merge (an unhealthy model) says why only without it.
+    cmd = [sys.executable, "-m", "resolver", "run", "--config", str(config_path)]
     result = measure(cmd, run_dir, run_dir / "resolver.log", args.timeout, args.max_rss, args.min_free_disk, log)
     result.extra = {"config": info}
     out = run_dir / "out"
@@ -224,7 +235,11 @@ def run_resolver(task: Task, folder: Path, run_dir: Path, args) -> tuple[RunResu
         matching = summary.get("matching") or {}
         result.extra.update(candidate_pairs=matching.get("candidate_pairs"), seconds=summary.get("seconds"))
     if result.status != "ok":
+        result.extra["error"] = resolver_error(result.log)
+    if not (out / "identity_map.parquet").exists():  # written atomically: absent after a crash
         return result, None
+    # Outputs despite a non-zero exit (a run that refused to auto-merge with an unhealthy model
+    # still writes them): scored as they are, with the status saying what happened.
     identity = pd.read_parquet(out / "identity_map.parquet")
     key = identity["source"].astype(str) + ":" + identity["record_key"].astype(str)
     clusters = pd.DataFrame({"key": key, "cluster": identity["person_id"]})
@@ -365,11 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                                               outputs.get("threshold"), outputs.get("groups"))
                     log(f"{label}: {tool}: pairwise F1 {metrics['pairwise']['f1']:.4f}, cluster F1 "
                         f"{metrics['cluster']['f1']:.4f}")
-                else:  # no outputs: say why in one line (the tool's last words)
+                if result.status != "ok":  # say why in one line (the tool's last words)
                     if not result.extra.get("error"):
                         result.extra["error"] = last_line(result.log)
                     if result.status.startswith("failed"):
-                        result.status = "error"
+                        result.status = f"error (rc={result.returncode})"
                 row = {"task": name, "noise": level, "label": label, "tool": tool, "records": info["records"],
                        **asdict(result), "error": result.extra.get("error"),
                        "candidate_pairs": result.extra.get("candidate_pairs"), "metrics": metrics, "task_info": info}
