@@ -234,7 +234,8 @@ def _prepare_pseudopeople(task: Task, noise: str, folder: Path, root: Path) -> d
         key = pd.Series(np.arange(1, len(df) + 1), name="record_id")
         truth_parts.append(pd.DataFrame({
             "key": source.name + ":" + key.astype(str), "source": source.name, "record_key": key.astype(str),
-            "entity": df["simulant_id"].astype(str).to_numpy(), "household_id": df["household_id"].astype(str).to_numpy(),
+            "entity": df["simulant_id"].astype(str).to_numpy(),
+            "household_id": df["household_id"].astype(str).to_numpy(),
         }))
         # The input: pseudopeople's columns as generated, less its two truth columns (simulant_id,
         # household_id: they go to truth.csv), plus a record key (1-based row number).

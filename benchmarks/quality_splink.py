@@ -42,11 +42,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import pyarrow.csv as pa_csv
 import splink
-import splink.comparison_level_library as cll  # noqa: F401 - kept for recipes that need levels
 import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
@@ -112,7 +112,7 @@ def read_febrl(path: Path):
     return table.rename_columns([column.strip() for column in table.column_names])
 
 
-def febrl3(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker]:
+def febrl3(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker, Callable]:
     recipe = Recipe("febrl3")
     recipe.uid = "rec_id"
     if task["task"] != "febrl3":
@@ -192,7 +192,7 @@ def febrl3(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker]:
     return recipe, linker, train
 
 
-def febrl4(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker]:
+def febrl4(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker, Callable]:
     recipe = Recipe("febrl4")
     recipe.uid = "rec_id"
     tables = []
@@ -344,7 +344,7 @@ def _pp_table(con, source: dict, folder: Path, index: int, offset: int) -> tuple
     return f"pp_{index}", rows, has
 
 
-def pseudopeople(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker]:
+def pseudopeople(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker, Callable]:
     recipe = Recipe("pseudopeople")
     recipe.uid = "id"
     link_only = task["link_type"] == "link_only"
@@ -472,7 +472,7 @@ def pseudopeople(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Lin
 # ----------------------------------------------------------------------------------------------
 # The project's generator: compare_splink.py's settings
 # ----------------------------------------------------------------------------------------------
-def generator(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker]:
+def generator(con, task: dict, folder: Path, train_args) -> tuple[Recipe, Linker, Callable]:
     recipe = Recipe("generator")
     recipe.uid = "unique_id"
     query(con, f"create table prepared as select * from read_parquet('{sql_path(folder / 'prepared.parquet')}')")
