@@ -67,11 +67,10 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +81,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tool_runs import SPLINK_REQUIREMENTS, SPLINK_VENV, RunResult  # noqa: F401 - re-exported
+from tool_runs import measure as _measure
+from tool_runs import splink_python as _splink_python
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SPLINK_VENV = HERE / ".venv-splink"
-SPLINK_REQUIREMENTS = ["splink==5.0.0", "psutil", "pyarrow", "pandas"]
 RESOLVER_BIN = Path(sys.executable).parent / "resolver"
 
 LIVE_ROWS_PER_PERSON = 1.049  # measured: live (not IsDeleted) CRM rows per generated person
@@ -267,77 +268,9 @@ def prepare(raw: Path, folder: Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Running a tool: wall time, peak RSS of the process tree, timeout and memory cap
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class RunResult:
-    status: str = "not run"          # ok | timeout | oom | failed (rc=N) | skipped
-    returncode: int | None = None
-    wall_s: float | None = None
-    peak_rss_bytes: int | None = None
-    tree_rss_bytes: int | None = None  # highest sampled sum over the process tree
-    max_single_rss_bytes: int | None = None  # kernel ru_maxrss of the largest single process
-    log: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def _tree_rss(root: psutil.Process) -> int:
-    total = 0
-    try:
-        procs = [root] + root.children(recursive=True)
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def measure(cmd: list[str], cwd: Path, log_path: Path, timeout: float, max_rss: int, min_free_disk: int = 0) -> RunResult:
-    """Run cmd alone, sampling the RSS of its process tree every 0.1 s; kill it on timeout, memory cap
-    or when the disk under cwd gets below min_free_disk bytes (DuckDB spills there)."""
-    result = RunResult(log=str(log_path))
-    log(f"running: {' '.join(cmd)}")
-    with open(log_path, "wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:  # already gone; wait4 below still reaps it
-            root = None
-        peak, killed_for = 0, None
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, _tree_rss(root) if root is not None else 0)
-            elapsed = time.perf_counter() - start
-            low_memory = psutil.virtual_memory().available < 512 * 2**20
-            low_disk = shutil.disk_usage(cwd).free < min_free_disk
-            if killed_for is None and (elapsed > timeout or peak > max_rss or low_memory or low_disk):
-                killed_for = "timeout" if elapsed > timeout else "disk full" if low_disk else "oom"
-                log(f"killing {proc.pid} ({killed_for}: {elapsed:.0f} s, {peak / 2**30:.1f} GiB tree RSS)")
-                os.killpg(proc.pid, signal.SIGKILL)  # the tool's own process group (start_new_session)
-            time.sleep(0.1)
-        result.wall_s = round(time.perf_counter() - start, 3)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    result.returncode = proc.returncode
-    result.tree_rss_bytes = peak
-    result.max_single_rss_bytes = usage.ru_maxrss * 1024
-    result.peak_rss_bytes = max(peak, result.max_single_rss_bytes)
-    tail = log_path.read_text(errors="replace")[-20_000:]
-    if killed_for:
-        result.status = killed_for
-    elif proc.returncode == 0:
-        result.status = "ok"
-    elif "out of memory" in tail.lower() or "memoryerror" in tail.lower() or proc.returncode in (-9, 137):
-        result.status = "oom"  # SIGKILL from outside is most likely the kernel's OOM killer
-    elif proc.returncode < 0:
-        result.status = f"killed (signal {-proc.returncode})"
-    else:
-        result.status = f"failed (rc={proc.returncode})"
-    log(f"{result.status}: {result.wall_s:.1f} s, peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
-    return result
+    """tool_runs.measure with this script's log lines."""
+    return _measure(cmd, cwd, log_path, timeout, max_rss, min_free_disk, log=log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,16 +278,7 @@ def measure(cmd: list[str], cwd: Path, log_path: Path, timeout: float, max_rss: 
 # ----------------------------------------------------------------------------------------------
 def splink_python() -> Path:
     """benchmarks/.venv-splink/bin/python with splink 5.0.0, created on first use."""
-    python = SPLINK_VENV / "bin" / "python"
-    check = [str(python), "-c", "import splink, duckdb, psutil, pyarrow, pandas; assert splink.__version__ == '5.0.0'"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    base = shutil.which("python3") or sys.executable
-    log(f"creating {SPLINK_VENV} with {base} and installing {' '.join(SPLINK_REQUIREMENTS)}")
-    subprocess.run([base, "-m", "venv", str(SPLINK_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *SPLINK_REQUIREMENTS], check=True)
-    subprocess.run(check, check=True)
-    return python
+    return _splink_python(log)
 
 
 def run_splink(data: Path, run_dir: Path, args) -> tuple[RunResult, dict | None]:

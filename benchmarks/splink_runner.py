@@ -119,6 +119,26 @@ def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(query(con, f"select count(*) from {table}")[0][0])
 
 
+def train(linker: Linker, args: argparse.Namespace, stats: dict, phase, t: float) -> float:
+    """Tutorial-style training (also benchmarks/quality_splink.py's "generator" recipe): prior from
+    deterministic rules (recall 0.7), u by random sampling (args.u_max_pairs, args.seed), EM blocked
+    on first_name + last_name, then on postal_code (each pass sampled to args.em_max_pairs; 0 = all)."""
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on("email"), block_on("first_name", "last_name", "birth_date")], recall=0.7)
+    t = phase("train_prior", t)
+    linker.training.estimate_u_using_random_sampling(max_pairs=args.u_max_pairs, seed=args.seed)
+    t = phase("train_u", t)
+    em_max = args.em_max_pairs or None
+    clamped: dict = {}
+    stats["em_clamped"] = clamped
+    clamp_em_underflow(clamped)
+    for name, rule in (("train_em_name", block_on("first_name", "last_name")),
+                       ("train_em_postcode", block_on("postal_code"))):
+        linker.training.estimate_parameters_using_expectation_maximisation(rule, max_pairs=em_max)
+        t = phase(name, t)
+    return t
+
+
 def run(args: argparse.Namespace, stats: dict) -> None:
     out = Path(args.out)
     phases = stats["seconds"]
@@ -147,19 +167,7 @@ def run(args: argparse.Namespace, stats: dict) -> None:
     linker = Linker(df, settings())
     t = phase("read", t)
 
-    linker.training.estimate_probability_two_random_records_match(
-        [block_on("email"), block_on("first_name", "last_name", "birth_date")], recall=0.7)
-    t = phase("train_prior", t)
-    linker.training.estimate_u_using_random_sampling(max_pairs=args.u_max_pairs, seed=args.seed)
-    t = phase("train_u", t)
-    em_max = args.em_max_pairs or None
-    clamped: dict = {}
-    stats["em_clamped"] = clamped
-    clamp_em_underflow(clamped)
-    for name, rule in (("train_em_name", block_on("first_name", "last_name")),
-                       ("train_em_postcode", block_on("postal_code"))):
-        linker.training.estimate_parameters_using_expectation_maximisation(rule, max_pairs=em_max)
-        t = phase(name, t)
+    t = train(linker, args, stats, phase, t)
 
     # The blocked pairs are exactly the comparisons predict() scores; predict reuses this cached table.
     blocked = linker.inference.compute_blocked_pairs_for_predict()
