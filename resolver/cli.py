@@ -172,16 +172,21 @@ def _print_warnings(console: Console, summary: dict, already: list[str] = ()) ->
 
 
 def _model_health_exit(console: Console, summary: dict) -> int:
-    """One line per health problem of the trained model; exit 5 when it merged nothing on its own."""
+    """One line per health problem of the trained model, and per uninformative comparison; exit 5
+    when it merged nothing on its own. Problems that withheld merges are errors: printed even with
+    --quiet ("print only errors")."""
     health = (summary.get("matching") or {}).get("model_health") or {}
     withheld = health.get("auto_merge_withheld")
+    errors = Console(stderr=True) if withheld else console
+    for note in health.get("notes", []):
+        console.print(f"[yellow]model note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     for problem in health.get("problems", []):
         label = "[red]model unhealthy:[/red]" if withheld else "[yellow]model warning:[/yellow]"
-        console.print(f"{label} {escape(problem)}", highlight=False, soft_wrap=True)
+        errors.print(f"{label} {escape(problem)}", highlight=False, soft_wrap=True)
     if withheld:
-        console.print("[red]no automatic merges:[/red] the probabilistic links went to the review queue; fix the "
-                      "problems above, or rerun with --allow-unhealthy-model to merge anyway", highlight=False,
-                      soft_wrap=True)
+        errors.print("[red]no automatic merges:[/red] the probabilistic links went to the review queue; fix the "
+                     "problems above, or rerun with --allow-unhealthy-model to merge anyway", highlight=False,
+                     soft_wrap=True)
         return EXIT_UNHEALTHY_MODEL
     return EXIT_OK
 

@@ -42,6 +42,7 @@ from resolver.model import (
     health_problems,
     household_adjustments,
     level_distribution,
+    model_notes,
     match_weights,
     monotone,
     pattern_counts,
@@ -558,7 +559,7 @@ def model_health(model: FSModel, config: Config) -> dict:
     with problems, no automatic merge unless matching.model.allow_unhealthy."""
     options = config.matching.model
     problems = health_problems(model, config.matching.thresholds.auto_merge)
-    return {"ok": not problems, "problems": problems,
+    return {"ok": not problems, "problems": problems, "notes": model_notes(model),
             "auto_merge_withheld": bool(problems) and not options.allow_unhealthy}
 
 

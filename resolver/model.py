@@ -561,7 +561,7 @@ def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str
                    "normalizer made it missing: see the warnings); remove the comparison or fix the attribute's kind")
     for c in model.comparisons:
         top = 1
-        if c.name in empty:
+        if c.name in empty or uninformative(c):
             continue
         if c.m[top] <= c.u_random[top]:
             out.append(f"comparison {c.name!r}: m <= u at {c.labels[top]!r} ({c.m[top]:.3g} vs {c.u_random[top]:.3g}): "
@@ -577,6 +577,23 @@ def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str
                        f"{auto_merge:g}): the comparisons cannot tell people apart; compare more fields "
                        "(names, birth date, address)")
     return out
+
+
+# Agreement this common among random pairs tells no one apart (a constant column, a flag).
+UNINFORMATIVE_AGREEMENT = 0.5
+
+
+def uninformative(c: ComparisonModel) -> bool:
+    """Most random pairs agree exactly and matches agree no more often: the comparison weighs
+    (about) nothing either way. Not a broken model: a note, not a health problem."""
+    return bool(c.u_random[1] > UNINFORMATIVE_AGREEMENT and c.m[1] <= c.u_random[1] * 1.05)
+
+
+def model_notes(model: FSModel) -> list[str]:
+    """What is harmless but worth knowing about a trained model, one line each."""
+    return [f"comparison {c.name!r}: {c.u_random[1]:.0%} of random pairs agree on it and matches no more often: it "
+            "tells no one apart (a constant or nearly constant column); it weighs nothing and can be removed"
+            for c in model.comparisons if uninformative(c)]
 
 
 # ---------------------------------------------------------------------------------------------

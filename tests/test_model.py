@@ -20,6 +20,7 @@ from resolver.model import (
     household_adjustments,
     is_monotone,
     match_weights,
+    model_notes,
     monotone,
     pattern_counts,
     probabilities,
@@ -232,3 +233,14 @@ def test_pattern_counts_in_chunks_equal_a_row_wise_unique(monkeypatch):
     got = np.column_stack([pattern_rules, patterns, counts])
     want = np.column_stack([expected, expected_counts])
     assert np.array_equal(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])])
+
+
+def test_a_constant_column_is_a_note_not_a_health_problem():
+    constant = ComparisonModel("zipcode", "exact", ["null", "exact", "else"], np.array([np.nan, 0.966, 0.034]),
+                               np.array([[np.nan, 0.966, 0.034]]), np.array([np.nan, 0.966, 0.034]))
+    model = _model(m_exact=0.99, u_exact=1e-4)
+    model.comparisons.append(constant)
+    model.neutral = np.zeros((1, 2), bool)
+    assert health_problems(model, auto_merge=0.85) == []
+    (note,) = model_notes(model)
+    assert "'zipcode'" in note and "97% of random pairs agree" in note

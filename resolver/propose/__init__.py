@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.config import ConfigError, MatchingConfig, load_config
+from resolver.config import ConfigError, load_config
 from resolver.io.readers import InputError
 from resolver.propose import kinds as K
 from resolver.propose import rules as R
@@ -30,7 +30,6 @@ from resolver.propose.comparisons import comparisons as propose_comparisons
 from resolver.propose.mapping import (
     SourcePlan,
     attribute_values,
-    composite_dates_supported,
     explicit_normalizers,
     identity_types,
     map_source,
@@ -55,7 +54,6 @@ class Proposal:
     budget_reason: str
     records: int
     link_type: str
-    link_type_supported: bool
     default_region: str
     max_block_size: int = R.MAX_BLOCK_SIZE
     warnings: list[str] = field(default_factory=list)
@@ -146,7 +144,6 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
         raise ConfigError("--sample-rows must be at least 100")
     source_names = _names(data, names)
     chosen_link = _link_type(link_type, len(data))
-    composite_ok = composite_dates_supported()
     plans: list[SourcePlan] = []
     for pattern, name in zip(data, source_names):
         sample = sample_input(pattern, sample_rows)
@@ -156,7 +153,7 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
         if key is None:
             raise InputError(f"{pattern}: no column is unique and filled in every sampled row, and a records source "
                              "needs a record key: add a row id column (or --exclude nothing that is one)")
-        plans.append(map_source(name, sample, detections, key, composite_ok))
+        plans.append(map_source(name, sample, detections, key))
     if not any(p.attributes for p in plans):
         raise InputError("no column holds anything to match on (names, dates, emails, phones, addresses, ids)")
     types = identity_types(plans)
@@ -190,7 +187,7 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
     return Proposal(
         out=Path(out), sources=plans, types=types, normalizers=normalizers, candidates=cands, rules=chosen,
         comparisons=propose_comparisons(attributes, normalized), budget=budget, budget_reason=reason,
-        records=records, link_type=chosen_link, link_type_supported="link_type" in MatchingConfig.model_fields,
+        records=records, link_type=chosen_link,
         default_region=region, warnings=warnings,
     )
 

@@ -18,9 +18,8 @@ import re
 from dataclasses import dataclass, field
 
 import pandas as pd
-from pydantic import ValidationError
 
-from resolver.config import SourceConfig, attribute_kind
+from resolver.config import attribute_kind
 from resolver.propose import kinds as K
 from resolver.propose.sample import FileSample
 
@@ -41,16 +40,6 @@ PHONE_TYPE = {"normalizer": "phone", "priority": 5, "limit": 5, "hub_cap": 8, "s
               "link_limits": {"email": 1}}
 _TIMESTAMP_WORDS = frozenset({"modified", "updated", "update", "changed", "systemmodstamp", "timestamp", "ts"})
 _DELETED_WORDS = frozenset({"deleted", "removed", "isdeleted"})
-
-
-def composite_dates_supported() -> bool:
-    """Whether this resolver's config grammar takes `birth_date: {year: COL, month: COL, day: COL}`."""
-    try:
-        SourceConfig(name="x", format="csv", path="x", key="k",
-                     attributes={"birth_date": {"year": "y", "month": "m", "day": "d"}})
-    except ValidationError:
-        return False
-    return True
 
 
 @dataclass
@@ -103,8 +92,7 @@ def _date_note(d: K.Detection) -> tuple[str, str]:
                     "off), not as a date")
 
 
-def map_source(name: str, sample: FileSample, detections: list[K.Detection], key: str,
-               composite_ok: bool) -> SourcePlan:
+def map_source(name: str, sample: FileSample, detections: list[K.Detection], key: str) -> SourcePlan:
     plan = SourcePlan(name, sample, detections, key)
     taken: set[str] = set()
     # Of several columns of one kind (ids, streets), the plainest name gets the canonical one.
@@ -122,7 +110,7 @@ def map_source(name: str, sample: FileSample, detections: list[K.Detection], key
         plan.attributes[attr] = Attribute(attr, d.kind, [d.column], normalizer, note=note)
     position = {d.column: i for i, d in enumerate(detections)}
     plan.attributes = dict(sorted(plan.attributes.items(), key=lambda kv: position[kv[1].columns[0]]))
-    _date_parts(plan, detections, composite_ok, taken)
+    _date_parts(plan, detections, taken)
     _identifiers(plan)
     for d in detections:
         words = set(K.name_words(d.column))
@@ -133,17 +121,16 @@ def map_source(name: str, sample: FileSample, detections: list[K.Detection], key
     return plan
 
 
-def _date_parts(plan: SourcePlan, detections: list[K.Detection], composite_ok: bool, taken: set[str]) -> None:
+def _date_parts(plan: SourcePlan, detections: list[K.Detection], taken: set[str]) -> None:
     parts = {d.detail["part"]: d.column for d in detections if d.kind in (K.YEAR, K.MONTH, K.DAY)}
     if not parts or "birth_date" in plan.attributes:
         return
-    if len(parts) == 3 and composite_ok:
+    if len(parts) == 3:
         spec = {"year": parts[K.YEAR], "month": parts[K.MONTH], "day": parts[K.DAY]}
         plan.attributes["birth_date"] = Attribute("birth_date", K.BIRTH_DATE, list(spec.values()), "date", parts=spec,
                                                   note="one date from the year, month and day columns")
         return
-    why = ("this resolver's config cannot build one date from year/month/day columns yet: each part is compared "
-           "on its own" if len(parts) == 3 else "a birth year")
+    why = "a birth year" if set(parts) == {K.YEAR} else "a part of a birth date (the others are missing)"
     for kind, column in parts.items():
         attr = f"birth_{kind}"
         taken.add(attr)

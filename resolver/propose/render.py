@@ -85,13 +85,10 @@ def render(p) -> str:
         lines.append("  types: {}   # no personal identifier found: records link by their attributes only")
     lines += ["", "matching:"]
     if len(p.sources) > 1:
-        if p.link_type_supported:
-            lines.append(f"  link_type: {p.link_type}")
-        else:
-            lines.append(f"  # link_type: {p.link_type}   (pairs within and across sources: what this resolver does)")
+        lines.append(f"  link_type: {p.link_type}")
     if p.normalizers:
         lines.append(f"  normalizers: {flow(p.normalizers)}   # where the name-based guess would be wrong")
-    lines += ["  blocking:", f"    max_block_size: {p.max_block_size}   # a bigger block is skipped for its rule"]
+    lines += ["  blocking:", f"    max_block_size: {p.max_block_size}   # a bigger block is re-blocked by finer keys"]
     lines.append(f"    # Pair budget {p.budget:,} ({p.budget_reason}); candidate rules, pairs in all "
                  f"{p.records:,} records:")
     width = max(len(c.name) for c in p.candidates)
