@@ -185,8 +185,15 @@ def resolver_config(task: Task, folder: Path, run_dir: Path, args) -> tuple[Path
     """Write the run's config; returns (path, info). With --configs init, resolver init writes it."""
     path = run_dir / "resolver.yaml"
     if args.configs == "init":
-        files = [str(f) for f in input_files(task, folder)]
-        cmd = [sys.executable, "-m", "resolver", "init", *files, "--out", str(run_dir / "init.yaml")]
+        # One file a source, named as the truth names it; the link type is the task's (the user
+        # knows whether the files are to be linked or deduplicated: Splink is told the same).
+        files, names = [], []
+        for source in task.sources:
+            for f in sorted(folder.glob(source.file)):
+                files.append(str(f))
+                names += ["--name", source.name]
+        cmd = [sys.executable, "-m", "resolver", "init", *files, *names, "--link-type", task.link_type,
+               "--out", str(run_dir / "init.yaml")]
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True)
         info = {"source": "resolver init", "command": cmd, "init_seconds": round(time.perf_counter() - start, 2),

@@ -299,7 +299,7 @@ _HOUSEHOLD_HINTS = ("last", "surname", "family", "street", "address", "addr", "c
 
 
 class ModelOptions(_Strict):
-    max_iterations: int = Field(default=500, ge=1)
+    max_iterations: int = Field(default=3000, ge=1)  # EM is cheap (distinct patterns); a household class can take hundreds
     tolerance: float = Field(default=1e-5, gt=0)  # stop when no probability or class share moves more than this
     u_sample_pairs: int = Field(default=2_000_000, ge=1000)  # random record pairs for u probabilities
     # A third class for different people of one household (see resolver/model.py); it needs at

@@ -336,3 +336,15 @@ def test_init_keeps_the_chosen_rules_under_a_given_budget(tmp_path):
     assert proposal.budget == 20_000 and 0 < proposal.total_pairs <= 20_000
     write(proposal)
     assert "Pair budget 20,000 (--pair-budget)" in (tmp_path / "r.yaml").read_text()
+
+
+def test_link_only_compares_only_what_both_files_have(tmp_path):
+    _write_people(tmp_path / "crm.csv", email=True)
+    _write_people(tmp_path / "shop.csv", email=False)  # no email there: under link_only never compared
+    proposal = propose([str(tmp_path / "crm.csv"), str(tmp_path / "shop.csv")], out=tmp_path / "r.yaml",
+                       link_type="link_only")
+    write(proposal)
+    compared = {c["column"] for c in proposal.comparisons}
+    assert "email" not in compared and {"first_name", "last_name", "birth_date"} <= compared
+    both = propose([str(tmp_path / "crm.csv"), str(tmp_path / "shop.csv")], out=tmp_path / "b.yaml")
+    assert "email" in {c["column"] for c in both.comparisons}  # link_and_dedupe: crm's duplicates share emails

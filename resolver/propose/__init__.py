@@ -183,12 +183,13 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
                          if cands else "no blocking rule can be built from the detected columns "
                          "(it needs names, a birth date, an email, a phone, a postcode or an id)")
     attributes = {a.name: a for p in plans for a in p.attributes.values()}
+    if link_only:  # a pair is always of two sources: a field only one of them has is never compared
+        attributes = {name: a for name, a in attributes.items() if shared[name] >= 2}
     warnings = _warnings(plans, chosen, region)
     return Proposal(
         out=Path(out), sources=plans, types=types, normalizers=normalizers, candidates=cands, rules=chosen,
         comparisons=propose_comparisons(attributes, normalized), budget=budget, budget_reason=reason,
-        records=records, link_type=chosen_link,
-        default_region=region, warnings=warnings,
+        records=records, link_type=chosen_link, default_region=region, warnings=warnings,
     )
 
 
