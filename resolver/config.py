@@ -59,6 +59,21 @@ class DateParts(_Strict):
         return [self.year, self.month, self.day]
 
 
+class JoinedColumns(_Strict):
+    """An attribute built from several columns: `{join: [COL, COL...]}` gives their values joined
+    by a space, missing ones left out (missing when all are): an address from its number, street
+    and unit, compared as one field (a person who moves changes all of them at once)."""
+
+    join: list[str] = Field(min_length=2)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.join)
+
+
+BuiltAttribute = DateParts | JoinedColumns
+
+
 class LinkConfig(_Strict):
     """An explicit merge edge: the record (or event) is the same person as `type`:`column`'s value."""
 
@@ -78,8 +93,9 @@ class SourceConfig(_Strict):
     key: str | None = None
     timestamp: str | None = None
     deleted: str | None = None
-    # attribute -> column, list of columns (first non-empty wins), or {year, month, day} columns
-    attributes: dict[str, str | list[str] | DateParts] = Field(default_factory=dict)
+    # attribute -> column, list of columns (first non-empty wins), {year, month, day} columns (a date)
+    # or {join: [columns]} (their values joined by spaces)
+    attributes: dict[str, str | list[str] | DateParts | JoinedColumns] = Field(default_factory=dict)
     identifiers: dict[str, str | list[str]] = Field(default_factory=dict)
     links: list[LinkConfig] = Field(default_factory=list)
     # Events sources: what anonymous-visitor sessions keep (ip, user_agent, page, city, country,
@@ -103,12 +119,13 @@ class SourceConfig(_Strict):
         return self
 
     def attribute_columns(self) -> dict[str, list[str]]:
-        """Attribute -> the columns it is the first non-empty of (date-part attributes: date_parts)."""
-        return {name: _as_list(cols) for name, cols in self.attributes.items() if not isinstance(cols, DateParts)}
+        """Attribute -> the columns it is the first non-empty of (built attributes: built_attributes)."""
+        return {name: _as_list(cols) for name, cols in self.attributes.items()
+                if not isinstance(cols, (DateParts, JoinedColumns))}
 
-    def date_parts(self) -> dict[str, DateParts]:
-        """Attributes built from year, month and day columns."""
-        return {name: parts for name, parts in self.attributes.items() if isinstance(parts, DateParts)}
+    def built_attributes(self) -> dict[str, BuiltAttribute]:
+        """Attributes built from several columns: dates from year, month and day; joined values."""
+        return {name: spec for name, spec in self.attributes.items() if isinstance(spec, (DateParts, JoinedColumns))}
 
     def identifier_columns(self) -> dict[str, list[str]]:
         return {name: _as_list(cols) for name, cols in self.identifiers.items()}
@@ -119,7 +136,7 @@ class SourceConfig(_Strict):
         for name in (self.key, self.timestamp, self.deleted):
             if name:
                 cols.append(name)
-        for group in (*self.attribute_columns().values(), *(p.columns for p in self.date_parts().values()),
+        for group in (*self.attribute_columns().values(), *(p.columns for p in self.built_attributes().values()),
                       *self.identifier_columns().values()):
             cols.extend(group)
         cols.extend(link.column for link in self.links)

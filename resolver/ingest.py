@@ -165,6 +165,29 @@ def date_from_parts(year: pd.Series, month: pd.Series, day: pd.Series) -> pd.Ser
     return normalize_date(_to_series(joined, year))
 
 
+def joined_columns(columns: list[pd.Series]) -> pd.Series:
+    """The values of several columns joined by a space (each trimmed; missing ones left out),
+    missing where all are."""
+    from resolver.normalize import _to_arrow, _to_series
+
+    # Missing parts as "" and the spaces collapsed after (pyarrow 26's null_handling="skip" drops the
+    # rows where every part is null instead of returning null for them)
+    parts = [pc.fill_null(pc.utf8_trim_whitespace(_to_arrow(c)), "") for c in columns]
+    joined = pc.binary_join_element_wise(*parts, pa.scalar(" ", parts[0].type))
+    joined = pc.utf8_trim_whitespace(pc.replace_substring_regex(joined, r" {2,}", " "))
+    joined = pc.if_else(pc.equal(joined, ""), pa.scalar(None, joined.type), joined)
+    return _to_series(joined, columns[0])
+
+
+def built_attribute(spec, columns: list[pd.Series]) -> pd.Series:
+    """A built attribute's values from its columns (in spec.columns order)."""
+    from resolver.config import DateParts
+
+    if isinstance(spec, DateParts):
+        return date_from_parts(*columns)
+    return joined_columns(columns)
+
+
 def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     """First non-empty value across columns, row by row."""
     result = frame[columns[0]]
@@ -326,8 +349,8 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     )
     for name, cols in source.attribute_columns().items():
         records[name] = kept(_coalesce(frame, cols))
-    for name, parts in source.date_parts().items():
-        records[name] = kept(date_from_parts(frame[parts.year], frame[parts.month], frame[parts.day]))
+    for name, spec in source.built_attributes().items():
+        records[name] = kept(built_attribute(spec, [frame[c] for c in spec.columns]))
     for name in ("first_name", "last_name"):
         if name in records:
             records[f"{name}_norm"] = memoized_column("name", records[name], normalize_name)

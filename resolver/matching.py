@@ -284,7 +284,7 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
     fit = fit_em(s_patterns, session, s_counts, silent, m0, u, np.full(n_sessions, 0.1), options.max_iterations,
                  options.tolerance, known=(known_patterns, known_counts), h0=h0 if household else None,
                  household_rate0=np.full(n_sessions, 0.05) if household else None, monotone_against=u_random,
-                 rate_pseudo_pairs=RATE_PSEUDO_PAIRS)
+                 rate_pseudo_pairs=RATE_PSEUDO_PAIRS, h_reference=u_random)
     unlearned = [prepared[k].name for k in range(len(prepared)) if silent[:, k].all()]
     w_m, w_h, _ = class_posteriors(s_patterns, session, silent, fit.m, fit.h, u, fit.match_rate, fit.household_rate)
     s_masks = masks.astype(np.int64)[s_rows]
@@ -302,7 +302,7 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
                                                               household_recall, population)
     comparisons = [
         ComparisonModel(p.name, p.config.method, p.labels, fit.m[k], u[k][:n_rules], u_random[k], p.config.tf_adjust,
-                        fit.h[k])
+                        fit.h[k], household and design.household_fields[k])
         for k, p in enumerate(prepared)
     ]
     sessions = {}

@@ -70,14 +70,15 @@ class ComparisonModel:
     u: np.ndarray  # (n_rules, n_levels): per blocking rule (matching: every row is u_random)
     u_random: np.ndarray  # per level, over random record pairs
     tf_adjust: bool = False
-    h: np.ndarray | None = None  # per level among household pairs; None: not a household field (h = u)
+    h: np.ndarray | None = None  # per level among household pairs (None: no household class)
+    household_field: bool = False  # shared by a household (h learned freely; else u with its own exact share)
 
     def weights(self) -> np.ndarray:
         """(n_rules, n_levels) log2(m/u); the null level weighs nothing."""
         return _log2_ratio(self.m, self.u)
 
     def household_weights(self) -> np.ndarray:
-        """(n_rules, n_levels) log2(h/u): zero for a person field."""
+        """(n_rules, n_levels) log2(h/u) (zero without a household class)."""
         if self.h is None:
             return np.zeros_like(np.atleast_2d(self.u), dtype=np.float64)
         return _log2_ratio(self.h, self.u)
@@ -155,7 +156,7 @@ class FSModel:
             "comparisons": [
                 {
                     "name": c.name, "method": c.method, "tf_adjust": c.tf_adjust,
-                    "household_field": c.h is not None,
+                    "household_field": c.household_field,
                     "neutral_in_rules": [r for r, n in zip(self.rules, self.neutral[:, k]) if n],
                     "levels": [
                         {"label": label, "m": float(c.m[i]), "u_random": float(c.u_random[i]),
@@ -201,8 +202,9 @@ class FSModel:
             m = np.array([np.nan] + [lv["m"] for lv in levels])
             u_random = np.array([np.nan] + [lv["u_random"] for lv in levels])
             u = np.array([[np.nan] + [lv["u_by_rule"][r] for lv in levels] for r in rules])
-            h = np.array([np.nan] + [lv["h"] for lv in levels]) if c.get("household_field") else None
-            comparisons.append(ComparisonModel(c["name"], c["method"], p.labels, m, u, u_random, p.config.tf_adjust, h))
+            h = np.array([np.nan] + [lv["h"] for lv in levels]) if all("h" in lv for lv in levels) else None
+            comparisons.append(ComparisonModel(c["name"], c["method"], p.labels, m, u, u_random, p.config.tf_adjust, h,
+                                               bool(c.get("household_field"))))
             neutral[:, k] = [r in c["neutral_in_rules"] for r in rules]
         rate = np.array([raw["match_rate_by_rule"][r] for r in rules])
         household = raw.get("household_rate_by_rule")
@@ -383,6 +385,18 @@ def monotone(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     return out
 
 
+def tilted(u: np.ndarray, exact: float) -> np.ndarray:
+    """u with its exact level's share set to `exact` (never below u's own) and the other levels
+    scaled to fill the rest: a field on which a class agrees exactly more often than strangers do,
+    and otherwise like strangers."""
+    exact = min(max(exact, float(u[1])), 1.0 - 1e-6)
+    out = u.copy()
+    rest = max(1.0 - float(u[1]), 1e-12)
+    out[2:] = u[2:] * (1.0 - exact) / rest
+    out[1] = exact
+    return out
+
+
 def is_monotone(m: np.ndarray, u: np.ndarray, tolerance: float = 1e-9) -> bool:
     ratio = np.log(np.maximum(m[1:], PROBABILITY_FLOOR)) - np.log(np.maximum(u[1:], PROBABILITY_FLOOR))
     return bool(np.all(np.diff(ratio) <= tolerance))
@@ -449,7 +463,7 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
            known: tuple[np.ndarray, np.ndarray] | None = None, fixed_m: list[bool] | None = None,
            learns_m: np.ndarray | None = None, h0: list[np.ndarray | None] | None = None,
            household_rate0: np.ndarray | None = None, monotone_against: list[np.ndarray] | None = None,
-           rate_pseudo_pairs: float = 0.0) -> EMFit:
+           rate_pseudo_pairs: float = 0.0, h_reference: list[np.ndarray] | None = None) -> EMFit:
     """EM over (rule, level pattern) counts (a "rule" may be any group of pairs with class shares
     of its own: the matcher's training sessions).
 
@@ -458,8 +472,12 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
     - `m0`: starting m; `fixed_m[k]` keeps comparison k's m as given (a labelled estimate).
     - `learns_m` (n_rules, K): where a rule's pairs inform m and h (default: wherever not neutral).
     - `known` (patterns, counts): pairs known to match, in every M-step for m with weight 1.
-    - `h0`: starting h of the household fields (None elsewhere), with `household_rate0` per rule:
-      a three-class model. Without them, two classes (match, unrelated).
+    - `h0`: starting h of the household fields (None elsewhere), with `household_rate0` per rule
+      and `h_reference` (u over random pairs, per comparison): a three-class model. On a household
+      field h is learned like m; on the others it is u but for a share of pairs that agree beyond
+      chance, at most MAX_COPIED (household members share a first name or a birth date hardly more
+      often than strangers, but twins, juniors and data that copies a relative's value do).
+      Without them, two classes.
     - `monotone_against`: per comparison, the u that m/u (and h/u) is kept non-increasing against.
     - `rate_pseudo_pairs`: each rule's shares are shrunk towards the pooled shares by this many pairs.
     """
@@ -467,7 +485,10 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
     learns = ~neutral if learns_m is None else learns_m
     household = h0 is not None and household_rate0 is not None and any(h is not None for h in h0)
     m = [x.copy() for x in m0]
-    h = [None if x is None or not household else x.copy() for x in (h0 or [None] * n_comparisons)]
+    shared = [household and x is not None for x in (h0 or [None] * n_comparisons)]
+    h = [None] * n_comparisons
+    if household:
+        h = [x.copy() if x is not None else h_reference[k].copy() for k, x in enumerate(h0)]
     lam_m = np.asarray(match_rate0, dtype=np.float64).copy()
     lam_h = np.asarray(household_rate0, dtype=np.float64).copy() if household else None
     counts = counts.astype(np.float64)
@@ -482,6 +503,15 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
     def fitted(p: np.ndarray, mass: np.ndarray, levels: np.ndarray, k: int) -> np.ndarray:
         out = floored(level_distribution(levels, len(p), mass, pseudo=1e-3), M_FLOOR)
         return monotone(out, monotone_against[k]) if monotone_against is not None else out
+
+    def fitted_person(mass: np.ndarray, levels: np.ndarray, k: int) -> np.ndarray:
+        """A person field's h: u, but for the share of household pairs that agree beyond chance
+        (a copied or inherited value, twins), at most MAX_COPIED: a class agreeing on birth date
+        and id most of the time is a person with a typo elsewhere, not a household."""
+        present = levels > 0
+        n, exact, chance = float(mass[present].sum()), float(mass[levels == 1].sum()), float(h_reference[k][1])
+        beyond = (exact - chance * n) / ((1.0 - chance) * n) if n > 0 else 0.0
+        return tilted(h_reference[k], chance + min(max(beyond, 0.0), MAX_COPIED) * (1.0 - chance))
 
     converged = False
     iteration = 0
@@ -508,8 +538,12 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
             else:
                 new_m.append(fitted(m[k], np.concatenate([match_mass[informative], known_mass]),
                                     np.concatenate([patterns[informative, k], known_patterns[:, k]]), k))
-            new_h.append(None if h[k] is None else
-                         fitted(h[k], household_mass[informative], patterns[informative, k], k))
+            if h[k] is None:
+                new_h.append(None)
+            elif shared[k]:
+                new_h.append(fitted(h[k], household_mass[informative], patterns[informative, k], k))
+            else:
+                new_h.append(fitted_person(household_mass[informative], patterns[informative, k], k))
         new_lam_m = _shrunk_rates(np.bincount(rule, weights=match_mass, minlength=n_rules), pairs_per_rule,
                                   rate_pseudo_pairs)
         new_lam_h = _shrunk_rates(np.bincount(rule, weights=household_mass, minlength=n_rules), pairs_per_rule,
@@ -579,6 +613,10 @@ def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str
     return out
 
 
+# At most this share of household pairs agree on a person field beyond chance (twins, juniors, a
+# relative's value copied): any more, and the class would be people with a typo, not households.
+MAX_COPIED = 0.1
+
 # Agreement this common among random pairs tells no one apart (a constant column, a flag).
 UNINFORMATIVE_AGREEMENT = 0.5
 
@@ -632,9 +670,9 @@ def _softplus2(x):
 
 
 def household_adjustments(model: FSModel, levels, rule, tf=None):
-    """Per pair: -log2(1 + 2^H) (<= 0), H = the household prior + the household fields' log2(h/u)
-    (+ their tf, which household members share too): the bits a pair loses because a household
-    explains it. Zero for a model without a household class."""
+    """Per pair: -log2(1 + 2^H) (<= 0), H = the household prior + every field's log2(h/u) (+ the
+    household fields' tf, values household members share): the bits a pair loses because a
+    household explains it. Zero for a model without a household class."""
     xp = module_of(levels)
     if not model.has_household:
         return xp.zeros(len(levels), dtype=xp.float64)
@@ -643,7 +681,7 @@ def household_adjustments(model: FSModel, levels, rule, tf=None):
         if model.comparisons[k].h is None:
             continue
         evidence = evidence + xp.asarray(table)[rule, levels[:, k]]
-        if tf is not None:
+        if tf is not None and model.comparisons[k].household_field:
             evidence = evidence + tf[:, k]
     return -_softplus2(evidence)
 

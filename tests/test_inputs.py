@@ -291,6 +291,36 @@ def test_a_missing_date_part_column_is_an_input_error_naming_it(tmp_path, capsys
     assert "'bd' not found" in err and "people.csv" in err
 
 
+def test_joined_columns_make_one_attribute_in_batch_and_sync(tmp_path):
+    from resolver.sync.resolve import Resolver
+
+    frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "first": ["p0", "p1", "p2", "p3"],
+                          "number": [12, None, None, 7], "street": ["Main St", "Oak Ave", None, " "],
+                          "unit": [None, "apt 4", None, "x"]})
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "people.parquet")
+    source = {"name": "people", "format": "parquet", "path": "people.parquet", "key": "id",
+              "attributes": {"first_name": "first", "address": {"join": ["number", "street", "unit"]}}}
+    config = _config(tmp_path, {"sources": [source]})
+    assert {"number", "street", "unit"} <= set(load_config(config).sources[0].referenced_columns())
+    assert _run(config) == EXIT_OK
+    golden = pd.read_parquet(tmp_path / "out" / "golden_records.parquet")
+    got = {k: (v if pd.notna(v) else None) for k, v in zip(golden["first_name"], golden["address"])}
+    assert got == {"p0": "12 Main St", "p1": "Oak Ave apt 4", "p2": None, "p3": "7 x"}  # golden: as written
+    loaded = load_config(config)
+    resolver = Resolver(loaded, None)
+    row = {"first": "Ann", "number": "12", "street": "Main St", "unit": None}
+    assert resolver._attributes(loaded.sources[0], row, {})["address"][0] == "12 Main St"
+
+
+def test_a_join_needs_two_columns(tmp_path):
+    from resolver.config import ConfigError
+
+    body = {"sources": [{"name": "p", "format": "csv", "path": "p.csv", "key": "id",
+                         "attributes": {"address": {"join": ["street"]}}}]}
+    with pytest.raises(ConfigError, match="join"):
+        load_config(_config(tmp_path, body))
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. Attribute kinds, and a warning when normalization nulls most values
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from resolver.model import (
     monotone,
     pattern_counts,
     probabilities,
+    tilted,
 )
 
 TRUE_M = [np.array([np.nan, 0.85, 0.10, 0.05]), np.array([np.nan, 0.9, 0.1]), np.array([np.nan, 0.7, 0.2, 0.1])]
@@ -100,18 +101,18 @@ def test_em_with_a_household_class_tells_households_from_people():
         x[1:] /= x[1:].sum()
     h0 = [None if H3[k] is None else m0[k].copy() for k in range(k_all)]
     fit = fit_em(patterns, rules, counts, np.zeros((1, k_all), bool), m0, u, np.array([0.1]), 2000, 1e-7,
-                 h0=h0, household_rate0=np.array([0.05]), monotone_against=U3)
+                 h0=h0, household_rate0=np.array([0.05]), monotone_against=U3, h_reference=U3)
     assert fit.converged
     np.testing.assert_allclose(fit.match_rate, [0.05], rtol=0.1)
     np.testing.assert_allclose(fit.household_rate, [0.30], rtol=0.1)
     for k in range(k_all):
         np.testing.assert_allclose(fit.m[k][1:], M3[k][1:], atol=0.03)
-        if H3[k] is not None:
-            np.testing.assert_allclose(fit.h[k][1:], H3[k][1:], atol=0.03)
+        # household fields learned; person fields: u, with an exact share of their own (here u's)
+        np.testing.assert_allclose(fit.h[k][1:], (H3[k] if H3[k] is not None else U3[k])[1:], atol=0.03)
     # a household (same surname, address and phone, another first name and birth date) is not a
     # match; a pair agreeing on everything is
     model = FSModel(["r"], [ComparisonModel(str(k), "x", [str(i) for i in range(len(U3[k]))], fit.m[k], u[k], U3[k],
-                                            h=fit.h[k]) for k in range(k_all)],
+                                            h=fit.h[k], household_field=H3[k] is not None) for k in range(k_all)],
                     np.zeros((1, k_all), bool), fit.match_rate, 0.0, {}, fit.household_rate)
     pairs = np.array([[3, 3, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=np.int8)
     p = probabilities(match_weights(model, pairs, np.zeros(2, np.int64)))
@@ -123,7 +124,7 @@ def test_the_household_adjustment_is_the_three_class_posterior():
                          np.array([[np.nan, 0.01, 0.99]]), np.array([np.nan, 0.01, 0.99]))
     c1 = ComparisonModel("street", "exact", ["null", "exact", "else"], np.array([np.nan, 0.8, 0.2]),
                          np.array([[np.nan, 0.001, 0.999]]), np.array([np.nan, 0.001, 0.999]),
-                         h=np.array([np.nan, 0.95, 0.05]))
+                         h=np.array([np.nan, 0.95, 0.05]), household_field=True)
     model = FSModel(["r"], [c0, c1], np.zeros((1, 2), bool), np.array([1e-4]), 0.0, {}, np.array([1e-3]))
     levels = np.array([[1, 1], [2, 1], [2, 2], [0, 1]], dtype=np.int8)
     got = probabilities(match_weights(model, levels, np.zeros(4, np.int64)))
@@ -152,6 +153,36 @@ def test_monotone_pools_violators_and_keeps_a_distribution(raw_p, raw_u):
         np.testing.assert_allclose(out[1:], p[1:])
     # the least-squares property of isotonic regression: no monotone ratio is closer (weighted by u)
     assert is_monotone(out, u)
+
+
+def test_tilted_keeps_u_but_its_exact_share():
+    u = np.array([np.nan, 0.01, 0.09, 0.9])
+    out = tilted(u, 0.1)
+    np.testing.assert_allclose(out[1:], [0.1, 0.09 * 0.9 / 0.99, 0.9 * 0.9 / 0.99])
+    np.testing.assert_allclose(tilted(u, 0.001)[1:], u[1:])  # never below strangers' agreement
+
+
+def test_em_learns_that_households_share_a_copied_first_name_sometimes():
+    # 20% of household pairs agree on the person field 0 (a value copied from a relative)
+    h_person = np.array([np.nan, 0.20, 0.04 * 0.8 / 0.99, 0.95 * 0.8 / 0.99])
+    h_person[1:] /= h_person[1:].sum()
+    H3_copy = [h_person, *H3[1:]]
+    rng = np.random.default_rng(5)
+    n = 200_000
+    cls = rng.choice(3, n, p=[0.05, 0.3, 0.65])
+    cols = []
+    for k in range(len(M3)):
+        tables = [M3[k], H3_copy[k] if H3_copy[k] is not None else U3[k], U3[k]]
+        draws = [rng.choice(len(t) - 1, n, p=t[1:]) + 1 for t in tables]
+        cols.append(np.choose(cls, draws))
+    patterns, rules, counts = pattern_counts(np.column_stack(cols).astype(np.int8))
+    m0 = [tilted(x, 0.7) for x in U3]
+    h0 = [None if H3[k] is None else m0[k].copy() for k in range(len(M3))]
+    fit = fit_em(patterns, rules, counts, np.zeros((1, len(M3)), bool), m0, [x[None, :] for x in U3],
+                 np.array([0.1]), 3000, 1e-7, h0=h0, household_rate0=np.array([0.05]), monotone_against=U3,
+                 h_reference=U3)
+    assert fit.h[0][1] == pytest.approx(0.20, abs=0.02) and fit.h[1][1] == pytest.approx(U3[1][1], abs=0.01)
+    np.testing.assert_allclose(fit.m[0][1:], M3[0][1:], atol=0.03)
 
 
 def test_monotone_pools_a_violating_pair():

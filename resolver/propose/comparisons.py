@@ -8,7 +8,9 @@
 - postcodes: exact or one character off (Levenshtein, at 1 - 1/length): a typo in a postcode is
   common and a neighbouring code is weak evidence, so it gets a level of its own, below exact;
 - street numbers, ids, state, country, gender, initials, date parts: exact;
-- street and city: Jaro-Winkler 0.90 / 0.70 (streets) and 0.92 / 0.80 with tf_adjust (cities).
+- street and city: Jaro-Winkler 0.90 / 0.70 (streets) and 0.92 / 0.80 with tf_adjust (cities); a
+  house number and a street are joined into one address, compared by Levenshtein 0.90 / 0.75 (a
+  move changes both at once: two comparisons would count it twice).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def comparison(attr: Attribute, values: pd.Series | None = None) -> dict:
         return base | {"method": "phone", "digits": 7}
     if kind == K.POSTCODE:
         return base | {"method": "levenshtein", "thresholds": [_one_typo(values) if values is not None else 0.795]}
+    if kind == K.STREET and attr.join:  # number and street: a typo, a neighbour, another address
+        return base | {"method": "levenshtein", "thresholds": [0.90, 0.75]}
     if kind == K.STREET:
         return base | {"method": "jaro_winkler", "thresholds": [0.90, 0.70]}
     if kind == K.CITY:
@@ -61,4 +65,4 @@ def comparisons(attributes: dict[str, Attribute], values: dict[str, pd.Series]) 
     """Every attribute's comparison, names first, in a stable order."""
     ordered = sorted(attributes.values(), key=lambda a: (_ORDER.index(a.kind) if a.kind in _ORDER else len(_ORDER),
                                                          a.name))
-    return [comparison(a, values.get(a.name)) for a in ordered]
+    return [comparison(a, values.get(a.name)) for a in ordered if a.compared]

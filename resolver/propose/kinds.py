@@ -39,7 +39,7 @@ FIRST_NAME, LAST_NAME, FULL_NAME, MIDDLE = "first name", "last name", "full name
 EMAIL, PHONE = "email", "phone"
 BIRTH_DATE, DATE, TIMESTAMP = "birth date", "date", "timestamp"
 YEAR, MONTH, DAY = "year", "month", "day"
-POSTCODE, STREET_NUMBER, STREET = "postcode", "street number", "street"
+POSTCODE, STREET_NUMBER, STREET, UNIT = "postcode", "street number", "street", "unit"
 CITY, STATE, COUNTRY = "city", "state", "country"
 GENDER = "gender"
 NUMBER, CATEGORY, FLAG, TEXT = "number", "category", "flag", "free text"
@@ -415,7 +415,7 @@ def detect_words(p: Profile, names: frozenset[str]) -> Detection | None:
     if float(p.values.str.len().mean()) > 30 or mean_tokens > 4:
         return Detection(p.column, TEXT, f"free text ({mean_tokens:.1f} words a value); not compared")
     if p.share(lower.str.contains(_UNITS).fillna(False).to_numpy(bool)) >= 0.5:
-        return Detection(p.column, TEXT, "unit or apartment designations; not compared")
+        return Detection(p.column, UNIT, "unit or apartment designations: part of the address")
     return Detection(p.column, LAST_NAME, f"single words, {p.distinct:,} distinct, few given names ({given:.0%})",
                      detail)
 
@@ -427,7 +427,7 @@ def detect_mixed(p: Profile) -> Detection | None:
     if house >= 0.3:
         return Detection(p.column, STREET, f"{house:.0%} are a house number and a street")
     if p.share(lower.str.contains(_UNITS).fillna(False).to_numpy(bool)) >= 0.5:
-        return Detection(p.column, TEXT, "unit or apartment designations; not compared")
+        return Detection(p.column, UNIT, "unit or apartment designations: part of the address")
     if float(p.values.str.len().mean()) > 30:
         return Detection(p.column, TEXT, "free text; not compared")
     return None

@@ -50,6 +50,8 @@ class Attribute:
     normalizer: str
     parts: dict[str, str] | None = None  # year/month/day columns of a composite birth date
     note: str = ""  # how the config expresses it, when that needs saying
+    join: list[str] | None = None  # columns joined into one value (an address from number and street)
+    compared: bool = True  # False: only blocking rules read it (its columns are compared joined)
 
 
 @dataclass
@@ -111,6 +113,7 @@ def map_source(name: str, sample: FileSample, detections: list[K.Detection], key
     position = {d.column: i for i, d in enumerate(detections)}
     plan.attributes = dict(sorted(plan.attributes.items(), key=lambda kv: position[kv[1].columns[0]]))
     _date_parts(plan, detections, taken)
+    _joined_address(plan)
     _identifiers(plan)
     for d in detections:
         words = set(K.name_words(d.column))
@@ -135,6 +138,22 @@ def _date_parts(plan: SourcePlan, detections: list[K.Detection], taken: set[str]
         attr = f"birth_{kind}"
         taken.add(attr)
         plan.attributes[attr] = Attribute(attr, kind, [column], "text", note=why)
+
+
+def _joined_address(plan: SourcePlan) -> None:
+    """A house number and a street (and a unit, where there is one) are compared as one address: a
+    person who moves changes them all at once, and separate comparisons would count the move twice
+    (they are not independent). Number and street stay attributes of their own for the blocking
+    rules."""
+    number, street = plan.attributes.get("street_number"), plan.attributes.get("street")
+    if number is None or street is None or "address" in plan.attributes:
+        return
+    unit = next((d.column for d in plan.detections if d.kind == K.UNIT), None)  # flats of one building differ
+    columns = [number.columns[0], street.columns[0], *([unit] if unit else [])]
+    plan.attributes["address"] = Attribute("address", K.STREET, columns, "text", join=columns,
+                                           note=f"house number, street{' and unit' if unit else ''}, compared as "
+                                                "one field")
+    number.compared = street.compared = False
 
 
 def _shared_share(values: pd.Series, many: int = 5) -> float:
@@ -200,6 +219,14 @@ def attribute_values(plan: SourcePlan) -> dict[str, pd.Series]:
     frame = plan.sample.frame
     out = {}
     for attr in plan.attributes.values():
+        if attr.join:
+            parts = [frame[c].astype("str").str.strip().replace("", None) for c in attr.join]
+            joined = parts[0].fillna("")
+            for part in parts[1:]:
+                joined = joined.str.cat(part.fillna(""), sep=" ")
+            joined = joined.str.strip().str.replace(r" {2,}", " ", regex=True)
+            out[attr.name] = joined.where(joined != "").astype("str").reset_index(drop=True)
+            continue
         if attr.parts:
             parts = [pd.to_numeric(frame[attr.parts[k]], errors="coerce") for k in ("year", "month", "day")]
             ok = parts[0].notna() & parts[1].notna() & parts[2].notna()

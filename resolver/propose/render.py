@@ -47,7 +47,8 @@ def _source(plan, folder: Path) -> list[str]:
         lines.append(f"    deleted: {flow(plan.deleted)}")
     lines.append("    attributes:")
     for attr in plan.attributes.values():
-        value = attr.parts if attr.parts else (attr.columns[0] if len(attr.columns) == 1 else attr.columns)
+        value = attr.parts if attr.parts else {"join": attr.join} if attr.join else (
+            attr.columns[0] if len(attr.columns) == 1 else attr.columns)
         note = f"   # {attr.note}" if attr.note else ""
         lines.append(f"      {attr.name}: {flow(value)}{note}")
     if plan.identifiers:

@@ -75,13 +75,12 @@ def _text(value) -> str | None:
     return text if text.strip() else None
 
 
-def _date_from_parts(get, row: dict, parts) -> str | None:
-    """A date-part attribute's ISO date from one record's year, month and day fields, as the batch
-    builds it (resolver.ingest.date_from_parts); None when it makes no date."""
-    from resolver.ingest import date_from_parts
+def _built(get, row: dict, spec) -> str | None:
+    """A built attribute (a date from its parts, joined columns) of one record, as the batch builds
+    it (resolver.ingest.built_attribute); None when it makes no value."""
+    from resolver.ingest import built_attribute
 
-    year, month, day = (pd.Series([_text(get(row, c))], dtype="str") for c in parts.columns)
-    value = date_from_parts(year, month, day).iloc[0]
+    value = built_attribute(spec, [pd.Series([_text(get(row, c))], dtype="str") for c in spec.columns]).iloc[0]
     return None if pd.isna(value) else str(value)
 
 
@@ -256,8 +255,8 @@ class Resolver:
                         identifiers.setdefault(id_type, []).append(text)
             for name, cols in source.attribute_columns().items():
                 attributes.setdefault(name, []).extend(t for c in cols if (t := _text(get(rows[0], c))) is not None)
-            for name, parts in source.date_parts().items():
-                if (t := _date_from_parts(get, rows[0], parts)) is not None:
+            for name, spec in source.built_attributes().items():
+                if (t := _built(get, rows[0], spec)) is not None:
                     attributes.setdefault(name, []).append(t)
         for id_type, raws in identifiers.items():
             if self.types[id_type].evidence:  # the others never link (and are not stored)
@@ -441,10 +440,10 @@ class Resolver:
                 if display is not None:
                     out[name] = (display, match, field_ts.get(col, default_ts))
                     break
-        for name, parts in source.date_parts().items():
-            display, match = self.attribute(name, _date_from_parts(get, row, parts))
+        for name, spec in source.built_attributes().items():
+            display, match = self.attribute(name, _built(get, row, spec))
             if display is not None:
-                out[name] = (display, match, max((field_ts.get(c, default_ts) for c in parts.columns),
+                out[name] = (display, match, max((field_ts.get(c, default_ts) for c in spec.columns),
                                                  key=lambda t: t or ""))
         return out
 
