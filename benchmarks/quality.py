@@ -187,12 +187,15 @@ def resolver_config(task: Task, folder: Path, run_dir: Path, args) -> tuple[Path
     if args.configs == "init":
         # One file a source, named as the truth names it; the link type is the task's (the user
         # knows whether the files are to be linked or deduplicated: Splink is told the same).
+        # (a source's glob is one argument: init makes one source of it, as the truth names it).
         files, names = [], []
         for source in task.sources:
-            for f in sorted(folder.glob(source.file)):
-                files.append(str(f))
-                names += ["--name", source.name]
-        cmd = [sys.executable, "-m", "resolver", "init", *files, *names, "--link-type", task.link_type,
+            files.append(str(folder / source.file))
+            names += ["--name", source.name]
+        # dedupe_only tasks of several files deduplicate them together: link_and_dedupe
+        link_type = "link_only" if task.link_type == "link_only" else (
+            "link_and_dedupe" if len(task.sources) > 1 else "dedupe_only")
+        cmd = [sys.executable, "-m", "resolver", "init", *files, *names, "--link-type", link_type,
                "--out", str(run_dir / "init.yaml")]
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True)

@@ -161,14 +161,23 @@ class TrainingDesign:
     compared_columns: list[set[str]]  # per comparison, its columns
     household_fields: list[bool]
     biased: set[str] = field(default_factory=set)
+    # Per comparison: a place (a household field of free text or numbers: street, city, postcode,
+    # state, country), the kind of field nested in another (a city and its postcodes)
+    places: list[bool] = field(default_factory=list)
+    # (K, K): places whose exact agreement goes together among random pairs: a session selected on
+    # one has the other's distribution changed too
+    associated: np.ndarray | None = None
 
     @classmethod
     def of(cls, config: Config, prepared: list[PreparedComparison]) -> TrainingDesign:
         rules = config.matching.blocking.rules
         plain = [_key_columns(r.keys) for r in rules]
         refined = [columns | _key_columns(r.refine_keys) for columns, r in zip(plain, rules)]
-        return cls([r.name for r in rules], plain + refined, [set(p.config.columns) for p in prepared],
-                   [p.config.household_field() for p in prepared], selection_biased(config))
+        households = [p.config.household_field() for p in prepared]
+        places = [shared and config.matching.normalizer(p.config.columns[0]) in ("text", "number", "raw")
+                  for p, shared in zip(prepared, households)]
+        return cls([r.name for r in rules], plain + refined, [set(p.config.columns) for p in prepared], households,
+                   selection_biased(config), places)
 
     @property
     def n_sessions(self) -> int:
@@ -178,16 +187,53 @@ class TrainingDesign:
         return self.rules + [f"{r} (refined blocks)" for r in self.rules]
 
     def selected(self) -> np.ndarray:
-        """(n_sessions, K): comparisons of a column the session's pairs were selected on: its pairs
-        would bias m there (the matches that disagree on it are missing)."""
-        return np.array([[bool(c & s) for c in self.compared_columns] for s in self.session_columns], dtype=bool)
+        """(n_sessions, K): comparisons of a column the session's pairs were selected on, and those
+        associated with one (a city rule's pairs share postcodes far more often than random pairs
+        do, matches or not): its pairs would bias m there, and random-pair u would not fit its
+        non-matches there."""
+        direct = np.array([[bool(c & s) for c in self.compared_columns] for s in self.session_columns], dtype=bool)
+        if self.associated is None:
+            return direct
+        return direct | ((direct.astype(np.int64) @ self.associated.astype(np.int64)) > 0)
 
     def independent_sessions(self, rule: int) -> np.ndarray:
-        """Per session: its keys read none of the columns `rule`'s keys read, so its pairs show how
-        often a class's pairs agree on that rule's key (conditional independence)."""
+        """Per session: its keys read none of the columns `rule`'s keys read, nor any comparison
+        associated with them, so its pairs show how often a class's pairs agree on that rule's key
+        (conditional independence)."""
         columns = self.session_columns[rule]
+        selected = self.selected()
         n = len(self.rules)
-        return np.array([s % n != rule and not (self.session_columns[s] & columns) for s in range(self.n_sessions)])
+        return np.array([s % n != rule and not (self.session_columns[s] & columns)
+                         and not (selected[s] & selected[rule]).any() for s in range(self.n_sessions)])
+
+
+def associated_places(sampled: np.ndarray, places: list[bool], min_lift: float = 4.0,
+                      min_pairs: int = 10) -> np.ndarray:
+    """(K, K): pairs of places whose exact agreement goes together among random record pairs that
+    agree on no other field (so that duplicates, which agree on everything, do not count): at least
+    `min_pairs` agree on both, `min_lift` times as many as independence would give. A city and its
+    postcodes, a street and its postcode. Only places: a surname and an address go together too,
+    but that is a household, which the household class models."""
+    k = sampled.shape[1]
+    out = np.zeros((k, k), dtype=bool)
+    present = sampled > 0
+    exact = sampled == 1
+    others = [j for j in range(k) if not places[j]]
+    strangers = ~exact[:, others].any(axis=1) if others else np.ones(len(sampled), dtype=bool)
+    present &= strangers[:, None]
+    for a in range(k):
+        for b in range(a + 1, k):
+            if not (places[a] and places[b]):
+                continue
+            both = present[:, a] & present[:, b]
+            n = int(both.sum())
+            if not n:
+                continue
+            pa, pb = exact[both, a].mean(), exact[both, b].mean()
+            together = int((exact[both, a] & exact[both, b]).sum())
+            if together >= min_pairs and together >= min_lift * n * pa * pb:
+                out[a, b] = out[b, a] = True
+    return out
 
 
 def training_sessions(patterns: np.ndarray, masks: np.ndarray, counts: np.ndarray, n_sessions: int):
@@ -277,6 +323,7 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
     n_sessions = design.n_sessions
     s_patterns, session, s_counts, s_rows = training_sessions(patterns, masks.astype(np.int64), counts, n_sessions)
     session_pairs = np.bincount(session, weights=s_counts, minlength=n_sessions)
+    design.associated = associated_places(sampled, design.places)
     silent = design.selected() | (session_pairs == 0)[:, None]  # what a session cannot learn from
     household = options.households and any(design.household_fields) and not all(design.household_fields)
     h0 = [m0[k].copy() if household and shared else None for k, shared in enumerate(design.household_fields)]
@@ -326,6 +373,8 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
         "deterministic_sample_pairs": len(da),
         "selection_biased": sorted(design.biased),
         "not_learned": unlearned,
+        "associated_comparisons": [[prepared[a].name, prepared[b].name] for a, b in zip(*np.nonzero(design.associated))
+                                   if a < b],
         "comparisons_without_values": [p.name for k, p in enumerate(prepared) if not (sampled[:, k] > 0).any()],
         "household_class": household,
         "household_fields": [p.name for p, shared in zip(prepared, design.household_fields) if shared and household],
