@@ -234,6 +234,11 @@ def run_resolver(task: Task, folder: Path, run_dir: Path, args) -> tuple[RunResu
         result = RunResult(status="error", log=str(run_dir / "init.log"))
         result.extra = {"config": info, "error": info.get("error")}
         return result, None
+    return run_resolver_config(config_path, info, run_dir, args)
+
+
+def run_resolver_config(config_path: Path, info: dict, run_dir: Path, args) -> tuple[RunResult, dict | None]:
+    """Run resolver on a config whose output_dir is run_dir/out; its outputs as the metrics read them."""
     # Not --quiet: a run that refuses to merge (an unhealthy model) says why only without it.
     cmd = [sys.executable, "-m", "resolver", "run", "--config", str(config_path)]
     result = measure(cmd, run_dir, run_dir / "resolver.log", args.timeout, args.max_rss, args.min_free_disk, log)

@@ -167,6 +167,9 @@ class TrainingDesign:
     # (K, K): places whose exact agreement goes together among random pairs: a session selected on
     # one has the other's distribution changed too
     associated: np.ndarray | None = None
+    # The deterministic persons are labelled matches (their pairs enter every M-step for m), not
+    # just EM's starting point: only while the identity guards keep households apart
+    labelled: bool = True
 
     @classmethod
     def of(cls, config: Config, prepared: list[PreparedComparison]) -> TrainingDesign:
@@ -177,7 +180,7 @@ class TrainingDesign:
         places = [shared and config.matching.normalizer(p.config.columns[0]) in ("text", "number", "raw")
                   for p, shared in zip(prepared, households)]
         return cls([r.name for r in rules], plain + refined, [set(p.config.columns) for p in prepared], households,
-                   selection_biased(config), places)
+                   selection_biased(config), places, labelled=config.identity.guards)
 
     @property
     def n_sessions(self) -> int:
@@ -329,7 +332,8 @@ def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.nd
     h0 = [m0[k].copy() if household and shared else None for k, shared in enumerate(design.household_fields)]
     u = [np.tile(x, (n_sessions, 1)) for x in u_random]
     fit = fit_em(s_patterns, session, s_counts, silent, m0, u, np.full(n_sessions, 0.1), options.max_iterations,
-                 options.tolerance, known=(known_patterns, known_counts), h0=h0 if household else None,
+                 options.tolerance, known=(known_patterns, known_counts) if design.labelled else None,
+                 h0=h0 if household else None,
                  household_rate0=np.full(n_sessions, 0.05) if household else None, monotone_against=u_random,
                  rate_pseudo_pairs=RATE_PSEUDO_PAIRS, h_reference=u_random)
     unlearned = [prepared[k].name for k in range(len(prepared)) if silent[:, k].all()]

@@ -617,8 +617,9 @@ def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str
 # relative's value copied): any more, and the class would be people with a typo, not households.
 MAX_COPIED = 0.1
 
-# Agreement this common among random pairs tells no one apart (a constant column, a flag).
-UNINFORMATIVE_AGREEMENT = 0.5
+# Agreement this common among random pairs, with matches agreeing no more often, tells no one
+# apart (a constant or nearly constant column, a flag); on a rarer value m <= u is a broken model.
+UNINFORMATIVE_AGREEMENT = 0.1
 
 
 def uninformative(c: ComparisonModel) -> bool:

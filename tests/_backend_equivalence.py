@@ -31,8 +31,10 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> dict:
-    """permissive: guards off and thresholds 0.5 / 0.3, so that many probabilistic links reach the
-    graph (small generated sets are mostly resolved deterministically)."""
+    """permissive: guards off and thresholds 0.2 / 0.1, so that many probabilistic links reach the
+    graph (small generated sets are mostly resolved deterministically). The model may fail its
+    health check (a u sample of a few thousand pairs is too small for it): this compares backends,
+    not models, so it merges anyway."""
     from numba import config as numba_config
 
     from resolver.backend.arrays import CPU, select_backend, simulated_gpu
@@ -43,10 +45,11 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> 
     config.run.workers = 1
     if config.matching is not None:
         config.matching.model.u_sample_pairs = u_sample_pairs
+        config.matching.model.allow_unhealthy = True
     if permissive:
         config.identity.guards = False
         if config.matching is not None:
-            config.matching.thresholds.auto_merge, config.matching.thresholds.review = 0.5, 0.3
+            config.matching.thresholds.auto_merge, config.matching.thresholds.review = 0.2, 0.1
     gpu_backend = simulated_gpu() if numba_config.ENABLE_CUDASIM else select_backend("gpu")
     cpu = run(config, write=False, backend=CPU)
     gpu = run(config, write=False, backend=gpu_backend)
