@@ -510,7 +510,10 @@ def fit_em(patterns: np.ndarray, rule: np.ndarray, counts: np.ndarray, neutral: 
         and id most of the time is a person with a typo elsewhere, not a household."""
         present = levels > 0
         n, exact, chance = float(mass[present].sum()), float(mass[levels == 1].sum()), float(h_reference[k][1])
-        beyond = (exact - chance * n) / ((1.0 - chance) * n) if n > 0 else 0.0
+        # MAP under a prior of COPIED_PRIOR_PAIRS household pairs agreeing by chance alone: a few
+        # hundred household pairs (some of them matches EM has not placed yet) do not make a share
+        n, exact = n + COPIED_PRIOR_PAIRS, exact + COPIED_PRIOR_PAIRS * chance
+        beyond = (exact - chance * n) / ((1.0 - chance) * n)
         return tilted(h_reference[k], chance + min(max(beyond, 0.0), MAX_COPIED) * (1.0 - chance))
 
     converged = False
@@ -616,6 +619,7 @@ def health_problems(model: FSModel, auto_merge: float | None = None) -> list[str
 # At most this share of household pairs agree on a person field beyond chance (twins, juniors, a
 # relative's value copied): any more, and the class would be people with a typo, not households.
 MAX_COPIED = 0.1
+COPIED_PRIOR_PAIRS = 1000.0
 
 # Agreement this common among random pairs, with matches agreeing no more often, tells no one
 # apart (a constant or nearly constant column, a flag); on a rarer value m <= u is a broken model.

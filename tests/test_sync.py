@@ -205,8 +205,12 @@ def test_new_records_are_scored_by_the_model_with_the_batch_guards(batch, tmp_pa
     address = {k: g[f] for k, f in (("Street", "street"), ("City", "city"), ("PostalCode", "postal_code")) if pd.notna(g[f])}
     name = {"FirstName": g["first_name"], "LastName": g["last_name"]}
     when = {"LastModifiedDate": "2024-06-02T17:40:11.000Z"}
-    lead = {"Name": name, "Address": address, "Company": "Initech", **when}  # Lead: Street, City, PostalCode
-    twin = {"Name": name, "MailingAddress": address, **when}
+    # A name and an address alone could be a namesake in the household (the model weighs that):
+    # the person's own email name at another domain says it is the person, yet no identifier is shared.
+    local = contact["email"].split("@")[0]  # _contact has an email
+    lead = {"Name": name, "Address": address, "Company": "Initech", "Email": f"{local}@initech.com",
+            **when}  # Lead: Street, City, PostalCode
+    twin = {"Name": name, "MailingAddress": address, "Email": f"{local}@hooli.com", **when}
     other = {"Name": {"FirstName": "Quentin", "LastName": "Zyxwvutsrq"}, "MailingAddress": {"City": "Nowhere"}, **when}
     with _client(service) as client:
         for entity, record_id, body in (("Lead", "00Q5g00000LEADA", lead), ("Contact", "0035g00000TWINA", twin),
