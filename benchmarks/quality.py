@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/quality.py                                   # every task, both tools
     .venv/bin/python benchmarks/quality.py --tasks febrl3,febrl4 --tools resolver
     .venv/bin/python benchmarks/quality.py --tasks pp_wic,pp_1040 --noise x5 --tools splink
-    .venv/bin/python benchmarks/quality.py --configs init                    # resolver init writes the configs
+    .venv/bin/python benchmarks/quality.py --configs documented              # the hand-made configs instead
 
 Options: --tasks (comma list, default all: febrl1, febrl3, febrl4, pp_wic, pp_1040, pp_acs_1040,
 pp_cps_1040, gen100k, gen1m), --tools (resolver, splink), --noise (default, x5: pseudopeople tasks
-only), --configs (documented: the hand-made YAML under benchmarks/quality_configs/; init: ``python -m
-resolver init <the task's files> --out cfg.yaml`` writes each config), --timeout (seconds per tool
+only), --configs (init, the default: ``python -m resolver init <the task's files> --out cfg.yaml``
+writes each config; documented: the hand-made YAML under benchmarks/quality_configs/), --timeout (seconds per tool
 run, default 3600), --max-rss-gb, --min-free-disk-gb, --splink-memory-limit, --data, --results.
 
 It prepares the data (cached under benchmarks/data/quality/, see quality_data.py), runs each tool in
@@ -88,12 +88,14 @@ github.com/moj-analytical-services/splink at e22dacdd:
 - gen100k, gen1m: compare_splink.py's settings (benchmarks/splink_runner.py), clusters at 0.85.
 
 resolver: ``python -m resolver run --config <cfg>`` on a copy of the task's config with absolute
-paths and the run's output_dir. ``--configs documented`` (default): the hand-made YAML under
+paths and the run's output_dir. ``--configs init`` (default): ``python -m resolver init <the
+task's files, one glob a source, named as the truth names them> --link-type <link_only for link
+tasks; dedupe_only for one file; link_and_dedupe for several> --out cfg.yaml`` writes it, and
+nothing in it is changed. ``--configs documented``: the hand-made YAML under
 benchmarks/quality_configs/<task>.yaml, written from the README as a careful new user would (a
 records source with ``attributes:``, ``identity: {types: {}}``, a few blocking rules, graded
 comparisons, no model settings; the same config at both noise levels); the generator tasks use the
-``resolver.yaml`` ``resolver generate`` writes. ``--configs init``: ``python -m resolver init
-<files> --out cfg.yaml`` (the command is being written; until it exists those runs are "error").
+``resolver.yaml`` ``resolver generate`` writes.
 Its links are the scored pairs with decision "link", plus every pair inside a deterministic
 (identifier) group; its clusters are ``identity_map.parquet``'s person_id. The results JSON says
 which resolver ran (``resolver``: the package path, its git commit and how many files differ from
@@ -339,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of " + ", ".join(TASKS))
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma list of resolver, splink")
     parser.add_argument("--noise", default=",".join(NOISE_LEVELS), help="pseudopeople noise levels: default, x5")
-    parser.add_argument("--configs", choices=["documented", "init"], default="documented",
-                        help="resolver's configs: the hand-made ones, or written by `resolver init`")
+    parser.add_argument("--configs", choices=["documented", "init"], default="init",
+                        help="resolver's configs: written by `resolver init` (default), or the hand-made ones")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per tool run")
     parser.add_argument("--splink-memory-limit", default="12GB", help="DuckDB memory_limit for Splink")
     parser.add_argument("--max-rss-gb", type=float, default=round(0.9 * psutil.virtual_memory().total / 2**30, 1),

@@ -254,13 +254,13 @@ def training_sessions(patterns: np.ndarray, masks: np.ndarray, counts: np.ndarra
 def _recalls(design: TrainingDesign, weight: np.ndarray, session: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Per rule: the share of a class's pairs (weights per session row) that the rule finds (that
     share its key, in a block or a refined one), measured in the sessions independent of it (NaN
-    where none is)."""
+    where none is, or they hold under 10 of the class's pairs)."""
     n = len(design.rules)
     out = np.full(n, np.nan)
     for r in range(n):
         rows = design.independent_sessions(r)[session]
         total = weight[rows].sum()
-        if total >= 1.0:
+        if total >= 10.0:
             found = (((masks >> r) | (masks >> (n + r))) & 1) == 1
             out[r] = weight[rows & found].sum() / total
     return out
@@ -268,13 +268,15 @@ def _recalls(design: TrainingDesign, weight: np.ndarray, session: np.ndarray, ma
 
 def population_rate(found: np.ndarray, recall: np.ndarray, population: float) -> tuple[float, list]:
     """A class's share among all pairs from the pairs of it each rule finds (`found`: the rule's
-    class share times its pairs): pairs of the class in the population = found / recall. Each rule
-    with a measured recall gives an estimate; they are combined in log space, weighted by what the
-    rule found. Without any measured recall, the rule finding the most gives a lower bound."""
-    usable = (found > 0.5) & (recall > 1e-3)
-    estimates = np.where(usable, found / np.where(usable, recall, 1.0), np.nan)
-    if usable.any():
-        total = float(np.exp(np.average(np.log(estimates[usable]), weights=found[usable])))
+    class share times its pairs) and each rule's recall: the pairs of the class in the population
+    are sum(found) / sum(recall) over the rules whose recall was measured (the ratio estimator: a
+    rule weighs by how much of the class it sees, so a rule that sees 0.3% of the households
+    cannot multiply the 3 pairs it mistook for them by 300). Without any measured recall, the rule
+    finding the most gives a lower bound. Also returns each rule's own estimate, for the report."""
+    measured = ~np.isnan(recall) & (recall > 0)
+    estimates = np.where(measured, found / np.where(measured, recall, 1.0), np.nan)
+    if measured.any() and recall[measured].sum() > 1e-6:
+        total = float(found[measured].sum() / recall[measured].sum())
     else:
         total = float(found.max(initial=0.0))
     return float(np.clip(total / max(population, 1.0), 1e-12, 0.5)), estimates.tolist()

@@ -198,9 +198,13 @@ def test_population_rate_from_rule_recalls():
     # 1,000 matches among 1e6 pairs; rule 0 finds 40% of them among 2,000 pairs, rule 1 half among 10,000
     rate, estimates = population_rate(np.array([400.0, 500.0]), np.array([0.4, 0.5]), 1e6)
     np.testing.assert_allclose(estimates, [1000, 1000])
-    assert rate == pytest.approx(1e-3)
+    assert rate == pytest.approx(1e-3)  # 900 found / 0.9 recall
     rate, _ = population_rate(np.array([400.0, 500.0]), np.array([np.nan, np.nan]), 1e6)
     assert rate == pytest.approx(500 / 1e6)  # no recall measured: a lower bound, the rule finding the most
+    # a rule that sees 0.3% of a class cannot multiply the 3 pairs it took for it by 300: the
+    # rules' estimates weigh by what they see (sum of found / sum of recall)
+    rate, estimates = population_rate(np.array([3.0, 0.05]), np.array([0.003, 0.5]), 1e6)
+    assert estimates == pytest.approx([1000, 0.1]) and rate == pytest.approx(3.05 / 0.503 / 1e6)
 
 
 def _model(m_exact=0.9, u_exact=0.01) -> FSModel:
