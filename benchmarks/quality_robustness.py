@@ -12,7 +12,9 @@ writes for it; the additions are what that config's own documentation offers a u
   listed with their pair counts in the config's comments), one at a time, appended to the rules;
 - every attribute the config maps but does not compare, compared by its kind as init compares that
   kind (for an address joined from a house number and a street: the number and the street on their
-  own, which is what a user who reads the data adds), one at a time.
+  own, which is what a user who reads the data adds), one at a time; in a link_only config, only
+  the attributes both files have (a field one file lacks is never compared: the health check
+  refuses such a comparison, which is tested on its own).
 
 Each variant runs in its own process one after the other; the table gives the config's F1
 (cluster-implied pairwise, as benchmarks/quality.py), each addition's F1 and the change, and the
@@ -61,8 +63,12 @@ def additions(init_yaml: Path, config: dict) -> list[tuple[str, dict]]:
         out.append((f"+ rule {candidate.name} ({candidate.pairs:,} pairs)", variant))
     compared = {c["column"] for c in config["matching"]["comparisons"]}
     attributes = {a.name: a for p in proposal.sources for a in p.attributes.values()}
+    holders = {name: sum(name in p.attributes for p in proposal.sources) for name in attributes}
+    link_only = config["matching"].get("link_type") == "link_only"
     for name, attr in attributes.items():
         if name in compared or attr.kind in ("year", "month", "day"):
+            continue
+        if link_only and holders[name] < 2:  # never compared: every pair has one side without it
             continue
         variant = copy.deepcopy(config)
         variant["matching"]["comparisons"].append(comparison(attr))

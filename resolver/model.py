@@ -649,23 +649,68 @@ def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels, r
     xp = module_of(levels)
     out = xp.zeros(levels.shape, dtype=xp.float64)
     neutral = xp.asarray(model.neutral)
+    keep = kept_comparisons(model, levels, rule)
     for k, (c, p) in enumerate(zip(model.comparisons, prepared)):
         if not c.tf_adjust or p.frequency is None:
             continue
-        exact = (levels[:, k] == c.labels.index("exact")) & ~neutral[rule, k]
+        exact = (levels[:, k] == c.labels.index("exact")) & ~neutral[rule, k] & keep[:, k]
         freq = p.frequency[left[exact]]
         u_exact = float(c.u_random[c.labels.index("exact")])
         out[exact, k] = xp.clip(xp.log2(u_exact / freq), -TF_CLIP_BITS, TF_CLIP_BITS)
     return out
 
 
-def comparison_weights(model: FSModel, levels, rule):
-    """(n_pairs, n_comparisons) weight of each pair's level under its rule (without tf)."""
+def redundant_groups(model: FSModel) -> list[list[int]]:
+    """Groups of comparisons that say one thing twice: places whose agreement goes together among
+    random pairs (training's "associated_comparisons": an address and its street, a city and its
+    postcode), joined transitively."""
+    names = [c.name for c in model.comparisons]
+    parent = list(range(len(names)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, b in (model.training or {}).get("associated_comparisons") or []:
+        if a in names and b in names:
+            parent[root(names.index(a))] = root(names.index(b))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(names)):
+        groups.setdefault(root(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _raw_weights(model: FSModel, levels, rule):
     xp = module_of(levels)
     out = xp.zeros(levels.shape, dtype=xp.float64)
     for k, table in enumerate(model.weight_table()):
         out[:, k] = xp.asarray(table)[rule, levels[:, k]]
     return out
+
+
+def kept_comparisons(model: FSModel, levels, rule):
+    """(n_pairs, n_comparisons) bool: which comparisons a pair's score counts. Of a group of
+    redundant comparisons only the one whose level weighs most either way counts: a move that
+    changes an address and its street is one fact, not two (conditional independence would count
+    it twice)."""
+    xp = module_of(levels)
+    keep = xp.ones(levels.shape, dtype=bool)
+    groups = redundant_groups(model)
+    if not groups:
+        return keep
+    weights = xp.abs(_raw_weights(model, levels, rule))
+    for group in groups:
+        best = xp.argmax(weights[:, group], axis=1)
+        for j, k in enumerate(group):
+            keep[:, k] = best == j
+    return keep
+
+
+def comparison_weights(model: FSModel, levels, rule):
+    """(n_pairs, n_comparisons) weight of each pair's level under its rule (without tf); 0 for a
+    comparison a redundant one speaks for (kept_comparisons)."""
+    return _raw_weights(model, levels, rule) * kept_comparisons(model, levels, rule)
 
 
 def _softplus2(x):
@@ -682,10 +727,11 @@ def household_adjustments(model: FSModel, levels, rule, tf=None):
     if not model.has_household:
         return xp.zeros(len(levels), dtype=xp.float64)
     evidence = xp.asarray(model.household_prior_weights)[rule]
+    keep = kept_comparisons(model, levels, rule)
     for k, table in enumerate(model.household_table()):
         if model.comparisons[k].h is None:
             continue
-        evidence = evidence + xp.asarray(table)[rule, levels[:, k]]
+        evidence = evidence + xp.asarray(table)[rule, levels[:, k]] * keep[:, k]
         if tf is not None and model.comparisons[k].household_field:
             evidence = evidence + tf[:, k]
     return -_softplus2(evidence)

@@ -16,10 +16,12 @@ from resolver.model import (
     ComparisonModel,
     FSModel,
     ModelError,
+    comparison_weights,
     fit_em,
     health_problems,
     household_adjustments,
     is_monotone,
+    kept_comparisons,
     match_weights,
     model_notes,
     monotone,
@@ -282,3 +284,23 @@ def test_a_constant_column_is_a_note_not_a_health_problem():
     assert health_problems(model, auto_merge=0.85) == []
     (note,) = model_notes(model)
     assert "'zipcode'" in note and "97% of random pairs agree" in note
+
+
+def test_redundant_comparisons_count_once():
+    # an address and its street say the same thing: a pair that moved loses the bits once
+    address = ComparisonModel("address", "exact", ["null", "exact", "else"], np.array([np.nan, 0.7, 0.3]),
+                              np.array([[np.nan, 0.01, 0.99]]), np.array([np.nan, 0.01, 0.99]))
+    street = ComparisonModel("street", "exact", ["null", "exact", "else"], np.array([np.nan, 0.72, 0.28]),
+                             np.array([[np.nan, 0.02, 0.98]]), np.array([np.nan, 0.02, 0.98]))
+    name = _model(m_exact=0.9, u_exact=0.01).comparisons[0]
+    model = FSModel(["r"], [name, address, street], np.zeros((1, 3), bool), np.array([0.01]), 0.0,
+                    {"associated_comparisons": [["address", "street"]]})
+    levels = np.array([[1, 2, 2], [1, 1, 1], [1, 1, 2]], dtype=np.int8)
+    rule = np.zeros(3, np.int64)
+    per = comparison_weights(model, levels, rule)
+    w_address, w_street = np.log2(0.3 / 0.99), np.log2(0.28 / 0.98)
+    np.testing.assert_allclose(per[0], [np.log2(90), 0.0, w_street])  # the stronger of the two "else"
+    np.testing.assert_allclose(per[1], [np.log2(90), np.log2(70), 0.0])
+    assert (kept_comparisons(model, levels, rule).sum(axis=1) == 2).all()
+    alone = FSModel(["r"], [name, address, street], np.zeros((1, 3), bool), np.array([0.01]), 0.0, {})
+    assert comparison_weights(alone, levels, rule)[0, 1:].sum() == pytest.approx(w_address + w_street)
