@@ -275,9 +275,15 @@ def _greedy_rebuild(
     m = len(edge_index)
     tracked = (limits < UNLIMITED).any(axis=0)
     is_identifier = local_nodes >= n_records
-    ident = np.maximum(local_nodes - n_records, 0)
-    value_type = np.where(is_identifier & tracked[node_type[ident]], node_type[ident], -1).astype(np.int64)
-    value_alias = np.where(value_type >= 0, alias[ident], -1).astype(np.int64)
+    value_type = np.full(len(local_nodes), -1, dtype=np.int64)
+    value_alias = np.full(len(local_nodes), -1, dtype=np.int64)
+    ids = np.flatnonzero(is_identifier)  # none when the sources map no identifier (records linked by matching)
+    if len(ids):
+        ident = local_nodes[ids] - n_records
+        types = node_type[ident].astype(np.int64)
+        limited = tracked[types]
+        value_type[ids] = np.where(limited, types, -1)
+        value_alias[ids] = np.where(limited, alias[ident], -1)
     broken, root = _greedy_union(
         len(local_nodes), local[:m].astype(np.int64), local[m:].astype(np.int64), edge_type[edge_index].astype(np.int64),
         explicit[edge_index], value_type, value_alias, limits, ~is_identifier, capped_type, record_cap,
@@ -426,7 +432,10 @@ def _cut_actions(
     edge_names = names[edge_type[cut]]
     n_value_types = limits.shape[1]
     size_cap = broken == n_value_types  # the probabilistic record cap, not a value limit
-    held_limit = limits[edge_type[cut], np.minimum(broken, n_value_types - 1)].tolist()
+    held_limit = np.zeros(len(cut), dtype=np.int64)
+    by_value = ~size_cap  # (none when the sources map no identifier type)
+    held_limit[by_value] = limits[edge_type[cut][by_value], broken[by_value]]
+    held_limit = held_limit.tolist()
     reason = [
         f"a {edge} link would make a person of more than the allowed records; link cut" if capped
         else f"a {edge} link would give one person more than {limit} {names[held]} value(s); link cut"
@@ -436,8 +445,10 @@ def _cut_actions(
         {
             "action": "limit_cut",
             "source": pd.NA,
-            "id_type": np.where(has_value, names[nodes["type"].to_numpy()[shown]], edge_names),
-            "value": np.where(has_value, nodes["value"].to_numpy(dtype=object)[shown], None),
+            "id_type": np.where(has_value, names[nodes["type"].to_numpy()[shown]], edge_names) if len(nodes)
+            else edge_names,
+            "value": np.where(has_value, nodes["value"].to_numpy(dtype=object)[shown], None) if len(nodes)
+            else None,
             "reason": reason,
             "count": edges["count"].to_numpy()[cut],
         },

@@ -109,6 +109,22 @@ def test_a_records_source_without_identifiers_runs_and_matching_links_its_record
     assert ids["person_id"].nunique() == 40
 
 
+def test_without_identifiers_the_person_size_guard_cuts_probabilistic_links(tmp_path):
+    # one person written 8 times among 30 others: matching links the 8, max_person_records keeps 5
+    people = _people(30)
+    rows = [{"id": f"r{i}", **p} for i, p in enumerate(people)] + [{"id": f"c{i}", **people[0]} for i in range(7)]
+    _write_csv(tmp_path / "people.csv", rows)
+    body = {"sources": [{"name": "people", "format": "csv", "path": "people.csv", "key": "id",
+                         "attributes": ATTRIBUTES}], "identity": {"types": {}},
+            "matching": {**MATCHING, "max_person_records": 5}}
+    assert _run(_config(tmp_path, body)) == EXIT_OK
+    ids = _identity_map(tmp_path)
+    assert ids.groupby("person_id").size().max() == 5
+    actions = pd.read_parquet(tmp_path / "out" / "policy_actions.parquet")
+    assert (actions["action"] == "limit_cut").any()
+    assert actions.loc[actions["action"] == "limit_cut", "reason"].str.contains("more than the allowed records").all()
+
+
 def test_without_identifiers_or_matching_every_record_is_its_own_person(tmp_path):
     rows = _duplicated_people(tmp_path, n_people=10, twins=3)
     body = {"sources": [{"name": "people", "format": "csv", "path": "people.csv", "key": "id",
