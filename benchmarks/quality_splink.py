@@ -36,11 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -510,23 +507,9 @@ def run(args: argparse.Namespace, stats: dict) -> None:
     task_path = Path(args.task)
     task = json.loads(task_path.read_text())
     folder = task_path.parent
-    phases = stats["seconds"]
-
-    def phase(name: str, start: float) -> float:
-        now = time.perf_counter()
-        phases[name] = round(now - start, 3)
-        print(f"[quality_splink] {name}: {phases[name]:.1f} s", file=sys.stderr, flush=True)
-        return now
-
+    phase = splink_runner.phase_timer(stats, "quality_splink")
     t = time.perf_counter()
-    con = duckdb.connect()
-    if args.memory_limit:
-        query(con, f"SET memory_limit = '{args.memory_limit}'")
-    if args.threads:
-        query(con, f"SET threads = {int(args.threads)}")
-    query(con, f"SET temp_directory = '{sql_path(out / 'duckdb_tmp')}'")
-    stats["duckdb"] = {k: query(con, f"select current_setting('{k}')")[0][0] for k in ("memory_limit", "threads")}
-    stats["duckdb"]["version"] = duckdb.__version__
+    con = splink_runner.connect(args, out, stats)
     clamped: dict = {}
     stats["em_clamped"] = clamped
     splink_runner.clamp_em_underflow(clamped)  # let EM drive an m or u to ~0 without a ValueError
@@ -586,37 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / stale).unlink(missing_ok=True)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     stats: dict = {"status": "running", "splink": splink.__version__, "seconds": {}}
-    start = time.perf_counter()
-    code = 0
-    received: list[int] = []
-
-    def terminated(signum, frame):  # SIGTERM: still write stats.json and remove DuckDB's spill files
-        received.append(signum)
-        raise SystemExit(f"terminated by signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        run(args, stats)
-        stats["status"] = "ok"
-    except SystemExit as exc:
-        stats["status"], stats["error"] = "terminated", str(exc)
-        code = 143
-    except duckdb.OutOfMemoryException as exc:
-        stats["status"], stats["error"] = "oom", str(exc)
-        code = 3
-    except Exception as exc:  # noqa: BLE001 - reported in stats.json, the caller decides
-        stats["status"], stats["error"] = "failed", f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-        code = 3 if "out of memory" in str(exc).lower() else 1
-        if code == 3:
-            stats["status"] = "oom"
-        elif received:
-            stats["status"], code = "terminated", 143
-    finally:
-        stats["seconds"]["total"] = round(time.perf_counter() - start, 3)
-        (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
-        shutil.rmtree(out / "duckdb_tmp", ignore_errors=True)
-    return code
+    return splink_runner.run_guarded(run, args, stats, out)
 
 
 if __name__ == "__main__":

@@ -139,27 +139,40 @@ def train(linker: Linker, args: argparse.Namespace, stats: dict, phase, t: float
     return t
 
 
-def run(args: argparse.Namespace, stats: dict) -> None:
-    out = Path(args.out)
+def phase_timer(stats: dict, tag: str):
+    """phase(name, start) -> now: records the seconds since start as stats["seconds"][name]."""
     phases = stats["seconds"]
 
     def phase(name: str, start: float) -> float:
         now = time.perf_counter()
         phases[name] = round(now - start, 3)
-        print(f"[splink_runner] {name}: {phases[name]:.1f} s", file=sys.stderr, flush=True)
+        print(f"[{tag}] {name}: {phases[name]:.1f} s", file=sys.stderr, flush=True)
         return now
 
-    t = time.perf_counter()
+    return phase
+
+
+def connect(args: argparse.Namespace, out: Path, stats: dict) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the run's memory limit, threads and spill folder (out/duckdb_tmp),
+    its settings recorded in stats["duckdb"]. Shared with quality_splink.py."""
     con = duckdb.connect()
     if args.memory_limit:
         query(con, f"SET memory_limit = '{args.memory_limit}'")
     if args.threads:
         query(con, f"SET threads = {int(args.threads)}")
-    tmp = out / "duckdb_tmp"
-    query(con, f"SET temp_directory = '{tmp.as_posix()}'")
+    tmp = (out / "duckdb_tmp").resolve().as_posix().replace("'", "''")
+    query(con, f"SET temp_directory = '{tmp}'")
     stats["duckdb"] = {k: query(con, f"select current_setting('{k}')")[0][0]
                        for k in ("memory_limit", "threads", "temp_directory")}
     stats["duckdb"]["version"] = duckdb.__version__
+    return con
+
+
+def run(args: argparse.Namespace, stats: dict) -> None:
+    out = Path(args.out)
+    phase = phase_timer(stats, "splink_runner")
+    t = time.perf_counter()
+    con = connect(args, out, stats)
     query(con, f"CREATE TABLE prepared AS SELECT * FROM read_parquet('{Path(args.input).resolve().as_posix()}')")
     stats["records"] = count(con, "prepared")
     db_api = DuckDBAPI(connection=con)
@@ -212,9 +225,15 @@ def main(argv: list[str] | None = None) -> int:
                    "settings": {"threshold": args.threshold, "pairs_threshold": args.pairs_threshold,
                                 "u_max_pairs": args.u_max_pairs, "em_max_pairs": args.em_max_pairs or None,
                                 "prediction_rules": [name for name, _ in PREDICTION_RULES]}}
+    return run_guarded(run, args, stats, out)
+
+
+def run_guarded(run, args, stats: dict, out: Path) -> int:
+    """run(args, stats) with stats.json always written (also on SIGTERM, DuckDB's out-of-memory or
+    any failure) and DuckDB's spill files removed: the exit status the harnesses read (0 ok, 3
+    out of memory, 143 terminated, 1 anything else). Shared with quality_splink.py."""
     start = time.perf_counter()
     code = 0
-
     received: list[int] = []
 
     def terminated(signum, frame):  # SIGTERM: still write stats.json and remove DuckDB's spill files
