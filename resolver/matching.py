@@ -41,6 +41,7 @@ from resolver.model import (
     floored,
     health_problems,
     household_adjustments,
+    kept_comparisons,
     level_distribution,
     model_notes,
     match_weights,
@@ -681,8 +682,9 @@ def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pair
         chunk = slice(start, start + SCORE_CHUNK)
         left = pairs.left[chunk].astype(xp.int64)
         rule = pairs.rule[chunk].astype(xp.int64)
-        tf = tf_adjustments(model, prepared, levels[chunk], rule, left)
-        weight = match_weights(model, levels[chunk], rule, tf)
+        keep = kept_comparisons(model, levels[chunk], rule)  # once a chunk, for the tf and the weights
+        tf = tf_adjustments(model, prepared, levels[chunk], rule, left, keep)
+        weight = match_weights(model, levels[chunk], rule, tf, keep)
         probability = probabilities(weight)
         if histogram is not None:
             clipped = xp.clip(weight, float(WEIGHT_BINS[0]), float(WEIGHT_BINS[-1]))

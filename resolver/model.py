@@ -6,18 +6,20 @@ Three kinds of record pair, each with a level distribution per comparison:
   deterministic graph already joined when there are some;
 - **household** (different people of one household): h. On household fields (surname, address,
   postcode, phone: what people living together share) h is learned by EM; on person fields (first
-  name, birth date, email, ids) h = u: household members agree there no more than strangers do.
-  So agreeing on the address and the phone is household evidence, and a differing first name or
-  birth date is what separates a household from a person;
+  name, birth date, email, ids) h is u but for a small share of pairs that agree beyond chance
+  (twins, a relative's value copied; at most MAX_COPIED). So agreeing on the address and the
+  phone is household evidence, and a differing first name or birth date is what separates a
+  household from a person;
 - **unrelated**: u, from uniformly random record pairs. Random pairs are a sample of the non-
   matches whatever blocking chose, so u never depends on which rule found a pair: a tight rule
   whose candidates are all matches cannot drag u up to m (the collapse of the earlier design).
 
-The class shares are estimated per blocking rule by the same EM (a rule that finds mostly matches
-gets a high match rate, one that finds households a high household rate), shrunk towards the pooled
-shares so that a rule with few candidates cannot run away. A comparison of a column the rule
-blocks on as-is is neutral for that rule's pairs (they all agree there), and m is learned only from
-the rules that do not block on the comparison's column at all (a rule selects its pairs on it).
+`fit_em` estimates m, h and the class shares of each group of pairs ("rule"); the matcher's groups
+are its training sessions (resolver/matching.py: one per blocking rule, over every pair of its
+blocks, the comparisons it selects on left out), shrunk towards the pooled shares so that a small
+group cannot run away. The matcher then turns the sessions' shares into shares among all pairs
+and scores every pair alike (its FSModel has the same shares for every rule and nothing neutral);
+the visitor stitcher's model keeps shares and u per rule.
 
 EM works on the counts of distinct (rule, level pattern) rows: a few thousand patterns stand for
 millions of pairs, so each iteration is instant. After each M-step the level weights are made
@@ -27,8 +29,9 @@ A pair's match weight is log2 P(match) / P(not match):
 
     prior + sum over comparisons of log2(m/u) (+ term frequency) + household adjustment
 
-where the household adjustment -log2(1 + 2^H) <= 0, with H = household prior + the household
-fields' log2(h/u): the weight a pair loses because a household explains it as well as a person.
+where the household adjustment -log2(1 + 2^H) <= 0, with H = household prior + every field's
+log2(h/u): the weight a pair loses because a household explains it as well as a person. Of a
+group of redundant comparisons (places nested in one another) only one counts (kept_comparisons).
 The probability is 2^w / (1 + 2^w).
 """
 
@@ -642,14 +645,14 @@ def model_notes(model: FSModel) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
-def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels, rule, left):
+def tf_adjustments(model: FSModel, prepared: list[PreparedComparison], levels, rule, left, keep=None):
     """(n_pairs, n_comparisons) extra bits for exact agreement on a rarer (or commoner) value than
     average: log2(u_random(exact) / frequency of the value), clipped to +/- TF_CLIP_BITS.
     Array-module generic (prepared comparisons in the same module as the levels)."""
     xp = module_of(levels)
     out = xp.zeros(levels.shape, dtype=xp.float64)
     neutral = xp.asarray(model.neutral)
-    keep = kept_comparisons(model, levels, rule)
+    keep = kept_comparisons(model, levels, rule) if keep is None else keep
     for k, (c, p) in enumerate(zip(model.comparisons, prepared)):
         if not c.tf_adjust or p.frequency is None:
             continue
@@ -707,10 +710,10 @@ def kept_comparisons(model: FSModel, levels, rule):
     return keep
 
 
-def comparison_weights(model: FSModel, levels, rule):
+def comparison_weights(model: FSModel, levels, rule, keep=None):
     """(n_pairs, n_comparisons) weight of each pair's level under its rule (without tf); 0 for a
-    comparison a redundant one speaks for (kept_comparisons)."""
-    return _raw_weights(model, levels, rule) * kept_comparisons(model, levels, rule)
+    comparison a redundant one speaks for (kept_comparisons, computed unless given)."""
+    return _raw_weights(model, levels, rule) * (kept_comparisons(model, levels, rule) if keep is None else keep)
 
 
 def _softplus2(x):
@@ -719,7 +722,7 @@ def _softplus2(x):
     return xp.maximum(x, 0.0) + xp.log2(1.0 + xp.exp2(-xp.abs(x)))
 
 
-def household_adjustments(model: FSModel, levels, rule, tf=None):
+def household_adjustments(model: FSModel, levels, rule, tf=None, keep=None):
     """Per pair: -log2(1 + 2^H) (<= 0), H = the household prior + every field's log2(h/u) (+ the
     household fields' tf, values household members share): the bits a pair loses because a
     household explains it. Zero for a model without a household class."""
@@ -727,7 +730,7 @@ def household_adjustments(model: FSModel, levels, rule, tf=None):
     if not model.has_household:
         return xp.zeros(len(levels), dtype=xp.float64)
     evidence = xp.asarray(model.household_prior_weights)[rule]
-    keep = kept_comparisons(model, levels, rule)
+    keep = kept_comparisons(model, levels, rule) if keep is None else keep
     for k, table in enumerate(model.household_table()):
         if model.comparisons[k].h is None:
             continue
@@ -737,11 +740,13 @@ def household_adjustments(model: FSModel, levels, rule, tf=None):
     return -_softplus2(evidence)
 
 
-def match_weights(model: FSModel, levels, rule, tf=None):
+def match_weights(model: FSModel, levels, rule, tf=None, keep=None):
     """Prior weight + each comparison's weight (+ tf) + the household adjustment, added left to
-    right in one fixed order so that numpy and CuPy give the same sums."""
+    right in one fixed order so that numpy and CuPy give the same sums. `keep`: kept_comparisons
+    when the caller has it already (the tf it passes was made with it)."""
     xp = module_of(levels)
-    per_comparison = comparison_weights(model, levels, rule)
+    keep = kept_comparisons(model, levels, rule) if keep is None else keep
+    per_comparison = comparison_weights(model, levels, rule, keep)
     total = xp.asarray(model.prior_weights)[rule]
     for k in range(per_comparison.shape[1]):
         total = total + per_comparison[:, k]
@@ -749,7 +754,7 @@ def match_weights(model: FSModel, levels, rule, tf=None):
         for k in range(tf.shape[1]):
             total = total + tf[:, k]
     if model.has_household:
-        total = total + household_adjustments(model, levels, rule, tf)
+        total = total + household_adjustments(model, levels, rule, tf, keep)
     return total
 
 

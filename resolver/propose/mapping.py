@@ -214,24 +214,18 @@ def explicit_normalizers(plans: list[SourcePlan]) -> dict[str, str]:
 
 
 def attribute_values(plan: SourcePlan) -> dict[str, pd.Series]:
-    """Each attribute's raw value per sampled row, as ingest would take it (the first non-empty
-    column of a list; a composite date as YYYY-MM-DD)."""
+    """Each attribute's raw value per sampled row, as ingest takes it (the first non-empty column
+    of a list; a date from its parts and joined columns built by resolver.ingest.built_attribute)."""
+    from resolver.config import DateParts, JoinedColumns
+    from resolver.ingest import built_attribute
+
     frame = plan.sample.frame
     out = {}
     for attr in plan.attributes.values():
-        if attr.join:
-            parts = [frame[c].astype("str").str.strip().replace("", None) for c in attr.join]
-            joined = parts[0].fillna("")
-            for part in parts[1:]:
-                joined = joined.str.cat(part.fillna(""), sep=" ")
-            joined = joined.str.strip().str.replace(r" {2,}", " ", regex=True)
-            out[attr.name] = joined.where(joined != "").astype("str").reset_index(drop=True)
-            continue
-        if attr.parts:
-            parts = [pd.to_numeric(frame[attr.parts[k]], errors="coerce") for k in ("year", "month", "day")]
-            ok = parts[0].notna() & parts[1].notna() & parts[2].notna()
-            y, m, d = (v.fillna(0).astype(int).astype(str) for v in parts)
-            out[attr.name] = (y.str.zfill(4) + "-" + m.str.zfill(2) + "-" + d.str.zfill(2)).where(ok).astype("str")
+        spec = JoinedColumns(join=attr.join) if attr.join else DateParts(**attr.parts) if attr.parts else None
+        if spec is not None:
+            columns = [frame[c].astype("str").reset_index(drop=True) for c in spec.columns]
+            out[attr.name] = built_attribute(spec, columns).astype("str")
             continue
         values = frame[attr.columns[0]].astype("str")
         for column in attr.columns[1:]:
