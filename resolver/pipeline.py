@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
-from multiprocessing import get_context
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +38,7 @@ from resolver.io.writers import write_outputs
 from resolver.normalize import Blocklist
 from resolver.report import REPORT_FILE, report_for_run
 from resolver.review import load_decisions
+from resolver.workers import worker_pool
 from resolver.snapshots import SnapshotWriter
 
 Reporter = Callable[[str], None]
@@ -189,7 +188,7 @@ def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
         return [ingest_job(config, job, vocab, memo=memo) for job in jobs]
     # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
     order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:
         # Workers read the memo tables they use from the state themselves (no pickled copies).
         shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
         futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}

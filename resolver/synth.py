@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
-import multiprocessing
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +60,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from unidecode import unidecode
+
+from resolver.workers import worker_pool
 
 __all__ = ["generate", "sf_ids", "CONTACT_COLUMNS", "LEAD_COLUMNS"]
 
@@ -1681,8 +1681,7 @@ def _chunk_results(tasks: list[_ChunkTask], workers: int) -> Iterator[dict]:
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_run_chunk, tasks)
         return
-    context = multiprocessing.get_context("spawn")  # fork after pyarrow threads start is unsafe
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+    with worker_pool(min(workers, len(tasks))) as pool:
         yield from pool.map(_run_chunk, tasks)
 
 
