@@ -25,7 +25,6 @@ from resolver.cluster import connected_components, format_person_ids, smallest_m
 from resolver.config import Config, ConfigError
 from resolver.erasure import record_member_keys, suppress
 from resolver.golden import build_golden, raw_fields
-from resolver.history import append_history
 from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
@@ -34,7 +33,7 @@ from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
 from resolver.io.readers import REJECT_COLUMNS, Piece, read_source, split_file
-from resolver.io.writers import write_outputs
+from resolver.io.writers import stage_outputs, write_outputs
 from resolver.normalize import Blocklist
 from resolver.report import REPORT_FILE, report_for_run
 from resolver.review import load_decisions
@@ -888,13 +887,14 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     With a state directory the run starts from the previous run's state: persistent person ids,
     and (unless `full`, or the configuration changed) an incremental run: values the state's memo
     knows are not normalized again, pairs compared before between unchanged records are not
-    compared again, and the state's model scores the pairs instead of training a new one. Once the
-    outputs are written, the run commits its own state there (atomically). Review decisions in the
+    compared again, and the state's model scores the pairs instead of training a new one. The run
+    commits its outputs and its state together (StateStore.commit_run). Review decisions in the
     state are applied (resolver.review), and the run appends its row to the state's history.
     `truth` (a truth folder or records file) adds quality curves to report.html."""
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     store = StateStore(state_dir) if state_dir is not None else None
+    recovered = store.recover() if store is not None else None  # a commit a kill interrupted
     previous = store.load() if store is not None else None
     digest = config_digest(config)
     incremental = previous is not None and not full and previous.config_digest == digest and previous.runs > 0
@@ -939,16 +939,19 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
                                           "parts_loaded_from_state": sum(p.loaded for p in parts),
                                           **({"pairs_compared": res.matching["pairs_compared"],
                                               "pairs_reused": res.matching["pairs_reused"]} if res.matching else {})}
+        if recovered is not None:
+            res.summary["recovered_commit"] = recovered
         res.summary["seconds"] = round(time.perf_counter() - wall, 3)
         if write:
             res.summary["output_dir"] = str(config.output_path())
             page, row = report_for_run(res, state_dir if store is not None else None, decisions, truth)
-            write_outputs(config.output_path(), res, files={REPORT_FILE: page})
-            if store is not None:
+            if store is None:
+                write_outputs(config.output_path(), res, files={REPORT_FILE: page})
+            else:  # the outputs and the state version go live together (StateStore.commit_run)
                 state = _next_state(previous, res, memo, digest, suppressed.values if suppressed else set())
                 state.snapshots, state.files = writer.finish(), snapshots.files
-                store.commit(state, run_id)
-                append_history(state_dir, row)
+                store.commit_run(state, run_id, config.output_path(),
+                                 lambda folder: stage_outputs(folder, res, files={REPORT_FILE: page}), row)
     finally:
         if writer is not None:
             writer.close()

@@ -38,23 +38,31 @@ versions are kept.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from resolver.crashpoints import crash_point
+from resolver.io.writers import swap_into_place
 from resolver.snapshots import link_tree
 
 STATE_FORMAT = 1
 PERSON_STATES = ("active", "merged", "retired", "forgotten")
 KEEP_VERSIONS = 2
+JOURNAL = "COMMITTING"  # a run's commit in progress (StateStore.commit_run)
+
+log = logging.getLogger(__name__)
 
 
 class StateError(ValueError):
@@ -105,6 +113,7 @@ class StateStore:
         return self.path / "versions"
 
     def current(self) -> Path | None:
+        self.recover()
         pointer = self.path / "CURRENT"
         if not pointer.exists():
             return None
@@ -149,8 +158,16 @@ class StateStore:
     def commit(self, state: State, run_id: str, keep: int = KEEP_VERSIONS) -> Path:
         """Write `state` as the new live version (atomically) and return its folder; only the
         `keep` newest versions stay (an erasure keeps 1, so no older version holds the person)."""
+        name = self.write_version(state, run_id)
+        self._point_to(name)  # the commit point
+        self._tidy(name, keep)
+        return self.versions / name
+
+    def write_version(self, state: State, run_id: str) -> str:
+        """Write `state` into a complete new version folder (not yet live) and return its name."""
         self.versions.mkdir(parents=True, exist_ok=True)
-        staging = self.versions / f".tmp-{uuid.uuid4().hex[:8]}"
+        name = _version_name(state, run_id)
+        staging = self.versions / f".tmp-{name}"
         staging.mkdir()
         try:
             writes = {staging / f"{name}.parquet": getattr(state, name) for name in State.TABLES}
@@ -180,20 +197,100 @@ class StateStore:
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             _fsync_tree(staging)
-            name = f"{state.runs:06d}-{run_id}"
-            final = self.versions / name
-            os.replace(staging, final)
-            pointer_tmp = self.path / f".CURRENT.tmp-{uuid.uuid4().hex[:8]}"
-            pointer_tmp.write_text(name + "\n", encoding="utf-8")
-            _fsync_file(pointer_tmp)
-            os.replace(pointer_tmp, self.path / "CURRENT")  # the commit point
+            os.replace(staging, self.versions / name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._prune(live=name, keep=keep)
+        return name
+
+    def _point_to(self, name: str) -> None:
+        pointer_tmp = self.path / f".CURRENT.tmp-{uuid.uuid4().hex[:8]}"
+        pointer_tmp.write_text(name + "\n", encoding="utf-8")
+        _fsync_file(pointer_tmp)
+        os.replace(pointer_tmp, self.path / "CURRENT")
+
+    def _tidy(self, live: str, keep: int) -> None:
+        self._prune(live=live, keep=keep)
         for pending in self.path.glob(".pending-*"):  # snapshots of this run (now linked) or of crashed runs
             shutil.rmtree(pending, ignore_errors=True)
-        return final
+
+    # -----------------------------------------------------------------------------------------
+    # A run's commit: its outputs and its state version go live together (README: "Crash
+    # consistency"). Before anything is written, a journal (STATE/COMMITTING) names every folder
+    # the commit will create. Then: the outputs are written into a staging folder beside the
+    # output folder, the state version into versions/, the staging folder is renamed over the
+    # outputs (the commit point), CURRENT is pointed at the version, the history row appended,
+    # and the journal deleted. The staging folder disappears only by that rename, and the version
+    # is complete before it, so after a kill the journal alone tells what happened: staging folder
+    # gone and version there -> the outputs are this run's, roll forward (CURRENT, history); else
+    # roll back (put the old outputs back if the kill fell between the swap's two renames, delete
+    # the staging folder and the version). The commit lock tells a crashed commit from a live one.
+    # -----------------------------------------------------------------------------------------
+    def commit_run(self, state: State, run_id: str, out_dir: Path, write_outputs, history_row: dict | None = None,
+                   keep: int = KEEP_VERSIONS) -> Path:
+        """Commit `state` and the outputs `write_outputs(folder)` writes into `folder` (which it
+        creates) as one step: after a crash at any moment, both are this run's or both the
+        previous run's (once `recover` has run). Returns the new version's folder."""
+        out_dir = Path(out_dir).absolute()
+        journal = {"run_id": run_id, "version": _version_name(state, run_id), "out_dir": str(out_dir),
+                   "staging": str(out_dir.parent / f".{out_dir.name}.tmp-{run_id}"),
+                   "retired": str(out_dir.parent / f".{out_dir.name}.old-{run_id}"), "history": history_row}
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _commit_lock(self.path, wait=True):
+            _write_json_atomically(self.path / JOURNAL, journal)
+            crash_point("journal-written")
+            try:
+                write_outputs(Path(journal["staging"]))
+                crash_point("outputs-staged")
+                self.write_version(state, run_id)
+                crash_point("state-written")
+                swap_into_place(Path(journal["staging"]), out_dir, Path(journal["retired"]))
+                crash_point("outputs-swapped")
+            except BaseException:
+                self._settle(journal)
+                raise
+            self._settle(journal)
+        self._tidy(journal["version"], keep)
+        return self.versions / journal["version"]
+
+    def recover(self) -> str | None:
+        """Finish or undo the commit of a run that was killed during it (see commit_run); returns
+        what was done ("rolled forward" / "rolled back"), None when nothing needed it."""
+        if not (self.path / JOURNAL).exists():
+            return None
+        with _commit_lock(self.path, wait=False) as held:
+            if not held or not (self.path / JOURNAL).exists():  # a live commit, or just finished
+                return None
+            journal = json.loads((self.path / JOURNAL).read_text(encoding="utf-8"))
+            outcome = self._settle(journal)
+        for leftover in self.path.glob(".CURRENT.tmp-*"):
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(self.pending(journal["run_id"]), ignore_errors=True)
+        log.warning("state %s: the commit of run %s was interrupted; %s: the outputs in %s and CURRENT "
+                    "name the same run", self.path, journal["run_id"], outcome, journal["out_dir"])
+        return outcome
+
+    def _settle(self, journal: dict) -> str:
+        """Roll the journal's commit forward or back (the rule above); deletes the journal."""
+        staging, retired, out_dir = (Path(journal[k]) for k in ("staging", "retired", "out_dir"))
+        version = self.versions / journal["version"]
+        if not staging.exists() and (version / "manifest.json").exists():
+            self._point_to(journal["version"])
+            crash_point("current-flipped")
+            if journal["history"] is not None:
+                _append_history_once(self.path, journal["history"])
+            crash_point("history-appended")
+            shutil.rmtree(retired, ignore_errors=True)
+            outcome = "rolled forward"
+        else:
+            if not out_dir.exists() and retired.exists():  # killed between the swap's two renames
+                os.replace(retired, out_dir)
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(self.versions / f".tmp-{journal['version']}", ignore_errors=True)
+            shutil.rmtree(version, ignore_errors=True)
+            outcome = "rolled back"
+        (self.path / JOURNAL).unlink()
+        return outcome
 
     def pending(self, run_id: str) -> Path:
         """A folder for what a run writes into the state before it commits (its source snapshots)."""
@@ -204,6 +301,41 @@ class StateStore:
         for name in names[:-keep]:
             if name != live:
                 shutil.rmtree(self.versions / name, ignore_errors=True)
+
+
+def _version_name(state: State, run_id: str) -> str:
+    return f"{state.runs:06d}-{run_id}"
+
+
+@contextmanager
+def _commit_lock(folder: Path, wait: bool):
+    """The state's commit lock (flock: released by the kernel when its holder dies); yields
+    whether it is held (False: another process holds it and `wait` is False)."""
+    with open(folder / ".commit.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _write_json_atomically(path: Path, value: dict) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(value, default=str), encoding="utf-8")
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+
+
+def _append_history_once(state_dir: Path, row: dict) -> None:
+    """Append a run's history row unless it is there (a roll forward may repeat the append)."""
+    from resolver.history import append_history, load_history
+
+    if row["run_id"] not in set(load_history(state_dir)["run_id"].astype(str)):
+        append_history(state_dir, {**row, "time": pd.Timestamp(row["time"])})
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:

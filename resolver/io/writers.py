@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from resolver.crashpoints import crash_point
+
 OUTPUT_TABLES = {
     "identity_map": "identity_map.parquet",
     "identifier_map": "identifier_map.parquet",
@@ -46,38 +48,46 @@ def write_outputs(out_dir: Path, resolution, files: dict[str, str] | None = None
     """Write every output table, the summary and `files` (name -> text: report.html); replace
     `out_dir` only once all are written."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
-        # Parquet encoding releases the GIL: the tables are written side by side, a few at a time
-        # (each holds its Arrow copy and encoded pages while it is written: memory).
-        tables = {attr: getattr(resolution, attr, None) for attr in OUTPUT_TABLES}
-        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-            writes = [
-                pool.submit(_write_table, frame, staging / OUTPUT_TABLES[attr])
-                for attr, frame in tables.items()
-                if frame is not None
-            ]
-            for write in writes:
-                write.result()
-        if getattr(resolution, "model", None) is not None:
-            resolution.model.save(staging / "model.json")
-        for name, text in (files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
-        (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
-        _swap_into_place(staging, out_dir)
+        stage_outputs(staging, resolution, files)
+        swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
+def stage_outputs(staging: Path, resolution, files: dict[str, str] | None = None) -> None:
+    """Write every output table, the summary and `files` into the new folder `staging`."""
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
+    # Parquet encoding releases the GIL: the tables are written side by side, a few at a time
+    # (each holds its Arrow copy and encoded pages while it is written: memory).
+    tables = {attr: getattr(resolution, attr, None) for attr in OUTPUT_TABLES}
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        writes = [
+            pool.submit(_write_table, frame, staging / OUTPUT_TABLES[attr])
+            for attr, frame in tables.items()
+            if frame is not None
+        ]
+        for write in writes:
+            write.result()
+    if getattr(resolution, "model", None) is not None:
+        resolution.model.save(staging / "model.json")
+    for name, text in (files or {}).items():
+        (staging / name).write_text(text, encoding="utf-8")
+    (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
+
+
+def swap_into_place(staging: Path, out_dir: Path, retired: Path | None = None) -> None:
+    """Rename `staging` to `out_dir`; the folder it replaces is renamed to `retired` (a random
+    sibling unless given) and deleted."""
     if not out_dir.exists():
         os.replace(staging, out_dir)
         return
-    retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    retired = retired or out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     os.replace(out_dir, retired)
+    crash_point("outputs-retired")
     os.replace(staging, out_dir)
     shutil.rmtree(retired, ignore_errors=True)
 
@@ -93,7 +103,7 @@ def rewrite_outputs(out_dir: Path, tables: dict[str, pd.DataFrame], files: dict[
             _write_table(frame, staging / OUTPUT_TABLES[name])
         for name, text in (files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
-        _swap_into_place(staging, out_dir)
+        swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
