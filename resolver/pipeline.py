@@ -23,6 +23,7 @@ from resolver.backend.arrays import CPU, Backend, select_backend
 from resolver.backend.frames import Aggregate, group_aggregate
 from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
+from resolver.crashpoints import crash_point
 from resolver.erasure import record_member_keys, suppress
 from resolver.golden import build_golden, raw_fields
 from resolver.matching import Reuse
@@ -191,7 +192,9 @@ def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
         # Workers read the memo tables they use from the state themselves (no pickled copies).
         shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
         futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
-        return [futures[i].result() for i in range(len(jobs))]
+        results = [futures[i].result() for i in range(len(jobs))]
+        crash_point("workers-idle")
+        return results
 
 
 def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: list[SourceTables], vocab: Vocabulary,
