@@ -370,10 +370,20 @@ def cmd_forget(args) -> int:
     if args.out:
         config.run.output_dir = str(Path(args.out).resolve())
     kind, value = next((k, getattr(args, k)) for k in ("email", "phone", "person", "record") if getattr(args, k))
-    entry = forget(config, Path(args.state) if args.state else config.state_path(), kind, value)
+    entry = forget(config, _recovered(Path(args.state) if args.state else config.state_path()), kind, value)
     console.print(f"forgot {entry['persons']} person(s): {entry['records']} record(s), {entry['identifiers']} "
                   f"identifier(s), {entry['review_items']} review item(s); tombstones kept in the state")
     return EXIT_OK
+
+
+def _recovered(state: Path | None) -> Path | None:
+    """The state directory, once a run's commit that a kill interrupted is repaired (README:
+    "Crash consistency"): the outputs and CURRENT name the same run before a command reads them."""
+    from resolver.state import StateStore
+
+    if state is not None:
+        StateStore(state).recover()
+    return state
 
 
 def _review_places(args) -> tuple[Path | None, Path]:
@@ -384,7 +394,7 @@ def _review_places(args) -> tuple[Path | None, Path]:
     from resolver.review import ReviewError
 
     config = load_config(args.config) if args.config else None
-    state = Path(args.state) if args.state else (config.state_path() if config is not None else None)
+    state = _recovered(Path(args.state) if args.state else (config.state_path() if config is not None else None))
     if args.out:
         return state, Path(args.out)
     if config is not None:

@@ -5,6 +5,7 @@ Layout (README: "State directory"):
 
     STATE/
       CURRENT                     name of the live version folder (replaced atomically)
+      COMMITTING                  the journal of a run's commit (StateStore.commit_run)
       versions/NNNNNN-RUNID/
         manifest.json             format, run id, time, counts, the tombstone salt
         members.parquet           member_key (uint64) -> person_key (uint64): every record
@@ -33,7 +34,8 @@ Layout (README: "State directory"):
 
 A new version is written into a temporary folder, renamed into versions/, and only then does
 CURRENT name it; a crash at any point leaves CURRENT on a complete earlier version. The two newest
-versions are kept.
+versions are kept. A run commits its outputs and its version together (commit_run): after a kill,
+the next start rolls the commit forward or back (recover).
 """
 
 from __future__ import annotations

@@ -127,10 +127,16 @@ def watch(proc: subprocess.Popen, tag: str, kill_after: float | None = None) -> 
 
 
 def survivors(tag: str, within: float = 5.0) -> set[int]:
-    """The trial's processes still alive `within` seconds after its run died (none, at best)."""
+    """The trial's processes still alive `within` seconds after its run died (none, at best);
+    they are killed once counted, so that a failing check leaks nothing."""
     deadline = time.monotonic() + within
     while (left := tagged(tag)) and time.monotonic() < deadline:
         time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
     return left
 
 
