@@ -83,27 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         parser.error("finds a killed run's workers in /proc: Linux only")
     logging.getLogger("resolver.state").setLevel(logging.ERROR)  # the repair's one line, once per trial
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"kill_runs-{datetime.now(timezone.utc).strftime('%Y-%m-%d-%H%M%S')}.json"
     work = Path(tempfile.mkdtemp(prefix="kill_runs-"))
+    trials = []
     try:
         started = time.monotonic()
         inputs, seed, reference = crash.prepare(work)
         seconds = (time.monotonic() - started) / 2
-        trials = []
         for i, (point, delay) in enumerate(kill_plan(random.Random(args.seed), args.n, seconds)):
             trials.append({"trial": i, **one_trial(inputs, seed, reference, work / f"trial-{i}", point, delay)})
             shutil.rmtree(work / f"trial-{i}")
             print(" ".join(f"{k}={v}" for k, v in trials[-1].items()), flush=True)
+            # Written after every trial: an interrupted benchmark keeps what it measured.
+            path.write_text(json.dumps({"command": f"benchmarks/kill_runs.py --n {args.n} --seed {args.seed}",
+                                        "trials_done": len(trials), "run_seconds": round(seconds, 2),
+                                        "summary": summary_rows(trials), "trials": trials}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    summary = summary_rows(trials)
-    print(f"\n{table(trials)}\n\n{table(summary)}")
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M%S")
-    path = out / f"kill_runs-{stamp}.json"
-    path.write_text(json.dumps({"command": f"benchmarks/kill_runs.py --n {args.n} --seed {args.seed}",
-                                "run_seconds": round(seconds, 2), "summary": summary, "trials": trials}, indent=2))
-    print(f"\n{path}")
+    print(f"\n{table(trials)}\n\n{table(summary_rows(trials))}\n\n{path}")
     return 0 if all(t["outcome"] != "inconsistent" and not t["surviving_workers"] for t in trials) else 1
 
 
