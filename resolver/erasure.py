@@ -231,7 +231,7 @@ def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
 
 def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     """Erase what `kind`/`value` selects from the outputs and the state; returns the audit entry."""
-    from resolver.io.writers import OUTPUT_TABLES, rewrite_outputs
+    from resolver.io.writers import OUTPUT_TABLES, stage_rewrite
     from resolver.state import StateStore
 
     out = config.output_path()
@@ -253,7 +253,6 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     from resolver.report import REPORT_FILE, report_from_outputs
 
     page = report_from_outputs(out, {**outputs, **changed}, state_dir)
-    rewrite_outputs(out, changed, files={REPORT_FILE: page})
 
     store = StateStore(state_dir)
     state = store.load()
@@ -289,7 +288,10 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     if len(erasure.record_ids):
         state.pairs = state.keys = None
     state.snapshots = {}  # source snapshots hold the records as read: the next run ingests everything again
-    store.commit(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", keep=1)
+    # The erased outputs and the erased state go live together (a kill between them would leave
+    # a state without the tombstones beside erased outputs: the next run would bring them back).
+    store.commit_run(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", out,
+                     lambda folder: stage_rewrite(out, folder, changed, files={REPORT_FILE: page}), keep=1)
     from resolver.review import forget_decisions
 
     entry["review_decisions"] = forget_decisions(state_dir, member_keys)

@@ -5,14 +5,18 @@ run, byte for byte. The workers of a killed run die with it. (benchmarks/kill_ru
 
 import json
 import random
+import shutil
+import subprocess
 import sys
 import time
 
 import _crash as crash
+import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_OK, main
 from resolver.history import load_history
+from resolver.state import StateStore
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc")
 
@@ -88,3 +92,21 @@ def test_kills_at_random_moments_leave_consistent_outputs_and_no_workers(scenari
         assert crash.judge(trial)[0] in ("consistent", "repaired")
         _rerun(inputs, trial)
         assert crash.differing_outputs(trial / "out", reference / "out") == []
+
+
+def test_a_forget_killed_after_its_outputs_swap_keeps_the_erasure(scenario):
+    """Erased outputs beside a state without the tombstones would let the next run bring the
+    person back: forget commits like a run, and the repair rolls it forward."""
+    root, inputs, _, reference, _ = scenario
+    trial = root / "forget"
+    shutil.copytree(reference, trial)
+    proc = subprocess.run([sys.executable, "-m", "resolver", "forget", "--config", str(inputs / "resolver.yaml"),
+                           "--state", str(trial / "state"), "--out", str(trial / "out"), "--email", "cy@x.com"],
+                          env=crash.env(RESOLVER_CRASH_AT="outputs-swapped"), capture_output=True, timeout=300)
+    assert proc.returncode == -9
+    assert "l2" not in set(pd.read_parquet(trial / "out" / "identity_map.parquet")["record_key"])
+    assert StateStore(trial / "state").recover() == "rolled forward"
+    assert len(StateStore(trial / "state").load().tombstones) == 2  # the record and the identifier
+    summary = _rerun(inputs, trial)
+    assert summary["rows"]["suppressed"] == 1
+    assert "l2" not in set(pd.read_parquet(trial / "out" / "identity_map.parquet")["record_key"])

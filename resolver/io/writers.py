@@ -98,12 +98,18 @@ def rewrite_outputs(out_dir: Path, tables: dict[str, pd.DataFrame], files: dict[
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(out_dir, staging)
-        for name, frame in tables.items():
-            _write_table(frame, staging / OUTPUT_TABLES[name])
-        for name, text in (files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
+        stage_rewrite(out_dir, staging, tables, files)
         swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def stage_rewrite(out_dir: Path, staging: Path, tables: dict[str, pd.DataFrame],
+                  files: dict[str, str] | None = None) -> None:
+    """Copy the output folder to the new folder `staging` and rewrite some tables and `files` there."""
+    shutil.copytree(out_dir, staging)
+    for name, frame in tables.items():
+        _write_table(frame, staging / OUTPUT_TABLES[name])
+    for name, text in (files or {}).items():
+        (staging / name).write_text(text, encoding="utf-8")
