@@ -4,7 +4,7 @@
 
 Each trial copies a seeded state and outputs and runs on grown inputs (tests/_crash.py: two CSV
 sources, 2 ingest workers), killed either at a named crash point (every step of the commit, or
-with the ingest workers up) or after a random delay in [0, 1.1 x an uninterrupted run's time].
+with the ingest workers up) or after a random delay in [0, 1.5 x an uninterrupted run's time].
 Then: which of the run's processes outlived it (5 s grace), whether the outputs and CURRENT name
 the same run as left (consistent), after the next start's repair (repaired) or not at all
 (inconsistent), and whether a rerun writes the uninterrupted run's outputs byte for byte. Prints
@@ -33,7 +33,7 @@ NAMED = [*crash.COMMIT_POINTS, "workers-idle"]
 
 def kill_plan(rng: random.Random, n: int, seconds: float) -> list[tuple[str | None, float | None]]:
     """Per trial: a named crash point (half the trials) or a delay after which it is killed."""
-    return [(rng.choice(NAMED), None) if rng.random() < 0.5 else (None, round(rng.uniform(0, 1.1 * seconds), 2))
+    return [(rng.choice(NAMED), None) if rng.random() < 0.5 else (None, round(rng.uniform(0, 1.5 * seconds), 2))
             for _ in range(n)]
 
 
