@@ -193,7 +193,7 @@ def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
         shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
         futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
         results = [futures[i].result() for i in range(len(jobs))]
-        crash_point("workers-idle")
+        crash_point("workers-idle")  # test-only (resolver/crashpoints.py): a kill with the workers up
         return results
 
 
