@@ -27,7 +27,7 @@ import pyarrow as pa
 _ACTIVE: list[NormalizationMemo] = []
 
 
-def _keys(values: pd.Series) -> np.ndarray:
+def raw_value_keys(values: pd.Series) -> np.ndarray:
     """64-bit hashes of the raw values: the memo is keyed by them (raw text is never stored)."""
     from resolver.kernels.hashing import hash_strings
 
@@ -64,7 +64,7 @@ class NormalizationMemo:
     def lookup(self, name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
         """fn(distinct) (a tuple of Series aligned with `distinct`), computing only unseen values."""
         distinct = distinct.reset_index(drop=True)
-        keys = _keys(distinct)
+        keys = raw_value_keys(distinct)
         table = self.table(name)
         hit = np.zeros(len(keys), dtype=bool)
         if table is None or not len(table) or not len(distinct):

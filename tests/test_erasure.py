@@ -98,3 +98,157 @@ def test_forget_needs_a_state(world, capsys):
     _, config, _ = world
     assert main(["forget", "--config", str(config), "--email", "x@y.com"]) == EXIT_CONFIG
     assert "state" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# No trace: every byte of the state and the outputs, for every value of every record of the person
+# ---------------------------------------------------------------------------------------------
+TWIN_KEY = "00Q5g0000Zz9Er1"  # a deleted lead merged into the victim's live lead
+TWIN_EMAIL = "  Twin.Of-Victim+Promo@FastMail.COM "
+TWIN_PHONE = "(628) 204-7731"
+
+
+def _unique_lead(leads: pd.DataFrame, taken: str) -> pd.Series:
+    """A live, unconverted lead with an email and a phone that no other row of any source holds."""
+    live = leads[(leads["IsDeleted"] == "false") & leads["Email"].notna() & leads["Phone"].notna()
+                 & leads["ConvertedContactId"].isna() & leads["MasterRecordId"].isna()]
+    for _, row in live.iterrows():
+        if taken.count(row["Email"].strip().lower()) == 1 and taken.count(row["Phone"]) == 1:
+            return row
+    raise AssertionError("no lead with a unique email and phone")
+
+
+def _add_deleted_twin(root: Path) -> pd.Series:
+    """Append to Lead.csv a deleted lead (its own email and phone) merged into a live lead; return the
+    live lead's row (as read, every cell text)."""
+    import csv
+
+    lead_file = root / "salesforce" / "Lead.csv"
+    leads = pd.read_csv(lead_file, dtype=str, keep_default_na=True)
+    taken = "\n".join(p.read_text(encoding="utf-8") for p in [*(root / "salesforce").glob("*.csv"),
+                                                              *(root / "segment").iterdir()]).lower()
+    victim = _unique_lead(leads, taken)
+    assert TWIN_EMAIL.strip().lower() not in taken and TWIN_PHONE not in taken
+    twin = {column: "" for column in leads.columns}
+    twin.update({"Id": TWIN_KEY, "FirstName": victim["FirstName"], "LastName": victim["LastName"],
+                 "Email": TWIN_EMAIL, "Phone": TWIN_PHONE, "IsDeleted": "true", "IsConverted": "false",
+                 "MasterRecordId": victim["Id"], "CreatedDate": "2021-03-01T10:00:00.000Z",
+                 "LastModifiedDate": "2021-03-02T10:00:00.000Z"})
+    with open(lead_file, "a", encoding="utf-8", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=list(leads.columns)).writerow(twin)
+    return victim
+
+
+def _needles(config_path: Path, rows: list[dict]) -> tuple[set[str], set[int]]:
+    """What must not survive of these source rows: their emails, phones and keys as given, normalized
+    (the project's normalizers, as identifiers and as attributes), and the unsalted 64-bit hashes
+    the project makes of them (identifier hashes, record member keys, memo keys of the raw text)."""
+    from resolver.attributes import _match_form
+    from resolver.config import load_config
+    from resolver.erasure import identifier_hashes, record_member_keys
+    from resolver.memo import raw_value_keys
+    from resolver.normalize import hash_identifiers, normalize_identifier
+
+    config = load_config(config_path)
+    texts: set[str] = set()
+    ints: set[int] = set()
+    for row in rows:
+        raw = {"email": row["Email"], "phone": row["Phone"], "key": row["Id"]}
+        texts |= {v.strip() for v in raw.values()}
+        ints |= set(raw_value_keys(pd.Series(list(raw.values()), dtype="str")).tolist())
+        for kind in ("email", "phone"):
+            ints |= set(identifier_hashes(config, kind, raw[kind]).values())
+            texts.add(str(_match_form(kind, pd.Series([raw[kind]], dtype="str"), config).iloc[0]))
+            normalized, _ = normalize_identifier(kind, pd.Series([raw[kind]], dtype="str"),
+                                                 default_region=config.run.default_region,
+                                                 email_options=config.identity.email.model_dump())
+            texts.add(str(normalized.iloc[0]))
+        key, _ = normalize_identifier("sfid", pd.Series([raw["key"]], dtype="str"))
+        texts.add(key.iloc[0])
+        ints |= set(hash_identifiers("sf_lead_id", key).tolist())
+        ints |= set(record_member_keys(pd.DataFrame({"source": ["sf_leads"], "source_key": key})).tolist())
+    assert all(len(t) >= 10 for t in texts) and 0 not in ints
+    return {t.lower() for t in texts}, ints
+
+
+def _hash_forms(ints: set[int]) -> tuple[set[str], set[bytes]]:
+    """A 64-bit hash as text (decimal unsigned and signed, 16 hex digits) and as 8 raw bytes."""
+    import struct
+
+    texts, binary = set(), set()
+    for h in ints:
+        signed = h - (1 << 64) if h >= 1 << 63 else h
+        texts |= {str(h), str(signed), f"{h:016x}"}
+        binary |= {struct.pack("<Q", h), struct.pack(">Q", h)}
+    return texts, binary
+
+
+def _traces(folders: list[Path], texts: set[str], ints: set[int]) -> list[str]:
+    """Where any needle occurs: every file's raw bytes (lower-cased), and every Parquet column's
+    decoded values as text and as integers (unsigned and signed)."""
+    import pyarrow.parquet as pq
+
+    hash_texts, hash_bytes = _hash_forms(ints)
+    words = texts | hash_texts
+    found = []
+    for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        lowered = data.lower()
+        found += [f"{path}: bytes {w!r}" for w in words if w.encode() in lowered]
+        found += [f"{path}: 64-bit {b.hex()}" for b in hash_bytes if b in data]
+        if path.suffix != ".parquet":
+            continue
+        table = pq.read_table(path)
+        for name in table.column_names:
+            values = table.column(name).to_pylist()
+            blob = "\n".join(map(str, values)).lower()
+            found += [f"{path}:{name} text {w!r}" for w in words if w in blob]
+            numbers = {v % (1 << 64) for v in values if isinstance(v, int) and not isinstance(v, bool)}
+            found += [f"{path}:{name} int {h}" for h in numbers & ints]
+    return found
+
+
+def _others(out: Path, erased: set) -> dict[str, pd.DataFrame]:
+    """The outputs' rows of everyone else, as they are."""
+    tables = {}
+    for name in ("identity_map", "identifier_map", "persons", "golden_records", "conflicts"):
+        frame = pd.read_parquet(out / f"{name}.parquet")
+        tables[name] = frame[~frame["person_id"].astype(str).isin(erased)].reset_index(drop=True)
+    return tables
+
+
+def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(tmp_path):
+    """The issue's case: a deleted lead (its own email and phone) merged into a live one, erased by
+    the live lead's email. Nothing of either record survives in any byte of the state or the
+    outputs: not in the memo, not as an unsalted person key; the others stay as they were."""
+    generate(tmp_path, 600, seed=21, workers=1)
+    victim = _add_deleted_twin(tmp_path)
+    config, state, out = tmp_path / "resolver.yaml", tmp_path / "state", tmp_path / "out"
+    assert main(["run", "--config", str(config), "--state", str(state), "-q"]) == EXIT_OK
+    identity = pd.read_parquet(out / "identity_map.parquet")
+    twin = identity[identity["record_key"] == TWIN_KEY]
+    person = twin["person_id"].item()
+    assert twin["status"].item() == "merged"
+    assert person == identity.loc[identity["record_key"] == victim["Id"], "person_id"].item()
+    twin_row = {"Email": TWIN_EMAIL, "Phone": TWIN_PHONE, "Id": TWIN_KEY}
+    texts, ints = _needles(config, [victim.to_dict(), twin_row])
+    assert _traces([state], {TWIN_EMAIL.strip().lower()}, set())  # the memo holds the twin's email
+    others = _others(out, {person})
+
+    assert main(["forget", "--config", str(config), "--state", str(state), "--email", victim["Email"], "-q"]) == EXIT_OK
+
+    assert not (found := _traces([out, state], texts, ints)), "\n".join(found)
+    persons = StateStore(state).load().persons
+    assert (persons["status"] == "forgotten").sum() >= 1  # an id once issued is still never given again
+    after = _others(out, {person})
+    for name, frame in others.items():
+        pd.testing.assert_frame_equal(after[name], frame, obj=name)
+
+    # The sources still hold both leads: the next run suppresses them, and leaves no trace either.
+    assert main(["run", "--config", str(config), "--state", str(state), "-q"]) == EXIT_OK
+    assert pd.read_json(out / "run_summary.json", typ="series")["suppressed"]["records"] == 2
+    assert not (found := _traces([out, state], texts, ints)), "\n".join(found)
+    again = _others(out, {person})
+    for name in ("identity_map", "persons", "golden_records"):
+        kept = again[name]["person_id"].isin(set(others[name]["person_id"]))
+        assert kept.mean() > 0.95, name  # the others keep their ids
