@@ -234,7 +234,8 @@ def _fsync_tree(folder: Path) -> None:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _remix(key: np.ndarray, attempt: int) -> np.ndarray:
+def remix_key(key: np.ndarray, attempt: int) -> np.ndarray:
+    """The key a new person gets instead of `key` at the `attempt`-th clash with an issued one."""
     from resolver.kernels.hashing import mix64
 
     with np.errstate(over="ignore"):
@@ -322,7 +323,7 @@ def carry_ids(previous: State, labels: np.ndarray, member_keys: np.ndarray, is_m
     attempt = 0
     while clash.any():
         attempt += 1
-        candidates[clash] = _remix(label_keys[fresh][clash], attempt)
+        candidates[clash] = remix_key(label_keys[fresh][clash], attempt)
         clash = np.isin(candidates, issued) | pd.Series(candidates).duplicated().to_numpy()
     out_keys[fresh] = candidates
     split_pairs = np.flatnonzero(~is_heir_pair)
