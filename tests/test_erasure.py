@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_CONFIG, EXIT_OK, main
+from resolver.memo import raw_value_keys
 from resolver.state import StateStore
 from resolver.synth import generate
 
@@ -103,9 +104,10 @@ def test_forget_needs_a_state(world, capsys):
 # ---------------------------------------------------------------------------------------------
 # No trace: every byte of the state and the outputs, for every value of every record of the person
 # ---------------------------------------------------------------------------------------------
-TWIN_KEY = "00Q5g0000Zz9Er1"  # a deleted lead merged into the victim's live lead
-TWIN_EMAIL = "  Twin.Of-Victim+Promo@FastMail.COM "
-TWIN_PHONE = "(628) 204-7731"
+# A lead of the victim's own (another email, phone and name), first a person of its own, then
+# deleted and merged into the victim's live lead (as Salesforce does with a duplicate).
+TWIN = {"Id": "00Q5g0000Zz9Er1", "FirstName": "Quillonetta", "LastName": "Zebedeeworth",
+        "Email": "  Twin.Of-Victim+Promo@FastMail.COM ", "Phone": "(628) 204-7731"}
 
 
 def _unique_lead(leads: pd.DataFrame, taken: str) -> pd.Series:
@@ -118,25 +120,21 @@ def _unique_lead(leads: pd.DataFrame, taken: str) -> pd.Series:
     raise AssertionError("no lead with a unique email and phone")
 
 
-def _add_deleted_twin(root: Path) -> pd.Series:
-    """Append to Lead.csv a deleted lead (its own email and phone) merged into a live lead; return the
-    live lead's row (as read, every cell text)."""
+def _with_twin(lead_file: Path, original: str, victim: pd.Series | None) -> None:
+    """Lead.csv as generated plus the twin: live on its own, or (with `victim`) deleted and merged
+    into the victim's lead."""
     import csv
+    import io
 
-    lead_file = root / "salesforce" / "Lead.csv"
-    leads = pd.read_csv(lead_file, dtype=str, keep_default_na=True)
-    taken = "\n".join(p.read_text(encoding="utf-8") for p in [*(root / "salesforce").glob("*.csv"),
-                                                              *(root / "segment").iterdir()]).lower()
-    victim = _unique_lead(leads, taken)
-    assert TWIN_EMAIL.strip().lower() not in taken and TWIN_PHONE not in taken
-    twin = {column: "" for column in leads.columns}
-    twin.update({"Id": TWIN_KEY, "FirstName": victim["FirstName"], "LastName": victim["LastName"],
-                 "Email": TWIN_EMAIL, "Phone": TWIN_PHONE, "IsDeleted": "true", "IsConverted": "false",
-                 "MasterRecordId": victim["Id"], "CreatedDate": "2021-03-01T10:00:00.000Z",
-                 "LastModifiedDate": "2021-03-02T10:00:00.000Z"})
-    with open(lead_file, "a", encoding="utf-8", newline="") as handle:
-        csv.DictWriter(handle, fieldnames=list(leads.columns)).writerow(twin)
-    return victim
+    columns = original.splitlines()[0].split(",")
+    twin = {column: "" for column in columns}
+    twin.update(TWIN, IsDeleted="false", IsConverted="false", CreatedDate="2021-03-01T10:00:00.000Z",
+                LastModifiedDate="2021-03-02T10:00:00.000Z")
+    if victim is not None:
+        twin.update(IsDeleted="true", MasterRecordId=victim["Id"], LastModifiedDate="2022-05-02T10:00:00.000Z")
+    line = io.StringIO()
+    csv.DictWriter(line, fieldnames=columns).writerow(twin)
+    lead_file.write_text(original + line.getvalue(), encoding="utf-8")
 
 
 def _needles(config_path: Path, rows: list[dict]) -> tuple[set[str], set[int]]:
@@ -146,7 +144,6 @@ def _needles(config_path: Path, rows: list[dict]) -> tuple[set[str], set[int]]:
     from resolver.attributes import _match_form
     from resolver.config import load_config
     from resolver.erasure import identifier_hashes, record_member_keys
-    from resolver.memo import raw_value_keys
     from resolver.normalize import hash_identifiers, normalize_identifier
 
     config = load_config(config_path)
@@ -218,28 +215,46 @@ def _others(out: Path, erased: set) -> dict[str, pd.DataFrame]:
 
 
 def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(tmp_path):
-    """The issue's case: a deleted lead (its own email and phone) merged into a live one, erased by
-    the live lead's email. Nothing of either record survives in any byte of the state or the
-    outputs: not in the memo, not as an unsalted person key; the others stay as they were."""
+    """The issue's case: a deleted lead (its own email, phone and name) merged into a live one,
+    erased by the live lead's email. The deleted lead was a person of its own in an earlier run, so
+    the state's history names it too. Nothing of either record survives in any byte of the state
+    or the outputs (not in the memo, not as an unsalted person key, now or after the next run),
+    and everyone else stays as they were."""
     generate(tmp_path, 600, seed=21, workers=1)
-    victim = _add_deleted_twin(tmp_path)
     config, state, out = tmp_path / "resolver.yaml", tmp_path / "state", tmp_path / "out"
+    lead_file = tmp_path / "salesforce" / "Lead.csv"
+    original = lead_file.read_text(encoding="utf-8")
+    taken = "\n".join(p.read_text(encoding="utf-8") for p in [*(tmp_path / "salesforce").glob("*.csv"),
+                                                              *(tmp_path / "segment").iterdir()]).lower()
+    assert TWIN["Email"].strip().lower() not in taken and TWIN["Phone"] not in taken
+    victim = _unique_lead(pd.read_csv(lead_file, dtype=str), taken)
+    _with_twin(lead_file, original, None)
     assert main(["run", "--config", str(config), "--state", str(state), "-q"]) == EXIT_OK
     identity = pd.read_parquet(out / "identity_map.parquet")
-    twin = identity[identity["record_key"] == TWIN_KEY]
+    alone = identity.loc[identity["record_key"] == TWIN["Id"], "person_id"].item()
+    first = identity.loc[identity["record_key"] == victim["Id"], "person_id"].item()
+    assert first != alone
+    _with_twin(lead_file, original, victim)
+    assert main(["run", "--config", str(config), "--state", str(state), "-q"]) == EXIT_OK
+    identity = pd.read_parquet(out / "identity_map.parquet")
+    twin = identity[identity["record_key"] == TWIN["Id"]]
     person = twin["person_id"].item()
     assert twin["status"].item() == "merged"
     assert person == identity.loc[identity["record_key"] == victim["Id"], "person_id"].item()
-    twin_row = {"Email": TWIN_EMAIL, "Phone": TWIN_PHONE, "Id": TWIN_KEY}
-    texts, ints = _needles(config, [victim.to_dict(), twin_row])
-    assert _traces([state], {TWIN_EMAIL.strip().lower()}, set())  # the memo holds the twin's email
+    merges = pd.read_parquet(out / "lineage.parquet").query("event == 'merge'")
+    assert {person, first, alone} == {person, *merges.loc[merges["person_id"] == person, "other_id"]}
+    texts, ints = _needles(config, [victim.to_dict(), TWIN])
+    texts |= {TWIN["FirstName"].lower(), TWIN["LastName"].lower()}
+    ints |= set(raw_value_keys(pd.Series([TWIN["FirstName"], TWIN["LastName"]], dtype="str")).tolist())
+    before = _traces([state], texts, ints)
+    assert any("/memo/" in t for t in before) and any("persons.parquet" in t for t in before)
     others = _others(out, {person})
 
     assert main(["forget", "--config", str(config), "--state", str(state), "--email", victim["Email"], "-q"]) == EXIT_OK
 
     assert not (found := _traces([out, state], texts, ints)), "\n".join(found)
     persons = StateStore(state).load().persons
-    assert (persons["status"] == "forgotten").sum() >= 1  # an id once issued is still never given again
+    assert (persons["status"] == "forgotten").sum() >= 2  # ids once issued are still never given again
     after = _others(out, {person})
     for name, frame in others.items():
         pd.testing.assert_frame_equal(after[name], frame, obj=name)
