@@ -1,6 +1,7 @@
 """`resolver forget`: every output and state file is scanned afterwards for the erased values, and a
 re-run over the same sources suppresses them."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -214,12 +215,22 @@ def _others(out: Path, erased: set) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(tmp_path):
-    """The issue's case: a deleted lead (its own email, phone and name) merged into a live one,
-    erased by the live lead's email. The deleted lead was a person of its own in an earlier run, so
-    the state's history names it too. Nothing of either record survives in any byte of the state
-    or the outputs (not in the memo, not as an unsalted person key, now or after the next run),
-    and everyone else stays as they were."""
+@dataclass
+class MergedTwin:
+    root: Path
+    config: Path
+    state: Path
+    out: Path
+    victim: dict  # the live lead's row as in Lead.csv
+    person: str  # the person of both leads
+    texts: set  # what must leave no trace (_needles)
+    ints: set
+
+
+@pytest.fixture()
+def merged_twin(tmp_path) -> MergedTwin:
+    """The issue's case: a deleted lead (its own email, phone and name) merged into a live one. The
+    deleted lead was a person of its own in an earlier run, so the state's history names it too."""
     generate(tmp_path, 600, seed=21, workers=1)
     config, state, out = tmp_path / "resolver.yaml", tmp_path / "state", tmp_path / "out"
     lead_file = tmp_path / "salesforce" / "Lead.csv"
@@ -248,22 +259,61 @@ def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(tmp_path):
     ints |= set(raw_value_keys(pd.Series([TWIN["FirstName"], TWIN["LastName"]], dtype="str")).tolist())
     before = _traces([state], texts, ints)
     assert any("/memo/" in t for t in before) and any("persons.parquet" in t for t in before)
-    others = _others(out, {person})
+    return MergedTwin(tmp_path, config, state, out, victim.to_dict(), person, texts, ints)
 
-    assert main(["forget", "--config", str(config), "--state", str(state), "--email", victim["Email"], "-q"]) == EXIT_OK
 
-    assert not (found := _traces([out, state], texts, ints)), "\n".join(found)
-    persons = StateStore(state).load().persons
+def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(merged_twin):
+    """Erased by the live lead's email, nothing of either lead survives in any byte of the state or
+    the outputs (not in the memo, not as an unsalted person key, now or after the next run), and
+    everyone else stays as they were."""
+    t = merged_twin
+    others = _others(t.out, {t.person})
+
+    assert main(["forget", "--config", str(t.config), "--state", str(t.state), "--email", t.victim["Email"],
+                 "-q"]) == EXIT_OK
+
+    assert not (found := _traces([t.out, t.state], t.texts, t.ints)), "\n".join(found)
+    persons = StateStore(t.state).load().persons
     assert (persons["status"] == "forgotten").sum() >= 2  # ids once issued are still never given again
-    after = _others(out, {person})
+    after = _others(t.out, {t.person})
     for name, frame in others.items():
         pd.testing.assert_frame_equal(after[name], frame, obj=name)
 
     # The sources still hold both leads: the next run suppresses them, and leaves no trace either.
-    assert main(["run", "--config", str(config), "--state", str(state), "-q"]) == EXIT_OK
-    assert pd.read_json(out / "run_summary.json", typ="series")["suppressed"]["records"] == 2
-    assert not (found := _traces([out, state], texts, ints)), "\n".join(found)
-    again = _others(out, {person})
+    assert main(["run", "--config", str(t.config), "--state", str(t.state), "-q"]) == EXIT_OK
+    assert pd.read_json(t.out / "run_summary.json", typ="series")["suppressed"]["records"] == 2
+    assert not (found := _traces([t.out, t.state], t.texts, t.ints)), "\n".join(found)
+    again = _others(t.out, {t.person})
     for name in ("identity_map", "persons", "golden_records"):
         kept = again[name]["person_id"].isin(set(others[name]["person_id"]))
         assert kept.mean() > 0.95, name  # the others keep their ids
+
+
+def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
+    """The same with `serve`'s store in the state directory: it imported the batch's persons (the
+    earlier ones too) and identifiers, and resolved a webhook that named the person; after
+    `forget`, no byte of the store, its inbox or their journals holds a trace."""
+    pytest.importorskip("starlette")
+    from _sync_helpers import SECRET, identify, segment, signed
+    from starlette.testclient import TestClient
+
+    from resolver.config import load_config
+    from resolver.sync.app import create_app
+    from resolver.sync.service import SyncService
+
+    t = merged_twin
+    service = SyncService(load_config(t.config), t.state, f"sqlite:///{t.state / 'sync.db'}")
+    body = segment([identify("msg-victim-1", user_id="sync-user-7731", email=t.victim["Email"].upper(),
+                             phone=TWIN["Phone"])])
+    with TestClient(create_app(service, secret=SECRET, org_ids=[])) as client:
+        assert client.post("/webhooks/segment", content=body, headers=signed(body)).status_code == 200
+        assert service.wait_resolved(timeout=30)
+    service.close()
+    assert _traces([t.state], t.texts, t.ints)  # the store holds the person now
+
+    assert main(["forget", "--config", str(t.config), "--state", str(t.state), "--email", t.victim["Email"],
+                 "-q"]) == EXIT_OK
+
+    assert (t.state / "sync.db").exists()
+    texts = t.texts | {"sync-user-7731"}
+    assert not (found := _traces([t.out, t.state], texts, t.ints)), "\n".join(found)
