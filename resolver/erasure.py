@@ -3,14 +3,16 @@ their data is ingested again.
 
 `forget` resolves a selector (an email, a phone, a person id or a record key) to the persons it
 belongs to and removes their records, identifiers, golden records, conflicts and review items from
-every output table, and their members from the state. What remains is a tombstone per erased
-record and identifier: a salted 64-bit hash (keyed with the state's own salt, so it cannot be
-matched against another system's hashes, and never the value itself), plus an audit entry with
-what kind of selector was used, when, and how much was removed (no PII).
+every output table, and their members from the state; the state's caches keyed by unsalted hashes
+of raw values (the normalization memo, pairs, blocking keys, source snapshots) are dropped whole.
+What remains is salted 64-bit hashes (keyed with the state's own salt, so they cannot be matched
+against another system's hashes, and never the value itself): a tombstone per erased record and
+identifier, and the erased persons' keys (status forgotten); plus an audit entry with what kind
+of selector was used, when, and how much was removed (no PII).
 
 A later run with the same state drops, right after reading, every record whose key or any
 identifier matches a tombstone, and every event identifier that does; the summary counts them as
-suppressed rows.
+suppressed rows, and the parts they were dropped from hand no memo lookups on.
 """
 
 from __future__ import annotations

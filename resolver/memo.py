@@ -5,7 +5,8 @@ Normalizers are pure functions of the value (and of the configuration: a state's
 with the configuration digest it was made under), so a remembered result is exactly what normalizing
 again would give. Entries are keyed by a 64-bit hash of the raw value (sorted, found by binary
 search); the raw text itself is not kept. The memo a run hands on holds the distinct values that run saw, no more: values
-that left the sources (or were erased) leave the memo with them.
+that left the sources leave the memo with them. Erased values too: `resolver forget` drops the
+memo, and a run hands on nothing that a part with suppressed (erased) data looked up.
 
 The memo in use is set for a block of code (`with memo.active():`), in the main process and in
 each ingest worker, and the normalizing functions consult it through `memoized`.

@@ -11,7 +11,8 @@ Layout (README: "State directory"):
                                   (hash of source + record key) and identifier (hash of type +
                                   value) of every person; hashes only, no PII
         persons.parquet           every person key ever issued: created_run, created_at, status
-                                  (active / merged / forgotten), merged_into
+                                  (active / merged / retired / forgotten: under its salted key),
+                                  merged_into
         lineage.parquet           every merge and split, with run id and time
         tombstones.parquet        salted hashes of erased identifiers and records
         audit.parquet             one row per erasure: what kind, when, counts (no PII)
