@@ -304,7 +304,6 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
     return parts
 
 
-
 def absorb_lookups(memo: NormalizationMemo | None, parts: list[SourceTables], snapshots: Snapshots | None) -> None:
     """The parts' memo lookups join the run's memo (after suppression: a part from which erased
     data was dropped hands on none of its lookups, so no value of an erased record is remembered;
