@@ -131,7 +131,7 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 counts.events += int(nodes["events"].to_numpy()[gone].sum())
     if counts.values:  # ingest's policy actions name values: the suppressed ones go
         for part in parts:
-            part.actions = [a[~memo_mentions(a[["value"]], counts.values)] if len(a) else a for a in part.actions]
+            part.actions = [a[~holds_value(a["value"], counts.values)] if len(a) else a for a in part.actions]
     return counts
 
 
@@ -188,17 +188,10 @@ def _mentions(frame: pd.DataFrame, columns: list[str], values: set) -> np.ndarra
     return out
 
 
-def memo_mentions(table: pd.DataFrame, values: set) -> np.ndarray:
-    """Memo rows whose raw value or normalized form is one of the erased values (case and
-    surrounding spaces ignored)."""
+def holds_value(column: pd.Series, values: set) -> np.ndarray:
+    """Where a text column is one of the erased values (case and surrounding spaces ignored)."""
     wanted = {v.strip().lower() for v in values if v and v.strip()}
-    hit = np.zeros(len(table), dtype=bool)
-    for column in table.columns:
-        if column == "key":  # the memo's hash of the raw value
-            continue
-        text = table[column].astype("str").str.strip().str.lower()
-        hit |= text.isin(wanted).to_numpy(bool)
-    return hit
+    return column.astype("str").str.strip().str.lower().isin(wanted).to_numpy(bool)
 
 
 def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
@@ -220,7 +213,7 @@ def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
     return drop
 
 
-REMIX_ATTEMPTS = 4  # clashes resolved by state.remix_key: one is rare, four never seen
+REMIX_ATTEMPTS = 4  # state.remix_key's attempts checked: a clash is rare, a second one rarer still
 
 
 def key_derived(persons: pd.DataFrame, member_keys: np.ndarray) -> np.ndarray:
