@@ -54,19 +54,21 @@ def record_member_keys(records: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def normalized_identifier(config: Config, kind: str, value: str) -> str | None:
+    """`value` as the `kind` normalizer (email or phone) stores it; None when it is invalid."""
+    normalized, _ = normalize_identifier(kind, pd.Series([value], dtype="str"), default_region=config.run.default_region,
+                                         email_options=config.identity.email.model_dump())
+    return None if pd.isna(normalized.iloc[0]) else str(normalized.iloc[0])
+
+
 def identifier_hashes(config: Config, kind: str, value: str) -> dict[str, int]:
     """Identifier type -> hash of `value` normalized as that type, for every type whose normalizer
     is `kind` (email or phone)."""
-    out = {}
-    for name, spec in config.identity.types.items():
-        if spec.normalizer != kind:
-            continue
-        normalized, _ = normalize_identifier(kind, pd.Series([value], dtype="str"), default_region=config.run.default_region,
-                                             email_options=config.identity.email.model_dump())
-        h = int(hash_identifiers(name, normalized)[0])
-        if h:
-            out[name] = h
-    return out
+    normalized = normalized_identifier(config, kind, value)
+    if normalized is None:
+        return {}
+    return {name: int(hash_identifiers(name, pd.Series([normalized], dtype="str"))[0])
+            for name, spec in config.identity.types.items() if spec.normalizer == kind}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +172,8 @@ def _select(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Con
     hashes = np.union1d(hashes, identifiers.loc[id_rows, "hash"].to_numpy(np.uint64))
     picked = identity["record_id"].isin(records)
     values = {value} | set(identifiers.loc[id_rows, "value"].dropna().astype(str))
+    if kind in ("email", "phone"):  # as stores keep it (serve's may hold a person no output shows)
+        values.add(normalized_identifier(config, kind, value) or "")
     values |= set(identity.loc[picked, "record_key"].astype(str)) | set(identity.loc[picked, "source_key"].astype(str))
     return Erasure(persons, records, hashes, {v for v in values if v})
 

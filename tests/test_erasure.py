@@ -328,6 +328,9 @@ def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(merged_twi
         assert kept.mean() > 0.95, name  # the others keep their ids
 
 
+SERVE_ONLY = " Serve.Only.Person+News@GMail.com"
+
+
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
     """The same with `serve`'s store in the state directory: it imported the batch's persons (the
@@ -344,7 +347,8 @@ def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
     t = merged_twin
     service = SyncService(load_config(t.config), t.state, f"sqlite:///{t.state / 'sync.db'}")
     body = segment([identify("msg-victim-1", user_id="sync-user-7731", email=t.victim["Email"].upper(),
-                             phone=TWIN["Phone"])])
+                             phone=TWIN["Phone"]),
+                    identify("msg-serve-only-1", anonymous_id="anon-serve-only-5521", email=SERVE_ONLY)])
     with TestClient(create_app(service, secret=SECRET, org_ids=[])) as client:
         assert client.post("/webhooks/segment", content=body, headers=signed(body)).status_code == 200
         assert service.wait_resolved(timeout=30)
@@ -357,3 +361,9 @@ def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
     assert (t.state / "sync.db").exists()
     texts = t.texts | {"sync-user-7731"}
     assert not (found := _traces([t.out, t.state], texts, t.ints)), "\n".join(found)
+
+    # A person only serve knows (no batch run saw it), erased by its email as the customer typed it.
+    texts, ints = _needles(t.config, [("email", SERVE_ONLY), ("anonymous_id", "anon-serve-only-5521")], [], [])
+    assert _traces([t.state], texts, ints)
+    assert main(["forget", "--config", str(t.config), "--state", str(t.state), "--email", SERVE_ONLY, "-q"]) == EXIT_OK
+    assert not (found := _traces([t.out, t.state], texts, ints)), "\n".join(found)
