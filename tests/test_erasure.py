@@ -161,7 +161,7 @@ def _needles(config_path: Path, identifiers: list[tuple[str, str]], records: lis
     (events source, event id). Each as given and normalized (the project's normalizers, as an
     identifier and, for emails and phones, as an attribute), and the unsalted 64-bit hashes the
     project makes of them (identifier hashes, record member keys, event id hashes, memo keys)."""
-    from resolver.attributes import _match_form
+    from resolver.attributes import normalize_attribute
     from resolver.config import load_config
     from resolver.erasure import record_member_keys
     from resolver.normalize import hash_identifiers, normalize_identifier
@@ -179,7 +179,7 @@ def _needles(config_path: Path, identifiers: list[tuple[str, str]], records: lis
         texts.add(normalized.iloc[0])
         ints |= set(hash_identifiers(id_type, normalized).tolist())
         if kind in ("email", "phone"):
-            texts.add(_match_form(kind, pd.Series([raw], dtype="str"), config).iloc[0])
+            texts.add(normalize_attribute(kind, pd.Series([raw], dtype="str"), config).iloc[0])
     for source, key in records:
         key_18, _ = normalize_identifier("sfid", pd.Series([key], dtype="str"))
         texts.add(key_18.iloc[0])
