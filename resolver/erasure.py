@@ -3,14 +3,16 @@ their data is ingested again.
 
 `forget` resolves a selector (an email, a phone, a person id or a record key) to the persons it
 belongs to and removes their records, identifiers, golden records, conflicts and review items from
-every output table, and their members from the state. What remains is a tombstone per erased
-record and identifier: a salted 64-bit hash (keyed with the state's own salt, so it cannot be
-matched against another system's hashes, and never the value itself), plus an audit entry with
-what kind of selector was used, when, and how much was removed (no PII).
+every output table, and their members from the state; the state's caches keyed by unsalted hashes
+of raw values (the normalization memo, pairs, blocking keys, source snapshots) are dropped whole.
+What remains is salted 64-bit hashes (keyed with the state's own salt, so they cannot be matched
+against another system's hashes, and never the value itself): a tombstone per erased record and
+identifier, and the erased persons' keys (status forgotten); plus an audit entry with what kind
+of selector was used, when, and how much was removed (no PII).
 
 A later run with the same state drops, right after reading, every record whose key or any
 identifier matches a tombstone, and every event identifier that does; the summary counts them as
-suppressed rows.
+suppressed rows, and the parts they were dropped from hand no memo lookups on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from resolver.cluster import format_person_ids
 from resolver.config import Config
 from resolver.kernels.hashing import mix64
 from resolver.normalize import hash_identifiers, normalize_identifier
@@ -51,19 +54,21 @@ def record_member_keys(records: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def normalized_identifier(config: Config, kind: str, value: str) -> str | None:
+    """`value` as the `kind` normalizer (email or phone) stores it; None when it is invalid."""
+    normalized, _ = normalize_identifier(kind, pd.Series([value], dtype="str"), default_region=config.run.default_region,
+                                         email_options=config.identity.email.model_dump())
+    return None if pd.isna(normalized.iloc[0]) else str(normalized.iloc[0])
+
+
 def identifier_hashes(config: Config, kind: str, value: str) -> dict[str, int]:
     """Identifier type -> hash of `value` normalized as that type, for every type whose normalizer
     is `kind` (email or phone)."""
-    out = {}
-    for name, spec in config.identity.types.items():
-        if spec.normalizer != kind:
-            continue
-        normalized, _ = normalize_identifier(kind, pd.Series([value], dtype="str"), default_region=config.run.default_region,
-                                             email_options=config.identity.email.model_dump())
-        h = int(hash_identifiers(name, normalized)[0])
-        if h:
-            out[name] = h
-    return out
+    normalized = normalized_identifier(config, kind, value)
+    if normalized is None:
+        return {}
+    return {name: int(hash_identifiers(name, pd.Series([normalized], dtype="str"))[0])
+            for name, spec in config.identity.types.items() if spec.normalizer == kind}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +79,7 @@ class Suppressed:
     records: int = 0
     identifier_values: int = 0
     events: int = 0
-    values: set = field(default_factory=set)  # their texts: kept out of the memo and policy actions
+    values: set = field(default_factory=set)  # their texts: kept out of the policy actions
 
     def as_dict(self) -> dict:
         return {"records": self.records, "identifier_values": self.identifier_values, "event_observations": self.events}
@@ -103,7 +108,7 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 counts.values |= set(dropped[attribute_columns].stack().dropna().astype(str))
                 counts.values |= set(obs.loc[gone[obs["record_pos"].to_numpy()], "value"].dropna().astype(str))
                 part.drop_records(gone)
-                part.snapshot = None  # never kept in the state: it is ingested (and suppressed) again each run
+                part.snapshot, part.erased = None, True  # ingested (and suppressed) again each run
                 n = int(gone.sum())
                 part.resolved -= n
                 part.suppressed += n
@@ -123,12 +128,12 @@ def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
                 if part.sessions is not None:  # the erased anonymous ids' sessions go with them
                     part.sessions = part.sessions[~hit(part.sessions["anon_hash"].to_numpy(np.uint64))]
                     part.sessions = part.sessions.reset_index(drop=True)
-                part.snapshot = None
+                part.snapshot, part.erased = None, True
                 counts.identifier_values += int(gone.sum())
                 counts.events += int(nodes["events"].to_numpy()[gone].sum())
     if counts.values:  # ingest's policy actions name values: the suppressed ones go
         for part in parts:
-            part.actions = [a[~memo_mentions(a[["value"]], counts.values)] if len(a) else a for a in part.actions]
+            part.actions = [a[~holds_value(a["value"], counts.values)] if len(a) else a for a in part.actions]
     return counts
 
 
@@ -141,6 +146,7 @@ class Erasure:
     record_ids: np.ndarray  # record_id of erased records (outputs' numbering)
     identifier_hashes: np.ndarray  # uint64 hashes of erased identifier values
     values: set  # the erased texts (emails, phones, record keys), to scan free-text columns
+    former: set = field(default_factory=set)  # ids of earlier persons keyed by an erased value (lineage)
 
 
 def _select(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Config) -> Erasure:
@@ -166,6 +172,8 @@ def _select(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Con
     hashes = np.union1d(hashes, identifiers.loc[id_rows, "hash"].to_numpy(np.uint64))
     picked = identity["record_id"].isin(records)
     values = {value} | set(identifiers.loc[id_rows, "value"].dropna().astype(str))
+    if kind in ("email", "phone"):  # as stores keep it (serve's may hold a person no output shows)
+        values.add(normalized_identifier(config, kind, value) or "")
     values |= set(identity.loc[picked, "record_key"].astype(str)) | set(identity.loc[picked, "source_key"].astype(str))
     return Erasure(persons, records, hashes, {v for v in values if v})
 
@@ -184,31 +192,10 @@ def _mentions(frame: pd.DataFrame, columns: list[str], values: set) -> np.ndarra
     return out
 
 
-def _attribute_values(outputs: dict[str, pd.DataFrame], e: Erasure) -> set:
-    """The erased persons' attribute values as the outputs show them (golden records and conflicts)."""
-    values: set = set()
-    golden = outputs.get("golden_records")
-    if golden is not None:
-        mine = golden[golden["person_id"].astype("str").isin(e.persons)]
-        fields = [c for c in mine.columns if "__" not in c and c not in ("person_id", "conflicting_fields", "needs_review")]
-        values |= set(mine[fields].stack().dropna().astype(str))
-    conflicts = outputs.get("conflicts")
-    if conflicts is not None:
-        values |= set(conflicts.loc[conflicts["person_id"].astype("str").isin(e.persons), "value"].dropna().astype(str))
-    return values
-
-
-def memo_mentions(table: pd.DataFrame, values: set) -> np.ndarray:
-    """Memo rows whose raw value or normalized form is one of the erased values (case and
-    surrounding spaces ignored)."""
+def holds_value(column: pd.Series, values: set) -> np.ndarray:
+    """Where a text column is one of the erased values (case and surrounding spaces ignored)."""
     wanted = {v.strip().lower() for v in values if v and v.strip()}
-    hit = np.zeros(len(table), dtype=bool)
-    for column in table.columns:
-        if column == "key":  # the memo's hash of the raw value
-            continue
-        text = table[column].astype("str").str.strip().str.lower()
-        hit |= text.isin(wanted).to_numpy(bool)
-    return hit
+    return column.astype("str").str.strip().str.lower().isin(wanted).to_numpy(bool)
 
 
 def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
@@ -223,10 +210,37 @@ def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
     if name == "identifier_map":
         drop |= np.isin(frame["hash"].to_numpy(np.uint64), e.identifier_hashes)
     if name == "lineage":
-        drop |= frame["other_id"].astype("str").isin(e.persons).to_numpy()
+        for column in ("person_id", "other_id"):
+            drop |= frame[column].astype("str").isin(e.persons | e.former).to_numpy()
     if name in ("policy_actions", "rejects", "identifier_map", "conflicts"):
         drop |= _mentions(frame, ["value", "raw"], e.values)
     return drop
+
+
+REMIX_ATTEMPTS = 4  # state.remix_key's attempts checked: a clash is rare, a second one rarer still
+
+
+def key_derived(persons: pd.DataFrame, member_keys: np.ndarray) -> np.ndarray:
+    """Per row of the state's person table: whether its key was made from one of `member_keys`
+    (a person key is its smallest member key, remixed when it clashes with one issued before)."""
+    from resolver.state import remix_key
+
+    member_keys = np.asarray(member_keys, dtype=np.uint64)
+    made = [member_keys] + [remix_key(member_keys, attempt) for attempt in range(1, REMIX_ATTEMPTS + 1)]
+    return np.isin(persons["person_key"].to_numpy(np.uint64), np.concatenate(made))
+
+
+def forget_person_keys(persons: pd.DataFrame, keys: np.ndarray, salt: str) -> pd.DataFrame:
+    """The state's person table with `keys` forgotten. Each stays as a row (status forgotten) but
+    under its salted key, and a row merged into one points to that: an unsalted key is the hash of
+    an erased value, the salted one cannot be matched against anything outside this state."""
+    person_keys = persons["person_key"].to_numpy(np.uint64)
+    merged_into = persons["merged_into"].to_numpy(np.uint64)
+    hit = np.isin(person_keys, keys)
+    out = persons.assign(person_key=np.where(hit, salted(person_keys, salt), person_keys),
+                         merged_into=np.where(np.isin(merged_into, keys), salted(merged_into, salt), merged_into))
+    out.loc[hit, "status"] = "forgotten"
+    return out.sort_values("person_key", kind="stable").reset_index(drop=True)
 
 
 def forget(config: Config, state_dir, kind: str, value: str) -> dict:
@@ -242,6 +256,18 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     outputs = {name: pd.read_parquet(out / file) for name, file in OUTPUT_TABLES.items() if (out / file).exists()}
     erasure = _select(kind, value, outputs, config)
 
+    store = StateStore(state_dir)
+    state = store.load()
+    identity = outputs["identity_map"]
+    erased_records = identity[identity["record_id"].isin(erasure.record_ids)]
+    member_keys = record_member_keys(erased_records.reset_index(drop=True))
+    erased_members = np.concatenate([member_keys, erasure.identifier_hashes])
+    person_keys = np.array([int(p[1:], 16) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
+    # Earlier persons (merged or retired, never a live one) whose key is an erased value's hash.
+    earlier = key_derived(state.persons, erased_members) & (state.persons["status"].astype("str") != "active").to_numpy()
+    forgotten = np.union1d(person_keys, state.persons["person_key"].to_numpy(np.uint64)[earlier])
+    erasure.former = set(format_person_ids(forgotten)) - erasure.persons
+
     removed = {}
     changed = {}
     for name, frame in outputs.items():
@@ -254,23 +280,16 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
 
     page = report_from_outputs(out, {**outputs, **changed}, state_dir)
 
-    store = StateStore(state_dir)
-    state = store.load()
-    identity = outputs["identity_map"]
-    erased_records = identity[identity["record_id"].isin(erasure.record_ids)]
-    member_keys = record_member_keys(erased_records.reset_index(drop=True))
     now = pd.Timestamp.now(tz="UTC")
-    person_keys = np.array([int(p[1:], 16) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
     members = state.members
-    gone = np.isin(members["member_key"].to_numpy(np.uint64), np.concatenate([member_keys, erasure.identifier_hashes])) | \
+    gone = np.isin(members["member_key"].to_numpy(np.uint64), erased_members) | \
         np.isin(members["person_key"].to_numpy(np.uint64), person_keys)
     state.members = members[~gone].reset_index(drop=True)
-    forgotten = state.persons["person_key"].isin(person_keys)
-    state.persons.loc[forgotten, "status"] = "forgotten"
+    state.persons = forget_person_keys(state.persons, forgotten, state.salt)
     state.lineage = state.lineage[~_erase_rows("lineage", state.lineage, erasure)].reset_index(drop=True)
     new_tombstones = pd.DataFrame({
         "kind": ["record"] * len(member_keys) + ["identifier"] * len(erasure.identifier_hashes),
-        "salted_hash": salted(np.concatenate([member_keys, erasure.identifier_hashes]), state.salt),
+        "salted_hash": salted(erased_members, state.salt),
         "created_at": now,
     })
     state.tombstones = pd.concat([state.tombstones, new_tombstones], ignore_index=True).drop_duplicates("salted_hash")
@@ -281,10 +300,11 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
         "review_items": review_items, "run_id": state.run_id or "",
     }
     state.audit = pd.concat([state.audit, pd.DataFrame([entry])], ignore_index=True)
-    state.memo = {name: table[~memo_mentions(table, _attribute_values(outputs, erasure) | erasure.values)]
-                  for name, table in state.memo.items()}
-    # Cached pairs and keys are hashes that cannot be traced to a record; caches that held the
-    # person's are dropped whole (the next run keys and compares everything once).
+    # The memo, cached pairs and keys are keyed by hashes that cannot be traced to a record (and
+    # a deleted or merged record's values are in no output to look for): caches that held the
+    # person's are dropped whole (the next run normalizes, keys and compares everything once).
+    if len(erasure.record_ids) or len(erasure.identifier_hashes):
+        state.memo = {}
     if len(erasure.record_ids):
         state.pairs = state.keys = None
     state.snapshots = {}  # source snapshots hold the records as read: the next run ingests everything again
@@ -305,7 +325,7 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
 
         sync_store = Store(url)
         try:
-            result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons, erasure.values,
+            result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons | erasure.former, erasure.values,
                                                        tombstones=new_tombstones)
         finally:
             sync_store.close()

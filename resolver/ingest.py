@@ -90,6 +90,7 @@ class SourceTables:
     sessions: pd.DataFrame | None = None  # events sources with stitching: anonymous-visitor sessions
     snapshot: str | None = None  # key of the state snapshot these tables are (or may be saved as)
     loaded: bool = False  # loaded from a state snapshot instead of ingested
+    erased: bool = False  # erased data was suppressed from it: no snapshot, its memo lookups not handed on
 
     def drop_records(self, gone: np.ndarray) -> None:
         """Remove the records where `gone` is True, with their observations and attributes (new

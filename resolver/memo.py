@@ -5,7 +5,8 @@ Normalizers are pure functions of the value (and of the configuration: a state's
 with the configuration digest it was made under), so a remembered result is exactly what normalizing
 again would give. Entries are keyed by a 64-bit hash of the raw value (sorted, found by binary
 search); the raw text itself is not kept. The memo a run hands on holds the distinct values that run saw, no more: values
-that left the sources (or were erased) leave the memo with them.
+that left the sources leave the memo with them. Erased values too: `resolver forget` drops the
+memo, and a run hands on nothing that a part with suppressed (erased) data looked up.
 
 The memo in use is set for a block of code (`with memo.active():`), in the main process and in
 each ingest worker, and the normalizing functions consult it through `memoized`.
@@ -27,7 +28,7 @@ import pyarrow as pa
 _ACTIVE: list[NormalizationMemo] = []
 
 
-def _keys(values: pd.Series) -> np.ndarray:
+def raw_value_keys(values: pd.Series) -> np.ndarray:
     """64-bit hashes of the raw values: the memo is keyed by them (raw text is never stored)."""
     from resolver.kernels.hashing import hash_strings
 
@@ -64,7 +65,7 @@ class NormalizationMemo:
     def lookup(self, name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
         """fn(distinct) (a tuple of Series aligned with `distinct`), computing only unseen values."""
         distinct = distinct.reset_index(drop=True)
-        keys = _keys(distinct)
+        keys = raw_value_keys(distinct)
         table = self.table(name)
         hit = np.zeros(len(keys), dtype=bool)
         if table is None or not len(table) or not len(distinct):

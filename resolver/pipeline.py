@@ -283,17 +283,9 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
             part.snapshot = keys[i] if part is before[i] else None
         entry["rows_out"] = sum(p.rows_read for p in parts)
         entry["loaded_from_state"] = len(kept)
-    if memo is not None:  # the workers' lookups join the run's memo
-        for part in parts:
-            if part.memo is not None:
-                if snapshots is not None and part.snapshot is not None:
-                    snapshots.lookups[part.snapshot] = part.memo.seen
-                memo.absorb(part.memo.seen, part.memo.hits, part.memo.misses)
-                part.memo = None
-            elif part.loaded:  # what its normalization looked up stays in the memo handed on
-                looked_up = snapshots.memo_keys[part.snapshot]
-                for name, group in looked_up.groupby("name", sort=True).indices.items():
-                    memo.remember(name, looked_up["key"].to_numpy(np.uint64)[group])
+    for part in parts:
+        if part.memo is not None and snapshots is not None and part.snapshot is not None:
+            snapshots.lookups[part.snapshot] = part.memo.seen
     for source in config.sources:
         mine = [p for p in parts if p.name == source.name]
         own_jobs = [j for j in jobs if config.sources[j.source_index].name == source.name]
@@ -311,6 +303,22 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
                 }
             )
     return parts
+
+
+def absorb_lookups(memo: NormalizationMemo | None, parts: list[SourceTables], snapshots: Snapshots | None) -> None:
+    """The parts' memo lookups join the run's memo (after suppression: a part from which erased
+    data was dropped hands on none of its lookups, so no value of an erased record is remembered;
+    it is read and normalized again each run, as it is never snapshotted)."""
+    if memo is None:
+        return
+    for part in parts:
+        if part.memo is not None:
+            memo.absorb({} if part.erased else part.memo.seen, part.memo.hits, part.memo.misses)
+            part.memo = None
+        elif part.loaded and not part.erased:  # what its normalization looked up stays in the memo handed on
+            looked_up = snapshots.memo_keys[part.snapshot]
+            for name, group in looked_up.groupby("name", sort=True).indices.items():
+                memo.remember(name, looked_up["key"].to_numpy(np.uint64)[group])
 
 
 def _alias_groups(n_nodes: int, observations: pd.DataFrame, obs_node: np.ndarray) -> np.ndarray:
@@ -919,6 +927,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         with log.stage("erasure: suppress tombstoned data") as entry:
             suppressed = suppress(parts, previous.tombstones, previous.salt)
             entry["rows_out"] = suppressed.records
+    absorb_lookups(memo, parts, snapshots)
     writer = SnapshotWriter(store.pending(run_id)) if store is not None and write else None
     try:
         if writer is not None:  # new snapshots (each file's tables alone) are written while the run goes on
@@ -951,7 +960,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
             if store is None:
                 write_outputs(config.output_path(), res, files={REPORT_FILE: page})
             else:  # the outputs and the state version go live together (StateStore.commit_run)
-                state = _next_state(previous, res, memo, digest, suppressed.values if suppressed else set())
+                state = _next_state(previous, res, memo, digest)
                 state.snapshots, state.files = writer.finish(), snapshots.files
                 store.commit_run(state, run_id, config.output_path(),
                                  lambda folder: stage_outputs(folder, res, files={REPORT_FILE: page}), row)
@@ -961,14 +970,10 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     return res
 
 
-def _next_state(previous: State, res: Resolution, memo: NormalizationMemo, digest: str, erased: set) -> State:
-    """The state this run hands on; values of suppressed (erased) data stay out of the memo."""
-    from resolver.erasure import memo_mentions
-
+def _next_state(previous: State, res: Resolution, memo: NormalizationMemo, digest: str) -> State:
+    """The state this run hands on."""
     match = res.match
     handed_on = memo.handed_on()
-    if erased:
-        handed_on = {name: table[~memo_mentions(table, erased)] for name, table in handed_on.items()}
     return State(members=res.carried.members, persons=res.carried.persons, lineage=res.lineage,
                  tombstones=previous.tombstones, audit=previous.audit, salt=previous.salt,
                  runs=previous.runs + 1, config_digest=digest, memo=handed_on,

@@ -12,7 +12,8 @@ Layout (README: "State directory"):
                                   (hash of source + record key) and identifier (hash of type +
                                   value) of every person; hashes only, no PII
         persons.parquet           every person key ever issued: created_run, created_at, status
-                                  (active / merged / forgotten), merged_into
+                                  (active / merged / retired / forgotten: under its salted key),
+                                  merged_into
         lineage.parquet           every merge and split, with run id and time
         tombstones.parquet        salted hashes of erased identifiers and records
         audit.parquet             one row per erasure: what kind, when, counts (no PII)
@@ -368,7 +369,8 @@ def _fsync_tree(folder: Path) -> None:
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _remix(key: np.ndarray, attempt: int) -> np.ndarray:
+def remix_key(key: np.ndarray, attempt: int) -> np.ndarray:
+    """The key a new person gets instead of `key` at the `attempt`-th clash with an issued one."""
     from resolver.kernels.hashing import mix64
 
     with np.errstate(over="ignore"):
@@ -456,7 +458,7 @@ def carry_ids(previous: State, labels: np.ndarray, member_keys: np.ndarray, is_m
     attempt = 0
     while clash.any():
         attempt += 1
-        candidates[clash] = _remix(label_keys[fresh][clash], attempt)
+        candidates[clash] = remix_key(label_keys[fresh][clash], attempt)
         clash = np.isin(candidates, issued) | pd.Series(candidates).duplicated().to_numpy()
     out_keys[fresh] = candidates
     split_pairs = np.flatnonzero(~is_heir_pair)
