@@ -105,12 +105,22 @@ def test_deep_json_and_lone_surrogates_are_400_without_a_traceback(batch, tmp_pa
             response = _post(client, path, body)
             assert response.status_code == 400, (path, response.text)
             assert "not valid JSON" in response.json()["error"]
+        # Valid JSON, 1,000 deep (the fuzzer's find: it was stored by an encoder that recursed, 503).
+        for path, base in [("/webhooks/segment", segment([identify("deep-2", user_id="u-deep")])),
+                           ("/webhooks/salesforce/cdc", cdc("Contact", "CREATE", [NEW_CONTACT]))]:
+            body = base.replace(b'"identify"' if b"identify" in base else b'"CREATE"',
+                                (b'"identify"' if b"identify" in base else b'"CREATE"') + b', "x": '
+                                + b"[" * 1000 + b"]" * 1000, 1)
+            response = _post(client, path, body)
+            assert response.status_code == 400, (path, response.text)
+            assert "nested deeper than 64 levels" in response.json()["error"]
         assert _stored(service) == before
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     service.close()
 
 
 def test_org_ids_are_compared_in_full_18_character_form(batch, tmp_path):
+    from resolver.config import ConfigError
     from resolver.sync.app import create_app, org_id_18
 
     # Known pairs (the checksum: per 5-character chunk, bit i for an upper-case letter at i).
@@ -121,7 +131,7 @@ def test_org_ids_are_compared_in_full_18_character_form(batch, tmp_path):
     assert org_id_18("not-an-org-id!!") is None
     root = _copy(batch, tmp_path)
     service = _service(root)
-    with pytest.raises(ValueError, match="checksum"):
+    with pytest.raises(ConfigError, match="checksum suffix"):
         create_app(service, secret=SECRET, org_ids=["00D000000000062EAB"])
 
     from starlette.testclient import TestClient
@@ -166,7 +176,11 @@ def test_signatures_carry_a_timestamp_and_expire_after_five_minutes(batch, tmp_p
 
 
 def test_lookups_are_signed_over_the_raw_path_as_in_the_readme(batch, tmp_path):
-    path = re.search(r"`(/profiles/phone/%2B\d+)`", README.read_text(encoding="utf-8")).group(1)
+    readme = README.read_text(encoding="utf-8")
+    path = re.search(r"`(/profiles/phone/%2B\d+)`", readme).group(1)
+    # The README's signing recipe, run as written.
+    recipe = {"secret": SECRET}
+    exec(re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S).group(1), recipe)
     root = _copy(batch, tmp_path)
     service = _service(root)
     with _client(service) as client:
@@ -174,6 +188,8 @@ def test_lookups_are_signed_over_the_raw_path_as_in_the_readme(batch, tmp_path):
         assert _post(client, "/webhooks/segment", body).status_code == 200
         response = client.get(path, headers=signed(path.encode()))
         assert response.status_code == 200, response.text
+        assert recipe["path"] == path
+        assert client.get(recipe["path"], headers=recipe["headers"]).json() == response.json()
         assert ["phone", "+14155552671"] in [[i["type"], i["value"]] for i in response.json()["identifiers"]]
         decoded = path.replace("%2B", "+")
         assert client.get(path, headers=signed(decoded.encode())).status_code == 401

@@ -106,11 +106,15 @@ def org_id_18(org: str) -> str | None:
 
 
 def _allowed_org_ids(org_ids: list[str]) -> set[str]:
+    """The allow-list in 18-character form; a typo (wrong length, characters or suffix) stops the start."""
+    from resolver.config import ConfigError
+
     allowed = set()
     for org in org_ids:
         full = org_id_18(org)
         if full is None or org_id_18(org.strip()[:15]) != full:
-            raise ValueError(f"Salesforce org id {org.strip()!r}: not a 15- or 18-character id with its checksum")
+            raise ConfigError(f"sync.salesforce_org_ids: {org.strip()!r} is not a 15- or 18-character org id "
+                              "with its checksum suffix")
         allowed.add(full)
     return allowed
 

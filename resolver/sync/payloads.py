@@ -28,6 +28,7 @@ OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 MAX_NOTIFICATIONS = 100
 MAX_RECORDS_PER_EVENT = 100  # default of sync.max_records_per_event
+MAX_JSON_DEPTH = 64  # webhooks nest a few levels; deeper documents would only make encoders recurse
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 CDC_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
 GAP_TYPES = ("GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE", "GAP_OVERFLOW")
@@ -301,9 +302,23 @@ def _json(body: bytes, what: str):
     if not body.strip():
         raise PayloadError(f"{what}: empty")
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"{what}: not valid JSON ({exc})") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise PayloadError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def _depth(doc) -> int:
+    """How deep a parsed JSON document nests (objects and lists), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def parse_webhook(channel: str, body: bytes, max_records: int = MAX_RECORDS_PER_EVENT) -> tuple[str | None, list[Event]]:
