@@ -200,9 +200,9 @@ def test_lookups_are_signed_over_the_raw_path_as_in_the_readme(batch, tmp_path):
     service.close()
 
 
-def test_records_per_event_are_capped(batch, tmp_path):
+def test_records_per_event_and_text_lengths_are_capped(batch, tmp_path):
     root = _copy(batch, tmp_path)
-    config = with_sync(root / "data" / "resolver.yaml", "capped.yaml", max_records_per_event=3)
+    config = with_sync(root / "data" / "resolver.yaml", "capped.yaml", max_records_per_event=3, max_value_chars=300)
     service = _service(root, config_name=config.name)
     ids = [f"0035g00000CAP{i:02d}" for i in range(10)]
     with _client(service) as client:
@@ -213,6 +213,22 @@ def test_records_per_event_are_capped(batch, tmp_path):
                                              "event (sync.max_records_per_event)")
         assert _stored(service) == before
         assert _post(client, "/webhooks/salesforce/cdc", cdc("Contact", "DELETE", ids[:3])).status_code == 200
+        # Texts: one over sync.max_value_chars refuses the request (the resolver compares texts
+        # pairwise: the fuzzer's 900,000-character FirstName stalled the worker's model step).
+        long_name = cdc("Contact", "CREATE", [NEW_CONTACT], {"Name": {"LastName": "x" * 301}}, key="tx-long")
+        response = _post(client, "/webhooks/salesforce/cdc", long_name)
+        assert response.status_code == 413
+        assert response.json()["error"] == ("sfdc-cdc:tx-long:1: LastName holds 301 characters, at most 300 "
+                                            "(sync.max_value_chars)")
+        deep_trait = segment([identify("msg-long-1", user_id="u-long", address={"street": ["y" * 301]})])
+        response = _post(client, "/webhooks/segment", deep_trait)
+        assert response.status_code == 413 and "traits.address.street[0] holds 301" in response.json()["error"]
+        long_id = outbound([("N" * 256, "Contact", {"Id": NEW_CONTACT})])
+        response = _post(client, "/webhooks/salesforce/outbound", long_id)
+        assert response.status_code == 400 and "longer than 255 characters" in response.json()["error"]
+        assert _stored(service)[0] == before[0] + 1
+        fits = cdc("Contact", "CREATE", [NEW_CONTACT], {"Name": {"LastName": "x" * 300}}, key="tx-fits")
+        assert _post(client, "/webhooks/salesforce/cdc", fits).status_code == 200
     service.close()
     service = _service(root)  # the default: 100
     with _client(service) as client:

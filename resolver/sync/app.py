@@ -17,8 +17,8 @@ kept). Anything else: 401. Authentication needs no parsing: an unsigned Outbound
 OrganizationId is found in its raw bytes first, and checked again once parsed. Bodies are parsed in
 a thread (off the event loop), XML by defusedxml (no DTD, any encoding). Bodies over
 sync.max_body_bytes: 413 (from Content-Length, and counted while streaming); an event with more
-than sync.max_records_per_event record ids: 413. Malformed bodies: 400 naming the problem; nothing
-of them is stored.
+than sync.max_records_per_event record ids, or a text longer than sync.max_value_chars: 413.
+Malformed bodies: 400 naming the problem; nothing of them is stored.
 
 Durability: a 2xx is sent only after the events' transaction committed (see store.py): the request
 path validates, authenticates and appends the events to the inbox, nothing more. The worker
@@ -127,7 +127,7 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         org_ids = [o for o in os.environ.get("RESOLVER_SALESFORCE_ORG_IDS", "").split(",") if o.strip()]
     allowed_orgs = _allowed_org_ids(list(org_ids) + list(config.sync.salesforce_org_ids))
     limit = config.sync.max_body_bytes
-    max_records = config.sync.max_records_per_event
+    max_records, max_chars = config.sync.max_records_per_event, config.sync.max_value_chars
 
     registry = CollectorRegistry()
     requests = Counter("resolver_sync_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -167,7 +167,7 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
             # it claims is found in the raw bytes, so nothing unauthenticated is parsed.
             if not signed and (channel != "salesforce_outbound" or not allowed_org(claimed_org_id(body))):
                 raise _Refused(401, "unauthorized")
-            org, parsed = await run_in_threadpool(parse_webhook, channel, body, max_records)
+            org, parsed = await run_in_threadpool(parse_webhook, channel, body, max_records, max_chars)
             if not signed and not allowed_org(org):
                 raise _Refused(401, "unauthorized")
             try:

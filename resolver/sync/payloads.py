@@ -28,6 +28,8 @@ OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 MAX_NOTIFICATIONS = 100
 MAX_RECORDS_PER_EVENT = 100  # default of sync.max_records_per_event
+MAX_VALUE_CHARS = 4096  # default of sync.max_value_chars
+MAX_ID_CHARS = 255  # event and record ids are short (a UUID, 18 characters); they are index keys
 MAX_JSON_DEPTH = 64  # webhooks nest a few levels; deeper documents would only make encoders recurse
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 CDC_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
@@ -46,8 +48,8 @@ class PayloadError(ValueError):
     status = 400
 
 
-class TooManyRecords(PayloadError):
-    """An event names more records than sync.max_records_per_event: the request is refused (413)."""
+class OverLimit(PayloadError):
+    """An event over sync.max_records_per_event or sync.max_value_chars: the request is refused (413)."""
 
     status = 413
 
@@ -214,7 +216,7 @@ def _cdc_messages(doc) -> list:
 def parse_cdc(body: bytes, max_records: int = MAX_RECORDS_PER_EVENT) -> list[Event]:
     """One event per change event: a CometD message `{"schema", "payload", "event"}` (or its
     `data` wrapper), a bare payload, or a list of them. An event with more than `max_records`
-    record ids refuses the whole request (TooManyRecords)."""
+    record ids refuses the whole request (OverLimit)."""
     doc = _json(body, "CDC body")
     messages = _cdc_messages(doc)
     if not messages:
@@ -240,8 +242,8 @@ def parse_cdc(body: bytes, max_records: int = MAX_RECORDS_PER_EVENT) -> list[Eve
         if not isinstance(record_ids, list) or not record_ids or not all(isinstance(r, str) and r for r in record_ids):
             raise PayloadError(f"{where}.ChangeEventHeader.recordIds: expected a non-empty list of ids")
         if len(record_ids) > max_records:
-            raise TooManyRecords(f"{where}.ChangeEventHeader.recordIds: {len(record_ids)} record ids, at most "
-                                 f"{max_records} per event (sync.max_records_per_event)")
+            raise OverLimit(f"{where}.ChangeEventHeader.recordIds: {len(record_ids)} record ids, at most "
+                            f"{max_records} per event (sync.max_records_per_event)")
         key = header.get("transactionKey")
         if not isinstance(key, str) or not key:
             raise PayloadError(f"{where}.ChangeEventHeader.transactionKey is missing")
@@ -321,16 +323,40 @@ def _depth(doc) -> int:
     return deepest
 
 
-def parse_webhook(channel: str, body: bytes, max_records: int = MAX_RECORDS_PER_EVENT) -> tuple[str | None, list[Event]]:
+def parse_webhook(channel: str, body: bytes, max_records: int = MAX_RECORDS_PER_EVENT,
+                  max_value_chars: int = MAX_VALUE_CHARS) -> tuple[str | None, list[Event]]:
     """(OrganizationId or None, events) of a webhook body of `channel`. Any failure to read the
     body is a PayloadError (400): a body the parsers did not foresee is still only a bad body."""
     try:
         if channel == "salesforce_outbound":
-            return parse_outbound(body)
-        if channel == "salesforce_cdc":
-            return None, parse_cdc(body, max_records)
-        return None, parse_segment(body)
+            org, events = parse_outbound(body)
+        elif channel == "salesforce_cdc":
+            org, events = None, parse_cdc(body, max_records)
+        else:
+            org, events = None, parse_segment(body)
     except PayloadError:
         raise
     except (ValueError, TypeError, LookupError, RecursionError, OverflowError) as exc:
         raise PayloadError(f"{channel} body: could not be read ({type(exc).__name__})") from None
+    for event in events:
+        _check_sizes(event, max_value_chars)
+    return org, events
+
+
+def _check_sizes(event: Event, limit: int) -> None:
+    """OverLimit when a text of the event (a field value or key, at any depth) is longer than
+    `limit`: the resolver compares texts pairwise, so one huge value would stall it. Ids longer
+    than MAX_ID_CHARS are malformed."""
+    if max(len(i) for i in [event.event_id, *event.record_ids]) > MAX_ID_CHARS:
+        raise PayloadError(f"{event.event_id[:80]}: an event or record id is longer than {MAX_ID_CHARS} characters")
+    stack = [("", event.fields)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), child) for key, child in value.items())
+            stack.extend((f"a key of {where or 'the event'}", key) for key in value)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(value))
+        elif isinstance(value, str) and len(value) > limit:
+            raise OverLimit(f"{event.event_id[:80]}: {where[:80]} holds {len(value)} characters, at most {limit} "
+                            "(sync.max_value_chars)")
