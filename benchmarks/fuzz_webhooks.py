@@ -26,8 +26,6 @@ import json
 import os
 import random
 import re
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote_from_bytes
+
+from load_webhooks import _free_port, _prepare
 
 HERE = Path(__file__).resolve().parent
 SECRET = "fuzz-secret"
@@ -252,21 +252,10 @@ def random_case(rng: random.Random) -> Case:
 # ---------------------------------------------------------------------------------------------
 # The server, the requests, the accounting
 # ---------------------------------------------------------------------------------------------
-def prepare(work: Path, people: int = 300) -> Path:
-    """A generated dataset resolved by a batch run with a state (cached in `work`)."""
-    if not (work / "state" / "CURRENT").exists():
-        shutil.rmtree(work, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "resolver", "generate", "--people", str(people), "--seed", "7",
-                        "--out", str(work / "data"), "--quiet"], check=True)
-        subprocess.run([sys.executable, "-m", "resolver", "run", "--config", str(work / "data" / "resolver.yaml"),
-                        "--state", str(work / "state"), "--quiet"], check=True)
-    return work
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def prepare(data_root: Path, work: Path, people: int = 500) -> Path:
+    """A fresh copy, at `work`, of a generated dataset resolved by a batch run with a state (cached
+    under `data_root`; the load benchmark's)."""
+    return _prepare(people, data_root, work)
 
 
 @contextlib.contextmanager
@@ -344,16 +333,14 @@ def _rows(counts: collections.Counter) -> list[dict]:
             for (family, outcome), count in sorted(counts.items())]
 
 
-def run(n: int, seed: int, work: Path | None = None, timeout: float = 5.0) -> list[dict]:
+def run(n: int, seed: int, data_root: Path | None = None, timeout: float = 5.0) -> list[dict]:
     """n fuzzed requests (seeded) against a fresh `resolver serve`; rows {family, outcome, count}."""
     import httpx
 
     rng = random.Random(seed)
     counts: collections.Counter = collections.Counter()
     with tempfile.TemporaryDirectory(prefix="fuzz-webhooks-") as tmp:
-        cache = prepare(work or HERE / "data" / "fuzz-webhooks")
-        root = Path(tmp) / "run"
-        shutil.copytree(cache, root)
+        root = prepare(data_root or HERE / "data", Path(tmp) / "run")
         log_path = Path(tmp) / "serve.log"
         with serving(root, log_path) as url, httpx.Client(base_url=url, timeout=timeout) as http:
             for i in range(n):
@@ -386,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds a request may take")
-    parser.add_argument("--data", default=str(HERE / "data" / "fuzz-webhooks"), help="cached batch state")
+    parser.add_argument("--data", default=str(HERE / "data"), help="where the batch state is cached")
     parser.add_argument("--results", default=str(HERE / "results" / "fuzz_webhooks.json"))
     args = parser.parse_args(argv)
     rows = run(args.n, args.seed, Path(args.data), args.timeout)

@@ -29,8 +29,9 @@ ANSWERED = {"2xx", "4xx"}  # no 5xx, no timeout, no connection lost
 def server(tmp_path_factory):
     import httpx
 
-    root = fuzz.prepare(tmp_path_factory.mktemp("fuzz-webhooks"))
-    log_path = root / "serve.log"
+    tmp = tmp_path_factory.mktemp("fuzz-webhooks")
+    root = fuzz.prepare(tmp / "data", tmp / "run")
+    log_path = tmp / "serve.log"
     with fuzz.serving(root, log_path) as url, httpx.Client(base_url=url, timeout=5.0) as http:
         yield http, root, log_path
 
