@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -44,7 +42,9 @@ SECRET = "load-test-secret"
 
 
 def _sign(data: bytes) -> dict:
-    return {"X-Resolver-Signature": "sha256=" + hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()}
+    from resolver.sync.app import signed_headers
+
+    return signed_headers(SECRET, data)
 
 
 def _prepare(people: int, data_root: Path, work: Path) -> Path:

@@ -463,13 +463,15 @@ def cmd_serve(args) -> int:
     # its own (the worker), not here.
     sys.setswitchinterval(float(os.environ.get("RESOLVER_SWITCH_INTERVAL", "0.0005")))
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from resolver.sync.logs import configure_logging
+
+    configure_logging(logging.WARNING if args.quiet else logging.INFO)
     service = _sync_service(args, import_batch=True)
     app = create_app(service, worker="process")
     # No access log: request paths of profile lookups hold identifiers (PII).
+    # log_config=None: uvicorn's loggers propagate to the root's JSON lines.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning" if args.quiet else "info",
-                timeout_graceful_shutdown=10)
+                log_config=None, timeout_graceful_shutdown=10)
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ORG_ID = "00D5g000004XXXXEAA"
+ORG_ID = "00D5g000004XXXXEA4"  # 18 characters, checksum suffix included
 SECRET = "test-secret"
 
 
@@ -61,10 +61,11 @@ def identify(message_id: str, user_id: str | None = None, anonymous_id: str | No
     return message
 
 
-def signed(body: bytes) -> dict:
-    from resolver.sync.app import sign
+def signed(data: bytes, now: float | None = None) -> dict:
+    """The signature headers of a body, or of a lookup's raw path (and query), made `now`."""
+    from resolver.sync.app import signed_headers
 
-    return {"X-Resolver-Signature": sign(SECRET, body)}
+    return signed_headers(SECRET, data, now)
 
 
 def with_sync(config_path: Path, name: str, **sync) -> Path:

@@ -87,9 +87,7 @@ def _client(service, **kwargs):
 
 
 def _get(client, path: str):
-    from resolver.sync.app import sign
-
-    return client.get(path, headers={"X-Resolver-Signature": sign(SECRET, path.encode())})
+    return client.get(path, headers=signed(path.encode()))
 
 
 def _post(client, path: str, body: bytes, sign: bool = True):

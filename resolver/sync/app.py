@@ -8,11 +8,17 @@ GET  /refetch                        records a CDC gap event marked for refetch
 GET  /healthz, GET /metrics          liveness (the store answers) and Prometheus metrics
 
 Security: a webhook is accepted when `X-Resolver-Signature: sha256=<hex>` is the HMAC-SHA256 of
-the raw body under RESOLVER_WEBHOOK_SECRET (compared in constant time), or, for Outbound Messages
-only, when its OrganizationId is allow-listed (RESOLVER_SALESFORCE_ORG_IDS, comma-separated, and
-sync.salesforce_org_ids). GET /profiles and /refetch need the HMAC of the request path (with its
-query). Anything else: 401. Bodies over sync.max_body_bytes: 413 (from Content-Length, and counted
-while streaming). Malformed bodies: 400 naming the problem; nothing of them is stored.
+`<X-Resolver-Timestamp>.<raw body>` under RESOLVER_WEBHOOK_SECRET (compared in constant time; the
+timestamp, Unix seconds, within 300 s of the server's clock), or, for Outbound Messages only, when
+its OrganizationId is allow-listed (RESOLVER_SALESFORCE_ORG_IDS, comma-separated, and
+sync.salesforce_org_ids; compared in full, 15-character ids in their 18-character form). GET
+/profiles and /refetch sign `<timestamp>.<raw path>[?<query>]`, the path as sent (percent-encoding
+kept). Anything else: 401. Authentication needs no parsing: an unsigned Outbound Message's
+OrganizationId is found in its raw bytes first, and checked again once parsed. Bodies are parsed in
+a thread (off the event loop), XML by defusedxml (no DTD, any encoding). Bodies over
+sync.max_body_bytes: 413 (from Content-Length, and counted while streaming); an event with more
+than sync.max_records_per_event record ids, or a text longer than sync.max_value_chars: 413.
+Malformed bodies: 400 naming the problem; nothing of them is stored.
 
 Durability: a 2xx is sent only after the events' transaction committed (see store.py): the request
 path validates, authenticates and appends the events to the inbox, nothing more. The worker
@@ -43,22 +49,18 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from resolver.sync.payloads import (
-    ACK,
-    PayloadError,
-    outbound_org_id,
-    parse_cdc,
-    parse_outbound,
-    parse_segment,
-)
+from resolver.sync.payloads import ACK, PayloadError, claimed_org_id, parse_webhook
 from resolver.sync.service import SyncService
 
 log = logging.getLogger("resolver.sync")
 SIGNATURE_HEADER = "x-resolver-signature"
+TIMESTAMP_HEADER = "x-resolver-timestamp"
+SIGNATURE_WINDOW = 300  # seconds a signature stays valid, either side of the server's clock
 
 
 class _Refused(Exception):
@@ -66,14 +68,55 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
-def sign(secret: str, data: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+def sign(secret: str, data: bytes, timestamp: int | str) -> str:
+    """`sha256=<hex>`: the HMAC of `<timestamp>.<data>`; the timestamp makes the signature expire."""
+    message = str(timestamp).encode() + b"." + data
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def _signed(secret: str | None, data: bytes, header: str | None) -> bool:
-    if not secret or not header:
+def signed_headers(secret: str, data: bytes, now: float | None = None) -> dict[str, str]:
+    """The headers that authenticate `data` (a body, or a lookup's raw path and query) now."""
+    timestamp = str(int(time.time() if now is None else now))
+    return {"X-Resolver-Timestamp": timestamp, "X-Resolver-Signature": sign(secret, data, timestamp)}
+
+
+def _signed(secret: str | None, data: bytes, header: str | None, timestamp: str | None, now: float) -> bool:
+    if not secret or not header or not timestamp:
         return False
-    return hmac.compare_digest(sign(secret, data).encode(), header.strip().encode())
+    timestamp = timestamp.strip()
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return False
+    if abs(now - int(timestamp)) > SIGNATURE_WINDOW:
+        return False
+    return hmac.compare_digest(sign(secret, data, timestamp).encode(), header.strip().encode("latin-1"))
+
+
+def org_id_18(org: str) -> str | None:
+    """A Salesforce org id in its 18-character form, None when it is not an id: a 15-character id
+    gets its checksum suffix; an 18-character one stays as given, so a wrong suffix never matches."""
+    from resolver.normalize import salesforce_id_18
+
+    org = org.strip()
+    if len(org) not in (15, 18):
+        return None
+    full = salesforce_id_18([org])[0].iloc[0]
+    if not isinstance(full, str):
+        return None
+    return org if len(org) == 18 else full
+
+
+def _allowed_org_ids(org_ids: list[str]) -> set[str]:
+    """The allow-list in 18-character form; a typo (wrong length, characters or suffix) stops the start."""
+    from resolver.config import ConfigError
+
+    allowed = set()
+    for org in org_ids:
+        full = org_id_18(org)
+        if full is None or org_id_18(org.strip()[:15]) != full:
+            raise ConfigError(f"sync.salesforce_org_ids: {org.strip()!r} is not a 15- or 18-character org id "
+                              "with its checksum suffix")
+        allowed.add(full)
+    return allowed
 
 
 def create_app(service: SyncService, secret: str | None = None, org_ids: list[str] | None = None,
@@ -82,8 +125,9 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
     secret = secret if secret is not None else os.environ.get("RESOLVER_WEBHOOK_SECRET") or None
     if org_ids is None:
         org_ids = [o for o in os.environ.get("RESOLVER_SALESFORCE_ORG_IDS", "").split(",") if o.strip()]
-    allowed_orgs = {o.strip()[:15] for o in list(org_ids) + list(config.sync.salesforce_org_ids)}
+    allowed_orgs = _allowed_org_ids(list(org_ids) + list(config.sync.salesforce_org_ids))
     limit = config.sync.max_body_bytes
+    max_records, max_chars = config.sync.max_records_per_event, config.sync.max_value_chars
 
     registry = CollectorRegistry()
     requests = Counter("resolver_sync_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -107,24 +151,25 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         return b"".join(chunks)
 
     def authorized(request: Request, data: bytes) -> bool:
-        return _signed(secret, data, request.headers.get(SIGNATURE_HEADER))
+        headers = request.headers
+        return _signed(secret, data, headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER), time.time())
+
+    def allowed_org(org: str | None) -> bool:
+        return org is not None and org_id_18(org) in allowed_orgs
 
     async def webhook(request: Request, channel: str) -> Response:
         start = time.perf_counter()
         status = 500
         try:
             body = await body_of(request)
-            if channel == "salesforce_outbound":
-                if not authorized(request, body):
-                    # No signature: an allow-listed organization may still send Outbound Messages.
-                    org = outbound_org_id(body)
-                    if org is None or org[:15] not in allowed_orgs:
-                        raise _Refused(401, "unauthorized")
-                _, parsed = parse_outbound(body)
-            else:
-                if not authorized(request, body):
-                    raise _Refused(401, "unauthorized")
-                parsed = parse_cdc(body) if channel == "salesforce_cdc" else parse_segment(body)
+            signed = authorized(request, body)
+            # No signature: an allow-listed organization may still send Outbound Messages. The org
+            # it claims is found in the raw bytes, so nothing unauthenticated is parsed.
+            if not signed and (channel != "salesforce_outbound" or not allowed_org(claimed_org_id(body))):
+                raise _Refused(401, "unauthorized")
+            org, parsed = await run_in_threadpool(parse_webhook, channel, body, max_records, max_chars)
+            if not signed and not allowed_org(org):
+                raise _Refused(401, "unauthorized")
             try:
                 counts = await asyncio.wrap_future(service.accept(parsed))
             except Exception as exc:  # noqa: BLE001 - the commit failed: nothing was accepted
@@ -140,9 +185,9 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
                 return Response(ACK, media_type="text/xml; charset=utf-8")
             return JSONResponse(counts)
         except PayloadError as exc:
-            status = 400
-            log.info("%s: refused a malformed body (400)", channel)
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            status = exc.status
+            log.info("%s: refused a malformed body (%d)", channel, status)
+            return JSONResponse({"error": str(exc)}, status_code=status)
         except _Refused as exc:
             status = exc.status
             return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -160,8 +205,10 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         return await webhook(request, "segment")
 
     def path_signed(request: Request) -> bool:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return authorized(request, target.encode())
+        # The path as sent (percent-encoding kept), not as decoded: what the client signed.
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string") or b""
+        return authorized(request, raw + (b"?" + query if query else b""))
 
     async def profile(request: Request) -> Response:
         start = time.perf_counter()

@@ -15,13 +15,22 @@ An event's id is what makes redelivery harmless:
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import defusedxml.ElementTree as SafeET
+import orjson
+from defusedxml import DefusedXmlException
+
 OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 MAX_NOTIFICATIONS = 100
+MAX_RECORDS_PER_EVENT = 100  # default of sync.max_records_per_event
+MAX_VALUE_CHARS = 4096  # default of sync.max_value_chars
+MAX_ID_CHARS = 255  # event and record ids are short (a UUID, 18 characters); they are index keys
+MAX_JSON_DEPTH = 64  # webhooks nest a few levels; deeper documents would only make encoders recurse
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 CDC_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
 GAP_TYPES = ("GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE", "GAP_OVERFLOW")
@@ -35,6 +44,14 @@ ACK = ('<?xml version="1.0" encoding="UTF-8"?>'
 
 class PayloadError(ValueError):
     """A malformed webhook body; the message names the problem."""
+
+    status = 400
+
+
+class OverLimit(PayloadError):
+    """An event over sync.max_records_per_event or sync.max_value_chars: the request is refused (413)."""
+
+    status = 413
 
 
 @dataclass
@@ -94,12 +111,7 @@ def _local(tag: str) -> str:
 
 def parse_outbound(body: bytes) -> tuple[str, list[Event]]:
     """(OrganizationId, one event per Notification) from a SOAP Outbound Message."""
-    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
-        raise PayloadError("SOAP body: document type declarations are not accepted")
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise PayloadError(f"SOAP body: not well-formed XML ({exc})") from None
+    root = _xml(body)
     notifications = root.find(f".//{{{OUTBOUND_NS}}}notifications")
     if notifications is None:
         raise PayloadError(f"SOAP body: no <notifications> element in namespace {OUTBOUND_NS}")
@@ -140,16 +152,30 @@ def parse_outbound(body: bytes) -> tuple[str, list[Event]]:
     return org, events
 
 
-def outbound_org_id(body: bytes) -> str | None:
-    """The OrganizationId of an Outbound Message (even when another part of it is malformed), or None."""
-    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
-        return None
+def _xml(body: bytes) -> ET.Element:
+    """The document's root, read by defusedxml in whatever encoding it declares (UTF-16 too): a
+    document type declaration, and so any entity, is refused before anything is expanded."""
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return None
-    org = root.findtext(f".//{{{OUTBOUND_NS}}}notifications/{{{OUTBOUND_NS}}}OrganizationId")
-    return org.strip() if org and org.strip() else None
+        return SafeET.fromstring(body, forbid_dtd=True)
+    except DefusedXmlException:
+        raise PayloadError("SOAP body: document type declarations are not accepted") from None
+    except ET.ParseError as exc:
+        raise PayloadError(f"SOAP body: not well-formed XML ({exc})") from None
+    except LookupError as exc:  # an encoding Python does not know
+        raise PayloadError(f"SOAP body: {exc}") from None
+
+
+# An OrganizationId element in the raw bytes: what an unsigned Outbound Message claims to come from,
+# found without parsing (so the allow-list is checked before any XML is read). ASCII-compatible
+# encodings only: Salesforce sends UTF-8; anything else needs a signature.
+_CLAIMED_ORG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?OrganizationId>\s*([0-9A-Za-z]{15,18})\s*</")
+
+
+def claimed_org_id(body: bytes) -> str | None:
+    """The first OrganizationId an Outbound Message's raw bytes hold, or None. Only a pre-check:
+    the parsed message's OrganizationId is checked again (a comment could hold another one)."""
+    match = _CLAIMED_ORG.search(body)
+    return match.group(1).decode("ascii") if match else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,9 +213,10 @@ def _cdc_messages(doc) -> list:
     return [doc]
 
 
-def parse_cdc(body: bytes) -> list[Event]:
+def parse_cdc(body: bytes, max_records: int = MAX_RECORDS_PER_EVENT) -> list[Event]:
     """One event per change event: a CometD message `{"schema", "payload", "event"}` (or its
-    `data` wrapper), a bare payload, or a list of them."""
+    `data` wrapper), a bare payload, or a list of them. An event with more than `max_records`
+    record ids refuses the whole request (OverLimit)."""
     doc = _json(body, "CDC body")
     messages = _cdc_messages(doc)
     if not messages:
@@ -214,6 +241,9 @@ def parse_cdc(body: bytes) -> list[Event]:
         record_ids = header.get("recordIds")
         if not isinstance(record_ids, list) or not record_ids or not all(isinstance(r, str) and r for r in record_ids):
             raise PayloadError(f"{where}.ChangeEventHeader.recordIds: expected a non-empty list of ids")
+        if len(record_ids) > max_records:
+            raise OverLimit(f"{where}.ChangeEventHeader.recordIds: {len(record_ids)} record ids, at most "
+                            f"{max_records} per event (sync.max_records_per_event)")
         key = header.get("transactionKey")
         if not isinstance(key, str) or not key:
             raise PayloadError(f"{where}.ChangeEventHeader.transactionKey is missing")
@@ -269,11 +299,64 @@ def parse_segment(body: bytes) -> list[Event]:
 
 
 def _json(body: bytes, what: str):
+    # orjson: nesting deeper than 1024 and lone surrogates are errors (not a RecursionError, not a
+    # string that no encoder can write later).
     if not body.strip():
         raise PayloadError(f"{what}: empty")
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise PayloadError(f"{what}: not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"{what}: not valid JSON ({exc})") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise PayloadError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def _depth(doc) -> int:
+    """How deep a parsed JSON document nests (objects and lists), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def parse_webhook(channel: str, body: bytes, max_records: int = MAX_RECORDS_PER_EVENT,
+                  max_value_chars: int = MAX_VALUE_CHARS) -> tuple[str | None, list[Event]]:
+    """(OrganizationId or None, events) of a webhook body of `channel`. Any failure to read the
+    body is a PayloadError (400): a body the parsers did not foresee is still only a bad body."""
+    try:
+        if channel == "salesforce_outbound":
+            org, events = parse_outbound(body)
+        elif channel == "salesforce_cdc":
+            org, events = None, parse_cdc(body, max_records)
+        else:
+            org, events = None, parse_segment(body)
+    except PayloadError:
+        raise
+    except (ValueError, TypeError, LookupError, RecursionError, OverflowError) as exc:
+        raise PayloadError(f"{channel} body: could not be read ({type(exc).__name__})") from None
+    for event in events:
+        _check_sizes(event, max_value_chars)
+    return org, events
+
+
+def _check_sizes(event: Event, limit: int) -> None:
+    """OverLimit when a text of the event (a field value or key, at any depth) is longer than
+    `limit`: the resolver compares texts pairwise, so one huge value would stall it. Ids longer
+    than MAX_ID_CHARS are malformed."""
+    if max(len(i) for i in [event.event_id, *event.record_ids]) > MAX_ID_CHARS:
+        raise PayloadError(f"{event.event_id[:80]}: an event or record id is longer than {MAX_ID_CHARS} characters")
+    stack = [("", event.fields)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), child) for key, child in value.items())
+            stack.extend((f"a key of {where or 'the event'}", key) for key in value)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(value))
+        elif isinstance(value, str) and len(value) > limit:
+            raise OverLimit(f"{event.event_id[:80]}: {where[:80]} holds {len(value)} characters, at most {limit} "
+                            "(sync.max_value_chars)")

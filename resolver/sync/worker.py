@@ -281,7 +281,9 @@ def _process_main(config, state_dir, url, options: dict, stop, ready, wake, pare
     # Ctrl-C reaches the whole process group: the parent stops the worker (which first resolves
     # what is left), so the worker itself ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from resolver.sync.logs import configure_logging
+
+    configure_logging(log_level)
     with contextlib.suppress(Exception):
         import numba
 
