@@ -152,7 +152,7 @@ def _days(values: pd.Series) -> np.ndarray:
 
 
 def prepare(c: ComparisonConfig, attributes: dict[str, pd.Series]) -> PreparedComparison:
-    from resolver.kernels.strings import encode
+    from resolver.kernels.strings import encode_for_comparison
 
     values = attributes[c.columns[0]].reset_index(drop=True)
     if c.method == "geo":
@@ -169,7 +169,7 @@ def prepare(c: ComparisonConfig, attributes: dict[str, pd.Series]) -> PreparedCo
         values = values.astype("str")
         prepared = PreparedComparison(c, level_labels(c), values.notna().to_numpy().copy(), _codes(values), values)
     if c.method in _SIMILARITY_LABEL:
-        prepared.extra["encoded"] = encode(values)
+        prepared.extra["encoded"] = encode_for_comparison(values)
         if c.nicknames:
             prepared.extra["nicknames"] = _nickname_ids(values)
     elif c.method == "date":

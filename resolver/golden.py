@@ -147,11 +147,11 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
     """Jaro-Winkler of each pair of lower-cased names; a known nickname of the other (Larry and
     Lawrence) counts as 1."""
     from resolver.compare import nickname_groups
-    from resolver.kernels.strings import encode, jaro_winkler
+    from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 
     both = pd.concat([values_a, values_b], ignore_index=True)
     n = len(values_a)
-    similarity = jaro_winkler(encode(both), np.arange(n), np.arange(n, 2 * n))
+    similarity = jaro_winkler(encode_for_comparison(both), np.arange(n), np.arange(n, 2 * n))
     groups = nickname_groups()
     nickname = [bool(set(groups.get(a, ())) & set(groups.get(b, ()))) for a, b in zip(values_a.fillna(""), values_b.fillna(""))]
     return np.where(np.array(nickname, dtype=bool), 1.0, similarity)

@@ -101,3 +101,16 @@ def test_taken_strings_are_the_rows_code_points():
     taken = encoded.take(np.array([3, 1, 0, 3]))
     assert taken.lengths.tolist() == [3, 0, 2, 3] and taken.valid.tolist() == [True, False, True, True]
     assert [chr(c) for c in taken.codes] == list("é字x") + list("ab") + list("é字x")
+
+
+def test_huge_texts_are_compared_on_their_first_characters():
+    # 900,000 characters a side: compared in full, Jaro-Winkler and Levenshtein would take hours a
+    # pair; on their first 256 characters they take microseconds, and exact still reads all of it.
+    from resolver.kernels.strings import COMPARED_CHARS
+
+    head = "ab" * (COMPARED_CHARS // 2)
+    left, right = [head + "x" * 900_000, head + "x" * 900_000, "maria" * 180_000], \
+        [head + "y" * 900_000, head + "x" * 900_000, "marie" * 180_000]
+    for method, top in (("jaro_winkler", "jw>=0.92"), ("levenshtein", "lev>=0.9")):
+        got = _levels({"method": method, "thresholds": [0.92 if method == "jaro_winkler" else 0.9]}, left, right)
+        assert got == [top, "exact", "else"]

@@ -181,6 +181,18 @@ def encode(values) -> Encoded:
     return Encoded(offsets, codes, valid)
 
 
+COMPARED_CHARS = 256  # similarities read this many leading characters (see encode_for_comparison)
+
+
+def encode_for_comparison(values, max_chars: int = COMPARED_CHARS) -> Encoded:
+    """`encode` of the first `max_chars` characters of each value. Every similarity costs the
+    product of the two lengths per pair: person fields are far shorter, and one pasted document
+    of 900,000 characters would otherwise hold a run (or the sync worker) for hours."""
+    import pyarrow.compute as pc
+
+    return encode(pc.utf8_slice_codeunits(_to_large_string(values), 0, max_chars))
+
+
 # ----------------------------------------------------------------------------------------------
 # The algorithms, once, for any numba target
 # ----------------------------------------------------------------------------------------------

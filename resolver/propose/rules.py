@@ -224,7 +224,7 @@ def probable_matches(left: np.ndarray, right: np.ndarray, attributes: dict[str, 
     date, ids, email: what tells members of one household apart, who share a surname and an
     address); `who[field]` says whether a typo counts as agreeing there (not for ids: sequential
     ids of one household differ in one digit)."""
-    from resolver.kernels.strings import encode, jaro_winkler
+    from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 
     who = who or {}
     weight = np.zeros(len(left))
@@ -242,7 +242,7 @@ def probable_matches(left: np.ndarray, right: np.ndarray, attributes: dict[str, 
         near = np.zeros(len(left), dtype=bool)
         rows = np.flatnonzero(both & ~agree)
         if len(rows) and text.str.contains("[^\\W\\d_]", regex=True).mean() > 0.5:  # words: a typo
-            near[rows] = jaro_winkler(encode(text), left[rows], right[rows]) >= 0.85
+            near[rows] = jaro_winkler(encode_for_comparison(text), left[rows], right[rows]) >= 0.85
         elif len(rows):  # dates, numbers, ids: one character changed (siblings' birth dates are not near)
             near[rows] = _one_substitution(text, left[rows], right[rows])
         weight += np.where(agree, np.log2(m / u), np.where(both & ~near, np.log2((1 - m) / (1 - u)), 0.0))
