@@ -47,6 +47,12 @@ class InputError(Exception):
     """A whole input file cannot be used; the message names the file (and column or field)."""
 
 
+def unreadable(source: SourceConfig, path: Path | str, exc: OSError) -> InputError:
+    """The error for a file that cannot be stat'ed, opened or read: a dangling link, a file deleted
+    after the glob matched it, a folder, no permission."""
+    return InputError(f"source {source.name!r}: {path}: cannot read: {exc}")
+
+
 @dataclass
 class SourceFrame:
     source: str
@@ -85,13 +91,17 @@ _BYTE_CUTTABLE_CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", 
 def split_file(path: Path, fmt: str, target_bytes: int, csv_options: CsvOptions | None = None) -> list[Piece] | None:
     """Pieces of about `target_bytes` each, in file order, or None when the file is small or its
     format cannot be cut (a Segment batch is one JSON body; a CSV in an encoding that is not cut
-    at bytes). A CSV is cut at record ends: quoted fields may hold newlines."""
+    at bytes). A CSV is cut at record ends: quoted fields may hold newlines. An unreadable file
+    raises OSError."""
     if fmt not in SPLITTABLE_FORMATS or target_bytes <= 0 or os.path.getsize(path) <= target_bytes:
         return None
     if fmt == "csv":
         pieces = _csv_pieces(path, target_bytes, csv_options or CsvOptions())
     elif fmt == "parquet":
-        pieces = _row_group_pieces(path, target_bytes)
+        try:
+            pieces = _row_group_pieces(path, target_bytes)
+        except pa.ArrowInvalid:
+            return None  # not Parquet: read whole, and the read names the problem
     else:
         pieces = _line_pieces(path, target_bytes)
     return pieces if pieces is not None and len(pieces) > 1 else None
@@ -183,7 +193,7 @@ def read_source(config: Config, source: SourceConfig, files: list[Path] | None =
                 tables.append(_part_table(part, columns, str(path), nulls))
                 rejects.extend((source.name, str(path), *r) for r in sorted(part.rejects, key=lambda r: r[0]))
         except OSError as exc:
-            raise InputError(f"source {source.name!r}: {path}: cannot read: {exc}") from exc
+            raise unreadable(source, path, exc) from exc
     frame = pa.concat_tables(tables) if tables else _part_table(None, columns, "")
     reject_frame = _reject_frame(rejects)
     return SourceFrame(
@@ -535,20 +545,23 @@ def _jsonl_piece(
     schema: pa.Schema | None,
 ) -> Iterable[_Part]:
     """Parse data[start:end] with pyarrow; on failure split it in two and retry, so that a few bad
-    lines in a big file cost little, and parse small failing pieces line by line."""
-    if schema is not None:
+    lines in a big file cost little, and parse small failing pieces line by line.
+
+    pyarrow only sees text whose every line is one object ({...}): it crashes (SIGSEGV, pyarrow 26)
+    on a parse block that starts with `null`, and it starts blocks at any CR or LF."""
+    lines = _object_lines(data, start, end, newlines) if schema is not None else None
+    if lines is not None:
         try:
             table = pa_json.read_json(
                 pa.BufferReader(pa.py_buffer(data)[start:end]),
                 parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
             )
-            rows = _json_line_numbers(data, start, end, newlines, first_line, table.num_rows)
-            if rows is not None:
+            if table.num_rows == len(lines):  # else some line held two objects: no row numbers
                 table = _flatten(table)
                 strings = {col: table.column(col) for col in columns}
                 for arr in strings.values():
                     arr.validate(full=True)  # pyarrow does not check UTF-8 inside strings
-                yield _Part(strings, rows)
+                yield _Part(strings, first_line + lines)
                 return
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
@@ -562,26 +575,25 @@ def _jsonl_piece(
     yield _jsonl_slow(data[start:end], first_line, columns)
 
 
-def _json_line_numbers(
-    data: mmap.mmap, start: int, end: int, newlines: np.ndarray, first_line: int, rows: int
-) -> np.ndarray | None:
-    """Line numbers of the `rows` rows pyarrow read from data[start:end], or None when they cannot
-    be told. pyarrow skips blank lines, but it also reads two objects from one line and one object
-    from several lines; so every other line must start with "{" and end with "}" (then no object
-    can span lines) and their count must equal `rows` (then no line held two)."""
+def _object_lines(data: mmap.mmap, start: int, end: int, newlines: np.ndarray) -> np.ndarray | None:
+    """Indexes of the lines of data[start:end] that are not blank, when every one of them starts
+    with "{" and ends with "}" and no CR stands alone (pyarrow takes it for a line end); else None.
+    Such text can only start a pyarrow block with "{", no object can span lines, and pyarrow's row
+    count tells whether a line held two objects."""
     text = np.frombuffer(data, np.uint8, end - start, start)
     lines = len(newlines) + (text[-1] != ord("\n"))
     starts = np.concatenate(([0], newlines + 1))[:lines]
     ends = np.append(newlines, len(text))[:lines]
+    returns = np.flatnonzero(text == ord("\r"))
+    if (text[np.minimum(returns + 1, len(text) - 1)] != ord("\n")).any():  # a CR last is alone too
+        return None
     ends = ends - ((ends > starts) & (text[np.maximum(ends - 1, 0)] == ord("\r")))  # CRLF
     length = ends - starts
     blank = (length == 0) | ((length == 1) & np.isin(text[np.minimum(starts, len(text) - 1)], _BLANK_BYTES))
     filled = np.flatnonzero(~blank)
-    if len(filled) != rows:
-        return None
     if not ((text[starts[filled]] == ord("{")).all() and (text[ends[filled] - 1] == ord("}")).all()):
         return None
-    return first_line + filled.astype(np.int64)
+    return filled.astype(np.int64)
 
 
 _BLANK_BYTES = np.frombuffer(b" \t", np.uint8)

@@ -75,11 +75,14 @@ def sample_input(pattern: str, sample_rows: int) -> FileSample:
     frames, rows, exact, options = [], 0, True, {}
     for path in files:
         want = sample_rows - sum(len(f) for f in frames)
-        if want <= 0:
-            rows += _count_rows(path, fmt, options)
-            exact = exact and fmt == "parquet"
-            continue
-        frame, file_rows, file_exact, file_options = reader(path, want)
+        try:
+            if want <= 0:
+                rows += _count_rows(path, fmt, options)
+                exact = exact and fmt == "parquet"
+                continue
+            frame, file_rows, file_exact, file_options = reader(path, want)
+        except OSError as exc:  # deleted after the glob, a dangling link, no permission
+            raise InputError(f"{path}: cannot read: {exc}") from exc
         options = options or file_options
         frames.append(frame)
         rows += file_rows
