@@ -50,7 +50,12 @@ class InputError(Exception):
 def unreadable(source: SourceConfig, path: Path | str, exc: OSError) -> InputError:
     """The error for a file that cannot be stat'ed, opened or read: a dangling link, a file deleted
     after the glob matched it, a folder, no permission."""
-    return InputError(f"source {source.name!r}: {path}: cannot read: {exc}")
+    return InputError(f"source {source.name!r}: {path}: cannot read: {one_line(exc)}")
+
+
+def one_line(exc: Exception) -> str:
+    """An exception's text on one line (pyarrow's Parquet errors end in newlines)."""
+    return " ".join(str(exc).split())
 
 
 @dataclass
@@ -429,8 +434,8 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
             table = _flatten(pf.read(columns=tops))
         else:
             table = _flatten(pf.read_row_groups(range(piece.start, piece.end), columns=tops))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {exc}") from exc
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # OSError: also corrupt pages
+        raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {one_line(exc)}") from exc
     strings: dict[str, pa.ChunkedArray] = {}
     binary: dict[str, pa.ChunkedArray] = {}
     for col, i in where.items():
