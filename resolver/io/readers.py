@@ -50,7 +50,7 @@ class InputError(Exception):
 def unreadable(source: SourceConfig, path: Path | str, exc: OSError) -> InputError:
     """The error for a file that cannot be stat'ed, opened or read: a dangling link, a file deleted
     after the glob matched it, a folder, no permission."""
-    return InputError(f"source {source.name!r}: {path}: cannot read: {one_line(exc)}")
+    return InputError(f"source {source.name!r}: {path}: cannot read: {exc.strerror or one_line(exc)}")
 
 
 def one_line(exc: Exception) -> str:
