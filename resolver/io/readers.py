@@ -218,13 +218,17 @@ def _read_csv(path: Path, source: SourceConfig, columns: list[str], piece: Piece
     header = _csv_header(path, source, encoding)
     where = _match_columns(columns, header, path, source, "header")
     text = _CsvText(path, piece)
-    try:
-        with _quiet_undecodable_rows():
-            binary, rows, rejects = _csv_arrow(text, source, encoding, len(header), where)
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        # pyarrow gives up on the whole file for a few things a row-level reader survives: a bad
-        # row that is also invalid UTF-8, an undecodable byte in a non-UTF-8 file, a header
-        # without a newline, a row bigger than a parse block.
+    binary = None
+    if not text.starts_with_bom:  # pyarrow drops a BOM where its text starts: right for a file, not a piece
+        try:
+            with _quiet_undecodable_rows():
+                binary, rows, rejects = _csv_arrow(text, source, encoding, len(header), where)
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            # pyarrow gives up on the whole file for a few things a row-level reader survives: a bad
+            # row that is also invalid UTF-8, an undecodable byte in a non-UTF-8 file, a header
+            # without a newline, a row bigger than a parse block.
+            pass
+    if binary is None:
         binary, rows, rejects = _csv_python(text, source, encoding, len(header), where)
     strings, bad_text, keep = _decode_text(binary, rows, "UTF-8" if encoding == "utf-8" else source.csv.encoding)
     yield _Part(strings, rows if keep is None else rows[keep], rejects + bad_text)
@@ -245,6 +249,16 @@ class _CsvText:
     @property
     def rows_before(self) -> int:
         return 0 if self.piece is None else self.piece.first_row - 1
+
+    @property
+    def starts_with_bom(self) -> bool:
+        """A piece inside the file starts with a UTF-8 byte-order mark: data (a whole-file read
+        keeps it), though the parsers drop one where their text starts."""
+        if self.has_header:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(self.piece.start)
+            return f.read(3) == codecs.BOM_UTF8
 
     def _piece_bytes(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -338,7 +352,7 @@ def _csv_python(
     rows: list[int] = []
     rejects: list[Reject] = []
     ordinal = text.rows_before
-    with _csv_text(text.binary(), encoding, "surrogateescape") as f, _paused_gc():
+    with _csv_text(text.binary(), encoding, "surrogateescape", file_start=text.has_header) as f, _paused_gc():
         reader = csv.reader(f, delimiter=source.csv.delimiter, quotechar=source.csv.quotechar)
         try:
             if text.has_header:
@@ -370,11 +384,11 @@ def _binary_column(values: Sequence[str]) -> pa.Array:
         return pa.array([v.encode("utf-8", "surrogateescape") for v in values], pa.binary())
 
 
-def _csv_text(binary, encoding: str, errors: str):
+def _csv_text(binary, encoding: str, errors: str, file_start: bool = True):
     """Text from a binary stream (closed with it). "-sig" drops the byte-order mark that
-    Excel-saved UTF-8 exports start with."""
-    return io.TextIOWrapper(binary, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors=errors,
-                            newline="")
+    Excel-saved UTF-8 exports start with (only at the file's start: elsewhere it is data)."""
+    sig = encoding == "utf-8" and file_start
+    return io.TextIOWrapper(binary, encoding="utf-8-sig" if sig else encoding, errors=errors, newline="")
 
 
 def _csv_header(path: Path, source: SourceConfig, encoding: str) -> list[str]:
@@ -442,7 +456,7 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
         arr = table.column(leaves[i])
         if pa.types.is_dictionary(arr.type):
             arr = arr.cast(arr.type.value_type)  # categorical columns: their values, not codes
-        if _is_binary(arr.type):
+        if _is_binary(arr.type) or not _valid_text(arr):
             binary[col] = arr.cast(pa.binary())  # may hold invalid UTF-8: rejected per row, as in CSV
         else:
             strings[col] = _to_string(arr, col, path, source)
@@ -462,6 +476,17 @@ def _is_binary(kind: pa.DataType) -> bool:
         or pa.types.is_fixed_size_binary(kind)
         or pa.types.is_binary_view(kind)
     )
+
+
+def _valid_text(arr: pa.ChunkedArray) -> bool:
+    """False for a string column holding invalid UTF-8 (a damaged file): Parquet readers do not check."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return True
+    try:
+        arr.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:
