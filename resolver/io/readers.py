@@ -614,9 +614,10 @@ def _object_lines(data: mmap.mmap, start: int, end: int, newlines: np.ndarray) -
     lines = len(newlines) + (text[-1] != ord("\n"))
     starts = np.concatenate(([0], newlines + 1))[:lines]
     ends = np.append(newlines, len(text))[:lines]
-    returns = np.flatnonzero(text == ord("\r"))
-    if (text[np.minimum(returns + 1, len(text) - 1)] != ord("\n")).any():  # a CR last is alone too
-        return None
+    if data.find(b"\r", start, end) >= 0:  # memchr first: most files hold no CR at all
+        returns = np.flatnonzero(text == ord("\r"))
+        if (text[np.minimum(returns + 1, len(text) - 1)] != ord("\n")).any():  # a CR last is alone too
+            return None
     ends = ends - ((ends > starts) & (text[np.maximum(ends - 1, 0)] == ord("\r")))  # CRLF
     length = ends - starts
     blank = (length == 0) | ((length == 1) & np.isin(text[np.minimum(starts, len(text) - 1)], _BLANK_BYTES))
