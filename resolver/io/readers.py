@@ -50,12 +50,13 @@ class InputError(Exception):
 def unreadable(source: SourceConfig, path: Path | str, exc: OSError) -> InputError:
     """The error for a file that cannot be stat'ed, opened or read: a dangling link, a file deleted
     after the glob matched it, a folder, no permission."""
-    return InputError(f"source {source.name!r}: {path}: cannot read: {exc.strerror or one_line(exc)}")
+    return InputError(f"source {source.name!r}: {path}: cannot read: {one_line(exc)}")
 
 
 def one_line(exc: Exception) -> str:
-    """An exception's text on one line (pyarrow's Parquet errors end in newlines)."""
-    return " ".join(str(exc).split())
+    """An exception's reason on one line: an OS error's without the path (the message names it
+    already); pyarrow's Parquet errors end in newlines."""
+    return getattr(exc, "strerror", None) or " ".join(str(exc).split())
 
 
 @dataclass
