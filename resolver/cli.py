@@ -27,7 +27,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INPUT, EXIT_QUALITY, EXIT_UNHEALTHY_MOD
 
 
 def _console(args) -> Console:
-    return Console(stderr=True, quiet=getattr(args, "quiet", False))
+    return _stderr(quiet=getattr(args, "quiet", False))
+
+
+def _stderr(quiet: bool = False) -> Console:
+    """Messages on stderr, never wrapped: rich wraps at 80 columns when stderr is not a terminal,
+    which would split a one-line error (a long path) over several lines of a log."""
+    return Console(stderr=True, quiet=quiet, soft_wrap=True)
 
 
 def _run_pipeline(config, console: Console, model_path: Path | None = None, state_dir: Path | None = None,
@@ -177,7 +183,7 @@ def _model_health_exit(console: Console, summary: dict) -> int:
     --quiet ("print only errors")."""
     health = (summary.get("matching") or {}).get("model_health") or {}
     withheld = health.get("auto_merge_withheld")
-    errors = Console(stderr=True) if withheld else console
+    errors = _stderr() if withheld else console
     for note in health.get("notes", []):
         console.print(f"[yellow]model note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     for problem in health.get("problems", []):
@@ -267,7 +273,7 @@ def cmd_init(args) -> int:
     out.print(table)
     out.print(f"{len(proposal.comparisons)} comparisons; wrote {args.out} (run it: resolver run --config {args.out})")
     for warning in proposal.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     return EXIT_OK
 
 
@@ -319,7 +325,7 @@ def cmd_capacity(args) -> int:
         return EXIT_OK
     console = Console(quiet=args.quiet)
     for warning in answer["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     table = Table(title=f"capacity: {args.profiles:,} profiles, {args.events:,} events ({answer['backend']}, "
                         f"{answer['engine']} engine{', ' + args.gpu if args.gpu != 'none' else ''})")
     table.add_column("stage")
@@ -715,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
              (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
              (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = _stderr()
     try:
         return args.func(args)
     except tuple(kind for kind, _, _ in known) as exc:

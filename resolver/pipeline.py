@@ -33,7 +33,7 @@ from resolver.heap import return_freed_memory
 from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
-from resolver.io.readers import REJECT_COLUMNS, Piece, read_source, split_file
+from resolver.io.readers import REJECT_COLUMNS, Piece, read_source, split_file, unreadable
 from resolver.io.writers import stage_outputs, write_outputs
 from resolver.normalize import Blocklist
 from resolver.report import REPORT_FILE, report_for_run
@@ -128,7 +128,10 @@ def plan_ingest(config: Config) -> list[IngestJob]:
         if not files:
             jobs.append(IngestJob(index, ()))
         for f in files:
-            pieces = split_file(Path(f), source.format, config.run.partition_bytes, source.csv) or [None]
+            try:
+                pieces = split_file(Path(f), source.format, config.run.partition_bytes, source.csv) or [None]
+            except OSError as exc:
+                raise unreadable(source, f, exc) from exc
             jobs.extend(IngestJob(index, (f,), piece) for piece in pieces)
     return jobs
 
@@ -171,7 +174,15 @@ def _estimated_cost(config: Config, job: IngestJob) -> float:
     weight = 2.5 if config.sources[job.source_index].kind == "records" else 1.0
     if job.piece is not None and config.sources[job.source_index].format != "parquet":
         return weight * (job.piece.end - job.piece.start)
-    return weight * sum(os.path.getsize(f) for f in job.files)
+    return weight * sum(_size(f) for f in job.files)
+
+
+def _size(path: str) -> int:
+    """A file's size, 0 when it is gone: only a scheduling guess; the job's read names the problem."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
@@ -240,7 +251,10 @@ class Snapshots:
         keys, prints = [], {}
         for job in jobs:
             missing = [f for f in job.files if f not in prints]  # a file read in pieces is hashed once
-            prints.update({p.path: p for p in fingerprint_files(missing, self.known_files)})
+            try:
+                prints.update({p.path: p for p in fingerprint_files(missing, self.known_files)})
+            except OSError as exc:
+                raise unreadable(config.sources[job.source_index], exc.filename or ", ".join(missing), exc) from exc
             mine = [prints[f] for f in job.files]
             settings = config.sources[job.source_index].model_dump_json()
             if job.piece is not None:

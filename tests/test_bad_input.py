@@ -1,6 +1,9 @@
 """Malformed input through the whole command: clear errors or rejects, never a silent loss."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -154,3 +157,49 @@ def test_an_event_redelivered_in_a_later_file_is_a_duplicate(tmp_path, workers):
     assert "duplicate event id" in redelivered["reason"].item()
     ids = pd.read_parquet(tmp_path / "out" / "identifier_map.parquet")
     assert ids.loc[ids["value"] == "u1", "events"].item() == 1  # counted once, not twice
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("what", ["dangling link", "folder"])
+def test_an_unreadable_glob_match_exits_3_with_one_line_naming_it(tmp_path, capsys, what, workers):
+    config = _dataset(tmp_path, truncate_last=False)
+    config.write_text(CONFIG.replace("path: events.jsonl", "path: events*.jsonl")
+                      .replace("run: {output_dir: out}", f"run: {{output_dir: out, workers: {workers}}}"))
+    bad = tmp_path / "events2.jsonl"
+    bad.symlink_to(tmp_path / "deleted.jsonl") if what == "dangling link" else bad.mkdir()
+    assert _run(config) == EXIT_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "cannot read" in err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl", "segment", "ga4", "adobe", "tealium"])
+@pytest.mark.parametrize("what", ["dangling link", "folder"])
+def test_an_unreadable_file_of_any_format_exits_3(tmp_path, capsys, fmt, what):
+    (tmp_path / "resolver.yaml").write_text(f"""
+run: {{output_dir: out}}
+sources:
+  - {{name: src, kind: events, format: {fmt}, path: "data*", key: id, identifiers: {{user_id: uid}}}}
+identity:
+  types:
+    user_id: {{priority: 1}}
+""")
+    bad = tmp_path / "data1"
+    bad.symlink_to(tmp_path / "gone") if what == "dangling link" else bad.mkdir()
+    assert _run(tmp_path / "resolver.yaml") == EXIT_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err, err
+
+
+def test_errors_are_one_line_when_stderr_is_a_pipe(tmp_path):
+    # rich wrapped messages at 80 columns when stderr was not a terminal; a long path shows it.
+    deep = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / ("and_another_one_below_it_" * 3)
+    deep.mkdir(parents=True)
+    config = _dataset(deep, csv=CSV.replace('"Phone"', '"Telephone"'))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]), "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "resolver", "run", "--config", str(config), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == EXIT_INPUT
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 200, done.stderr
+    assert str(deep / "crm.csv") in lines[0] and "Phone" in lines[0]

@@ -139,6 +139,17 @@ def test_csv_pieces_read_like_the_whole_file(tmp_path_factory, n, bad_every, bla
     assert whole.rows_read == rows_read
 
 
+def test_a_csv_piece_that_starts_with_a_byte_order_mark_keeps_it(tmp_path):
+    # Files joined by a tool that writes a BOM hold one inside: data, kept as a whole-file read keeps it
+    # (the parsers drop one where their text starts, which is the file's start only for the first piece).
+    body = b"".join(b"\xef\xbb\xbf" + f"{i},p{i}@example.com,{i} Elm Rd,\n".encode() for i in range(300))
+    path = tmp_path / "contacts.csv"
+    path.write_bytes(b"\xef\xbb\xbfId,Email,Street,Note\n" + body)
+    whole, frame, rejects, rows_read = _whole_and_pieced(_csv_config(tmp_path), path, 1000)
+    assert whole.frame["Id"].str.startswith("\ufeff").all() and whole.rows_read == rows_read == 300
+    pd.testing.assert_frame_equal(whole.frame, frame)
+
+
 def test_csv_pieces_start_at_record_ends(tmp_path):
     """A cut never falls inside a quoted field, even where the field holds many newlines."""
     body = "Id,Street\n" + "".join(f'{i},"line one\nline two\nline three {i}"\n' for i in range(400))

@@ -574,6 +574,16 @@ def test_parquet_binary_column_with_invalid_utf8_rejects_the_row(tmp_path):
     assert list(result.rejects["reason"]) == ["invalid UTF-8 in field id"]
 
 
+def test_parquet_string_column_with_invalid_utf8_rejects_the_row(tmp_path):
+    # A damaged file: Parquet readers give a string column without checking its UTF-8.
+    ids = pa.array([b"a", b"\xff", None], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ids}), tmp_path / "part-0.parquet")
+    result = read(tmp_path, format="parquet", path="*.parquet", key="id")
+    assert values(result, "id") == ["a", None]
+    assert values(result, "_row") == [1, 3]
+    assert list(result.rejects["reason"]) == ["invalid UTF-8 in field id"]
+
+
 def test_parquet_missing_column_is_an_error(tmp_path):
     pq.write_table(pa.table({"id": ["a"]}), tmp_path / "part-0.parquet")
     with pytest.raises(InputError, match=r"part-0.parquet.*'context.ip'"):

@@ -47,6 +47,18 @@ class InputError(Exception):
     """A whole input file cannot be used; the message names the file (and column or field)."""
 
 
+def unreadable(source: SourceConfig, path: Path | str, exc: OSError) -> InputError:
+    """The error for a file that cannot be stat'ed, opened or read: a dangling link, a file deleted
+    after the glob matched it, a folder, no permission."""
+    return InputError(f"source {source.name!r}: {path}: cannot read: {one_line(exc)}")
+
+
+def one_line(exc: Exception) -> str:
+    """An exception's reason on one line: an OS error's without the path (the message names it
+    already); pyarrow's Parquet errors end in newlines."""
+    return getattr(exc, "strerror", None) or " ".join(str(exc).split())
+
+
 @dataclass
 class SourceFrame:
     source: str
@@ -85,13 +97,17 @@ _BYTE_CUTTABLE_CODECS = frozenset({"utf-8", "ascii", "iso8859-1", "iso8859-15", 
 def split_file(path: Path, fmt: str, target_bytes: int, csv_options: CsvOptions | None = None) -> list[Piece] | None:
     """Pieces of about `target_bytes` each, in file order, or None when the file is small or its
     format cannot be cut (a Segment batch is one JSON body; a CSV in an encoding that is not cut
-    at bytes). A CSV is cut at record ends: quoted fields may hold newlines."""
+    at bytes). A CSV is cut at record ends: quoted fields may hold newlines. An unreadable file
+    raises OSError."""
     if fmt not in SPLITTABLE_FORMATS or target_bytes <= 0 or os.path.getsize(path) <= target_bytes:
         return None
     if fmt == "csv":
         pieces = _csv_pieces(path, target_bytes, csv_options or CsvOptions())
     elif fmt == "parquet":
-        pieces = _row_group_pieces(path, target_bytes)
+        try:
+            pieces = _row_group_pieces(path, target_bytes)
+        except pa.ArrowInvalid:
+            return None  # not Parquet: read whole, and the read names the problem
     else:
         pieces = _line_pieces(path, target_bytes)
     return pieces if pieces is not None and len(pieces) > 1 else None
@@ -183,7 +199,7 @@ def read_source(config: Config, source: SourceConfig, files: list[Path] | None =
                 tables.append(_part_table(part, columns, str(path), nulls))
                 rejects.extend((source.name, str(path), *r) for r in sorted(part.rejects, key=lambda r: r[0]))
         except OSError as exc:
-            raise InputError(f"source {source.name!r}: {path}: cannot read: {exc}") from exc
+            raise unreadable(source, path, exc) from exc
     frame = pa.concat_tables(tables) if tables else _part_table(None, columns, "")
     reject_frame = _reject_frame(rejects)
     return SourceFrame(
@@ -203,13 +219,17 @@ def _read_csv(path: Path, source: SourceConfig, columns: list[str], piece: Piece
     header = _csv_header(path, source, encoding)
     where = _match_columns(columns, header, path, source, "header")
     text = _CsvText(path, piece)
-    try:
-        with _quiet_undecodable_rows():
-            binary, rows, rejects = _csv_arrow(text, source, encoding, len(header), where)
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        # pyarrow gives up on the whole file for a few things a row-level reader survives: a bad
-        # row that is also invalid UTF-8, an undecodable byte in a non-UTF-8 file, a header
-        # without a newline, a row bigger than a parse block.
+    binary = None
+    if not text.starts_with_bom:  # pyarrow drops a BOM where its text starts: right for a file, not a piece
+        try:
+            with _quiet_undecodable_rows():
+                binary, rows, rejects = _csv_arrow(text, source, encoding, len(header), where)
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            # pyarrow gives up on the whole file for a few things a row-level reader survives: a bad
+            # row that is also invalid UTF-8, an undecodable byte in a non-UTF-8 file, a header
+            # without a newline, a row bigger than a parse block.
+            pass
+    if binary is None:
         binary, rows, rejects = _csv_python(text, source, encoding, len(header), where)
     strings, bad_text, keep = _decode_text(binary, rows, "UTF-8" if encoding == "utf-8" else source.csv.encoding)
     yield _Part(strings, rows if keep is None else rows[keep], rejects + bad_text)
@@ -230,6 +250,16 @@ class _CsvText:
     @property
     def rows_before(self) -> int:
         return 0 if self.piece is None else self.piece.first_row - 1
+
+    @property
+    def starts_with_bom(self) -> bool:
+        """A piece inside the file starts with a UTF-8 byte-order mark: data (a whole-file read
+        keeps it), though the parsers drop one where their text starts."""
+        if self.has_header:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(self.piece.start)
+            return f.read(3) == codecs.BOM_UTF8
 
     def _piece_bytes(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -323,7 +353,7 @@ def _csv_python(
     rows: list[int] = []
     rejects: list[Reject] = []
     ordinal = text.rows_before
-    with _csv_text(text.binary(), encoding, "surrogateescape") as f, _paused_gc():
+    with _csv_text(text.binary(), encoding, "surrogateescape", file_start=text.has_header) as f, _paused_gc():
         reader = csv.reader(f, delimiter=source.csv.delimiter, quotechar=source.csv.quotechar)
         try:
             if text.has_header:
@@ -355,11 +385,11 @@ def _binary_column(values: Sequence[str]) -> pa.Array:
         return pa.array([v.encode("utf-8", "surrogateescape") for v in values], pa.binary())
 
 
-def _csv_text(binary, encoding: str, errors: str):
+def _csv_text(binary, encoding: str, errors: str, file_start: bool = True):
     """Text from a binary stream (closed with it). "-sig" drops the byte-order mark that
-    Excel-saved UTF-8 exports start with."""
-    return io.TextIOWrapper(binary, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors=errors,
-                            newline="")
+    Excel-saved UTF-8 exports start with (only at the file's start: elsewhere it is data)."""
+    sig = encoding == "utf-8" and file_start
+    return io.TextIOWrapper(binary, encoding="utf-8-sig" if sig else encoding, errors=errors, newline="")
 
 
 def _csv_header(path: Path, source: SourceConfig, encoding: str) -> list[str]:
@@ -419,15 +449,15 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
             table = _flatten(pf.read(columns=tops))
         else:
             table = _flatten(pf.read_row_groups(range(piece.start, piece.end), columns=tops))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {exc}") from exc
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # OSError: also corrupt pages
+        raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {one_line(exc)}") from exc
     strings: dict[str, pa.ChunkedArray] = {}
     binary: dict[str, pa.ChunkedArray] = {}
     for col, i in where.items():
         arr = table.column(leaves[i])
         if pa.types.is_dictionary(arr.type):
             arr = arr.cast(arr.type.value_type)  # categorical columns: their values, not codes
-        if _is_binary(arr.type):
+        if _is_binary(arr.type) or not _valid_text(arr):
             binary[col] = arr.cast(pa.binary())  # may hold invalid UTF-8: rejected per row, as in CSV
         else:
             strings[col] = _to_string(arr, col, path, source)
@@ -447,6 +477,17 @@ def _is_binary(kind: pa.DataType) -> bool:
         or pa.types.is_fixed_size_binary(kind)
         or pa.types.is_binary_view(kind)
     )
+
+
+def _valid_text(arr: pa.ChunkedArray) -> bool:
+    """False for a string column holding invalid UTF-8 (a damaged file): Parquet readers do not check."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return True
+    try:
+        arr.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:
@@ -535,20 +576,23 @@ def _jsonl_piece(
     schema: pa.Schema | None,
 ) -> Iterable[_Part]:
     """Parse data[start:end] with pyarrow; on failure split it in two and retry, so that a few bad
-    lines in a big file cost little, and parse small failing pieces line by line."""
-    if schema is not None:
+    lines in a big file cost little, and parse small failing pieces line by line.
+
+    pyarrow only sees text whose every line is one object ({...}): it crashes (SIGSEGV, pyarrow 26)
+    on a parse block that starts with `null`, and it starts blocks at any CR or LF."""
+    lines = _object_lines(data, start, end, newlines) if schema is not None else None
+    if lines is not None:
         try:
             table = pa_json.read_json(
                 pa.BufferReader(pa.py_buffer(data)[start:end]),
                 parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
             )
-            rows = _json_line_numbers(data, start, end, newlines, first_line, table.num_rows)
-            if rows is not None:
+            if table.num_rows == len(lines):  # else some line held two objects: no row numbers
                 table = _flatten(table)
                 strings = {col: table.column(col) for col in columns}
                 for arr in strings.values():
                     arr.validate(full=True)  # pyarrow does not check UTF-8 inside strings
-                yield _Part(strings, rows)
+                yield _Part(strings, first_line + lines)
                 return
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
@@ -562,26 +606,26 @@ def _jsonl_piece(
     yield _jsonl_slow(data[start:end], first_line, columns)
 
 
-def _json_line_numbers(
-    data: mmap.mmap, start: int, end: int, newlines: np.ndarray, first_line: int, rows: int
-) -> np.ndarray | None:
-    """Line numbers of the `rows` rows pyarrow read from data[start:end], or None when they cannot
-    be told. pyarrow skips blank lines, but it also reads two objects from one line and one object
-    from several lines; so every other line must start with "{" and end with "}" (then no object
-    can span lines) and their count must equal `rows` (then no line held two)."""
+def _object_lines(data: mmap.mmap, start: int, end: int, newlines: np.ndarray) -> np.ndarray | None:
+    """Indexes of the lines of data[start:end] that are not blank, when every one of them starts
+    with "{" and ends with "}" and no CR stands alone (pyarrow takes it for a line end); else None.
+    Such text can only start a pyarrow block with "{", no object can span lines, and pyarrow's row
+    count tells whether a line held two objects."""
     text = np.frombuffer(data, np.uint8, end - start, start)
     lines = len(newlines) + (text[-1] != ord("\n"))
     starts = np.concatenate(([0], newlines + 1))[:lines]
     ends = np.append(newlines, len(text))[:lines]
+    if data.find(b"\r", start, end) >= 0:  # memchr first: most files hold no CR at all
+        returns = np.flatnonzero(text == ord("\r"))
+        if (text[np.minimum(returns + 1, len(text) - 1)] != ord("\n")).any():  # a CR last is alone too
+            return None
     ends = ends - ((ends > starts) & (text[np.maximum(ends - 1, 0)] == ord("\r")))  # CRLF
     length = ends - starts
     blank = (length == 0) | ((length == 1) & np.isin(text[np.minimum(starts, len(text) - 1)], _BLANK_BYTES))
     filled = np.flatnonzero(~blank)
-    if len(filled) != rows:
-        return None
     if not ((text[starts[filled]] == ord("{")).all() and (text[ends[filled] - 1] == ord("}")).all()):
         return None
-    return first_line + filled.astype(np.int64)
+    return filled.astype(np.int64)
 
 
 _BLANK_BYTES = np.frombuffer(b" \t", np.uint8)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from resolver.io.readers import InputError
+from resolver.io.readers import InputError, one_line
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -75,11 +75,14 @@ def sample_input(pattern: str, sample_rows: int) -> FileSample:
     frames, rows, exact, options = [], 0, True, {}
     for path in files:
         want = sample_rows - sum(len(f) for f in frames)
-        if want <= 0:
-            rows += _count_rows(path, fmt, options)
-            exact = exact and fmt == "parquet"
-            continue
-        frame, file_rows, file_exact, file_options = reader(path, want)
+        try:
+            if want <= 0:
+                rows += _count_rows(path, fmt, options)
+                exact = exact and fmt == "parquet"
+                continue
+            frame, file_rows, file_exact, file_options = reader(path, want)
+        except OSError as exc:  # deleted after the glob, a dangling link, no permission
+            raise InputError(f"{path}: cannot read: {one_line(exc)}") from exc
         options = options or file_options
         frames.append(frame)
         rows += file_rows
@@ -214,7 +217,7 @@ def _parquet_sample(path: Path, want: int):
         pf = pq.ParquetFile(path)
         batch = next(pf.iter_batches(batch_size=want), None)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: cannot read Parquet: {exc}") from exc
+        raise InputError(f"{path}: cannot read Parquet: {one_line(exc)}") from exc
     table = pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
     while any(pa.types.is_struct(t) for t in table.schema.types):
         table = table.flatten()
