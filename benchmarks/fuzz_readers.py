@@ -473,7 +473,6 @@ def run(n: int, seed: int, folder: Path | None = None, jobs: int = 2) -> list[di
     import shutil
     import tempfile
     import threading
-    from collections import Counter
     from concurrent.futures import ThreadPoolExecutor
 
     base = Path(tempfile.mkdtemp(prefix="fuzz-readers-", dir=folder))

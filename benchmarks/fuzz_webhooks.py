@@ -56,9 +56,14 @@ class Case:
     headers: dict = field(default_factory=dict)
 
 
+# Outcomes that are findings: a 500, no answer, a stall of /healthz, an event lost, a traceback logged.
+FAILURES = {"5xx", "timeout", "error", "slow", "unresolved", "traceback"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Valid requests
 # ---------------------------------------------------------------------------------------------
+
 def _segment(rng: random.Random, n: int) -> dict:
     message = {"type": rng.choice(["identify", "track", "page"]), "messageId": f"fuzz-{n}",
                "userId": f"u-fuzz-{rng.randrange(50)}", "anonymousId": f"a-fuzz-{n}",
@@ -381,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"n": args.n, "seed": args.seed, "rows": rows}, indent=2) + "\n",
                                   encoding="utf-8")
-    bad = sum(r["count"] for r in rows if r["outcome"] in ("5xx", "timeout", "error", "slow", "unresolved", "traceback"))
+    bad = sum(r["count"] for r in rows if r["outcome"] in FAILURES)
     return 1 if bad else 0
 
 
