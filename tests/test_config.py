@@ -74,3 +74,10 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_write(tmp_path, "sources: [\n"))
+
+
+def test_events_sources_alone_are_an_error_not_a_crash(tmp_path):
+    # Found by the reader fuzzer: a run of events alone ended in a traceback building the graph.
+    events_only = MINIMAL.replace("    key: Id\n", "    kind: events\n")
+    with pytest.raises(ConfigError, match="only events sources"):
+        load_config(_write(tmp_path, events_only))
