@@ -517,9 +517,6 @@ class Config(_Strict):
             unknown = sorted(set(self.stitching.anonymous_types) - set(self.identity.types))
             if unknown:
                 raise ValueError(f"stitching.anonymous_types names unknown identifier types {unknown}")
-        if self.sources and all(s.kind == "events" for s in self.sources):
-            raise ValueError("sources: only events sources; persons are made of records (CRM rows, identify "
-                             "calls as `kind: records`), and events attach to them: add a records source")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {dupes}")

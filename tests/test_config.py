@@ -76,8 +76,12 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(_write(tmp_path, "sources: [\n"))
 
 
-def test_events_sources_alone_are_an_error_not_a_crash(tmp_path):
+
+def test_events_sources_alone_end_the_run_with_a_config_error_not_a_crash(tmp_path):
     # Found by the reader fuzzer: a run of events alone ended in a traceback building the graph.
-    events_only = MINIMAL.replace("    key: Id\n", "    kind: events\n")
-    with pytest.raises(ConfigError, match="only events sources"):
-        load_config(_write(tmp_path, events_only))
+    from resolver.pipeline import run
+
+    (tmp_path / "x.csv").write_text("Id,Email\n1,a@example.com\n")
+    config = load_config(_write(tmp_path, MINIMAL.replace("    key: Id\n", "    kind: events\n")))
+    with pytest.raises(ConfigError, match="no `kind: records` source"):
+        run(config, write=False)
