@@ -365,6 +365,9 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
     The parts' observations and event tables are consumed (released as they are copied).
     """
     record_parts = [p for p in parts if p.records is not None]
+    if not record_parts:
+        raise ConfigError("sources: no `kind: records` source; persons are made of records (CRM rows, or identify "
+                          "calls read as records) and events attach to them: add a records source")
     event_parts = [p for p in parts if p.event_nodes is not None and len(p.event_nodes)]
     offsets = np.cumsum([0] + [len(p.records) for p in record_parts])
     records = pd.concat([p.records for p in record_parts], ignore_index=True)
@@ -916,9 +919,6 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     commits its outputs and its state together (StateStore.commit_run). Review decisions in the
     state are applied (resolver.review), and the run appends its row to the state's history.
     `truth` (a truth folder or records file) adds quality curves to report.html."""
-    if not any(source.kind == "records" for source in config.sources):
-        raise ConfigError("sources: no `kind: records` source; persons are made of records (CRM rows, or identify "
-                          "calls read as records) and events attach to them: add a records source")
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     store = StateStore(state_dir) if state_dir is not None else None
