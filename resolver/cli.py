@@ -441,13 +441,13 @@ def _sync_service(args, import_batch: bool = False):
 def cmd_serve(args) -> int:
     import logging
 
-    import numba
+    # Small arrays at a time: numba's parallel kernels would only pay thread wake-ups. (Set before
+    # numba loads: the service loads it only with the resolver, after it answers.)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     import uvicorn
 
     from resolver.sync.app import create_app
 
-    # Small arrays at a time: numba's parallel kernels would only pay thread wake-ups.
-    numba.set_num_threads(1)
     # The inbox writer thread shares the interpreter with the event loop; a short switch interval
     # keeps the loop (parsing, answering) from queueing behind it. Resolution runs in a process of
     # its own (the worker), not here.

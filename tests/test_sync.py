@@ -190,7 +190,11 @@ def test_webhooks_resolve_against_the_batch_state(batch, tmp_path, store_url):
         dead = service.dead_letters()
         assert [(d["event_id"], d["attempts"], d["status"]) for d in dead] == [("sfdc-om:04l5g00000OPP0001", 1, "pending")]
         assert "Opportunity" in dead[0]["error"]
-        assert client.get("/healthz").json() == {"status": "ok"}
+        health = client.get("/healthz")  # a dead letter is no lag: everything accepted was taken in
+        assert health.status_code == 200
+        assert {k: health.json()[k] for k in ("status", "worker", "queue_depth", "oldest_unresolved_age_s")} == {
+            "status": "ok", "worker": "running", "queue_depth": 0, "oldest_unresolved_age_s": None}
+        assert health.json()["last_batch_age_s"] < 60
         metrics = client.get("/metrics").text
         assert 'resolver_sync_events_total{channel="segment",outcome="accepted"} 2.0' in metrics
         assert "resolver_sync_dlq_pending 1.0" in metrics
@@ -412,6 +416,19 @@ def _start_server(root: Path, port: int, log):
     raise AssertionError("serve did not become healthy")
 
 
+def _wait_caught_up(port: int, timeout: float = 60) -> dict:
+    """Poll /healthz until the worker runs and has taken in every accepted event."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+        if health["worker"] == "running" and health["queue_depth"] == 0:
+            return health
+        time.sleep(0.05)
+    raise AssertionError(f"the worker did not catch up: {health}")
+
+
 def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
     """SIGKILL the service while clients post events; after a restart every event that got a 2xx
     is in the store exactly once, resolved, and redelivering it changes nothing."""
@@ -458,6 +475,8 @@ def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
 
     proc = _start_server(root, port, log)
     try:
+        # Healthy comes first; the worker takes in what the kill left in the inbox meanwhile.
+        _wait_caught_up(port)
         with sqlite3.connect(root / "state" / "sync.db") as db:
             rows = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id").fetchall())
             status = dict(db.execute("SELECT event_id, status FROM events").fetchall())

@@ -137,7 +137,15 @@ class Resolver:
         self._hash_cache: dict[tuple[str, str], int] = {}
         self.objects = self._object_sources(config)
         self.segment = self._segment_source(config)
-        self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
+        self._model = model if config.matching is not None else None
+        self._matcher: Matcher | None = None
+
+    @property
+    def matcher(self) -> Matcher | None:
+        """The model's scorer, prepared on first use (lookups never need it)."""
+        if self._matcher is None and self._model is not None:
+            self._matcher = Matcher(self.config, self._model, self)
+        return self._matcher
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
