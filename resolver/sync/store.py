@@ -109,9 +109,13 @@ class StoreError(ValueError):
 class Tx:
     """One connection inside a transaction: `?`-style statements for either database."""
 
-    def __init__(self, conn, dialect: str):
+    def __init__(self, conn, dialect: str, pipeline=None):
         self.conn = conn
         self.dialect = dialect
+        # PostgreSQL pipeline mode (Store.transaction(..., pipelined=True)): statements are sent
+        # without waiting for their results, which come with the next read or sync; `execute`'s
+        # row count is then -1 (use RETURNING).
+        self.pipeline = pipeline
         self._savepoints = 0
 
     def _sql(self, sql: str) -> str:
@@ -151,11 +155,23 @@ class _Savepoint:
 
     def __exit__(self, kind, exc, tb):
         if exc is None:
+            try:
+                if self.tx.pipeline is not None:  # the errors of what was sent in it surface here, inside it
+                    self.tx.pipeline.sync()
+            except Exception:
+                self._roll_back()
+                raise
             self.tx.conn.execute(f"RELEASE SAVEPOINT {self.name}")
         else:
-            self.tx.conn.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
-            self.tx.conn.execute(f"RELEASE SAVEPOINT {self.name}")
+            self._roll_back()
         return False
+
+    def _roll_back(self) -> None:
+        if self.tx.pipeline is not None:  # an aborted pipeline takes no statement before a sync
+            with contextlib.suppress(Exception):
+                self.tx.pipeline.sync()
+        self.tx.conn.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
+        self.tx.conn.execute(f"RELEASE SAVEPOINT {self.name}")
 
 
 @dataclass
@@ -286,16 +302,27 @@ class Store:
         are not fsynced on their own, see the module docstring)."""
         return self._connect("NORMAL" if self.dialect == "sqlite" else None)
 
-    def transaction(self, conn, fn: Callable[[Tx], Any]) -> Any:
+    def transaction(self, conn, fn: Callable[[Tx], Any], pipelined: bool = False) -> Any:
         """Run `fn` in a transaction on `conn` (one of this store's connections): commit, or roll
-        back and raise."""
+        back and raise. `pipelined`: on PostgreSQL in pipeline mode (fewer round trips: see Tx)."""
+        if pipelined and self.dialect == "postgresql":
+            with conn.pipeline() as pipeline:
+                return self._transaction(conn, fn, pipeline)
+        return self._transaction(conn, fn, None)
+
+    def _transaction(self, conn, fn: Callable[[Tx], Any], pipeline) -> Any:
         self._begin(conn)
         try:
-            result = fn(Tx(conn, self.dialect))
+            result = fn(Tx(conn, self.dialect, pipeline))
             conn.execute("COMMIT")
+            if pipeline is not None:
+                pipeline.sync()  # the commit's outcome, before anyone is told
             return result
         except BaseException:
             with contextlib.suppress(Exception):  # the connection may be gone
+                if pipeline is not None:
+                    pipeline.sync()  # an aborted pipeline takes no statement before a sync
+            with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
             raise
 

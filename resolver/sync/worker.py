@@ -60,7 +60,7 @@ class Worker:
 
     def _write(self, fn):
         try:
-            return self.store.transaction(self.conn, fn)
+            return self.store.transaction(self.conn, fn, pipelined=True)
         except Exception:
             self._reset()
             raise
