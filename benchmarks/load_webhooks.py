@@ -281,6 +281,20 @@ def _stored(url: str, accepted: list[str]) -> dict:
             "not_resolved": sum(1 for e in wanted if e in held and held[e][1] != "resolved")}
 
 
+def _caught_up(port: int, timeout: float = 120.0) -> float | None:
+    """Seconds until /healthz says the worker has taken in every accepted event (None: not within
+    `timeout`)."""
+    import httpx
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json().get("queue_depth", 0) == 0:
+                return time.perf_counter() - start
+        time.sleep(0.05)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=2000)
@@ -319,6 +333,7 @@ def main() -> int:
         run = asyncio.run(_drive("127.0.0.1", port, workload, args.rate, args.seconds, args.concurrency, users))
         server_cpu = _tree_cpu_seconds(server.pid) - cpu_before
         client_cpu = time.process_time() - client_before
+        catch_up = _caught_up(port)  # SIGTERM leaves a backlog in the inbox: wait until it is taken in
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -340,7 +355,7 @@ def main() -> int:
         "probes": len(run["freshness"]), "probes_unresolved": len(run["freshness"]) - len(seen),
         "freshness_p50_ms": _ms(_percentile(seen, 0.5), 1), "freshness_p99_ms": _ms(_percentile(seen, 0.99), 1),
         "freshness_max_ms": _ms(max(seen) if seen else None, 1),
-        "store_check": check, "lost": check["missing"],
+        "catch_up_s": None if catch_up is None else round(catch_up, 2), "store_check": check, "lost": check["missing"],
         "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(client_cpu, 1),
         "server_cpu_ms_per_event": round(server_cpu * 1000 / max(len(run["accepted"]), 1), 2),
     }

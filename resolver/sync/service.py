@@ -88,11 +88,20 @@ class SyncService:
     def _accept(tx: Tx, events: list[Event]) -> dict:
         counts = {"accepted": 0, "duplicates": 0, "failed": 0}
         received = now_iso()
+        rows = []
         for event in events:
             event_id, payload = _storable(event)
-            fresh = tx.execute("INSERT INTO inbox (event_id, channel, received_at, payload) VALUES (?, ?, ?, ?) "
-                               "ON CONFLICT (event_id) DO NOTHING", (event_id, event.channel, received, payload))
-            counts["accepted" if fresh == 1 else "duplicates"] += 1
+            rows.append((event_id, event.channel, received, payload))
+        fresh: set[str] = set()
+        for start in range(0, len(rows), 200):  # one statement per 200 events (one round trip)
+            part = rows[start:start + 200]
+            values = ", ".join(["(?, ?, ?, ?)"] * len(part))
+            fresh.update(e for (e,) in tx.all(
+                f"INSERT INTO inbox (event_id, channel, received_at, payload) VALUES {values} "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id", [x for row in part for x in row]))
+        for event_id, *_ in rows:  # an id twice in one request: its second copy is a duplicate
+            counts["accepted" if event_id in fresh else "duplicates"] += 1
+            fresh.discard(event_id)
         return counts
 
     def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,

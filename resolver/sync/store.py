@@ -116,6 +116,7 @@ class Tx:
         # without waiting for their results, which come with the next read or sync; `execute`'s
         # row count is then -1 (use RETURNING).
         self.pipeline = pipeline
+        self.unsynced = False  # pipelined statements sent since the last result read (errors unseen)
         self._savepoints = 0
 
     def _sql(self, sql: str) -> str:
@@ -123,6 +124,7 @@ class Tx:
 
     def execute(self, sql: str, params: tuple | list = ()) -> int:
         cur = self.conn.execute(self._sql(sql), tuple(params))
+        self.unsynced = self.pipeline is not None
         return cur.rowcount
 
     def executemany(self, sql: str, rows: list) -> None:
@@ -135,10 +137,14 @@ class Tx:
             self.conn.executemany(sql, rows)
 
     def all(self, sql: str, params: tuple | list = ()) -> list[tuple]:
-        return list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
+        rows = list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
+        self.unsynced = False  # a read waits for everything sent before it, errors included
+        return rows
 
     def one(self, sql: str, params: tuple | list = ()) -> tuple | None:
-        return self.conn.execute(self._sql(sql), tuple(params)).fetchone()
+        row = self.conn.execute(self._sql(sql), tuple(params)).fetchone()
+        self.unsynced = False
+        return row
 
     def savepoint(self) -> _Savepoint:
         self._savepoints += 1
@@ -150,14 +156,15 @@ class _Savepoint:
         self.tx, self.name = tx, name
 
     def __enter__(self):
-        self.tx.conn.execute(f"SAVEPOINT {self.name}")
+        self.tx.execute(f"SAVEPOINT {self.name}")
         return self
 
     def __exit__(self, kind, exc, tb):
         if exc is None:
             try:
-                if self.tx.pipeline is not None:  # the errors of what was sent in it surface here, inside it
+                if self.tx.unsynced:  # the errors of what was sent in it surface here, inside it
                     self.tx.pipeline.sync()
+                    self.tx.unsynced = False
             except Exception:
                 self._roll_back()
                 raise
@@ -369,21 +376,20 @@ class Store:
                 return
 
     def _run_group(self, conn, jobs: list[_Job]) -> None:
-        tx = Tx(conn, self.dialect)
-        results: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            self._begin(conn)
+        def run(tx: Tx) -> list[tuple[_Job, Any, BaseException | None]]:
+            results = []
             for job in jobs:
                 try:
                     with tx.savepoint():
                         results.append((job, job.fn(tx), None))
                 except Exception as exc:  # noqa: BLE001 - this job only: its savepoint is rolled back
                     results.append((job, None, exc))
-            conn.execute("COMMIT")
+            return results
+
+        try:  # pipelined on PostgreSQL: a job that reads its result waits once (see Tx)
+            results = self.transaction(conn, run, pipelined=True)
         except BaseException as exc:  # noqa: BLE001 - the commit failed: nobody is answered 2xx
             log.error("store commit failed: %s", type(exc).__name__)
-            with contextlib.suppress(Exception):  # the connection may be gone
-                conn.execute("ROLLBACK")
             for job in jobs:
                 _settle(job.future, None, exc)
             return
