@@ -26,6 +26,7 @@ counts, never identifiers or names.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import hashlib
@@ -210,10 +211,15 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         # keys of changed golden records and the due dead-letter retries (off the request path).
         from resolver.sync.worker import start_worker
 
+        # Lookups wait in a thread for the events accepted before them (at most read_wait): enough
+        # threads that waiting lookups never queue behind one another (the default is CPUs + 4).
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="resolver-io"))
         options = {"retry_interval": retry_interval, "index_interval": index_interval}
         running = worker_of["running"] = start_worker(service, worker, **options)
         service.resolving, service.nudge = True, lambda: running.wake()
         service.worker_ready = lambda: running.ready()
+        service.worker_position = lambda: running.progress.position
         # The service answers at once: the worker starts, and resolves what a crash left in the
         # inbox, meanwhile (lookups wait for it, /healthz reports it), and the resolver that
         # lookups normalize with is loaded in the background.

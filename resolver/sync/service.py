@@ -43,6 +43,7 @@ class SyncService:
         self.read_wait = 1.0
         self.start_wait = 10.0
         self.worker_ready = None  # set with the worker: has it started taking in events?
+        self.worker_position = None  # set with the worker: the inbox position it has committed
         self.nudge = None  # set with the worker: wakes it when a read is waiting for the inbox
         if import_batch and self.state_dir is not None and _batch_pending(self.store, self.state_dir):
             from resolver.sync.batch import import_batch as load
@@ -176,11 +177,16 @@ class SyncService:
         deadline = time.monotonic() + wait
         if resolved < upto and self.nudge is not None:
             self.nudge()  # no need to wait for the worker's next round
+        next_read = time.monotonic() + 0.1
         while resolved < upto:
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.003)
-            resolved = self.resolved_position()
+            time.sleep(0.01)
+            # The worker's word (shared memory) first; the store now and then (another worker).
+            if self.worker_position is not None:
+                resolved = max(resolved, self.worker_position())
+            if resolved < upto and time.monotonic() >= next_read:
+                resolved, next_read = self.resolved_position(), time.monotonic() + 0.1
         return True
 
     def _backoff(self, attempts: int) -> timedelta:

@@ -50,6 +50,7 @@ class Worker:
         self.store = service.store
         self.retry_interval, self.index_interval = retry_interval, index_interval
         self.cycle, self.batch, self.chunk = cycle, batch, chunk
+        self.progress: Progress | None = None  # set by run()
         self._conn = None
 
     @property
@@ -140,6 +141,8 @@ class Worker:
             else:
                 self._fail(chunk[0], exc)
             return
+        if self.progress is not None:
+            self.progress.moved(chunk[-1][0])
         if erased:  # their raw payload goes from the inbox too
             marks = ", ".join("?" * len(erased))
             self.service.inbox.write(lambda tx: tx.execute(
@@ -174,6 +177,8 @@ class Worker:
             set_meta(tx, "inbox_seq", str(seq))
 
         self._write(work)
+        if self.progress is not None:
+            self.progress.moved(seq)
 
     def check_position(self) -> None:
         """An inbox behind the store's position (it was replaced): take it in from its start again
@@ -259,6 +264,7 @@ class Worker:
         `wake` (an Event) ends a wait between batches early (a lookup is waiting for the inbox);
         `progress` (a Progress) says when a batch last went through, for /healthz."""
         wake = wake if wake is not None else stop
+        self.progress = progress
         state: dict = {}
         try:
             self.check_position()
@@ -312,12 +318,21 @@ def _event(event_id: str, channel: str, payload: str, erased: str) -> Event | Ex
 
 # -- running it --------------------------------------------------------------------------------------
 class Progress:
-    """When the worker started, and when it last took in events (wall-clock seconds, 0: never), in
-    memory it shares with the service (the worker may be a process of its own)."""
+    """When the worker started, when it last took in events (wall-clock seconds, 0: never), and
+    the inbox position it has committed, in memory it shares with the service (the worker may be a
+    process of its own): /healthz reads it, and lookups wait on it without asking the store."""
 
     def __init__(self, context=multiprocessing):
-        self.times = context.RawArray("d", 2)
+        self.times = context.RawArray("d", 3)
         self.times[0] = time.time()
+
+    @property
+    def position(self) -> int:
+        return int(self.times[2])
+
+    def moved(self, seq: int) -> None:
+        """The worker committed the position `seq` (float64 holds every integer up to 2**53)."""
+        self.times[2] = max(self.times[2], float(seq))
 
     @property
     def started_at(self) -> float:
