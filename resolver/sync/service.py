@@ -106,9 +106,11 @@ class SyncService:
         return counts
 
     def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,
-                         event: Event | None) -> bool:
+                         event: Event | None, isolated: bool = True) -> bool:
         """Record and resolve one event of the inbox (the worker, in its transaction; `event` is
-        None when its payload was erased meanwhile); False when the store had it already."""
+        None when its payload was erased meanwhile); False when the store had it already.
+        `isolated`: in a savepoint of its own, a failure dead-lettered; otherwise a failure fails
+        the caller's transaction (which saves two statements and a round trip per event)."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
         row = tx.one("INSERT INTO events (event_id, channel, received_at, payload, status) VALUES (?, ?, ?, ?, ?) "
@@ -117,6 +119,9 @@ class SyncService:
                       "accepted" if event is not None else "resolved"))
         if row is None or event is None:
             return row is not None
+        if not isolated:
+            self._apply(tx, event, received, row[0])
+            return True
         error = self._resolve(tx, event, received, row[0])
         if error is not None:
             self._dead_letter(tx, event_id, channel, payload, received, 1, error)
@@ -124,21 +129,24 @@ class SyncService:
 
     def _resolve(self, tx: Tx, event: Event, received: str, seq: int = 0) -> str | None:
         """Resolve one event in a savepoint; None, or the error (its changes rolled back)."""
-        from resolver.sync.forget import ERASED_PAYLOAD
-
         try:
             with tx.savepoint():
-                person, suppressed = self.resolver.apply(tx, event, received, seq)
-                if suppressed:  # it carried an erased value: resolved without it, and not kept
-                    tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
-                               "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))
-                else:
-                    tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL "
-                               "WHERE event_id = ?", (person, event.event_id))
+                self._apply(tx, event, received, seq)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the dead-letter queue
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return reason(exc)
+
+    def _apply(self, tx: Tx, event: Event, received: str, seq: int) -> None:
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        person, suppressed = self.resolver.apply(tx, event, received, seq)
+        if suppressed:  # it carried an erased value: resolved without it, and not kept
+            tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
+                       "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))
+        else:
+            tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL "
+                       "WHERE event_id = ?", (person, event.event_id))
 
     def inbox_position(self) -> tuple[int, int]:
         """(the last event accepted into the inbox, the last one the resolver has taken in)."""

@@ -102,7 +102,10 @@ class Worker:
                 with contextlib.suppress(Exception):
                     resolver.prepare([event])
 
-    def _resolve_chunk(self, chunk: list) -> None:
+    def _resolve_chunk(self, chunk: list, isolated: bool = False) -> None:
+        """Resolve a chunk in one transaction: first with no savepoints (the common case: nothing
+        fails); should that fail, again with each event in a savepoint of its own (a failing event
+        dead-lettered); should that fail too (the transaction itself), event by event."""
         lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
 
         from resolver.sync.forget import ERASED_PAYLOAD
@@ -120,7 +123,7 @@ class Worker:
                 if isinstance(event, Exception):  # kept and dead-lettered, but nothing can be made of it
                     self._dead_letter(tx, (seq, event_id, channel, received, payload), event, "unreadable payload: ")
                 else:
-                    self.service.resolve_accepted(tx, event_id, channel, received, payload, event)
+                    self.service.resolve_accepted(tx, event_id, channel, received, payload, event, isolated)
                 last = seq
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
@@ -133,11 +136,13 @@ class Worker:
         try:
             erased = self._write(work)
         except Exception as exc:  # noqa: BLE001 - which event? each on its own, the failing one dead-lettered
-            if len(chunk) > 1:
+            if not isolated:
+                self._resolve_chunk(chunk, isolated=True)
+            elif len(chunk) > 1:
                 log.warning("resolver worker: a chunk of %d events failed (%s); taking them one by one",
                             len(chunk), type(exc).__name__)
                 for item in chunk:
-                    self._resolve_chunk([item])
+                    self._resolve_chunk([item], isolated=True)
             else:
                 self._fail(chunk[0], exc)
             return
