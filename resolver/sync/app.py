@@ -5,7 +5,8 @@ POST /webhooks/salesforce/cdc        Change Data Capture JSON
 POST /webhooks/segment               a Segment message or {"batch": [...]}
 GET  /profiles/{type}/{value}        the person, golden record and identifiers
 GET  /refetch                        records a CDC gap event marked for refetch
-GET  /healthz, GET /metrics          liveness (the store answers) and Prometheus metrics
+GET  /healthz                        the stores answer, the worker runs and keeps up (503 if not), its lag
+GET  /metrics                        Prometheus metrics
 
 Security: a webhook is accepted when `X-Resolver-Signature: sha256=<hex>` is the HMAC-SHA256 of
 the raw body under RESOLVER_WEBHOOK_SECRET (compared in constant time), or, for Outbound Messages
@@ -19,8 +20,9 @@ path validates, authenticates and appends the events to the inbox, nothing more.
 (worker.py) resolves them off the request path, in a thread (`worker="thread"`) or in a process
 of its own (`worker="process"`, what `resolver serve` runs); a profile lookup first waits until
 every event accepted before it is resolved (at most 1 s), so it reflects them. At start the
-service resolves what a crash left in the inbox before it answers. Logs carry event ids and
-counts, never identifiers or names.
+service answers at once: the worker starts, and takes in what a crash left in the inbox, while it
+does (nothing in the inbox can hold the start up). Logs carry event ids and counts, never
+identifiers or names.
 """
 
 from __future__ import annotations

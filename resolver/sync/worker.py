@@ -5,10 +5,11 @@ A webhook request only validates, authenticates and durably appends its events t
 drains the inbox in arrival order, in batches: it reads whatever has arrived since its position
 (up to BATCH events), normalizes their identifiers and attributes in one vectorized call per
 type (outside any write transaction), then records them in the `events` table and resolves them
-one by one, in transactions of CHUNK events (each event in its own savepoint: a failing event
-goes to the dead-letter queue, the others stand), each of which also moves the position (meta
-`inbox_seq`). Between batches it runs the model's step for new records and the blocking-key
-index (once a second) and the due dead-letter retries.
+one by one, in transactions of CHUNK events (should one fail, again with each event in its own
+savepoint: a failing event goes to the dead-letter queue, the others stand), each of which also
+moves the position (meta `inbox_seq`); on PostgreSQL in pipeline mode (fewer round trips).
+Between batches it runs the model's step for new records and the blocking-key index (once a
+second) and the due dead-letter retries.
 
 `resolver serve` runs the worker in a process of its own (`start_worker(..., "process")`), so its
 CPU does not compete with the event loop for one interpreter lock; an application embedding the
@@ -17,8 +18,9 @@ inbox the same way. The worker process exits when its parent is gone.
 
 Crash safety: the position moves in the transaction that resolves the events up to it (and is
 re-read inside it, so two workers never resolve one event twice), so a crash at any point leaves
-every unresolved event after the position, and the next start resolves them before the service
-answers.
+every unresolved event after the position, and the next worker resolves them (the service
+answers meanwhile). A failing event never stops the worker: it goes to the dead-letter queue
+(see _resolve_chunk), and the events after it go on.
 """
 
 from __future__ import annotations
