@@ -223,9 +223,15 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         service.worker_ready = lambda: running.ready()
         service.worker_position = lambda: running.progress.position
         # The service answers at once: the worker starts, and resolves what a crash left in the
-        # inbox, meanwhile (lookups wait for it, /healthz reports it), and the resolver that
-        # lookups normalize with is loaded in the background.
-        loading = asyncio.create_task(asyncio.to_thread(_load_and_freeze, service))
+        # inbox, meanwhile (lookups wait for it, /healthz reports it). The resolver that lookups
+        # normalize with is loaded once the worker has started (a lookup before loads it itself):
+        # loading holds this process's interpreter lock, which the start needs more.
+        async def load_resolver() -> None:
+            while not worker_of["running"].ready() and worker_of["running"].alive():
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(_load_and_freeze, service)
+
+        loading = asyncio.create_task(load_resolver())
 
         async def watch() -> None:  # a worker that died is started again (its work is in the inbox)
             nonlocal running
