@@ -312,7 +312,8 @@ def main() -> int:
     log = open(work / "serve.log", "wb")  # noqa: SIM115 - lives as long as the server
     server = subprocess.Popen([sys.executable, "-m", "resolver", "serve", "--config", str(work / "data" / "resolver.yaml"),
                                "--state", str(work / "state"), "--store", url, "--port", str(port), "--quiet"],
-                              env={**os.environ, "RESOLVER_WEBHOOK_SECRET": SECRET}, stdout=log, stderr=log)
+                              env={**os.environ, "RESOLVER_WEBHOOK_SECRET": SECRET}, stdout=log, stderr=log,
+                              cwd=work)  # PYTHONPATH, not this folder, picks the code measured
     try:
         import httpx
 
