@@ -18,10 +18,11 @@ Two stores by one URL, each with one writer:
   process, not of the machine);
 - the store proper (`Store(url)`): what the resolver (worker.py) derives from the inbox, with
   the inbox position it has reached (meta `inbox_seq`) in the same transactions. Everything in it
-  can be derived again from the inbox, so on SQLite the resolver's commits are not fsynced on
-  their own (`synchronous=NORMAL`, `Store.derived_connection`): a power loss can only drop a
-  suffix of them (the write-ahead log is sequential), position included, and the resolver then
-  resolves those inbox events again. The CLI's writes (`Store.write`) are fsynced.
+  can be derived again from the inbox, so the resolver's commits are not fsynced on their own
+  (SQLite `synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`: `Store.derived_connection`):
+  a power loss can only drop a suffix of them (the write-ahead log is sequential), position
+  included, and the resolver then resolves those inbox events again. The CLI's writes
+  (`Store.write`) are fsynced.
 
 Reads use their own connection per thread (WAL readers never block the writer).
 """
@@ -305,9 +306,14 @@ class Store:
             conn.close()
 
     def derived_connection(self):
-        """A connection for the resolver's writes (derived from the inbox: on SQLite its commits
-        are not fsynced on their own, see the module docstring)."""
-        return self._connect("NORMAL" if self.dialect == "sqlite" else None)
+        """A connection for the resolver's writes (derived from the inbox: its commits do not wait
+        for the disk, on SQLite (synchronous=NORMAL) and on PostgreSQL (synchronous_commit=off,
+        which can lose only the last commits, never make them inconsistent); see the module
+        docstring)."""
+        conn = self._connect("NORMAL" if self.dialect == "sqlite" else None)
+        if self.dialect == "postgresql":
+            conn.execute("SET synchronous_commit = off")
+        return conn
 
     def transaction(self, conn, fn: Callable[[Tx], Any], pipelined: bool = False) -> Any:
         """Run `fn` in a transaction on `conn` (one of this store's connections): commit, or roll
