@@ -684,7 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _expected_failures() -> list[tuple[type, str, int]]:
+    """Expected failures: one line naming the problem, and an exit code. (Imported only once a
+    command failed: they load pandas and numba, which `serve` does not need to answer.)"""
     from resolver.backend.arrays import BackendUnavailable
     from resolver.capacity import CapacityError
     from resolver.config import ConfigError
@@ -696,17 +698,22 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.state import StateError
     from resolver.sync.store import StoreError
 
-    # Expected failures: one line naming the problem, and an exit code.
-    known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
-             (StateError, "state error", EXIT_CONFIG), (StoreError, "store error", EXIT_CONFIG),
-             (ModelError, "model error", EXIT_CONFIG), (ReviewError, "review error", EXIT_CONFIG),
-             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
-             (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+    return [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
+            (StateError, "state error", EXIT_CONFIG), (StoreError, "store error", EXIT_CONFIG),
+            (ModelError, "model error", EXIT_CONFIG), (ReviewError, "review error", EXIT_CONFIG),
+            (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
+            (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     try:
         return args.func(args)
-    except tuple(kind for kind, _, _ in known) as exc:
+    except Exception as exc:
+        known = _expected_failures()
+        if not isinstance(exc, tuple(kind for kind, _, _ in known)):
+            raise
         label, code = next((label, code) for kind, label, code in known if isinstance(exc, kind))
         console.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False)
         return code
