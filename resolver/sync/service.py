@@ -105,12 +105,26 @@ class SyncService:
             fresh.discard(event_id)
         return counts
 
+    @staticmethod
+    def record_events(tx: Tx, rows: list[tuple[str, str, str, str, Event | None]]) -> dict[str, int]:
+        """Record events of the inbox, (id, channel, received, payload, event or None when its
+        payload was erased), in one statement; {id: seq} of those the store did not have yet."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
+        if not rows:
+            return {}
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
+        params = [x for event_id, channel, received, payload, event in rows
+                  for x in (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
+                            "accepted" if event is not None else "resolved")]
+        return dict(tx.all(f"INSERT INTO events (event_id, channel, received_at, payload, status) VALUES {values} "
+                           "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq", params))
+
     def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,
-                         event: Event | None, isolated: bool = True) -> bool:
+                         event: Event | None) -> bool:
         """Record and resolve one event of the inbox (the worker, in its transaction; `event` is
-        None when its payload was erased meanwhile); False when the store had it already.
-        `isolated`: in a savepoint of its own, a failure dead-lettered; otherwise a failure fails
-        the caller's transaction (which saves two statements and a round trip per event)."""
+        None when its payload was erased meanwhile), in a savepoint of its own (a failure is
+        dead-lettered); False when the store had it already."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
         row = tx.one("INSERT INTO events (event_id, channel, received_at, payload, status) VALUES (?, ?, ?, ?, ?) "
@@ -119,9 +133,6 @@ class SyncService:
                       "accepted" if event is not None else "resolved"))
         if row is None or event is None:
             return row is not None
-        if not isolated:
-            self._apply(tx, event, received, row[0])
-            return True
         error = self._resolve(tx, event, received, row[0])
         if error is not None:
             self._dead_letter(tx, event_id, channel, payload, received, 1, error)
@@ -131,13 +142,14 @@ class SyncService:
         """Resolve one event in a savepoint; None, or the error (its changes rolled back)."""
         try:
             with tx.savepoint():
-                self._apply(tx, event, received, seq)
+                self.apply_event(tx, event, received, seq)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of one event goes to the dead-letter queue
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return reason(exc)
 
-    def _apply(self, tx: Tx, event: Event, received: str, seq: int) -> None:
+    def apply_event(self, tx: Tx, event: Event, received: str, seq: int) -> None:
+        """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
         person, suppressed = self.resolver.apply(tx, event, received, seq)

@@ -118,14 +118,19 @@ class Worker:
             row = tx.one("SELECT value FROM meta WHERE key = 'inbox_seq'" + lock)
             position = int(row[0]) if row else 0
             self.service.resolver.refresh_suppressed(tx)
+            todo = [item for item in chunk if item[0] > position]
+            # Unisolated, the chunk's events are recorded with one statement (one round trip); one
+            # by one when some cannot be read (their failed rows keep their place in arrival order).
+            each = isolated or any(isinstance(item[5], Exception) for item in todo)
+            fresh = {} if each else self.service.record_events(tx, [item[1:] for item in todo])
             last = None
-            for seq, event_id, channel, received, payload, event in chunk:
-                if seq <= position:
-                    continue
+            for seq, event_id, channel, received, payload, event in todo:
                 if isinstance(event, Exception):  # kept and dead-lettered, but nothing can be made of it
                     self._dead_letter(tx, (seq, event_id, channel, received, payload), event, "unreadable payload: ")
-                else:
-                    self.service.resolve_accepted(tx, event_id, channel, received, payload, event, isolated)
+                elif each:
+                    self.service.resolve_accepted(tx, event_id, channel, received, payload, event)
+                elif event is not None and event_id in fresh:
+                    self.service.apply_event(tx, event, received, fresh[event_id])
                 last = seq
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
