@@ -457,13 +457,13 @@ def _sync_service(args, import_batch: bool = False):
 def cmd_serve(args) -> int:
     import logging
 
-    import numba
+    # Small arrays at a time: numba's parallel kernels would only pay thread wake-ups. (Set before
+    # numba loads: the service loads it only with the resolver, after it answers.)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     import uvicorn
 
     from resolver.sync.app import create_app
 
-    # Small arrays at a time: numba's parallel kernels would only pay thread wake-ups.
-    numba.set_num_threads(1)
     # The inbox writer thread shares the interpreter with the event loop; a short switch interval
     # keeps the loop (parsing, answering) from queueing behind it. Resolution runs in a process of
     # its own (the worker), not here.
@@ -702,7 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _expected_failures() -> list[tuple[type, str, int]]:
+    """Expected failures: one line naming the problem, and an exit code. (Imported only once a
+    command failed: they load pandas and numba, which `serve` does not need to answer.)"""
     from resolver.backend.arrays import BackendUnavailable
     from resolver.capacity import CapacityError
     from resolver.config import ConfigError
@@ -714,17 +716,22 @@ def main(argv: list[str] | None = None) -> int:
     from resolver.state import StateError
     from resolver.sync.store import StoreError
 
-    # Expected failures: one line naming the problem, and an exit code.
-    known = [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
-             (StateError, "state error", EXIT_CONFIG), (StoreError, "store error", EXIT_CONFIG),
-             (ModelError, "model error", EXIT_CONFIG), (ReviewError, "review error", EXIT_CONFIG),
-             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
-             (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+    return [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),
+            (StateError, "state error", EXIT_CONFIG), (StoreError, "store error", EXIT_CONFIG),
+            (ModelError, "model error", EXIT_CONFIG), (ReviewError, "review error", EXIT_CONFIG),
+            (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
+            (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _stderr()
     try:
         return args.func(args)
-    except tuple(kind for kind, _, _ in known) as exc:
+    except Exception as exc:
+        known = _expected_failures()
+        if not isinstance(exc, tuple(kind for kind, _, _ in known)):
+            raise
         label, code = next((label, code) for kind, label, code in known if isinstance(exc, kind))
         console.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False)
         return code

@@ -235,7 +235,7 @@ class BlockingRule(_Strict):
 
     def columns(self) -> set[str]:
         """The attributes the rule's keys read."""
-        from resolver.blocking import parse_key
+        from resolver.keys import parse_key
 
         return {c for k in self.keys for c in parse_key(k).columns}
 
@@ -492,6 +492,8 @@ class SyncConfig(_Strict):
     segment_source: str | None = None  # the events source whose mapping Segment webhooks use (default: first segment one)
     export_dir: str | None = None  # where `resolver sync export` writes (default: STATE/sync-export)
     retry: SyncRetry = Field(default_factory=SyncRetry)
+    # /healthz fails (503) once an accepted event has waited this long for the running worker
+    max_lag_seconds: float = Field(default=30.0, gt=0)
 
 
 class Config(_Strict):
@@ -540,7 +542,7 @@ class Config(_Strict):
         return self
 
     def _check_matching(self, matching: MatchingConfig, known: set[str]) -> None:
-        from resolver.blocking import parse_key
+        from resolver.keys import parse_key
 
         attributes = {a for s in self.sources if s.kind == "records" for a in s.attributes}
         for comparison in matching.comparisons:

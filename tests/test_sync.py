@@ -188,7 +188,11 @@ def test_webhooks_resolve_against_the_batch_state(batch, tmp_path, store_url):
         dead = service.dead_letters()
         assert [(d["event_id"], d["attempts"], d["status"]) for d in dead] == [("sfdc-om:04l5g00000OPP0001", 1, "pending")]
         assert "Opportunity" in dead[0]["error"]
-        assert client.get("/healthz").json() == {"status": "ok"}
+        health = client.get("/healthz")  # a dead letter is no lag: everything accepted was taken in
+        assert health.status_code == 200
+        assert {k: health.json()[k] for k in ("status", "worker", "queue_depth", "oldest_unresolved_age_s")} == {
+            "status": "ok", "worker": "running", "queue_depth": 0, "oldest_unresolved_age_s": None}
+        assert health.json()["last_batch_age_s"] < 60
         metrics = client.get("/metrics").text
         assert 'resolver_sync_events_total{channel="segment",outcome="accepted"} 2.0' in metrics
         assert "resolver_sync_dlq_pending 1.0" in metrics
@@ -410,6 +414,19 @@ def _start_server(root: Path, port: int, log):
     raise AssertionError("serve did not become healthy")
 
 
+def _wait_caught_up(port: int, timeout: float = 60) -> dict:
+    """Poll /healthz until the worker runs and has taken in every accepted event."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+        if health["worker"] == "running" and health["queue_depth"] == 0:
+            return health
+        time.sleep(0.05)
+    raise AssertionError(f"the worker did not catch up: {health}")
+
+
 def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
     """SIGKILL the service while clients post events; after a restart every event that got a 2xx
     is in the store exactly once, resolved, and redelivering it changes nothing."""
@@ -456,6 +473,8 @@ def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
 
     proc = _start_server(root, port, log)
     try:
+        # Healthy comes first; the worker takes in what the kill left in the inbox meanwhile.
+        _wait_caught_up(port)
         with sqlite3.connect(root / "state" / "sync.db") as db:
             rows = dict(db.execute("SELECT event_id, COUNT(*) FROM events GROUP BY event_id").fetchall())
             status = dict(db.execute("SELECT event_id, status FROM events").fetchall())
@@ -603,4 +622,139 @@ def test_an_unreadable_inbox_event_does_not_stop_the_worker(batch, tmp_path):
         assert _get(client, "/profiles/anonymous_id/anon-after-odd").status_code == 200
     assert _rows(service, "SELECT event_id, status FROM events ORDER BY seq") == [
         ("segment:odd-1", "failed"), ("segment:msg-after-odd", "resolved")]
+    service.close()
+
+
+def _inbox_rows(service, rows: list[tuple[str, str, str]]) -> None:
+    """Events straight into the inbox (event id, channel, payload JSON): what an older version, or
+    a store edited by hand, may have left there."""
+    service.inbox.write(lambda tx: tx.executemany(
+        "INSERT INTO inbox (event_id, channel, received_at, payload) VALUES (?, ?, '2024-01-01T00:00:00.000000Z', ?)",
+        rows))
+
+
+def _segment_payload(message_id: str, fields_json: str) -> str:
+    return ('{"change":"identify","channel":"segment","event_id":"segment:%s","fields":%s,"object":null,'
+            '"org_id":null,"record_ids":[],"timestamp":null}' % (message_id, fields_json))
+
+
+def test_poison_events_go_to_the_dead_letter_queue_and_the_rest_goes_on(batch, tmp_path):
+    """Any failure of one event dead-letters that event, with the reason; the events around it are
+    resolved. Lone surrogates (JSON lets "\\ud800" through) become U+FFFD, received over HTTP or
+    left in the inbox by an older version."""
+    import sqlite3
+
+    root = _copy(batch, tmp_path)
+    service = _service(root)
+    with sqlite3.connect(root / "state" / "sync.db") as db:  # the database refuses one event's row
+        db.execute("CREATE TRIGGER refuse_one BEFORE INSERT ON events WHEN NEW.event_id = 'segment:refused-1' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by an injected trigger'); END")
+    good = '{"type":"identify","messageId":"%s","anonymousId":"anon-%s"}'
+    _inbox_rows(service, [
+        ("segment:poison-1", "segment", _segment_payload(
+            "poison-1", '{"type":"identify","messageId":"poison-1","userId":"x\\ud800","anonymousId":"anon-poison-1"}')),
+        ("segment:deep-1", "segment", _segment_payload("deep-1", "[" * 100_000 + "]" * 100_000)),
+        ("segment:good-1", "segment", _segment_payload("good-1", good % ("good-1", "good-1"))),
+        ("sfdc-cdc:bad-ids:1", "salesforce_cdc",
+         '{"change":"UPDATE","channel":"salesforce_cdc","event_id":"sfdc-cdc:bad-ids:1","fields":{"Email":"b@i.io"},'
+         '"object":"Contact","org_id":null,"record_ids":5,"timestamp":null}'),
+        ("segment:refused-1", "segment", _segment_payload("refused-1", good % ("refused-1", "refused-1"))),
+        ("segment:good-2", "segment", _segment_payload("good-2", good % ("good-2", "good-2"))),
+    ])
+    with _client(service) as client:
+        body = b'{"type":"identify","messageId":"poison-http","userId":"y\\ud800","anonymousId":"anon-poison-http"}'
+        assert _post(client, "/webhooks/segment", body).status_code == 200
+        after = segment([identify("msg-after-poison", user_id="u-after-poison", anonymous_id="anon-after-poison")])
+        assert _post(client, "/webhooks/segment", after).status_code == 200
+        assert _get(client, "/profiles/anonymous_id/anon-after-poison").status_code == 200
+        found = _get(client, "/profiles/anonymous_id/anon-poison-http").json()
+        assert {"type": "user_id", "value": "y\ufffd"} in found["identifiers"]
+        assert _get(client, "/profiles/anonymous_id/anon-good-2").status_code == 200
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json()["queue_depth"] == 0
+    assert _rows(service, "SELECT event_id, status FROM events ORDER BY seq") == [
+        ("segment:poison-1", "resolved"), ("segment:deep-1", "failed"), ("segment:good-1", "resolved"),
+        ("sfdc-cdc:bad-ids:1", "failed"), ("segment:good-2", "resolved"), ("segment:poison-http", "resolved"),
+        ("segment:msg-after-poison", "resolved")]
+    letters = {d["event_id"]: d for d in service.dead_letters()}
+    assert sorted(letters) == ["segment:deep-1", "segment:refused-1", "sfdc-cdc:bad-ids:1"]
+    assert {d["status"] for d in letters.values()} == {"pending"}
+    assert letters["segment:deep-1"]["error"].startswith("unreadable payload: RecursionError")
+    assert letters["sfdc-cdc:bad-ids:1"]["error"].startswith("TypeError")
+    assert "refused by an injected trigger" in letters["segment:refused-1"]["error"]
+    service.close()
+
+
+def test_healthz_fails_while_the_worker_is_stuck(batch, tmp_path):
+    """/healthz reports the worker's lag, and answers 503 once an accepted event has waited over
+    sync.max_lag_seconds (here the store's write lock is held by another connection); it recovers
+    when the worker catches up."""
+    import sqlite3
+
+    root = _copy(batch, tmp_path)
+    config = with_sync(root / "data" / "resolver.yaml", "sync.yaml", max_lag_seconds=1)
+    service = _service(root, config_name=config.name)
+    with _client(service) as client:
+        assert client.get("/healthz").status_code == 200
+        lock = sqlite3.connect(root / "state" / "sync.db", isolation_level=None, timeout=30)
+        lock.execute("BEGIN IMMEDIATE")  # the worker cannot write: it waits
+        try:
+            body = segment([identify("msg-stuck", user_id="u-stuck", anonymous_id="anon-stuck")])
+            assert _post(client, "/webhooks/segment", body).status_code == 200  # the inbox is its own database
+            deadline = time.monotonic() + 20
+            while (health := client.get("/healthz")).status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert health.status_code == 503
+            assert health.json()["status"] == "worker stuck" and health.json()["queue_depth"] == 1
+            assert health.json()["oldest_unresolved_age_s"] > 1
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        deadline = time.monotonic() + 30
+        while (health := client.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["queue_depth"] == 0
+        assert _get(client, "/profiles/anonymous_id/anon-stuck").status_code == 200
+    service.close()
+
+
+def test_serve_is_healthy_at_once_and_stops_on_sigterm_with_poison_in_its_inbox(batch, tmp_path):
+    """`resolver serve` with events in its inbox that no worker can resolve (a lone surrogate as an
+    older version stored it, a payload nested too deep): it answers /healthz at once (it does not
+    wait for the inbox), takes in what it can, dead-letters the rest, and stops on SIGTERM."""
+    import signal
+
+    import httpx
+
+    root = _copy(batch, tmp_path)
+    service = _service(root)  # the batch is imported: this start measures only the restart
+    _inbox_rows(service, [
+        ("segment:poison-1", "segment", _segment_payload(
+            "poison-1", '{"type":"identify","messageId":"poison-1","userId":"x\\ud800","anonymousId":"anon-p"}')),
+        ("segment:deep-1", "segment", _segment_payload("deep-1", "[" * 100_000 + "]" * 100_000)),
+    ])
+    service.close()
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    started = time.monotonic()
+    proc = _start_server(root, port, log)
+    try:
+        healthy_after = time.monotonic() - started
+        assert healthy_after < 10, healthy_after  # the restart target is 2 s (benchmarks/restart_webhooks.py)
+        _wait_caught_up(port)
+        path = "/profiles/anonymous_id/anon-p"
+        from resolver.sync.app import sign
+
+        assert httpx.get(f"http://127.0.0.1:{port}{path}", headers={"X-Resolver-Signature": sign(SECRET, path.encode())},
+                         timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        assert proc.wait(timeout=15) is not None
+        assert time.monotonic() - stopping < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    service = _service(root)
+    assert [d["event_id"] for d in service.dead_letters()] == ["segment:deep-1"]
     service.close()

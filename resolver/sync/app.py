@@ -5,7 +5,8 @@ POST /webhooks/salesforce/cdc        Change Data Capture JSON
 POST /webhooks/segment               a Segment message or {"batch": [...]}
 GET  /profiles/{type}/{value}        the person, golden record and identifiers
 GET  /refetch                        records a CDC gap event marked for refetch
-GET  /healthz, GET /metrics          liveness (the store answers) and Prometheus metrics
+GET  /healthz                        the stores answer, the worker runs and keeps up (503 if not), its lag
+GET  /metrics                        Prometheus metrics
 
 Security: a webhook is accepted when `X-Resolver-Signature: sha256=<hex>` is the HMAC-SHA256 of
 `<X-Resolver-Timestamp>.<raw body>` under RESOLVER_WEBHOOK_SECRET (compared in constant time; the
@@ -25,13 +26,15 @@ path validates, authenticates and appends the events to the inbox, nothing more.
 (worker.py) resolves them off the request path, in a thread (`worker="thread"`) or in a process
 of its own (`worker="process"`, what `resolver serve` runs); a profile lookup first waits until
 every event accepted before it is resolved (at most 1 s), so it reflects them. At start the
-service resolves what a crash left in the inbox before it answers. Logs carry event ids and
-counts, never identifiers or names.
+service answers at once: the worker starts, and takes in what a crash left in the inbox, while it
+does (nothing in the inbox can hold the start up). Logs carry event ids and counts, never
+identifiers or names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import hashlib
@@ -39,6 +42,7 @@ import hmac
 import logging
 import os
 import time
+from datetime import UTC, datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -233,13 +237,15 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         return JSONResponse({"records": await asyncio.to_thread(service.refetch)})
 
+    worker_of: dict = {}  # "running": the worker (set by the lifespan)
+
     async def healthz(request: Request) -> Response:
         try:
-            for store in (service.inbox, service.store):
-                await asyncio.to_thread(store.read, lambda tx: tx.one("SELECT 1"))
+            lag = await asyncio.to_thread(service.lag)
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"status": "error", "store": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        health = worker_health(worker_of.get("running"), lag, config.sync.max_lag_seconds, time.time())
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     async def metrics(request: Request) -> Response:
         counts = await asyncio.to_thread(service.counts)
@@ -254,20 +260,25 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
         # keys of changed golden records and the due dead-letter retries (off the request path).
         from resolver.sync.worker import start_worker
 
+        # Lookups wait in a thread for the events accepted before them (at most read_wait): enough
+        # threads that waiting lookups never queue behind one another (the default is CPUs + 4).
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="resolver-io"))
         options = {"retry_interval": retry_interval, "index_interval": index_interval}
-        running = start_worker(service, worker, **options)
+        running = worker_of["running"] = start_worker(service, worker, **options)
         service.resolving, service.nudge = True, lambda: running.wake()
-        # The worker warms up, and what a crash left in the inbox is resolved, before the service
-        # answers anything.
-        while not running.ready() or await asyncio.to_thread(service.backlog):
-            if not running.alive():
-                raise RuntimeError("the resolver worker exited at start")
-            await asyncio.sleep(0.05)
+        service.worker_ready = lambda: running.ready()
+        service.worker_position = lambda: running.progress.position
+        # The service answers at once: the worker starts, and resolves what a crash left in the
+        # inbox, meanwhile (lookups wait for it, /healthz reports it). The resolver that lookups
+        # normalize with is loaded once the worker has started (a lookup before loads it itself):
+        # loading holds this process's interpreter lock, which the start needs more.
+        async def load_resolver() -> None:
+            while not worker_of["running"].ready() and worker_of["running"].alive():
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(_load_and_freeze, service)
 
-        # Everything loaded so far (config, model, libraries) lives as long as the process: keep it
-        # out of the garbage collector's full passes, which would otherwise stall the event loop.
-        gc.collect()
-        gc.freeze()
+        loading = asyncio.create_task(load_resolver())
 
         async def watch() -> None:  # a worker that died is started again (its work is in the inbox)
             nonlocal running
@@ -275,7 +286,7 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
                 await asyncio.sleep(1.0)
                 if not running.alive():
                     log.error("the resolver worker exited; starting it again")
-                    running = start_worker(service, worker, **options)
+                    running = worker_of["running"] = start_worker(service, worker, **options)
 
         watcher = asyncio.create_task(watch())
         try:
@@ -284,6 +295,8 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            with contextlib.suppress(Exception):  # its failure shows at the first lookup
+                await loading
             await asyncio.to_thread(running.stop)
             service.resolving = False
             await asyncio.to_thread(service.close)
@@ -300,3 +313,36 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     return app
+
+
+def _load_and_freeze(service: SyncService) -> None:
+    service.resolver  # noqa: B018 - loads it
+    # Everything loaded by now (config, model, libraries) lives as long as the process: keep it
+    # out of the garbage collector's full passes, which would otherwise stall the event loop.
+    gc.collect()
+    gc.freeze()
+
+
+def _age(now: float, at: float | None) -> float | None:
+    return None if at is None else round(max(0.0, now - at), 3)
+
+
+def worker_health(running, lag: dict, max_lag: float, now: float) -> dict:
+    """/healthz's answer: "ok", or why not ("worker dead", "worker stuck": an accepted event has
+    waited over max_lag seconds since the running worker started, which is what it had to take it
+    in), with the lag: queue depth, oldest unresolved event's age, last batch's time."""
+    oldest = lag["oldest_unresolved_at"]
+    oldest_at = datetime.strptime(oldest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp() if oldest else None
+    progress = running.progress if running is not None else None
+    last = progress.last_batch_at if progress is not None else None
+    waited = _age(now, None if oldest_at is None or progress is None else max(oldest_at, progress.started_at))
+    if running is None or not running.alive():
+        worker = "dead"
+    elif waited is not None and waited > max_lag:
+        worker = "stuck"
+    else:
+        worker = "running" if running.ready() else "starting"
+    return {"status": "ok" if worker in ("running", "starting") else f"worker {worker}", "worker": worker,
+            "queue_depth": lag["queue_depth"], "oldest_unresolved_age_s": _age(now, oldest_at),
+            "last_batch_at": None if last is None else datetime.fromtimestamp(last, UTC).isoformat(),
+            "last_batch_age_s": _age(now, last), "max_lag_s": max_lag}

@@ -137,7 +137,15 @@ class Resolver:
         self._hash_cache: dict[tuple[str, str], int] = {}
         self.objects = self._object_sources(config)
         self.segment = self._segment_source(config)
-        self.matcher = Matcher(config, model, self) if config.matching is not None and model is not None else None
+        self._model = model if config.matching is not None else None
+        self._matcher: Matcher | None = None
+
+    @property
+    def matcher(self) -> Matcher | None:
+        """The model's scorer, prepared on first use (lookups never need it)."""
+        if self._matcher is None and self._model is not None:
+            self._matcher = Matcher(self.config, self._model, self)
+        return self._matcher
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -377,13 +385,14 @@ class Resolver:
             self._suppressed_hit = True  # a record holding an erased identifier is dropped, as the batch drops it
             return None
         attributes = self._attributes(source, flat, field_ts)
+        holders = self._holders(tx, identifiers)
         if person is None:
-            person = self._deterministic(tx, event, identifiers, received_at, source.name)
+            person = self._deterministic(tx, event, identifiers, holders, received_at)
         score = person is None and self.matcher is not None and bool(attributes)
         if person is None:
             members = [self._record_member(source, key)]
             person = self._new_person(tx, members + [self._hash(t, v) for t, v in identifiers], received_at)
-        self._attach(tx, event, person, identifiers, received_at, source.name)
+        self._attach(tx, event, person, identifiers, holders, received_at, source.name)
         self._golden(tx, event, person, attributes, sync_name(source.name), key, received_at)
         self._upsert_record(tx, source, key, event.object, person, stored, ts, deleted=bool(row and row[2]),
                             refetch=0, seq=seq)
@@ -405,10 +414,11 @@ class Resolver:
             identifiers = kept
         if not identifiers:
             return None
-        person = self._deterministic(tx, event, identifiers, received_at, source.name)
+        holders = self._holders(tx, identifiers)
+        person = self._deterministic(tx, event, identifiers, holders, received_at)
         if person is None:
             person = self._new_person(tx, [self._hash(t, v) for t, v in identifiers], received_at)
-        self._attach(tx, event, person, identifiers, received_at, source.name)
+        self._attach(tx, event, person, identifiers, holders, received_at, source.name)
         ts = event.timestamp or received_at
         attributes = self._attributes(source, message, {}, getter=_get, default_ts=ts)
         if attributes:
@@ -452,13 +462,25 @@ class Resolver:
         return self._member(id_type, value)
 
     # -- steps -------------------------------------------------------------------------------------
-    def _deterministic(self, tx: Tx, event: Event, identifiers, received_at: str, source: str) -> str | None:
+    @staticmethod
+    def _holders(tx: Tx, identifiers) -> dict[tuple[str, str], tuple[str, str | None]]:
+        """(type, value) -> (the person holding it, that person's status), for those held: one
+        statement for all of an event's identifiers (a round trip each would cost more than the
+        lookups on PostgreSQL)."""
+        if not identifiers:
+            return {}
+        terms = " OR ".join(["(i.id_type = ? AND i.value = ?)"] * len(identifiers))
+        rows = tx.all("SELECT i.id_type, i.value, i.person_id, p.status FROM identifiers i "
+                      f"LEFT JOIN persons p ON p.person_id = i.person_id WHERE {terms}",
+                      [x for pair in identifiers for x in pair])
+        return {(t, v): (person, status) for t, v, person, status in rows}
+
+    def _deterministic(self, tx: Tx, event: Event, identifiers, holders: dict, received_at: str) -> str | None:
         persons = []
         for id_type, value in identifiers:
-            row = tx.one("SELECT i.person_id FROM identifiers i JOIN persons p ON p.person_id = i.person_id "
-                         "WHERE i.id_type = ? AND i.value = ? AND p.status = 'active'", (id_type, value))
-            if row and row[0] not in persons:
-                persons.append(row[0])
+            person, status = holders.get((id_type, value), (None, None))
+            if status == "active" and person not in persons:
+                persons.append(person)
         reason = "identifiers of one event belong to several persons: not merged in real time"
         for other in persons[1:]:  # one review item per pair of persons, however many events show it
             if tx.one("SELECT 1 FROM review_queue WHERE person_id = ? AND candidate_id = ? AND reason = ?",
@@ -563,16 +585,16 @@ class Resolver:
         attempt = 0
         while True:
             person = person_id(key)
-            if tx.execute("INSERT INTO persons (person_id, origin, created_at, status) VALUES (?, 'serve', ?, 'active') "
-                          "ON CONFLICT (person_id) DO NOTHING", (person, received_at)) == 1:
+            if tx.one("INSERT INTO persons (person_id, origin, created_at, status) VALUES (?, 'serve', ?, 'active') "
+                      "ON CONFLICT (person_id) DO NOTHING RETURNING person_id", (person, received_at)) is not None:
                 return person
             attempt += 1  # an id issued before is never given to anyone else
             key = int(hash_identifiers("person-retry", pd.Series([f"{min(members)}:{attempt}"], dtype="str"))[0])
 
-    def _attach(self, tx: Tx, event: Event, person: str, identifiers, received_at: str, source: str) -> None:
+    def _attach(self, tx: Tx, event: Event, person: str, identifiers, holders: dict, received_at: str,
+                source: str) -> None:
         for id_type, value in identifiers:
-            row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, value))
-            if row is not None:
+            if (id_type, value) in holders:
                 continue  # held already (by this person, or by another: see the review queue)
             limit = self.types[id_type].limit
             if limit is not None and self.config.identity.guards:

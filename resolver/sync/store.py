@@ -18,10 +18,11 @@ Two stores by one URL, each with one writer:
   process, not of the machine);
 - the store proper (`Store(url)`): what the resolver (worker.py) derives from the inbox, with
   the inbox position it has reached (meta `inbox_seq`) in the same transactions. Everything in it
-  can be derived again from the inbox, so on SQLite the resolver's commits are not fsynced on
-  their own (`synchronous=NORMAL`, `Store.derived_connection`): a power loss can only drop a
-  suffix of them (the write-ahead log is sequential), position included, and the resolver then
-  resolves those inbox events again. The CLI's writes (`Store.write`) are fsynced.
+  can be derived again from the inbox, so the resolver's commits are not fsynced on their own
+  (SQLite `synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`: `Store.derived_connection`):
+  a power loss can only drop a suffix of them (the write-ahead log is sequential), position
+  included, and the resolver then resolves those inbox events again. The CLI's writes
+  (`Store.write`) are fsynced.
 
 Reads use their own connection per thread (WAL readers never block the writer).
 """
@@ -109,9 +110,14 @@ class StoreError(ValueError):
 class Tx:
     """One connection inside a transaction: `?`-style statements for either database."""
 
-    def __init__(self, conn, dialect: str):
+    def __init__(self, conn, dialect: str, pipeline=None):
         self.conn = conn
         self.dialect = dialect
+        # PostgreSQL pipeline mode (Store.transaction(..., pipelined=True)): statements are sent
+        # without waiting for their results, which come with the next read or sync; `execute`'s
+        # row count is then -1 (use RETURNING).
+        self.pipeline = pipeline
+        self.unsynced = False  # pipelined statements sent since the last result read (errors unseen)
         self._savepoints = 0
 
     def _sql(self, sql: str) -> str:
@@ -119,6 +125,7 @@ class Tx:
 
     def execute(self, sql: str, params: tuple | list = ()) -> int:
         cur = self.conn.execute(self._sql(sql), tuple(params))
+        self.unsynced = self.pipeline is not None
         return cur.rowcount
 
     def executemany(self, sql: str, rows: list) -> None:
@@ -131,10 +138,14 @@ class Tx:
             self.conn.executemany(sql, rows)
 
     def all(self, sql: str, params: tuple | list = ()) -> list[tuple]:
-        return list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
+        rows = list(self.conn.execute(self._sql(sql), tuple(params)).fetchall())
+        self.unsynced = False  # a read waits for everything sent before it, errors included
+        return rows
 
     def one(self, sql: str, params: tuple | list = ()) -> tuple | None:
-        return self.conn.execute(self._sql(sql), tuple(params)).fetchone()
+        row = self.conn.execute(self._sql(sql), tuple(params)).fetchone()
+        self.unsynced = False
+        return row
 
     def savepoint(self) -> _Savepoint:
         self._savepoints += 1
@@ -146,16 +157,29 @@ class _Savepoint:
         self.tx, self.name = tx, name
 
     def __enter__(self):
-        self.tx.conn.execute(f"SAVEPOINT {self.name}")
+        self.tx.execute(f"SAVEPOINT {self.name}")
         return self
 
     def __exit__(self, kind, exc, tb):
         if exc is None:
+            try:
+                if self.tx.unsynced:  # the errors of what was sent in it surface here, inside it
+                    self.tx.pipeline.sync()
+                    self.tx.unsynced = False
+            except Exception:
+                self._roll_back()
+                raise
             self.tx.conn.execute(f"RELEASE SAVEPOINT {self.name}")
         else:
-            self.tx.conn.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
-            self.tx.conn.execute(f"RELEASE SAVEPOINT {self.name}")
+            self._roll_back()
         return False
+
+    def _roll_back(self) -> None:
+        if self.tx.pipeline is not None:  # an aborted pipeline takes no statement before a sync
+            with contextlib.suppress(Exception):
+                self.tx.pipeline.sync()
+        self.tx.conn.execute(f"ROLLBACK TO SAVEPOINT {self.name}")
+        self.tx.conn.execute(f"RELEASE SAVEPOINT {self.name}")
 
 
 @dataclass
@@ -282,20 +306,36 @@ class Store:
             conn.close()
 
     def derived_connection(self):
-        """A connection for the resolver's writes (derived from the inbox: on SQLite its commits
-        are not fsynced on their own, see the module docstring)."""
-        return self._connect("NORMAL" if self.dialect == "sqlite" else None)
+        """A connection for the resolver's writes (derived from the inbox: its commits do not wait
+        for the disk, on SQLite (synchronous=NORMAL) and on PostgreSQL (synchronous_commit=off,
+        which can lose only the last commits, never make them inconsistent); see the module
+        docstring)."""
+        conn = self._connect("NORMAL" if self.dialect == "sqlite" else None)
+        if self.dialect == "postgresql":
+            conn.execute("SET synchronous_commit = off")
+        return conn
 
-    def transaction(self, conn, fn: Callable[[Tx], Any]) -> Any:
+    def transaction(self, conn, fn: Callable[[Tx], Any], pipelined: bool = False) -> Any:
         """Run `fn` in a transaction on `conn` (one of this store's connections): commit, or roll
-        back and raise."""
+        back and raise. `pipelined`: on PostgreSQL in pipeline mode (fewer round trips: see Tx)."""
+        if pipelined and self.dialect == "postgresql":
+            with conn.pipeline() as pipeline:
+                return self._transaction(conn, fn, pipeline)
+        return self._transaction(conn, fn, None)
+
+    def _transaction(self, conn, fn: Callable[[Tx], Any], pipeline) -> Any:
         self._begin(conn)
         try:
-            result = fn(Tx(conn, self.dialect))
+            result = fn(Tx(conn, self.dialect, pipeline))
             conn.execute("COMMIT")
+            if pipeline is not None:
+                pipeline.sync()  # the commit's outcome, before anyone is told
             return result
         except BaseException:
             with contextlib.suppress(Exception):  # the connection may be gone
+                if pipeline is not None:
+                    pipeline.sync()  # an aborted pipeline takes no statement before a sync
+            with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
             raise
 
@@ -342,21 +382,20 @@ class Store:
                 return
 
     def _run_group(self, conn, jobs: list[_Job]) -> None:
-        tx = Tx(conn, self.dialect)
-        results: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            self._begin(conn)
+        def run(tx: Tx) -> list[tuple[_Job, Any, BaseException | None]]:
+            results = []
             for job in jobs:
                 try:
                     with tx.savepoint():
                         results.append((job, job.fn(tx), None))
                 except Exception as exc:  # noqa: BLE001 - this job only: its savepoint is rolled back
                     results.append((job, None, exc))
-            conn.execute("COMMIT")
+            return results
+
+        try:  # pipelined on PostgreSQL: a job that reads its result waits once (see Tx)
+            results = self.transaction(conn, run, pipelined=True)
         except BaseException as exc:  # noqa: BLE001 - the commit failed: nobody is answered 2xx
             log.error("store commit failed: %s", type(exc).__name__)
-            with contextlib.suppress(Exception):  # the connection may be gone
-                conn.execute("ROLLBACK")
             for job in jobs:
                 _settle(job.future, None, exc)
             return
