@@ -743,10 +743,7 @@ def test_serve_is_healthy_at_once_and_stops_on_sigterm_with_poison_in_its_inbox(
         assert healthy_after < 10, healthy_after  # the restart target is 2 s (benchmarks/restart_webhooks.py)
         _wait_caught_up(port)
         path = "/profiles/anonymous_id/anon-p"
-        from resolver.sync.app import sign
-
-        assert httpx.get(f"http://127.0.0.1:{port}{path}", headers={"X-Resolver-Signature": sign(SECRET, path.encode())},
-                         timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}{path}", headers=signed(path.encode()), timeout=5).status_code == 200
         proc.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
         assert proc.wait(timeout=15) is not None

@@ -92,16 +92,15 @@ def test_xml_is_read_safely_in_any_encoding_and_only_after_authentication(batch,
     service.close()
 
 
-def test_deep_json_and_lone_surrogates_are_400_without_a_traceback(batch, tmp_path, caplog):
+def test_deep_json_is_400_without_a_traceback(batch, tmp_path, caplog):
     root = _copy(batch, tmp_path)
     service = _service(root)
     caplog.set_level(logging.DEBUG)
     deep = b'{"type": "identify", "messageId": "deep-1", "userId": "u", "traits": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    surrogate = b'{"type": "identify", "messageId": "sur-1", "userId": "x\\ud800"}'
     with _client(service) as client:
         before = _stored(service)
-        for path, body in [("/webhooks/segment", deep), ("/webhooks/salesforce/cdc", b"[" * 100_000),
-                           ("/webhooks/segment", surrogate)]:
+        # (A lone surrogate is no reason to lose an event: test_sync's poison test has it accepted.)
+        for path, body in [("/webhooks/segment", deep), ("/webhooks/salesforce/cdc", b"[" * 100_000)]:
             response = _post(client, path, body)
             assert response.status_code == 400, (path, response.text)
             assert "not valid JSON" in response.json()["error"]

@@ -306,10 +306,21 @@ def _json(body: bytes, what: str):
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"{what}: not valid JSON ({exc})") from None
+        if "surrogate" not in str(exc):
+            raise PayloadError(f"{what}: not valid JSON ({exc})") from None
+        # A lone surrogate ("\ud800", which JavaScript strings may hold) spoils one character, not
+        # the event: the inbox stores it as U+FFFD (service._storable). The standard parser takes it.
+        doc = _json_with_lone_surrogates(body, what)
     if _depth(doc) > MAX_JSON_DEPTH:
         raise PayloadError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
     return doc
+
+
+def _json_with_lone_surrogates(body: bytes, what: str):
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # deeper than the interpreter's stack: orjson stopped first
+        raise PayloadError(f"{what}: not valid JSON ({type(exc).__name__})") from None
 
 
 def _depth(doc) -> int:
