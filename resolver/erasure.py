@@ -11,8 +11,9 @@ identifier, and the erased persons' keys (status forgotten); plus an audit entry
 of selector was used, when, and how much was removed (no PII).
 
 A later run with the same state drops, right after reading, every record whose key or any
-identifier matches a tombstone, and every event identifier that does; the summary counts them as
-suppressed rows, and the parts they were dropped from hand no memo lookups on.
+identifier matches a tombstone (an observed value's tombstone, e.g. an IP's, drops only the value),
+and every event identifier that does; the summary counts them as suppressed rows, and the parts
+they were dropped from hand no memo lookups on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from resolver.kernels.hashing import mix64
 from resolver.normalize import hash_identifiers, normalize_identifier
 
 SELECTORS = ("email", "phone", "person", "record")
+OBSERVED_KIND = "observed"  # tombstone of a non-evidence value (an IP): suppressed as a value, never a record
 
 
 class ErasureError(ValueError):
@@ -85,28 +87,54 @@ class Suppressed:
         return {"records": self.records, "identifier_values": self.identifier_values, "event_observations": self.events}
 
 
+def without_rows(actions: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """A part's policy actions less the rows of `flags` (dropped records' flagged values): each
+    action's count goes down by the rows it counted there, and an action left with none goes."""
+    if not len(actions) or not len(flags):
+        return actions
+    keys = ["action", "id_type", "value", "reason"]
+    dropped = flags[keys].astype("str").value_counts(sort=False).rename("dropped").reset_index()
+    joined = actions[keys].astype("str").merge(dropped, on=keys, how="left")
+    count = actions["count"].to_numpy(np.int64) - joined["dropped"].fillna(0).to_numpy(np.int64)
+    return actions.assign(count=count)[count > 0].reset_index(drop=True)
+
+
 def suppress(parts: list, tombstones: pd.DataFrame, salt: str) -> Suppressed:
-    """Drop, in place, what matches a tombstone: records (their key or any identifier they hold)
-    and event identifier values (with the links they carry)."""
+    """Drop, in place, what matches a tombstone: records (their key or any evidence identifier
+    they hold, with their rows of the policy actions), observed values of records, and event
+    identifier values (with the links they carry)."""
     counts = Suppressed()
     if not len(tombstones):
         return counts
-    dead = set(tombstones["salted_hash"].to_numpy(np.uint64).tolist())
+    observed = (tombstones["kind"].astype("str") == OBSERVED_KIND).to_numpy()
+    dead = np.unique(tombstones["salted_hash"].to_numpy(np.uint64))
+    evidence = np.unique(tombstones["salted_hash"].to_numpy(np.uint64)[~observed])
 
-    def hit(keys: np.ndarray) -> np.ndarray:
-        return np.isin(salted(keys, salt), np.fromiter(dead, dtype=np.uint64, count=len(dead)))
+    def hit(keys: np.ndarray, among: np.ndarray = dead) -> np.ndarray:
+        return np.isin(salted(keys, salt), among)
 
     for part in parts:
         if part.records is not None and len(part.records):
             records, obs = part.records, part.observations
             gone = hit(record_member_keys(records))
-            gone[obs["record_pos"].to_numpy()[hit(obs["hash"].to_numpy(np.uint64))]] = True
+            obs_hit = hit(obs["hash"].to_numpy(np.uint64))
+            # An erased non-evidence value (an IP) goes from the record; the record stays.
+            value_only = obs_hit & ~hit(obs["hash"].to_numpy(np.uint64), evidence)
+            if value_only.any():
+                part.observations = obs = obs[~value_only].reset_index(drop=True)
+                part.snapshot, part.erased = None, True
+                counts.identifier_values += int(value_only.sum())
+                obs_hit = obs_hit[~value_only]
+            gone[obs["record_pos"].to_numpy()[obs_hit]] = True
             if gone.any():
                 dropped = records[gone]
                 counts.values |= set(dropped["source_key"].dropna().astype(str)) | set(dropped["record_key"].dropna().astype(str))
                 attribute_columns = [c for c in dropped.columns if dropped[c].dtype == "str" and c not in ("source",)]
                 counts.values |= set(dropped[attribute_columns].stack().dropna().astype(str))
                 counts.values |= set(obs.loc[gone[obs["record_pos"].to_numpy()], "value"].dropna().astype(str))
+                if part.flagged is not None:  # the actions counted their rows: those counts go
+                    flags = part.flagged[gone[part.flagged["record_pos"].to_numpy()]]
+                    part.actions = [without_rows(a, flags) for a in part.actions]
                 part.drop_records(gone)
                 part.snapshot, part.erased = None, True  # ingested (and suppressed) again each run
                 n = int(gone.sum())
@@ -146,6 +174,7 @@ class Erasure:
     record_ids: np.ndarray  # record_id of erased records (outputs' numbering)
     identifier_hashes: np.ndarray  # uint64 hashes of erased identifier values
     values: set  # the erased texts (emails, phones, record keys), to scan free-text columns
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # of identifier_hashes: non-evidence
     former: set = field(default_factory=set)  # ids of earlier persons keyed by an erased value (lineage)
 
 
@@ -175,7 +204,8 @@ def _select(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Con
     if kind in ("email", "phone"):  # as stores keep it (serve's may hold a person no output shows)
         values.add(normalized_identifier(config, kind, value) or "")
     values |= set(identity.loc[picked, "record_key"].astype(str)) | set(identity.loc[picked, "source_key"].astype(str))
-    return Erasure(persons, records, hashes, {v for v in values if v})
+    observed = identifiers.loc[id_rows & (identifiers["status"].astype("str") == "observed").to_numpy(), "hash"]
+    return Erasure(persons, records, hashes, {v for v in values if v}, observed=observed.to_numpy(np.uint64))
 
 
 def _mentions(frame: pd.DataFrame, columns: list[str], values: set) -> np.ndarray:
@@ -288,7 +318,8 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     state.persons = forget_person_keys(state.persons, forgotten, state.salt)
     state.lineage = state.lineage[~_erase_rows("lineage", state.lineage, erasure)].reset_index(drop=True)
     new_tombstones = pd.DataFrame({
-        "kind": ["record"] * len(member_keys) + ["identifier"] * len(erasure.identifier_hashes),
+        "kind": ["record"] * len(member_keys) + np.where(np.isin(erasure.identifier_hashes, erasure.observed),
+                                                         OBSERVED_KIND, "identifier").tolist(),
         "salted_hash": salted(erased_members, state.salt),
         "created_at": now,
     })

@@ -58,6 +58,7 @@ class IdentifierColumn:
     values: pd.DataFrame  # hash, value: the normalized text of each distinct hash
     codes: np.ndarray  # per row: position of its raw value among the distinct ones (-1 = missing)
     normalized: pd.Series  # per distinct raw value: its normalized text (NA when dropped)
+    flags: pd.DataFrame | None = None  # code, action, value, reason: distinct values a policy action names
 
     def text(self, rows: np.ndarray) -> pd.Series:
         """Normalized text of the given rows (which must hold a value)."""
@@ -88,6 +89,7 @@ class SourceTables:
     memo: object | None = None  # the normalization memo lookups of this part (a NormalizationMemo)
     attributes: pd.DataFrame | None = None  # per record: the attributes in match form (when matching is on)
     sessions: pd.DataFrame | None = None  # events sources with stitching: anonymous-visitor sessions
+    flagged: pd.DataFrame | None = None  # kind == records: FLAGGED_COLUMNS (the records' policy actions)
     snapshot: str | None = None  # key of the state snapshot these tables are (or may be saved as)
     loaded: bool = False  # loaded from a state snapshot instead of ingested
     erased: bool = False  # erased data was suppressed from it: no snapshot, its memo lookups not handed on
@@ -101,13 +103,16 @@ class SourceTables:
         kept_obs = keep[pos]
         self.observations = self.observations[kept_obs].assign(record_pos=new_pos[pos[kept_obs]]).reset_index(drop=True)
         self.records = self.records[keep].reset_index(drop=True)
+        if self.flagged is not None:
+            pos = self.flagged["record_pos"].to_numpy()
+            self.flagged = self.flagged[keep[pos]].assign(record_pos=new_pos[pos[keep[pos]]]).reset_index(drop=True)
         if self.attributes is not None:
             self.attributes = self.attributes[keep].reset_index(drop=True)
 
     def release_graph_inputs(self) -> None:
         """Drop what only the graph build needs, once it is built (memory)."""
         self.records = self.observations = self.event_nodes = self.event_edges = self.attributes = None
-        self.sessions = None
+        self.sessions = self.flagged = None
 
 
 def _reject(frame: pd.DataFrame, mask: np.ndarray, source: str, field: str | None, reason: str, raw=None) -> pd.DataFrame:
@@ -212,15 +217,42 @@ def identifier_column(
         email_options=config.identity.email.model_dump(),
     ))
     actions.append(_value_actions("invalid", source.name, id_type, distinct, reason, counts))
+    flags = [_flags("invalid", distinct, reason)]
     if blocklist is not None:
         blocked = blocklist.blocked(id_type, normalized)
         actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
+        flags.append(_flags("blocked", normalized, blocked))
         normalized = normalized.mask(blocked.notna())
     hashes = hash_identifiers(id_type, normalized)
     row_hash = spread(hashes, codes, np.uint64(0))
     kept = hashes != 0
     values = pd.DataFrame({"hash": hashes[kept], "value": normalized[kept].reset_index(drop=True)}).drop_duplicates("hash")
-    return IdentifierColumn(id_type, column, rule, row_hash, values, codes, normalized)
+    return IdentifierColumn(id_type, column, rule, row_hash, values, codes, normalized, pd.concat(flags, ignore_index=True))
+
+
+def _flags(action: str, values: pd.Series, reasons: pd.Series) -> pd.DataFrame:
+    """The distinct values (by code) a policy action names, with what it says of them."""
+    code = np.flatnonzero(reasons.notna().to_numpy())
+    return pd.DataFrame({"code": code, "action": action, "value": pd.Series(values.to_numpy()[code], dtype="str"),
+                         "reason": pd.Series(reasons.to_numpy()[code], dtype="str")})
+
+
+FLAGGED_COLUMNS = ["record_pos", "action", "id_type", "value", "reason"]
+
+
+def flagged_records(idents: list[IdentifierColumn], position: np.ndarray) -> pd.DataFrame:
+    """One row per kept record (`position` >= 0) and policy action naming one of its values: whose
+    invalid or blocked values they are, so that erasing the record can take its actions along."""
+    frames = []
+    for ident in idents:
+        if ident.flags is None or not len(ident.flags):
+            continue
+        rows = np.flatnonzero((ident.codes >= 0) & (position >= 0))
+        held = pd.DataFrame({"record_pos": position[rows], "code": ident.codes[rows]})
+        frames.append(held.merge(ident.flags, on="code").assign(id_type=ident.id_type))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "record_pos" else "str") for c in FLAGGED_COLUMNS})
+    return pd.concat(frames, ignore_index=True)[FLAGGED_COLUMNS]
 
 
 def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list) -> list[IdentifierColumn]:
@@ -387,6 +419,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     obs = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
     tables.records = records
     tables.observations = obs
+    tables.flagged = flagged_records(idents, position)
     tables.resolved = len(records)
     return tables
 
@@ -459,8 +492,8 @@ def ingest_events(
             pd.DataFrame({"hash": ident.hash[present], "type": column_type[col], "ts": ts[present],
                           "anchored": (anchor_column == col)[present]})
         )
-        if not types[ident.id_type].evidence:
-            continue  # e.g. IP: counted as an observed identifier, never an edge of the identity graph
+        # A non-evidence value (e.g. IP) gets its edge too: the graph marks it observed and never
+        # links through it, but it tells whose events carried the value (identifier_map, forget).
         rows = np.flatnonzero(present & (ident.hash != anchor))
         if not len(rows):
             continue

@@ -30,7 +30,7 @@ from resolver.matching import Reuse
 from resolver.memo import NormalizationMemo
 from resolver.state import State, StateStore, carry_ids
 from resolver.heap import return_freed_memory
-from resolver.graph import ACTION_COLUMNS, CUT, PROBABILISTIC, resolve_graph
+from resolver.graph import ACTION_COLUMNS, CUT, OBSERVED, PROBABILISTIC, resolve_graph
 from resolver.grouping import Groups
 from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
 from resolver.io.readers import REJECT_COLUMNS, Piece, read_source, split_file, unreadable
@@ -541,6 +541,36 @@ def _ingest_actions(parts: list[SourceTables]) -> pd.DataFrame:
     return actions.groupby(keys, sort=True, dropna=False, observed=True)["count"].sum().reset_index()[ACTION_COLUMNS]
 
 
+def _flagged_of(parts: list[SourceTables]) -> pd.DataFrame:
+    """The records' policy actions (FLAGGED_COLUMNS with `source`), by record_id as build_graph
+    numbers the records."""
+    frames, offset = [], 0
+    for part in (p for p in parts if p.records is not None):
+        if part.flagged is not None and len(part.flagged):
+            frames.append(part.flagged.assign(source=part.name, record_id=part.flagged["record_pos"] + offset))
+        offset += len(part.records)
+    return _concat(frames, ["record_id", *ACTION_COLUMNS[:-1]])
+
+
+def action_persons(actions: pd.DataFrame, flagged: pd.DataFrame, record_pid: pd.Series) -> pd.Series:
+    """Per action row: the person whose records carried every row it counts (NA when rows of
+    several persons, of no person, or outside any record, e.g. events or rejected rows, did): an
+    invalid or blocked value of one person's records is that person's data (forget erases it)."""
+    keys = ACTION_COLUMNS[:-1]
+    out = pd.Series(pd.NA, index=actions.index, dtype="str")
+    if not len(actions) or not len(flagged):
+        return out
+    held = flagged[keys].astype("str").assign(person_id=record_pid.take(flagged["record_id"].to_numpy()).to_numpy())
+    per = held.groupby(keys, sort=False, dropna=False).agg(
+        rows=("person_id", "size"), with_person=("person_id", "count"), persons=("person_id", "nunique"),
+        person=("person_id", "first")).reset_index()
+    joined = actions[keys].astype("str").merge(per, on=keys, how="left")
+    owned = ((joined["rows"] == actions["count"].to_numpy()) & (joined["with_person"] == joined["rows"])
+             & (joined["persons"] == 1)).to_numpy(bool)
+    out[owned] = joined.loc[owned, "person"].astype("str").to_numpy()
+    return out
+
+
 def _matching_attributes(config: Config, attributes: dict[str, pd.Series] | None) -> dict[str, pd.Series] | None:
     from resolver.attributes import matching_columns
 
@@ -563,6 +593,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     attributes = _attributes_of(parts)  # computed per part by the ingest jobs
     session_parts = [p.sessions for p in parts if p.sessions is not None and len(p.sessions)]
     sessions = pd.concat(session_parts, ignore_index=True) if session_parts else None
+    flagged = _flagged_of(parts)  # parts release their tables below
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
         from resolver.attributes import normalization_report
@@ -639,7 +670,11 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                               households=household_keys(golden.golden_records))
             entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     rejects = _concat([r for p in parts for r in p.rejects], REJECT_COLUMNS)
-    actions = _concat([_ingest_actions(parts), graph_actions], ACTION_COLUMNS)
+    ingest_actions = _ingest_actions(parts)
+    ingest_actions["person_id"] = action_persons(ingest_actions, flagged, identity_map["person_id"])
+    del flagged
+    graph_actions = graph_actions.assign(person_id=pd.Series(pd.NA, index=graph_actions.index, dtype="str"))
+    actions = _concat([ingest_actions, graph_actions], ACTION_COLUMNS + ["person_id"])
     resolution = Resolution(records, identity_map, identifier_map, persons, actions, rejects, summary={},
                             golden_records=golden.golden_records, conflicts=golden.conflicts)
     resolution.golden = golden.summary
@@ -689,6 +724,10 @@ def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nod
     # all of it alive as long as either table lives (memory).
     record_pid = format_person_ids(label_keys[labels[:n_records]], missing=no_person[:n_records])
     identifier_pid = format_person_ids(label_keys[labels[n_records:]], missing=no_person[n_records:])
+    # A linked value's person, or an observed value's when only that person's data carried it.
+    seen_by = observed_by(n_records, labels, is_person, node_status == 2, edges, result.edge_status)
+    identifier_pid = identifier_pid.where(linked, format_person_ids(label_keys[np.maximum(seen_by, 0)],
+                                                                    missing=seen_by < 0))
 
     # Text columns stay Arrow-backed or categorical: millions of Python strings cost seconds and GBs.
     identity_map = records[["record_id", "source", "record_key", "source_key", "file", "row"]].copy(deep=False)
@@ -712,7 +751,7 @@ def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nod
             "events": nodes["events"],
             "first_seen": nodes["first_seen"],
             "last_seen": nodes["last_seen"],
-            "person_id": identifier_pid.where(linked),
+            "person_id": identifier_pid,
             "status": pd.Categorical.from_codes(node_status, categories=["linked", "hub", "observed", "orphan"]),
             "degree": result.degree,
         },
@@ -720,6 +759,28 @@ def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nod
     )
     persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
     return identity_map, identifier_map, persons, carried
+
+
+def observed_by(n_records: int, labels: np.ndarray, is_person: np.ndarray, observed: np.ndarray,
+                edges: pd.DataFrame, edge_status: pd.Categorical) -> np.ndarray:
+    """Per identifier node: the label of the one person every record and event that carried it
+    belongs to, for observed (non-evidence) values; -1 for others, and for values seen on several
+    persons' data or on data of no person. Such a value is that person's data (forget erases it)."""
+    out = np.full(len(labels) - n_records, -1, dtype=np.int64)
+    src, dst = edges["src"].to_numpy(np.int64), edges["dst"].to_numpy(np.int64)
+    kept = np.asarray(edge_status.codes) == OBSERVED
+    src, dst = src[kept], dst[kept]
+    is_observed = np.concatenate([np.zeros(n_records, bool), observed])
+    node = np.where(is_observed[dst], dst, src)  # an observed value's edge never joins two of them
+    other = np.where(is_observed[dst], src, dst)
+    hit = is_observed[node]
+    if not hit.any():
+        return out
+    pairs = np.unique(np.stack([node[hit] - n_records, labels[other[hit]]]), axis=1)
+    single = np.bincount(pairs[0], minlength=len(out)) == 1
+    mine = single[pairs[0]] & is_person[pairs[1]]
+    out[pairs[0][mine]] = pairs[1][mine]
+    return out
 
 
 def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary) -> None:

@@ -30,9 +30,9 @@ import pandas as pd
 
 from resolver.ingest import SourceTables
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 FILE_COLUMNS = {"path": "str", "size": "int64", "mtime_ns": "int64", "sha256": "str"}
-_TABLES = ("records", "attributes", "observations", "event_nodes", "event_edges", "sessions")
+_TABLES = ("records", "attributes", "observations", "event_nodes", "event_edges", "sessions", "flagged")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ re-run over the same sources suppresses them."""
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -289,16 +290,60 @@ def merged_twin(tmp_path) -> MergedTwin:
     return MergedTwin(tmp_path, config, state, out, victim.to_dict(), person, texts, ints)
 
 
-@pytest.mark.xfail(strict=True, reason="known leaks: values of the person's data that no output links "
-                   "to a person, so forget cannot find them: an IP (non-evidence identifier) seen only on its "
-                   "event, and an invalid phone of its records (policy_actions.parquet)")
 def test_forget_leaves_no_trace_of_values_linked_to_no_person(merged_twin):
+    """Values that link nothing are the person's too when only their data carried them: an IP
+    (non-evidence) seen only on their event, and an invalid phone of their (merged) lead. The
+    outputs name the person on those rows, so forget erases them, and the next run does not bring
+    them back."""
     t = merged_twin
     texts, ints = _needles(t.config, [("ip", EVENT["ip"]), ("phone", TWIN["MobilePhone"])], [], [])
     assert _traces([t.out], texts, ints)
+    ip = pd.read_parquet(t.out / "identifier_map.parquet").query("value == @EVENT['ip']")
+    assert ip[["status", "person_id"]].values.tolist() == [["observed", t.person]]
+    invalid = pd.read_parquet(t.out / "policy_actions.parquet").query("value == @TWIN['MobilePhone']")
+    assert invalid[["action", "count", "person_id"]].values.tolist() == [["invalid", 1, t.person]]
+
     assert main(["forget", "--config", str(t.config), "--state", str(t.state), "--email", t.victim["Email"],
                  "-q"]) == EXIT_OK
     assert not (found := _traces([t.out, t.state], texts, ints)), "\n".join(found)
+    tombstones = StateStore(t.state).load().tombstones
+    assert (tombstones["kind"] == "observed").sum() == 1  # the IP: suppressed as a value, never a record
+
+    assert main(["run", "--config", str(t.config), "--state", str(t.state), "-q"]) == EXIT_OK
+    assert not (found := _traces([t.out, t.state], texts, ints)), "\n".join(found)
+
+
+def test_shared_observed_values_and_actions_name_no_person():
+    """An observed value or a policy action counts rows of several persons (or of no record):
+    it names nobody, as it is other people's data too."""
+    from resolver.graph import EDGE_STATES, OBSERVED
+    from resolver.pipeline import action_persons, observed_by
+
+    # Records 0, 1 (persons 0 and 1); identifier nodes 2 (an email of person 0), 3, 4 (IPs).
+    labels = np.array([0, 1, 0, 2, 3])
+    edges = pd.DataFrame({"src": [0, 2, 0, 1], "dst": [2, 3, 4, 4]})
+    status = pd.Categorical.from_codes([0, OBSERVED, OBSERVED, OBSERVED], categories=EDGE_STATES)
+    seen = observed_by(2, labels, np.array([True, True, False, False]), np.array([False, True, True]), edges, status)
+    assert seen.tolist() == [-1, 0, -1]  # IP 3 only on person 0's event; IP 4 on both persons' records
+
+    # Value 1 on two records of person pA; 2 on records of pA and pB; 3 counts a row no record holds.
+    actions = pd.DataFrame({"action": "invalid", "source": "s", "id_type": "phone", "value": ["1", "2", "3"],
+                            "reason": "r", "count": [2, 2, 2]})
+    flagged = pd.DataFrame({"record_id": [0, 1, 0, 2, 0], "action": "invalid", "source": "s", "id_type": "phone",
+                            "value": ["1", "1", "2", "2", "3"], "reason": "r"})
+    got = action_persons(actions, flagged, pd.Series(["pA", "pA", "pB"], dtype="str"))
+    assert got.isna().tolist() == [False, True, True] and got[0] == "pA"
+
+
+def test_suppressed_records_take_their_action_counts_along():
+    from resolver.erasure import without_rows
+
+    actions = pd.DataFrame({"action": "invalid", "source": "s", "id_type": "phone", "value": ["1", "2"],
+                            "reason": "r", "count": [1, 3]})
+    flags = pd.DataFrame({"record_pos": [4, 5], "action": "invalid", "id_type": "phone", "value": ["1", "2"],
+                          "reason": "r"})
+    kept = without_rows(actions, flags)
+    assert kept[["value", "count"]].values.tolist() == [["2", 2]]
 
 
 def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(merged_twin):
@@ -367,3 +412,19 @@ def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
     assert _traces([t.state], texts, ints)
     assert main(["forget", "--config", str(t.config), "--state", str(t.state), "--email", SERVE_ONLY, "-q"]) == EXIT_OK
     assert not (found := _traces([t.out, t.state], texts, ints)), "\n".join(found)
+
+
+def test_an_erased_observed_value_goes_from_a_later_record_which_stays():
+    from resolver.erasure import OBSERVED_KIND, salted, suppress
+    from resolver.ingest import SourceTables
+
+    salt = "0123456789abcdef" * 4
+    records = pd.DataFrame({"source": ["crm", "crm"], "record_key": ["a", "b"], "source_key": ["a", "b"]})
+    obs = pd.DataFrame({"record_pos": [0, 0, 1], "hash": np.array([11, 22, 33], np.uint64), "value": ["ip", "x", "e"]})
+    part = SourceTables("crm", 2, records=records, observations=obs, resolved=2)
+    tombstones = pd.DataFrame({"kind": [OBSERVED_KIND, "identifier"],
+                               "salted_hash": salted(np.array([11, 33], np.uint64), salt)})
+    counts = suppress([part], tombstones, salt)
+    assert part.records["record_key"].tolist() == ["a"]  # b held an erased identifier; a only an erased IP
+    assert part.observations["value"].tolist() == ["x"]
+    assert (counts.records, counts.identifier_values) == (1, 1)
