@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         failing |= getattr(module, "FAILURES", set())
         seconds[name] = round(time.perf_counter() - start, 1)
     print(table(rows))
-    failures = [r for r in rows if r["outcome"] in failing]
+    failures = [r for r in rows if r["outcome"] in failing and r["count"]]
     for r in failures:
         for example in r.get("examples", []):
             print(f"{r['family']} {r['outcome']}: {example}")
