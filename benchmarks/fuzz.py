@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         rows += module.run(args.n, args.seed)
-        failing |= getattr(module, "FAILURES", set())
+        failing |= set(getattr(module, "FAILURES", ()))
         seconds[name] = round(time.perf_counter() - start, 1)
     print(table(rows))
     failures = [r for r in rows if r["outcome"] in failing and r["count"]]
