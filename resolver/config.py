@@ -486,7 +486,7 @@ class SyncConfig(_Strict):
     store: str | None = None  # sqlite:///PATH or postgresql://...; default sqlite under the state dir
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # bigger requests get 413
     max_records_per_event: int = Field(default=100, ge=1)  # an event naming more record ids: 413
-    max_value_chars: int = Field(default=4096, ge=256)  # an event with a longer text (value or key): 413
+    max_value_chars: int = Field(default=131_072, ge=256)  # an event with a longer text (value or key): 413
     salesforce_org_ids: list[str] = Field(default_factory=list)  # Outbound Messages from these orgs need no HMAC
     objects: dict[str, str] = Field(default_factory=dict)  # Salesforce object -> records source (default: inferred)
     segment_source: str | None = None  # the events source whose mapping Segment webhooks use (default: first segment one)

@@ -212,8 +212,7 @@ def test_records_per_event_and_text_lengths_are_capped(batch, tmp_path):
                                              "event (sync.max_records_per_event)")
         assert _stored(service) == before
         assert _post(client, "/webhooks/salesforce/cdc", cdc("Contact", "DELETE", ids[:3])).status_code == 200
-        # Texts: one over sync.max_value_chars refuses the request (the resolver compares texts
-        # pairwise: the fuzzer's 900,000-character FirstName stalled the worker's model step).
+        # Texts: one over sync.max_value_chars refuses the request.
         long_name = cdc("Contact", "CREATE", [NEW_CONTACT], {"Name": {"LastName": "x" * 301}}, key="tx-long")
         response = _post(client, "/webhooks/salesforce/cdc", long_name)
         assert response.status_code == 413
