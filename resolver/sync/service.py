@@ -148,11 +148,12 @@ class SyncService:
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return reason(exc)
 
-    def apply_event(self, tx: Tx, event: Event, received: str, seq: int) -> None:
-        """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved."""
+    def apply_event(self, tx: Tx, event: Event, received: str, seq: int, known=None) -> None:
+        """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved (`known`:
+        what its chunk read already, resolve.Known)."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
-        person, suppressed = self.resolver.apply(tx, event, received, seq)
+        person, suppressed = self.resolver.apply(tx, event, received, seq, known)
         if suppressed:  # it carried an erased value: resolved without it, and not kept
             tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
                        "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))

@@ -123,6 +123,10 @@ class Worker:
             # by one when some cannot be read (their failed rows keep their place in arrival order).
             each = isolated or any(isinstance(item[5], Exception) for item in todo)
             fresh = {} if each else self.service.record_events(tx, [item[1:] for item in todo])
+            # Unisolated, what the chunk's events read is read for all of them at once (any failure
+            # throws the transaction away whole, so it cannot go stale).
+            known = None if each else self.service.resolver.prefetch(
+                tx, [item[5] for item in todo if item[5] is not None and item[1] in fresh])
             last = None
             for seq, event_id, channel, received, payload, event in todo:
                 if isinstance(event, Exception):  # kept and dead-lettered, but nothing can be made of it
@@ -130,7 +134,7 @@ class Worker:
                 elif each:
                     self.service.resolve_accepted(tx, event_id, channel, received, payload, event)
                 elif event is not None and event_id in fresh:
-                    self.service.apply_event(tx, event, received, fresh[event_id])
+                    self.service.apply_event(tx, event, received, fresh[event_id], known)
                 last = seq
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
