@@ -132,6 +132,10 @@ class Known:
         self.counts: dict[tuple[str, str], int] = {}  # (person, type) -> how many it holds
         self.records: dict[tuple[str, str], tuple | None] = {}  # (source, key) -> (fields, person, deleted); None: none
         self.golden: dict[str, dict[str, tuple]] = {}  # person -> field -> (value, source, last_modified)
+        # What its events write that nothing in the chunk reads: written at its end, one statement
+        # per 500 rows (write_deferred), instead of one per row.
+        self.log: list[tuple] = []  # change_log rows, in the order they were made
+        self.resolved: list[tuple[str, str | None, bool]] = []  # (event id, person, carried erased values)
 
     def add_holders(self, identifiers, rows: list[tuple]) -> None:
         """The holders' statement's rows for `identifiers` (those without a row are held by no one)."""
@@ -161,6 +165,14 @@ def _holder_rows(tx: Tx, identifiers: list) -> list[tuple]:
                        f"LEFT JOIN persons p ON p.person_id = i.person_id WHERE {terms}",
                        [x for pair in part for x in pair])
     return rows
+
+
+def insert_log(tx: Tx, rows: list[tuple]) -> None:
+    """Change log rows, in order (their seq follows it), one statement per 500."""
+    for start in range(0, len(rows), 500):
+        part = rows[start:start + 500]
+        tx.execute("INSERT INTO change_log (event_id, person_id, field, before, after, source, at) VALUES "
+                   + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)), [x for row in part for x in row])
 
 
 def _in_chunks(tx: Tx, sql: str, keys: list, width: int = 1) -> list[tuple]:
@@ -824,10 +836,12 @@ class Resolver:
         if self._known is not None:
             self._known.records[(source.name, key)] = (json.dumps(fields, sort_keys=True), person, int(deleted))
 
-    @staticmethod
-    def _log(tx: Tx, event: Event, person, field: str, before, after, source: str, at: str) -> None:
-        tx.execute("INSERT INTO change_log (event_id, person_id, field, before, after, source, at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (event.event_id, person, field, before, after, source, at))
+    def _log(self, tx: Tx, event: Event, person, field: str, before, after, source: str, at: str) -> None:
+        row = (event.event_id, person, field, before, after, source, at)
+        if self._known is not None:  # with its chunk's other rows (write_deferred)
+            self._known.log.append(row)
+        else:
+            insert_log(tx, [row])
 
 
 class Matcher:

@@ -154,12 +154,35 @@ class SyncService:
         from resolver.sync.forget import ERASED_PAYLOAD
 
         person, suppressed = self.resolver.apply(tx, event, received, seq, known)
+        if known is not None:  # marked with its chunk's other events (write_deferred)
+            known.resolved.append((event.event_id, person, suppressed))
+            return
         if suppressed:  # it carried an erased value: resolved without it, and not kept
             tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
                        "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))
         else:
             tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL "
                        "WHERE event_id = ?", (person, event.event_id))
+
+    @staticmethod
+    def write_deferred(tx: Tx, known) -> None:
+        """What a chunk's events left to its end (resolve.Known): their change log rows, then
+        their events marked resolved (those that carried erased values: payload blanked), one
+        statement per 500 rows."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+        from resolver.sync.resolve import insert_log
+
+        insert_log(tx, known.log)
+        known.log = []
+        for erased in (False, True):
+            rows = [(event_id, person) for event_id, person, suppressed in known.resolved if suppressed == erased]
+            blank = ", payload = ?" if erased else ""
+            for start in range(0, len(rows), 500):
+                part = rows[start:start + 500]
+                tx.execute(f"UPDATE events SET status = 'resolved', person_id = v.column2, error = NULL{blank} "
+                           f"FROM (VALUES {', '.join(['(?, ?)'] * len(part))}) AS v WHERE events.event_id = v.column1",
+                           [ERASED_PAYLOAD] * erased + [x for row in part for x in row])
+        known.resolved = []
 
     def inbox_position(self) -> tuple[int, int]:
         """(the last event accepted into the inbox, the last one the resolver has taken in)."""

@@ -136,6 +136,8 @@ class Worker:
                 elif event is not None and event_id in fresh:
                     self.service.apply_event(tx, event, received, fresh[event_id], known)
                 last = seq
+            if known is not None:
+                self.service.write_deferred(tx, known)
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
             # The events that carried erased values (resolved without them, payload blanked).
