@@ -194,6 +194,7 @@ class Resolver:
         self._suppressed_version: str | None = None
         self._suppressed_hit = False  # set by apply() when the event carried an erased value
         self._known: Known | None = None  # set by apply(): what its chunk read already
+        self._mapping: dict[tuple[str, bool], list[tuple[str, str]]] = {}  # see _mapped
         bl = config.identity.blocklist
         self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
         self.types = config.identity.types
@@ -324,8 +325,7 @@ class Resolver:
                             for record_id in event.record_ids or [None]]
             if source is None:
                 continue
-            mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
-            mapped += [(link.type, link.column) for link in source.links]
+            mapped = self._mapped(source)
             for row in rows:
                 for id_type, column in mapped:
                     if (text := _text(get(row, column))) is not None:
@@ -574,14 +574,20 @@ class Resolver:
         return person
 
     # -- mapping -----------------------------------------------------------------------------------
+    def _mapped(self, source: SourceConfig, evidence: bool = False) -> list[tuple[str, str]]:
+        """(identifier type, column) of a source's identifiers and links (`evidence`: only the
+        types that link), worked out once per source (it is asked for every event)."""
+        key = (source.name, evidence)
+        if key not in self._mapping:
+            mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
+            mapped += [(link.type, link.column) for link in source.links]
+            self._mapping[key] = [(t, c) for t, c in mapped if not evidence or self.types[t].evidence]
+        return self._mapping[key]
+
     def _identifiers(self, source: SourceConfig, row: dict, getter=None) -> list[tuple[str, str]]:
         get = getter or _field
         found: dict[tuple[str, str], None] = {}
-        mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
-        mapped += [(link.type, link.column) for link in source.links]
-        for id_type, column in mapped:
-            if not self.types[id_type].evidence:
-                continue
+        for id_type, column in self._mapped(source, evidence=True):
             value = self.identifier(id_type, get(row, column))
             if value is not None:
                 found[(id_type, value)] = None

@@ -123,9 +123,9 @@ class Worker:
             # by one when some cannot be read (their failed rows keep their place in arrival order).
             each = isolated or any(isinstance(item[5], Exception) for item in todo)
             fresh = {} if each else self.service.record_events(tx, [item[1:] for item in todo])
-            # Unisolated, what the chunk's events read is read for all of them at once (any failure
-            # throws the transaction away whole, so it cannot go stale).
-            known = None if each else self.service.resolver.prefetch(
+            # Unisolated, what the chunk's events read is kept for the chunk (any failure throws the
+            # transaction away whole, so it cannot go stale).
+            known = None if each else self._chunk_reads(
                 tx, [item[5] for item in todo if item[5] is not None and item[1] in fresh])
             last = None
             for seq, event_id, channel, received, payload, event in todo:
@@ -165,6 +165,16 @@ class Worker:
             marks = ", ".join("?" * len(erased))
             self.service.inbox.write(lambda tx: tx.execute(
                 f"UPDATE inbox SET payload = ? WHERE event_id IN ({marks})", [ERASED_PAYLOAD, *erased]))
+
+    def _chunk_reads(self, tx: Tx, events: list[Event]):
+        """A resolve.Known for a chunk's events: on PostgreSQL what they will read, read for all of
+        them at once (each read is a round trip); on SQLite a read is an in-process call, cheaper
+        than guessing ahead: each is read when needed (and then known)."""
+        from resolver.sync.resolve import Known
+
+        if self.store.dialect != "postgresql":
+            return Known()
+        return self.service.resolver.prefetch(tx, events)
 
     def _dead_letter(self, tx: Tx, item: tuple, exc: BaseException, prefix: str = "") -> None:
         """Keep a failed event (a failed row in `events`, where the store takes it) and queue it for
