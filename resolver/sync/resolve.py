@@ -44,7 +44,7 @@ from resolver.config import Config, SourceConfig
 from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
 from resolver.sync.payloads import Event
-from resolver.sync.store import Tx, set_meta
+from resolver.sync.store import Tx, insert_rows, set_meta
 
 OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
                    "Account": ("sf_account_id", "account")}
@@ -156,34 +156,45 @@ class Known:
 
 def _holder_rows(tx: Tx, identifiers: list) -> list[tuple]:
     """(type, value, person, person's status) of those of `identifiers` held by someone: one
-    statement per 500 of them."""
+    statement (SQLite: per 500 of them)."""
+    select = ("SELECT i.id_type, i.value, i.person_id, p.status FROM identifiers i "
+              "LEFT JOIN persons p ON p.person_id = i.person_id ")
+    if not identifiers:
+        return []
+    if tx.dialect == "postgresql":  # from arrays: a short statement, whatever the count (see store.insert_rows)
+        return tx.all(select + "WHERE (i.id_type, i.value) IN (SELECT * FROM unnest(?::text[], ?::text[]))",
+                      [list(column) for column in zip(*identifiers)])
     rows = []
     for start in range(0, len(identifiers), 500):
         part = identifiers[start:start + 500]
         terms = " OR ".join(["(i.id_type = ? AND i.value = ?)"] * len(part))
-        rows += tx.all("SELECT i.id_type, i.value, i.person_id, p.status FROM identifiers i "
-                       f"LEFT JOIN persons p ON p.person_id = i.person_id WHERE {terms}",
-                       [x for pair in part for x in pair])
+        rows += tx.all(select + f"WHERE {terms}", [x for pair in part for x in pair])
+    return rows
+
+
+def _where_in(tx: Tx, sql: str, keys: list) -> list[tuple]:
+    """`sql` for the rows whose column (or columns: `keys` of tuples) is one of `keys`, its `{keys}`
+    standing for them: on PostgreSQL arrays (a short statement, see store.insert_rows), elsewhere
+    VALUES, 500 keys at a time."""
+    if not keys:
+        return []
+    width = len(keys[0]) if isinstance(keys[0], tuple) else 1
+    if tx.dialect == "postgresql":
+        columns = list(zip(*keys)) if width > 1 else [keys]
+        return tx.all(sql.format(keys="SELECT * FROM unnest(" + ", ".join(["?::text[]"] * width) + ")"),
+                      [list(column) for column in columns])
+    group = "(" + ", ".join("?" * width) + ")"
+    rows = []
+    for start in range(0, len(keys), 500):
+        part = keys[start:start + 500]
+        rows += tx.all(sql.format(keys="VALUES " + ", ".join([group] * len(part))),
+                       [x for key in part for x in key] if width > 1 else part)
     return rows
 
 
 def insert_log(tx: Tx, rows: list[tuple]) -> None:
-    """Change log rows, in order (their seq follows it), one statement per 500."""
-    for start in range(0, len(rows), 500):
-        part = rows[start:start + 500]
-        tx.execute("INSERT INTO change_log (event_id, person_id, field, before, after, source, at) VALUES "
-                   + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)), [x for row in part for x in row])
-
-
-def _in_chunks(tx: Tx, sql: str, keys: list, width: int = 1) -> list[tuple]:
-    """`sql` (its `{marks}` filled with one ? group per key) for up to 500 keys at a time."""
-    rows = []
-    group = "(" + ", ".join("?" * width) + ")" if width > 1 else "?"
-    for start in range(0, len(keys), 500):
-        part = keys[start:start + 500]
-        params = [x for key in part for x in key] if width > 1 else part
-        rows += tx.all(sql.format(marks=", ".join([group] * len(part))), params)
-    return rows
+    """Change log rows, in order (their seq follows it)."""
+    insert_rows(tx, "change_log", "event_id, person_id, field, before, after, source, at", rows)
 
 
 class Resolver:
@@ -398,9 +409,9 @@ class Resolver:
         known = Known()
         records = list(dict.fromkeys(key for event in events for key in self._record_keys(event)))
         known.records.update(dict.fromkeys(records))
-        for source, key, fields, person, deleted in _in_chunks(
+        for source, key, fields, person, deleted in _where_in(
                 tx, "SELECT source, record_key, fields, person_id, deleted FROM records "
-                    "WHERE (source, record_key) IN ({marks})", records, 2):
+                    "WHERE (source, record_key) IN ({keys})", records):
             known.records[(source, key)] = (fields, person, deleted)
         identifiers: dict[tuple[str, str], None] = {}
         golden_ids: dict[tuple[str, str], None] = {}
@@ -415,15 +426,15 @@ class Resolver:
         limited = [t for t, spec in self.types.items() if spec.limit is not None]
         if holders and limited and self.config.identity.guards:
             known.counts.update(dict.fromkeys([(p, t) for p in holders for t in limited], 0))
-            for person, id_type, n in _in_chunks(tx, "SELECT person_id, id_type, COUNT(*) FROM identifiers "
-                                                     "WHERE person_id IN ({marks}) GROUP BY person_id, id_type", holders):
+            for person, id_type, n in _where_in(tx, "SELECT person_id, id_type, COUNT(*) FROM identifiers "
+                                                    "WHERE person_id IN ({keys}) GROUP BY person_id, id_type", holders):
                 known.counts[(person, id_type)] = n
         persons = {row[1] for row in known.records.values() if row is not None and row[1] is not None}
         persons |= {known.holders[i][0] for i in golden_ids if known.holders.get(i) is not None}
         persons = sorted(persons)
         known.golden.update((p, {}) for p in persons)
-        for person, field, value, source, ts in _in_chunks(
-                tx, "SELECT person_id, field, value, source, last_modified FROM golden WHERE person_id IN ({marks})",
+        for person, field, value, source, ts in _where_in(
+                tx, "SELECT person_id, field, value, source, last_modified FROM golden WHERE person_id IN ({keys})",
                 persons):
             known.golden[person][field] = (value, source, ts)
         return known

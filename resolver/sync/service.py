@@ -16,7 +16,7 @@ from pathlib import Path
 
 from resolver.config import Config
 from resolver.sync.payloads import Event
-from resolver.sync.store import Store, Tx, default_store_url, iso, now_iso
+from resolver.sync.store import Store, Tx, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
 
@@ -93,13 +93,8 @@ class SyncService:
         for event in events:
             event_id, payload = _storable(event)
             rows.append((event_id, event.channel, received, payload))
-        fresh: set[str] = set()
-        for start in range(0, len(rows), 200):  # one statement per 200 events (one round trip)
-            part = rows[start:start + 200]
-            values = ", ".join(["(?, ?, ?, ?)"] * len(part))
-            fresh.update(e for (e,) in tx.all(
-                f"INSERT INTO inbox (event_id, channel, received_at, payload) VALUES {values} "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id", [x for row in part for x in row]))
+        fresh = {e for (e,) in insert_rows(tx, "inbox", "event_id, channel, received_at, payload", rows,
+                                            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")}
         for event_id, *_ in rows:  # an id twice in one request: its second copy is a duplicate
             counts["accepted" if event_id in fresh else "duplicates"] += 1
             fresh.discard(event_id)
@@ -111,14 +106,11 @@ class SyncService:
         payload was erased), in one statement; {id: seq} of those the store did not have yet."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
-        if not rows:
-            return {}
-        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
-        params = [x for event_id, channel, received, payload, event in rows
-                  for x in (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
-                            "accepted" if event is not None else "resolved")]
-        return dict(tx.all(f"INSERT INTO events (event_id, channel, received_at, payload, status) VALUES {values} "
-                           "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq", params))
+        return dict(insert_rows(tx, "events", "event_id, channel, received_at, payload, status",
+                                [(event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
+                                  "accepted" if event is not None else "resolved")
+                                 for event_id, channel, received, payload, event in rows],
+                                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"))
 
     def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,
                          event: Event | None) -> bool:
@@ -177,8 +169,13 @@ class SyncService:
         for erased in (False, True):
             rows = [(event_id, person) for event_id, person, suppressed in known.resolved if suppressed == erased]
             blank = ", payload = ?" if erased else ""
-            for start in range(0, len(rows), 500):
-                part = rows[start:start + 500]
+            if rows and tx.dialect == "postgresql":  # arrays: a short statement (see store.insert_rows)
+                tx.execute(f"UPDATE events SET status = 'resolved', person_id = v.p, error = NULL{blank} "
+                           "FROM unnest(?::text[], ?::text[]) AS v(e, p) WHERE events.event_id = v.e",
+                           [ERASED_PAYLOAD] * erased + [list(column) for column in zip(*rows)])
+                continue
+            for start in range(0, len(rows), 200):
+                part = rows[start:start + 200]
                 tx.execute(f"UPDATE events SET status = 'resolved', person_id = v.column2, error = NULL{blank} "
                            f"FROM (VALUES {', '.join(['(?, ?)'] * len(part))}) AS v WHERE events.event_id = v.column1",
                            [ERASED_PAYLOAD] * erased + [x for row in part for x in row])
