@@ -8,6 +8,10 @@ type (outside any write transaction), then records them in the `events` table an
 one by one, in transactions of CHUNK events (should one fail, again with each event in its own
 savepoint: a failing event goes to the dead-letter queue, the others stand), each of which also
 moves the position (meta `inbox_seq`); on PostgreSQL in pipeline mode (fewer round trips).
+Without savepoints, what a chunk's events read (their stored records, their identifiers' holders,
+the holders' counts per limited type, golden fields) is read for all of them at once on
+PostgreSQL and kept current with what they write (resolve.Known), and what nothing in the chunk
+reads (change log rows, events marked resolved) is written at its end in one statement each.
 Between batches it runs the model's step for new records and the blocking-key index (once a
 second) and the due dead-letter retries.
 
