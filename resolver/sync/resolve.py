@@ -44,7 +44,7 @@ from resolver.config import Config, SourceConfig
 from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
 from resolver.sync.payloads import Event
-from resolver.sync.store import Tx, insert_rows, set_meta
+from resolver.sync.store import Tx, as_arrays, insert_rows, set_meta
 
 OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
                    "Account": ("sf_account_id", "account")}
@@ -156,12 +156,12 @@ class Known:
 
 def _holder_rows(tx: Tx, identifiers: list) -> list[tuple]:
     """(type, value, person, person's status) of those of `identifiers` held by someone: one
-    statement (SQLite: per 500 of them)."""
+    statement (from arrays: store.as_arrays), or one per 500 of them."""
     select = ("SELECT i.id_type, i.value, i.person_id, p.status FROM identifiers i "
               "LEFT JOIN persons p ON p.person_id = i.person_id ")
     if not identifiers:
         return []
-    if tx.dialect == "postgresql":  # from arrays: a short statement, whatever the count (see store.insert_rows)
+    if as_arrays(tx, 2 * len(identifiers)):
         return tx.all(select + "WHERE (i.id_type, i.value) IN (SELECT * FROM unnest(?::text[], ?::text[]))",
                       [list(column) for column in zip(*identifiers)])
     rows = []
@@ -174,12 +174,11 @@ def _holder_rows(tx: Tx, identifiers: list) -> list[tuple]:
 
 def _where_in(tx: Tx, sql: str, keys: list) -> list[tuple]:
     """`sql` for the rows whose column (or columns: `keys` of tuples) is one of `keys`, its `{keys}`
-    standing for them: on PostgreSQL arrays (a short statement, see store.insert_rows), elsewhere
-    VALUES, 500 keys at a time."""
+    standing for them: arrays (store.as_arrays), or VALUES, 500 keys at a time."""
     if not keys:
         return []
     width = len(keys[0]) if isinstance(keys[0], tuple) else 1
-    if tx.dialect == "postgresql":
+    if as_arrays(tx, len(keys) * width):
         columns = list(zip(*keys)) if width > 1 else [keys]
         return tx.all(sql.format(keys="SELECT * FROM unnest(" + ", ".join(["?::text[]"] * width) + ")"),
                       [list(column) for column in columns])

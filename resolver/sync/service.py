@@ -16,7 +16,7 @@ from pathlib import Path
 
 from resolver.config import Config
 from resolver.sync.payloads import Event
-from resolver.sync.store import Store, Tx, default_store_url, insert_rows, iso, now_iso
+from resolver.sync.store import Store, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
 
@@ -169,7 +169,7 @@ class SyncService:
         for erased in (False, True):
             rows = [(event_id, person) for event_id, person, suppressed in known.resolved if suppressed == erased]
             blank = ", payload = ?" if erased else ""
-            if rows and tx.dialect == "postgresql":  # arrays: a short statement (see store.insert_rows)
+            if as_arrays(tx, 2 * len(rows)):
                 tx.execute(f"UPDATE events SET status = 'resolved', person_id = v.p, error = NULL{blank} "
                            "FROM unnest(?::text[], ?::text[]) AS v(e, p) WHERE events.event_id = v.e",
                            [ERASED_PAYLOAD] * erased + [list(column) for column in zip(*rows)])
