@@ -281,6 +281,21 @@ def _stored(url: str, accepted: list[str]) -> dict:
             "not_resolved": sum(1 for e in wanted if e in held and held[e][1] != "resolved")}
 
 
+def _warm_up(port: int, timeout: float = 120.0) -> None:
+    """Wait until /healthz says the worker is running (warmed up), then make one lookup (the
+    service loads what lookups normalize with)."""
+    import httpx
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json().get("worker") == "running":
+                break
+        time.sleep(0.05)
+    path = "/profiles/anonymous_id/warm-up-lookup"
+    httpx.get(f"http://127.0.0.1:{port}{path}", headers=_sign(path.encode()), timeout=30)
+
+
 def _caught_up(port: int, timeout: float = 120.0) -> float | None:
     """Seconds until /healthz says the worker has taken in every accepted event (None: not within
     `timeout`)."""
@@ -302,6 +317,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
     parser.add_argument("--store", help="store URL (default: SQLite under the run's state)")
+    parser.add_argument("--warm", action="store_true",
+                        help="start the load once the worker has warmed up (/healthz: worker running) and a lookup "
+                             "was answered, not as soon as /healthz answers: the lag of the steady state, without "
+                             "the start's (which restart_webhooks.py measures)")
     parser.add_argument("--data", default=str(HERE / "data"))
     parser.add_argument("--results", default=str(HERE / "results" / "load_webhooks.json"))
     args = parser.parse_args()
@@ -327,6 +346,9 @@ def main() -> int:
             except httpx.HTTPError:
                 time.sleep(0.2)
         startup = time.perf_counter() - started
+        if args.warm:
+            _warm_up(port)
+        warm = time.perf_counter() - started
         users = _users(work)
         workload = Workload(_contacts(work), users)
         cpu_before = _tree_cpu_seconds(server.pid)  # the service and its resolver worker
@@ -345,6 +367,7 @@ def main() -> int:
     result = {
         "rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency, "people": args.people,
         "store": "sqlite" if url.startswith("sqlite") else "postgresql", "startup_s": round(startup, 2),
+        "warm": args.warm, "load_started_s": round(warm, 2),
         "sent": run["sent"], "accepted": len(run["accepted"]), "errors": run["errors"],
         "offered_per_s": args.rate, "events_per_s": round(len(run["accepted"]) / run["elapsed"], 1),
         "elapsed_s": round(run["elapsed"], 2),

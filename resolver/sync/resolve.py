@@ -44,7 +44,7 @@ from resolver.config import Config, SourceConfig
 from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
 from resolver.sync.payloads import Event
-from resolver.sync.store import Tx, set_meta
+from resolver.sync.store import Tx, as_arrays, insert_rows, set_meta
 
 OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
                    "Account": ("sf_account_id", "account")}
@@ -118,6 +118,84 @@ def to_signed(key: int) -> int:
     return key - (1 << 64) if key >= (1 << 63) else key
 
 
+class Known:
+    """What a chunk of events reads from the store, fetched for all of its events at once (one
+    statement per table: on PostgreSQL each read is a round trip, which cost more than the rest of
+    an event) and kept current with what they write in the same transaction. Only for a
+    transaction that is thrown away whole when anything fails (the worker's chunk without
+    savepoints): a savepoint rolled back would leave it stale. A key it does not know is read
+    from the store (and then known)."""
+
+    def __init__(self):
+        self.holders: dict[tuple[str, str], tuple[str, str | None] | None] = {}  # None: held by no one
+        self.status: dict[str, str | None] = {}  # person -> status (None: no persons row), as the holders' join reads it
+        self.counts: dict[tuple[str, str], int] = {}  # (person, type) -> how many it holds
+        self.records: dict[tuple[str, str], tuple | None] = {}  # (source, key) -> (fields, person, deleted); None: none
+        self.golden: dict[str, dict[str, tuple]] = {}  # person -> field -> (value, source, last_modified)
+        # What its events write that nothing in the chunk reads: written at its end, one statement
+        # per 500 rows (write_deferred), instead of one per row.
+        self.log: list[tuple] = []  # change_log rows, in the order they were made
+        self.resolved: list[tuple[str, str | None, bool]] = []  # (event id, person, carried erased values)
+
+    def add_holders(self, identifiers, rows: list[tuple]) -> None:
+        """The holders' statement's rows for `identifiers` (those without a row are held by no one)."""
+        self.holders.update(dict.fromkeys(identifiers))
+        for id_type, value, person, status in rows:
+            self.holders[(id_type, value)] = (person, status)
+            self.status[person] = status
+
+    def attached(self, id_type: str, value: str, person: str) -> None:
+        """An identifier was given to `person` in this transaction."""
+        if person in self.status:
+            self.holders[(id_type, value)] = (person, self.status[person])
+        else:  # its status is not known here: read it again when asked
+            self.holders.pop((id_type, value), None)
+        if (person, id_type) in self.counts:
+            self.counts[(person, id_type)] += 1
+
+
+def _holder_rows(tx: Tx, identifiers: list) -> list[tuple]:
+    """(type, value, person, person's status) of those of `identifiers` held by someone: one
+    statement (from arrays: store.as_arrays), or one per 500 of them."""
+    select = ("SELECT i.id_type, i.value, i.person_id, p.status FROM identifiers i "
+              "LEFT JOIN persons p ON p.person_id = i.person_id ")
+    if not identifiers:
+        return []
+    if as_arrays(tx, 2 * len(identifiers)):
+        return tx.all(select + "WHERE (i.id_type, i.value) IN (SELECT * FROM unnest(?::text[], ?::text[]))",
+                      [list(column) for column in zip(*identifiers)])
+    rows = []
+    for start in range(0, len(identifiers), 500):
+        part = identifiers[start:start + 500]
+        terms = " OR ".join(["(i.id_type = ? AND i.value = ?)"] * len(part))
+        rows += tx.all(select + f"WHERE {terms}", [x for pair in part for x in pair])
+    return rows
+
+
+def _where_in(tx: Tx, sql: str, keys: list) -> list[tuple]:
+    """`sql` for the rows whose column (or columns: `keys` of tuples) is one of `keys`, its `{keys}`
+    standing for them: arrays (store.as_arrays), or VALUES, 500 keys at a time."""
+    if not keys:
+        return []
+    width = len(keys[0]) if isinstance(keys[0], tuple) else 1
+    if as_arrays(tx, len(keys) * width):
+        columns = list(zip(*keys)) if width > 1 else [keys]
+        return tx.all(sql.format(keys="SELECT * FROM unnest(" + ", ".join(["?::text[]"] * width) + ")"),
+                      [list(column) for column in columns])
+    group = "(" + ", ".join("?" * width) + ")"
+    rows = []
+    for start in range(0, len(keys), 500):
+        part = keys[start:start + 500]
+        rows += tx.all(sql.format(keys="VALUES " + ", ".join([group] * len(part))),
+                       [x for key in part for x in key] if width > 1 else part)
+    return rows
+
+
+def insert_log(tx: Tx, rows: list[tuple]) -> None:
+    """Change log rows, in order (their seq follows it)."""
+    insert_rows(tx, "change_log", "event_id, person_id, field, before, after, source, at", rows)
+
+
 class Resolver:
     def __init__(self, config: Config, model: dict | None, salt: str | None = None):
         self.config = config
@@ -125,6 +203,8 @@ class Resolver:
         self.suppressed: set[int] = set()  # salted hashes (signed 64-bit, as stored) of erased values
         self._suppressed_version: str | None = None
         self._suppressed_hit = False  # set by apply() when the event carried an erased value
+        self._known: Known | None = None  # set by apply(): what its chunk read already
+        self._mapping: dict[tuple[str, bool], list[tuple[str, str]]] = {}  # see _mapped
         bl = config.identity.blocklist
         self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
         self.types = config.identity.types
@@ -255,8 +335,7 @@ class Resolver:
                             for record_id in event.record_ids or [None]]
             if source is None:
                 continue
-            mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
-            mapped += [(link.type, link.column) for link in source.links]
+            mapped = self._mapped(source)
             for row in rows:
                 for id_type, column in mapped:
                     if (text := _text(get(row, column))) is not None:
@@ -321,21 +400,101 @@ class Resolver:
         set_meta(tx, "index_seq", str(rows[-1][0]))
         return len(persons)
 
-    # -- events ----------------------------------------------------------------------------------
-    def apply(self, tx: Tx, event: Event, received_at: str, seq: int = 0) -> tuple[str | None, bool]:
-        """Resolve one event (`seq`: its position in the events table); returns the person it
-        ended with (None: nothing to resolve) and whether it carried erased values (left out)."""
-        self._suppressed_hit = False
-        if event.channel == "segment":
-            return self._segment_event(tx, event, received_at), self._suppressed_hit
-        source = self.objects.get(event.object or "")
+    # -- a chunk's reads, at once ------------------------------------------------------------------
+    def prefetch(self, tx: Tx, events: list[Event]) -> Known:
+        """Read what resolving `events` (in this order, in this transaction) will read: the stored
+        records they name, the holders of their identifiers, how many identifiers of each limited
+        type those holders have, and the golden fields of the persons they may update."""
+        known = Known()
+        records = list(dict.fromkeys(key for event in events for key in self._record_keys(event)))
+        known.records.update(dict.fromkeys(records))
+        for source, key, fields, person, deleted in _where_in(
+                tx, "SELECT source, record_key, fields, person_id, deleted FROM records "
+                    "WHERE (source, record_key) IN ({keys})", records):
+            known.records[(source, key)] = (fields, person, deleted)
+        identifiers: dict[tuple[str, str], None] = {}
+        golden_ids: dict[tuple[str, str], None] = {}
+        for event in events:
+            mine, golden = self._event_identifiers(event, known)
+            identifiers.update(dict.fromkeys(mine))
+            if golden:
+                golden_ids.update(dict.fromkeys(mine))
+        held = list(identifiers)
+        known.add_holders(held, _holder_rows(tx, held))
+        holders = sorted({h[0] for h in known.holders.values() if h is not None})
+        limited = [t for t, spec in self.types.items() if spec.limit is not None]
+        if holders and limited and self.config.identity.guards:
+            known.counts.update(dict.fromkeys([(p, t) for p in holders for t in limited], 0))
+            for person, id_type, n in _where_in(tx, "SELECT person_id, id_type, COUNT(*) FROM identifiers "
+                                                    "WHERE person_id IN ({keys}) GROUP BY person_id, id_type", holders):
+                known.counts[(person, id_type)] = n
+        persons = {row[1] for row in known.records.values() if row is not None and row[1] is not None}
+        persons |= {known.holders[i][0] for i in golden_ids if known.holders.get(i) is not None}
+        persons = sorted(persons)
+        known.golden.update((p, {}) for p in persons)
+        for person, field, value, source, ts in _where_in(
+                tx, "SELECT person_id, field, value, source, last_modified FROM golden WHERE person_id IN ({keys})",
+                persons):
+            known.golden[person][field] = (value, source, ts)
+        return known
+
+    def _record_keys(self, event: Event) -> list[tuple[str, str]]:
+        """(source, record key) of the stored records a Salesforce event reads."""
+        source = self.objects.get(event.object or "") if event.channel != "segment" else None
         if source is None:
-            raise ResolveError(f"no records source in the configuration maps Salesforce object {event.object!r} "
-                               "(sync.objects)")
-        person = None
-        for record_id in event.record_ids:
-            person = self._salesforce_record(tx, event, source, record_id, received_at, seq) or person
-        return person, self._suppressed_hit
+            return []
+        try:
+            return [(source.name, self._record_key(source, r)) for r in event.record_ids if not r.endswith("*")]
+        except Exception:  # noqa: BLE001 - its own resolution fails (dead-lettered), not the chunk's reads
+            return []
+
+    def _event_identifiers(self, event: Event, known: Known) -> tuple[list[tuple[str, str]], bool]:
+        """The identifiers an event will most likely look up (a Salesforce record's: of its stored
+        fields as `known` has them, with the event's), and whether it may update golden fields."""
+        try:
+            if event.channel == "segment":
+                source = self.segment
+                if source is None:
+                    return [], False
+                return (self._identifiers(source, event.fields, getter=_get),
+                        bool(source.attribute_columns() or source.built_attributes()))
+            source = self.objects.get(event.object or "")
+            if source is None:
+                return [], False
+            found = []
+            for record_id in event.record_ids:
+                if record_id.endswith("*"):
+                    continue
+                row = known.records.get((source.name, self._record_key(source, record_id)))
+                flat = {api: held[0] for api, held in json.loads(row[0]).items()} if row else {}
+                flat.update((api, value) for api, value in event.fields.items() if _text(value) is not None)
+                flat.setdefault(source.key, record_id)
+                found += self._identifiers(source, flat)
+            return found, True
+        except Exception:  # noqa: BLE001 - its own resolution fails (dead-lettered), not the chunk's reads
+            return [], False
+
+    # -- events ----------------------------------------------------------------------------------
+    def apply(self, tx: Tx, event: Event, received_at: str, seq: int = 0,
+              known: Known | None = None) -> tuple[str | None, bool]:
+        """Resolve one event (`seq`: its position in the events table); returns the person it
+        ended with (None: nothing to resolve) and whether it carried erased values (left out).
+        `known`: what prefetch() read for its chunk (see Known)."""
+        self._suppressed_hit = False
+        self._known = known
+        try:
+            if event.channel == "segment":
+                return self._segment_event(tx, event, received_at), self._suppressed_hit
+            source = self.objects.get(event.object or "")
+            if source is None:
+                raise ResolveError(f"no records source in the configuration maps Salesforce object {event.object!r} "
+                                   "(sync.objects)")
+            person = None
+            for record_id in event.record_ids:
+                person = self._salesforce_record(tx, event, source, record_id, received_at, seq) or person
+            return person, self._suppressed_hit
+        finally:
+            self._known = None  # it holds for its transaction only
 
     def _record_key(self, source: SourceConfig, raw: str) -> str:
         key_types = [t for t, cols in source.identifier_columns().items() if source.key in cols]
@@ -356,8 +515,7 @@ class Resolver:
                                 or self._erased(self._member(f"record:{source.name}", key))):
             self._suppressed_hit = True  # an erased record is never stored again (batch or export key)
             return None
-        row = tx.one("SELECT fields, person_id, deleted FROM records WHERE source = ? AND record_key = ?",
-                     (source.name, key))
+        row = self._stored_record(tx, source.name, key)
         stored = json.loads(row[0]) if row else {}
         person = row[1] if row else None
         if event.change.startswith("GAP_"):
@@ -426,14 +584,20 @@ class Resolver:
         return person
 
     # -- mapping -----------------------------------------------------------------------------------
+    def _mapped(self, source: SourceConfig, evidence: bool = False) -> list[tuple[str, str]]:
+        """(identifier type, column) of a source's identifiers and links (`evidence`: only the
+        types that link), worked out once per source (it is asked for every event)."""
+        key = (source.name, evidence)
+        if key not in self._mapping:
+            mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
+            mapped += [(link.type, link.column) for link in source.links]
+            self._mapping[key] = [(t, c) for t, c in mapped if not evidence or self.types[t].evidence]
+        return self._mapping[key]
+
     def _identifiers(self, source: SourceConfig, row: dict, getter=None) -> list[tuple[str, str]]:
         get = getter or _field
         found: dict[tuple[str, str], None] = {}
-        mapped = [(t, c) for t, cols in source.identifier_columns().items() for c in cols]
-        mapped += [(link.type, link.column) for link in source.links]
-        for id_type, column in mapped:
-            if not self.types[id_type].evidence:
-                continue
+        for id_type, column in self._mapped(source, evidence=True):
             value = self.identifier(id_type, get(row, column))
             if value is not None:
                 found[(id_type, value)] = None
@@ -462,18 +626,49 @@ class Resolver:
         return self._member(id_type, value)
 
     # -- steps -------------------------------------------------------------------------------------
-    @staticmethod
-    def _holders(tx: Tx, identifiers) -> dict[tuple[str, str], tuple[str, str | None]]:
+    def _holders(self, tx: Tx, identifiers) -> dict[tuple[str, str], tuple[str, str | None]]:
         """(type, value) -> (the person holding it, that person's status), for those held: one
-        statement for all of an event's identifiers (a round trip each would cost more than the
-        lookups on PostgreSQL)."""
-        if not identifiers:
-            return {}
-        terms = " OR ".join(["(i.id_type = ? AND i.value = ?)"] * len(identifiers))
-        rows = tx.all("SELECT i.id_type, i.value, i.person_id, p.status FROM identifiers i "
-                      f"LEFT JOIN persons p ON p.person_id = i.person_id WHERE {terms}",
-                      [x for pair in identifiers for x in pair])
-        return {(t, v): (person, status) for t, v, person, status in rows}
+        statement for all of an event's identifiers not known from its chunk's reads (a round
+        trip each would cost more than the lookups on PostgreSQL)."""
+        known = self._known
+        if known is None:
+            return {(t, v): (person, status) for t, v, person, status in _holder_rows(tx, list(identifiers))}
+        missing = [i for i in identifiers if i not in known.holders]
+        if missing:
+            known.add_holders(missing, _holder_rows(tx, missing))
+        return {i: known.holders[i] for i in identifiers if known.holders[i] is not None}
+
+    def _stored_record(self, tx: Tx, source: str, key: str) -> tuple | None:
+        """(fields, person, deleted) of a stored record (None: not stored)."""
+        known = self._known
+        if known is not None and (source, key) in known.records:
+            return known.records[(source, key)]
+        row = tx.one("SELECT fields, person_id, deleted FROM records WHERE source = ? AND record_key = ?",
+                     (source, key))
+        if known is not None:
+            known.records[(source, key)] = row
+        return row
+
+    def _held_count(self, tx: Tx, person: str, id_type: str) -> int:
+        """How many identifiers of `id_type` the person holds."""
+        known = self._known
+        if known is not None and (person, id_type) in known.counts:
+            return known.counts[(person, id_type)]
+        n = tx.one("SELECT COUNT(*) FROM identifiers WHERE person_id = ? AND id_type = ?", (person, id_type))[0]
+        if known is not None:
+            known.counts[(person, id_type)] = n
+        return n
+
+    def _current_golden(self, tx: Tx, person: str) -> dict[str, tuple]:
+        """field -> (value, source, last_modified) of the person's golden fields (a copy)."""
+        known = self._known
+        if known is not None and person in known.golden:
+            return dict(known.golden[person])
+        current = {f: (v, s, t) for f, v, s, t in tx.all(
+            "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
+        if known is not None:
+            known.golden[person] = dict(current)
+        return current
 
     def _deterministic(self, tx: Tx, event: Event, identifiers, holders: dict, received_at: str) -> str | None:
         persons = []
@@ -587,6 +782,8 @@ class Resolver:
             person = person_id(key)
             if tx.one("INSERT INTO persons (person_id, origin, created_at, status) VALUES (?, 'serve', ?, 'active') "
                       "ON CONFLICT (person_id) DO NOTHING RETURNING person_id", (person, received_at)) is not None:
+                if self._known is not None:
+                    self._known.status[person] = "active"
                 return person
             attempt += 1  # an id issued before is never given to anyone else
             key = int(hash_identifiers("person-retry", pd.Series([f"{min(members)}:{attempt}"], dtype="str"))[0])
@@ -598,19 +795,20 @@ class Resolver:
                 continue  # held already (by this person, or by another: see the review queue)
             limit = self.types[id_type].limit
             if limit is not None and self.config.identity.guards:
-                held = tx.one("SELECT COUNT(*) FROM identifiers WHERE person_id = ? AND id_type = ?", (person, id_type))[0]
+                held = self._held_count(tx, person, id_type)
                 if held >= limit:
                     self._log(tx, event, person, f"identifier:{id_type}", None, "refused: limit reached", source,
                               received_at)
                     continue
             tx.execute("INSERT INTO identifiers (id_type, value, person_id, origin) VALUES (?, ?, ?, 'serve')",
                        (id_type, value, person))
+            if self._known is not None:
+                self._known.attached(id_type, value, person)
             self._log(tx, event, person, f"identifier:{id_type}", None, value, source, received_at)
 
     def _golden(self, tx: Tx, event: Event, person: str, attributes: dict, source: str, record_key: str | None,
                 received_at: str) -> None:
-        current = {f: (v, s, t) for f, v, s, t in tx.all(
-            "SELECT field, value, source, last_modified FROM golden WHERE person_id = ?", (person,))}
+        current = self._current_golden(tx, person)
         for field, (display, match, ts) in attributes.items():
             ts = ts or received_at
             held = current.get(field)
@@ -625,6 +823,8 @@ class Resolver:
                        "source = excluded.source, record_key = excluded.record_key, "
                        "last_modified = excluded.last_modified, event_id = excluded.event_id",
                        (person, field, display, source, record_key, ts, event.event_id))
+            if self._known is not None and person in self._known.golden:
+                self._known.golden[person][field] = (display, source, ts)
             if not same:
                 self._log(tx, event, person, field, before, display, source, received_at)
 
@@ -649,11 +849,15 @@ class Resolver:
                    "last_modified = excluded.last_modified, deleted = excluded.deleted, refetch = excluded.refetch, "
                    "updated_seq = excluded.updated_seq",
                    (source.name, key, obj, person, json.dumps(fields, sort_keys=True), last, int(deleted), refetch, seq))
+        if self._known is not None:
+            self._known.records[(source.name, key)] = (json.dumps(fields, sort_keys=True), person, int(deleted))
 
-    @staticmethod
-    def _log(tx: Tx, event: Event, person, field: str, before, after, source: str, at: str) -> None:
-        tx.execute("INSERT INTO change_log (event_id, person_id, field, before, after, source, at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (event.event_id, person, field, before, after, source, at))
+    def _log(self, tx: Tx, event: Event, person, field: str, before, after, source: str, at: str) -> None:
+        row = (event.event_id, person, field, before, after, source, at)
+        if self._known is not None:  # with its chunk's other rows (write_deferred)
+            self._known.log.append(row)
+        else:
+            insert_log(tx, [row])
 
 
 class Matcher:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from resolver.config import Config
 from resolver.sync.payloads import Event
-from resolver.sync.store import Store, Tx, default_store_url, iso, now_iso
+from resolver.sync.store import Store, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
 
@@ -93,13 +93,8 @@ class SyncService:
         for event in events:
             event_id, payload = _storable(event)
             rows.append((event_id, event.channel, received, payload))
-        fresh: set[str] = set()
-        for start in range(0, len(rows), 200):  # one statement per 200 events (one round trip)
-            part = rows[start:start + 200]
-            values = ", ".join(["(?, ?, ?, ?)"] * len(part))
-            fresh.update(e for (e,) in tx.all(
-                f"INSERT INTO inbox (event_id, channel, received_at, payload) VALUES {values} "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id", [x for row in part for x in row]))
+        fresh = {e for (e,) in insert_rows(tx, "inbox", "event_id, channel, received_at, payload", rows,
+                                            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")}
         for event_id, *_ in rows:  # an id twice in one request: its second copy is a duplicate
             counts["accepted" if event_id in fresh else "duplicates"] += 1
             fresh.discard(event_id)
@@ -111,14 +106,11 @@ class SyncService:
         payload was erased), in one statement; {id: seq} of those the store did not have yet."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
-        if not rows:
-            return {}
-        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(rows))
-        params = [x for event_id, channel, received, payload, event in rows
-                  for x in (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
-                            "accepted" if event is not None else "resolved")]
-        return dict(tx.all(f"INSERT INTO events (event_id, channel, received_at, payload, status) VALUES {values} "
-                           "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq", params))
+        return dict(insert_rows(tx, "events", "event_id, channel, received_at, payload, status",
+                                [(event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
+                                  "accepted" if event is not None else "resolved")
+                                 for event_id, channel, received, payload, event in rows],
+                                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq"))
 
     def resolve_accepted(self, tx: Tx, event_id: str, channel: str, received: str, payload: str,
                          event: Event | None) -> bool:
@@ -148,17 +140,46 @@ class SyncService:
             log.warning("event %s failed: %s", event.event_id, type(exc).__name__)
             return reason(exc)
 
-    def apply_event(self, tx: Tx, event: Event, received: str, seq: int) -> None:
-        """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved."""
+    def apply_event(self, tx: Tx, event: Event, received: str, seq: int, known=None) -> None:
+        """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved (`known`:
+        what its chunk read already, resolve.Known)."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
-        person, suppressed = self.resolver.apply(tx, event, received, seq)
+        person, suppressed = self.resolver.apply(tx, event, received, seq, known)
+        if known is not None:  # marked with its chunk's other events (write_deferred)
+            known.resolved.append((event.event_id, person, suppressed))
+            return
         if suppressed:  # it carried an erased value: resolved without it, and not kept
             tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL, payload = ? "
                        "WHERE event_id = ?", (person, ERASED_PAYLOAD, event.event_id))
         else:
             tx.execute("UPDATE events SET status = 'resolved', person_id = ?, error = NULL "
                        "WHERE event_id = ?", (person, event.event_id))
+
+    @staticmethod
+    def write_deferred(tx: Tx, known) -> None:
+        """What a chunk's events left to its end (resolve.Known): their change log rows, then
+        their events marked resolved (those that carried erased values: payload blanked), one
+        statement per 500 rows."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+        from resolver.sync.resolve import insert_log
+
+        insert_log(tx, known.log)
+        known.log = []
+        for erased in (False, True):
+            rows = [(event_id, person) for event_id, person, suppressed in known.resolved if suppressed == erased]
+            blank = ", payload = ?" if erased else ""
+            if as_arrays(tx, 2 * len(rows)):
+                tx.execute(f"UPDATE events SET status = 'resolved', person_id = v.p, error = NULL{blank} "
+                           "FROM unnest(?::text[], ?::text[]) AS v(e, p) WHERE events.event_id = v.e",
+                           [ERASED_PAYLOAD] * erased + [list(column) for column in zip(*rows)])
+                continue
+            for start in range(0, len(rows), 200):
+                part = rows[start:start + 200]
+                tx.execute(f"UPDATE events SET status = 'resolved', person_id = v.column2, error = NULL{blank} "
+                           f"FROM (VALUES {', '.join(['(?, ?)'] * len(part))}) AS v WHERE events.event_id = v.column1",
+                           [ERASED_PAYLOAD] * erased + [x for row in part for x in row])
+        known.resolved = []
 
     def inbox_position(self) -> tuple[int, int]:
         """(the last event accepted into the inbox, the last one the resolver has taken in)."""

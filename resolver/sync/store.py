@@ -436,6 +436,39 @@ def _settle(future: concurrent.futures.Future, result: Any, error: BaseException
         pass
 
 
+def as_arrays(tx: Tx, parameters: int) -> bool:
+    """Should a many-row statement pass one array per column instead of a parameter per value?
+    On PostgreSQL beyond 50 parameters: psycopg converts such a statement anew each time (about a
+    millisecond for a few hundred), while the array form's text does not grow with the rows (it
+    keeps it, and the server keeps it prepared); below, the plain form costs less (no arrays to
+    build)."""
+    return tx.dialect == "postgresql" and parameters > 50
+
+
+def insert_rows(tx: Tx, table: str, columns: str, rows: list[tuple], suffix: str = "") -> list[tuple]:
+    """Insert text rows in order (a serial key follows it) with as few statements as can be, then
+    `suffix` (ON CONFLICT ..., RETURNING ...); returns what RETURNING gives: one statement from
+    arrays (as_arrays), or multi-row VALUES, 200 rows at a time."""
+    if not rows:
+        return []
+    width = len(rows[0])
+    if as_arrays(tx, len(rows) * width):
+        arrays = ", ".join(["?::text[]"] * width)
+        statements = [(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {suffix}",
+                       [list(column) for column in zip(*rows)])]
+    else:
+        group = "(" + ", ".join("?" * width) + ")"
+        statements = [(f"INSERT INTO {table} ({columns}) VALUES {', '.join([group] * len(part))} {suffix}",
+                       [x for row in part for x in row]) for part in (rows[i:i + 200] for i in range(0, len(rows), 200))]
+    out: list[tuple] = []
+    for sql, params in statements:
+        if "RETURNING" in suffix:
+            out += tx.all(sql, params)
+        else:
+            tx.execute(sql, params)
+    return out
+
+
 def set_meta(tx: Tx, key: str, value: str) -> None:
     tx.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                (key, value))

@@ -8,6 +8,10 @@ type (outside any write transaction), then records them in the `events` table an
 one by one, in transactions of CHUNK events (should one fail, again with each event in its own
 savepoint: a failing event goes to the dead-letter queue, the others stand), each of which also
 moves the position (meta `inbox_seq`); on PostgreSQL in pipeline mode (fewer round trips).
+Without savepoints, what a chunk's events read (their stored records, their identifiers' holders,
+the holders' counts per limited type, golden fields) is read for all of them at once on
+PostgreSQL and kept current with what they write (resolve.Known), and what nothing in the chunk
+reads (change log rows, events marked resolved) is written at its end in one statement each.
 Between batches it runs the model's step for new records and the blocking-key index (once a
 second) and the due dead-letter retries.
 
@@ -123,6 +127,10 @@ class Worker:
             # by one when some cannot be read (their failed rows keep their place in arrival order).
             each = isolated or any(isinstance(item[5], Exception) for item in todo)
             fresh = {} if each else self.service.record_events(tx, [item[1:] for item in todo])
+            # Unisolated, what the chunk's events read is kept for the chunk (any failure throws the
+            # transaction away whole, so it cannot go stale).
+            known = None if each else self._chunk_reads(
+                tx, [item[5] for item in todo if item[5] is not None and item[1] in fresh])
             last = None
             for seq, event_id, channel, received, payload, event in todo:
                 if isinstance(event, Exception):  # kept and dead-lettered, but nothing can be made of it
@@ -130,8 +138,10 @@ class Worker:
                 elif each:
                     self.service.resolve_accepted(tx, event_id, channel, received, payload, event)
                 elif event is not None and event_id in fresh:
-                    self.service.apply_event(tx, event, received, fresh[event_id])
+                    self.service.apply_event(tx, event, received, fresh[event_id], known)
                 last = seq
+            if known is not None:
+                self.service.write_deferred(tx, known)
             if last is not None:
                 set_meta(tx, "inbox_seq", str(last))
             # The events that carried erased values (resolved without them, payload blanked).
@@ -159,6 +169,16 @@ class Worker:
             marks = ", ".join("?" * len(erased))
             self.service.inbox.write(lambda tx: tx.execute(
                 f"UPDATE inbox SET payload = ? WHERE event_id IN ({marks})", [ERASED_PAYLOAD, *erased]))
+
+    def _chunk_reads(self, tx: Tx, events: list[Event]):
+        """A resolve.Known for a chunk's events: on PostgreSQL what they will read, read for all of
+        them at once (each read is a round trip); on SQLite a read is an in-process call, cheaper
+        than guessing ahead: each is read when needed (and then known)."""
+        from resolver.sync.resolve import Known
+
+        if self.store.dialect != "postgresql":
+            return Known()
+        return self.service.resolver.prefetch(tx, events)
 
     def _dead_letter(self, tx: Tx, item: tuple, exc: BaseException, prefix: str = "") -> None:
         """Keep a failed event (a failed row in `events`, where the store takes it) and queue it for
