@@ -163,7 +163,7 @@ class StateStore:
         `keep` newest versions stay (an erasure keeps 1, so no older version holds the person)."""
         name = self.write_version(state, run_id)
         self._point_to(name)  # the commit point
-        self._tidy(name, keep)
+        self._prune(live=name, keep=keep)
         return self.versions / name
 
     def write_version(self, state: State, run_id: str) -> str:
@@ -253,7 +253,7 @@ class StateStore:
                 self._settle(journal)
                 raise
             self._settle(journal)
-        self._tidy(journal["version"], keep)
+        self._prune(live=journal["version"], keep=keep)
         return self.versions / journal["version"]
 
     def recover(self) -> str | None:

@@ -92,19 +92,6 @@ def swap_into_place(staging: Path, out_dir: Path, retired: Path | None = None) -
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def rewrite_outputs(out_dir: Path, tables: dict[str, pd.DataFrame], files: dict[str, str] | None = None) -> None:
-    """Replace some tables (and text `files`) of an existing output folder, atomically: the folder
-    is copied, the tables rewritten in the copy, and the copy swapped into place."""
-    out_dir = Path(out_dir)
-    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        stage_rewrite(out_dir, staging, tables, files)
-        swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def stage_rewrite(out_dir: Path, staging: Path, tables: dict[str, pd.DataFrame],
                   files: dict[str, str] | None = None) -> None:
     """Copy the output folder to the new folder `staging` and rewrite some tables and `files` there."""
