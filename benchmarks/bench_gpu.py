@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resolver.backend.components import connected_components
+from resolver.compute.components import connected_components
 from resolver.kernels import strings
 
 
@@ -138,10 +138,10 @@ def end_to_end(sizes: list[int], backends: list[str], workdir: Path, cp=None, de
     warm-up run per backend, so numba's compilation is not timed. A run (or a generation) that
     would end after `deadline` (perf_counter seconds), judged from the last one of the same kind
     scaled by size, is skipped and reported as such, so the table is always printed."""
-    from resolver.backend.arrays import select_backend
+    from resolver.compute.backend import select_backend
     from resolver.config import load_config
     from resolver.pipeline import run
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     cores = os.cpu_count() or 2
 

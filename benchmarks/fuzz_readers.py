@@ -356,8 +356,8 @@ def check(folder: str, fmt: str, partition_bytes: int) -> dict:
     """Read the input in `folder` like a run does, in pieces of about `partition_bytes`; the
     outcome and the row counts."""
     from resolver.config import Config
-    from resolver.ingest import Vocabulary, ingest_source, reject_cross_file_duplicates
-    from resolver.io.readers import InputError, read_source
+    from resolver.ingest.tables import Vocabulary, ingest_source, reject_cross_file_duplicates
+    from resolver.ingest.readers import InputError, read_source
     from resolver.normalize import Blocklist
     from resolver.pipeline import plan_ingest
 

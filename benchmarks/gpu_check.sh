@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp}
 python3 - <<'PY'
 import numba, numpy, pandas, pyarrow
-from resolver.backend.arrays import select_backend
+from resolver.compute.backend import select_backend
 from resolver.kernels.strings import available_targets
 print("numpy", numpy.__version__, "pandas", pandas.__version__, "pyarrow", pyarrow.__version__, "numba", numba.__version__)
 print("numba targets:", available_targets(), "| backend auto:", select_backend("auto").describe())

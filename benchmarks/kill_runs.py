@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         parser.error("finds a killed run's workers in /proc: Linux only")
-    logging.getLogger("resolver.state").setLevel(logging.ERROR)  # the repair's one line, once per trial
+    logging.getLogger("resolver.state.store").setLevel(logging.ERROR)  # the repair's one line, once per trial
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"kill_runs-{datetime.now(timezone.utc).strftime('%Y-%m-%d-%H%M%S')}.json"

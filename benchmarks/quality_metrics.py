@@ -29,7 +29,7 @@ no pair is ever listed (a 1M-record cluster costs what a small one does):
   truth records, recall over every true pair.
 
 An empty denominator gives 1.0 (no predicted pairs: precision 1.0; no true pairs: recall 1.0), as
-resolver/evaluate.py does; F1 is 0.0 when precision + recall is 0.
+resolver/outputs/evaluate.py does; F1 is 0.0 when precision + recall is 0.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def _run_pipeline(config, console: Console, model_path: Path | None = None, stat
 
 def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True,
               visitors: bool = False, events_per_person: float | None = None) -> dict:
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     with Progress(
         TextColumn("generating"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} people"),
@@ -154,7 +154,7 @@ def cmd_run(args) -> int:
         if value is not None:
             setattr(config.engine, option, value)
     if args.truth:
-        from resolver.report import read_truth
+        from resolver.outputs.report import read_truth
 
         read_truth(Path(args.truth))  # a wrong path is a usage error now, not a report without curves later
     res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
@@ -279,7 +279,7 @@ def cmd_init(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from resolver.config import load_config
-    from resolver.evaluate import evaluate_outputs
+    from resolver.outputs.evaluate import evaluate_outputs
 
     config = load_config(args.config)
     out_dir = Path(args.out) if args.out else config.output_path()
@@ -291,8 +291,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from resolver.bench_report import markdown_ladder, write_bench
-    from resolver.capacity import available_backends, available_engines, run_ladder
+    from resolver.bench.report import markdown_ladder, write_bench
+    from resolver.bench.capacity import available_backends, available_engines, run_ladder
 
     console = _console(args)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -300,7 +300,7 @@ def cmd_bench(args) -> int:
     engines = args.engines.split(",") if args.engines else available_engines()
     missing = sorted(set(engines) - set(available_engines()))
     if missing:
-        from resolver.dask_engine import EngineUnavailable
+        from resolver.compute.dask_engine import EngineUnavailable
 
         raise EngineUnavailable(f"engine {missing[0]} is not installed here: pip install 'resolver[dask]'")
     out = Path(args.out)
@@ -315,7 +315,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_capacity(args) -> int:
-    from resolver.capacity import estimate
+    from resolver.bench.capacity import estimate
 
     bench = json.loads(Path(args.from_).read_text(encoding="utf-8"))
     answer = estimate(bench, args.events, args.profiles, args.gpu, args.engine, args.max_extrapolation,
@@ -352,7 +352,7 @@ def cmd_capacity(args) -> int:
 
 def cmd_demo(args) -> int:
     from resolver.config import load_config
-    from resolver.evaluate import evaluate_outputs
+    from resolver.outputs.evaluate import evaluate_outputs
 
     console = _console(args)
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="resolver-demo-"))
@@ -369,7 +369,7 @@ def cmd_demo(args) -> int:
 
 def cmd_forget(args) -> int:
     from resolver.config import load_config
-    from resolver.erasure import forget
+    from resolver.state.erasure import forget
 
     console = _console(args)
     config = load_config(args.config)
@@ -385,7 +385,7 @@ def cmd_forget(args) -> int:
 def _recovered(state: Path | None) -> Path | None:
     """The state directory, once a run's commit that a kill interrupted is repaired (README:
     "Crash consistency"): the outputs and CURRENT name the same run before a command reads them."""
-    from resolver.state import StateStore
+    from resolver.state.store import StateStore
 
     if state is not None:
         StateStore(state).recover()
@@ -396,8 +396,8 @@ def _review_places(args) -> tuple[Path | None, Path]:
     """The state directory and the outputs a review command works on: --state / --out, else the
     config's run.state_dir / run.output_dir, else the outputs of the state's last run."""
     from resolver.config import load_config
-    from resolver.history import load_history
-    from resolver.review import ReviewError
+    from resolver.state.history import load_history
+    from resolver.state.review import ReviewError
 
     config = load_config(args.config) if args.config else None
     state = _recovered(Path(args.state) if args.state else (config.state_path() if config is not None else None))
@@ -412,7 +412,7 @@ def _review_places(args) -> tuple[Path | None, Path]:
 
 
 def cmd_review_list(args) -> int:
-    from resolver.review import review_items
+    from resolver.state.review import review_items
 
     state, out = _review_places(args)
     items = review_items(out, state, links=args.links)
@@ -434,7 +434,7 @@ def cmd_review_list(args) -> int:
 
 
 def cmd_review_decide(args) -> int:
-    from resolver.review import decide
+    from resolver.state.review import decide
 
     state, out = _review_places(args)
     entry = decide(state, out, accept=args.accept, pair=tuple(args.pair) if args.pair else None, item=args.item,
@@ -705,15 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_failures() -> list[tuple[type, str, int]]:
     """Expected failures: one line naming the problem, and an exit code. (Imported only once a
     command failed: they load pandas and numba, which `serve` does not need to answer.)"""
-    from resolver.backend.arrays import BackendUnavailable
-    from resolver.capacity import CapacityError
+    from resolver.compute.backend import BackendUnavailable
+    from resolver.bench.capacity import CapacityError
     from resolver.config import ConfigError
-    from resolver.dask_engine import EngineUnavailable
-    from resolver.erasure import ErasureError
-    from resolver.io.readers import InputError
-    from resolver.model import ModelError
-    from resolver.review import ReviewError
-    from resolver.state import StateError
+    from resolver.compute.dask_engine import EngineUnavailable
+    from resolver.state.erasure import ErasureError
+    from resolver.ingest.readers import InputError
+    from resolver.matching.model import ModelError
+    from resolver.state.review import ReviewError
+    from resolver.state.store import StateError
     from resolver.sync.store import StoreError
 
     return [(ConfigError, "configuration error", EXIT_CONFIG), (ErasureError, "erasure error", EXIT_CONFIG),

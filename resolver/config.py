@@ -105,7 +105,7 @@ class SourceConfig(_Strict):
     @field_validator("session")
     @classmethod
     def _known_session_fields(cls, value: dict) -> dict:
-        from resolver.stitching import SESSION_FIELDS
+        from resolver.persons.stitching import SESSION_FIELDS
 
         unknown = sorted(set(value) - set(SESSION_FIELDS))
         if unknown:
@@ -319,10 +319,10 @@ class ModelOptions(_Strict):
     max_iterations: int = Field(default=3000, ge=1)  # EM is cheap (distinct patterns); a household class can take hundreds
     tolerance: float = Field(default=1e-5, gt=0)  # stop when no probability or class share moves more than this
     u_sample_pairs: int = Field(default=2_000_000, ge=1000)  # random record pairs for u probabilities
-    # A third class for different people of one household (see resolver/model.py); it needs at
+    # A third class for different people of one household (see resolver/matching/model.py); it needs at
     # least one household field and one person field among the comparisons.
     households: bool = True
-    # A model that fails its health check (resolver.model.health_problems) does not auto-merge:
+    # A model that fails its health check (resolver.matching.model.health_problems) does not auto-merge:
     # its would-be links go to review and the run exits 5. True merges anyway (--allow-unhealthy-model).
     allow_unhealthy: bool = False
     seed: int = 42
@@ -440,7 +440,7 @@ class RunOptions(_Strict):
 
 
 class StitchingConfig(_Strict):
-    """Anonymous visitor stitching (resolver/stitching.py)."""
+    """Anonymous visitor stitching (resolver/persons/stitching.py)."""
 
     enabled: bool = True
     anonymous_types: list[str] = Field(default_factory=lambda: ["anonymous_id"])  # identifier types of anonymous ids

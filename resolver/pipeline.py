@@ -19,27 +19,27 @@ import numpy as np
 import pandas as pd
 
 from resolver import __version__
-from resolver.backend.arrays import CPU, Backend, select_backend
-from resolver.backend.frames import Aggregate, group_aggregate
-from resolver.cluster import connected_components, format_person_ids, smallest_member_keys
+from resolver.compute.backend import CPU, Backend, select_backend
+from resolver.compute.frames import Aggregate, group_aggregate
+from resolver.compute.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
-from resolver.crashpoints import crash_point
-from resolver.erasure import record_member_keys, suppress
-from resolver.golden import build_golden, raw_fields
-from resolver.matching import Reuse
-from resolver.memo import NormalizationMemo
-from resolver.state import State, StateStore, carry_ids
-from resolver.heap import return_freed_memory
-from resolver.graph import ACTION_COLUMNS, CUT, OBSERVED, PROBABILISTIC, resolve_graph
-from resolver.grouping import Groups
-from resolver.ingest import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
-from resolver.io.readers import REJECT_COLUMNS, Piece, read_source, split_file, unreadable
-from resolver.io.writers import stage_outputs, write_outputs
+from resolver.state.crashpoints import crash_point
+from resolver.state.erasure import record_member_keys, suppress
+from resolver.persons.golden import build_golden, raw_fields
+from resolver.matching.match import Reuse
+from resolver.ingest.memo import NormalizationMemo
+from resolver.state.store import State, StateStore, carry_ids
+from resolver.compute.heap import return_freed_memory
+from resolver.graph.guards import ACTION_COLUMNS, CUT, OBSERVED, PROBABILISTIC, resolve_graph
+from resolver.compute.grouping import Groups
+from resolver.ingest.tables import IDENTIFIER_RULE, SourceTables, Vocabulary, ingest_source, reject_cross_file_duplicates
+from resolver.ingest.readers import REJECT_COLUMNS, Piece, read_source, split_file, unreadable
+from resolver.outputs.writers import stage_outputs, write_outputs
 from resolver.normalize import Blocklist
-from resolver.report import REPORT_FILE, report_for_run
-from resolver.review import load_decisions
-from resolver.workers import worker_pool
-from resolver.snapshots import SnapshotWriter
+from resolver.outputs.report import REPORT_FILE, report_for_run
+from resolver.state.review import load_decisions
+from resolver.compute.workers import worker_pool
+from resolver.state.snapshots import SnapshotWriter
 
 Reporter = Callable[[str], None]
 
@@ -161,7 +161,7 @@ def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_id
     read_s = time.perf_counter() - start
     tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids)
     if tables.records is not None:  # in match form for matching and golden records, once per record
-        from resolver.attributes import attribute_kinds, match_attributes
+        from resolver.matching.attributes import attribute_kinds, match_attributes
 
         tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config)))
     tables.seconds = {"read": read_s, "normalize": time.perf_counter() - start - read_s}
@@ -187,7 +187,7 @@ def _size(path: str) -> int:
 
 def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
               memo: NormalizationMemo | None = None) -> list[SourceTables]:
-    from resolver import dask_engine
+    from resolver.compute import dask_engine
 
     engine = dask_engine.active()
     if engine is not None and jobs:  # one task per file on the cluster
@@ -204,7 +204,7 @@ def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
         shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
         futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
         results = [futures[i].result() for i in range(len(jobs))]
-        crash_point("workers-idle")  # test-only (resolver/crashpoints.py): a kill with the workers up
+        crash_point("workers-idle")  # test-only (resolver/state/crashpoints.py): a kill with the workers up
         return results
 
 
@@ -246,7 +246,7 @@ class Snapshots:
     lookups: dict[str, dict] = field(default_factory=dict)  # memo lookups of the parts ingested (NormalizationMemo.seen)
 
     def keys(self, config: Config, jobs: list[IngestJob], vocab: Vocabulary) -> list[str]:
-        from resolver.snapshots import fingerprint_files, fingerprint_table, snapshot_key
+        from resolver.state.snapshots import fingerprint_files, fingerprint_table, snapshot_key
 
         keys, prints = [], {}
         for job in jobs:
@@ -267,7 +267,7 @@ class Snapshots:
 def _load_snapshots(folders: list[Path]) -> list[tuple[SourceTables, pd.DataFrame]]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from resolver.snapshots import load_snapshot
+    from resolver.state.snapshots import load_snapshot
 
     with ThreadPoolExecutor(max_workers=4) as pool:  # Parquet decoding releases the GIL
         return list(pool.map(load_snapshot, folders))
@@ -572,7 +572,7 @@ def action_persons(actions: pd.DataFrame, flagged: pd.DataFrame, record_pid: pd.
 
 
 def _matching_attributes(config: Config, attributes: dict[str, pd.Series] | None) -> dict[str, pd.Series] | None:
-    from resolver.attributes import matching_columns
+    from resolver.matching.attributes import matching_columns
 
     return None if attributes is None else {column: attributes[column] for column in matching_columns(config)}
 
@@ -596,7 +596,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     flagged = _flagged_of(parts)  # parts release their tables below
     with log.stage("graph:build") as entry:
         records, nodes, edges = build_graph(parts)
-        from resolver.attributes import normalization_report
+        from resolver.matching.attributes import normalization_report
 
         attribute_report, attribute_warnings = normalization_report(config, records, attributes)
         records = records[RECORD_COLUMNS + [c for c in raw_fields(config) if c in records]]  # what is read later (memory)
@@ -611,14 +611,14 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     match = None
     deterministic = result.labels[:n_records].copy()  # a copy: the first graph's labels go when it is redone
     if config.matching is not None and config.matching.enabled:
-        from resolver.matching import DECISIONS, match_records
+        from resolver.matching.match import DECISIONS, match_records
 
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
                               reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
                               attributes=_matching_attributes(config, attributes))
         steward = None
         if decisions is not None and len(decisions):  # review decisions: must-links and cannot-links
-            from resolver.review import apply_decisions
+            from resolver.state.review import apply_decisions
 
             steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)
         match.release_comparison_inputs()  # pairs are compared, scored and decided: explanations need less
@@ -636,7 +636,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             match.cut_type = np.full(len(match.left), -1, dtype=np.int64)
             match.cut_type[links] = result.cut_type[n_det_edges:]
         if steward is not None:
-            from resolver.review import check_constraints
+            from resolver.state.review import check_constraints
 
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
 
@@ -649,7 +649,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     del nodes, edges, result, deterministic
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        from resolver import dask_engine
+        from resolver.compute import dask_engine
 
         engine = dask_engine.active()
         if engine is not None:  # persons in buckets, one survivorship task per bucket
@@ -663,7 +663,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
     stitched = None
     if config.stitching is not None and config.stitching.enabled and sessions is not None:
-        from resolver.stitching import household_keys, stitch
+        from resolver.persons.stitching import household_keys, stitch
 
         with log.stage("stitching: anonymous visitors", rows_in=len(sessions)) as entry:
             stitched = stitch(sessions, identifier_map, persons, config.stitching, backend=backend,
@@ -737,7 +737,7 @@ def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nod
     identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, config, vocab))
     identity_map["deterministic_group"] = deterministic
     if match is not None:
-        from resolver.matching import DECISIONS
+        from resolver.matching.match import DECISIONS
 
         accepted = match.decision == DECISIONS.index("link")
         identity_map["match_probability"] = _match_probability(n_records, match, np.flatnonzero(accepted))
@@ -785,7 +785,7 @@ def observed_by(n_records: int, labels: np.ndarray, is_person: np.ndarray, obser
 
 def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary) -> None:
     """Explained links and review queue, scored pairs, blocking keys, model, summary section."""
-    from resolver.matching import DECISIONS, explain
+    from resolver.matching.match import DECISIONS, explain
 
     person_ids = res.identity_map["person_id"]
     names = np.array(list(vocab.types) + [PROBABILISTIC], dtype=object)
@@ -805,8 +805,8 @@ def _matching_outputs(res: Resolution, match, config: Config, vocab: Vocabulary)
         if v >= 0 and match.probability[i] >= config.matching.thresholds.auto_merge else "review band"
         for i, v in zip(in_band, match.veto[in_band])
     ]
-    if match.steward is not None:  # links a reviewer's rejection holds back (resolver.review)
-        from resolver.review import HELD_REASON, STEWARD_HELD
+    if match.steward is not None:  # links a reviewer's rejection holds back (resolver.state.review)
+        from resolver.state.review import HELD_REASON, STEWARD_HELD
 
         band_reason = [HELD_REASON if match.steward[i] == STEWARD_HELD else r for i, r in zip(in_band, band_reason)]
     reasons = np.array(band_reason + cut_reason, dtype=object)
@@ -919,7 +919,7 @@ def _summary(config: Config, parts: list[SourceTables], res: Resolution, log: St
 def plan_matching(config: Config):
     """Blocking plan from the records alone: pair counts per rule and the largest blocks, before
     any pair is made (reads and normalizes the records sources; events are not needed)."""
-    from resolver.blocking import build_blocking_keys, pair_scope
+    from resolver.matching.blocking import build_blocking_keys, pair_scope
 
     if config.matching is None:
         raise ConfigError("the configuration has no `matching` section to plan")
@@ -932,7 +932,7 @@ def plan_matching(config: Config):
     if config.matching.enabled:
         attributes = _matching_attributes(config, _attributes_of(parts))
     else:  # the jobs put in match form only what golden records need
-        from resolver.attributes import match_attributes
+        from resolver.matching.attributes import match_attributes
 
         attributes = match_attributes(records, config)
     scope = pair_scope(config.matching.link_type, records["source"])
@@ -959,7 +959,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
         return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)
     from dataclasses import replace
 
-    from resolver.dask_engine import dask_engine
+    from resolver.compute.dask_engine import dask_engine
 
     with dask_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
         if not backend.on_gpu_path:  # components by label propagation on the cluster
@@ -978,7 +978,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     knows are not normalized again, pairs compared before between unchanged records are not
     compared again, and the state's model scores the pairs instead of training a new one. The run
     commits its outputs and its state together (StateStore.commit_run). Review decisions in the
-    state are applied (resolver.review), and the run appends its row to the state's history.
+    state are applied (resolver.state.review), and the run appends its row to the state's history.
     `truth` (a truth folder or records file) adds quality curves to report.html."""
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -1018,7 +1018,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         res.summary["backend"] = backend.describe()
         res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
         if engine is not None:
-            from resolver import dask_engine
+            from resolver.compute import dask_engine
 
             res.summary["engine"]["worker_peak_rss_mb"] = dask_engine.active().worker_peak_rss_mb()
         if suppressed is not None:

@@ -37,7 +37,7 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> 
     not models, so it merges anyway."""
     from numba import config as numba_config
 
-    from resolver.backend.arrays import CPU, select_backend, simulated_gpu
+    from resolver.compute.backend import CPU, select_backend, simulated_gpu
     from resolver.config import load_config
     from resolver.pipeline import run
 

@@ -4,7 +4,7 @@ benchmarks/kill_runs.py.
 A scenario: a first run over two small CSV sources seeds a state and outputs; the inputs then gain
 rows (so the next run ingests again, on a pool of 2 workers, and no new person appears), and every
 trial copies the seed and runs on those inputs, killed at a named crash point
-(resolver/crashpoints.py) or after a delay. The trial's processes carry a tag in their environment,
+(resolver/state/crashpoints.py) or after a delay. The trial's processes carry a tag in their environment,
 so that the workers of a killed run can be found in /proc after their parent is gone.
 """
 
@@ -158,7 +158,7 @@ def judge(trial: Path) -> tuple[str, str | None]:
     """'consistent' (the kill left outputs and CURRENT naming the same run), 'repaired' (the next
     start's recovery made them so) or 'inconsistent'; and what the recovery did. The state must
     load either way."""
-    from resolver.state import StateStore
+    from resolver.state.store import StateStore
 
     untouched = agree(trial)
     store = StateStore(trial / "state")

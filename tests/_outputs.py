@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from resolver.cli import EXIT_OK, main
-from resolver.synth import generate
+from resolver.synth.people import generate
 
 OUTPUT_TABLES = ("identity_map", "identifier_map", "persons", "golden_records", "conflicts", "scored_pairs",
                  "review_queue", "match_links", "policy_actions", "rejects", "blocking_keys")

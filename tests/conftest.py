@@ -9,7 +9,7 @@ from resolver.config import load_config
 
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory) -> Path:
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     root = tmp_path_factory.mktemp("generated")
     generate(root, 6000, seed=11, chunk_people=2000, workers=1)
@@ -28,7 +28,7 @@ def resolved(generated, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stewarded(tmp_path_factory):
-    """Two runs with a state and review decisions between them (resolver.review): the first run's
+    """Two runs with a state and review decisions between them (resolver.state.review): the first run's
     outputs, the decisions made on them, and the second run's outputs (with the truth, so its
     report.html has every chart). Used by the review and report tests."""
     import shutil
@@ -36,7 +36,7 @@ def stewarded(tmp_path_factory):
     import pandas as pd
 
     from resolver.cli import EXIT_OK, main
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     root = tmp_path_factory.mktemp("stewarded")
     generate(root, 2000, seed=7, chunk_people=2000, workers=1)
@@ -65,7 +65,7 @@ def _pick_decisions(out: Path) -> dict[str, list[str]]:
       rejected pair)."""
     import pandas as pd
 
-    from resolver.review import review_items
+    from resolver.state.review import review_items
 
     identity = pd.read_parquet(out / "identity_map.parquet")
     active = identity[identity["status"] == "active"]

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.backend.arrays import BackendUnavailable, array_module
-from resolver.backend.components import connected_components
-from resolver.cluster import connected_components as scipy_components
+from resolver.compute.backend import BackendUnavailable, array_module
+from resolver.compute.components import connected_components
+from resolver.compute.cluster import connected_components as scipy_components
 
 
 @settings(max_examples=200, deadline=None)

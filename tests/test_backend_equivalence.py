@@ -16,17 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.backend.arrays import (
+from resolver.compute.backend import (
     CPU,
     BackendUnavailable,
     select_backend,
     simulated_gpu,
 )
-from resolver.backend.components import numbered_by_smallest_node
-from resolver.backend.frames import Aggregate, group_aggregate
-from resolver.blocking import BlockingKeys, rule_pairs, rule_pairs_xp
+from resolver.compute.components import numbered_by_smallest_node
+from resolver.compute.frames import Aggregate, group_aggregate
+from resolver.matching.blocking import BlockingKeys, rule_pairs, rule_pairs_xp
 from resolver.cli import main
-from resolver.synth import generate
+from resolver.synth.people import generate
 
 HERE = Path(__file__).parent
 

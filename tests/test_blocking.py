@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.blocking import build_blocking_keys, candidate_pairs, key_values, parse_key
+from resolver.matching.blocking import build_blocking_keys, candidate_pairs, key_values, parse_key
 from resolver.config import BlockingConfig, BlockingRule
 
 

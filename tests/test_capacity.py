@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from resolver.capacity import (
+from resolver.bench.capacity import (
     GPU_MEMORY_GIB,
     INGEST,
     USABLE_GPU_SHARE,
@@ -96,7 +96,7 @@ def _bench_with(backend: str, seconds_per_record: float, mib_per_record: float) 
                      "records": one(records), "input_rows": one(records * 5), "wall_s": one(2 * stages[INGEST]),
                      "host_peak_mib": one(mib_per_record * records), "gpu_peak_mib": one(mib_per_record * records),
                      "stages": {k: one(v) for k, v in stages.items()}})
-    from resolver.capacity import fit_all
+    from resolver.bench.capacity import fit_all
 
     return {"rows": rows, "fits": fit_all(rows), "settings": {"sizes": [1000, 10000, 100000], "repeat": 1},
             "machine": {"cpu": "test", "cores": 2, "memory_gib": 24.0}}

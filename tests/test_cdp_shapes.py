@@ -9,7 +9,7 @@ import yaml
 
 from resolver.cli import EXIT_OK, main
 from resolver.config import load_config
-from resolver.io.readers import read_source
+from resolver.ingest.readers import read_source
 
 GA4_LOGIN = {
     "event_date": "20240602", "event_timestamp": 1717350011905123, "event_name": "login", "user_id": "u_102938",

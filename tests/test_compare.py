@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import JaroWinkler
 
-from resolver.compare import compare_levels, level_labels, nickname_groups, prepare
+from resolver.matching.compare import compare_levels, level_labels, nickname_groups, prepare
 from resolver.config import ComparisonConfig
 
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_OK, main
-from resolver.history import load_history
-from resolver.state import StateStore
+from resolver.state.history import load_history
+from resolver.state.store import StateStore
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc")
 

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver.cli import EXIT_OK, main
-from resolver.cluster import connected_components
-from resolver.model import merge_pattern_counts, pattern_counts
+from resolver.compute.cluster import connected_components
+from resolver.matching.model import merge_pattern_counts, pattern_counts
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _same_outputs(a, b):
 
 
 def test_local_cluster_gives_the_local_engines_outputs(world, monkeypatch):
-    from resolver import dask_engine
+    from resolver.compute import dask_engine
 
     monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 200)  # more buckets, as big data gets
     out = world / "dask-local"
@@ -113,7 +113,7 @@ def client():
 @given(edges=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=60),
        extra=st.integers(1, 45))
 def test_label_propagation_finds_each_components_smallest_node(client, edges, extra):
-    from resolver.dask_engine import DaskEngine, _label_propagation
+    from resolver.compute.dask_engine import DaskEngine, _label_propagation
 
     n = max(max(e) for e in edges) + extra
     src = np.array([a for a, _ in edges], dtype=np.int64)
@@ -141,7 +141,7 @@ def test_pattern_counts_summed_over_partitions_equal_the_whole(rows, parts):
 def test_concat_in_order_is_concat_then_take(sizes, seed):
     """The column-at-a-time assembly of golden-record buckets gives pd.concat(parts).take(order),
     dtypes included (text, categories, timestamps with gaps, booleans)."""
-    from resolver.dask_engine import concat_in_order
+    from resolver.compute.dask_engine import concat_in_order
 
     rng = np.random.default_rng(seed)
     sources = pd.CategoricalDtype(["crm", "leads", "web"])

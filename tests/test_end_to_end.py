@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from resolver.config import load_config
-from resolver.evaluate import evaluate_outputs
+from resolver.outputs.evaluate import evaluate_outputs
 from resolver.pipeline import run
 
 

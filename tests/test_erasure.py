@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_CONFIG, EXIT_OK, main
-from resolver.memo import raw_value_keys
-from resolver.state import StateStore
-from resolver.synth import generate
+from resolver.ingest.memo import raw_value_keys
+from resolver.state.store import StateStore
+from resolver.synth.people import generate
 
 
 def _texts(folder: Path) -> list[str]:
@@ -162,9 +162,9 @@ def _needles(config_path: Path, identifiers: list[tuple[str, str]], records: lis
     (events source, event id). Each as given and normalized (the project's normalizers, as an
     identifier and, for emails and phones, as an attribute), and the unsalted 64-bit hashes the
     project makes of them (identifier hashes, record member keys, event id hashes, memo keys)."""
-    from resolver.attributes import normalize_attribute
+    from resolver.matching.attributes import normalize_attribute
     from resolver.config import load_config
-    from resolver.erasure import record_member_keys
+    from resolver.state.erasure import record_member_keys
     from resolver.normalize import hash_identifiers, normalize_identifier
 
     config = load_config(config_path)
@@ -316,7 +316,7 @@ def test_forget_leaves_no_trace_of_values_linked_to_no_person(merged_twin):
 def test_shared_observed_values_and_actions_name_no_person():
     """An observed value or a policy action counts rows of several persons (or of no record):
     it names nobody, as it is other people's data too."""
-    from resolver.graph import EDGE_STATES, OBSERVED
+    from resolver.graph.guards import EDGE_STATES, OBSERVED
     from resolver.pipeline import action_persons, observed_by
 
     # Records 0, 1 (persons 0 and 1); identifier nodes 2 (an email of person 0), 3, 4 (IPs).
@@ -336,7 +336,7 @@ def test_shared_observed_values_and_actions_name_no_person():
 
 
 def test_suppressed_records_take_their_action_counts_along():
-    from resolver.erasure import without_rows
+    from resolver.state.erasure import without_rows
 
     actions = pd.DataFrame({"action": "invalid", "source": "s", "id_type": "phone", "value": ["1", "2"],
                             "reason": "r", "count": [1, 3]})
@@ -415,8 +415,8 @@ def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
 
 
 def test_an_erased_observed_value_goes_from_a_later_record_which_stays():
-    from resolver.erasure import OBSERVED_KIND, salted, suppress
-    from resolver.ingest import SourceTables
+    from resolver.state.erasure import OBSERVED_KIND, salted, suppress
+    from resolver.ingest.tables import SourceTables
 
     salt = "0123456789abcdef" * 4
     records = pd.DataFrame({"source": ["crm", "crm"], "record_key": ["a", "b"], "source_key": ["a", "b"]})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from resolver.evaluate import cluster_metrics
+from resolver.outputs.evaluate import cluster_metrics
 
 
 def test_metrics_match_hand_computed_values():

@@ -52,7 +52,7 @@ _READ_PIECES = """
 import json, sys
 from pathlib import Path
 from resolver.config import Config
-from resolver.io.readers import read_source
+from resolver.ingest.readers import read_source
 from resolver.pipeline import plan_ingest
 config = Config.model_validate({"sources": [{"name": "web", "kind": "events", "format": "jsonl",
     "path": "events.jsonl", "key": "messageId", "identifiers": {"user_id": "userId"}}],

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from resolver.config import Config, GoldenConfig, load_config
-from resolver.golden import build_golden, source_ranks
+from resolver.persons.golden import build_golden, source_ranks
 
 SOURCES = [
     {"name": "crm", "kind": "records", "format": "csv", "path": "x.csv", "key": "Id", "trust": 2,
@@ -142,7 +142,7 @@ def test_config_rejects_unknown_rules_fields_and_sources():
 
 def test_golden_records_of_a_run(tmp_path):
     from resolver.pipeline import run
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     generate(tmp_path, 400, seed=3, workers=1)
     config = load_config(tmp_path / "resolver.yaml")

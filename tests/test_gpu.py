@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from resolver.backend.arrays import BackendUnavailable, select_backend
+from resolver.compute.backend import BackendUnavailable, select_backend
 
 try:
     GPU = select_backend("gpu")
@@ -54,7 +54,7 @@ def test_hashing_equals_the_cpu_build():
 
 
 def test_pair_generation_equals_the_compiled_one():
-    from resolver.blocking import BlockingKeys, rule_pairs, rule_pairs_xp
+    from resolver.matching.blocking import BlockingKeys, rule_pairs, rule_pairs_xp
 
     rng = np.random.default_rng(4)
     n = 400_000
@@ -74,8 +74,8 @@ def test_scoped_pairs_and_refined_blocks_equal_the_cpu_ones():
     plan and pairs."""
     import pandas as pd
 
-    from resolver.backend.arrays import CPU
-    from resolver.blocking import PairScope, build_blocking_keys, rule_pairs, rule_pairs_xp
+    from resolver.compute.backend import CPU
+    from resolver.matching.blocking import PairScope, build_blocking_keys, rule_pairs, rule_pairs_xp
     from resolver.config import BlockingConfig, BlockingRule
 
     rng = np.random.default_rng(6)
@@ -103,8 +103,8 @@ def test_scoped_pairs_and_refined_blocks_equal_the_cpu_ones():
 
 
 def test_components_equal_scipy():
-    from resolver.backend.components import connected_components
-    from resolver.cluster import connected_components as scipy_components
+    from resolver.compute.components import connected_components
+    from resolver.compute.cluster import connected_components as scipy_components
 
     rng = np.random.default_rng(5)
     n = 2_000_000
@@ -112,13 +112,13 @@ def test_components_equal_scipy():
     expected = scipy_components(n, src, dst)
     np.testing.assert_array_equal(cp.asnumpy(connected_components(n, cp.asarray(src), cp.asarray(dst), cp)), expected)
     if GPU.components == "cugraph":
-        from resolver.backend.components import cugraph_components
+        from resolver.compute.components import cugraph_components
 
         np.testing.assert_array_equal(cp.asnumpy(cugraph_components(n, cp.asarray(src), cp.asarray(dst))), expected)
 
 
 def test_sufficient_statistics_and_weights_equal_numpy():
-    from resolver.model import pattern_counts, probabilities
+    from resolver.matching.model import pattern_counts, probabilities
 
     rng = np.random.default_rng(6)
     levels = rng.integers(0, 5, (3_000_000, 8)).astype(np.int8)
@@ -130,7 +130,7 @@ def test_sufficient_statistics_and_weights_equal_numpy():
 
 
 def test_pipeline_outputs_equal_the_cpu_backend(tmp_path):
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     generate(tmp_path, 20_000, seed=9, workers=os.cpu_count() or 2)
     proc = subprocess.run([sys.executable, str(HERE / "_backend_equivalence.py"), str(tmp_path / "resolver.yaml")],
@@ -146,7 +146,7 @@ def test_pipeline_outputs_equal_the_cpu_backend(tmp_path):
 
 def test_stitching_kernels_equal_the_cpu_build():
     from resolver.kernels.minhash import band_keys, signatures
-    from resolver.stitching import PairEvidence, feature_levels
+    from resolver.persons.stitching import PairEvidence, feature_levels
 
     rng = np.random.default_rng(7)
     events, sessions, permutations = 3_000_000, 400_000, 32
@@ -172,7 +172,7 @@ def test_stitching_kernels_equal_the_cpu_build():
 
 
 def test_stitching_outputs_equal_the_cpu_backend(tmp_path):
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     generate(tmp_path, 3000, seed=11, workers=os.cpu_count() or 2, visitors=True)
     proc = subprocess.run([sys.executable, str(HERE / "_backend_equivalence.py"), str(tmp_path / "resolver.yaml")],

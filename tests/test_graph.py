@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resolver.cluster import connected_components, person_ids
+from resolver.compute.cluster import connected_components, person_ids
 from resolver.config import IdentityConfig
-from resolver.graph import identifier_degree, resolve_graph
+from resolver.graph.guards import identifier_degree, resolve_graph
 
 IDENTITY = {
     "types": {

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.cli import EXIT_OK, main
-from resolver.synth import generate
+from resolver.synth.people import generate
 
 
 def _change_sources(root):

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from resolver.grouping import Groups
-from resolver.ingest import _anchors, _parse_times, spread
+from resolver.compute.grouping import Groups
+from resolver.ingest.tables import _anchors, _parse_times, spread
 
 
 def test_timestamps_parse_zoned_iso_fast_and_anything_else_per_value():

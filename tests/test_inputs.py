@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.blocking import (
+from resolver.matching.blocking import (
     BlockingKeys,
     PairScope,
     build_blocking_keys,
@@ -549,10 +549,10 @@ def test_link_only_on_the_dask_engine_gives_the_local_engines_pairs(tmp_path):
 
 
 def test_the_dask_engines_bucketed_pairs_keep_the_scope():
-    from resolver import dask_engine
-    from resolver.compare import prepare
+    from resolver.compute import dask_engine
+    from resolver.matching.compare import prepare
     from resolver.config import ComparisonConfig
-    from resolver.pair_buckets import in_process
+    from resolver.matching.pairs import in_process
 
     class Engine:  # what pairs_and_levels reads of a DaskEngine, with tasks run in this process
         description: dict = {}
@@ -622,7 +622,7 @@ def test_scoped_pairs_and_counts_equal_brute_force_on_every_path(data, n, cap, l
 def test_random_pairs_sample_only_allowed_pairs_uniformly():
     from collections import Counter
 
-    from resolver.model import random_pairs
+    from resolver.matching.model import random_pairs
 
     groups = np.array([0, 0, 0, 1, 1, 2, 0, 1])
     active = np.ones(8, bool)

@@ -8,8 +8,8 @@ import pytest
 
 from resolver.cli import main
 from resolver.config import load_config
-from resolver.evaluate import evaluate_outputs
-from resolver.graph import CUT, resolve_graph
+from resolver.outputs.evaluate import evaluate_outputs
+from resolver.graph.guards import CUT, resolve_graph
 from resolver.pipeline import run
 
 
@@ -160,9 +160,9 @@ def test_tiny_input_with_an_attribute_missing_everywhere_still_resolves(tmp_path
 
 
 def test_must_agree_sends_a_total_disagreement_to_review_whatever_the_probability():
-    from resolver.compare import prepare
+    from resolver.matching.compare import prepare
     from resolver.config import ComparisonConfig
-    from resolver.matching import DECISIONS, _decide, vetoes
+    from resolver.matching.match import DECISIONS, _decide, vetoes
 
     values = {"first": pd.Series(["ann", "bob", "ann"], dtype="str"), "street": pd.Series(["x", "x", "x"], dtype="str")}
     prepared = [
@@ -170,7 +170,7 @@ def test_must_agree_sends_a_total_disagreement_to_review_whatever_the_probabilit
                                  must_agree=True), values),
         prepare(ComparisonConfig(name="street", column="street", method="exact"), values),
     ]
-    from resolver.compare import comparison_matrix
+    from resolver.matching.compare import comparison_matrix
 
     levels = comparison_matrix(prepared, np.array([0, 0]), np.array([1, 2]))  # ann~bob: else; ann~ann: exact
     veto = vetoes(prepared, levels)

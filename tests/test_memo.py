@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 
-from resolver.memo import NormalizationMemo, memoized_column
+from resolver.ingest.memo import NormalizationMemo, memoized_column
 from resolver.normalize import normalize_email
 
 

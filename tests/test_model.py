@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resolver.compare import prepare
+from resolver.matching.compare import prepare
 from resolver.config import ComparisonConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.matching import population_rate
-from resolver.model import (
+from resolver.matching.match import population_rate
+from resolver.matching.model import (
     MAX_COPIED,
     ComparisonModel,
     FSModel,
@@ -262,7 +262,7 @@ def test_model_round_trips_and_refuses_another_configuration(tmp_path):
 
 
 def test_pattern_counts_in_chunks_equal_a_row_wise_unique(monkeypatch):
-    import resolver.model as model
+    import resolver.matching.model as model
 
     monkeypatch.setattr(model, "PATTERN_CHUNK", 997)
     rng = np.random.default_rng(0)

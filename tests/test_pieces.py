@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from resolver.cli import EXIT_OK, main
 from resolver.config import Config, load_config
-from resolver.io.readers import read_source, split_file
+from resolver.ingest.readers import read_source, split_file
 from resolver.pipeline import plan_ingest
 
 

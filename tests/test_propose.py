@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from resolver.blocking import build_blocking_keys
+from resolver.matching.blocking import build_blocking_keys
 from resolver.cli import EXIT_CONFIG, EXIT_INPUT, EXIT_OK, main
 from resolver.config import BlockingConfig, BlockingRule, load_config
 from resolver.normalize import normalize_date

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_OK, main
-from resolver.evaluate import cluster_metrics
+from resolver.outputs.evaluate import cluster_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

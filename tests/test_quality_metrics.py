@@ -118,7 +118,7 @@ def test_truth_must_be_unique_and_complete():
 
 
 def test_agrees_with_resolver_evaluate_cluster_metrics():
-    from resolver.evaluate import cluster_metrics
+    from resolver.outputs.evaluate import cluster_metrics
 
     rng = np.random.default_rng(3)
     n = 2_000

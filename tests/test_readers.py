@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from resolver.config import Config
 from resolver.io import readers
-from resolver.io.readers import REJECT_COLUMNS, InputError, read_source
+from resolver.ingest.readers import REJECT_COLUMNS, InputError, read_source
 
 
 def make_config(tmp_path: Path, **source) -> Config:

@@ -123,13 +123,13 @@ def test_without_truth_the_report_says_so(stewarded):
 
 
 def test_a_report_that_cannot_be_built_never_costs_the_outputs(stewarded, tmp_path, monkeypatch):
-    import resolver.report
+    import resolver.outputs.report
     from resolver.pipeline import run
 
     def broken(*args, **kwargs):
         raise RuntimeError("chart data exploded")
 
-    monkeypatch.setattr(resolver.report, "build_report", broken)
+    monkeypatch.setattr(resolver.outputs.report, "build_report", broken)
     config = load_config(stewarded["config"])
     config.run.output_dir = str(tmp_path / "out")
     run(config)
@@ -142,7 +142,7 @@ def test_a_report_that_cannot_be_built_never_costs_the_outputs(stewarded, tmp_pa
 
 
 def test_forget_rebuilds_the_report_without_the_person(stewarded, tmp_path):
-    from resolver.review import load_decisions
+    from resolver.state.review import load_decisions
 
     root = tmp_path / "copy"
     shutil.copytree(stewarded["root"], root, ignore=shutil.ignore_patterns("out-first"))
@@ -167,8 +167,8 @@ def test_forget_rebuilds_the_report_without_the_person(stewarded, tmp_path):
 
 
 def test_history_is_replaced_atomically(tmp_path, monkeypatch):
-    import resolver.review
-    from resolver.history import HISTORY_FILE, append_history, load_history
+    import resolver.state.review
+    from resolver.state.history import HISTORY_FILE, append_history, load_history
 
     row = {"run_id": "r1", "time": pd.Timestamp.now(tz="UTC"), "records": 3, "persons": 2, "kept": 0, "new": 2,
            "merged": 0, "split": 0, "links": 1, "review_queue": 1, "rejected_rows": 0, "decisions": 0, "accepted": 0,
@@ -178,7 +178,7 @@ def test_history_is_replaced_atomically(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(resolver.review.os, "replace", crash)
+    monkeypatch.setattr(resolver.state.review.os, "replace", crash)
     with pytest.raises(OSError):
         append_history(tmp_path, {**row, "run_id": "r2"})
     monkeypatch.undo()

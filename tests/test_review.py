@@ -6,8 +6,8 @@ import json
 import pandas as pd
 
 from resolver.cli import EXIT_CONFIG, EXIT_OK, main
-from resolver.history import load_history
-from resolver.review import DECISIONS_FILE, load_decisions
+from resolver.state.history import load_history
+from resolver.state.review import DECISIONS_FILE, load_decisions
 
 
 def _person(identity: pd.DataFrame, key: str) -> str:
@@ -96,7 +96,7 @@ def test_a_confirmed_link_stays_and_a_rejected_pair_that_identifiers_join_is_a_c
 
 
 def test_no_chain_of_links_joins_a_rejected_pair(stewarded):
-    from resolver.review import HELD_REASON
+    from resolver.state.review import HELD_REASON
 
     first, second = _pair(stewarded, "accept_chain_1"), _pair(stewarded, "accept_chain_2")
     one, three = _pair(stewarded, "reject_chain")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_OK, main
-from resolver.ingest import DUPLICATE_KEY
-from resolver.synth import generate
+from resolver.ingest.tables import DUPLICATE_KEY
+from resolver.synth.people import generate
 
 TABLES = ("identity_map", "identifier_map", "persons", "golden_records", "conflicts", "policy_actions", "rejects",
           "scored_pairs", "review_queue", "blocking_keys")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from resolver.cli import EXIT_OK, main
-from resolver.state import State, StateError, StateStore
+from resolver.state.store import State, StateError, StateStore
 
 CONFIG = """
 run: {output_dir: out, workers: 1}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from resolver.cli import EXIT_OK, main
-from resolver.stitching import _unrelated_ips, household_keys, household_sizes, minhash_rows, page_path, sessionize
+from resolver.persons.stitching import _unrelated_ips, household_keys, household_sizes, minhash_rows, page_path, sessionize
 
 DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36"
 PHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -171,7 +171,7 @@ def test_housemates_are_not_taken_for_the_person(world):
 def test_slicing_the_joins_changes_no_stitch(world, tmp_path, monkeypatch):
     """Candidates and pair evidence are gathered a slice at a time to bound memory: slices of a
     few rows give exactly the outputs of one slice."""
-    import resolver.stitching as stitching
+    import resolver.persons.stitching as stitching
 
     root, _, summary = world
     assert summary["stitching"]["candidate_pairs"] > 3 * 100  # several slices of pairs

@@ -10,9 +10,9 @@ import yaml
 from _outputs import assert_same_outputs, generated_with_baseline
 
 from resolver.cli import EXIT_OK, main
-from resolver.compare import prepare
+from resolver.matching.compare import prepare
 from resolver.config import ComparisonConfig
-from resolver.pair_buckets import (
+from resolver.matching.pairs import (
     bucket_jobs,
     bucket_pairs,
     in_process,
@@ -36,7 +36,7 @@ def _run(world, out, *extra) -> dict:
 
 
 def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch):
-    from resolver import pair_buckets
+    from resolver.matching import pairs as pair_buckets
 
     monkeypatch.setattr(pair_buckets, "ROWS_PER_BUCKET", 300)  # several buckets per rule
     summary = _run(world, world / "streamed-local")
@@ -49,7 +49,7 @@ def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch)
 
 def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
     pytest.importorskip("distributed")
-    from resolver import dask_engine
+    from resolver.compute import dask_engine
 
     monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 300)
     summary = _run(world, world / "streamed-dask", "--engine", "dask", "--workers", "2")

@@ -44,7 +44,7 @@ NEW_CONTACT_18 = _sfid(NEW_CONTACT)
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     """A generated dataset resolved by a batch run with a state: what `serve` starts from."""
-    from resolver.synth import generate
+    from resolver.synth.people import generate
 
     root = tmp_path_factory.mktemp("sync-batch")
     generate(root / "data", 800, seed=5, workers=1)
@@ -499,7 +499,7 @@ def test_payload_parsers_name_what_they_read():
     """CDC compound fields flatten to the API names sources map; ids make redelivery harmless."""
     import numpy as np
 
-    from resolver.cluster import format_person_ids
+    from resolver.compute.cluster import format_person_ids
     from resolver.sync.payloads import parse_cdc, parse_outbound, parse_segment
     from resolver.sync.resolve import person_id
 

@@ -1,4 +1,4 @@
-"""Tests for resolver.synth: determinism, ground truth coverage and the realism the engine relies on."""
+"""Tests for resolver.synth.people: determinism, ground truth coverage and the realism the engine relies on."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import phonenumbers
 import pyarrow.parquet as pq
 import pytest
 
-from resolver.synth import generate
+from resolver.synth.people import generate
 
 JUNK_EMAILS = {"test@test.com", "asdf@asdf.com", "noreply@example.com", "test@example.com"}
 JUNK_USER_IDS = {"anonymous", "null", "-1", "undefined"}
@@ -434,7 +434,7 @@ def test_phone_number_spaces_hold_the_largest_dataset_without_collisions():
     own London number, and an index outside a bijection's space is refused, never walked forever."""
     import numpy as np
 
-    from resolver.synth import MAX_PEOPLE, _london_numbers, _permute
+    from resolver.synth.people import MAX_PEOPLE, _london_numbers, _permute
 
     index = np.concatenate([np.arange(0, 2 * MAX_PEOPLE, 997), [10**7 - 1, 10**7, 2 * MAX_PEOPLE - 1]])
     numbers = _london_numbers(np.random.default_rng(1).random(len(index)), 7, index, np.ones(len(index), bool))

@@ -10,7 +10,7 @@ import pytest
 
 from resolver.cli import main
 from resolver.config import load_config
-from resolver.synth import EVENTS_SCHEMA, generate
+from resolver.synth.people import EVENTS_SCHEMA, generate
 
 PEOPLE, SEED, CHUNK = 3000, 11, 1000
 CRM_FILES = ["salesforce/Contact_a.csv", "salesforce/Contact_b.csv", "salesforce/Lead.csv", "truth/records.parquet"]

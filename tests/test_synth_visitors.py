@@ -1,4 +1,4 @@
-"""The web-visitor layer of the synthetic generator (resolver/synth_visitors.py, `generate --visitors`):
+"""The web-visitor layer of the synthetic generator (resolver/synth/visitors.py, `generate --visitors`):
 opt-in without changing a byte of the existing output, deterministic, every anonymous id in the truth,
 each behaviour with its signature, the four shapes readable with the generated config, and the
 existing pipeline running on it with every row accounted for."""
@@ -12,11 +12,11 @@ import orjson
 import pandas as pd
 import pytest
 
-from resolver import synth_visitors as sv
+from resolver.synth import visitors as sv
 from resolver.cli import EXIT_OK, main
 from resolver.config import load_config
-from resolver.io.readers import read_source
-from resolver.synth import generate
+from resolver.ingest.readers import read_source
+from resolver.synth.people import generate
 
 # sha256[:16] of every file of generate(d, 300, seed=3, chunk_people=120, workers=1[, events=False]) as the
 # generator wrote them before the visitor layer existed (commit 00e5e86 on main).

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from resolver.io.writers import OUTPUT_TABLES, write_outputs
+from resolver.outputs.writers import OUTPUT_TABLES, write_outputs
 
 
 def _resolution(marker: str, broken: bool = False):

@@ -99,7 +99,7 @@ def signatures(page_hash, offsets, permutations: int, target: str = "cpu", xp=np
 def band_keys(sig, start: int, stop: int):
     """The LSH key of columns start:stop of each signature row (numpy or CuPy): splitmix64 folded
     over the band's values; 0 where the band holds no page at all (no key)."""
-    from resolver.backend.arrays import module_of
+    from resolver.compute.backend import module_of
 
     xp = module_of(sig)
     h = xp.zeros(sig.shape[0], dtype=xp.uint64)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.config import ConfigError, load_config
-from resolver.io.readers import InputError
+from resolver.ingest.readers import InputError
 from resolver.propose import kinds as K
 from resolver.propose import rules as R
 from resolver.propose.comparisons import comparisons as propose_comparisons
@@ -106,7 +106,7 @@ def _records_frame(plans: list[SourcePlan]) -> tuple[pd.DataFrame, np.ndarray]:
 def _normalized(frame: pd.DataFrame, plans: list[SourcePlan], types: dict, normalizers: dict,
                 default_region: str) -> dict[str, pd.Series]:
     """The attributes in match form, as a run's blocking sees them."""
-    from resolver.attributes import match_attributes
+    from resolver.matching.attributes import match_attributes
     from resolver.config import Config, attribute_kind
 
     config = Config.model_validate({

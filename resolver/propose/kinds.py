@@ -101,7 +101,7 @@ def hinted(column: str, kind: str) -> bool:
 
 # --------------------------------------------------------------------------------- vocabularies
 def given_names() -> frozenset[str]:
-    from resolver.compare import nickname_groups
+    from resolver.matching.compare import nickname_groups
 
     return frozenset(nickname_groups())
 

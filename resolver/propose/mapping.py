@@ -215,9 +215,9 @@ def explicit_normalizers(plans: list[SourcePlan]) -> dict[str, str]:
 
 def attribute_values(plan: SourcePlan) -> dict[str, pd.Series]:
     """Each attribute's raw value per sampled row, as ingest takes it (the first non-empty column
-    of a list; a date from its parts and joined columns built by resolver.ingest.built_attribute)."""
+    of a list; a date from its parts and joined columns built by resolver.ingest.tables.built_attribute)."""
     from resolver.config import DateParts, JoinedColumns
-    from resolver.ingest import built_attribute
+    from resolver.ingest.tables import built_attribute
 
     frame = plan.sample.frame
     out = {}

@@ -2,7 +2,7 @@
 
 Candidates are the rules of Splink's tutorials and of configs/synthetic.yaml, over the detected
 attributes only (`candidates`). Each candidate's keys are computed by the blocking code itself
-(`resolver.blocking.build_blocking_keys`, what `resolver plan` runs) on the sampled records, and
+(`resolver.matching.blocking.build_blocking_keys`, what `resolver plan` runs) on the sampled records, and
 its pairs are counted from block sizes alone (`count`): with the whole file sampled, exactly
 `resolver plan`'s count; with a sample, scaled to the whole file (a pair of sampled rows stands
 for N(N-1) / (n(n-1)) pairs; a block's size for N / n records, which is what the block cap sees).
@@ -36,7 +36,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from resolver.blocking import build_blocking_keys, parse_key
+from resolver.matching.blocking import build_blocking_keys, parse_key
 from resolver.config import BlockingConfig, BlockingRule
 
 MAX_BLOCK_SIZE = 500  # the config default; the cap a run applies
@@ -171,7 +171,7 @@ def universe(cands: list[Candidate], keys: np.ndarray, source: np.ndarray, link_
              max_pairs: int = UNIVERSE_PAIRS, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every sampled pair some viable candidate makes: (left, right, bitmask of the candidates that
     make it). Beyond `max_pairs` a random share of the records is kept (pairs shrink as its square)."""
-    from resolver.blocking import rule_pairs_of
+    from resolver.matching.blocking import rule_pairs_of
 
     n = keys.shape[1]
     sample_pairs = sum(c.sample_pairs for c in cands)

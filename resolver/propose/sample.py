@@ -2,7 +2,7 @@
 
 `resolver init` decides column kinds and counts blocking pairs on the first rows of each file
 (`--sample-rows`, 20k by default), not on the whole file. Values stay raw strings, as in
-`resolver/io/readers.py`: Parquet categories become their values, timestamps ISO text with a "T",
+`resolver/ingest/readers.py`: Parquet categories become their values, timestamps ISO text with a "T",
 JSON scalars their JSON spelling; an empty string is missing. The file's row count is exact when
 the sample reached its end (or from Parquet metadata), else estimated from its newlines.
 """
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from resolver.io.readers import InputError, one_line
+from resolver.ingest.readers import InputError, one_line
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
            ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.cluster import format_person_ids
+from resolver.compute.cluster import format_person_ids
 from resolver.config import Config
 from resolver.sync.resolve import sync_name
 from resolver.sync.store import Store, Tx, now_iso, set_meta
@@ -43,7 +43,7 @@ def _iso(value) -> str | None:
 
 def import_batch(store: Store, config: Config, state_dir: Path, resolver) -> dict | None:
     """Load the latest batch run into the store (once per state version); None when up to date."""
-    from resolver.state import StateStore
+    from resolver.state.store import StateStore
 
     states = StateStore(state_dir)
     folder = states.current()

@@ -39,9 +39,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from resolver.attributes import normalize_attribute
+from resolver.matching.attributes import normalize_attribute
 from resolver.config import Config, SourceConfig
-from resolver.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
+from resolver.persons.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
 from resolver.sync.payloads import Event
 from resolver.sync.store import Tx, as_arrays, insert_rows, set_meta
@@ -77,8 +77,8 @@ def _text(value) -> str | None:
 
 def _built(get, row: dict, spec) -> str | None:
     """A built attribute (a date from its parts, joined columns) of one record, as the batch builds
-    it (resolver.ingest.built_attribute); None when it makes no value."""
-    from resolver.ingest import built_attribute
+    it (resolver.ingest.tables.built_attribute); None when it makes no value."""
+    from resolver.ingest.tables import built_attribute
 
     value = built_attribute(spec, [pd.Series([_text(get(row, c))], dtype="str") for c in spec.columns]).iloc[0]
     return None if pd.isna(value) else str(value)
@@ -364,7 +364,7 @@ class Resolver:
         """Is this member key (an identifier's or a record's hash) erased?"""
         if not self.suppressed or self.salt is None:
             return False
-        from resolver.erasure import salted
+        from resolver.state.erasure import salted
 
         return to_signed(int(salted(np.array([key], dtype=np.uint64), self.salt)[0])) in self.suppressed
 
@@ -864,9 +864,9 @@ class Matcher:
     """The batch model scoring one record against the golden records of block-sharing persons."""
 
     def __init__(self, config: Config, model: dict, resolver: Resolver | None = None):
-        from resolver.attributes import matching_columns
-        from resolver.compare import prepare_all
-        from resolver.model import FSModel
+        from resolver.matching.attributes import matching_columns
+        from resolver.matching.compare import prepare_all
+        from resolver.matching.model import FSModel
 
         self.config = config
         self.resolver = resolver  # its memo of match forms saves normalizing a value twice
@@ -892,7 +892,7 @@ class Matcher:
 
     def keys(self, rows: list[dict]) -> np.ndarray:
         """(n_rules, n_rows) uint64 block keys (0 = no key)."""
-        from resolver.blocking import rule_keys
+        from resolver.matching.blocking import rule_keys
 
         attributes = self._attributes(rows)
         return np.array([rule_keys(rule.keys, attributes, len(rows))[0] for rule in self.rules],
@@ -903,9 +903,9 @@ class Matcher:
         """Per record: (best candidate person, probability, vetoed) among the persons whose golden
         record shares a blocking key with it (None: no candidate). Candidates and comparisons are
         made for all records at once."""
-        from resolver.compare import comparison_matrix, prepare_all
-        from resolver.matching import vetoes
-        from resolver.model import match_weights, probabilities
+        from resolver.matching.compare import comparison_matrix, prepare_all
+        from resolver.matching.match import vetoes
+        from resolver.matching.model import match_weights, probabilities
 
         keys = self.keys(records)
         blocks: dict[tuple[int, int], list[str]] = {}

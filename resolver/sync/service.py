@@ -62,7 +62,7 @@ class SyncService:
         return self._resolver
 
     def _load_resolver(self):
-        from resolver.state import StateStore
+        from resolver.state.store import StateStore
         from resolver.sync.resolve import Resolver
 
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None

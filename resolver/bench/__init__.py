@@ -1,0 +1,1 @@
+"""Capacity tooling: cost curves measured by `resolver bench` and the estimates of `resolver capacity`."""

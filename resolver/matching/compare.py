@@ -1,0 +1,306 @@
+"""Comparison levels per candidate pair: each configured comparison turns a pair into one level.
+
+Levels are small integers: 0 = null (either side missing: carries no weight), 1 = exact, then the
+method's graded levels from strongest to weakest, and last "else". Everything a comparison needs
+per record (exact-value codes, encoded strings, dates as day numbers, value frequencies for
+term-frequency adjustment) is prepared once; pairs only index into it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+
+from resolver.compute.backend import module_of
+from resolver.config import ComparisonConfig
+
+NULL_LEVEL = 0
+_SIMILARITY_LABEL = {"jaro_winkler": "jw", "levenshtein": "lev", "jaccard": "jaccard"}
+
+
+@dataclass
+class PreparedComparison:
+    """One comparison, ready to compare any pair of records by position."""
+
+    config: ComparisonConfig
+    labels: list[str]  # per level; labels[0] == "null"
+    valid: np.ndarray  # bool per record
+    codes: np.ndarray  # int64 per record: exact-value code (-1 missing)
+    values: pd.Series  # normalized text per record (for explanations)
+    frequency: np.ndarray | None = None  # tf_adjust: share of records holding the record's value
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.labels)
+
+    def for_explanations(self) -> PreparedComparison:
+        """This comparison without the per-record arrays that comparing pairs needs: what
+        explanations read (name, labels, values) stays."""
+        return replace(self, valid=np.zeros(0, dtype=bool), codes=np.zeros(0, dtype=np.int64), frequency=None, extra={})
+
+    def on(self, xp: ModuleType) -> PreparedComparison:
+        """This comparison with its per-record arrays in `xp` (moved to the GPU once for CuPy);
+        the text values stay on the host for explanations."""
+        if xp is np:
+            return self
+        from resolver.kernels.strings import Encoded
+
+        def move(value):
+            if isinstance(value, Encoded):
+                return Encoded(xp.asarray(value.offsets), xp.asarray(value.codes), xp.asarray(value.valid))
+            return xp.asarray(value) if isinstance(value, np.ndarray) else value
+
+        return replace(self, valid=xp.asarray(self.valid), codes=xp.asarray(self.codes),
+                       frequency=None if self.frequency is None else xp.asarray(self.frequency),
+                       extra={k: move(v) for k, v in self.extra.items()})
+
+
+    def take(self, rows: np.ndarray) -> PreparedComparison:
+        """What comparing and scoring pairs among just these records needs (renumbered from 0):
+        not the text, which only explanations use."""
+        from resolver.kernels.strings import Encoded
+
+        def take(value):
+            if isinstance(value, Encoded):
+                return value.take(rows)
+            return value[rows] if isinstance(value, np.ndarray) else value
+
+        return replace(self, valid=self.valid[rows], codes=self.codes[rows], values=None,
+                       frequency=None if self.frequency is None else self.frequency[rows],
+                       extra={k: take(v) for k, v in self.extra.items()})
+
+
+def level_labels(c: ComparisonConfig) -> list[str]:
+    """The level names of a comparison, strongest first after "null"; "else" last."""
+    if c.method == "exact":
+        graded = []
+    elif c.method in _SIMILARITY_LABEL:
+        tag = _SIMILARITY_LABEL[c.method]
+        graded = (["nickname"] if c.nicknames else []) + [f"{tag}>={t:g}" for t in c.thresholds]
+    elif c.method == "date":
+        graded = ["day/month swapped"] + [f"within {y:g} years" for y in c.years]
+    elif c.method == "numeric":
+        graded = [f"within {d:g}" for d in c.distances]
+    elif c.method == "geo":
+        return ["null"] + [f"within {d:g} km" for d in c.distances] + ["else"]
+    elif c.method == "email":
+        graded = ["same local part", "same domain"]
+    elif c.method == "phone":
+        graded = [f"same last {c.digits} digits"]
+    else:  # pragma: no cover - the config validator lists the methods
+        raise ValueError(c.method)
+    return ["null", "exact", *graded, "else"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation (per record)
+# ---------------------------------------------------------------------------------------------
+def _codes(values: pd.Series) -> np.ndarray:
+    return pd.factorize(values, sort=False)[0].astype(np.int64)
+
+
+def _frequency(codes: np.ndarray) -> np.ndarray:
+    """Share of the records with a value that hold this record's value (NaN when missing)."""
+    valid = codes >= 0
+    counts = np.bincount(codes[valid]) if valid.any() else np.zeros(0, np.int64)
+    out = np.full(len(codes), np.nan)
+    out[valid] = counts[codes[valid]] / max(int(valid.sum()), 1)
+    return out
+
+
+@lru_cache(maxsize=1)
+def nickname_groups() -> dict[str, tuple[int, ...]]:
+    """Given name -> the nickname groups it belongs to (resolver/data/nicknames.csv)."""
+    text = (importlib.resources.files("resolver") / "data" / "nicknames.csv").read_text(encoding="utf-8")
+    groups: dict[str, list[int]] = {}
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    for g, line in enumerate(lines):
+        for name in line.split(","):
+            groups.setdefault(name.strip(), []).append(g)
+    return {name: tuple(ids) for name, ids in groups.items()}
+
+
+NICKNAME_SLOTS = 3
+
+
+def _nickname_ids(values: pd.Series) -> np.ndarray:
+    """Per record, up to three nickname group ids of its first word (-1 = none)."""
+    groups = nickname_groups()
+    codes, uniques = pd.factorize(values)
+    table = np.full((len(uniques) + 1, NICKNAME_SLOTS), -1, dtype=np.int32)
+    for i, value in enumerate(uniques):
+        ids = groups.get(str(value).split(" ")[0], ())[:NICKNAME_SLOTS]
+        table[i, : len(ids)] = ids
+    return table[np.where(codes >= 0, codes, len(uniques))]
+
+
+def _days(values: pd.Series) -> np.ndarray:
+    """ISO dates -> days since 1970 (int64; min int where missing)."""
+    parsed = pd.to_datetime(values, format="%Y-%m-%d", errors="coerce")
+    ints = parsed.to_numpy("datetime64[D]").astype(np.int64)
+    return ints
+
+
+def prepare(c: ComparisonConfig, attributes: dict[str, pd.Series]) -> PreparedComparison:
+    from resolver.kernels.strings import encode_for_comparison
+
+    values = attributes[c.columns[0]].reset_index(drop=True)
+    if c.method == "geo":
+        lat = attributes[c.columns[0]].to_numpy(np.float64, na_value=np.nan)
+        lon = attributes[c.columns[1]].to_numpy(np.float64, na_value=np.nan)
+        valid = ~(np.isnan(lat) | np.isnan(lon))
+        text = pd.Series([f"{a:.5f},{b:.5f}" for a, b in zip(lat, lon)]).where(valid)
+        return PreparedComparison(c, level_labels(c), valid, _codes(text), text, extra={"lat": lat, "lon": lon})
+    if c.method == "numeric":
+        numbers = values.to_numpy(np.float64, na_value=np.nan)
+        valid = ~np.isnan(numbers)
+        prepared = PreparedComparison(c, level_labels(c), valid, _codes(values), values, extra={"number": numbers})
+    else:
+        values = values.astype("str")
+        prepared = PreparedComparison(c, level_labels(c), values.notna().to_numpy().copy(), _codes(values), values)
+    if c.method in _SIMILARITY_LABEL:
+        prepared.extra["encoded"] = encode_for_comparison(values)
+        if c.nicknames:
+            prepared.extra["nicknames"] = _nickname_ids(values)
+    elif c.method == "date":
+        days = _days(values)
+        prepared.valid &= days != np.iinfo(np.int64).min
+        swapped = values.str.slice(0, 5) + values.str.slice(8, 10) + "-" + values.str.slice(5, 7)
+        prepared.extra.update(days=days, swap_codes=_pair_codes(values, swapped))
+    elif c.method == "email":
+        prepared.extra.update(local=_codes(email_local(values)), domain=_codes(email_domain(values)))
+    elif c.method == "phone":
+        digits = values.str.replace(r"\D", "", regex=True)
+        prepared.extra["suffix"] = _codes(digits.str.slice(-c.digits).where(digits.str.len() >= c.digits))
+    if c.tf_adjust:
+        prepared.frequency = _frequency(prepared.codes)
+    return prepared
+
+
+def email_local(values: pd.Series) -> pd.Series:
+    """The part before the '@' (regexes, not split: they keep the string dtype when all are missing)."""
+    return values.str.replace(r"@.*$", "", regex=True)
+
+
+def email_domain(values: pd.Series) -> pd.Series:
+    return values.str.replace(r"^[^@]*@", "", regex=True).where(values.str.contains("@", regex=False).fillna(False))
+
+
+def _pair_codes(values: pd.Series, swapped: pd.Series) -> np.ndarray:
+    """Codes of the swapped form in the code space of `_codes(values)` (factorize numbers values by
+    first appearance, and they come first), so that swap(a) == b compares codes."""
+    both = pd.concat([values, swapped], ignore_index=True)
+    codes = _codes(both)
+    return codes[len(values):]
+
+
+def prepare_all(comparisons: list[ComparisonConfig], attributes: dict[str, pd.Series]) -> list[PreparedComparison]:
+    return [prepare(c, attributes) for c in comparisons]
+
+
+# ---------------------------------------------------------------------------------------------
+# Levels (per pair)
+# ---------------------------------------------------------------------------------------------
+def _similarity(p: PreparedComparison, left: np.ndarray, right: np.ndarray, target: str) -> np.ndarray:
+    from resolver.kernels import strings
+
+    enc = p.extra["encoded"]
+    method = p.config.method
+    if method == "jaro_winkler":
+        return strings.jaro_winkler(enc, left, right, target=target)
+    if method == "levenshtein":
+        return strings.levenshtein_similarity(enc, left, right, target=target)
+    if p.config.ngram:
+        return strings.jaccard_ngrams(enc, left, right, n=p.config.ngram, target=target)
+    return strings.jaccard_tokens(enc, left, right, target=target)
+
+
+def _haversine_km(lat1, lon1, lat2, lon2):
+    xp = module_of(lat1)
+    lat1, lon1, lat2, lon2 = map(xp.radians, (lat1, lon1, lat2, lon2))
+    h = xp.sin((lat2 - lat1) / 2) ** 2 + xp.cos(lat1) * xp.cos(lat2) * xp.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * xp.arcsin(xp.sqrt(xp.clip(h, 0, 1)))
+
+
+def _nickname_match(ids, left, right):
+    a, b = ids[left], ids[right]
+    hit = module_of(left).zeros(len(left), dtype=bool)
+    for i in range(NICKNAME_SLOTS):
+        for j in range(NICKNAME_SLOTS):
+            hit |= (a[:, i] >= 0) & (a[:, i] == b[:, j])
+    return hit
+
+
+def _assign(level: np.ndarray, todo: np.ndarray, hit: np.ndarray, value: int) -> None:
+    """Give `value` to the pairs still undecided (todo) where hit holds; they are then decided."""
+    take = todo & hit
+    level[take] = value
+    todo &= ~hit
+
+
+def compare_levels(p: PreparedComparison, left, right, target: str = "cpu"):
+    """The level of each pair (int8), 0 where either side is missing. Array-module generic: with
+    CuPy row indices (and `p` moved there with .on(cupy)) everything runs on the GPU."""
+    c = p.config
+    n = len(left)
+    xp = module_of(left)
+    level = xp.zeros(n, dtype=xp.int8)
+    todo = p.valid[left] & p.valid[right]
+    labels = p.labels
+    if c.method == "geo":
+        km = _haversine_km(p.extra["lat"][left], p.extra["lon"][left], p.extra["lat"][right], p.extra["lon"][right])
+        for k, d in enumerate(c.distances):
+            _assign(level, todo, km <= d, 1 + k)
+        level[todo] = len(labels) - 1
+        return level
+    _assign(level, todo, p.codes[left] == p.codes[right], labels.index("exact"))
+    if c.method in _SIMILARITY_LABEL:
+        if c.nicknames:
+            _assign(level, todo, _nickname_match(p.extra["nicknames"], left, right), labels.index("nickname"))
+        rows = xp.flatnonzero(todo)
+        sim = xp.zeros(n)
+        sim[rows] = _similarity(p, left[rows], right[rows], target)
+        first = labels.index("nickname") + 1 if c.nicknames else 2
+        for k, t in enumerate(c.thresholds):
+            _assign(level, todo, sim >= t, first + k)
+    elif c.method == "date":
+        swap = p.extra["swap_codes"]
+        _assign(level, todo, swap[left] == p.codes[right], labels.index("day/month swapped"))
+        apart = xp.abs(p.extra["days"][left] - p.extra["days"][right])
+        for k, y in enumerate(c.years):
+            _assign(level, todo, apart <= y * 365.25, 3 + k)
+    elif c.method == "numeric":
+        diff = xp.abs(p.extra["number"][left] - p.extra["number"][right])
+        for k, d in enumerate(c.distances):
+            _assign(level, todo, diff <= d, 2 + k)
+    elif c.method == "email":
+        _assign(level, todo, p.extra["local"][left] == p.extra["local"][right], 2)
+        _assign(level, todo, p.extra["domain"][left] == p.extra["domain"][right], 3)
+    elif c.method == "phone":
+        suffix = p.extra["suffix"]
+        _assign(level, todo, (suffix[left] >= 0) & (suffix[left] == suffix[right]), 2)
+    level[todo] = len(labels) - 1
+    return level
+
+
+def comparison_matrix(prepared: list[PreparedComparison], left, right, target: str = "cpu",
+                      chunk: int = 2_000_000):
+    """Levels of every comparison for every pair: (n_pairs, n_comparisons) int8, in chunks, in the
+    array module of the row indices (prepared comparisons must live there too: .on(xp))."""
+    xp = module_of(left)
+    out = xp.zeros((len(left), len(prepared)), dtype=xp.int8)
+    for start in range(0, len(left), chunk):
+        lo, hi = left[start:start + chunk].astype(xp.int64), right[start:start + chunk].astype(xp.int64)
+        for k, p in enumerate(prepared):
+            out[start:start + chunk, k] = compare_levels(p, lo, hi, target)
+    return out

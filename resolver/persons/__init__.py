@@ -1,0 +1,1 @@
+"""Persons from clusters: the person tables, golden records (survivorship) and stitched anonymous visitors."""

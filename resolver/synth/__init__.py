@@ -1,0 +1,1 @@
+"""The synthetic data generator: people with CRM records (people) and their CDP visits (visitors)."""

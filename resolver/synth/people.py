@@ -1,0 +1,1867 @@
+"""Deterministic synthetic CRM + CDP data with ground truth.
+
+``generate(out_dir, people, seed)`` writes a Salesforce + Segment dataset in which every row and every
+event is labelled with the true person it belongs to, so that identity resolution can be scored.
+
+Output layout (all under ``out_dir``)::
+
+    resolver.yaml                 copy of resolver/defaults/synthetic.yaml (paths are relative to it)
+    manifest.json                 parameters, row/event counts, noise counts, files written
+    salesforce/Contact_a.csv      Bulk API 2.0 style: SOQL-case header, every value quoted, LF
+    salesforce/Contact_b.csv      old Data Loader style: ALL-CAPS header, every value quoted, CRLF
+    salesforce/Lead.csv           spreadsheet style: quoted only where needed, LF
+    segment/events-00000.jsonl    Segment Spec messages, one JSON object per line, one file per chunk
+    segment/batch-00000.json      one HTTP-API style ``{"batch": [...]}`` file (events not repeated in jsonl)
+    truth/records.parquet         source ("sf_contacts"|"sf_leads"), record_key (Id as written), person_id
+    truth/events.parquet          source ("segment"|"segment_batch"), message_id, person_id,
+                                  anonymous_id, user_id (raw values as written, null when absent)
+
+With ``visitors=True`` (resolver/synth/visitors.py) web-visitor traffic is added: segment/visitors-*.jsonl,
+ga4/events_YYYYMMDD.json, tealium/visitors-*.jsonl, adobe/visitors-*.jsonl, truth/visitors.parquet and
+truth/visitor_events.parquet; every other file is byte-identical to a run without it, except resolver.yaml
+(visitor sources and identity types) and manifest.json (a ``visitors`` section and the new files).
+
+With ``events=False`` the segment/ files are not written, truth/events.parquet is empty and
+resolver.yaml has no Segment sources; the Salesforce and records truth files are unchanged.
+
+How it scales: people are generated in chunks of ``chunk_people`` consecutive person ids. Chunk ``i``
+draws everything from its own ``numpy.random.Generator`` (``SeedSequence(seed).spawn`` semantics), so a
+chunk's bytes depend only on (people, seed, chunk_people, i). Workers write per-chunk part files and the
+parent appends them in chunk order, so the output is byte-identical for any ``workers``. Values that
+must be unique across chunks (Salesforce ids, emails, phone numbers, user ids) are bijections of the
+global person id, never random draws (unique up to ~200M people for US phones and emails, 5M for
+London numbers, 50M households for home IPs). Pools shared by all chunks (kiosks, carrier NAT IPs,
+companies) are derived from the seed alone.
+
+What makes it hard on purpose: name typos, nicknames, accents and titles; email case, spaces, gmail
+dots, +tags and googlemail.com; phones in nine US and three UK formats plus junk values; 15/18-char
+Salesforce ids; merged and live duplicate contacts; converted leads; households sharing a surname,
+address and home phone; a family tablet used by two members; store kiosks whose single anonymousId and
+device id are used by many people; carrier NAT IPs; rotating cookies; junk userIds and zeroed IDFAs.
+
+Every generated string is drawn from the constant tables below (checked to need no JSON escaping),
+which is what lets the JSON lines be assembled by plain vectorized concatenation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from unidecode import unidecode
+
+from resolver.compute.workers import worker_pool
+
+__all__ = ["generate", "sf_ids", "CONTACT_COLUMNS", "LEAD_COLUMNS"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Population rates (fractions of people unless stated otherwise)
+# ----------------------------------------------------------------------------------------------
+CONTACT_RATE = 0.78
+LEAD_RATE_WITH_CONTACT = 0.20          # these leads are the ones that can be converted
+LEAD_RATE_WITHOUT_CONTACT = 0.50
+CONVERSION_RATE = 0.5                  # of leads whose person also has a contact
+CONTACT_DUPLICATE_RATE = 0.04          # of contacts
+DUPLICATE_MERGED_RATE = 0.6            # of duplicate contacts; the rest stay live
+LEAD_DUPLICATE_RATE = 0.02             # of unconverted leads; always merged
+RECYCLE_BIN_RATE = 0.01                # plain IsDeleted=true among the other rows
+ID18_RATE = 0.7                        # share of ids (and of references) written as 18 chars
+ACCOUNT_ID_RATE = 0.9
+BIRTHDATE_RATE = 0.65
+UK_RATE = 0.03                         # households living in London
+HOUSEHOLD_UNIT_RATE = 0.0282           # P(unit is a 2-4 person household) -> ~8% of people
+HOUSEHOLD_SHARED_PHONE_RATE = 0.5
+UNIT_RATE = 0.12                       # addresses with an apartment/suite line
+EVENT_USER_RATE = 0.70
+USER_ID_RATE = 0.60                    # of all people; drawn among event users
+USER_ID_IS_EMAIL_RATE = 0.10           # of people with a userId
+COOKIE_RESET_RATE = 0.05
+MAX_PEOPLE = 10_000_000                # phone number spaces (see _london_numbers) hold this many
+MEAN_EVENTS = 5.6                      # geometric draw; raised to the cookie count afterwards
+KIOSK_USER_RATE = 0.03                 # of logged-in event users
+FAMILY_TABLET_RATE = 0.4               # of households whose first two members both log in
+ZERO_IDFA_RATE_IOS = 0.30
+ZERO_AAID_RATE_ANDROID = 0.05
+CELLULAR_RATE = 0.45                   # mobile events seen from a carrier NAT IP
+SERVER_SIDE_RATE = 0.03                # logged-in track events sent server-side (no anonymousId)
+JUNK_USER_ID_RATE = 0.02               # of logged-out events
+JUNK_LEAD_EMAIL_RATE = 0.008
+JUNK_PHONE_RATE = 0.012
+BATCH_PEOPLE_SHARE = 0.01
+BATCH_MAX_EVENTS = 2000
+BATCH_MAX_BYTES = 480_000              # Segment's HTTP batch limit is 500 KB
+JSON_SLICE = 200_000                   # events per vectorized JSON assembly pass (bounds memory)
+
+DAY_S = 86_400
+DAY_MS = DAY_S * 1000
+
+
+def _epoch_s(day: str) -> int:
+    return int(np.datetime64(day, "s").astype(np.int64))
+
+
+CRM_START, CRM_LAST_CREATE, CRM_END = _epoch_s("2016-01-01"), _epoch_s("2024-10-01"), _epoch_s("2025-01-31")
+LEAD_START = _epoch_s("2015-06-01")
+EVENT_START_MS = _epoch_s("2024-01-01") * 1000
+BIRTH_FIRST_DAY, BIRTH_LAST_DAY = _epoch_s("1950-01-01") // DAY_S, _epoch_s("2005-12-31") // DAY_S
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary
+# ----------------------------------------------------------------------------------------------
+# (formal name, nickname, gender 0=m 1=f)
+_NICKNAMED = [
+    ("William", "Bill", 0), ("Robert", "Bob", 0), ("James", "Jim", 0), ("Richard", "Dick", 0),
+    ("Michael", "Mike", 0), ("Thomas", "Tom", 0), ("Christopher", "Chris", 0), ("Daniel", "Dan", 0),
+    ("Matthew", "Matt", 0), ("Anthony", "Tony", 0), ("Joseph", "Joe", 0), ("Charles", "Chuck", 0),
+    ("Edward", "Ted", 0), ("Samuel", "Sam", 0), ("Benjamin", "Ben", 0), ("Alexander", "Alex", 0),
+    ("Nicholas", "Nick", 0), ("Jonathan", "Jon", 0), ("Steven", "Steve", 0), ("Andrew", "Andy", 0),
+    ("Timothy", "Tim", 0), ("Gregory", "Greg", 0), ("Kenneth", "Ken", 0), ("Theodore", "Teddy", 0),
+    ("Lawrence", "Larry", 0), ("José", "Pepe", 0),
+    ("Margaret", "Peggy", 1), ("Elizabeth", "Liz", 1), ("Katherine", "Kate", 1), ("Jennifer", "Jenny", 1),
+    ("Patricia", "Patty", 1), ("Susan", "Sue", 1), ("Deborah", "Debbie", 1), ("Rebecca", "Becky", 1),
+    ("Jessica", "Jess", 1), ("Victoria", "Vicky", 1), ("Abigail", "Abby", 1), ("Catherine", "Cathy", 1),
+    ("Kimberly", "Kim", 1), ("Christine", "Chrissy", 1), ("Dorothy", "Dot", 1), ("Barbara", "Barb", 1),
+]
+_PLAIN_FIRST = [
+    ("Liam", 0), ("Noah", 0), ("Ethan", 0), ("Lucas", 0), ("Mason", 0), ("Omar", 0), ("Mohammed", 0),
+    ("Carlos", 0), ("Luis", 0), ("Juan", 0), ("Hiroshi", 0), ("Wei", 0), ("Arjun", 0), ("Dmitri", 0),
+    ("André", 0), ("François", 0), ("Björn", 0), ("Søren", 0), ("Raúl", 0), ("Olumide", 0),
+    ("Min-jun", 0), ("Tomás", 0),
+    ("Mary", 1), ("Linda", 1), ("Sarah", 1), ("Emily", 1), ("Olivia", 1), ("Emma", 1), ("Sophia", 1),
+    ("Mia", 1), ("Ava", 1), ("Priya", 1), ("Aisha", 1), ("Fatima", 1), ("Ana", 1), ("Lucía", 1),
+    ("Zoë", 1), ("Chloé", 1), ("Renée", 1), ("Anaïs", 1), ("Mónica", 1), ("Siobhán", 1), ("Ngozi", 1),
+    ("Yuki", 1), ("Seo-yeon", 1), ("Ananya", 1), ("Olga", 1), ("Ingrid", 1),
+]
+LAST_NAMES = [
+    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
+    "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore",
+    "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Ramirez",
+    "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright", "Scott", "Torres", "Nguyen",
+    "Hill", "Flores", "Green", "Adams", "Nelson", "Baker", "Hall", "Rivera", "Campbell", "Mitchell",
+    "Carter", "Roberts", "Müller", "O'Neil", "O'Brien", "García", "Núñez", "Peña", "Lefèvre",
+    "Ødegaard", "Kim", "Patel", "Shah", "Chen", "Wang", "Zhang", "Li", "Liu", "Singh", "Kumar", "Khan",
+    "Ali", "Cohen", "Schmidt", "Schneider", "Fischer", "Weber", "Rossi", "Russo", "Ferrari",
+    "D'Angelo", "McDonald", "MacLeod", "van der Berg", "de la Cruz", "Smith-Jones", "Johansson",
+    "Andersson", "Nowak", "Kowalski", "Dubois", "Moreau", "Yamamoto", "Tanaka", "Suzuki", "Sato",
+    "Okafor", "Adeyemi", "Murphy", "Kelly", "Sullivan", "Walsh", "Byrne", "Ryan", "Fitzgerald",
+    "Gallagher", "Reyes", "Cruz", "Morales", "Ortiz", "Gutierrez", "Chavez", "Ramos", "Ruiz",
+    "Alvarez", "Mendoza", "Castillo", "Jiménez", "Vásquez", "Romero", "Herrera", "Medina", "Aguilar",
+    "Vargas", "Guzmán", "Muñoz", "Rojas", "Schäfer", "Łukasik", "Björk", "Brontë",
+]
+TITLES = [["Mr. ", "Dr. ", "Mr "], ["Ms. ", "Mrs. ", "Dr. "]]  # by gender
+STREETS = [
+    "Main", "Oak", "Maple", "Cedar", "Pine", "Elm", "Washington", "Lake", "Hill", "Park", "Sunset",
+    "Lincoln", "Jefferson", "Madison", "Franklin", "Highland", "Church", "Mill", "Spring", "River",
+    "Valley", "Forest", "Meadow", "Ridge", "Willow", "Birch", "Chestnut", "Walnut", "Cherry", "Adams",
+    "Jackson", "Market", "Broad", "Center", "Union", "Liberty", "Grove", "Harbor", "King", "Queen",
+]
+US_SUFFIXES = ["St", "Ave", "Rd", "Blvd", "Ln", "Dr", "Way", "Ct", "Pl", "Street", "Avenue"]
+UK_SUFFIXES = ["Road", "Street", "Lane", "Close", "Gardens", "Terrace"]
+UNIT_LABELS = ["Apt ", "Suite ", "Unit ", "#", "Apt. ", "Flat "]
+# (city, state code, state name, first 3 zip digits)
+US_CITIES = [
+    ("New York", "NY", "New York", "100"), ("Brooklyn", "NY", "New York", "112"),
+    ("Los Angeles", "CA", "California", "900"), ("San Francisco", "CA", "California", "941"),
+    ("San Diego", "CA", "California", "921"), ("San Jose", "CA", "California", "951"),
+    ("Sacramento", "CA", "California", "958"), ("Chicago", "IL", "Illinois", "606"),
+    ("Houston", "TX", "Texas", "770"), ("Dallas", "TX", "Texas", "752"), ("Austin", "TX", "Texas", "787"),
+    ("Phoenix", "AZ", "Arizona", "850"), ("Philadelphia", "PA", "Pennsylvania", "191"),
+    ("Pittsburgh", "PA", "Pennsylvania", "152"), ("Seattle", "WA", "Washington", "981"),
+    ("Portland", "OR", "Oregon", "972"), ("Denver", "CO", "Colorado", "802"),
+    ("Boston", "MA", "Massachusetts", "021"), ("Miami", "FL", "Florida", "331"),
+    ("Tampa", "FL", "Florida", "336"), ("Atlanta", "GA", "Georgia", "303"),
+    ("Washington", "DC", "District of Columbia", "200"), ("Minneapolis", "MN", "Minnesota", "554"),
+    ("Detroit", "MI", "Michigan", "482"), ("Las Vegas", "NV", "Nevada", "891"),
+    ("Salt Lake City", "UT", "Utah", "841"), ("Nashville", "TN", "Tennessee", "372"),
+    ("Charlotte", "NC", "North Carolina", "282"), ("Raleigh", "NC", "North Carolina", "276"),
+    ("Richmond", "VA", "Virginia", "232"), ("Columbus", "OH", "Ohio", "432"),
+    ("St. Louis", "MO", "Missouri", "631"), ("Kansas City", "MO", "Missouri", "641"),
+    ("Milwaukee", "WI", "Wisconsin", "532"),
+]
+UK_OUTCODES = ["SW1A", "EC1A", "W1D", "N1", "E2", "SE1", "NW3", "WC2H", "SW11", "E14"]
+UK_INCODE_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
+US_COUNTRIES = (["United States", "US", "USA", ""], [0.55, 0.2, 0.15, 0.1])
+UK_COUNTRIES = (["United Kingdom", "UK", "GB", "England"], [0.55, 0.2, 0.15, 0.1])
+# Real NANP area codes; exchanges 200-999 minus 555 and N11, so numbers validate in libphonenumber.
+AREA_CODES = [
+    212, 213, 312, 415, 617, 646, 718, 202, 305, 404, 512, 206, 303, 702, 713, 214, 503, 602, 612,
+    619, 650, 408, 510, 773, 801, 804, 813, 857, 916, 919, 347, 917, 310, 323, 818, 949, 714, 858,
+    720, 480, 469, 972, 281, 832, 210, 615, 704, 980, 412, 215, 267, 216, 614, 313, 248, 314, 816,
+    414, 651, 763,
+]
+EXCHANGES = [e for e in range(200, 1000) if e != 555 and e % 100 != 11]
+JUNK_PHONES = ["12345", "000-000-0000", "555-1212", "0000000000", "1234567890"]
+JUNK_EMAILS = ["test@test.com", "asdf@asdf.com", "noreply@example.com", "test@example.com"]
+JUNK_USER_IDS = ["anonymous", "null", "-1", "undefined"]
+ZERO_AD_ID = "00000000-0000-0000-0000-000000000000"
+# Public mailbox providers and their share; the remainder use the person's company domain.
+PUBLIC_DOMAINS = (
+    ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "aol.com", "comcast.net",
+     "protonmail.com"],
+    [0.40, 0.12, 0.07, 0.06, 0.06, 0.02, 0.02, 0.01],
+)
+EMAIL_TAGS = ["news", "shop", "promo", "2024", "work", "deals"]
+COMPANY_STEMS = [
+    "Acme", "Globex", "Initech", "Umbrella", "Stark", "Wayne", "Wonka", "Hooli", "Vandelay",
+    "Soylent", "Cyberdyne", "Tyrell", "Aperture", "Gringotts", "Oscorp", "Pied Piper", "Northwind",
+    "Contoso", "Fabrikam", "Tailspin", "Blue Sky", "Summit", "Pioneer", "Evergreen", "Redwood",
+    "Silverline", "Bright", "Cascade", "Harbor", "Keystone", "Lakeside", "Meridian", "Nimbus", "Orion",
+    "Pinnacle", "Quantum", "Riverbend", "Sterling", "Trident", "Vertex",
+]
+COMPANY_NOUNS = [
+    "Logistics", "Systems", "Labs", "Foods", "Health", "Capital", "Media", "Energy", "Software",
+    "Consulting", "Retail", "Motors", "Analytics", "Partners", "Dynamics", "Robotics", "Pharma",
+    "Realty", "Networks", "Studios",
+]
+COMPANY_SUFFIXES = ["Inc.", "LLC", "Corp.", "Ltd", "Group", "Co.", "", ", Inc."]
+CONSUMER_COMPANIES = ["Individual", "N/A", "[not provided]", "Self-employed", "none"]
+USER_AGENTS = {  # by device type: web, ios, android
+    0: ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51"],
+    1: ["Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+        "Mozilla/5.0 (iPad; CPU OS 17_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"],
+    2: ["Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Mobile Safari/537.36",
+        "Dalvik/2.1.0 (Linux; U; Android 12; SM-G991U Build/SP1A.210812.016)"],
+}
+DEVICE_TYPES = ["web", "ios", "android"]
+DEVICE_TYPE_WEIGHTS = [0.55, 0.25, 0.20]
+# (event name, properties kind: 0 none, 1 product, 2 order), weight
+TRACK_EVENTS = [("Product Viewed", 1, 0.30), ("Product Added", 1, 0.15), ("Products Searched", 0, 0.12),
+                ("Checkout Started", 0, 0.08), ("Order Completed", 2, 0.07), ("Signed In", 0, 0.08),
+                ("Application Opened", 0, 0.12), ("Newsletter Subscribed", 0, 0.08)]
+PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Product", "/products/trail-runner"),
+         ("Cart", "/cart"), ("Checkout", "/checkout"), ("Blog", "/blog/spring-sale"),
+         ("Account", "/account"), ("Search", "/search")]
+SITE = "https://www.evergreen-outfitters.com"
+EVENT_TYPES = ["identify", "track", "page", "alias"]
+IDENTIFY, TRACK, PAGE, ALIAS = 0, 1, 2, 3
+
+CONTACT_COLUMNS = [
+    "Id", "AccountId", "FirstName", "LastName", "Email", "Phone", "MobilePhone", "MailingStreet",
+    "MailingCity", "MailingState", "MailingPostalCode", "MailingCountry", "Birthdate", "IsDeleted",
+    "MasterRecordId", "CreatedDate", "LastModifiedDate",
+]
+LEAD_COLUMNS = [
+    "Id", "FirstName", "LastName", "Email", "Phone", "MobilePhone", "Company", "Street", "City", "State",
+    "PostalCode", "Country", "IsDeleted", "IsConverted", "ConvertedContactId", "ConvertedDate",
+    "MasterRecordId", "CreatedDate", "LastModifiedDate",
+]
+
+# Salesforce ids: key prefix + pod "5g" + "0000" + 6 base-62 digits of (object base + record key).
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+CHECKSUM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+SF_POD = "5g0000"
+SF_ID_BASES = {"003": 26 * 62**5 + 7 * 62**4, "00Q": 11 * 62**5 + 40 * 62**4, "001": 37 * 62**5}
+RECORD_KEY_SLOTS = 4  # record key = person_id * 4 + ordinal, so ids never collide across chunks
+
+
+def _text(values) -> pa.Array:
+    """A constant string table."""
+    return pa.array(list(values), type=pa.string())
+
+
+def _ascii_letters(name: str) -> str:
+    """Lower-case ASCII letters of a name, for email local parts: "O'Neil" -> "oneil"."""
+    return "".join(ch for ch in unidecode(name).lower() if ch.isalpha())
+
+
+_FIRST = [(f, n, g) for f, n, g in _NICKNAMED] + [(f, "", g) for f, g in _PLAIN_FIRST]
+FIRST_NAMES = _text(f for f, _, _ in _FIRST)
+FIRST_NICKNAMES = _text(n for _, n, _ in _FIRST)
+HAS_NICKNAME = np.array([bool(n) for _, n, _ in _FIRST])
+FIRST_GENDER = np.array([g for _, _, g in _FIRST], dtype=np.int64)
+FIRST_ASCII = _text(unidecode(f) for f, _, _ in _FIRST)
+FIRST_LETTERS = _text(_ascii_letters(f) for f, _, _ in _FIRST)
+FIRST_INITIALS = _text(_ascii_letters(f)[0] for f, _, _ in _FIRST)
+LAST = _text(LAST_NAMES)
+LAST_ASCII = _text(unidecode(x) for x in LAST_NAMES)
+LAST_LETTERS = _text(_ascii_letters(x) for x in LAST_NAMES)
+GENDER_TITLES = _text(TITLES[0] + TITLES[1])  # row = gender * 3 + k
+CITY_NAMES, CITY_STATES, CITY_STATE_NAMES, CITY_ZIP3 = (_text(col) for col in zip(*US_CITIES))
+DIGITS2 = _text(f"{i:02d}" for i in range(100))
+DIGITS4 = _text(f"{i:04d}" for i in range(10000))
+OCTETS = _text(str(i) for i in range(256))
+BOOLEANS = _text(["false", "true"])
+
+
+def _assert_json_safe() -> None:
+    """Every output string comes from these tables, so checking them once makes escaping unnecessary."""
+    tables = [[f for f, _, _ in _FIRST], [n for _, n, _ in _FIRST], LAST_NAMES, STREETS, US_SUFFIXES, UK_SUFFIXES,
+              UNIT_LABELS, [c for row in US_CITIES for c in row], UK_OUTCODES, US_COUNTRIES[0], UK_COUNTRIES[0],
+              JUNK_PHONES, JUNK_EMAILS, JUNK_USER_IDS, PUBLIC_DOMAINS[0], EMAIL_TAGS, COMPANY_STEMS,
+              COMPANY_NOUNS, COMPANY_SUFFIXES, CONSUMER_COMPANIES, [t[0] for t in TRACK_EVENTS],
+              [p for page in PAGES for p in page], [SITE], TITLES[0], TITLES[1],
+              [ua for uas in USER_AGENTS.values() for ua in uas]]
+    for table in tables:
+        for value in table:
+            assert '"' not in value and "\\" not in value and all(ord(c) >= 32 for c in value), value
+
+
+_assert_json_safe()
+
+
+# ----------------------------------------------------------------------------------------------
+# Small vectorized building blocks (numpy for numbers, Arrow for strings)
+# ----------------------------------------------------------------------------------------------
+def _take(table: pa.Array, rows) -> pa.Array:
+    """table[rows], null where rows < 0."""
+    rows = np.asarray(rows)
+    return table.take(pa.array(rows, mask=rows < 0))
+
+
+def _choice(rng: np.random.Generator, options: pa.Array, n: int, weights=None) -> pa.Array:
+    p = None if weights is None else np.asarray(weights) / np.sum(weights)
+    return options.take(pa.array(rng.choice(len(options), size=n, p=p)))
+
+
+def _num(values: np.ndarray) -> pa.Array:
+    """Integers as decimal strings."""
+    return pc.cast(pa.array(np.asarray(values, np.int64)), pa.string())
+
+
+def _where(mask: np.ndarray, yes, no) -> pa.Array:
+    return pc.if_else(pa.array(np.asarray(mask, bool)), yes, no)
+
+
+def _const(value: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+def _patch(values: pa.Array, mask: np.ndarray, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``values`` with the rows selected by ``mask`` replaced by ``fn(those rows)``."""
+    if not mask.any():
+        return values
+    arrow_mask = pa.array(mask)
+    return pc.replace_with_mask(values, arrow_mask, fn(values.filter(arrow_mask)))
+
+
+def _to_numpy(mask: pa.Array) -> np.ndarray:
+    return mask.to_numpy(zero_copy_only=False)
+
+
+def _join(*pieces) -> pa.Array:
+    """Concatenate string columns and literals in one pass, leaving out null pieces.
+
+    Every caller includes a literal piece: pyarrow 26 drops (instead of emitting) rows whose pieces
+    are all null under null_handling="skip".
+    """
+    return pc.binary_join_element_wise(*pieces, "", null_handling="skip")
+
+
+def _wrap(*pieces) -> pa.Array:
+    """Concatenate, null when any piece is null: an optional JSON member."""
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _by_group(group: np.ndarray, arrays: list[pa.Array]) -> pa.Array:
+    """Row i takes the next value of arrays[group[i]] (arrays[k] holds the rows of group k, in order)."""
+    order = np.argsort(group, kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return pa.concat_arrays(arrays).take(pa.array(inverse))
+
+
+def _scatter(values: pa.Array, where: np.ndarray) -> pa.Array:
+    """Spread the values of the rows selected by ``where`` back to full length, null elsewhere."""
+    return values.take(pa.array(np.cumsum(where) - 1, mask=~where))
+
+
+def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
+    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
+    left, right = x >> shift, x & mask
+    for key in keys:
+        mixed = (right ^ key) * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64 by design
+        mixed ^= mixed >> np.uint64(29)
+        left, right = right, left ^ (mixed & mask)
+    return (left << shift) | right
+
+
+def _permute(x, n: int, seed: int, purpose: int) -> np.ndarray:
+    """Keyed pseudo-random bijection of [0, n): distinct inputs give distinct, random-looking outputs.
+
+    Used for values that must be unique across chunks without coordination (phone numbers, email
+    and user-id numbers, home IPs). A 4-round Feistel network over the smallest even bit width that
+    covers n, with cycle walking (outputs >= n are permuted again), which keeps it a bijection.
+    """
+    x = np.asarray(x)
+    if len(x) and (int(x.min()) < 0 or int(x.max()) >= n):
+        # Cycle walking from outside [0, n) may never come back: refuse instead of hanging.
+        raise ValueError(f"_permute: inputs must lie in [0, {n}) (purpose {purpose}): the generator's space is too small")
+    half = max(1, (int(n - 1).bit_length() + 1) // 2)
+    keys = np.random.SeedSequence([seed, purpose]).generate_state(4, np.uint64)
+    out = np.asarray(x, dtype=np.uint64).copy()
+    pending = np.arange(len(out))
+    while len(pending):
+        walked = _feistel(out[pending], half, keys)
+        out[pending] = walked
+        pending = pending[walked >= n]
+    return out.astype(np.int64)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """Start index of each group in a flat array laid out group after group."""
+    return np.cumsum(counts) - counts
+
+
+def _rank_within(counts: np.ndarray) -> np.ndarray:
+    """0..count-1 for each group, concatenated."""
+    return np.arange(int(counts.sum())) - np.repeat(_offsets(counts), counts)
+
+
+# ---- fixed-width strings built as byte matrices ----------------------------------------------
+def _fixed_width(codes: np.ndarray) -> pa.Array:
+    """(n, width) uint8 ASCII codes -> Arrow strings, wrapping the bytes without a copy per value."""
+    n, width = codes.shape
+    offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(codes, np.uint8)))
+
+
+def _random_bytes(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+    return np.frombuffer(rng.bytes(n * width), np.uint8).reshape(n, width).copy()
+
+
+# Two ASCII codes per byte value, as one uint16 so a single gather renders a byte: [lower, upper][byte].
+_HEX_PAIRS = np.array([[f"{b:02x}".encode() for b in range(256)], [f"{b:02X}".encode() for b in range(256)]],
+                      dtype="S2").view(np.uint16)
+_DIGIT_PAIRS = np.array([f"{i:02d}".encode() for i in range(100)], dtype="S2").view(np.uint16)
+
+
+def _hex_codes(raw: np.ndarray, upper=False) -> np.ndarray:
+    """(n, k) bytes -> (n, 2k) hex digit codes; ``upper`` may be a bool array per row."""
+    pairs = _HEX_PAIRS[0][raw]
+    if np.any(upper):
+        rows = np.broadcast_to(np.asarray(upper), (raw.shape[0],))
+        pairs[rows] = _HEX_PAIRS[1][raw[rows]]
+    return pairs.view(np.uint8).reshape(raw.shape[0], 2 * raw.shape[1])
+
+
+def _uuid_codes(rng: np.random.Generator, n: int, upper=False) -> np.ndarray:
+    """Random version-4 UUIDs; ``upper`` may be a bool array (the iOS SDKs write upper case)."""
+    raw = _random_bytes(rng, n, 16)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    hexed = _hex_codes(raw, upper)
+    codes = np.full((n, 36), ord("-"), np.uint8)
+    for src, dst in ((slice(0, 8), slice(0, 8)), (slice(8, 12), slice(9, 13)), (slice(12, 16), slice(14, 18)),
+                     (slice(16, 20), slice(19, 23)), (slice(20, 32), slice(24, 36))):
+        codes[:, dst] = hexed[:, src]
+    return codes
+
+
+def _uuids(rng: np.random.Generator, n: int, upper=False) -> pa.Array:
+    return _fixed_width(_uuid_codes(rng, n, upper))
+
+
+def _hex_strings(rng: np.random.Generator, n: int, nbytes: int) -> pa.Array:
+    return _fixed_width(_hex_codes(_random_bytes(rng, n, nbytes)))
+
+
+def _digit_codes(values: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) zero-padded decimal digits, rendered two at a time."""
+    values = np.asarray(values, np.int64)
+    pairs = [_DIGIT_PAIRS[(values // 100**k) % 100] for k in range((width + 1) // 2 - 1, -1, -1)]
+    codes = np.stack(pairs, axis=1).view(np.uint8).reshape(len(values), 2 * len(pairs))
+    return codes[:, 2 * len(pairs) - width:]
+
+
+def _timestamp_codes(ms: np.ndarray) -> np.ndarray:
+    """(n, 24) codes of ISO 8601 UTC timestamps with milliseconds: 2024-06-02T17:40:11.905Z."""
+    ms = np.asarray(ms, np.int64)
+    day, in_day = np.divmod(ms, DAY_MS)
+    first = int(day.min()) if len(day) else 0
+    days = np.arange(first, (int(day.max()) if len(day) else first) + 1)
+    day_text = np.datetime_as_string(days.astype("datetime64[D]"), unit="D").astype("S10")
+    codes = np.empty((len(ms), 24), np.uint8)
+    codes[:, :10] = np.frombuffer(day_text.tobytes(), np.uint8).reshape(-1, 10)[day - first]
+    codes[:, [10, 13, 16, 19, 23]] = np.frombuffer(b"T::.Z", np.uint8)
+    codes[:, 11:13] = _digit_codes(in_day // 3_600_000, 2)
+    codes[:, 14:16] = _digit_codes(in_day // 60_000 % 60, 2)
+    codes[:, 17:19] = _digit_codes(in_day // 1000 % 60, 2)
+    codes[:, 20:23] = _digit_codes(in_day % 1000, 3)
+    return codes
+
+
+def _iso_millis(ms: np.ndarray) -> pa.Array:
+    return _fixed_width(_timestamp_codes(ms))
+
+
+def _sf_datetimes(seconds: np.ndarray) -> pa.Array:
+    """Salesforce API datetimes: 2024-06-02T17:40:11.000Z."""
+    return _fixed_width(_timestamp_codes(np.asarray(seconds, np.int64) * 1000))
+
+
+def _dates(days: np.ndarray) -> pa.Array:
+    """YYYY-MM-DD."""
+    return _fixed_width(_timestamp_codes(np.asarray(days, np.int64) * DAY_MS)[:, :10])
+
+
+def _ips(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> pa.Array:
+    return _join(_take(OCTETS, a), ".", _take(OCTETS, b), ".", _take(OCTETS, c), ".", _take(OCTETS, d))
+
+
+def _count(stats: dict, key: str, value) -> None:
+    stats[key] = stats.get(key, 0) + int(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Salesforce ids
+# ----------------------------------------------------------------------------------------------
+_BASE62_CODES = np.frombuffer(BASE62.encode(), np.uint8)
+_CHECKSUM_CODES = np.frombuffer(CHECKSUM_ALPHABET.encode(), np.uint8)
+
+
+def _sf_id15_codes(prefix: str, record_keys: np.ndarray) -> np.ndarray:
+    """(n, 15) codes of 15-char ids; sequential keys give realistic ids that differ only in letter case."""
+    numbers = SF_ID_BASES[prefix] + np.asarray(record_keys, np.int64)
+    powers = 62 ** np.arange(5, -1, -1, dtype=np.int64)
+    head = np.frombuffer((prefix + SF_POD).encode(), np.uint8)
+    return np.hstack([np.broadcast_to(head, (len(numbers), 9)), _BASE62_CODES[(numbers[:, None] // powers) % 62]])
+
+
+def _sf_checksum_codes(id15: np.ndarray) -> np.ndarray:
+    """The 3-char suffix: for each 5-char chunk, bit i is set when char i is an upper-case letter."""
+    upper = (id15 >= ord("A")) & (id15 <= ord("Z"))
+    bits = (upper.reshape(-1, 3, 5) * (1 << np.arange(5))).sum(axis=2)
+    return _CHECKSUM_CODES[bits]
+
+
+def sf_ids(prefix: str, record_keys: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """15-char and 18-char Salesforce ids for the given record keys."""
+    id15 = _sf_id15_codes(prefix, record_keys)
+    return _fixed_width(id15), _fixed_width(np.hstack([id15, _sf_checksum_codes(id15)]))
+
+
+def _as_written(rng: np.random.Generator, id15: pa.Array, id18: pa.Array) -> pa.Array:
+    """APIs return 18-char ids, people paste 15-char ones."""
+    return _where(rng.random(len(id15)) < ID18_RATE, id18, id15)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan and pools shared by all chunks
+# ----------------------------------------------------------------------------------------------
+_POOL_STREAM = 2**31 - 1  # spawn key of the generator for shared pools, never a chunk index
+
+
+@dataclass(frozen=True)
+class _Plan:
+    people: int
+    seed: int
+    chunk_people: int
+    events: bool = True  # False: Salesforce CSVs + records truth only (no Segment events drawn or written)
+    visitors: bool = False  # True: also the web-visitor layer (resolver/synth/visitors.py)
+    mean_events: float = MEAN_EVENTS  # own events per user with events (geometric mean, before cookies)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.people // self.chunk_people)
+
+    @property
+    def kiosks(self) -> int:
+        return max(3, self.people // 5000)
+
+    @property
+    def nat_ips(self) -> int:
+        return max(4, self.people // 50_000)
+
+    @property
+    def companies(self) -> int:
+        return max(50, self.people // 25)
+
+    @property
+    def number_modulus(self) -> int:
+        """10**d >= 2 * people: room for two unique numbers per person (primary and alternate email)."""
+        return 10 ** max(4, len(str(2 * self.people)))
+
+    @property
+    def batch_people(self) -> int:
+        return min(self.chunk_people, max(1, int(self.people * BATCH_PEOPLE_SHARE)))
+
+
+@dataclass
+class _Pools:
+    kiosk_anon: pa.Array
+    kiosk_device: pa.Array
+    kiosk_ip: pa.Array
+    nat_ip: pa.Array
+    company_name: pa.Array
+    company_domain: pa.Array
+
+
+def _shared_pools(plan: _Plan) -> _Pools:
+    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(_POOL_STREAM,)))
+    k, m = plan.kiosks, plan.nat_ips
+    # Shared iPads in stores: upper-case ids as the iOS SDK writes them.
+    kiosk_anon, kiosk_device = _uuids(rng, k, upper=True), _uuids(rng, k, upper=True)
+    kiosk_ip = _ips(rng.choice([64, 66, 208], k), rng.integers(0, 256, k), rng.integers(0, 256, k),
+                    rng.integers(1, 255, k))
+    # Carrier-grade NAT egress addresses (T-Mobile / Verizon / AT&T style ranges).
+    nat_ip = _ips(rng.choice([172, 174, 107], m), rng.choice([56, 58, 77, 205], m), rng.integers(0, 256, m),
+                  rng.integers(1, 255, m))
+    companies = np.arange(plan.companies)
+    return _Pools(kiosk_anon, kiosk_device, kiosk_ip, nat_ip, _company_names(companies), _company_domains(companies))
+
+
+def _company_parts(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stem, noun and suffix indexes; distinct for the first 40*20*8 companies, varied even for small pools."""
+    stems, nouns = len(COMPANY_STEMS), len(COMPANY_NOUNS)
+    stem = index % stems
+    noun = (index // stems + 3 * stem) % nouns
+    suffix = (index + index // (stems * nouns)) % len(COMPANY_SUFFIXES)
+    return stem, noun, suffix
+
+
+def _company_names(index: np.ndarray, with_suffix: bool = True) -> pa.Array:
+    stem, noun, suffix = _company_parts(index)
+    name = _join(_take(_text(COMPANY_STEMS), stem), " ", _take(_text(COMPANY_NOUNS), noun))
+    if not with_suffix:
+        return name
+    # "Acme Labs Inc.", "Acme Labs, Inc.", "Acme Labs"
+    suffixes = _text((s if s.startswith(",") or not s else " " + s) for s in COMPANY_SUFFIXES)
+    return _join(name, _take(suffixes, suffix))
+
+
+def _company_domains(index: np.ndarray) -> pa.Array:
+    stem, noun, _ = _company_parts(index)
+    return _join(_take(_text(_ascii_letters(s) for s in COMPANY_STEMS), stem),
+                 _take(_text(_ascii_letters(s) for s in COMPANY_NOUNS), noun), ".com")
+
+
+# ----------------------------------------------------------------------------------------------
+# People
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _People:
+    pid: np.ndarray
+    household: np.ndarray          # global household id (person id of its first member)
+    household_size: np.ndarray
+    household_rank: np.ndarray
+    uk: np.ndarray                 # lives in London
+    first: np.ndarray              # row in FIRST_NAMES
+    last: np.ndarray               # row in LAST
+    company: np.ndarray            # row in the company pool
+    email_local: pa.Array
+    email_domain: pa.Array
+    alt_local: pa.Array            # a second, older address (used by duplicate records)
+    alt_domain: pa.Array
+    mobile: np.ndarray             # national number: 10 digits (US) or 8 digits after +44 20 (UK)
+    home: np.ndarray
+    shares_home_phone: np.ndarray
+    street_line: pa.Array          # "12 Oak St"
+    unit_line: pa.Array            # "Apt 4" or ""
+    has_unit: np.ndarray
+    city: np.ndarray               # row in US_CITIES (ignored in the UK)
+    postal_code: pa.Array
+    birth_day: np.ndarray
+    home_ip: pa.Array
+    has_events: np.ndarray
+    has_user_id: np.ndarray
+    user_id: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.pid)
+
+
+def _household_layout(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split n consecutive people into units of one person or a 2-4 person household.
+
+    Returns, per person: local index of the household's first member, household size, rank in it.
+    """
+    sizes = np.where(rng.random(n) < HOUSEHOLD_UNIT_RATE, rng.integers(2, 5, n), 1)
+    ends = np.cumsum(sizes)
+    units = int(np.searchsorted(ends, n)) + 1
+    sizes = sizes[:units].copy()
+    sizes[-1] -= ends[units - 1] - n
+    return np.repeat(_offsets(sizes), sizes), np.repeat(sizes, sizes), _rank_within(sizes)
+
+
+def _phone_numbers(rng: np.random.Generator, seed: int, index: np.ndarray, uk: np.ndarray) -> np.ndarray:
+    """Unique national numbers: a bijection of ``index`` onto valid NANP numbers (or London numbers)."""
+    space = len(AREA_CODES) * len(EXCHANGES) * 10_000
+    s = _permute(index, space, seed, purpose=1)
+    us = (np.asarray(AREA_CODES)[s // (len(EXCHANGES) * 10_000)] * 10**7
+          + np.asarray(EXCHANGES)[(s // 10_000) % len(EXCHANGES)] * 10**4 + s % 10_000)
+    return np.where(uk, _london_numbers(rng.random(len(index)), seed, index, uk), us)
+
+
+def _london_numbers(draw: np.ndarray, seed: int, index: np.ndarray, uk: np.ndarray) -> np.ndarray:
+    """Unique London numbers for the `uk` rows: index < 10**7 gets 020 7 or 020 8 (by `draw`) and a
+    bijective 7-digit rest; index in [10**7, 2 * 10**7) gets 020 3 and the same rest of its offset
+    (020 3 is a London range the first half never uses). Other rows get 0."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.zeros(len(index), dtype=np.int64)
+    low, high = uk & (index < 10**7), uk & (index >= 10**7)
+    out[low] = np.where(draw[low] < 0.5, 7, 8) * 10**7 + _permute(index[low], 10**7, seed, purpose=2)
+    out[high] = 3 * 10**7 + _permute(index[high] - 10**7, 10**7, seed, purpose=2)
+    return out
+
+
+# Local-part patterns: (left part, separator, right part); parts are 0 first name, 1 last name, 2 initial, 3 nothing.
+# first.last, firstlast, flast, first_last, last.first, first
+_EMAIL_LEFT, _EMAIL_RIGHT = np.array([0, 0, 2, 0, 1, 0]), np.array([1, 1, 1, 1, 0, 3])
+_EMAIL_SEPARATORS = _text([".", "", "", "_", ".", ""])
+_EMAIL_PATTERN_WEIGHTS = [0.3, 0.2, 0.2, 0.1, 0.1, 0.1]
+
+
+def _email_local_parts(rng: np.random.Generator, first: np.ndarray, last: np.ndarray, number: np.ndarray) -> pa.Array:
+    """jane.oneil4821, janeoneil4821, joneil4821, ...; the number (a bijection of the person id) keeps them unique."""
+    parts = [_take(FIRST_LETTERS, first), _take(LAST_LETTERS, last), _take(FIRST_INITIALS, first),
+             _const("", len(first))]
+    pattern = rng.choice(len(_EMAIL_SEPARATORS), size=len(first), p=_EMAIL_PATTERN_WEIGHTS)
+    left = pc.choose(pa.array(_EMAIL_LEFT[pattern]), *parts)
+    right = pc.choose(pa.array(_EMAIL_RIGHT[pattern]), *parts)
+    return _join(left, _take(_EMAIL_SEPARATORS, pattern), right, _num(number))
+
+
+def _email_domains(rng: np.random.Generator, company: np.ndarray, pools: _Pools) -> pa.Array:
+    names, weights = PUBLIC_DOMAINS
+    n = len(company)
+    corporate = rng.random(n) >= sum(weights)
+    return _where(corporate, _take(pools.company_domain, company), _choice(rng, _text(names), n, weights))
+
+
+@dataclass
+class _Homes:
+    """Household-level address parts (every member of a household gets the same)."""
+    street_line: pa.Array
+    unit_line: pa.Array
+    has_unit: np.ndarray
+    city: np.ndarray
+    postal_code: pa.Array
+
+
+def _homes(rng: np.random.Generator, head: np.ndarray, uk: np.ndarray) -> _Homes:
+    """Street, optional apartment line, city and postal code, drawn for each household's first member."""
+    n = len(head)
+
+    def draw(low: int, high: int) -> np.ndarray:
+        return rng.integers(low, high, n)[head]
+
+    street_no = np.where(rng.random(n) < 0.6, rng.integers(1, 1000, n), rng.integers(1000, 20_000, n))[head]
+    suffix = _where(uk, _take(_text(UK_SUFFIXES), draw(0, len(UK_SUFFIXES))),
+                    _take(_text(US_SUFFIXES), draw(0, len(US_SUFFIXES))))
+    street_line = _join(_num(street_no), " ", _take(_text(STREETS), draw(0, len(STREETS))), " ", suffix)
+    has_unit = (rng.random(n) < UNIT_RATE)[head]
+    unit_line = _where(has_unit, _join(_take(_text(UNIT_LABELS), draw(0, len(UNIT_LABELS))), _num(draw(1, 40))), "")
+    city = draw(0, len(US_CITIES))
+    us_zip = _join(_take(CITY_ZIP3, city), _take(DIGITS2, draw(0, 100)))
+    letters = _text(UK_INCODE_LETTERS)
+    uk_postcode = _join(_take(_text(UK_OUTCODES), draw(0, len(UK_OUTCODES))), " ", _num(draw(1, 10)),
+                        _take(letters, draw(0, len(letters))), _take(letters, draw(0, len(letters))))
+    return _Homes(street_line, unit_line, has_unit, city, _where(uk, uk_postcode, us_zip))
+
+
+def _home_ips(seed: int, household: np.ndarray) -> pa.Array:
+    """One residential IP per household (a bijection, so households never collide): 73/98/24.x.x.1-254."""
+    code = _permute(household, 3 * 2**16 * 254, seed, purpose=5)
+    network, host = np.divmod(code, 254)
+    return _ips(np.array([73, 98, 24])[network >> 16], (network >> 8) & 255, network & 255, host + 1)
+
+
+def _user_ids(rng: np.random.Generator, plan: _Plan, pid: np.ndarray, email_local: pa.Array,
+              email_domain: pa.Array) -> pa.Array:
+    """u_<digits> for most; the email address itself for some sites."""
+    number = _permute(pid, plan.number_modulus * 10, plan.seed, purpose=4)
+    return _where(rng.random(len(pid)) < USER_ID_IS_EMAIL_RATE, _join(email_local, "@", email_domain),
+                  _join("u_", _num(number)))
+
+
+def _draw_people(rng: np.random.Generator, plan: _Plan, pools: _Pools, first_pid: int, n: int) -> _People:
+    pid = np.arange(first_pid, first_pid + n, dtype=np.int64)
+    head, size, rank = _household_layout(rng, n)  # household members share head's draws
+    household = pid[head]
+    uk = (rng.random(n) < UK_RATE)[head]
+    last = rng.integers(0, len(LAST_NAMES), n)[head]
+    first = rng.integers(0, len(FIRST_NAMES), n)
+    company = rng.integers(0, plan.companies, n)
+
+    modulus = plan.number_modulus
+    email_local = _email_local_parts(rng, first, last, _permute(pid, modulus, plan.seed, purpose=3))
+    email_domain = _email_domains(rng, company, pools)
+    alt_local = _email_local_parts(rng, first, last, _permute(pid + plan.people, modulus, plan.seed, purpose=3))
+    alt_domain = _email_domains(rng, company, pools)
+    homes = _homes(rng, head, uk)
+
+    mobile = _phone_numbers(rng, plan.seed, pid, uk)
+    home = _phone_numbers(rng, plan.seed, plan.people + household, uk)[head]
+    shares_home_phone = (size >= 2) & (rng.random(n) < HOUSEHOLD_SHARED_PHONE_RATE)[head]
+
+    has_events = rng.random(n) < EVENT_USER_RATE
+    has_user_id = has_events & (rng.random(n) < USER_ID_RATE / EVENT_USER_RATE)
+    user_id = _user_ids(rng, plan, pid, email_local, email_domain)
+    birth_day = rng.integers(BIRTH_FIRST_DAY, BIRTH_LAST_DAY + 1, n)
+    return _People(pid, household, size, rank, uk, first, last, company, email_local, email_domain, alt_local,
+                   alt_domain, mobile, home, shares_home_phone, homes.street_line, homes.unit_line, homes.has_unit,
+                   homes.city, homes.postal_code, birth_day, _home_ips(plan.seed, household), has_events,
+                   has_user_id, user_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise on names, emails, phones, addresses
+# ----------------------------------------------------------------------------------------------
+_KEYBOARD = "qwertyuiopasdfghjklzxcvbnm"
+
+
+def _typo(text: str, op: int, where: float, letter: str) -> str:
+    """One keyboard slip: swap two neighbours, drop, replace or double a letter."""
+    if len(text) < 3:
+        return text
+    i = int(where * (len(text) - 1))
+    if op == 0:
+        return text[:i] + text[i + 1] + text[i] + text[i + 2:]
+    if op == 1:
+        return text[:i] + text[i + 1:]
+    if op == 2:
+        return text[:i] + (letter.upper() if text[i].isupper() else letter) + text[i + 1:]
+    return text[:i] + text[i] + text[i:]
+
+
+def _with_typos(rng: np.random.Generator, values: pa.Array) -> pa.Array:
+    n = len(values)
+    ops, where, letters = rng.integers(0, 4, n), rng.random(n), rng.integers(0, 26, n)
+    return _text(_typo(v, int(o), float(w), _KEYBOARD[int(k)])
+                 for v, o, w, k in zip(values.to_pylist(), ops, where, letters))
+
+
+def _with_case_noise(rng: np.random.Generator, values: pa.Array) -> pa.Array:
+    return _where(rng.random(len(values)) < 0.6, pc.utf8_upper(values), pc.utf8_lower(values))
+
+
+_SPACE_BEFORE, _SPACE_AFTER = _text([" ", "", ""]), _text(["", " ", "  "])
+
+
+def _with_stray_spaces(rng: np.random.Generator, values: pa.Array) -> pa.Array:
+    kind = rng.integers(0, 3, len(values))
+    return _join(_take(_SPACE_BEFORE, kind), values, _take(_SPACE_AFTER, kind))
+
+
+@dataclass(frozen=True)
+class _NameNoise:
+    nickname: float = 0.10
+    ascii_fold: float = 0.25   # of names with accents: "José" -> "Jose"
+    typo: float = 0.03
+    case: float = 0.03
+    spaces: float = 0.02
+    title: float = 0.02
+
+
+CRM_NAMES = _NameNoise()
+DUPLICATE_NAMES = _NameNoise(nickname=0.25, typo=0.35, case=0.05, spaces=0.05, title=0.05)
+TRAIT_NAMES = _NameNoise(nickname=0.15, typo=0.01, case=0.01, spaces=0.0, title=0.0)
+
+
+def _noisy(rng: np.random.Generator, values: pa.Array, noise: _NameNoise, stats: dict) -> pa.Array:
+    """Typos, UPPER/lower case and stray spaces, each on its own random share of values."""
+    n = len(values)
+    typo = rng.random(n) < noise.typo
+    values = _patch(values, typo, lambda v: _with_typos(rng, v))
+    values = _patch(values, rng.random(n) < noise.case, lambda v: _with_case_noise(rng, v))
+    values = _patch(values, rng.random(n) < noise.spaces, lambda v: _with_stray_spaces(rng, v))
+    _count(stats, "name_typos", typo.sum())
+    return values
+
+
+def _first_names(rng: np.random.Generator, first: np.ndarray, noise: _NameNoise, stats: dict) -> pa.Array:
+    n = len(first)
+    names = _take(FIRST_NAMES, first)
+    nickname = (rng.random(n) < noise.nickname) & HAS_NICKNAME[first]
+    names = _patch(names, nickname, lambda _: _take(FIRST_NICKNAMES, first[nickname]))
+    fold = ~nickname & (rng.random(n) < noise.ascii_fold)
+    names = _patch(names, fold, lambda _: _take(FIRST_ASCII, first[fold]))
+    names = _noisy(rng, names, noise, stats)
+    title = rng.random(n) < noise.title
+    names = _patch(names, title, lambda v: _join(
+        _take(GENDER_TITLES, FIRST_GENDER[first[title]] * 3 + rng.integers(0, 3, len(v))), v))
+    _count(stats, "nicknames", nickname.sum())
+    return names
+
+
+def _last_names(rng: np.random.Generator, last: np.ndarray, noise: _NameNoise, stats: dict) -> pa.Array:
+    fold = rng.random(len(last)) < noise.ascii_fold
+    names = _where(fold, _take(LAST_ASCII, last), _take(LAST, last))
+    return _noisy(rng, names, noise, stats)
+
+
+@dataclass(frozen=True)
+class _EmailNoise:
+    missing: float = 0.05
+    gmail_dots: float = 0.10
+    plus_tag: float = 0.05
+    googlemail: float = 0.04
+    case: float = 0.10
+    spaces: float = 0.03
+
+
+CRM_EMAILS = _EmailNoise()
+TRAIT_EMAILS = _EmailNoise(missing=0.05, gmail_dots=0.05, plus_tag=0.03, googlemail=0.02, case=0.08, spaces=0.02)
+
+
+def _move_dots(local: str, where: float) -> str:
+    """Gmail ignores dots: drop them all, or add one inside the name."""
+    if "." in local:
+        return local.replace(".", "")
+    i = 1 + int(where * max(1, len(local) - 2))
+    return local[:i] + "." + local[i:]
+
+
+def _emails(rng: np.random.Generator, local: pa.Array, domain: pa.Array, noise: _EmailNoise) -> pa.Array:
+    """The same mailbox written the ways people and forms write it."""
+    n = len(local)
+    gmail = _to_numpy(pc.equal(domain, "gmail.com"))
+    dots = gmail & (rng.random(n) < noise.gmail_dots)
+    where = rng.random(n)[dots]
+    local = _patch(local, dots, lambda v: _text(_move_dots(s, float(w)) for s, w in zip(v.to_pylist(), where)))
+    tag = ~_to_numpy(pc.equal(domain, "yahoo.com")) & (rng.random(n) < noise.plus_tag)
+    local = _patch(local, tag, lambda v: _join(v, "+", _choice(rng, _text(EMAIL_TAGS), len(v))))
+    domain = _patch(domain, gmail & (rng.random(n) < noise.googlemail), lambda v: _const("googlemail.com", len(v)))
+    case = rng.random(n) < noise.case
+    local, domain = _patch(local, case, pc.utf8_capitalize), _patch(domain, case, pc.utf8_capitalize)
+    email = _patch(_join(local, "@", domain), case & (rng.random(n) < 0.3), pc.utf8_upper)
+    email = _patch(email, rng.random(n) < noise.spaces, lambda v: _with_stray_spaces(rng, v))
+    return _patch(email, rng.random(n) < noise.missing, lambda v: _const("", len(v)))
+
+
+_US_PHONE_TEMPLATES = [("(###) ###-####", 0.25), ("###-###-####", 0.15), ("###.###.####", 0.10),
+                       ("+1 ###-###-####", 0.12), ("001 ### ### ####", 0.03), ("##########", 0.12),
+                       ("+1##########", 0.13), ("1-###-###-####", 0.05), ("+1 (###) ###-####", 0.05)]
+_UK_PHONE_TEMPLATES = [("+44 20 #### ####", 0.7), ("+4420########", 0.2), ("0044 20 #### ####", 0.1)]
+
+
+def _render(template: str, digits: np.ndarray) -> pa.Array:
+    """Fill the # slots of a template with the digits of each row."""
+    codes = np.tile(np.frombuffer(template.encode(), np.uint8), (len(digits), 1))
+    codes[:, [i for i, ch in enumerate(template) if ch == "#"]] = digits
+    return _fixed_width(codes)
+
+
+def _formatted_phones(rng: np.random.Generator, number: np.ndarray, uk: np.ndarray) -> pa.Array:
+    """Each record writes a number in its own style: (415) 555-0134, 415.555.0134, +1 ..., 001 ..., +44 20 ..."""
+    n = len(number)
+    us_style = rng.choice(len(_US_PHONE_TEMPLATES), size=n, p=[w for _, w in _US_PHONE_TEMPLATES])
+    uk_style = rng.choice(len(_UK_PHONE_TEMPLATES), size=n, p=[w for _, w in _UK_PHONE_TEMPLATES])
+    style = np.where(uk, len(_US_PHONE_TEMPLATES) + uk_style, us_style)
+    rendered = []
+    for k, (template, _) in enumerate(_US_PHONE_TEMPLATES + _UK_PHONE_TEMPLATES):
+        rows = style == k
+        rendered.append(_render(template, _digit_codes(number[rows], template.count("#"))))
+    return _by_group(style, rendered)
+
+
+def _crm_phones(rng: np.random.Generator, p: _People, rows: np.ndarray, stats: dict) -> tuple[pa.Array, pa.Array]:
+    """Phone: the shared home phone for households that share one, else usually the mobile; MobilePhone: the mobile."""
+    n = len(rows)
+    use_home = p.shares_home_phone[rows] & (rng.random(n) < 0.9)
+    phone = _formatted_phones(rng, np.where(use_home, p.home[rows], p.mobile[rows]), p.uk[rows])
+    phone = _patch(phone, ~use_home & (rng.random(n) < 0.25), lambda v: _const("", len(v)))
+    junk = rng.random(n) < JUNK_PHONE_RATE
+    phone = _patch(phone, junk, lambda v: _choice(rng, _text(JUNK_PHONES), len(v)))
+    mobile = _formatted_phones(rng, p.mobile[rows], p.uk[rows])
+    mobile = _patch(mobile, rng.random(n) < 0.5, lambda v: _const("", len(v)))
+    _count(stats, "junk_phones", junk.sum())
+    _count(stats, "household_phone_values", use_home.sum())
+    return phone, mobile
+
+
+@dataclass
+class _Address:
+    street: pa.Array
+    city: pa.Array
+    state: pa.Array
+    postal_code: pa.Array
+    country: pa.Array
+
+
+def _addresses(rng: np.random.Generator, p: _People, rows: np.ndarray, stats: dict) -> _Address:
+    """Household address; the apartment line goes on a new line (multi-line textarea), the same line, or nowhere."""
+    n = len(rows)
+    uk, city = p.uk[rows], p.city[rows]
+    street, unit = _take(p.street_line, rows), _take(p.unit_line, rows)
+    layout = rng.choice(3, size=n, p=[0.45, 0.35, 0.20])
+    multiline = p.has_unit[rows] & (layout == 0)
+    same_line = p.has_unit[rows] & (layout == 1)
+    street = _where(multiline, _join(street, "\n", unit), _where(same_line, _join(street, ", ", unit), street))
+    us_state = _where(rng.random(n) < 0.85, _take(CITY_STATES, city), _take(CITY_STATE_NAMES, city))
+    state = _where(uk, _where(rng.random(n) < 0.3, "Greater London", ""), us_state)
+    zip4 = ~uk & (rng.random(n) < 0.05)
+    postal = _patch(_take(p.postal_code, rows), zip4,
+                    lambda v: _join(v, "-", _take(DIGITS4, rng.integers(0, 10_000, len(v)))))
+    country = _where(uk, _choice(rng, _text(UK_COUNTRIES[0]), n, UK_COUNTRIES[1]),
+                     _choice(rng, _text(US_COUNTRIES[0]), n, US_COUNTRIES[1]))
+    _count(stats, "multiline_streets", multiline.sum())
+    return _Address(street, _where(uk, "London", _take(CITY_NAMES, city)), state, postal, country)
+
+
+# ----------------------------------------------------------------------------------------------
+# Salesforce records
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _CrmPlan:
+    """Which person has which Salesforce rows."""
+    has_contact: np.ndarray
+    has_lead: np.ndarray
+    converted: np.ndarray
+    contact_duplicate: np.ndarray
+    duplicate_merged: np.ndarray
+    lead_duplicate: np.ndarray
+    contact_created: np.ndarray    # seconds; meaningful where has_contact
+
+
+def _crm_plan(rng: np.random.Generator, n: int) -> _CrmPlan:
+    has_contact = rng.random(n) < CONTACT_RATE
+    has_lead = rng.random(n) < np.where(has_contact, LEAD_RATE_WITH_CONTACT, LEAD_RATE_WITHOUT_CONTACT)
+    converted = has_contact & has_lead & (rng.random(n) < CONVERSION_RATE)
+    contact_duplicate = has_contact & (rng.random(n) < CONTACT_DUPLICATE_RATE)
+    duplicate_merged = contact_duplicate & (rng.random(n) < DUPLICATE_MERGED_RATE)
+    lead_duplicate = has_lead & ~converted & (rng.random(n) < LEAD_DUPLICATE_RATE)
+    contact_created = rng.integers(CRM_START, CRM_LAST_CREATE, n)
+    return _CrmPlan(has_contact, has_lead, converted, contact_duplicate, duplicate_merged, lead_duplicate,
+                    contact_created)
+
+
+@dataclass
+class _Rows:
+    """The rows of one object: local person index and ordinal (0 primary, 1 duplicate), primaries first."""
+    person: np.ndarray
+    duplicate: np.ndarray
+
+    @staticmethod
+    def of(primary: np.ndarray, duplicate: np.ndarray) -> _Rows:
+        first, second = np.flatnonzero(primary), np.flatnonzero(duplicate)
+        return _Rows(np.concatenate([first, second]), np.arange(len(first) + len(second)) >= len(first))
+
+    def __len__(self) -> int:
+        return len(self.person)
+
+
+@dataclass
+class _Ids:
+    """Both forms of each row's id, and the primary row of each person (-1 if none) for references."""
+    id15: pa.Array
+    id18: pa.Array
+    primary_row: np.ndarray
+
+    @staticmethod
+    def of(prefix: str, rows: _Rows, p: _People) -> _Ids:
+        id15, id18 = sf_ids(prefix, p.pid[rows.person] * RECORD_KEY_SLOTS + rows.duplicate)
+        primary_row = np.full(len(p), -1)
+        primary_row[rows.person[~rows.duplicate]] = np.flatnonzero(~rows.duplicate)
+        return _Ids(id15, id18, primary_row)
+
+    def references(self, rng: np.random.Generator, people: np.ndarray, mask: np.ndarray) -> pa.Array:
+        """A reference column: the primary id of each person where ``mask``, "" elsewhere; 15 or 18 chars."""
+        rows = np.where(mask, self.primary_row[people], -1)
+        return pc.fill_null(_as_written(rng, _take(self.id15, rows), _take(self.id18, rows)), "")
+
+
+@dataclass
+class _Table:
+    """Columns of one output file part, plus the true person of each row."""
+    columns: dict[str, pa.Array]
+    person: np.ndarray
+
+    def take(self, mask: np.ndarray) -> _Table:
+        arrow_mask = pa.array(mask)
+        return _Table({k: v.filter(arrow_mask) for k, v in self.columns.items()}, self.person[mask])
+
+
+def _person_fields(rng: np.random.Generator, p: _People, rows: _Rows, stats: dict) -> dict[str, pa.Array]:
+    """Name, email and phones of each row; duplicates get more typos and often another email address."""
+    person, duplicate = rows.person, rows.duplicate
+    first = _first_names(rng, p.first[person], CRM_NAMES, stats)
+    last = _last_names(rng, p.last[person], CRM_NAMES, stats)
+    first = _patch(first, duplicate, lambda _: _first_names(rng, p.first[person[duplicate]], DUPLICATE_NAMES, stats))
+    last = _patch(last, duplicate, lambda _: _last_names(rng, p.last[person[duplicate]], DUPLICATE_NAMES, stats))
+    use_alt = duplicate & (rng.random(len(rows)) < 0.5)
+    local = _where(use_alt, _take(p.alt_local, person), _take(p.email_local, person))
+    domain = _where(use_alt, _take(p.alt_domain, person), _take(p.email_domain, person))
+    phone, mobile = _crm_phones(rng, p, person, stats)
+    return {"first": first, "last": last, "email": _emails(rng, local, domain, CRM_EMAILS), "phone": phone,
+            "mobile": mobile}
+
+
+def _deleted(rng: np.random.Generator, merged_loser: np.ndarray, stats: dict, key: str) -> pa.Array:
+    """Merge losers, plus a few rows sitting in the recycle bin."""
+    deleted = merged_loser | (rng.random(len(merged_loser)) < RECYCLE_BIN_RATE)
+    _count(stats, key, deleted.sum())
+    return _take(BOOLEANS, deleted.astype(np.int64))
+
+
+def _modified_after(rng: np.random.Generator, created: np.ndarray) -> np.ndarray:
+    return created + (rng.random(len(created)) * (CRM_END - created)).astype(np.int64)
+
+
+def _contacts(rng: np.random.Generator, p: _People, plan: _CrmPlan, stats: dict) -> tuple[_Table, _Ids]:
+    """Contact rows, and their ids for the leads that reference them."""
+    rows = _Rows.of(plan.has_contact, plan.contact_duplicate)
+    person, duplicate, n = rows.person, rows.duplicate, len(rows)
+    ids = _Ids.of("003", rows, p)
+    merged_loser = duplicate & plan.duplicate_merged[person]
+    created = plan.contact_created[person].copy()
+    later = np.minimum(created + rng.integers(30 * DAY_S, 700 * DAY_S, n), CRM_END - DAY_S)
+    created = np.where(duplicate, later, created)
+    _, account18 = sf_ids("001", p.company[person])
+    fields = _person_fields(rng, p, rows, stats)
+    address = _addresses(rng, p, person, stats)
+    columns = {
+        "Id": _as_written(rng, ids.id15, ids.id18),
+        "AccountId": _where(rng.random(n) < ACCOUNT_ID_RATE, account18, ""),
+        "FirstName": fields["first"], "LastName": fields["last"], "Email": fields["email"],
+        "Phone": fields["phone"], "MobilePhone": fields["mobile"], "MailingStreet": address.street,
+        "MailingCity": address.city, "MailingState": address.state, "MailingPostalCode": address.postal_code,
+        "MailingCountry": address.country,
+        "Birthdate": _where(rng.random(n) < BIRTHDATE_RATE, _dates(p.birth_day[person]), ""),
+        "IsDeleted": _deleted(rng, merged_loser, stats, "deleted_contacts"),
+        "MasterRecordId": ids.references(rng, person, merged_loser),
+        "CreatedDate": _sf_datetimes(created), "LastModifiedDate": _sf_datetimes(_modified_after(rng, created)),
+    }
+    _count(stats, "merged_contacts", merged_loser.sum())
+    _count(stats, "live_duplicate_contacts", (duplicate & ~merged_loser).sum())
+    _count_id_lengths(stats, columns["Id"], columns["MasterRecordId"])
+    return _Table(columns, p.pid[person]), ids
+
+
+def _lead_companies(rng: np.random.Generator, p: _People, pools: _Pools, person: np.ndarray) -> pa.Array:
+    """The employer as typed on a web form: exact, without suffix, shouted, or a consumer placeholder."""
+    n = len(person)
+    kind = rng.choice(4, size=n, p=[0.70, 0.12, 0.04, 0.14])
+    exact = _take(pools.company_name, p.company[person])
+    consumer = _where(rng.random(n) < 0.8, _choice(rng, _text(CONSUMER_COMPANIES), n), _take(LAST, p.last[person]))
+    bare = _company_names(p.company[person], with_suffix=False)
+    return _by_group(kind, [exact.filter(pa.array(kind == 0)), bare.filter(pa.array(kind == 1)),
+                            pc.utf8_upper(exact.filter(pa.array(kind == 2))), consumer.filter(pa.array(kind == 3))])
+
+
+def _leads(rng: np.random.Generator, p: _People, pools: _Pools, plan: _CrmPlan, contact_ids: _Ids,
+           stats: dict) -> _Table:
+    rows = _Rows.of(plan.has_lead, plan.lead_duplicate)
+    person, duplicate, n = rows.person, rows.duplicate, len(rows)
+    ids = _Ids.of("00Q", rows, p)
+    converted = ~duplicate & plan.converted[person]
+    contact_created = plan.contact_created[person]
+    # A converted lead existed before the contact it became; conversion day = the contact's creation day.
+    created = np.where(converted, contact_created - rng.integers(DAY_S, 180 * DAY_S, n),
+                       rng.integers(LEAD_START, CRM_LAST_CREATE, n))
+    modified = _modified_after(rng, np.where(converted, contact_created, created))
+    fields = _person_fields(rng, p, rows, stats)
+    junk = rng.random(n) < JUNK_LEAD_EMAIL_RATE
+    email = _patch(fields["email"], junk, lambda v: _choice(rng, _text(JUNK_EMAILS), len(v)))
+    address = _addresses(rng, p, person, stats)
+    columns = {
+        "Id": _as_written(rng, ids.id15, ids.id18), "FirstName": fields["first"], "LastName": fields["last"],
+        "Email": email, "Phone": fields["phone"], "MobilePhone": fields["mobile"],
+        "Company": _lead_companies(rng, p, pools, person), "Street": address.street, "City": address.city,
+        "State": address.state, "PostalCode": address.postal_code, "Country": address.country,
+        "IsDeleted": _deleted(rng, duplicate, stats, "deleted_leads"),
+        "IsConverted": _take(BOOLEANS, converted.astype(np.int64)),
+        "ConvertedContactId": contact_ids.references(rng, person, converted),
+        "ConvertedDate": _where(converted, _dates(contact_created // DAY_S), ""),
+        "MasterRecordId": ids.references(rng, person, duplicate),  # duplicates were merged into the primary
+        "CreatedDate": _sf_datetimes(created), "LastModifiedDate": _sf_datetimes(modified),
+    }
+    _count(stats, "junk_emails", junk.sum())
+    _count(stats, "converted_leads", converted.sum())
+    _count(stats, "merged_leads", duplicate.sum())
+    _count_id_lengths(stats, columns["Id"], columns["MasterRecordId"], columns["ConvertedContactId"])
+    return _Table(columns, p.pid[person])
+
+
+def _count_id_lengths(stats: dict, *id_columns: pa.Array) -> None:
+    for ids in id_columns:
+        length = pc.utf8_length(ids)
+        _count(stats, "ids_15_char", pc.sum(pc.equal(length, 15)).as_py() or 0)
+        _count(stats, "ids_18_char", pc.sum(pc.equal(length, 18)).as_py() or 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Segment events
+# ----------------------------------------------------------------------------------------------
+# Events are integer rows pointing into per-chunk string tables (cookies, devices, user ids, IPs),
+# so sorting and slicing them is cheap; strings are gathered with Arrow only when writing JSON.
+@dataclass
+class _Events:
+    person: np.ndarray     # local person index
+    ts: np.ndarray         # epoch milliseconds
+    etype: np.ndarray      # IDENTIFY / TRACK / PAGE / ALIAS
+    cookie: np.ndarray     # row in the anonymousId table; -1 for server-side calls
+    previous: np.ndarray   # row in the anonymousId table (alias previousId); -1 otherwise
+    device: np.ndarray     # row in the device table; -1 for server-side calls
+    user: np.ndarray       # row in the userId table; -1 when logged out
+    ip: np.ndarray         # row in the IP table
+
+    def take(self, index) -> _Events:
+        return _Events(**{k: v[index] for k, v in vars(self).items()})
+
+    def __len__(self) -> int:
+        return len(self.person)
+
+
+def _concat_events(parts: list[_Events]) -> _Events:
+    return _Events(**{k: np.concatenate([vars(part)[k] for part in parts]) for k in vars(parts[0])})
+
+
+@dataclass
+class _Devices:
+    kind: np.ndarray          # 0 web, 1 ios, 2 android
+    device_id: pa.Array
+    ad_id: pa.Array           # null on web
+    user_agent: pa.Array
+    snake_traits: np.ndarray  # the app writes first_name/last_name instead of firstName/lastName
+
+
+_USER_AGENTS = _text(ua for kind in sorted(USER_AGENTS) for ua in USER_AGENTS[kind])
+_UA_FIRST = np.cumsum([0] + [len(USER_AGENTS[k]) for k in sorted(USER_AGENTS)])[:-1]
+_UA_COUNT = np.array([len(USER_AGENTS[k]) for k in sorted(USER_AGENTS)])
+
+
+def _devices(rng: np.random.Generator, kind: np.ndarray, stats: dict) -> _Devices:
+    """IDFV upper-case UUIDs on iOS, 16-hex ANDROID_ID on Android, a UUID on web; ad ids only on mobile."""
+    n = len(kind)
+    ios, android = kind == 1, kind == 2
+    device_id = _where(android, _hex_strings(rng, n, 8), _uuids(rng, n, upper=ios))
+    zeroed = (ios & (rng.random(n) < ZERO_IDFA_RATE_IOS)) | (android & (rng.random(n) < ZERO_AAID_RATE_ANDROID))
+    ad_id = _where(zeroed, ZERO_AD_ID, _uuids(rng, n, upper=ios))
+    ad_id = _where(ios | android, ad_id, pa.scalar(None, pa.string()))
+    user_agent = _take(_USER_AGENTS, _UA_FIRST[kind] + (rng.random(n) * _UA_COUNT[kind]).astype(np.int64))
+    snake = np.where(android, rng.random(n) < 0.8, rng.random(n) < 0.2)
+    _count(stats, "zero_ad_id_devices", zeroed.sum())
+    return _Devices(kind.astype(np.int8), device_id, ad_id, user_agent, snake)
+
+
+def _kiosk_devices(pools: _Pools) -> _Devices:
+    """Shared store iPads: limit-ad-tracking on, so the IDFA is zeroed."""
+    k = len(pools.kiosk_device)
+    return _Devices(np.ones(k, np.int8), pools.kiosk_device, _const(ZERO_AD_ID, k), _const(USER_AGENTS[1][2], k),
+                    np.zeros(k, bool))
+
+
+def _concat_devices(parts: list[_Devices]) -> _Devices:
+    def concat(values):
+        return pa.concat_arrays(values) if isinstance(values[0], pa.Array) else np.concatenate(values)
+
+    return _Devices(**{k: concat([vars(part)[k] for part in parts]) for k in vars(parts[0])})
+
+
+def _cookie_counts(rng: np.random.Generator, n: int, stats: dict) -> np.ndarray:
+    reset = rng.random(n) < COOKIE_RESET_RATE
+    _count(stats, "cookie_reset_people", reset.sum())
+    return np.where(reset, rng.integers(6, 11, n), rng.choice([1, 2, 3, 4], size=n, p=[0.45, 0.3, 0.15, 0.1]))
+
+
+def _event_times(rng: np.random.Generator, counts: np.ndarray, busy: np.ndarray) -> np.ndarray:
+    """Each user's events in time order: a start day, then exponential gaps (hours for cookie-resetters)."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    start = EVENT_START_MS + rng.integers(0, 300 * DAY_MS, len(counts))
+    mean_gap = np.where(busy, 2 * 3600_000, 36 * 3600_000)[owner]
+    elapsed = np.cumsum(rng.exponential(1.0, len(owner)) * mean_gap).astype(np.int64)
+    first = _offsets(counts)
+    return start[owner] + elapsed - elapsed[first][owner]
+
+
+@dataclass
+class _OwnActivity:
+    events: _Events
+    devices: _Devices
+    cookies: pa.Array  # anonymousId of each cookie row
+
+
+def _own_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict,
+                mean_events: float = MEAN_EVENTS) -> _OwnActivity:
+    """Events on each user's own devices: rotating cookies, a login point, identify on new cookies after it."""
+    n, users = len(p), np.flatnonzero(p.has_events)
+    nu = len(users)
+    cookies = _cookie_counts(rng, nu, stats)
+    devices_per_user = np.minimum(rng.choice([1, 2, 3], size=nu, p=[0.6, 0.3, 0.1]), cookies)
+    counts = np.maximum(rng.geometric(1 / mean_events, nu), cookies)
+
+    devices = _devices(rng, rng.choice(3, size=int(devices_per_user.sum()), p=DEVICE_TYPE_WEIGHTS), stats)
+    # Cookie j of a user lives on device j mod (devices); cookies follow each other in time.
+    cookie_owner = np.repeat(np.arange(nu), cookies)
+    cookie_device = _offsets(devices_per_user)[cookie_owner] + _rank_within(cookies) % devices_per_user[cookie_owner]
+    cookie_anon = _uuids(rng, len(cookie_owner), upper=devices.kind[cookie_device] == 1)
+
+    owner = np.repeat(np.arange(nu), counts)
+    m = len(owner)
+    rank = _rank_within(counts)
+    segment = rank * cookies[owner] // counts[owner]
+    cookie = _offsets(cookies)[owner] + segment
+    ts = _event_times(rng, counts, cookies >= 6)
+
+    login_rank = (rng.random(nu) ** 2 * counts).astype(np.int64)
+    logged_in = p.has_user_id[users][owner] & (rank >= login_rank[owner])
+    new_cookie = np.ones(m, bool)
+    new_cookie[1:] = (segment[1:] != segment[:-1]) | (owner[1:] != owner[:-1])
+    identify = logged_in & ((rank == login_rank[owner]) | (new_cookie & (rng.random(m) < 0.7)) | (rng.random(m) < 0.02))
+    alias = logged_in & ~identify & (segment >= 1) & (rng.random(m) < 0.05)
+    etype = np.where(rng.random(m) < 0.55, TRACK, PAGE).astype(np.int8)
+    etype[identify], etype[alias] = IDENTIFY, ALIAS
+
+    person = users[owner]
+    user = np.where(logged_in, person, -1)
+    junk = ~logged_in & (rng.random(m) < JUNK_USER_ID_RATE)
+    user[junk] = n + rng.integers(0, len(JUNK_USER_IDS), int(junk.sum()))  # junk rows follow the people
+    _count(stats, "junk_user_ids", junk.sum())
+
+    device = cookie_device[cookie]
+    cellular = (devices.kind[device] != 0) & (rng.random(m) < CELLULAR_RATE)
+    ip = np.where(cellular, n + rng.integers(0, len(pools.nat_ip), m), person)  # NAT rows follow home IPs
+    _count(stats, "nat_ip_events", cellular.sum())
+
+    # Back-end calls (analytics-python) know the userId but no cookie, device or IP. A cookie's first
+    # event stays client-side so every cookie (and so every alias previousId) appears in the data.
+    server = (etype == TRACK) & logged_in & ~new_cookie & (rng.random(m) < SERVER_SIDE_RATE)
+    cookie[server], device[server] = -1, -1
+    _count(stats, "server_side_events", server.sum())
+    events = _Events(person, ts, etype, cookie, np.where(alias, cookie - 1, -1), device, user, ip)
+    return _OwnActivity(events, devices, cookie_anon)
+
+
+def _session_events(rng: np.random.Generator, people: np.ndarray, cookie: np.ndarray, device: np.ndarray,
+                    ip: np.ndarray) -> _Events:
+    """A short logged-in session per row: identify, then 1-3 track/page events a few minutes apart."""
+    counts = rng.integers(2, 5, len(people))
+    owner = np.repeat(np.arange(len(people)), counts)
+    rank = _rank_within(counts)
+    start = EVENT_START_MS + rng.integers(0, 330 * DAY_MS, len(people))
+    ts = start[owner] + rank * rng.integers(20_000, 600_000, len(owner))
+    etype = np.where(rank == 0, IDENTIFY, np.where(rng.random(len(owner)) < 0.55, TRACK, PAGE)).astype(np.int8)
+    person = people[owner]
+    return _Events(person, ts, etype, cookie[owner], np.full(len(owner), -1), device[owner], person, ip[owner])
+
+
+def _kiosk_events(rng: np.random.Generator, p: _People, first_cookie: int, first_device: int, first_ip: int,
+                  kiosks: int, stats: dict) -> _Events:
+    """Store kiosks: one anonymousId and one device id, many people logging in with their own userId."""
+    users = np.flatnonzero(p.has_user_id & (rng.random(len(p)) < KIOSK_USER_RATE))
+    kiosk = rng.integers(0, kiosks, len(users))
+    events = _session_events(rng, users, first_cookie + kiosk, first_device + kiosk, first_ip + kiosk)
+    _count(stats, "kiosk_users", len(users))
+    _count(stats, "kiosk_events", len(events))
+    return events
+
+
+def _family_tablets(rng: np.random.Generator, p: _People, first_cookie: int, first_device: int,
+                    stats: dict) -> tuple[_Events, _Devices, pa.Array]:
+    """A household tablet: one device id, two members each logging in on it with their own app profile."""
+    first = np.flatnonzero((p.household_rank == 0) & (p.household_size >= 2))
+    first = first[p.has_user_id[first] & p.has_user_id[first + 1]]
+    first = first[rng.random(len(first)) < FAMILY_TABLET_RATE]
+    n = len(first)
+    tablets = _devices(rng, np.where(rng.random(n) < 0.5, 1, 2), stats)
+    members = np.concatenate([first, first + 1])
+    tablet = np.concatenate([np.arange(n), np.arange(n)])
+    anon = _uuids(rng, 2 * n, upper=tablets.kind[tablet] == 1)
+    events = _session_events(rng, members, first_cookie + np.arange(2 * n), first_device + tablet, members)
+    _count(stats, "family_tablets", n)
+    return events, tablets, anon
+
+
+@dataclass
+class _EventTables:
+    """The strings events point into."""
+    anon: pa.Array            # own cookies, then kiosk anonymousIds, then tablet profiles
+    devices: _Devices         # own devices, then kiosks, then tablets
+    user_id: pa.Array         # the chunk's people, then JUNK_USER_IDS
+    ip: pa.Array              # the chunk's people (home IP), then the NAT pool, then kiosk IPs
+
+
+def _draw_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict,
+                 mean_events: float = MEAN_EVENTS) -> tuple[_Events, _EventTables]:
+    own = _own_events(rng, p, pools, stats, mean_events)
+    cookies, devices, kiosks = len(own.cookies), len(own.devices.kind), len(pools.kiosk_anon)
+    kiosk = _kiosk_events(rng, p, cookies, devices, len(p) + len(pools.nat_ip), kiosks, stats)
+    tablet, tablets, tablet_anon = _family_tablets(rng, p, cookies + kiosks, devices + kiosks, stats)
+    events = _concat_events([own.events, kiosk, tablet])
+    events = events.take(np.argsort(events.ts, kind="stable"))
+    tables = _EventTables(
+        anon=pa.concat_arrays([own.cookies, pools.kiosk_anon, tablet_anon]),
+        devices=_concat_devices([own.devices, _kiosk_devices(pools), tablets]),
+        user_id=pa.concat_arrays([p.user_id, _text(JUNK_USER_IDS)]),
+        ip=pa.concat_arrays([p.home_ip, pools.nat_ip, pools.kiosk_ip]))
+    return events, tables
+
+
+# ---- JSON assembly -----------------------------------------------------------------------------
+_EVENT_TYPE_NAMES = _text(EVENT_TYPES)
+_DEVICE_TYPE_NAMES = _text(DEVICE_TYPES)
+_TRACK_NAMES = _text(name for name, _, _ in TRACK_EVENTS)
+_TRACK_KINDS = np.array([kind for _, kind, _ in TRACK_EVENTS])
+_TRACK_WEIGHTS = np.array([w for _, _, w in TRACK_EVENTS]) / sum(w for _, _, w in TRACK_EVENTS)
+_PAGE_NAMES, _PAGE_PATHS = _text(n for n, _ in PAGES), _text(u for _, u in PAGES)
+_SERVER_CONTEXT = ',"context":{"library":{"name":"analytics-python","version":"2.3.2"}}'
+
+
+def _message_ids(rng: np.random.Generator, kind: np.ndarray) -> pa.Array:
+    """analytics.js writes ajs-<32 hex>; the mobile and server libraries write UUIDs (upper case on iOS)."""
+    codes = _uuid_codes(rng, len(kind), upper=kind == 1)
+    web = kind == 0
+    codes[web, :4] = np.frombuffer(b"ajs-", np.uint8)
+    codes[web, 4:] = _hex_codes(_random_bytes(rng, int(web.sum()), 16))
+    return _fixed_width(codes)
+
+
+def _prices(rng: np.random.Generator, n: int, low: int, high: int) -> pa.Array:
+    return _join(_num(rng.integers(low, high, n)), ".", _take(DIGITS2, rng.integers(0, 100, n)))
+
+
+def _track_json(rng: np.random.Generator, track: np.ndarray) -> pa.Array:
+    """',"event":...,"properties":{...}' for track calls, null for the others."""
+    n = int(track.sum())
+    which = rng.choice(len(_TRACK_KINDS), size=n, p=_TRACK_WEIGHTS)
+    kind = _TRACK_KINDS[which]
+    product = _join('{"product_id":"sku-', _take(DIGITS4, rng.integers(0, 10_000, n)), '","price":',
+                    _prices(rng, n, 5, 400), "}")
+    order = _join('{"order_id":"ord-', _hex_strings(rng, n, 5), '","revenue":', _prices(rng, n, 10, 900),
+                  ',"currency":"USD"}')
+    properties = _where(kind == 1, product, _where(kind == 2, order, "{}"))
+    return _scatter(_join(',"event":"', _take(_TRACK_NAMES, which), '","properties":', properties), track)
+
+
+def _page_json(rng: np.random.Generator, page: np.ndarray) -> pa.Array:
+    which = rng.integers(0, len(PAGES), int(page.sum()))
+    path = _take(_PAGE_PATHS, which)
+    body = _join(',"name":"', _take(_PAGE_NAMES, which), '","properties":{"url":"', SITE, path,
+                 '","path":"', path, '"}')
+    return _scatter(body, page)
+
+
+def _traits_json(rng: np.random.Generator, p: _People, person: np.ndarray, snake: np.ndarray, stats: dict) -> pa.Array:
+    """identify traits: the person's email (with everyday variants), often names, sometimes a phone."""
+    n = len(person)
+    email = _emails(rng, _take(p.email_local, person), _take(p.email_domain, person), TRAIT_EMAILS)
+    has_email = _to_numpy(pc.not_equal(email, ""))
+    names = rng.random(n) < 0.6
+    first = _first_names(rng, p.first[person], TRAIT_NAMES, stats)
+    last = _last_names(rng, p.last[person], TRAIT_NAMES, stats)
+    first_key = _where(snake, '"first_name":"', '"firstName":"')
+    last_key = _where(snake, '"last_name":"', '"lastName":"')
+    phone = rng.random(n) < 0.25
+    pieces = [_where(has_email, _join('"email":"', email, '"'), None),
+              _where(names, _join(first_key, first, '",', last_key, last, '"'), None),
+              _where(phone, _join('"phone":"', _formatted_phones(rng, p.mobile[person], p.uk[person]), '"'), None)]
+    # Join the rows that have traits only (see _join about all-null rows), then spread back.
+    some = has_email | names | phone
+    body = pc.binary_join_element_wise(*(piece.filter(pa.array(some)) for piece in pieces), ",", null_handling="skip")
+    return _join(',"traits":{', _scatter(body, some), "}")
+
+
+def _context_json(rng: np.random.Generator, p: _People, ev: _Events, kind: np.ndarray,
+                  tables: _EventTables) -> pa.Array:
+    """context.ip / userAgent / device{id,type,advertisingId}; context.traits.email on some logged-in calls."""
+    n = len(ev)
+    logged_in = (ev.user >= 0) & (ev.user < len(p))
+    with_email = logged_in & ((ev.etype == TRACK) | (ev.etype == PAGE)) & (rng.random(n) < 0.12)
+    person = ev.person[with_email]
+    email = _emails(rng, _take(p.email_local, person), _take(p.email_domain, person), TRAIT_EMAILS)
+    email_json = _scatter(_where(_to_numpy(pc.not_equal(email, "")), email, None), with_email)
+    devices = tables.devices
+    client = _join(',"context":{"ip":"', _take(tables.ip, ev.ip),
+                   '","userAgent":"', _take(devices.user_agent, ev.device),
+                   '","device":{"id":"', _take(devices.device_id, ev.device),
+                   '","type":"', _take(_DEVICE_TYPE_NAMES, kind), '"',
+                   _wrap(',"advertisingId":"', _take(devices.ad_id, ev.device), '"'), "}",
+                   _wrap(',"traits":{"email":"', email_json, '"}'), "}")
+    return _where(ev.device >= 0, client, _SERVER_CONTEXT)
+
+
+@dataclass
+class _EventSlice:
+    """What is written for a run of events: JSON lines and the raw values the truth table records."""
+    lines: pa.Array
+    message_id: pa.Array
+    anonymous_id: pa.Array
+    user_id: pa.Array
+    person: np.ndarray
+
+
+def _event_slice(rng: np.random.Generator, p: _People, ev: _Events, tables: _EventTables, stats: dict) -> _EventSlice:
+    """One compact JSON object + newline per event."""
+    kind = np.where(ev.device >= 0, tables.devices.kind[np.maximum(ev.device, 0)], -1)
+    message_id = _message_ids(rng, kind)
+    anon, user = _take(tables.anon, ev.cookie), _take(tables.user_id, ev.user)
+    # userId: the value when known; an explicit null from analytics.js; absent from the mobile SDKs.
+    user_json = pc.coalesce(_wrap(',"userId":"', user, '"'), _where(kind == 0, ',"userId":null', None))
+    identify = ev.etype == IDENTIFY
+    snake = tables.devices.snake_traits[np.maximum(ev.device[identify], 0)]
+    lines = _join('{"messageId":"', message_id, '","type":"', _take(_EVENT_TYPE_NAMES, ev.etype),
+                  '","timestamp":"', _iso_millis(ev.ts), '"', _wrap(',"anonymousId":"', anon, '"'), user_json,
+                  _scatter(_traits_json(rng, p, ev.person[identify], snake, stats), identify),
+                  _track_json(rng, ev.etype == TRACK), _page_json(rng, ev.etype == PAGE),
+                  _wrap(',"previousId":"', _take(tables.anon, ev.previous), '"'),
+                  _context_json(rng, p, ev, kind, tables), "}\n")
+    return _EventSlice(lines, message_id, anon, user, ev.person)
+
+
+def _batch_mask(person: np.ndarray, line_bytes: np.ndarray, batch_people: int) -> np.ndarray:
+    """Events of the first people (in id order) that fit in one Segment batch request."""
+    eligible = person < batch_people
+    per_person_events = np.bincount(person[eligible], minlength=batch_people)
+    per_person_bytes = np.bincount(person[eligible], weights=line_bytes[eligible], minlength=batch_people)
+    fits = (np.cumsum(per_person_events) <= BATCH_MAX_EVENTS) & (np.cumsum(per_person_bytes) <= BATCH_MAX_BYTES)
+    return eligible & fits[np.minimum(person, batch_people - 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing parts
+# ----------------------------------------------------------------------------------------------
+def _write_lines(f, lines: pa.Array) -> None:
+    """Write all values of a string array back to back (each value already ends with its newline)."""
+    if len(lines):
+        offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset: lines.offset + len(lines) + 1]
+        f.write(memoryview(lines.buffers()[2])[offsets[0]: offsets[-1]])
+
+
+def _csv_minimal(values: pa.Array) -> pa.Array:
+    """Quote only values holding a delimiter, quote or line break (what spreadsheets write)."""
+    needs = pc.match_substring_regex(values, '[,"\r\n]')
+    return pc.if_else(needs, _join('"', pc.replace_substring(values, '"', '""'), '"'), values)
+
+
+def _write_quoted_csv(path: Path, table: _Table, eol: str) -> None:
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid", eol=eol)
+    pacsv.write_csv(pa.table(table.columns), str(path), write_options=options)
+
+
+def _write_minimal_csv(path: Path, table: _Table) -> None:
+    pieces = []
+    for values in table.columns.values():
+        pieces += [_csv_minimal(values), ","]
+    pieces[-1] = "\n"
+    with open(path, "wb") as f:
+        _write_lines(f, _join(*pieces))
+
+
+def _write_ipc(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)
+
+
+RECORDS_SCHEMA = pa.schema([("source", pa.string()), ("record_key", pa.string()), ("person_id", pa.int64())])
+EVENTS_SCHEMA = pa.schema([("source", pa.string()), ("message_id", pa.string()), ("person_id", pa.int64()),
+                           ("anonymous_id", pa.string()), ("user_id", pa.string())])
+
+
+def _records_truth(source: str, tables: list[_Table]) -> pa.Table:
+    keys = pa.concat_arrays([t.columns["Id"] for t in tables])
+    people = np.concatenate([t.person for t in tables])
+    return pa.table({"source": _const(source, len(keys)), "record_key": keys,
+                     "person_id": pa.array(people, pa.int64())}, schema=RECORDS_SCHEMA)
+
+
+def _events_truth(source: str, part: _EventSlice, p: _People, keep: np.ndarray) -> pa.Table:
+    mask = pa.array(keep)
+    return pa.table({"source": _const(source, int(keep.sum())), "message_id": part.message_id.filter(mask),
+                     "person_id": pa.array(p.pid[part.person[keep]]), "anonymous_id": part.anonymous_id.filter(mask),
+                     "user_id": part.user_id.filter(mask)}, schema=EVENTS_SCHEMA)
+
+
+# ----------------------------------------------------------------------------------------------
+# One chunk (runs in a worker process)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ChunkTask:
+    plan: _Plan
+    index: int
+    out_dir: str
+    parts_dir: str
+
+    @property
+    def first_pid(self) -> int:
+        return self.index * self.plan.chunk_people
+
+    @property
+    def size(self) -> int:
+        return min(self.plan.chunk_people, self.plan.people - self.first_pid)
+
+    def part(self, name: str) -> Path:
+        return Path(self.parts_dir) / f"{self.index:05d}.{name}"
+
+
+def _run_chunk(task: _ChunkTask) -> dict:
+    """Generate one chunk, write its part files, return its counts."""
+    rng = np.random.default_rng(np.random.SeedSequence(task.plan.seed, spawn_key=(task.index,)))
+    pools = _shared_pools(task.plan)
+    stats: dict[str, int] = {}
+    p = _draw_people(rng, task.plan, pools, task.first_pid, task.size)
+    _count_people(stats, p)
+    _write_salesforce(rng, task, p, pools, stats)
+    if task.plan.events:  # events draw after the CRM, so the CRM bytes do not depend on this switch
+        events, tables = _draw_events(rng, p, pools, stats, task.plan.mean_events)
+        _write_events(rng, task, p, events, tables, stats)
+    if task.plan.visitors:  # its own random stream: nothing above depends on this switch
+        from resolver.synth import visitors as synth_visitors
+
+        synth_visitors.run_chunk(task, p, stats)
+    return stats
+
+
+def _count_people(stats: dict, p: _People) -> None:
+    _count(stats, "people", len(p))
+    _count(stats, "households", ((p.household_rank == 0) & (p.household_size >= 2)).sum())
+    _count(stats, "household_people", (p.household_size >= 2).sum())
+    _count(stats, "households_sharing_phone", (p.shares_home_phone & (p.household_rank == 0)).sum())
+    _count(stats, "uk_people", p.uk.sum())
+    _count(stats, "people_with_events", p.has_events.sum())
+    _count(stats, "people_with_user_id", p.has_user_id.sum())
+    _count(stats, "anonymous_only_people", (p.has_events & ~p.has_user_id).sum())
+
+
+def _write_salesforce(rng: np.random.Generator, task: _ChunkTask, p: _People, pools: _Pools, stats: dict) -> None:
+    """Contact parts (split at random between the two export files), the Lead part and the records truth part."""
+    plan = _crm_plan(rng, len(p))
+    contacts, contact_ids = _contacts(rng, p, plan, stats)
+    leads = _leads(rng, p, pools, plan, contact_ids, stats)
+    in_b = rng.random(len(contacts.person)) < 0.5
+    contacts_a, contacts_b = contacts.take(~in_b), contacts.take(in_b)
+    _write_quoted_csv(task.part("contact_a.csv"), contacts_a, "\n")
+    _write_quoted_csv(task.part("contact_b.csv"), contacts_b, "\r\n")
+    _write_minimal_csv(task.part("lead.csv"), leads)
+    _write_ipc(task.part("records.arrow"), pa.concat_tables([_records_truth("sf_contacts", [contacts_a, contacts_b]),
+                                                             _records_truth("sf_leads", [leads])]))
+    _count(stats, "contacts_a", len(contacts_a.person))
+    _count(stats, "contacts_b", len(contacts_b.person))
+    _count(stats, "leads", len(leads.person))
+    _count(stats, "people_with_contact", plan.has_contact.sum())
+    _count(stats, "people_with_lead", plan.has_lead.sum())
+
+
+def _write_events(rng: np.random.Generator, task: _ChunkTask, p: _People, events: _Events, tables: _EventTables,
+                  stats: dict) -> None:
+    """Write the chunk's JSONL file (and, for chunk 0, the batch file) plus the events truth part."""
+    slices = (_event_slice(rng, p, events.take(slice(start, start + JSON_SLICE)), tables, stats)
+              for start in range(0, len(events), JSON_SLICE))  # slices bound the memory of JSON assembly
+    batch = np.zeros(len(events), bool)
+    if task.index == 0:  # the batch takes whole people, so look at all of chunk 0 before writing
+        slices = list(slices)
+        line_bytes = np.concatenate([pc.binary_length(s.lines).to_numpy() for s in slices] + [np.zeros(0)])
+        batch = _batch_mask(events.person, line_bytes, task.plan.batch_people)
+    truth, batch_truth, batch_lines = [], [], []
+    offset = 0
+    with open(Path(task.out_dir) / "segment" / f"events-{task.index:05d}.jsonl", "wb") as jsonl:
+        for part in slices:
+            in_batch = batch[offset: offset + len(part.person)]
+            offset += len(part.person)
+            _write_lines(jsonl, part.lines.filter(pa.array(~in_batch)))
+            truth.append(_events_truth("segment", part, p, ~in_batch))
+            if in_batch.any():
+                batch_lines += [line.rstrip("\n").encode()
+                                for line in part.lines.filter(pa.array(in_batch)).to_pylist()]
+                batch_truth.append(_events_truth("segment_batch", part, p, in_batch))
+    if task.index == 0:
+        with open(Path(task.out_dir) / "segment" / "batch-00000.json", "wb") as f:
+            f.write(b'{"batch":[' + b",".join(batch_lines) + b"]}\n")
+    parts = truth + batch_truth
+    _write_ipc(task.part("events.arrow"), pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table())
+    for k, name in enumerate(EVENT_TYPES):
+        _count(stats, f"{name}_events", (events.etype == k).sum())
+    _count(stats, "events_batch", batch.sum())
+    _count(stats, "events_jsonl", len(events) - batch.sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# Orchestration
+# ----------------------------------------------------------------------------------------------
+def _chunk_results(tasks: list[_ChunkTask], workers: int) -> Iterator[dict]:
+    """Chunk stats in chunk order, computed in-process or by a spawn-based process pool."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_run_chunk, tasks)
+        return
+    with worker_pool(min(workers, len(tasks))) as pool:
+        yield from pool.map(_run_chunk, tasks)
+
+
+class _Assembler:
+    """Appends each chunk's parts, in chunk order, to the final CSV and parquet files."""
+
+    def __init__(self, out: Path, files: contextlib.ExitStack, visitors: bool = False):
+        sf = out / "salesforce"
+        self.csv = {part: files.enter_context(open(sf / name, "wb")) for part, name in  # noqa: SIM115
+                    (("contact_a.csv", "Contact_a.csv"), ("contact_b.csv", "Contact_b.csv"), ("lead.csv", "Lead.csv"))}
+        self.csv["contact_a.csv"].write((",".join(f'"{c}"' for c in CONTACT_COLUMNS) + "\n").encode())
+        self.csv["contact_b.csv"].write((",".join(f'"{c.upper()}"' for c in CONTACT_COLUMNS) + "\r\n").encode())
+        self.csv["lead.csv"].write((",".join(LEAD_COLUMNS) + "\n").encode())
+        self.records = files.enter_context(
+            pq.ParquetWriter(out / "truth" / "records.parquet", RECORDS_SCHEMA, compression="zstd"))
+        self.events = files.enter_context(
+            pq.ParquetWriter(out / "truth" / "events.parquet", EVENTS_SCHEMA, compression="zstd"))
+        self.visitors = None
+        if visitors:
+            from resolver.synth import visitors as synth_visitors
+
+            self.visitors = synth_visitors.Assembler(out, files)
+
+    def append(self, task: _ChunkTask) -> None:
+        for name, f in self.csv.items():
+            with open(task.part(name), "rb") as part:
+                shutil.copyfileobj(part, f, 1 << 20)
+            task.part(name).unlink()
+        for name, writer in (("records.arrow", self.records), ("events.arrow", self.events)):
+            if not task.part(name).exists():  # no events part when events are not generated
+                continue
+            with pa.memory_map(str(task.part(name))) as source:
+                writer.write_table(pa.ipc.open_file(source).read_all())
+            task.part(name).unlink()
+        if self.visitors is not None:
+            self.visitors.append(task)
+
+
+def _prepare_out_dir(out: Path, events: bool, visitors: bool = False) -> None:
+    """Create the layout and remove files a previous run may have left (a stale events file would be read)."""
+    from resolver.synth import visitors as synth_visitors
+
+    for sub in ("salesforce", "segment", "truth") if events else ("salesforce", "truth"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for stale in list((out / "segment").glob("events-*.jsonl")) + list((out / "segment").glob("batch-*.json")):
+        stale.unlink()
+    synth_visitors.remove_stale(out)
+    if visitors:
+        synth_visitors.prepare(out)
+
+
+def _files_written(plan: _Plan) -> list[str]:
+    files = ["resolver.yaml", "manifest.json", "salesforce/Contact_a.csv", "salesforce/Contact_b.csv",
+             "salesforce/Lead.csv", "truth/records.parquet", "truth/events.parquet"]
+    if plan.events:
+        files += ["segment/batch-00000.json"] + [f"segment/events-{i:05d}.jsonl" for i in range(plan.chunks)]
+    return sorted(files)
+
+
+def _write_config(out: Path, events: bool, visitors: bool = False) -> None:
+    """Copy the default config; without events, drop its event sources (their globs would match no files);
+    with visitors, add the visitor sources and identity types."""
+    with importlib.resources.as_file(importlib.resources.files("resolver") / "defaults" / "synthetic.yaml") as config:
+        if events and not visitors:
+            shutil.copyfile(config, out / "resolver.yaml")
+            return
+        text = Path(config).read_bytes().decode("utf-8")
+    if not events:
+        text = _without_event_sources(text)
+    if visitors:
+        from resolver.synth import visitors as synth_visitors
+
+        text = synth_visitors.with_visitor_config(text)
+    (out / "resolver.yaml").write_bytes(text.encode("utf-8"))
+
+
+def _without_event_sources(text: str) -> str:
+    """The config text with every ``kind: events`` source removed, comments kept.
+
+    Sources are the ``  - name:`` items of the top-level ``sources:`` block; an item is cut from its
+    ``- name:`` line up to the next item or the next top-level key."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    item: list[str] = []
+    in_sources = False
+
+    def flush() -> None:
+        if not any(line.strip() == "kind: events" for line in item):
+            out.extend(item)
+        item.clear()
+
+    for line in lines:
+        top_level = bool(line.strip()) and not line[0].isspace() and not line.startswith("#")
+        if top_level:
+            flush()
+            in_sources = line.startswith("sources:")
+            out.append(line)
+        elif in_sources and line.startswith("  - "):
+            flush()
+            item.append(line)
+        elif item:
+            item.append(line)
+        else:
+            out.append(line)
+    flush()
+    return "".join(out)
+
+
+def _manifest(plan: _Plan, stats: dict) -> dict:
+    contacts = stats.get("contacts_a", 0) + stats.get("contacts_b", 0)
+    leads = stats.get("leads", 0)
+    events = stats.get("events_jsonl", 0) + stats.get("events_batch", 0)
+    noise_keys = ["junk_emails", "junk_phones", "junk_user_ids", "zero_ad_id_devices", "kiosk_users", "kiosk_events",
+                  "nat_ip_events", "households", "household_people", "households_sharing_phone",
+                  "household_phone_values", "family_tablets", "multiline_streets", "nicknames", "name_typos",
+                  "ids_15_char", "ids_18_char", "cookie_reset_people", "server_side_events", "uk_people"]
+    noise = {k: stats.get(k, 0) for k in noise_keys}
+    noise["kiosks"], noise["nat_ips"] = plan.kiosks, plan.nat_ips
+    counts = {k: v for k, v in sorted(stats.items())
+              if k not in noise and k != "people" and not k.startswith("visitor_")}
+    manifest = {
+        "generator": "resolver.synth.people", "people": plan.people, "seed": plan.seed, "chunk_people": plan.chunk_people,
+        "chunks": plan.chunks, "contacts": contacts, "leads": leads, "crm_rows": contacts + leads,
+        "events": events, "deleted_rows": stats.get("deleted_contacts", 0) + stats.get("deleted_leads", 0),
+        "counts": counts, "noise": noise, "files": _files_written(plan),
+    }
+    if plan.mean_events != MEAN_EVENTS:  # only when asked for: default manifests stay as they were
+        manifest["events_per_person"] = plan.mean_events
+    if plan.visitors:
+        from resolver.synth import visitors as synth_visitors
+
+        manifest["visitors"] = synth_visitors.manifest_section(stats, plan.people)
+    return manifest
+
+
+def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: int = 100_000,
+             workers: int = 2, progress: Callable[[int], None] | None = None, events: bool = True,
+             visitors: bool = False, events_per_person: float = MEAN_EVENTS) -> dict:
+    """Write a synthetic Salesforce + Segment dataset with ground truth to ``out_dir``.
+
+    Output is a pure function of (people, seed, chunk_people): byte-identical for any ``workers``.
+    ``events=False`` writes only the Salesforce CSVs and truth/records.parquet (plus an empty
+    truth/events.parquet and a resolver.yaml without the Segment sources); the CRM files are
+    byte-identical to those written with events, since each chunk draws its events after its CRM rows.
+    ``visitors=True`` adds the web-visitor layer (resolver/synth/visitors.py: Segment, GA4, Tealium and
+    Adobe visitor events, truth/visitors.parquet, truth/visitor_events.parquet, their config sources);
+    it draws from its own random streams, so every file written without it is byte-identical with it
+    (except resolver.yaml and manifest.json, which gain the visitor parts).
+    ``events_per_person`` sets the mean of each user's own events (more makes an events-heavy
+    dataset with the same people and CRM rows).
+    ``progress(n_people_done)`` is called after each chunk. Returns the manifest (also in manifest.json).
+    With workers > 1 chunks run in spawned processes, so scripts must call this under
+    ``if __name__ == "__main__":``.
+    """
+    if people < 1 or chunk_people < 1 or seed < 0 or events_per_person < 1:
+        raise ValueError("people and chunk_people must be positive, seed non-negative, events_per_person >= 1")
+    if people > MAX_PEOPLE:  # home phones are numbered people + household: London has 2 * 10**7 of them
+        raise ValueError(f"at most {MAX_PEOPLE:,} people per dataset (got {people:,})")
+    out = Path(out_dir)
+    plan = _Plan(int(people), int(seed), int(chunk_people), bool(events), bool(visitors), float(events_per_person))
+    _prepare_out_dir(out, plan.events, plan.visitors)
+    parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
+    tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
+    totals: dict[str, int] = {}
+    done = 0
+    try:
+        with contextlib.ExitStack() as files:
+            assembler = _Assembler(out, files, plan.visitors)
+            for task, stats in zip(tasks, _chunk_results(tasks, workers)):
+                assembler.append(task)
+                for k, v in stats.items():
+                    _count(totals, k, v)
+                done += task.size
+                if progress is not None:
+                    progress(done)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    _write_config(out, plan.events, plan.visitors)
+    manifest = _manifest(plan, totals)
+    if plan.visitors:
+        manifest["files"] = sorted(manifest["files"] + assembler.visitors.files(plan.chunks))
+    (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    return manifest
