@@ -1400,7 +1400,7 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
     counts = {k: v for k, v in sorted(stats.items())
               if k not in noise and k != "people" and not k.startswith("visitor_")}
     manifest = {
-        "generator": "resolver.synth.people", "people": plan.people, "seed": plan.seed, "chunk_people": plan.chunk_people,
+        "generator": "resolver.synth", "people": plan.people, "seed": plan.seed, "chunk_people": plan.chunk_people,
         "chunks": plan.chunks, "contacts": contacts, "leads": leads, "crm_rows": contacts + leads,
         "events": events, "deleted_rows": stats.get("deleted_contacts", 0) + stats.get("deleted_leads", 0),
         "counts": counts, "noise": noise, "files": _files_written(plan),
