@@ -434,13 +434,14 @@ def test_phone_number_spaces_hold_the_largest_dataset_without_collisions():
     own London number, and an index outside a bijection's space is refused, never walked forever."""
     import numpy as np
 
-    from resolver.synth.people import MAX_PEOPLE, _london_numbers, _permute
+    from resolver.synth.columns import permute
+    from resolver.synth.people import MAX_PEOPLE, _london_numbers
 
     index = np.concatenate([np.arange(0, 2 * MAX_PEOPLE, 997), [10**7 - 1, 10**7, 2 * MAX_PEOPLE - 1]])
     numbers = _london_numbers(np.random.default_rng(1).random(len(index)), 7, index, np.ones(len(index), bool))
     assert len(np.unique(numbers)) == len(index)
     assert set(np.unique(numbers // 10**7)) <= {3, 7, 8}
     with pytest.raises(ValueError, match="must lie in"):
-        _permute(np.array([5, 10**7]), 10**7, 7, purpose=2)
+        permute(np.array([5, 10**7]), 10**7, 7, purpose=2)
     with pytest.raises(ValueError, match="at most"):
         generate("/nonexistent-never-written", MAX_PEOPLE + 1)

@@ -16,6 +16,7 @@ records (profiles).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -26,9 +27,15 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+
+from resolver.compute.backend import BackendUnavailable, select_backend
+from resolver.config import load_config
+from resolver.outputs.evaluate import evaluate_outputs
+from resolver.synth.people import generate
 
 INGEST = "ingest (read + normalize, wall)"
 GPU_MEMORY_GIB = {"h200": 141, "h100": 80, "a100": 80, "a100-40gb": 40, "l40s": 48, "l4": 24, "a10": 24}
@@ -64,8 +71,6 @@ def _gpus() -> list[str]:
 
 def machine_info() -> dict:
     """What the measurements ran on: CPU model and cores, memory, GPUs, Python and library versions."""
-    from importlib.metadata import PackageNotFoundError, version
-
     libraries = {}
     for name in ("resolver", "numpy", "pandas", "pyarrow", "scipy", "numba", "dask", "distributed", "cupy-cuda13x",
                  "cudf-cu13", "cugraph-cu13"):
@@ -110,8 +115,6 @@ class GpuMemorySampler:
 # Measuring
 # ---------------------------------------------------------------------------------------------
 def available_backends() -> list[str]:
-    from resolver.compute.backend import BackendUnavailable, select_backend
-
     found = ["cpu"]
     try:
         select_backend("gpu")
@@ -122,14 +125,10 @@ def available_backends() -> list[str]:
 
 
 def available_engines() -> list[str]:
-    import importlib.util
-
     return ["local"] + (["dask"] if importlib.util.find_spec("distributed") is not None else [])
 
 
 def _dataset(data_dir: Path, people: int, seed: int) -> Path:
-    from resolver.synth.people import generate
-
     target = data_dir / f"people-{people}-seed-{seed}"
     if not (target / "manifest.json").exists():
         generate(target, people, seed=seed, workers=1)
@@ -138,9 +137,6 @@ def _dataset(data_dir: Path, people: int, seed: int) -> Path:
 
 def measure_once(data: Path, out: Path, backend: str, engine: str) -> dict:
     """One run in its own process; its stages, throughput, peak memory and accuracy."""
-    from resolver.config import load_config
-    from resolver.outputs.evaluate import evaluate_outputs
-
     command = [sys.executable, "-m", "resolver", "run", "--config", str(data / "resolver.yaml"), "--out", str(out),
                "--quiet", "--backend", backend, "--engine", engine]
     sampler = GpuMemorySampler() if backend == "gpu" else None

@@ -39,8 +39,8 @@ Salesforce ids; merged and live duplicate contacts; converted leads; households 
 address and home phone; a family tablet used by two members; store kiosks whose single anonymousId and
 device id are used by many people; carrier NAT IPs; rotating cookies; junk userIds and zeroed IDFAs.
 
-Every generated string is drawn from the constant tables below (checked to need no JSON escaping),
-which is what lets the JSON lines be assembled by plain vectorized concatenation.
+Every generated string is drawn from the constant tables of resolver/synth/tables.py (checked to need
+no JSON escaping), which is what lets the JSON lines be assembled by plain vectorized concatenation.
 """
 
 from __future__ import annotations
@@ -59,9 +59,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from unidecode import unidecode
 
 from resolver.compute.workers import worker_pool
+from resolver.synth import visitors as synth_visitors
+from resolver.synth.columns import (
+    DAY_MS, DAY_S, by_group, choice, const, count, dates, digit_codes, epoch_s, fixed_width, hex_strings, ips,
+    iso_millis, join, message_ids, num, offsets, patch, permute, rank_within, scatter, sf_datetimes, take, text,
+    to_numpy, uuids, where, wrap, write_ipc, write_lines,
+)
+from resolver.synth.tables import (
+    ALIAS, AREA_CODES, BOOLEANS, CITY_NAMES, CITY_STATE_NAMES, CITY_STATES, CITY_ZIP3, COMPANY_NOUNS,
+    COMPANY_STEMS, COMPANY_SUFFIXES, CONSUMER_COMPANIES, DEVICE_TYPE_WEIGHTS, DEVICE_TYPES, DIGITS2, DIGITS4,
+    EMAIL_TAGS, EVENT_TYPES, EXCHANGES, FIRST_ASCII, FIRST_GENDER, FIRST_INITIALS, FIRST_LETTERS, FIRST_NAMES,
+    FIRST_NICKNAMES, GENDER_TITLES, HAS_NICKNAME, IDENTIFY, JUNK_EMAILS, JUNK_PHONES, JUNK_USER_IDS, LAST,
+    LAST_ASCII, LAST_LETTERS, LAST_NAMES, PAGE, PAGES, POOL_STREAM, PUBLIC_DOMAINS, SITE, STREETS, TRACK,
+    TRACK_EVENTS, UK_COUNTRIES, UK_INCODE_LETTERS, UK_OUTCODES, UK_SUFFIXES, UNIT_LABELS, US_CITIES,
+    US_COUNTRIES, US_SUFFIXES, USER_AGENTS, ZERO_AD_ID, ascii_letters,
+)
 
 __all__ = ["generate", "sf_ids", "CONTACT_COLUMNS", "LEAD_COLUMNS"]
 
@@ -104,154 +118,11 @@ BATCH_MAX_EVENTS = 2000
 BATCH_MAX_BYTES = 480_000              # Segment's HTTP batch limit is 500 KB
 JSON_SLICE = 200_000                   # events per vectorized JSON assembly pass (bounds memory)
 
-DAY_S = 86_400
-DAY_MS = DAY_S * 1000
+CRM_START, CRM_LAST_CREATE, CRM_END = epoch_s("2016-01-01"), epoch_s("2024-10-01"), epoch_s("2025-01-31")
+LEAD_START = epoch_s("2015-06-01")
+EVENT_START_MS = epoch_s("2024-01-01") * 1000
+BIRTH_FIRST_DAY, BIRTH_LAST_DAY = epoch_s("1950-01-01") // DAY_S, epoch_s("2005-12-31") // DAY_S
 
-
-def _epoch_s(day: str) -> int:
-    return int(np.datetime64(day, "s").astype(np.int64))
-
-
-CRM_START, CRM_LAST_CREATE, CRM_END = _epoch_s("2016-01-01"), _epoch_s("2024-10-01"), _epoch_s("2025-01-31")
-LEAD_START = _epoch_s("2015-06-01")
-EVENT_START_MS = _epoch_s("2024-01-01") * 1000
-BIRTH_FIRST_DAY, BIRTH_LAST_DAY = _epoch_s("1950-01-01") // DAY_S, _epoch_s("2005-12-31") // DAY_S
-
-# ----------------------------------------------------------------------------------------------
-# Vocabulary
-# ----------------------------------------------------------------------------------------------
-# (formal name, nickname, gender 0=m 1=f)
-_NICKNAMED = [
-    ("William", "Bill", 0), ("Robert", "Bob", 0), ("James", "Jim", 0), ("Richard", "Dick", 0),
-    ("Michael", "Mike", 0), ("Thomas", "Tom", 0), ("Christopher", "Chris", 0), ("Daniel", "Dan", 0),
-    ("Matthew", "Matt", 0), ("Anthony", "Tony", 0), ("Joseph", "Joe", 0), ("Charles", "Chuck", 0),
-    ("Edward", "Ted", 0), ("Samuel", "Sam", 0), ("Benjamin", "Ben", 0), ("Alexander", "Alex", 0),
-    ("Nicholas", "Nick", 0), ("Jonathan", "Jon", 0), ("Steven", "Steve", 0), ("Andrew", "Andy", 0),
-    ("Timothy", "Tim", 0), ("Gregory", "Greg", 0), ("Kenneth", "Ken", 0), ("Theodore", "Teddy", 0),
-    ("Lawrence", "Larry", 0), ("José", "Pepe", 0),
-    ("Margaret", "Peggy", 1), ("Elizabeth", "Liz", 1), ("Katherine", "Kate", 1), ("Jennifer", "Jenny", 1),
-    ("Patricia", "Patty", 1), ("Susan", "Sue", 1), ("Deborah", "Debbie", 1), ("Rebecca", "Becky", 1),
-    ("Jessica", "Jess", 1), ("Victoria", "Vicky", 1), ("Abigail", "Abby", 1), ("Catherine", "Cathy", 1),
-    ("Kimberly", "Kim", 1), ("Christine", "Chrissy", 1), ("Dorothy", "Dot", 1), ("Barbara", "Barb", 1),
-]
-_PLAIN_FIRST = [
-    ("Liam", 0), ("Noah", 0), ("Ethan", 0), ("Lucas", 0), ("Mason", 0), ("Omar", 0), ("Mohammed", 0),
-    ("Carlos", 0), ("Luis", 0), ("Juan", 0), ("Hiroshi", 0), ("Wei", 0), ("Arjun", 0), ("Dmitri", 0),
-    ("André", 0), ("François", 0), ("Björn", 0), ("Søren", 0), ("Raúl", 0), ("Olumide", 0),
-    ("Min-jun", 0), ("Tomás", 0),
-    ("Mary", 1), ("Linda", 1), ("Sarah", 1), ("Emily", 1), ("Olivia", 1), ("Emma", 1), ("Sophia", 1),
-    ("Mia", 1), ("Ava", 1), ("Priya", 1), ("Aisha", 1), ("Fatima", 1), ("Ana", 1), ("Lucía", 1),
-    ("Zoë", 1), ("Chloé", 1), ("Renée", 1), ("Anaïs", 1), ("Mónica", 1), ("Siobhán", 1), ("Ngozi", 1),
-    ("Yuki", 1), ("Seo-yeon", 1), ("Ananya", 1), ("Olga", 1), ("Ingrid", 1),
-]
-LAST_NAMES = [
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
-    "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore",
-    "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Ramirez",
-    "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright", "Scott", "Torres", "Nguyen",
-    "Hill", "Flores", "Green", "Adams", "Nelson", "Baker", "Hall", "Rivera", "Campbell", "Mitchell",
-    "Carter", "Roberts", "Müller", "O'Neil", "O'Brien", "García", "Núñez", "Peña", "Lefèvre",
-    "Ødegaard", "Kim", "Patel", "Shah", "Chen", "Wang", "Zhang", "Li", "Liu", "Singh", "Kumar", "Khan",
-    "Ali", "Cohen", "Schmidt", "Schneider", "Fischer", "Weber", "Rossi", "Russo", "Ferrari",
-    "D'Angelo", "McDonald", "MacLeod", "van der Berg", "de la Cruz", "Smith-Jones", "Johansson",
-    "Andersson", "Nowak", "Kowalski", "Dubois", "Moreau", "Yamamoto", "Tanaka", "Suzuki", "Sato",
-    "Okafor", "Adeyemi", "Murphy", "Kelly", "Sullivan", "Walsh", "Byrne", "Ryan", "Fitzgerald",
-    "Gallagher", "Reyes", "Cruz", "Morales", "Ortiz", "Gutierrez", "Chavez", "Ramos", "Ruiz",
-    "Alvarez", "Mendoza", "Castillo", "Jiménez", "Vásquez", "Romero", "Herrera", "Medina", "Aguilar",
-    "Vargas", "Guzmán", "Muñoz", "Rojas", "Schäfer", "Łukasik", "Björk", "Brontë",
-]
-TITLES = [["Mr. ", "Dr. ", "Mr "], ["Ms. ", "Mrs. ", "Dr. "]]  # by gender
-STREETS = [
-    "Main", "Oak", "Maple", "Cedar", "Pine", "Elm", "Washington", "Lake", "Hill", "Park", "Sunset",
-    "Lincoln", "Jefferson", "Madison", "Franklin", "Highland", "Church", "Mill", "Spring", "River",
-    "Valley", "Forest", "Meadow", "Ridge", "Willow", "Birch", "Chestnut", "Walnut", "Cherry", "Adams",
-    "Jackson", "Market", "Broad", "Center", "Union", "Liberty", "Grove", "Harbor", "King", "Queen",
-]
-US_SUFFIXES = ["St", "Ave", "Rd", "Blvd", "Ln", "Dr", "Way", "Ct", "Pl", "Street", "Avenue"]
-UK_SUFFIXES = ["Road", "Street", "Lane", "Close", "Gardens", "Terrace"]
-UNIT_LABELS = ["Apt ", "Suite ", "Unit ", "#", "Apt. ", "Flat "]
-# (city, state code, state name, first 3 zip digits)
-US_CITIES = [
-    ("New York", "NY", "New York", "100"), ("Brooklyn", "NY", "New York", "112"),
-    ("Los Angeles", "CA", "California", "900"), ("San Francisco", "CA", "California", "941"),
-    ("San Diego", "CA", "California", "921"), ("San Jose", "CA", "California", "951"),
-    ("Sacramento", "CA", "California", "958"), ("Chicago", "IL", "Illinois", "606"),
-    ("Houston", "TX", "Texas", "770"), ("Dallas", "TX", "Texas", "752"), ("Austin", "TX", "Texas", "787"),
-    ("Phoenix", "AZ", "Arizona", "850"), ("Philadelphia", "PA", "Pennsylvania", "191"),
-    ("Pittsburgh", "PA", "Pennsylvania", "152"), ("Seattle", "WA", "Washington", "981"),
-    ("Portland", "OR", "Oregon", "972"), ("Denver", "CO", "Colorado", "802"),
-    ("Boston", "MA", "Massachusetts", "021"), ("Miami", "FL", "Florida", "331"),
-    ("Tampa", "FL", "Florida", "336"), ("Atlanta", "GA", "Georgia", "303"),
-    ("Washington", "DC", "District of Columbia", "200"), ("Minneapolis", "MN", "Minnesota", "554"),
-    ("Detroit", "MI", "Michigan", "482"), ("Las Vegas", "NV", "Nevada", "891"),
-    ("Salt Lake City", "UT", "Utah", "841"), ("Nashville", "TN", "Tennessee", "372"),
-    ("Charlotte", "NC", "North Carolina", "282"), ("Raleigh", "NC", "North Carolina", "276"),
-    ("Richmond", "VA", "Virginia", "232"), ("Columbus", "OH", "Ohio", "432"),
-    ("St. Louis", "MO", "Missouri", "631"), ("Kansas City", "MO", "Missouri", "641"),
-    ("Milwaukee", "WI", "Wisconsin", "532"),
-]
-UK_OUTCODES = ["SW1A", "EC1A", "W1D", "N1", "E2", "SE1", "NW3", "WC2H", "SW11", "E14"]
-UK_INCODE_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
-US_COUNTRIES = (["United States", "US", "USA", ""], [0.55, 0.2, 0.15, 0.1])
-UK_COUNTRIES = (["United Kingdom", "UK", "GB", "England"], [0.55, 0.2, 0.15, 0.1])
-# Real NANP area codes; exchanges 200-999 minus 555 and N11, so numbers validate in libphonenumber.
-AREA_CODES = [
-    212, 213, 312, 415, 617, 646, 718, 202, 305, 404, 512, 206, 303, 702, 713, 214, 503, 602, 612,
-    619, 650, 408, 510, 773, 801, 804, 813, 857, 916, 919, 347, 917, 310, 323, 818, 949, 714, 858,
-    720, 480, 469, 972, 281, 832, 210, 615, 704, 980, 412, 215, 267, 216, 614, 313, 248, 314, 816,
-    414, 651, 763,
-]
-EXCHANGES = [e for e in range(200, 1000) if e != 555 and e % 100 != 11]
-JUNK_PHONES = ["12345", "000-000-0000", "555-1212", "0000000000", "1234567890"]
-JUNK_EMAILS = ["test@test.com", "asdf@asdf.com", "noreply@example.com", "test@example.com"]
-JUNK_USER_IDS = ["anonymous", "null", "-1", "undefined"]
-ZERO_AD_ID = "00000000-0000-0000-0000-000000000000"
-# Public mailbox providers and their share; the remainder use the person's company domain.
-PUBLIC_DOMAINS = (
-    ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "aol.com", "comcast.net",
-     "protonmail.com"],
-    [0.40, 0.12, 0.07, 0.06, 0.06, 0.02, 0.02, 0.01],
-)
-EMAIL_TAGS = ["news", "shop", "promo", "2024", "work", "deals"]
-COMPANY_STEMS = [
-    "Acme", "Globex", "Initech", "Umbrella", "Stark", "Wayne", "Wonka", "Hooli", "Vandelay",
-    "Soylent", "Cyberdyne", "Tyrell", "Aperture", "Gringotts", "Oscorp", "Pied Piper", "Northwind",
-    "Contoso", "Fabrikam", "Tailspin", "Blue Sky", "Summit", "Pioneer", "Evergreen", "Redwood",
-    "Silverline", "Bright", "Cascade", "Harbor", "Keystone", "Lakeside", "Meridian", "Nimbus", "Orion",
-    "Pinnacle", "Quantum", "Riverbend", "Sterling", "Trident", "Vertex",
-]
-COMPANY_NOUNS = [
-    "Logistics", "Systems", "Labs", "Foods", "Health", "Capital", "Media", "Energy", "Software",
-    "Consulting", "Retail", "Motors", "Analytics", "Partners", "Dynamics", "Robotics", "Pharma",
-    "Realty", "Networks", "Studios",
-]
-COMPANY_SUFFIXES = ["Inc.", "LLC", "Corp.", "Ltd", "Group", "Co.", "", ", Inc."]
-CONSUMER_COMPANIES = ["Individual", "N/A", "[not provided]", "Self-employed", "none"]
-USER_AGENTS = {  # by device type: web, ios, android
-    0: ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
-        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36",
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51"],
-    1: ["Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-        "Mozilla/5.0 (iPad; CPU OS 17_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"],
-    2: ["Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
-        "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Mobile Safari/537.36",
-        "Dalvik/2.1.0 (Linux; U; Android 12; SM-G991U Build/SP1A.210812.016)"],
-}
-DEVICE_TYPES = ["web", "ios", "android"]
-DEVICE_TYPE_WEIGHTS = [0.55, 0.25, 0.20]
-# (event name, properties kind: 0 none, 1 product, 2 order), weight
-TRACK_EVENTS = [("Product Viewed", 1, 0.30), ("Product Added", 1, 0.15), ("Products Searched", 0, 0.12),
-                ("Checkout Started", 0, 0.08), ("Order Completed", 2, 0.07), ("Signed In", 0, 0.08),
-                ("Application Opened", 0, 0.12), ("Newsletter Subscribed", 0, 0.08)]
-PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Product", "/products/trail-runner"),
-         ("Cart", "/cart"), ("Checkout", "/checkout"), ("Blog", "/blog/spring-sale"),
-         ("Account", "/account"), ("Search", "/search")]
-SITE = "https://www.evergreen-outfitters.com"
-EVENT_TYPES = ["identify", "track", "page", "alias"]
-IDENTIFY, TRACK, PAGE, ALIAS = 0, 1, 2, 3
 
 CONTACT_COLUMNS = [
     "Id", "AccountId", "FirstName", "LastName", "Email", "Phone", "MobilePhone", "MailingStreet",
@@ -272,252 +143,8 @@ SF_ID_BASES = {"003": 26 * 62**5 + 7 * 62**4, "00Q": 11 * 62**5 + 40 * 62**4, "0
 RECORD_KEY_SLOTS = 4  # record key = person_id * 4 + ordinal, so ids never collide across chunks
 
 
-def _text(values) -> pa.Array:
-    """A constant string table."""
-    return pa.array(list(values), type=pa.string())
 
 
-def _ascii_letters(name: str) -> str:
-    """Lower-case ASCII letters of a name, for email local parts: "O'Neil" -> "oneil"."""
-    return "".join(ch for ch in unidecode(name).lower() if ch.isalpha())
-
-
-_FIRST = [(f, n, g) for f, n, g in _NICKNAMED] + [(f, "", g) for f, g in _PLAIN_FIRST]
-FIRST_NAMES = _text(f for f, _, _ in _FIRST)
-FIRST_NICKNAMES = _text(n for _, n, _ in _FIRST)
-HAS_NICKNAME = np.array([bool(n) for _, n, _ in _FIRST])
-FIRST_GENDER = np.array([g for _, _, g in _FIRST], dtype=np.int64)
-FIRST_ASCII = _text(unidecode(f) for f, _, _ in _FIRST)
-FIRST_LETTERS = _text(_ascii_letters(f) for f, _, _ in _FIRST)
-FIRST_INITIALS = _text(_ascii_letters(f)[0] for f, _, _ in _FIRST)
-LAST = _text(LAST_NAMES)
-LAST_ASCII = _text(unidecode(x) for x in LAST_NAMES)
-LAST_LETTERS = _text(_ascii_letters(x) for x in LAST_NAMES)
-GENDER_TITLES = _text(TITLES[0] + TITLES[1])  # row = gender * 3 + k
-CITY_NAMES, CITY_STATES, CITY_STATE_NAMES, CITY_ZIP3 = (_text(col) for col in zip(*US_CITIES))
-DIGITS2 = _text(f"{i:02d}" for i in range(100))
-DIGITS4 = _text(f"{i:04d}" for i in range(10000))
-OCTETS = _text(str(i) for i in range(256))
-BOOLEANS = _text(["false", "true"])
-
-
-def _assert_json_safe() -> None:
-    """Every output string comes from these tables, so checking them once makes escaping unnecessary."""
-    tables = [[f for f, _, _ in _FIRST], [n for _, n, _ in _FIRST], LAST_NAMES, STREETS, US_SUFFIXES, UK_SUFFIXES,
-              UNIT_LABELS, [c for row in US_CITIES for c in row], UK_OUTCODES, US_COUNTRIES[0], UK_COUNTRIES[0],
-              JUNK_PHONES, JUNK_EMAILS, JUNK_USER_IDS, PUBLIC_DOMAINS[0], EMAIL_TAGS, COMPANY_STEMS,
-              COMPANY_NOUNS, COMPANY_SUFFIXES, CONSUMER_COMPANIES, [t[0] for t in TRACK_EVENTS],
-              [p for page in PAGES for p in page], [SITE], TITLES[0], TITLES[1],
-              [ua for uas in USER_AGENTS.values() for ua in uas]]
-    for table in tables:
-        for value in table:
-            assert '"' not in value and "\\" not in value and all(ord(c) >= 32 for c in value), value
-
-
-_assert_json_safe()
-
-
-# ----------------------------------------------------------------------------------------------
-# Small vectorized building blocks (numpy for numbers, Arrow for strings)
-# ----------------------------------------------------------------------------------------------
-def _take(table: pa.Array, rows) -> pa.Array:
-    """table[rows], null where rows < 0."""
-    rows = np.asarray(rows)
-    return table.take(pa.array(rows, mask=rows < 0))
-
-
-def _choice(rng: np.random.Generator, options: pa.Array, n: int, weights=None) -> pa.Array:
-    p = None if weights is None else np.asarray(weights) / np.sum(weights)
-    return options.take(pa.array(rng.choice(len(options), size=n, p=p)))
-
-
-def _num(values: np.ndarray) -> pa.Array:
-    """Integers as decimal strings."""
-    return pc.cast(pa.array(np.asarray(values, np.int64)), pa.string())
-
-
-def _where(mask: np.ndarray, yes, no) -> pa.Array:
-    return pc.if_else(pa.array(np.asarray(mask, bool)), yes, no)
-
-
-def _const(value: str, n: int) -> pa.Array:
-    return pa.repeat(pa.scalar(value, pa.string()), n)
-
-
-def _patch(values: pa.Array, mask: np.ndarray, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
-    """``values`` with the rows selected by ``mask`` replaced by ``fn(those rows)``."""
-    if not mask.any():
-        return values
-    arrow_mask = pa.array(mask)
-    return pc.replace_with_mask(values, arrow_mask, fn(values.filter(arrow_mask)))
-
-
-def _to_numpy(mask: pa.Array) -> np.ndarray:
-    return mask.to_numpy(zero_copy_only=False)
-
-
-def _join(*pieces) -> pa.Array:
-    """Concatenate string columns and literals in one pass, leaving out null pieces.
-
-    Every caller includes a literal piece: pyarrow 26 drops (instead of emitting) rows whose pieces
-    are all null under null_handling="skip".
-    """
-    return pc.binary_join_element_wise(*pieces, "", null_handling="skip")
-
-
-def _wrap(*pieces) -> pa.Array:
-    """Concatenate, null when any piece is null: an optional JSON member."""
-    return pc.binary_join_element_wise(*pieces, "")
-
-
-def _by_group(group: np.ndarray, arrays: list[pa.Array]) -> pa.Array:
-    """Row i takes the next value of arrays[group[i]] (arrays[k] holds the rows of group k, in order)."""
-    order = np.argsort(group, kind="stable")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return pa.concat_arrays(arrays).take(pa.array(inverse))
-
-
-def _scatter(values: pa.Array, where: np.ndarray) -> pa.Array:
-    """Spread the values of the rows selected by ``where`` back to full length, null elsewhere."""
-    return values.take(pa.array(np.cumsum(where) - 1, mask=~where))
-
-
-def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
-    mask, shift = np.uint64((1 << half) - 1), np.uint64(half)
-    left, right = x >> shift, x & mask
-    for key in keys:
-        mixed = (right ^ key) * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2**64 by design
-        mixed ^= mixed >> np.uint64(29)
-        left, right = right, left ^ (mixed & mask)
-    return (left << shift) | right
-
-
-def _permute(x, n: int, seed: int, purpose: int) -> np.ndarray:
-    """Keyed pseudo-random bijection of [0, n): distinct inputs give distinct, random-looking outputs.
-
-    Used for values that must be unique across chunks without coordination (phone numbers, email
-    and user-id numbers, home IPs). A 4-round Feistel network over the smallest even bit width that
-    covers n, with cycle walking (outputs >= n are permuted again), which keeps it a bijection.
-    """
-    x = np.asarray(x)
-    if len(x) and (int(x.min()) < 0 or int(x.max()) >= n):
-        # Cycle walking from outside [0, n) may never come back: refuse instead of hanging.
-        raise ValueError(f"_permute: inputs must lie in [0, {n}) (purpose {purpose}): the generator's space is too small")
-    half = max(1, (int(n - 1).bit_length() + 1) // 2)
-    keys = np.random.SeedSequence([seed, purpose]).generate_state(4, np.uint64)
-    out = np.asarray(x, dtype=np.uint64).copy()
-    pending = np.arange(len(out))
-    while len(pending):
-        walked = _feistel(out[pending], half, keys)
-        out[pending] = walked
-        pending = pending[walked >= n]
-    return out.astype(np.int64)
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    """Start index of each group in a flat array laid out group after group."""
-    return np.cumsum(counts) - counts
-
-
-def _rank_within(counts: np.ndarray) -> np.ndarray:
-    """0..count-1 for each group, concatenated."""
-    return np.arange(int(counts.sum())) - np.repeat(_offsets(counts), counts)
-
-
-# ---- fixed-width strings built as byte matrices ----------------------------------------------
-def _fixed_width(codes: np.ndarray) -> pa.Array:
-    """(n, width) uint8 ASCII codes -> Arrow strings, wrapping the bytes without a copy per value."""
-    n, width = codes.shape
-    offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(codes, np.uint8)))
-
-
-def _random_bytes(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
-    return np.frombuffer(rng.bytes(n * width), np.uint8).reshape(n, width).copy()
-
-
-# Two ASCII codes per byte value, as one uint16 so a single gather renders a byte: [lower, upper][byte].
-_HEX_PAIRS = np.array([[f"{b:02x}".encode() for b in range(256)], [f"{b:02X}".encode() for b in range(256)]],
-                      dtype="S2").view(np.uint16)
-_DIGIT_PAIRS = np.array([f"{i:02d}".encode() for i in range(100)], dtype="S2").view(np.uint16)
-
-
-def _hex_codes(raw: np.ndarray, upper=False) -> np.ndarray:
-    """(n, k) bytes -> (n, 2k) hex digit codes; ``upper`` may be a bool array per row."""
-    pairs = _HEX_PAIRS[0][raw]
-    if np.any(upper):
-        rows = np.broadcast_to(np.asarray(upper), (raw.shape[0],))
-        pairs[rows] = _HEX_PAIRS[1][raw[rows]]
-    return pairs.view(np.uint8).reshape(raw.shape[0], 2 * raw.shape[1])
-
-
-def _uuid_codes(rng: np.random.Generator, n: int, upper=False) -> np.ndarray:
-    """Random version-4 UUIDs; ``upper`` may be a bool array (the iOS SDKs write upper case)."""
-    raw = _random_bytes(rng, n, 16)
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    hexed = _hex_codes(raw, upper)
-    codes = np.full((n, 36), ord("-"), np.uint8)
-    for src, dst in ((slice(0, 8), slice(0, 8)), (slice(8, 12), slice(9, 13)), (slice(12, 16), slice(14, 18)),
-                     (slice(16, 20), slice(19, 23)), (slice(20, 32), slice(24, 36))):
-        codes[:, dst] = hexed[:, src]
-    return codes
-
-
-def _uuids(rng: np.random.Generator, n: int, upper=False) -> pa.Array:
-    return _fixed_width(_uuid_codes(rng, n, upper))
-
-
-def _hex_strings(rng: np.random.Generator, n: int, nbytes: int) -> pa.Array:
-    return _fixed_width(_hex_codes(_random_bytes(rng, n, nbytes)))
-
-
-def _digit_codes(values: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) zero-padded decimal digits, rendered two at a time."""
-    values = np.asarray(values, np.int64)
-    pairs = [_DIGIT_PAIRS[(values // 100**k) % 100] for k in range((width + 1) // 2 - 1, -1, -1)]
-    codes = np.stack(pairs, axis=1).view(np.uint8).reshape(len(values), 2 * len(pairs))
-    return codes[:, 2 * len(pairs) - width:]
-
-
-def _timestamp_codes(ms: np.ndarray) -> np.ndarray:
-    """(n, 24) codes of ISO 8601 UTC timestamps with milliseconds: 2024-06-02T17:40:11.905Z."""
-    ms = np.asarray(ms, np.int64)
-    day, in_day = np.divmod(ms, DAY_MS)
-    first = int(day.min()) if len(day) else 0
-    days = np.arange(first, (int(day.max()) if len(day) else first) + 1)
-    day_text = np.datetime_as_string(days.astype("datetime64[D]"), unit="D").astype("S10")
-    codes = np.empty((len(ms), 24), np.uint8)
-    codes[:, :10] = np.frombuffer(day_text.tobytes(), np.uint8).reshape(-1, 10)[day - first]
-    codes[:, [10, 13, 16, 19, 23]] = np.frombuffer(b"T::.Z", np.uint8)
-    codes[:, 11:13] = _digit_codes(in_day // 3_600_000, 2)
-    codes[:, 14:16] = _digit_codes(in_day // 60_000 % 60, 2)
-    codes[:, 17:19] = _digit_codes(in_day // 1000 % 60, 2)
-    codes[:, 20:23] = _digit_codes(in_day % 1000, 3)
-    return codes
-
-
-def _iso_millis(ms: np.ndarray) -> pa.Array:
-    return _fixed_width(_timestamp_codes(ms))
-
-
-def _sf_datetimes(seconds: np.ndarray) -> pa.Array:
-    """Salesforce API datetimes: 2024-06-02T17:40:11.000Z."""
-    return _fixed_width(_timestamp_codes(np.asarray(seconds, np.int64) * 1000))
-
-
-def _dates(days: np.ndarray) -> pa.Array:
-    """YYYY-MM-DD."""
-    return _fixed_width(_timestamp_codes(np.asarray(days, np.int64) * DAY_MS)[:, :10])
-
-
-def _ips(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> pa.Array:
-    return _join(_take(OCTETS, a), ".", _take(OCTETS, b), ".", _take(OCTETS, c), ".", _take(OCTETS, d))
-
-
-def _count(stats: dict, key: str, value) -> None:
-    stats[key] = stats.get(key, 0) + int(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,18 +172,17 @@ def _sf_checksum_codes(id15: np.ndarray) -> np.ndarray:
 def sf_ids(prefix: str, record_keys: np.ndarray) -> tuple[pa.Array, pa.Array]:
     """15-char and 18-char Salesforce ids for the given record keys."""
     id15 = _sf_id15_codes(prefix, record_keys)
-    return _fixed_width(id15), _fixed_width(np.hstack([id15, _sf_checksum_codes(id15)]))
+    return fixed_width(id15), fixed_width(np.hstack([id15, _sf_checksum_codes(id15)]))
 
 
 def _as_written(rng: np.random.Generator, id15: pa.Array, id18: pa.Array) -> pa.Array:
     """APIs return 18-char ids, people paste 15-char ones."""
-    return _where(rng.random(len(id15)) < ID18_RATE, id18, id15)
+    return where(rng.random(len(id15)) < ID18_RATE, id18, id15)
 
 
 # ----------------------------------------------------------------------------------------------
 # Plan and pools shared by all chunks
 # ----------------------------------------------------------------------------------------------
-_POOL_STREAM = 2**31 - 1  # spawn key of the generator for shared pools, never a chunk index
 
 
 @dataclass(frozen=True)
@@ -605,14 +231,14 @@ class _Pools:
 
 
 def _shared_pools(plan: _Plan) -> _Pools:
-    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(_POOL_STREAM,)))
+    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(POOL_STREAM,)))
     k, m = plan.kiosks, plan.nat_ips
     # Shared iPads in stores: upper-case ids as the iOS SDK writes them.
-    kiosk_anon, kiosk_device = _uuids(rng, k, upper=True), _uuids(rng, k, upper=True)
-    kiosk_ip = _ips(rng.choice([64, 66, 208], k), rng.integers(0, 256, k), rng.integers(0, 256, k),
+    kiosk_anon, kiosk_device = uuids(rng, k, upper=True), uuids(rng, k, upper=True)
+    kiosk_ip = ips(rng.choice([64, 66, 208], k), rng.integers(0, 256, k), rng.integers(0, 256, k),
                     rng.integers(1, 255, k))
     # Carrier-grade NAT egress addresses (T-Mobile / Verizon / AT&T style ranges).
-    nat_ip = _ips(rng.choice([172, 174, 107], m), rng.choice([56, 58, 77, 205], m), rng.integers(0, 256, m),
+    nat_ip = ips(rng.choice([172, 174, 107], m), rng.choice([56, 58, 77, 205], m), rng.integers(0, 256, m),
                   rng.integers(1, 255, m))
     companies = np.arange(plan.companies)
     return _Pools(kiosk_anon, kiosk_device, kiosk_ip, nat_ip, _company_names(companies), _company_domains(companies))
@@ -629,18 +255,18 @@ def _company_parts(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _company_names(index: np.ndarray, with_suffix: bool = True) -> pa.Array:
     stem, noun, suffix = _company_parts(index)
-    name = _join(_take(_text(COMPANY_STEMS), stem), " ", _take(_text(COMPANY_NOUNS), noun))
+    name = join(take(text(COMPANY_STEMS), stem), " ", take(text(COMPANY_NOUNS), noun))
     if not with_suffix:
         return name
     # "Acme Labs Inc.", "Acme Labs, Inc.", "Acme Labs"
-    suffixes = _text((s if s.startswith(",") or not s else " " + s) for s in COMPANY_SUFFIXES)
-    return _join(name, _take(suffixes, suffix))
+    suffixes = text((s if s.startswith(",") or not s else " " + s) for s in COMPANY_SUFFIXES)
+    return join(name, take(suffixes, suffix))
 
 
 def _company_domains(index: np.ndarray) -> pa.Array:
     stem, noun, _ = _company_parts(index)
-    return _join(_take(_text(_ascii_letters(s) for s in COMPANY_STEMS), stem),
-                 _take(_text(_ascii_letters(s) for s in COMPANY_NOUNS), noun), ".com")
+    return join(take(text(ascii_letters(s) for s in COMPANY_STEMS), stem),
+                 take(text(ascii_letters(s) for s in COMPANY_NOUNS), noun), ".com")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -688,13 +314,13 @@ def _household_layout(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.
     units = int(np.searchsorted(ends, n)) + 1
     sizes = sizes[:units].copy()
     sizes[-1] -= ends[units - 1] - n
-    return np.repeat(_offsets(sizes), sizes), np.repeat(sizes, sizes), _rank_within(sizes)
+    return np.repeat(offsets(sizes), sizes), np.repeat(sizes, sizes), rank_within(sizes)
 
 
 def _phone_numbers(rng: np.random.Generator, seed: int, index: np.ndarray, uk: np.ndarray) -> np.ndarray:
     """Unique national numbers: a bijection of ``index`` onto valid NANP numbers (or London numbers)."""
     space = len(AREA_CODES) * len(EXCHANGES) * 10_000
-    s = _permute(index, space, seed, purpose=1)
+    s = permute(index, space, seed, purpose=1)
     us = (np.asarray(AREA_CODES)[s // (len(EXCHANGES) * 10_000)] * 10**7
           + np.asarray(EXCHANGES)[(s // 10_000) % len(EXCHANGES)] * 10**4 + s % 10_000)
     return np.where(uk, _london_numbers(rng.random(len(index)), seed, index, uk), us)
@@ -707,33 +333,33 @@ def _london_numbers(draw: np.ndarray, seed: int, index: np.ndarray, uk: np.ndarr
     index = np.asarray(index, dtype=np.int64)
     out = np.zeros(len(index), dtype=np.int64)
     low, high = uk & (index < 10**7), uk & (index >= 10**7)
-    out[low] = np.where(draw[low] < 0.5, 7, 8) * 10**7 + _permute(index[low], 10**7, seed, purpose=2)
-    out[high] = 3 * 10**7 + _permute(index[high] - 10**7, 10**7, seed, purpose=2)
+    out[low] = np.where(draw[low] < 0.5, 7, 8) * 10**7 + permute(index[low], 10**7, seed, purpose=2)
+    out[high] = 3 * 10**7 + permute(index[high] - 10**7, 10**7, seed, purpose=2)
     return out
 
 
 # Local-part patterns: (left part, separator, right part); parts are 0 first name, 1 last name, 2 initial, 3 nothing.
 # first.last, firstlast, flast, first_last, last.first, first
 _EMAIL_LEFT, _EMAIL_RIGHT = np.array([0, 0, 2, 0, 1, 0]), np.array([1, 1, 1, 1, 0, 3])
-_EMAIL_SEPARATORS = _text([".", "", "", "_", ".", ""])
+_EMAIL_SEPARATORS = text([".", "", "", "_", ".", ""])
 _EMAIL_PATTERN_WEIGHTS = [0.3, 0.2, 0.2, 0.1, 0.1, 0.1]
 
 
 def _email_local_parts(rng: np.random.Generator, first: np.ndarray, last: np.ndarray, number: np.ndarray) -> pa.Array:
     """jane.oneil4821, janeoneil4821, joneil4821, ...; the number (a bijection of the person id) keeps them unique."""
-    parts = [_take(FIRST_LETTERS, first), _take(LAST_LETTERS, last), _take(FIRST_INITIALS, first),
-             _const("", len(first))]
+    parts = [take(FIRST_LETTERS, first), take(LAST_LETTERS, last), take(FIRST_INITIALS, first),
+             const("", len(first))]
     pattern = rng.choice(len(_EMAIL_SEPARATORS), size=len(first), p=_EMAIL_PATTERN_WEIGHTS)
     left = pc.choose(pa.array(_EMAIL_LEFT[pattern]), *parts)
     right = pc.choose(pa.array(_EMAIL_RIGHT[pattern]), *parts)
-    return _join(left, _take(_EMAIL_SEPARATORS, pattern), right, _num(number))
+    return join(left, take(_EMAIL_SEPARATORS, pattern), right, num(number))
 
 
 def _email_domains(rng: np.random.Generator, company: np.ndarray, pools: _Pools) -> pa.Array:
     names, weights = PUBLIC_DOMAINS
     n = len(company)
     corporate = rng.random(n) >= sum(weights)
-    return _where(corporate, _take(pools.company_domain, company), _choice(rng, _text(names), n, weights))
+    return where(corporate, take(pools.company_domain, company), choice(rng, text(names), n, weights))
 
 
 @dataclass
@@ -754,32 +380,32 @@ def _homes(rng: np.random.Generator, head: np.ndarray, uk: np.ndarray) -> _Homes
         return rng.integers(low, high, n)[head]
 
     street_no = np.where(rng.random(n) < 0.6, rng.integers(1, 1000, n), rng.integers(1000, 20_000, n))[head]
-    suffix = _where(uk, _take(_text(UK_SUFFIXES), draw(0, len(UK_SUFFIXES))),
-                    _take(_text(US_SUFFIXES), draw(0, len(US_SUFFIXES))))
-    street_line = _join(_num(street_no), " ", _take(_text(STREETS), draw(0, len(STREETS))), " ", suffix)
+    suffix = where(uk, take(text(UK_SUFFIXES), draw(0, len(UK_SUFFIXES))),
+                    take(text(US_SUFFIXES), draw(0, len(US_SUFFIXES))))
+    street_line = join(num(street_no), " ", take(text(STREETS), draw(0, len(STREETS))), " ", suffix)
     has_unit = (rng.random(n) < UNIT_RATE)[head]
-    unit_line = _where(has_unit, _join(_take(_text(UNIT_LABELS), draw(0, len(UNIT_LABELS))), _num(draw(1, 40))), "")
+    unit_line = where(has_unit, join(take(text(UNIT_LABELS), draw(0, len(UNIT_LABELS))), num(draw(1, 40))), "")
     city = draw(0, len(US_CITIES))
-    us_zip = _join(_take(CITY_ZIP3, city), _take(DIGITS2, draw(0, 100)))
-    letters = _text(UK_INCODE_LETTERS)
-    uk_postcode = _join(_take(_text(UK_OUTCODES), draw(0, len(UK_OUTCODES))), " ", _num(draw(1, 10)),
-                        _take(letters, draw(0, len(letters))), _take(letters, draw(0, len(letters))))
-    return _Homes(street_line, unit_line, has_unit, city, _where(uk, uk_postcode, us_zip))
+    us_zip = join(take(CITY_ZIP3, city), take(DIGITS2, draw(0, 100)))
+    letters = text(UK_INCODE_LETTERS)
+    uk_postcode = join(take(text(UK_OUTCODES), draw(0, len(UK_OUTCODES))), " ", num(draw(1, 10)),
+                        take(letters, draw(0, len(letters))), take(letters, draw(0, len(letters))))
+    return _Homes(street_line, unit_line, has_unit, city, where(uk, uk_postcode, us_zip))
 
 
 def _home_ips(seed: int, household: np.ndarray) -> pa.Array:
     """One residential IP per household (a bijection, so households never collide): 73/98/24.x.x.1-254."""
-    code = _permute(household, 3 * 2**16 * 254, seed, purpose=5)
+    code = permute(household, 3 * 2**16 * 254, seed, purpose=5)
     network, host = np.divmod(code, 254)
-    return _ips(np.array([73, 98, 24])[network >> 16], (network >> 8) & 255, network & 255, host + 1)
+    return ips(np.array([73, 98, 24])[network >> 16], (network >> 8) & 255, network & 255, host + 1)
 
 
 def _user_ids(rng: np.random.Generator, plan: _Plan, pid: np.ndarray, email_local: pa.Array,
               email_domain: pa.Array) -> pa.Array:
     """u_<digits> for most; the email address itself for some sites."""
-    number = _permute(pid, plan.number_modulus * 10, plan.seed, purpose=4)
-    return _where(rng.random(len(pid)) < USER_ID_IS_EMAIL_RATE, _join(email_local, "@", email_domain),
-                  _join("u_", _num(number)))
+    number = permute(pid, plan.number_modulus * 10, plan.seed, purpose=4)
+    return where(rng.random(len(pid)) < USER_ID_IS_EMAIL_RATE, join(email_local, "@", email_domain),
+                  join("u_", num(number)))
 
 
 def _draw_people(rng: np.random.Generator, plan: _Plan, pools: _Pools, first_pid: int, n: int) -> _People:
@@ -792,9 +418,9 @@ def _draw_people(rng: np.random.Generator, plan: _Plan, pools: _Pools, first_pid
     company = rng.integers(0, plan.companies, n)
 
     modulus = plan.number_modulus
-    email_local = _email_local_parts(rng, first, last, _permute(pid, modulus, plan.seed, purpose=3))
+    email_local = _email_local_parts(rng, first, last, permute(pid, modulus, plan.seed, purpose=3))
     email_domain = _email_domains(rng, company, pools)
-    alt_local = _email_local_parts(rng, first, last, _permute(pid + plan.people, modulus, plan.seed, purpose=3))
+    alt_local = _email_local_parts(rng, first, last, permute(pid + plan.people, modulus, plan.seed, purpose=3))
     alt_domain = _email_domains(rng, company, pools)
     homes = _homes(rng, head, uk)
 
@@ -835,20 +461,20 @@ def _typo(text: str, op: int, where: float, letter: str) -> str:
 def _with_typos(rng: np.random.Generator, values: pa.Array) -> pa.Array:
     n = len(values)
     ops, where, letters = rng.integers(0, 4, n), rng.random(n), rng.integers(0, 26, n)
-    return _text(_typo(v, int(o), float(w), _KEYBOARD[int(k)])
+    return text(_typo(v, int(o), float(w), _KEYBOARD[int(k)])
                  for v, o, w, k in zip(values.to_pylist(), ops, where, letters))
 
 
 def _with_case_noise(rng: np.random.Generator, values: pa.Array) -> pa.Array:
-    return _where(rng.random(len(values)) < 0.6, pc.utf8_upper(values), pc.utf8_lower(values))
+    return where(rng.random(len(values)) < 0.6, pc.utf8_upper(values), pc.utf8_lower(values))
 
 
-_SPACE_BEFORE, _SPACE_AFTER = _text([" ", "", ""]), _text(["", " ", "  "])
+_SPACE_BEFORE, _SPACE_AFTER = text([" ", "", ""]), text(["", " ", "  "])
 
 
 def _with_stray_spaces(rng: np.random.Generator, values: pa.Array) -> pa.Array:
     kind = rng.integers(0, 3, len(values))
-    return _join(_take(_SPACE_BEFORE, kind), values, _take(_SPACE_AFTER, kind))
+    return join(take(_SPACE_BEFORE, kind), values, take(_SPACE_AFTER, kind))
 
 
 @dataclass(frozen=True)
@@ -870,31 +496,31 @@ def _noisy(rng: np.random.Generator, values: pa.Array, noise: _NameNoise, stats:
     """Typos, UPPER/lower case and stray spaces, each on its own random share of values."""
     n = len(values)
     typo = rng.random(n) < noise.typo
-    values = _patch(values, typo, lambda v: _with_typos(rng, v))
-    values = _patch(values, rng.random(n) < noise.case, lambda v: _with_case_noise(rng, v))
-    values = _patch(values, rng.random(n) < noise.spaces, lambda v: _with_stray_spaces(rng, v))
-    _count(stats, "name_typos", typo.sum())
+    values = patch(values, typo, lambda v: _with_typos(rng, v))
+    values = patch(values, rng.random(n) < noise.case, lambda v: _with_case_noise(rng, v))
+    values = patch(values, rng.random(n) < noise.spaces, lambda v: _with_stray_spaces(rng, v))
+    count(stats, "name_typos", typo.sum())
     return values
 
 
 def _first_names(rng: np.random.Generator, first: np.ndarray, noise: _NameNoise, stats: dict) -> pa.Array:
     n = len(first)
-    names = _take(FIRST_NAMES, first)
+    names = take(FIRST_NAMES, first)
     nickname = (rng.random(n) < noise.nickname) & HAS_NICKNAME[first]
-    names = _patch(names, nickname, lambda _: _take(FIRST_NICKNAMES, first[nickname]))
+    names = patch(names, nickname, lambda _: take(FIRST_NICKNAMES, first[nickname]))
     fold = ~nickname & (rng.random(n) < noise.ascii_fold)
-    names = _patch(names, fold, lambda _: _take(FIRST_ASCII, first[fold]))
+    names = patch(names, fold, lambda _: take(FIRST_ASCII, first[fold]))
     names = _noisy(rng, names, noise, stats)
     title = rng.random(n) < noise.title
-    names = _patch(names, title, lambda v: _join(
-        _take(GENDER_TITLES, FIRST_GENDER[first[title]] * 3 + rng.integers(0, 3, len(v))), v))
-    _count(stats, "nicknames", nickname.sum())
+    names = patch(names, title, lambda v: join(
+        take(GENDER_TITLES, FIRST_GENDER[first[title]] * 3 + rng.integers(0, 3, len(v))), v))
+    count(stats, "nicknames", nickname.sum())
     return names
 
 
 def _last_names(rng: np.random.Generator, last: np.ndarray, noise: _NameNoise, stats: dict) -> pa.Array:
     fold = rng.random(len(last)) < noise.ascii_fold
-    names = _where(fold, _take(LAST_ASCII, last), _take(LAST, last))
+    names = where(fold, take(LAST_ASCII, last), take(LAST, last))
     return _noisy(rng, names, noise, stats)
 
 
@@ -923,18 +549,18 @@ def _move_dots(local: str, where: float) -> str:
 def _emails(rng: np.random.Generator, local: pa.Array, domain: pa.Array, noise: _EmailNoise) -> pa.Array:
     """The same mailbox written the ways people and forms write it."""
     n = len(local)
-    gmail = _to_numpy(pc.equal(domain, "gmail.com"))
+    gmail = to_numpy(pc.equal(domain, "gmail.com"))
     dots = gmail & (rng.random(n) < noise.gmail_dots)
     where = rng.random(n)[dots]
-    local = _patch(local, dots, lambda v: _text(_move_dots(s, float(w)) for s, w in zip(v.to_pylist(), where)))
-    tag = ~_to_numpy(pc.equal(domain, "yahoo.com")) & (rng.random(n) < noise.plus_tag)
-    local = _patch(local, tag, lambda v: _join(v, "+", _choice(rng, _text(EMAIL_TAGS), len(v))))
-    domain = _patch(domain, gmail & (rng.random(n) < noise.googlemail), lambda v: _const("googlemail.com", len(v)))
+    local = patch(local, dots, lambda v: text(_move_dots(s, float(w)) for s, w in zip(v.to_pylist(), where)))
+    tag = ~to_numpy(pc.equal(domain, "yahoo.com")) & (rng.random(n) < noise.plus_tag)
+    local = patch(local, tag, lambda v: join(v, "+", choice(rng, text(EMAIL_TAGS), len(v))))
+    domain = patch(domain, gmail & (rng.random(n) < noise.googlemail), lambda v: const("googlemail.com", len(v)))
     case = rng.random(n) < noise.case
-    local, domain = _patch(local, case, pc.utf8_capitalize), _patch(domain, case, pc.utf8_capitalize)
-    email = _patch(_join(local, "@", domain), case & (rng.random(n) < 0.3), pc.utf8_upper)
-    email = _patch(email, rng.random(n) < noise.spaces, lambda v: _with_stray_spaces(rng, v))
-    return _patch(email, rng.random(n) < noise.missing, lambda v: _const("", len(v)))
+    local, domain = patch(local, case, pc.utf8_capitalize), patch(domain, case, pc.utf8_capitalize)
+    email = patch(join(local, "@", domain), case & (rng.random(n) < 0.3), pc.utf8_upper)
+    email = patch(email, rng.random(n) < noise.spaces, lambda v: _with_stray_spaces(rng, v))
+    return patch(email, rng.random(n) < noise.missing, lambda v: const("", len(v)))
 
 
 _US_PHONE_TEMPLATES = [("(###) ###-####", 0.25), ("###-###-####", 0.15), ("###.###.####", 0.10),
@@ -947,7 +573,7 @@ def _render(template: str, digits: np.ndarray) -> pa.Array:
     """Fill the # slots of a template with the digits of each row."""
     codes = np.tile(np.frombuffer(template.encode(), np.uint8), (len(digits), 1))
     codes[:, [i for i, ch in enumerate(template) if ch == "#"]] = digits
-    return _fixed_width(codes)
+    return fixed_width(codes)
 
 
 def _formatted_phones(rng: np.random.Generator, number: np.ndarray, uk: np.ndarray) -> pa.Array:
@@ -959,8 +585,8 @@ def _formatted_phones(rng: np.random.Generator, number: np.ndarray, uk: np.ndarr
     rendered = []
     for k, (template, _) in enumerate(_US_PHONE_TEMPLATES + _UK_PHONE_TEMPLATES):
         rows = style == k
-        rendered.append(_render(template, _digit_codes(number[rows], template.count("#"))))
-    return _by_group(style, rendered)
+        rendered.append(_render(template, digit_codes(number[rows], template.count("#"))))
+    return by_group(style, rendered)
 
 
 def _crm_phones(rng: np.random.Generator, p: _People, rows: np.ndarray, stats: dict) -> tuple[pa.Array, pa.Array]:
@@ -968,13 +594,13 @@ def _crm_phones(rng: np.random.Generator, p: _People, rows: np.ndarray, stats: d
     n = len(rows)
     use_home = p.shares_home_phone[rows] & (rng.random(n) < 0.9)
     phone = _formatted_phones(rng, np.where(use_home, p.home[rows], p.mobile[rows]), p.uk[rows])
-    phone = _patch(phone, ~use_home & (rng.random(n) < 0.25), lambda v: _const("", len(v)))
+    phone = patch(phone, ~use_home & (rng.random(n) < 0.25), lambda v: const("", len(v)))
     junk = rng.random(n) < JUNK_PHONE_RATE
-    phone = _patch(phone, junk, lambda v: _choice(rng, _text(JUNK_PHONES), len(v)))
+    phone = patch(phone, junk, lambda v: choice(rng, text(JUNK_PHONES), len(v)))
     mobile = _formatted_phones(rng, p.mobile[rows], p.uk[rows])
-    mobile = _patch(mobile, rng.random(n) < 0.5, lambda v: _const("", len(v)))
-    _count(stats, "junk_phones", junk.sum())
-    _count(stats, "household_phone_values", use_home.sum())
+    mobile = patch(mobile, rng.random(n) < 0.5, lambda v: const("", len(v)))
+    count(stats, "junk_phones", junk.sum())
+    count(stats, "household_phone_values", use_home.sum())
     return phone, mobile
 
 
@@ -991,20 +617,20 @@ def _addresses(rng: np.random.Generator, p: _People, rows: np.ndarray, stats: di
     """Household address; the apartment line goes on a new line (multi-line textarea), the same line, or nowhere."""
     n = len(rows)
     uk, city = p.uk[rows], p.city[rows]
-    street, unit = _take(p.street_line, rows), _take(p.unit_line, rows)
+    street, unit = take(p.street_line, rows), take(p.unit_line, rows)
     layout = rng.choice(3, size=n, p=[0.45, 0.35, 0.20])
     multiline = p.has_unit[rows] & (layout == 0)
     same_line = p.has_unit[rows] & (layout == 1)
-    street = _where(multiline, _join(street, "\n", unit), _where(same_line, _join(street, ", ", unit), street))
-    us_state = _where(rng.random(n) < 0.85, _take(CITY_STATES, city), _take(CITY_STATE_NAMES, city))
-    state = _where(uk, _where(rng.random(n) < 0.3, "Greater London", ""), us_state)
+    street = where(multiline, join(street, "\n", unit), where(same_line, join(street, ", ", unit), street))
+    us_state = where(rng.random(n) < 0.85, take(CITY_STATES, city), take(CITY_STATE_NAMES, city))
+    state = where(uk, where(rng.random(n) < 0.3, "Greater London", ""), us_state)
     zip4 = ~uk & (rng.random(n) < 0.05)
-    postal = _patch(_take(p.postal_code, rows), zip4,
-                    lambda v: _join(v, "-", _take(DIGITS4, rng.integers(0, 10_000, len(v)))))
-    country = _where(uk, _choice(rng, _text(UK_COUNTRIES[0]), n, UK_COUNTRIES[1]),
-                     _choice(rng, _text(US_COUNTRIES[0]), n, US_COUNTRIES[1]))
-    _count(stats, "multiline_streets", multiline.sum())
-    return _Address(street, _where(uk, "London", _take(CITY_NAMES, city)), state, postal, country)
+    postal = patch(take(p.postal_code, rows), zip4,
+                    lambda v: join(v, "-", take(DIGITS4, rng.integers(0, 10_000, len(v)))))
+    country = where(uk, choice(rng, text(UK_COUNTRIES[0]), n, UK_COUNTRIES[1]),
+                     choice(rng, text(US_COUNTRIES[0]), n, US_COUNTRIES[1]))
+    count(stats, "multiline_streets", multiline.sum())
+    return _Address(street, where(uk, "London", take(CITY_NAMES, city)), state, postal, country)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1066,7 +692,7 @@ class _Ids:
     def references(self, rng: np.random.Generator, people: np.ndarray, mask: np.ndarray) -> pa.Array:
         """A reference column: the primary id of each person where ``mask``, "" elsewhere; 15 or 18 chars."""
         rows = np.where(mask, self.primary_row[people], -1)
-        return pc.fill_null(_as_written(rng, _take(self.id15, rows), _take(self.id18, rows)), "")
+        return pc.fill_null(_as_written(rng, take(self.id15, rows), take(self.id18, rows)), "")
 
 
 @dataclass
@@ -1085,11 +711,11 @@ def _person_fields(rng: np.random.Generator, p: _People, rows: _Rows, stats: dic
     person, duplicate = rows.person, rows.duplicate
     first = _first_names(rng, p.first[person], CRM_NAMES, stats)
     last = _last_names(rng, p.last[person], CRM_NAMES, stats)
-    first = _patch(first, duplicate, lambda _: _first_names(rng, p.first[person[duplicate]], DUPLICATE_NAMES, stats))
-    last = _patch(last, duplicate, lambda _: _last_names(rng, p.last[person[duplicate]], DUPLICATE_NAMES, stats))
+    first = patch(first, duplicate, lambda _: _first_names(rng, p.first[person[duplicate]], DUPLICATE_NAMES, stats))
+    last = patch(last, duplicate, lambda _: _last_names(rng, p.last[person[duplicate]], DUPLICATE_NAMES, stats))
     use_alt = duplicate & (rng.random(len(rows)) < 0.5)
-    local = _where(use_alt, _take(p.alt_local, person), _take(p.email_local, person))
-    domain = _where(use_alt, _take(p.alt_domain, person), _take(p.email_domain, person))
+    local = where(use_alt, take(p.alt_local, person), take(p.email_local, person))
+    domain = where(use_alt, take(p.alt_domain, person), take(p.email_domain, person))
     phone, mobile = _crm_phones(rng, p, person, stats)
     return {"first": first, "last": last, "email": _emails(rng, local, domain, CRM_EMAILS), "phone": phone,
             "mobile": mobile}
@@ -1098,8 +724,8 @@ def _person_fields(rng: np.random.Generator, p: _People, rows: _Rows, stats: dic
 def _deleted(rng: np.random.Generator, merged_loser: np.ndarray, stats: dict, key: str) -> pa.Array:
     """Merge losers, plus a few rows sitting in the recycle bin."""
     deleted = merged_loser | (rng.random(len(merged_loser)) < RECYCLE_BIN_RATE)
-    _count(stats, key, deleted.sum())
-    return _take(BOOLEANS, deleted.astype(np.int64))
+    count(stats, key, deleted.sum())
+    return take(BOOLEANS, deleted.astype(np.int64))
 
 
 def _modified_after(rng: np.random.Generator, created: np.ndarray) -> np.ndarray:
@@ -1120,18 +746,18 @@ def _contacts(rng: np.random.Generator, p: _People, plan: _CrmPlan, stats: dict)
     address = _addresses(rng, p, person, stats)
     columns = {
         "Id": _as_written(rng, ids.id15, ids.id18),
-        "AccountId": _where(rng.random(n) < ACCOUNT_ID_RATE, account18, ""),
+        "AccountId": where(rng.random(n) < ACCOUNT_ID_RATE, account18, ""),
         "FirstName": fields["first"], "LastName": fields["last"], "Email": fields["email"],
         "Phone": fields["phone"], "MobilePhone": fields["mobile"], "MailingStreet": address.street,
         "MailingCity": address.city, "MailingState": address.state, "MailingPostalCode": address.postal_code,
         "MailingCountry": address.country,
-        "Birthdate": _where(rng.random(n) < BIRTHDATE_RATE, _dates(p.birth_day[person]), ""),
+        "Birthdate": where(rng.random(n) < BIRTHDATE_RATE, dates(p.birth_day[person]), ""),
         "IsDeleted": _deleted(rng, merged_loser, stats, "deleted_contacts"),
         "MasterRecordId": ids.references(rng, person, merged_loser),
-        "CreatedDate": _sf_datetimes(created), "LastModifiedDate": _sf_datetimes(_modified_after(rng, created)),
+        "CreatedDate": sf_datetimes(created), "LastModifiedDate": sf_datetimes(_modified_after(rng, created)),
     }
-    _count(stats, "merged_contacts", merged_loser.sum())
-    _count(stats, "live_duplicate_contacts", (duplicate & ~merged_loser).sum())
+    count(stats, "merged_contacts", merged_loser.sum())
+    count(stats, "live_duplicate_contacts", (duplicate & ~merged_loser).sum())
     _count_id_lengths(stats, columns["Id"], columns["MasterRecordId"])
     return _Table(columns, p.pid[person]), ids
 
@@ -1140,10 +766,10 @@ def _lead_companies(rng: np.random.Generator, p: _People, pools: _Pools, person:
     """The employer as typed on a web form: exact, without suffix, shouted, or a consumer placeholder."""
     n = len(person)
     kind = rng.choice(4, size=n, p=[0.70, 0.12, 0.04, 0.14])
-    exact = _take(pools.company_name, p.company[person])
-    consumer = _where(rng.random(n) < 0.8, _choice(rng, _text(CONSUMER_COMPANIES), n), _take(LAST, p.last[person]))
+    exact = take(pools.company_name, p.company[person])
+    consumer = where(rng.random(n) < 0.8, choice(rng, text(CONSUMER_COMPANIES), n), take(LAST, p.last[person]))
     bare = _company_names(p.company[person], with_suffix=False)
-    return _by_group(kind, [exact.filter(pa.array(kind == 0)), bare.filter(pa.array(kind == 1)),
+    return by_group(kind, [exact.filter(pa.array(kind == 0)), bare.filter(pa.array(kind == 1)),
                             pc.utf8_upper(exact.filter(pa.array(kind == 2))), consumer.filter(pa.array(kind == 3))])
 
 
@@ -1160,7 +786,7 @@ def _leads(rng: np.random.Generator, p: _People, pools: _Pools, plan: _CrmPlan, 
     modified = _modified_after(rng, np.where(converted, contact_created, created))
     fields = _person_fields(rng, p, rows, stats)
     junk = rng.random(n) < JUNK_LEAD_EMAIL_RATE
-    email = _patch(fields["email"], junk, lambda v: _choice(rng, _text(JUNK_EMAILS), len(v)))
+    email = patch(fields["email"], junk, lambda v: choice(rng, text(JUNK_EMAILS), len(v)))
     address = _addresses(rng, p, person, stats)
     columns = {
         "Id": _as_written(rng, ids.id15, ids.id18), "FirstName": fields["first"], "LastName": fields["last"],
@@ -1168,15 +794,15 @@ def _leads(rng: np.random.Generator, p: _People, pools: _Pools, plan: _CrmPlan, 
         "Company": _lead_companies(rng, p, pools, person), "Street": address.street, "City": address.city,
         "State": address.state, "PostalCode": address.postal_code, "Country": address.country,
         "IsDeleted": _deleted(rng, duplicate, stats, "deleted_leads"),
-        "IsConverted": _take(BOOLEANS, converted.astype(np.int64)),
+        "IsConverted": take(BOOLEANS, converted.astype(np.int64)),
         "ConvertedContactId": contact_ids.references(rng, person, converted),
-        "ConvertedDate": _where(converted, _dates(contact_created // DAY_S), ""),
+        "ConvertedDate": where(converted, dates(contact_created // DAY_S), ""),
         "MasterRecordId": ids.references(rng, person, duplicate),  # duplicates were merged into the primary
-        "CreatedDate": _sf_datetimes(created), "LastModifiedDate": _sf_datetimes(modified),
+        "CreatedDate": sf_datetimes(created), "LastModifiedDate": sf_datetimes(modified),
     }
-    _count(stats, "junk_emails", junk.sum())
-    _count(stats, "converted_leads", converted.sum())
-    _count(stats, "merged_leads", duplicate.sum())
+    count(stats, "junk_emails", junk.sum())
+    count(stats, "converted_leads", converted.sum())
+    count(stats, "merged_leads", duplicate.sum())
     _count_id_lengths(stats, columns["Id"], columns["MasterRecordId"], columns["ConvertedContactId"])
     return _Table(columns, p.pid[person])
 
@@ -1184,8 +810,8 @@ def _leads(rng: np.random.Generator, p: _People, pools: _Pools, plan: _CrmPlan, 
 def _count_id_lengths(stats: dict, *id_columns: pa.Array) -> None:
     for ids in id_columns:
         length = pc.utf8_length(ids)
-        _count(stats, "ids_15_char", pc.sum(pc.equal(length, 15)).as_py() or 0)
-        _count(stats, "ids_18_char", pc.sum(pc.equal(length, 18)).as_py() or 0)
+        count(stats, "ids_15_char", pc.sum(pc.equal(length, 15)).as_py() or 0)
+        count(stats, "ids_18_char", pc.sum(pc.equal(length, 18)).as_py() or 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1224,7 +850,7 @@ class _Devices:
     snake_traits: np.ndarray  # the app writes first_name/last_name instead of firstName/lastName
 
 
-_USER_AGENTS = _text(ua for kind in sorted(USER_AGENTS) for ua in USER_AGENTS[kind])
+_USER_AGENTS = text(ua for kind in sorted(USER_AGENTS) for ua in USER_AGENTS[kind])
 _UA_FIRST = np.cumsum([0] + [len(USER_AGENTS[k]) for k in sorted(USER_AGENTS)])[:-1]
 _UA_COUNT = np.array([len(USER_AGENTS[k]) for k in sorted(USER_AGENTS)])
 
@@ -1233,20 +859,20 @@ def _devices(rng: np.random.Generator, kind: np.ndarray, stats: dict) -> _Device
     """IDFV upper-case UUIDs on iOS, 16-hex ANDROID_ID on Android, a UUID on web; ad ids only on mobile."""
     n = len(kind)
     ios, android = kind == 1, kind == 2
-    device_id = _where(android, _hex_strings(rng, n, 8), _uuids(rng, n, upper=ios))
+    device_id = where(android, hex_strings(rng, n, 8), uuids(rng, n, upper=ios))
     zeroed = (ios & (rng.random(n) < ZERO_IDFA_RATE_IOS)) | (android & (rng.random(n) < ZERO_AAID_RATE_ANDROID))
-    ad_id = _where(zeroed, ZERO_AD_ID, _uuids(rng, n, upper=ios))
-    ad_id = _where(ios | android, ad_id, pa.scalar(None, pa.string()))
-    user_agent = _take(_USER_AGENTS, _UA_FIRST[kind] + (rng.random(n) * _UA_COUNT[kind]).astype(np.int64))
+    ad_id = where(zeroed, ZERO_AD_ID, uuids(rng, n, upper=ios))
+    ad_id = where(ios | android, ad_id, pa.scalar(None, pa.string()))
+    user_agent = take(_USER_AGENTS, _UA_FIRST[kind] + (rng.random(n) * _UA_COUNT[kind]).astype(np.int64))
     snake = np.where(android, rng.random(n) < 0.8, rng.random(n) < 0.2)
-    _count(stats, "zero_ad_id_devices", zeroed.sum())
+    count(stats, "zero_ad_id_devices", zeroed.sum())
     return _Devices(kind.astype(np.int8), device_id, ad_id, user_agent, snake)
 
 
 def _kiosk_devices(pools: _Pools) -> _Devices:
     """Shared store iPads: limit-ad-tracking on, so the IDFA is zeroed."""
     k = len(pools.kiosk_device)
-    return _Devices(np.ones(k, np.int8), pools.kiosk_device, _const(ZERO_AD_ID, k), _const(USER_AGENTS[1][2], k),
+    return _Devices(np.ones(k, np.int8), pools.kiosk_device, const(ZERO_AD_ID, k), const(USER_AGENTS[1][2], k),
                     np.zeros(k, bool))
 
 
@@ -1259,7 +885,7 @@ def _concat_devices(parts: list[_Devices]) -> _Devices:
 
 def _cookie_counts(rng: np.random.Generator, n: int, stats: dict) -> np.ndarray:
     reset = rng.random(n) < COOKIE_RESET_RATE
-    _count(stats, "cookie_reset_people", reset.sum())
+    count(stats, "cookie_reset_people", reset.sum())
     return np.where(reset, rng.integers(6, 11, n), rng.choice([1, 2, 3, 4], size=n, p=[0.45, 0.3, 0.15, 0.1]))
 
 
@@ -1269,7 +895,7 @@ def _event_times(rng: np.random.Generator, counts: np.ndarray, busy: np.ndarray)
     start = EVENT_START_MS + rng.integers(0, 300 * DAY_MS, len(counts))
     mean_gap = np.where(busy, 2 * 3600_000, 36 * 3600_000)[owner]
     elapsed = np.cumsum(rng.exponential(1.0, len(owner)) * mean_gap).astype(np.int64)
-    first = _offsets(counts)
+    first = offsets(counts)
     return start[owner] + elapsed - elapsed[first][owner]
 
 
@@ -1292,14 +918,14 @@ def _own_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict
     devices = _devices(rng, rng.choice(3, size=int(devices_per_user.sum()), p=DEVICE_TYPE_WEIGHTS), stats)
     # Cookie j of a user lives on device j mod (devices); cookies follow each other in time.
     cookie_owner = np.repeat(np.arange(nu), cookies)
-    cookie_device = _offsets(devices_per_user)[cookie_owner] + _rank_within(cookies) % devices_per_user[cookie_owner]
-    cookie_anon = _uuids(rng, len(cookie_owner), upper=devices.kind[cookie_device] == 1)
+    cookie_device = offsets(devices_per_user)[cookie_owner] + rank_within(cookies) % devices_per_user[cookie_owner]
+    cookie_anon = uuids(rng, len(cookie_owner), upper=devices.kind[cookie_device] == 1)
 
     owner = np.repeat(np.arange(nu), counts)
     m = len(owner)
-    rank = _rank_within(counts)
+    rank = rank_within(counts)
     segment = rank * cookies[owner] // counts[owner]
-    cookie = _offsets(cookies)[owner] + segment
+    cookie = offsets(cookies)[owner] + segment
     ts = _event_times(rng, counts, cookies >= 6)
 
     login_rank = (rng.random(nu) ** 2 * counts).astype(np.int64)
@@ -1315,18 +941,18 @@ def _own_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dict
     user = np.where(logged_in, person, -1)
     junk = ~logged_in & (rng.random(m) < JUNK_USER_ID_RATE)
     user[junk] = n + rng.integers(0, len(JUNK_USER_IDS), int(junk.sum()))  # junk rows follow the people
-    _count(stats, "junk_user_ids", junk.sum())
+    count(stats, "junk_user_ids", junk.sum())
 
     device = cookie_device[cookie]
     cellular = (devices.kind[device] != 0) & (rng.random(m) < CELLULAR_RATE)
     ip = np.where(cellular, n + rng.integers(0, len(pools.nat_ip), m), person)  # NAT rows follow home IPs
-    _count(stats, "nat_ip_events", cellular.sum())
+    count(stats, "nat_ip_events", cellular.sum())
 
     # Back-end calls (analytics-python) know the userId but no cookie, device or IP. A cookie's first
     # event stays client-side so every cookie (and so every alias previousId) appears in the data.
     server = (etype == TRACK) & logged_in & ~new_cookie & (rng.random(m) < SERVER_SIDE_RATE)
     cookie[server], device[server] = -1, -1
-    _count(stats, "server_side_events", server.sum())
+    count(stats, "server_side_events", server.sum())
     events = _Events(person, ts, etype, cookie, np.where(alias, cookie - 1, -1), device, user, ip)
     return _OwnActivity(events, devices, cookie_anon)
 
@@ -1336,7 +962,7 @@ def _session_events(rng: np.random.Generator, people: np.ndarray, cookie: np.nda
     """A short logged-in session per row: identify, then 1-3 track/page events a few minutes apart."""
     counts = rng.integers(2, 5, len(people))
     owner = np.repeat(np.arange(len(people)), counts)
-    rank = _rank_within(counts)
+    rank = rank_within(counts)
     start = EVENT_START_MS + rng.integers(0, 330 * DAY_MS, len(people))
     ts = start[owner] + rank * rng.integers(20_000, 600_000, len(owner))
     etype = np.where(rank == 0, IDENTIFY, np.where(rng.random(len(owner)) < 0.55, TRACK, PAGE)).astype(np.int8)
@@ -1350,8 +976,8 @@ def _kiosk_events(rng: np.random.Generator, p: _People, first_cookie: int, first
     users = np.flatnonzero(p.has_user_id & (rng.random(len(p)) < KIOSK_USER_RATE))
     kiosk = rng.integers(0, kiosks, len(users))
     events = _session_events(rng, users, first_cookie + kiosk, first_device + kiosk, first_ip + kiosk)
-    _count(stats, "kiosk_users", len(users))
-    _count(stats, "kiosk_events", len(events))
+    count(stats, "kiosk_users", len(users))
+    count(stats, "kiosk_events", len(events))
     return events
 
 
@@ -1365,9 +991,9 @@ def _family_tablets(rng: np.random.Generator, p: _People, first_cookie: int, fir
     tablets = _devices(rng, np.where(rng.random(n) < 0.5, 1, 2), stats)
     members = np.concatenate([first, first + 1])
     tablet = np.concatenate([np.arange(n), np.arange(n)])
-    anon = _uuids(rng, 2 * n, upper=tablets.kind[tablet] == 1)
+    anon = uuids(rng, 2 * n, upper=tablets.kind[tablet] == 1)
     events = _session_events(rng, members, first_cookie + np.arange(2 * n), first_device + tablet, members)
-    _count(stats, "family_tablets", n)
+    count(stats, "family_tablets", n)
     return events, tablets, anon
 
 
@@ -1391,32 +1017,23 @@ def _draw_events(rng: np.random.Generator, p: _People, pools: _Pools, stats: dic
     tables = _EventTables(
         anon=pa.concat_arrays([own.cookies, pools.kiosk_anon, tablet_anon]),
         devices=_concat_devices([own.devices, _kiosk_devices(pools), tablets]),
-        user_id=pa.concat_arrays([p.user_id, _text(JUNK_USER_IDS)]),
+        user_id=pa.concat_arrays([p.user_id, text(JUNK_USER_IDS)]),
         ip=pa.concat_arrays([p.home_ip, pools.nat_ip, pools.kiosk_ip]))
     return events, tables
 
 
 # ---- JSON assembly -----------------------------------------------------------------------------
-_EVENT_TYPE_NAMES = _text(EVENT_TYPES)
-_DEVICE_TYPE_NAMES = _text(DEVICE_TYPES)
-_TRACK_NAMES = _text(name for name, _, _ in TRACK_EVENTS)
+_EVENT_TYPE_NAMES = text(EVENT_TYPES)
+_DEVICE_TYPE_NAMES = text(DEVICE_TYPES)
+_TRACK_NAMES = text(name for name, _, _ in TRACK_EVENTS)
 _TRACK_KINDS = np.array([kind for _, kind, _ in TRACK_EVENTS])
 _TRACK_WEIGHTS = np.array([w for _, _, w in TRACK_EVENTS]) / sum(w for _, _, w in TRACK_EVENTS)
-_PAGE_NAMES, _PAGE_PATHS = _text(n for n, _ in PAGES), _text(u for _, u in PAGES)
+_PAGE_NAMES, _PAGE_PATHS = text(n for n, _ in PAGES), text(u for _, u in PAGES)
 _SERVER_CONTEXT = ',"context":{"library":{"name":"analytics-python","version":"2.3.2"}}'
 
 
-def _message_ids(rng: np.random.Generator, kind: np.ndarray) -> pa.Array:
-    """analytics.js writes ajs-<32 hex>; the mobile and server libraries write UUIDs (upper case on iOS)."""
-    codes = _uuid_codes(rng, len(kind), upper=kind == 1)
-    web = kind == 0
-    codes[web, :4] = np.frombuffer(b"ajs-", np.uint8)
-    codes[web, 4:] = _hex_codes(_random_bytes(rng, int(web.sum()), 16))
-    return _fixed_width(codes)
-
-
 def _prices(rng: np.random.Generator, n: int, low: int, high: int) -> pa.Array:
-    return _join(_num(rng.integers(low, high, n)), ".", _take(DIGITS2, rng.integers(0, 100, n)))
+    return join(num(rng.integers(low, high, n)), ".", take(DIGITS2, rng.integers(0, 100, n)))
 
 
 def _track_json(rng: np.random.Generator, track: np.ndarray) -> pa.Array:
@@ -1424,40 +1041,40 @@ def _track_json(rng: np.random.Generator, track: np.ndarray) -> pa.Array:
     n = int(track.sum())
     which = rng.choice(len(_TRACK_KINDS), size=n, p=_TRACK_WEIGHTS)
     kind = _TRACK_KINDS[which]
-    product = _join('{"product_id":"sku-', _take(DIGITS4, rng.integers(0, 10_000, n)), '","price":',
+    product = join('{"product_id":"sku-', take(DIGITS4, rng.integers(0, 10_000, n)), '","price":',
                     _prices(rng, n, 5, 400), "}")
-    order = _join('{"order_id":"ord-', _hex_strings(rng, n, 5), '","revenue":', _prices(rng, n, 10, 900),
+    order = join('{"order_id":"ord-', hex_strings(rng, n, 5), '","revenue":', _prices(rng, n, 10, 900),
                   ',"currency":"USD"}')
-    properties = _where(kind == 1, product, _where(kind == 2, order, "{}"))
-    return _scatter(_join(',"event":"', _take(_TRACK_NAMES, which), '","properties":', properties), track)
+    properties = where(kind == 1, product, where(kind == 2, order, "{}"))
+    return scatter(join(',"event":"', take(_TRACK_NAMES, which), '","properties":', properties), track)
 
 
 def _page_json(rng: np.random.Generator, page: np.ndarray) -> pa.Array:
     which = rng.integers(0, len(PAGES), int(page.sum()))
-    path = _take(_PAGE_PATHS, which)
-    body = _join(',"name":"', _take(_PAGE_NAMES, which), '","properties":{"url":"', SITE, path,
+    path = take(_PAGE_PATHS, which)
+    body = join(',"name":"', take(_PAGE_NAMES, which), '","properties":{"url":"', SITE, path,
                  '","path":"', path, '"}')
-    return _scatter(body, page)
+    return scatter(body, page)
 
 
 def _traits_json(rng: np.random.Generator, p: _People, person: np.ndarray, snake: np.ndarray, stats: dict) -> pa.Array:
     """identify traits: the person's email (with everyday variants), often names, sometimes a phone."""
     n = len(person)
-    email = _emails(rng, _take(p.email_local, person), _take(p.email_domain, person), TRAIT_EMAILS)
-    has_email = _to_numpy(pc.not_equal(email, ""))
+    email = _emails(rng, take(p.email_local, person), take(p.email_domain, person), TRAIT_EMAILS)
+    has_email = to_numpy(pc.not_equal(email, ""))
     names = rng.random(n) < 0.6
     first = _first_names(rng, p.first[person], TRAIT_NAMES, stats)
     last = _last_names(rng, p.last[person], TRAIT_NAMES, stats)
-    first_key = _where(snake, '"first_name":"', '"firstName":"')
-    last_key = _where(snake, '"last_name":"', '"lastName":"')
+    first_key = where(snake, '"first_name":"', '"firstName":"')
+    last_key = where(snake, '"last_name":"', '"lastName":"')
     phone = rng.random(n) < 0.25
-    pieces = [_where(has_email, _join('"email":"', email, '"'), None),
-              _where(names, _join(first_key, first, '",', last_key, last, '"'), None),
-              _where(phone, _join('"phone":"', _formatted_phones(rng, p.mobile[person], p.uk[person]), '"'), None)]
+    pieces = [where(has_email, join('"email":"', email, '"'), None),
+              where(names, join(first_key, first, '",', last_key, last, '"'), None),
+              where(phone, join('"phone":"', _formatted_phones(rng, p.mobile[person], p.uk[person]), '"'), None)]
     # Join the rows that have traits only (see _join about all-null rows), then spread back.
     some = has_email | names | phone
     body = pc.binary_join_element_wise(*(piece.filter(pa.array(some)) for piece in pieces), ",", null_handling="skip")
-    return _join(',"traits":{', _scatter(body, some), "}")
+    return join(',"traits":{', scatter(body, some), "}")
 
 
 def _context_json(rng: np.random.Generator, p: _People, ev: _Events, kind: np.ndarray,
@@ -1467,16 +1084,16 @@ def _context_json(rng: np.random.Generator, p: _People, ev: _Events, kind: np.nd
     logged_in = (ev.user >= 0) & (ev.user < len(p))
     with_email = logged_in & ((ev.etype == TRACK) | (ev.etype == PAGE)) & (rng.random(n) < 0.12)
     person = ev.person[with_email]
-    email = _emails(rng, _take(p.email_local, person), _take(p.email_domain, person), TRAIT_EMAILS)
-    email_json = _scatter(_where(_to_numpy(pc.not_equal(email, "")), email, None), with_email)
+    email = _emails(rng, take(p.email_local, person), take(p.email_domain, person), TRAIT_EMAILS)
+    email_json = scatter(where(to_numpy(pc.not_equal(email, "")), email, None), with_email)
     devices = tables.devices
-    client = _join(',"context":{"ip":"', _take(tables.ip, ev.ip),
-                   '","userAgent":"', _take(devices.user_agent, ev.device),
-                   '","device":{"id":"', _take(devices.device_id, ev.device),
-                   '","type":"', _take(_DEVICE_TYPE_NAMES, kind), '"',
-                   _wrap(',"advertisingId":"', _take(devices.ad_id, ev.device), '"'), "}",
-                   _wrap(',"traits":{"email":"', email_json, '"}'), "}")
-    return _where(ev.device >= 0, client, _SERVER_CONTEXT)
+    client = join(',"context":{"ip":"', take(tables.ip, ev.ip),
+                   '","userAgent":"', take(devices.user_agent, ev.device),
+                   '","device":{"id":"', take(devices.device_id, ev.device),
+                   '","type":"', take(_DEVICE_TYPE_NAMES, kind), '"',
+                   wrap(',"advertisingId":"', take(devices.ad_id, ev.device), '"'), "}",
+                   wrap(',"traits":{"email":"', email_json, '"}'), "}")
+    return where(ev.device >= 0, client, _SERVER_CONTEXT)
 
 
 @dataclass
@@ -1492,17 +1109,17 @@ class _EventSlice:
 def _event_slice(rng: np.random.Generator, p: _People, ev: _Events, tables: _EventTables, stats: dict) -> _EventSlice:
     """One compact JSON object + newline per event."""
     kind = np.where(ev.device >= 0, tables.devices.kind[np.maximum(ev.device, 0)], -1)
-    message_id = _message_ids(rng, kind)
-    anon, user = _take(tables.anon, ev.cookie), _take(tables.user_id, ev.user)
+    message_id = message_ids(rng, kind)
+    anon, user = take(tables.anon, ev.cookie), take(tables.user_id, ev.user)
     # userId: the value when known; an explicit null from analytics.js; absent from the mobile SDKs.
-    user_json = pc.coalesce(_wrap(',"userId":"', user, '"'), _where(kind == 0, ',"userId":null', None))
+    user_json = pc.coalesce(wrap(',"userId":"', user, '"'), where(kind == 0, ',"userId":null', None))
     identify = ev.etype == IDENTIFY
     snake = tables.devices.snake_traits[np.maximum(ev.device[identify], 0)]
-    lines = _join('{"messageId":"', message_id, '","type":"', _take(_EVENT_TYPE_NAMES, ev.etype),
-                  '","timestamp":"', _iso_millis(ev.ts), '"', _wrap(',"anonymousId":"', anon, '"'), user_json,
-                  _scatter(_traits_json(rng, p, ev.person[identify], snake, stats), identify),
+    lines = join('{"messageId":"', message_id, '","type":"', take(_EVENT_TYPE_NAMES, ev.etype),
+                  '","timestamp":"', iso_millis(ev.ts), '"', wrap(',"anonymousId":"', anon, '"'), user_json,
+                  scatter(_traits_json(rng, p, ev.person[identify], snake, stats), identify),
                   _track_json(rng, ev.etype == TRACK), _page_json(rng, ev.etype == PAGE),
-                  _wrap(',"previousId":"', _take(tables.anon, ev.previous), '"'),
+                  wrap(',"previousId":"', take(tables.anon, ev.previous), '"'),
                   _context_json(rng, p, ev, kind, tables), "}\n")
     return _EventSlice(lines, message_id, anon, user, ev.person)
 
@@ -1519,17 +1136,10 @@ def _batch_mask(person: np.ndarray, line_bytes: np.ndarray, batch_people: int) -
 # ----------------------------------------------------------------------------------------------
 # Writing parts
 # ----------------------------------------------------------------------------------------------
-def _write_lines(f, lines: pa.Array) -> None:
-    """Write all values of a string array back to back (each value already ends with its newline)."""
-    if len(lines):
-        offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset: lines.offset + len(lines) + 1]
-        f.write(memoryview(lines.buffers()[2])[offsets[0]: offsets[-1]])
-
-
 def _csv_minimal(values: pa.Array) -> pa.Array:
     """Quote only values holding a delimiter, quote or line break (what spreadsheets write)."""
     needs = pc.match_substring_regex(values, '[,"\r\n]')
-    return pc.if_else(needs, _join('"', pc.replace_substring(values, '"', '""'), '"'), values)
+    return pc.if_else(needs, join('"', pc.replace_substring(values, '"', '""'), '"'), values)
 
 
 def _write_quoted_csv(path: Path, table: _Table, eol: str) -> None:
@@ -1543,12 +1153,7 @@ def _write_minimal_csv(path: Path, table: _Table) -> None:
         pieces += [_csv_minimal(values), ","]
     pieces[-1] = "\n"
     with open(path, "wb") as f:
-        _write_lines(f, _join(*pieces))
-
-
-def _write_ipc(path: Path, table: pa.Table) -> None:
-    with pa.ipc.new_file(str(path), table.schema) as writer:
-        writer.write_table(table)
+        write_lines(f, join(*pieces))
 
 
 RECORDS_SCHEMA = pa.schema([("source", pa.string()), ("record_key", pa.string()), ("person_id", pa.int64())])
@@ -1559,13 +1164,13 @@ EVENTS_SCHEMA = pa.schema([("source", pa.string()), ("message_id", pa.string()),
 def _records_truth(source: str, tables: list[_Table]) -> pa.Table:
     keys = pa.concat_arrays([t.columns["Id"] for t in tables])
     people = np.concatenate([t.person for t in tables])
-    return pa.table({"source": _const(source, len(keys)), "record_key": keys,
+    return pa.table({"source": const(source, len(keys)), "record_key": keys,
                      "person_id": pa.array(people, pa.int64())}, schema=RECORDS_SCHEMA)
 
 
 def _events_truth(source: str, part: _EventSlice, p: _People, keep: np.ndarray) -> pa.Table:
     mask = pa.array(keep)
-    return pa.table({"source": _const(source, int(keep.sum())), "message_id": part.message_id.filter(mask),
+    return pa.table({"source": const(source, int(keep.sum())), "message_id": part.message_id.filter(mask),
                      "person_id": pa.array(p.pid[part.person[keep]]), "anonymous_id": part.anonymous_id.filter(mask),
                      "user_id": part.user_id.filter(mask)}, schema=EVENTS_SCHEMA)
 
@@ -1604,21 +1209,19 @@ def _run_chunk(task: _ChunkTask) -> dict:
         events, tables = _draw_events(rng, p, pools, stats, task.plan.mean_events)
         _write_events(rng, task, p, events, tables, stats)
     if task.plan.visitors:  # its own random stream: nothing above depends on this switch
-        from resolver.synth import visitors as synth_visitors
-
         synth_visitors.run_chunk(task, p, stats)
     return stats
 
 
 def _count_people(stats: dict, p: _People) -> None:
-    _count(stats, "people", len(p))
-    _count(stats, "households", ((p.household_rank == 0) & (p.household_size >= 2)).sum())
-    _count(stats, "household_people", (p.household_size >= 2).sum())
-    _count(stats, "households_sharing_phone", (p.shares_home_phone & (p.household_rank == 0)).sum())
-    _count(stats, "uk_people", p.uk.sum())
-    _count(stats, "people_with_events", p.has_events.sum())
-    _count(stats, "people_with_user_id", p.has_user_id.sum())
-    _count(stats, "anonymous_only_people", (p.has_events & ~p.has_user_id).sum())
+    count(stats, "people", len(p))
+    count(stats, "households", ((p.household_rank == 0) & (p.household_size >= 2)).sum())
+    count(stats, "household_people", (p.household_size >= 2).sum())
+    count(stats, "households_sharing_phone", (p.shares_home_phone & (p.household_rank == 0)).sum())
+    count(stats, "uk_people", p.uk.sum())
+    count(stats, "people_with_events", p.has_events.sum())
+    count(stats, "people_with_user_id", p.has_user_id.sum())
+    count(stats, "anonymous_only_people", (p.has_events & ~p.has_user_id).sum())
 
 
 def _write_salesforce(rng: np.random.Generator, task: _ChunkTask, p: _People, pools: _Pools, stats: dict) -> None:
@@ -1631,13 +1234,13 @@ def _write_salesforce(rng: np.random.Generator, task: _ChunkTask, p: _People, po
     _write_quoted_csv(task.part("contact_a.csv"), contacts_a, "\n")
     _write_quoted_csv(task.part("contact_b.csv"), contacts_b, "\r\n")
     _write_minimal_csv(task.part("lead.csv"), leads)
-    _write_ipc(task.part("records.arrow"), pa.concat_tables([_records_truth("sf_contacts", [contacts_a, contacts_b]),
+    write_ipc(task.part("records.arrow"), pa.concat_tables([_records_truth("sf_contacts", [contacts_a, contacts_b]),
                                                              _records_truth("sf_leads", [leads])]))
-    _count(stats, "contacts_a", len(contacts_a.person))
-    _count(stats, "contacts_b", len(contacts_b.person))
-    _count(stats, "leads", len(leads.person))
-    _count(stats, "people_with_contact", plan.has_contact.sum())
-    _count(stats, "people_with_lead", plan.has_lead.sum())
+    count(stats, "contacts_a", len(contacts_a.person))
+    count(stats, "contacts_b", len(contacts_b.person))
+    count(stats, "leads", len(leads.person))
+    count(stats, "people_with_contact", plan.has_contact.sum())
+    count(stats, "people_with_lead", plan.has_lead.sum())
 
 
 def _write_events(rng: np.random.Generator, task: _ChunkTask, p: _People, events: _Events, tables: _EventTables,
@@ -1656,7 +1259,7 @@ def _write_events(rng: np.random.Generator, task: _ChunkTask, p: _People, events
         for part in slices:
             in_batch = batch[offset: offset + len(part.person)]
             offset += len(part.person)
-            _write_lines(jsonl, part.lines.filter(pa.array(~in_batch)))
+            write_lines(jsonl, part.lines.filter(pa.array(~in_batch)))
             truth.append(_events_truth("segment", part, p, ~in_batch))
             if in_batch.any():
                 batch_lines += [line.rstrip("\n").encode()
@@ -1666,11 +1269,11 @@ def _write_events(rng: np.random.Generator, task: _ChunkTask, p: _People, events
         with open(Path(task.out_dir) / "segment" / "batch-00000.json", "wb") as f:
             f.write(b'{"batch":[' + b",".join(batch_lines) + b"]}\n")
     parts = truth + batch_truth
-    _write_ipc(task.part("events.arrow"), pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table())
+    write_ipc(task.part("events.arrow"), pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table())
     for k, name in enumerate(EVENT_TYPES):
-        _count(stats, f"{name}_events", (events.etype == k).sum())
-    _count(stats, "events_batch", batch.sum())
-    _count(stats, "events_jsonl", len(events) - batch.sum())
+        count(stats, f"{name}_events", (events.etype == k).sum())
+    count(stats, "events_batch", batch.sum())
+    count(stats, "events_jsonl", len(events) - batch.sum())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1701,8 +1304,6 @@ class _Assembler:
             pq.ParquetWriter(out / "truth" / "events.parquet", EVENTS_SCHEMA, compression="zstd"))
         self.visitors = None
         if visitors:
-            from resolver.synth import visitors as synth_visitors
-
             self.visitors = synth_visitors.Assembler(out, files)
 
     def append(self, task: _ChunkTask) -> None:
@@ -1722,8 +1323,6 @@ class _Assembler:
 
 def _prepare_out_dir(out: Path, events: bool, visitors: bool = False) -> None:
     """Create the layout and remove files a previous run may have left (a stale events file would be read)."""
-    from resolver.synth import visitors as synth_visitors
-
     for sub in ("salesforce", "segment", "truth") if events else ("salesforce", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for stale in list((out / "segment").glob("events-*.jsonl")) + list((out / "segment").glob("batch-*.json")):
@@ -1752,8 +1351,6 @@ def _write_config(out: Path, events: bool, visitors: bool = False) -> None:
     if not events:
         text = _without_event_sources(text)
     if visitors:
-        from resolver.synth import visitors as synth_visitors
-
         text = synth_visitors.with_visitor_config(text)
     (out / "resolver.yaml").write_bytes(text.encode("utf-8"))
 
@@ -1811,8 +1408,6 @@ def _manifest(plan: _Plan, stats: dict) -> dict:
     if plan.mean_events != MEAN_EVENTS:  # only when asked for: default manifests stay as they were
         manifest["events_per_person"] = plan.mean_events
     if plan.visitors:
-        from resolver.synth import visitors as synth_visitors
-
         manifest["visitors"] = synth_visitors.manifest_section(stats, plan.people)
     return manifest
 
@@ -1853,7 +1448,7 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
             for task, stats in zip(tasks, _chunk_results(tasks, workers)):
                 assembler.append(task)
                 for k, v in stats.items():
-                    _count(totals, k, v)
+                    count(totals, k, v)
                 done += task.size
                 if progress is not None:
                     progress(done)

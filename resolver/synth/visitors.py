@@ -50,7 +50,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from resolver.synth import people as s
+from resolver.synth.columns import (
+    DAY_MS, DAY_S, by_group, const, count, digit_codes, epoch_s, fixed_width, hex_codes, ips, iso_millis, join,
+    message_ids, num, offsets, permute, random_bytes, rank_within, take, text, timestamp_codes, uuids, where,
+    wrap, write_ipc, write_lines,
+)
+from resolver.synth.tables import POOL_STREAM, SITE, US_CITIES
 
 # ----------------------------------------------------------------------------------------------
 # Shares (of the people of a chunk unless stated otherwise)
@@ -78,8 +83,7 @@ KINDS = ["logs_in_later", "never_logs_in", "second_device", "cookie_reset", "hou
          "work_device", "stranger", "home_device_logs_in"]
 PRIMARY_LOGIN, PRIMARY, SECOND, RESET, TABLET, VPN, WORK, STRANGER, HOME_LOGIN = range(len(KINDS))
 
-POOL_STREAM = s._POOL_STREAM
-VISIT_START_S = s._epoch_s("2024-03-01")
+VISIT_START_S = epoch_s("2024-03-01")
 VISIT_START_DAYS = 90         # an id's first session falls in the first 90 days from VISIT_START_S
 MAX_EVENTS_PER_SESSION = 12
 PAGE, LOGIN, CART = 0, 1, 2
@@ -122,13 +126,13 @@ SCREEN_GROUPS = [  # desktop, iPhone, Android phone, tablet
     [(820, 1180), (810, 1080), (1024, 1366)],
 ]
 # Geography: the CRM's US cities, then London, then datacenter cities. (city, region, country, code, continent)
-GEO = ([(c, state, "United States", "US", "Americas") for c, _, state, _ in s.US_CITIES]
+GEO = ([(c, state, "United States", "US", "Americas") for c, _, state, _ in US_CITIES]
        + [("London", "England", "United Kingdom", "GB", "Europe"),
           ("Ashburn", "Virginia", "United States", "US", "Americas"),
           ("Santa Clara", "California", "United States", "US", "Americas"),
           ("Frankfurt am Main", "Hesse", "Germany", "DE", "Europe"),
           ("Amsterdam", "North Holland", "Netherlands", "NL", "Europe")])
-LONDON = len(s.US_CITIES)
+LONDON = len(US_CITIES)
 DATACENTER_GEO = np.arange(LONDON + 1, len(GEO))
 CATEGORIES = ["running", "hiking", "camping", "climbing", "cycling", "swimming", "yoga", "skiing", "fishing", "kids"]
 PRODUCTS_PER_CATEGORY = 40
@@ -136,7 +140,6 @@ BLOG_SLUGS = ["gear-guide", "beginners-tips", "best-of-2024", "trail-report", "c
 GENERIC_PAGES = [("/", "Home"), ("/cart", "Cart"), ("/search", "Search"), ("/stores", "Store Locator"),
                  ("/sale", "Sale"), ("/account", "My Account")]
 FAVOURITES = 3                # favourite categories per person
-SITE = s.SITE
 HOSTNAME = SITE.split("://", 1)[1]
 GA4_STREAM_ID = "4178325941"
 TEALIUM_ACCOUNT, TEALIUM_PROFILE = "evergreen", "main"
@@ -166,25 +169,25 @@ _PATHS, _TITLES, PAGE_CATEGORY = _page_catalogue()
 BLOG_FIRST = len(CATEGORIES) * PRODUCTS_PER_CATEGORY
 GENERIC_FIRST = BLOG_FIRST + len(CATEGORIES) * len(BLOG_SLUGS)
 LOGIN_PAGE = len(_PATHS) - 1
-PAGE_PATHS, PAGE_TITLES = s._text(_PATHS), s._text(_TITLES)
-PAGE_URLS = s._text(SITE + p for p in _PATHS)
-PAGE_SKUS = s._text(p.rsplit("/", 1)[1] for p in _PATHS)
+PAGE_PATHS, PAGE_TITLES = text(_PATHS), text(_TITLES)
+PAGE_URLS = text(SITE + p for p in _PATHS)
+PAGE_SKUS = text(p.rsplit("/", 1)[1] for p in _PATHS)
 
 
 def _device_table(column: int) -> pa.Array:
-    return s._text(d[column] for d in DEVICES)
+    return text(d[column] for d in DEVICES)
 
 
 UA, DEVICE_OS, DEVICE_OS_VERSION, DEVICE_BROWSER, DEVICE_BROWSER_VERSION = (_device_table(k) for k in (0, 3, 4, 5, 6))
 DEVICE_CLASS = np.array([d[1] for d in DEVICES])
 DEVICE_SCREEN_GROUP = np.array([d[2] for d in DEVICES])
-DEVICE_CLASS_NAMES = s._text(DEVICE_CLASSES)
+DEVICE_CLASS_NAMES = text(DEVICE_CLASSES)
 _SCREENS = [wh for group in SCREEN_GROUPS for wh in group]
 SCREEN_W, SCREEN_H = np.array([w for w, _ in _SCREENS]), np.array([h for _, h in _SCREENS])
-SCREEN_TEXT = s._text(f"{w}x{h}" for w, h in _SCREENS)
+SCREEN_TEXT = text(f"{w}x{h}" for w, h in _SCREENS)
 SCREEN_FIRST = np.cumsum([0] + [len(g) for g in SCREEN_GROUPS])[:-1]
 SCREEN_COUNT = np.array([len(g) for g in SCREEN_GROUPS])
-GEO_CITY, GEO_REGION, GEO_COUNTRY, GEO_CODE, GEO_CONTINENT = (s._text(g[k] for g in GEO) for k in range(5))
+GEO_CITY, GEO_REGION, GEO_COUNTRY, GEO_CODE, GEO_CONTINENT = (text(g[k] for g in GEO) for k in range(5))
 
 
 def _assert_json_safe() -> None:
@@ -244,13 +247,13 @@ def _ip_pools(people: int, seed: int) -> _IpPools:
     blocks = np.array([[166, 137, 14], [166, 170, 41], [174, 193, 88], [174, 226, 3], [166, 181, 200]])
     block = np.arange(k) % len(blocks)
     host = 10 + np.arange(k) // len(blocks) * 7 + rng.integers(0, 7, k)
-    carrier = s._ips(blocks[block, 0], blocks[block, 1], blocks[block, 2], host)
-    carrier_geo = rng.integers(0, len(s.US_CITIES), len(blocks))[block]  # geo-IP of a block: its hub city
+    carrier = ips(blocks[block, 0], blocks[block, 1], blocks[block, 2], host)
+    carrier_geo = rng.integers(0, len(US_CITIES), len(blocks))[block]  # geo-IP of a block: its hub city
     # Corporate NAT: one egress IP per employer network, in business ranges.
-    corporate = s._ips(rng.choice([12, 63, 199, 50], c), rng.integers(0, 256, c), rng.integers(0, 256, c),
+    corporate = ips(rng.choice([12, 63, 199, 50], c), rng.integers(0, 256, c), rng.integers(0, 256, c),
                        rng.integers(1, 255, c))
-    corporate_geo = rng.integers(0, len(s.US_CITIES), c)
-    datacenter = s._ips(rng.choice([45, 104, 138, 185, 193], d), rng.integers(0, 256, d), rng.integers(0, 256, d),
+    corporate_geo = rng.integers(0, len(US_CITIES), c)
+    datacenter = ips(rng.choice([45, 104, 138, 185, 193], d), rng.integers(0, 256, d), rng.integers(0, 256, d),
                         rng.integers(1, 255, d))
     datacenter_geo = DATACENTER_GEO[rng.integers(0, len(DATACENTER_GEO), d)]
     return _IpPools(carrier, carrier_geo, corporate, corporate_geo, datacenter, datacenter_geo)
@@ -354,7 +357,7 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
 
     resets = np.where(rng.random(nv) < COOKIE_RESET_RATE, rng.integers(1, 3, nv), 0)
     r_of = np.repeat(np.arange(nv), resets)
-    r_rank = s._rank_within(resets)
+    r_rank = rank_within(resets)
     o = v[r_of]
     reset_ids = ids(o, RESET, primary_device[r_of], primary_screen[r_of], np.zeros(len(o), bool), o, 2 + r_rank,
                     _geometric(rng, 0.4, len(o), 6), 1 + rng.integers(0, 10, len(o)), np.zeros(len(o)), np.zeros(len(o)))
@@ -401,11 +404,11 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
 
     # Strangers' home networks: a bijection of the global stranger number (no two strangers collide), in
     # residential ranges apart from the CRM households' 73/98/24.x.x.
-    code = s._permute(first_pid + st, 4 * 2**16 * 254, plan.seed, purpose=22)
+    code = permute(first_pid + st, 4 * 2**16 * 254, plan.seed, purpose=22)
     network, host = np.divmod(code, 254)
-    stranger_ip = s._ips(np.array([67, 71, 76, 99])[network >> 16], (network >> 8) & 255, network & 255, host + 1)
+    stranger_ip = ips(np.array([67, 71, 76, 99])[network >> 16], (network >> 8) & 255, network & 255, host + 1)
     ip = pa.concat_arrays([p.home_ip, stranger_ip, pools.carrier, pools.corporate, pools.datacenter])
-    ip_geo = np.concatenate([person_geo, rng.integers(0, len(s.US_CITIES), ns), pools.carrier_geo,
+    ip_geo = np.concatenate([person_geo, rng.integers(0, len(US_CITIES), ns), pools.carrier_geo,
                              pools.corporate_geo, pools.datacenter_geo])
 
     # Another device at home that its owner logs in on, like the second device but authenticated:
@@ -423,10 +426,10 @@ def _draw(rng: np.random.Generator, plan, p, first_pid: int, pools: _IpPools, st
     all_ids = _concat_ids([primary, second_ids, reset_ids, vpn_ids, work_ids, tablet_ids, stranger_ids, home_ids])
     user_pid = np.concatenate([p.pid, np.full(ns, -1)])
     habits = _Habits(favourites, hour, carrier_row, k_carrier, dc_row, len(pools.datacenter))
-    s._count(stats, "visitor_persons", nv)
-    s._count(stats, "visitor_strangers", ns)
-    s._count(stats, "visitor_household_tablets", len(heads))
-    s._count(stats, "visitor_vpn_hop_persons", vpn_hop.sum())
+    count(stats, "visitor_persons", nv)
+    count(stats, "visitor_strangers", ns)
+    count(stats, "visitor_household_tablets", len(heads))
+    count(stats, "visitor_vpn_hop_persons", vpn_hop.sum())
     return all_ids, ip, ip_geo, user_pid, habits
 
 
@@ -453,11 +456,11 @@ class _Sessions:
 def _sessions(rng: np.random.Generator, ids: _Ids, habits: _Habits) -> _Sessions:
     sid = np.repeat(np.arange(len(ids)), ids.sessions)
     m = len(sid)
-    rank = s._rank_within(ids.sessions)
+    rank = rank_within(ids.sessions)
     gap = rng.geometric(0.35, m)
     gap[rank == 0] = 0
     elapsed = np.cumsum(gap)
-    first = s._offsets(ids.sessions)
+    first = offsets(ids.sessions)
     since_first = elapsed - elapsed[first][sid]
     start_day = ids.start_day.copy()
     last = since_first[first + ids.sessions - 1]
@@ -478,7 +481,7 @@ def _sessions(rng: np.random.Generator, ids: _Ids, habits: _Habits) -> _Sessions
 
     work = ids.corporate[sid] >= 0
     tod = np.where(work, rng.uniform(13.0, 21.0, m), (habits.hour[user] + rng.normal(0.0, 1.2, m)) % 24.0)
-    start_ms = (VISIT_START_S + day * s.DAY_S) * 1000 + (tod * 3_600_000).astype(np.int64)
+    start_ms = (VISIT_START_S + day * DAY_S) * 1000 + (tod * 3_600_000).astype(np.int64)
 
     ip = np.where(work, ids.corporate[sid], ids.home_ip[sid])
     stranger = ids.kind[sid] == STRANGER
@@ -511,11 +514,11 @@ def _events(rng: np.random.Generator, sessions: _Sessions, habits: _Habits) -> _
     counts = _geometric(rng, 0.3, len(sessions.id), MAX_EVENTS_PER_SESSION) + sessions.login
     sess = np.repeat(np.arange(len(counts)), counts)
     m = len(sess)
-    rank = s._rank_within(counts)
+    rank = rank_within(counts)
     gap = (3_000 + rng.exponential(40_000.0, m)).astype(np.int64)
     gap[rank == 0] = rng.integers(0, 1000, int((rank == 0).sum()))
     elapsed = np.cumsum(gap)
-    ts_ms = sessions.start_ms[sess] + elapsed - elapsed[s._offsets(counts)][sess]
+    ts_ms = sessions.start_ms[sess] + elapsed - elapsed[offsets(counts)][sess]
 
     user = sessions.user[sess]
     u = rng.random(m)
@@ -538,28 +541,28 @@ def _events(rng: np.random.Generator, sessions: _Sessions, habits: _Habits) -> _
 # Anonymous id strings
 # ----------------------------------------------------------------------------------------------
 def _segment_ids(rng: np.random.Generator, n: int) -> pa.Array:
-    return s._uuids(rng, n)
+    return uuids(rng, n)
 
 
 def _ga4_ids(seed: int, slot: np.ndarray, first_ms: np.ndarray) -> pa.Array:
     """The _ga client id: <10 random digits>.<first visit unix seconds>; the random part is a bijection of the slot."""
-    number = 1_000_000_000 + s._permute(slot, 9_000_000_000, seed, purpose=21)
-    return s._fixed_width(np.hstack([s._digit_codes(number, 10), np.full((len(slot), 1), ord("."), np.uint8),
-                                     s._digit_codes(first_ms // 1000, 10)]))
+    number = 1_000_000_000 + permute(slot, 9_000_000_000, seed, purpose=21)
+    return fixed_width(np.hstack([digit_codes(number, 10), np.full((len(slot), 1), ord("."), np.uint8),
+                                     digit_codes(first_ms // 1000, 10)]))
 
 
 def _tealium_ids(rng: np.random.Generator, first_ms: np.ndarray) -> pa.Array:
     """45 hex digits: the first-visit time in milliseconds (12 hex) then 33 random hex digits."""
     n = len(first_ms)
-    stamp = s._hex_codes(((first_ms[:, None] >> (8 * np.arange(5, -1, -1))) & 255).astype(np.uint8))
-    random = s._hex_codes(s._random_bytes(rng, n, 17))[:, :33]
-    return s._fixed_width(np.hstack([stamp, random]))
+    stamp = hex_codes(((first_ms[:, None] >> (8 * np.arange(5, -1, -1))) & 255).astype(np.uint8))
+    random = hex_codes(random_bytes(rng, n, 17))[:, :33]
+    return fixed_width(np.hstack([stamp, random]))
 
 
 def _ecids(rng: np.random.Generator, n: int) -> pa.Array:
     """38 digits: two 19-digit halves that each fit a Java long, as Adobe validates."""
     high, low = rng.integers(0, 9 * 10**18, n), rng.integers(0, 9 * 10**18, n)
-    return s._fixed_width(np.hstack([s._digit_codes(high, 19), s._digit_codes(low, 19)]))
+    return fixed_width(np.hstack([digit_codes(high, 19), digit_codes(low, 19)]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -586,27 +589,27 @@ class _View:
 
 
 def _int_json(values: np.ndarray) -> pa.Array:
-    return s._num(values)
+    return num(values)
 
 
 def _segment_lines(rng: np.random.Generator, v: _View) -> tuple[pa.Array, pa.Array]:
     n = len(v.ts_ms)
-    message_id = s._message_ids(rng, np.zeros(n, np.int64))
+    message_id = message_ids(rng, np.zeros(n, np.int64))
     etype = np.where(v.login, 0, np.where(v.cart, 1, 2))
-    url, path, title = s._take(PAGE_URLS, v.page), s._take(PAGE_PATHS, v.page), s._take(PAGE_TITLES, v.page)
+    url, path, title = take(PAGE_URLS, v.page), take(PAGE_PATHS, v.page), take(PAGE_TITLES, v.page)
     body = pc.choose(pa.array(etype),
-                     s._join(',"traits":{"email":"', v.email, '"}'),
-                     s._const(',"event":"Product Added"', n),
-                     s._join(',"name":"', title, '"'))
-    sku = s._wrap(',"product_id":"', s._where(v.cart, s._take(PAGE_SKUS, v.page), None), '"')
-    lines = s._join(
-        '{"messageId":"', message_id, '","type":"', s._take(s._text(["identify", "track", "page"]), etype),
-        '","timestamp":"', s._iso_millis(v.ts_ms), '","anonymousId":"', v.anon, '","userId":',
-        pc.coalesce(s._wrap('"', v.user_id, '"'), pa.scalar("null")), body,
+                     join(',"traits":{"email":"', v.email, '"}'),
+                     const(',"event":"Product Added"', n),
+                     join(',"name":"', title, '"'))
+    sku = wrap(',"product_id":"', where(v.cart, take(PAGE_SKUS, v.page), None), '"')
+    lines = join(
+        '{"messageId":"', message_id, '","type":"', take(text(["identify", "track", "page"]), etype),
+        '","timestamp":"', iso_millis(v.ts_ms), '","anonymousId":"', v.anon, '","userId":',
+        pc.coalesce(wrap('"', v.user_id, '"'), pa.scalar("null")), body,
         ',"properties":{"url":"', url, '","path":"', path, '","title":"', title, '"', sku, '}',
-        ',"context":{"ip":"', v.ip, '","userAgent":"', s._take(UA, v.device),
+        ',"context":{"ip":"', v.ip, '","userAgent":"', take(UA, v.device),
         '","page":{"url":"', url, '","path":"', path, '","title":"', title, '"},"location":{"city":"',
-        s._take(GEO_CITY, v.geo), '","country":"', s._take(GEO_COUNTRY, v.geo), '"},"screen":{"width":',
+        take(GEO_CITY, v.geo), '","country":"', take(GEO_COUNTRY, v.geo), '"},"screen":{"width":',
         _int_json(SCREEN_W[v.screen]), ',"height":', _int_json(SCREEN_H[v.screen]),
         '},"library":{"name":"analytics.js","version":"next-1.64.0"}}}\n')
     return lines, message_id
@@ -615,15 +618,15 @@ def _segment_lines(rng: np.random.Generator, v: _View) -> tuple[pa.Array, pa.Arr
 def _ga4_lines(rng: np.random.Generator, v: _View) -> tuple[pa.Array, pa.Array]:
     n = len(v.ts_ms)
     micros = v.ts_ms * 1000 + rng.integers(0, 1000, n)
-    name = s._take(s._text(["login", "add_to_cart", "page_view"]), np.where(v.login, 0, np.where(v.cart, 1, 2)))
+    name = take(text(["login", "add_to_cart", "page_view"]), np.where(v.login, 0, np.where(v.cart, 1, 2)))
     bundle = rng.integers(1_000_000, 2_000_000_000, n)
     batch_index = v.ev.rank
-    date = s._timestamp_codes(v.ts_ms)
-    event_date = s._fixed_width(date[:, [0, 1, 2, 3, 5, 6, 8, 9]])
-    browser, version = s._take(DEVICE_BROWSER, v.device), s._take(DEVICE_BROWSER_VERSION, v.device)
-    url, title = s._take(PAGE_URLS, v.page), s._take(PAGE_TITLES, v.page)
+    date = timestamp_codes(v.ts_ms)
+    event_date = fixed_width(date[:, [0, 1, 2, 3, 5, 6, 8, 9]])
+    browser, version = take(DEVICE_BROWSER, v.device), take(DEVICE_BROWSER_VERSION, v.device)
+    url, title = take(PAGE_URLS, v.page), take(PAGE_TITLES, v.page)
     micros_text = _int_json(micros)
-    lines = s._join(
+    lines = join(
         '{"event_date":"', event_date, '","event_timestamp":', micros_text, ',"event_name":"', name,
         '","event_params":[{"key":"ga_session_id","value":{"int_value":', _int_json(v.session_start_ms // 1000),
         '}},{"key":"ga_session_number","value":{"int_value":', _int_json(v.session_number + 1),
@@ -631,54 +634,54 @@ def _ga4_lines(rng: np.random.Generator, v: _View) -> tuple[pa.Array, pa.Array]:
         '"}},{"key":"page_title","value":{"string_value":"', title,
         '"}},{"key":"engagement_time_msec","value":{"int_value":', _int_json(rng.integers(100, 60_000, n)),
         '}}],"event_bundle_sequence_id":', _int_json(bundle), ',"batch_event_index":', _int_json(batch_index),
-        ',"user_id":', pc.coalesce(s._wrap('"', v.user_id, '"'), pa.scalar("null")),
+        ',"user_id":', pc.coalesce(wrap('"', v.user_id, '"'), pa.scalar("null")),
         ',"user_pseudo_id":"', v.anon, '","user_properties":[],"device":{"category":"',
-        s._take(DEVICE_CLASS_NAMES, DEVICE_CLASS[v.device]), '","operating_system":"', s._take(DEVICE_OS, v.device),
-        '","operating_system_version":"', s._take(DEVICE_OS_VERSION, v.device), '","browser":"', browser,
+        take(DEVICE_CLASS_NAMES, DEVICE_CLASS[v.device]), '","operating_system":"', take(DEVICE_OS, v.device),
+        '","operating_system_version":"', take(DEVICE_OS_VERSION, v.device), '","browser":"', browser,
         '","browser_version":"', version, '","language":"en-us","web_info":{"browser":"', browser,
         '","browser_version":"', version, '","hostname":"', HOSTNAME, '"}},"geo":{"continent":"',
-        s._take(GEO_CONTINENT, v.geo), '","country":"', s._take(GEO_COUNTRY, v.geo), '","region":"',
-        s._take(GEO_REGION, v.geo), '","city":"', s._take(GEO_CITY, v.geo),
+        take(GEO_CONTINENT, v.geo), '","country":"', take(GEO_COUNTRY, v.geo), '","region":"',
+        take(GEO_REGION, v.geo), '","city":"', take(GEO_CITY, v.geo),
         '"},"platform":"WEB","stream_id":"', GA4_STREAM_ID, '"}\n')
     # The row id the ga4 reader builds (resolver/ingest/cdp_shapes.py): pseudo id|micros|name|bundle|batch index.
-    key = s._join(v.anon, "|", micros_text, "|", name, "|", _int_json(bundle), "|", _int_json(batch_index))
+    key = join(v.anon, "|", micros_text, "|", name, "|", _int_json(bundle), "|", _int_json(batch_index))
     return lines, key
 
 
 def _tealium_lines(rng: np.random.Generator, v: _View) -> tuple[pa.Array, pa.Array]:
     n = len(v.ts_ms)
-    event_id = s._uuids(rng, n)
-    name = s._take(s._text(["user_login", "cart_add", "page_view"]), np.where(v.login, 0, np.where(v.cart, 1, 2)))
-    lines = s._join(
+    event_id = uuids(rng, n)
+    name = take(text(["user_login", "cart_add", "page_view"]), np.where(v.login, 0, np.where(v.cart, 1, 2)))
+    lines = join(
         '{"event_id":"', event_id, '","tealium_account":"', TEALIUM_ACCOUNT, '","tealium_profile":"', TEALIUM_PROFILE,
         '","tealium_visitor_id":"', v.anon, '","tealium_event":"', name, '","tealium_timestamp_epoch":',
         _int_json(v.ts_ms // 1000), ',"tealium_session_id":"', _int_json(v.session_start_ms),
-        '","page_url":"', s._take(PAGE_URLS, v.page), '","page_name":"', s._take(PAGE_TITLES, v.page),
-        '","client_ip":"', v.ip, '","user_agent":"', s._take(UA, v.device), '","screen_resolution":"',
-        s._take(SCREEN_TEXT, v.screen), '"',
-        s._wrap(',"product_id":"', s._where(v.cart, s._take(PAGE_SKUS, v.page), None), '"'),
-        s._wrap(',"customer_email":"', v.email, '"'), s._wrap(',"customer_id":"', v.user_id, '"'), "}\n")
+        '","page_url":"', take(PAGE_URLS, v.page), '","page_name":"', take(PAGE_TITLES, v.page),
+        '","client_ip":"', v.ip, '","user_agent":"', take(UA, v.device), '","screen_resolution":"',
+        take(SCREEN_TEXT, v.screen), '"',
+        wrap(',"product_id":"', where(v.cart, take(PAGE_SKUS, v.page), None), '"'),
+        wrap(',"customer_email":"', v.email, '"'), wrap(',"customer_id":"', v.user_id, '"'), "}\n")
     return lines, event_id
 
 
 def _adobe_lines(rng: np.random.Generator, v: _View) -> tuple[pa.Array, pa.Array]:
     n = len(v.ts_ms)
-    event_id = s._uuids(rng, n)
-    event_type = s._take(s._text(["userAccount.login", "commerce.productListAdds", "web.webpagedetails.pageViews"]),
+    event_id = uuids(rng, n)
+    event_type = take(text(["userAccount.login", "commerce.productListAdds", "web.webpagedetails.pageViews"]),
                          np.where(v.login, 0, np.where(v.cart, 1, 2)))
-    ecid_primary = s._where(v.login, "false", "true")
-    authenticated = s._wrap(',"CRMID":[{"id":"', v.user_id, '","authenticatedState":"authenticated","primary":true}]',
+    ecid_primary = where(v.login, "false", "true")
+    authenticated = wrap(',"CRMID":[{"id":"', v.user_id, '","authenticatedState":"authenticated","primary":true}]',
                             ',"Email":[{"id":"', v.email, '","authenticatedState":"authenticated","primary":false}]')
-    lines = s._join(
-        '{"_id":"', event_id, '","timestamp":"', s._iso_millis(v.ts_ms), '","eventType":"', event_type,
+    lines = join(
+        '{"_id":"', event_id, '","timestamp":"', iso_millis(v.ts_ms), '","eventType":"', event_type,
         '","producedBy":"self","identityMap":{"ECID":[{"id":"', v.anon,
         '","authenticatedState":"ambiguous","primary":', ecid_primary, '}]', authenticated,
-        '},"web":{"webPageDetails":{"URL":"', s._take(PAGE_URLS, v.page), '","name":"', s._take(PAGE_TITLES, v.page),
+        '},"web":{"webPageDetails":{"URL":"', take(PAGE_URLS, v.page), '","name":"', take(PAGE_TITLES, v.page),
         '"}},"environment":{"type":"browser","ipV4":"', v.ip, '","browserDetails":{"userAgent":"',
-        s._take(UA, v.device), '"}},"device":{"type":"', s._take(DEVICE_CLASS_NAMES, DEVICE_CLASS[v.device]),
+        take(UA, v.device), '"}},"device":{"type":"', take(DEVICE_CLASS_NAMES, DEVICE_CLASS[v.device]),
         '","screenWidth":', _int_json(SCREEN_W[v.screen]), ',"screenHeight":', _int_json(SCREEN_H[v.screen]),
-        '},"placeContext":{"geo":{"city":"', s._take(GEO_CITY, v.geo), '","stateProvince":"',
-        s._take(GEO_REGION, v.geo), '","countryCode":"', s._take(GEO_CODE, v.geo), '"}}}\n')
+        '},"placeContext":{"geo":{"city":"', take(GEO_CITY, v.geo), '","stateProvince":"',
+        take(GEO_REGION, v.geo), '","countryCode":"', take(GEO_CODE, v.geo), '"}}}\n')
     return lines, event_id
 
 
@@ -758,21 +761,21 @@ def run_chunk(task, p, stats: dict) -> None:
             anon_parts.append(_tealium_ids(rng, first_ms[rows]))
         else:
             anon_parts.append(_ecids(rng, k))
-    anon = s._by_group(ids.source, anon_parts)
+    anon = by_group(ids.source, anon_parts)
 
     household_id = np.where(ids.owner >= 0, p.household[np.maximum(ids.owner, 0)], -1)
     truth = pa.table({
-        "source": s._take(s._text(SOURCES), ids.source), "anonymous_id": anon, "person_id": _nullable(person_id),
-        "kind": s._take(s._text(KINDS), ids.kind), "logs_in": pa.array(ids.logs_in),
+        "source": take(text(SOURCES), ids.source), "anonymous_id": anon, "person_id": _nullable(person_id),
+        "kind": take(text(KINDS), ids.kind), "logs_in": pa.array(ids.logs_in),
         "shared": pa.array(ids.household > 0), "users": pa.array(users), "household_id": _nullable(household_id),
         "sessions": pa.array(ids.sessions.astype(np.int64)), "events": pa.array(n_events.astype(np.int64)),
-        "user_agent": s._take(UA, ids.device), "screen": s._take(SCREEN_TEXT, ids.screen),
-        "home_ip": s._take(ip, ids.home_ip), "carrier_nat": pa.array(carrier_nat),
+        "user_agent": take(UA, ids.device), "screen": take(SCREEN_TEXT, ids.screen),
+        "home_ip": take(ip, ids.home_ip), "carrier_nat": pa.array(carrier_nat),
         "corporate_nat": pa.array(corporate_nat), "vpn": pa.array(vpn),
         "first_seen": pa.array(first_ms, pa.timestamp("ms", tz="UTC")),
         "last_seen": pa.array(last_ms, pa.timestamp("ms", tz="UTC")),
     }, schema=VISITORS_SCHEMA)
-    s._write_ipc(task.part("visitors.arrow"), truth)
+    write_ipc(task.part("visitors.arrow"), truth)
 
     # Session numbers per id, for GA4's ga_session_number.
     event_truth = []
@@ -787,35 +790,35 @@ def run_chunk(task, p, stats: dict) -> None:
         id_row = sessions.id[sess]
         login = ev.etype == LOGIN
         person_local = np.where(login, ids.owner[id_row], -1)
-        user_id = s._where(login, s._take(p.user_id, person_local), None)
-        email = s._where(login, s._join(s._take(p.email_local, person_local), "@",
-                                        s._take(p.email_domain, person_local)), None)
-        view = _View(ev, ev.ts_ms, login, ev.etype == CART, s._take(anon, id_row), s._take(ip, sessions.ip[sess]),
+        user_id = where(login, take(p.user_id, person_local), None)
+        email = where(login, join(take(p.email_local, person_local), "@",
+                                        take(p.email_domain, person_local)), None)
+        view = _View(ev, ev.ts_ms, login, ev.etype == CART, take(anon, id_row), take(ip, sessions.ip[sess]),
                      ip_geo[sessions.ip[sess]], ids.device[id_row], ids.screen[id_row], ev.page, user_id, email,
                      sessions.start_ms[sess], sessions.rank[sess], id_row)
         lines, key = LINE_WRITERS[src](rng, view)
         if src == GA4:
-            day = ev.ts_ms // s.DAY_MS
+            day = ev.ts_ms // DAY_MS
             for d in np.unique(day):
                 stamp = np.datetime_as_string(np.datetime64(int(d), "D")).replace("-", "")
                 with open(task.part(f"ga4.{stamp}"), "wb") as f:
-                    s._write_lines(f, lines.filter(pa.array(day == d)))
+                    write_lines(f, lines.filter(pa.array(day == d)))
         else:
             directory = {SEGMENT: "segment", TEALIUM: "tealium", ADOBE: "adobe"}[src]
             with open(out / directory / f"visitors-{task.index:05d}.jsonl", "wb") as f:
-                s._write_lines(f, lines)
+                write_lines(f, lines)
         event_truth.append(pa.table({
-            "source": s._const(SOURCES[src], len(order)), "event_key": key, "anonymous_id": view.anon,
+            "source": const(SOURCES[src], len(order)), "event_key": key, "anonymous_id": view.anon,
             "person_id": _nullable(event_person[order]), "login": pa.array(login)}, schema=VISITOR_EVENTS_SCHEMA))
-        s._count(stats, f"visitor_events_{SOURCES[src].split('_')[0]}", len(order))
-        s._count(stats, f"visitor_ids_{SOURCES[src].split('_')[0]}", int((ids.source == src).sum()))
-    s._write_ipc(task.part("visitor_events.arrow"), pa.concat_tables(event_truth))
+        count(stats, f"visitor_events_{SOURCES[src].split('_')[0]}", len(order))
+        count(stats, f"visitor_ids_{SOURCES[src].split('_')[0]}", int((ids.source == src).sum()))
+    write_ipc(task.part("visitor_events.arrow"), pa.concat_tables(event_truth))
     for k, name in enumerate(KINDS):
-        s._count(stats, f"visitor_kind_{name}", int((ids.kind == k).sum()))
-    s._count(stats, "visitor_login_events", int((events.etype == LOGIN).sum()))
-    s._count(stats, "visitor_ids_on_carrier_nat", carrier_nat.sum())
-    s._count(stats, "visitor_ids_on_corporate_nat", corporate_nat.sum())
-    s._count(stats, "visitor_ids_on_vpn", vpn.sum())
+        count(stats, f"visitor_kind_{name}", int((ids.kind == k).sum()))
+    count(stats, "visitor_login_events", int((events.etype == LOGIN).sum()))
+    count(stats, "visitor_ids_on_carrier_nat", carrier_nat.sum())
+    count(stats, "visitor_ids_on_corporate_nat", corporate_nat.sum())
+    count(stats, "visitor_ids_on_vpn", vpn.sum())
 
 
 # ----------------------------------------------------------------------------------------------
