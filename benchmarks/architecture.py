@@ -67,16 +67,29 @@ def figures() -> dict:
             in_function = id(node) not in top and not _under_top_level_guard(tree, node)
             if in_function and any(t != "resolver" for t in targets):
                 function_level += 1
-    cycles = [sorted(c) for c in _strongly_connected(edges) if len(c) > 1]
+    components = _strongly_connected(edges)
+    cycles = [sorted(c) for c in components if len(c) > 1]
     largest = max(lines, key=lines.get)
     return {
         "modules": sum(1 for p in paths if p.name != "__init__.py" or p.read_text().strip()),
+        "top_level_modules": sum(1 for p in paths if p.parent == PACKAGE and p.name != "__init__.py"),
+        "import_levels": _levels(edges, components),
         "largest_module": f"{largest} ({lines[largest]} lines)",
         "import_cycles": len(cycles),
         "cycles": cycles,
         "function_level_imports": function_level,
         "lines": sum(lines.values()),
     }
+
+
+def _levels(edges: dict[str, set[str]], components: list[list[str]]) -> int:
+    """The longest chain of imports, a cycle counted as one level (modules that import nothing: 1)."""
+    component_of = {m: i for i, c in enumerate(components) for m in c}
+    depth: dict[int, int] = {}
+    for i, component in enumerate(components):  # Tarjan's order: every import's target comes first
+        below = [depth[component_of[t]] for m in component for t in edges[m] if component_of[t] != i]
+        depth[i] = 1 + max(below, default=0)
+    return max(depth.values())
 
 
 def _under_top_level_guard(tree: ast.Module, node: ast.AST) -> bool:
@@ -133,7 +146,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    for key in ("modules", "lines", "largest_module", "import_cycles", "function_level_imports"):
+    for key in ("modules", "top_level_modules", "import_levels", "lines", "largest_module", "import_cycles", "function_level_imports"):
         print(f"{key:24} {result[key]}")
     for cycle in result["cycles"]:
         print("  cycle: " + " / ".join(cycle))
