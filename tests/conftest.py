@@ -1,10 +1,24 @@
-"""Shared fixtures: one generated dataset per test session (small, with every kind of noise)."""
+"""Shared fixtures: one generated dataset per test session (small, with every kind of noise).
+
+They generate data and run the whole pipeline (tens of seconds): only tests marked `slow` may use
+them, so that `python -m pytest -m "not slow"` (the fast loop) never builds them."""
 
 from pathlib import Path
 
 import pytest
 
 from resolver.config import load_config
+
+SLOW_FIXTURES = {"generated", "resolved", "stewarded"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a slow session fixture (directly or through another fixture) must be marked slow."""
+    unmarked = [item.nodeid for item in items
+                if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests using {sorted(SLOW_FIXTURES)} must be marked slow (pytest.mark.slow): "
+                                + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,7 @@ def _assert_identical(result: dict) -> None:
     assert result["decisions"][0] == result["decisions"][1]
 
 
+@pytest.mark.slow
 def test_gpu_code_paths_give_the_cpu_outputs_with_events(tmp_path):
     generate(tmp_path, 2500, seed=11, workers=1)
     result = _simulated_comparison(tmp_path / "resolver.yaml")
@@ -57,6 +58,7 @@ def test_gpu_code_paths_give_the_cpu_outputs_with_events(tmp_path):
     assert result["decisions"][0]["review"] > 0
 
 
+@pytest.mark.slow
 def test_gpu_code_paths_give_the_cpu_outputs_with_many_links(tmp_path):
     generate(tmp_path, 3000, seed=5, workers=1, events=False)
     result = _simulated_comparison(tmp_path / "resolver.yaml", "--permissive")
@@ -132,6 +134,7 @@ def test_backend_selection_without_a_gpu():
         simulated_gpu()  # this process runs numba without the simulator
 
 
+@pytest.mark.slow
 def test_cli_gpu_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     generate(tmp_path, 50, seed=1, workers=1, events=False)
     code = main(["run", "--config", str(tmp_path / "resolver.yaml"), "--backend", "gpu", "-q"])
@@ -141,6 +144,7 @@ def test_cli_gpu_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing was written
 
 
+@pytest.mark.slow
 def test_auto_backend_runs_on_cpu_and_says_why(tmp_path):
     from resolver.config import load_config
     from resolver.pipeline import run

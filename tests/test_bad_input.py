@@ -68,6 +68,7 @@ def _run(config: Path) -> int:
     return main(["run", "--config", str(config), "--quiet"])
 
 
+@pytest.mark.slow
 def test_bad_rows_are_rejected_with_file_row_and_reason_and_all_rows_accounted(tmp_path):
     config = _dataset(tmp_path)
     assert _run(config) == EXIT_OK
@@ -96,6 +97,7 @@ def test_bad_rows_are_rejected_with_file_row_and_reason_and_all_rows_accounted(t
     assert ids.loc[ids["value"] == "u1", "person_id"].item() == jane
 
 
+@pytest.mark.slow
 def test_invalid_utf8_row_is_rejected_and_the_rest_kept(tmp_path):
     csv = CSV.encode().replace(b"Ann", b"A\xffn")
     config = _dataset(tmp_path, csv=csv, truncate_last=False)
@@ -107,6 +109,7 @@ def test_invalid_utf8_row_is_rejected_and_the_rest_kept(tmp_path):
     assert "0035g00000AbCdE" in set(identity["record_key"])
 
 
+@pytest.mark.slow
 def test_missing_mapped_column_is_an_input_error_naming_file_and_column(tmp_path, capsys):
     config = _dataset(tmp_path, csv=CSV.replace('"Phone"', '"Telephone"'))
     assert _run(config) == EXIT_INPUT
@@ -114,12 +117,14 @@ def test_missing_mapped_column_is_an_input_error_naming_file_and_column(tmp_path
     assert "crm.csv" in err and "Phone" in err
 
 
+@pytest.mark.slow
 def test_empty_file_is_an_input_error(tmp_path, capsys):
     config = _dataset(tmp_path, csv="")
     assert _run(config) == EXIT_INPUT
     assert "empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_the_previous_outputs_intact(tmp_path):
     config = _dataset(tmp_path)
     assert _run(config) == EXIT_OK
@@ -137,6 +142,7 @@ def test_bad_config_exits_2_naming_the_field(tmp_path, capsys):
     assert "identity.types.email.limit" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("people", [300])
 def test_demo_command_runs_end_to_end(tmp_path, people, capsys):
     assert main(["demo", "--people", str(people), "--out", str(tmp_path / "demo")]) == EXIT_OK
@@ -144,6 +150,7 @@ def test_demo_command_runs_end_to_end(tmp_path, people, capsys):
     assert "pairwise P / R / F1" in out and "every row accounted for" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_an_event_redelivered_in_a_later_file_is_a_duplicate(tmp_path, workers):
     config = _dataset(tmp_path, truncate_last=False)
@@ -159,7 +166,7 @@ def test_an_event_redelivered_in_a_later_file_is_a_duplicate(tmp_path, workers):
     assert ids.loc[ids["value"] == "u1", "events"].item() == 1  # counted once, not twice
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 @pytest.mark.parametrize("what", ["dangling link", "folder"])
 def test_an_unreadable_glob_match_exits_3_with_one_line_naming_it(tmp_path, capsys, what, workers):
     config = _dataset(tmp_path, truncate_last=False)
@@ -190,6 +197,7 @@ identity:
     assert len(err.splitlines()) == 1 and str(bad) in err, err
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_when_stderr_is_a_pipe(tmp_path):
     # rich wrapped messages at 80 columns when stderr was not a terminal; a long path shows it.
     deep = tmp_path / ("a_folder_with_a_rather_long_name_" * 3) / ("and_another_one_below_it_" * 3)

@@ -29,6 +29,7 @@ def bench(tmp_path_factory):
     return root / "out"
 
 
+@pytest.mark.slow
 def test_bench_records_every_rung_repeated_with_the_machine(bench):
     result = json.loads((bench / "bench.json").read_text())
     assert [r["people"] for r in result["rows"]] == [600, 1200]
@@ -50,6 +51,7 @@ def test_bench_records_every_rung_repeated_with_the_machine(bench):
     assert "data:image/png;base64," in page and "<td>1,200</td>" in page and "slope" in page
 
 
+@pytest.mark.slow
 def test_capacity_answers_within_the_measured_range(bench, capsys):
     assert main(["capacity", "--from", str(bench / "bench.json"), "--profiles", "5000", "--events", "20000",
                  "--json"]) == EXIT_OK
@@ -61,6 +63,7 @@ def test_capacity_answers_within_the_measured_range(bench, capsys):
     assert any("power laws" in a for a in answer["assumptions"])
 
 
+@pytest.mark.slow
 def test_capacity_refuses_to_extrapolate_unless_told(bench, capsys):
     far = ["capacity", "--from", str(bench / "bench.json"), "--profiles", "10000000", "--events", "100000000"]
     assert main(far) == EXIT_CONFIG

@@ -115,6 +115,7 @@ def test_tealium_epoch_seconds_become_a_timestamp(world):
     assert frame["timestamp"].iloc[0] == "2024-06-02T17:40:11Z"
 
 
+@pytest.mark.slow
 def test_the_shapes_resolve_with_the_crm(world):
     assert main(["run", "--config", str(world / "resolver.yaml"), "-q", "--backend", "cpu"]) == EXIT_OK
     summary = json.loads((world / "out" / "run_summary.json").read_text())

@@ -77,6 +77,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_events_sources_alone_end_the_run_with_a_config_error_not_a_crash(tmp_path):
     # Found by the reader fuzzer: a run of events alone ended in a traceback building the graph.
     from resolver.pipeline import run

@@ -18,7 +18,8 @@ from resolver.cli import EXIT_OK, main
 from resolver.state.history import load_history
 from resolver.state.store import StateStore
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc"),
+              pytest.mark.slow]  # pipeline runs in subprocesses, killed
 
 
 @pytest.fixture(scope="module")

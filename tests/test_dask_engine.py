@@ -29,6 +29,7 @@ def _same_outputs(a, b):
     assert_same_outputs(a, b, model=True)
 
 
+@pytest.mark.slow
 def test_local_cluster_gives_the_local_engines_outputs(world, monkeypatch):
     from resolver.compute import dask_engine
 
@@ -49,6 +50,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_separate_scheduler_and_worker_processes_give_the_same_outputs(world, tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -87,6 +89,7 @@ def test_separate_scheduler_and_worker_processes_give_the_same_outputs(world, tm
             process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_a_clear_error(world, tmp_path, capsys):
     import yaml
 
@@ -109,6 +112,7 @@ def client():
         yield client
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(edges=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=60),
        extra=st.integers(1, 45))

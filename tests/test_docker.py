@@ -17,6 +17,7 @@ def test_there_is_a_cpu_and_a_gpu_image():
     assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_passes_hadolint(dockerfile):
     hadolint = shutil.which("hadolint")

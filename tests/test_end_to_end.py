@@ -9,6 +9,8 @@ from resolver.config import load_config
 from resolver.outputs.evaluate import evaluate_outputs
 from resolver.pipeline import run
 
+pytestmark = pytest.mark.slow  # the generated dataset and whole-pipeline runs (conftest)
+
 
 @pytest.fixture(scope="module")
 def metrics(resolved, generated):

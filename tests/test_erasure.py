@@ -56,6 +56,7 @@ def _victim(out: Path) -> tuple[str, dict]:
     return person, {"email": emails[person], "phone": phones[person], "keys": set(mine["record_key"].astype(str))}
 
 
+@pytest.mark.slow
 def test_forget_by_email_leaves_no_trace_and_suppresses_reingest(world):
     root, config, state = world
     out = root / "out"
@@ -79,6 +80,7 @@ def test_forget_by_email_leaves_no_trace_and_suppresses_reingest(world):
     assert _found({pii["email"], pii["phone"], *pii["keys"]}, [out, state]) == set()
 
 
+@pytest.mark.slow
 def test_forget_by_record_and_person(world):
     root, config, state = world
     out = root / "out"
@@ -97,6 +99,7 @@ def test_forget_by_record_and_person(world):
     assert len(StateStore(state).load().audit) == 2
 
 
+@pytest.mark.slow
 def test_forget_needs_a_state(world, capsys):
     _, config, _ = world
     assert main(["forget", "--config", str(config), "--email", "x@y.com"]) == EXIT_CONFIG
@@ -290,6 +293,7 @@ def merged_twin(tmp_path) -> MergedTwin:
     return MergedTwin(tmp_path, config, state, out, victim.to_dict(), person, texts, ints)
 
 
+@pytest.mark.slow
 def test_forget_leaves_no_trace_of_values_linked_to_no_person(merged_twin):
     """Values that link nothing are the person's too when only their data carried them: an IP
     (non-evidence) seen only on their event, and an invalid phone of their (merged) lead. The
@@ -346,6 +350,7 @@ def test_suppressed_records_take_their_action_counts_along():
     assert kept[["value", "count"]].values.tolist() == [["2", 2]]
 
 
+@pytest.mark.slow
 def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(merged_twin):
     """Erased by the live lead's email, nothing of either lead survives in any byte of the state or
     the outputs (not in the memo, not as an unsalted person key, now or after the next run), and
@@ -376,6 +381,7 @@ def test_forget_leaves_no_trace_of_merged_records_memo_or_person_keys(merged_twi
 SERVE_ONLY = " Serve.Only.Person+News@GMail.com"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
     """The same with `serve`'s store in the state directory: it imported the batch's persons (the

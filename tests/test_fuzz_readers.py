@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fuzz_readers as fz  # noqa: E402
 
+pytestmark = pytest.mark.slow  # reads in a child process
+
 
 @pytest.fixture(scope="module")
 def checker():

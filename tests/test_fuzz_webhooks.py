@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import fuzz_webhooks as fuzz  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a generated dataset behind a running server
+
 def _fuzz(examples: int) -> settings:
     # Derandomized: CI runs the same cases on every change; the benchmark varies the seed.
     return settings(max_examples=examples, deadline=None, database=None, derandomize=True,

@@ -140,6 +140,7 @@ def test_config_rejects_unknown_rules_fields_and_sources():
         GoldenConfig(rules=["loudest"])
 
 
+@pytest.mark.slow
 def test_golden_records_of_a_run(tmp_path):
     from resolver.pipeline import run
     from resolver.synth.people import generate

@@ -7,9 +7,12 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from resolver.cli import EXIT_OK, main
 from resolver.synth.people import generate
+
+pytestmark = pytest.mark.slow  # generates data and runs the pipeline several times
 
 
 def _change_sources(root):

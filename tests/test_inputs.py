@@ -89,6 +89,7 @@ def _duplicated_people(tmp_path: Path, n_people: int = 40, twins: int = 20) -> l
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("identity", ["omitted", "empty types", "null"])
 def test_a_records_source_without_identifiers_runs_and_matching_links_its_records(tmp_path, identity):
     rows = _duplicated_people(tmp_path)
@@ -109,6 +110,7 @@ def test_a_records_source_without_identifiers_runs_and_matching_links_its_record
     assert ids["person_id"].nunique() == 40
 
 
+@pytest.mark.slow
 def test_without_identifiers_the_person_size_guard_cuts_probabilistic_links(tmp_path):
     # one person written 8 times among 30 others: matching links the 8, max_person_records keeps 5
     people = _people(30)
@@ -125,6 +127,7 @@ def test_without_identifiers_the_person_size_guard_cuts_probabilistic_links(tmp_
     assert actions.loc[actions["action"] == "limit_cut", "reason"].str.contains("more than the allowed records").all()
 
 
+@pytest.mark.slow
 def test_without_identifiers_or_matching_every_record_is_its_own_person(tmp_path):
     rows = _duplicated_people(tmp_path, n_people=10, twins=3)
     body = {"sources": [{"name": "people", "format": "csv", "path": "people.csv", "key": "id",
@@ -153,6 +156,7 @@ def _key_identifier_config(tmp_path: Path, limit: int | None, matching: bool = T
     return _config(tmp_path, body)
 
 
+@pytest.mark.slow
 def test_a_key_identifier_with_limit_1_warns_once_naming_type_source_and_column(tmp_path, capsys):
     config = _key_identifier_config(tmp_path, limit=1)
     (warning,) = load_config(config).warnings()
@@ -207,6 +211,7 @@ def _nulls_config(tmp_path: Path, csv_options: dict | None = None) -> Path:
     return _config(tmp_path, {"sources": [source]})
 
 
+@pytest.mark.slow
 def test_csv_null_tokens_are_missing_values_and_a_null_key_is_rejected(tmp_path):
     assert _run(_nulls_config(tmp_path)) == EXIT_OK
     golden = pd.read_parquet(tmp_path / "out" / "golden_records.parquet")
@@ -223,6 +228,7 @@ def test_csv_null_tokens_are_missing_values_and_a_null_key_is_rejected(tmp_path)
     assert _summary(tmp_path)["rows"]["accounted"]
 
 
+@pytest.mark.slow
 def test_csv_null_values_can_be_configured(tmp_path):
     assert _run(_nulls_config(tmp_path, {"null_values": ["NULL"]})) == EXIT_OK
     ids = _identity_map(tmp_path)
@@ -252,6 +258,7 @@ def _parts_source(fmt: str, path: str) -> dict:
             "attributes": {"first_name": "first", "birth_date": {"year": "by", "month": "bm", "day": "bd"}}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
 def test_a_date_from_year_month_day_columns_through_every_reader(tmp_path, fmt):
     rows = [{"id": f"k{i}", "first": f"p{i}", "by": y, "bm": m, "bd": d} for i, (y, m, d, _) in enumerate(PARTS)]
@@ -300,6 +307,7 @@ def test_date_parts_need_all_three_columns(tmp_path):
         load_config(_config(tmp_path, body))
 
 
+@pytest.mark.slow
 def test_a_missing_date_part_column_is_an_input_error_naming_it(tmp_path, capsys):
     (tmp_path / "people.csv").write_text("id,first,by,bm\nk1,ann,1950,1\n")
     assert _run(_config(tmp_path, {"sources": [_parts_source("csv", "people.csv")]})) == EXIT_INPUT
@@ -307,6 +315,7 @@ def test_a_missing_date_part_column_is_an_input_error_naming_it(tmp_path, capsys
     assert "'bd' not found" in err and "people.csv" in err
 
 
+@pytest.mark.slow
 def test_joined_columns_make_one_attribute_in_batch_and_sync(tmp_path):
     from resolver.sync.resolve import Resolver
 
@@ -363,6 +372,7 @@ def _years_config(tmp_path: Path, normalizers: dict | None, n: int = 30) -> Path
                                                           "birth_year": "yob"}}], "matching": matching})
 
 
+@pytest.mark.slow
 def test_birth_year_is_matched_as_a_number_by_default(tmp_path, capsys):
     assert _run(_years_config(tmp_path, None), quiet=False) == EXIT_OK
     summary = _summary(tmp_path)
@@ -371,6 +381,7 @@ def test_birth_year_is_matched_as_a_number_by_default(tmp_path, capsys):
     assert "normalized as" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_normalizer_that_nulls_most_values_warns_with_the_fix(tmp_path, capsys):
     # a comparison of a column the normalizer emptied cannot be learned: the model fails its health check
     assert _run(_years_config(tmp_path, {"birth_year": "date"}), quiet=False) == EXIT_UNHEALTHY_MODEL
@@ -387,6 +398,7 @@ def test_a_normalizer_that_nulls_most_values_warns_with_the_fix(tmp_path, capsys
     assert "set in matching.normalizers" in (tmp_path / "out" / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_guessed_kind_that_nulls_most_values_says_it_was_guessed(tmp_path):
     people = _people(25)
     _write_csv(tmp_path / "people.csv", [{"id": i, "first": p["first"], "dob": "unknown" if i % 5 else p["dob"]}
@@ -398,6 +410,7 @@ def test_a_guessed_kind_that_nulls_most_values_says_it_was_guessed(tmp_path):
     assert "'dob' is normalized as date (guessed from its name)" in warning and "80% of its 25" in warning
 
 
+@pytest.mark.slow
 def test_few_values_or_a_minority_nulled_do_not_warn(tmp_path):
     # 18 values (9 people twice): too few to warn; the emptied comparison still fails the health check
     assert _run(_years_config(tmp_path, {"birth_year": "date"}, n=9)) == EXIT_UNHEALTHY_MODEL
@@ -407,6 +420,7 @@ def test_few_values_or_a_minority_nulled_do_not_warn(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 8. A record key of 0
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_record_key_of_0_is_a_key_not_a_junk_value(tmp_path):
     (tmp_path / "crm.csv").write_text(
         "id,first,email,master\n"
@@ -432,6 +446,7 @@ def test_a_record_key_of_0_is_a_key_not_a_junk_value(tmp_path):
     assert (actions["action"] == "limit_cut").any()
 
 
+@pytest.mark.slow
 def test_an_identifier_value_0_outside_the_key_is_still_blocked(tmp_path):
     (tmp_path / "crm.csv").write_text("id,first,ext\n1,ann,0\n2,bob,0\n")
     body = {"sources": [{"name": "crm", "format": "csv", "path": "crm.csv", "key": "id",
@@ -474,6 +489,7 @@ def _same(ids: pd.DataFrame, x: str, y: str) -> bool:
     return person[x] == person[y]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_link_only_makes_pairs_only_between_sources(tmp_path, stream):
     extra = {"stream_above_pairs": 0} if stream else {}  # 0: pairs made bucket by bucket (pair_buckets)
@@ -491,6 +507,7 @@ def test_link_only_makes_pairs_only_between_sources(tmp_path, stream):
     assert summary["matching"]["candidate_pairs"] == plan["pairs_in_blocks"] == _allowed_pairs(tmp_path, "link_only")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_dedupe_only_makes_pairs_only_within_a_source(tmp_path, stream):
     extra = {"stream_above_pairs": 0} if stream else {}
@@ -503,6 +520,7 @@ def test_dedupe_only_makes_pairs_only_within_a_source(tmp_path, stream):
     assert _summary(tmp_path)["matching"]["candidate_pairs"] == _allowed_pairs(tmp_path, "dedupe_only")
 
 
+@pytest.mark.slow
 def test_link_and_dedupe_is_the_default_and_makes_both(tmp_path):
     assert _run(_two_sources(tmp_path, None)) == EXIT_OK
     made = _pairs_made(tmp_path)
@@ -535,6 +553,7 @@ def test_link_only_needs_two_records_sources(tmp_path):
         load_config(_config(tmp_path, body))
 
 
+@pytest.mark.slow
 def test_link_only_on_the_dask_engine_gives_the_local_engines_pairs(tmp_path):
     pytest.importorskip("distributed")
     config = _two_sources(tmp_path, "link_only")
@@ -579,6 +598,7 @@ def test_the_dask_engines_bucketed_pairs_keep_the_scope():
         assert len(same) and (same.all() if link_type == "dedupe_only" else not same.any())
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), n=st.integers(2, 40), cap=st.integers(2, 9),
        link_type=st.sampled_from(["link_and_dedupe", "link_only", "dedupe_only"]))
@@ -767,6 +787,7 @@ def _reference_pairs(attrs: dict[str, pd.Series], rules: list[tuple[list[str], l
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None)
 @given(data=st.data(), n=st.integers(2, 45), cap=st.integers(2, 6))
 def test_refined_keys_keep_each_pair_once_with_the_first_rule_that_finds_it(data, n, cap):
@@ -786,6 +807,7 @@ def test_refined_keys_keep_each_pair_once_with_the_first_rule_that_finds_it(data
         assert left.tolist() == xl.tolist() and right.tolist() == xr.tolist()
 
 
+@pytest.mark.slow
 def test_plan_and_the_run_summary_report_refined_blocks(tmp_path, capsys):
     attrs, _ = _smiths()
     rows = pd.DataFrame({"id": range(600), "first": attrs["first_name"], "last": attrs["last_name"],

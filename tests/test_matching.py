@@ -27,6 +27,7 @@ def metrics(resolved, generated):
     return evaluate_outputs(config.output_path(), generated / "truth", config)
 
 
+@pytest.mark.slow
 def test_decisions_follow_the_thresholds(outputs):
     links, queue = outputs["match_links"], outputs["review_queue"]
     assert len(links) >= 5
@@ -40,6 +41,7 @@ def test_decisions_follow_the_thresholds(outputs):
     assert (scored["decision"] == "link").sum() == len(links)
 
 
+@pytest.mark.slow
 def test_a_disagreeing_first_name_is_never_merged_automatically(outputs):
     # first_name has must_agree in the default config: households share surname, address and phone
     assert (outputs["match_links"]["first_name_level"] != "else").all()
@@ -48,6 +50,7 @@ def test_a_disagreeing_first_name_is_never_merged_automatically(outputs):
     assert (vetoed["first_name_level"] == "else").all() and (vetoed["probability"] >= 0.85).all()
 
 
+@pytest.mark.slow
 def test_every_link_is_explained_by_its_waterfall(outputs):
     links = outputs["match_links"]
     weights = [c for c in links.columns if c.endswith("_weight") and c != "prior_weight" and c != "match_weight"]
@@ -61,6 +64,7 @@ def test_every_link_is_explained_by_its_waterfall(outputs):
     assert (linked.loc[links["record_id_l"], "person_id"].to_numpy() == linked.loc[links["record_id_r"], "person_id"].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_probabilistic_links_never_give_a_person_two_live_contacts(outputs):
     im = outputs["identity_map"]
     live = im[(im["source"] == "sf_contacts") & (im["status"] == "active")]
@@ -70,6 +74,7 @@ def test_probabilistic_links_never_give_a_person_two_live_contacts(outputs):
     assert (probabilistic["match_probability"] >= 0.85).all()
 
 
+@pytest.mark.slow
 def test_matching_is_accurate_on_generated_data(metrics):
     matching = metrics["matching"]
     assert matching["blocking_recall"] >= 0.95
@@ -81,6 +86,7 @@ def test_matching_is_accurate_on_generated_data(metrics):
     assert records["pairwise_precision"] >= 0.99 and records["largest_cluster"] <= 10
 
 
+@pytest.mark.slow
 def test_saved_model_is_reused_without_training(resolved, tmp_path):
     config, first = resolved
     again = load_config(config.base_dir / "resolver.yaml")
@@ -92,6 +98,7 @@ def test_saved_model_is_reused_without_training(resolved, tmp_path):
     assert saved["rules"] == [r.name for r in config.matching.blocking.rules]
 
 
+@pytest.mark.slow
 def test_a_probabilistic_link_between_two_crm_ids_is_cut_and_the_record_cap_holds(resolved):
     config, _ = resolved
     types = list(config.identity.types)
@@ -111,6 +118,7 @@ def test_a_probabilistic_link_between_two_crm_ids_is_cut_and_the_record_cap_hold
     assert status[3] == CUT
 
 
+@pytest.mark.slow
 def test_plan_counts_pairs_before_any_are_made(generated, capsys):
     assert main(["plan", "--config", str(generated / "resolver.yaml")]) == 0
     printed = capsys.readouterr()
@@ -119,6 +127,7 @@ def test_plan_counts_pairs_before_any_are_made(generated, capsys):
         assert rule in text
 
 
+@pytest.mark.slow
 def test_config_errors_name_the_field(tmp_path, generated):
     raw = (generated / "resolver.yaml").read_text().replace("[last_name, birth_date]", "[last_name, shoe_size]")
     bad = tmp_path / "bad.yaml"
@@ -127,6 +136,7 @@ def test_config_errors_name_the_field(tmp_path, generated):
         load_config(bad)
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_fit_the_configuration_is_refused(resolved, tmp_path, capsys):
     config, _ = resolved
     model = json.loads((config.output_path() / "model.json").read_text())
@@ -140,6 +150,7 @@ def test_a_model_that_does_not_fit_the_configuration_is_refused(resolved, tmp_pa
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_tiny_input_with_an_attribute_missing_everywhere_still_resolves(tmp_path):
     (tmp_path / "r.csv").write_text("id,first,last,email\na,Ann,Lee,\nb,,Lee,\nc,Anne,Lee,\n")
     (tmp_path / "c.yaml").write_text(

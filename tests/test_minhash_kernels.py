@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,7 @@ def test_compiled_signatures_equal_the_numpy_definition(sessions, permutations):
     np.testing.assert_array_equal(got, reference_signatures(page_hash, offsets, permutations))
 
 
+@pytest.mark.slow
 def test_cuda_build_equals_cpu_build_on_the_simulator():
     script = HERE / "_cudasim_minhash.py"
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}

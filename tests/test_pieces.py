@@ -189,6 +189,7 @@ def _same_outputs(a, b):
     assert_same_outputs(a, b)
 
 
+@pytest.mark.slow
 def test_a_run_in_pieces_gives_the_whole_file_runs_outputs(world):
     config = load_config(world / "pieces.yaml")
     jobs = plan_ingest(config)
@@ -205,6 +206,7 @@ def test_a_run_in_pieces_gives_the_whole_file_runs_outputs(world):
         assert whole[key] == summary[key], key
 
 
+@pytest.mark.slow
 def test_the_dask_engine_reads_the_pieces_as_partitions(world):
     pytest.importorskip("distributed")
     out = world / "dask-pieced"
@@ -213,6 +215,7 @@ def test_the_dask_engine_reads_the_pieces_as_partitions(world):
     _same_outputs(world / "local", out)
 
 
+@pytest.mark.slow
 def test_an_incremental_run_reuses_the_unchanged_pieces(world, tmp_path):
     state = tmp_path / "state"
     first, second = tmp_path / "first", tmp_path / "second"

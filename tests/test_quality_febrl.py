@@ -18,6 +18,8 @@ import pytest
 from resolver.cli import EXIT_OK, main
 from resolver.outputs.evaluate import cluster_metrics
 
+pytestmark = pytest.mark.slow  # whole-pipeline runs on the FEBRL data
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

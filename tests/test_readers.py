@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resolver.config import Config
-from resolver.io import readers
+from resolver.ingest import readers
 from resolver.ingest.readers import REJECT_COLUMNS, InputError, read_source
 
 

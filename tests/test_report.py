@@ -34,6 +34,7 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium_and_every_chart_draws(stewarded, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -83,6 +84,7 @@ def _chart_data(page: str) -> dict:
     return json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.DOTALL).group(1))
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_shows_what_the_run_did(stewarded):
     page = (stewarded["second"] / "report.html").read_text()
     assert "<link" not in page and " src=" not in page and "@import" not in page and "url(" not in page
@@ -113,6 +115,7 @@ def test_report_is_self_contained_and_shows_what_the_run_did(stewarded):
     assert "review decisions applied in this run" in page.lower()
 
 
+@pytest.mark.slow
 def test_without_truth_the_report_says_so(stewarded):
     page = (stewarded["first"] / "report.html").read_text()
     assert "No truth given" in page
@@ -122,6 +125,7 @@ def test_without_truth_the_report_says_so(stewarded):
     assert "history_fp" not in data["charts"]  # no decisions on automatic merges yet
 
 
+@pytest.mark.slow
 def test_a_report_that_cannot_be_built_never_costs_the_outputs(stewarded, tmp_path, monkeypatch):
     import resolver.outputs.report
     from resolver.pipeline import run
@@ -141,6 +145,7 @@ def test_a_report_that_cannot_be_built_never_costs_the_outputs(stewarded, tmp_pa
     assert "could not be built" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_forget_rebuilds_the_report_without_the_person(stewarded, tmp_path):
     from resolver.state.review import load_decisions
 
@@ -188,6 +193,7 @@ def test_history_is_replaced_atomically(tmp_path, monkeypatch):
     assert list(load_history(tmp_path)["run_id"]) == ["r1", "r2"]
 
 
+@pytest.mark.slow
 def test_a_missing_truth_is_a_usage_error_before_the_run(stewarded, tmp_path, capsys):
     from resolver.cli import EXIT_CONFIG
 

@@ -4,10 +4,13 @@ generated data (run, decide, run again), plus the run history they feed."""
 import json
 
 import pandas as pd
+import pytest
 
 from resolver.cli import EXIT_CONFIG, EXIT_OK, main
 from resolver.state.history import load_history
 from resolver.state.review import DECISIONS_FILE, load_decisions
+
+pytestmark = pytest.mark.slow  # every test reads the stewarded runs (conftest: generated data, two pipeline runs)
 
 
 def _person(identity: pd.DataFrame, key: str) -> str:

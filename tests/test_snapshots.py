@@ -13,6 +13,8 @@ from resolver.cli import EXIT_OK, main
 from resolver.ingest.tables import DUPLICATE_KEY
 from resolver.synth.people import generate
 
+pytestmark = pytest.mark.slow  # generated data, several pipeline runs
+
 TABLES = ("identity_map", "identifier_map", "persons", "golden_records", "conflicts", "policy_actions", "rejects",
           "scored_pairs", "review_queue", "blocking_keys")
 

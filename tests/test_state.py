@@ -47,6 +47,7 @@ def _run(folder: Path, rows) -> dict[str, str]:
     return dict(zip(identity["record_key"], identity["person_id"]))
 
 
+@pytest.mark.slow
 def test_ids_persist_merge_keeps_the_oldest_and_split_keeps_the_largest(tmp_path):
     first = _run(tmp_path, BASE)
     ann, bob, cy = first["a1"], first["b1"], first["c1"]
@@ -83,6 +84,7 @@ def test_ids_persist_merge_keeps_the_oldest_and_split_keeps_the_largest(tmp_path
     assert summary["persistent_ids"]["split_off"] == 1 and summary["persistent_ids"]["kept"] == 2
 
 
+@pytest.mark.slow
 def test_without_a_state_ids_come_from_the_members(tmp_path):
     (tmp_path / "crm.csv").write_text("Id,FirstName,Email,Email2,Modified,IsDeleted\n" +
                                       "\n".join(",".join(r) for r in BASE) + "\n")

@@ -125,6 +125,7 @@ def world(tmp_path_factory):
     return root, stitched, summary
 
 
+@pytest.mark.slow
 def test_every_anonymous_id_gets_one_row_and_at_most_one_person(world):
     _, stitched, summary = world
     assert stitched["anonymous_id"].is_unique
@@ -135,6 +136,7 @@ def test_every_anonymous_id_gets_one_row_and_at_most_one_person(world):
         counts["anonymous"] + counts["shared"] == len(stitched)
 
 
+@pytest.mark.slow
 def test_logins_stitch_deterministically_and_a_shared_kiosk_joins_no_one(world):
     _, stitched, _ = world
     logged_in = stitched[stitched["kind"] == "logs_in"]
@@ -144,6 +146,7 @@ def test_logins_stitch_deterministically_and_a_shared_kiosk_joins_no_one(world):
     assert kiosk["method"] == "shared" and pd.isna(kiosk["stitched_person_id"])
 
 
+@pytest.mark.slow
 def test_second_devices_are_stitched_and_strangers_behind_the_nat_are_not(world):
     _, stitched, summary = world
     auto = stitched[stitched["method"] == "probabilistic"]
@@ -161,6 +164,7 @@ def test_second_devices_are_stitched_and_strangers_behind_the_nat_are_not(world)
     assert 0.85 <= row["probability"] <= 1.0
 
 
+@pytest.mark.slow
 def test_housemates_are_not_taken_for_the_person(world):
     _, stitched, _ = world
     housemates = stitched[stitched["kind"] == "housemate"]
@@ -168,6 +172,7 @@ def test_housemates_are_not_taken_for_the_person(world):
     assert wrong <= 0.1, wrong
 
 
+@pytest.mark.slow
 def test_slicing_the_joins_changes_no_stitch(world, tmp_path, monkeypatch):
     """Candidates and pair evidence are gathered a slice at a time to bound memory: slices of a
     few rows give exactly the outputs of one slice."""
@@ -193,6 +198,7 @@ def test_an_ip_of_two_households_is_no_key_but_a_households_own_is():
     assert _unrelated_ips(known, households) == {"2.2.2.2", "4.4.4.4"}
 
 
+@pytest.mark.slow
 def test_a_device_on_a_households_network_goes_to_review(tmp_path):
     """Two contacts share each home IP and, here, a postal address: a phone that never logs in on
     that IP may be either's, so however high it scores it is not stitched automatically."""
@@ -220,6 +226,7 @@ def test_households_are_persons_sharing_a_postal_address():
     assert household_keys(golden.drop(columns="street")).empty
 
 
+@pytest.mark.slow
 def test_evaluate_reports_stitching_precision_and_recall(world, capsys):
     root, stitched, _ = world
     truth = root / "truth"

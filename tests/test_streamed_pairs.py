@@ -35,6 +35,7 @@ def _run(world, out, *extra) -> dict:
     return json.loads((out / "run_summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch):
     from resolver.matching import pairs as pair_buckets
 
@@ -47,6 +48,7 @@ def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch)
         assert summary["matching"][key] == whole[key], key
 
 
+@pytest.mark.slow
 def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
     pytest.importorskip("distributed")
     from resolver.compute import dask_engine
@@ -58,6 +60,7 @@ def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
     assert_same_outputs(world / "local", world / "streamed-dask", model=True)
 
 
+@pytest.mark.slow
 def test_a_loaded_model_scores_in_one_pass(world, tmp_path):
     summary = _run(world, tmp_path / "out", "--model", str(world / "local" / "model.json"))
     assert summary["matching"]["streamed"]["passes"] == 1

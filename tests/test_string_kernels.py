@@ -245,6 +245,7 @@ def test_null_slot_with_bytes_behind_it_is_empty():
 # -- the CUDA build, on the simulator --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cuda_build_equals_cpu_build_on_the_simulator():
     script = HERE / "_cudasim_strings.py"
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}

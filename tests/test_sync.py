@@ -111,6 +111,7 @@ def store_url(request, tmp_path):
     drop()
 
 
+@pytest.mark.slow
 def test_webhooks_resolve_against_the_batch_state(batch, tmp_path, store_url):
     root = _copy(batch, tmp_path)
     contact = _contact(root)
@@ -198,6 +199,7 @@ def test_webhooks_resolve_against_the_batch_state(batch, tmp_path, store_url):
         assert "resolver_sync_dlq_pending 1.0" in metrics
 
 
+@pytest.mark.slow
 def test_new_records_are_scored_by_the_model_with_the_batch_guards(batch, tmp_path):
     root = _copy(batch, tmp_path)
     contact = _contact(root)
@@ -236,6 +238,7 @@ def test_new_records_are_scored_by_the_model_with_the_batch_guards(batch, tmp_pa
     assert lone["origin"] == "serve" and lone["person_id"] not in (contact["person_id"], second_contact["person_id"])
 
 
+@pytest.mark.slow
 def test_dead_letters_retry_with_backoff_then_replay_and_drop(batch, tmp_path):
     root = _copy(batch, tmp_path)
     config = with_sync(root / "data" / "resolver.yaml", "sync.yaml",
@@ -269,6 +272,7 @@ def test_dead_letters_retry_with_backoff_then_replay_and_drop(batch, tmp_path):
     service.close()
 
 
+@pytest.mark.slow
 def test_signatures_sizes_and_malformed_bodies(batch, tmp_path):
     root = _copy(batch, tmp_path)
     config = with_sync(root / "data" / "resolver.yaml", "small.yaml", max_body_bytes=4096)
@@ -324,6 +328,7 @@ def test_signatures_sizes_and_malformed_bodies(batch, tmp_path):
         assert response.status_code == 400 and "at most 100" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_logs_never_hold_personal_data(batch, tmp_path, caplog):
     root = _copy(batch, tmp_path)
     service = _service(root)
@@ -347,6 +352,7 @@ def test_logs_never_hold_personal_data(batch, tmp_path, caplog):
         assert value not in text
 
 
+@pytest.mark.slow
 def test_serve_changes_flow_into_the_next_batch_run(batch, tmp_path):
     root = _copy(batch, tmp_path)
     contact = _contact(root)
@@ -427,6 +433,7 @@ def _wait_caught_up(port: int, timeout: float = 60) -> dict:
     raise AssertionError(f"the worker did not catch up: {health}")
 
 
+@pytest.mark.slow
 def test_killed_mid_load_loses_no_accepted_event(batch, tmp_path):
     """SIGKILL the service while clients post events; after a restart every event that got a 2xx
     is in the store exactly once, resolved, and redelivering it changes nothing."""
@@ -537,6 +544,7 @@ def test_writer_survives_a_request_that_gave_up(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_forget_erases_the_person_from_the_sync_store(batch, tmp_path):
     root = _copy(batch, tmp_path)
     contact = _contact(root)
@@ -563,6 +571,7 @@ def test_forget_erases_the_person_from_the_sync_store(batch, tmp_path):
     service.close()
 
 
+@pytest.mark.slow
 def test_erased_people_stay_erased_when_webhooks_carry_them_again(batch, tmp_path):
     """After `resolver forget` (here while serve runs), a webhook carrying an erased identifier or
     record does not bring the person back: the erased values are left out, the erased record is not
@@ -609,6 +618,7 @@ def test_erased_people_stay_erased_when_webhooks_carry_them_again(batch, tmp_pat
     service.close()
 
 
+@pytest.mark.slow
 def test_an_unreadable_inbox_event_does_not_stop_the_worker(batch, tmp_path):
     """An inbox payload the worker cannot read (e.g. written by another version) is kept as a failed
     event; the events after it are resolved as usual."""
@@ -638,6 +648,7 @@ def _segment_payload(message_id: str, fields_json: str) -> str:
             '"org_id":null,"record_ids":[],"timestamp":null}' % (message_id, fields_json))
 
 
+@pytest.mark.slow
 def test_poison_events_go_to_the_dead_letter_queue_and_the_rest_goes_on(batch, tmp_path):
     """Any failure of one event dead-letters that event, with the reason; the events around it are
     resolved. Lone surrogates (JSON lets "\\ud800" through) become U+FFFD, received over HTTP or
@@ -685,6 +696,7 @@ def test_poison_events_go_to_the_dead_letter_queue_and_the_rest_goes_on(batch, t
     service.close()
 
 
+@pytest.mark.slow
 def test_healthz_fails_while_the_worker_is_stuck(batch, tmp_path):
     """/healthz reports the worker's lag, and answers 503 once an accepted event has waited over
     sync.max_lag_seconds (here the store's write lock is held by another connection); it recovers
@@ -718,6 +730,7 @@ def test_healthz_fails_while_the_worker_is_stuck(batch, tmp_path):
     service.close()
 
 
+@pytest.mark.slow
 def test_serve_is_healthy_at_once_and_stops_on_sigterm_with_poison_in_its_inbox(batch, tmp_path):
     """`resolver serve` with events in its inbox that no worker can resolve (a lone surrogate as an
     older version stored it, a payload nested too deep): it answers /healthz at once (it does not

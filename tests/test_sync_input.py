@@ -27,7 +27,8 @@ from test_sync import (  # noqa: F401 - `batch` is the module's fixture: one bat
     batch,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+pytestmark = [pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+              pytest.mark.slow]  # every test serves the batch run's state (test_sync.batch: generated data, a run)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

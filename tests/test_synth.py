@@ -112,6 +112,7 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
 
 
 # ---- determinism ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_for_any_worker_count(small, tmp_path):
     generate(tmp_path, 600, seed=7, chunk_people=200, workers=2)
     expected, actual = tree_bytes(small), tree_bytes(tmp_path)
@@ -120,12 +121,14 @@ def test_same_seed_gives_identical_bytes_for_any_worker_count(small, tmp_path):
         assert expected[name] == actual[name], name
 
 
+@pytest.mark.slow
 def test_different_seed_differs(small, tmp_path):
     generate(tmp_path, 600, seed=8, chunk_people=200, workers=1)
     for name in ["salesforce/Contact_a.csv", "salesforce/Lead.csv", "segment/events-00000.jsonl"]:
         assert (small / name).read_bytes() != (tmp_path / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_more_events_per_person_keeps_the_crm_files_and_the_truth_complete(small, tmp_path):
     manifest = generate(tmp_path, 600, seed=7, chunk_people=200, workers=1, events_per_person=30)
     for name in ["salesforce/Contact_a.csv", "salesforce/Contact_b.csv", "salesforce/Lead.csv"]:
@@ -139,6 +142,7 @@ def test_more_events_per_person_keeps_the_crm_files_and_the_truth_complete(small
         generate(tmp_path / "bad", 10, events_per_person=0.5)
 
 
+@pytest.mark.slow
 def test_manifest_progress_and_config(tmp_path):
     seen = []
     manifest = generate(tmp_path, 450, seed=1, chunk_people=200, workers=1, progress=seen.append)
@@ -157,6 +161,7 @@ def test_manifest_progress_and_config(tmp_path):
     assert (tmp_path / "resolver.yaml").read_bytes() == packaged.read_bytes()
 
 
+@pytest.mark.slow
 def test_tiny_runs_and_stale_files_are_removed(tmp_path):
     generate(tmp_path, 5, seed=0, chunk_people=2, workers=1)
     assert (tmp_path / "segment" / "events-00002.jsonl").exists()
@@ -167,6 +172,7 @@ def test_tiny_runs_and_stale_files_are_removed(tmp_path):
 
 
 # ---- ground truth covers everything exactly once -------------------------------------------------
+@pytest.mark.slow
 def test_truth_covers_every_csv_row_exactly_once(small):
     truth = records_truth(small)
     assert list(truth.columns) == ["source", "record_key", "person_id"]
@@ -176,6 +182,7 @@ def test_truth_covers_every_csv_row_exactly_once(small):
     assert len(set(rows)) == len(rows)
 
 
+@pytest.mark.slow
 def test_truth_covers_every_event_exactly_once(small):
     truth = events_truth(small)
     assert list(truth.columns) == ["source", "message_id", "person_id", "anonymous_id", "user_id"]
@@ -190,6 +197,7 @@ def test_truth_covers_every_event_exactly_once(small):
         assert (row["user_id"] if pd.notna(row["user_id"]) else None) == event.get("userId")
 
 
+@pytest.mark.slow
 def test_event_files_parse_and_batch_shape(small):
     for path in (small / "segment").glob("events-*.jsonl"):
         for line in path.read_bytes().splitlines():
@@ -204,6 +212,7 @@ def test_event_files_parse_and_batch_shape(small):
 
 
 # ---- Salesforce realism --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_headers_quoting_and_line_endings(small):
     a = (small / "salesforce" / "Contact_a.csv").read_bytes()
     b = (small / "salesforce" / "Contact_b.csv").read_bytes()
@@ -216,6 +225,7 @@ def test_headers_quoting_and_line_endings(small):
     assert list(read_csv(small / "salesforce" / "Contact_b.csv").columns) == list(a_columns)
 
 
+@pytest.mark.slow
 def test_ids_have_both_lengths_and_valid_checksums(sample):
     ids = pd.concat([contacts(sample)["id"], leads(sample)["id"]])
     assert set(ids.str.len()) == {15, 18}
@@ -232,6 +242,7 @@ def test_ids_have_both_lengths_and_valid_checksums(sample):
     assert keys.is_unique and not keys.str.lower().is_unique
 
 
+@pytest.mark.slow
 def test_merges_and_conversions_point_at_the_same_person(sample):
     person = person_of_record(sample)
     contact, lead = contacts(sample), leads(sample)
@@ -262,6 +273,7 @@ def test_merges_and_conversions_point_at_the_same_person(sample):
     assert live_people.duplicated().any()
 
 
+@pytest.mark.slow
 def test_volumes_are_in_the_expected_ranges(sample):
     people = 5000
     crm_rows = len(contacts(sample)) + len(leads(sample))
@@ -272,6 +284,7 @@ def test_volumes_are_in_the_expected_ranges(sample):
     assert 5 < len(events) / users < 7.5
 
 
+@pytest.mark.slow
 def test_multiline_streets_and_formats(small):
     contact, lead = contacts(small), leads(small)
     assert contact["mailingstreet"].str.contains("\n").any() and lead["street"].str.contains("\n").any()
@@ -284,6 +297,7 @@ def test_multiline_streets_and_formats(small):
     assert (lead["company"] != "").all()
 
 
+@pytest.mark.slow
 def test_names_carry_realistic_noise(sample):
     first = pd.concat([contacts(sample)["firstname"], leads(sample)["firstname"]])
     last = pd.concat([contacts(sample)["lastname"], leads(sample)["lastname"]])
@@ -295,6 +309,7 @@ def test_names_carry_realistic_noise(sample):
     assert last.str.contains("'").any()
 
 
+@pytest.mark.slow
 def test_emails_are_unique_per_person_and_noisy(sample):
     person = person_of_record(sample)
     owners = defaultdict(set)
@@ -312,6 +327,7 @@ def test_emails_are_unique_per_person_and_noisy(sample):
     assert raw.str.strip().str.lower().isin(JUNK_EMAILS).any()
 
 
+@pytest.mark.slow
 def test_phones_are_mostly_valid_and_households_share_them(sample):
     person = person_of_record(sample)
     values, owners = [], defaultdict(set)
@@ -333,6 +349,7 @@ def test_phones_are_mostly_valid_and_households_share_them(sample):
 
 
 # ---- Segment realism -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_event_fields_follow_the_spec(sample):
     events = all_events(sample)
     types = pd.Series([e["type"] for e in events]).value_counts()
@@ -352,6 +369,7 @@ def test_event_fields_follow_the_spec(sample):
     assert any("anonymousId" not in e for e in events)  # server-side calls
 
 
+@pytest.mark.slow
 def test_alias_previous_id_belongs_to_the_same_person(sample):
     truth = events_truth(sample)
     anon_people = truth.dropna(subset=["anonymous_id"]).groupby("anonymous_id")["person_id"].agg(set).to_dict()
@@ -363,6 +381,7 @@ def test_alias_previous_id_belongs_to_the_same_person(sample):
         assert anon_people[event["previousId"]] == {person[event["messageId"]]}
 
 
+@pytest.mark.slow
 def test_identify_emails_match_the_person(sample):
     person = person_of_event(sample)
     crm_person = person_of_record(sample)
@@ -381,6 +400,7 @@ def test_identify_emails_match_the_person(sample):
     assert matched / len(both) > 0.9
 
 
+@pytest.mark.slow
 def test_user_ids_are_one_per_person_apart_from_junk(sample):
     truth = events_truth(sample).dropna(subset=["user_id"])
     junk = truth["user_id"].isin(JUNK_USER_IDS)
@@ -390,12 +410,14 @@ def test_user_ids_are_one_per_person_apart_from_junk(sample):
     assert truth.loc[~junk, "user_id"].str.contains("@").any()  # email used as userId
 
 
+@pytest.mark.slow
 def test_cookies_rotate_and_some_users_reset_often(sample):
     truth = events_truth(sample).dropna(subset=["anonymous_id"])
     per_person = truth.groupby("person_id")["anonymous_id"].nunique()
     assert per_person.max() >= 6 and (per_person >= 2).mean() > 0.2
 
 
+@pytest.mark.slow
 def test_shared_kiosk_devices_and_family_tablets(sample):
     person = person_of_event(sample)
     device_people, device_users, anon_people = defaultdict(set), defaultdict(set), defaultdict(set)
@@ -418,6 +440,7 @@ def test_shared_kiosk_devices_and_family_tablets(sample):
     assert ZERO_AD_ID in ad_ids
 
 
+@pytest.mark.slow
 def test_carrier_nat_ips_are_shared_widely(sample):
     person = person_of_event(sample)
     ip_people = defaultdict(set)

@@ -12,6 +12,8 @@ from resolver.cli import main
 from resolver.config import load_config
 from resolver.synth.people import EVENTS_SCHEMA, generate
 
+pytestmark = pytest.mark.slow  # generates datasets
+
 PEOPLE, SEED, CHUNK = 3000, 11, 1000
 CRM_FILES = ["salesforce/Contact_a.csv", "salesforce/Contact_b.csv", "salesforce/Lead.csv", "truth/records.parquet"]
 

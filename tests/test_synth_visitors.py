@@ -18,6 +18,8 @@ from resolver.config import load_config
 from resolver.ingest.readers import read_source
 from resolver.synth.people import generate
 
+pytestmark = pytest.mark.slow  # generates datasets (and runs the pipeline on one)
+
 # sha256[:16] of every file of generate(d, 300, seed=3, chunk_people=120, workers=1[, events=False]) as the
 # generator wrote them before the visitor layer existed (commit 00e5e86 on main).
 BEFORE = {
