@@ -21,15 +21,15 @@ import pandas as pd
 
 from resolver.compute.backend import CPU, Backend, select_backend
 from resolver.compute.heap import return_freed_memory
-from resolver.config import Config, StitchingConfig
-from resolver.graph.build import build_graph, flagged_of, probabilistic_edges
-from resolver.graph.guards import CUT, resolve_graph
+from resolver.config import Config, IdentityConfig, MatchingConfig, StitchingConfig
+from resolver.graph.build import build_graph, flagged_of, with_probabilistic_edges
+from resolver.graph.guards import CUT, GraphResult, resolve_graph
 from resolver.ingest.memo import NormalizationMemo
 from resolver.ingest.plan import Snapshots, absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of
 from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
 from resolver.matching.attributes import normalization_report
 from resolver.matching.explain import matching_outputs
-from resolver.matching.match import DECISIONS, Reuse, match_records
+from resolver.matching.match import DECISIONS, MatchResult, Reuse, match_records
 from resolver.matching.plan import matching_attributes
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.outputs.writers import stage_outputs, write_outputs
@@ -38,7 +38,7 @@ from resolver.persons.stitching import StitchResult, household_keys, stitch
 from resolver.persons.tables import person_tables, policy_actions
 from resolver.resolution import RECORD_COLUMNS, Reporter, Resolution, StageLog, run_summary
 from resolver.state.erasure import record_member_keys, suppress
-from resolver.state.review import apply_decisions, check_constraints, load_decisions
+from resolver.state.review import Constraints, apply_decisions, check_constraints, load_decisions
 from resolver.state.snapshots import SnapshotWriter
 from resolver.state.store import State, StateStore, config_digest
 
@@ -154,9 +154,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     flagged = flagged_of(parts)  # the graph stage releases the parts' tables
     records, nodes, edges, attribute_report, attribute_warnings = _graph(config, parts, attributes, log)
     n_records = len(records)
-    with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
-        result = resolve_graph(n_records, nodes, edges, config.identity, backend=backend)
-        entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
+    result = _components(config.identity, None, n_records, nodes, edges, backend, log)
 
     match = None
     deterministic = result.labels[:n_records].copy()  # a copy: the first graph's labels go when it is redone
@@ -166,16 +164,9 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         links = match.links()
         if len(links):  # the graph again, with the links: the guards may cut some
             n_det_edges = len(edges)
-            edges = pd.concat([edges.assign(score=0.0), probabilistic_edges(match, len(vocab.types), vocab)],
-                              ignore_index=True)
-            with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
-                result = resolve_graph(n_records, nodes, edges, config.identity, config.matching.link_limits,
-                                       config.matching.max_person_records, backend)
-                entry["rows_out"] = int(result.labels.max() + 1)
-            cut = np.asarray(result.edge_status.codes[n_det_edges:]) == CUT
-            match.decision[links[cut]] = DECISIONS.index("guard_cut")
-            match.cut_type = np.full(len(match.left), -1, dtype=np.int64)
-            match.cut_type[links] = result.cut_type[n_det_edges:]
+            edges = with_probabilistic_edges(edges, match, vocab)
+            result = _components(config.identity, config.matching, n_records, nodes, edges, backend, log)
+            _mark_guard_cuts(match, links, result, n_det_edges)
         if steward is not None:
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
 
@@ -236,12 +227,29 @@ def _graph(config: Config, parts: list[SourceTables], attributes: dict[str, pd.S
     return records, nodes, edges, attribute_report, attribute_warnings
 
 
+def _components(identity: IdentityConfig, matching: MatchingConfig | None, n_records: int, nodes: pd.DataFrame,
+                edges: pd.DataFrame, backend: Backend, log: StageLog) -> GraphResult:
+    """The identity policy and the components (resolve_graph); with `matching`, of the graph with
+    its probabilistic links, under matching's limits."""
+    if matching is None:
+        with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
+            result = resolve_graph(n_records, nodes, edges, identity, backend=backend)
+            entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
+        return result
+    with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
+        result = resolve_graph(n_records, nodes, edges, identity, matching.link_limits, matching.max_person_records,
+                               backend)
+        entry["rows_out"] = int(result.labels.max() + 1)
+    return result
+
+
 def _match(config: Config, records: pd.DataFrame, labels: np.ndarray, deterministic: np.ndarray,
            attributes: dict[str, pd.Series] | None, log: StageLog, model_path: Path | None, backend: Backend,
-           previous: State | None, reuse: Reuse | None, decisions: pd.DataFrame | None):
+           previous: State | None, reuse: Reuse | None, decisions: pd.DataFrame | None,
+           ) -> tuple[MatchResult, Constraints | None]:
     """Matching's pairs, compared, scored and decided (match_records), with the review decisions
-    applied (the steward's constraints, checked once persons are made); what only the comparisons
-    needed is released (memory)."""
+    applied (the steward's constraints, checked once the graph is redone with the links); what
+    only the comparisons needed is released (memory)."""
     match = match_records(records, labels, config, model_path, stage=log.stage, backend=backend,
                           reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
                           attributes=matching_attributes(config, attributes))
@@ -250,6 +258,15 @@ def _match(config: Config, records: pd.DataFrame, labels: np.ndarray, determinis
         steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)
     match.release_comparison_inputs()  # pairs are compared, scored and decided: explanations need less
     return match, steward
+
+
+def _mark_guard_cuts(match: MatchResult, links: np.ndarray, result: GraphResult, n_det_edges: int) -> None:
+    """The links the guards cut (edges after the first n_det_edges) are decided `guard_cut`, with
+    the type whose limit cut them."""
+    cut = np.asarray(result.edge_status.codes[n_det_edges:]) == CUT
+    match.decision[links[cut]] = DECISIONS.index("guard_cut")
+    match.cut_type = np.full(len(match.left), -1, dtype=np.int64)
+    match.cut_type[links] = result.cut_type[n_det_edges:]
 
 
 def _stitch(stitching: StitchingConfig | None, sessions: pd.DataFrame | None, identifier_map: pd.DataFrame,

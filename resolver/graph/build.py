@@ -2,8 +2,8 @@
 
 build_graph numbers the records first (in plan order), then the identifier values (in hash
 order, so numbering never depends on input order), and collapses the records' observations and
-the events' edges into distinct pairs. probabilistic_edges adds the accepted matching links as
-record-to-record edges.
+the events' edges into distinct pairs. with_probabilistic_edges adds matching's links as
+record-to-record edges, for the graph to be resolved again.
 """
 
 from __future__ import annotations
@@ -159,7 +159,13 @@ def flagged_of(parts: list[SourceTables]) -> pd.DataFrame:
     return concat_frames(frames, ["record_id", *ACTION_COLUMNS[:-1]])
 
 
-def probabilistic_edges(match: MatchResult, n_types: int, vocab: Vocabulary) -> pd.DataFrame:
+def with_probabilistic_edges(edges: pd.DataFrame, match: MatchResult, vocab: Vocabulary) -> pd.DataFrame:
+    """The edges (score 0) and then matching's links, for the graph to be resolved again."""
+    return pd.concat([edges.assign(score=0.0), _probabilistic_edges(match, len(vocab.types), vocab)],
+                     ignore_index=True)
+
+
+def _probabilistic_edges(match: MatchResult, n_types: int, vocab: Vocabulary) -> pd.DataFrame:
     """The matching links as record-to-record edges of type n_types (after every identifier type),
     with their probability as score."""
     links = match.links()
