@@ -1,4 +1,4 @@
-"""The deterministic pipeline, the stages in order: ingest -> graph -> components -> matching ->
+"""The pipeline, the stages in order: ingest -> graph -> components -> matching ->
 persons -> golden records -> stitching -> outputs; state in, state out.
 
 Each stage is a function of its own module over tables (ingest/plan, graph/build, graph/guards,
@@ -25,7 +25,9 @@ from resolver.config import Config, IdentityConfig, MatchingConfig, StitchingCon
 from resolver.graph.build import build_graph, flagged_of, with_probabilistic_edges
 from resolver.graph.guards import CUT, GraphResult, resolve_graph
 from resolver.ingest.memo import NormalizationMemo
-from resolver.ingest.plan import Snapshots, absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of
+from resolver.ingest.plan import (
+    Snapshots, absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of,
+)
 from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
 from resolver.matching.attributes import normalization_report
 from resolver.matching.explain import matching_outputs
@@ -270,7 +272,8 @@ def _mark_guard_cuts(match: MatchResult, links: np.ndarray, result: GraphResult,
 
 
 def _stitch(stitching: StitchingConfig | None, sessions: pd.DataFrame | None, identifier_map: pd.DataFrame,
-            persons: pd.DataFrame, golden_records: pd.DataFrame, backend: Backend, log: StageLog) -> StitchResult | None:
+            persons: pd.DataFrame, golden_records: pd.DataFrame, backend: Backend,
+            log: StageLog) -> StitchResult | None:
     """Anonymous visitors to persons, when stitching is on and event sources have sessions."""
     if stitching is None or not stitching.enabled or sessions is None:
         return None
