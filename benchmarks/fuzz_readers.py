@@ -359,7 +359,7 @@ def check(folder: str, fmt: str, partition_bytes: int) -> dict:
     from resolver.ingest.tables import Vocabulary, ingest_source, reject_cross_file_duplicates
     from resolver.ingest.readers import InputError, read_source
     from resolver.normalize import Blocklist
-    from resolver.pipeline import plan_ingest
+    from resolver.ingest.plan import plan_ingest
 
     path = folder + "/input." + EXTENSION.get(fmt, "jsonl")
     source = {"name": "src", "format": fmt, "path": "input.*", **SOURCES[fmt]}

@@ -199,7 +199,7 @@ def _model_health_exit(console: Console, summary: dict) -> int:
 
 def cmd_plan(args) -> int:
     from resolver.config import load_config
-    from resolver.pipeline import plan_matching
+    from resolver.matching.plan import plan_matching
 
     console = _console(args)
     config = load_config(args.config)

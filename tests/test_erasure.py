@@ -321,7 +321,7 @@ def test_shared_observed_values_and_actions_name_no_person():
     """An observed value or a policy action counts rows of several persons (or of no record):
     it names nobody, as it is other people's data too."""
     from resolver.graph.guards import EDGE_STATES, OBSERVED
-    from resolver.pipeline import action_persons, observed_by
+    from resolver.persons.tables import action_persons, observed_by
 
     # Records 0, 1 (persons 0 and 1); identifier nodes 2 (an email of person 0), 3, 4 (IPs).
     labels = np.array([0, 1, 0, 2, 3])

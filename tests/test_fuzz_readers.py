@@ -55,7 +55,7 @@ import json, sys
 from pathlib import Path
 from resolver.config import Config
 from resolver.ingest.readers import read_source
-from resolver.pipeline import plan_ingest
+from resolver.ingest.plan import plan_ingest
 config = Config.model_validate({"sources": [{"name": "web", "kind": "events", "format": "jsonl",
     "path": "events.jsonl", "key": "messageId", "identifiers": {"user_id": "userId"}}],
     "identity": {"types": {"user_id": {"priority": 1}}}, "base_dir": sys.argv[1],

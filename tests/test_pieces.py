@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from resolver.cli import EXIT_OK, main
 from resolver.config import Config, load_config
 from resolver.ingest.readers import read_source, split_file
-from resolver.pipeline import plan_ingest
+from resolver.ingest.plan import plan_ingest
 
 
 def _events_config(tmp_path, fmt: str, path: str, columns: dict) -> Config:

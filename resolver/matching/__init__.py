@@ -1,1 +1,1 @@
-"""Probabilistic matching: attributes in match form -> blocking keys -> candidate pairs -> comparison levels -> Fellegi-Sunter model -> scores and decisions."""
+"""Probabilistic matching: attributes in match form -> blocking keys -> candidate pairs -> comparison levels -> Fellegi-Sunter model -> scores and decisions; the blocking plan before a run (plan) and the explained links and review queue after it (explain)."""

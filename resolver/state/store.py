@@ -42,6 +42,7 @@ the next start rolls the commit forward or back (recover).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from resolver.config import Config
 from resolver.state.crashpoints import crash_point
 from resolver.outputs.writers import swap_into_place
 from resolver.state.snapshots import link_tree
@@ -105,6 +107,13 @@ class State:
     files: pd.DataFrame | None = None  # the source files' fingerprints (resolver.state.snapshots)
 
     TABLES = ("members", "persons", "lineage", "tombstones", "audit")
+
+
+def config_digest(config: Config) -> str:
+    """What the state's memo, model and pairs depend on: identity, matching, survivorship and the
+    default phone region (not the sources' paths or the run's folders)."""
+    parts = config.model_dump_json(include={"identity", "matching", "golden", "stitching"}) + config.run.default_region
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
 class StateStore:

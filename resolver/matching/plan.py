@@ -1,0 +1,37 @@
+"""Matching before a run: which attribute columns matching reads, and the blocking plan (pair
+counts per rule and the largest blocks) from the records sources alone (`resolver plan`).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from resolver.config import Config, ConfigError
+from resolver.ingest.plan import attributes_of, plan_ingest, run_jobs
+from resolver.ingest.tables import Vocabulary, reject_cross_file_duplicates
+from resolver.matching.attributes import match_attributes, matching_columns
+from resolver.matching.blocking import build_blocking_keys, pair_scope
+
+
+def matching_attributes(config: Config, attributes: dict[str, pd.Series] | None) -> dict[str, pd.Series] | None:
+    """The attribute columns matching reads (None when there are no records)."""
+    return None if attributes is None else {column: attributes[column] for column in matching_columns(config)}
+
+
+def plan_matching(config: Config):
+    """Blocking plan from the records alone: pair counts per rule and the largest blocks, before
+    any pair is made (reads and normalizes the records sources; events are not needed)."""
+    if config.matching is None:
+        raise ConfigError("the configuration has no `matching` section to plan")
+    vocab = Vocabulary.from_config(config)
+    jobs = [job for job in plan_ingest(config) if config.sources[job.source_index].kind == "records"]
+    parts = run_jobs(config, jobs, vocab)
+    reject_cross_file_duplicates(config, parts)
+    records = pd.concat([p.records for p in parts], ignore_index=True)
+    active = ~records["is_deleted"].to_numpy(bool)
+    if config.matching.enabled:
+        attributes = matching_attributes(config, attributes_of(parts))
+    else:  # the jobs put in match form only what golden records need
+        attributes = match_attributes(records, config)
+    scope = pair_scope(config.matching.link_type, records["source"])
+    return build_blocking_keys(config.matching.blocking, attributes, active, scope=scope), len(records)
