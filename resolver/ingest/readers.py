@@ -106,7 +106,7 @@ def split_file(path: Path, fmt: str, target_bytes: int, csv_options: CsvOptions 
     elif fmt == "parquet":
         try:
             pieces = _row_group_pieces(path, target_bytes)
-        except pa.ArrowInvalid:
+        except (pa.ArrowInvalid, UnicodeDecodeError):  # a damaged footer: column names not UTF-8
             return None  # not Parquet: read whole, and the read names the problem
     else:
         pieces = _line_pieces(path, target_bytes)
@@ -449,7 +449,7 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
             table = _flatten(pf.read(columns=tops))
         else:
             table = _flatten(pf.read_row_groups(range(piece.start, piece.end), columns=tops))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # OSError: also corrupt pages
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeDecodeError) as exc:  # OSError: also corrupt pages; UnicodeDecodeError: a column name not UTF-8
         raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {one_line(exc)}") from exc
     strings: dict[str, pa.ChunkedArray] = {}
     binary: dict[str, pa.ChunkedArray] = {}

@@ -216,7 +216,7 @@ def _parquet_sample(path: Path, want: int):
     try:
         pf = pq.ParquetFile(path)
         batch = next(pf.iter_batches(batch_size=want), None)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: a column name not UTF-8
         raise InputError(f"{path}: cannot read Parquet: {one_line(exc)}") from exc
     table = pa.Table.from_batches([batch]) if batch is not None else pf.schema_arrow.empty_table()
     while any(pa.types.is_struct(t) for t in table.schema.types):
