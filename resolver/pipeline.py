@@ -23,7 +23,6 @@ from resolver.compute.backend import CPU, Backend, select_backend
 from resolver.compute.frames import Aggregate, group_aggregate
 from resolver.compute.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
-from resolver.state.crashpoints import crash_point
 from resolver.state.erasure import record_member_keys, suppress
 from resolver.persons.golden import build_golden, raw_fields
 from resolver.matching.match import Reuse
@@ -38,7 +37,9 @@ from resolver.outputs.writers import stage_outputs, write_outputs
 from resolver.normalize import Blocklist
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.state.review import load_decisions
-from resolver.compute.workers import worker_pool
+from resolver.compute.dask_engine import golden_records as golden_records_in_buckets
+from resolver.compute.dispatch import choose, open_engine
+from resolver.compute.engine import LOCAL, Engine, LocalEngine
 from resolver.state.snapshots import SnapshotWriter
 
 Reporter = Callable[[str], None]
@@ -185,27 +186,13 @@ def _size(path: str) -> int:
         return 0
 
 
-def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
+def _run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary, engine: Engine,
               memo: NormalizationMemo | None = None) -> list[SourceTables]:
-    from resolver.compute import dask_engine
-
-    engine = dask_engine.active()
-    if engine is not None and jobs:  # one task per file on the cluster
-        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
-        n = len(jobs)
-        return engine.map(ingest_job, [config] * n, jobs, [vocab] * n, [None] * n, [shipped] * n)
-    workers = min(config.run.workers, len(jobs))
-    if workers <= 1:
-        return [ingest_job(config, job, vocab, memo=memo) for job in jobs]
-    # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
-    order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
-    with worker_pool(workers) as pool:
-        # Workers read the memo tables they use from the state themselves (no pickled copies).
-        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
-        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
-        results = [futures[i].result() for i in range(len(jobs))]
-        crash_point("workers-idle")  # test-only (resolver/state/crashpoints.py): a kill with the workers up
-        return results
+    """Every job's tables, in plan order, each job a worker's (Engine.map_heavy)."""
+    # Workers read the memo tables they use from the state themselves (no pickled copies).
+    shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
+    return engine.map_heavy(ingest_job, [(config, job, vocab, None, shipped) for job in jobs],
+                            [_estimated_cost(config, job) for job in jobs])
 
 
 def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: list[SourceTables], vocab: Vocabulary,
@@ -274,7 +261,7 @@ def _load_snapshots(folders: list[Path]) -> list[tuple[SourceTables, pd.DataFram
 
 
 def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: NormalizationMemo | None = None,
-               snapshots: Snapshots | None = None) -> list[SourceTables]:
+               snapshots: Snapshots | None = None, engine: Engine = LOCAL) -> list[SourceTables]:
     """Every job's tables, in plan order. With snapshots, a job whose files and configuration are
     unchanged since the previous run is loaded from the state instead of read and normalized."""
     jobs = plan_ingest(config)
@@ -283,7 +270,7 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
         kept = [i for i, k in enumerate(keys) if snapshots is not None and snapshots.reuse and k in snapshots.previous]
         todo = [i for i in range(len(jobs)) if i not in set(kept)]
         parts: list[SourceTables] = [None] * len(jobs)  # type: ignore[list-item]
-        for i, part in zip(todo, _run_jobs(config, [jobs[i] for i in todo], vocab, memo)):
+        for i, part in zip(todo, _run_jobs(config, [jobs[i] for i in todo], vocab, engine, memo)):
             parts[i] = part
         for i, (part, looked_up) in zip(kept, _load_snapshots([snapshots.previous[keys[i]] for i in kept])):
             part.loaded = True
@@ -589,7 +576,7 @@ def _attributes_of(parts: list[SourceTables]) -> dict[str, pd.Series] | None:
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
             run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
-            decisions: pd.DataFrame | None = None) -> Resolution:
+            decisions: pd.DataFrame | None = None, engine: Engine = LOCAL) -> Resolution:
     attributes = _attributes_of(parts)  # computed per part by the ingest jobs
     session_parts = [p.sessions for p in parts if p.sessions is not None and len(p.sessions)]
     sessions = pd.concat(session_parts, ignore_index=True) if session_parts else None
@@ -605,7 +592,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         part.release_graph_inputs()  # what build_graph did not consume already
     n_records = len(records)
     with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
-        result = resolve_graph(n_records, nodes, edges, config.identity, backend=backend)
+        result = resolve_graph(n_records, nodes, edges, config.identity, backend=backend, engine=engine)
         entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
 
     match = None
@@ -615,7 +602,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
         match = match_records(records, result.labels, config, model_path, stage=log.stage, backend=backend,
                               reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
-                              attributes=_matching_attributes(config, attributes))
+                              attributes=_matching_attributes(config, attributes), engine=engine)
         steward = None
         if decisions is not None and len(decisions):  # review decisions: must-links and cannot-links
             from resolver.state.review import apply_decisions
@@ -629,7 +616,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
                               ignore_index=True)
             with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
                 result = resolve_graph(n_records, nodes, edges, config.identity, config.matching.link_limits,
-                                       config.matching.max_person_records, backend)
+                                       config.matching.max_person_records, backend, engine)
                 entry["rows_out"] = int(result.labels.max() + 1)
             cut = np.asarray(result.edge_status.codes[n_det_edges:]) == CUT
             match.decision[links[cut]] = DECISIONS.index("guard_cut")
@@ -649,14 +636,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     del nodes, edges, result, deterministic
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        from resolver.compute import dask_engine
-
-        engine = dask_engine.active()
-        if engine is not None:  # persons in buckets, one survivorship task per bucket
-            golden = dask_engine.golden_records(engine, records, identity_map["person_id"], persons["person_id"],
-                                                config, attributes)
-        else:
-            golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
+        golden = GOLDEN_RECORDS[choose("golden", backend, engine)](engine, records, identity_map["person_id"],
+                                                                   persons["person_id"], config, attributes)
         entry["rows_out"] = len(golden.conflicts)
     del attributes  # golden records were their last reader (memory)
     records = records[RECORD_COLUMNS]  # and of the records' attributes
@@ -691,6 +672,16 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
     return resolution
+
+
+def _golden_records_whole(engine: Engine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
+                          config: Config, normalized: dict[str, pd.Series]):
+    return build_golden(records, record_person, person_ids, config, normalized)
+
+
+# Golden records by implementation (compute/dispatch.py chooses): every person at once, or buckets of
+# persons, one survivorship job each.
+GOLDEN_RECORDS = {"whole": _golden_records_whole, "buckets": golden_records_in_buckets}
 
 
 def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame,
@@ -925,7 +916,7 @@ def plan_matching(config: Config):
         raise ConfigError("the configuration has no `matching` section to plan")
     vocab = Vocabulary.from_config(config)
     jobs = [job for job in plan_ingest(config) if config.sources[job.source_index].kind == "records"]
-    parts = _run_jobs(config, jobs, vocab)
+    parts = _run_jobs(config, jobs, vocab, LocalEngine(config.run.workers))
     reject_cross_file_duplicates(config, parts)
     records = pd.concat([p.records for p in parts], ignore_index=True)
     active = ~records["is_deleted"].to_numpy(bool)
@@ -955,21 +946,12 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     see _run for what a run does."""
     return_freed_memory()
     backend = backend or select_backend(config.run.backend)
-    if config.engine.name == "local":
-        return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)
-    from dataclasses import replace
-
-    from resolver.compute.dask_engine import dask_engine
-
-    with dask_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
-        if not backend.on_gpu_path:  # components by label propagation on the cluster
-            backend = replace(backend, components="dask")
-        res = _run(config, report, write, model_path, backend, state_dir, full, engine.description, truth)
-    return res
+    with open_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
+        return _run(config, report, write, model_path, backend, state_dir, full, engine, truth)
 
 
 def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,
-         state_dir: Path | None, full: bool, engine: dict | None = None, truth: Path | None = None) -> Resolution:
+         state_dir: Path | None, full: bool, engine: Engine = LOCAL, truth: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -999,7 +981,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
-    parts = ingest_all(config, log, vocab, memo, snapshots)
+    parts = ingest_all(config, log, vocab, memo, snapshots, engine)
     suppressed = None
     if previous is not None and len(previous.tombstones):
         with log.stage("erasure: suppress tombstoned data") as entry:
@@ -1013,14 +995,10 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         reject_cross_file_duplicates(config, parts)
         with memo.active() if memo is not None else nullcontext():
             res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
-                          decisions)
+                          decisions, engine)
         res.summary = _summary(config, parts, res, log, run_id, started)
-        res.summary["backend"] = backend.describe()
-        res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
-        if engine is not None:
-            from resolver.compute import dask_engine
-
-            res.summary["engine"]["worker_peak_rss_mb"] = dask_engine.active().worker_peak_rss_mb()
+        res.summary["backend"] = backend.describe(components=choose("components", backend, engine))
+        res.summary["engine"] = engine.summary()
         if suppressed is not None:
             res.summary["suppressed"] = suppressed.as_dict()
         if res.carried is not None:

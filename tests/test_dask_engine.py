@@ -30,9 +30,9 @@ def _same_outputs(a, b):
 
 
 def test_local_cluster_gives_the_local_engines_outputs(world, monkeypatch):
-    from resolver.compute import dask_engine
+    from resolver.compute import engine
 
-    monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 200)  # more buckets, as big data gets
+    monkeypatch.setattr(engine, "ROWS_PER_BUCKET", 200)  # more buckets, as big data gets
     out = world / "dask-local"
     assert main(["run", "--config", str(world / "resolver.yaml"), "--out", str(out), "-q", "--backend", "cpu",
                  "--engine", "dask", "--workers", "2"]) == EXIT_OK

@@ -40,18 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from resolver.matching import pairs as pair_buckets
-
-_ACTIVE: list[DaskEngine] = []
+from resolver.compute import engine as engines
+from resolver.compute.components import numbered_by_smallest_node
 
 
 class EngineUnavailable(RuntimeError):
     """The dask engine cannot start here; the message says what is missing."""
-
-
-# Without a configured partition count, a stage makes a bucket per this many rows (the in-process
-# streamed passes' size), so a task's memory stays about the same however big the data.
-ROWS_PER_BUCKET = pair_buckets.ROWS_PER_BUCKET
 
 
 @dataclass
@@ -60,14 +54,15 @@ class DaskEngine:
     buckets: int  # partitions of pairs and golden records (at least)
     description: dict
     grow: bool = True  # more buckets for more rows (False: `engine.partitions` fixed the count)
+    kind: str = "dask"
 
     def buckets_for(self, rows: int, rows_per_bucket: int | None = None) -> int:
         """Buckets for a stage over `rows` rows: the configured count, or enough to keep each
-        bucket to about `rows_per_bucket` (default ROWS_PER_BUCKET) rows, never fewer than two
-        per worker."""
+        bucket to about `rows_per_bucket` (default engine.ROWS_PER_BUCKET) rows, never fewer than
+        two per worker."""
         if not self.grow:
             return self.buckets
-        return max(self.buckets, -(-rows // (rows_per_bucket or ROWS_PER_BUCKET)))
+        return max(self.buckets, engines.buckets_of(rows, rows_per_bucket))
 
     def map(self, fn, *iterables, **kwargs) -> list:
         """fn over the iterables on the cluster, results in order. Each result is fetched as soon
@@ -111,6 +106,14 @@ class DaskEngine:
         self.client.run(_trim_memory)
         return [results[i] for i in range(len(results))]
 
+    def map_heavy(self, fn, jobs: list[tuple], costs: list[float]) -> list:
+        """A task per job (ingest: files are the partitions); the scheduler balances the costs."""
+        return self.map(fn, *zip(*jobs)) if jobs else []
+
+    def summary(self) -> dict:
+        """The description, with each worker's peak memory so far."""
+        return {**self.description, "worker_peak_rss_mb": self.worker_peak_rss_mb()}
+
     def worker_peak_rss_mb(self) -> list[float]:
         """Peak resident memory of each worker process so far (MB), in worker address order."""
         peaks = self.client.run(_peak_rss_mb)
@@ -146,11 +149,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def active() -> DaskEngine | None:
-    """The engine of the run in progress, if it is the dask engine."""
-    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def _installed(module: str) -> bool:
@@ -196,52 +194,11 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
                                               "buckets": buckets, **({"scheduler": options.scheduler}
                                                                      if options.scheduler else {})},
                             grow=options.partitions is None)
-        _ACTIVE.append(engine)
-        try:
-            yield engine
-        finally:
-            _ACTIVE.remove(engine)
+        yield engine
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Candidate pairs and comparisons, bucket by bucket
-# ---------------------------------------------------------------------------------------------
-def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, prepared: list, rules: list[str],
-                     scope=None):
-    """Every rule's candidate pairs (in the local engine's order; with a blocking.PairScope, only
-    those its link type allows), their levels, and the EM statistics summed over the tasks."""
-    from resolver.matching.blocking import CandidatePairs
-    from resolver.matching.model import merge_pattern_counts
-    from resolver.matching.pairs import bucket_jobs, bucket_pairs, candidate_order
-
-    buckets = engine.buckets_for(keys.shape[1])
-    engine.description["pair_buckets"] = buckets
-    labels = np.asarray(labels, np.int64)
-    task_rules: list[int] = []
-
-    def jobs():
-        for job in bucket_jobs(keys, labels, prepared, buckets, scope):
-            task_rules.append(job[3])
-            yield job
-
-    done = engine.map_lazily(bucket_pairs, jobs())
-    if not done:
-        left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
-        levels = np.zeros((0, len(prepared)), np.int8)
-    else:
-        left = np.concatenate([d[0] for d in done])
-        right = np.concatenate([d[1] for d in done])
-        rule = np.concatenate([np.full(len(d[0]), r, dtype=np.int8) for r, d in zip(task_rules, done)])
-        levels = np.concatenate([d[2] for d in done])
-    order = candidate_order(keys, rule, left, right)
-    per_rule = np.bincount(rule.astype(np.int64), minlength=len(rules)).tolist()
-    pairs = CandidatePairs(left[order], right[order], rule[order], per_rule)
-    counts = merge_pattern_counts([d[3] for d in done], len(prepared))
-    return pairs, levels[order], counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +211,6 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine:
     """Component label per node, numbered by each component's smallest node (as scipy numbers
     them): cuGraph's multi-GPU WCC where dask-cudf and cuGraph are installed, otherwise min-label
     propagation over Dask DataFrames."""
-    from resolver.compute.components import numbered_by_smallest_node
-
     src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
     if n_nodes == 0 or len(src) == 0:
         return np.arange(n_nodes, dtype=np.int64)
@@ -290,7 +245,7 @@ def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: D
     import dask.dataframe as dd
 
     # Edges are 16 bytes: partitions of 4M edges (64 MB).
-    partitions = max(1, min(engine.buckets_for(len(src), rows_per_bucket=8 * ROWS_PER_BUCKET), len(src)))
+    partitions = max(1, min(engine.buckets_for(len(src), rows_per_bucket=8 * engines.ROWS_PER_BUCKET), len(src)))
     bounds = np.linspace(0, len(src), partitions + 1).astype(np.int64)
     # The partitions are scattered, not embedded in the task graph (a graph carrying the edges
     # would be shipped, and warned about, on every round).
