@@ -25,6 +25,7 @@ from resolver.compute.cluster import connected_components, format_person_ids, sm
 from resolver.config import Config, ConfigError
 from resolver.state.erasure import record_member_keys, suppress
 from resolver.persons.golden import build_golden, raw_fields
+from resolver.persons.golden_buckets import golden_records_in_buckets
 from resolver.matching.match import Reuse
 from resolver.ingest.memo import NormalizationMemo
 from resolver.state.store import State, StateStore, carry_ids
@@ -37,7 +38,6 @@ from resolver.outputs.writers import stage_outputs, write_outputs
 from resolver.normalize import Blocklist
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.state.review import load_decisions
-from resolver.compute.dask_engine import golden_records as golden_records_in_buckets
 from resolver.compute.dispatch import choose, open_engine
 from resolver.compute.engine import LOCAL, Engine, LocalEngine
 from resolver.state.snapshots import SnapshotWriter

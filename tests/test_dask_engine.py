@@ -141,7 +141,7 @@ def test_pattern_counts_summed_over_partitions_equal_the_whole(rows, parts):
 def test_concat_in_order_is_concat_then_take(sizes, seed):
     """The column-at-a-time assembly of golden-record buckets gives pd.concat(parts).take(order),
     dtypes included (text, categories, timestamps with gaps, booleans)."""
-    from resolver.compute.dask_engine import concat_in_order
+    from resolver.compute.frames import concat_in_order
 
     rng = np.random.default_rng(seed)
     sources = pd.CategoricalDtype(["crm", "leads", "web"])
