@@ -1,32 +1,28 @@
-"""The dask engine: the pipeline's stage functions run as Dask tasks on a cluster, with results
-identical to the local engine's.
+"""The dask engine: an Engine (compute/engine.py) whose jobs run as Dask tasks on a cluster, with
+results identical to the local engine's.
 
 A cluster is started for the run (`LocalCluster` of CPU worker processes, or `LocalCUDACluster`
 with one worker per GPU when dask-cuda is installed and the backend is the GPU), or the run joins a
-running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). What runs where:
+running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). The stages map their jobs on it
+like on any engine; compute/dispatch.py says which implementations the dask engine gets:
 
 - **Ingest**: one task per source file, or per piece of a big file (files are the partitions);
   each task reads, normalizes and collapses its part's events, and the client combines the parts
-  in plan order.
-- **Candidate pairs and comparisons**: for each blocking rule the keyed records are split into
-  buckets by their key hash (key mod the bucket count). A block lies wholly in one bucket, so each
-  task makes exactly its bucket's pairs (skipping pairs an earlier rule or the deterministic graph
-  already has, as the local engine does): every candidate pair is made and compared in exactly
-  one task. A task is sent only its bucket's records (their keys, labels and comparison data), so
-  no worker holds everyone's. Tasks return their pairs, comparison levels and EM sufficient
-  statistics (counts per level pattern), which the client sums; pairs are put in the local
-  engine's order (rule, block key, left, right), so training and scoring see identical inputs.
-- **Connected components**: cuGraph's multi-GPU weakly connected components on dask-cudf where
-  installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
+  in plan order (`map_heavy`).
+- **Candidate pairs and comparisons**: a task per bucket of keyed records (matching/pairs.py), each
+  sent only its bucket's records, so no worker holds everyone's; the client gathers the pairs in
+  the local engine's order and sums EM's statistics.
+- **Connected components** (here): cuGraph's multi-GPU weakly connected components on dask-cudf
+  where installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
   propose each node's smallest neighbour label, the client keeps the smallest and jumps
   pointers), until a round changes no label.
-- **Golden records**: persons are split into buckets by a hash of their id, each bucket's records
-  go to one survivorship task (shuffle and group), and the client puts the rows in person order.
+- **Golden records**: a survivorship task per bucket of persons (persons/golden_buckets.py).
 
-Buckets grow with the data (about ROWS_PER_BUCKET records each) unless `engine.partitions` fixes
-their count, and a bucket's inputs are cut and scattered only when a task slot frees, so memory per
-task and per worker does not grow with the dataset. The identity policy (hub caps, limits, greedy rebuild), EM over the summed statistics and scoring
-run on the client. Workers must see the source files and the state folder at the same paths.
+Buckets grow with the data (about engine.ROWS_PER_BUCKET records each) unless `engine.partitions`
+fixes their count, and a bucket's inputs are cut and scattered only when a task slot frees
+(`map_lazily`), so memory per task and per worker does not grow with the dataset. The identity
+policy (hub caps, limits, greedy rebuild), EM over the summed statistics and scoring run on the
+client. Workers must see the source files and the state folder at the same paths.
 """
 
 from __future__ import annotations
