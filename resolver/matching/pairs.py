@@ -258,7 +258,7 @@ class HeldPairs:
     summary: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.hashes = self.caches.pair_hashes(to_host(self.pairs.left), to_host(self.pairs.right))
+        self.hashes = self.caches.pair_hashes(self.pairs.left, self.pairs.right)
         if self.levels is not None:  # compared where they were made
             self.compared = len(self.pairs)
 

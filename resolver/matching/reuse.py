@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from resolver.compute.backend import to_host
 from resolver.kernels.hashing import hash_strings, mix64
 
 
@@ -125,11 +126,11 @@ class MatchCaches:
         return pd.DataFrame({"record_hash": self.record_hashes[by_record],
                              **{f"k{r}": keys[by_record] for r, keys in enumerate(raw_keys)}})
 
-    def pair_hashes(self, left: np.ndarray, right: np.ndarray) -> np.ndarray | None:
-        """Per pair (host record positions), its hash; None without a state."""
+    def pair_hashes(self, left, right) -> np.ndarray | None:
+        """Per pair (record positions, on the host or a device), its hash; None without a state."""
         if self.member_keys is None:
             return None
-        return pair_hashes(left, right, self.member_keys, self.compared_prints)
+        return pair_hashes(to_host(left), to_host(right), self.member_keys, self.compared_prints)
 
     def known_levels(self, hashes: np.ndarray | None, n_comparisons: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The levels the state holds for these pairs and which pairs it holds (None: no reuse)."""
