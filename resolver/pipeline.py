@@ -24,8 +24,8 @@ from resolver.compute.frames import Aggregate, group_aggregate
 from resolver.compute.cluster import connected_components, format_person_ids, smallest_member_keys
 from resolver.config import Config, ConfigError
 from resolver.state.erasure import record_member_keys, suppress
-from resolver.persons.golden import build_golden, raw_fields
-from resolver.persons.golden_buckets import golden_records_in_buckets
+from resolver.persons.golden import raw_fields
+from resolver.persons.golden_buckets import golden_records
 from resolver.matching.match import Reuse
 from resolver.ingest.memo import NormalizationMemo
 from resolver.state.store import State, StateStore, carry_ids
@@ -636,8 +636,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     del nodes, edges, result, deterministic
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        golden = GOLDEN_RECORDS[choose("golden", backend, engine)](engine, records, identity_map["person_id"],
-                                                                   persons["person_id"], config, attributes)
+        golden = golden_records(engine, backend, records, identity_map["person_id"], persons["person_id"], config,
+                                attributes)
         entry["rows_out"] = len(golden.conflicts)
     del attributes  # golden records were their last reader (memory)
     records = records[RECORD_COLUMNS]  # and of the records' attributes
@@ -672,16 +672,6 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
         with log.stage("match:outputs"):
             _matching_outputs(resolution, match, config, vocab)
     return resolution
-
-
-def _golden_records_whole(engine: Engine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
-                          config: Config, normalized: dict[str, pd.Series]):
-    return build_golden(records, record_person, person_ids, config, normalized)
-
-
-# Golden records by implementation (compute/dispatch.py chooses): every person at once, or buckets of
-# persons, one survivorship job each.
-GOLDEN_RECORDS = {"whole": _golden_records_whole, "buckets": golden_records_in_buckets}
 
 
 def _person_tables(config: Config, vocab: Vocabulary, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame,

@@ -18,7 +18,7 @@ from resolver.matching.blocking import RULE_PAIRS, BlockingKeys, PairScope, cand
 from resolver.matching.compare import prepare
 from resolver.matching.pairs import PAIR_SOURCES, HeldPairs, pairs_in_buckets, pattern_statistics
 from resolver.matching.reuse import MatchCaches
-from resolver.pipeline import GOLDEN_RECORDS
+from resolver.persons.golden_buckets import GOLDEN_RECORDS
 
 
 class _Dask:  # what choose reads of a DaskEngine

@@ -1,7 +1,8 @@
-"""Golden records bucket by bucket of persons, for an engine whose workers each build a part (the
-dask engine: compute/dispatch.py chooses this for it), with the rows of building them all at once.
+"""Golden records on the run's engine: every person at once (persons.golden.build_golden), or bucket
+by bucket of persons where the engine's workers each build a part (the dask engine); the table in
+compute/dispatch.py chooses. Both give the same rows.
 
-Persons are split into buckets by a hash of their id; each bucket's records go to one survivorship
+Bucket by bucket: persons are split into buckets by a hash of their id; each bucket's records go to one survivorship
 job (persons.golden.build_golden), and the rows come back in person order. Buckets grow with the
 data (Engine.buckets_for), and a bucket's inputs are cut only when a job slot frees, so memory per
 job does not grow with the dataset.
@@ -13,10 +14,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from resolver.compute.backend import Backend
+from resolver.compute.dispatch import choose
 from resolver.compute.engine import Engine
 from resolver.compute.frames import concat_in_order
 from resolver.kernels.hashing import hash_strings
 from resolver.persons.golden import GoldenResult, build_golden, golden_fields, golden_summary
+
+
+def golden_records(engine: Engine, backend: Backend, records: pd.DataFrame, record_person: pd.Series,
+                   person_ids: pd.Series, config, normalized: dict[str, pd.Series]) -> GoldenResult:
+    """Golden records and conflicts of the persons (`record_person`: each record's person id)."""
+    build = GOLDEN_RECORDS[choose("golden", backend, engine)]
+    return build(engine, records, record_person, person_ids, config, normalized)
+
+
+def golden_records_whole(engine: Engine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
+                         config, normalized: dict[str, pd.Series]) -> GoldenResult:
+    return build_golden(records, record_person, person_ids, config, normalized)
 
 
 def golden_records_in_buckets(engine: Engine, records: pd.DataFrame, record_person: pd.Series,
@@ -55,3 +70,7 @@ def golden_records_in_buckets(engine: Engine, records: pd.DataFrame, record_pers
     conflict_field = np.concatenate([pd.Categorical(part["field"], categories=fields).codes for part in conflict_parts])
     conflicts = concat_in_order(conflict_parts, np.lexsort((conflict_person, conflict_field)))
     return GoldenResult(golden, conflicts, golden_summary(golden, conflicts, fields))
+
+
+# Golden records by implementation, as compute/dispatch.py names them.
+GOLDEN_RECORDS = {"whole": golden_records_whole, "buckets": golden_records_in_buckets}
