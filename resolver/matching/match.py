@@ -18,6 +18,7 @@ import pandas as pd
 from resolver.compute.backend import CPU, Backend, to_host
 from resolver.compute.engine import LOCAL, Engine
 from resolver.config import Config, ModelOptions
+from resolver.keys import parse_key
 from resolver.matching.attributes import match_attributes
 from resolver.matching.blocking import BlockingKeys, PairScope, build_blocking_keys, pair_scope
 from resolver.matching.compare import PreparedComparison, comparison_matrix, prepare_all
@@ -134,8 +135,6 @@ def selection_biased(config: Config) -> set[str]:
 
 
 def _key_columns(keys: list[str]) -> set[str]:
-    from resolver.matching.blocking import parse_key
-
     return {c for k in keys for c in parse_key(k).columns}
 
 
