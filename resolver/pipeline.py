@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from resolver.compute.backend import CPU, Backend, select_backend
+from resolver.compute.dispatch import choose, open_engine
+from resolver.compute.engine import LOCAL, Engine
 from resolver.compute.heap import return_freed_memory
 from resolver.config import Config, IdentityConfig, MatchingConfig, StitchingConfig
 from resolver.graph.build import build_graph, flagged_of, with_probabilistic_edges
@@ -35,7 +37,8 @@ from resolver.matching.match import DECISIONS, MatchResult, Reuse, match_records
 from resolver.matching.plan import matching_attributes
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.outputs.writers import stage_outputs, write_outputs
-from resolver.persons.golden import build_golden, raw_fields
+from resolver.persons.golden import raw_fields
+from resolver.persons.golden_buckets import golden_records
 from resolver.persons.stitching import StitchResult, household_keys, stitch
 from resolver.persons.tables import person_tables, policy_actions
 from resolver.resolution import RECORD_COLUMNS, Reporter, Resolution, StageLog, run_summary
@@ -52,21 +55,12 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     see _run for what a run does."""
     return_freed_memory()
     backend = backend or select_backend(config.run.backend)
-    if config.engine.name == "local":
-        return _run(config, report, write, model_path, backend, state_dir, full, truth=truth)
-    from dataclasses import replace
-
-    from resolver.compute.dask_engine import dask_engine
-
-    with dask_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
-        if not backend.on_gpu_path:  # components by label propagation on the cluster
-            backend = replace(backend, components="dask")
-        res = _run(config, report, write, model_path, backend, state_dir, full, engine.description, truth)
-    return res
+    with open_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
+        return _run(config, report, write, model_path, backend, state_dir, full, engine, truth)
 
 
 def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,
-         state_dir: Path | None, full: bool, engine: dict | None = None, truth: Path | None = None) -> Resolution:
+         state_dir: Path | None, full: bool, engine: Engine = LOCAL, truth: Path | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -96,7 +90,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
-    parts = ingest_all(config, log, vocab, memo, snapshots)
+    parts = ingest_all(config, log, vocab, memo, snapshots, engine)
     suppressed = None
     if previous is not None and len(previous.tombstones):
         with log.stage("erasure: suppress tombstoned data") as entry:
@@ -110,14 +104,10 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         reject_cross_file_duplicates(config, parts)
         with memo.active() if memo is not None else nullcontext():
             res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
-                          decisions)
+                          decisions, engine)
         res.summary = run_summary(config.identity.guards, parts, res, log, run_id, started)
-        res.summary["backend"] = backend.describe()
-        res.summary["engine"] = engine or {"engine": "local", "workers": config.run.workers}
-        if engine is not None:
-            from resolver.compute import dask_engine
-
-            res.summary["engine"]["worker_peak_rss_mb"] = dask_engine.active().worker_peak_rss_mb()
+        res.summary["backend"] = backend.describe(components=choose("components", backend, engine))
+        res.summary["engine"] = engine.summary()
         if suppressed is not None:
             res.summary["suppressed"] = suppressed.as_dict()
         if res.carried is not None:
@@ -148,7 +138,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
             run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
-            decisions: pd.DataFrame | None = None) -> Resolution:
+            decisions: pd.DataFrame | None = None, engine: Engine = LOCAL) -> Resolution:
     """The stages after ingest, in order: graph, components, matching (with the graph redone with
     its links), persons, golden records, stitching, then the tables of the Resolution."""
     attributes = attributes_of(parts)  # computed per part by the ingest jobs
@@ -156,18 +146,18 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     flagged = flagged_of(parts)  # the graph stage releases the parts' tables
     records, nodes, edges, attribute_report, attribute_warnings = _graph(config, parts, attributes, log)
     n_records = len(records)
-    result = _components(config.identity, None, n_records, nodes, edges, backend, log)
+    result = _components(config.identity, None, n_records, nodes, edges, backend, engine, log)
 
     match = None
     deterministic = result.labels[:n_records].copy()  # a copy: the first graph's labels go when it is redone
     if config.matching is not None and config.matching.enabled:
         match, steward = _match(config, records, result.labels, deterministic, attributes, log, model_path, backend,
-                                previous, reuse, decisions)
+                                engine, previous, reuse, decisions)
         links = match.links()
         if len(links):  # the graph again, with the links: the guards may cut some
             n_det_edges = len(edges)
             edges = with_probabilistic_edges(edges, match, vocab)
-            result = _components(config.identity, config.matching, n_records, nodes, edges, backend, log)
+            result = _components(config.identity, config.matching, n_records, nodes, edges, backend, engine, log)
             _mark_guard_cuts(match, links, result, n_det_edges)
         if steward is not None:
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
@@ -181,14 +171,8 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     del nodes, edges, result, deterministic
 
     with log.stage("golden records", rows_in=n_records) as entry:
-        from resolver.compute import dask_engine
-
-        engine = dask_engine.active()
-        if engine is not None:  # persons in buckets, one survivorship task per bucket
-            golden = dask_engine.golden_records(engine, records, identity_map["person_id"], persons["person_id"],
-                                                config, attributes)
-        else:
-            golden = build_golden(records, identity_map["person_id"], persons["person_id"], config, attributes)
+        golden = golden_records(engine, backend, records, identity_map["person_id"], persons["person_id"], config,
+                                attributes)
         entry["rows_out"] = len(golden.conflicts)
     del attributes  # golden records were their last reader (memory)
     records = records[RECORD_COLUMNS]  # and of the records' attributes
@@ -230,31 +214,31 @@ def _graph(config: Config, parts: list[SourceTables], attributes: dict[str, pd.S
 
 
 def _components(identity: IdentityConfig, matching: MatchingConfig | None, n_records: int, nodes: pd.DataFrame,
-                edges: pd.DataFrame, backend: Backend, log: StageLog) -> GraphResult:
+                edges: pd.DataFrame, backend: Backend, engine: Engine, log: StageLog) -> GraphResult:
     """The identity policy and the components (resolve_graph); with `matching`, of the graph with
     its probabilistic links, under matching's limits."""
     if matching is None:
         with log.stage("graph:policy+components", rows_in=len(edges)) as entry:
-            result = resolve_graph(n_records, nodes, edges, identity, backend=backend)
+            result = resolve_graph(n_records, nodes, edges, identity, backend=backend, engine=engine)
             entry["rows_out"] = int(result.labels.max() + 1) if len(result.labels) else 0
         return result
     with log.stage("graph:with probabilistic links", rows_in=len(edges)) as entry:
         result = resolve_graph(n_records, nodes, edges, identity, matching.link_limits, matching.max_person_records,
-                               backend)
+                               backend, engine)
         entry["rows_out"] = int(result.labels.max() + 1)
     return result
 
 
 def _match(config: Config, records: pd.DataFrame, labels: np.ndarray, deterministic: np.ndarray,
            attributes: dict[str, pd.Series] | None, log: StageLog, model_path: Path | None, backend: Backend,
-           previous: State | None, reuse: Reuse | None, decisions: pd.DataFrame | None,
+           engine: Engine, previous: State | None, reuse: Reuse | None, decisions: pd.DataFrame | None,
            ) -> tuple[MatchResult, Constraints | None]:
     """Matching's pairs, compared, scored and decided (match_records), with the review decisions
     applied (the steward's constraints, checked once the graph is redone with the links); what
     only the comparisons needed is released (memory)."""
     match = match_records(records, labels, config, model_path, stage=log.stage, backend=backend,
                           reuse=reuse, member_keys=record_member_keys(records) if previous is not None else None,
-                          attributes=matching_attributes(config, attributes))
+                          attributes=matching_attributes(config, attributes), engine=engine)
     steward = None
     if decisions is not None and len(decisions):  # review decisions: must-links and cannot-links
         steward = apply_decisions(decisions, records, match, record_member_keys(records), deterministic)

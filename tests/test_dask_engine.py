@@ -31,9 +31,9 @@ def _same_outputs(a, b):
 
 @pytest.mark.slow
 def test_local_cluster_gives_the_local_engines_outputs(world, monkeypatch):
-    from resolver.compute import dask_engine
+    from resolver.compute import engine
 
-    monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 200)  # more buckets, as big data gets
+    monkeypatch.setattr(engine, "ROWS_PER_BUCKET", 200)  # more buckets, as big data gets
     out = world / "dask-local"
     assert main(["run", "--config", str(world / "resolver.yaml"), "--out", str(out), "-q", "--backend", "cpu",
                  "--engine", "dask", "--workers", "2"]) == EXIT_OK
@@ -145,7 +145,7 @@ def test_pattern_counts_summed_over_partitions_equal_the_whole(rows, parts):
 def test_concat_in_order_is_concat_then_take(sizes, seed):
     """The column-at-a-time assembly of golden-record buckets gives pd.concat(parts).take(order),
     dtypes included (text, categories, timestamps with gaps, booleans)."""
-    from resolver.compute.dask_engine import concat_in_order
+    from resolver.compute.frames import concat_in_order
 
     rng = np.random.default_rng(seed)
     sources = pd.CategoricalDtype(["crm", "leads", "web"])

@@ -568,19 +568,10 @@ def test_link_only_on_the_dask_engine_gives_the_local_engines_pairs(tmp_path):
 
 
 def test_the_dask_engines_bucketed_pairs_keep_the_scope():
-    from resolver.compute import dask_engine
-    from resolver.matching.compare import prepare
+    from resolver.compute.engine import LOCAL
     from resolver.config import ComparisonConfig
-    from resolver.matching.pairs import in_process
-
-    class Engine:  # what pairs_and_levels reads of a DaskEngine, with tasks run in this process
-        description: dict = {}
-
-        def buckets_for(self, rows):
-            return 3
-
-        def map_lazily(self, fn, jobs):
-            return in_process(fn, jobs)
+    from resolver.matching.compare import prepare
+    from resolver.matching.pairs import pairs_in_buckets
 
     rng = np.random.default_rng(3)
     keys = rng.integers(0, 6, size=(2, 120)).astype(np.uint64)
@@ -590,7 +581,7 @@ def test_the_dask_engines_bucketed_pairs_keep_the_scope():
                         {"c": pd.Series(rng.choice(["a", "b"], size=120), dtype="str")})]
     for link_type in ("link_only", "dedupe_only"):
         scope = PairScope(link_type, groups)
-        pairs, _, _ = dask_engine.pairs_and_levels(Engine(), keys, labels, prepared, ["r0", "r1"], scope)
+        pairs, _, _ = pairs_in_buckets(LOCAL, keys, labels, prepared, 3, scope)  # the tasks run in this process
         held = candidate_pairs(BlockingKeys(["r0", "r1"], keys, []), labels, scope=scope)
         assert [x.tolist() for x in (pairs.left, pairs.right, pairs.rule)] == \
             [x.tolist() for x in (held.left, held.right, held.rule)]

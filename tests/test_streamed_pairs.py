@@ -12,10 +12,10 @@ from _outputs import assert_same_outputs, generated_with_baseline
 from resolver.cli import EXIT_OK, main
 from resolver.matching.compare import prepare
 from resolver.config import ComparisonConfig
+from resolver.compute.engine import LOCAL
 from resolver.matching.pairs import (
     bucket_jobs,
     bucket_pairs,
-    in_process,
     pattern_statistics,
 )
 
@@ -37,9 +37,9 @@ def _run(world, out, *extra) -> dict:
 
 @pytest.mark.slow
 def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch):
-    from resolver.matching import pairs as pair_buckets
+    from resolver.compute import engine
 
-    monkeypatch.setattr(pair_buckets, "ROWS_PER_BUCKET", 300)  # several buckets per rule
+    monkeypatch.setattr(engine, "ROWS_PER_BUCKET", 300)  # several buckets per rule
     summary = _run(world, world / "streamed-local")
     assert summary["matching"]["streamed"]["passes"] == 2 and summary["matching"]["streamed"]["buckets"] > 1
     assert_same_outputs(world / "local", world / "streamed-local", model=True)
@@ -51,9 +51,9 @@ def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch)
 @pytest.mark.slow
 def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
     pytest.importorskip("distributed")
-    from resolver.compute import dask_engine
+    from resolver.compute import engine
 
-    monkeypatch.setattr(dask_engine, "ROWS_PER_BUCKET", 300)
+    monkeypatch.setattr(engine, "ROWS_PER_BUCKET", 300)
     summary = _run(world, world / "streamed-dask", "--engine", "dask", "--workers", "2")
     assert summary["matching"]["streamed"]["buckets"] > 4
     assert summary["engine"]["pair_buckets"] == summary["matching"]["streamed"]["buckets"]
@@ -80,6 +80,6 @@ def test_every_candidate_pair_is_made_in_exactly_one_bucket():
                  for a, b in zip(*bucket_pairs(*job)[:2])]
         assert len(pairs) == len(set(pairs))
         made[buckets] = set(pairs)
-        per_rule, _ = pattern_statistics(in_process, keys, labels, prepared, buckets)
+        per_rule, _ = pattern_statistics(LOCAL, keys, labels, prepared, buckets)
         assert per_rule == [sum(1 for r, _, _ in pairs if r == rule) for rule in range(3)]
     assert made[1] == made[3] == made[7] and len(made[1]) > 100

@@ -26,7 +26,7 @@ class Backend:
     name: str  # "cpu" or "gpu"
     xp: ModuleType  # numpy or cupy: the array module of the stages
     kernels: str  # numba target of the string kernels: "cpu" or "cuda"
-    components: str  # "scipy", "cugraph" or "xp" (min-label hooking over xp)
+    components: str  # "scipy", "cugraph" or "xp" (min-label hooking over xp); the engine may choose another
     frames: str  # group-bys: "host" (numpy), "cudf", or "pandas" (the cuDF code path on pandas)
     note: str = ""  # why `auto` chose this backend, or that this is the simulator
 
@@ -35,9 +35,11 @@ class Backend:
         """True when the stages take their GPU code paths (also in the simulator)."""
         return self.name != "cpu"
 
-    def describe(self) -> dict:
+    def describe(self, components: str | None = None) -> dict:
+        """What the run summary says of the backend; `components`: the implementation the engine
+        chose (compute/dispatch.py: the cluster's, on the dask engine), by default the backend's."""
         return {"backend": self.name, "arrays": self.xp.__name__, "kernels": self.kernels,
-                "components": self.components, "group_bys": self.frames, **({"note": self.note} if self.note else {})}
+                "components": components or self.components, "group_bys": self.frames, **({"note": self.note} if self.note else {})}
 
 
 CPU = Backend("cpu", np, "cpu", "scipy", "host")

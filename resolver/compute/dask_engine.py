@@ -1,32 +1,28 @@
-"""The dask engine: the pipeline's stage functions run as Dask tasks on a cluster, with results
-identical to the local engine's.
+"""The dask engine: an Engine (compute/engine.py) whose jobs run as Dask tasks on a cluster, with
+results identical to the local engine's.
 
 A cluster is started for the run (`LocalCluster` of CPU worker processes, or `LocalCUDACluster`
 with one worker per GPU when dask-cuda is installed and the backend is the GPU), or the run joins a
-running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). What runs where:
+running one (`engine.scheduler` / `--scheduler tcp://HOST:8786`). The stages map their jobs on it
+like on any engine; compute/dispatch.py says which implementations the dask engine gets:
 
 - **Ingest**: one task per source file, or per piece of a big file (files are the partitions);
   each task reads, normalizes and collapses its part's events, and the client combines the parts
-  in plan order.
-- **Candidate pairs and comparisons**: for each blocking rule the keyed records are split into
-  buckets by their key hash (key mod the bucket count). A block lies wholly in one bucket, so each
-  task makes exactly its bucket's pairs (skipping pairs an earlier rule or the deterministic graph
-  already has, as the local engine does): every candidate pair is made and compared in exactly
-  one task. A task is sent only its bucket's records (their keys, labels and comparison data), so
-  no worker holds everyone's. Tasks return their pairs, comparison levels and EM sufficient
-  statistics (counts per level pattern), which the client sums; pairs are put in the local
-  engine's order (rule, block key, left, right), so training and scoring see identical inputs.
-- **Connected components**: cuGraph's multi-GPU weakly connected components on dask-cudf where
-  installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
+  in plan order (`map_heavy`).
+- **Candidate pairs and comparisons**: a task per bucket of keyed records (matching/pairs.py), each
+  sent only its bucket's records, so no worker holds everyone's; the client gathers the pairs in
+  the local engine's order and sums EM's statistics.
+- **Connected components** (here): cuGraph's multi-GPU weakly connected components on dask-cudf
+  where installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
   propose each node's smallest neighbour label, the client keeps the smallest and jumps
   pointers), until a round changes no label.
-- **Golden records**: persons are split into buckets by a hash of their id, each bucket's records
-  go to one survivorship task (shuffle and group), and the client puts the rows in person order.
+- **Golden records**: a survivorship task per bucket of persons (persons/golden_buckets.py).
 
-Buckets grow with the data (about ROWS_PER_BUCKET records each) unless `engine.partitions` fixes
-their count, and a bucket's inputs are cut and scattered only when a task slot frees, so memory per
-task and per worker does not grow with the dataset. The identity policy (hub caps, limits, greedy rebuild), EM over the summed statistics and scoring
-run on the client. Workers must see the source files and the state folder at the same paths.
+Buckets grow with the data (about engine.ROWS_PER_BUCKET records each) unless `engine.partitions`
+fixes their count, and a bucket's inputs are cut and scattered only when a task slot frees
+(`map_lazily`), so memory per task and per worker does not grow with the dataset. The identity
+policy (hub caps, limits, greedy rebuild), EM over the summed statistics and scoring run on the
+client. Workers must see the source files and the state folder at the same paths.
 """
 
 from __future__ import annotations
@@ -40,18 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from resolver.matching import pairs as pair_buckets
-
-_ACTIVE: list[DaskEngine] = []
+from resolver.compute import engine as engines
+from resolver.compute.components import numbered_by_smallest_node
 
 
 class EngineUnavailable(RuntimeError):
     """The dask engine cannot start here; the message says what is missing."""
-
-
-# Without a configured partition count, a stage makes a bucket per this many rows (the in-process
-# streamed passes' size), so a task's memory stays about the same however big the data.
-ROWS_PER_BUCKET = pair_buckets.ROWS_PER_BUCKET
 
 
 @dataclass
@@ -60,14 +50,15 @@ class DaskEngine:
     buckets: int  # partitions of pairs and golden records (at least)
     description: dict
     grow: bool = True  # more buckets for more rows (False: `engine.partitions` fixed the count)
+    kind: str = "dask"
 
     def buckets_for(self, rows: int, rows_per_bucket: int | None = None) -> int:
         """Buckets for a stage over `rows` rows: the configured count, or enough to keep each
-        bucket to about `rows_per_bucket` (default ROWS_PER_BUCKET) rows, never fewer than two
-        per worker."""
+        bucket to about `rows_per_bucket` (default engine.ROWS_PER_BUCKET) rows, never fewer than
+        two per worker."""
         if not self.grow:
             return self.buckets
-        return max(self.buckets, -(-rows // (rows_per_bucket or ROWS_PER_BUCKET)))
+        return max(self.buckets, engines.buckets_of(rows, rows_per_bucket))
 
     def map(self, fn, *iterables, **kwargs) -> list:
         """fn over the iterables on the cluster, results in order. Each result is fetched as soon
@@ -111,6 +102,14 @@ class DaskEngine:
         self.client.run(_trim_memory)
         return [results[i] for i in range(len(results))]
 
+    def map_heavy(self, fn, jobs: list[tuple], costs: list[float]) -> list:
+        """A task per job (ingest: files are the partitions); the scheduler balances the costs."""
+        return self.map(fn, *zip(*jobs)) if jobs else []
+
+    def summary(self) -> dict:
+        """The description, with each worker's peak memory so far."""
+        return {**self.description, "worker_peak_rss_mb": self.worker_peak_rss_mb()}
+
     def worker_peak_rss_mb(self) -> list[float]:
         """Peak resident memory of each worker process so far (MB), in worker address order."""
         peaks = self.client.run(_peak_rss_mb)
@@ -146,11 +145,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def active() -> DaskEngine | None:
-    """The engine of the run in progress, if it is the dask engine."""
-    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def _installed(module: str) -> bool:
@@ -196,52 +190,11 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
                                               "buckets": buckets, **({"scheduler": options.scheduler}
                                                                      if options.scheduler else {})},
                             grow=options.partitions is None)
-        _ACTIVE.append(engine)
-        try:
-            yield engine
-        finally:
-            _ACTIVE.remove(engine)
+        yield engine
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Candidate pairs and comparisons, bucket by bucket
-# ---------------------------------------------------------------------------------------------
-def pairs_and_levels(engine: DaskEngine, keys: np.ndarray, labels: np.ndarray, prepared: list, rules: list[str],
-                     scope=None):
-    """Every rule's candidate pairs (in the local engine's order; with a blocking.PairScope, only
-    those its link type allows), their levels, and the EM statistics summed over the tasks."""
-    from resolver.matching.blocking import CandidatePairs
-    from resolver.matching.model import merge_pattern_counts
-    from resolver.matching.pairs import bucket_jobs, bucket_pairs, candidate_order
-
-    buckets = engine.buckets_for(keys.shape[1])
-    engine.description["pair_buckets"] = buckets
-    labels = np.asarray(labels, np.int64)
-    task_rules: list[int] = []
-
-    def jobs():
-        for job in bucket_jobs(keys, labels, prepared, buckets, scope):
-            task_rules.append(job[3])
-            yield job
-
-    done = engine.map_lazily(bucket_pairs, jobs())
-    if not done:
-        left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
-        levels = np.zeros((0, len(prepared)), np.int8)
-    else:
-        left = np.concatenate([d[0] for d in done])
-        right = np.concatenate([d[1] for d in done])
-        rule = np.concatenate([np.full(len(d[0]), r, dtype=np.int8) for r, d in zip(task_rules, done)])
-        levels = np.concatenate([d[2] for d in done])
-    order = candidate_order(keys, rule, left, right)
-    per_rule = np.bincount(rule.astype(np.int64), minlength=len(rules)).tolist()
-    pairs = CandidatePairs(left[order], right[order], rule[order], per_rule)
-    counts = merge_pattern_counts([d[3] for d in done], len(prepared))
-    return pairs, levels[order], counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +207,6 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine:
     """Component label per node, numbered by each component's smallest node (as scipy numbers
     them): cuGraph's multi-GPU WCC where dask-cudf and cuGraph are installed, otherwise min-label
     propagation over Dask DataFrames."""
-    from resolver.compute.components import numbered_by_smallest_node
-
     src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
     if n_nodes == 0 or len(src) == 0:
         return np.arange(n_nodes, dtype=np.int64)
@@ -290,7 +241,7 @@ def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: D
     import dask.dataframe as dd
 
     # Edges are 16 bytes: partitions of 4M edges (64 MB).
-    partitions = max(1, min(engine.buckets_for(len(src), rows_per_bucket=8 * ROWS_PER_BUCKET), len(src)))
+    partitions = max(1, min(engine.buckets_for(len(src), rows_per_bucket=8 * engines.ROWS_PER_BUCKET), len(src)))
     bounds = np.linspace(0, len(src), partitions + 1).astype(np.int64)
     # The partitions are scattered, not embedded in the task graph (a graph carrying the edges
     # would be shipped, and warned about, on every round).
@@ -340,62 +291,3 @@ def _cugraph_dask_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, eng
     smallest = np.full(int(label.max()) + 1, n_nodes, dtype=np.int64)
     np.minimum.at(smallest, label, np.arange(n_nodes, dtype=np.int64))
     return smallest[label]
-
-
-# ---------------------------------------------------------------------------------------------
-# Golden records, by person bucket
-# ---------------------------------------------------------------------------------------------
-def golden_records(engine: DaskEngine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
-                   config, normalized: dict[str, pd.Series]):
-    """build_golden, bucket by bucket of persons: the same rows, in person order."""
-    import pyarrow as pa
-
-    from resolver.persons.golden import GoldenResult, build_golden, golden_fields, golden_summary
-    from resolver.kernels.hashing import hash_strings
-
-    ids = person_ids.astype("str").reset_index(drop=True)
-    holder = record_person.astype("str").reset_index(drop=True)
-    buckets = engine.buckets_for(len(records))
-    engine.description["golden_buckets"] = buckets
-    bucket_of_person = (hash_strings(pa.array(ids.array, type=pa.large_string()), prefix=b"bucket:")
-                        % np.uint64(buckets)).astype(np.int64)
-    # Positions by codes, not a string-keyed index: one would hold every id as a Python object.
-    person_of_record = pd.Categorical(holder, categories=ids).codes.astype(np.int64)  # -1: in no person
-    record_bucket = np.where(person_of_record >= 0, bucket_of_person[np.maximum(person_of_record, 0)], -1)
-    del person_of_record
-    persons_of_bucket = [np.flatnonzero(bucket_of_person == b) for b in range(buckets)]
-
-    def jobs():  # each bucket's rows are cut when a task slot frees
-        for b in range(buckets):
-            rows = np.flatnonzero(record_bucket == b)
-            yield (records.iloc[rows].reset_index(drop=True), holder.iloc[rows].reset_index(drop=True),
-                   ids.iloc[persons_of_bucket[b]].reset_index(drop=True), config,
-                   {name: column.iloc[rows].reset_index(drop=True) for name, column in normalized.items()})
-
-    # One bucket per worker at a time: a bucket's inputs are a slice of every record (memory).
-    parts = engine.map_lazily(build_golden, jobs(), in_flight=max(engine.description.get("workers", 1), 1))
-    golden_parts = [p.golden_records for p in parts]
-    conflict_parts = [p.conflicts for p in parts]
-    del parts
-    # A bucket's golden rows are its persons, in order; its conflicts name them by id.
-    golden = concat_in_order(golden_parts, np.concatenate(persons_of_bucket).argsort(kind="stable"))
-    conflict_person = np.concatenate([
-        mine[pd.Categorical(part["person_id"], categories=ids.iloc[mine]).codes.astype(np.int64)]
-        for mine, part in zip(persons_of_bucket, conflict_parts)])
-    fields = golden_fields(config)
-    conflict_field = np.concatenate([pd.Categorical(part["field"], categories=fields).codes for part in conflict_parts])
-    conflicts = concat_in_order(conflict_parts, np.lexsort((conflict_person, conflict_field)))
-    return GoldenResult(golden, conflicts, golden_summary(golden, conflicts, fields))
-
-
-def concat_in_order(parts: list[pd.DataFrame], order: np.ndarray) -> pd.DataFrame:
-    """pd.concat(parts).take(order), built one column at a time and emptying the parts as it goes:
-    the caller holds the parts and one column besides, where a whole concatenation and its
-    reordered copy would be three times the table (golden records at 10M records: gigabytes)."""
-    columns = list(parts[0].columns)
-    out = {}
-    for name in columns:
-        column = pd.concat([p.pop(name) for p in parts], ignore_index=True)
-        out[name] = column.take(order).reset_index(drop=True)
-        del column
-    return pd.DataFrame(out, columns=columns)

@@ -23,6 +23,7 @@ from numba import njit
 
 from resolver.compute.backend import CPU, Backend
 from resolver.compute.cluster import connected_components
+from resolver.compute.engine import LOCAL, Engine
 from resolver.config import IdentityConfig
 
 ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
@@ -300,6 +301,7 @@ def resolve_graph(
     probabilistic_limits: dict[str, int] | None = None,
     probabilistic_record_cap: int | None = None,
     backend: Backend = CPU,
+    engine: Engine = LOCAL,
 ) -> GraphResult:
     """Apply the identity policy to the graph and return its components.
 
@@ -339,7 +341,7 @@ def resolve_graph(
 
     actions = [_hub_actions(nodes, type_names, degree, caps, hub)]
     linking = status == LINKED
-    labels = connected_components(n_nodes, src[linking], dst[linking], backend)
+    labels = connected_components(n_nodes, src[linking], dst[linking], backend, engine)
 
     limits = limit_matrix(identity, type_names, probabilistic_limits)
     score = edges["score"].to_numpy(np.float64) if "score" in edges else np.zeros(len(edges))

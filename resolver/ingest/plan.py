@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.compute.heap import return_freed_memory
-from resolver.compute.workers import worker_pool
+from resolver.compute.engine import LOCAL, Engine
 from resolver.config import Config
 from resolver.graph.guards import ACTION_COLUMNS
 from resolver.ingest.memo import NormalizationMemo
@@ -27,7 +27,6 @@ from resolver.ingest.tables import SourceTables, Vocabulary, ingest_source
 from resolver.matching.attributes import attribute_kinds, match_attributes
 from resolver.normalize import Blocklist
 from resolver.resolution import StageLog
-from resolver.state.crashpoints import crash_point
 from resolver.state.snapshots import fingerprint_files, fingerprint_table, load_snapshot, snapshot_key
 
 
@@ -106,27 +105,13 @@ def _size(path: str) -> int:
         return 0
 
 
-def run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary,
-              memo: NormalizationMemo | None = None) -> list[SourceTables]:
-    from resolver.compute import dask_engine
-
-    engine = dask_engine.active()
-    if engine is not None and jobs:  # one task per file on the cluster
-        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
-        n = len(jobs)
-        return engine.map(ingest_job, [config] * n, jobs, [vocab] * n, [None] * n, [shipped] * n)
-    workers = min(config.run.workers, len(jobs))
-    if workers <= 1:
-        return [ingest_job(config, job, vocab, memo=memo) for job in jobs]
-    # Costliest jobs first keeps both workers busy to the end; results come back in plan order.
-    order = sorted(range(len(jobs)), key=lambda i: -_estimated_cost(config, jobs[i]))
-    with worker_pool(workers) as pool:
-        # Workers read the memo tables they use from the state themselves (no pickled copies).
-        shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
-        futures = {i: pool.submit(ingest_job, config, jobs[i], vocab, None, shipped) for i in order}
-        results = [futures[i].result() for i in range(len(jobs))]
-        crash_point("workers-idle")  # test-only (resolver/state/crashpoints.py): a kill with the workers up
-        return results
+def run_jobs(config: Config, jobs: list[IngestJob], vocab: Vocabulary, engine: Engine,
+             memo: NormalizationMemo | None = None) -> list[SourceTables]:
+    """Every job's tables, in plan order, each job a worker's (Engine.map_heavy)."""
+    # Workers read the memo tables they use from the state themselves (no pickled copies).
+    shipped = NormalizationMemo(folder=memo.folder) if memo is not None else None
+    return engine.map_heavy(ingest_job, [(config, job, vocab, None, shipped) for job in jobs],
+                            [_estimated_cost(config, job) for job in jobs])
 
 
 def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: list[SourceTables], vocab: Vocabulary,
@@ -189,7 +174,7 @@ def _load_snapshots(folders: list[Path]) -> list[tuple[SourceTables, pd.DataFram
 
 
 def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: NormalizationMemo | None = None,
-               snapshots: Snapshots | None = None) -> list[SourceTables]:
+               snapshots: Snapshots | None = None, engine: Engine = LOCAL) -> list[SourceTables]:
     """Every job's tables, in plan order. With snapshots, a job whose files and configuration are
     unchanged since the previous run is loaded from the state instead of read and normalized."""
     jobs = plan_ingest(config)
@@ -198,7 +183,7 @@ def ingest_all(config: Config, log: StageLog, vocab: Vocabulary, memo: Normaliza
         kept = [i for i, k in enumerate(keys) if snapshots is not None and snapshots.reuse and k in snapshots.previous]
         todo = [i for i in range(len(jobs)) if i not in set(kept)]
         parts: list[SourceTables] = [None] * len(jobs)  # type: ignore[list-item]
-        for i, part in zip(todo, run_jobs(config, [jobs[i] for i in todo], vocab, memo)):
+        for i, part in zip(todo, run_jobs(config, [jobs[i] for i in todo], vocab, engine, memo)):
             parts[i] = part
         for i, (part, looked_up) in zip(kept, _load_snapshots([snapshots.previous[keys[i]] for i in kept])):
             part.loaded = True

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from resolver.compute.backend import CPU, Backend, module_of, to_host
+from resolver.compute.dispatch import choose
 from resolver.matching.compare import email_domain, email_local
 from resolver.config import LINK_TYPES, BlockingConfig, BlockingRule
 from resolver.compute.grouping import Groups
@@ -441,22 +442,34 @@ def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend
                     scope: PairScope | None = None) -> CandidatePairs:
     """The union of all rules' pairs, each once, without pairs inside one deterministic person (and,
     with a scope, only the pairs its link type allows). On a GPU backend the pairs are made and
-    stay on the device (arrays of backend.xp)."""
+    stay on the device (arrays of backend.xp); the backend picks how a rule's pairs are made
+    (compute/dispatch.py: RULE_PAIRS)."""
     xp = backend.xp
+    make = RULE_PAIRS[choose("rule_pairs", backend)]
     lefts, rights, rules, per_rule = [], [], [], []
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
-    device_keys, device_labels = (xp.asarray(blocking.keys), xp.asarray(labels)) if backend.on_gpu_path else (None, None)
-    device_scope = scope.on(xp) if scope is not None and backend.on_gpu_path else None
+    keys = xp.asarray(blocking.keys)
+    labels = xp.asarray(np.ascontiguousarray(labels, dtype=np.int64))
+    scope = scope.on(xp) if scope is not None else None
     for r in range(len(blocking.rules)):
-        if backend.on_gpu_path:
-            left, right = rule_pairs_xp(xp, device_keys, r, device_labels, scope=device_scope)
-        else:
-            left, right = rule_pairs(blocking, r, labels, scope)
+        left, right = make(xp, keys, r, labels, scope)
         lefts.append(left)
         rights.append(right)
         rules.append(xp.full(len(left), r, dtype=xp.int8))
         per_rule.append(len(left))
     return CandidatePairs(xp.concatenate(lefts), xp.concatenate(rights), xp.concatenate(rules), per_rule)
+
+
+def _compiled_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None):
+    return rule_pairs_of(keys, rule, labels, scope)
+
+
+def _array_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None):
+    return rule_pairs_xp(xp, keys, rule, labels, scope=scope)
+
+
+# One rule's pairs, by implementation (compute/dispatch.py chooses): the compiled kernels on host
+# arrays, or array operations in the backend's array module.
+RULE_PAIRS = {"compiled": _compiled_rule_pairs, "xp": _array_rule_pairs}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,21 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from resolver.matching.attributes import match_attributes
-from resolver.compute.backend import CPU, Backend, module_of, to_host
-from resolver.matching.blocking import (
-    BlockingKeys,
-    CandidatePairs,
-    PairScope,
-    agreement_masks,
-    build_blocking_keys,
-    candidate_pairs,
-    pair_scope,
-)
-from resolver.matching.compare import PreparedComparison, comparison_matrix, prepare_all
+from resolver.compute.backend import CPU, Backend, to_host
+from resolver.compute.engine import LOCAL, Engine
 from resolver.config import Config, ModelOptions
+from resolver.keys import parse_key
+from resolver.matching.attributes import match_attributes
+from resolver.matching.blocking import BlockingKeys, PairScope, build_blocking_keys, pair_scope
+from resolver.matching.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.matching.model import (
     M_FLOOR,
     RATE_PSEUDO_PAIRS,
@@ -41,22 +34,18 @@ from resolver.matching.model import (
     floored,
     health_problems,
     household_adjustments,
-    kept_comparisons,
     level_distribution,
     model_notes,
-    match_weights,
     monotone,
     pattern_counts,
-    probabilities,
     random_pairs,
     same_person_pairs,
-    tf_adjustments,
 )
+from resolver.matching.pairs import WEIGHT_BINS, pair_source
+from resolver.matching.reuse import MatchCaches, Reuse
 
 DECISIONS = ("link", "review", "no_link", "guard_cut")
 DET_SAMPLE_PAIRS = 200_000
-SCORE_CHUNK = 1_000_000  # pairs scored at a time: each holds ~0.1 GiB of (pairs, comparisons) floats
-WEIGHT_BINS = np.arange(-40.0, 41.0, 1.0)  # match-weight histogram of every candidate pair (the run report)
 
 
 @dataclass
@@ -146,8 +135,6 @@ def selection_biased(config: Config) -> set[str]:
 
 
 def _key_columns(keys: list[str]) -> set[str]:
-    from resolver.matching.blocking import parse_key
-
     return {c for k in keys for c in parse_key(k).columns}
 
 
@@ -418,173 +405,66 @@ def vetoes(prepared: list[PreparedComparison], levels: np.ndarray) -> np.ndarray
     return out
 
 
-@dataclass
-class Reuse:
-    """What an incremental run takes from the state: the model, and the levels of pairs compared
-    before (valid while both records' compared attributes are unchanged)."""
-
-    model: dict | None
-    pairs: pd.DataFrame | None  # pair_hash (sorted), level columns l0..
-    keys: pd.DataFrame | None = None  # record_hash (sorted), blocking key columns k0.. (before caps)
-
-
-def fingerprints(attributes: dict[str, pd.Series], columns: list[str]) -> np.ndarray:
-    """Per record, a 64-bit hash of the named attributes (in match form)."""
-    from resolver.kernels.hashing import hash_strings
-
-    out = np.zeros(len(next(iter(attributes.values()))) if attributes else 0, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for column in columns:
-            text = attributes[column].astype("str")
-            hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{column}=".encode())
-            out = (out * np.uint64(0x100000001B3)) ^ hashed
-    return out
-
-
-def pair_hashes(left: np.ndarray, right: np.ndarray, member_keys: np.ndarray, prints: np.ndarray) -> np.ndarray:
-    """One 64-bit hash per pair of records, of both records' member keys and attribute fingerprints
-    (order-free): equal only when the same two records are compared on the same values."""
-    from resolver.kernels.hashing import mix64
-
-    with np.errstate(over="ignore"):
-        a = mix64(member_keys[left] ^ (prints[left] * np.uint64(0x9E3779B97F4A7C15)))
-        b = mix64(member_keys[right] ^ (prints[right] * np.uint64(0x9E3779B97F4A7C15)))
-        return mix64(np.minimum(a, b) * np.uint64(0xC2B2AE3D27D4EB4F) + np.maximum(a, b))
-
-
-def _reused_keys(stored: pd.DataFrame, record_hashes: np.ndarray, n_rules: int) -> tuple[np.ndarray, np.ndarray]:
-    """Blocking keys of the records the state keyed before with the same attributes: a mask of
-    those records, and (n_rules, n) keys (zero elsewhere)."""
-    keys = np.zeros((n_rules, len(record_hashes)), dtype=np.uint64)
-    known = np.zeros(len(record_hashes), dtype=bool)
-    table = stored["record_hash"].to_numpy(np.uint64)
-    if not len(table) or not len(record_hashes):
-        return known, keys
-    at = np.minimum(np.searchsorted(table, record_hashes), len(table) - 1)
-    known = table[at] == record_hashes
-    for r in range(n_rules):
-        keys[r, known] = stored[f"k{r}"].to_numpy(np.uint64)[at[known]]
-    return known, keys
-
-
-def _reused_levels(reuse: Reuse, current: np.ndarray, n_comparisons: int) -> tuple[np.ndarray, np.ndarray]:
-    """Levels of the candidate pairs the state compared before on the same values (`current`: the
-    pairs' hashes; the state's pairs are sorted by hash), and which pairs those are."""
-    levels = np.zeros((len(current), n_comparisons), dtype=np.int8)
-    found = np.zeros(len(current), dtype=bool)
-    if reuse.pairs is None or not len(reuse.pairs) or not len(current):
-        return levels, found
-    stored = reuse.pairs["pair_hash"].to_numpy(np.uint64)
-    stored_levels = reuse.pairs[[f"l{k}" for k in range(n_comparisons)]].to_numpy(np.int8)
-    by_hash = np.argsort(current, kind="stable")  # sorted queries: a cache-friendly binary search
-    at = np.minimum(np.searchsorted(stored, current[by_hash]), len(stored) - 1)
-    hit = stored[at] == current[by_hash]
-    found[by_hash[hit]] = True
-    levels[by_hash[hit]] = stored_levels[at[hit]]
-    return levels, found
-
-
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
                   stage=None, backend: Backend = CPU, reuse: Reuse | None = None,
-                  member_keys: np.ndarray | None = None, attributes: dict[str, pd.Series] | None = None) -> MatchResult:
+                  member_keys: np.ndarray | None = None, attributes: dict[str, pd.Series] | None = None,
+                  engine: Engine = LOCAL) -> MatchResult:
     """Score the candidate pairs of the active records; `labels` are the deterministic persons.
 
-    On a GPU backend the pairs, their levels and their scores stay on the device from blocking to
-    scoring; only the pairs kept for output (and EM's level patterns) come back to the host."""
+    Keys -> pairs -> levels -> model -> scores -> decisions. Where the pairs are made and compared
+    (held on the backend, or bucket by bucket on the engine) is the pair source's business
+    (resolver.matching.pairs); on a GPU backend they stay on the device from blocking to scoring,
+    and only the pairs kept for output (and EM's level patterns) come back to the host. With a
+    state (`member_keys`), keys and levels it holds are reused and the run's are handed on."""
     matching = config.matching
     timer = stage or _no_stage
-    xp = backend.xp
     active = ~records["is_deleted"].to_numpy(bool)
+    labels = labels[: len(records)]
+    rules = [r.name for r in matching.blocking.rules]
     with timer("match:attributes", rows_in=len(records)):
         if attributes is None:
             attributes = match_attributes(records, config)
         prepared = prepare_all(matching.comparisons, attributes)
-        on_backend = [p.on(xp) for p in prepared]
-    record_hashes = known = known_keys = None
-    if member_keys is not None:  # who each record is and what it holds: its blocking keys follow
-        from resolver.kernels.hashing import mix64
-
-        with np.errstate(over="ignore"):
-            record_hashes = mix64(member_keys ^ (fingerprints(attributes, list(attributes)) * np.uint64(0x9E3779B97F4A7C15)))
-        if reuse is not None and reuse.keys is not None:
-            known, known_keys = _reused_keys(reuse.keys, record_hashes, len(matching.blocking.rules))
-    from resolver.compute import dask_engine
-
-    engine = dask_engine.active() if not backend.on_gpu_path else None
-    summed_counts = None
+        on_backend = [p.on(backend.xp) for p in prepared]
+    compared_columns = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
+    caches = MatchCaches.of(reuse, member_keys, attributes, compared_columns)
+    known, known_keys = caches.known_keys(len(rules))
     scope = pair_scope(matching.link_type, records["source"])  # link_only / dedupe_only: which pairs may be made
     with timer("match:blocking", rows_in=int(active.sum())) as entry:
         blocking = build_blocking_keys(matching.blocking, attributes, active, backend=backend, known=known,
                                        known_keys=known_keys, scope=scope)
         entry["keyed_again"] = int(len(records) if known is None else (~known).sum())
-        streamed = _streams(matching, blocking, backend, member_keys, reuse)
-        if streamed:  # too many to hold: made bucket by bucket in the passes of _streamed_match
-            pairs = None
-        elif engine is not None:  # pairs made and compared bucket by bucket on the cluster
-            pairs, engine_levels, summed_counts = dask_engine.pairs_and_levels(
-                engine, blocking.keys, labels[: len(records)], prepared, [r.name for r in matching.blocking.rules],
-                scope)
-        else:
-            pairs: CandidatePairs = candidate_pairs(blocking, labels[: len(records)], backend, scope)
-        entry["rows_out"] = None if streamed else len(pairs)
-    if streamed:
-        blocking.raw_keys = None
-        return _streamed_match(config, blocking, labels[: len(records)], active, prepared, model_path, engine, timer,
-                               attributes, scope)
-    key_cache = None
-    if record_hashes is not None:
-        by_record = np.argsort(record_hashes, kind="stable")
-        key_cache = pd.DataFrame({"record_hash": record_hashes[by_record],
-                                  **{f"k{r}": blocking.raw_keys[r][by_record] for r in range(len(blocking.rules))}})
+        source = pair_source(blocking, labels, prepared, on_backend, backend, engine, scope, caches,
+                             matching.stream_above_pairs)
+        entry["rows_out"] = source.made
+    key_cache = caches.key_cache(blocking.raw_keys)
     blocking.raw_keys = None  # only the state's key cache reads them (memory)
-    hashes = None
-    if member_keys is not None:
-        left, right = to_host(pairs.left), to_host(pairs.right)
-        compared = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
-        hashes = pair_hashes(left, right, member_keys, fingerprints(attributes, compared))
-    with timer("match:compare", rows_in=len(pairs)) as entry:
-        if engine is not None:
-            levels, compared = engine_levels, len(pairs)
-        elif reuse is not None and not backend.on_gpu_path:  # incremental: compare only what changed
-            levels, found = _reused_levels(reuse, hashes, len(prepared))
-            todo = np.flatnonzero(~found)
-            levels[todo] = comparison_matrix(prepared, pairs.left[todo], pairs.right[todo])
-            compared = len(todo)
-        else:
-            levels = comparison_matrix(on_backend, pairs.left, pairs.right, backend.kernels)
-            compared = len(pairs)
-        entry["rows_out"] = compared
-    rules = [r.name for r in matching.blocking.rules]
+    stored_model = reuse.model if reuse is not None else None
+    with timer("match:compare", rows_in=source.made) as entry:
+        entry["rows_out"] = source.compare(train=model_path is None and stored_model is None)
     with timer("match:train"):
         if model_path is not None:
             model = _loaded_model(model_path, prepared, rules)
-        elif reuse is not None and reuse.model is not None:
-            model = FSModel.from_dict(reuse.model, prepared, rules, "the state's model.json")
+        elif stored_model is not None:
+            model = FSModel.from_dict(stored_model, prepared, rules, "the state's model.json")
             model.training = {**model.training, "loaded_from": "state"}
         else:
-            masks = None if summed_counts is not None else \
-                agreement_masks(xp.asarray(blocking.keys), pairs.left.astype(xp.int64), pairs.right.astype(xp.int64))
-            model = train_model(on_backend, levels, masks, labels[: len(records)], active, matching.model,
-                                TrainingDesign.of(config, prepared), backend, counts=summed_counts, scope=scope)
-    with timer("match:score", rows_in=len(pairs)) as entry:
-        histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
-        rows, weight, probability, tf = score_pairs(model, on_backend, levels, pairs,
-                                                    min(matching.scored_pairs_min, matching.thresholds.review), histogram)
-        entry["rows_out"] = len(rows)
-    device_rows = xp.asarray(rows)
+            counts, candidates = source.statistics()
+            model = train_model(on_backend, None, None, labels, active, matching.model,
+                                TrainingDesign.of(config, prepared), backend, counts=counts,
+                                n_candidates=candidates, scope=scope)
+    with timer("match:score", rows_in=source.made) as entry:
+        scored = source.scored(model, min(matching.scored_pairs_min, matching.thresholds.review))
+        entry["rows_in"], entry["rows_out"] = scored.candidates, len(scored.left)
     result = MatchResult(
-        left=to_host(pairs.left[device_rows]).astype(np.int64), right=to_host(pairs.right[device_rows]).astype(np.int64),
-        rule=to_host(pairs.rule[device_rows]), probability=probability, weight=weight,
-        levels=to_host(levels[device_rows]), tf=tf, decision=np.zeros(len(rows), np.int8), model=model,
-        blocking=blocking, prepared=prepared, candidates=len(pairs), attributes=attributes,
+        left=scored.left, right=scored.right, rule=scored.rule, probability=scored.probability, weight=scored.weight,
+        levels=scored.levels, tf=scored.tf, decision=np.zeros(len(scored.left), np.int8), model=model,
+        blocking=blocking, prepared=prepared, candidates=scored.candidates, attributes=attributes,
     )
-    _decide_and_summarize(result, config, pairs.per_rule, compared, histogram)
-    result.key_cache = key_cache
-    if hashes is not None:  # what the next incremental run may reuse, sorted by pair hash
-        by_hash = np.argsort(hashes, kind="stable")
-        host_levels = to_host(levels)[by_hash]
-        result.pair_cache = pd.DataFrame({"pair_hash": hashes[by_hash],
-                                          **{f"l{k}": host_levels[:, k] for k in range(len(prepared))}})
+    compared = scored.candidates if scored.compared is None else scored.compared
+    _decide_and_summarize(result, config, scored.per_rule, compared, scored.histogram)
+    result.summary.update(source.summary)
+    result.key_cache, result.pair_cache = key_cache, source.pair_cache()
     return result
 
 
@@ -617,83 +497,6 @@ def model_health(model: FSModel, config: Config) -> dict:
     problems = health_problems(model, config.matching.thresholds.auto_merge)
     return {"ok": not problems, "problems": problems, "notes": model_notes(model),
             "auto_merge_withheld": bool(problems) and not options.allow_unhealthy}
-
-
-def _streams(matching, blocking, backend: Backend, member_keys, reuse) -> bool:
-    """Make pairs bucket by bucket, never holding them all, when the blocks hold more than
-    `matching.stream_above_pairs` pairs, on the CPU, without a state (whose caches keep every
-    pair's hash and levels)."""
-    return (member_keys is None and reuse is None and not backend.on_gpu_path
-            and sum(p.pairs for p in blocking.plans) > matching.stream_above_pairs)
-
-
-def _streamed_match(config: Config, blocking, labels: np.ndarray, active: np.ndarray, prepared: list,
-                    model_path: Path | None, engine, timer, attributes, scope=None) -> MatchResult:
-    """match_records for pairs that do not fit in memory together (resolver.matching.pairs): a
-    first pass sums EM's statistics bucket by bucket (none when the model is loaded), a second
-    scores every bucket's pairs with the trained model and keeps those the outputs show. The
-    result is the one holding every pair gives."""
-    from resolver.matching import pairs as pair_buckets
-
-    matching = config.matching
-    rules = [r.name for r in matching.blocking.rules]
-    labels = np.asarray(labels, dtype=np.int64)
-    keys = blocking.keys
-    if engine is not None:
-        mapper, buckets = engine.map_lazily, engine.buckets_for(keys.shape[1])
-        engine.description["pair_buckets"] = buckets
-    else:
-        mapper, buckets = pair_buckets.in_process, pair_buckets.local_buckets(keys.shape[1])
-    with timer("match:compare") as entry:
-        if model_path is None:
-            per_rule, counts = pair_buckets.pattern_statistics(mapper, keys, labels, prepared, buckets, scope)
-            entry["rows_out"] = sum(per_rule)
-    with timer("match:train"):
-        if model_path is not None:
-            model = _loaded_model(model_path, prepared, rules)
-        else:
-            model = train_model(prepared, None, None, labels, active, matching.model,
-                                TrainingDesign.of(config, prepared), counts=counts, n_candidates=sum(per_rule),
-                                scope=scope)
-    with timer("match:score") as entry:
-        keep_from = min(matching.scored_pairs_min, matching.thresholds.review)
-        scored = pair_buckets.scored_pairs(mapper, keys, labels, prepared, buckets, model, keep_from, scope)
-        entry["rows_in"], entry["rows_out"] = sum(scored.per_rule), len(scored.left)
-    candidates = sum(scored.per_rule)
-    result = MatchResult(
-        left=scored.left, right=scored.right, rule=scored.rule, probability=scored.probability, weight=scored.weight,
-        levels=scored.levels, tf=scored.tf, decision=np.zeros(len(scored.left), np.int8), model=model,
-        blocking=blocking, prepared=prepared, candidates=candidates, attributes=attributes,
-    )
-    _decide_and_summarize(result, config, scored.per_rule, candidates, scored.histogram)
-    result.summary["streamed"] = {"buckets": buckets, "passes": 1 if model_path is not None else 2}
-    return result
-
-
-def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
-                histogram: np.ndarray | None = None):
-    """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
-    returns, on the host, the rows with probability >= keep_from and their weight, probability, tf.
-    With `histogram`, adds every pair's match weight to it (bins WEIGHT_BINS, the ends open)."""
-    xp = module_of(levels)
-    edges = xp.asarray(WEIGHT_BINS)
-    kept = []
-    for start in range(0, len(pairs), SCORE_CHUNK):
-        chunk = slice(start, start + SCORE_CHUNK)
-        left = pairs.left[chunk].astype(xp.int64)
-        rule = pairs.rule[chunk].astype(xp.int64)
-        keep = kept_comparisons(model, levels[chunk], rule)  # once a chunk, for the tf and the weights
-        tf = tf_adjustments(model, prepared, levels[chunk], rule, left, keep)
-        weight = match_weights(model, levels[chunk], rule, tf, keep)
-        probability = probabilities(weight)
-        if histogram is not None:
-            clipped = xp.clip(weight, float(WEIGHT_BINS[0]), float(WEIGHT_BINS[-1]))
-            histogram += to_host(xp.histogram(clipped, bins=edges)[0]).astype(np.int64)
-        rows = xp.flatnonzero(probability >= keep_from)
-        kept.append(tuple(map(to_host, (start + rows, weight[rows], probability[rows], tf[rows]))))
-    if not kept:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, len(prepared)))
-    return tuple(np.concatenate([k[i] for k in kept]) for i in range(4))
 
 
 def _summary(result: MatchResult, candidates: int, per_rule: list[int], config: Config) -> dict:

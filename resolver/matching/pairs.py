@@ -1,41 +1,121 @@
-"""Candidate pairs bucket by bucket, for data whose pairs do not all fit in memory at once.
+"""Candidate pairs, their comparison levels and their scores: one pair source, held or in buckets.
 
-For each blocking rule the keyed records are split into buckets by their key hash. A block lies
-wholly in one bucket, so a bucket's records make exactly that bucket's pairs (skipping pairs an
-earlier rule or the deterministic graph already has, as `candidate_pairs` does): every candidate
-pair is made in exactly one bucket. A bucket job carries just its records' keys, labels and
-comparison data, renumbered from 0, so it can run in this process or as a task on a cluster.
+match_records asks a pair source for the same things whatever it is: the pairs it made while
+blocking (`made`), the pairs' levels (`compare`), EM's sufficient statistics (`statistics`: the
+counts of level patterns, and the candidates), then the scored pairs kept for output (`scored`).
+Two implementations:
+
+- `HeldPairs`: every candidate pair and its levels in memory, on the backend's device. The pairs
+  are made on the backend (blocking.candidate_pairs; on the host the levels the state compared
+  before are reused, a filter before comparing), or made and compared bucket by bucket on the
+  engine and gathered (`held_in_buckets`: the dask engine's tasks).
+- `StreamedPairs`: pairs too many to hold, made bucket by bucket on the engine twice, never held:
+  once for EM's statistics, once, with the trained model, to score them and keep only the pairs
+  the outputs show.
+
+Buckets: for each blocking rule the keyed records are split into buckets by their key hash (key
+mod the bucket count). A block lies wholly in one bucket, so a bucket's records make exactly that
+bucket's pairs (skipping pairs an earlier rule or the deterministic graph already has, as
+`candidate_pairs` does): every candidate pair is made in exactly one bucket. A bucket job carries
+just its records' keys, labels and comparison data, renumbered from 0, so it runs on any engine
+(in this process, or as a task on a cluster, sent only its bucket's records). Jobs return their
+pairs (or counts), levels and EM statistics; pairs gathered from buckets are put in the order
+`candidate_pairs` makes them (rule, block key, left, right), so training and scoring see identical
+inputs however the pairs were made.
 
 Candidate pairs grow faster than records (blocks grow with the population: 4.0M pairs for 1.08M
-records, 49k for 108k), so at scale a run does not hold them all. Pairs are made and compared
-twice instead: once for EM's sufficient statistics (counts of level patterns), and once, with the
-trained model, to score them and keep only the pairs the outputs show. Both passes put the same
-numbers in the same order as holding every pair would.
+records, 49k for 108k), which is why a run above `matching.stream_above_pairs` streams them.
+Which source a run uses is chosen in compute/dispatch.py (keys "pairs" and "streamed_pairs").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-# Jobs run by a mapper: fn over an iterator of argument tuples, results in order (in this process,
-# or DaskEngine.map_lazily on a cluster).
-Mapper = Callable[[Callable, Iterable[tuple]], list]
+from resolver.compute.backend import Backend, module_of, to_host
+from resolver.compute.dispatch import choose
+from resolver.compute.engine import Engine
+from resolver.matching.blocking import (
+    BlockingKeys,
+    CandidatePairs,
+    PairScope,
+    agreement_masks,
+    candidate_pairs,
+    rule_pairs_of,
+)
+from resolver.matching.compare import PreparedComparison, comparison_matrix
+from resolver.matching.model import (
+    FSModel,
+    kept_comparisons,
+    match_weights,
+    merge_pattern_counts,
+    pattern_counts,
+    probabilities,
+    tf_adjustments,
+)
+from resolver.matching.reuse import MatchCaches
+
+SCORE_CHUNK = 1_000_000  # pairs scored at a time: each holds ~0.1 GiB of (pairs, comparisons) floats
+WEIGHT_BINS = np.arange(-40.0, 41.0, 1.0)  # match-weight histogram of every candidate pair (the run report)
 
 
-ROWS_PER_BUCKET = 500_000  # keyed records per bucket in this process (a bucket's pairs are held at once)
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
+                histogram: np.ndarray | None = None):
+    """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
+    returns, on the host, the rows with probability >= keep_from and their weight, probability, tf.
+    With `histogram`, adds every pair's match weight to it (bins WEIGHT_BINS, the ends open)."""
+    xp = module_of(levels)
+    edges = xp.asarray(WEIGHT_BINS)
+    kept = []
+    for start in range(0, len(pairs), SCORE_CHUNK):
+        chunk = slice(start, start + SCORE_CHUNK)
+        left = pairs.left[chunk].astype(xp.int64)
+        rule = pairs.rule[chunk].astype(xp.int64)
+        keep = kept_comparisons(model, levels[chunk], rule)  # once a chunk, for the tf and the weights
+        tf = tf_adjustments(model, prepared, levels[chunk], rule, left, keep)
+        weight = match_weights(model, levels[chunk], rule, tf, keep)
+        probability = probabilities(weight)
+        if histogram is not None:
+            clipped = xp.clip(weight, float(WEIGHT_BINS[0]), float(WEIGHT_BINS[-1]))
+            histogram += to_host(xp.histogram(clipped, bins=edges)[0]).astype(np.int64)
+        rows = xp.flatnonzero(probability >= keep_from)
+        kept.append(tuple(map(to_host, (start + rows, weight[rows], probability[rows], tf[rows]))))
+    if not kept:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, len(prepared)))
+    return tuple(np.concatenate([k[i] for k in kept]) for i in range(4))
 
 
-def in_process(fn: Callable, jobs: Iterable[tuple]) -> list:
-    return [fn(*job) for job in jobs]
+@dataclass
+class ScoredPairs:
+    """The pairs kept for output, in the order of all candidate pairs (rule, block key, left,
+    right), and what the summary says of all of them."""
+
+    left: np.ndarray  # int64 record positions
+    right: np.ndarray
+    rule: np.ndarray
+    levels: np.ndarray
+    weight: np.ndarray
+    probability: np.ndarray
+    tf: np.ndarray
+    histogram: np.ndarray
+    per_rule: list[int]  # candidate pairs of each rule, kept or not
+    compared: int | None = None  # pairs compared in this run (None: every candidate)
+
+    @property
+    def candidates(self) -> int:
+        return int(sum(self.per_rule))
 
 
-def local_buckets(records: int) -> int:
-    return max(1, -(-records // ROWS_PER_BUCKET))
-
-
+# ---------------------------------------------------------------------------------------------
+# Bucket jobs: any engine runs them
+# ---------------------------------------------------------------------------------------------
 def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
                 scope=None) -> Iterator[tuple]:
     """(rows, keys, labels, rule, prepared, scope) for every rule's buckets: the keyed records whose
@@ -55,18 +135,12 @@ def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: i
 
 
 def _pairs_and_levels(keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None):
-    from resolver.matching.blocking import rule_pairs_of
-    from resolver.matching.compare import comparison_matrix
-
     left, right = rule_pairs_of(keys, rule, labels, scope)
     return left, right, comparison_matrix(prepared, left, right)
 
 
 def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, levels: np.ndarray):
     """EM's statistics of some pairs: counts of (level pattern, rules whose keys they share)."""
-    from resolver.matching.blocking import agreement_masks
-    from resolver.matching.model import pattern_counts
-
     return pattern_counts(levels, agreement_masks(keys, left, right))
 
 
@@ -88,9 +162,6 @@ def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: 
                   keep_from: float, scope=None):
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
     levels, weight, probability, tf adjustments) and the histogram of every pair's weight."""
-    from resolver.matching.blocking import CandidatePairs
-    from resolver.matching.match import WEIGHT_BINS, score_pairs
-
     left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     pairs = CandidatePairs(left, right, np.full(len(left), rule, dtype=np.int8), [])
@@ -106,47 +177,50 @@ def candidate_order(keys: np.ndarray, rule: np.ndarray, left: np.ndarray, right:
     return np.lexsort((right, left, block, rule))
 
 
-@dataclass
-class ScoredPairs:
-    """The pairs kept for output, in the order of all candidate pairs (rule, block key, left,
-    right), and what the summary says of all of them."""
-
-    left: np.ndarray
-    right: np.ndarray
-    rule: np.ndarray
-    levels: np.ndarray
-    weight: np.ndarray
-    probability: np.ndarray
-    tf: np.ndarray
-    histogram: np.ndarray
-    per_rule: list[int]  # candidate pairs of each rule, kept or not
+def _numbered_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, scope,
+                   rules: list[int]) -> Iterator[tuple]:
+    """bucket_jobs, noting each job's rule in `rules` as it is made."""
+    for job in bucket_jobs(keys, labels, prepared, buckets, scope):
+        rules.append(job[3])
+        yield job
 
 
-def pattern_statistics(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
+def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
+                     scope=None) -> tuple[CandidatePairs, np.ndarray, tuple]:
+    """Every rule's candidate pairs made and compared bucket by bucket on `engine`, gathered in
+    candidate order: the pairs, their levels and EM's statistics summed over the buckets."""
+    labels = np.asarray(labels, np.int64)
+    task_rules: list[int] = []
+    done = engine.map_lazily(bucket_pairs, _numbered_jobs(keys, labels, prepared, buckets, scope, task_rules))
+    if not done:
+        left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
+        levels = np.zeros((0, len(prepared)), np.int8)
+    else:
+        left = np.concatenate([d[0] for d in done])
+        right = np.concatenate([d[1] for d in done])
+        rule = np.concatenate([np.full(len(d[0]), r, dtype=np.int8) for r, d in zip(task_rules, done)])
+        levels = np.concatenate([d[2] for d in done])
+    order = candidate_order(keys, rule, left, right)
+    per_rule = np.bincount(rule.astype(np.int64), minlength=len(keys)).tolist()
+    pairs = CandidatePairs(left[order], right[order], rule[order], per_rule)
+    return pairs, levels[order], merge_pattern_counts([d[3] for d in done], len(prepared))
+
+
+def pattern_statistics(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
                        scope=None):
-    """First pass: (pairs per rule, EM's level-pattern counts summed over the buckets)."""
-    from resolver.matching.model import merge_pattern_counts
-
+    """Every bucket's pairs counted, not kept: (pairs per rule, EM's level-pattern counts summed)."""
     rules: list[int] = []
-
-    def jobs():
-        for job in bucket_jobs(keys, labels, prepared, buckets, scope):
-            rules.append(job[3])
-            yield job
-
-    done = mapper(bucket_statistics, jobs())
+    done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules))
     per_rule = np.zeros(len(keys), dtype=np.int64)
     np.add.at(per_rule, np.asarray(rules, dtype=np.int64), np.asarray([d[0] for d in done], dtype=np.int64))
     return per_rule.tolist(), merge_pattern_counts([d[1] for d in done], len(prepared))
 
 
-def scored_pairs(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
+def scored_pairs(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
                  keep_from: float, scope=None) -> ScoredPairs:
-    """Second pass: every bucket's pairs scored, the kept ones in candidate order."""
-    from resolver.matching.match import WEIGHT_BINS
-
+    """Every bucket's pairs scored, the kept ones in candidate order."""
     jobs = ((*job[:5], model, keep_from, job[5]) for job in bucket_jobs(keys, labels, prepared, buckets, scope))
-    done = mapper(bucket_scored, jobs)
+    done = engine.map_lazily(bucket_scored, jobs)
     histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     for d in done:
@@ -161,3 +235,151 @@ def scored_pairs(mapper: Mapper, keys: np.ndarray, labels: np.ndarray, prepared:
     order = candidate_order(keys, rule, left, right)
     return ScoredPairs(left[order], right[order], rule[order], levels[order], weight[order], probability[order],
                        tf[order], histogram, per_rule.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair sources
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class HeldPairs:
+    """Every candidate pair in memory (in the backend's array module), and once compared, their
+    levels. `counts`: EM's statistics when the buckets that made the pairs summed them already."""
+
+    pairs: CandidatePairs
+    keys: np.ndarray  # the blocking keys (rules x records), for each pair's training sessions
+    prepared: list[PreparedComparison]  # in the backend's array module
+    kernels: str  # the numba target of the comparisons
+    caches: MatchCaches
+    reuse_levels: bool = False  # take the levels the state holds, compare only the others
+    levels: object = None
+    counts: tuple | None = None
+    compared: int = 0
+    hashes: np.ndarray | None = None  # per pair, for the state's pair cache
+    summary: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.hashes = self.caches.pair_hashes(self.pairs.left, self.pairs.right)
+        if self.levels is not None:  # compared where they were made
+            self.compared = len(self.pairs)
+
+    @property
+    def made(self) -> int:
+        return len(self.pairs)
+
+    def compare(self, train: bool) -> int:
+        """The pairs' levels; returns how many pairs were compared (the others' levels were known)."""
+        if self.levels is not None:
+            return self.compared
+        known = self.caches.known_levels(self.hashes, len(self.prepared)) if self.reuse_levels else None
+        left, right = self.pairs.left, self.pairs.right
+        if known is None:
+            self.levels, self.compared = comparison_matrix(self.prepared, left, right, self.kernels), len(left)
+        else:  # incremental: compare only what changed
+            self.levels, found = known
+            todo = np.flatnonzero(~found)
+            self.levels[todo] = comparison_matrix(self.prepared, left[todo], right[todo], self.kernels)
+            self.compared = len(todo)
+        return self.compared
+
+    def statistics(self) -> tuple[tuple, int]:
+        """EM's statistics (level patterns, training sessions, counts) and the candidates."""
+        if self.counts is None:
+            xp = module_of(self.levels)
+            masks = agreement_masks(xp.asarray(self.keys), self.pairs.left.astype(xp.int64),
+                                    self.pairs.right.astype(xp.int64))
+            self.counts = pattern_counts(self.levels, masks)
+        return self.counts, len(self.pairs)
+
+    def scored(self, model: FSModel, keep_from: float) -> ScoredPairs:
+        xp = module_of(self.levels)
+        histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
+        rows, weight, probability, tf = score_pairs(model, self.prepared, self.levels, self.pairs, keep_from, histogram)
+        at = xp.asarray(rows)
+        return ScoredPairs(to_host(self.pairs.left[at]).astype(np.int64), to_host(self.pairs.right[at]).astype(np.int64),
+                           to_host(self.pairs.rule[at]), to_host(self.levels[at]), weight, probability, tf, histogram,
+                           self.pairs.per_rule, self.compared)
+
+    def pair_cache(self) -> pd.DataFrame | None:
+        return self.caches.pair_cache(self.hashes, to_host(self.levels)) if self.hashes is not None else None
+
+
+@dataclass
+class StreamedPairs:
+    """Pairs made bucket by bucket on the engine, never all held: a first pass sums EM's statistics
+    (none when the model is given), a second scores every bucket's pairs and keeps those the
+    outputs show. The result is the one holding every pair gives."""
+
+    engine: Engine
+    keys: np.ndarray
+    labels: np.ndarray
+    prepared: list[PreparedComparison]
+    scope: PairScope | None
+    buckets: int
+    made = None  # no pair is made while blocking
+    per_rule: list[int] | None = None
+    counts: tuple | None = None
+
+    def compare(self, train: bool) -> int | None:
+        if not train:
+            return None
+        self.per_rule, self.counts = pattern_statistics(self.engine, self.keys, self.labels, self.prepared,
+                                                        self.buckets, self.scope)
+        return sum(self.per_rule)
+
+    def statistics(self) -> tuple[tuple, int]:
+        return self.counts, sum(self.per_rule)
+
+    def scored(self, model: FSModel, keep_from: float) -> ScoredPairs:
+        return scored_pairs(self.engine, self.keys, self.labels, self.prepared, self.buckets, model, keep_from,
+                            self.scope)
+
+    def pair_cache(self) -> None:
+        return None  # a streamed run has no state
+
+    @property
+    def summary(self) -> dict:
+        return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2}}
+
+
+def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches) -> HeldPairs:
+    return HeldPairs(candidate_pairs(blocking, labels, backend, scope), blocking.keys, on_backend, backend.kernels,
+                     caches)
+
+
+def _held_reusing_levels(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope,
+                         caches) -> HeldPairs:
+    return HeldPairs(candidate_pairs(blocking, labels, backend, scope), blocking.keys, on_backend, backend.kernels,
+                     caches, reuse_levels=True)
+
+
+def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
+                    caches) -> HeldPairs:
+    """Pairs made and compared bucket by bucket on the engine (the cluster's tasks), then held."""
+    buckets = engine.buckets_for(blocking.keys.shape[1])
+    engine.description["pair_buckets"] = buckets
+    pairs, levels, counts = pairs_in_buckets(engine, blocking.keys, labels, prepared, buckets, scope)
+    return HeldPairs(pairs, blocking.keys, on_backend, backend.kernels, caches, levels=levels, counts=counts)
+
+
+def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
+             caches) -> StreamedPairs:
+    buckets = engine.buckets_for(blocking.keys.shape[1])
+    engine.description["pair_buckets"] = buckets
+    return StreamedPairs(engine, blocking.keys, np.asarray(labels, dtype=np.int64), prepared, scope, buckets)
+
+
+# The pair sources compute/dispatch.py chooses among, by name.
+PAIR_SOURCES = {"held": _held, "held, reusing levels": _held_reusing_levels, "buckets": held_in_buckets,
+                "streamed": streamed}
+
+
+def pair_source(blocking: BlockingKeys, labels: np.ndarray, prepared: list[PreparedComparison],
+                on_backend: list[PreparedComparison], backend: Backend, engine: Engine, scope: PairScope | None,
+                caches: MatchCaches, stream_above_pairs: int) -> HeldPairs | StreamedPairs:
+    """The pairs of this run: streamed when the blocks hold more than `stream_above_pairs` pairs and
+    the run has no state (whose caches keep every pair's hash and levels) where the engine and
+    backend stream at all; held otherwise. Made here (in the blocking stage) when held."""
+    streams = (not caches.used and choose("streamed_pairs", backend, engine) != "never"
+               and sum(p.pairs for p in blocking.plans) > stream_above_pairs)
+    name = choose("streamed_pairs" if streams else "pairs", backend, engine)
+    return PAIR_SOURCES[name](blocking, labels, prepared, on_backend, backend, engine, scope, caches)

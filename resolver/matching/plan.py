@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from resolver.config import Config, ConfigError
+from resolver.compute.engine import LocalEngine
 from resolver.ingest.plan import attributes_of, plan_ingest, run_jobs
 from resolver.ingest.tables import Vocabulary, reject_cross_file_duplicates
 from resolver.matching.attributes import match_attributes, matching_columns
@@ -25,7 +26,7 @@ def plan_matching(config: Config):
         raise ConfigError("the configuration has no `matching` section to plan")
     vocab = Vocabulary.from_config(config)
     jobs = [job for job in plan_ingest(config) if config.sources[job.source_index].kind == "records"]
-    parts = run_jobs(config, jobs, vocab)
+    parts = run_jobs(config, jobs, vocab, LocalEngine(config.run.workers))
     reject_cross_file_duplicates(config, parts)
     records = pd.concat([p.records for p in parts], ignore_index=True)
     active = ~records["is_deleted"].to_numpy(bool)
