@@ -21,10 +21,11 @@ import pandas as pd
 from resolver import __version__
 from resolver.compute.backend import CPU, Backend, select_backend
 from resolver.compute.frames import Aggregate, group_aggregate
-from resolver.compute.cluster import connected_components, format_person_ids, smallest_member_keys
+from resolver.compute.cluster import connected_components
+from resolver.ids import format_person_ids, record_member_keys, smallest_member_keys
 from resolver.config import Config, ConfigError
 from resolver.state.crashpoints import crash_point
-from resolver.state.erasure import record_member_keys, suppress
+from resolver.state.erasure import suppress
 from resolver.persons.golden import build_golden, raw_fields
 from resolver.matching.match import Reuse
 from resolver.ingest.memo import NormalizationMemo

@@ -39,12 +39,25 @@ import json
 import numpy as np
 import pandas as pd
 
-from resolver.matching.attributes import normalize_attribute
-from resolver.config import Config, SourceConfig
-from resolver.persons.golden import NORMALIZED_DISPLAY, field_kind, golden_fields, source_ranks
+from resolver.config import Config, ConfigError, SourceConfig, field_kind, golden_fields
+from resolver.graph.guards import UNLIMITED, limit_matrix
+from resolver.ids import person_id, salted, to_signed
+from resolver.ingest.tables import built_attribute
+from resolver.matching.attributes import matching_columns, normalize_attribute
+from resolver.matching.blocking import rule_keys
+from resolver.matching.compare import comparison_matrix, prepare_all
+from resolver.matching.match import vetoes
+from resolver.matching.model import FSModel, match_weights, probabilities
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
+from resolver.persons.golden import (
+    NORMALIZED_DISPLAY,
+    UNKNOWN_TIME,
+    most_recent_rank,
+    source_priority_rank,
+    source_ranks,
+)
 from resolver.sync.payloads import Event
-from resolver.sync.store import Tx, as_arrays, insert_rows, set_meta
+from resolver.sync.store import Tx, as_arrays, insert_rows, now_iso, set_meta
 
 OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id", "lead"),
                    "Account": ("sf_account_id", "account")}
@@ -78,8 +91,6 @@ def _text(value) -> str | None:
 def _built(get, row: dict, spec) -> str | None:
     """A built attribute (a date from its parts, joined columns) of one record, as the batch builds
     it (resolver.ingest.tables.built_attribute); None when it makes no value."""
-    from resolver.ingest.tables import built_attribute
-
     value = built_attribute(spec, [pd.Series([_text(get(row, c))], dtype="str") for c in spec.columns]).iloc[0]
     return None if pd.isna(value) else str(value)
 
@@ -102,20 +113,12 @@ def with_sync_sources(config: Config) -> Config:
     return config.model_copy(update={"sources": sources})
 
 
-def _now() -> str:
-    from resolver.sync.store import now_iso
-
-    return now_iso()
-
-
-def person_id(key: int) -> str:
-    """One key as cluster.format_person_ids formats it ("p" + 16 hex digits), without building a
-    column for a single value (tests check the two agree)."""
-    return f"p{key:016x}"
-
-
-def to_signed(key: int) -> int:
-    return key - (1 << 64) if key >= (1 << 63) else key
+def _nanoseconds(timestamp: str | None) -> int:
+    """A stored time (fixed-width UTC ISO text: store.iso) as int64 nanoseconds, as the batch
+    ranks record times (UNKNOWN_TIME when there is none)."""
+    if timestamp is None:
+        return UNKNOWN_TIME
+    return int(np.datetime64(timestamp.removesuffix("Z"), "ns").astype(np.int64))
 
 
 class Known:
@@ -208,6 +211,14 @@ class Resolver:
         bl = config.identity.blocklist
         self.blocklist = Blocklist.from_config(bl.values, bl.patterns, bl.vendor_lists)
         self.types = config.identity.types
+        # The batch guards' limits (graph.guards.limit_matrix), by type: what a person may hold when
+        # an identifier of that type joins it (the type's own row), and when a probabilistic link
+        # does (the last row, tightened by matching.link_limits). Guards off: none.
+        names = list(self.types)
+        limits = limit_matrix(config.identity, names,
+                              config.matching.link_limits if config.matching is not None else {})
+        self.attach_limits = {t: int(limits[i, i]) for i, t in enumerate(names) if limits[i, i] != UNLIMITED}
+        self.link_limits = {t: int(cap) for t, cap in zip(names, limits[-1]) if cap != UNLIMITED}
         self.ranks = source_ranks(with_sync_sources(config))
         self.fields = golden_fields(config)
         # Memos (bounded: cleared past 500,000 entries): raw value -> normalized form, attribute
@@ -234,8 +245,6 @@ class Resolver:
         out = {}
         for obj, name in config.sync.objects.items():
             if name not in by_name or by_name[name].kind != "records":
-                from resolver.config import ConfigError
-
                 raise ConfigError(f"sync.objects.{obj}: {name!r} is not a records source")
             out[obj] = by_name[name]
         for source in config.sources:
@@ -364,8 +373,6 @@ class Resolver:
         """Is this member key (an identifier's or a record's hash) erased?"""
         if not self.suppressed or self.salt is None:
             return False
-        from resolver.state.erasure import salted
-
         return to_signed(int(salted(np.array([key], dtype=np.uint64), self.salt)[0])) in self.suppressed
 
     def _record_member(self, source: SourceConfig, key: str) -> int:
@@ -422,8 +429,8 @@ class Resolver:
         held = list(identifiers)
         known.add_holders(held, _holder_rows(tx, held))
         holders = sorted({h[0] for h in known.holders.values() if h is not None})
-        limited = [t for t, spec in self.types.items() if spec.limit is not None]
-        if holders and limited and self.config.identity.guards:
+        limited = list(self.attach_limits)
+        if holders and limited:
             known.counts.update(dict.fromkeys([(p, t) for p in holders for t in limited], 0))
             for person, id_type, n in _where_in(tx, "SELECT person_id, id_type, COUNT(*) FROM identifiers "
                                                     "WHERE person_id IN ({keys}) GROUP BY person_id, id_type", holders):
@@ -688,12 +695,7 @@ class Resolver:
     def _guard(self, tx: Tx, person: str, identifiers) -> str | None:
         """The type whose limit a fuzzy link to `person` would break (identity limits and
         matching.link_limits), as the batch's guarded pass refuses it; None when the link is allowed."""
-        if not self.config.identity.guards:
-            return None
-        limits = {t: spec.limit for t, spec in self.types.items() if spec.limit is not None}
-        for id_type, limit in self.config.matching.link_limits.items():
-            limits[id_type] = min(limit, limits.get(id_type, limit))
-        for id_type, limit in limits.items():
+        for id_type, limit in self.link_limits.items():
             mine = {v for t, v in identifiers if t == id_type}
             if not mine:
                 continue
@@ -722,7 +724,7 @@ class Resolver:
             return 0
         results = self.matcher.best_many(tx, [json.loads(r[4]) for r in rows], exclude=[r[3] for r in rows])
         thresholds = self.config.matching.thresholds
-        at = _now()
+        at = now_iso()
         for (_, event_id, key, provisional, _), best in zip(rows, results):
             if best is None or not self._active(tx, provisional):
                 continue
@@ -793,8 +795,8 @@ class Resolver:
         for id_type, value in identifiers:
             if (id_type, value) in holders:
                 continue  # held already (by this person, or by another: see the review queue)
-            limit = self.types[id_type].limit
-            if limit is not None and self.config.identity.guards:
+            limit = self.attach_limits.get(id_type)
+            if limit is not None:
                 held = self._held_count(tx, person, id_type)
                 if held >= limit:
                     self._log(tx, event, person, f"identifier:{id_type}", None, "refused: limit reached", source,
@@ -829,15 +831,21 @@ class Resolver:
                 self._log(tx, event, person, field, before, display, source, received_at)
 
     def _wins(self, field: str, source: str, ts: str, held: tuple) -> bool:
-        """Does the event's value replace the held one under the field's survivorship chain?"""
+        """Does the event's value replace the held one under the field's survivorship chain? Each
+        rule ranks the two values with the batch's rank key (persons/golden.py); the rules that rank
+        a value by the person's other records (most_frequent, first_non_null), and longest, tie."""
         _, held_source, held_ts = held
         for rule in self.config.golden.chain(field):
             if rule == "source_priority":
-                mine, theirs = self.ranks.get(source, len(self.ranks)), self.ranks.get(held_source, len(self.ranks))
-                if mine != theirs:
-                    return mine < theirs
-            elif rule == "most_recent" and (held_ts is None or ts != held_ts):
-                return held_ts is None or ts > held_ts
+                unknown = len(self.ranks)
+                mine = source_priority_rank(self.ranks.get(source, unknown))
+                theirs = source_priority_rank(self.ranks.get(held_source, unknown))
+            elif rule == "most_recent":
+                mine, theirs = most_recent_rank(_nanoseconds(ts)), most_recent_rank(_nanoseconds(held_ts))
+            else:
+                continue
+            if mine != theirs:
+                return bool(mine < theirs)
         return held_ts is None or ts >= held_ts  # no rule decides: the last-modified value wins
 
     def _upsert_record(self, tx: Tx, source: SourceConfig, key: str, obj, person, fields: dict, ts: str,
@@ -864,10 +872,6 @@ class Matcher:
     """The batch model scoring one record against the golden records of block-sharing persons."""
 
     def __init__(self, config: Config, model: dict, resolver: Resolver | None = None):
-        from resolver.matching.attributes import matching_columns
-        from resolver.matching.compare import prepare_all
-        from resolver.matching.model import FSModel
-
         self.config = config
         self.resolver = resolver  # its memo of match forms saves normalizing a value twice
         self.rules = config.matching.blocking.rules
@@ -892,8 +896,6 @@ class Matcher:
 
     def keys(self, rows: list[dict]) -> np.ndarray:
         """(n_rules, n_rows) uint64 block keys (0 = no key)."""
-        from resolver.matching.blocking import rule_keys
-
         attributes = self._attributes(rows)
         return np.array([rule_keys(rule.keys, attributes, len(rows))[0] for rule in self.rules],
                         dtype=np.uint64).reshape(len(self.rules), len(rows))
@@ -903,10 +905,6 @@ class Matcher:
         """Per record: (best candidate person, probability, vetoed) among the persons whose golden
         record shares a blocking key with it (None: no candidate). Candidates and comparisons are
         made for all records at once."""
-        from resolver.matching.compare import comparison_matrix, prepare_all
-        from resolver.matching.match import vetoes
-        from resolver.matching.model import match_weights, probabilities
-
         keys = self.keys(records)
         blocks: dict[tuple[int, int], list[str]] = {}
         found: list[dict[str, int]] = []

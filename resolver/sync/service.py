@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from resolver.config import Config
+from resolver.sync.forget import ERASED_PAYLOAD
 from resolver.sync.payloads import Event
-from resolver.sync.store import Store, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
+from resolver.sync.store import Store, StoreError, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
 
@@ -104,8 +105,6 @@ class SyncService:
     def record_events(tx: Tx, rows: list[tuple[str, str, str, str, Event | None]]) -> dict[str, int]:
         """Record events of the inbox, (id, channel, received, payload, event or None when its
         payload was erased), in one statement; {id: seq} of those the store did not have yet."""
-        from resolver.sync.forget import ERASED_PAYLOAD
-
         return dict(insert_rows(tx, "events", "event_id, channel, received_at, payload, status",
                                 [(event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
                                   "accepted" if event is not None else "resolved")
@@ -117,8 +116,6 @@ class SyncService:
         """Record and resolve one event of the inbox (the worker, in its transaction; `event` is
         None when its payload was erased meanwhile), in a savepoint of its own (a failure is
         dead-lettered); False when the store had it already."""
-        from resolver.sync.forget import ERASED_PAYLOAD
-
         row = tx.one("INSERT INTO events (event_id, channel, received_at, payload, status) VALUES (?, ?, ?, ?, ?) "
                      "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
                      (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
@@ -143,8 +140,6 @@ class SyncService:
     def apply_event(self, tx: Tx, event: Event, received: str, seq: int, known=None) -> None:
         """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved (`known`:
         what its chunk read already, resolve.Known)."""
-        from resolver.sync.forget import ERASED_PAYLOAD
-
         person, suppressed = self.resolver.apply(tx, event, received, seq, known)
         if known is not None:  # marked with its chunk's other events (write_deferred)
             known.resolved.append((event.event_id, person, suppressed))
@@ -161,7 +156,6 @@ class SyncService:
         """What a chunk's events left to its end (resolve.Known): their change log rows, then
         their events marked resolved (those that carried erased values: payload blanked), one
         statement per 500 rows."""
-        from resolver.sync.forget import ERASED_PAYLOAD
         from resolver.sync.resolve import insert_log
 
         insert_log(tx, known.log)
@@ -366,8 +360,6 @@ class SyncService:
             path = Path(self.config.sync.export_dir)
             return path if path.is_absolute() else self.config.base_dir / path
         if self.state_dir is None:
-            from resolver.sync.store import StoreError
-
             raise StoreError("no export folder: give --out, sync.export_dir or a state directory")
         return self.state_dir / "sync-export"
 

@@ -38,7 +38,8 @@ import os
 import threading
 import time
 
-from resolver.sync.payloads import Event
+from resolver.sync.forget import ERASED_PAYLOAD
+from resolver.sync.payloads import Event, parse_cdc, parse_segment
 from resolver.sync.store import Tx, set_meta
 
 log = logging.getLogger("resolver.sync")
@@ -81,8 +82,6 @@ class Worker:
     # -- one step ----------------------------------------------------------------------------------
     def drain_once(self) -> int:
         """Take in and resolve the next events of the inbox (one batch); returns how many."""
-        from resolver.sync.forget import ERASED_PAYLOAD
-
         position = self.service.resolved_position()
         rows = self.service.inbox.read(lambda tx: tx.all(
             "SELECT seq, event_id, channel, received_at, payload FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -113,8 +112,6 @@ class Worker:
         fails); should that fail, again with each event in a savepoint of its own (a failing event
         dead-lettered); should that fail too (the transaction itself), event by event."""
         lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
-
-        from resolver.sync.forget import ERASED_PAYLOAD
 
         def work(tx: Tx) -> list[str]:
             # Where the store is now (another worker, e.g. one left over from a crashed parent,
@@ -251,8 +248,6 @@ class Worker:
     def warm_up(self) -> None:
         """Run every resolution step once on made-up events, in a transaction that is rolled back:
         compiled kernels and first-call costs are paid before the first real batch."""
-        from resolver.sync.payloads import parse_cdc, parse_segment
-
         class _Rollback(Exception):
             pass
 
