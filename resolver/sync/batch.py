@@ -30,7 +30,7 @@ from resolver.config import Config
 from resolver.ids import format_person_ids, to_signed
 from resolver.state.store import StateStore
 from resolver.sync.forget import ERASED_PAYLOAD, add_suppressed
-from resolver.sync.resolve import sync_name
+from resolver.sync.mapping import sync_name
 from resolver.sync.store import Store, StoreError, Tx, now_iso, set_meta
 
 log = logging.getLogger("resolver.sync")

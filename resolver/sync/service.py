@@ -15,8 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from resolver.config import Config
+from resolver.state.store import StateStore
+from resolver.sync.batch import export as export_batch
+from resolver.sync.batch import import_batch as load_batch
 from resolver.sync.forget import ERASED_PAYLOAD
 from resolver.sync.payloads import Event
+from resolver.sync.queries import insert_log
+from resolver.sync.resolve import Resolver
 from resolver.sync.store import Store, StoreError, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
@@ -47,9 +52,7 @@ class SyncService:
         self.worker_position = None  # set with the worker: the inbox position it has committed
         self.nudge = None  # set with the worker: wakes it when a read is waiting for the inbox
         if import_batch and self.state_dir is not None and _batch_pending(self.store, self.state_dir):
-            from resolver.sync.batch import import_batch as load
-
-            summary = load(self.store, config, self.state_dir, self.resolver)
+            summary = load_batch(self.store, config, self.state_dir, self.resolver)
             if summary:
                 log.info("imported batch version %s: %d persons, %d identifiers", summary["version"],
                          summary["persons"], summary["identifiers"])
@@ -63,9 +66,6 @@ class SyncService:
         return self._resolver
 
     def _load_resolver(self):
-        from resolver.state.store import StateStore
-        from resolver.sync.resolve import Resolver
-
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
         return Resolver(self.config, state.model if state is not None else None,
                         salt=state.salt if state is not None else None)
@@ -139,7 +139,7 @@ class SyncService:
 
     def apply_event(self, tx: Tx, event: Event, received: str, seq: int, known=None) -> None:
         """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved (`known`:
-        what its chunk read already, resolve.Known)."""
+        what its chunk read already, queries.Known)."""
         person, suppressed = self.resolver.apply(tx, event, received, seq, known)
         if known is not None:  # marked with its chunk's other events (write_deferred)
             known.resolved.append((event.event_id, person, suppressed))
@@ -153,11 +153,9 @@ class SyncService:
 
     @staticmethod
     def write_deferred(tx: Tx, known) -> None:
-        """What a chunk's events left to its end (resolve.Known): their change log rows, then
+        """What a chunk's events left to its end (queries.Known): their change log rows, then
         their events marked resolved (those that carried erased values: payload blanked), one
         statement per 500 rows."""
-        from resolver.sync.resolve import insert_log
-
         insert_log(tx, known.log)
         known.log = []
         for erased in (False, True):
@@ -306,7 +304,7 @@ class SyncService:
     def profile(self, id_type: str, value: str) -> dict | None:
         if id_type not in self.config.identity.types:
             raise KeyError(id_type)
-        normalized = self.resolver.identifier(id_type, value)
+        normalized = self.resolver.mapping.identifier(id_type, value)
         if normalized is None:
             return None
         self.wait_resolved()
@@ -351,9 +349,7 @@ class SyncService:
         return [{"source": s, "object": o, "record_key": k} for s, o, k in rows]
 
     def export(self, out_dir: Path | None = None) -> dict:
-        from resolver.sync.batch import export
-
-        return export(self, Path(out_dir) if out_dir else self.export_dir())
+        return export_batch(self, Path(out_dir) if out_dir else self.export_dir())
 
     def export_dir(self) -> Path:
         if self.config.sync.export_dir:
