@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import pandas as pd
 
 from resolver.config import Config
 from resolver.ids import format_person_ids, to_signed
+from resolver.state.files import replace_atomically, write_text_atomically
 from resolver.state.store import StateStore
 from resolver.sync.forget import ERASED_PAYLOAD, add_suppressed
 from resolver.sync.mapping import sync_name
@@ -175,9 +175,7 @@ def export(service, out_dir: Path) -> dict:
                 if source.deleted:
                     values[source.deleted] = "true" if deleted else values.get(source.deleted, "false")
                 writer.writerow(["" if values.get(c) is None else str(values.get(c)) for c in columns])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_atomically(tmp, path)
         written[name] = str(path)
         sources.append({**source.model_dump(exclude_defaults=True), "name": sync_name(name), "path": str(path),
                         "format": "csv", "csv": {"delimiter": ",", "encoding": "utf-8"}})
@@ -187,9 +185,7 @@ def export(service, out_dir: Path) -> dict:
         tmp = path.with_suffix(".jsonl.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(json.loads(payload)["fields"], separators=(",", ":")) + "\n" for (payload,) in segment)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_atomically(tmp, path)
         written[source.name] = str(path)
         sources.append({**source.model_dump(exclude_defaults=True), "name": sync_name(source.name), "path": str(path),
                         "format": "jsonl", "kind": "events"})
@@ -212,6 +208,5 @@ def add_export_sources(config_path: Path, sources: list[dict]) -> None:
             out.append(extra)
         out.append(source)
     raw["sources"] = out
-    tmp = Path(config_path).with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, config_path)
+    write_text_atomically(Path(config_path), yaml.safe_dump(raw, sort_keys=False),
+                          tmp=Path(config_path).with_suffix(".yaml.tmp"))
