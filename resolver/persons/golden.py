@@ -99,7 +99,8 @@ def source_priority_rank(source_rank):
 
 def most_recent_rank(timestamp_ns):
     """By record time (int64 nanoseconds), newest first; an unknown time (NaT) ranks last."""
-    return np.where(timestamp_ns == UNKNOWN_TIME, _BIG, -timestamp_ns)
+    unknown = timestamp_ns == UNKNOWN_TIME
+    return np.where(unknown, _BIG, -np.where(unknown, 0, timestamp_ns))  # NaT is never negated (it overflows)
 
 
 def most_frequent_rank(records_holding):
