@@ -10,7 +10,9 @@ chosen value ("agreement" when all candidates agree from the start, "tiebreak" w
 
 Rules: source_priority (golden.source_priority, then source trust), most_recent (record timestamp),
 most_frequent (value held by most of the person's records), longest (most characters),
-first_non_null (first record in source order: configured source order, then file and row).
+first_non_null (first record in source order: configured source order, then file and row). Each
+rule is written once, as a rank key (`source_priority_rank`, ...): serve ranks a value it receives
+against the held one with the same functions (sync/resolve.py: Resolver._wins).
 
 Displayed values: emails, phones, dates and numbers in their normalized form (E.164, ISO dates);
 names and text as the winning record wrote them, trimmed.

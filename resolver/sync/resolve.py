@@ -15,13 +15,14 @@ run does (same attribute and identifier columns, same normalizers, same blocklis
    a blocking key with it: at or above auto_merge (no veto, no guard refusing) the provisional
    person is merged into the best one, in the review band it becomes a review item;
 3. a new person's id is the smallest member hash of what it holds (its record, keyed by the
-   export source the next batch run reads it from, and its identifiers), formatted as the batch
-   formats ids: the next batch run gives the same person the same id.
+   export source the next batch run reads it from, and its identifiers), formatted by the batch's
+   function (ids.person_id): the next batch run gives the same person the same id.
 
-New identifiers join the person unless the type's limit is reached. Golden fields follow the
-field's survivorship chain (source_priority, most_recent; rules that need every record, such as
-most_frequent, count as ties) and otherwise the last-modified value wins; every change of a golden
-field is logged (field, before, after, source, event id).
+New identifiers join the person unless the type's limit is reached (the batch guards' limits:
+graph.guards.limit_matrix). Golden fields follow the field's survivorship chain, ranked by the
+batch's rank keys (persons/golden.py: source_priority, most_recent; the rules that rank a value by
+the person's other records, such as most_frequent, count as ties) and otherwise the last-modified
+value wins; every change of a golden field is logged (field, before, after, source, event id).
 
 Segment messages carry identifiers (and attributes when the configured events source maps any):
 they join the person of their strongest known identifier, or make a new (anonymous) person.
