@@ -21,7 +21,6 @@ OBJECT_ID_TYPES = {"Contact": ("sf_contact_id", "contact"), "Lead": ("sf_lead_id
                    "Account": ("sf_account_id", "account")}
 
 
-
 def path_value(obj: dict, path: str):
     """A dotted path into a JSON object (`context.device.id`)."""
     for part in path.split("."):
@@ -37,6 +36,7 @@ def record_field(obj: dict, column: str):
 
 
 def value_text(value) -> str | None:
+    """A JSON value as text (booleans as true/false); None when missing, blank or not a scalar."""
     if value is None or isinstance(value, (dict, list)):
         return None
     text = str(value) if not isinstance(value, bool) else ("true" if value else "false")
@@ -66,7 +66,6 @@ def with_sync_sources(config: Config) -> Config:
             sources.append(source.model_copy(update={"name": sync_name(source.name)}))
         sources.append(source)
     return config.model_copy(update={"sources": sources})
-
 
 
 class Mapping:
@@ -143,6 +142,7 @@ class Mapping:
             return self.warm_identifiers(id_type, [raw]).get(raw, self._identifier_cache.get((id_type, raw)))
 
     def warm_attributes(self, field: str, raws: list[str]) -> None:
+        """Put the values not seen yet in (display, match form), as golden records show them."""
         todo = list(dict.fromkeys(r for r in raws if (field, r) not in self._attribute_cache))
         if not todo:
             return

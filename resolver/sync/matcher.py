@@ -18,6 +18,7 @@ from resolver.sync.mapping import Mapping, value_text
 from resolver.sync.queries import golden_rows
 from resolver.sync.store import Tx
 
+
 class Matcher:
     """The batch model scoring one record against the golden records of block-sharing persons."""
 

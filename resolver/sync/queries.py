@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from resolver.sync.store import Tx, as_arrays, insert_rows
 
+
 class Known:
     """What a chunk of events reads from the store, fetched for all of its events at once (one
     statement per table: on PostgreSQL each read is a round trip, which cost more than the rest of
