@@ -59,10 +59,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from resolver.config import ConfigError
-from resolver.normalize import salesforce_id_18
 from resolver.sync.payloads import ACK, PayloadError, claimed_org_id, parse_webhook
 from resolver.sync.service import SyncService
-from resolver.sync.worker import start_worker
 
 log = logging.getLogger("resolver.sync")
 SIGNATURE_HEADER = "x-resolver-signature"
@@ -101,6 +99,8 @@ def _signed(secret: str | None, data: bytes, header: str | None, timestamp: str 
 def org_id_18(org: str) -> str | None:
     """A Salesforce org id in its 18-character form, None when it is not an id: a 15-character id
     gets its checksum suffix; an 18-character one stays as given, so a wrong suffix never matches."""
+    from resolver.normalize import salesforce_id_18
+
     org = org.strip()
     if len(org) not in (15, 18):
         return None
@@ -257,6 +257,8 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
     async def lifespan(app):
         # The worker resolves the inbox, and runs the model's step for new records, the blocking
         # keys of changed golden records and the due dead-letter retries (off the request path).
+        from resolver.sync.worker import start_worker
+
         # Lookups wait in a thread for the events accepted before them (at most read_wait): enough
         # threads that waiting lookups never queue behind one another (the default is CPUs + 4).
         asyncio.get_running_loop().set_default_executor(

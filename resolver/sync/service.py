@@ -1,7 +1,13 @@
 """The sync service's operations, independent of HTTP: accept events (durably, exactly once),
 resolve them (the worker, off the request path: worker.py), retry failures from the dead-letter
 queue, answer profile lookups, start from the latest batch state, and export what it received for
-the next batch run."""
+the next batch run.
+
+Fast start (like cli.py): this module, app.py and worker.py import only light modules at their
+top, so that `resolver serve` answers within about a second; the resolution machinery (resolve,
+batch, forget and the state, which load numba, the matching stages and the hashing kernels) is
+imported where it is first used.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from resolver.config import Config
-from resolver.state.store import StateStore
-from resolver.sync.batch import export as export_batch
-from resolver.sync.batch import import_batch as load_batch
-from resolver.sync.forget import ERASED_PAYLOAD
 from resolver.sync.payloads import Event
 from resolver.sync.queries import insert_log
-from resolver.sync.resolve import Resolver
 from resolver.sync.store import Store, StoreError, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
@@ -52,7 +53,9 @@ class SyncService:
         self.worker_position = None  # set with the worker: the inbox position it has committed
         self.nudge = None  # set with the worker: wakes it when a read is waiting for the inbox
         if import_batch and self.state_dir is not None and _batch_pending(self.store, self.state_dir):
-            summary = load_batch(self.store, config, self.state_dir, self.resolver)
+            from resolver.sync.batch import import_batch as load
+
+            summary = load(self.store, config, self.state_dir, self.resolver)
             if summary:
                 log.info("imported batch version %s: %d persons, %d identifiers", summary["version"],
                          summary["persons"], summary["identifiers"])
@@ -66,6 +69,9 @@ class SyncService:
         return self._resolver
 
     def _load_resolver(self):
+        from resolver.state.store import StateStore
+        from resolver.sync.resolve import Resolver
+
         state = StateStore(self.state_dir).load() if self.state_dir is not None else None
         return Resolver(self.config, state.model if state is not None else None,
                         salt=state.salt if state is not None else None)
@@ -105,6 +111,8 @@ class SyncService:
     def record_events(tx: Tx, rows: list[tuple[str, str, str, str, Event | None]]) -> dict[str, int]:
         """Record events of the inbox, (id, channel, received, payload, event or None when its
         payload was erased), in one statement; {id: seq} of those the store did not have yet."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
         return dict(insert_rows(tx, "events", "event_id, channel, received_at, payload, status",
                                 [(event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
                                   "accepted" if event is not None else "resolved")
@@ -116,6 +124,8 @@ class SyncService:
         """Record and resolve one event of the inbox (the worker, in its transaction; `event` is
         None when its payload was erased meanwhile), in a savepoint of its own (a failure is
         dead-lettered); False when the store had it already."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
         row = tx.one("INSERT INTO events (event_id, channel, received_at, payload, status) VALUES (?, ?, ?, ?, ?) "
                      "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
                      (event_id, channel, received, payload if event is not None else ERASED_PAYLOAD,
@@ -140,6 +150,8 @@ class SyncService:
     def apply_event(self, tx: Tx, event: Event, received: str, seq: int, known=None) -> None:
         """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved (`known`:
         what its chunk read already, queries.Known)."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
         person, suppressed = self.resolver.apply(tx, event, received, seq, known)
         if known is not None:  # marked with its chunk's other events (write_deferred)
             known.resolved.append((event.event_id, person, suppressed))
@@ -156,6 +168,7 @@ class SyncService:
         """What a chunk's events left to its end (queries.Known): their change log rows, then
         their events marked resolved (those that carried erased values: payload blanked), one
         statement per 500 rows."""
+        from resolver.sync.forget import ERASED_PAYLOAD
         insert_log(tx, known.log)
         known.log = []
         for erased in (False, True):
@@ -349,7 +362,9 @@ class SyncService:
         return [{"source": s, "object": o, "record_key": k} for s, o, k in rows]
 
     def export(self, out_dir: Path | None = None) -> dict:
-        return export_batch(self, Path(out_dir) if out_dir else self.export_dir())
+        from resolver.sync.batch import export
+
+        return export(self, Path(out_dir) if out_dir else self.export_dir())
 
     def export_dir(self) -> Path:
         if self.config.sync.export_dir:

@@ -38,9 +38,8 @@ import os
 import threading
 import time
 
-from resolver.sync.forget import ERASED_PAYLOAD
-from resolver.sync.payloads import Event, parse_cdc, parse_segment
 from resolver.sync.logs import configure_logging
+from resolver.sync.payloads import Event, parse_cdc, parse_segment
 from resolver.sync.queries import Known
 from resolver.sync.service import SyncService, load_event, reason
 from resolver.sync.store import Tx, set_meta
@@ -85,6 +84,8 @@ class Worker:
     # -- one step ----------------------------------------------------------------------------------
     def drain_once(self) -> int:
         """Take in and resolve the next events of the inbox (one batch); returns how many."""
+        from resolver.sync.forget import ERASED_PAYLOAD
+
         position = self.service.resolved_position()
         rows = self.service.inbox.read(lambda tx: tx.all(
             "SELECT seq, event_id, channel, received_at, payload FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -115,6 +116,8 @@ class Worker:
         fails); should that fail, again with each event in a savepoint of its own (a failing event
         dead-lettered); should that fail too (the transaction itself), event by event."""
         lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE
+
+        from resolver.sync.forget import ERASED_PAYLOAD
 
         def work(tx: Tx) -> list[str]:
             # Where the store is now (another worker, e.g. one left over from a crashed parent,
