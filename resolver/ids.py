@@ -4,8 +4,9 @@ that state, outputs, the batch pipeline and sync all take the same definitions.
 
 - member key: who a record or an identifier is across runs (`record_member_keys`; an identifier's
   is `normalize.hash_identifiers(type, value)`);
-- person key: a person's smallest member key (`smallest_member_keys`), shown as "p" + 16 hex digits
-  (`format_person_ids` for a column, `person_id` for one key: the same text);
+- person key: a person's smallest member key (`smallest_member_keys`), remixed when it clashes
+  with a key issued before (`remix_key`), shown as "p" + 16 hex digits (`format_person_ids` for a
+  column, `person_id` for one key: the same text);
 - salted key: a member key keyed with the state's salt (`salted`), what erasure keeps;
 - signed key: a uint64 key as the signed 64-bit integer SQL stores (`to_signed`);
 - review item id: "i" + 12 hex digits of an order-free hash of a pair of member keys (`item_ids`).
@@ -19,6 +20,8 @@ import pyarrow as pa
 
 from resolver.kernels.hashing import mix64
 from resolver.normalize import hash_identifiers
+
+GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads small integers over 64 bits
 
 
 def record_member_keys(records: pd.DataFrame) -> np.ndarray:
@@ -57,6 +60,13 @@ def smallest_member_keys(labels: np.ndarray, member_keys: np.ndarray) -> np.ndar
     return smallest
 
 
+def remix_key(key: np.ndarray, attempt: int) -> np.ndarray:
+    """The key a new person gets instead of `key` at the `attempt`-th clash with an issued one
+    (the batch's carried ids and serve's new persons alike)."""
+    with np.errstate(over="ignore"):
+        return mix64(key ^ (np.uint64(attempt) * GOLDEN_GAMMA))
+
+
 _HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
 
 
@@ -92,5 +102,5 @@ def item_ids(key_a: np.ndarray, key_b: np.ndarray) -> np.ndarray:
     """A stable id per pair of records (order-free): "i" + 12 hex digits of a hash of both member keys."""
     a, b = np.asarray(key_a, dtype=np.uint64), np.asarray(key_b, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        h = mix64(np.minimum(a, b) * np.uint64(0x9E3779B97F4A7C15) + mix64(np.maximum(a, b)))
+        h = mix64(np.minimum(a, b) * GOLDEN_GAMMA + mix64(np.maximum(a, b)))
     return np.array([f"i{int(x) >> 16:012x}" for x in h], dtype=object)

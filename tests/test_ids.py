@@ -10,6 +10,7 @@ from resolver.ids import (
     person_ids,
     person_key,
     record_member_keys,
+    remix_key,
     salted,
     smallest_member_keys,
     to_signed,
@@ -62,3 +63,11 @@ def test_survivorship_rank_keys_rank_one_value_as_they_rank_a_column():
     assert [int(most_recent_rank(t)) for t in times] == column.tolist()
     assert np.argsort(column, kind="stable").tolist() == [1, 3, 0, 2]  # newest first, unknown last
     assert source_priority_rank(np.array([2, 0, 1])).tolist() == [2, 0, 1]
+
+
+def test_a_clashing_person_key_is_remixed_the_same_way_everywhere():
+    keys = np.array([7, 7, 8], dtype=np.uint64)
+    first, second = remix_key(keys, 1), remix_key(keys, 2)
+    assert first[0] == first[1] != first[2] and not np.isin(first, keys).any()
+    assert not np.array_equal(first, second)
+    assert int(remix_key(np.array([7], dtype=np.uint64), 1)[0]) == int(first[0])  # one key as a column of one

@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from resolver.config import Config
-from resolver.ids import format_person_ids, person_key, record_member_keys, salted
+from resolver.ids import format_person_ids, person_key, record_member_keys, remix_key, salted
 from resolver.normalize import hash_identifiers, normalize_identifier
 from resolver.outputs.report import REPORT_FILE, report_from_outputs
 from resolver.outputs.writers import OUTPUT_TABLES, stage_rewrite
 from resolver.state.review import forget_decisions
-from resolver.state.store import StateStore, remix_key
+from resolver.state.store import StateStore
 from resolver.sync.forget import erase as erase_in_sync_store
 from resolver.sync.forget import store_url_for
 from resolver.sync.store import Store
@@ -233,7 +233,7 @@ def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
     return drop
 
 
-REMIX_ATTEMPTS = 4  # state.remix_key's attempts checked: a clash is rare, a second one rarer still
+REMIX_ATTEMPTS = 4  # ids.remix_key's attempts checked: a clash is rare, a second one rarer still
 
 
 def key_derived(persons: pd.DataFrame, member_keys: np.ndarray) -> np.ndarray:

@@ -53,8 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.ids import format_person_ids
-from resolver.kernels.hashing import mix64
+from resolver.ids import format_person_ids, remix_key
 from resolver.state.crashpoints import crash_point
 from resolver.state.files import file_lock, fsync_tree, swap_into_place, write_text_atomically
 from resolver.state.history import append_history, load_history
@@ -335,15 +334,6 @@ def _read(path: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Persistent person ids
 # ---------------------------------------------------------------------------------------------
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def remix_key(key: np.ndarray, attempt: int) -> np.ndarray:
-    """The key a new person gets instead of `key` at the `attempt`-th clash with an issued one."""
-    with np.errstate(over="ignore"):
-        return mix64(key ^ (np.uint64(attempt) * _GOLDEN))
-
-
 @dataclass
 class CarriedIds:
     label_keys: np.ndarray  # per label: the person key it carries (persistent where it can be)

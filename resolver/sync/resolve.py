@@ -38,12 +38,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 
 from resolver.config import Config, SourceConfig, golden_fields
 from resolver.graph.guards import UNLIMITED, limit_matrix
-from resolver.ids import person_id, salted, to_signed
-from resolver.normalize import hash_identifiers
+from resolver.ids import person_id, remix_key, salted, to_signed
 from resolver.persons.golden import UNKNOWN_TIME, most_recent_rank, source_priority_rank, source_ranks
 from resolver.sync.mapping import Mapping, path_value, sync_name, value_text, with_sync_sources
 from resolver.sync.matcher import Matcher
@@ -458,6 +456,8 @@ class Resolver:
         self._log(tx, event, provisional, "_merged_into", provisional, person, "probabilistic", at)
 
     def _new_person(self, tx: Tx, members: list[int], received_at: str) -> str:
+        """A new active person, keyed by its smallest member key; on a clash with an id issued
+        before, the key is remixed as the batch remixes it (ids.remix_key)."""
         key = min(members)
         attempt = 0
         while True:
@@ -468,7 +468,7 @@ class Resolver:
                     self._known.status[person] = "active"
                 return person
             attempt += 1  # an id issued before is never given to anyone else
-            key = int(hash_identifiers("person-retry", pd.Series([f"{min(members)}:{attempt}"], dtype="str"))[0])
+            key = int(remix_key(np.array([min(members)], dtype=np.uint64), attempt)[0])
 
     def _attach(self, tx: Tx, event: Event, person: str, identifiers, holders: dict, received_at: str,
                 source: str) -> None:
