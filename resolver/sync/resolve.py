@@ -20,8 +20,8 @@ run does (same attribute and identifier columns, same normalizers, same blocklis
 
 New identifiers join the person unless the type's limit is reached (the batch guards' limits:
 graph.guards.limit_matrix). Golden fields follow the field's survivorship chain, ranked by the
-batch's rank keys (persons/golden.py: source_priority, most_recent; the rules that rank a value by
-the person's other records, such as most_frequent, count as ties) and otherwise the last-modified
+batch's rank keys (persons/golden.py: source_priority, most_recent, longest; the rules that rank a
+value by the person's other records, most_frequent and first_non_null, count as ties) and otherwise the last-modified
 value wins; every change of a golden field is logged (field, before, after, source, event id).
 
 Segment messages carry identifiers (and attributes when the configured events source maps any):
@@ -42,7 +42,13 @@ import numpy as np
 from resolver.config import Config, SourceConfig, golden_fields
 from resolver.graph.guards import UNLIMITED, limit_matrix
 from resolver.ids import person_id, remix_key, salted, to_signed
-from resolver.persons.golden import UNKNOWN_TIME, most_recent_rank, source_priority_rank, source_ranks
+from resolver.persons.golden import (
+    UNKNOWN_TIME,
+    longest_rank,
+    most_recent_rank,
+    source_priority_rank,
+    source_ranks,
+)
 from resolver.sync.mapping import Mapping, path_value, sync_name, value_text, with_sync_sources
 from resolver.sync.matcher import Matcher
 from resolver.sync.payloads import Event
@@ -441,7 +447,7 @@ class Resolver:
                 "SELECT field, value, source, record_key, last_modified, event_id FROM golden WHERE person_id = ?",
                 (provisional,)):
             held = current.get(field)
-            if held is not None and held[0] is not None and not self._wins(field, source, ts or at, held):
+            if held is not None and held[0] is not None and not self._wins(field, value, source, ts or at, held):
                 continue
             tx.execute("INSERT INTO golden (person_id, field, value, source, record_key, last_modified, event_id) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (person_id, field) DO UPDATE SET value = excluded.value, "
@@ -494,7 +500,7 @@ class Resolver:
         for field, (display, match, ts) in attributes.items():
             ts = ts or received_at
             held = current.get(field)
-            if held is not None and held[0] is not None and not self._wins(field, source, ts, held):
+            if held is not None and held[0] is not None and not self._wins(field, display, source, ts, held):
                 continue
             before = held[0] if held else None
             same = before is not None and self.mapping.attribute(field, before)[1] == match
@@ -510,11 +516,12 @@ class Resolver:
             if not same:
                 self._log(tx, event, person, field, before, display, source, received_at)
 
-    def _wins(self, field: str, source: str, ts: str, held: tuple) -> bool:
-        """Does the event's value replace the held one under the field's survivorship chain? Each
-        rule ranks the two values with the batch's rank key (persons/golden.py); the rules that rank
-        a value by the person's other records (most_frequent, first_non_null), and longest, tie."""
-        _, held_source, held_ts = held
+    def _wins(self, field: str, value: str, source: str, ts: str, held: tuple) -> bool:
+        """Does the event's value (its display form) replace the held one under the field's
+        survivorship chain? Each rule ranks the two values with the batch's rank key
+        (persons/golden.py); the rules that rank a value by the person's other records
+        (most_frequent, first_non_null) tie."""
+        held_value, held_source, held_ts = held
         for rule in self.config.golden.chain(field):
             if rule == "source_priority":
                 unknown = len(self.ranks)
@@ -522,6 +529,8 @@ class Resolver:
                 theirs = source_priority_rank(self.ranks.get(held_source, unknown))
             elif rule == "most_recent":
                 mine, theirs = most_recent_rank(_nanoseconds(ts)), most_recent_rank(_nanoseconds(held_ts))
+            elif rule == "longest":
+                mine, theirs = longest_rank(len(value or "")), longest_rank(len(held_value or ""))
             else:
                 continue
             if mine != theirs:
