@@ -6,11 +6,14 @@ Config is data; logic stays in the stages. Source paths are resolved relative to
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from resolver.keys import parse_key
 
 
 class ConfigError(ValueError):
@@ -74,6 +77,10 @@ class JoinedColumns(_Strict):
 BuiltAttribute = DateParts | JoinedColumns
 
 
+# What anonymous-visitor sessions may keep (persons/stitching.py compares them).
+SESSION_FIELDS = ("ip", "user_agent", "page", "city", "country", "screen")
+
+
 class LinkConfig(_Strict):
     """An explicit merge edge: the record (or event) is the same person as `type`:`column`'s value."""
 
@@ -105,8 +112,6 @@ class SourceConfig(_Strict):
     @field_validator("session")
     @classmethod
     def _known_session_fields(cls, value: dict) -> dict:
-        from resolver.persons.stitching import SESSION_FIELDS
-
         unknown = sorted(set(value) - set(SESSION_FIELDS))
         if unknown:
             raise ValueError(f"unknown session fields {unknown} (known: {', '.join(SESSION_FIELDS)})")
@@ -221,8 +226,6 @@ class BlockingRule(_Strict):
     @field_validator("keys", "refine")
     @classmethod
     def _expressions(cls, keys: list[str] | None) -> list[str] | None:
-        import re
-
         bad = [k for k in keys or [] if not re.match(_KEY_EXPRESSION, k)]
         if bad:
             raise ValueError(f"not a key expression: {bad} (expected `column` or `function(column, ...)`)")
@@ -235,8 +238,6 @@ class BlockingRule(_Strict):
 
     def columns(self) -> set[str]:
         """The attributes the rule's keys read."""
-        from resolver.keys import parse_key
-
         return {c for k in self.keys for c in parse_key(k).columns}
 
 
@@ -542,8 +543,6 @@ class Config(_Strict):
         return self
 
     def _check_matching(self, matching: MatchingConfig, known: set[str]) -> None:
-        from resolver.keys import parse_key
-
         attributes = {a for s in self.sources if s.kind == "records" for a in s.attributes}
         for comparison in matching.comparisons:
             missing = sorted(set(comparison.columns) - attributes)
@@ -611,6 +610,20 @@ class Config(_Strict):
     def output_path(self) -> Path:
         out = Path(self.run.output_dir)
         return out if out.is_absolute() else self.base_dir / out
+
+
+def field_kind(config: Config, field: str) -> str:
+    """The kind (normalizer) an attribute is put in match form by: matching.normalizers, else its name's."""
+    return config.matching.normalizer(field) if config.matching is not None else attribute_kind(field)
+
+
+def golden_fields(config: Config) -> list[str]:
+    """Every attribute of a records source, in config order (the golden record's fields)."""
+    fields: list[str] = []
+    for source in config.sources:
+        if source.kind == "records":
+            fields.extend(source.attributes)
+    return list(dict.fromkeys(fields))
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

@@ -1,5 +1,9 @@
-"""Blocking key expressions (`column` or `function(column, ...)`), parsed: pure Python, so that
-loading a config (which checks them) loads no array library."""
+"""Blocking key expressions (`column` or `function(column, ...)`), parsed: the grammar of the
+config's `matching.blocking.rules[].keys`.
+
+A leaf in pure Python: config.py validates keys with it at load (so loading a config loads no
+array library and imports no stage), matching/blocking.py compiles the parsed keys. Identity keys
+(member, person, salted, review item) are in resolver/ids.py."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from resolver.compute.heap import return_freed_memory
 from resolver.config import Config, IdentityConfig, MatchingConfig, StitchingConfig
 from resolver.graph.build import build_graph, flagged_of, with_probabilistic_edges
 from resolver.graph.guards import CUT, GraphResult, resolve_graph
+from resolver.ids import record_member_keys
 from resolver.ingest.memo import NormalizationMemo
 from resolver.ingest.plan import (
     Snapshots, absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of,
@@ -42,7 +43,7 @@ from resolver.persons.golden_buckets import golden_records
 from resolver.persons.stitching import StitchResult, household_keys, stitch
 from resolver.persons.tables import person_tables, policy_actions
 from resolver.resolution import RECORD_COLUMNS, Reporter, Resolution, StageLog, run_summary
-from resolver.state.erasure import record_member_keys, suppress
+from resolver.state.erasure import suppress
 from resolver.state.review import Constraints, apply_decisions, check_constraints, load_decisions
 from resolver.state.snapshots import SnapshotWriter
 from resolver.state.store import State, StateStore, config_digest

@@ -167,7 +167,7 @@ def _needles(config_path: Path, identifiers: list[tuple[str, str]], records: lis
     project makes of them (identifier hashes, record member keys, event id hashes, memo keys)."""
     from resolver.matching.attributes import normalize_attribute
     from resolver.config import load_config
-    from resolver.state.erasure import record_member_keys
+    from resolver.ids import record_member_keys
     from resolver.normalize import hash_identifiers, normalize_identifier
 
     config = load_config(config_path)
@@ -421,7 +421,8 @@ def test_forget_leaves_no_trace_in_the_sync_store(merged_twin):
 
 
 def test_an_erased_observed_value_goes_from_a_later_record_which_stays():
-    from resolver.state.erasure import OBSERVED_KIND, salted, suppress
+    from resolver.ids import salted
+    from resolver.state.erasure import OBSERVED_KIND, suppress
     from resolver.ingest.tables import SourceTables
 
     salt = "0123456789abcdef" * 4

@@ -161,3 +161,33 @@ def test_golden_records_of_a_run(tmp_path):
         assert ids.loc[(row["email__source"], row["email__record_key"])] == row["person_id"]
     conflicts = pd.read_parquet(config.output_path() / "conflicts.parquet")
     assert (conflicts.groupby(["person_id", "field"])["chosen"].sum() == 1).all()
+
+
+def _received(source: str) -> str:
+    """What serve received from a source ranks as its export source (sync_name), just above it."""
+    from resolver.sync.mapping import sync_name
+
+    return sync_name(source)
+
+
+@pytest.mark.parametrize("chain", [["source_priority"], ["most_recent"], ["longest"],
+                                   ["longest", "most_recent"], ["most_frequent", "source_priority"]])
+@pytest.mark.parametrize(("held", "event"), [
+    (("crm", "2024-01-01", "Jon"), ("leads", "2023-01-01", "Jonathan")),
+    (("leads", "2022-06-01", "Jonathan"), ("crm", "2024-01-01", "Jo")),
+    (("crm", "2021-01-01", "Ann"), ("leads", "2022-01-01", "Bobby")),
+])
+def test_serve_ranks_a_value_as_the_batch_ranks_it(chain, held, event):
+    """The survivorship rules are written once (golden's rank keys): serve's choice between the
+    value a person holds and an event's value is the batch's choice between their two records
+    (cases where a rule decides: ties fall apart differently, by design)."""
+    from resolver.sync.resolve import Resolver
+
+    config = _config(fields={"first_name": chain})
+    rows = [{"source": s, "timestamp": t, "first_name": v} for s, t, v in (held, event)]
+    batch = _golden(rows, ["p", "p"], config)[0].golden_records.iloc[0]["first_name"]
+    resolver = Resolver(config, None)
+    iso = lambda day: f"{day}T00:00:00.000000Z"  # noqa: E731 - the store's fixed-width text
+    serve_takes_event = resolver._wins("first_name", event[2], _received(event[0]), iso(event[1]),
+                                       (held[2], _received(held[0]), iso(held[1])))
+    assert batch == (event[2] if serve_takes_event else held[2])

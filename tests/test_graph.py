@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resolver.compute.cluster import connected_components, person_ids
+from resolver.compute.cluster import connected_components
+from resolver.ids import person_ids
 from resolver.config import IdentityConfig
 from resolver.graph.guards import identifier_degree, resolve_graph
 

@@ -291,10 +291,10 @@ def test_the_sync_service_builds_date_part_attributes_as_the_batch_does(tmp_path
 
     config = load_config(_config(tmp_path, {"sources": [_parts_source("csv", "people.csv")]}))
     resolver = Resolver(config, None)
-    got = resolver._attributes(config.sources[0], {"first": "Ann", "by": "1956", "bm": "4", "bd": "9"}, {},
+    got = resolver.mapping.attributes(config.sources[0], {"first": "Ann", "by": "1956", "bm": "4", "bd": "9"}, {},
                                default_ts="2024-01-01T00:00:00Z")
     assert got["birth_date"][:2] == ("1956-04-09", "1956-04-09")
-    got = resolver._attributes(config.sources[0], {"first": "Ann", "by": "1956", "bm": "2", "bd": "30"}, {})
+    got = resolver.mapping.attributes(config.sources[0], {"first": "Ann", "by": "1956", "bm": "2", "bd": "30"}, {})
     assert "birth_date" not in got and "first_name" in got
 
 
@@ -334,7 +334,7 @@ def test_joined_columns_make_one_attribute_in_batch_and_sync(tmp_path):
     loaded = load_config(config)
     resolver = Resolver(loaded, None)
     row = {"first": "Ann", "number": "12", "street": "Main St", "unit": None}
-    assert resolver._attributes(loaded.sources[0], row, {})["address"][0] == "12 Main St"
+    assert resolver.mapping.attributes(loaded.sources[0], row, {})["address"][0] == "12 Main St"
 
 
 def test_a_join_needs_two_columns(tmp_path):

@@ -172,7 +172,7 @@ def test_forget_rebuilds_the_report_without_the_person(stewarded, tmp_path):
 
 
 def test_history_is_replaced_atomically(tmp_path, monkeypatch):
-    import resolver.state.review
+    import resolver.state.files
     from resolver.state.history import HISTORY_FILE, append_history, load_history
 
     row = {"run_id": "r1", "time": pd.Timestamp.now(tz="UTC"), "records": 3, "persons": 2, "kept": 0, "new": 2,
@@ -183,7 +183,7 @@ def test_history_is_replaced_atomically(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(resolver.state.review.os, "replace", crash)
+    monkeypatch.setattr(resolver.state.files.os, "replace", crash)
     with pytest.raises(OSError):
         append_history(tmp_path, {**row, "run_id": "r2"})
     monkeypatch.undo()

@@ -8,6 +8,7 @@ import pytest
 
 from resolver.config import Config
 from resolver.persons.golden import build_golden
+from resolver import ids
 
 ATTRIBUTES = {"first_name": "F", "email": "E", "city": "C"}
 CONFIG = {
@@ -89,15 +90,11 @@ def test_a_name_unlike_the_chosen_one_flags_the_person_for_review(golden):
 
 
 def person_ids(labels, member_keys):
-    from resolver.compute.cluster import person_ids  # ids are moving to a leaf module: re-point here
-
-    return person_ids(np.asarray(labels), np.asarray(member_keys, dtype=np.uint64)).tolist()
+    return ids.person_ids(np.asarray(labels), np.asarray(member_keys, dtype=np.uint64)).tolist()
 
 
 def format_person_ids(keys, missing=None):
-    from resolver.compute.cluster import format_person_ids  # ids are moving to a leaf module: re-point here
-
-    return format_person_ids(np.asarray(keys, dtype=np.uint64), missing).tolist()
+    return ids.format_person_ids(np.asarray(keys, dtype=np.uint64), missing).tolist()
 
 
 def test_person_ids_are_p_and_sixteen_hex_digits_of_the_smallest_member_key():

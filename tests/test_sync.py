@@ -506,9 +506,8 @@ def test_payload_parsers_name_what_they_read():
     """CDC compound fields flatten to the API names sources map; ids make redelivery harmless."""
     import numpy as np
 
-    from resolver.compute.cluster import format_person_ids
+    from resolver.ids import format_person_ids, person_id
     from resolver.sync.payloads import parse_cdc, parse_outbound, parse_segment
-    from resolver.sync.resolve import person_id
 
     [event] = parse_cdc(cdc("Lead", "UPDATE", ["00Q5g00000LEADA"], {
         "Name": {"FirstName": "Ann"}, "Address": {"City": "Oakland"}, "MailingAddress": {"PostalCode": "94607"},

@@ -1,10 +1,8 @@
-"""Identity clusters: connected components over accepted edges, and deterministic person ids."""
+"""Identity clusters: connected components over accepted edges (the person ids they get are in resolver/ids.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_cc
 
@@ -55,36 +53,3 @@ def _dask_components(n_nodes: int, src, dst, backend: Backend, engine: Engine) -
 # The implementations compute/dispatch.py chooses among, by name.
 COMPONENTS = {"scipy": _scipy_components, "cugraph": _cugraph_components, "xp": _xp_components,
               "dask": _dask_components}
-
-
-def smallest_member_keys(labels: np.ndarray, member_keys: np.ndarray) -> np.ndarray:
-    """Per component label, the smallest 64-bit member key in it: the component's person key.
-
-    The key depends only on who is in the cluster, never on input order, so the same input gives
-    the same ids. `member_keys` are per-node uint64 hashes of a stable member name
-    (source + record key, or identifier type + value).
-    """
-    smallest = np.full(int(labels.max()) + 1 if len(labels) else 0, np.iinfo(np.uint64).max, dtype=np.uint64)
-    np.minimum.at(smallest, labels, np.asarray(member_keys, dtype=np.uint64))
-    return smallest
-
-
-_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
-
-
-def format_person_ids(keys: np.ndarray, missing: np.ndarray | None = None) -> pd.Series:
-    """Person keys as text ids: "p" + 16 hex digits (vectorized; NA where `missing`)."""
-    keys = np.ascontiguousarray(np.asarray(keys, dtype=">u8"))
-    n = len(keys)
-    chars = np.empty((n, 17), dtype=np.uint8)
-    chars[:, 0] = ord("p")
-    chars[:, 1:] = _HEX[keys.view(np.uint8).reshape(n, 8)].reshape(n, 16)
-    offsets = np.arange(0, 17 * (n + 1), 17, dtype=np.int32)
-    validity = None if missing is None else pa.array(~np.asarray(missing, dtype=bool)).buffers()[1]
-    arr = pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
-    return pd.Series(arr, dtype="str")
-
-
-def person_ids(labels: np.ndarray, member_keys: np.ndarray) -> pd.Series:
-    """Text person id per node (see smallest_member_keys)."""
-    return format_person_ids(smallest_member_keys(labels, member_keys)[labels])

@@ -6,11 +6,16 @@ an attribute leaves it missing (NA), and missing never agrees with anything.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 
-from resolver.config import Config
+from resolver.config import Config, field_kind, golden_fields
+from resolver.ingest.memo import memoized_column
+from resolver.keys import parse_key
 from resolver.normalize import (
+    Blocklist,
     normalize_date,
     normalize_email,
     normalize_name,
@@ -23,8 +28,6 @@ from resolver.normalize import (
 def _without_junk(kind: str, normalized: pd.Series, config: Config) -> pd.Series:
     """Junk emails and phones (test@..., noreply@..., 555-0000...) agree with each other without
     meaning anything: the identity blocklist applies to them as attributes too."""
-    from resolver.normalize import Blocklist
-
     blocklist_config = config.identity.blocklist
     blocklist = Blocklist.from_config(blocklist_config.values, blocklist_config.patterns, blocklist_config.vendor_lists)
     reasons = blocklist.blocked(kind, normalized)
@@ -34,8 +37,6 @@ def _without_junk(kind: str, normalized: pd.Series, config: Config) -> pd.Series
 def normalize_attribute(kind: str, values: pd.Series, config: Config) -> pd.Series:
     """One attribute column in match form (NA where missing or unusable); each distinct value is
     normalized once, and not at all when the active normalization memo already knows it."""
-    from resolver.ingest.memo import memoized_column
-
     return memoized_column(f"attribute:{kind}", values, lambda v: _match_form(kind, v, config))
 
 
@@ -65,8 +66,6 @@ def _normalize(kind: str, values: pd.Series, config: Config) -> pd.Series:
 
 def matching_columns(config: Config) -> list[str]:
     """Every attribute the matching section reads, in a stable order."""
-    from resolver.matching.blocking import parse_key
-
     matching = config.matching
     columns: list[str] = []
     for rule in matching.blocking.rules:
@@ -80,8 +79,6 @@ def matching_columns(config: Config) -> list[str]:
 def attribute_kinds(config: Config) -> dict[str, str]:
     """Every attribute a run puts in match form, with its kind: what matching reads, then the
     golden record's fields (the ingest jobs compute them all, once per record)."""
-    from resolver.persons.golden import field_kind, golden_fields
-
     matching = config.matching is not None and config.matching.enabled
     columns = (matching_columns(config) if matching else []) + golden_fields(config)
     return {column: field_kind(config, column) for column in dict.fromkeys(columns)}
@@ -90,8 +87,6 @@ def attribute_kinds(config: Config) -> dict[str, str]:
 def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str] | None = None) -> dict[str, pd.Series]:
     """Normalized attribute columns (by default the ones matching reads), one value per record
     (index 0..n-1)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     if kinds is None:
         kinds = {column: config.matching.normalizer(column) for column in matching_columns(config)}
 
@@ -115,8 +110,6 @@ def normalization_report(config: Config, records: pd.DataFrame, attributes: dict
     """Per attribute put in match form: its kind, where the kind came from, how many records hold
     a non-empty value and how many of those the normalizer made missing; and one warning line per
     attribute whose normalizer nulled most of them (with the setting that fixes it)."""
-    from resolver.persons.golden import field_kind
-
     report: dict[str, dict] = {}
     warnings: list[str] = []
     for name, normalized in (attributes or {}).items():

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from resolver.normalize import hash_identifiers, normalize_identifier
+
 
 @dataclass(frozen=True)
 class ClusterMetrics:
@@ -103,8 +105,6 @@ def cluster_metrics(predicted, truth) -> ClusterMetrics:
 
 def _lookup_persons(identifier_map: pd.DataFrame, id_type: str, values: pd.Series, normalizer: str, region: str) -> pd.Series:
     """Person of each raw identifier value through the identifier map (NA when not linked)."""
-    from resolver.normalize import hash_identifiers, normalize_identifier
-
     normalized, _ = normalize_identifier(normalizer, values.reset_index(drop=True), default_region=region)
     hashes = hash_identifiers(id_type, normalized)
     linked = identifier_map[(identifier_map["status"] == "linked") & (identifier_map["id_type"] == id_type)]

@@ -7,7 +7,6 @@ so a run that fails half way leaves the previous outputs untouched.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resolver.state.crashpoints import crash_point
+from resolver.state.files import swap_into_place
 
 OUTPUT_TABLES = {
     "identity_map": "identity_map.parquet",
@@ -77,19 +76,6 @@ def stage_outputs(staging: Path, resolution, files: dict[str, str] | None = None
     for name, text in (files or {}).items():
         (staging / name).write_text(text, encoding="utf-8")
     (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
-
-
-def swap_into_place(staging: Path, out_dir: Path, retired: Path | None = None) -> None:
-    """Rename `staging` to `out_dir`; the folder it replaces is renamed to `retired` (a random
-    sibling unless given) and deleted."""
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    retired = retired or out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out_dir, retired)
-    crash_point("outputs-retired")
-    os.replace(staging, out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def stage_rewrite(out_dir: Path, staging: Path, tables: dict[str, pd.DataFrame],

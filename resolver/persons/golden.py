@@ -10,7 +10,9 @@ chosen value ("agreement" when all candidates agree from the start, "tiebreak" w
 
 Rules: source_priority (golden.source_priority, then source trust), most_recent (record timestamp),
 most_frequent (value held by most of the person's records), longest (most characters),
-first_non_null (first record in source order: configured source order, then file and row).
+first_non_null (first record in source order: configured source order, then file and row). Each
+rule is written once, as a rank key (`source_priority_rank`, ...): serve ranks a value it receives
+against the held one with the same functions (sync/resolve.py: Resolver._wins).
 
 Displayed values: emails, phones, dates and numbers in their normalized form (E.164, ISO dates);
 names and text as the winning record wrote them, trimmed.
@@ -24,11 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from resolver.config import Config, field_kind, golden_fields
+from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 from resolver.matching.attributes import normalize_attribute
-from resolver.config import Config, attribute_kind
+from resolver.matching.compare import nickname_groups
 
 NORMALIZED_DISPLAY = ("email", "phone", "date", "number")
 _BIG = np.iinfo(np.int64).max
+UNKNOWN_TIME = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
 
 
 @dataclass
@@ -38,23 +43,10 @@ class GoldenResult:
     summary: dict
 
 
-def golden_fields(config: Config) -> list[str]:
-    """Every attribute of a records source, in config order."""
-    fields: list[str] = []
-    for source in config.sources:
-        if source.kind == "records":
-            fields.extend(source.attributes)
-    return list(dict.fromkeys(fields))
-
-
 def raw_fields(config: Config) -> list[str]:
     """The fields whose golden value shows the record's own text: build_golden reads those record
     columns as written (the others only in match form)."""
     return [f for f in golden_fields(config) if field_kind(config, f) not in NORMALIZED_DISPLAY]
-
-
-def field_kind(config: Config, field: str) -> str:
-    return config.matching.normalizer(field) if config.matching is not None else attribute_kind(field)
 
 
 def source_ranks(config: Config) -> dict[str, int]:
@@ -97,21 +89,51 @@ def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kin
     return _Candidates(person_index[rows], rows.astype(np.int64), key, display)
 
 
+# ---------------------------------------------------------------------------------------------
+# The survivorship rules, each once, as a rank key: lower is better. They take arrays or single
+# values alike: build_golden ranks every candidate of a field at once (_rule_scores), sync ranks
+# an event's value against the held one (sync/resolve.py: Resolver._wins).
+# ---------------------------------------------------------------------------------------------
+def source_priority_rank(source_rank):
+    """By source rank (source_ranks: 0 = most trusted)."""
+    return source_rank
+
+
+def most_recent_rank(timestamp_ns):
+    """By record time (int64 nanoseconds), newest first; an unknown time (NaT) ranks last."""
+    unknown = timestamp_ns == UNKNOWN_TIME
+    return np.where(unknown, _BIG, -np.where(unknown, 0, timestamp_ns))  # NaT is never negated (it overflows)
+
+
+def most_frequent_rank(records_holding):
+    """By how many of the person's records hold the value, most first."""
+    return -records_holding
+
+
+def longest_rank(characters):
+    """By the displayed value's length, longest first."""
+    return -characters
+
+
+def first_non_null_rank(record_order):
+    """By the record's place in source order (configured sources, then file and row)."""
+    return record_order
+
+
 def _rule_scores(rule: str, c: _Candidates, records: pd.DataFrame, ranks: np.ndarray) -> np.ndarray:
     """Per candidate: lower is better under `rule`."""
     if rule == "source_priority":
-        return ranks[c.record]
+        return source_priority_rank(ranks[c.record])
     if rule == "most_recent":
-        ts = records["timestamp"].to_numpy("datetime64[ns]").view(np.int64)[c.record]
-        return np.where(ts == np.iinfo(np.int64).min, _BIG, -ts)  # unknown time: least recent
+        return most_recent_rank(records["timestamp"].to_numpy("datetime64[ns]").view(np.int64)[c.record])
     if rule == "most_frequent":
         pair = c.person * (int(c.key.max(initial=0)) + 1) + c.key
         _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
-        return -counts[inverse.reshape(-1)]
+        return most_frequent_rank(counts[inverse.reshape(-1)])
     if rule == "longest":
-        return -c.display.str.len().to_numpy(np.int64)
+        return longest_rank(c.display.str.len().to_numpy(np.int64))
     if rule == "first_non_null":
-        return c.record
+        return first_non_null_rank(c.record)
     raise ValueError(f"unknown survivorship rule {rule!r}")
 
 
@@ -146,9 +168,6 @@ def _survive(c: _Candidates, chain: list[str], records: pd.DataFrame, ranks: np.
 def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
     """Jaro-Winkler of each pair of lower-cased names; a known nickname of the other (Larry and
     Lawrence) counts as 1."""
-    from resolver.matching.compare import nickname_groups
-    from resolver.kernels.strings import encode_for_comparison, jaro_winkler
-
     both = pd.concat([values_a, values_b], ignore_index=True)
     n = len(values_a)
     similarity = jaro_winkler(encode_for_comparison(both), np.arange(n), np.arange(n, 2 * n))

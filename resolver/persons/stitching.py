@@ -45,7 +45,6 @@ from resolver.compute.backend import CPU, Backend, scatter_min, to_host
 from resolver.kernels import minhash
 from resolver.kernels.hashing import mix64
 
-SESSION_FIELDS = ("ip", "user_agent", "page", "city", "country", "screen")
 FEATURES = {
     "network": ["null", "none", "same /24", "same IP"],
     "time": ["null", "beyond window", "within window", "within a day", "within an hour"],

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.compute.backend import CPU, Backend
-from resolver.compute.cluster import format_person_ids, smallest_member_keys
+from resolver.ids import format_person_ids, record_member_keys, smallest_member_keys
 from resolver.compute.frames import Aggregate, group_aggregate
 from resolver.compute.grouping import Groups
 from resolver.config import IdentityConfig
@@ -20,7 +20,6 @@ from resolver.graph.guards import ACTION_COLUMNS, OBSERVED, PROBABILISTIC, Graph
 from resolver.ingest.plan import concat_frames
 from resolver.ingest.tables import IDENTIFIER_RULE, Vocabulary
 from resolver.matching.match import DECISIONS, MatchResult
-from resolver.state.erasure import record_member_keys
 from resolver.state.store import CarriedIds, State, carry_ids
 
 

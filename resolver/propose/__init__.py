@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.config import ConfigError, load_config
+import resolver.propose.kinds as K
+import resolver.propose.rules as R
+from resolver.config import Config, ConfigError, attribute_kind, load_config
 from resolver.ingest.readers import InputError
-from resolver.propose import kinds as K
-from resolver.propose import rules as R
+from resolver.matching.attributes import match_attributes
 from resolver.propose.comparisons import comparisons as propose_comparisons
 from resolver.propose.mapping import (
     SourcePlan,
@@ -106,9 +107,6 @@ def _records_frame(plans: list[SourcePlan]) -> tuple[pd.DataFrame, np.ndarray]:
 def _normalized(frame: pd.DataFrame, plans: list[SourcePlan], types: dict, normalizers: dict,
                 default_region: str) -> dict[str, pd.Series]:
     """The attributes in match form, as a run's blocking sees them."""
-    from resolver.matching.attributes import match_attributes
-    from resolver.config import Config, attribute_kind
-
     config = Config.model_validate({
         "run": {"default_region": default_region, "workers": 1},
         "sources": [{"name": p.name, "format": p.sample.format, "path": "x", "key": p.key} for p in plans],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from resolver.propose import kinds as K
+import resolver.propose.kinds as K
 from resolver.propose.mapping import Attribute
 
 _ORDER = (K.FIRST_NAME, K.MIDDLE, K.LAST_NAME, K.FULL_NAME, K.BIRTH_DATE, K.YEAR, K.MONTH, K.DAY, K.ID, K.EMAIL,

@@ -33,6 +33,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from resolver.matching.compare import nickname_groups
+from resolver.normalize import normalize_date, normalize_phone
+
 # Kinds. Compared kinds become attributes; the others are skipped with their reason.
 KEY, ID = "record key", "id"
 FIRST_NAME, LAST_NAME, FULL_NAME, MIDDLE = "first name", "last name", "full name", "middle name"
@@ -101,8 +104,6 @@ def hinted(column: str, kind: str) -> bool:
 
 # --------------------------------------------------------------------------------- vocabularies
 def given_names() -> frozenset[str]:
-    from resolver.matching.compare import nickname_groups
-
     return frozenset(nickname_groups())
 
 
@@ -265,8 +266,6 @@ def _date_format(p: Profile) -> tuple[DateFormat, pd.Series] | None:
 
 def _readable_by_normalizer(p: Profile, share_of: float) -> bool:
     """Whether resolver.normalize.normalize_date reads (almost) every value this detector read."""
-    from resolver.normalize import normalize_date
-
     sample = p.values.drop_duplicates().head(2000).reset_index(drop=True)
     read = normalize_date(sample).notna().mean() if len(sample) else 0.0
     return bool(read >= share_of - 0.02)
@@ -301,8 +300,6 @@ def detect_phone(p: Profile) -> Detection | None:
         return None
     if p.matches(r"\d+") >= 0.9 and not hinted(p.column, PHONE):
         return None  # bare digit strings are ids or numbers unless the name says phone
-    from resolver.normalize import normalize_phone
-
     sample = p.values.drop_duplicates().head(2000).reset_index(drop=True)
     # A bare digit string is a phone only by US rules: elsewhere too many ids pass as numbers.
     formatted = sample.str.match(r"^\s*(?:\+|0)").mean() > 0.3

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from resolver.config import attribute_kind
-from resolver.propose import kinds as K
+import resolver.propose.kinds as K
+from resolver.config import DateParts, JoinedColumns, attribute_kind
+from resolver.ingest.tables import built_attribute
 from resolver.propose.sample import FileSample
 
 CANONICAL = {
@@ -216,9 +217,6 @@ def explicit_normalizers(plans: list[SourcePlan]) -> dict[str, str]:
 def attribute_values(plan: SourcePlan) -> dict[str, pd.Series]:
     """Each attribute's raw value per sampled row, as ingest takes it (the first non-empty column
     of a list; a date from its parts and joined columns built by resolver.ingest.tables.built_attribute)."""
-    from resolver.config import DateParts, JoinedColumns
-    from resolver.ingest.tables import built_attribute
-
     frame = plan.sample.frame
     out = {}
     for attr in plan.attributes.values():

@@ -36,8 +36,10 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from resolver.matching.blocking import build_blocking_keys, parse_key
 from resolver.config import BlockingConfig, BlockingRule
+from resolver.keys import parse_key
+from resolver.kernels.strings import encode_for_comparison, jaro_winkler
+from resolver.matching.blocking import build_blocking_keys, rule_pairs_of
 
 MAX_BLOCK_SIZE = 500  # the config default; the cap a run applies
 MAX_RULES = 8
@@ -171,8 +173,6 @@ def universe(cands: list[Candidate], keys: np.ndarray, source: np.ndarray, link_
              max_pairs: int = UNIVERSE_PAIRS, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every sampled pair some viable candidate makes: (left, right, bitmask of the candidates that
     make it). Beyond `max_pairs` a random share of the records is kept (pairs shrink as its square)."""
-    from resolver.matching.blocking import rule_pairs_of
-
     n = keys.shape[1]
     sample_pairs = sum(c.sample_pairs for c in cands)
     keys = keys.copy()
@@ -224,8 +224,6 @@ def probable_matches(left: np.ndarray, right: np.ndarray, attributes: dict[str, 
     date, ids, email: what tells members of one household apart, who share a surname and an
     address); `who[field]` says whether a typo counts as agreeing there (not for ids: sequential
     ids of one household differ in one digit)."""
-    from resolver.kernels.strings import encode_for_comparison, jaro_winkler
-
     who = who or {}
     weight = np.zeros(len(left))
     who_both, who_agree = np.zeros(len(left), dtype=bool), np.zeros(len(left), dtype=bool)

@@ -18,16 +18,23 @@ they were dropped from hand no memo lookups on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from resolver.compute.cluster import format_person_ids
 from resolver.config import Config
-from resolver.kernels.hashing import mix64
+from resolver.ids import format_person_ids, person_key, record_member_keys, remix_key, salted
 from resolver.normalize import hash_identifiers, normalize_identifier
+from resolver.outputs.report import REPORT_FILE, report_from_outputs
+from resolver.outputs.writers import OUTPUT_TABLES, stage_rewrite
+from resolver.state.review import forget_decisions
+from resolver.state.store import StateStore
+from resolver.sync.forget import erase as erase_in_sync_store
+from resolver.sync.forget import store_url_for
+from resolver.sync.store import Store
 
 SELECTORS = ("email", "phone", "person", "record")
 OBSERVED_KIND = "observed"  # tombstone of a non-evidence value (an IP): suppressed as a value, never a record
@@ -35,25 +42,6 @@ OBSERVED_KIND = "observed"  # tombstone of a non-evidence value (an IP): suppres
 
 class ErasureError(ValueError):
     """A forget request that cannot be carried out (no outputs, no state)."""
-
-
-def salted(keys: np.ndarray, salt: str) -> np.ndarray:
-    """A keyed 64-bit mix of member keys: two splitmix64 rounds, each keyed by half of the salt."""
-    keys = np.asarray(keys, dtype=np.uint64)
-    first, second = np.uint64(int(salt[:16], 16)), np.uint64(int(salt[16:32], 16))
-    h = keys
-    for k in (first, second):
-        h = mix64(h ^ k)
-    return h
-
-
-def record_member_keys(records: pd.DataFrame) -> np.ndarray:
-    """Per record (`source`, `source_key` columns): the hash of its source and key, who it is
-    across runs (the member key of the state)."""
-    out = np.zeros(len(records), dtype=np.uint64)
-    for source, idx in records.groupby("source", sort=False, observed=True).indices.items():
-        out[idx] = hash_identifiers(f"record:{source}", records["source_key"].iloc[idx].reset_index(drop=True))
-    return out
 
 
 def normalized_identifier(config: Config, kind: str, value: str) -> str | None:
@@ -213,8 +201,6 @@ def _mentions(frame: pd.DataFrame, columns: list[str], values: set) -> np.ndarra
     out = np.zeros(len(frame), dtype=bool)
     if not values:
         return out
-    import re
-
     pattern = "|".join(re.escape(v) for v in sorted(values))
     for column in columns:
         if column in frame:
@@ -247,14 +233,12 @@ def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
     return drop
 
 
-REMIX_ATTEMPTS = 4  # state.remix_key's attempts checked: a clash is rare, a second one rarer still
+REMIX_ATTEMPTS = 4  # ids.remix_key's attempts checked: a clash is rare, a second one rarer still
 
 
 def key_derived(persons: pd.DataFrame, member_keys: np.ndarray) -> np.ndarray:
     """Per row of the state's person table: whether its key was made from one of `member_keys`
     (a person key is its smallest member key, remixed when it clashes with one issued before)."""
-    from resolver.state.store import remix_key
-
     member_keys = np.asarray(member_keys, dtype=np.uint64)
     made = [member_keys] + [remix_key(member_keys, attempt) for attempt in range(1, REMIX_ATTEMPTS + 1)]
     return np.isin(persons["person_key"].to_numpy(np.uint64), np.concatenate(made))
@@ -275,9 +259,6 @@ def forget_person_keys(persons: pd.DataFrame, keys: np.ndarray, salt: str) -> pd
 
 def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     """Erase what `kind`/`value` selects from the outputs and the state; returns the audit entry."""
-    from resolver.outputs.writers import OUTPUT_TABLES, stage_rewrite
-    from resolver.state.store import StateStore
-
     out = config.output_path()
     if not (out / "identity_map.parquet").exists():
         raise ErasureError(f"{out}: no outputs of a run to erase from")
@@ -292,7 +273,7 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     erased_records = identity[identity["record_id"].isin(erasure.record_ids)]
     member_keys = record_member_keys(erased_records.reset_index(drop=True))
     erased_members = np.concatenate([member_keys, erasure.identifier_hashes])
-    person_keys = np.array([int(p[1:], 16) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
+    person_keys = np.array([person_key(p) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
     # Earlier persons (merged or retired, never a live one) whose key is an erased value's hash.
     earlier = key_derived(state.persons, erased_members) & (state.persons["status"].astype("str") != "active").to_numpy()
     forgotten = np.union1d(person_keys, state.persons["person_key"].to_numpy(np.uint64)[earlier])
@@ -306,8 +287,6 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
         if drop.any():
             changed[name] = frame[~drop].reset_index(drop=True)
     # The report shows records, review items and golden values: it is rebuilt without the person.
-    from resolver.outputs.report import REPORT_FILE, report_from_outputs
-
     page = report_from_outputs(out, {**outputs, **changed}, state_dir)
 
     now = pd.Timestamp.now(tz="UTC")
@@ -343,17 +322,10 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     # a state without the tombstones beside erased outputs: the next run would bring them back).
     store.commit_run(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", out,
                      lambda folder: stage_rewrite(out, folder, changed, files={REPORT_FILE: page}), keep=1)
-    from resolver.state.review import forget_decisions
-
     entry["review_decisions"] = forget_decisions(state_dir, member_keys)
     result = {**entry, "time": now.isoformat(), "rows_removed": removed}
-    from resolver.sync.forget import erase as erase_in_sync_store
-    from resolver.sync.forget import store_url_for
-
     url = store_url_for(config, Path(state_dir))
     if url is not None:  # what `serve` keeps about them goes too
-        from resolver.sync.store import Store
-
         sync_store = Store(url)
         try:
             result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons | erasure.former, erasure.values,

@@ -13,12 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.state.review import (
-    decision_counts,
-    load_decisions,
-    state_lock,
-    write_atomically,
-)
+from resolver.state.files import state_lock, write_atomically
+from resolver.state.review import decision_counts, load_decisions
 
 HISTORY_FILE = "history.parquet"
 HISTORY_COLUMNS = {

@@ -23,18 +23,20 @@ The next run with that state applies the decisions (`apply_decisions`):
 
 from __future__ import annotations
 
-import fcntl
 import getpass
-import os
-import uuid
-from contextlib import contextmanager
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from resolver.kernels.hashing import mix64
+from resolver.compute.cluster import connected_components
+from resolver.ids import item_ids, record_member_keys
+from resolver.matching.compare import comparison_matrix
+from resolver.matching.match import DECISIONS
+from resolver.matching.model import match_weights, probabilities, tf_adjustments
+from resolver.state.files import state_lock, write_atomically
 
 DECISIONS_FILE = "decisions.parquet"
 DECISION_COLUMNS = {
@@ -47,42 +49,6 @@ ACCEPT, REJECT = "accept", "reject"
 
 class ReviewError(ValueError):
     """A review command that cannot be carried out (the message says what is missing)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files in the state directory
-# ---------------------------------------------------------------------------------------------
-@contextmanager
-def state_lock(state_dir: Path, name: str):
-    """An exclusive lock for a read-modify-write of one file of the state directory."""
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / f".{name}.lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def write_atomically(frame: pd.DataFrame, path: Path) -> None:
-    """Write a Parquet file to a temporary sibling, fsync it, rename it over `path`: a crash
-    leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        frame.reset_index(drop=True).to_parquet(tmp, index=False)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _empty(columns: dict[str, str]) -> pd.DataFrame:
@@ -103,21 +69,11 @@ def effective_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
     return decisions.drop_duplicates(["member_key_l", "member_key_r"], keep="last").reset_index(drop=True)
 
 
-def item_ids(key_a: np.ndarray, key_b: np.ndarray) -> np.ndarray:
-    """A stable id per pair of records (order-free): "i" + 12 hex digits of a hash of both member keys."""
-    a, b = np.asarray(key_a, dtype=np.uint64), np.asarray(key_b, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        h = mix64(np.minimum(a, b) * np.uint64(0x9E3779B97F4A7C15) + mix64(np.maximum(a, b)))
-    return np.array([f"i{int(x) >> 16:012x}" for x in h], dtype=object)
-
-
 # ---------------------------------------------------------------------------------------------
 # resolver review list / decide
 # ---------------------------------------------------------------------------------------------
 def _record_keys(out_dir: Path) -> pd.DataFrame:
     """Per record_id of the outputs: source, record key, normalized key and member key."""
-    from resolver.state.erasure import record_member_keys
-
     identity = pd.read_parquet(out_dir / "identity_map.parquet",
                                columns=["record_id", "source", "record_key", "source_key", "status"])
     identity["member_key"] = record_member_keys(identity)
@@ -132,8 +88,6 @@ def _outputs(out_dir: Path) -> Path:
 
 
 def _thresholds(out_dir: Path) -> tuple[float, float, str]:
-    import json
-
     summary = json.loads((out_dir / "run_summary.json").read_text(encoding="utf-8"))
     thresholds = (summary.get("matching") or {}).get("thresholds") or {}
     return thresholds.get("auto_merge", 0.85), thresholds.get("review", 0.70), summary.get("run_id", "")
@@ -297,10 +251,6 @@ def apply_decisions(decisions: pd.DataFrame, records: pd.DataFrame, match, membe
     pair is linked (added to the scored pairs, with its comparison levels and weights, when the
     matcher did not score it), unless the deterministic graph already joins it. The guards decide
     later, like for any probabilistic link. Pairs whose records are gone or inactive are counted."""
-    from resolver.matching.compare import comparison_matrix
-    from resolver.matching.match import DECISIONS
-    from resolver.matching.model import match_weights, probabilities, tf_adjustments
-
     current = effective_decisions(decisions)
     active = ~records["is_deleted"].to_numpy(bool)
     order = np.argsort(member_keys, kind="stable")
@@ -374,9 +324,6 @@ def _hold_links_joining_rejected(match, deterministic: np.ndarray, cannot_a: np.
     Works on deterministic groups (identifiers join records before any link): only the components of
     the group graph that hold both sides of a rejected pair are rebuilt, reviewer-accepted links
     first, then by probability, refusing a union that would join two sides."""
-    from resolver.compute.cluster import connected_components
-    from resolver.matching.match import DECISIONS
-
     links = match.links()
     ga, gb = deterministic[cannot_a], deterministic[cannot_b]
     apart = ga != gb  # in one group already: identifiers join them (reported as a conflict)
@@ -429,8 +376,6 @@ def _hold_links_joining_rejected(match, deterministic: np.ndarray, cannot_a: np.
 def check_constraints(constraints: Constraints, labels: np.ndarray, deterministic: np.ndarray, match) -> dict:
     """After the graph: must-links the guards refused, and cannot-links joined anyway (by identifiers
     alone, or through other links), for the run summary."""
-    from resolver.matching.match import DECISIONS
-
     steward_links = match.steward == STEWARD_ACCEPTED
     refused = int((steward_links & (match.decision == DECISIONS.index("guard_cut"))).sum())
     joined = labels[constraints.cannot_left] == labels[constraints.cannot_right]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from resolver import __version__
 from resolver.ingest.tables import SourceTables
 
 SNAPSHOT_FORMAT = 4
@@ -71,8 +72,6 @@ def fingerprint_table(prints: list[FileFingerprint]) -> pd.DataFrame:
 
 def snapshot_key(config_digest: str, source_settings: str, vocabulary: tuple, prints: list[FileFingerprint]) -> str:
     """What a part's ingested tables depend on, hashed: equal keys give equal tables."""
-    from resolver import __version__
-
     payload = json.dumps({"format": SNAPSHOT_FORMAT, "resolver": __version__, "config": config_digest,
                           "source": source_settings, "vocabulary": vocabulary,
                           "files": [(p.path, p.size, p.sha256) for p in prints]})

@@ -41,16 +41,13 @@ the next start rolls the commit forward or back (recover).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +55,10 @@ import numpy as np
 import pandas as pd
 
 from resolver.config import Config
+from resolver.ids import format_person_ids, remix_key
 from resolver.state.crashpoints import crash_point
-from resolver.outputs.writers import swap_into_place
+from resolver.state.files import file_lock, fsync_tree, swap_into_place, write_text_atomically
+from resolver.state.history import append_history, load_history
 from resolver.state.snapshots import link_tree
 
 STATE_FORMAT = 1
@@ -208,7 +207,7 @@ class StateStore:
                 "counts": {name: len(getattr(state, name)) for name in State.TABLES},
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-            _fsync_tree(staging)
+            fsync_tree(staging)
             os.replace(staging, self.versions / name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -216,10 +215,7 @@ class StateStore:
         return name
 
     def _point_to(self, name: str) -> None:
-        pointer_tmp = self.path / f".CURRENT.tmp-{uuid.uuid4().hex[:8]}"
-        pointer_tmp.write_text(name + "\n", encoding="utf-8")
-        _fsync_file(pointer_tmp)
-        os.replace(pointer_tmp, self.path / "CURRENT")
+        write_text_atomically(self.path / "CURRENT", name + "\n")
 
     def _tidy(self, live: str, keep: int) -> None:
         self._prune(live=live, keep=keep)
@@ -249,7 +245,9 @@ class StateStore:
                    "retired": str(out_dir.parent / f".{out_dir.name}.old-{run_id}"), "history": history_row}
         self.path.mkdir(parents=True, exist_ok=True)
         with _commit_lock(self.path, wait=True):
-            _write_json_atomically(self.path / JOURNAL, journal)
+            # A fixed temporary name: a commit killed here leaves at most that one file.
+            write_text_atomically(self.path / JOURNAL, json.dumps(journal, default=str),
+                                  tmp=self.path / f".{JOURNAL}.tmp")
             crash_point("journal-written")
             try:
                 write_outputs(Path(journal["staging"]))
@@ -319,33 +317,14 @@ def _version_name(state: State, run_id: str) -> str:
     return f"{state.runs:06d}-{run_id}"
 
 
-@contextmanager
 def _commit_lock(folder: Path, wait: bool):
     """The state's commit lock (flock: released by the kernel when its holder dies); yields
     whether it is held (False: another process holds it and `wait` is False)."""
-    with open(folder / ".commit.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _write_json_atomically(path: Path, value: dict) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(value, default=str), encoding="utf-8")
-    _fsync_file(tmp)
-    os.replace(tmp, path)
+    return file_lock(folder / ".commit.lock", wait=wait)
 
 
 def _append_history_once(state_dir: Path, row: dict) -> None:
     """Append a run's history row unless it is there (a roll forward may repeat the append)."""
-    from resolver.state.history import append_history, load_history
-
     if row["run_id"] not in set(load_history(state_dir)["run_id"].astype(str)):
         append_history(state_dir, {**row, "time": pd.Timestamp(row["time"])})
 
@@ -361,31 +340,9 @@ def _read(path: Path) -> pd.DataFrame:
         raise StateError(f"{path}: cannot read: {exc}") from exc
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            _fsync_file(path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Persistent person ids
 # ---------------------------------------------------------------------------------------------
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def remix_key(key: np.ndarray, attempt: int) -> np.ndarray:
-    """The key a new person gets instead of `key` at the `attempt`-th clash with an issued one."""
-    from resolver.kernels.hashing import mix64
-
-    with np.errstate(over="ignore"):
-        return mix64(key ^ (np.uint64(attempt) * _GOLDEN))
-
-
 @dataclass
 class CarriedIds:
     label_keys: np.ndarray  # per label: the person key it carries (persistent where it can be)
@@ -410,8 +367,6 @@ def carry_ids(previous: State, labels: np.ndarray, member_keys: np.ndarray, is_m
     gets a new id (a split when it holds members of an earlier person, else simply new). New ids
     never reuse an id issued before.
     """
-    from resolver.compute.cluster import format_person_ids
-
     n_labels = len(label_keys)
     nodes = np.flatnonzero(is_member & is_person[labels])
     # Which earlier person each of this run's members belonged to (members are kept sorted by key).

@@ -58,6 +58,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from resolver.config import ConfigError
 from resolver.sync.payloads import ACK, PayloadError, claimed_org_id, parse_webhook
 from resolver.sync.service import SyncService
 
@@ -111,8 +112,6 @@ def org_id_18(org: str) -> str | None:
 
 def _allowed_org_ids(org_ids: list[str]) -> set[str]:
     """The allow-list in 18-character form; a typo (wrong length, characters or suffix) stops the start."""
-    from resolver.config import ConfigError
-
     allowed = set()
     for org in org_ids:
         full = org_id_18(org)

@@ -20,16 +20,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from resolver.compute.cluster import format_person_ids
 from resolver.config import Config
-from resolver.sync.resolve import sync_name
-from resolver.sync.store import Store, Tx, now_iso, set_meta
+from resolver.ids import format_person_ids, to_signed
+from resolver.state.files import replace_atomically, write_text_atomically
+from resolver.state.store import StateStore
+from resolver.sync.forget import ERASED_PAYLOAD, add_suppressed
+from resolver.sync.mapping import sync_name
+from resolver.sync.store import Store, StoreError, Tx, now_iso, set_meta
 
 log = logging.getLogger("resolver.sync")
 
@@ -43,8 +45,6 @@ def _iso(value) -> str | None:
 
 def import_batch(store: Store, config: Config, state_dir: Path, resolver) -> dict | None:
     """Load the latest batch run into the store (once per state version); None when up to date."""
-    from resolver.state.store import StateStore
-
     states = StateStore(state_dir)
     folder = states.current()
     if folder is None:
@@ -57,8 +57,6 @@ def import_batch(store: Store, config: Config, state_dir: Path, resolver) -> dic
     needed = [out / "identifier_map.parquet", out / "golden_records.parquet"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        from resolver.sync.store import StoreError
-
         raise StoreError(f"the state {state_dir} has a batch run but its outputs are missing: {', '.join(missing)}")
     summary_path = out / "run_summary.json"
     if summary_path.exists():
@@ -95,8 +93,6 @@ def import_batch(store: Store, config: Config, state_dir: Path, resolver) -> dic
     if resolver.matcher is not None and len(golden):
         rows = golden[fields].astype("str").where(golden[fields].notna(), None).to_dict("records")
         keys = resolver.matcher.keys(rows)
-        from resolver.sync.resolve import to_signed
-
         for r in range(keys.shape[0]):
             for i in np.flatnonzero(keys[r] != 0):
                 block_rows.append((r, to_signed(int(keys[r, i])), str(golden["person_id"].iat[i])))
@@ -128,8 +124,6 @@ def import_batch(store: Store, config: Config, state_dir: Path, resolver) -> dic
             row = tx.one("SELECT person_id FROM identifiers WHERE id_type = ? AND value = ?", (id_type, key))
             if row:
                 tx.execute("UPDATE records SET person_id = ? WHERE source = ? AND record_key = ?", (row[0], source, key))
-        from resolver.sync.forget import add_suppressed
-
         add_suppressed(tx, state.tombstones)  # erased people stay erased in serve too
         set_meta(tx, "batch_version", version)
         set_meta(tx, "batch_run_id", state.run_id or "")
@@ -153,8 +147,6 @@ def export(service, out_dir: Path) -> dict:
 
     def read(tx: Tx):
         records = tx.all("SELECT source, record_key, fields, deleted, last_modified FROM records ORDER BY source, record_key")
-        from resolver.sync.forget import ERASED_PAYLOAD
-
         # Erased events' payloads are blanked: nothing of them goes to the batch.
         segment = tx.all("SELECT payload FROM events WHERE channel = 'segment' AND payload <> ? ORDER BY seq",
                          (ERASED_PAYLOAD,))
@@ -183,9 +175,7 @@ def export(service, out_dir: Path) -> dict:
                 if source.deleted:
                     values[source.deleted] = "true" if deleted else values.get(source.deleted, "false")
                 writer.writerow(["" if values.get(c) is None else str(values.get(c)) for c in columns])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_atomically(tmp, path)
         written[name] = str(path)
         sources.append({**source.model_dump(exclude_defaults=True), "name": sync_name(name), "path": str(path),
                         "format": "csv", "csv": {"delimiter": ",", "encoding": "utf-8"}})
@@ -195,9 +185,7 @@ def export(service, out_dir: Path) -> dict:
         tmp = path.with_suffix(".jsonl.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(json.loads(payload)["fields"], separators=(",", ":")) + "\n" for (payload,) in segment)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_atomically(tmp, path)
         written[source.name] = str(path)
         sources.append({**source.model_dump(exclude_defaults=True), "name": sync_name(source.name), "path": str(path),
                         "format": "jsonl", "kind": "events"})
@@ -220,6 +208,5 @@ def add_export_sources(config_path: Path, sources: list[dict]) -> None:
             out.append(extra)
         out.append(source)
     raw["sources"] = out
-    tmp = Path(config_path).with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, config_path)
+    write_text_atomically(Path(config_path), yaml.safe_dump(raw, sort_keys=False),
+                          tmp=Path(config_path).with_suffix(".yaml.tmp"))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resolver.sync.store import Store, Tx
+from resolver.ids import to_signed
+from resolver.sync.store import Store, Tx, now_iso, set_meta
 
 ERASED_PAYLOAD = '{"erased": true}'
 _CHUNK = 400  # values per IN (...) list
@@ -51,9 +52,6 @@ def _delete(tx: Tx, table: str, conditions: list[tuple[str, list[str]]]) -> int:
 def add_suppressed(tx: Tx, tombstones) -> int:
     """Record erased values' salted hashes (the state's tombstones: `kind`, `salted_hash` columns)
     in the store, so that `serve` never stores them again (resolve.py); returns how many are new."""
-    from resolver.sync.resolve import to_signed
-    from resolver.sync.store import now_iso, set_meta
-
     before = tx.one("SELECT COUNT(*) FROM suppressed")[0]
     tx.executemany("INSERT INTO suppressed (salted_hash, kind) VALUES (?, ?) ON CONFLICT (salted_hash) DO NOTHING",
                    [(to_signed(int(h)), str(k)) for k, h in zip(tombstones["kind"], tombstones["salted_hash"])])

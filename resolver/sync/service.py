@@ -1,7 +1,13 @@
 """The sync service's operations, independent of HTTP: accept events (durably, exactly once),
 resolve them (the worker, off the request path: worker.py), retry failures from the dead-letter
 queue, answer profile lookups, start from the latest batch state, and export what it received for
-the next batch run."""
+the next batch run.
+
+Fast start (like cli.py): this module, app.py and worker.py import only light modules at their
+top, so that `resolver serve` answers within about a second; the resolution machinery (resolve,
+batch, forget and the state, which load numba, the matching stages and the hashing kernels) is
+imported where it is first used.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from pathlib import Path
 
 from resolver.config import Config
 from resolver.sync.payloads import Event
-from resolver.sync.store import Store, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
+from resolver.sync.queries import insert_log
+from resolver.sync.store import Store, StoreError, Tx, as_arrays, default_store_url, insert_rows, iso, now_iso
 
 log = logging.getLogger("resolver.sync")
 
@@ -142,7 +149,7 @@ class SyncService:
 
     def apply_event(self, tx: Tx, event: Event, received: str, seq: int, known=None) -> None:
         """Resolve one recorded event (`seq`: its row in `events`) and mark it resolved (`known`:
-        what its chunk read already, resolve.Known)."""
+        what its chunk read already, queries.Known)."""
         from resolver.sync.forget import ERASED_PAYLOAD
 
         person, suppressed = self.resolver.apply(tx, event, received, seq, known)
@@ -158,12 +165,10 @@ class SyncService:
 
     @staticmethod
     def write_deferred(tx: Tx, known) -> None:
-        """What a chunk's events left to its end (resolve.Known): their change log rows, then
+        """What a chunk's events left to its end (queries.Known): their change log rows, then
         their events marked resolved (those that carried erased values: payload blanked), one
         statement per 500 rows."""
         from resolver.sync.forget import ERASED_PAYLOAD
-        from resolver.sync.resolve import insert_log
-
         insert_log(tx, known.log)
         known.log = []
         for erased in (False, True):
@@ -312,7 +317,7 @@ class SyncService:
     def profile(self, id_type: str, value: str) -> dict | None:
         if id_type not in self.config.identity.types:
             raise KeyError(id_type)
-        normalized = self.resolver.identifier(id_type, value)
+        normalized = self.resolver.mapping.identifier(id_type, value)
         if normalized is None:
             return None
         self.wait_resolved()
@@ -366,8 +371,6 @@ class SyncService:
             path = Path(self.config.sync.export_dir)
             return path if path.is_absolute() else self.config.base_dir / path
         if self.state_dir is None:
-            from resolver.sync.store import StoreError
-
             raise StoreError("no export folder: give --out, sync.export_dir or a state directory")
         return self.state_dir / "sync-export"
 

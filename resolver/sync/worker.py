@@ -10,7 +10,7 @@ savepoint: a failing event goes to the dead-letter queue, the others stand), eac
 moves the position (meta `inbox_seq`); on PostgreSQL in pipeline mode (fewer round trips).
 Without savepoints, what a chunk's events read (their stored records, their identifiers' holders,
 the holders' counts per limited type, golden fields) is read for all of them at once on
-PostgreSQL and kept current with what they write (resolve.Known), and what nothing in the chunk
+PostgreSQL and kept current with what they write (queries.Known), and what nothing in the chunk
 reads (change log rows, events marked resolved) is written at its end in one statement each.
 Between batches it runs the model's step for new records and the blocking-key index (once a
 second) and the due dead-letter retries.
@@ -38,7 +38,10 @@ import os
 import threading
 import time
 
-from resolver.sync.payloads import Event
+from resolver.sync.logs import configure_logging
+from resolver.sync.payloads import Event, parse_cdc, parse_segment
+from resolver.sync.queries import Known
+from resolver.sync.service import SyncService, load_event, reason
 from resolver.sync.store import Tx, set_meta
 
 log = logging.getLogger("resolver.sync")
@@ -102,11 +105,11 @@ class Worker:
         again in its resolution, where it goes to the dead-letter queue."""
         resolver = self.service.resolver
         try:
-            resolver.prepare(events)
+            resolver.mapping.prepare(events)
         except Exception:  # noqa: BLE001 - one event's values: the others are still prepared
             for event in events:
                 with contextlib.suppress(Exception):
-                    resolver.prepare([event])
+                    resolver.mapping.prepare([event])
 
     def _resolve_chunk(self, chunk: list, isolated: bool = False) -> None:
         """Resolve a chunk in one transaction: first with no savepoints (the common case: nothing
@@ -171,11 +174,9 @@ class Worker:
                 f"UPDATE inbox SET payload = ? WHERE event_id IN ({marks})", [ERASED_PAYLOAD, *erased]))
 
     def _chunk_reads(self, tx: Tx, events: list[Event]):
-        """A resolve.Known for a chunk's events: on PostgreSQL what they will read, read for all of
+        """A queries.Known for a chunk's events: on PostgreSQL what they will read, read for all of
         them at once (each read is a round trip); on SQLite a read is an in-process call, cheaper
         than guessing ahead: each is read when needed (and then known)."""
-        from resolver.sync.resolve import Known
-
         if self.store.dialect != "postgresql":
             return Known()
         return self.service.resolver.prefetch(tx, events)
@@ -183,8 +184,6 @@ class Worker:
     def _dead_letter(self, tx: Tx, item: tuple, exc: BaseException, prefix: str = "") -> None:
         """Keep a failed event (a failed row in `events`, where the store takes it) and queue it for
         a retry, with the reason."""
-        from resolver.sync.service import reason
-
         seq, event_id, channel, received, payload = item
         error = prefix + reason(exc)
         log.warning("event %s failed: %s", event_id, type(exc).__name__)
@@ -251,8 +250,6 @@ class Worker:
     def warm_up(self) -> None:
         """Run every resolution step once on made-up events, in a transaction that is rolled back:
         compiled kernels and first-call costs are paid before the first real batch."""
-        from resolver.sync.payloads import parse_cdc, parse_segment
-
         class _Rollback(Exception):
             pass
 
@@ -272,7 +269,7 @@ class Worker:
 
         def work(tx: Tx) -> None:
             resolver.refresh_suppressed(tx)
-            resolver.prepare(events)
+            resolver.mapping.prepare(events)
             for event in events:
                 with contextlib.suppress(Exception), tx.savepoint():
                     resolver.apply(tx, event, events[0].timestamp or "2024-01-01T00:00:00.000000Z")
@@ -334,8 +331,6 @@ class Worker:
 def _event(event_id: str, channel: str, payload: str, erased: str) -> Event | Exception | None:
     """The inbox payload as an Event; None when it was erased; the error when it cannot be read
     (e.g. written by another version, or nested too deep): one such event must not stop the worker."""
-    from resolver.sync.service import load_event
-
     if payload == erased:
         return None
     try:
@@ -412,15 +407,11 @@ def _process_main(config, state_dir, url, options: dict, stop, ready, wake, prog
     # Ctrl-C reaches the whole process group: the parent stops the worker (which first resolves
     # what is left), so the worker itself ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from resolver.sync.logs import configure_logging
-
     configure_logging(log_level)
     with contextlib.suppress(Exception):
         import numba
 
         numba.set_num_threads(1)  # one batch at a time: parallel kernels would only pay thread wake-ups
-    from resolver.sync.service import SyncService
-
     service = SyncService(config, state_dir, url, import_batch=False)
     try:
         # Stopping does not wait for a backlog: what is left stays in the inbox for the next start.

@@ -16,11 +16,19 @@ from __future__ import annotations
 import html
 import json
 import math
+import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from resolver.config import ConfigError
+from resolver.ids import item_ids, record_member_keys
+from resolver.outputs.evaluate import cluster_metrics, matching_metrics_of
+from resolver.outputs.writers import OUTPUT_TABLES
+from resolver.state.history import history_row, load_history, with_row
+from resolver.state.review import load_decisions
 
 REPORT_FILE = "report.html"
 TOP_CLUSTERS = 10
@@ -323,9 +331,6 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
 
 
 def _item_ids(rows: pd.DataFrame, identity: pd.DataFrame | None) -> list[str]:
-    from resolver.state.erasure import record_member_keys
-    from resolver.state.review import item_ids
-
     if identity is None or not len(rows):
         return [""] * len(rows)
     by_id = identity.set_index("record_id")
@@ -357,8 +362,6 @@ def _truth(r: _Report, tables: dict, truth: pd.DataFrame | None, summary: dict) 
                   '<p class="note">No truth given: run with <code>--truth DIR</code> (the truth folder '
                   "<code>resolver generate</code> writes) for precision, recall and F1 curves.</p>")
         return
-    from resolver.outputs.evaluate import cluster_metrics, matching_metrics_of
-
     truth = truth.rename(columns={"person_id": "true_person"})
     identity = tables["identity_map"]
     records = truth.merge(identity[["source", "record_key", "person_id", "status"]], on=["source", "record_key"], how="left")
@@ -461,8 +464,6 @@ def build_report(tables: dict[str, pd.DataFrame | None], summary: dict, model: d
 
 
 def tables_of(resolution) -> dict[str, pd.DataFrame | None]:
-    from resolver.outputs.writers import OUTPUT_TABLES
-
     return {name: getattr(resolution, name, None) for name in OUTPUT_TABLES}
 
 
@@ -471,8 +472,6 @@ def read_truth(path: Path) -> pd.DataFrame:
     path = Path(path)
     file = path / "records.parquet" if path.is_dir() else path
     if not file.exists():
-        from resolver.config import ConfigError
-
         raise ConfigError(f"{file}: no truth records (expected the truth folder `resolver generate` writes)")
     return pd.read_parquet(file, columns=["source", "record_key", "person_id"])
 
@@ -481,9 +480,6 @@ def report_from_outputs(out_dir: Path, tables: dict[str, pd.DataFrame] | None = 
                         state_dir: Path | None = None) -> str:
     """The report of an output folder as it is on disk (with `tables` replacing some of its tables):
     what `resolver forget` writes after removing a person."""
-    from resolver.state.history import load_history
-    from resolver.outputs.writers import OUTPUT_TABLES
-
     out_dir = Path(out_dir)
     tables = dict(tables or {})
     loaded = {name: tables[name] if name in tables else pd.read_parquet(out_dir / file) if (out_dir / file).exists()
@@ -503,11 +499,6 @@ def report_for_run(res, state_dir: Path | None, decisions: pd.DataFrame | None,
                    truth: Path | None = None) -> tuple[str, dict]:
     """A run's report page and its history row. A report that cannot be built never stops the
     run: the page then says why (and so does the summary, under `report`)."""
-    import time
-
-    from resolver.state.history import history_row, load_history, with_row
-    from resolver.state.review import load_decisions
-
     started = time.perf_counter()
     row = history_row(res.summary, res.review_queue, decisions if decisions is not None else load_decisions(None))
     try:
