@@ -5,7 +5,7 @@ function-level imports of resolver's own modules.
     python benchmarks/architecture.py --json     # the same as JSON
 
 Every import of a resolver module counts as an edge, at module top or inside a function, so a
-cycle hidden in a function still shows. A cycle is a strongly connected component of more than one
+cycle hidden in a function still shows; imports under `if TYPE_CHECKING:` name types and do not. A cycle is a strongly connected component of more than one
 module.
 """
 
@@ -57,7 +57,10 @@ def figures() -> dict:
         tree = ast.parse(path.read_text())
         is_package = path.name == "__init__.py"
         top = set(id(n) for n in tree.body)
+        type_only = {id(n) for block in tree.body if _is_type_checking(block) for n in ast.walk(block)}
         for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             targets = {own_module(t, names) for t in imported(node, module, is_package)}
             targets.discard(None)
             targets.discard(module)
@@ -80,6 +83,12 @@ def figures() -> dict:
         "function_level_imports": function_level,
         "lines": sum(lines.values()),
     }
+
+
+def _is_type_checking(node: ast.stmt) -> bool:
+    """`if TYPE_CHECKING:` at module top: imports that name types only, never run (as import-linter
+    is configured to see them too)."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def _levels(edges: dict[str, set[str]], components: list[list[str]]) -> int:

@@ -369,7 +369,7 @@ def cmd_demo(args) -> int:
 
 def cmd_forget(args) -> int:
     from resolver.config import load_config
-    from resolver.state.erasure import forget
+    from resolver.forget import forget
 
     console = _console(args)
     config = load_config(args.config)

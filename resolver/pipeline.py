@@ -32,7 +32,7 @@ from resolver.ingest.plan import (
     Snapshots, absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of,
 )
 from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
-from resolver.matching.attributes import normalization_report
+from resolver.ingest.attributes import normalization_report
 from resolver.matching.explain import matching_outputs
 from resolver.matching.match import DECISIONS, MatchResult, Reuse, match_records
 from resolver.matching.plan import matching_attributes
@@ -45,7 +45,7 @@ from resolver.persons.tables import person_tables, policy_actions
 from resolver.resolution import RECORD_COLUMNS, Reporter, Resolution, StageLog, run_summary
 from resolver.state.erasure import suppress
 from resolver.state.review import Constraints, apply_decisions, check_constraints, load_decisions
-from resolver.state.snapshots import SnapshotWriter
+from resolver.ingest.snapshots import SnapshotWriter
 from resolver.state.store import State, StateStore, config_digest
 
 

@@ -12,15 +12,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
 from resolver import __version__
-from resolver.ingest.tables import SourceTables
-from resolver.matching.match import MatchResult
-from resolver.matching.model import FSModel
-from resolver.state.store import CarriedIds
+
+if TYPE_CHECKING:  # the stages' result types, named here; the stages import this module
+    from resolver.ingest.tables import SourceTables
+    from resolver.matching.match import MatchResult
+    from resolver.matching.model import FSModel
+    from resolver.state.store import CarriedIds
 
 Reporter = Callable[[str], None]
 

@@ -4,7 +4,7 @@ benchmarks/kill_runs.py.
 A scenario: a first run over two small CSV sources seeds a state and outputs; the inputs then gain
 rows (so the next run ingests again, on a pool of 2 workers, and no new person appears), and every
 trial copies the seed and runs on those inputs, killed at a named crash point
-(resolver/state/crashpoints.py) or after a delay. The trial's processes carry a tag in their environment,
+(resolver/crashpoints.py) or after a delay. The trial's processes carry a tag in their environment,
 so that the workers of a killed run can be found in /proc after their parent is gone.
 """
 

@@ -165,7 +165,7 @@ def _needles(config_path: Path, identifiers: list[tuple[str, str]], records: lis
     (events source, event id). Each as given and normalized (the project's normalizers, as an
     identifier and, for emails and phones, as an attribute), and the unsalted 64-bit hashes the
     project makes of them (identifier hashes, record member keys, event id hashes, memo keys)."""
-    from resolver.matching.attributes import normalize_attribute
+    from resolver.ingest.attributes import normalize_attribute
     from resolver.config import load_config
     from resolver.ids import record_member_keys
     from resolver.normalize import hash_identifiers, normalize_identifier

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from resolver.kernels.hashing import _mix
 from resolver.kernels.minhash import EMPTY, agreements, band_keys, signatures
-from resolver.persons.stitching import PairEvidence, feature_levels, minhash_rows
+from resolver.ingest.sessions import minhash_rows
+from resolver.persons.stitching import PairEvidence, feature_levels
 
 HERE = Path(__file__).parent
 HASHES = st.one_of(st.just(0), st.integers(1, 2**64 - 1))  # 0: an event without a page

@@ -99,7 +99,7 @@ def test_a_confirmed_link_stays_and_a_rejected_pair_that_identifiers_join_is_a_c
 
 
 def test_no_chain_of_links_joins_a_rejected_pair(stewarded):
-    from resolver.state.review import HELD_REASON
+    from resolver.matching.match import HELD_REASON
 
     first, second = _pair(stewarded, "accept_chain_1"), _pair(stewarded, "accept_chain_2")
     one, three = _pair(stewarded, "reject_chain")

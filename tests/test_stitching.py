@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from resolver.cli import EXIT_OK, main
-from resolver.persons.stitching import _unrelated_ips, household_keys, household_sizes, minhash_rows, page_path, sessionize
+from resolver.ingest.sessions import minhash_rows, page_path, sessionize
+from resolver.persons.stitching import _unrelated_ips, household_keys, household_sizes
 
 DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36"
 PHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "

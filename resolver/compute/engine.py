@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from resolver.compute.workers import worker_pool
-from resolver.state.crashpoints import crash_point
+from resolver.crashpoints import crash_point
 
 # Without a configured partition count, a stage makes a bucket per this many rows (a bucket's pairs
 # are held at once), so a job's memory stays about the same however big the data.
@@ -80,7 +80,7 @@ class LocalEngine:
         with worker_pool(workers) as pool:
             futures = {i: pool.submit(fn, *jobs[i]) for i in order}
             results = [futures[i].result() for i in range(len(jobs))]
-            crash_point("workers-idle")  # test-only (resolver/state/crashpoints.py): a kill with the workers up
+            crash_point("workers-idle")  # test-only (resolver/crashpoints.py): a kill with the workers up
             return results
 
     def buckets_for(self, rows: int, rows_per_bucket: int | None = None) -> int:

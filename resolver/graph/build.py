@@ -8,16 +8,19 @@ record-to-record edges, for the graph to be resolved again.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
 from resolver.compute.cluster import connected_components
 from resolver.compute.grouping import Groups
 from resolver.config import ConfigError
-from resolver.graph.guards import ACTION_COLUMNS
 from resolver.ingest.plan import concat_frames
-from resolver.ingest.tables import IDENTIFIER_RULE, SourceTables, Vocabulary
-from resolver.matching.match import MatchResult
+from resolver.ingest.tables import ACTION_COLUMNS, IDENTIFIER_RULE, SourceTables, Vocabulary
+
+if TYPE_CHECKING:  # matching runs after the graph; its links come back as edges (with_probabilistic_edges)
+    from resolver.matching.match import MatchResult
 
 
 def _alias_groups(n_nodes: int, observations: pd.DataFrame, obs_node: np.ndarray) -> np.ndarray:

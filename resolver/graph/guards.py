@@ -25,8 +25,8 @@ from resolver.compute.backend import CPU, Backend
 from resolver.compute.cluster import connected_components
 from resolver.compute.engine import LOCAL, Engine
 from resolver.config import IdentityConfig
+from resolver.ingest.tables import ACTION_COLUMNS
 
-ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
 EDGE_STATES = ("linked", "hub", "observed", "cut")
 PROBABILISTIC = "probabilistic"  # edge type of record-record links from probabilistic matching
 LINKED, HUB, OBSERVED, CUT = range(len(EDGE_STATES))

@@ -20,14 +20,13 @@ import pandas as pd
 from resolver.compute.heap import return_freed_memory
 from resolver.compute.engine import LOCAL, Engine
 from resolver.config import Config
-from resolver.graph.guards import ACTION_COLUMNS
 from resolver.ingest.memo import NormalizationMemo
 from resolver.ingest.readers import REJECT_COLUMNS, Piece, read_source, split_file, unreadable
-from resolver.ingest.tables import SourceTables, Vocabulary, ingest_source
-from resolver.matching.attributes import attribute_kinds, match_attributes
+from resolver.ingest.tables import ACTION_COLUMNS, SourceTables, Vocabulary, ingest_source
+from resolver.ingest.attributes import attribute_kinds, match_attributes
 from resolver.normalize import Blocklist
 from resolver.resolution import StageLog
-from resolver.state.snapshots import fingerprint_files, fingerprint_table, load_snapshot, snapshot_key
+from resolver.ingest.snapshots import fingerprint_files, fingerprint_table, load_snapshot, snapshot_key
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,13 @@ import pyarrow.compute as pc
 
 from resolver.config import Config, SourceConfig
 from resolver.compute.grouping import Groups
-from resolver.graph.guards import ACTION_COLUMNS
 from resolver.ingest.readers import REJECT_COLUMNS, SourceFrame
+from resolver.ingest.sessions import sessionize
 from resolver.ingest.memo import memoized, memoized_column
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier, normalize_name, normalize_trim
+
+# policy_actions.parquet: what ingest did to values (invalid, blocked) and what the graph's guards did.
+ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
 
 TRUTHY = ("true", "1", "yes", "y", "t")
 IDENTIFIER_RULE, COOCCURRENCE_RULE = "identifier", "cooccurrence"
@@ -529,10 +532,8 @@ def _session_field(frame: pd.DataFrame, name: str, columns: list[str]) -> pd.Ser
 
 def event_sessions(config: Config, source: SourceConfig, frame: pd.DataFrame, idents: list[IdentifierColumn],
                    keep: np.ndarray, ts: np.ndarray, vocab: Vocabulary) -> pd.DataFrame:
-    """The sessions of the anonymous ids this file's events carry (resolver/persons/stitching.py): the
+    """The sessions of the anonymous ids this file's events carry (resolver/ingest/sessions.py): the
     per-event rows end here."""
-    from resolver.persons.stitching import sessionize
-
     options = config.stitching
     anonymous = [i for i in idents if i.id_type in options.anonymous_types and not i.explicit]
     anon_hash = np.zeros(len(frame), dtype=np.uint64)

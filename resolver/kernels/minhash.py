@@ -99,9 +99,10 @@ def signatures(page_hash, offsets, permutations: int, target: str = "cpu", xp=np
 def band_keys(sig, start: int, stop: int):
     """The LSH key of columns start:stop of each signature row (numpy or CuPy): splitmix64 folded
     over the band's values; 0 where the band holds no page at all (no key)."""
-    from resolver.compute.backend import module_of
-
-    xp = module_of(sig)
+    if hasattr(sig, "__cuda_array_interface__"):  # a CuPy array (CuPy is optional)
+        import cupy as xp
+    else:
+        xp = np
     h = xp.zeros(sig.shape[0], dtype=xp.uint64)
     for c in range(start, stop):
         h = mix64(h ^ sig[:, c].astype(xp.uint64))

@@ -14,9 +14,8 @@ import pandas as pd
 from resolver.config import MatchingConfig
 from resolver.graph.guards import PROBABILISTIC
 from resolver.ingest.tables import Vocabulary
-from resolver.matching.match import DECISIONS, MatchResult, explain
+from resolver.matching.match import DECISIONS, HELD_REASON, STEWARD_HELD, MatchResult, explain
 from resolver.resolution import Resolution
-from resolver.state.review import HELD_REASON, STEWARD_HELD
 
 
 def matching_outputs(res: Resolution, match: MatchResult, matching: MatchingConfig, vocab: Vocabulary) -> None:

@@ -19,7 +19,7 @@ from resolver.compute.backend import CPU, Backend, to_host
 from resolver.compute.engine import LOCAL, Engine
 from resolver.config import Config, ModelOptions
 from resolver.keys import parse_key
-from resolver.matching.attributes import match_attributes
+from resolver.ingest.attributes import match_attributes
 from resolver.matching.blocking import BlockingKeys, PairScope, build_blocking_keys, pair_scope
 from resolver.matching.compare import PreparedComparison, comparison_matrix, prepare_all
 from resolver.matching.model import (
@@ -45,6 +45,9 @@ from resolver.matching.pairs import WEIGHT_BINS, pair_source
 from resolver.matching.reuse import MatchCaches, Reuse
 
 DECISIONS = ("link", "review", "no_link", "guard_cut")
+# MatchResult.steward per pair: a review decision applied to it (resolver/state/review.py).
+STEWARD_NONE, STEWARD_ACCEPTED, STEWARD_REJECTED, STEWARD_HELD = 0, 1, 2, 3
+HELD_REASON = "cannot-link: would join two records a reviewer rejected"
 DET_SAMPLE_PAIRS = 200_000
 
 

@@ -10,7 +10,7 @@ from resolver.config import Config, ConfigError
 from resolver.compute.engine import LocalEngine
 from resolver.ingest.plan import attributes_of, plan_ingest, run_jobs
 from resolver.ingest.tables import Vocabulary, reject_cross_file_duplicates
-from resolver.matching.attributes import match_attributes, matching_columns
+from resolver.ingest.attributes import match_attributes, matching_columns
 from resolver.matching.blocking import build_blocking_keys, pair_scope
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from resolver.config import Config, field_kind, golden_fields
 from resolver.kernels.strings import encode_for_comparison, jaro_winkler
-from resolver.matching.attributes import normalize_attribute
+from resolver.ingest.attributes import normalize_attribute
 from resolver.matching.compare import nickname_groups
 
 NORMALIZED_DISPLAY = ("email", "phone", "date", "number")

@@ -16,7 +16,8 @@ from resolver.ids import format_person_ids, record_member_keys, smallest_member_
 from resolver.compute.frames import Aggregate, group_aggregate
 from resolver.compute.grouping import Groups
 from resolver.config import IdentityConfig
-from resolver.graph.guards import ACTION_COLUMNS, OBSERVED, PROBABILISTIC, GraphResult
+from resolver.graph.guards import OBSERVED, PROBABILISTIC, GraphResult
+from resolver.ingest.tables import ACTION_COLUMNS
 from resolver.ingest.plan import concat_frames
 from resolver.ingest.tables import IDENTIFIER_RULE, Vocabulary
 from resolver.matching.match import DECISIONS, MatchResult

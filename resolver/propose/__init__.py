@@ -26,7 +26,7 @@ import resolver.propose.kinds as K
 import resolver.propose.rules as R
 from resolver.config import Config, ConfigError, attribute_kind, load_config
 from resolver.ingest.readers import InputError
-from resolver.matching.attributes import match_attributes
+from resolver.ingest.attributes import match_attributes
 from resolver.propose.comparisons import comparisons as propose_comparisons
 from resolver.propose.mapping import (
     SourcePlan,

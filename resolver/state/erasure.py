@@ -1,5 +1,5 @@
-"""Erasure on request (GDPR / CCPA): `resolver forget`, and the suppression of erased people when
-their data is ingested again.
+"""Erasure on request (GDPR / CCPA): what `resolver forget` (resolver/forget.py) erases, and the
+suppression of erased people when their data is ingested again.
 
 `forget` resolves a selector (an email, a phone, a person id or a record key) to the persons it
 belongs to and removes their records, identifiers, golden records, conflicts and review items from
@@ -20,21 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from resolver.config import Config
-from resolver.ids import format_person_ids, person_key, record_member_keys, remix_key, salted
+from resolver.ids import record_member_keys, remix_key, salted
 from resolver.normalize import hash_identifiers, normalize_identifier
-from resolver.outputs.report import REPORT_FILE, report_from_outputs
-from resolver.outputs.writers import OUTPUT_TABLES, stage_rewrite
-from resolver.state.review import forget_decisions
-from resolver.state.store import StateStore
-from resolver.sync.forget import erase as erase_in_sync_store
-from resolver.sync.forget import store_url_for
-from resolver.sync.store import Store
 
 SELECTORS = ("email", "phone", "person", "record")
 OBSERVED_KIND = "observed"  # tombstone of a non-evidence value (an IP): suppressed as a value, never a record
@@ -166,7 +158,7 @@ class Erasure:
     former: set = field(default_factory=set)  # ids of earlier persons keyed by an erased value (lineage)
 
 
-def _select(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Config) -> Erasure:
+def select_erasure(kind: str, value: str, outputs: dict[str, pd.DataFrame], config: Config) -> Erasure:
     identity, identifiers = outputs["identity_map"], outputs["identifier_map"]
     persons: set = set()
     hashes = np.zeros(0, dtype=np.uint64)
@@ -214,7 +206,7 @@ def holds_value(column: pd.Series, values: set) -> np.ndarray:
     return column.astype("str").str.strip().str.lower().isin(wanted).to_numpy(bool)
 
 
-def _erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
+def erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
     """Which rows of an output table belong to the erased persons (True = remove)."""
     drop = np.zeros(len(frame), dtype=bool)
     for column in ("person_id", "person_id_l", "person_id_r"):
@@ -255,81 +247,3 @@ def forget_person_keys(persons: pd.DataFrame, keys: np.ndarray, salt: str) -> pd
                          merged_into=np.where(np.isin(merged_into, keys), salted(merged_into, salt), merged_into))
     out.loc[hit, "status"] = "forgotten"
     return out.sort_values("person_key", kind="stable").reset_index(drop=True)
-
-
-def forget(config: Config, state_dir, kind: str, value: str) -> dict:
-    """Erase what `kind`/`value` selects from the outputs and the state; returns the audit entry."""
-    out = config.output_path()
-    if not (out / "identity_map.parquet").exists():
-        raise ErasureError(f"{out}: no outputs of a run to erase from")
-    if state_dir is None:
-        raise ErasureError("forget needs the state directory (--state or run.state_dir): the tombstones live there")
-    outputs = {name: pd.read_parquet(out / file) for name, file in OUTPUT_TABLES.items() if (out / file).exists()}
-    erasure = _select(kind, value, outputs, config)
-
-    store = StateStore(state_dir)
-    state = store.load()
-    identity = outputs["identity_map"]
-    erased_records = identity[identity["record_id"].isin(erasure.record_ids)]
-    member_keys = record_member_keys(erased_records.reset_index(drop=True))
-    erased_members = np.concatenate([member_keys, erasure.identifier_hashes])
-    person_keys = np.array([person_key(p) for p in erasure.persons if p.startswith("p")], dtype=np.uint64)
-    # Earlier persons (merged or retired, never a live one) whose key is an erased value's hash.
-    earlier = key_derived(state.persons, erased_members) & (state.persons["status"].astype("str") != "active").to_numpy()
-    forgotten = np.union1d(person_keys, state.persons["person_key"].to_numpy(np.uint64)[earlier])
-    erasure.former = set(format_person_ids(forgotten)) - erasure.persons
-
-    removed = {}
-    changed = {}
-    for name, frame in outputs.items():
-        drop = _erase_rows(name, frame, erasure)
-        removed[name] = int(drop.sum())
-        if drop.any():
-            changed[name] = frame[~drop].reset_index(drop=True)
-    # The report shows records, review items and golden values: it is rebuilt without the person.
-    page = report_from_outputs(out, {**outputs, **changed}, state_dir)
-
-    now = pd.Timestamp.now(tz="UTC")
-    members = state.members
-    gone = np.isin(members["member_key"].to_numpy(np.uint64), erased_members) | \
-        np.isin(members["person_key"].to_numpy(np.uint64), person_keys)
-    state.members = members[~gone].reset_index(drop=True)
-    state.persons = forget_person_keys(state.persons, forgotten, state.salt)
-    state.lineage = state.lineage[~_erase_rows("lineage", state.lineage, erasure)].reset_index(drop=True)
-    new_tombstones = pd.DataFrame({
-        "kind": ["record"] * len(member_keys) + np.where(np.isin(erasure.identifier_hashes, erasure.observed),
-                                                         OBSERVED_KIND, "identifier").tolist(),
-        "salted_hash": salted(erased_members, state.salt),
-        "created_at": now,
-    })
-    state.tombstones = pd.concat([state.tombstones, new_tombstones], ignore_index=True).drop_duplicates("salted_hash")
-    review_items = removed.get("review_queue", 0)
-    entry = {
-        "time": now, "action": "forget", "selector": kind, "persons": len(erasure.persons),
-        "records": len(erasure.record_ids), "identifiers": len(erasure.identifier_hashes),
-        "review_items": review_items, "run_id": state.run_id or "",
-    }
-    state.audit = pd.concat([state.audit, pd.DataFrame([entry])], ignore_index=True)
-    # The memo, cached pairs and keys are keyed by hashes that cannot be traced to a record (and
-    # a deleted or merged record's values are in no output to look for): caches that held the
-    # person's are dropped whole (the next run normalizes, keys and compares everything once).
-    if len(erasure.record_ids) or len(erasure.identifier_hashes):
-        state.memo = {}
-    if len(erasure.record_ids):
-        state.pairs = state.keys = None
-    state.snapshots = {}  # source snapshots hold the records as read: the next run ingests everything again
-    # The erased outputs and the erased state go live together (a kill between them would leave
-    # a state without the tombstones beside erased outputs: the next run would bring them back).
-    store.commit_run(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", out,
-                     lambda folder: stage_rewrite(out, folder, changed, files={REPORT_FILE: page}), keep=1)
-    entry["review_decisions"] = forget_decisions(state_dir, member_keys)
-    result = {**entry, "time": now.isoformat(), "rows_removed": removed}
-    url = store_url_for(config, Path(state_dir))
-    if url is not None:  # what `serve` keeps about them goes too
-        sync_store = Store(url)
-        try:
-            result["sync_store"] = erase_in_sync_store(sync_store, erasure.persons | erasure.former, erasure.values,
-                                                       tombstones=new_tombstones)
-        finally:
-            sync_store.close()
-    return result

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from resolver.state.crashpoints import crash_point
+from resolver.crashpoints import crash_point
 
 
 @contextmanager
@@ -114,3 +114,13 @@ def swap_into_place(staging: Path, out_dir: Path, retired: Path | None = None) -
     crash_point("outputs-retired")
     os.replace(staging, out_dir)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Hard-link every file of `source` into `target` (a copy where links are not possible)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)

@@ -34,7 +34,7 @@ import pandas as pd
 from resolver.compute.cluster import connected_components
 from resolver.ids import item_ids, record_member_keys
 from resolver.matching.compare import comparison_matrix
-from resolver.matching.match import DECISIONS
+from resolver.matching.match import DECISIONS, STEWARD_ACCEPTED, STEWARD_HELD, STEWARD_REJECTED
 from resolver.matching.model import match_weights, probabilities, tf_adjustments
 from resolver.state.files import state_lock, write_atomically
 
@@ -228,8 +228,6 @@ def decision_counts(decisions: pd.DataFrame) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Applying the decisions in a run
 # ---------------------------------------------------------------------------------------------
-STEWARD_NONE, STEWARD_ACCEPTED, STEWARD_REJECTED, STEWARD_HELD = 0, 1, 2, 3
-HELD_REASON = "cannot-link: would join two records a reviewer rejected"
 
 
 @dataclass

@@ -31,7 +31,7 @@ Layout (README: "State directory"):
                                   observations, event nodes and edges, rejects, policy actions)
                                   as Parquet, keyed by the configuration and its files' hashes; a
                                   run whose files are unchanged loads them instead of ingesting
-                                  (resolver/state/snapshots.py). Unchanged snapshots are hard links.
+                                  (resolver/ingest/snapshots.py). Unchanged snapshots are hard links.
 
 A new version is written into a temporary folder, renamed into versions/, and only then does
 CURRENT name it; a crash at any point leaves CURRENT on a complete earlier version. The two newest
@@ -56,10 +56,9 @@ import pandas as pd
 
 from resolver.config import Config
 from resolver.ids import format_person_ids, remix_key
-from resolver.state.crashpoints import crash_point
-from resolver.state.files import file_lock, fsync_tree, swap_into_place, write_text_atomically
+from resolver.crashpoints import crash_point
+from resolver.state.files import file_lock, fsync_tree, link_tree, swap_into_place, write_text_atomically
 from resolver.state.history import append_history, load_history
-from resolver.state.snapshots import link_tree
 
 STATE_FORMAT = 1
 PERSON_STATES = ("active", "merged", "retired", "forgotten")
@@ -103,7 +102,7 @@ class State:
     pairs: pd.DataFrame | None = None
     keys: pd.DataFrame | None = None
     snapshots: dict[str, Path] = field(default_factory=dict)  # source snapshot key -> its folder
-    files: pd.DataFrame | None = None  # the source files' fingerprints (resolver.state.snapshots)
+    files: pd.DataFrame | None = None  # the source files' fingerprints (resolver.ingest.snapshots)
 
     TABLES = ("members", "persons", "lineage", "tombstones", "audit")
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from resolver.config import Config, ConfigError, SourceConfig, field_kind
 from resolver.ingest.tables import built_attribute
-from resolver.matching.attributes import normalize_attribute
+from resolver.ingest.attributes import normalize_attribute
 from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier
 from resolver.persons.golden import NORMALIZED_DISPLAY
 from resolver.sync.payloads import Event

@@ -9,7 +9,7 @@ import pandas as pd
 
 from resolver.config import Config
 from resolver.ids import to_signed
-from resolver.matching.attributes import matching_columns, normalize_attribute
+from resolver.ingest.attributes import matching_columns, normalize_attribute
 from resolver.matching.blocking import rule_keys
 from resolver.matching.compare import comparison_matrix, prepare_all
 from resolver.matching.match import vetoes

@@ -138,16 +138,6 @@ def load_snapshot(folder: Path) -> tuple[SourceTables, pd.DataFrame]:
     return part, table("memo_keys")
 
 
-def link_tree(source: Path, target: Path) -> None:
-    """Hard-link every file of `source` into `target` (a copy where links are not possible)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for path in source.iterdir():
-        try:
-            os.link(path, target / path.name)
-        except OSError:
-            shutil.copy2(path, target / path.name)
-
-
 class SnapshotWriter:
     """Writes the snapshots of a run's newly ingested parts into a pending folder of the state, in
     a background thread while the run goes on; `finish` waits for them and names every snapshot
