@@ -34,7 +34,8 @@ from resolver.ingest.plan import (
 from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
 from resolver.ingest.attributes import normalization_report
 from resolver.matching.explain import matching_outputs
-from resolver.matching.match import DECISIONS, MatchResult, Reuse, match_records
+from resolver.matching.match import MatchResult, Reuse, match_records
+from resolver.matching.score import DECISIONS
 from resolver.matching.plan import matching_attributes
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.outputs.writers import stage_outputs, write_outputs

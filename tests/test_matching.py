@@ -173,7 +173,7 @@ def test_tiny_input_with_an_attribute_missing_everywhere_still_resolves(tmp_path
 def test_must_agree_sends_a_total_disagreement_to_review_whatever_the_probability():
     from resolver.matching.compare import prepare
     from resolver.config import ComparisonConfig
-    from resolver.matching.match import DECISIONS, _decide, vetoes
+    from resolver.matching.score import DECISIONS, decide as _decide, vetoes
 
     values = {"first": pd.Series(["ann", "bob", "ann"], dtype="str"), "street": pd.Series(["x", "x", "x"], dtype="str")}
     prepared = [

@@ -10,7 +10,7 @@ from resolver.config import ComparisonConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.matching.match import population_rate
+from resolver.matching.train import population_rate
 from resolver.matching.model import (
     MAX_COPIED,
     ComparisonModel,

@@ -119,7 +119,7 @@ def test_match_weights_add_the_prior_and_each_level():
 
 
 def decide(probability, auto_merge, review, vetoed):
-    from resolver.matching.match import _decide  # being rewritten: the one place that names it
+    from resolver.matching.score import decide as _decide
 
     return _decide(np.asarray(probability), auto_merge, review, np.asarray(vetoed)).tolist()
 

@@ -1,1 +1,5 @@
-"""Probabilistic matching: attributes in match form -> blocking keys -> candidate pairs -> comparison levels -> Fellegi-Sunter model -> scores and decisions; the blocking plan before a run (plan) and the explained links and review queue after it (explain)."""
+"""Probabilistic matching, in the order the data flows: blocking keys (blocking) -> candidate pairs
+and their comparison levels (pairs, compare; incremental reuse in reuse) -> the Fellegi-Sunter
+model trained without labels (train, model) -> scores and decisions (score), as one straight
+line (match). Before a run, the blocking plan (plan); after it, the explained links and review
+queue (explain)."""

@@ -14,7 +14,9 @@ import pandas as pd
 from resolver.config import MatchingConfig
 from resolver.graph.guards import PROBABILISTIC
 from resolver.ingest.tables import Vocabulary
-from resolver.matching.match import DECISIONS, HELD_REASON, STEWARD_HELD, MatchResult, explain
+from resolver.matching.match import HELD_REASON, STEWARD_HELD, MatchResult
+from resolver.matching.model import comparison_weights, household_adjustments
+from resolver.matching.score import DECISIONS
 from resolver.resolution import Resolution
 
 
@@ -61,3 +63,43 @@ def matching_outputs(res: Resolution, match: MatchResult, matching: MatchingConf
     res.model = match.model
     res.matching = {**match.summary, "decisions": match.decision_counts()}  # after the guards' cuts
     match.release_explanation_inputs()
+
+
+def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person_ids: pd.Series,
+            reasons: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per pair: both records, the probability, and for each comparison both values, the
+    level and its weight (the waterfall: prior_weight + the weights + household_weight = match_weight)."""
+    left, right = result.left[rows], result.right[rows]
+
+    def take(column: pd.Series, at: np.ndarray):
+        # Row selection first: turning a whole Arrow-backed column into Python objects costs seconds.
+        return column.take(at).to_numpy()
+
+    frame = pd.DataFrame(
+        {
+            "record_id_l": left,
+            "source_l": take(records["source"], left),
+            "record_key_l": take(records["record_key"], left),
+            "person_id_l": take(person_ids, left),
+            "record_id_r": right,
+            "source_r": take(records["source"], right),
+            "record_key_r": take(records["record_key"], right),
+            "person_id_r": take(person_ids, right),
+            "probability": result.probability[rows],
+            "match_weight": result.weight[rows],
+            "decision": pd.Categorical.from_codes(result.decision[rows], categories=list(DECISIONS)),
+            "reason": reasons if reasons is not None else "",
+            "blocking_rule": np.asarray(result.blocking.rules, dtype=object)[result.rule[rows]],
+            "prior_weight": result.model.prior_weights[result.rule[rows].astype(np.int64)],
+            "household_weight": household_adjustments(result.model, result.levels[rows],
+                                                      result.rule[rows].astype(np.int64), result.tf[rows]),
+        }
+    )
+    weights = comparison_weights(result.model, result.levels[rows], result.rule[rows].astype(np.int64))
+    for k, p in enumerate(result.prepared):
+        level = result.levels[rows, k]
+        frame[f"{p.name}_l"] = take(p.values, left)
+        frame[f"{p.name}_r"] = take(p.values, right)
+        frame[f"{p.name}_level"] = pd.Categorical.from_codes(level.astype(np.int64), categories=p.labels)
+        frame[f"{p.name}_weight"] = weights[:, k] + result.tf[rows, k]
+    return frame

@@ -1,5 +1,7 @@
-"""Probabilistic matching, top to bottom: attributes -> blocking -> comparison levels -> model ->
-scored pairs and decisions (link, review, no link), with a per-comparison explanation of each.
+"""Probabilistic matching as one straight line (match_records): blocking keys (blocking.py) ->
+candidate pairs and their comparison levels (pairs.py, compare.py) -> the model, trained
+without labels (train.py, model.py) -> scores and decisions: link, review, no link (score.py).
+The per-comparison explanation of each decision is explain.py's.
 
 Runs after the deterministic graph: pairs already in one deterministic person are not compared,
 and the accepted links go back into the graph, where the same guards apply to them.
@@ -7,7 +9,6 @@ and the accepted links go back into the graph, where the same guards apply to th
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,40 +16,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.compute.backend import CPU, Backend, to_host
+from resolver.compute.backend import CPU, Backend
 from resolver.compute.engine import LOCAL, Engine
-from resolver.config import Config, ModelOptions
-from resolver.keys import parse_key
+from resolver.config import Config
 from resolver.ingest.attributes import match_attributes
-from resolver.matching.blocking import BlockingKeys, PairScope, build_blocking_keys, pair_scope
-from resolver.matching.compare import PreparedComparison, comparison_matrix, prepare_all
-from resolver.matching.model import (
-    M_FLOOR,
-    RATE_PSEUDO_PAIRS,
-    ComparisonModel,
-    FSModel,
-    class_posteriors,
-    comparison_weights,
-    default_m,
-    fit_em,
-    floored,
-    health_problems,
-    household_adjustments,
-    level_distribution,
-    model_notes,
-    monotone,
-    pattern_counts,
-    random_pairs,
-    same_person_pairs,
-)
-from resolver.matching.pairs import WEIGHT_BINS, pair_source
+from resolver.matching.blocking import BlockingKeys, build_blocking_keys, pair_scope
+from resolver.matching.compare import PreparedComparison, prepare_all
+from resolver.matching.model import FSModel
+from resolver.matching.pairs import pair_source
+from resolver.matching.score import DECISIONS, WEIGHT_BINS, decide, model_health, vetoes
 from resolver.matching.reuse import MatchCaches, Reuse
+from resolver.matching.train import TrainingDesign, train_model
 
-DECISIONS = ("link", "review", "no_link", "guard_cut")
 # MatchResult.steward per pair: a review decision applied to it (resolver/state/review.py).
 STEWARD_NONE, STEWARD_ACCEPTED, STEWARD_REJECTED, STEWARD_HELD = 0, 1, 2, 3
 HELD_REASON = "cannot-link: would join two records a reviewer rejected"
-DET_SAMPLE_PAIRS = 200_000
 
 
 @dataclass
@@ -99,313 +81,11 @@ class MatchResult:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def _pairs_of_groups(codes: np.ndarray) -> int:
-    sizes = np.unique(codes, return_counts=True)[1] if len(codes) else np.zeros(0, np.int64)
-    return int((sizes * (sizes - 1) // 2).sum())
-
-
-def allowed_pairs(active: np.ndarray, scope: PairScope | None) -> int:
-    """Pairs of active records the link type allows (all of them without a scope)."""
-    n = int(active.sum())
-    if scope is None:
-        return n * (n - 1) // 2
-    within = _pairs_of_groups(to_host(scope.groups)[active])
-    return n * (n - 1) // 2 - within if scope.link_type == "link_only" else within
-
-
-def _within_person_pairs(labels: np.ndarray, active: np.ndarray, scope: PairScope | None = None) -> int:
-    """Pairs of active records inside one deterministic person (that the link type allows)."""
-    labels = np.asarray(labels, dtype=np.int64)[active]
-    if scope is None:
-        return _pairs_of_groups(labels)
-    groups = to_host(scope.groups)[active].astype(np.int64)
-    both = _pairs_of_groups(labels * (int(groups.max(initial=0)) + 1) + groups)  # same person, same group
-    return _pairs_of_groups(labels) - both if scope.link_type == "link_only" else both
-
-
-def selection_biased(config: Config) -> set[str]:
-    """Attributes read from a column that is also an identifier column of the same source: the
-    deterministic persons were formed by agreeing on them, so they say nothing about m there."""
-    biased = set()
-    for source in config.sources:
-        if source.kind != "records":
-            continue
-        identifier_columns = {c for cols in source.identifier_columns().values() for c in cols}
-        for name, cols in source.attribute_columns().items():
-            if identifier_columns & set(cols):
-                biased.add(name)
-    return biased
-
-
-def _key_columns(keys: list[str]) -> set[str]:
-    return {c for k in keys for c in parse_key(k).columns}
-
-
-@dataclass
-class TrainingDesign:
-    """What the configuration says about training, beside the data: one EM session per blocking
-    rule (every pair of its blocks) and one per rule's refined blocks (over-cap blocks re-blocked
-    by finer keys), sessions 0..R-1 and R..2R-1, each with the columns it selects on."""
-
-    rules: list[str]
-    session_columns: list[set[str]]  # per session, every column its keys (and refine keys) read
-    compared_columns: list[set[str]]  # per comparison, its columns
-    household_fields: list[bool]
-    biased: set[str] = field(default_factory=set)
-    # Per comparison: a place (a household field of free text or numbers: street, city, postcode,
-    # state, country), the kind of field nested in another (a city and its postcodes)
-    places: list[bool] = field(default_factory=list)
-    # (K, K): places whose exact agreement goes together among random pairs: a session selected on
-    # one has the other's distribution changed too
-    associated: np.ndarray | None = None
-    # The deterministic persons are labelled matches (their pairs enter every M-step for m), not
-    # just EM's starting point: only while the identity guards keep households apart
-    labelled: bool = True
-
-    @classmethod
-    def of(cls, config: Config, prepared: list[PreparedComparison]) -> TrainingDesign:
-        rules = config.matching.blocking.rules
-        plain = [_key_columns(r.keys) for r in rules]
-        refined = [columns | _key_columns(r.refine_keys) for columns, r in zip(plain, rules)]
-        households = [p.config.household_field() for p in prepared]
-        places = [shared and config.matching.normalizer(p.config.columns[0]) in ("text", "number", "raw")
-                  for p, shared in zip(prepared, households)]
-        return cls([r.name for r in rules], plain + refined, [set(p.config.columns) for p in prepared], households,
-                   selection_biased(config), places, labelled=config.identity.guards)
-
-    @property
-    def n_sessions(self) -> int:
-        return 2 * len(self.rules)
-
-    def session_names(self) -> list[str]:
-        return self.rules + [f"{r} (refined blocks)" for r in self.rules]
-
-    def selected(self) -> np.ndarray:
-        """(n_sessions, K): comparisons of a column the session's pairs were selected on, and those
-        associated with one (a city rule's pairs share postcodes far more often than random pairs
-        do, matches or not): its pairs would bias m there, and random-pair u would not fit its
-        non-matches there."""
-        direct = np.array([[bool(c & s) for c in self.compared_columns] for s in self.session_columns], dtype=bool)
-        if self.associated is None:
-            return direct
-        return direct | ((direct.astype(np.int64) @ self.associated.astype(np.int64)) > 0)
-
-    def independent_sessions(self, rule: int) -> np.ndarray:
-        """Per session: its keys read none of the columns `rule`'s keys read, nor any comparison
-        associated with them, so its pairs show how often a class's pairs agree on that rule's key
-        (conditional independence)."""
-        columns = self.session_columns[rule]
-        selected = self.selected()
-        n = len(self.rules)
-        return np.array([s % n != rule and not (self.session_columns[s] & columns)
-                         and not (selected[s] & selected[rule]).any() for s in range(self.n_sessions)])
-
-
-def associated_places(sampled: np.ndarray, places: list[bool], min_lift: float = 4.0,
-                      min_pairs: int = 10) -> np.ndarray:
-    """(K, K): pairs of places whose exact agreement goes together among random record pairs that
-    agree on no other field (so that duplicates, which agree on everything, do not count): at least
-    `min_pairs` agree on both, `min_lift` times as many as independence would give. A city and its
-    postcodes, a street and its postcode. Only places: a surname and an address go together too,
-    but that is a household, which the household class models."""
-    k = sampled.shape[1]
-    out = np.zeros((k, k), dtype=bool)
-    present = sampled > 0
-    exact = sampled == 1
-    others = [j for j in range(k) if not places[j]]
-    strangers = ~exact[:, others].any(axis=1) if others else np.ones(len(sampled), dtype=bool)
-    present &= strangers[:, None]
-    for a in range(k):
-        for b in range(a + 1, k):
-            if not (places[a] and places[b]):
-                continue
-            both = present[:, a] & present[:, b]
-            n = int(both.sum())
-            if not n:
-                continue
-            pa, pb = exact[both, a].mean(), exact[both, b].mean()
-            together = int((exact[both, a] & exact[both, b]).sum())
-            if together >= min_pairs and together >= min_lift * n * pa * pb:
-                out[a, b] = out[b, a] = True
-    return out
-
-
-def training_sessions(patterns: np.ndarray, masks: np.ndarray, counts: np.ndarray, n_sessions: int):
-    """EM's sessions from the candidates' (level pattern, sessions) counts (blocking.agreement_masks):
-    session r holds every candidate pair in rule r's blocks, whichever rule produced it (as Splink
-    trains one EM session per blocking rule). Within a session the comparisons of the columns it
-    selects on are left out; the others are a fair sample of its matches and non-matches. Returns
-    the session-expanded patterns, session index, counts and the row of each in the input."""
-    rows = [np.flatnonzero((masks >> s) & 1) for s in range(n_sessions)]
-    session = np.concatenate([np.full(len(x), s, dtype=np.int64) for s, x in enumerate(rows)])
-    rows = np.concatenate(rows).astype(np.int64)
-    return patterns[rows], session, counts[rows], rows
-
-
-def _recalls(design: TrainingDesign, weight: np.ndarray, session: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Per rule: the share of a class's pairs (weights per session row) that the rule finds (that
-    share its key, in a block or a refined one), measured in the sessions independent of it (NaN
-    where none is, or they hold under 10 of the class's pairs)."""
-    n = len(design.rules)
-    out = np.full(n, np.nan)
-    for r in range(n):
-        rows = design.independent_sessions(r)[session]
-        total = weight[rows].sum()
-        if total >= 10.0:
-            found = (((masks >> r) | (masks >> (n + r))) & 1) == 1
-            out[r] = weight[rows & found].sum() / total
-    return out
-
-
-def population_rate(found: np.ndarray, recall: np.ndarray, population: float) -> tuple[float, list]:
-    """A class's share among all pairs from the pairs of it each rule finds (`found`: the rule's
-    class share times its pairs) and each rule's recall: the pairs of the class in the population
-    are sum(found) / sum(recall) over the rules whose recall was measured (the ratio estimator: a
-    rule weighs by how much of the class it sees, so a rule that sees 0.3% of the households
-    cannot multiply the 3 pairs it mistook for them by 300). Without any measured recall, the rule
-    finding the most gives a lower bound. Also returns each rule's own estimate, for the report."""
-    measured = ~np.isnan(recall) & (recall > 0)
-    estimates = np.where(measured, found / np.where(measured, recall, 1.0), np.nan)
-    if measured.any() and recall[measured].sum() > 1e-6:
-        total = float(found[measured].sum() / recall[measured].sum())
-    else:
-        total = float(found.max(initial=0.0))
-    return float(np.clip(total / max(population, 1.0), 1e-12, 0.5)), estimates.tolist()
-
-
-def train_model(prepared: list[PreparedComparison], levels, masks, labels: np.ndarray, active: np.ndarray,
-                options: ModelOptions, design: TrainingDesign, backend: Backend = CPU, counts=None,
-                n_candidates: int | None = None, scope: PairScope | None = None) -> FSModel:
-    """u by random sampling, m warm-started from deterministic persons, then EM over one session
-    per blocking rule for m, the household class and each session's class shares, then the class
-    shares among all pairs (resolver/matching/model.py). The model scores every pair alike, whichever rule
-    found it: a global prior and every comparison.
-
-    `prepared`, `levels` and `masks` (per pair, the rules whose keys it shares) live in the
-    backend's array module; the samples are drawn on the host (one seeded generator for every
-    backend), compared by the backend, and EM runs on the host over the distinct level patterns,
-    so every backend trains the identical model. `counts`: the (pattern, mask) counts of the
-    candidates when already summed (the dask engine's tasks, or pairs made bucket by bucket: then
-    `levels` and `masks` may be None, and `n_candidates` counts the pairs). With a `scope`
-    (link_only / dedupe_only), u and the population of pairs are the pairs it allows."""
-    started = time.perf_counter()
-    xp = backend.xp
-    rules = design.rules
-    n_rules = len(rules)
-
-    def compare_on_backend(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return to_host(comparison_matrix(prepared, xp.asarray(a), xp.asarray(b), backend.kernels))
-
-    groups = None if scope is None else to_host(scope.groups)
-    ra, rb = random_pairs(active, options.u_sample_pairs, options.seed, groups,
-                          "link_and_dedupe" if scope is None else scope.link_type)
-    sampled = compare_on_backend(ra, rb)
-    u_random = [level_distribution(sampled[:, k], p.n_levels) for k, p in enumerate(prepared)]
-    da, db = same_person_pairs(labels, active, DET_SAMPLE_PAIRS, options.seed)
-    known = compare_on_backend(da, db)
-    m0 = []
-    for k, p in enumerate(prepared):
-        if set(p.config.columns) & design.biased:
-            known[:, k] = 0  # selected on it: no evidence about m
-        start = default_m(p.labels)
-        if int((known[:, k] > 0).sum()) >= 100:  # a warm start from the deterministic persons
-            start = 0.8 * level_distribution(known[:, k], p.n_levels) + 0.2 * start
-        m0.append(monotone(floored(start, M_FLOOR), u_random[k]))
-    total_pairs = max(allowed_pairs(active, scope), 1)
-    det_pairs = _within_person_pairs(labels, active, scope)
-    n_candidates = len(levels) if levels is not None else n_candidates
-    patterns, masks, counts = counts if counts is not None else pattern_counts(levels, masks)
-    known_patterns, _, known_counts = pattern_counts(known)
-    n_sessions = design.n_sessions
-    s_patterns, session, s_counts, s_rows = training_sessions(patterns, masks.astype(np.int64), counts, n_sessions)
-    session_pairs = np.bincount(session, weights=s_counts, minlength=n_sessions)
-    design.associated = associated_places(sampled, design.places)
-    silent = design.selected() | (session_pairs == 0)[:, None]  # what a session cannot learn from
-    household = options.households and any(design.household_fields) and not all(design.household_fields)
-    h0 = [m0[k].copy() if household and shared else None for k, shared in enumerate(design.household_fields)]
-    u = [np.tile(x, (n_sessions, 1)) for x in u_random]
-    fit = fit_em(s_patterns, session, s_counts, silent, m0, u, np.full(n_sessions, 0.1), options.max_iterations,
-                 options.tolerance, known=(known_patterns, known_counts) if design.labelled else None,
-                 h0=h0 if household else None,
-                 household_rate0=np.full(n_sessions, 0.05) if household else None, monotone_against=u_random,
-                 rate_pseudo_pairs=RATE_PSEUDO_PAIRS, h_reference=u_random)
-    unlearned = [prepared[k].name for k in range(len(prepared)) if silent[:, k].all()]
-    w_m, w_h, _ = class_posteriors(s_patterns, session, silent, fit.m, fit.h, u, fit.match_rate, fit.household_rate)
-    s_masks = masks.astype(np.int64)[s_rows]
-    population = max(total_pairs - det_pairs, 1)
-
-    def per_rule(values: np.ndarray) -> np.ndarray:  # a rule's blocks and its refined blocks together
-        return values[:n_rules] + values[n_rules:]
-
-    match_recall = _recalls(design, w_m * s_counts, session, s_masks)
-    match_rate, match_estimates = population_rate(per_rule(fit.match_rate * session_pairs), match_recall, population)
-    household_rate = None
-    if household:
-        household_recall = _recalls(design, w_h * s_counts, session, s_masks)
-        household_rate, household_estimates = population_rate(per_rule(fit.household_rate * session_pairs),
-                                                              household_recall, population)
-    comparisons = [
-        ComparisonModel(p.name, p.config.method, p.labels, fit.m[k], u[k][:n_rules], u_random[k], p.config.tf_adjust,
-                        fit.h[k], household and design.household_fields[k])
-        for k, p in enumerate(prepared)
-    ]
-    sessions = {}
-    for s, name in enumerate(design.session_names()):
-        if s >= n_rules and not session_pairs[s]:
-            continue  # a rule without refined blocks
-        r = s % n_rules
-        sessions[name] = {"pairs": int(session_pairs[s]), "match_rate": float(fit.match_rate[s]),
-                          **({"household_rate": float(fit.household_rate[s])} if household else {})}
-        if s < n_rules:
-            sessions[name].update(
-                match_recall=None if np.isnan(match_recall[r]) else float(match_recall[r]),
-                matches_estimate=None if np.isnan(match_estimates[r]) else float(match_estimates[r]),
-                **({"household_recall": None if np.isnan(household_recall[r]) else float(household_recall[r])}
-                   if household else {}))
-    training = {
-        "candidate_pairs": n_candidates,
-        "patterns": len(patterns),
-        "u_sample_pairs": len(ra),
-        "deterministic_pairs": det_pairs,
-        "deterministic_sample_pairs": len(da),
-        "selection_biased": sorted(design.biased),
-        "not_learned": unlearned,
-        "associated_comparisons": [[prepared[a].name, prepared[b].name] for a, b in zip(*np.nonzero(design.associated))
-                                   if a < b],
-        "comparisons_without_values": [p.name for k, p in enumerate(prepared) if not (sampled[:, k] > 0).any()],
-        "household_class": household,
-        "household_fields": [p.name for p, shared in zip(prepared, design.household_fields) if shared and household],
-        "sessions": sessions,
-        "match_rate": match_rate,
-        "household_rate": household_rate,
-        "prior_from_deterministic": det_pairs / total_pairs,
-        "iterations": fit.iterations,
-        "converged": fit.converged,
-        "log_likelihood": fit.log_likelihood,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    prior = float((det_pairs + match_rate * population) / total_pairs)
-    return FSModel(rules, comparisons, np.zeros((n_rules, len(prepared)), dtype=bool), np.full(n_rules, match_rate),
-                   prior, training, np.full(n_rules, household_rate) if household else None)
 
 
 # ---------------------------------------------------------------------------------------------
 # Scoring and decisions
 # ---------------------------------------------------------------------------------------------
-def _decide(probability: np.ndarray, auto_merge: float, review: float, vetoed: np.ndarray) -> np.ndarray:
-    """link / review / no_link; a vetoed pair at or above auto-merge goes to review instead."""
-    link = (probability >= auto_merge) & ~vetoed
-    return np.select([link, probability >= review], [0, 1], 2).astype(np.int8)
-
-
-def vetoes(prepared: list[PreparedComparison], levels: np.ndarray) -> np.ndarray:
-    """Per pair: the first must_agree comparison at its "else" level (-1 = none)."""
-    out = np.full(len(levels), -1, dtype=np.int64)
-    for k in reversed(range(len(prepared))):
-        p = prepared[k]
-        if p.config.must_agree:
-            out[levels[:, k] == p.n_levels - 1] = k
-    return out
 
 
 def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, model_path: Path | None = None,
@@ -482,7 +162,7 @@ def _decide_and_summarize(result: MatchResult, config: Config, per_rule, compare
     compared in this run (the others' levels came from the state)."""
     thresholds = config.matching.thresholds
     result.veto = vetoes(result.prepared, result.levels)
-    result.decision = _decide(result.probability, thresholds.auto_merge, thresholds.review, result.veto >= 0)
+    result.decision = decide(result.probability, thresholds.auto_merge, thresholds.review, result.veto >= 0)
     health = model_health(result.model, config)
     if health["auto_merge_withheld"]:  # an unfit model merges nothing on its own: its links wait for review
         result.decision[result.decision == DECISIONS.index("link")] = DECISIONS.index("review")
@@ -491,15 +171,6 @@ def _decide_and_summarize(result: MatchResult, config: Config, per_rule, compare
     result.summary["pairs_compared"] = compared
     result.summary["pairs_reused"] = result.candidates - compared
     result.summary["weight_histogram"] = {"edges": WEIGHT_BINS.tolist(), "counts": histogram.tolist()}
-
-
-def model_health(model: FSModel, config: Config) -> dict:
-    """The training health check (resolver.matching.model.health_problems) and what it means for this run:
-    with problems, no automatic merge unless matching.model.allow_unhealthy."""
-    options = config.matching.model
-    problems = health_problems(model, config.matching.thresholds.auto_merge)
-    return {"ok": not problems, "problems": problems, "notes": model_notes(model),
-            "auto_merge_withheld": bool(problems) and not options.allow_unhealthy}
 
 
 def _summary(result: MatchResult, candidates: int, per_rule: list[int], config: Config) -> dict:
@@ -529,44 +200,3 @@ def _no_stage(name: str, rows_in: int | None = None):
     yield {}
 
 
-# ---------------------------------------------------------------------------------------------
-# Explanations
-# ---------------------------------------------------------------------------------------------
-def explain(result: MatchResult, rows: np.ndarray, records: pd.DataFrame, person_ids: pd.Series,
-            reasons: np.ndarray | None = None) -> pd.DataFrame:
-    """One row per pair: both records, the probability, and for each comparison both values, the
-    level and its weight (the waterfall: prior_weight + the weights + household_weight = match_weight)."""
-    left, right = result.left[rows], result.right[rows]
-
-    def take(column: pd.Series, at: np.ndarray):
-        # Row selection first: turning a whole Arrow-backed column into Python objects costs seconds.
-        return column.take(at).to_numpy()
-
-    frame = pd.DataFrame(
-        {
-            "record_id_l": left,
-            "source_l": take(records["source"], left),
-            "record_key_l": take(records["record_key"], left),
-            "person_id_l": take(person_ids, left),
-            "record_id_r": right,
-            "source_r": take(records["source"], right),
-            "record_key_r": take(records["record_key"], right),
-            "person_id_r": take(person_ids, right),
-            "probability": result.probability[rows],
-            "match_weight": result.weight[rows],
-            "decision": pd.Categorical.from_codes(result.decision[rows], categories=list(DECISIONS)),
-            "reason": reasons if reasons is not None else "",
-            "blocking_rule": np.asarray(result.blocking.rules, dtype=object)[result.rule[rows]],
-            "prior_weight": result.model.prior_weights[result.rule[rows].astype(np.int64)],
-            "household_weight": household_adjustments(result.model, result.levels[rows],
-                                                      result.rule[rows].astype(np.int64), result.tf[rows]),
-        }
-    )
-    weights = comparison_weights(result.model, result.levels[rows], result.rule[rows].astype(np.int64))
-    for k, p in enumerate(result.prepared):
-        level = result.levels[rows, k]
-        frame[f"{p.name}_l"] = take(p.values, left)
-        frame[f"{p.name}_r"] = take(p.values, right)
-        frame[f"{p.name}_level"] = pd.Categorical.from_codes(level.astype(np.int64), categories=p.labels)
-        frame[f"{p.name}_weight"] = weights[:, k] + result.tf[rows, k]
-    return frame

@@ -50,46 +50,11 @@ from resolver.matching.blocking import (
 from resolver.matching.compare import PreparedComparison, comparison_matrix
 from resolver.matching.model import (
     FSModel,
-    kept_comparisons,
-    match_weights,
     merge_pattern_counts,
     pattern_counts,
-    probabilities,
-    tf_adjustments,
 )
 from resolver.matching.reuse import MatchCaches
-
-SCORE_CHUNK = 1_000_000  # pairs scored at a time: each holds ~0.1 GiB of (pairs, comparisons) floats
-WEIGHT_BINS = np.arange(-40.0, 41.0, 1.0)  # match-weight histogram of every candidate pair (the run report)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scoring
-# ---------------------------------------------------------------------------------------------
-def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
-                histogram: np.ndarray | None = None):
-    """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
-    returns, on the host, the rows with probability >= keep_from and their weight, probability, tf.
-    With `histogram`, adds every pair's match weight to it (bins WEIGHT_BINS, the ends open)."""
-    xp = module_of(levels)
-    edges = xp.asarray(WEIGHT_BINS)
-    kept = []
-    for start in range(0, len(pairs), SCORE_CHUNK):
-        chunk = slice(start, start + SCORE_CHUNK)
-        left = pairs.left[chunk].astype(xp.int64)
-        rule = pairs.rule[chunk].astype(xp.int64)
-        keep = kept_comparisons(model, levels[chunk], rule)  # once a chunk, for the tf and the weights
-        tf = tf_adjustments(model, prepared, levels[chunk], rule, left, keep)
-        weight = match_weights(model, levels[chunk], rule, tf, keep)
-        probability = probabilities(weight)
-        if histogram is not None:
-            clipped = xp.clip(weight, float(WEIGHT_BINS[0]), float(WEIGHT_BINS[-1]))
-            histogram += to_host(xp.histogram(clipped, bins=edges)[0]).astype(np.int64)
-        rows = xp.flatnonzero(probability >= keep_from)
-        kept.append(tuple(map(to_host, (start + rows, weight[rows], probability[rows], tf[rows]))))
-    if not kept:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, len(prepared)))
-    return tuple(np.concatenate([k[i] for k in kept]) for i in range(4))
+from resolver.matching.score import WEIGHT_BINS, score_pairs
 
 
 @dataclass

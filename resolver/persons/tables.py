@@ -20,7 +20,8 @@ from resolver.graph.guards import OBSERVED, PROBABILISTIC, GraphResult
 from resolver.ingest.tables import ACTION_COLUMNS
 from resolver.ingest.plan import concat_frames
 from resolver.ingest.tables import IDENTIFIER_RULE, Vocabulary
-from resolver.matching.match import DECISIONS, MatchResult
+from resolver.matching.match import MatchResult
+from resolver.matching.score import DECISIONS
 from resolver.state.store import CarriedIds, State, carry_ids
 
 

@@ -1,1 +1,2 @@
-"""What persists between runs: the state store and its commit, snapshots, history, review decisions and erasure."""
+"""What persists between runs: the state store and its atomic commit (store, files), the run
+history (history), review decisions (review) and the rules of erasure (erasure)."""

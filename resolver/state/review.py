@@ -34,7 +34,8 @@ import pandas as pd
 from resolver.compute.cluster import connected_components
 from resolver.ids import item_ids, record_member_keys
 from resolver.matching.compare import comparison_matrix
-from resolver.matching.match import DECISIONS, STEWARD_ACCEPTED, STEWARD_HELD, STEWARD_REJECTED
+from resolver.matching.match import STEWARD_ACCEPTED, STEWARD_HELD, STEWARD_REJECTED
+from resolver.matching.score import DECISIONS
 from resolver.matching.model import match_weights, probabilities, tf_adjustments
 from resolver.state.files import state_lock, write_atomically
 

@@ -12,7 +12,7 @@ from resolver.ids import to_signed
 from resolver.ingest.attributes import matching_columns, normalize_attribute
 from resolver.matching.blocking import rule_keys
 from resolver.matching.compare import comparison_matrix, prepare_all
-from resolver.matching.match import vetoes
+from resolver.matching.score import vetoes
 from resolver.matching.model import FSModel, match_weights, probabilities
 from resolver.sync.mapping import Mapping, value_text
 from resolver.sync.queries import golden_rows
