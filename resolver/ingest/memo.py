@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from resolver.kernels.hashing import hash_strings
+
 # One memo is active per process at a time (a plain global, not a context variable: the stages
 # normalize columns in thread pools, and threads do not inherit context variables).
 _ACTIVE: list[NormalizationMemo] = []
@@ -30,8 +32,6 @@ _ACTIVE: list[NormalizationMemo] = []
 
 def raw_value_keys(values: pd.Series) -> np.ndarray:
     """64-bit hashes of the raw values: the memo is keyed by them (raw text is never stored)."""
-    from resolver.kernels.hashing import hash_strings
-
     return hash_strings(pa.array(values.astype("str").array, type=pa.large_string()), prefix=b"memo:")
 
 

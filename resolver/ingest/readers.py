@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from resolver.config import Config, CsvOptions, SourceConfig
 from resolver.ingest.csv_cuts import record_cuts
+from resolver.ingest.cdp_shapes import TRANSFORMS
 
 REJECT_COLUMNS = ["source", "file", "row", "field", "reason", "raw"]
 RAW_LIMIT = 200  # characters of offending text kept in rejects.raw
@@ -874,8 +875,6 @@ def _read_shaped(path: Path, source: SourceConfig, columns: list[str], piece: Pi
     """Newline-delimited JSON events of a CDP shape (resolver/ingest/cdp_shapes.py: ga4, adobe,
     tealium), each reshaped before its columns are taken; bad lines become rejects with their line
     number. Pieces of _SHAPED_LINES lines keep memory bounded."""
-    from resolver.ingest.cdp_shapes import TRANSFORMS
-
     transform = TRANSFORMS[source.format]
     with open(path, "rb") as f:
         if piece is None:

@@ -17,12 +17,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from resolver.config import Config, SourceConfig
+from resolver.config import Config, DateParts, SourceConfig
 from resolver.compute.grouping import Groups
 from resolver.ingest.readers import REJECT_COLUMNS, SourceFrame
 from resolver.ingest.sessions import sessionize
 from resolver.ingest.memo import memoized, memoized_column
-from resolver.normalize import Blocklist, hash_identifiers, normalize_identifier, normalize_name, normalize_trim
+from resolver.normalize import (
+    Blocklist, _to_arrow, _to_series, hash_identifiers, normalize_date, normalize_identifier, normalize_name, normalize_trim,
+)
 
 # policy_actions.parquet: what ingest did to values (invalid, blocked) and what the graph's guards did.
 ACTION_COLUMNS = ["action", "source", "id_type", "value", "reason", "count"]
@@ -162,8 +164,6 @@ def date_from_parts(year: pd.Series, month: pd.Series, day: pd.Series) -> pd.Ser
     """ISO dates YYYY-MM-DD from year, month and day columns (text, as read: "1956", "4", "04", or
     "4.0" from a JSON number); NA where a part is missing or not a whole number, the year has not
     four digits, or the three make no calendar date (1999-02-30)."""
-    from resolver.normalize import _to_arrow, _to_series, normalize_date
-
     def part(values: pd.Series, digits: str, width: int) -> pa.Array:
         text = pc.replace_substring_regex(pc.utf8_trim_whitespace(_to_arrow(values)), r"\.0*$", "")
         ok = pc.fill_null(pc.match_substring_regex(text, f"^[0-9]{{{digits}}}$"), False)
@@ -177,8 +177,6 @@ def date_from_parts(year: pd.Series, month: pd.Series, day: pd.Series) -> pd.Ser
 def joined_columns(columns: list[pd.Series]) -> pd.Series:
     """The values of several columns joined by a space (each trimmed; missing ones left out),
     missing where all are."""
-    from resolver.normalize import _to_arrow, _to_series
-
     # Missing parts as "" and the spaces collapsed after (pyarrow 26's null_handling="skip" drops the
     # rows where every part is null instead of returning null for them)
     parts = [pc.fill_null(pc.utf8_trim_whitespace(_to_arrow(c)), "") for c in columns]
@@ -190,8 +188,6 @@ def joined_columns(columns: list[pd.Series]) -> pd.Series:
 
 def built_attribute(spec, columns: list[pd.Series]) -> pd.Series:
     """A built attribute's values from its columns (in spec.columns order)."""
-    from resolver.config import DateParts
-
     if isinstance(spec, DateParts):
         return date_from_parts(*columns)
     return joined_columns(columns)

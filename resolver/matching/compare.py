@@ -18,6 +18,8 @@ import pandas as pd
 
 from resolver.compute.backend import module_of
 from resolver.config import ComparisonConfig
+from resolver.kernels import strings
+from resolver.kernels.strings import Encoded, encode_for_comparison
 
 NULL_LEVEL = 0
 _SIMILARITY_LABEL = {"jaro_winkler": "jw", "levenshtein": "lev", "jaccard": "jaccard"}
@@ -53,8 +55,6 @@ class PreparedComparison:
         the text values stay on the host for explanations."""
         if xp is np:
             return self
-        from resolver.kernels.strings import Encoded
-
         def move(value):
             if isinstance(value, Encoded):
                 return Encoded(xp.asarray(value.offsets), xp.asarray(value.codes), xp.asarray(value.valid))
@@ -68,8 +68,6 @@ class PreparedComparison:
     def take(self, rows: np.ndarray) -> PreparedComparison:
         """What comparing and scoring pairs among just these records needs (renumbered from 0):
         not the text, which only explanations use."""
-        from resolver.kernels.strings import Encoded
-
         def take(value):
             if isinstance(value, Encoded):
                 return value.take(rows)
@@ -152,8 +150,6 @@ def _days(values: pd.Series) -> np.ndarray:
 
 
 def prepare(c: ComparisonConfig, attributes: dict[str, pd.Series]) -> PreparedComparison:
-    from resolver.kernels.strings import encode_for_comparison
-
     values = attributes[c.columns[0]].reset_index(drop=True)
     if c.method == "geo":
         lat = attributes[c.columns[0]].to_numpy(np.float64, na_value=np.nan)
@@ -212,8 +208,6 @@ def prepare_all(comparisons: list[ComparisonConfig], attributes: dict[str, pd.Se
 # Levels (per pair)
 # ---------------------------------------------------------------------------------------------
 def _similarity(p: PreparedComparison, left: np.ndarray, right: np.ndarray, target: str) -> np.ndarray:
-    from resolver.kernels import strings
-
     enc = p.extra["encoded"]
     method = p.config.method
     if method == "jaro_winkler":

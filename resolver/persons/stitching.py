@@ -43,6 +43,18 @@ import pandas as pd
 
 from resolver.compute.backend import CPU, Backend, scatter_min, to_host
 from resolver.kernels import minhash
+from resolver.matching.model import (
+    M_FLOOR,
+    ComparisonModel,
+    FSModel,
+    fit_em,
+    floored,
+    level_distribution,
+    match_weights,
+    pattern_counts,
+    probabilities,
+)
+from resolver.normalize import normalize_text
 
 FEATURES = {
     "network": ["null", "none", "same /24", "same IP"],
@@ -309,15 +321,6 @@ def _model(levels: np.ndarray, rule: np.ndarray, labelled: np.ndarray, labelled_
     """The stitching model: m from labelled matches, u per rule from labelled non-matches (random
     pairs where a rule has too few), the match rate per rule from the labels; EM (m held where
     labelled) only for what the labels leave open."""
-    from resolver.matching.model import (
-        M_FLOOR,
-        ComparisonModel,
-        FSModel,
-        fit_em,
-        floored,
-        level_distribution,
-        pattern_counts,
-    )
 
     names = list(FEATURES)
     n_levels = [len(FEATURES[f]) for f in names]
@@ -382,8 +385,6 @@ def household_keys(golden_records: pd.DataFrame | None) -> pd.Series:
     same key live together. Persons without both are left out (no household is known)."""
     if golden_records is None or not {"street", "postal_code"} <= set(golden_records.columns):
         return pd.Series(dtype="str")
-    from resolver.normalize import normalize_text
-
     street = normalize_text(golden_records["street"].astype("str").where(golden_records["street"].notna()))
     postal = normalize_text(golden_records["postal_code"].astype("str").where(golden_records["postal_code"].notna()))
     key = (street + "|" + postal).reset_index(drop=True)
@@ -415,8 +416,6 @@ def stitch(sessions: pd.DataFrame, identifier_map: pd.DataFrame, persons: pd.Dat
     joins are pandas; band keys, feature levels and scores run on the backend's array module.
     `households` (household_keys: person -> address) sends network-found stitches to a person who
     shares an address to review, and makes an IP that persons of two households used no key."""
-    from resolver.matching.model import match_weights, probabilities
-
     permutations = options.permutations
     xp = backend.xp
     window_ns = int(options.window_days * 24 * _NS_PER_HOUR)
