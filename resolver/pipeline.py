@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -104,9 +103,8 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         if writer is not None:  # new snapshots (each file's tables alone) are written while the run goes on
             writer.start(parts, snapshots.previous, snapshots.lookups)
         reject_cross_file_duplicates(config, parts)
-        with memo.active() if memo is not None else nullcontext():
-            res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
-                          decisions, engine)
+        res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
+                      decisions, engine, memo)
         res.summary = run_summary(config.identity.guards, parts, res, log, run_id, started)
         res.summary["backend"] = backend.describe(components=choose("components", backend, engine))
         res.summary["engine"] = engine.summary()
@@ -140,7 +138,8 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
             model_path: Path | None = None, backend: Backend = CPU, previous: State | None = None,
             run_id: str = "", now: pd.Timestamp | None = None, reuse: Reuse | None = None,
-            decisions: pd.DataFrame | None = None, engine: Engine = LOCAL) -> Resolution:
+            decisions: pd.DataFrame | None = None, engine: Engine = LOCAL,
+            memo: NormalizationMemo | None = None) -> Resolution:
     """The stages after ingest, in order: graph, components, matching (with the graph redone with
     its links), persons, golden records, stitching, then the tables of the Resolution."""
     attributes = attributes_of(parts)  # computed per part by the ingest jobs
@@ -174,7 +173,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
     with log.stage("golden records", rows_in=n_records) as entry:
         golden = golden_records(engine, backend, records, identity_map["person_id"], persons["person_id"], config,
-                                attributes)
+                                attributes, memo)
         entry["rows_out"] = len(golden.conflicts)
     del attributes  # golden records were their last reader (memory)
     records = records[RECORD_COLUMNS]  # and of the records' attributes

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.config import Config, field_kind, golden_fields
-from resolver.ingest.memo import memoized_column
+from resolver.ingest.memo import NormalizationMemo, memoized_column
 from resolver.keys import parse_key
 from resolver.normalize import (
     Blocklist,
@@ -34,10 +34,10 @@ def _without_junk(kind: str, normalized: pd.Series, config: Config) -> pd.Series
     return normalized.where(reasons.isna().to_numpy())
 
 
-def normalize_attribute(kind: str, values: pd.Series, config: Config) -> pd.Series:
+def normalize_attribute(kind: str, values: pd.Series, config: Config, memo: NormalizationMemo | None = None) -> pd.Series:
     """One attribute column in match form (NA where missing or unusable); each distinct value is
-    normalized once, and not at all when the active normalization memo already knows it."""
-    return memoized_column(f"attribute:{kind}", values, lambda v: _match_form(kind, v, config))
+    normalized once, and not at all when the normalization memo already knows it."""
+    return memoized_column(memo, f"attribute:{kind}", values, lambda v: _match_form(kind, v, config))
 
 
 def _match_form(kind: str, values: pd.Series, config: Config) -> pd.Series:
@@ -84,7 +84,8 @@ def attribute_kinds(config: Config) -> dict[str, str]:
     return {column: field_kind(config, column) for column in dict.fromkeys(columns)}
 
 
-def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str] | None = None) -> dict[str, pd.Series]:
+def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str] | None = None,
+                     memo: NormalizationMemo | None = None) -> dict[str, pd.Series]:
     """Normalized attribute columns (by default the ones matching reads), one value per record
     (index 0..n-1)."""
     if kinds is None:
@@ -92,7 +93,7 @@ def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str
 
     def one(column: str) -> pd.Series:
         raw = records[column] if column in records else pd.Series(pd.NA, index=records.index, dtype="str")
-        return normalize_attribute(kinds[column], raw.reset_index(drop=True), config)
+        return normalize_attribute(kinds[column], raw.reset_index(drop=True), config, memo)
 
     # Arrow's string kernels release the GIL: columns are normalized side by side.
     with ThreadPoolExecutor(max_workers=max(1, config.run.workers)) as pool:

@@ -8,14 +8,14 @@ search); the raw text itself is not kept. The memo a run hands on holds the dist
 that left the sources leave the memo with them. Erased values too: `resolver forget` drops the
 memo, and a run hands on nothing that a part with suppressed (erased) data looked up.
 
-The memo in use is set for a block of code (`with memo.active():`), in the main process and in
-each ingest worker, and the normalizing functions consult it through `memoized`.
+The memo is an argument: the run hands its memo to each ingest job (a worker opens the state's
+memo folder itself) and to golden records; the normalizing functions take it (`memoized`, None:
+normalize everything).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +27,6 @@ from resolver.kernels.hashing import hash_strings
 
 # One memo is active per process at a time (a plain global, not a context variable: the stages
 # normalize columns in thread pools, and threads do not inherit context variables).
-_ACTIVE: list[NormalizationMemo] = []
-
-
 def raw_value_keys(values: pd.Series) -> np.ndarray:
     """64-bit hashes of the raw values: the memo is keyed by them (raw text is never stored)."""
     return hash_strings(pa.array(values.astype("str").array, type=pa.large_string()), prefix=b"memo:")
@@ -53,14 +50,6 @@ class NormalizationMemo:
             path = self.folder / f"{name.replace(':', '__')}.parquet"
             self.tables[name] = pd.read_parquet(path) if path.exists() else None
         return self.tables.get(name)
-
-    @contextmanager
-    def active(self):
-        _ACTIVE.append(self)
-        try:
-            yield self
-        finally:
-            _ACTIVE.remove(self)
 
     def lookup(self, name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
         """fn(distinct) (a tuple of Series aligned with `distinct`), computing only unseen values."""
@@ -160,20 +149,23 @@ def _merge_sorted(a: pd.DataFrame | None, b: pd.DataFrame | None) -> pd.DataFram
     return pd.concat([a, b], ignore_index=True).take(order).reset_index(drop=True)
 
 
-def memoized(name: str, distinct: pd.Series, fn: Callable[[pd.Series], tuple]) -> tuple:
-    """fn over distinct raw values, through the active memo when there is one."""
-    if not _ACTIVE:
+def memoized(memo: NormalizationMemo | None, name: str, distinct: pd.Series,
+             fn: Callable[[pd.Series], tuple]) -> tuple:
+    """fn over distinct raw values, through `memo` when there is one."""
+    if memo is None:
         return fn(distinct)
-    return _ACTIVE[-1].lookup(name, distinct, fn)
+    return memo.lookup(name, distinct, fn)
 
 
-def memoized_column(name: str, values: pd.Series, fn: Callable[[pd.Series], pd.Series]) -> pd.Series:
-    """fn over a whole column (with repeats), normalizing each distinct value once and remembering it."""
-    if not _ACTIVE:
+def memoized_column(memo: NormalizationMemo | None, name: str, values: pd.Series,
+                    fn: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """fn over a whole column (with repeats), normalizing each distinct value once and remembering
+    it in `memo` (None: fn over the column as it is)."""
+    if memo is None:
         return fn(values)
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     distinct = pd.Series(uniques, dtype=values.dtype if len(uniques) else "str")
-    (out,) = memoized(name, distinct, lambda v: (fn(v),))
+    (out,) = memoized(memo, name, distinct, lambda v: (fn(v),))
     missing = fn(pd.Series([pd.NA], dtype=values.dtype))  # what a missing value becomes
     filler = pd.concat([out, missing], ignore_index=True)
     result = filler.take(np.where(codes >= 0, codes, len(out))).reset_index(drop=True)

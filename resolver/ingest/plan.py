@@ -62,15 +62,15 @@ def ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids
     """Read and normalize one job's files; with a memo, values it remembers are not normalized
     again, and the job's lookups come back in tables.memo."""
     own = NormalizationMemo(tables=memo.tables, folder=memo.folder) if memo is not None else None
+    tables = _ingest_job(config, job, vocab, seen_event_ids, own)
     if own is None:
-        return _ingest_job(config, job, vocab, seen_event_ids)
-    with own.active():
-        tables = _ingest_job(config, job, vocab, seen_event_ids)
+        return tables
     tables.memo = NormalizationMemo(seen=own.seen, hits=own.hits, misses=own.misses)  # not the tables it read
     return tables
 
 
-def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None) -> SourceTables:
+def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_ids: np.ndarray | None,
+                memo: NormalizationMemo | None) -> SourceTables:
     return_freed_memory()  # in a worker process too
     source = config.sources[job.source_index]
     blocklist = Blocklist.from_config(
@@ -80,9 +80,9 @@ def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_id
     # An empty file list lets read_source raise its "no files match" error.
     raw = read_source(config, source, files=[Path(f) for f in job.files] or None, piece=job.piece)
     read_s = time.perf_counter() - start
-    tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids)
+    tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids, memo)
     if tables.records is not None:  # in match form for matching and golden records, once per record
-        tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config)))
+        tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config), memo))
     tables.seconds = {"read": read_s, "normalize": time.perf_counter() - start - read_s}
     return tables
 

@@ -21,7 +21,7 @@ from resolver.config import Config, DateParts, SourceConfig
 from resolver.compute.grouping import Groups
 from resolver.ingest.readers import REJECT_COLUMNS, SourceFrame
 from resolver.ingest.sessions import sessionize
-from resolver.ingest.memo import memoized, memoized_column
+from resolver.ingest.memo import NormalizationMemo, memoized, memoized_column
 from resolver.normalize import (
     Blocklist, _to_arrow, _to_series, hash_identifiers, normalize_date, normalize_identifier, normalize_name, normalize_trim,
 )
@@ -203,7 +203,7 @@ def _coalesce(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 def identifier_column(
     config: Config, source: SourceConfig, id_type: str, column: str, rule: str, raw: pd.Series,
-    blocklist: Blocklist | None, actions: list,
+    blocklist: Blocklist | None, actions: list, memo: NormalizationMemo | None = None,
 ) -> IdentifierColumn:
     """Normalize, block (unless `blocklist` is None) and hash one column, working on its distinct
     values only."""
@@ -211,7 +211,7 @@ def identifier_column(
     distinct = pd.Series(uniques, dtype="str")
     counts = np.bincount(codes[codes >= 0], minlength=len(distinct))
     spec = config.identity.types[id_type]
-    normalized, reason = memoized(f"identifier:{spec.normalizer}", distinct, lambda values: normalize_identifier(
+    normalized, reason = memoized(memo, f"identifier:{spec.normalizer}", distinct, lambda values: normalize_identifier(
         spec.normalizer, values, default_region=config.run.default_region,
         email_options=config.identity.email.model_dump(),
     ))
@@ -254,11 +254,12 @@ def flagged_records(idents: list[IdentifierColumn], position: np.ndarray) -> pd.
     return pd.concat(frames, ignore_index=True)[FLAGGED_COLUMNS]
 
 
-def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list) -> list[IdentifierColumn]:
+def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame, blocklist: Blocklist, actions: list,
+                       memo: NormalizationMemo | None = None) -> list[IdentifierColumn]:
     mapped = [(t, c, IDENTIFIER_RULE) for t, cols in source.identifier_columns().items() for c in cols]
     mapped += [(link.type, link.column, link.rule) for link in source.links]
     return [identifier_column(config, source, t, c, r, frame[c], None if _is_record_key(config, source, t, c, r)
-                              else blocklist, actions) for t, c, r in mapped]
+                              else blocklist, actions, memo) for t, c, r in mapped]
 
 
 def _is_record_key(config: Config, source: SourceConfig, id_type: str, column: str, rule: str) -> bool:
@@ -344,10 +345,11 @@ def _truthy(values: pd.Series) -> np.ndarray:
     return values.str.strip().str.lower().isin(TRUTHY).to_numpy()
 
 
-def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary) -> SourceTables:
+def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary,
+                   memo: NormalizationMemo | None = None) -> SourceTables:
     tables = SourceTables(source.name, raw.rows_read, rejects=[raw.rejects])
     frame = raw.frame.reset_index(drop=True)
-    idents = identifier_columns(config, source, frame, blocklist, tables.actions)
+    idents = identifier_columns(config, source, frame, blocklist, tables.actions, memo)
 
     key_raw = frame[source.key]
     # The record's own key, normalized like an identifier read from the same column (15 -> 18 chars).
@@ -385,7 +387,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
         records[name] = kept(built_attribute(spec, [frame[c] for c in spec.columns]))
     for name in ("first_name", "last_name"):
         if name in records:
-            records[f"{name}_norm"] = memoized_column("name", records[name], normalize_name)
+            records[f"{name}_norm"] = memoized_column(memo, "name", records[name], normalize_name)
 
     position = np.full(len(frame), -1, dtype=np.int64)
     position[keep] = np.arange(int(keep.sum()))
@@ -449,7 +451,7 @@ def event_id_hashes(source: SourceConfig, keys: pd.Series) -> np.ndarray:
 
 def ingest_events(
     config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary,
-    seen_event_ids: np.ndarray | None = None,
+    seen_event_ids: np.ndarray | None = None, memo: NormalizationMemo | None = None,
 ) -> SourceTables:
     """Collapse events into identifier nodes and edges. `seen_event_ids` (hashes of event ids
     taken from earlier files) makes redeliveries across files count as duplicates too."""
@@ -468,7 +470,7 @@ def ingest_events(
         tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate event id (redelivery)", key))
         bad = missing | duplicate
     types = config.identity.types
-    idents = identifier_columns(config, source, frame, blocklist, tables.actions)
+    idents = identifier_columns(config, source, frame, blocklist, tables.actions, memo)
     # Strongest first, so that an event's anchor is the strongest identifier it carries.
     idents.sort(key=lambda i: (types[i.id_type].priority, i.explicit))
     hashes = np.stack([i.hash for i in idents], axis=1) if idents else np.zeros((len(frame), 0), np.uint64)
@@ -603,8 +605,9 @@ def collapse_edges(parts: list[pd.DataFrame], node_hashes: np.ndarray, vocab: Vo
 
 def ingest_source(
     config: Config, source: SourceConfig, raw: SourceFrame, blocklist: Blocklist, vocab: Vocabulary,
-    seen_event_ids: np.ndarray | None = None,
+    seen_event_ids: np.ndarray | None = None, memo: NormalizationMemo | None = None,
 ) -> SourceTables:
+    """One source's rows as tables; values `memo` knows are not normalized again."""
     if source.kind == "records":
-        return ingest_records(config, source, raw, blocklist, vocab)
-    return ingest_events(config, source, raw, blocklist, vocab, seen_event_ids)
+        return ingest_records(config, source, raw, blocklist, vocab, memo)
+    return ingest_events(config, source, raw, blocklist, vocab, seen_event_ids, memo)

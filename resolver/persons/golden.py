@@ -29,6 +29,7 @@ import pandas as pd
 from resolver.config import Config, field_kind, golden_fields
 from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 from resolver.ingest.attributes import normalize_attribute
+from resolver.ingest.memo import NormalizationMemo
 from resolver.matching.compare import nickname_groups
 
 NORMALIZED_DISPLAY = ("email", "phone", "date", "number")
@@ -68,10 +69,10 @@ class _Candidates:
 
 
 def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kind: str, config: Config,
-                normalized: pd.Series | None = None) -> _Candidates:
+                normalized: pd.Series | None = None, memo: NormalizationMemo | None = None) -> _Candidates:
     raw = records[field].reset_index(drop=True) if field in records else pd.Series(pd.NA, index=range(len(records)), dtype="str")
     if normalized is None:
-        normalized = normalize_attribute(kind, raw, config)
+        normalized = normalize_attribute(kind, raw, config, memo)
     usable = (person_index >= 0) & normalized.notna().to_numpy()
     trimmed = None
     if kind not in NORMALIZED_DISPLAY:
@@ -177,13 +178,14 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
 
 
 def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config,
-                 normalized: dict[str, pd.Series] | None = None) -> GoldenResult:
+                 normalized: dict[str, pd.Series] | None = None, memo: NormalizationMemo | None = None) -> GoldenResult:
     """Golden records (one row per person, in person_ids order) and the conflict log.
 
     records: the run's records (record_id order) with source, record_key, timestamp, is_deleted and
     the raw attribute columns; record_person: person id per record (NA for records in no person);
     person_ids: every person, in output order; normalized: attributes already in match form (the
-    matching stage's), reused instead of normalizing again."""
+    matching stage's), reused instead of normalizing again; memo: the run's normalization memo, for
+    the other fields."""
     golden = config.golden
     normalized = normalized or {}
     person_index = pd.Categorical(record_person.astype("str"), categories=person_ids.astype("str")).codes.astype(np.int64)
@@ -196,7 +198,7 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     def one_field(field: str):
         kind = field_kind(config, field)
         chain = golden.chain(field)
-        c = _candidates(records, person_index, field, kind, config, normalized.get(field))
+        c = _candidates(records, person_index, field, kind, config, normalized.get(field), memo)
         winner, deciding, has, distinct = _survive(c, chain, records, ranks, n_persons)
         labels = ["agreement", *chain, "tiebreak"]
         rule = pd.Categorical.from_codes(np.where(has, np.where(distinct, deciding + 1, 0), -1), categories=labels)

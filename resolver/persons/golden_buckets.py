@@ -19,24 +19,28 @@ from resolver.compute.dispatch import choose
 from resolver.compute.engine import Engine
 from resolver.compute.frames import concat_in_order
 from resolver.kernels.hashing import hash_strings
+from resolver.ingest.memo import NormalizationMemo
 from resolver.persons.golden import GoldenResult, build_golden, golden_fields, golden_summary
 
 
 def golden_records(engine: Engine, backend: Backend, records: pd.DataFrame, record_person: pd.Series,
-                   person_ids: pd.Series, config, normalized: dict[str, pd.Series]) -> GoldenResult:
+                   person_ids: pd.Series, config, normalized: dict[str, pd.Series],
+                   memo: NormalizationMemo | None = None) -> GoldenResult:
     """Golden records and conflicts of the persons (`record_person`: each record's person id)."""
     build = GOLDEN_RECORDS[choose("golden", backend, engine)]
-    return build(engine, records, record_person, person_ids, config, normalized)
+    return build(engine, records, record_person, person_ids, config, normalized, memo)
 
 
 def golden_records_whole(engine: Engine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
-                         config, normalized: dict[str, pd.Series]) -> GoldenResult:
-    return build_golden(records, record_person, person_ids, config, normalized)
+                         config, normalized: dict[str, pd.Series], memo: NormalizationMemo | None) -> GoldenResult:
+    return build_golden(records, record_person, person_ids, config, normalized, memo)
 
 
 def golden_records_in_buckets(engine: Engine, records: pd.DataFrame, record_person: pd.Series,
-                              person_ids: pd.Series, config, normalized: dict[str, pd.Series]) -> GoldenResult:
-    """build_golden, bucket by bucket of persons on `engine`: the same rows, in person order."""
+                              person_ids: pd.Series, config, normalized: dict[str, pd.Series],
+                              memo: NormalizationMemo | None) -> GoldenResult:
+    """build_golden, bucket by bucket of persons on `engine`: the same rows, in person order. The
+    workers normalize without the run's memo (what matching put in match form is shipped)."""
     ids = person_ids.astype("str").reset_index(drop=True)
     holder = record_person.astype("str").reset_index(drop=True)
     buckets = engine.buckets_for(len(records))
