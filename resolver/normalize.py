@@ -58,7 +58,7 @@ def _as_series(values) -> pd.Series:
     return values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
 
 
-def _to_arrow(series: pd.Series) -> pa.Array:
+def to_arrow(series: pd.Series) -> pa.Array:
     """The values as one Arrow string array (nulls for NA)."""
     if pd.api.types.is_float_dtype(series.dtype):
         series = _integral_floats_as_int(series)
@@ -77,7 +77,7 @@ def _integral_floats_as_int(series: pd.Series) -> pd.Series:
     return series
 
 
-def _to_series(arr: pa.Array, like: pd.Series) -> pd.Series:
+def to_series(arr: pa.Array, like: pd.Series) -> pd.Series:
     return pd.Series(arr, dtype=STR, index=like.index, name=like.name)
 
 
@@ -182,13 +182,13 @@ def _trim(arr: pa.Array) -> pa.Array:
 def normalize_trim(values) -> pd.Series:
     """Leading/trailing whitespace removed; empty -> NA."""
     s = _as_series(values)
-    return _to_series(_trim(_to_arrow(s)), s)
+    return to_series(_trim(to_arrow(s)), s)
 
 
 def normalize_lower(values) -> pd.Series:
     """Whitespace-trimmed and lower-cased; empty -> NA."""
     s = _as_series(values)
-    return _to_series(pc.utf8_lower(_trim(_to_arrow(s))), s)
+    return to_series(pc.utf8_lower(_trim(to_arrow(s))), s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +208,8 @@ def normalize_email(values: pd.Series, *, fold_gmail_dots: bool = True, fold_plu
     def fold(u: pa.Array) -> tuple[pa.Array]:
         return (_email_keys(u, fold_gmail_dots, fold_plus_tags),)
 
-    (out,) = _per_unique(_to_arrow(s), fold)
-    return _to_series(out, s)
+    (out,) = _per_unique(to_arrow(s), fold)
+    return to_series(out, s)
 
 
 def _split_emails(raw: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
@@ -296,8 +296,8 @@ def normalize_phone(values: pd.Series, default_region: str = "US") -> tuple[pd.S
     where ``is_valid_number`` holds (region codes are taken case-insensitively)."""
     s = _as_series(values)
     region = default_region.upper() if default_region else None
-    numbers, reasons = _per_unique(_to_arrow(s), lambda u: _phones(u, region))
-    return _to_series(numbers, s), _to_series(reasons, s)
+    numbers, reasons = _per_unique(to_arrow(s), lambda u: _phones(u, region))
+    return to_series(numbers, s), to_series(reasons, s)
 
 
 def _phone_oracle(raw: str, region: str | None) -> tuple[str | None, str | None]:
@@ -670,16 +670,16 @@ def normalize_name(values: pd.Series) -> pd.Series:
     empty -> NA.
     "Dr. José O'Neil-Smith Jr." -> "jose oneil smith"."""
     s = _as_series(values)
-    (out,) = _per_unique(_to_arrow(s), lambda u: (_fold_names(u),))
-    return _to_series(out, s)
+    (out,) = _per_unique(to_arrow(s), lambda u: (_fold_names(u),))
+    return to_series(out, s)
 
 
 def normalize_text(values: pd.Series) -> pd.Series:
     """Free-text match key (streets, cities, companies): ASCII-folded, lower case, punctuation ->
     space, whitespace collapsed; empty -> NA. "5788 Church Dr." -> "5788 church dr"."""
     s = _as_series(values)
-    (out,) = _per_unique(_to_arrow(s), lambda u: (_null_if_empty(_words(_ascii_fold(u))),))
-    return _to_series(out, s)
+    (out,) = _per_unique(to_arrow(s), lambda u: (_null_if_empty(_words(_ascii_fold(u))),))
+    return to_series(out, s)
 
 
 # In order: an 8-digit value is YYYYMMDD when it is a valid one, else US MMDDYYYY (pseudopeople,
@@ -704,8 +704,8 @@ def normalize_date(values: pd.Series) -> pd.Series:
             out = pc.coalesce(out, pc.if_else(exact, parsed.cast(pa.date32()), None))
         return (pc.strftime(out, format="%Y-%m-%d"),)
 
-    (out,) = _per_unique(_to_arrow(s), parse)
-    return _to_series(out, s)
+    (out,) = _per_unique(to_arrow(s), parse)
+    return to_series(out, s)
 
 
 def _fold_names(raw: pa.Array) -> pa.Array:
@@ -771,8 +771,8 @@ _IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 def normalize_ip(values) -> pd.Series:
     """Canonical IPv4/IPv6 text (``str(ipaddress.ip_address(v.strip()))``) or NA when invalid."""
     s = _as_series(values)
-    (out,) = _per_unique(_to_arrow(s), lambda u: (_canonical_ips(u),))
-    return _to_series(out, s)
+    (out,) = _per_unique(to_arrow(s), lambda u: (_canonical_ips(u),))
+    return to_series(out, s)
 
 
 def _canonical_ips(raw: pa.Array) -> pa.Array:
@@ -810,8 +810,8 @@ def salesforce_id_18(values) -> tuple[pd.Series, pd.Series]:
     are verified and, when the suffix is wrong, rebuilt from the first 15 chars (reason
     "bad checksum repaired"). Other shapes -> NA, "not a Salesforce id"; empty -> (NA, NA)."""
     s = _as_series(values)
-    ids, reasons = _sfids(_to_arrow(s))
-    return _to_series(ids, s), _to_series(reasons, s)
+    ids, reasons = _sfids(to_arrow(s))
+    return to_series(ids, s), to_series(reasons, s)
 
 
 def _sfids(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -887,7 +887,7 @@ def hash_identifiers(type_name: str, values: pd.Series) -> np.ndarray:
     """uint64 hash of ``type_name + "\\x1f" + value`` (resolver.kernels.hashing: FNV-1a plus a
     splitmix64 finalizer, compiled over the Arrow buffers; stable across runs and platforms).
     NA -> 0; 0 is never the hash of a value."""
-    return hash_strings(_to_arrow(_as_series(values)), prefix=f"{type_name}\x1f".encode())
+    return hash_strings(to_arrow(_as_series(values)), prefix=f"{type_name}\x1f".encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -951,8 +951,8 @@ class Blocklist:
     def blocked(self, type_name: str, normalized: pd.Series) -> pd.Series:
         """Reason string where the value is blocked, NA otherwise (and for missing values)."""
         s = _as_series(normalized)
-        (out,) = _per_unique(_to_arrow(s), lambda u: (self._reasons(type_name, u),))
-        return _to_series(out, s)
+        (out,) = _per_unique(to_arrow(s), lambda u: (self._reasons(type_name, u),))
+        return to_series(out, s)
 
     def _reasons(self, type_name: str, text: pa.Array) -> pa.Array:
         lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))

@@ -4,7 +4,8 @@ persons -> golden records -> stitching -> outputs; state in, state out.
 Each stage is a function of its own module over tables (ingest/plan, graph/build, graph/guards,
 matching/match, persons/tables, persons/golden, persons/stitching, matching/explain) and takes the
 configuration sections it reads. `run` wires them together, times each stage (StageLog) and
-accounts for every input row (resolution.run_summary). What a stage's inputs held is released at
+accounts for every input row (resolution.run_summary); what a run takes from the state and hands
+on is state/handover's. What a stage's inputs held is released at
 the stage boundary where their last reader is done, before the next large allocation (memory).
 """
 
@@ -26,16 +27,16 @@ from resolver.config import Config, IdentityConfig, MatchingConfig, StitchingCon
 from resolver.graph.build import build_graph, flagged_of, with_probabilistic_edges
 from resolver.graph.guards import CUT, GraphResult, resolve_graph
 from resolver.ids import record_member_keys
-from resolver.ingest.memo import NormalizationMemo
-from resolver.ingest.plan import (
-    Snapshots, absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of,
-)
-from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
 from resolver.ingest.attributes import normalization_report
+from resolver.ingest.memo import NormalizationMemo
+from resolver.ingest.plan import absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of
+from resolver.ingest.snapshots import SnapshotWriter
+from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
 from resolver.matching.explain import matching_outputs
-from resolver.matching.match import MatchResult, Reuse, match_records
-from resolver.matching.score import DECISIONS
+from resolver.matching.match import MatchResult, match_records
 from resolver.matching.plan import matching_attributes
+from resolver.matching.reuse import Reuse
+from resolver.matching.score import DECISIONS
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.outputs.writers import stage_outputs, write_outputs
 from resolver.persons.golden import raw_fields
@@ -43,10 +44,10 @@ from resolver.persons.golden_buckets import golden_records
 from resolver.persons.stitching import StitchResult, household_keys, stitch
 from resolver.persons.tables import person_tables, policy_actions
 from resolver.resolution import RECORD_COLUMNS, Reporter, Resolution, StageLog, run_summary
-from resolver.state.erasure import suppress
-from resolver.state.review import Constraints, apply_decisions, check_constraints, load_decisions
-from resolver.ingest.snapshots import SnapshotWriter
-from resolver.state.store import State, StateStore, config_digest
+from resolver.state.erasure import Suppressed, suppress
+from resolver.state.handover import StartingState, next_state, state_in, state_summary
+from resolver.state.review import Constraints, apply_decisions, check_constraints
+from resolver.state.store import State
 
 
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
@@ -74,65 +75,61 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
     `truth` (a truth folder or records file) adds quality curves to report.html."""
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    store = StateStore(state_dir) if state_dir is not None else None
-    recovered = store.recover() if store is not None else None  # a commit a kill interrupted
-    previous = store.load() if store is not None else None
-    digest = config_digest(config)
-    incremental = previous is not None and not full and previous.config_digest == digest and previous.runs > 0
-    memo = None
-    if previous is not None:
-        memo = NormalizationMemo(tables=previous.memo if incremental else {},
-                                 folder=store.current() / "memo" if incremental and store.current() else None)
-    reuse = Reuse(previous.model, previous.pairs, previous.keys) if incremental else None
-    decisions = load_decisions(state_dir) if store is not None else None
-    snapshots = None
-    if previous is not None:
-        snapshots = Snapshots(previous.snapshots, previous.files, digest, reuse=incremental)
+    start = state_in(config, state_dir, full)
     log = StageLog(report=report)
     wall = time.perf_counter()
     vocab = Vocabulary.from_config(config)
-    parts = ingest_all(config, log, vocab, memo, snapshots, engine)
-    suppressed = None
-    if previous is not None and len(previous.tombstones):
-        with log.stage("erasure: suppress tombstoned data") as entry:
-            suppressed = suppress(parts, previous.tombstones, previous.salt)
-            entry["rows_out"] = suppressed.records
-    absorb_lookups(memo, parts, snapshots)
-    writer = SnapshotWriter(store.pending(run_id)) if store is not None and write else None
+    parts = ingest_all(config, log, vocab, start.memo, start.snapshots, engine)
+    suppressed = _suppress_erased(parts, start.previous, log)
+    absorb_lookups(start.memo, parts, start.snapshots)
+    writer = SnapshotWriter(start.store.pending(run_id)) if start.store is not None and write else None
     try:
         if writer is not None:  # new snapshots (each file's tables alone) are written while the run goes on
-            writer.start(parts, snapshots.previous, snapshots.lookups)
+            writer.start(parts, start.snapshots.previous, start.snapshots.lookups)
         reject_cross_file_duplicates(config, parts)
-        res = resolve(config, parts, log, vocab, model_path, backend, previous, run_id, pd.Timestamp(started), reuse,
-                      decisions, engine, memo)
+        res = resolve(config, parts, log, vocab, model_path, backend, start.previous, run_id, pd.Timestamp(started),
+                      start.reuse, start.decisions, engine, start.memo)
         res.summary = run_summary(config.identity.guards, parts, res, log, run_id, started)
         res.summary["backend"] = backend.describe(components=choose("components", backend, engine))
         res.summary["engine"] = engine.summary()
         if suppressed is not None:
             res.summary["suppressed"] = suppressed.as_dict()
         if res.carried is not None:
-            res.summary["persistent_ids"] = {"state": str(state_dir), "previous_run": previous.run_id, **res.carried.counts}
-            res.summary["incremental"] = {"incremental": incremental, "normalization": memo.stats(),
-                                          "parts_loaded_from_state": sum(p.loaded for p in parts),
-                                          **({"pairs_compared": res.matching["pairs_compared"],
-                                              "pairs_reused": res.matching["pairs_reused"]} if res.matching else {})}
-        if recovered is not None:
-            res.summary["recovered_commit"] = recovered
+            res.summary.update(state_summary(start, res, parts))
+        if start.recovered is not None:
+            res.summary["recovered_commit"] = start.recovered
         res.summary["seconds"] = round(time.perf_counter() - wall, 3)
         if write:
-            res.summary["output_dir"] = str(config.output_path())
-            page, row = report_for_run(res, state_dir if store is not None else None, decisions, truth)
-            if store is None:
-                write_outputs(config.output_path(), res, files={REPORT_FILE: page})
-            else:  # the outputs and the state version go live together (StateStore.commit_run)
-                state = _next_state(previous, res, memo, digest)
-                state.snapshots, state.files = writer.finish(), snapshots.files
-                store.commit_run(state, run_id, config.output_path(),
-                                 lambda folder: stage_outputs(folder, res, files={REPORT_FILE: page}), row)
+            _write(config, res, start, writer, run_id, truth)
     finally:
         if writer is not None:
             writer.close()
     return res
+
+
+def _suppress_erased(parts: list[SourceTables], previous: State | None, log: StageLog) -> Suppressed | None:
+    """Erased people's data dropped right after reading (their tombstones are in the state)."""
+    if previous is None or not len(previous.tombstones):
+        return None
+    with log.stage("erasure: suppress tombstoned data") as entry:
+        suppressed = suppress(parts, previous.tombstones, previous.salt)
+        entry["rows_out"] = suppressed.records
+    return suppressed
+
+
+def _write(config: Config, res: Resolution, start: StartingState, writer: SnapshotWriter | None, run_id: str,
+           truth: Path | None) -> None:
+    """The outputs, with the report; with a state, committed together with the state this run
+    hands on (StateStore.commit_run)."""
+    res.summary["output_dir"] = str(config.output_path())
+    page, row = report_for_run(res, start.directory, start.decisions, truth)
+    if start.store is None:
+        write_outputs(config.output_path(), res, files={REPORT_FILE: page})
+        return
+    state = next_state(start, res)
+    state.snapshots, state.files = writer.finish(), start.snapshots.files
+    start.store.commit_run(state, run_id, config.output_path(),
+                           lambda folder: stage_outputs(folder, res, files={REPORT_FILE: page}), row)
 
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
@@ -267,15 +264,3 @@ def _stitch(stitching: StitchingConfig | None, sessions: pd.DataFrame | None, id
                           households=household_keys(golden_records))
         entry["rows_out"] = stitched.summary["stitched_probabilistic"]
     return stitched
-
-
-def _next_state(previous: State, res: Resolution, memo: NormalizationMemo, digest: str) -> State:
-    """The state this run hands on."""
-    match = res.match
-    handed_on = memo.handed_on()
-    return State(members=res.carried.members, persons=res.carried.persons, lineage=res.lineage,
-                 tombstones=previous.tombstones, audit=previous.audit, salt=previous.salt,
-                 runs=previous.runs + 1, config_digest=digest, memo=handed_on,
-                 model=match.model.to_dict() if match is not None else None,
-                 pairs=match.pair_cache if match is not None else None,
-                 keys=match.key_cache if match is not None else None)

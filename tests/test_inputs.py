@@ -492,7 +492,7 @@ def _same(ids: pd.DataFrame, x: str, y: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_link_only_makes_pairs_only_between_sources(tmp_path, stream):
-    extra = {"stream_above_pairs": 0} if stream else {}  # 0: pairs made bucket by bucket (pair_buckets)
+    extra = {"stream_above_pairs": 0} if stream else {}  # 0: pairs made bucket by bucket (resolver/matching/pairs.py)
     assert _run(_two_sources(tmp_path, "link_only", **extra)) == EXIT_OK
     summary = _summary(tmp_path)
     assert ("streamed" in summary["matching"]) == stream and summary["matching"]["link_type"] == "link_only"

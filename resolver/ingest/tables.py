@@ -23,7 +23,7 @@ from resolver.ingest.readers import REJECT_COLUMNS, SourceFrame
 from resolver.ingest.sessions import sessionize
 from resolver.ingest.memo import NormalizationMemo, memoized, memoized_column
 from resolver.normalize import (
-    Blocklist, _to_arrow, _to_series, hash_identifiers, normalize_date, normalize_identifier, normalize_name, normalize_trim,
+    Blocklist, hash_identifiers, normalize_date, normalize_identifier, normalize_name, normalize_trim, to_arrow, to_series,
 )
 
 # policy_actions.parquet: what ingest did to values (invalid, blocked) and what the graph's guards did.
@@ -165,13 +165,13 @@ def date_from_parts(year: pd.Series, month: pd.Series, day: pd.Series) -> pd.Ser
     "4.0" from a JSON number); NA where a part is missing or not a whole number, the year has not
     four digits, or the three make no calendar date (1999-02-30)."""
     def part(values: pd.Series, digits: str, width: int) -> pa.Array:
-        text = pc.replace_substring_regex(pc.utf8_trim_whitespace(_to_arrow(values)), r"\.0*$", "")
+        text = pc.replace_substring_regex(pc.utf8_trim_whitespace(to_arrow(values)), r"\.0*$", "")
         ok = pc.fill_null(pc.match_substring_regex(text, f"^[0-9]{{{digits}}}$"), False)
         return pc.if_else(ok, pc.utf8_lpad(text, width, "0"), pa.scalar(None, pa.large_string()))
 
     joined = pc.binary_join_element_wise(part(year, "4", 4), part(month, "1,2", 2), part(day, "1,2", 2),
                                          pa.scalar("-", pa.large_string()))
-    return normalize_date(_to_series(joined, year))
+    return normalize_date(to_series(joined, year))
 
 
 def joined_columns(columns: list[pd.Series]) -> pd.Series:
@@ -179,11 +179,11 @@ def joined_columns(columns: list[pd.Series]) -> pd.Series:
     missing where all are."""
     # Missing parts as "" and the spaces collapsed after (pyarrow 26's null_handling="skip" drops the
     # rows where every part is null instead of returning null for them)
-    parts = [pc.fill_null(pc.utf8_trim_whitespace(_to_arrow(c)), "") for c in columns]
+    parts = [pc.fill_null(pc.utf8_trim_whitespace(to_arrow(c)), "") for c in columns]
     joined = pc.binary_join_element_wise(*parts, pa.scalar(" ", parts[0].type))
     joined = pc.utf8_trim_whitespace(pc.replace_substring_regex(joined, r" {2,}", " "))
     joined = pc.if_else(pc.equal(joined, ""), pa.scalar(None, joined.type), joined)
-    return _to_series(joined, columns[0])
+    return to_series(joined, columns[0])
 
 
 def built_attribute(spec, columns: list[pd.Series]) -> pd.Series:
