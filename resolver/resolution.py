@@ -7,7 +7,6 @@ The pipeline (resolver/pipeline.py) fills a Resolution stage by stage; the write
 
 from __future__ import annotations
 
-import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 
 from resolver import __version__
+from resolver.compute.heap import peak_rss_mb
 
 if TYPE_CHECKING:  # the stages' result types, named here; the stages import this module
     from resolver.ingest.tables import SourceTables
@@ -42,12 +42,6 @@ class StageLog:
         entry["seconds"] = round(time.perf_counter() - start, 4)
         entry["peak_rss_mb"] = round(peak_rss_mb(), 1)
         self.stages.append(entry)
-
-
-def peak_rss_mb(who: str = "self") -> float:
-    """Peak resident memory of this process, or of the largest finished worker process."""
-    scope = resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN
-    return resource.getrusage(scope).ru_maxrss / 1024
 
 
 # The records' columns read once golden records are built (their attributes are read until then).

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.compute import engine as engines
+from resolver.compute.heap import peak_rss_mb
 from resolver.compute.components import numbered_by_smallest_node
 
 
@@ -112,7 +113,7 @@ class DaskEngine:
 
     def worker_peak_rss_mb(self) -> list[float]:
         """Peak resident memory of each worker process so far (MB), in worker address order."""
-        peaks = self.client.run(_peak_rss_mb)
+        peaks = self.client.run(peak_rss_mb)
         return [round(peaks[address], 1) for address in sorted(peaks)]
 
     def broadcast(self, value):
@@ -139,12 +140,6 @@ def _trim_memory() -> None:
 
 def _apply(fn, job: tuple, **kwargs):
     return fn(*job, **kwargs)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _installed(module: str) -> bool:

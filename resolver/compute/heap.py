@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import sys
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
@@ -35,3 +36,9 @@ def return_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+
+
+def peak_rss_mb(who: str = "self") -> float:
+    """Peak resident memory of this process, or of the largest finished worker process."""
+    scope = resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN
+    return resource.getrusage(scope).ru_maxrss / 1024

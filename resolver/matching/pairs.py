@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -306,15 +307,10 @@ class StreamedPairs:
         return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2}}
 
 
-def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches) -> HeldPairs:
+def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches,
+          reuse_levels: bool = False) -> HeldPairs:
     return HeldPairs(candidate_pairs(blocking, labels, backend, scope), blocking.keys, on_backend, backend.kernels,
-                     caches)
-
-
-def _held_reusing_levels(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope,
-                         caches) -> HeldPairs:
-    return HeldPairs(candidate_pairs(blocking, labels, backend, scope), blocking.keys, on_backend, backend.kernels,
-                     caches, reuse_levels=True)
+                     caches, reuse_levels=reuse_levels)
 
 
 def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
@@ -334,7 +330,7 @@ def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engi
 
 
 # The pair sources compute/dispatch.py chooses among, by name.
-PAIR_SOURCES = {"held": _held, "held, reusing levels": _held_reusing_levels, "buckets": held_in_buckets,
+PAIR_SOURCES = {"held": _held, "held, reusing levels": partial(_held, reuse_levels=True), "buckets": held_in_buckets,
                 "streamed": streamed}
 
 
