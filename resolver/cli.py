@@ -117,9 +117,35 @@ def _summary_table(summary: dict, metrics: dict | None) -> Table:
     return table
 
 
+def _generate_people(out: Path, people: int, seed: int, console: Console, workers: int = 2) -> dict:
+    from resolver.synth.plain import generate_people
+
+    with Progress(
+        TextColumn("generating"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} people"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("generate", total=people)
+        return generate_people(out, people, seed=seed, workers=workers,
+                               progress=lambda n: progress.update(task, completed=n))
+
+
 def cmd_generate(args) -> int:
     console = _console(args)
     start = time.perf_counter()
+    if args.shape == "people":
+        crm_only = [flag for flag, given in (("--no-events", args.no_events), ("--visitors", args.visitors),
+                                             ("--events-per-person", args.events_per_person is not None)) if given]
+        if crm_only:
+            console.print(f"[red]{', '.join(crm_only)}: only for --shape crm (the people shape writes one person "
+                          "file and no events)")
+            return EXIT_CONFIG  # 2, as argparse exits on a usage error
+        manifest = _generate_people(Path(args.out), args.people, args.seed, console, workers=args.workers)
+        console.print(
+            f"wrote {manifest['records']:,} records of {manifest['people']:,} people to "
+            f"{Path(args.out) / 'people.parquet'} in {time.perf_counter() - start:.1f} s; "
+            f"config: {Path(args.out) / 'resolver.yaml'}"
+        )
+        return EXIT_OK
     manifest = _generate(Path(args.out), args.people, args.seed, console, workers=args.workers,
                          events=not args.no_events, visitors=args.visitors, events_per_person=args.events_per_person)
     console.print(
@@ -680,8 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace --out when it exists")
     init.set_defaults(func=cmd_init)
 
-    gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data with ground truth"))
+    gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data (or, with --shape "
+                                                 "people, one person file) with ground truth"))
     gen.add_argument("--people", type=int, required=True)
+    gen.add_argument("--shape", choices=["crm", "people"], default="crm",
+                     help="crm (default): Salesforce CSVs + Segment events; people: one people.parquet of person "
+                          "records (about 1.43 a person, Splink/Zingg benchmark style) with truth and a config")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True)
     gen.add_argument("--workers", type=int, default=2)

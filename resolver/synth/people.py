@@ -345,9 +345,36 @@ _EMAIL_SEPARATORS = text([".", "", "", "_", ".", ""])
 _EMAIL_PATTERN_WEIGHTS = [0.3, 0.2, 0.2, 0.1, 0.1, 0.1]
 
 
-def _email_local_parts(rng: np.random.Generator, first: np.ndarray, last: np.ndarray, number: np.ndarray) -> pa.Array:
+@dataclass(frozen=True)
+class FirstVocab:
+    """A first-name vocabulary: row k of each table is name k (formal, nickname or "", has one, gender
+    0/1, ASCII-folded, lower-case ASCII letters, initial)."""
+    names: pa.Array
+    nicknames: pa.Array
+    has_nickname: np.ndarray
+    gender: np.ndarray
+    ascii: pa.Array
+    letters: pa.Array
+    initials: pa.Array
+
+
+@dataclass(frozen=True)
+class LastVocab:
+    """A surname vocabulary: row k of each table is surname k (as written, ASCII-folded, letters)."""
+    names: pa.Array
+    ascii: pa.Array
+    letters: pa.Array
+
+
+CRM_FIRST = FirstVocab(FIRST_NAMES, FIRST_NICKNAMES, HAS_NICKNAME, FIRST_GENDER, FIRST_ASCII, FIRST_LETTERS,
+                       FIRST_INITIALS)
+CRM_LAST = LastVocab(LAST, LAST_ASCII, LAST_LETTERS)
+
+
+def _email_local_parts(rng: np.random.Generator, first: np.ndarray, last: np.ndarray, number: np.ndarray,
+                       first_vocab: FirstVocab = CRM_FIRST, last_vocab: LastVocab = CRM_LAST) -> pa.Array:
     """jane.oneil4821, janeoneil4821, joneil4821, ...; the number (a bijection of the person id) keeps them unique."""
-    parts = [take(FIRST_LETTERS, first), take(LAST_LETTERS, last), take(FIRST_INITIALS, first),
+    parts = [take(first_vocab.letters, first), take(last_vocab.letters, last), take(first_vocab.initials, first),
              const("", len(first))]
     pattern = rng.choice(len(_EMAIL_SEPARATORS), size=len(first), p=_EMAIL_PATTERN_WEIGHTS)
     left = pc.choose(pa.array(_EMAIL_LEFT[pattern]), *parts)
@@ -503,24 +530,26 @@ def _noisy(rng: np.random.Generator, values: pa.Array, noise: _NameNoise, stats:
     return values
 
 
-def _first_names(rng: np.random.Generator, first: np.ndarray, noise: _NameNoise, stats: dict) -> pa.Array:
+def _first_names(rng: np.random.Generator, first: np.ndarray, noise: _NameNoise, stats: dict,
+                 vocab: FirstVocab = CRM_FIRST) -> pa.Array:
     n = len(first)
-    names = take(FIRST_NAMES, first)
-    nickname = (rng.random(n) < noise.nickname) & HAS_NICKNAME[first]
-    names = patch(names, nickname, lambda _: take(FIRST_NICKNAMES, first[nickname]))
+    names = take(vocab.names, first)
+    nickname = (rng.random(n) < noise.nickname) & vocab.has_nickname[first]
+    names = patch(names, nickname, lambda _: take(vocab.nicknames, first[nickname]))
     fold = ~nickname & (rng.random(n) < noise.ascii_fold)
-    names = patch(names, fold, lambda _: take(FIRST_ASCII, first[fold]))
+    names = patch(names, fold, lambda _: take(vocab.ascii, first[fold]))
     names = _noisy(rng, names, noise, stats)
     title = rng.random(n) < noise.title
     names = patch(names, title, lambda v: join(
-        take(GENDER_TITLES, FIRST_GENDER[first[title]] * 3 + rng.integers(0, 3, len(v))), v))
+        take(GENDER_TITLES, vocab.gender[first[title]] * 3 + rng.integers(0, 3, len(v))), v))
     count(stats, "nicknames", nickname.sum())
     return names
 
 
-def _last_names(rng: np.random.Generator, last: np.ndarray, noise: _NameNoise, stats: dict) -> pa.Array:
+def _last_names(rng: np.random.Generator, last: np.ndarray, noise: _NameNoise, stats: dict,
+                vocab: LastVocab = CRM_LAST) -> pa.Array:
     fold = rng.random(len(last)) < noise.ascii_fold
-    names = where(fold, take(LAST_ASCII, last), take(LAST, last))
+    names = where(fold, take(vocab.ascii, last), take(vocab.names, last))
     return _noisy(rng, names, noise, stats)
 
 
