@@ -1,14 +1,20 @@
-"""Splink (DuckDB) vs resolver on the same generated CRM data: speed, memory and accuracy.
+"""Splink (DuckDB) vs resolver on the same generated data (CRM or plain person file): speed, memory and accuracy.
 
     .venv/bin/python benchmarks/compare_splink.py                          # 100k, 1M and 5M records
     .venv/bin/python benchmarks/compare_splink.py --sizes 100k --skip-resolver
     .venv/bin/python benchmarks/compare_splink.py --sizes 1m --timeout 7200 --seed 1
+    .venv/bin/python benchmarks/compare_splink.py --shape people --sizes 100k,1m   # the plain person file
 
-Options: --sizes (comma list of 100k, 1m, 5m), --seed (data seed, default 1), --skip-splink,
+Options: --shape (crm, the default, or people), --sizes (comma list of 100k, 1m, 5m), --seed (data
+seed, default 1), --skip-splink,
 --skip-resolver, --timeout (seconds per tool run, default 3600), --splink-memory-limit (DuckDB
 memory_limit, default 12GB), --splink-em-max-pairs (Splink 5's EM sampling, default 1e7 pairs per
 pass; 0 = all blocked pairs), --max-rss-gb (kill a tool whose process tree passes this; default 90% of RAM),
 --min-free-disk-gb (kill a tool when the data disk gets fuller; default 8), --data and --results.
+
+Both tools' configurations are printed first: the resolver YAML (its prepared.parquet path is per
+size) and the Splink settings in short (splink_runner.py --print-settings: blocking rules as DuckDB
+SQL, comparison levels, training recipe).
 
 For each size:
 
@@ -22,6 +28,13 @@ For each size:
    with normalize_phone (Phone, else MobilePhone when Phone is missing or invalid), street and city
    lower-cased with whitespace collapsed and trimmed, postal_code and company trimmed, birth_date an
    ISO date string (leads have none); empty -> null. ``truth.parquet`` holds unique_id -> person_id.
+   With ``--shape people`` the data is cached under <data>/people-<size>-seed<seed>/: ``resolver
+   generate --shape people`` with enough people for the target records (1.43 records per person,
+   resolver/synth/plain.py), prepared into the same columns with the same cleaning: unique_id as
+   generated, source "people", postal_code from postcode, phone from the one phone column, street
+   and company null. The street comparison is left out for both tools on this shape (no values:
+   resolver's model health check refuses an always-missing comparison; Splink would give it no
+   weight); blocking rules and the other comparisons are the same as for the CRM shape.
 2. Splink 5.0.0 in its own virtualenv (benchmarks/.venv-splink, created on first use with
    ``python3 -m venv`` + ``pip install splink==5.0.0 psutil pyarrow pandas``) runs
    benchmarks/splink_runner.py: dedupe_only, the seven prediction blocking rules below, tutorial-style
@@ -54,7 +67,10 @@ materialized); exact-match cluster precision (predicted clusters equal to a true
 clusters), recall (/ true clusters) and F1, singletons counted as clusters; largest cluster.
 
 Output: a table on stdout (one row per size and tool, plus a splink/resolver ratio row for time and
-memory) and benchmarks/results/compare_splink-<date>.json. Targets at 1M records: resolver >= 5x
+memory; per tool the wall time, peak RSS, P / R / F1 and per-stage seconds: Splink's stats.json
+phases read, train_prior, train_u, train_em_name, train_em_postcode, blocking, predict, cluster,
+write; resolver's run_summary.json stages and its total ``seconds``) and
+benchmarks/results/compare_splink-<date>.json (compare_splink-people-<date>.json for --shape people). Targets at 1M records: resolver >= 5x
 faster than Splink, <= half its peak memory, higher cluster F1.
 """
 
@@ -125,6 +141,22 @@ RESOLVER_MATCHING = {
 }
 
 
+# Comparisons left out, for both tools, where a shape has no values for them: the people shape has
+# no street (resolver refuses to train on an always-missing comparison; Splink would give it no weight).
+DROPPED_COMPARISONS = {"crm": (), "people": ("street",)}
+
+
+def matching_for(shape: str) -> dict:
+    """RESOLVER_MATCHING without the shape's dropped comparisons."""
+    drop = DROPPED_COMPARISONS[shape]
+    return {**RESOLVER_MATCHING, "comparisons": [c for c in RESOLVER_MATCHING["comparisons"] if c["name"] not in drop]}
+
+
+def splink_drop_args(shape: str) -> list[str]:
+    drop = DROPPED_COMPARISONS[shape]
+    return ["--drop-comparisons", ",".join(drop)] if drop else []
+
+
 def log(message: str) -> None:
     print(f"[compare_splink {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -136,22 +168,33 @@ def people_for(records: int) -> int:
     return int(round(records / LIVE_ROWS_PER_PERSON, -2))
 
 
-def ensure_data(size: str, seed: int, data_root: Path) -> Path:
-    """The folder holding prepared.parquet, truth.parquet and prepared.json for (size, seed)."""
-    folder = data_root / f"{size}-seed{seed}"
+def people_for_shape(records: int, shape: str) -> int:
+    """People to generate for about ``records`` prepared records of the shape."""
+    if shape == "people":
+        from resolver.synth.plain import MEAN_RECORDS_PER_PERSON
+
+        return int(round(records / MEAN_RECORDS_PER_PERSON, -2))
+    return people_for(records)
+
+
+def ensure_data(size: str, seed: int, data_root: Path, shape: str = "crm") -> Path:
+    """The folder holding prepared.parquet, truth.parquet and prepared.json for (shape, size, seed):
+    <data>/<size>-seed<seed> for the CRM shape, <data>/people-<size>-seed<seed> for the people shape."""
+    folder = data_root / (f"{size}-seed{seed}" if shape == "crm" else f"people-{size}-seed{seed}")
     if (folder / "prepared.json").exists():
         return folder
     raw = folder / "raw"
-    people = people_for(SIZES[size])
+    people = people_for_shape(SIZES[size], shape)
     if not (raw / "manifest.json").exists():
-        log(f"{size}: generating {people:,} people (seed {seed}) into {raw}")
+        log(f"{size}: generating {people:,} people (shape {shape}, seed {seed}) into {raw}")
         start = time.perf_counter()
+        shape_args = ["--no-events"] if shape == "crm" else ["--shape", "people"]
         subprocess.run([str(RESOLVER_BIN), "generate", "--people", str(people), "--seed", str(seed),
-                        "--out", str(raw), "--no-events", "--quiet"], check=True)
+                        "--out", str(raw), *shape_args, "--quiet"], check=True)
         log(f"{size}: generated in {time.perf_counter() - start:.1f} s")
     log(f"{size}: preparing {folder / 'prepared.parquet'}")
     start = time.perf_counter()
-    info = prepare(raw, folder)
+    info = prepare(raw, folder) if shape == "crm" else prepare_people(raw, folder)
     info.update(people=people, seed=seed, size=size, prepare_seconds=round(time.perf_counter() - start, 2))
     (folder / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"{size}: {info['records']:,} records, {info['true_pairs']:,} true pairs, prepared in "
@@ -211,9 +254,7 @@ def _raw_rows(raw: Path) -> pa.Table:
 
 
 def prepare(raw: Path, folder: Path) -> dict:
-    """Write prepared.parquet and truth.parquet from a generated dataset; return counts."""
-    from resolver.normalize import normalize_email, normalize_name, normalize_phone
-
+    """Write prepared.parquet and truth.parquet from a generated CRM dataset; return counts."""
     rows = _raw_rows(raw)
     total_rows = rows.num_rows
     rows = rows.filter(pc.invert(pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(rows["is_deleted"])), "true")))
@@ -229,6 +270,44 @@ def prepare(raw: Path, folder: Path) -> dict:
     def col(name: str) -> pa.Array:
         return rows[name].combine_chunks() if isinstance(rows[name], pa.ChunkedArray) else rows[name]
 
+    unique_id = pc.binary_join_element_wise(col("source"), col("record_key"), ":")
+    prepared = _cleaned(unique_id, {name: col(name) for name in rows.column_names})
+    info = _write_prepared(prepared, person, folder)
+    return {"crm_rows": total_rows, "live_rows": live_rows, **info}
+
+
+def prepare_people(raw: Path, folder: Path) -> dict:
+    """prepared.parquet and truth.parquet from a `resolver generate --shape people` dataset: the same
+    columns and the same cleaning as the CRM shape (street and company are null, source "people")."""
+    people = pq.read_table(raw / "people.parquet").combine_chunks()
+    truth = pq.read_table(raw / "truth" / "records.parquet").to_pandas()
+    n = people.num_rows
+    empty = pa.array([""] * n, pa.string())
+
+    def col(name: str) -> pa.Array:
+        return pc.fill_null(people[name].combine_chunks(), "")  # the raw strings the CRM cleaning expects
+
+    unique_id = people["unique_id"].combine_chunks()
+    person = pd.Series(truth["person_id"].to_numpy(), index=truth["record_key"].to_numpy())
+    person = person.reindex(unique_id.to_numpy(zero_copy_only=False))
+    if person.isna().any():
+        raise RuntimeError("records without a truth person in the people shape")
+    rows = {"source": pa.array(["people"] * n, pa.string()), "first_name": col("first_name"),
+            "last_name": col("last_name"), "email": col("email"), "phone_main": col("phone"), "phone_mobile": empty,
+            "birth_date": col("birth_date"), "street": empty, "city": col("city"), "postal_code": col("postcode"),
+            "company": empty}
+    prepared = _cleaned(unique_id, rows)
+    info = _write_prepared(prepared, person.to_numpy(np.int64), folder)
+    return {"people_rows": n, **info}
+
+
+def _cleaned(unique_id: pa.Array, cols: dict[str, pa.Array]) -> pa.Table:
+    """The prepared table (PREPARED_COLUMNS) from raw strings: both shapes and both tools read it."""
+    from resolver.normalize import normalize_email, normalize_name, normalize_phone
+
+    def col(name: str) -> pa.Array:
+        return cols[name]
+
     def arrow(series: pd.Series) -> pa.Array:
         return _null_if_empty(pa.array(series.array).cast(pa.string()))
 
@@ -236,8 +315,7 @@ def prepare(raw: Path, folder: Path) -> dict:
     phone_mobile, _ = normalize_phone(_series(col("phone_mobile")))
     birth = _null_if_empty(pc.utf8_trim_whitespace(col("birth_date")))
     birth = pc.if_else(pc.match_substring_regex(birth, r"^\d{4}-\d{2}-\d{2}$"), birth, pa.scalar(None, pa.string()))
-    unique_id = pc.binary_join_element_wise(col("source"), col("record_key"), ":")
-    prepared = pa.table({
+    return pa.table({
         "unique_id": unique_id,
         "source": col("source"),
         "first_name": arrow(normalize_name(_series(col("first_name")))),
@@ -250,16 +328,21 @@ def prepare(raw: Path, folder: Path) -> dict:
         "postal_code": _clean_text(col("postal_code"), lower=False),
         "company": _clean_text(col("company"), lower=False),
     })
+
+
+def _write_prepared(prepared: pa.Table, person: np.ndarray, folder: Path) -> dict:
+    """Write prepared.parquet and truth.parquet (unique_id -> person_id); return their counts."""
+    unique_id = prepared["unique_id"]
     if pc.count_distinct(unique_id).as_py() != prepared.num_rows:
         raise RuntimeError("unique_id is not unique in the prepared table")
     pq.write_table(prepared, folder / "prepared.parquet", compression="zstd")
     pq.write_table(pa.table({"unique_id": unique_id, "person_id": pa.array(person, pa.int64())}),
                    folder / "truth.parquet", compression="zstd")
     sizes = np.bincount(np.unique(person, return_inverse=True)[1])
+    source = prepared["source"].to_numpy()
     return {
-        "crm_rows": total_rows, "live_rows": live_rows, "records": prepared.num_rows,
-        "by_source": {s: int(n) for s, n in zip(*np.unique(col("source").to_numpy(zero_copy_only=False),
-                                                            return_counts=True))},
+        "records": prepared.num_rows,
+        "by_source": {s: int(n) for s, n in zip(*np.unique(source, return_counts=True))},
         "true_clusters": int(len(sizes)), "true_pairs": int((sizes * (sizes - 1) // 2).sum()),
         "null_share": {c: round(prepared[c].null_count / max(prepared.num_rows, 1), 4) for c in PREPARED_COLUMNS},
     }
@@ -288,7 +371,7 @@ def run_splink(data: Path, run_dir: Path, args) -> tuple[RunResult, dict | None]
     run_dir.mkdir(parents=True)
     cmd = [str(python), str(HERE / "splink_runner.py"), "--input", str(data / "prepared.parquet"),
            "--out", str(run_dir), "--threshold", str(THRESHOLD), "--memory-limit", args.splink_memory_limit,
-           "--em-max-pairs", str(args.splink_em_max_pairs)]
+           "--em-max-pairs", str(args.splink_em_max_pairs), *splink_drop_args(args.shape)]
     result = measure(cmd, run_dir, run_dir / "splink.log", args.timeout, args.max_rss, args.min_free_disk)
     shutil.rmtree(run_dir / "duckdb_tmp", ignore_errors=True)  # DuckDB's spill files, left behind by a killed run
     stats_path = run_dir / "stats.json"
@@ -307,12 +390,12 @@ def run_splink(data: Path, run_dir: Path, args) -> tuple[RunResult, dict | None]
 # ----------------------------------------------------------------------------------------------
 # resolver
 # ----------------------------------------------------------------------------------------------
-def resolver_config(data: Path) -> dict:
+def resolver_config(data: Path, shape: str = "crm") -> dict:
     attributes = {c: c for c in PREPARED_COLUMNS if c not in ("unique_id", "source")}
     return {
         "run": {"output_dir": "out", "workers": 2},
         "sources": [{
-            "name": "crm", "kind": "records", "format": "parquet", "path": str((data / "prepared.parquet").resolve()),
+            "name": "crm" if shape == "crm" else "people", "kind": "records", "format": "parquet", "path": str((data / "prepared.parquet").resolve()),
             "key": "unique_id", "attributes": attributes, "identifiers": {"email": "email", "phone": "phone"},
         }],
         "identity": {"types": {
@@ -320,7 +403,7 @@ def resolver_config(data: Path) -> dict:
             "phone": {"normalizer": "phone", "priority": 5, "limit": 5, "hub_cap": 8, "strong": True,
                       "link_limits": {"email": 1}},
         }},
-        "matching": RESOLVER_MATCHING,
+        "matching": matching_for(shape),
     }
 
 
@@ -331,7 +414,7 @@ def run_resolver(data: Path, run_dir: Path, args) -> tuple[RunResult, dict | Non
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     config_path = run_dir / "resolver.yaml"
-    config_path.write_text(yaml.safe_dump(resolver_config(data), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(resolver_config(data, args.shape), sort_keys=False))
     cmd = [str(RESOLVER_BIN), "run", "--config", str(config_path), "--quiet"]
     result = measure(cmd, run_dir, run_dir / "resolver.log", args.timeout, args.max_rss, args.min_free_disk)
     out = run_dir / "out"
@@ -340,7 +423,8 @@ def run_resolver(data: Path, run_dir: Path, args) -> tuple[RunResult, dict | Non
         summary = json.loads(summary_path.read_text())
         matching = summary.get("matching") or {}
         result.extra = {"candidate_pairs": matching.get("candidate_pairs"), "matching": matching,
-                        "seconds": summary.get("seconds")}
+                        "seconds": summary.get("seconds"),
+                        "stages": {st["stage"]: st.get("seconds") for st in summary.get("stages", [])}}
     if result.status != "ok":
         return result, None
     identity = pd.read_parquet(out / "identity_map.parquet")
@@ -468,22 +552,41 @@ def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**30:.2f}"
 
 
+def stage_seconds(row: dict) -> dict[str, float]:
+    """A tool row's per-stage seconds: Splink's stats.json "seconds" (read, train_*, blocking, predict,
+    cluster, write), resolver's run_summary.json stages (the per-source read:/normalize: stages are
+    inside the ingest wall time and left out) and its total "seconds"."""
+    extra = row.get("extra") or {}
+    if row["tool"].startswith("splink"):
+        return {k: v for k, v in ((extra.get("stats") or {}).get("seconds") or {}).items() if v is not None}
+    stages = {k: v for k, v in (extra.get("stages") or {}).items()
+              if v is not None and not k.startswith(("read:", "normalize:"))}
+    if extra.get("seconds") is not None:
+        stages["total"] = extra["seconds"]
+    return stages
+
+
+def _fmt_stages(stages: dict[str, float]) -> str:
+    return "\n".join(f"{name} {seconds:.1f}" for name, seconds in stages.items()) or "-"
+
+
 def print_table(rows: list[dict]) -> None:
     header = ["size", "tool", "status", "records", "wall s", "peak RSS GiB", "candidate pairs",
-              "pairwise P / R / F1 (p>=0.85)", "cluster-pairs P / R / F1", "cluster P / R / F1", "largest"]
+              "pairwise P / R / F1 (p>=0.85)", "cluster-pairs P / R / F1", "cluster P / R / F1", "largest",
+              "stage seconds"]
     lines = []
     for row in rows:
         m = row.get("metrics") or {}
         cand = row.get("candidate_pairs")
         if row["tool"] == "ratio":
             lines.append([row["size"], "splink/resolver", "", "", row.get("wall", "-"), row.get("rss", "-"),
-                          row.get("candidates", "-"), "", "", row.get("cluster_f1", ""), ""])
+                          row.get("candidates", "-"), "", "", row.get("cluster_f1", ""), "", ""])
             continue
         lines.append([
             row["size"], row["tool"], row["status"], f"{row['records']:,}" if row.get("records") else "-",
             "-" if row.get("wall_s") is None else f"{row['wall_s']:.1f}", _gib(row.get("peak_rss_bytes")),
             "-" if cand is None else f"{cand:,}", _fmt_prf(m.get("pairwise")), _fmt_prf(m.get("cluster_pairwise")),
-            _fmt_prf(m.get("cluster")), "-" if not m else f"{m['largest_cluster']:,}",
+            _fmt_prf(m.get("cluster")), "-" if not m else f"{m['largest_cluster']:,}", _fmt_stages(stage_seconds(row)),
         ])
     try:
         from rich.console import Console
@@ -491,14 +594,36 @@ def print_table(rows: list[dict]) -> None:
 
         table = Table(title=f"Splink vs resolver (links and clusters at p >= {THRESHOLD})", header_style="bold")
         for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i < 3 else "right")
+            table.add_column(name, justify="left" if i < 3 or i == len(header) - 1 else "right")
         for line in lines:
             table.add_row(*[str(v) for v in line])
-        Console(width=220).print(table)
+        Console(width=250).print(table)
     except ImportError:
+        lines = [[str(v).replace("\n", ", ") for v in line] for line in lines]
         widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
         for line in [header, *lines]:
             print("  ".join(str(v).rjust(w) for v, w in zip(line, widths)))
+
+
+def print_configs(args) -> None:
+    """Both tools' configurations, before anything runs: the resolver YAML (its path to
+    prepared.parquet is per size) and the Splink settings (splink_runner.py --print-settings)."""
+    import yaml
+
+    print(f"=== configurations (shape {args.shape}) ===")
+    if not args.skip_resolver:
+        config = resolver_config(args.data / "<size folder>", args.shape)
+        print("--- resolver: resolver.yaml ---")
+        print(yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110).rstrip())
+    if not args.skip_splink:
+        settings = subprocess.run([str(splink_python()), str(HERE / "splink_runner.py"), "--print-settings",
+                                   *splink_drop_args(args.shape)],
+                                  check=True, capture_output=True, text=True).stdout
+        print(f"--- splink ({SPLINK_REQUIREMENTS[0]}): settings "
+              f"(threshold {THRESHOLD}, DuckDB memory_limit {args.splink_memory_limit}, "
+              f"EM max_pairs {args.splink_em_max_pairs or 'all'}) ---")
+        print(settings.rstrip())
+    print("=== end of configurations ===", flush=True)
 
 
 def ratio_row(size: str, splink: dict, resolver: dict) -> dict | None:
@@ -531,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100k,1m,5m", help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--seed", type=int, default=1, help="data seed")
+    parser.add_argument("--shape", choices=["crm", "people"], default="crm",
+                        help="crm: Salesforce contacts + leads (default); people: one person file "
+                             "(`resolver generate --shape people`)")
     parser.add_argument("--skip-splink", action="store_true")
     parser.add_argument("--skip-resolver", action="store_true")
     parser.add_argument("--earlier", dest="earlier_results", nargs="*", default=[], type=Path,
@@ -560,17 +688,19 @@ def main(argv: list[str] | None = None) -> int:
 
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     args.results.mkdir(parents=True, exist_ok=True)
-    results_path = args.results / f"compare_splink-{stamp}.json"
+    results_path = args.results / (f"compare_splink-{stamp}.json" if args.shape == "crm"
+                                   else f"compare_splink-{args.shape}-{stamp}.json")
     report = {"started": stamp, "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                          "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
                                          "platform": platform.platform()},
-              "settings": {"seed": args.seed, "threshold": THRESHOLD, "timeout_s": args.timeout,
+              "settings": {"shape": args.shape, "seed": args.seed, "threshold": THRESHOLD, "timeout_s": args.timeout,
                            "splink_memory_limit": args.splink_memory_limit,
                            "splink_em_max_pairs": args.splink_em_max_pairs or None, "max_rss_gb": args.max_rss_gb},
               "sizes": {}}
     rows: list[dict] = []
+    print_configs(args)
     for size in sizes:
-        data = ensure_data(size, args.seed, args.data)
+        data = ensure_data(size, args.seed, args.data, args.shape)
         info = json.loads((data / "prepared.json").read_text())
         truth = pd.read_parquet(data / "truth.parquet")
         entry = {"data": info, "tools": {}}

@@ -10,8 +10,12 @@ candidate pair of the prediction blocking rules, clusters at --threshold and wri
 
     pairs.parquet     unique_id_l, unique_id_r, match_probability   (pairs with p >= --pairs-threshold)
     clusters.parquet  unique_id, cluster_id                         (connected components at --threshold)
-    stats.json        status, candidate_pairs, per-phase seconds, model parameters, settings used
+    stats.json        status, candidate_pairs, per-phase seconds (read, train_prior, train_u,
+                      train_em_name, train_em_postcode, blocking, predict, cluster, write, total),
+                      model parameters, settings used
     model.json        the trained Splink model
+
+``--print-settings`` prints the settings in short (blocking rules, comparison levels, training) and exits.
 
 Exit status: 0 ok, 3 DuckDB ran out of memory (stats.json says so), 1 anything else.
 """
@@ -99,15 +103,37 @@ def comparisons() -> list:
     ]
 
 
-def settings() -> SettingsCreator:
+def settings(drop: tuple[str, ...] = ()) -> SettingsCreator:
+    """The dedupe settings; ``drop`` names comparisons (output column names) to leave out, e.g. street
+    for data without street addresses (compare_splink.py --shape people drops it for both tools)."""
+    kept = [c for c in comparisons() if c.get_comparison("duckdb").output_column_name not in drop]
     return SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="unique_id",
-        comparisons=comparisons(),
+        comparisons=kept,
         blocking_rules_to_generate_predictions=[block_on(*cols) for _, cols in PREDICTION_RULES],
         retain_matching_columns=False,
         retain_intermediate_calculation_columns=False,
     )
+
+
+def describe_settings(drop: tuple[str, ...] = ()) -> str:
+    """The settings in short, for a benchmark log: link type, prediction blocking rules (DuckDB SQL),
+    each comparison's levels (with term-frequency adjustments marked) and the training recipe."""
+    d = settings(drop).create_settings_dict("duckdb")
+    lines = [f"link_type: {d['link_type']}", "blocking_rules_to_generate_predictions:"]
+    for rule in d["blocking_rules_to_generate_predictions"]:
+        lines.append(f"  - {rule['blocking_rule'] if isinstance(rule, dict) else rule}")
+    lines.append("comparisons:")
+    for comparison in d["comparisons"]:
+        lines.append(f"  - {comparison['output_column_name']}:")
+        for level in comparison["comparison_levels"]:
+            tf = " [tf]" if level.get("tf_adjustment_column") else ""
+            lines.append(f"      {level['label_for_charts']}{tf}")
+    lines.append("training: prior from block_on(email), block_on(first_name, last_name, birth_date) at recall 0.7; "
+                 "u by random sampling (--u-max-pairs); EM blocked on first_name+last_name, then postal_code "
+                 "(--em-max-pairs each)")
+    return "\n".join(lines)
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
@@ -177,7 +203,7 @@ def run(args: argparse.Namespace, stats: dict) -> None:
     stats["records"] = count(con, "prepared")
     db_api = DuckDBAPI(connection=con)
     df = db_api.register("prepared")
-    linker = Linker(df, settings())
+    linker = Linker(df, settings(args.drop_comparisons))
     t = phase("read", t)
 
     t = train(linker, args, stats, phase, t)
@@ -204,8 +230,11 @@ def run(args: argparse.Namespace, stats: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="prepared.parquet")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--input", help="prepared.parquet")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--print-settings", action="store_true", help="print the settings in short and exit")
+    parser.add_argument("--drop-comparisons", default="", type=lambda v: tuple(x for x in v.split(",") if x),
+                        help="comma list of comparisons to leave out (e.g. street, for data without streets)")
     parser.add_argument("--threshold", type=float, default=0.85, help="clustering threshold (match_probability)")
     parser.add_argument("--pairs-threshold", type=float, default=0.5, help="keep pairs with p >= this in pairs.parquet")
     parser.add_argument("--memory-limit", default="12GB", help="DuckDB memory_limit ('' for DuckDB's default)")
@@ -215,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="Splink 5 max_pairs of each EM pass (0: no sampling, all blocked pairs)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the u sampling")
     args = parser.parse_args(argv)
+    if args.print_settings:
+        print(describe_settings(args.drop_comparisons))
+        return 0
+    if not args.input or not args.out:
+        parser.error("--input and --out are required")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     stats: dict = {"status": "running", "splink": splink.__version__, "seconds": {},
                    "settings": {"threshold": args.threshold, "pairs_threshold": args.pairs_threshold,
                                 "u_max_pairs": args.u_max_pairs, "em_max_pairs": args.em_max_pairs or None,
-                                "prediction_rules": [name for name, _ in PREDICTION_RULES]}}
+                                "prediction_rules": [name for name, _ in PREDICTION_RULES],
+                                "dropped_comparisons": list(args.drop_comparisons)}}
     return run_guarded(run, args, stats, out)
 
 
