@@ -85,13 +85,18 @@ def attribute_kinds(config: Config) -> dict[str, str]:
 
 
 def match_attributes(records: pd.DataFrame, config: Config, kinds: dict[str, str] | None = None,
-                     memo: NormalizationMemo | None = None) -> dict[str, pd.Series]:
+                     memo: NormalizationMemo | None = None,
+                     known: dict[tuple[str, str], pd.Series] | None = None) -> dict[str, pd.Series]:
     """Normalized attribute columns (by default the ones matching reads), one value per record
-    (index 0..n-1)."""
+    (index 0..n-1). `known`: (kind, attribute) -> the attribute already in that form (ingest
+    normalized it as an identifier or a name), taken as it is."""
     if kinds is None:
         kinds = {column: config.matching.normalizer(column) for column in matching_columns(config)}
+    known = known or {}
 
     def one(column: str) -> pd.Series:
+        if (kinds[column], column) in known:
+            return known[(kinds[column], column)]
         raw = records[column] if column in records else pd.Series(pd.NA, index=records.index, dtype="str")
         return normalize_attribute(kinds[column], raw.reset_index(drop=True), config, memo)
 

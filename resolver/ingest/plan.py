@@ -82,7 +82,9 @@ def _ingest_job(config: Config, job: IngestJob, vocab: Vocabulary, seen_event_id
     read_s = time.perf_counter() - start
     tables = ingest_source(config, source, raw, blocklist, vocab, seen_event_ids, memo)
     if tables.records is not None:  # in match form for matching and golden records, once per record
-        tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config), memo))
+        tables.attributes = pd.DataFrame(match_attributes(tables.records, config, attribute_kinds(config), memo,
+                                                          tables.in_match_form))
+    tables.in_match_form = None  # in the attributes now, or not wanted
     tables.seconds = {"read": read_s, "normalize": time.perf_counter() - start - read_s}
     return tables
 

@@ -81,8 +81,9 @@ class _Part:
 @dataclass(frozen=True)
 class Piece:
     """The part of one file that one ingest job reads: bytes [start, end) of a line-delimited file
-    (both at line starts), or row groups [start, end) of a Parquet file; `first_row` is the number
-    of its first line (row) in the file, so rejects name the same rows as a whole-file read."""
+    (both at line starts), or rows [start, end) of a Parquet file (counted from 0, whatever its row
+    groups); `first_row` is the number of its first line (row) in the file, so rejects name the same
+    rows as a whole-file read."""
 
     start: int
     end: int
@@ -106,7 +107,7 @@ def split_file(path: Path, fmt: str, target_bytes: int, csv_options: CsvOptions 
         pieces = _csv_pieces(path, target_bytes, csv_options or CsvOptions())
     elif fmt == "parquet":
         try:
-            pieces = _row_group_pieces(path, target_bytes)
+            pieces = _row_range_pieces(path, target_bytes)
         except (pa.ArrowInvalid, UnicodeDecodeError):  # a damaged footer: column names not UTF-8
             return None  # not Parquet: read whole, and the read names the problem
     else:
@@ -164,18 +165,24 @@ def _count_newlines(f, length: int, buffer: bytearray) -> int:
     return count
 
 
-def _row_group_pieces(path: Path, target_bytes: int) -> list[Piece]:
-    """Consecutive row groups of about `target_bytes` (uncompressed) each."""
-    meta = pq.ParquetFile(path).metadata
-    pieces, start, first_row, rows, size = [], 0, 1, 0, 0
-    for group in range(meta.num_row_groups):
-        rows += meta.row_group(group).num_rows
-        size += meta.row_group(group).total_byte_size
-        if size >= target_bytes or group == meta.num_row_groups - 1:
-            pieces.append(Piece(start, group + 1, first_row))
-            start, first_row, size = group + 1, first_row + rows, 0
-            rows = 0
-    return pieces
+def _row_range_pieces(path: Path, target_bytes: int) -> list[Piece]:
+    """Equal row ranges, one per `target_bytes` of the file: a file written as one row group (the
+    usual pandas / pyarrow default up to a million rows) can be cut too."""
+    rows = pq.ParquetFile(path).metadata.num_rows
+    count = max(1, min(rows, -(-os.path.getsize(path) // target_bytes)))
+    bounds = [rows * i // count for i in range(count + 1)]
+    return [Piece(start, end, start + 1) for start, end in zip(bounds, bounds[1:])]
+
+
+def _read_row_range(pf: pq.ParquetFile, piece: Piece, columns: list[str]) -> pa.Table:
+    """Rows [start, end) of a Parquet file: the row groups that hold them, sliced."""
+    meta = pf.metadata
+    group_rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    group_start = np.concatenate([[0], np.cumsum(group_rows)]).astype(np.int64)
+    first = int(np.searchsorted(group_start, piece.start, side="right")) - 1
+    last = int(np.searchsorted(group_start, piece.end, side="left"))
+    table = pf.read_row_groups(range(first, last), columns=columns)
+    return table.slice(piece.start - int(group_start[first]), piece.end - piece.start)
 
 
 def read_source(config: Config, source: SourceConfig, files: list[Path] | None = None,
@@ -449,7 +456,7 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
         if piece is None:
             table = _flatten(pf.read(columns=tops))
         else:
-            table = _flatten(pf.read_row_groups(range(piece.start, piece.end), columns=tops))
+            table = _flatten(_read_row_range(pf, piece, tops))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeDecodeError) as exc:  # OSError: also corrupt pages; UnicodeDecodeError: a column name not UTF-8
         raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {one_line(exc)}") from exc
     strings: dict[str, pa.ChunkedArray] = {}

@@ -10,6 +10,7 @@ back to the rows as 64-bit hashes: strings are only kept for the distinct values
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +65,8 @@ class IdentifierColumn:
     codes: np.ndarray  # per row: position of its raw value among the distinct ones (-1 = missing)
     normalized: pd.Series  # per distinct raw value: its normalized text (NA when dropped)
     flags: pd.DataFrame | None = None  # code, action, value, reason: distinct values a policy action names
+    normalizer: str = ""  # the identity type's normalizer (email, phone, trim...)
+    blocked: bool = False  # the blocklist was applied (not to a records source's own key)
 
     def text(self, rows: np.ndarray) -> pd.Series:
         """Normalized text of the given rows (which must hold a value)."""
@@ -93,6 +96,9 @@ class SourceTables:
     suppressed: int = 0  # records dropped because they match an erasure tombstone
     memo: object | None = None  # the normalization memo lookups of this part (a NormalizationMemo)
     attributes: pd.DataFrame | None = None  # per record: the attributes in match form (when matching is on)
+    # (kind, attribute) -> per record, that attribute already in match form (normalized while
+    # ingesting: an identifier column or a name), so that match_attributes does not do it again.
+    in_match_form: dict[tuple[str, str], pd.Series] | None = None
     sessions: pd.DataFrame | None = None  # events sources with stitching: anonymous-visitor sessions
     flagged: pd.DataFrame | None = None  # kind == records: FLAGGED_COLUMNS (the records' policy actions)
     snapshot: str | None = None  # key of the state snapshot these tables are (or may be saved as)
@@ -213,12 +219,12 @@ def identifier_column(
     spec = config.identity.types[id_type]
     normalized, reason = memoized(memo, f"identifier:{spec.normalizer}", distinct, lambda values: normalize_identifier(
         spec.normalizer, values, default_region=config.run.default_region,
-        email_options=config.identity.email.model_dump(),
+        email_options=config.identity.email.model_dump(), distinct=True,
     ))
     actions.append(_value_actions("invalid", source.name, id_type, distinct, reason, counts))
     flags = [_flags("invalid", distinct, reason)]
     if blocklist is not None:
-        blocked = blocklist.blocked(id_type, normalized)
+        blocked = blocklist.blocked(id_type, normalized, distinct=True)  # of distinct raw values: nearly distinct
         actions.append(_value_actions("blocked", source.name, id_type, normalized, blocked, counts))
         flags.append(_flags("blocked", normalized, blocked))
         normalized = normalized.mask(blocked.notna())
@@ -226,7 +232,8 @@ def identifier_column(
     row_hash = spread(hashes, codes, np.uint64(0))
     kept = hashes != 0
     values = pd.DataFrame({"hash": hashes[kept], "value": normalized[kept].reset_index(drop=True)}).drop_duplicates("hash")
-    return IdentifierColumn(id_type, column, rule, row_hash, values, codes, normalized, pd.concat(flags, ignore_index=True))
+    return IdentifierColumn(id_type, column, rule, row_hash, values, codes, normalized, pd.concat(flags, ignore_index=True),
+                            spec.normalizer, blocklist is not None)
 
 
 def _flags(action: str, values: pd.Series, reasons: pd.Series) -> pd.DataFrame:
@@ -258,8 +265,20 @@ def identifier_columns(config: Config, source: SourceConfig, frame: pd.DataFrame
                        memo: NormalizationMemo | None = None) -> list[IdentifierColumn]:
     mapped = [(t, c, IDENTIFIER_RULE) for t, cols in source.identifier_columns().items() for c in cols]
     mapped += [(link.type, link.column, link.rule) for link in source.links]
-    return [identifier_column(config, source, t, c, r, frame[c], None if _is_record_key(config, source, t, c, r)
-                              else blocklist, actions, memo) for t, c, r in mapped]
+
+    def one(spec: tuple[str, str, str]) -> tuple[IdentifierColumn, list]:
+        t, c, r = spec
+        mine: list = []
+        ident = identifier_column(config, source, t, c, r, frame[c], None if _is_record_key(config, source, t, c, r)
+                                  else blocklist, mine, memo)
+        return ident, mine
+
+    # Arrow's string kernels release the GIL: columns are normalized side by side (actions in order).
+    with ThreadPoolExecutor(max_workers=max(1, min(config.run.workers, len(mapped)))) as pool:
+        done = list(pool.map(one, mapped))
+    for _, mine in done:
+        actions.extend(mine)
+    return [ident for ident, _ in done]
 
 
 def _is_record_key(config: Config, source: SourceConfig, id_type: str, column: str, rule: str) -> bool:
@@ -421,8 +440,30 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     tables.records = records
     tables.observations = obs
     tables.flagged = flagged_records(idents, position)
+    if memo is None:  # with a memo, each form is remembered under its own name
+        tables.in_match_form = _in_match_form(source, records, idents, keep)
     tables.resolved = len(records)
     return tables
+
+
+def _in_match_form(source: SourceConfig, records: pd.DataFrame, idents: list[IdentifierColumn],
+                   keep: np.ndarray) -> dict[tuple[str, str], pd.Series]:
+    """The attributes ingest already put in match form, per record: an attribute read from one
+    identifier column is that column normalized and blocked (for its normalizer's kind: email or
+    phone); first and last names are the `_norm` columns (kind name)."""
+    forms: dict[tuple[str, str], pd.Series] = {}
+    for name, cols in source.attribute_columns().items():
+        for ident in idents:
+            if len(cols) == 1 and ident.column == cols[0] and ident.blocked and ident.normalizer in ("email", "phone"):
+                codes = ident.codes[keep]
+                with_missing = pd.concat([ident.normalized, pd.Series([pd.NA], dtype=ident.normalized.dtype)],
+                                         ignore_index=True)
+                forms[(ident.normalizer, name)] = with_missing.take(
+                    np.where(codes >= 0, codes, len(ident.normalized))).reset_index(drop=True)
+    for name in ("first_name", "last_name"):
+        if f"{name}_norm" in records:
+            forms[("name", name)] = records[f"{name}_norm"].reset_index(drop=True)
+    return forms
 
 
 def _no_observations() -> pd.DataFrame:

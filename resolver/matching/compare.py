@@ -9,6 +9,7 @@ term-frequency adjustment) is prepared once; pairs only index into it.
 from __future__ import annotations
 
 import importlib.resources
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from types import ModuleType
@@ -200,8 +201,18 @@ def _pair_codes(values: pd.Series, swapped: pd.Series) -> np.ndarray:
     return codes[len(values):]
 
 
-def prepare_all(comparisons: list[ComparisonConfig], attributes: dict[str, pd.Series]) -> list[PreparedComparison]:
-    return [prepare(c, attributes) for c in comparisons]
+PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
+
+
+def prepare_all(comparisons: list[ComparisonConfig], attributes: dict[str, pd.Series],
+                workers: int = 2) -> list[PreparedComparison]:
+    """Every comparison prepared, side by side in `workers` threads (Arrow's string kernels and
+    numpy release the GIL), in comparison order."""
+    rows = max((len(v) for v in attributes.values()), default=0)
+    if workers <= 1 or rows < PARALLEL_ROWS:
+        return [prepare(c, attributes) for c in comparisons]
+    with ThreadPoolExecutor(max_workers=min(workers, len(comparisons))) as pool:
+        return list(pool.map(lambda c: prepare(c, attributes), comparisons))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
     with timer("match:attributes", rows_in=len(records)):
         if attributes is None:
             attributes = match_attributes(records, config)
-        prepared = prepare_all(matching.comparisons, attributes)
+        prepared = prepare_all(matching.comparisons, attributes, config.run.workers)
         on_backend = [p.on(backend.xp) for p in prepared]
     compared_columns = list(dict.fromkeys(c for p in prepared for c in p.config.columns))
     caches = MatchCaches.of(reuse, member_keys, attributes, compared_columns)
