@@ -88,6 +88,8 @@ def _summary_table(summary: dict, metrics: dict | None) -> Table:
         table.add_row("persistent ids: kept / new / merged away / split off",
                       f"{ids['kept']:,} / {ids['new']:,} / {ids['merged_away']:,} / {ids['split_off']:,}")
     table.add_row("wall time", f"{summary['seconds']:.2f} s")
+    if summary.get("jit_seconds", 0) >= 1:  # the kernels' one-off compile: a first run on this machine
+        table.add_row("of which compiling kernels (first run only)", f"{summary['jit_seconds']:.2f} s")
     if metrics:
         for scope in ("records", "events"):
             if scope in metrics:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from resolver import __version__
 from resolver.compute.heap import peak_rss_mb
+from resolver.compute.jit import jit_seconds
 
 if TYPE_CHECKING:  # the stages' result types, named here; the stages import this module
     from resolver.ingest.tables import SourceTables
@@ -37,9 +38,11 @@ class StageLog:
         entry = {"stage": name, "rows_in": rows_in, "rows_out": None}
         if self.report:
             self.report(name)
-        start = time.perf_counter()
+        start, jit = time.perf_counter(), jit_seconds()
         yield entry
         entry["seconds"] = round(time.perf_counter() - start, 4)
+        if jit_seconds() > jit:  # numba compiling (first run on this machine) or loading its cache
+            entry["jit_seconds"] = round(jit_seconds() - jit, 4)
         entry["peak_rss_mb"] = round(peak_rss_mb(), 1)
         self.stages.append(entry)
 
@@ -120,6 +123,7 @@ def run_summary(guards: bool, parts: list[SourceTables], res: Resolution, log: S
         "golden": res.golden,
         **({"stitching": res.stitching} if res.stitching is not None else {}),
         "stages": log.stages,
+        "jit_seconds": round(sum(stage.get("jit_seconds", 0.0) for stage in log.stages), 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_worker_rss_mb": round(peak_rss_mb("children"), 1),
     }
