@@ -20,4 +20,4 @@ def test_a_stage_reports_the_kernels_it_compiled_and_a_second_call_compiles_noth
     compiled = log.stages[0]["jit_seconds"]
     assert 0 < compiled <= log.stages[0]["seconds"]
     assert "jit_seconds" not in log.stages[1]
-    assert jit_seconds() - before >= compiled
+    assert abs((jit_seconds() - before) - compiled) < 1e-3  # rounded to 0.1 ms in the log
