@@ -227,13 +227,14 @@ def _model_health_exit(console: Console, summary: dict) -> int:
 
 def cmd_plan(args) -> int:
     from resolver.config import load_config
+    from resolver.matching.growth import growth_warning
     from resolver.matching.plan import plan_matching
 
     console = _console(args)
     config = load_config(args.config)
     _config_warnings(console, config)
     with console.status("reading records"):
-        blocking, n_records = plan_matching(config)
+        blocking, n_records, growth = plan_matching(config)
     cap = config.matching.blocking.max_block_size
     link_type = config.matching.link_type
     title = f"blocking plan: {n_records:,} records, block cap {cap:,}"
@@ -241,15 +242,16 @@ def cmd_plan(args) -> int:
         title += f", {link_type}"  # pairs are counted as the link type allows
     refined = any(p.refined_blocks for p in blocking.plans)  # the refine columns only when a block was refined
     table = Table(title=title, header_style="bold")
-    columns = ("rule", "records", "blocks", "pairs") + (("refined", "refined pairs") if refined else ()) + (
-        "capped", "pairs capped")
+    columns = ("rule", "records", "blocks", "pairs", "pair growth") + (
+        ("refined", "refined pairs") if refined else ()) + ("capped", "pairs capped")
     for column in columns:
         table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
-    for p in blocking.plans:
+    for p, exponent in zip(blocking.plans, growth):
         table.add_row(p.name, f"{p.keyed_records:,}", f"{p.blocks:,}", f"{p.pairs:,}",
+                      "-" if exponent is None else f"n^{exponent:.2f}",
                       *((f"{p.refined_blocks:,}", f"{p.refined_pairs:,}") if refined else ()),
                       f"{p.capped_blocks:,}", f"{p.capped_pairs:,}")
-    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}",
+    table.add_row("all rules", "", "", f"{sum(p.pairs for p in blocking.plans):,}", "",
                   *(("", f"{sum(p.refined_pairs for p in blocking.plans):,}") if refined else ()), "", "")
     out = Console(quiet=args.quiet)
     out.print(table)
@@ -262,7 +264,8 @@ def cmd_plan(args) -> int:
                       f"{', '.join(rule.refine_keys)}: {p.refined_pairs:,} pairs"
                       + (f"; {p.refine_missing:,} records without a refine key left them" if p.refine_missing else ""),
                       highlight=False, soft_wrap=True)
-    for warning in blocking.warnings(cap):
+    growth_warnings = [growth_warning(p.name, exponent) for p, exponent in zip(blocking.plans, growth)]
+    for warning in blocking.warnings(cap) + [w for w in growth_warnings if w]:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print("pairs are counted from block sizes; a pair found by several rules is compared once, "
                   "and pairs already in one deterministic person are skipped, so the run compares fewer.")

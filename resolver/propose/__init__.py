@@ -174,6 +174,7 @@ def propose(data: list[str], out: Path | str = "resolver.yaml", names: list[str]
                    link_only=link_only)
     who = {a.name: a.kind != K.ID for p in plans for a in p.attributes.values() if a.kind in WHO_KINDS}
     identifiers = {t for p in plans for t in p.identifiers}
+    R.measure_growth(cands, keys, {name: normalized[name] for name in sorted(identifiers) if name in normalized})
     found = _probable(cands, keys, source, normalized, records, link_only, who, identifiers)
     chosen = R.choose(cands, budget, found)
     if not chosen:

@@ -94,7 +94,8 @@ def render(p) -> str:
                  f"{p.records:,} records:")
     width = max(len(c.name) for c in p.candidates)
     for c in p.candidates:
-        lines.append(f"    #   {c.name:<{width}} {c.pairs:>13,} pairs, {c.keyed:4.0%} keyed  {c.verdict}")
+        growth = "" if c.growth is None else f", pairs ~ records^{c.growth:.2f}"
+        lines.append(f"    #   {c.name:<{width}} {c.pairs:>13,} pairs, {c.keyed:4.0%} keyed{growth}  {c.verdict}")
     lines.append(f"    # Chosen: {sum(c.pairs for c in p.rules):,} pairs (a sum over rules: a run compares a pair "
                  "found by several rules once).")
     if p.weak_fields:

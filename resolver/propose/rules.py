@@ -40,6 +40,7 @@ from resolver.config import BlockingConfig, BlockingRule
 from resolver.keys import parse_key
 from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 from resolver.matching.blocking import build_blocking_keys, rule_pairs_of
+from resolver.matching.growth import GROWTH_LIMIT, identifier_people, pair_growth
 
 MAX_BLOCK_SIZE = 500  # the config default; the cap a run applies
 MAX_RULES = 8
@@ -88,6 +89,7 @@ class Candidate:
     capped: float = 0.0  # share of the keyed records in blocks over the cap
     largest: int = 0  # records in the largest block (estimated for the whole data)
     sample_pairs: int = 0  # pairs among the sampled records, blocks within the cap
+    growth: float | None = None  # log-log slope of its pairs against the people (resolver/matching/growth.py)
     verdict: str = ""
 
     def __post_init__(self) -> None:
@@ -127,6 +129,22 @@ def candidates(attributes: dict[str, int], ids: list[str]) -> list[Candidate]:
                 if candidate.columns <= usable:
                     out.append(candidate)
     return out[:MAX_CANDIDATES]
+
+
+def measure_growth(cands: list[Candidate], keys: np.ndarray, identifiers: dict[str, pd.Series]) -> None:
+    """Each candidate's pair-growth exponent on the sample (None where it makes too few pairs to
+    tell), with the records the identifier columns join standing in for people."""
+    n = keys.shape[1]
+    records, values = [], []
+    for k, values_of in enumerate(identifiers.values()):
+        codes = pd.factorize(values_of.astype("str"))[0]
+        held = np.flatnonzero(codes >= 0)
+        records.append(held)
+        values.append(codes[held] + (k << 40))  # one code space per identifier column
+    people = identifier_people(np.concatenate(records) if records else np.zeros(0, np.int64),
+                               np.concatenate(values) if values else np.zeros(0, np.int64), n)
+    for c, row in zip(cands, keys):
+        c.growth = pair_growth(row, people)
 
 
 def count(cands: list[Candidate], attributes: dict[str, pd.Series], source: np.ndarray, sampled: list[int],
@@ -262,6 +280,9 @@ def choose(cands: list[Candidate], budget: int, found: dict[str, np.ndarray] | N
             c.verdict = f"dropped: {c.capped:.0%} of its records are in blocks over the cap (largest ~{c.largest:,})"
         elif c.pairs > budget:
             c.verdict = f"dropped: {c.pairs:,} pairs alone, over the budget"
+        elif c.growth is not None and c.growth > GROWTH_LIMIT:
+            c.verdict = (f"dropped: its pairs grow as records^{c.growth:.2f} (its blocks grow with the population: "
+                         "pairs a record would not stay flat on more data)")
         elif c.pairs == 0:
             c.verdict = "dropped: no pairs"
         else:
