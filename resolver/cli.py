@@ -337,7 +337,7 @@ def cmd_bench(args) -> int:
     out = Path(args.out)
     with console.status("benchmarking") as status:
         bench = run_ladder(sizes, args.repeat, backends, engines, Path(args.data), out / "runs", args.seed,
-                           report=lambda text: status.update(text))
+                           report=lambda text: status.update(text), shape=args.shape)
     paths = write_bench(bench, out)
     if not args.quiet:
         print(markdown_ladder(bench))
@@ -608,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", help="comma-separated (default: every backend available here)")
     bench.add_argument("--engines", help="comma-separated: local, dask (default: every engine installed here)")
     bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--shape", choices=["crm", "people"], default="crm",
+                       help="crm: Salesforce + Segment data; people: one person file (resolver generate --shape)")
     bench.add_argument("--data", default="bench-data", help="generated datasets (kept and reused)")
     bench.add_argument("--out", default="bench-results", help="bench.json, bench.png, bench.html and the runs")
     bench.set_defaults(func=cmd_bench)

@@ -36,6 +36,7 @@ from resolver.compute.backend import BackendUnavailable, select_backend
 from resolver.config import load_config
 from resolver.outputs.evaluate import evaluate_outputs
 from resolver.synth.people import generate
+from resolver.synth.plain import generate_people
 
 INGEST = "ingest (read + normalize, wall)"
 GPU_MEMORY_GIB = {"h200": 141, "h100": 80, "a100": 80, "a100-40gb": 40, "l40s": 48, "l4": 24, "a10": 24}
@@ -128,10 +129,14 @@ def available_engines() -> list[str]:
     return ["local"] + (["dask"] if importlib.util.find_spec("distributed") is not None else [])
 
 
-def _dataset(data_dir: Path, people: int, seed: int) -> Path:
-    target = data_dir / f"people-{people}-seed-{seed}"
+def _dataset(data_dir: Path, people: int, seed: int, shape: str = "crm") -> Path:
+    """The generated data of a rung: Salesforce + Segment (crm), or one person file (people)."""
+    target = data_dir / (f"people-{people}-seed-{seed}" if shape == "crm" else f"plain-{people}-seed-{seed}")
     if not (target / "manifest.json").exists():
-        generate(target, people, seed=seed, workers=1)
+        if shape == "people":
+            generate_people(target, people, seed=seed, workers=1)
+        else:
+            generate(target, people, seed=seed, workers=1)
     return target
 
 
@@ -183,11 +188,12 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_ladder(sizes: list[int], repeat: int, backends: list[str], engines: list[str], data_dir: Path,
-               work_dir: Path, seed: int = 1, report=None) -> dict:
-    """Measure every (size, backend, engine) `repeat` times; fit the cost curves."""
+               work_dir: Path, seed: int = 1, report=None, shape: str = "crm") -> dict:
+    """Measure every (size, backend, engine) `repeat` times on data of the `shape` (crm or
+    people, as `resolver generate --shape`); fit the cost curves."""
     rows = []
     for people in sizes:
-        data = _dataset(data_dir, people, seed)
+        data = _dataset(data_dir, people, seed, shape)
         for backend in backends:
             for engine in engines:
                 runs = []
@@ -198,7 +204,8 @@ def run_ladder(sizes: list[int], repeat: int, backends: list[str], engines: list
                 rows.append({"people": people, "backend": backend, "engine": engine, "repeats": repeat,
                              **summarize(runs)})
     return {"created": datetime.now(UTC).isoformat(), "machine": machine_info(),
-            "settings": {"sizes": sizes, "repeat": repeat, "backends": backends, "engines": engines, "seed": seed},
+            "settings": {"sizes": sizes, "repeat": repeat, "backends": backends, "engines": engines, "seed": seed,
+                         "shape": shape},
             "rows": rows, "fits": fit_all(rows)}
 
 
@@ -279,6 +286,9 @@ def fit_all(rows: list[dict]) -> list[dict]:
         stages = pipeline_stages(sorted({s for r in mine for s, v in r["stages"].items() if v is not None}))
         for stage in stages:
             points = [(stage_driver(stage, r), r["stages"][stage]["median"]) for r in mine if r["stages"].get(stage)]
+            points = [p for p in points if p[0] > 0 and p[1] > 0]  # a stage without its input (no events)
+            if not points:
+                continue
             law = fit_power_law(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
             fits.append({"backend": backend, "engine": engine, "measure": stage, **law.as_dict()})
         for measure in ("host_peak_mib", "gpu_peak_mib", "wall_s"):
