@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QUALITY = (ROOT / "benchmarks" / "data" / "quality").resolve()  # one path whichever tree runs (outputs name it)
 CONFIGS = ROOT / "benchmarks" / "quality_configs"
 QUALITY_TASKS = {"febrl3": "febrl3-none", "febrl4": "febrl4-none", "pp_1040": "pp_1040-default"}
-VOLATILE = {"run_id", "previous_run", "started", "finished", "seconds", "timings", "peak_rss_mb", "peak_worker_rss_mb",
+VOLATILE = {"run_id", "previous_run", "started", "finished", "seconds", "jit_seconds", "timings", "peak_rss_mb",
+            "peak_worker_rss_mb",
             "worker_peak_rss_mb", "wall_seconds", "previous_run_id", "recovered_commit", "engine",
             "output_dir", "state_dir", "created", "trained_at"}
 RENDERED = {"report.html"}

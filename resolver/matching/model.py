@@ -716,7 +716,7 @@ def comparison_weights(model: FSModel, levels, rule, keep=None):
     return _raw_weights(model, levels, rule) * (kept_comparisons(model, levels, rule) if keep is None else keep)
 
 
-def _softplus2(x):
+def softplus2(x):
     """log2(1 + 2^x), without overflow."""
     xp = module_of(x)
     return xp.maximum(x, 0.0) + xp.log2(1.0 + xp.exp2(-xp.abs(x)))
@@ -737,7 +737,7 @@ def household_adjustments(model: FSModel, levels, rule, tf=None, keep=None):
         evidence = evidence + xp.asarray(table)[rule, levels[:, k]] * keep[:, k]
         if tf is not None and model.comparisons[k].household_field:
             evidence = evidence + tf[:, k]
-    return -_softplus2(evidence)
+    return -softplus2(evidence)
 
 
 def match_weights(model: FSModel, levels, rule, tf=None, keep=None):
