@@ -112,6 +112,26 @@ def limit_matrix(identity: IdentityConfig, type_names: list[str],
     return limits
 
 
+def _first_of_each(values: np.ndarray) -> np.ndarray:
+    """The position of each distinct value's first occurrence, in value order (np.unique's
+    return_index), without sorting when the values are small non-negative integers."""
+    if not len(values) or values.min() < 0 or values.max() > 4 * len(values):
+        return np.unique(values, return_index=True)[1]
+    first = np.full(int(values.max()) + 1, -1, dtype=np.int64)
+    first[values[::-1]] = np.arange(len(values) - 1, -1, -1)  # the last write is the first occurrence
+    return first[first >= 0]
+
+
+def dense_ranks(labels: np.ndarray) -> np.ndarray:
+    """Each label's rank among the distinct labels (np.unique's return_inverse), without sorting
+    (labels are non-negative and below a few times their count)."""
+    if not len(labels):
+        return labels.astype(np.int64)
+    present = np.zeros(int(labels.max()) + 1, dtype=bool)
+    present[labels] = True
+    return (np.cumsum(present) - 1)[labels].astype(np.int64)
+
+
 def _limit_violations(
     labels: np.ndarray,
     node_type: np.ndarray,
@@ -132,10 +152,12 @@ def _limit_violations(
     tracked = (limits < UNLIMITED).any(axis=0)
     # Count alias groups, not values: one representative node per group.
     representative = np.zeros(len(node_type), dtype=bool)
-    representative[np.unique(alias, return_index=True)[1]] = True
+    representative[_first_of_each(alias)] = True
     counted = tracked[node_type] & representative
     key = labels[n_records:][counted].astype(np.int64) * n_types + node_type[counted]
-    held, count = np.unique(key, return_counts=True)
+    count = np.bincount(key, minlength=0)  # keys are below (components x types): a count, not a sort
+    held = np.flatnonzero(count)
+    count = count[held]
     component, held_type = held // n_types, held % n_types
     loosest = limits.max(axis=0)
     broken = [component[count > loosest[held_type]]]
@@ -379,7 +401,7 @@ def resolve_graph(
             # The rebuilt components are exactly the groups the greedy union formed.
             labels = labels.copy()
             labels[rebuilt_nodes] = labels.max() + 1 + rebuilt_root
-            labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)
+            labels = dense_ranks(labels)
 
     return GraphResult(
         labels=labels,
