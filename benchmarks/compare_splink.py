@@ -6,7 +6,8 @@
     .venv/bin/python benchmarks/compare_splink.py --shape people --sizes 100k,1m   # the plain person file
 
 Options: --shape (crm, the default, or people), --sizes (comma list of 100k, 1m, 5m), --seed (data
-seed, default 1), --skip-splink,
+seed, default 1), --repeat (runs of each tool, alternating; wall time and peak RSS are the median),
+--skip-splink,
 --skip-resolver, --timeout (seconds per tool run, default 3600), --splink-memory-limit (DuckDB
 memory_limit, default 12GB), --splink-em-max-pairs (Splink 5's EM sampling, default 1e7 pairs per
 pass; 0 = all blocked pairs), --max-rss-gb (kill a tool whose process tree passes this; default 90% of RAM),
@@ -659,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=["crm", "people"], default="crm",
                         help="crm: Salesforce contacts + leads (default); people: one person file "
                              "(`resolver generate --shape people`)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each tool per size, alternating (wall time and peak RSS: the median)")
     parser.add_argument("--skip-splink", action="store_true")
     parser.add_argument("--skip-resolver", action="store_true")
     parser.add_argument("--earlier", dest="earlier_results", nargs="*", default=[], type=Path,
@@ -705,25 +708,37 @@ def main(argv: list[str] | None = None) -> int:
         truth = pd.read_parquet(data / "truth.parquet")
         entry = {"data": info, "tools": {}}
         report["sizes"][size] = entry
-        for tool, skip, runner in (("splink", args.skip_splink, run_splink),
-                                   ("resolver", args.skip_resolver, run_resolver)):
-            if skip:
-                earlier = args.earlier.get(size, {}).get(tool)
-                if earlier:  # a row measured by an earlier invocation (--earlier), shown as such
-                    earlier = {**earlier, "tool": f"{tool} (earlier run)"}
-                    rows.append(earlier)
-                    entry["tools"][tool] = earlier
-                continue
-            log(f"{size}: {tool}")
-            result, outputs = runner(data, data / "runs" / tool, args)
-            metrics = None
-            if outputs is not None:
-                start = time.perf_counter()
-                metrics = evaluate(truth, outputs["pairs"], outputs["clusters"], outputs.get("groups"))
-                log(f"{size}: {tool} scored in {time.perf_counter() - start:.1f} s: cluster F1 "
-                    f"{metrics['cluster']['f1']:.4f}, pairwise F1 {metrics['pairwise']['f1']:.4f}")
+        tools = (("splink", args.skip_splink, run_splink), ("resolver", args.skip_resolver, run_resolver))
+        for tool, skip, _ in tools:
+            earlier = args.earlier.get(size, {}).get(tool)
+            if skip and earlier:  # a row measured by an earlier invocation (--earlier), shown as such
+                earlier = {**earlier, "tool": f"{tool} (earlier run)"}
+                rows.append(earlier)
+                entry["tools"][tool] = earlier
+        measured: dict[str, dict] = {}
+        for repeat in range(args.repeat):  # the tools alternate, so that both see the machine alike
+            for tool, skip, runner in tools:
+                if skip:
+                    continue
+                log(f"{size}: {tool}" + (f" (run {repeat + 1} of {args.repeat})" if args.repeat > 1 else ""))
+                result, outputs = runner(data, data / "runs" / tool, args)
+                metrics = None
+                if outputs is not None and tool not in measured:  # both tools are deterministic: scored once
+                    start = time.perf_counter()
+                    metrics = evaluate(truth, outputs["pairs"], outputs["clusters"], outputs.get("groups"))
+                    log(f"{size}: {tool} scored in {time.perf_counter() - start:.1f} s: cluster F1 "
+                        f"{metrics['cluster']['f1']:.4f}, pairwise F1 {metrics['pairwise']['f1']:.4f}")
                 del outputs
-            row = tool_row(size, tool, info["records"], result, metrics)
+                if tool not in measured:
+                    measured[tool] = tool_row(size, tool, info["records"], result, metrics)
+                    measured[tool]["runs"] = []
+                measured[tool]["runs"].append({"status": result.status, "wall_s": result.wall_s,
+                                               "peak_rss_bytes": result.peak_rss_bytes})
+        for tool, row in measured.items():
+            ok = [r for r in row["runs"] if r["status"] == "ok"]
+            if ok:  # the median of the runs (of 3: the middle one)
+                row["wall_s"] = float(np.median([r["wall_s"] for r in ok]))
+                row["peak_rss_bytes"] = int(np.median([r["peak_rss_bytes"] for r in ok]))
             rows.append(row)
             entry["tools"][tool] = row
             results_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
