@@ -67,7 +67,7 @@ def person_tables(identity: IdentityConfig, vocab: Vocabulary, records: pd.DataF
     identity_map["person_id"] = record_pid
     record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
     identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
-    identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, identity, vocab))
+    identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, identity, vocab)
     identity_map["deterministic_group"] = deterministic
     if match is not None:
         accepted = match.decision == DECISIONS.index("link")
@@ -110,7 +110,7 @@ def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
 
 
 def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, identity: IdentityConfig,
-               vocab: Vocabulary) -> np.ndarray:
+               vocab: Vocabulary) -> pd.Categorical:
     """Per record, the strongest accepted edge that ties it to the rest of its person
     ("singleton" when nothing does).
 
@@ -133,9 +133,16 @@ def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, i
     labels = np.array(list(vocab.rules) + list(vocab.types) + [PROBABILISTIC], dtype=object)
     label = np.where(is_rule, rule, len(vocab.rules) + id_type)
     best = Groups.of(record, tiebreak=np.where(is_rule, -1, priority[id_type]) * len(labels) + label)
-    out = np.full(n, "singleton", dtype=object)
-    out[best.keys] = labels[best.first(label)]
-    return out
+    labels = np.append(labels, "singleton")
+    code = np.full(n, len(labels) - 1, dtype=np.int64)
+    code[best.keys] = best.first(label)
+    # As pd.Categorical of the labels would be (the names used, sorted), from codes: no Python
+    # string per record.
+    used = np.flatnonzero(np.bincount(code, minlength=len(labels)))
+    names, position_of_used = np.unique(labels[used].astype(str), return_inverse=True)
+    position = np.zeros(len(labels), dtype=np.int64)
+    position[used] = position_of_used.reshape(-1)
+    return pd.Categorical.from_codes(position[code], categories=pd.Index(names))
 
 
 def _match_probability(n_records: int, match: MatchResult, accepted_links: np.ndarray) -> np.ndarray:
