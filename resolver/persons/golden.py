@@ -68,7 +68,7 @@ class _Candidates:
 
     person: np.ndarray  # dense person index
     record: np.ndarray  # record_id
-    key: np.ndarray  # int64 code of the value in match form (equal codes: the same value)
+    key: np.ndarray  # int64 key of the value in match form (within a person, equal keys: the same value)
     display: pd.Series  # per record (record_id order, not per candidate): the value as shown in the golden record
     starts: np.ndarray  # each person's first candidate
 
@@ -89,11 +89,17 @@ def _candidates(records: pd.DataFrame, person_index: np.ndarray, by_person: np.n
         display = normalized.astype("str")
     else:  # the record's own text, trimmed
         display = raw.astype("str").str.strip()
-        usable &= (display.fillna("") != "").to_numpy()
+        usable &= _non_empty(display)
     rows = by_person[usable[by_person]].astype(np.int64)
     person = person_index[rows]
     starts = _run_starts(person)
     return _Candidates(person, rows, _value_keys(normalized.astype("str"), rows, starts), display, starts)
+
+
+def _non_empty(text: pd.Series) -> np.ndarray:
+    """Where a text column holds a value of at least one character (from Arrow's offsets)."""
+    lengths = pc.binary_length(pa.array(text.array, type=pa.large_string()))
+    return pc.fill_null(pc.greater(lengths, 0), False).to_numpy(zero_copy_only=False)
 
 
 LONG_RUN = 32  # a person with more candidates has its values dictionary-encoded instead of compared pairwise
@@ -113,7 +119,7 @@ def _value_keys(values: pd.Series, rows: np.ndarray, starts: np.ndarray) -> np.n
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
     key = _first_equal_in_run(starts, rows, offsets, data, LONG_RUN)
     long = key < 0
-    if long.any():  # after every pairwise key (candidate positions), so that the two never meet
+    if long.any():  # past the pairwise keys (candidate positions)
         encoded = pc.dictionary_encode(strings.take(pa.array(rows[long]))).indices
         key[long] = len(key) + encoded.to_numpy(zero_copy_only=False).astype(np.int64)
     return key
@@ -175,7 +181,9 @@ def _rule_scores(rule: str, c: _Candidates, records: pd.DataFrame, ranks: np.nda
 def _survive(c: _Candidates, chain: list[str], records: pd.DataFrame, ranks: np.ndarray, n_persons: int):
     """Winner row per person (-1 = no candidate) and the index of the deciding rule per person
     (len(chain) = tiebreak, -1 = agreement or no candidate)."""
-    scores = np.stack([np.asarray(_rule_scores(rule, c, records, ranks), dtype=np.int64) for rule in chain])
+    scores = np.empty((len(chain), len(c.record)), dtype=np.int64)  # a row per rule
+    for row, rule in enumerate(chain):
+        scores[row] = _rule_scores(rule, c, records, ranks)
     best, decided_by, disagree = _survive_runs(c.starts, scores, c.key)
     persons = c.person[c.starts]
     winner = np.full(n_persons, -1, dtype=np.int64)
@@ -293,7 +301,7 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
 def _nickname_table(names) -> np.ndarray:
     """Per name, the nickname groups it belongs to (a row each, -1 padded)."""
     groups = nickname_groups()
-    of_name = [groups.get(name, ()) for name in names]
+    of_name = [groups.get(name, ()) for name in names.tolist()]
     table = np.full((len(of_name), max(map(len, of_name), default=0)), -1, dtype=np.int64)
     for row, ids in enumerate(of_name):
         table[row, :len(ids)] = ids
@@ -301,17 +309,21 @@ def _nickname_table(names) -> np.ndarray:
 
 
 def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config,
-                 normalized: dict[str, pd.Series] | None = None, memo: NormalizationMemo | None = None) -> GoldenResult:
+                 normalized: dict[str, pd.Series] | None = None, memo: NormalizationMemo | None = None,
+                 person_rows: np.ndarray | None = None) -> GoldenResult:
     """Golden records (one row per person, in person_ids order) and the conflict log.
 
     records: the run's records (record_id order) with source, record_key, timestamp, is_deleted and
     the raw attribute columns; record_person: person id per record (NA for records in no person);
     person_ids: every person, in output order; normalized: attributes already in match form (the
     matching stage's), reused instead of normalizing again; memo: the run's normalization memo, for
-    the other fields."""
+    the other fields; person_rows: when the caller knows it, per record the position of its person
+    in person_ids (-1: none), instead of record_person's ids matched as text."""
     golden = config.golden
     normalized = normalized or {}
-    person_index = np.where(records["is_deleted"].to_numpy(bool), -1, _positions(record_person, person_ids))
+    if person_rows is None:
+        person_rows = _positions(record_person, person_ids)
+    person_index = np.where(records["is_deleted"].to_numpy(bool), -1, person_rows)
     by_person = np.argsort(person_index, kind="stable")  # once for every field: each takes its candidates from it
     by_person = by_person[person_index[by_person] >= 0]
     n_persons = len(person_ids)
@@ -390,9 +402,7 @@ def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarr
         if isinstance(column.dtype, pd.CategoricalDtype):
             codes = np.where(missing, -1, column.cat.codes.to_numpy()[rows])
             return pd.Series(pd.Categorical.from_codes(codes, dtype=column.dtype))
-        # a null index takes a null: no second pass to blank the persons without a value
-        strings = pa.array(column.array, type=pa.large_string())
-        return pd.Series(strings.take(pa.array(rows, mask=missing)), dtype="str")
+        return _take_text(column, rows, missing)
 
     timestamps = records["timestamp"].to_numpy("datetime64[ns]")[record] if any_record else record.astype("datetime64[ns]")
     return {
@@ -402,6 +412,20 @@ def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarr
         f"{field}__timestamp": np.where(has, timestamps, np.datetime64("NaT")).astype("datetime64[ns]"),
         f"{field}__rule": pd.Series(rule),
     }
+
+
+def _take_text(column: pd.Series, rows: np.ndarray, missing: np.ndarray) -> pd.Series:
+    """column[rows] as a "str" column, NA where `missing`. Arrow's take, on 32-bit offsets when
+    the text fits them (about twice as fast as on 64-bit ones); the NAs are set by a validity
+    bitmap after it (a null in the indices would slow the take down)."""
+    strings = pa.array(column.array, type=pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    narrow = strings.buffers()[2] is None or strings.buffers()[2].size < 2**31
+    taken = (strings.cast(pa.string()) if narrow else strings).take(rows)
+    valid = ~missing if taken.null_count == 0 else ~missing & taken.is_valid().to_numpy(zero_copy_only=False)
+    taken = pa.Array.from_buffers(taken.type, len(taken), [pa.array(valid).buffers()[1], *taken.buffers()[1:]])
+    return pd.Series(taken.cast(pa.large_string()), dtype="str")
 
 
 def _missing_text(n: int) -> pd.Series:
