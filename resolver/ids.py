@@ -67,7 +67,8 @@ def remix_key(key: np.ndarray, attempt: int) -> np.ndarray:
         return mix64(key ^ (np.uint64(attempt) * GOLDEN_GAMMA))
 
 
-_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
+# Two hex digits per byte value, as one uint16 each: a byte's digits are one 1-D lookup.
+_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint16)
 
 
 def format_person_ids(keys: np.ndarray, missing: np.ndarray | None = None) -> pd.Series:
@@ -76,10 +77,11 @@ def format_person_ids(keys: np.ndarray, missing: np.ndarray | None = None) -> pd
     n = len(keys)
     chars = np.empty((n, 17), dtype=np.uint8)
     chars[:, 0] = ord("p")
-    chars[:, 1:] = _HEX[keys.view(np.uint8).reshape(n, 8)].reshape(n, 16)
-    offsets = np.arange(0, 17 * (n + 1), 17, dtype=np.int32)
+    chars[:, 1:] = _HEX[keys.view(np.uint8)].view(np.uint8).reshape(n, 16)
+    offsets = np.arange(0, 17 * (n + 1), 17, dtype=np.int64)
     validity = None if missing is None else pa.array(~np.asarray(missing, dtype=bool)).buffers()[1]
-    arr = pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
+    # large_string, the type of the "str" dtype: the column is made from these buffers, not copied
+    arr = pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(chars)])
     return pd.Series(arr, dtype="str")
 
 

@@ -161,7 +161,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
             match.summary["review_decisions"] = check_constraints(steward, result.labels, deterministic, match)
 
     with log.stage("persons", rows_in=len(result.labels)) as entry:
-        identity_map, identifier_map, persons, carried = person_tables(
+        identity_map, identifier_map, persons, carried, record_person_row = person_tables(
             config.identity, vocab, records, nodes, edges, result, deterministic, match, previous, run_id, now, backend)
         entry["rows_out"] = len(persons)
     # From here on only the tables above are read: the graph goes (memory).
@@ -170,7 +170,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
 
     with log.stage("golden records", rows_in=n_records) as entry:
         golden = golden_records(engine, backend, records, identity_map["person_id"], persons["person_id"], config,
-                                attributes, memo)
+                                attributes, memo, record_person_row)
         entry["rows_out"] = len(golden.conflicts)
     del attributes  # golden records were their last reader (memory)
     records = records[RECORD_COLUMNS]  # and of the records' attributes

@@ -31,10 +31,7 @@ def _host(key: np.ndarray, spec: Aggregate, n_groups: int) -> np.ndarray:
         out = np.bincount(key, weights=values, minlength=n_groups)
         return out.astype(values.dtype) if values.dtype.kind in "iu" else out
     if spec.how == "nunique":
-        codes = np.unique(values, return_inverse=True)[1].reshape(-1)
-        span = int(codes.max(initial=-1)) + 1
-        distinct = np.unique(key.astype(np.int64) * max(span, 1) + codes) // max(span, 1)
-        return np.bincount(distinct, minlength=n_groups).astype(np.int64)
+        return _nunique(key, values, n_groups)
     present = np.zeros(n_groups, dtype=bool)
     present[key] = True
     info = np.iinfo(values.dtype) if values.dtype.kind in "iu" else None
@@ -45,6 +42,20 @@ def _host(key: np.ndarray, spec: Aggregate, n_groups: int) -> np.ndarray:
         acc = np.full(n_groups, info.min if info else -np.inf, dtype=values.dtype)
         np.maximum.at(acc, key, values)
     return np.where(present, acc, spec.fill).astype(values.dtype)
+
+
+def _nunique(key: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Distinct values per group. Small non-negative integers (codes) are their own codes, and
+    (group, value) pairs are marked in a table when it is small; else both are sorted out."""
+    small = values.dtype.kind in "iu" and len(values) and 0 <= values.min() and values.max() < len(values)
+    codes = values.astype(np.int64) if small else np.unique(values, return_inverse=True)[1].reshape(-1)
+    span = max(int(codes.max(initial=-1)) + 1, 1)
+    pair = key.astype(np.int64) * span + codes
+    if n_groups * span <= 4 * len(key) + 1024:
+        seen = np.zeros(n_groups * span, dtype=bool)
+        seen[pair] = True
+        return seen.reshape(n_groups, span).sum(axis=1).astype(np.int64)
+    return np.bincount(np.unique(pair) // span, minlength=n_groups).astype(np.int64)
 
 
 def _dataframe(df: ModuleType, key: np.ndarray, specs: dict[str, Aggregate], n_groups: int) -> dict[str, np.ndarray]:

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from numba import njit
 
 from resolver.config import Config, field_kind, golden_fields
 from resolver.kernels.strings import encode_for_comparison, jaro_winkler
@@ -60,34 +63,73 @@ def source_ranks(config: Config) -> dict[str, int]:
 
 @dataclass
 class _Candidates:
-    """One row per (record, field value) a person could take its value from."""
+    """One row per (record, field value) a person could take its value from, in person order and
+    then record order (so that each person's candidates are one run: `starts`)."""
 
     person: np.ndarray  # dense person index
     record: np.ndarray  # record_id
-    key: np.ndarray  # int64 code of the value in match form (equal codes: the same value)
-    display: pd.Series  # the value as shown in the golden record
+    key: np.ndarray  # int64 key of the value in match form (within a person, equal keys: the same value)
+    display: pd.Series  # per record (record_id order, not per candidate): the value as shown in the golden record
+    starts: np.ndarray  # each person's first candidate
 
 
-def _candidates(records: pd.DataFrame, person_index: np.ndarray, field: str, kind: str, config: Config,
-                normalized: pd.Series | None = None, memo: NormalizationMemo | None = None) -> _Candidates:
+def _candidates(records: pd.DataFrame, person_index: np.ndarray, by_person: np.ndarray, field: str, kind: str,
+                config: Config, normalized: pd.Series | None = None, memo: NormalizationMemo | None = None,
+                ) -> _Candidates:
+    """by_person: the records of a person, in person order and then record order."""
     raw = records[field].reset_index(drop=True) if field in records else pd.Series(pd.NA, index=range(len(records)), dtype="str")
     if normalized is None:
         normalized = normalize_attribute(kind, raw, config, memo)
-    usable = (person_index >= 0) & normalized.notna().to_numpy()
-    trimmed = None
-    if kind not in NORMALIZED_DISPLAY:
-        trimmed = raw.astype("str").str.strip()
-        usable &= (trimmed.fillna("") != "").to_numpy()
-    rows = np.flatnonzero(usable)
-    match_form = normalized.iloc[rows].reset_index(drop=True)
+    normalized = normalized.reset_index(drop=True)
+    usable = normalized.notna().to_numpy().copy()  # narrowed below (to_numpy may share a read-only buffer)
+    # Shown values and codes for every record, then picked by index: no strings are gathered per candidate.
     if kind == "number":
-        display = match_form.map(lambda v: f"{v:g}").astype("str")
+        display = normalized.map(lambda v: f"{v:g}", na_action="ignore").astype("str")
     elif kind in NORMALIZED_DISPLAY:
-        display = match_form.astype("str")
-    else:  # the trimmed text already made (not a second trimmed copy: memory)
-        display = trimmed.iloc[rows].reset_index(drop=True)
-    key = pd.factorize(match_form.astype("str"))[0].astype(np.int64)
-    return _Candidates(person_index[rows], rows.astype(np.int64), key, display)
+        display = normalized.astype("str")
+    else:  # the record's own text, trimmed
+        display = raw.astype("str").str.strip()
+        usable &= _non_empty(display)
+    rows = by_person[usable[by_person]].astype(np.int64)
+    person = person_index[rows]
+    starts = _run_starts(person)
+    return _Candidates(person, rows, _value_keys(normalized.astype("str"), rows, starts), display, starts)
+
+
+def _non_empty(text: pd.Series) -> np.ndarray:
+    """Where a text column holds a value of at least one character (from Arrow's offsets)."""
+    lengths = pc.binary_length(pa.array(text.array, type=pa.large_string()))
+    return pc.fill_null(pc.greater(lengths, 0), False).to_numpy(zero_copy_only=False)
+
+
+LONG_RUN = 32  # a person with more candidates has its values dictionary-encoded instead of compared pairwise
+
+
+def _value_keys(values: pd.Series, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per candidate (`rows`: its record), an int64 key of its value, equal for equal values of one
+    person (keys are only ever compared within a person). A person's few values are compared
+    with each other (numba, over the Arrow buffers); a long run's are hash-encoded."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.int64)
+    strings = pa.array(values.array, type=pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):  # one buffer to index
+        strings = strings.combine_chunks()
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64)[strings.offset:strings.offset + len(strings) + 1]
+    data = strings.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    key = _first_equal_in_run(starts, rows, offsets, data, LONG_RUN)
+    long = key < 0
+    if long.any():  # past the pairwise keys (candidate positions)
+        encoded = pc.dictionary_encode(strings.take(pa.array(rows[long]))).indices
+        key[long] = len(key) + encoded.to_numpy(zero_copy_only=False).astype(np.int64)
+    return key
+
+
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of a sorted array starts."""
+    change = np.ones(len(sorted_values), dtype=bool)
+    change[1:] = sorted_values[1:] != sorted_values[:-1]
+    return np.flatnonzero(change)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,17 +164,15 @@ def first_non_null_rank(record_order):
 
 
 def _rule_scores(rule: str, c: _Candidates, records: pd.DataFrame, ranks: np.ndarray) -> np.ndarray:
-    """Per candidate: lower is better under `rule`."""
+    """Per candidate: lower is better under `rule` (int64)."""
     if rule == "source_priority":
         return source_priority_rank(ranks[c.record])
     if rule == "most_recent":
         return most_recent_rank(records["timestamp"].to_numpy("datetime64[ns]").view(np.int64)[c.record])
     if rule == "most_frequent":
-        pair = c.person * (int(c.key.max(initial=0)) + 1) + c.key
-        _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
-        return most_frequent_rank(counts[inverse.reshape(-1)])
+        return most_frequent_rank(_value_counts(c.starts, c.key))
     if rule == "longest":
-        return longest_rank(c.display.str.len().to_numpy(np.int64))
+        return longest_rank(c.display.take(c.record).str.len().to_numpy(np.int64))
     if rule == "first_non_null":
         return first_non_null_rank(c.record)
     raise ValueError(f"unknown survivorship rule {rule!r}")
@@ -141,29 +181,105 @@ def _rule_scores(rule: str, c: _Candidates, records: pd.DataFrame, ranks: np.nda
 def _survive(c: _Candidates, chain: list[str], records: pd.DataFrame, ranks: np.ndarray, n_persons: int):
     """Winner row per person (-1 = no candidate) and the index of the deciding rule per person
     (len(chain) = tiebreak, -1 = agreement or no candidate)."""
-    scores = [_rule_scores(rule, c, records, ranks) for rule in chain]
-    order = np.lexsort((c.record, *reversed(scores), c.person))
-    person_sorted = c.person[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = person_sorted[1:] != person_sorted[:-1]
+    scores = np.empty((len(chain), len(c.record)), dtype=np.int64)  # a row per rule
+    for row, rule in enumerate(chain):
+        scores[row] = _rule_scores(rule, c, records, ranks)
+    best, decided_by, disagree = _survive_runs(c.starts, scores, c.key)
+    persons = c.person[c.starts]
     winner = np.full(n_persons, -1, dtype=np.int64)
-    winner[person_sorted[first]] = order[first]
-
-    has = winner >= 0
-    win_of = winner[c.person]  # per candidate: its person's winning row
-    differs = c.key != c.key[win_of]
-    distinct = np.bincount(c.person[differs], minlength=n_persons) > 0
+    winner[persons] = best
     deciding = np.full(n_persons, -1, dtype=np.int64)
-    undecided = distinct.copy()
-    tied = np.ones(len(c.person), dtype=bool)
-    for k, score in enumerate(scores):
-        tied &= score == score[win_of]
-        still = np.bincount(c.person[tied & differs], minlength=n_persons) > 0
-        decided_now = undecided & ~still
-        deciding[decided_now] = k
-        undecided &= still
-    deciding[undecided] = len(chain)
-    return winner, deciding, has, distinct
+    deciding[persons] = decided_by
+    distinct = np.zeros(n_persons, dtype=bool)
+    distinct[persons] = disagree
+    return winner, deciding, winner >= 0, distinct
+
+
+# Loops over each person's run of candidates (numba; nogil: fields are worked on in threads).
+@njit(cache=True, nogil=True)
+def _first_equal_in_run(starts, rows, offsets, data, longest_run):
+    """Per candidate: the first candidate of its person whose string (record `rows[i]` of the
+    Arrow `offsets`/`data`) is the same, for persons of up to `longest_run` candidates; -1 for
+    the candidates of longer ones."""
+    n = len(rows)
+    out = np.empty(n, dtype=np.int64)
+    for p in range(len(starts)):
+        s, e = starts[p], starts[p + 1] if p + 1 < len(starts) else n
+        if e - s > longest_run:
+            out[s:e] = -1
+            continue
+        for i in range(s, e):
+            out[i] = i
+            a0, a1 = offsets[rows[i]], offsets[rows[i] + 1]
+            for j in range(s, i):
+                b0, b1 = offsets[rows[j]], offsets[rows[j] + 1]
+                if out[j] == j and a1 - a0 == b1 - b0 and np.array_equal(data[a0:a1], data[b0:b1]):
+                    out[i] = j
+                    break
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _value_counts(starts, key):
+    """Per candidate: how many of its person's candidates hold its value."""
+    n = len(key)
+    out = np.empty(n, dtype=np.int64)
+    for p in range(len(starts)):
+        s, e = starts[p], starts[p + 1] if p + 1 < len(starts) else n
+        if e - s <= LONG_RUN:  # a few: counted pairwise, without sorting
+            for i in range(s, e):
+                out[i] = 0
+                for j in range(s, e):
+                    out[i] += key[j] == key[i]
+            continue
+        order = np.argsort(key[s:e]) + s
+        i = 0
+        while i < e - s:
+            j = i
+            while j < e - s and key[order[j]] == key[order[i]]:
+                j += 1
+            for m in range(i, j):
+                out[order[m]] = j - i
+            i = j
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _survive_runs(starts, scores, key):
+    """Per person (a run of candidates from `starts`): the winner, the candidate with the smallest
+    scores (compared rule by rule; the first in order wins a tie: the first record); the index of
+    the rule after which no candidate with another value is still tied with the winner (-1 when
+    all agree, len(scores) when none decides: tiebreak); whether its candidates disagree."""
+    n, n_rules = len(key), scores.shape[0]
+    winner = np.empty(len(starts), dtype=np.int64)
+    deciding = np.full(len(starts), -1, dtype=np.int64)
+    distinct = np.zeros(len(starts), dtype=np.bool_)
+    tied = np.empty(n, dtype=np.bool_)  # a candidate with another value, tied with the winner so far
+    for p in range(len(starts)):
+        s, e = starts[p], starts[p + 1] if p + 1 < len(starts) else n
+        w = s
+        for i in range(s + 1, e):
+            for r in range(n_rules):
+                if scores[r, i] != scores[r, w]:
+                    if scores[r, i] < scores[r, w]:
+                        w = i
+                    break
+        winner[p] = w
+        for i in range(s, e):
+            tied[i] = key[i] != key[w]
+            distinct[p] |= tied[i]
+        if not distinct[p]:
+            continue
+        deciding[p] = n_rules
+        for r in range(n_rules):
+            still = False
+            for i in range(s, e):
+                tied[i] = tied[i] and scores[r, i] == scores[r, w]
+                still |= tied[i]
+            if not still:
+                deciding[p] = r
+                break
+    return winner, deciding, distinct
 
 
 def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
@@ -172,24 +288,44 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
     both = pd.concat([values_a, values_b], ignore_index=True)
     n = len(values_a)
     similarity = jaro_winkler(encode_for_comparison(both), np.arange(n), np.arange(n, 2 * n))
+    codes, names = pd.factorize(both.fillna(""))  # each distinct name looked up once
+    groups = _nickname_table(names)[codes]
+    a, b = groups[:n], groups[n:]
+    nickname = np.zeros(n, dtype=bool)
+    for i in range(groups.shape[1]):  # a shared nickname group
+        for j in range(groups.shape[1]):
+            nickname |= (a[:, i] >= 0) & (a[:, i] == b[:, j])
+    return np.where(nickname, 1.0, similarity)
+
+
+def _nickname_table(names) -> np.ndarray:
+    """Per name, the nickname groups it belongs to (a row each, -1 padded)."""
     groups = nickname_groups()
-    nickname = [bool(set(groups.get(a, ())) & set(groups.get(b, ()))) for a, b in zip(values_a.fillna(""), values_b.fillna(""))]
-    return np.where(np.array(nickname, dtype=bool), 1.0, similarity)
+    of_name = [groups.get(name, ()) for name in names.tolist()]
+    table = np.full((len(of_name), max(map(len, of_name), default=0)), -1, dtype=np.int64)
+    for row, ids in enumerate(of_name):
+        table[row, :len(ids)] = ids
+    return table
 
 
 def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config,
-                 normalized: dict[str, pd.Series] | None = None, memo: NormalizationMemo | None = None) -> GoldenResult:
+                 normalized: dict[str, pd.Series] | None = None, memo: NormalizationMemo | None = None,
+                 person_rows: np.ndarray | None = None) -> GoldenResult:
     """Golden records (one row per person, in person_ids order) and the conflict log.
 
     records: the run's records (record_id order) with source, record_key, timestamp, is_deleted and
     the raw attribute columns; record_person: person id per record (NA for records in no person);
     person_ids: every person, in output order; normalized: attributes already in match form (the
     matching stage's), reused instead of normalizing again; memo: the run's normalization memo, for
-    the other fields."""
+    the other fields; person_rows: when the caller knows it, per record the position of its person
+    in person_ids (-1: none), instead of record_person's ids matched as text."""
     golden = config.golden
     normalized = normalized or {}
-    person_index = pd.Categorical(record_person.astype("str"), categories=person_ids.astype("str")).codes.astype(np.int64)
-    person_index = np.where(records["is_deleted"].to_numpy(bool), -1, person_index)
+    if person_rows is None:
+        person_rows = _positions(record_person, person_ids)
+    person_index = np.where(records["is_deleted"].to_numpy(bool), -1, person_rows)
+    by_person = np.argsort(person_index, kind="stable")  # once for every field: each takes its candidates from it
+    by_person = by_person[person_index[by_person] >= 0]
     n_persons = len(person_ids)
     rank_of = source_ranks(config)
     source_names = records["source"].astype("category")
@@ -198,7 +334,7 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     def one_field(field: str):
         kind = field_kind(config, field)
         chain = golden.chain(field)
-        c = _candidates(records, person_index, field, kind, config, normalized.get(field), memo)
+        c = _candidates(records, person_index, by_person, field, kind, config, normalized.get(field), memo)
         winner, deciding, has, distinct = _survive(c, chain, records, ranks, n_persons)
         labels = ["agreement", *chain, "tiebreak"]
         rule = pd.Categorical.from_codes(np.where(has, np.where(distinct, deciding + 1, 0), -1), categories=labels)
@@ -230,6 +366,14 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     return GoldenResult(golden_records, conflicts, golden_summary(golden_records, conflicts, fields))
 
 
+def _positions(values: pd.Series, categories: pd.Series) -> np.ndarray:
+    """Per value, its position in `categories` (distinct; -1 for a value not there, or missing):
+    an Arrow hash lookup instead of a pandas index of Python strings."""
+    found = pc.index_in(pa.array(values.astype("str").array, type=pa.large_string()),
+                        value_set=pa.array(categories.astype("str").array, type=pa.large_string()))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def golden_summary(golden_records: pd.DataFrame, conflicts: pd.DataFrame, fields: list[str]) -> dict:
     """Counts for the run summary, from the tables alone (so that golden records built in parts
     summarize the same)."""
@@ -254,18 +398,38 @@ def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarr
 
     def gather(column: pd.Series, rows: np.ndarray) -> pd.Series:
         if not len(column):
-            return pd.Series([None] * len(rows), dtype="str")
-        out = column.take(rows).reset_index(drop=True)
-        return out.mask(missing) if isinstance(out.dtype, pd.CategoricalDtype) else out.where(~missing)
+            return _missing_text(len(rows))
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            codes = np.where(missing, -1, column.cat.codes.to_numpy()[rows])
+            return pd.Series(pd.Categorical.from_codes(codes, dtype=column.dtype))
+        return _take_text(column, rows, missing)
 
     timestamps = records["timestamp"].to_numpy("datetime64[ns]")[record] if any_record else record.astype("datetime64[ns]")
     return {
-        field: gather(c.display, win) if len(c.record) else pd.Series([None] * len(has), dtype="str"),
+        field: gather(c.display, record) if len(c.record) else _missing_text(len(has)),
         f"{field}__source": gather(sources, record),
         f"{field}__record_key": gather(records["record_key"].astype("str"), record),
         f"{field}__timestamp": np.where(has, timestamps, np.datetime64("NaT")).astype("datetime64[ns]"),
         f"{field}__rule": pd.Series(rule),
     }
+
+
+def _take_text(column: pd.Series, rows: np.ndarray, missing: np.ndarray) -> pd.Series:
+    """column[rows] as a "str" column, NA where `missing`. Arrow's take, on 32-bit offsets when
+    the text fits them (about twice as fast as on 64-bit ones); the NAs are set by a validity
+    bitmap after it (a null in the indices would slow the take down)."""
+    strings = pa.array(column.array, type=pa.large_string())
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    narrow = strings.buffers()[2] is None or strings.buffers()[2].size < 2**31
+    taken = (strings.cast(pa.string()) if narrow else strings).take(rows)
+    valid = ~missing if taken.null_count == 0 else ~missing & taken.is_valid().to_numpy(zero_copy_only=False)
+    taken = pa.Array.from_buffers(taken.type, len(taken), [pa.array(valid).buffers()[1], *taken.buffers()[1:]])
+    return pd.Series(taken.cast(pa.large_string()), dtype="str")
+
+
+def _missing_text(n: int) -> pd.Series:
+    return pd.Series(pa.nulls(n, pa.large_string()), dtype="str")
 
 
 CONFLICT_COLUMNS = ["person_id", "field", "value", "records", "sources", "chosen", "chosen_value", "rule",
@@ -282,7 +446,9 @@ def _conflicts(field: str, c: _Candidates, winner: np.ndarray, distinct: np.ndar
     """One row per distinct value of the field in each person whose records disagree."""
     rows = np.flatnonzero(distinct[c.person])
     person, key, record = c.person[rows], c.key[rows], c.record[rows]
-    order = np.lexsort((record, key, person))  # the shown form of a value: its first record's
+    # Candidates are in person and record order already (lexsort is stable): by value within each
+    # person, each value's records in order (the shown form of a value: its first record's).
+    order = np.lexsort((key, person))
     person, key, record, rows = person[order], key[order], record[order], rows[order]
     start = np.ones(len(rows), dtype=bool)
     start[1:] = (person[1:] != person[:-1]) | (key[1:] != key[:-1])
@@ -294,11 +460,11 @@ def _conflicts(field: str, c: _Candidates, winner: np.ndarray, distinct: np.ndar
     labels = [",".join(n for i, n in enumerate(names) if int(m) >> i & 1) for m in unique_masks]
     group_person = person[starts]
     win = winner[group_person]
-    chosen_value = c.display.take(win).reset_index(drop=True)
+    chosen_value = c.display.take(c.record[win]).reset_index(drop=True)
     table = pd.DataFrame({
         "person_id": person_ids.take(group_person).reset_index(drop=True).astype("str"),
         "field": field,
-        "value": c.display.take(rows[starts]).reset_index(drop=True).astype("str"),
+        "value": c.display.take(record[starts]).reset_index(drop=True).astype("str"),
         "records": np.diff(np.append(starts, len(rows))).astype(np.int64),
         "sources": pd.Series(pd.Categorical.from_codes(mask_code.reshape(-1), categories=labels)).astype("str"),
         "chosen": key[starts] == c.key[win],

@@ -25,20 +25,22 @@ from resolver.persons.golden import GoldenResult, build_golden, golden_fields, g
 
 def golden_records(engine: Engine, backend: Backend, records: pd.DataFrame, record_person: pd.Series,
                    person_ids: pd.Series, config, normalized: dict[str, pd.Series],
-                   memo: NormalizationMemo | None = None) -> GoldenResult:
-    """Golden records and conflicts of the persons (`record_person`: each record's person id)."""
+                   memo: NormalizationMemo | None = None, person_rows: np.ndarray | None = None) -> GoldenResult:
+    """Golden records and conflicts of the persons (`record_person`: each record's person id;
+    `person_rows`, when known: each record's person's position in person_ids, -1 for none)."""
     build = GOLDEN_RECORDS[choose("golden", backend, engine)]
-    return build(engine, records, record_person, person_ids, config, normalized, memo)
+    return build(engine, records, record_person, person_ids, config, normalized, memo, person_rows)
 
 
 def golden_records_whole(engine: Engine, records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series,
-                         config, normalized: dict[str, pd.Series], memo: NormalizationMemo | None) -> GoldenResult:
-    return build_golden(records, record_person, person_ids, config, normalized, memo)
+                         config, normalized: dict[str, pd.Series], memo: NormalizationMemo | None,
+                         person_rows: np.ndarray | None = None) -> GoldenResult:
+    return build_golden(records, record_person, person_ids, config, normalized, memo, person_rows)
 
 
 def golden_records_in_buckets(engine: Engine, records: pd.DataFrame, record_person: pd.Series,
                               person_ids: pd.Series, config, normalized: dict[str, pd.Series],
-                              memo: NormalizationMemo | None) -> GoldenResult:
+                              memo: NormalizationMemo | None, person_rows: np.ndarray | None = None) -> GoldenResult:
     """build_golden, bucket by bucket of persons on `engine`: the same rows, in person order. The
     workers normalize without the run's memo (what matching put in match form is shipped)."""
     ids = person_ids.astype("str").reset_index(drop=True)
@@ -48,7 +50,8 @@ def golden_records_in_buckets(engine: Engine, records: pd.DataFrame, record_pers
     bucket_of_person = (hash_strings(pa.array(ids.array, type=pa.large_string()), prefix=b"bucket:")
                         % np.uint64(buckets)).astype(np.int64)
     # Positions by codes, not a string-keyed index: one would hold every id as a Python object.
-    person_of_record = pd.Categorical(holder, categories=ids).codes.astype(np.int64)  # -1: in no person
+    person_of_record = (pd.Categorical(holder, categories=ids).codes.astype(np.int64) if person_rows is None
+                        else np.asarray(person_rows, dtype=np.int64))  # -1: in no person
     record_bucket = np.where(person_of_record >= 0, bucket_of_person[np.maximum(person_of_record, 0)], -1)
     del person_of_record
     persons_of_bucket = [np.flatnonzero(bucket_of_person == b) for b in range(buckets)]

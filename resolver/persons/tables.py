@@ -28,9 +28,10 @@ from resolver.state.store import CarriedIds, State, carry_ids
 def person_tables(identity: IdentityConfig, vocab: Vocabulary, records: pd.DataFrame, nodes: pd.DataFrame,
                   edges: pd.DataFrame, result: GraphResult, deterministic: np.ndarray, match: MatchResult | None,
                   previous: State | None, run_id: str, now: pd.Timestamp | None, backend: Backend,
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, CarriedIds | None]:
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, CarriedIds | None, np.ndarray]:
     """Identity map, identifier map and persons from the resolved graph (and the carried ids
-    when the run has a state)."""
+    when the run has a state), and per record the row of its person in persons (-1: none; what
+    golden records group by, instead of matching the ids as text)."""
     n_records = len(records)
     labels = result.labels
     active = ~records["is_deleted"].to_numpy()
@@ -67,7 +68,7 @@ def person_tables(identity: IdentityConfig, vocab: Vocabulary, records: pd.DataF
     identity_map["person_id"] = record_pid
     record_status = np.where(active, 0, np.where(no_person[:n_records], 2, 1))
     identity_map["status"] = pd.Categorical.from_codes(record_status, categories=["active", "merged", "deleted"])
-    identity_map["linked_by"] = pd.Categorical(_linked_by(records, edges, result.edge_status, identity, vocab))
+    identity_map["linked_by"] = _linked_by(records, edges, result.edge_status, identity, vocab)
     identity_map["deterministic_group"] = deterministic
     if match is not None:
         accepted = match.decision == DECISIONS.index("link")
@@ -88,8 +89,17 @@ def person_tables(identity: IdentityConfig, vocab: Vocabulary, records: pd.DataF
         },
         copy=False,  # shares the nodes' columns (the nodes go after this stage) instead of copying them (memory)
     )
-    persons = _persons(labels, is_person, label_keys, records, nodes, linked, backend)
-    return identity_map, identifier_map, persons, carried
+    in_order = _person_order(is_person, label_keys)
+    persons = _persons(labels, is_person, label_keys, records, nodes, linked, in_order, backend)
+    row_of_label = np.full(len(is_person), -1, dtype=np.int64)
+    row_of_label[in_order] = np.arange(len(in_order))
+    return identity_map, identifier_map, persons, carried, row_of_label[labels[:n_records]]
+
+
+def _person_order(is_person: np.ndarray, label_keys: np.ndarray) -> np.ndarray:
+    """The persons' labels in person-id order (the rows of the persons table)."""
+    chosen = np.flatnonzero(is_person)
+    return chosen[np.argsort(label_keys[chosen], kind="stable")]
 
 
 def _label_age(labels: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
@@ -110,7 +120,7 @@ def _member_keys(records: pd.DataFrame, nodes: pd.DataFrame) -> np.ndarray:
 
 
 def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, identity: IdentityConfig,
-               vocab: Vocabulary) -> np.ndarray:
+               vocab: Vocabulary) -> pd.Categorical:
     """Per record, the strongest accepted edge that ties it to the rest of its person
     ("singleton" when nothing does).
 
@@ -133,9 +143,16 @@ def _linked_by(records: pd.DataFrame, edges: pd.DataFrame, status: np.ndarray, i
     labels = np.array(list(vocab.rules) + list(vocab.types) + [PROBABILISTIC], dtype=object)
     label = np.where(is_rule, rule, len(vocab.rules) + id_type)
     best = Groups.of(record, tiebreak=np.where(is_rule, -1, priority[id_type]) * len(labels) + label)
-    out = np.full(n, "singleton", dtype=object)
-    out[best.keys] = labels[best.first(label)]
-    return out
+    labels = np.append(labels, "singleton")
+    code = np.full(n, len(labels) - 1, dtype=np.int64)
+    code[best.keys] = best.first(label)
+    # As pd.Categorical of the labels would be (the names used, sorted), from codes: no Python
+    # string per record.
+    used = np.flatnonzero(np.bincount(code, minlength=len(labels)))
+    names, position_of_used = np.unique(labels[used].astype(str), return_inverse=True)
+    position = np.zeros(len(labels), dtype=np.int64)
+    position[used] = position_of_used.reshape(-1)
+    return pd.Categorical.from_codes(position[code], categories=pd.Index(names))
 
 
 def _match_probability(n_records: int, match: MatchResult, accepted_links: np.ndarray) -> np.ndarray:
@@ -148,7 +165,7 @@ def _match_probability(n_records: int, match: MatchResult, accepted_links: np.nd
 
 def _persons(
     labels: np.ndarray, is_person: np.ndarray, label_keys: np.ndarray, records: pd.DataFrame, nodes: pd.DataFrame,
-    node_linked: np.ndarray, backend: Backend = CPU,
+    node_linked: np.ndarray, chosen: np.ndarray, backend: Backend = CPU,
 ) -> pd.DataFrame:
     """One row per person, in person-id order, aggregated over the dense component labels (group-bys
     by the backend: cuDF when installed on a GPU, else numpy on the host)."""
@@ -170,8 +187,6 @@ def _persons(
                                                (by_identifier, "identifiers"), (by_identifier, "events"))}
     first = np.where(by_identifier["first"] == never, nat, by_identifier["first"])
     last = by_identifier["last"]
-    chosen = np.flatnonzero(is_person)
-    chosen = chosen[np.argsort(label_keys[chosen], kind="stable")]
     return pd.DataFrame(
         {
             "person_id": format_person_ids(label_keys[chosen]),
