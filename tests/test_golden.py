@@ -191,3 +191,27 @@ def test_serve_ranks_a_value_as_the_batch_ranks_it(chain, held, event):
     serve_takes_event = resolver._wins("first_name", event[2], _received(event[0]), iso(event[1]),
                                        (held[2], _received(held[0]), iso(held[1])))
     assert batch == (event[2] if serve_takes_event else held[2])
+
+
+def test_value_keys_and_counts_of_long_runs_equal_those_of_short_ones(monkeypatch):
+    """A person's values are compared pairwise up to LONG_RUN candidates and dictionary-encoded
+    beyond: both give equal keys for equal values (within a person) and the same value counts."""
+    import numpy as np
+    import pandas as pd
+
+    from resolver.persons import golden
+
+    values = pd.Series(["a", "b", "a", "c", "b", "a"] * 7 + ["x", "y", "x"], dtype="str")
+    rows = np.arange(len(values), dtype=np.int64)
+    starts = np.array([0, 42], dtype=np.int64)  # a person of 42 candidates (a long run), one of 3
+    short = golden._value_keys(values, rows, starts)
+    monkeypatch.setattr(golden, "LONG_RUN", 1)  # every person takes the dictionary path
+    long = golden._value_keys(values, rows, starts)
+    for keys in (short, long):
+        for s, e in ((0, 42), (42, 45)):
+            text = values.iloc[s:e].to_numpy()
+            same_text = text[:, None] == text[None, :]
+            same_key = keys[s:e][:, None] == keys[s:e][None, :]
+            assert (same_text == same_key).all()
+    counts = golden._value_counts(starts, short)  # 42 > the compiled LONG_RUN: counted by sorting
+    assert counts[:6].tolist() == [21, 14, 21, 7, 14, 21] and counts[42:].tolist() == [2, 1, 2]
