@@ -25,9 +25,8 @@ import pyarrow as pa
 
 from resolver.compute.backend import CPU, Backend, module_of, to_host
 from resolver.compute.dispatch import choose
-from resolver.matching.compare import email_domain, email_local
+from resolver.matching.compare import digits_only, email_domain, email_local
 from resolver.config import LINK_TYPES, BlockingConfig, BlockingRule
-from resolver.compute.grouping import Groups
 from resolver.kernels.hashing import hash_strings, mix64
 from resolver.keys import KEY_FUNCTIONS, KeyExpr, parse_key  # noqa: F401 - their home was here
 
@@ -101,7 +100,7 @@ def key_values(expr: KeyExpr, attributes: dict[str, pd.Series]) -> pd.Series:
     if f == "initials":
         return _per_distinct(first, lambda v: "".join(w[0] for w in v.split()))
     if f == "last_digits":
-        digits = first.str.replace(r"\D", "", regex=True)
+        digits = digits_only(first)
         n = expr.args[0]
         return digits.str.slice(-n).where(digits.str.len() >= n)
     if f == "year":
@@ -209,11 +208,43 @@ def _rule_keys_reusing(keys: list[str], attributes: dict[str, pd.Series], n: int
     return backend.xp.asarray(out)
 
 
+@numba.njit(cache=True)
+def _sort_ties(order: np.ndarray, sorted_keys: np.ndarray) -> None:
+    """Put the positions of each run of equal keys in ascending order, in place."""
+    n = len(order)
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and sorted_keys[end] == sorted_keys[start]:
+            end += 1
+        if end - start > 32:  # a big block: numba's sort (positions are distinct)
+            order[start:end] = np.sort(order[start:end])
+        else:  # the usual small block: insertion sort
+            for i in range(start + 1, end):
+                value = order[i]
+                j = i - 1
+                while j >= start and order[j] > value:
+                    order[j + 1] = order[j]
+                    j -= 1
+                order[j + 1] = value
+        start = end
+
+
+def _stable_argsort(xp: ModuleType, keys):
+    """argsort(keys, kind="stable"). On the host, numpy's unstable argsort (vectorized) and then
+    the ties put back in position order: twice as fast as its stable sort of 64-bit keys."""
+    if xp is not np:
+        return xp.argsort(keys, kind="stable")
+    order = np.argsort(keys)
+    _sort_ties(order, keys[order])
+    return order
+
+
 def _blocks(xp: ModuleType, keys):
     """Keyed records grouped by key (stable: position order inside a block): the records in block
     order, each block's start in that order, and its size. Blocks come in ascending key order."""
     keyed = xp.flatnonzero(keys != 0)
-    order = xp.argsort(keys[keyed], kind="stable")
+    order = _stable_argsort(xp, keys[keyed])
     members = keyed[order]
     sorted_keys = keys[members]
     boundary = xp.ones(len(members), dtype=bool)
@@ -221,6 +252,19 @@ def _blocks(xp: ModuleType, keys):
     starts = xp.flatnonzero(boundary)
     sizes = xp.diff(xp.concatenate([starts, xp.asarray([len(members)], dtype=starts.dtype)]))
     return members, starts, sizes.astype(xp.int64)
+
+
+def _largest(xp: ModuleType, sizes, top: int):
+    """argsort(-sizes, kind="stable")[:top]: the `top` largest blocks, the first block first among
+    equals, sorting only the blocks at least as large as the top-th (not all of them)."""
+    if top <= 0 or not len(sizes):
+        return xp.zeros(0, dtype=xp.int64)
+    if top < len(sizes):
+        threshold = xp.partition(sizes, len(sizes) - top)[len(sizes) - top]
+        candidates = xp.flatnonzero(sizes >= threshold)
+    else:
+        candidates = xp.arange(len(sizes))
+    return candidates[xp.argsort(-sizes[candidates], kind="stable")[:top]]
 
 
 def _block_of(xp: ModuleType, sizes):
@@ -282,7 +326,7 @@ def _refine(xp: ModuleType, keys, pending, rule: BlockingRule, attributes: dict[
         members = pending[order]
         pairs = _block_pairs(xp, members, sizes, groups, link_type)
         out.update(capped_blocks=int(len(sizes)), capped_records=int(sizes.sum()), capped_pairs=int(pairs.sum()))
-        biggest = to_host(xp.argsort(-sizes, kind="stable")[:top])
+        biggest = to_host(_largest(xp, sizes, top))
         first = to_host(members[starts[xp.asarray(biggest, dtype=xp.int64)]])
         out["skipped"] = [(_key_text(rule.keys + used, attributes, int(m)), int(z))
                           for m, z in zip(first, to_host(sizes[xp.asarray(biggest, dtype=xp.int64)]))]
@@ -315,7 +359,7 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
         members, starts, sizes = _blocks(xp, keys)
         over = sizes > cap
         pairs = _block_pairs(xp, members, sizes, groups, link_type)
-        biggest = to_host(xp.argsort(-sizes, kind="stable")[:top])
+        biggest = to_host(_largest(xp, sizes, top))
         first_member = to_host(members[starts[xp.asarray(biggest, dtype=xp.int64)]]) if len(biggest) else []
         host_sizes = to_host(sizes[xp.asarray(biggest, dtype=xp.int64)]) if len(biggest) else []
         largest = [(_key_text(rule.keys, attributes, int(m)), int(z)) for m, z in zip(first_member, host_sizes)]
@@ -338,10 +382,11 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
 # Pairs
 # ---------------------------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _new_pair(a: int, b: int, rule: int, keys: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+def _new_pair(a: int, b: int, rule: int, earlier_keys: np.ndarray, labels: np.ndarray, groups: np.ndarray,
               link_type: int) -> bool:
     """A pair is new for this rule unless it is one deterministic person, the link type rules it
-    out (1, link_only: one group; 2, dedupe_only: two groups), or an earlier rule had it."""
+    out (1, link_only: one group; 2, dedupe_only: two groups), or an earlier rule had it
+    (`earlier_keys`: records x earlier rules, so that a record's keys are read together)."""
     if labels[a] == labels[b]:
         return False
     if link_type == LINK_ONLY and groups[a] == groups[b]:
@@ -349,34 +394,34 @@ def _new_pair(a: int, b: int, rule: int, keys: np.ndarray, labels: np.ndarray, g
     if link_type == DEDUPE_ONLY and groups[a] != groups[b]:
         return False
     for earlier in range(rule):
-        if keys[earlier, a] != 0 and keys[earlier, a] == keys[earlier, b]:
+        if earlier_keys[a, earlier] != 0 and earlier_keys[a, earlier] == earlier_keys[b, earlier]:
             return False
     return True
 
 
 @numba.njit(parallel=True, cache=True)
-def _count_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
+def _count_new(members: np.ndarray, starts: np.ndarray, rule: int, earlier_keys: np.ndarray, labels: np.ndarray,
                groups: np.ndarray, link_type: int) -> np.ndarray:
     counts = np.zeros(len(starts) - 1, dtype=np.int64)
     for block in numba.prange(len(starts) - 1):
         c = 0
         for i in range(starts[block], starts[block + 1]):
             for j in range(i + 1, starts[block + 1]):
-                if _new_pair(members[i], members[j], rule, keys, labels, groups, link_type):
+                if _new_pair(members[i], members[j], rule, earlier_keys, labels, groups, link_type):
                     c += 1
         counts[block] = c
     return counts
 
 
 @numba.njit(parallel=True, cache=True)
-def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
+def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, earlier_keys: np.ndarray, labels: np.ndarray,
               groups: np.ndarray, link_type: int, offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
     for block in numba.prange(len(starts) - 1):
         k = offsets[block]
         for i in range(starts[block], starts[block + 1]):
             for j in range(i + 1, starts[block + 1]):
                 a, b = members[i], members[j]
-                if _new_pair(a, b, rule, keys, labels, groups, link_type):
+                if _new_pair(a, b, rule, earlier_keys, labels, groups, link_type):
                     left[k], right[k] = min(a, b), max(a, b)
                     k += 1
 
@@ -392,20 +437,19 @@ def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray,
     """rule_pairs over a keys matrix (rules x records), the records' deterministic labels and the
     pair scope (link type and groups, or None): the bucketed passes and the dask engine call it on
     one bucket of records at a time."""
-    keys = all_keys[rule]
-    keyed = np.flatnonzero(keys != 0)
-    groups = Groups.of(keys[keyed])  # stable: records stay in position order inside a block
-    sizes = groups.sizes()
+    members, _, sizes = _blocks(np, all_keys[rule])  # records stay in position order inside a block
     multi = sizes >= 2
-    members = keyed[groups.order[np.repeat(multi, sizes)]].astype(np.int64)
+    members = members[np.repeat(multi, sizes)].astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes[multi])]).astype(np.int64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     link_type, groups = _scope_arrays(scope)
-    counts = _count_new(members, starts, rule, all_keys, labels, groups, link_type)
+    # Record-major: the pair test reads one record's earlier keys together (one cache line).
+    earlier_keys = np.ascontiguousarray(all_keys[:rule].T) if rule else np.zeros((all_keys.shape[1], 0), np.uint64)
+    counts = _count_new(members, starts, rule, earlier_keys, labels, groups, link_type)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     left = np.empty(offsets[-1], dtype=np.int32)
     right = np.empty(offsets[-1], dtype=np.int32)
-    _fill_new(members, starts, rule, all_keys, labels, groups, link_type, offsets, left, right)
+    _fill_new(members, starts, rule, earlier_keys, labels, groups, link_type, offsets, left, right)
     return left, right
 
 
