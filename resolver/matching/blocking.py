@@ -178,6 +178,9 @@ class BlockingKeys:
     keys: np.ndarray  # (n_rules, n_records) uint64
     plans: list[RulePlan]
     raw_keys: np.ndarray | None = None  # before deleted records and over-cap blocks lose theirs
+    # Per rule, _blocks of its keys where blocking sorted them already (None where over-cap blocks
+    # changed them): candidate_pairs takes them instead of sorting again, then drops them (memory)
+    blocks: list | None = None
 
     def warnings(self, cap: int) -> list[str]:
         out = []
@@ -351,6 +354,7 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
     cap = config.max_block_size
     link_type, host_groups = _scope_arrays(scope)
     groups = xp.asarray(host_groups) if link_type != LINK_AND_DEDUPE else None
+    sorted_blocks = []
     for r, rule in enumerate(config.rules):
         keys = _rule_keys_reusing(rule.keys, attributes, n, backend, known,
                                   None if known_keys is None else known_keys[r])
@@ -370,23 +374,23 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
             refined = _refine(xp, keys, members[over[block_of]], rule, attributes, cap, backend, groups, link_type,
                               top)
         all_keys[r] = to_host(keys)
+        sorted_blocks.append(None if bool(over.any()) else (members, starts, sizes))
         plans.append(RulePlan(rule.name, len(members), len(sizes), int(pairs[~over].sum()) + refined["refined_pairs"],
                               refined["capped_blocks"], refined["capped_records"], refined["capped_pairs"], largest,
                               refined_blocks=int(over.sum()) if rule.refine_keys else 0,
                               refined_pairs=refined["refined_pairs"], refine_missing=refined["refine_missing"],
                               skipped=refined["skipped"]))
-    return BlockingKeys([r.name for r in config.rules], all_keys, plans, raw_keys)
+    return BlockingKeys([r.name for r in config.rules], all_keys, plans, raw_keys, sorted_blocks)
 
 
 # ---------------------------------------------------------------------------------------------
 # Pairs
 # ---------------------------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _new_pair(a: int, b: int, rule: int, earlier_keys: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+def _new_pair(a: int, b: int, rule: int, keys: np.ndarray, labels: np.ndarray, groups: np.ndarray,
               link_type: int) -> bool:
     """A pair is new for this rule unless it is one deterministic person, the link type rules it
-    out (1, link_only: one group; 2, dedupe_only: two groups), or an earlier rule had it
-    (`earlier_keys`: records x earlier rules, so that a record's keys are read together)."""
+    out (1, link_only: one group; 2, dedupe_only: two groups), or an earlier rule had it."""
     if labels[a] == labels[b]:
         return False
     if link_type == LINK_ONLY and groups[a] == groups[b]:
@@ -394,34 +398,34 @@ def _new_pair(a: int, b: int, rule: int, earlier_keys: np.ndarray, labels: np.nd
     if link_type == DEDUPE_ONLY and groups[a] != groups[b]:
         return False
     for earlier in range(rule):
-        if earlier_keys[a, earlier] != 0 and earlier_keys[a, earlier] == earlier_keys[b, earlier]:
+        if keys[earlier, a] != 0 and keys[earlier, a] == keys[earlier, b]:
             return False
     return True
 
 
 @numba.njit(parallel=True, cache=True)
-def _count_new(members: np.ndarray, starts: np.ndarray, rule: int, earlier_keys: np.ndarray, labels: np.ndarray,
+def _count_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
                groups: np.ndarray, link_type: int) -> np.ndarray:
     counts = np.zeros(len(starts) - 1, dtype=np.int64)
     for block in numba.prange(len(starts) - 1):
         c = 0
         for i in range(starts[block], starts[block + 1]):
             for j in range(i + 1, starts[block + 1]):
-                if _new_pair(members[i], members[j], rule, earlier_keys, labels, groups, link_type):
+                if _new_pair(members[i], members[j], rule, keys, labels, groups, link_type):
                     c += 1
         counts[block] = c
     return counts
 
 
 @numba.njit(parallel=True, cache=True)
-def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, earlier_keys: np.ndarray, labels: np.ndarray,
+def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
               groups: np.ndarray, link_type: int, offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
     for block in numba.prange(len(starts) - 1):
         k = offsets[block]
         for i in range(starts[block], starts[block + 1]):
             for j in range(i + 1, starts[block + 1]):
                 a, b = members[i], members[j]
-                if _new_pair(a, b, rule, earlier_keys, labels, groups, link_type):
+                if _new_pair(a, b, rule, keys, labels, groups, link_type):
                     left[k], right[k] = min(a, b), max(a, b)
                     k += 1
 
@@ -433,23 +437,22 @@ def rule_pairs(blocking: BlockingKeys, rule: int, labels: np.ndarray,
 
 
 def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray,
-                  scope: PairScope | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  scope: PairScope | None = None, blocks: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """rule_pairs over a keys matrix (rules x records), the records' deterministic labels and the
     pair scope (link type and groups, or None): the bucketed passes and the dask engine call it on
-    one bucket of records at a time."""
-    members, _, sizes = _blocks(np, all_keys[rule])  # records stay in position order inside a block
+    one bucket of records at a time. `blocks`: _blocks of the rule's keys, when known."""
+    # records stay in position order inside a block
+    members, _, sizes = _blocks(np, all_keys[rule]) if blocks is None else (to_host(b) for b in blocks)
     multi = sizes >= 2
     members = members[np.repeat(multi, sizes)].astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes[multi])]).astype(np.int64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     link_type, groups = _scope_arrays(scope)
-    # Record-major: the pair test reads one record's earlier keys together (one cache line).
-    earlier_keys = np.ascontiguousarray(all_keys[:rule].T) if rule else np.zeros((all_keys.shape[1], 0), np.uint64)
-    counts = _count_new(members, starts, rule, earlier_keys, labels, groups, link_type)
+    counts = _count_new(members, starts, rule, all_keys, labels, groups, link_type)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     left = np.empty(offsets[-1], dtype=np.int32)
     right = np.empty(offsets[-1], dtype=np.int32)
-    _fill_new(members, starts, rule, earlier_keys, labels, groups, link_type, offsets, left, right)
+    _fill_new(members, starts, rule, all_keys, labels, groups, link_type, offsets, left, right)
     return left, right
 
 
@@ -494,8 +497,9 @@ def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend
     keys = xp.asarray(blocking.keys)
     labels = xp.asarray(np.ascontiguousarray(labels, dtype=np.int64))
     scope = scope.on(xp) if scope is not None else None
+    known_blocks, blocking.blocks = blocking.blocks or [None] * len(blocking.rules), None  # used once (memory)
     for r in range(len(blocking.rules)):
-        left, right = make(xp, keys, r, labels, scope)
+        left, right = make(xp, keys, r, labels, scope, known_blocks[r])
         lefts.append(left)
         rights.append(right)
         rules.append(xp.full(len(left), r, dtype=xp.int8))
@@ -503,12 +507,13 @@ def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend
     return CandidatePairs(xp.concatenate(lefts), xp.concatenate(rights), xp.concatenate(rules), per_rule)
 
 
-def _compiled_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None):
-    return rule_pairs_of(keys, rule, labels, scope)
+def _compiled_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None, blocks=None):
+    return rule_pairs_of(keys, rule, labels, scope, blocks)
 
 
-def _array_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None):
-    return rule_pairs_xp(xp, keys, rule, labels, scope=scope)
+def _array_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None, blocks=None):
+    blocks = None if blocks is None else tuple(xp.asarray(b) for b in blocks)
+    return rule_pairs_xp(xp, keys, rule, labels, scope=scope, blocks=blocks)
 
 
 # One rule's pairs, by implementation (compute/dispatch.py chooses): the compiled kernels on host
@@ -548,13 +553,15 @@ def _new_pairs_xp(xp: ModuleType, a, b, rule: int, keys, labels, scope: PairScop
     return keep
 
 
-def rule_pairs_xp(xp: ModuleType, keys, rule: int, labels, chunk: int = PAIR_CHUNK, scope: PairScope | None = None):
+def rule_pairs_xp(xp: ModuleType, keys, rule: int, labels, chunk: int = PAIR_CHUNK, scope: PairScope | None = None,
+                  blocks: tuple | None = None):
     """rule_pairs with array operations, same pairs in the same order (`scope`'s groups in xp's
     memory): block by block (ascending
     key), then by row and column inside the block. Pair p of the rule is found from p alone (its
     block by a binary search over cumulative pair counts, its row by inverting the triangular
-    count), so the work is even across GPU threads however uneven the blocks are."""
-    members, starts, sizes = _blocks(xp, keys[rule])
+    count), so the work is even across GPU threads however uneven the blocks are. `blocks`:
+    _blocks of the rule's keys, when known."""
+    members, starts, sizes = _blocks(xp, keys[rule]) if blocks is None else blocks
     multi = sizes >= 2
     starts, sizes = starts[multi], sizes[multi]
     counts = sizes * (sizes - 1) // 2

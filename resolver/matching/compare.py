@@ -140,9 +140,10 @@ def _nickname_ids(values: pd.Series) -> np.ndarray:
     groups = nickname_groups()
     codes, uniques = pd.factorize(values)
     table = np.full((len(uniques) + 1, NICKNAME_SLOTS), -1, dtype=np.int32)
-    for i, value in enumerate(uniques):
+    for i, value in enumerate(uniques.tolist()):  # Python strings at once: iterating the array is slow
         ids = groups.get(str(value).split(" ")[0], ())[:NICKNAME_SLOTS]
-        table[i, : len(ids)] = ids
+        if ids:  # most names have none
+            table[i, : len(ids)] = ids
     return table[np.where(codes >= 0, codes, len(uniques))]
 
 
@@ -173,10 +174,9 @@ def prepare(c: ComparisonConfig, attributes: dict[str, pd.Series]) -> PreparedCo
         if c.nicknames:
             prepared.extra["nicknames"] = _nickname_ids(values)
     elif c.method == "date":
-        days = _days(values)
+        days, swap_codes = _date_parts(values)
         prepared.valid &= days != np.iinfo(np.int64).min
-        swapped = values.str.slice(0, 5) + values.str.slice(8, 10) + "-" + values.str.slice(5, 7)
-        prepared.extra.update(days=days, swap_codes=_pair_codes(values, swapped))
+        prepared.extra.update(days=days, swap_codes=swap_codes)
     elif c.method == "email":
         prepared.extra.update(local=_codes(email_local(values)), domain=_codes(email_domain(values)))
     elif c.method == "phone":
@@ -229,6 +229,19 @@ def digits_only(values: pd.Series) -> pd.Series:
         if pc.all(pc.ascii_is_decimal(plain)).as_py():
             return pd.Series(plain, index=values.index, dtype=dtype)
     return values.str.replace(r"\D", "", regex=True)
+
+
+def _date_parts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Per record, days since 1970 (_days) and the code of the day/month-swapped form (_pair_codes),
+    worked out once per distinct date (tens of thousands among a million records): the same
+    numbers as over every record, since `values` and their distinct values number codes alike."""
+    codes, uniques = pd.factorize(values, sort=False)
+    distinct = pd.Series(uniques, dtype=values.dtype)
+    swapped = distinct.str.slice(0, 5) + distinct.str.slice(8, 10) + "-" + distinct.str.slice(5, 7)
+    days = np.append(_days(distinct), np.iinfo(np.int64).min)  # the last: missing
+    swap = np.append(_pair_codes(distinct, swapped), -1)
+    at = np.where(codes >= 0, codes, len(uniques))
+    return days[at], swap[at]
 
 
 def _pair_codes(values: pd.Series, swapped: pd.Series) -> np.ndarray:
