@@ -129,6 +129,18 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 REFINED = np.uint64(1 << 63)
 
 
+@numba.njit(parallel=True, cache=True)
+def _mix_part(combined: np.ndarray, missing: np.ndarray, hashed: np.ndarray) -> None:
+    """rule_keys' step for one key part on the host, in place and in one pass:
+    combined = mix64(combined * _GOLDEN + hashed), missing |= hashed == 0."""
+    for i in numba.prange(len(combined)):
+        h = combined[i] * _GOLDEN + hashed[i]
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        combined[i] = h ^ (h >> np.uint64(31))
+        missing[i] |= hashed[i] == 0
+
+
 def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend: Backend = CPU):
     """64-bit block key per record (0 = a part is missing) and the text of each part; the key
     parts are hashed by the backend's kernel target and the key lives in its array module."""
@@ -142,8 +154,11 @@ def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend
             parts.append(text)
             hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{position}:".encode(),
                                   target=backend.kernels, xp=xp)
-            missing |= hashed == 0
-            combined = mix64(combined * _GOLDEN + hashed)
+            if xp is np:
+                _mix_part(combined, missing, hashed)
+            else:
+                missing |= hashed == 0
+                combined = mix64(combined * _GOLDEN + hashed)
     combined[missing] = 0
     combined &= ~REFINED  # the top bit is kept for refined keys (see REFINED)
     combined[(combined == 0) & ~missing] = 1
@@ -456,12 +471,32 @@ def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray,
     return left, right
 
 
+@numba.njit(parallel=True, cache=True)
+def _agreement_masks(keys: np.ndarray, left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
+    """agreement_masks on the host in one pass over the pairs (not two gathers per rule)."""
+    n_rules = keys.shape[0]
+    refined = np.uint64(REFINED)
+    for k in numba.prange(len(left)):
+        a, b = left[k], right[k]
+        mask = 0
+        for r in range(n_rules):
+            key = keys[r, a]
+            if key != 0 and key == keys[r, b]:
+                mask |= 1 << (n_rules + r if key & refined else r)
+        out[k] = mask
+
+
 def agreement_masks(keys, left, right):
     """Per pair, a bit per blocking rule whose (effective) key the two records share: the training
     sessions a pair belongs to (every pair in the rule's blocks, whichever rule produced it). Bit r
     for rule r's blocks, bit n_rules + r for its refined blocks (their pairs also agree on the
     refine keys, so they train apart, without the refine columns)."""
     xp = module_of(left)
+    if xp is np and isinstance(keys, np.ndarray) and len(left):
+        out = np.empty(len(left), dtype=np.int64)
+        _agreement_masks(np.ascontiguousarray(keys, dtype=np.uint64), np.ascontiguousarray(left, dtype=np.int64),
+                         np.ascontiguousarray(right, dtype=np.int64), out)
+        return out
     n_rules = keys.shape[0]
     mask = xp.zeros(len(left), dtype=xp.int64)
     refined = xp.uint64(REFINED)
