@@ -25,9 +25,8 @@ import pyarrow as pa
 
 from resolver.compute.backend import CPU, Backend, module_of, to_host
 from resolver.compute.dispatch import choose
-from resolver.matching.compare import email_domain, email_local
+from resolver.matching.compare import digits_only, email_domain, email_local
 from resolver.config import LINK_TYPES, BlockingConfig, BlockingRule
-from resolver.compute.grouping import Groups
 from resolver.kernels.hashing import hash_strings, mix64
 from resolver.keys import KEY_FUNCTIONS, KeyExpr, parse_key  # noqa: F401 - their home was here
 
@@ -101,7 +100,7 @@ def key_values(expr: KeyExpr, attributes: dict[str, pd.Series]) -> pd.Series:
     if f == "initials":
         return _per_distinct(first, lambda v: "".join(w[0] for w in v.split()))
     if f == "last_digits":
-        digits = first.str.replace(r"\D", "", regex=True)
+        digits = digits_only(first)
         n = expr.args[0]
         return digits.str.slice(-n).where(digits.str.len() >= n)
     if f == "year":
@@ -130,6 +129,18 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 REFINED = np.uint64(1 << 63)
 
 
+@numba.njit(parallel=True, cache=True)
+def _mix_part(combined: np.ndarray, missing: np.ndarray, hashed: np.ndarray) -> None:
+    """rule_keys' step for one key part on the host, in place and in one pass:
+    combined = mix64(combined * _GOLDEN + hashed), missing |= hashed == 0."""
+    for i in numba.prange(len(combined)):
+        h = combined[i] * _GOLDEN + hashed[i]
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        combined[i] = h ^ (h >> np.uint64(31))
+        missing[i] |= hashed[i] == 0
+
+
 def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend: Backend = CPU):
     """64-bit block key per record (0 = a part is missing) and the text of each part; the key
     parts are hashed by the backend's kernel target and the key lives in its array module."""
@@ -143,8 +154,11 @@ def rule_keys(keys: list[str], attributes: dict[str, pd.Series], n: int, backend
             parts.append(text)
             hashed = hash_strings(pa.array(text.array, type=pa.large_string()), prefix=f"{position}:".encode(),
                                   target=backend.kernels, xp=xp)
-            missing |= hashed == 0
-            combined = mix64(combined * _GOLDEN + hashed)
+            if xp is np:
+                _mix_part(combined, missing, hashed)
+            else:
+                missing |= hashed == 0
+                combined = mix64(combined * _GOLDEN + hashed)
     combined[missing] = 0
     combined &= ~REFINED  # the top bit is kept for refined keys (see REFINED)
     combined[(combined == 0) & ~missing] = 1
@@ -179,6 +193,9 @@ class BlockingKeys:
     keys: np.ndarray  # (n_rules, n_records) uint64
     plans: list[RulePlan]
     raw_keys: np.ndarray | None = None  # before deleted records and over-cap blocks lose theirs
+    # Per rule, _blocks of its keys where blocking sorted them already (None where over-cap blocks
+    # changed them): candidate_pairs takes them instead of sorting again, then drops them (memory)
+    blocks: list | None = None
 
     def warnings(self, cap: int) -> list[str]:
         out = []
@@ -209,11 +226,43 @@ def _rule_keys_reusing(keys: list[str], attributes: dict[str, pd.Series], n: int
     return backend.xp.asarray(out)
 
 
+@numba.njit(cache=True)
+def _sort_ties(order: np.ndarray, sorted_keys: np.ndarray) -> None:
+    """Put the positions of each run of equal keys in ascending order, in place."""
+    n = len(order)
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and sorted_keys[end] == sorted_keys[start]:
+            end += 1
+        if end - start > 32:  # a big block: numba's sort (positions are distinct)
+            order[start:end] = np.sort(order[start:end])
+        else:  # the usual small block: insertion sort
+            for i in range(start + 1, end):
+                value = order[i]
+                j = i - 1
+                while j >= start and order[j] > value:
+                    order[j + 1] = order[j]
+                    j -= 1
+                order[j + 1] = value
+        start = end
+
+
+def _stable_argsort(xp: ModuleType, keys):
+    """argsort(keys, kind="stable"). On the host, numpy's unstable argsort (vectorized) and then
+    the ties put back in position order: twice as fast as its stable sort of 64-bit keys."""
+    if xp is not np:
+        return xp.argsort(keys, kind="stable")
+    order = np.argsort(keys)
+    _sort_ties(order, keys[order])
+    return order
+
+
 def _blocks(xp: ModuleType, keys):
     """Keyed records grouped by key (stable: position order inside a block): the records in block
     order, each block's start in that order, and its size. Blocks come in ascending key order."""
     keyed = xp.flatnonzero(keys != 0)
-    order = xp.argsort(keys[keyed], kind="stable")
+    order = _stable_argsort(xp, keys[keyed])
     members = keyed[order]
     sorted_keys = keys[members]
     boundary = xp.ones(len(members), dtype=bool)
@@ -221,6 +270,19 @@ def _blocks(xp: ModuleType, keys):
     starts = xp.flatnonzero(boundary)
     sizes = xp.diff(xp.concatenate([starts, xp.asarray([len(members)], dtype=starts.dtype)]))
     return members, starts, sizes.astype(xp.int64)
+
+
+def _largest(xp: ModuleType, sizes, top: int):
+    """argsort(-sizes, kind="stable")[:top]: the `top` largest blocks, the first block first among
+    equals, sorting only the blocks at least as large as the top-th (not all of them)."""
+    if top <= 0 or not len(sizes):
+        return xp.zeros(0, dtype=xp.int64)
+    if top < len(sizes):
+        threshold = xp.partition(sizes, len(sizes) - top)[len(sizes) - top]
+        candidates = xp.flatnonzero(sizes >= threshold)
+    else:
+        candidates = xp.arange(len(sizes))
+    return candidates[xp.argsort(-sizes[candidates], kind="stable")[:top]]
 
 
 def _block_of(xp: ModuleType, sizes):
@@ -282,7 +344,7 @@ def _refine(xp: ModuleType, keys, pending, rule: BlockingRule, attributes: dict[
         members = pending[order]
         pairs = _block_pairs(xp, members, sizes, groups, link_type)
         out.update(capped_blocks=int(len(sizes)), capped_records=int(sizes.sum()), capped_pairs=int(pairs.sum()))
-        biggest = to_host(xp.argsort(-sizes, kind="stable")[:top])
+        biggest = to_host(_largest(xp, sizes, top))
         first = to_host(members[starts[xp.asarray(biggest, dtype=xp.int64)]])
         out["skipped"] = [(_key_text(rule.keys + used, attributes, int(m)), int(z))
                           for m, z in zip(first, to_host(sizes[xp.asarray(biggest, dtype=xp.int64)]))]
@@ -307,6 +369,7 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
     cap = config.max_block_size
     link_type, host_groups = _scope_arrays(scope)
     groups = xp.asarray(host_groups) if link_type != LINK_AND_DEDUPE else None
+    sorted_blocks = []
     for r, rule in enumerate(config.rules):
         keys = _rule_keys_reusing(rule.keys, attributes, n, backend, known,
                                   None if known_keys is None else known_keys[r])
@@ -315,7 +378,7 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
         members, starts, sizes = _blocks(xp, keys)
         over = sizes > cap
         pairs = _block_pairs(xp, members, sizes, groups, link_type)
-        biggest = to_host(xp.argsort(-sizes, kind="stable")[:top])
+        biggest = to_host(_largest(xp, sizes, top))
         first_member = to_host(members[starts[xp.asarray(biggest, dtype=xp.int64)]]) if len(biggest) else []
         host_sizes = to_host(sizes[xp.asarray(biggest, dtype=xp.int64)]) if len(biggest) else []
         largest = [(_key_text(rule.keys, attributes, int(m)), int(z)) for m, z in zip(first_member, host_sizes)]
@@ -326,12 +389,13 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
             refined = _refine(xp, keys, members[over[block_of]], rule, attributes, cap, backend, groups, link_type,
                               top)
         all_keys[r] = to_host(keys)
+        sorted_blocks.append(None if bool(over.any()) else (members, starts, sizes))
         plans.append(RulePlan(rule.name, len(members), len(sizes), int(pairs[~over].sum()) + refined["refined_pairs"],
                               refined["capped_blocks"], refined["capped_records"], refined["capped_pairs"], largest,
                               refined_blocks=int(over.sum()) if rule.refine_keys else 0,
                               refined_pairs=refined["refined_pairs"], refine_missing=refined["refine_missing"],
                               skipped=refined["skipped"]))
-    return BlockingKeys([r.name for r in config.rules], all_keys, plans, raw_keys)
+    return BlockingKeys([r.name for r in config.rules], all_keys, plans, raw_keys, sorted_blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,16 +452,14 @@ def rule_pairs(blocking: BlockingKeys, rule: int, labels: np.ndarray,
 
 
 def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray,
-                  scope: PairScope | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  scope: PairScope | None = None, blocks: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """rule_pairs over a keys matrix (rules x records), the records' deterministic labels and the
     pair scope (link type and groups, or None): the bucketed passes and the dask engine call it on
-    one bucket of records at a time."""
-    keys = all_keys[rule]
-    keyed = np.flatnonzero(keys != 0)
-    groups = Groups.of(keys[keyed])  # stable: records stay in position order inside a block
-    sizes = groups.sizes()
+    one bucket of records at a time. `blocks`: _blocks of the rule's keys, when known."""
+    # records stay in position order inside a block
+    members, _, sizes = _blocks(np, all_keys[rule]) if blocks is None else (to_host(b) for b in blocks)
     multi = sizes >= 2
-    members = keyed[groups.order[np.repeat(multi, sizes)]].astype(np.int64)
+    members = members[np.repeat(multi, sizes)].astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes[multi])]).astype(np.int64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     link_type, groups = _scope_arrays(scope)
@@ -409,12 +471,32 @@ def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray,
     return left, right
 
 
+@numba.njit(parallel=True, cache=True)
+def _agreement_masks(keys: np.ndarray, left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
+    """agreement_masks on the host in one pass over the pairs (not two gathers per rule)."""
+    n_rules = keys.shape[0]
+    refined = np.uint64(REFINED)
+    for k in numba.prange(len(left)):
+        a, b = left[k], right[k]
+        mask = 0
+        for r in range(n_rules):
+            key = keys[r, a]
+            if key != 0 and key == keys[r, b]:
+                mask |= 1 << (n_rules + r if key & refined else r)
+        out[k] = mask
+
+
 def agreement_masks(keys, left, right):
     """Per pair, a bit per blocking rule whose (effective) key the two records share: the training
     sessions a pair belongs to (every pair in the rule's blocks, whichever rule produced it). Bit r
     for rule r's blocks, bit n_rules + r for its refined blocks (their pairs also agree on the
     refine keys, so they train apart, without the refine columns)."""
     xp = module_of(left)
+    if xp is np and isinstance(keys, np.ndarray) and len(left):
+        out = np.empty(len(left), dtype=np.int64)
+        _agreement_masks(np.ascontiguousarray(keys, dtype=np.uint64), np.ascontiguousarray(left, dtype=np.int64),
+                         np.ascontiguousarray(right, dtype=np.int64), out)
+        return out
     n_rules = keys.shape[0]
     mask = xp.zeros(len(left), dtype=xp.int64)
     refined = xp.uint64(REFINED)
@@ -450,8 +532,9 @@ def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend
     keys = xp.asarray(blocking.keys)
     labels = xp.asarray(np.ascontiguousarray(labels, dtype=np.int64))
     scope = scope.on(xp) if scope is not None else None
+    known_blocks, blocking.blocks = blocking.blocks or [None] * len(blocking.rules), None  # used once (memory)
     for r in range(len(blocking.rules)):
-        left, right = make(xp, keys, r, labels, scope)
+        left, right = make(xp, keys, r, labels, scope, known_blocks[r])
         lefts.append(left)
         rights.append(right)
         rules.append(xp.full(len(left), r, dtype=xp.int8))
@@ -459,12 +542,13 @@ def candidate_pairs(blocking: BlockingKeys, labels: np.ndarray, backend: Backend
     return CandidatePairs(xp.concatenate(lefts), xp.concatenate(rights), xp.concatenate(rules), per_rule)
 
 
-def _compiled_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None):
-    return rule_pairs_of(keys, rule, labels, scope)
+def _compiled_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None, blocks=None):
+    return rule_pairs_of(keys, rule, labels, scope, blocks)
 
 
-def _array_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None):
-    return rule_pairs_xp(xp, keys, rule, labels, scope=scope)
+def _array_rule_pairs(xp: ModuleType, keys, rule: int, labels, scope: PairScope | None, blocks=None):
+    blocks = None if blocks is None else tuple(xp.asarray(b) for b in blocks)
+    return rule_pairs_xp(xp, keys, rule, labels, scope=scope, blocks=blocks)
 
 
 # One rule's pairs, by implementation (compute/dispatch.py chooses): the compiled kernels on host
@@ -504,13 +588,15 @@ def _new_pairs_xp(xp: ModuleType, a, b, rule: int, keys, labels, scope: PairScop
     return keep
 
 
-def rule_pairs_xp(xp: ModuleType, keys, rule: int, labels, chunk: int = PAIR_CHUNK, scope: PairScope | None = None):
+def rule_pairs_xp(xp: ModuleType, keys, rule: int, labels, chunk: int = PAIR_CHUNK, scope: PairScope | None = None,
+                  blocks: tuple | None = None):
     """rule_pairs with array operations, same pairs in the same order (`scope`'s groups in xp's
     memory): block by block (ascending
     key), then by row and column inside the block. Pair p of the rule is found from p alone (its
     block by a binary search over cumulative pair counts, its row by inverting the triangular
-    count), so the work is even across GPU threads however uneven the blocks are."""
-    members, starts, sizes = _blocks(xp, keys[rule])
+    count), so the work is even across GPU threads however uneven the blocks are. `blocks`:
+    _blocks of the rule's keys, when known."""
+    members, starts, sizes = _blocks(xp, keys[rule]) if blocks is None else blocks
     multi = sizes >= 2
     starts, sizes = starts[multi], sizes[multi]
     counts = sizes * (sizes - 1) // 2

@@ -121,7 +121,7 @@ def match_records(records: pd.DataFrame, labels: np.ndarray, config: Config, mod
                              matching.stream_above_pairs)
         entry["rows_out"] = source.made
     key_cache = caches.key_cache(blocking.raw_keys)
-    blocking.raw_keys = None  # only the state's key cache reads them (memory)
+    blocking.raw_keys = blocking.blocks = None  # only the state's key cache reads them; pairs are made (memory)
     stored_model = reuse.model if reuse is not None else None
     with timer("match:compare", rows_in=source.made) as entry:
         entry["rows_out"] = source.compare(train=model_path is None and stored_model is None)
