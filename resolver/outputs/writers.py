@@ -62,13 +62,11 @@ def stage_outputs(staging: Path, resolution, files: dict[str, str] | None = None
     staging.mkdir()
     # Parquet encoding releases the GIL: the tables are written side by side, a few at a time
     # (each holds its Arrow copy and encoded pages while it is written: memory).
-    tables = {attr: getattr(resolution, attr, None) for attr in OUTPUT_TABLES}
+    tables = {attr: frame for attr in OUTPUT_TABLES if (frame := getattr(resolution, attr, None)) is not None}
+    # The biggest tables first, so that the writers finish together (golden records alone is a third).
+    biggest_first = sorted(tables, key=lambda attr: -tables[attr].size)
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-        writes = [
-            pool.submit(_write_table, frame, staging / OUTPUT_TABLES[attr])
-            for attr, frame in tables.items()
-            if frame is not None
-        ]
+        writes = [pool.submit(_write_table, tables[attr], staging / OUTPUT_TABLES[attr]) for attr in biggest_first]
         for write in writes:
             write.result()
     if getattr(resolution, "model", None) is not None:

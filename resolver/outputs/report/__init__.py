@@ -223,9 +223,14 @@ def _clusters(r: _Report, tables: dict) -> None:
         "series": [{"name": "persons", "values": [int(v) for v in sizes.to_numpy()]}]})
     anonymous = int((persons["records"] == 0).sum())
     body += f'<p class="note">Persons by number of CRM records (log scale); {anonymous:,} anonymous persons (events only) not shown.</p>'
-    largest = persons.sort_values(["records", "person_id"], ascending=[False, True]).head(TOP_CLUSTERS)
+    # Only persons as large as the TOP_CLUSTERS-th largest can be among the largest: sort those alone.
+    records = persons["records"].to_numpy()
+    cut = max(len(records) - TOP_CLUSTERS, 0)
+    floor = np.partition(records, cut)[cut]
+    largest = persons[records >= floor].sort_values(["records", "person_id"], ascending=[False, True]).head(TOP_CLUSTERS)
     body += "<h3>Largest persons</h3>"
-    golden_by_id = golden.set_index("person_id") if golden is not None and len(golden) else None
+    golden_by_id = (golden[golden["person_id"].isin(largest["person_id"])].set_index("person_id")
+                    if golden is not None and len(golden) else None)
     members = identity[identity["person_id"].isin(largest["person_id"])] if identity is not None else None
     for p in largest.itertuples(index=False):
         name = ""
