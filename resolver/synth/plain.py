@@ -62,7 +62,7 @@ from resolver.compute.workers import worker_pool
 from resolver.synth.columns import count, dates, num, patch, permute, rank_within, take, text, where, write_ipc
 from resolver.synth.people import (
     BIRTH_FIRST_DAY, BIRTH_LAST_DAY, CRM_NAMES, DUPLICATE_NAMES, HOUSEHOLD_SHARED_PHONE_RATE, MAX_PEOPLE,
-    RECORDS_SCHEMA, UK_RATE, FirstVocab, LastVocab, _email_domains, _email_local_parts, _EmailNoise, _emails,
+    RECORDS_SCHEMA, UK_RATE, FirstVocab, LastVocab, _ChunkTask, _email_domains, _email_local_parts, _EmailNoise, _emails,
     _first_names, _formatted_phones, _homes, _household_layout, _last_names, _phone_numbers, _Plan, _shared_pools,
 )
 from resolver.synth.tables import (
@@ -167,24 +167,6 @@ def _zipf(rng: np.random.Generator, size: int, offset: float, n: int) -> np.ndar
 # ----------------------------------------------------------------------------------------------
 # One chunk
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Task:
-    plan: _Plan
-    index: int
-    parts_dir: str
-
-    @property
-    def first_pid(self) -> int:
-        return self.index * self.plan.chunk_people
-
-    @property
-    def size(self) -> int:
-        return min(self.plan.chunk_people, self.plan.people - self.first_pid)
-
-    def part(self, name: str) -> Path:
-        return Path(self.parts_dir) / f"{self.index:05d}.{name}"
-
-
 @dataclass
 class _Persons:
     pid: np.ndarray
@@ -259,7 +241,7 @@ def _birth_dates(rng: np.random.Generator, days: np.ndarray, stats: dict) -> pa.
     return dates(np.where(typo, out, days))
 
 
-def _records(rng: np.random.Generator, task: _Task, stats: dict) -> tuple[pa.Table, pa.Table]:
+def _records(rng: np.random.Generator, task: _ChunkTask, stats: dict) -> tuple[pa.Table, pa.Table]:
     """The chunk's rows of people.parquet and of truth/records.parquet."""
     plan = task.plan
     p = _draw_persons(rng, plan, task.first_pid, task.size)
@@ -322,7 +304,7 @@ def _records(rng: np.random.Generator, task: _Task, stats: dict) -> tuple[pa.Tab
     return table, truth
 
 
-def _run_chunk(task: _Task) -> dict:
+def _run_chunk(task: _ChunkTask) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence(task.plan.seed, spawn_key=(task.index,)))
     stats: dict[str, int] = {}
     table, truth = _records(rng, task, stats)
@@ -331,7 +313,7 @@ def _run_chunk(task: _Task) -> dict:
     return stats
 
 
-def _chunk_results(tasks: list[_Task], workers: int) -> Iterator[dict]:
+def _chunk_results(tasks: list[_ChunkTask], workers: int) -> Iterator[dict]:
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_run_chunk, tasks)
         return
@@ -436,7 +418,7 @@ def generate_people(out_dir: str | Path, people: int, seed: int = 0, *, chunk_pe
     (out / "truth").mkdir(parents=True, exist_ok=True)
     plan = _Plan(int(people), int(seed), int(chunk_people), events=False)
     parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
-    tasks = [_Task(plan, i, parts_dir) for i in range(plan.chunks)]
+    tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
     totals: dict[str, int] = {}
     done = 0
     try:
