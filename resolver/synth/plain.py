@@ -62,8 +62,9 @@ from resolver.compute.workers import worker_pool
 from resolver.synth.columns import count, dates, num, patch, permute, rank_within, take, text, where, write_ipc
 from resolver.synth.people import (
     BIRTH_FIRST_DAY, BIRTH_LAST_DAY, CRM_NAMES, DUPLICATE_NAMES, HOUSEHOLD_SHARED_PHONE_RATE, MAX_PEOPLE,
-    RECORDS_SCHEMA, UK_RATE, FirstVocab, LastVocab, _ChunkTask, _email_domains, _email_local_parts, _EmailNoise, _emails,
-    _first_names, _formatted_phones, _homes, _household_layout, _last_names, _phone_numbers, _Plan, _shared_pools,
+    RECORDS_SCHEMA, UK_RATE, FirstVocab, LastVocab, _ChunkTask, _email_domains, _email_local_parts, _EmailNoise,
+    _emails, _first_names, _formatted_phones, _homes, _household_layout, _last_names, _phone_numbers, _Plan,
+    _shared_pools,
 )
 from resolver.synth.tables import (
     CITY_NAMES, FIRST_ASCII, FIRST_GENDER, FIRST_INITIALS, FIRST_LETTERS, FIRST_NAMES, FIRST_NICKNAMES,
