@@ -399,7 +399,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
 
     records = pd.DataFrame(
         {
-            "source": pd.Categorical([source.name] * int(keep.sum())),
+            "source": _constant_categorical(source.name, int(keep.sum())),
             "record_key": kept(key_raw),
             "source_key": kept(key_norm),
             "trust": source.trust,
@@ -455,6 +455,11 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     return tables
 
 
+def _constant_categorical(value: str, n: int) -> pd.Categorical:
+    """pd.Categorical([value] * n) without a list of n strings (the empty one keeps no category, as that does)."""
+    return pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[value]) if n else pd.Categorical([])
+
+
 def _in_match_form(source: SourceConfig, records: pd.DataFrame, idents: list[IdentifierColumn],
                    keep: np.ndarray) -> dict[tuple[str, str], pd.Series]:
     """The attributes ingest already put in match form, per record: an attribute read from one
@@ -465,10 +470,9 @@ def _in_match_form(source: SourceConfig, records: pd.DataFrame, idents: list[Ide
         for ident in idents:
             if len(cols) == 1 and ident.column == cols[0] and ident.blocked and ident.normalizer in ("email", "phone"):
                 codes = ident.codes[keep]
-                with_missing = pd.concat([ident.normalized, pd.Series([pd.NA], dtype=ident.normalized.dtype)],
-                                         ignore_index=True)
-                forms[(ident.normalizer, name)] = with_missing.take(
-                    np.where(codes >= 0, codes, len(ident.normalized))).reset_index(drop=True)
+                # An Arrow take with null indices for missing values (no pandas concat and take).
+                taken = pc.take(to_arrow(ident.normalized), pa.array(codes, mask=codes < 0))
+                forms[(ident.normalizer, name)] = pd.Series(taken, dtype=ident.normalized.dtype)
     for name in ("first_name", "last_name"):
         if f"{name}_norm" in records:
             forms[("name", name)] = records[f"{name}_norm"].reset_index(drop=True)
