@@ -240,8 +240,9 @@ def _split_once(text: pa.Array, separator: str) -> tuple[pa.Array, pa.Array]:
 def _email_keys(raw: pa.Array, fold_gmail_dots: bool, fold_plus_tags: bool) -> pa.Array:
     valid, local, domain = _split_emails(raw)
     if fold_plus_tags:
-        # "jane+news" -> "jane"; a leading '+' has no mailbox before it and stays.
-        base = _split_once(_concat(local, "+"), "+")[0]
+        # "jane+news" -> "jane"; a leading '+' has no mailbox before it and stays. (A value
+        # without '+' splits into itself.)
+        base = pc.list_element(pc.split_pattern(local, "+", max_splits=1), 0)
         local = pc.if_else(pc.greater(pc.binary_length(base), 0), base, local)
     if fold_gmail_dots:
         local = pc.if_else(pc.equal(domain, "gmail.com"), pc.replace_substring(local, ".", ""), local)
@@ -923,6 +924,7 @@ _FAKE_EMAILS = ("test@test.com", "asdf@asdf.com", "asdfasdf@asdf.asdf")
 _FAKE_LOCAL_PARTS = ("test", "asdf", "noreply", "no-reply", "donotreply", "do-not-reply")
 # RFC 2606: example.com/.net/.org (and their subdomains) and the .test .example .invalid .localhost TLDs.
 _RESERVED_DOMAIN = r"(?:^|\.)(?:example\.(?:com|net|org)|test|example|invalid|localhost)$"
+_RESERVED_NAMES = ("example.com", "example.net", "example.org", "test", "example", "invalid", "localhost")
 
 _SAME_DIGIT = "|".join(f"{d}{{7,}}" for d in range(10))
 _JUNK_PHONE_PATTERNS = (
@@ -982,8 +984,8 @@ class Blocklist:
             for pattern in self.patterns.get(scope, ()):
                 reason = _fill(reason, _python_fullmatch(text, reason, pattern))
         if self.vendor_lists:
-            reason = _fill(reason, _on_subset(lowered, _matches(lowered, "@"), _email_reasons))
-            reason = _fill(reason, _on_subset(text, _matches(text, r"^\+[0-9]+$"), _phone_reasons))
+            reason = _fill(reason, _on_subset(lowered, _contains(lowered, "@"), _email_reasons))
+            reason = _fill(reason, _on_subset(text, _plus_digits(text), _phone_reasons))
         return reason
 
 
@@ -994,7 +996,22 @@ def _scoped(listed: Scoped) -> list[tuple[str | None, Iterable[str]]]:
 
 
 def _fill(reason: pa.Array, more: pa.Array) -> pa.Array:
+    # Most checks block nothing: no copy of a million values then.
+    if more.null_count == len(more):
+        return reason
     return pc.coalesce(reason, more)
+
+
+def _contains(text: pa.Array, literal: str) -> np.ndarray:
+    """_matches for a literal (no regex engine; null -> False)."""
+    return pc.fill_null(pc.match_substring(text, literal), False).to_numpy(zero_copy_only=False)
+
+
+def _plus_digits(text: pa.Array) -> np.ndarray:
+    """A '+' then one or more digits 0-9 and nothing else (the regex ^\\+[0-9]+$), without the regex
+    engine (ascii_is_decimal of "" is false)."""
+    plus = pc.and_(pc.starts_with(text, "+"), pc.ascii_is_decimal(pc.utf8_slice_codeunits(text, 1)))
+    return pc.fill_null(plus, False).to_numpy(zero_copy_only=False)
 
 
 def _labelled(mask: np.ndarray, label: str) -> pa.Array:
@@ -1028,8 +1045,17 @@ def _email_reasons(emails: pa.Array) -> pa.Array:
     domain = pc.list_element(pc.split_pattern(emails, "@", max_splits=1, reverse=True), 1)
     fake = pc.is_in(emails, value_set=pa.array(_FAKE_EMAILS, pa.large_string())).to_numpy(zero_copy_only=False)
     fake |= pc.is_in(local, value_set=pa.array(_FAKE_LOCAL_PARTS, pa.large_string())).to_numpy(zero_copy_only=False)
-    reserved = _matches(domain, _RESERVED_DOMAIN)
+    reserved = _reserved_domain(domain)
     return _fill(_labelled(fake, "fake email"), _labelled(reserved, "reserved email domain"))
+
+
+def _reserved_domain(domain: pa.Array) -> np.ndarray:
+    """_matches(domain, _RESERVED_DOMAIN) as literal comparisons (a regex pass costs several)."""
+    hit = np.zeros(len(domain), dtype=bool)
+    for name in _RESERVED_NAMES:
+        hit |= pc.fill_null(pc.or_(pc.equal(domain, name), pc.ends_with(domain, "." + name)), False).to_numpy(
+            zero_copy_only=False)
+    return hit
 
 
 def _phone_reasons(phones: pa.Array) -> pa.Array:

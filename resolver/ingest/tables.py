@@ -148,8 +148,9 @@ def _value_actions(action: str, source: str, id_type: str, values: pd.Series, re
     present = reasons.notna().to_numpy()
     if not present.any():
         return pd.DataFrame(columns=ACTION_COLUMNS)
+    # Only the few values named leave Arrow (not a million Python strings).
     frame = pd.DataFrame(
-        {"value": values.to_numpy()[present], "reason": reasons.to_numpy()[present], "count": counts[present]}
+        {"value": values[present].to_numpy(), "reason": reasons[present].to_numpy(), "count": counts[present]}
     )
     frame = frame.groupby(["value", "reason"], sort=True, dropna=False)["count"].sum().reset_index()
     frame.insert(0, "id_type", id_type)
@@ -231,16 +232,24 @@ def identifier_column(
     hashes = hash_identifiers(id_type, normalized)
     row_hash = spread(hashes, codes, np.uint64(0))
     kept = hashes != 0
-    values = pd.DataFrame({"hash": hashes[kept], "value": normalized[kept].reset_index(drop=True)}).drop_duplicates("hash")
+    values = _first_of_each_hash(pd.DataFrame({"hash": hashes[kept], "value": normalized[kept].reset_index(drop=True)}))
     return IdentifierColumn(id_type, column, rule, row_hash, values, codes, normalized, pd.concat(flags, ignore_index=True),
                             spec.normalizer, blocklist is not None)
+
+
+def _first_of_each_hash(frame: pd.DataFrame) -> pd.DataFrame:
+    """frame.drop_duplicates("hash"), by a sort of the uint64 hashes (pandas hashes them: slower)."""
+    _, first = np.unique(frame["hash"].to_numpy(), return_index=True)
+    return frame.iloc[np.sort(first)]
 
 
 def _flags(action: str, values: pd.Series, reasons: pd.Series) -> pd.DataFrame:
     """The distinct values (by code) a policy action names, with what it says of them."""
     code = np.flatnonzero(reasons.notna().to_numpy())
-    return pd.DataFrame({"code": code, "action": action, "value": pd.Series(values.to_numpy()[code], dtype="str"),
-                         "reason": pd.Series(reasons.to_numpy()[code], dtype="str")})
+    # Taken in Arrow: only the values named, never all of them as Python strings.
+    return pd.DataFrame({"code": code, "action": action,
+                         "value": values.iloc[code].astype("str").reset_index(drop=True),
+                         "reason": reasons.iloc[code].astype("str").reset_index(drop=True)})
 
 
 FLAGGED_COLUMNS = ["record_pos", "action", "id_type", "value", "reason"]
@@ -390,7 +399,7 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
 
     records = pd.DataFrame(
         {
-            "source": pd.Categorical([source.name] * int(keep.sum())),
+            "source": _constant_categorical(source.name, int(keep.sum())),
             "record_key": kept(key_raw),
             "source_key": kept(key_norm),
             "trust": source.trust,
@@ -446,6 +455,11 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     return tables
 
 
+def _constant_categorical(value: str, n: int) -> pd.Categorical:
+    """pd.Categorical([value] * n) without a list of n strings (the empty one keeps no category, as that does)."""
+    return pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[value]) if n else pd.Categorical([])
+
+
 def _in_match_form(source: SourceConfig, records: pd.DataFrame, idents: list[IdentifierColumn],
                    keep: np.ndarray) -> dict[tuple[str, str], pd.Series]:
     """The attributes ingest already put in match form, per record: an attribute read from one
@@ -456,10 +470,9 @@ def _in_match_form(source: SourceConfig, records: pd.DataFrame, idents: list[Ide
         for ident in idents:
             if len(cols) == 1 and ident.column == cols[0] and ident.blocked and ident.normalizer in ("email", "phone"):
                 codes = ident.codes[keep]
-                with_missing = pd.concat([ident.normalized, pd.Series([pd.NA], dtype=ident.normalized.dtype)],
-                                         ignore_index=True)
-                forms[(ident.normalizer, name)] = with_missing.take(
-                    np.where(codes >= 0, codes, len(ident.normalized))).reset_index(drop=True)
+                # An Arrow take with null indices for missing values (no pandas concat and take).
+                taken = pc.take(to_arrow(ident.normalized), pa.array(codes, mask=codes < 0))
+                forms[(ident.normalizer, name)] = pd.Series(taken, dtype=ident.normalized.dtype)
     for name in ("first_name", "last_name"):
         if f"{name}_norm" in records:
             forms[("name", name)] = records[f"{name}_norm"].reset_index(drop=True)
