@@ -298,7 +298,11 @@ def _greedy_rebuild(
     Runs only over components that break a limit, which are few and small next to the whole graph.
     """
     ends = np.concatenate([src[edge_index], dst[edge_index]])
-    local_nodes, local = np.unique(ends, return_inverse=True)
+    # np.unique(ends, return_inverse=True) by a mask over node numbers: no sort.
+    touched = np.zeros(int(ends.max(initial=-1)) + 1, dtype=bool)
+    touched[ends] = True
+    local_nodes = np.flatnonzero(touched)
+    local = (np.cumsum(touched) - 1)[ends]
     m = len(edge_index)
     tracked = (limits < UNLIMITED).any(axis=0)
     is_identifier = local_nodes >= n_records
@@ -387,7 +391,7 @@ def resolve_graph(
             (
                 dst[candidates],
                 src[candidates],
-                edges["first_seen"].to_numpy("datetime64[ns]").astype(np.int64)[candidates],
+                edges["first_seen"].to_numpy("datetime64[ns]")[candidates].astype(np.int64),
                 -edges["count"].to_numpy(np.int64)[candidates],
                 -score[candidates],
                 types["priority"].to_numpy(np.int64)[edge_type[candidates]],
