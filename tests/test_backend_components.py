@@ -43,3 +43,15 @@ def test_backend_selection_errors_are_one_line_and_say_what_is_missing():
     except ImportError:
         with pytest.raises(BackendUnavailable, match="needs CuPy"):
             array_module("gpu")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60).flatmap(
+    lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, max(n - 1, 0))),
+                                             max_size=0 if n == 0 else 120))))
+def test_host_union_find_equals_scipy_csgraph(graph):
+    from resolver.compute.cluster import _csgraph_components
+    n, edges = graph
+    src = np.array([a for a, _ in edges], dtype=np.int64)
+    dst = np.array([b for _, b in edges], dtype=np.int64)
+    assert scipy_components(n, src, dst).tolist() == _csgraph_components(n, src, dst).tolist()

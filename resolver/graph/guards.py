@@ -160,12 +160,16 @@ def _limit_violations(
     count = count[held]
     component, held_type = held // n_types, held % n_types
     loosest = limits.max(axis=0)
-    broken = [component[count > loosest[held_type]]]
+    # Masks over component labels, not np.unique/np.isin: the labels are small integers (no sort).
+    n_components = int(labels.max(initial=-1)) + 1
+    broken = np.zeros(n_components, dtype=bool)
+    broken[component[count > loosest[held_type]]] = True
     for t in np.flatnonzero((limits < loosest[None, :]).any(axis=1)):
-        with_t = np.unique(linking_edge_labels[linking_edge_types == t])
-        over = (count > limits[t, held_type]) & np.isin(component, with_t)
-        broken.append(component[over])
-    return np.unique(np.concatenate(broken))
+        with_t = np.zeros(n_components, dtype=bool)
+        with_t[linking_edge_labels[linking_edge_types == t]] = True
+        over = (count > limits[t, held_type]) & with_t[component]
+        broken[component[over]] = True
+    return np.flatnonzero(broken).astype(np.int64)
 
 
 def _oversized(labels: np.ndarray, n_records: int, cap: int, with_probabilistic: np.ndarray) -> np.ndarray:
@@ -294,7 +298,11 @@ def _greedy_rebuild(
     Runs only over components that break a limit, which are few and small next to the whole graph.
     """
     ends = np.concatenate([src[edge_index], dst[edge_index]])
-    local_nodes, local = np.unique(ends, return_inverse=True)
+    # np.unique(ends, return_inverse=True) by a mask over node numbers: no sort.
+    touched = np.zeros(int(ends.max(initial=-1)) + 1, dtype=bool)
+    touched[ends] = True
+    local_nodes = np.flatnonzero(touched)
+    local = (np.cumsum(touched) - 1)[ends]
     m = len(edge_index)
     tracked = (limits < UNLIMITED).any(axis=0)
     is_identifier = local_nodes >= n_records
@@ -383,7 +391,7 @@ def resolve_graph(
             (
                 dst[candidates],
                 src[candidates],
-                edges["first_seen"].to_numpy("datetime64[ns]").astype(np.int64)[candidates],
+                edges["first_seen"].to_numpy("datetime64[ns]")[candidates].astype(np.int64),
                 -edges["count"].to_numpy(np.int64)[candidates],
                 -score[candidates],
                 types["priority"].to_numpy(np.int64)[edge_type[candidates]],
@@ -469,9 +477,10 @@ def _cut_actions(
         {
             "action": "limit_cut",
             "source": pd.NA,
+            # Only the shown rows are converted (not every node's value to a Python object).
             "id_type": np.where(has_value, names[nodes["type"].to_numpy()[shown]], edge_names) if len(nodes)
             else edge_names,
-            "value": np.where(has_value, nodes["value"].to_numpy(dtype=object)[shown], None) if len(nodes)
+            "value": np.where(has_value, nodes["value"].take(shown).to_numpy(dtype=object), None) if len(nodes)
             else None,
             "reason": reason,
             "count": edges["count"].to_numpy()[cut],
