@@ -24,7 +24,8 @@ def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, backend
 
 
 @njit(cache=True)
-def _root(parent: np.ndarray, node: int) -> int:
+def find_root(parent: np.ndarray, node: int) -> int:
+    """The root of a node in a union-find forest, halving the path on the way (also guards.py's)."""
     while parent[node] != node:
         parent[node] = parent[parent[node]]  # path halving
         node = parent[node]
@@ -37,7 +38,7 @@ def _union_find_labels(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.nda
     gives scipy's labels (components in the order of their smallest node)."""
     parent = np.arange(n_nodes)
     for e in range(len(src)):
-        a, b = _root(parent, src[e]), _root(parent, dst[e])
+        a, b = find_root(parent, src[e]), find_root(parent, dst[e])
         if a < b:
             parent[b] = a
         elif b < a:
@@ -45,7 +46,7 @@ def _union_find_labels(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.nda
     labels = np.empty(n_nodes, dtype=np.int64)
     k = 0
     for node in range(n_nodes):
-        root = _root(parent, node)
+        root = find_root(parent, node)
         if root == node:
             labels[node] = k
             k += 1

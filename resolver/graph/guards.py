@@ -22,7 +22,7 @@ import pandas as pd
 from numba import njit
 
 from resolver.compute.backend import CPU, Backend
-from resolver.compute.cluster import connected_components
+from resolver.compute.cluster import connected_components, find_root
 from resolver.compute.engine import LOCAL, Engine
 from resolver.config import IdentityConfig
 from resolver.ingest.tables import ACTION_COLUMNS
@@ -180,14 +180,6 @@ def _oversized(labels: np.ndarray, n_records: int, cap: int, with_probabilistic:
 
 
 @njit(cache=True)
-def _find(parent: np.ndarray, node: int) -> int:
-    while parent[node] != node:
-        parent[node] = parent[parent[node]]  # path halving
-        node = parent[node]
-    return node
-
-
-@njit(cache=True)
 def _first_broken_type(
     head_a: int, head_b: int, nxt: np.ndarray, value_type: np.ndarray, value_alias: np.ndarray, row: np.ndarray
 ) -> int:
@@ -254,7 +246,7 @@ def _greedy_union(
     nxt = np.full(n_local, -1, dtype=np.int64)
     broken = np.full(len(ends_a), -1, dtype=np.int64)
     for e in range(len(ends_a)):
-        ra, rb = _find(parent, ends_a[e]), _find(parent, ends_b[e])
+        ra, rb = find_root(parent, ends_a[e]), find_root(parent, ends_b[e])
         if ra == rb:
             continue
         t = _first_broken_type(head[ra], head[rb], nxt, value_type, value_alias, limits[edge_type[e]])
@@ -275,7 +267,7 @@ def _greedy_union(
                 nxt[tail[ra]] = head[rb]
             tail[ra] = tail[rb]
     for node in range(n_local):
-        parent[node] = _find(parent, node)
+        parent[node] = find_root(parent, node)
     return broken, parent
 
 
