@@ -38,6 +38,13 @@ def test_records_without_a_key_and_rules_with_few_pairs():
     assert pair_growth(keys, people) is None  # too few to tell a slope
 
 
+def test_without_identifiers_joining_records_the_growth_is_unknown():
+    """Each record its own person (no email, no phone: FEBRL): sampling people is sampling records,
+    which makes every rule look quadratic; no exponent is claimed."""
+    city = np.random.default_rng(2).integers(1, 40, 20_000).astype(np.uint64)
+    assert pair_growth(city, np.arange(20_000)) is None
+
+
 def test_identifier_people_follow_chains_of_shared_values():
     # records 0-1 share an email, 1-2 a phone (another code space); 3 has nothing, 4 its own value
     record = np.array([0, 1, 1, 2, 4])

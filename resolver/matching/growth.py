@@ -41,6 +41,8 @@ def pair_growth(keys: np.ndarray, people: np.ndarray, seed: int = 0) -> float | 
     record has no key), over nested random shares of the `people` (a label per record); None when
     the rule makes too few pairs to tell."""
     labels, person = np.unique(people, return_inverse=True)
+    if len(labels) == len(people):  # no identifier joins two records: a share of people is one of records
+        return None
     rank = np.random.default_rng(seed).random(len(labels))[person]  # a person is in share s when rank < s
     sizes, pairs = [], []
     for share in SHARES:
