@@ -41,7 +41,10 @@ def test_streamed_pairs_give_the_outputs_of_holding_them_all(world, monkeypatch)
 
     monkeypatch.setattr(engine, "ROWS_PER_BUCKET", 300)  # several buckets per rule
     summary = _run(world, world / "streamed-local")
-    assert summary["matching"]["streamed"]["passes"] == 2 and summary["matching"]["streamed"]["buckets"] > 1
+    streamed = summary["matching"]["streamed"]
+    assert streamed["passes"] == 2 and streamed["buckets"] > 1
+    # the scoring pass reads the levels the first pass kept: every pair is compared once
+    assert streamed["pair_comparisons"] == summary["matching"]["candidate_pairs"] > 0
     assert_same_outputs(world / "local", world / "streamed-local", model=True)
     whole = json.loads((world / "local" / "run_summary.json").read_text())["matching"]
     for key in ("candidate_pairs", "pairs_per_rule", "weight_histogram", "decisions"):
@@ -56,6 +59,8 @@ def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
     monkeypatch.setattr(engine, "ROWS_PER_BUCKET", 300)
     summary = _run(world, world / "streamed-dask", "--engine", "dask", "--workers", "2")
     assert summary["matching"]["streamed"]["buckets"] > 4
+    # a cluster's tasks share no disk: the scoring pass compares every pair again
+    assert summary["matching"]["streamed"]["pair_comparisons"] == 2 * summary["matching"]["candidate_pairs"]
     assert summary["engine"]["pair_buckets"] == summary["matching"]["streamed"]["buckets"]
     assert_same_outputs(world / "local", world / "streamed-dask", model=True)
 
@@ -64,6 +69,7 @@ def test_the_dask_engine_streams_its_buckets_too(world, monkeypatch):
 def test_a_loaded_model_scores_in_one_pass(world, tmp_path):
     summary = _run(world, tmp_path / "out", "--model", str(world / "local" / "model.json"))
     assert summary["matching"]["streamed"]["passes"] == 1
+    assert summary["matching"]["streamed"]["pair_comparisons"] == summary["matching"]["candidate_pairs"]
     assert_same_outputs(world / "local", tmp_path / "out", tables=("scored_pairs", "match_links", "review_queue"))
 
 

@@ -9,9 +9,11 @@ Two implementations:
   are made on the backend (blocking.candidate_pairs; on the host the levels the state compared
   before are reused, a filter before comparing), or made and compared bucket by bucket on the
   engine and gathered (`held_in_buckets`: the dask engine's tasks).
-- `StreamedPairs`: pairs too many to hold, made bucket by bucket on the engine twice, never held:
-  once for EM's statistics, once, with the trained model, to score them and keep only the pairs
-  the outputs show.
+- `StreamedPairs`: pairs too many to hold, made bucket by bucket on the engine, never all held:
+  a first pass sums EM's statistics, a second, with the trained model, scores them and keeps only
+  the pairs the outputs show. On the local engine the first pass keeps each bucket's pairs and
+  levels on disk (15 bytes a pair for seven comparisons) and the second reads them back, so every
+  pair is compared once; a cluster's tasks share no disk, so there the second pass compares again.
 
 Buckets: for each blocking rule the keyed records are split into buckets by their key hash (key
 mod the bucket count). A block lies wholly in one bucket, so a bucket's records make exactly that
@@ -30,6 +32,8 @@ Which source a run uses is chosen in compute/dispatch.py (keys "pairs" and "stre
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,7 +59,7 @@ from resolver.matching.model import (
     pattern_counts,
 )
 from resolver.matching.reuse import MatchCaches
-from resolver.matching.score import WEIGHT_BINS, score_pairs
+from resolver.matching.score import WEIGHT_BINS, ScoringTables, score_pairs
 
 
 @dataclass
@@ -83,26 +87,36 @@ class ScoredPairs:
 # Bucket jobs: any engine runs them
 # ---------------------------------------------------------------------------------------------
 def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                scope=None) -> Iterator[tuple]:
+                scope=None, whole: bool = False) -> Iterator[tuple]:
     """(rows, keys, labels, rule, prepared, scope) for every rule's buckets: the keyed records whose
     block key falls in the bucket (in position order), with just their keys, labels, comparison
     data and pair scope (blocking.PairScope: link_only / dedupe_only groups; None: every pair).
-    Made one at a time: only the jobs being run exist."""
+    `whole`: every job gets all the comparison data, untaken (jobs in this process, which index
+    it by `rows`: taking it would copy every comparison's data once per rule). Made one at a
+    time: only the jobs being run exist."""
     for rule in range(len(keys)):
         rule_keys = keys[rule]
         keyed = np.flatnonzero(rule_keys != 0)
-        bucket = (rule_keys[keyed] % np.uint64(buckets)).astype(np.int64)
-        order = np.argsort(bucket, kind="stable")  # stable: positions stay ascending in a bucket
-        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+        if buckets == 1:
+            order, bounds = np.arange(len(keyed)), [0, len(keyed)]
+        else:  # stable: positions stay ascending in a bucket (a radix sort for 16-bit bucket numbers)
+            bucket = (rule_keys[keyed] % np.uint64(buckets)).astype(np.int16 if buckets < 2 ** 15 else np.int64)
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
         for b in range(buckets):
             rows = keyed[order[bounds[b]:bounds[b + 1]]]
-            yield (rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule, [p.take(rows) for p in prepared],
+            yield (rows, np.ascontiguousarray(keys[:, rows]), labels[rows], rule,
+                   prepared if whole else [p.take(rows) for p in prepared],
                    scope.take(rows) if scope is not None else None)
 
 
-def _pairs_and_levels(keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None):
+def _pairs_and_levels(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope,
+                      whole: bool):
+    """A bucket's pairs (positions in the bucket) and their levels; `whole`: `prepared` is every
+    record's (bucket_jobs), compared at the records' own positions."""
     left, right = rule_pairs_of(keys, rule, labels, scope)
-    return left, right, comparison_matrix(prepared, left, right)
+    return left, right, comparison_matrix(prepared, rows[left], rows[right]) if whole else \
+        comparison_matrix(prepared, left, right)
 
 
 def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, levels: np.ndarray):
@@ -110,28 +124,52 @@ def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, level
     return pattern_counts(levels, agreement_masks(keys, left, right))
 
 
-def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None):
+def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None,
+                 whole: bool = False):
     """One bucket's pairs (record positions), their comparison levels and level-pattern counts."""
-    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole)
     counts = _session_counts(keys, left, right, levels)
     return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
 
 
+def _keep_pairs(path: str, left: np.ndarray, right: np.ndarray, levels: np.ndarray) -> None:
+    """A bucket's pairs (positions in the bucket) and levels, written for the scoring pass."""
+    with open(path, "wb") as f:
+        np.savez(f, left=left.astype(np.int32), right=right.astype(np.int32), levels=levels)
+
+
+def _kept_pairs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path) as kept:
+        return kept["left"].astype(np.int64), kept["right"].astype(np.int64), kept["levels"]
+
+
 def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list,
-                      scope=None):
-    """One bucket's pair count and level-pattern counts (the pairs themselves are dropped)."""
-    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
+                      scope=None, keep_at: str | None = None, whole: bool = False):
+    """One bucket's pair count and level-pattern counts; the pairs and levels are written to
+    `keep_at` when given (for bucket_scored), else dropped."""
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole)
+    if keep_at is not None:
+        _keep_pairs(keep_at, left, right, levels)
     return len(left), _session_counts(keys, left, right, levels)
 
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
-                  keep_from: float, scope=None):
+                  keep_from: float, scope=None, kept_at: str | None = None, whole: bool = False,
+                  tables: ScoringTables | None = None):
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
-    levels, weight, probability, tf adjustments) and the histogram of every pair's weight."""
-    left, right, levels = _pairs_and_levels(keys, labels, rule, prepared, scope)
+    levels, weight, probability, tf adjustments) and the histogram of every pair's weight. The
+    pairs and levels are read from `kept_at` when bucket_statistics wrote them there (the file is
+    then removed), else made and compared here. `tables`: the model's ScoringTables for `prepared`
+    when the caller made them once for every bucket (whole)."""
+    if kept_at is not None:
+        left, right, levels = _kept_pairs(kept_at)
+        os.remove(kept_at)
+    else:
+        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
-    pairs = CandidatePairs(left, right, np.full(len(left), rule, dtype=np.int8), [])
-    kept, weight, probability, tf = score_pairs(model, prepared, levels, pairs, keep_from, histogram)
+    at = (rows[left], rows[right]) if whole else (left, right)  # where `prepared` has the pair's records
+    pairs = CandidatePairs(*at, np.full(len(left), rule, dtype=np.int8), [])
+    kept, weight, probability, tf = score_pairs(model, prepared, levels, pairs, keep_from, histogram, tables)
     return (rows[left[kept]].astype(np.int64), rows[right[kept]].astype(np.int64), levels[kept], weight, probability,
             tf, histogram, rule, len(left))
 
@@ -144,11 +182,16 @@ def candidate_order(keys: np.ndarray, rule: np.ndarray, left: np.ndarray, right:
 
 
 def _numbered_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, scope,
-                   rules: list[int]) -> Iterator[tuple]:
-    """bucket_jobs, noting each job's rule in `rules` as it is made."""
-    for job in bucket_jobs(keys, labels, prepared, buckets, scope):
+                   rules: list[int], keep_in: str | None = None, whole: bool = False) -> Iterator[tuple]:
+    """bucket_jobs, noting each job's rule in `rules` as it is made; with `keep_in`, each job
+    also gets the file its pairs are kept in (_kept_path)."""
+    for i, job in enumerate(bucket_jobs(keys, labels, prepared, buckets, scope, whole)):
         rules.append(job[3])
-        yield job
+        yield job if keep_in is None else (*job, _kept_path(keep_in, i))
+
+
+def _kept_path(folder: str, job: int) -> str:
+    return os.path.join(folder, f"bucket-{job}.npz")
 
 
 def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
@@ -173,20 +216,27 @@ def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepa
 
 
 def pattern_statistics(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                       scope=None):
-    """Every bucket's pairs counted, not kept: (pairs per rule, EM's level-pattern counts summed)."""
+                       scope=None, keep_in: str | None = None):
+    """Every bucket's pairs counted (and with `keep_in`, a folder the engine's tasks can write,
+    kept there for scored_pairs): (pairs per rule, EM's level-pattern counts summed)."""
     rules: list[int] = []
-    done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules))
+    whole = engine.kind == "local"  # jobs run in this process
+    done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules,
+                                                               keep_in, whole), whole=whole)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     np.add.at(per_rule, np.asarray(rules, dtype=np.int64), np.asarray([d[0] for d in done], dtype=np.int64))
     return per_rule.tolist(), merge_pattern_counts([d[1] for d in done], len(prepared))
 
 
 def scored_pairs(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
-                 keep_from: float, scope=None) -> ScoredPairs:
-    """Every bucket's pairs scored, the kept ones in candidate order."""
-    jobs = ((*job[:5], model, keep_from, job[5]) for job in bucket_jobs(keys, labels, prepared, buckets, scope))
-    done = engine.map_lazily(bucket_scored, jobs)
+                 keep_from: float, scope=None, kept_in: str | None = None) -> ScoredPairs:
+    """Every bucket's pairs scored, the kept ones in candidate order; with `kept_in`, the pairs
+    and levels pattern_statistics kept there are scored instead of compared again."""
+    whole = engine.kind == "local"  # jobs run in this process
+    jobs = ((*job[:5], model, keep_from, job[5], None if kept_in is None else _kept_path(kept_in, i))
+            for i, job in enumerate(bucket_jobs(keys, labels, prepared, buckets, scope, whole)))
+    tables = ScoringTables.of(model, prepared) if whole else None  # once, not per bucket: O(records)
+    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables)
     histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     for d in done:
@@ -284,27 +334,40 @@ class StreamedPairs:
     made = None  # no pair is made while blocking
     per_rule: list[int] | None = None
     counts: tuple | None = None
+    kept: tempfile.TemporaryDirectory | None = None  # the first pass's pairs and levels (local engine)
+    compared: int = 0  # pair comparisons made, over both passes (a pair compared twice counts twice)
 
     def compare(self, train: bool) -> int | None:
         if not train:
             return None
+        if self.engine.kind == "local":  # its jobs run in this process: they share this disk
+            self.kept = tempfile.TemporaryDirectory(prefix="resolver-pairs-")
         self.per_rule, self.counts = pattern_statistics(self.engine, self.keys, self.labels, self.prepared,
-                                                        self.buckets, self.scope)
-        return sum(self.per_rule)
+                                                        self.buckets, self.scope, self.kept and self.kept.name)
+        self.compared = sum(self.per_rule)
+        return self.compared
 
     def statistics(self) -> tuple[tuple, int]:
         return self.counts, sum(self.per_rule)
 
     def scored(self, model: FSModel, keep_from: float) -> ScoredPairs:
-        return scored_pairs(self.engine, self.keys, self.labels, self.prepared, self.buckets, model, keep_from,
-                            self.scope)
+        try:
+            scored = scored_pairs(self.engine, self.keys, self.labels, self.prepared, self.buckets, model,
+                                  keep_from, self.scope, self.kept and self.kept.name)
+        finally:
+            if self.kept is not None:
+                self.kept.cleanup()
+        if self.kept is None:
+            self.compared += sum(scored.per_rule)
+        return scored
 
     def pair_cache(self) -> None:
         return None  # a streamed run has no state
 
     @property
     def summary(self) -> dict:
-        return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2}}
+        return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2,
+                             "pair_comparisons": self.compared}}
 
 
 def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches,

@@ -127,15 +127,16 @@ class ScoringTables:
 
 
 def score_pairs(model: FSModel, prepared: list[PreparedComparison], levels, pairs: CandidatePairs, keep_from: float,
-                histogram: np.ndarray | None = None):
+                histogram: np.ndarray | None = None, tables: ScoringTables | None = None):
     """Weights and probabilities of all candidate pairs (in chunks, in the pairs' array module);
     returns, on the host, the rows with probability >= keep_from and their weight, probability, tf.
     With `histogram`, adds every pair's match weight to it (bins WEIGHT_BINS, the ends open).
     On the host the sums are one compiled pass (resolver/kernels/scoring.py), bitwise equal to the
-    array code the GPU runs."""
+    array code the GPU runs (`tables`: ScoringTables.of(model, prepared), when already made)."""
     xp = module_of(levels)
     edges = xp.asarray(WEIGHT_BINS)
-    tables = ScoringTables.of(model, prepared) if xp is np else None
+    if xp is np and tables is None:
+        tables = ScoringTables.of(model, prepared)
     kept = []
     for start in range(0, len(pairs), SCORE_CHUNK):
         chunk = slice(start, start + SCORE_CHUNK)
