@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import pandas as pd
 
 from resolver import __version__
+from resolver.compute import heap
 from resolver.compute.heap import peak_rss_mb
 from resolver.compute.jit import jit_seconds
 
@@ -40,6 +41,7 @@ class StageLog:
             self.report(name)
         start, jit = time.perf_counter(), jit_seconds()
         yield entry
+        heap.trim()  # what the stage freed goes back to the system
         entry["seconds"] = round(time.perf_counter() - start, 4)
         if jit_seconds() > jit:  # numba compiling (first run on this machine) or loading its cache
             entry["jit_seconds"] = round(jit_seconds() - jit, 4)

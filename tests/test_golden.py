@@ -213,5 +213,6 @@ def test_value_keys_and_counts_of_long_runs_equal_those_of_short_ones(monkeypatc
             same_text = text[:, None] == text[None, :]
             same_key = keys[s:e][:, None] == keys[s:e][None, :]
             assert (same_text == same_key).all()
-    counts = golden._value_counts(starts, short)  # 42 > the compiled LONG_RUN: counted by sorting
-    assert counts[:6].tolist() == [21, 14, 21, 7, 14, 21] and counts[42:].tolist() == [2, 1, 2]
+    for long_run in (1, 32, 64):  # the 42-candidate person counted by sorting, then pairwise
+        counts = golden._value_counts(starts, short, long_run)
+        assert counts[:6].tolist() == [21, 14, 21, 7, 14, 21] and counts[42:].tolist() == [2, 1, 2]

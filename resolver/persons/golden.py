@@ -170,7 +170,7 @@ def _rule_scores(rule: str, c: _Candidates, records: pd.DataFrame, ranks: np.nda
     if rule == "most_recent":
         return most_recent_rank(records["timestamp"].to_numpy("datetime64[ns]").view(np.int64)[c.record])
     if rule == "most_frequent":
-        return most_frequent_rank(_value_counts(c.starts, c.key))
+        return most_frequent_rank(_value_counts(c.starts, c.key, LONG_RUN))
     if rule == "longest":
         return longest_rank(c.display.take(c.record).str.len().to_numpy(np.int64))
     if rule == "first_non_null":
@@ -220,13 +220,14 @@ def _first_equal_in_run(starts, rows, offsets, data, longest_run):
 
 
 @njit(cache=True, nogil=True)
-def _value_counts(starts, key):
-    """Per candidate: how many of its person's candidates hold its value."""
+def _value_counts(starts, key, long_run):
+    """Per candidate: how many of its person's candidates hold its value (persons of more than
+    `long_run` candidates: by sorting)."""
     n = len(key)
     out = np.empty(n, dtype=np.int64)
     for p in range(len(starts)):
         s, e = starts[p], starts[p + 1] if p + 1 < len(starts) else n
-        if e - s <= LONG_RUN:  # a few: counted pairwise, without sorting
+        if e - s <= long_run:  # a few: counted pairwise, without sorting
             for i in range(s, e):
                 out[i] = 0
                 for j in range(s, e):
