@@ -16,7 +16,7 @@ import pandas as pd
 from resolver.compute.cluster import connected_components
 from resolver.compute.grouping import Groups
 from resolver.config import ConfigError
-from resolver.ingest.plan import concat_frames
+from resolver.ingest.plan import concat_frames, stacked
 from resolver.ingest.tables import ACTION_COLUMNS, IDENTIFIER_RULE, SourceTables, Vocabulary
 
 if TYPE_CHECKING:  # matching runs after the graph; its links come back as edges (with_probabilistic_edges)
@@ -70,7 +70,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
                           "calls read as records) and events attach to them: add a records source")
     event_parts = [p for p in parts if p.event_nodes is not None and len(p.event_nodes)]
     offsets = np.cumsum([0] + [len(p.records) for p in record_parts])
-    records = pd.concat([p.records for p in record_parts], ignore_index=True)
+    records = stacked([p.records for p in record_parts])
     records.insert(0, "record_id", np.arange(len(records), dtype=np.int64))
     n_records = len(records)
     observations = pd.concat(
