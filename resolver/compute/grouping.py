@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 _NAT = np.iinfo(np.int64).min
 
@@ -72,3 +73,39 @@ class Groups:
         ints = values.astype("datetime64[ns]").view(np.int64)
         out = np.maximum.reduceat(ints[self.order], self.starts) if len(self) else ints[:0]
         return out.view("datetime64[ns]")
+
+
+# Distinct values by hashing (pandas' hash tables), sorting only the distinct ones: np.unique sorts
+# every row (5.5 s for 10M uint64 here, against 1.0 s).
+def unique_with_index_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(values, return_index=True, return_inverse=True), by hashing the values and sorting
+    only the distinct ones (values repeat: fewer to sort, and no stable sort of every row)."""
+    codes, distinct = pd.factorize(values)  # codes in order of first appearance
+    order = np.argsort(distinct)
+    rank = np.empty(len(distinct), dtype=np.int64)
+    rank[order] = np.arange(len(distinct))
+    first = np.empty(len(distinct), dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(values) - 1, -1, -1)  # the last write is the first occurrence
+    return distinct[order], first[order], rank[codes]
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique(values) of a 1-D integer array."""
+    return np.sort(pd.unique(values))
+
+
+def unique_with_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_index=True) of a 1-D integer array."""
+    distinct, first, _ = unique_with_index_inverse(values)
+    return distinct, first
+
+
+def positions_in(sorted_distinct: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.searchsorted(sorted_distinct, values) where every value is one of `sorted_distinct`: by a
+    hash table rather than a binary search per value (which misses the cache once the table is
+    large: 4.3 s for 10M lookups in 3M, against 1.5 s)."""
+    found = pd.Index(sorted_distinct).get_indexer(values)
+    missing = found < 0
+    if missing.any():  # not one of them after all: where it would go
+        found[missing] = np.searchsorted(sorted_distinct, values[missing])
+    return found

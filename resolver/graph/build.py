@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.compute.cluster import connected_components
-from resolver.compute.grouping import Groups
+from resolver.compute.grouping import Groups, unique_with_index_inverse
 from resolver.config import ConfigError
 from resolver.ingest.plan import concat_frames, stacked
 from resolver.ingest.tables import ACTION_COLUMNS, IDENTIFIER_RULE, SourceTables, Vocabulary
@@ -46,18 +46,6 @@ def _latest(n: int, index: np.ndarray, times: np.ndarray) -> np.ndarray:
     return out.view("datetime64[ns]")
 
 
-def _unique_with_index_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """np.unique(values, return_index=True, return_inverse=True), by hashing the values and sorting
-    only the distinct ones (values repeat: fewer to sort, and no stable sort of every row)."""
-    codes, distinct = pd.factorize(values)  # codes in order of first appearance
-    order = np.argsort(distinct)
-    rank = np.empty(len(distinct), dtype=np.int64)
-    rank[order] = np.arange(len(distinct))
-    first = np.empty(len(distinct), dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(values) - 1, -1, -1)  # the last write is the first occurrence
-    return distinct[order], first[order], rank[codes]
-
-
 def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Records, identifier nodes and edges (node numbers: records first, then identifiers).
 
@@ -84,7 +72,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
 
     # Every identifier value is observed on a record or is a node of some event file.
     hashes = np.concatenate([observations["hash"].to_numpy(np.uint64)] + [t["hash"].to_numpy(np.uint64) for t in event_nodes])
-    node_hash, first_row, node_of_row = _unique_with_index_inverse(hashes)
+    node_hash, first_row, node_of_row = unique_with_index_inverse(hashes)
     n_nodes = len(node_hash)
     n_obs = len(observations)
     obs_node = node_of_row[:n_obs]

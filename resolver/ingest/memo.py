@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from resolver.compute.grouping import unique_with_index
 from resolver.kernels.hashing import hash_strings
 
 # One memo is active per process at a time (a plain global, not a context variable: the stages
@@ -108,7 +109,7 @@ class NormalizationMemo:
             fresh = pd.concat(frames, ignore_index=True) if frames else None
             fresh_keys = np.zeros(0, dtype=np.uint64)
             if fresh is not None:
-                fresh_keys, first = np.unique(fresh["key"].to_numpy(np.uint64), return_index=True)
+                fresh_keys, first = unique_with_index(fresh["key"].to_numpy(np.uint64))
                 fresh = fresh.take(first).reset_index(drop=True)
             table = self.table(name)
             kept = None

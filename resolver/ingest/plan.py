@@ -19,6 +19,7 @@ import pandas as pd
 
 from resolver.compute.heap import return_freed_memory
 from resolver.compute.engine import LOCAL, Engine
+from resolver.compute.grouping import sorted_unique
 from resolver.config import Config
 from resolver.ingest.memo import NormalizationMemo
 from resolver.ingest.readers import REJECT_COLUMNS, Piece, read_source, split_file, unreadable
@@ -134,7 +135,7 @@ def _redo_cross_file_duplicates(config: Config, jobs: list[IngestJob], parts: li
             continue
         first_repeat = int(owner[order][1:][repeated].min())
         for k in range(first_repeat, len(mine)):
-            earlier = np.unique(np.concatenate([parts[i].event_ids for i in mine[:k]]))
+            earlier = sorted_unique(np.concatenate([parts[i].event_ids for i in mine[:k]]))
             if np.isin(parts[mine[k]].event_ids, earlier).any():
                 parts[mine[k]] = ingest_job(config, jobs[mine[k]], vocab, seen_event_ids=earlier, memo=memo)
 

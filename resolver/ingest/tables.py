@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resolver.config import Config, DateParts, SourceConfig
-from resolver.compute.grouping import Groups
+from resolver.compute.grouping import Groups, positions_in, sorted_unique, unique_with_index
 from resolver.ingest.readers import REJECT_COLUMNS, SourceFrame
 from resolver.ingest.sessions import sessionize
 from resolver.ingest.memo import NormalizationMemo, memoized, memoized_column
@@ -238,8 +238,8 @@ def identifier_column(
 
 
 def _first_of_each_hash(frame: pd.DataFrame) -> pd.DataFrame:
-    """frame.drop_duplicates("hash"), by a sort of the uint64 hashes (pandas hashes them: slower)."""
-    _, first = np.unique(frame["hash"].to_numpy(), return_index=True)
+    """frame.drop_duplicates("hash"), in row order."""
+    _, first = unique_with_index(frame["hash"].to_numpy())
     return frame.iloc[np.sort(first)]
 
 
@@ -519,7 +519,7 @@ def ingest_events(
         duplicate = pd.Series(key_hash).duplicated(keep="first").to_numpy() & ~missing
         if seen_event_ids is not None and len(seen_event_ids):
             duplicate |= np.isin(key_hash, seen_event_ids) & ~missing
-        tables.event_ids = np.unique(key_hash[~(missing | duplicate)])
+        tables.event_ids = sorted_unique(key_hash[~(missing | duplicate)])
         tables.rejects.append(_reject(frame, missing, source.name, source.key, "missing event id"))
         tables.rejects.append(_reject(frame, duplicate, source.name, source.key, "duplicate event id (redelivery)", key))
         bad = missing | duplicate
@@ -638,8 +638,8 @@ def collapse_edges(parts: list[pd.DataFrame], node_hashes: np.ndarray, vocab: Vo
     if not parts:
         return pd.DataFrame({c: np.zeros(0, _EMPTY_DTYPES.get(c, np.int64)) for c in EDGE_COLUMNS})
     frame = pd.concat(parts, ignore_index=True)
-    a = np.searchsorted(node_hashes, frame["a"].to_numpy(np.uint64))
-    b = np.searchsorted(node_hashes, frame["b"].to_numpy(np.uint64))
+    a = positions_in(node_hashes, frame["a"].to_numpy(np.uint64))
+    b = positions_in(node_hashes, frame["b"].to_numpy(np.uint64))
     rule = frame["rule"].to_numpy(np.int64)
     n, n_rules = len(node_hashes), len(vocab.rules)
     groups = Groups.of((a * n + b) * n_rules + rule)
