@@ -14,7 +14,7 @@ import pandas as pd
 from resolver.compute.backend import CPU, Backend
 from resolver.ids import format_person_ids, record_member_keys, smallest_member_keys
 from resolver.compute.frames import Aggregate, group_aggregate
-from resolver.compute.grouping import Groups
+from resolver.compute.grouping import Groups, sorted_unique
 from resolver.config import IdentityConfig
 from resolver.graph.guards import OBSERVED, PROBABILISTIC, GraphResult
 from resolver.ingest.tables import ACTION_COLUMNS
@@ -214,7 +214,10 @@ def observed_by(n_records: int, labels: np.ndarray, is_person: np.ndarray, obser
     hit = is_observed[node]
     if not hit.any():
         return out
-    pairs = np.unique(np.stack([node[hit] - n_records, labels[other[hit]]]), axis=1)
+    # the distinct (value, label) pairs, as np.unique(..., axis=1) gives them, by one integer key
+    span = int(labels.max()) + 1
+    key = sorted_unique((node[hit] - n_records).astype(np.int64) * span + labels[other[hit]].astype(np.int64))
+    pairs = np.stack([key // span, key % span])
     single = np.bincount(pairs[0], minlength=len(out)) == 1
     mine = single[pairs[0]] & is_person[pairs[1]]
     out[pairs[0][mine]] = pairs[1][mine]
