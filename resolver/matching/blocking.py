@@ -402,47 +402,58 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
 # Pairs
 # ---------------------------------------------------------------------------------------------
 @numba.njit(cache=True)
-def _new_pair(a: int, b: int, rule: int, keys: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-              link_type: int) -> bool:
-    """A pair is new for this rule unless it is one deterministic person, the link type rules it
-    out (1, link_only: one group; 2, dedupe_only: two groups), or an earlier rule had it."""
-    if labels[a] == labels[b]:
+def _new_pair(a: int, b: int, tests: np.ndarray, groups: np.ndarray, link_type: int) -> bool:
+    """A pair is new for this rule unless it is one deterministic person (tests[:, 0]: the
+    records' labels), the link type rules it out (1, link_only: one group; 2, dedupe_only: two
+    groups), or an earlier rule had it (tests[:, 1:]: the earlier rules' keys)."""
+    if tests[a, 0] == tests[b, 0]:
         return False
     if link_type == LINK_ONLY and groups[a] == groups[b]:
         return False
     if link_type == DEDUPE_ONLY and groups[a] != groups[b]:
         return False
-    for earlier in range(rule):
-        if keys[earlier, a] != 0 and keys[earlier, a] == keys[earlier, b]:
+    for earlier in range(1, tests.shape[1]):
+        key = tests[a, earlier]
+        if key != 0 and key == tests[b, earlier]:
             return False
     return True
 
 
 @numba.njit(parallel=True, cache=True)
-def _count_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
-               groups: np.ndarray, link_type: int) -> np.ndarray:
+def _count_new(members: np.ndarray, starts: np.ndarray, tests: np.ndarray, groups: np.ndarray,
+               link_type: int) -> np.ndarray:
     counts = np.zeros(len(starts) - 1, dtype=np.int64)
     for block in numba.prange(len(starts) - 1):
         c = 0
         for i in range(starts[block], starts[block + 1]):
             for j in range(i + 1, starts[block + 1]):
-                if _new_pair(members[i], members[j], rule, keys, labels, groups, link_type):
+                if _new_pair(members[i], members[j], tests, groups, link_type):
                     c += 1
         counts[block] = c
     return counts
 
 
 @numba.njit(parallel=True, cache=True)
-def _fill_new(members: np.ndarray, starts: np.ndarray, rule: int, keys: np.ndarray, labels: np.ndarray,
-              groups: np.ndarray, link_type: int, offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+def _fill_new(members: np.ndarray, starts: np.ndarray, tests: np.ndarray, groups: np.ndarray, link_type: int,
+              offsets: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
     for block in numba.prange(len(starts) - 1):
         k = offsets[block]
         for i in range(starts[block], starts[block + 1]):
             for j in range(i + 1, starts[block + 1]):
                 a, b = members[i], members[j]
-                if _new_pair(a, b, rule, keys, labels, groups, link_type):
+                if _new_pair(a, b, tests, groups, link_type):
                     left[k], right[k] = min(a, b), max(a, b)
                     k += 1
+
+
+def _pair_tests(all_keys: np.ndarray, rule: int, labels: np.ndarray) -> np.ndarray:
+    """What _new_pair reads of a record, in one row: its deterministic label (as uint64), then its
+    keys of the rules before `rule`. The (rules x records) key matrix puts each rule's key of a
+    record in another cache line: at millions of records, a cache miss per rule and pair end."""
+    tests = np.empty((all_keys.shape[1], rule + 1), dtype=np.uint64)
+    tests[:, 0] = np.ascontiguousarray(labels, dtype=np.int64).view(np.uint64)
+    tests[:, 1:] = all_keys[:rule].T
+    return tests
 
 
 def rule_pairs(blocking: BlockingKeys, rule: int, labels: np.ndarray,
@@ -461,27 +472,28 @@ def rule_pairs_of(all_keys: np.ndarray, rule: int, labels: np.ndarray,
     multi = sizes >= 2
     members = members[np.repeat(multi, sizes)].astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes[multi])]).astype(np.int64)
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    tests = _pair_tests(all_keys, rule, labels)
     link_type, groups = _scope_arrays(scope)
-    counts = _count_new(members, starts, rule, all_keys, labels, groups, link_type)
+    counts = _count_new(members, starts, tests, groups, link_type)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     left = np.empty(offsets[-1], dtype=np.int32)
     right = np.empty(offsets[-1], dtype=np.int32)
-    _fill_new(members, starts, rule, all_keys, labels, groups, link_type, offsets, left, right)
+    _fill_new(members, starts, tests, groups, link_type, offsets, left, right)
     return left, right
 
 
 @numba.njit(parallel=True, cache=True)
 def _agreement_masks(keys: np.ndarray, left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
-    """agreement_masks on the host in one pass over the pairs (not two gathers per rule)."""
-    n_rules = keys.shape[0]
+    """agreement_masks on the host in one pass over the pairs (not two gathers per rule); `keys`
+    is records x rules here (a record's keys in one cache line)."""
+    n_rules = keys.shape[1]
     refined = np.uint64(REFINED)
     for k in numba.prange(len(left)):
         a, b = left[k], right[k]
         mask = 0
         for r in range(n_rules):
-            key = keys[r, a]
-            if key != 0 and key == keys[r, b]:
+            key = keys[a, r]
+            if key != 0 and key == keys[b, r]:
                 mask |= 1 << (n_rules + r if key & refined else r)
         out[k] = mask
 
@@ -494,7 +506,7 @@ def agreement_masks(keys, left, right):
     xp = module_of(left)
     if xp is np and isinstance(keys, np.ndarray) and len(left):
         out = np.empty(len(left), dtype=np.int64)
-        _agreement_masks(np.ascontiguousarray(keys, dtype=np.uint64), np.ascontiguousarray(left, dtype=np.int64),
+        _agreement_masks(np.ascontiguousarray(keys.T, dtype=np.uint64), np.ascontiguousarray(left, dtype=np.int64),
                          np.ascontiguousarray(right, dtype=np.int64), out)
         return out
     n_rules = keys.shape[0]
