@@ -5,7 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from resolver.compute.grouping import positions_in, sorted_unique, unique_with_index, unique_with_index_inverse
+from resolver.compute.grouping import (
+    positions_in,
+    repeated_in_groups,
+    sorted_unique,
+    unique_with_index,
+    unique_with_index_inverse,
+)
 
 # Few distinct values (many repeats) and the full uint64 range (hash values), empty arrays included.
 VALUES = st.one_of(
@@ -33,3 +39,15 @@ def test_positions_are_searchsorteds(values, data):
     extra = data.draw(arrays(values.dtype, st.integers(0, 5), elements=st.integers(0, 2**62)))
     lookups = np.concatenate([values[::-1], extra]).astype(values.dtype)
     assert positions_in(distinct, lookups).tolist() == np.searchsorted(distinct, lookups).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 200), st.integers(0, 2**32 - 1))
+def test_repeats_in_groups_are_pandas_duplicates(n_groups, rows, seed):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"group": rng.integers(0, n_groups, rows), "a": rng.integers(0, 3, rows).astype(np.uint64),
+                          "b": rng.integers(0, 2, rows).astype(np.int16)})
+    got = repeated_in_groups(frame["group"].to_numpy(), frame["a"].to_numpy(), frame["b"].to_numpy(), n_groups)
+    assert got.tolist() == frame.duplicated(["group", "a", "b"], keep="first").tolist()

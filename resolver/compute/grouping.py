@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -109,3 +110,36 @@ def positions_in(sorted_distinct: np.ndarray, values: np.ndarray) -> np.ndarray:
     if missing.any():  # not one of them after all: where it would go
         found[missing] = np.searchsorted(sorted_distinct, values[missing])
     return found
+
+
+@numba.njit(cache=True)
+def _repeated_in_groups(group: np.ndarray, a: np.ndarray, b: np.ndarray, n_groups: int) -> np.ndarray:
+    n = len(group)
+    starts = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(n):
+        starts[group[i] + 1] += 1
+    for g in range(n_groups):
+        starts[g + 1] += starts[g]
+    order = np.empty(n, dtype=np.int64)  # rows by group, in row order inside a group (a counting sort)
+    fill = starts[:-1].copy()
+    for i in range(n):
+        order[fill[group[i]]] = i
+        fill[group[i]] += 1
+    repeated = np.zeros(n, dtype=np.bool_)
+    for g in range(n_groups):
+        for x in range(starts[g], starts[g + 1]):
+            i = order[x]
+            for y in range(starts[g], x):
+                j = order[y]
+                if a[i] == a[j] and b[i] == b[j]:
+                    repeated[i] = True
+                    break
+    return repeated
+
+
+def repeated_in_groups(group: np.ndarray, a: np.ndarray, b: np.ndarray, n_groups: int) -> np.ndarray:
+    """DataFrame({group, a, b}).duplicated(keep="first") where groups are small (a record's few
+    identifiers): rows counted into their groups, then each compared with the group's earlier rows.
+    pandas factorizes the three columns and their combination instead (4.7 s for 12M rows)."""
+    return _repeated_in_groups(np.ascontiguousarray(group, dtype=np.int64), np.ascontiguousarray(a),
+                               np.ascontiguousarray(b), int(n_groups))

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resolver.config import Config, DateParts, SourceConfig
-from resolver.compute.grouping import Groups, positions_in, sorted_unique, unique_with_index
+from resolver.compute.grouping import Groups, positions_in, repeated_in_groups, sorted_unique, unique_with_index
 from resolver.ingest.readers import REJECT_COLUMNS, SourceFrame
 from resolver.ingest.sessions import sessionize
 from resolver.ingest.memo import NormalizationMemo, memoized, memoized_column
@@ -445,7 +445,9 @@ def ingest_records(config: Config, source: SourceConfig, raw: SourceFrame, block
     merged[obs.loc[obs["explicit"], "record_pos"].to_numpy()] = True
     orphan = records["is_deleted"].to_numpy() & ~merged
     obs = obs[~orphan[obs["record_pos"].to_numpy()]]
-    obs = obs.drop_duplicates(["record_pos", "hash", "rule"]).reset_index(drop=True)
+    repeated = repeated_in_groups(obs["record_pos"].to_numpy(np.int64), obs["hash"].to_numpy(np.uint64),
+                                  obs["rule"].to_numpy(), len(records))
+    obs = obs[~repeated].reset_index(drop=True)
     tables.records = records
     tables.observations = obs
     tables.flagged = flagged_records(idents, position)
