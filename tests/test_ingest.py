@@ -2,6 +2,8 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pytest
 
 from resolver.compute.grouping import Groups
 from resolver.ingest.tables import _anchors, _parse_times, spread
@@ -58,3 +60,18 @@ def test_groups_tiebreak_falls_back_when_keys_do_not_fit_one_integer():
     groups = Groups.of(keys, tiebreak=np.array([5, -3, 0]))
     assert groups.keys.tolist() == [1, 2**62]
     assert groups.first(np.array([10, 20, 30])).tolist() == [30, 20]
+
+
+@pytest.mark.parametrize("colliding", [False, True])
+def test_duplicate_keys_are_pandas_duplicates_even_when_hashes_collide(monkeypatch, colliding):
+    """Record keys found duplicated by their hashes, the strings deciding: with a hash that maps
+    many keys to one value (here: the key's length) the answer is still pandas' own."""
+    from resolver.ingest import tables
+
+    if colliding:
+        monkeypatch.setattr(tables, "hash_strings",
+                            lambda values: pc.fill_null(pc.utf8_length(values), 0).to_numpy().astype(np.uint64))
+    rng = np.random.default_rng(3)
+    keys = pd.Series(rng.choice(["a1", "b2", "c3", "dd4", "e", None, "ff5"], size=300), dtype="str")
+    want = keys.duplicated(keep="first").to_numpy() & keys.notna().to_numpy()
+    assert tables._duplicated(keys).tolist() == want.tolist() and want.sum() > 200
