@@ -25,8 +25,10 @@ VALUES = st.one_of(
 @given(VALUES)
 def test_the_hashed_uniques_are_numpys(values):
     distinct, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    for got, want in zip(unique_with_index_inverse(values), (distinct, first, inverse.reshape(-1))):
-        assert got.tolist() == want.tolist()
+    for mostly_distinct in (False, True):
+        got = unique_with_index_inverse(values, mostly_distinct)
+        for got_part, want in zip(got, (distinct, first, inverse.reshape(-1))):
+            assert got_part.tolist() == want.tolist()
     assert sorted_unique(values).tolist() == distinct.tolist() and sorted_unique(values).dtype == values.dtype
     assert [x.tolist() for x in unique_with_index(values)] == [distinct.tolist(), first.tolist()]
 

@@ -78,9 +78,22 @@ class Groups:
 
 # Distinct values by hashing (pandas' hash tables), sorting only the distinct ones: np.unique sorts
 # every row (5.5 s for 10M uint64 here, against 1.0 s).
-def unique_with_index_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_with_index_inverse(values: np.ndarray, mostly_distinct: bool = False
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(values, return_index=True, return_inverse=True), by hashing the values and sorting
-    only the distinct ones (values repeat: fewer to sort, and no stable sort of every row)."""
+    only the distinct ones (values repeat: fewer to sort, and no stable sort of every row); or,
+    `mostly_distinct`, by one unstable (vectorized) sort of every value, which beats the hash table
+    once most values are distinct (10M values, 8M distinct: 2.7 s against 4.7 s)."""
+    if mostly_distinct:
+        order = np.argsort(values)
+        ordered = values[order]
+        boundary = np.ones(len(ordered), dtype=bool)
+        boundary[1:] = ordered[1:] != ordered[:-1]
+        starts = np.flatnonzero(boundary)
+        inverse = np.empty(len(values), dtype=np.int64)
+        inverse[order] = np.cumsum(boundary) - 1
+        first = np.minimum.reduceat(order, starts) if len(values) else np.zeros(0, np.int64)
+        return ordered[starts], first.astype(np.int64), inverse
     codes, distinct = pd.factorize(values)  # codes in order of first appearance
     order = np.argsort(distinct)
     rank = np.empty(len(distinct), dtype=np.int64)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from resolver.compute.cluster import connected_components
-from resolver.compute.grouping import Groups, unique_with_index_inverse
+from resolver.compute.grouping import Groups, repeated_in_groups, unique_with_index_inverse
 from resolver.config import ConfigError
 from resolver.ingest.plan import concat_frames, stacked
 from resolver.ingest.tables import ACTION_COLUMNS, IDENTIFIER_RULE, SourceTables, Vocabulary
@@ -72,7 +72,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
 
     # Every identifier value is observed on a record or is a node of some event file.
     hashes = np.concatenate([observations["hash"].to_numpy(np.uint64)] + [t["hash"].to_numpy(np.uint64) for t in event_nodes])
-    node_hash, first_row, node_of_row = unique_with_index_inverse(hashes)
+    node_hash, first_row, node_of_row = unique_with_index_inverse(hashes, mostly_distinct=True)  # identifiers
     n_nodes = len(node_hash)
     n_obs = len(observations)
     obs_node = node_of_row[:n_obs]
@@ -82,7 +82,7 @@ def build_graph(parts: list[SourceTables]) -> tuple[pd.DataFrame, pd.DataFrame, 
 
     record_ids = observations["record_id"].to_numpy()
     record_time = records["timestamp"].to_numpy()[record_ids]
-    distinct_record = ~pd.Series(obs_node * np.int64(n_records + 1) + record_ids).duplicated().to_numpy()
+    distinct_record = ~repeated_in_groups(record_ids, obs_node, obs_node, n_records)  # (node, record) once
     node_type = np.zeros(n_nodes, dtype=np.int16)
     node_type[obs_node] = observations["type"].to_numpy()
     values = observations["value"]
