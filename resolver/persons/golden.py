@@ -331,6 +331,7 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
     rank_of = source_ranks(config)
     source_names = records["source"].astype("category")
     ranks = np.array([rank_of[c] for c in source_names.cat.categories], dtype=np.int64)[source_names.cat.codes.to_numpy()]
+    record_keys = _takeable(records["record_key"].astype("str"))  # once, not for every field
 
     def one_field(field: str):
         kind = field_kind(config, field)
@@ -339,7 +340,7 @@ def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd
         winner, deciding, has, distinct = _survive(c, chain, records, ranks, n_persons)
         labels = ["agreement", *chain, "tiebreak"]
         rule = pd.Categorical.from_codes(np.where(has, np.where(distinct, deciding + 1, 0), -1), categories=labels)
-        columns = _field_columns(field, c, winner, has, rule, records, source_names)
+        columns = _field_columns(field, c, winner, has, rule, records, source_names, record_keys)
         conflict = None
         if distinct.any():
             conflict = _conflicts(field, c, winner, distinct, rule, source_names, person_ids,
@@ -389,9 +390,10 @@ def golden_summary(golden_records: pd.DataFrame, conflicts: pd.DataFrame, fields
 
 
 def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarray, rule: pd.Categorical,
-                   records: pd.DataFrame, sources: pd.Series) -> dict:
+                   records: pd.DataFrame, sources: pd.Series, record_keys: pa.Array) -> dict:
     """The field's golden value and its provenance (source, record key, timestamp, rule); Arrow
-    and categorical columns are gathered with take, never through Python objects."""
+    and categorical columns are gathered with take, never through Python objects. `record_keys`:
+    the records' keys, _takeable."""
     missing = ~has
     win = np.where(has, winner, 0)
     record = c.record[win] if len(c.record) else np.zeros(len(winner), dtype=np.int64)
@@ -409,21 +411,27 @@ def _field_columns(field: str, c: _Candidates, winner: np.ndarray, has: np.ndarr
     return {
         field: gather(c.display, record) if len(c.record) else _missing_text(len(has)),
         f"{field}__source": gather(sources, record),
-        f"{field}__record_key": gather(records["record_key"].astype("str"), record),
+        f"{field}__record_key": _take_text(record_keys, record, missing) if len(records) else _missing_text(len(record)),
         f"{field}__timestamp": np.where(has, timestamps, np.datetime64("NaT")).astype("datetime64[ns]"),
         f"{field}__rule": pd.Series(rule),
     }
 
 
-def _take_text(column: pd.Series, rows: np.ndarray, missing: np.ndarray) -> pd.Series:
-    """column[rows] as a "str" column, NA where `missing`. Arrow's take, on 32-bit offsets when
-    the text fits them (about twice as fast as on 64-bit ones); the NAs are set by a validity
-    bitmap after it (a null in the indices would slow the take down)."""
+def _takeable(column: pd.Series) -> pa.Array:
+    """A text column as one Arrow array on 32-bit offsets when the text fits them (Arrow's take is
+    about twice as fast on those as on 64-bit ones)."""
     strings = pa.array(column.array, type=pa.large_string())
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()
     narrow = strings.buffers()[2] is None or strings.buffers()[2].size < 2**31
-    taken = (strings.cast(pa.string()) if narrow else strings).take(rows)
+    return strings.cast(pa.string()) if narrow else strings
+
+
+def _take_text(column: pd.Series | pa.Array, rows: np.ndarray, missing: np.ndarray) -> pd.Series:
+    """column[rows] as a "str" column, NA where `missing` (column: a "str" column, or _takeable's
+    array of one). The NAs are set by a validity bitmap after the take (a null in the indices
+    would slow the take down)."""
+    taken = (column if isinstance(column, pa.Array) else _takeable(column)).take(rows)
     valid = ~missing if taken.null_count == 0 else ~missing & taken.is_valid().to_numpy(zero_copy_only=False)
     taken = pa.Array.from_buffers(taken.type, len(taken), [pa.array(valid).buffers()[1], *taken.buffers()[1:]])
     return pd.Series(taken.cast(pa.large_string()), dtype="str")
