@@ -7,17 +7,24 @@ from hypothesis import strategies as st
 
 from resolver.compute.backend import BackendUnavailable, array_module
 from resolver.compute.components import connected_components
+from resolver.compute.cluster import _csgraph_components
 from resolver.compute.cluster import connected_components as scipy_components
+
+# (node count, edges between those nodes), empty graphs included
+GRAPHS = st.integers(0, 60).flatmap(
+    lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, max(n - 1, 0))),
+                                             max_size=0 if n == 0 else 120)))
+
+
+def _edge_arrays(graph):
+    n, edges = graph
+    return n, np.array([a for a, _ in edges], dtype=np.int64), np.array([b for _, b in edges], dtype=np.int64)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 60).flatmap(
-    lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, max(n - 1, 0))),
-                                             max_size=0 if n == 0 else 120))))
+@given(GRAPHS)
 def test_labels_equal_scipy_on_random_graphs(graph):
-    n, edges = graph
-    src = np.array([a for a, _ in edges], dtype=np.int64)
-    dst = np.array([b for _, b in edges], dtype=np.int64)
+    n, src, dst = _edge_arrays(graph)
     assert connected_components(n, src, dst).tolist() == scipy_components(n, src, dst).tolist()
 
 
@@ -46,12 +53,7 @@ def test_backend_selection_errors_are_one_line_and_say_what_is_missing():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 60).flatmap(
-    lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, max(n - 1, 0))),
-                                             max_size=0 if n == 0 else 120))))
+@given(GRAPHS)
 def test_host_union_find_equals_scipy_csgraph(graph):
-    from resolver.compute.cluster import _csgraph_components
-    n, edges = graph
-    src = np.array([a for a, _ in edges], dtype=np.int64)
-    dst = np.array([b for _, b in edges], dtype=np.int64)
+    n, src, dst = _edge_arrays(graph)
     assert scipy_components(n, src, dst).tolist() == _csgraph_components(n, src, dst).tolist()
