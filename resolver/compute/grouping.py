@@ -94,13 +94,19 @@ def unique_with_index_inverse(values: np.ndarray, mostly_distinct: bool = False
         inverse[order] = np.cumsum(boundary) - 1
         first = np.minimum.reduceat(order, starts) if len(values) else np.zeros(0, np.int64)
         return ordered[starts], first.astype(np.int64), inverse
-    codes, distinct = pd.factorize(values)  # codes in order of first appearance
-    order = np.argsort(distinct)
+    codes, distinct, order, first = _hashed_unique(values)
     rank = np.empty(len(distinct), dtype=np.int64)
     rank[order] = np.arange(len(distinct))
+    return distinct[order], first[order], rank[codes]
+
+
+def _hashed_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """pd.factorize's codes and distinct values (in order of first appearance), the order that
+    sorts the distinct values, and each one's first row."""
+    codes, distinct = pd.factorize(values)
     first = np.empty(len(distinct), dtype=np.int64)
     first[codes[::-1]] = np.arange(len(values) - 1, -1, -1)  # the last write is the first occurrence
-    return distinct[order], first[order], rank[codes]
+    return codes, distinct, np.argsort(distinct), first
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -110,8 +116,8 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
 
 def unique_with_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(values, return_index=True) of a 1-D integer array."""
-    distinct, first, _ = unique_with_index_inverse(values)
-    return distinct, first
+    _, distinct, order, first = _hashed_unique(values)  # no inverse: one gather of every row less
+    return distinct[order], first[order]
 
 
 def positions_in(sorted_distinct: np.ndarray, values: np.ndarray) -> np.ndarray:

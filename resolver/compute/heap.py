@@ -9,7 +9,7 @@ zero, a third of the run's CPU time (2.4M page faults, 9 s of system time in a 2
 So the heap keeps glibc's own (dynamic) threshold, freed memory is reused while a stage runs, and
 a daemon thread calls malloc_trim(0) every TRIM_SECONDS, which hands the free pages inside the
 heap back to the system (as does the end of every stage). On the 1M-record plain person file:
-22.7-25.9 s and 1.39 GiB with the fixed threshold; with a trim every second 17.9-18.6 s and
+21.1-25.9 s and 1.39 GiB with the fixed threshold; with a trim every second 17.9-18.6 s and
 1.54 GiB (`RESOLVER_TRIM_SECONDS=0` restores the fixed threshold; a user's own
 MALLOC_MMAP_THRESHOLD_ is left alone).
 
@@ -60,8 +60,10 @@ def return_freed_memory() -> bool:
         pa.set_memory_pool(pa.system_memory_pool())
     seconds = float(os.environ.get("RESOLVER_TRIM_SECONDS", TRIM_SECONDS))
     try:
-        if seconds <= 0:  # a user's own MALLOC_MMAP_THRESHOLD_ wins
-            return "MALLOC_MMAP_THRESHOLD_" not in os.environ and bool(_glibc().mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        if seconds <= 0:
+            if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # the user's own setting wins
+                return False
+            return bool(_glibc().mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
         _glibc().malloc_trim  # not glibc (musl): AttributeError
     except (OSError, AttributeError):
         return False

@@ -190,6 +190,12 @@ def _numbered_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets
         yield job if keep_in is None else (*job, _kept_path(keep_in, i))
 
 
+def _in_this_process(engine: Engine) -> bool:
+    """Whether the engine runs bucket jobs in this process (the local engine): they may then read
+    every record's comparison data in place, and keep files on this disk."""
+    return engine.kind == "local"
+
+
 def _kept_path(folder: str, job: int) -> str:
     return os.path.join(folder, f"bucket-{job}.npz")
 
@@ -220,7 +226,7 @@ def pattern_statistics(engine: Engine, keys: np.ndarray, labels: np.ndarray, pre
     """Every bucket's pairs counted (and with `keep_in`, a folder the engine's tasks can write,
     kept there for scored_pairs): (pairs per rule, EM's level-pattern counts summed)."""
     rules: list[int] = []
-    whole = engine.kind == "local"  # jobs run in this process
+    whole = _in_this_process(engine)
     done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules,
                                                                keep_in, whole), whole=whole)
     per_rule = np.zeros(len(keys), dtype=np.int64)
@@ -232,7 +238,7 @@ def scored_pairs(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared:
                  keep_from: float, scope=None, kept_in: str | None = None) -> ScoredPairs:
     """Every bucket's pairs scored, the kept ones in candidate order; with `kept_in`, the pairs
     and levels pattern_statistics kept there are scored instead of compared again."""
-    whole = engine.kind == "local"  # jobs run in this process
+    whole = _in_this_process(engine)
     jobs = ((*job[:5], model, keep_from, job[5], None if kept_in is None else _kept_path(kept_in, i))
             for i, job in enumerate(bucket_jobs(keys, labels, prepared, buckets, scope, whole)))
     tables = ScoringTables.of(model, prepared) if whole else None  # once, not per bucket: O(records)
@@ -340,7 +346,7 @@ class StreamedPairs:
     def compare(self, train: bool) -> int | None:
         if not train:
             return None
-        if self.engine.kind == "local":  # its jobs run in this process: they share this disk
+        if _in_this_process(self.engine):  # its jobs share this disk
             self.kept = tempfile.TemporaryDirectory(prefix="resolver-pairs-")
         self.per_rule, self.counts = pattern_statistics(self.engine, self.keys, self.labels, self.prepared,
                                                         self.buckets, self.scope, self.kept and self.kept.name)
