@@ -26,6 +26,12 @@ import cupy as cp  # noqa: E402
 HERE = Path(__file__).parent
 
 
+def _env_with_repo() -> dict:
+    """The environment with the repository prepended to PYTHONPATH: replacing it would drop the
+    folder the GPU machine's extra wheels were installed into (benchmarks/gpu_check.sh)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
+
+
 def _names(n: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyzéüñ李😀 "))
@@ -135,7 +141,7 @@ def test_pipeline_outputs_equal_the_cpu_backend(tmp_path):
     generate(tmp_path, 20_000, seed=9, workers=os.cpu_count() or 2)
     proc = subprocess.run([sys.executable, str(HERE / "_backend_equivalence.py"), str(tmp_path / "resolver.yaml")],
                           capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                          env=_env_with_repo())
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"]["backend"] == "gpu" and result["backend"]["arrays"] == "cupy"
@@ -177,7 +183,7 @@ def test_stitching_outputs_equal_the_cpu_backend(tmp_path):
     generate(tmp_path, 3000, seed=11, workers=os.cpu_count() or 2, visitors=True)
     proc = subprocess.run([sys.executable, str(HERE / "_backend_equivalence.py"), str(tmp_path / "resolver.yaml")],
                           capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                          env=_env_with_repo())
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["same_anonymous_map"] and result["same_stitch_review"], result

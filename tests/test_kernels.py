@@ -1,5 +1,10 @@
 """The compiled string hash equals its plain-Python definition, for any Unicode text."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings
@@ -29,3 +34,14 @@ def test_hashes_spread_over_all_bits():
     assert len(np.unique(hashes)) == 20000
     bits = np.unpackbits(hashes.view(np.uint8)).reshape(-1, 64).mean(axis=0)
     assert np.all((bits > 0.45) & (bits < 0.55))
+
+
+def test_numpy_without_row_stack_gets_the_alias_numba_cuda_calls():
+    """numpy 2.5 (the GPU machines') has no np.row_stack; numba-cuda's compiler still calls it."""
+    code = ("import numpy as np\n"
+            "if hasattr(np, 'row_stack'):\n    del np.row_stack\n"
+            "import resolver.kernels\n"
+            "assert np.row_stack is np.vstack\n")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True, env=env, timeout=120)
