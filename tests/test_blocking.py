@@ -120,3 +120,12 @@ def test_pairs_and_counts_equal_brute_force(first, data, cap):
     got = {(int(i), int(j)): int(r) for i, j, r in zip(pairs.left, pairs.right, pairs.rule)}
     assert len(got) == len(pairs)  # no pair twice
     assert got == expected
+
+
+def test_more_records_than_int32_positions_are_refused_with_a_clear_error():
+    from resolver.config import ConfigError
+    from resolver.matching.blocking import MAX_MATCHED_RECORDS, check_positions_fit
+
+    check_positions_fit(MAX_MATCHED_RECORDS)  # the last count that fits
+    with pytest.raises(ConfigError, match="int32"):
+        check_positions_fit(MAX_MATCHED_RECORDS + 1)

@@ -134,6 +134,21 @@ def test_very_long_strings(name):
     assert_matches(name, values, values, left, right)
 
 
+def test_levenshtein_bit_parallel_and_dp_paths_meet():
+    """After the common prefix and suffix are trimmed, a first side shorter than 63 chars takes
+    Myers' bit vectors, a longer one the DP row; both must match rapidfuzz either side of the cut,
+    for any code points (no table: the masks are computed from the string)."""
+    rng = random.Random(12)
+    values = []
+    for length in (1, 2, 3, 31, 61, 62, 63, 64, 65, 90):
+        for alphabet in ("ab", "abcde", "aĀé", "a中😀"):
+            values.append("".join(rng.choice(alphabet) for _ in range(length)))
+    values += ["x" + "ab" * 31 + "y", "z" + "ab" * 31 + "w", "ab" * 40, "ba" * 40]
+    n = len(values)
+    left, right = np.divmod(np.arange(n * n), n)
+    assert_matches("levenshtein", values, values, left, right)
+
+
 @pytest.mark.parametrize("name", ["jaro", "jaro_winkler"])
 def test_jaro_bit_parallel_and_flag_paths_meet(name):
     """Short strings whose first side is all below U+0100 take the bit-mask path, the rest the

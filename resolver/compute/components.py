@@ -26,12 +26,15 @@ def _jump_to_roots(xp: ModuleType, parent):
 
 
 def connected_components(n_nodes: int, src, dst, xp: ModuleType = np):
-    """Component label (0..k-1, ordered by each component's smallest node) per node."""
-    parent = xp.arange(n_nodes, dtype=xp.int64)
+    """Component label (0..k-1, ordered by each component's smallest node) per node, as int64.
+
+    Node ids are held as int32 while they fit (half the device memory: 1e9 edges fit an 80 GB GPU)."""
+    index = node_index_dtype(n_nodes)
+    parent = xp.arange(n_nodes, dtype=index)
     if n_nodes == 0:
-        return parent
-    src = xp.asarray(src, dtype=xp.int64)
-    dst = xp.asarray(dst, dtype=xp.int64)
+        return parent.astype(xp.int64)
+    src = xp.asarray(src, dtype=index)
+    dst = xp.asarray(dst, dtype=index)
     while True:
         root_a, root_b = parent[src], parent[dst]
         crossing = root_a != root_b
@@ -40,12 +43,20 @@ def connected_components(n_nodes: int, src, dst, xp: ModuleType = np):
         root_a, root_b = root_a[crossing], root_b[crossing]
         low = xp.minimum(root_a, root_b)
         high = xp.maximum(root_a, root_b)
+        del root_a, root_b
         scatter_min(xp, parent, high, low)  # hook each larger root under the smaller label
+        del low, high
         parent = _jump_to_roots(xp, parent)
         src, dst = src[crossing], dst[crossing]  # edges already inside one tree stay there
-    is_root = parent == xp.arange(n_nodes, dtype=xp.int64)
-    dense = xp.cumsum(is_root.astype(xp.int64)) - 1
+        del crossing
+    is_root = parent == xp.arange(n_nodes, dtype=index)
+    dense = xp.cumsum(is_root, dtype=xp.int64) - 1
     return dense[parent]
+
+
+def node_index_dtype(n_nodes: int):
+    """int32 for node ids below 2^31, else int64 (never a silent wrap past 2^31)."""
+    return np.int32 if n_nodes < 2**31 else np.int64
 
 
 def numbered_by_smallest_node(xp: ModuleType, labels):

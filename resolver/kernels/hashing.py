@@ -89,7 +89,7 @@ def _cuda_hash_kernel():
     from numba import cuda
 
     namespace = {"cuda": cuda, "np": np, "_row": cuda.jit(device=True)(_hash_row)}
-    return cuda.jit(types.FunctionType(_hash_kernel.__code__, namespace, "_hash_kernel"))
+    return cuda.jit(cache=True)(types.FunctionType(_hash_kernel.__code__, namespace, "_hash_kernel"))
 
 
 def _arrow_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -69,7 +69,7 @@ def _cuda_signatures():
     from numba import cuda
 
     namespace = {"cuda": cuda, "np": np, "_cell_dev": cuda.jit(device=True)(_cell)}
-    return cuda.jit(types.FunctionType(_signatures_kernel.__code__, namespace, "_signatures_kernel"))
+    return cuda.jit(cache=True)(types.FunctionType(_signatures_kernel.__code__, namespace, "_signatures_kernel"))
 
 
 def signatures(page_hash, offsets, permutations: int, target: str = "cpu", xp=np):

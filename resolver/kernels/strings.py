@@ -497,9 +497,46 @@ def _jaro_winkler(ca, sa, ea, cb, sb, eb, sc, param):
     return sim
 
 
+def _char_mask(ca, sa, la, c):
+    """Bit i set where a[i] == c (la < 63): computed from a, not looked up in a table, so on a
+    GPU it stays in registers instead of a per-thread table in global memory."""
+    mask = 0
+    for i in range(la):
+        if ca[sa + i] == c:
+            mask |= 1 << i
+    return mask
+
+
+def _levenshtein_bitparallel(ca, sa, la, cb, sb, lb):
+    """Edit distance by Myers' bit-vector algorithm (Hyyrö's formulation): one column of the DP
+    as two bit vectors of vertical +1/-1 steps, advanced a whole column per char of b. Needs
+    1 <= la < 63 so that every mask and sum stays below 2**63 on every target."""
+    full = (1 << la) - 1
+    last = 1 << (la - 1)
+    pv = full
+    mv = 0
+    score = la
+    for j in range(lb):
+        eq = _char_mask(ca, sa, la, cb[sb + j])
+        xv = eq | mv
+        xh = ((((eq & pv) + pv) & full) ^ pv) | eq
+        ph = mv | (full & ~(xh | pv))
+        mh = pv & xh
+        if ph & last:
+            score += 1
+        elif mh & last:
+            score -= 1
+        ph = ((ph << 1) | 1) & full
+        mh = (mh << 1) & full
+        pv = mh | (full & ~(xv | ph))
+        mv = ph & xv
+    return score
+
+
 def _levenshtein(ca, sa, ea, cb, sb, eb, sc, param):
-    """1 - distance / max(len): unit-cost DP over one row of b, after trimming the common
-    prefix and suffix (they never change the distance)."""
+    """1 - distance / max(len), after trimming the common prefix and suffix (they never change
+    the distance): bit-parallel when the rest of a is shorter than 63, else unit-cost DP over
+    one row of b."""
     la = ea - sa
     lb = eb - sb
     longest = _imax(la, lb)
@@ -511,6 +548,10 @@ def _levenshtein(ca, sa, ea, cb, sb, eb, sc, param):
     while sa < ea and sb < eb and ca[ea - 1] == cb[eb - 1]:
         ea -= 1
         eb -= 1
+    if sa == ea or sb == eb:  # one side used up: the rest of the other is inserted
+        return 1.0 - _imax(ea - sa, eb - sb) / longest
+    if ea - sa < 63:
+        return 1.0 - _levenshtein_bitparallel(ca, sa, ea - sa, cb, sb, eb - sb) / longest
     n = eb - sb
     for j in range(n + 1):
         sc[j] = j
@@ -538,7 +579,8 @@ _ALGORITHMS = {
     "jaccard_tokens": _jaccard_tokens,
 }
 _HELPERS = (
-    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _jaro_bitparallel, _jaro_flags,
+    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _jaro_bitparallel, _jaro_flags, _char_mask,
+    _levenshtein_bitparallel,
     _compare, _swap, _sift_down, _heapsort, _dedup, _set_jaccard,
     _ngram_count, _fill_ngrams, _is_space, _token_count, _fill_tokens, *_ALGORITHMS.values(),
 )
@@ -627,8 +669,11 @@ def _cuda_kernels() -> dict:
 
         extra["_mul_rn"] = libdevice.dmul_rn
     compiled = _compile(cuda.jit(device=True), extra)
+    # Cached like the CPU builds (a second process loads the machine code instead of compiling for
+    # minutes); each kernel has its own qualname, hence its own cache file.
     return {
-        name: cuda.jit(_rebind(_cuda_drive, {**compiled, "_core": compiled[f"_{name}"]}))
+        name: cuda.jit(cache=True)(_rebind(_cuda_drive, {**compiled, "_core": compiled[f"_{name}"]},
+                                           f"_cuda_drive_{name}"))
         for name in _ALGORITHMS
     }
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 from resolver.compute.backend import CPU, Backend, module_of, to_host
 from resolver.compute.dispatch import choose
 from resolver.matching.compare import digits_only, email_domain, email_local
-from resolver.config import LINK_TYPES, BlockingConfig, BlockingRule
+from resolver.config import LINK_TYPES, BlockingConfig, BlockingRule, ConfigError
 from resolver.kernels.hashing import hash_strings, mix64
 from resolver.keys import KEY_FUNCTIONS, KeyExpr, parse_key  # noqa: F401 - their home was here
 
@@ -352,6 +352,17 @@ def _refine(xp: ModuleType, keys, pending, rule: BlockingRule, attributes: dict[
     return out
 
 
+MAX_MATCHED_RECORDS = 2**31 - 1  # pairs hold record positions as int32 (half the memory of int64)
+
+
+def check_positions_fit(n_records: int) -> None:
+    """Pairs name records by int32 positions: more records in one matching run would wrap them
+    silently, so they are refused with a clear error instead."""
+    if n_records > MAX_MATCHED_RECORDS:
+        raise ConfigError(f"{n_records:,} records to match in one run: pairs hold record positions as int32, "
+                         f"so at most {MAX_MATCHED_RECORDS:,} can be matched together; split the sources")
+
+
 def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series], active: np.ndarray,
                         top: int = 5, backend: Backend = CPU, known: np.ndarray | None = None,
                         known_keys: np.ndarray | None = None, scope: PairScope | None = None) -> BlockingKeys:
@@ -362,6 +373,7 @@ def build_blocking_keys(config: BlockingConfig, attributes: dict[str, pd.Series]
     pairs are counted as its link type allows."""
     xp = backend.xp
     n = len(active)
+    check_positions_fit(n)
     inactive = xp.asarray(~np.asarray(active, dtype=bool))
     all_keys = np.zeros((len(config.rules), n), dtype=np.uint64)
     raw_keys = np.zeros((len(config.rules), n), dtype=np.uint64)
