@@ -296,3 +296,22 @@ def test_parallel_build_over_many_chunks(name):
     right = [rng.randrange(len(values)) for _ in range(6000)] + [3001, 0]
     assert len(values) > sk._SERIAL_MAX and len(left) > 2 * sk._CHUNK
     assert_matches(name, values, values, left, right)
+
+
+@pytest.fixture(scope="module")
+def gpu_jaro_on_the_cpu():
+    """The GPU's Jaro-Winkler source (match masks computed in registers, no table), compiled for
+    the CPU so that hypothesis can compare it with rapidfuzz quickly."""
+    from numba import njit
+
+    return sk._compile(njit, {"_IN_REGISTERS": True})["_jaro_winkler"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=TEXT, b=TEXT)
+def test_the_register_jaro_of_the_gpu_equals_rapidfuzz(gpu_jaro_on_the_cpu, a, b):
+    ca = np.array([ord(c) for c in a], dtype=np.uint32)
+    cb = np.array([ord(c) for c in b], dtype=np.uint32)
+    scratch = np.zeros(sk._TABLE + len(a) + len(b), dtype=np.int64)
+    got = gpu_jaro_on_the_cpu(ca, 0, len(a), cb, 0, len(b), scratch, 0.1)
+    assert got == pytest.approx(JaroWinkler.similarity(a, b, prefix_weight=0.1), abs=1e-12)

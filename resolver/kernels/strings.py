@@ -198,6 +198,9 @@ def encode_for_comparison(values, max_chars: int = COMPARED_CHARS) -> Encoded:
 # ----------------------------------------------------------------------------------------------
 
 _TABLE = 256  # code points below this get a slot in Jaro's bit-parallel match table
+# Jaro's match masks computed in registers (the CUDA build: _cuda_kernels rebinds it to True) rather
+# than looked up in the table (the CPU build, where the table stays in cache and is faster)
+_IN_REGISTERS = False
 
 # Scratch (int64 slots) a pair needs, as ka * len_a + kb * len_b + kc. Drivers hand it over zeroed.
 _WIDTH = {
@@ -444,6 +447,35 @@ def _jaro_bitparallel(ca, sa, la, cb, sb, lb, bound, table):
     return _jaro_score(common, transposed, la, lb)
 
 
+def _jaro_registers(ca, sa, la, cb, sb, lb, bound):
+    """Jaro matching on bit masks like _jaro_bitparallel, with each char's positions in a
+    computed from a (_char_mask) instead of looked up in a table: no memory but the two strings,
+    any code point. Needs la, lb < 63."""
+    a_matched = 0
+    b_matched = 0
+    common = 0
+    for j in range(lb):
+        lo = _imax(0, j - bound)
+        hi = _imin(la, j + bound + 1)
+        if lo < hi:
+            free = _char_mask(ca, sa, la, cb[sb + j]) & (((1 << (hi - lo)) - 1) << lo) & ~a_matched
+            first = free & -free  # the lowest unmatched equal char in the window
+            a_matched |= first
+            hit = 1 if first != 0 else 0
+            b_matched |= hit << j
+            common += hit
+    transposed = 0
+    i = 0
+    for j in range(lb):  # the i-th matched char of b meets the i-th matched char of a
+        if (b_matched >> j) & 1:
+            while ((a_matched >> i) & 1) == 0:
+                i += 1
+            if ca[sa + i] != cb[sb + j]:
+                transposed += 1
+            i += 1
+    return _jaro_score(common, transposed, la, lb)
+
+
 def _jaro_flags(ca, sa, la, cb, sb, lb, bound, flags):
     """Jaro matching with one flag per char, for any lengths and code points."""
     for k in range(la + lb):
@@ -480,7 +512,9 @@ def _jaro(ca, sa, ea, cb, sb, eb, sc, param):
     if la == 0 or lb == 0:
         return 0.0
     bound = _imax(_imax(la, lb) // 2 - 1, 0)
-    if la < 64 and lb < 64 and _fits_table(ca, sa, ea):
+    if _IN_REGISTERS and la < 63 and lb < 63:  # a GPU: a table per thread would sit in global memory
+        return _jaro_registers(ca, sa, la, cb, sb, lb, bound)
+    if la < 64 and lb < 64 and _fits_table(ca, sa, ea):  # a CPU: the table stays in cache, and is faster
         return _jaro_bitparallel(ca, sa, la, cb, sb, lb, bound, sc)
     return _jaro_flags(ca, sa, la, cb, sb, lb, bound, sc[_TABLE:])
 
@@ -579,7 +613,7 @@ _ALGORITHMS = {
     "jaccard_tokens": _jaccard_tokens,
 }
 _HELPERS = (
-    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _jaro_bitparallel, _jaro_flags, _char_mask,
+    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _jaro_bitparallel, _jaro_registers, _jaro_flags, _char_mask,
     _levenshtein_bitparallel,
     _compare, _swap, _sift_down, _heapsort, _dedup, _set_jaccard,
     _ngram_count, _fill_ngrams, _is_space, _token_count, _fill_tokens, *_ALGORITHMS.values(),
@@ -592,7 +626,8 @@ def _compile(jit, extra: dict) -> dict:
 
     Not closures: numba's on-disk cache keys closures by their (per-process) captured dispatchers,
     so it would miss every time; functions whose globals are a plain namespace cache normally."""
-    namespace = {"__name__": __name__, "math": math, "np": np, "_TABLE": _TABLE, **extra}
+    namespace = {"__name__": __name__, "math": math, "np": np, "_TABLE": _TABLE, "_IN_REGISTERS": _IN_REGISTERS,
+                 **extra}
     for fn in _HELPERS:
         if fn.__name__ not in extra:
             namespace[fn.__name__] = jit(_rebind(fn, namespace))
@@ -663,7 +698,7 @@ def _cuda_kernels() -> dict:
     reaches numba.cuda through the global name `cuda`, which the CUDA simulator swaps out."""
     from numba import config, cuda
 
-    extra = {"cuda": cuda}
+    extra = {"cuda": cuda, "_IN_REGISTERS": True}  # a compile-time constant: the other branch is dropped
     if not config.ENABLE_CUDASIM:  # the simulator's libdevice is a stub; Python never fuses
         from numba.cuda import libdevice
 
@@ -725,6 +760,8 @@ def _run_cuda(name, a: Encoded, b: Encoded, left, right, param: float, xp):
                      ("ob", b.offsets), ("vb", b.valid), ("left", left), ("right", right)):
         if key in ("va", "vb"):
             arr = arr.view(np.uint8) if isinstance(arr, np.ndarray) else arr.astype(xp.uint8)
+        if xp is not np and not _is_device_array(arr):
+            arr = xp.asarray(arr)  # through CuPy's memory pool, not a fresh driver allocation
         dev[key] = cuda.as_cuda_array(arr) if _is_device_array(arr) else cuda.to_device(arr)
     n = len(left)
     lens_a = a.offsets[1:] - a.offsets[:-1]
@@ -735,7 +772,8 @@ def _run_cuda(name, a: Encoded, b: Encoded, left, right, param: float, xp):
     width = max(1, ka * longest_a + kb * longest_b + kc)
     threads = min(n, _MAX_CUDA_THREADS, max(1, _SCRATCH_BUDGET // (8 * width)))
     blocks = (threads + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK
-    scratch = cuda.device_array(blocks * _THREADS_PER_BLOCK * width, dtype=np.int64)
+    cells = blocks * _THREADS_PER_BLOCK * width
+    scratch = cuda.as_cuda_array(xp.empty(cells, dtype=np.int64)) if xp is not np else cuda.device_array(cells, np.int64)
     out = xp.empty(n, dtype=np.float64)
     d_out = cuda.as_cuda_array(out) if xp is not np else cuda.device_array(n, dtype=np.float64)
     kernels[name][blocks, _THREADS_PER_BLOCK](
