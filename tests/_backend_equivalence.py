@@ -30,11 +30,12 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-300)))
 
 
-def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> dict:
+def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, stream: bool = False) -> dict:
     """permissive: guards off and thresholds 0.2 / 0.1, so that many probabilistic links reach the
     graph (small generated sets are mostly resolved deterministically). The model may fail its
     health check (a u sample of a few thousand pairs is too small for it): this compares backends,
-    not models, so it merges anyway."""
+    not models, so it merges anyway. stream: both runs stream their pairs in buckets (the gpu one
+    compares each bucket on the device)."""
     from numba import config as numba_config
 
     from resolver.compute.backend import CPU, select_backend, simulated_gpu
@@ -46,6 +47,8 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> 
     if config.matching is not None:
         config.matching.model.u_sample_pairs = u_sample_pairs
         config.matching.model.allow_unhealthy = True
+        if stream:
+            config.matching.stream_above_pairs = 0
     if permissive:
         config.identity.guards = False
         if config.matching is not None:
@@ -72,6 +75,7 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False) -> 
             max_relative_weight_difference=relative_difference(cpu.scored_pairs["match_weight"].to_numpy(),
                                                                gpu.scored_pairs["match_weight"].to_numpy()),
             decisions=[r.matching["decisions"] for r in (cpu, gpu)],
+            streamed=[r.matching.get("streamed") for r in (cpu, gpu)],
         )
     if cpu.anonymous_map is not None:  # visitor stitching: band keys, levels and scores on the backend
         out.update(same_anonymous_map=same_frame(cpu.anonymous_map, gpu.anonymous_map),
@@ -92,5 +96,6 @@ if __name__ == "__main__":
     parser.add_argument("config")
     parser.add_argument("--u-sample-pairs", type=int, default=2000)
     parser.add_argument("--permissive", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="both runs stream their pairs in buckets")
     args = parser.parse_args()
-    print(json.dumps(compare(args.config, args.u_sample_pairs, args.permissive)))
+    print(json.dumps(compare(args.config, args.u_sample_pairs, args.permissive, args.stream)))

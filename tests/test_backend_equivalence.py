@@ -66,6 +66,15 @@ def test_gpu_code_paths_give_the_cpu_outputs_with_many_links(tmp_path):
     assert result["decisions"][0]["link"] >= 5  # the second graph pass has probabilistic edges
 
 
+def test_a_streamed_gpu_run_compares_its_buckets_on_the_device_and_gives_the_cpu_outputs(tmp_path):
+    generate(tmp_path, 3000, seed=5, workers=1, events=False)
+    result = _simulated_comparison(tmp_path / "resolver.yaml", "--permissive", "--stream")
+    _assert_identical(result)
+    cpu, gpu = result["streamed"]
+    assert cpu["compared_on"] == "host" and gpu["compared_on"] == "cuda"
+    assert gpu["pair_comparisons"] == cpu["pair_comparisons"] == result["candidate_pairs"][0]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 300), st.integers(1, 3), st.integers(1, 30), st.integers(1, 64), st.integers(0, 2**31))
 def test_array_pair_generation_equals_the_compiled_one(n, n_rules, n_values, chunk, seed):

@@ -34,9 +34,10 @@ CHOICES: dict[str, dict[tuple[str, str], str]] = {
     # PAIR_SOURCES): on the backend (the state's levels reused on the host), or in buckets of
     # records on the cluster; a GPU run keeps its pairs on its device.
     "pairs": {("local", "cpu"): "held, reusing levels", ("dask", "cpu"): "buckets", (ANY, "gpu"): "held"},
-    # Pairs too many to hold: made bucket by bucket on the engine, twice (EM statistics, then
-    # scores); never on the GPU path, whose pairs stay on the device.
-    "streamed_pairs": {(ANY, "cpu"): "streamed", (ANY, "gpu"): "never"},
+    # Pairs too many to hold: made bucket by bucket on the engine (EM statistics, then scores); on
+    # a local GPU run each bucket's pairs are compared on the device (memory: one bucket), while
+    # a cluster of GPUs holds its pairs on the devices (dask-cuda buckets: not yet).
+    "streamed_pairs": {(ANY, "cpu"): "streamed", ("local", "gpu"): "streamed", ("dask", "gpu"): "never"},
     # Golden records (pipeline): all persons at once, or buckets of persons, a task each.
     "golden": {("local", ANY): "whole", ("dask", ANY): "buckets"},
 }

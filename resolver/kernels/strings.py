@@ -412,6 +412,12 @@ def _fits_table(ca, sa, ea):
     return True
 
 
+def _first_free(positions, lo, hi, a_matched):
+    """The lowest bit of `positions` in the window [lo, hi) not matched yet (0: none)."""
+    free = positions & (((1 << (hi - lo)) - 1) << lo) & ~a_matched
+    return free & -free
+
+
 def _jaro_bitparallel(ca, sa, la, cb, sb, lb, bound, table):
     """Jaro matching on bit masks, with no unpredictable branch in the match loop; the same
     matches as _jaro_flags. table[c] holds the positions of c in a as bits; it arrives zeroed
@@ -427,8 +433,7 @@ def _jaro_bitparallel(ca, sa, la, cb, sb, lb, bound, table):
         lo = _imax(0, j - bound)
         hi = _imin(la, j + bound + 1)
         if c < _TABLE and lo < hi:
-            free = table[c] & (((1 << (hi - lo)) - 1) << lo) & ~a_matched
-            first = free & -free  # the lowest unmatched equal char in the window
+            first = _first_free(table[c], lo, hi, a_matched)
             a_matched |= first
             hit = 1 if first != 0 else 0
             b_matched |= hit << j
@@ -458,12 +463,10 @@ def _jaro_registers(ca, sa, la, cb, sb, lb, bound):
         lo = _imax(0, j - bound)
         hi = _imin(la, j + bound + 1)
         if lo < hi:
-            free = _char_mask(ca, sa, la, cb[sb + j]) & (((1 << (hi - lo)) - 1) << lo) & ~a_matched
-            first = free & -free  # the lowest unmatched equal char in the window
+            first = _first_free(_char_mask(ca, sa, la, cb[sb + j]), lo, hi, a_matched)
             a_matched |= first
-            hit = 1 if first != 0 else 0
-            b_matched |= hit << j
-            common += hit
+            b_matched |= (1 if first != 0 else 0) << j
+            common += 1 if first != 0 else 0
     transposed = 0
     i = 0
     for j in range(lb):  # the i-th matched char of b meets the i-th matched char of a
@@ -613,7 +616,7 @@ _ALGORITHMS = {
     "jaccard_tokens": _jaccard_tokens,
 }
 _HELPERS = (
-    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _jaro_bitparallel, _jaro_registers, _jaro_flags, _char_mask,
+    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _first_free, _jaro_bitparallel, _jaro_registers, _jaro_flags, _char_mask,
     _levenshtein_bitparallel,
     _compare, _swap, _sift_down, _heapsort, _dedup, _set_jaccard,
     _ngram_count, _fill_ngrams, _is_space, _token_count, _fill_tokens, *_ALGORITHMS.values(),

@@ -111,12 +111,22 @@ def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: i
 
 
 def _pairs_and_levels(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope,
-                      whole: bool):
+                      whole: bool, device: tuple | None = None):
     """A bucket's pairs (positions in the bucket) and their levels; `whole`: `prepared` is every
-    record's (bucket_jobs), compared at the records' own positions."""
+    record's (bucket_jobs), compared at the records' own positions. `device`: (every record's
+    prepared comparisons on the GPU, the kernels' target): the bucket's pairs go to the device,
+    are compared there and only their levels come back (device memory: one bucket's pairs)."""
     left, right = rule_pairs_of(keys, rule, labels, scope)
+    if device is not None:
+        return left, right, _levels_on_device(device, rows[left], rows[right])
     return left, right, comparison_matrix(prepared, rows[left], rows[right]) if whole else \
         comparison_matrix(prepared, left, right)
+
+
+def _levels_on_device(device: tuple, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    on_device, target = device
+    xp = module_of(on_device[0].codes)
+    return to_host(comparison_matrix(on_device, xp.asarray(left), xp.asarray(right), target))
 
 
 def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, levels: np.ndarray):
@@ -144,10 +154,11 @@ def _kept_pairs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list,
-                      scope=None, keep_at: str | None = None, whole: bool = False):
+                      scope=None, keep_at: str | None = None, whole: bool = False, device: tuple | None = None):
     """One bucket's pair count and level-pattern counts; the pairs and levels are written to
-    `keep_at` when given (for bucket_scored), else dropped."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole)
+    `keep_at` when given (for bucket_scored), else dropped. `device`: compared on the GPU
+    (_pairs_and_levels)."""
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
     if keep_at is not None:
         _keep_pairs(keep_at, left, right, levels)
     return len(left), _session_counts(keys, left, right, levels)
@@ -155,17 +166,18 @@ def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, ru
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
                   keep_from: float, scope=None, kept_at: str | None = None, whole: bool = False,
-                  tables: ScoringTables | None = None):
+                  tables: ScoringTables | None = None, device: tuple | None = None):
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
     levels, weight, probability, tf adjustments) and the histogram of every pair's weight. The
     pairs and levels are read from `kept_at` when bucket_statistics wrote them there (the file is
     then removed), else made and compared here. `tables`: the model's ScoringTables for `prepared`
-    when the caller made them once for every bucket (whole)."""
+    when the caller made them once for every bucket (whole). Scoring runs on the host, where
+    `prepared` is; `device` compares there (_pairs_and_levels)."""
     if kept_at is not None:
         left, right, levels = _kept_pairs(kept_at)
         os.remove(kept_at)
     else:
-        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole)
+        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     at = (rows[left], rows[right]) if whole else (left, right)  # where `prepared` has the pair's records
     pairs = CandidatePairs(*at, np.full(len(left), rule, dtype=np.int8), [])
@@ -222,27 +234,28 @@ def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepa
 
 
 def pattern_statistics(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                       scope=None, keep_in: str | None = None):
+                       scope=None, keep_in: str | None = None, device: tuple | None = None):
     """Every bucket's pairs counted (and with `keep_in`, a folder the engine's tasks can write,
-    kept there for scored_pairs): (pairs per rule, EM's level-pattern counts summed)."""
+    kept there for scored_pairs): (pairs per rule, EM's level-pattern counts summed). `device`:
+    the buckets are compared on this process's GPU (local engine only)."""
     rules: list[int] = []
     whole = _in_this_process(engine)
     done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules,
-                                                               keep_in, whole), whole=whole)
+                                                               keep_in, whole), whole=whole, device=device)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     np.add.at(per_rule, np.asarray(rules, dtype=np.int64), np.asarray([d[0] for d in done], dtype=np.int64))
     return per_rule.tolist(), merge_pattern_counts([d[1] for d in done], len(prepared))
 
 
 def scored_pairs(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
-                 keep_from: float, scope=None, kept_in: str | None = None) -> ScoredPairs:
+                 keep_from: float, scope=None, kept_in: str | None = None, device: tuple | None = None) -> ScoredPairs:
     """Every bucket's pairs scored, the kept ones in candidate order; with `kept_in`, the pairs
     and levels pattern_statistics kept there are scored instead of compared again."""
     whole = _in_this_process(engine)
     jobs = ((*job[:5], model, keep_from, job[5], None if kept_in is None else _kept_path(kept_in, i))
             for i, job in enumerate(bucket_jobs(keys, labels, prepared, buckets, scope, whole)))
     tables = ScoringTables.of(model, prepared) if whole else None  # once, not per bucket: O(records)
-    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables)
+    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables, device=device)
     histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     for d in done:
@@ -342,6 +355,7 @@ class StreamedPairs:
     counts: tuple | None = None
     kept: tempfile.TemporaryDirectory | None = None  # the first pass's pairs and levels (local engine)
     compared: int = 0  # pair comparisons made, over both passes (a pair compared twice counts twice)
+    device: tuple | None = None  # (prepared comparisons on the GPU, kernels' target): buckets compared there
 
     def compare(self, train: bool) -> int | None:
         if not train:
@@ -349,7 +363,8 @@ class StreamedPairs:
         if _in_this_process(self.engine):  # its jobs share this disk
             self.kept = tempfile.TemporaryDirectory(prefix="resolver-pairs-")
         self.per_rule, self.counts = pattern_statistics(self.engine, self.keys, self.labels, self.prepared,
-                                                        self.buckets, self.scope, self.kept and self.kept.name)
+                                                        self.buckets, self.scope, self.kept and self.kept.name,
+                                                        self.device)
         self.compared = sum(self.per_rule)
         return self.compared
 
@@ -359,7 +374,7 @@ class StreamedPairs:
     def scored(self, model: FSModel, keep_from: float) -> ScoredPairs:
         try:
             scored = scored_pairs(self.engine, self.keys, self.labels, self.prepared, self.buckets, model,
-                                  keep_from, self.scope, self.kept and self.kept.name)
+                                  keep_from, self.scope, self.kept and self.kept.name, self.device)
         finally:
             if self.kept is not None:
                 self.kept.cleanup()
@@ -373,7 +388,8 @@ class StreamedPairs:
     @property
     def summary(self) -> dict:
         return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2,
-                             "pair_comparisons": self.compared}}
+                             "pair_comparisons": self.compared,
+                             "compared_on": "host" if self.device is None else self.device[1]}}
 
 
 def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches,
@@ -393,9 +409,14 @@ def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backen
 
 def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
              caches) -> StreamedPairs:
+    """Pairs made on the host bucket by bucket; on a GPU backend each bucket's pairs are compared on
+    the device (the records' comparison data is moved there once), so device memory holds one
+    bucket's pairs, not all of them; EM's statistics and scoring run on the host."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
-    return StreamedPairs(engine, blocking.keys, np.asarray(labels, dtype=np.int64), prepared, scope, buckets)
+    device = (on_backend, backend.kernels) if backend.on_gpu_path else None
+    return StreamedPairs(engine, blocking.keys, np.asarray(labels, dtype=np.int64), prepared, scope, buckets,
+                         device=device)
 
 
 # The pair sources compute/dispatch.py chooses among, by name.
