@@ -12,6 +12,7 @@ from resolver.bench.capacity import (
     GPU_MEMORY_GIB,
     INGEST,
     USABLE_GPU_SHARE,
+    MULTI_GPU_EFFICIENCY,
     CapacityError,
     estimate,
     fit_power_law,
@@ -71,9 +72,10 @@ def test_capacity_refuses_to_extrapolate_unless_told(bench, capsys):
     assert main([*far, "--allow-extrapolation", "--json"]) == EXIT_OK
     answer = json.loads(capsys.readouterr().out)
     assert answer["warnings"][0].startswith("EXTRAPOLATED")
+    # A CPU-only bench asked about a GPU: an estimate from its CPU curves, which says so (issue 23)
     assert main(["capacity", "--from", str(bench / "bench.json"), "--profiles", "5000", "--events", "1",
-                 "--gpu", "h200"]) == EXIT_CONFIG
-    assert "no gpu measurements" in capsys.readouterr().err
+                 "--gpu", "h200"]) == EXIT_OK
+    assert "ESTIMATE: this bench has no GPU measurements" in capsys.readouterr().out
 
 
 def test_power_law_fit_recovers_a_known_curve_and_widens_away_from_it():
@@ -116,3 +118,18 @@ def test_gpu_estimate_sizes_the_cluster_by_measured_memory():
     assert stages[INGEST]["size"] == 2_000_000
     with pytest.raises(CapacityError, match="unknown GPU"):
         estimate(bench, 1, 1, gpu="tpu")
+
+
+def test_a_gpu_question_without_gpu_curves_gets_an_estimate_from_the_cpu_curves_saying_so():
+    bench = _bench_with("cpu", 1e-6, 0.5)
+    answer = estimate(bench, events=1_000_000, profiles=1_000_000, gpu="h100")
+    assert answer["estimated_from"] == "cpu curves"
+    assert any(w.startswith("ESTIMATE: this bench has no GPU measurements") for w in answer["warnings"])
+    assert any("no faster than this bench's CPU" in a for a in answer["assumptions"])
+    cpu = estimate(bench, events=1_000_000, profiles=1_000_000)
+    need_gib = 0.5 * 1_000_000 / 1024  # the host peak per record, as GPU memory
+    assert answer["gpus"] == math.ceil(need_gib / (GPU_MEMORY_GIB["h100"] * USABLE_GPU_SHARE))
+    speedup = 1 + (answer["gpus"] - 1) * MULTI_GPU_EFFICIENCY
+    assert answer["wall_s"] == pytest.approx(cpu["wall_s"] / speedup, rel=1e-9)
+    measured = estimate(_bench_with("gpu", 1e-6, 0.5), events=1_000_000, profiles=1_000_000, gpu="h100")
+    assert "estimated_from" not in measured and not measured["warnings"]

@@ -310,6 +310,11 @@ def estimate(bench: dict, events: int, profiles: int, gpu: str = "none", engine:
     if gpu != "none" and gpu not in GPU_MEMORY_GIB:
         raise CapacityError(f"unknown GPU {gpu!r} (known: {', '.join(sorted(GPU_MEMORY_GIB))}, or none)")
     fits = [f for f in bench["fits"] if f["backend"] == backend and f["engine"] == engine]
+    # No GPU curves: answer from the CPU's, saying so (an estimate, with what it assumes).
+    from_cpu = not fits and backend == "gpu"
+    if from_cpu:
+        fits = [f for f in bench["fits"] if f["backend"] == "cpu" and f["engine"] == engine]
+    curves = "cpu" if from_cpu else backend
     if not fits:
         measured = sorted({(f["backend"], f["engine"]) for f in bench["fits"]})
         raise CapacityError(f"the bench has no {backend} measurements with the {engine} engine (it has: "
@@ -336,7 +341,7 @@ def estimate(bench: dict, events: int, profiles: int, gpu: str = "none", engine:
                             "slope": laws[stage].b, "size": targets[stage], "factor": factors[stage]}
     # What the stages do not cover (start-up, writing the outputs) as a share of the largest
     # measured run: wall = stages x (wall / stages there).
-    largest = max((r for r in bench["rows"] if r["backend"] == backend and r["engine"] == engine),
+    largest = max((r for r in bench["rows"] if r["backend"] == curves and r["engine"] == engine),
                   key=lambda r: r["people"])
     measured_stages = sum(largest["stages"][s]["median"] for s in stages if largest["stages"].get(s))
     overhead = largest["wall_s"]["median"] / measured_stages if measured_stages > 0 else 1.0
@@ -351,8 +356,16 @@ def estimate(bench: dict, events: int, profiles: int, gpu: str = "none", engine:
                    "the data look like the generated data (duplicate rate, events per person, junk values)",
                    f"what the stages do not cover (start-up, writing outputs) keeps its share of the largest "
                    f"measured run (wall = {overhead:.2f} x the stages)"]
+    if from_cpu:
+        warnings.append(f"ESTIMATE: this bench has no GPU measurements; the answer comes from its CPU curves "
+                        f"({bench['machine']['cpu']}, {bench['machine']['cores']} cores). Run `resolver bench "
+                        f"--backends gpu` on a {gpu} machine for a measured answer")
+        answer["estimated_from"] = "cpu curves"
+        assumptions += ["GPU stages are taken to run no faster than this bench's CPU ones (an upper bound "
+                        "on the time: the GPU's real speed-up is not measured)",
+                        "GPU memory per record is taken to be the CPU run's host peak per record"]
     if backend == "gpu":
-        memory_law = laws.get("gpu_peak_mib")
+        memory_law = laws.get("host_peak_mib" if from_cpu else "gpu_peak_mib")
         if memory_law is None:
             raise CapacityError("the bench's gpu runs have no GPU memory measurements")
         need_gib = memory_law.predict(profiles) / 1024
