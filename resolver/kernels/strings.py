@@ -63,6 +63,12 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return self.offsets[1:] - self.offsets[:-1]
 
+    @functools.cached_property
+    def longest(self) -> int:
+        """The longest row's length, computed once per column (on a GPU: one device sync, not two
+        per kernel call)."""
+        return int(self.lengths.max()) if len(self) else 0
+
     def take(self, rows: np.ndarray) -> Encoded:
         """Just these rows, renumbered from 0 (numpy)."""
         lengths = self.offsets[rows + 1] - self.offsets[rows]
@@ -767,12 +773,10 @@ def _run_cuda(name, a: Encoded, b: Encoded, left, right, param: float, xp):
             arr = xp.asarray(arr)  # through CuPy's memory pool, not a fresh driver allocation
         dev[key] = cuda.as_cuda_array(arr) if _is_device_array(arr) else cuda.to_device(arr)
     n = len(left)
-    lens_a = a.offsets[1:] - a.offsets[:-1]
-    lens_b = b.offsets[1:] - b.offsets[:-1]
-    longest_a = int(xp.asarray(lens_a)[left].max())
-    longest_b = int(xp.asarray(lens_b)[right].max())
     ka, kb, kc = _WIDTH[name]
-    width = max(1, ka * longest_a + kb * longest_b + kc)
+    # Scratch sized by each column's longest string (known once per column), not by the longest of
+    # these pairs (a gather and a device sync per side on every call).
+    width = max(1, ka * a.longest + kb * b.longest + kc)
     threads = min(n, _MAX_CUDA_THREADS, max(1, _SCRATCH_BUDGET // (8 * width)))
     blocks = (threads + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK
     cells = blocks * _THREADS_PER_BLOCK * width
