@@ -622,8 +622,8 @@ _ALGORITHMS = {
     "jaccard_tokens": _jaccard_tokens,
 }
 _HELPERS = (
-    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _first_free, _jaro_bitparallel, _jaro_registers, _jaro_flags, _char_mask,
-    _levenshtein_bitparallel,
+    _imin, _imax, _mul_rn, _jaro_score, _fits_table, _first_free, _jaro_bitparallel, _jaro_registers,
+    _jaro_flags, _char_mask, _levenshtein_bitparallel,
     _compare, _swap, _sift_down, _heapsort, _dedup, _set_jaccard,
     _ngram_count, _fill_ngrams, _is_space, _token_count, _fill_tokens, *_ALGORITHMS.values(),
 )
