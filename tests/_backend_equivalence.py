@@ -30,12 +30,14 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-300)))
 
 
-def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, stream: bool = False) -> dict:
+def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, stream: bool = False,
+            gpu_engine: str = "local") -> dict:
     """permissive: guards off and thresholds 0.2 / 0.1, so that many probabilistic links reach the
     graph (small generated sets are mostly resolved deterministically). The model may fail its
     health check (a u sample of a few thousand pairs is too small for it): this compares backends,
     not models, so it merges anyway. stream: both runs stream their pairs in buckets (the gpu one
-    compares each bucket on the device)."""
+    compares each bucket on the device). gpu_engine "dask": the gpu run on a 2-worker cluster, whose
+    workers compare their pair buckets on their own (simulated) GPUs; the cpu run stays local."""
     from numba import config as numba_config
 
     from resolver.compute.backend import CPU, select_backend, simulated_gpu
@@ -55,6 +57,8 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, str
             config.matching.thresholds.auto_merge, config.matching.thresholds.review = 0.2, 0.1
     gpu_backend = simulated_gpu() if numba_config.ENABLE_CUDASIM else select_backend("gpu")
     cpu = run(config, write=False, backend=CPU)
+    if gpu_engine == "dask":
+        config.engine.name, config.engine.workers, config.engine.partitions = "dask", 2, 4
     gpu = run(config, write=False, backend=gpu_backend)
     out = {
         "backend": gpu.summary["backend"],
@@ -76,6 +80,7 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, str
                                                                gpu.scored_pairs["match_weight"].to_numpy()),
             decisions=[r.matching["decisions"] for r in (cpu, gpu)],
             streamed=[r.matching.get("streamed") for r in (cpu, gpu)],
+            in_buckets=[r.matching.get("buckets") for r in (cpu, gpu)],
         )
     if cpu.anonymous_map is not None:  # visitor stitching: band keys, levels and scores on the backend
         out.update(same_anonymous_map=same_frame(cpu.anonymous_map, gpu.anonymous_map),
@@ -97,5 +102,6 @@ if __name__ == "__main__":
     parser.add_argument("--u-sample-pairs", type=int, default=2000)
     parser.add_argument("--permissive", action="store_true")
     parser.add_argument("--stream", action="store_true", help="both runs stream their pairs in buckets")
+    parser.add_argument("--gpu-engine", choices=["local", "dask"], default="local")
     args = parser.parse_args()
-    print(json.dumps(compare(args.config, args.u_sample_pairs, args.permissive, args.stream)))
+    print(json.dumps(compare(args.config, args.u_sample_pairs, args.permissive, args.stream, args.gpu_engine)))

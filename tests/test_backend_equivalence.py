@@ -66,6 +66,7 @@ def test_gpu_code_paths_give_the_cpu_outputs_with_many_links(tmp_path):
     assert result["decisions"][0]["link"] >= 5  # the second graph pass has probabilistic edges
 
 
+@pytest.mark.slow
 def test_a_streamed_gpu_run_compares_its_buckets_on_the_device_and_gives_the_cpu_outputs(tmp_path):
     generate(tmp_path, 3000, seed=5, workers=1, events=False)
     result = _simulated_comparison(tmp_path / "resolver.yaml", "--permissive", "--stream")
@@ -73,6 +74,21 @@ def test_a_streamed_gpu_run_compares_its_buckets_on_the_device_and_gives_the_cpu
     cpu, gpu = result["streamed"]
     assert cpu["compared_on"] == "host" and gpu["compared_on"] == "cuda"
     assert gpu["pair_comparisons"] == cpu["pair_comparisons"] == result["candidate_pairs"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True])
+def test_dask_workers_compare_their_pair_buckets_on_their_own_gpus_and_give_the_cpu_outputs(tmp_path, stream):
+    generate(tmp_path, 3000, seed=5, workers=1, events=False)
+    result = _simulated_comparison(tmp_path / "resolver.yaml", "--permissive", "--gpu-engine", "dask",
+                                   *(["--stream"] if stream else []))
+    _assert_identical(result)
+    cpu, gpu = result["streamed"]
+    if stream:
+        assert cpu["compared_on"] == "host" and gpu["compared_on"] == "workers' GPUs"
+    else:  # held: made and compared in buckets on the workers, then gathered
+        assert cpu is None and gpu is None
+        assert result["in_buckets"][0] is None and result["in_buckets"][1]["compared_on"] == "workers' GPUs"
 
 
 @settings(max_examples=40, deadline=None)

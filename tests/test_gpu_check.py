@@ -23,6 +23,7 @@ def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[
     return proc, rows
 
 
+@pytest.mark.slow
 def test_the_dry_run_reaches_every_stage_and_the_simulated_kernels_equal_the_cpu(tmp_path):
     proc, rows = _run(tmp_path, "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -47,6 +48,7 @@ def test_a_check_that_raises_becomes_a_row_and_the_stage_goes_on(tmp_path):
     assert "CUDA_ERROR_ILLEGAL_ADDRESS" in rows[0]["detail"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", ["5"])
 def test_stages_past_the_budget_are_reported_skipped_and_the_table_still_prints(tmp_path, budget):
     proc, rows = _run(tmp_path, "--dry-run", "--budget", budget, "--stages", "probe,equal")
@@ -55,6 +57,7 @@ def test_stages_past_the_budget_are_reported_skipped_and_the_table_still_prints(
     assert "2 rows" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_stage_whose_process_dies_leaves_a_row_and_the_next_stage_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(gpu_check.STAGES, "nonesuch", 60)  # the stage process fails: no such stage there
     rows = gpu_check.drive(["nonesuch", "probe"], tmp_path / "rows.jsonl", dry=True, budget=120)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,6 +37,7 @@ def test_hashes_spread_over_all_bits():
     assert np.all((bits > 0.45) & (bits < 0.55))
 
 
+@pytest.mark.slow
 def test_numpy_without_row_stack_gets_the_alias_numba_cuda_calls():
     """numpy 2.5 (the GPU machines') has no np.row_stack; numba-cuda's compiler still calls it."""
     code = ("import numpy as np\n"

@@ -32,6 +32,7 @@ Which source a run uses is chosen in compute/dispatch.py (keys "pairs" and "stre
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -111,16 +112,21 @@ def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: i
 
 
 def _pairs_and_levels(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope,
-                      whole: bool, device: tuple | None = None):
+                      whole: bool, device: tuple | None = None, arrays: str | None = None):
     """A bucket's pairs (positions in the bucket) and their levels; `whole`: `prepared` is every
     record's (bucket_jobs), compared at the records' own positions. `device`: (every record's
     prepared comparisons on the GPU, the kernels' target): the bucket's pairs go to the device,
-    are compared there and only their levels come back (device memory: one bucket's pairs)."""
+    are compared there and only their levels come back (device memory: one bucket's pairs).
+    `arrays`: the array module of a cluster worker's own GPU ("cupy"; "numpy" simulated): the
+    bucket's comparison data goes there first (a dask-cuda worker compares its buckets itself)."""
     left, right = rule_pairs_of(keys, rule, labels, scope)
+    at_left, at_right = (rows[left], rows[right]) if whole else (left, right)
+    if device is None and arrays is not None:
+        xp = importlib.import_module(arrays)
+        device = ([p.on(xp) for p in prepared], "cuda")
     if device is not None:
-        return left, right, _levels_on_device(device, rows[left], rows[right])
-    return left, right, comparison_matrix(prepared, rows[left], rows[right]) if whole else \
-        comparison_matrix(prepared, left, right)
+        return left, right, _levels_on_device(device, at_left, at_right)
+    return left, right, comparison_matrix(prepared, at_left, at_right)
 
 
 def _levels_on_device(device: tuple, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -135,9 +141,10 @@ def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, level
 
 
 def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None,
-                 whole: bool = False):
-    """One bucket's pairs (record positions), their comparison levels and level-pattern counts."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole)
+                 whole: bool = False, arrays: str | None = None):
+    """One bucket's pairs (record positions), their comparison levels and level-pattern counts;
+    `arrays`: compared on the worker's GPU (_pairs_and_levels)."""
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, arrays=arrays)
     counts = _session_counts(keys, left, right, levels)
     return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
 
@@ -154,11 +161,12 @@ def _kept_pairs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list,
-                      scope=None, keep_at: str | None = None, whole: bool = False, device: tuple | None = None):
+                      scope=None, keep_at: str | None = None, whole: bool = False, device: tuple | None = None,
+                      arrays: str | None = None):
     """One bucket's pair count and level-pattern counts; the pairs and levels are written to
     `keep_at` when given (for bucket_scored), else dropped. `device`: compared on the GPU
     (_pairs_and_levels)."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device, arrays)
     if keep_at is not None:
         _keep_pairs(keep_at, left, right, levels)
     return len(left), _session_counts(keys, left, right, levels)
@@ -166,7 +174,7 @@ def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, ru
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
                   keep_from: float, scope=None, kept_at: str | None = None, whole: bool = False,
-                  tables: ScoringTables | None = None, device: tuple | None = None):
+                  tables: ScoringTables | None = None, device: tuple | None = None, arrays: str | None = None):
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
     levels, weight, probability, tf adjustments) and the histogram of every pair's weight. The
     pairs and levels are read from `kept_at` when bucket_statistics wrote them there (the file is
@@ -177,7 +185,7 @@ def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: 
         left, right, levels = _kept_pairs(kept_at)
         os.remove(kept_at)
     else:
-        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
+        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device, arrays)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     at = (rows[left], rows[right]) if whole else (left, right)  # where `prepared` has the pair's records
     pairs = CandidatePairs(*at, np.full(len(left), rule, dtype=np.int8), [])
@@ -213,12 +221,14 @@ def _kept_path(folder: str, job: int) -> str:
 
 
 def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                     scope=None) -> tuple[CandidatePairs, np.ndarray, tuple]:
+                     scope=None, arrays: str | None = None) -> tuple[CandidatePairs, np.ndarray, tuple]:
     """Every rule's candidate pairs made and compared bucket by bucket on `engine`, gathered in
-    candidate order: the pairs, their levels and EM's statistics summed over the buckets."""
+    candidate order: the pairs, their levels and EM's statistics summed over the buckets.
+    `arrays`: the workers compare on their GPUs."""
     labels = np.asarray(labels, np.int64)
     task_rules: list[int] = []
-    done = engine.map_lazily(bucket_pairs, _numbered_jobs(keys, labels, prepared, buckets, scope, task_rules))
+    done = engine.map_lazily(bucket_pairs, _numbered_jobs(keys, labels, prepared, buckets, scope, task_rules),
+                             arrays=arrays)
     if not done:
         left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
         levels = np.zeros((0, len(prepared)), np.int8)
@@ -234,28 +244,31 @@ def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepa
 
 
 def pattern_statistics(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                       scope=None, keep_in: str | None = None, device: tuple | None = None):
+                       scope=None, keep_in: str | None = None, device: tuple | None = None,
+                       arrays: str | None = None):
     """Every bucket's pairs counted (and with `keep_in`, a folder the engine's tasks can write,
     kept there for scored_pairs): (pairs per rule, EM's level-pattern counts summed). `device`:
     the buckets are compared on this process's GPU (local engine only)."""
     rules: list[int] = []
     whole = _in_this_process(engine)
     done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules,
-                                                               keep_in, whole), whole=whole, device=device)
+                                                               keep_in, whole), whole=whole, device=device,
+                             arrays=arrays)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     np.add.at(per_rule, np.asarray(rules, dtype=np.int64), np.asarray([d[0] for d in done], dtype=np.int64))
     return per_rule.tolist(), merge_pattern_counts([d[1] for d in done], len(prepared))
 
 
 def scored_pairs(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
-                 keep_from: float, scope=None, kept_in: str | None = None, device: tuple | None = None) -> ScoredPairs:
+                 keep_from: float, scope=None, kept_in: str | None = None, device: tuple | None = None,
+                 arrays: str | None = None) -> ScoredPairs:
     """Every bucket's pairs scored, the kept ones in candidate order; with `kept_in`, the pairs
     and levels pattern_statistics kept there are scored instead of compared again."""
     whole = _in_this_process(engine)
     jobs = ((*job[:5], model, keep_from, job[5], None if kept_in is None else _kept_path(kept_in, i))
             for i, job in enumerate(bucket_jobs(keys, labels, prepared, buckets, scope, whole)))
     tables = ScoringTables.of(model, prepared) if whole else None  # once, not per bucket: O(records)
-    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables, device=device)
+    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables, device=device, arrays=arrays)
     histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     for d in done:
@@ -356,6 +369,7 @@ class StreamedPairs:
     kept: tempfile.TemporaryDirectory | None = None  # the first pass's pairs and levels (local engine)
     compared: int = 0  # pair comparisons made, over both passes (a pair compared twice counts twice)
     device: tuple | None = None  # (prepared comparisons on the GPU, kernels' target): buckets compared there
+    arrays: str | None = None  # a cluster's workers compare their buckets on their own GPUs (this array module)
 
     def compare(self, train: bool) -> int | None:
         if not train:
@@ -364,7 +378,7 @@ class StreamedPairs:
             self.kept = tempfile.TemporaryDirectory(prefix="resolver-pairs-")
         self.per_rule, self.counts = pattern_statistics(self.engine, self.keys, self.labels, self.prepared,
                                                         self.buckets, self.scope, self.kept and self.kept.name,
-                                                        self.device)
+                                                        self.device, self.arrays)
         self.compared = sum(self.per_rule)
         return self.compared
 
@@ -374,7 +388,7 @@ class StreamedPairs:
     def scored(self, model: FSModel, keep_from: float) -> ScoredPairs:
         try:
             scored = scored_pairs(self.engine, self.keys, self.labels, self.prepared, self.buckets, model,
-                                  keep_from, self.scope, self.kept and self.kept.name, self.device)
+                                  keep_from, self.scope, self.kept and self.kept.name, self.device, self.arrays)
         finally:
             if self.kept is not None:
                 self.kept.cleanup()
@@ -389,7 +403,19 @@ class StreamedPairs:
     def summary(self) -> dict:
         return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2,
                              "pair_comparisons": self.compared,
-                             "compared_on": "host" if self.device is None else self.device[1]}}
+                             "compared_on": _compared_on(self.device, self.arrays)}}
+
+
+def _compared_on(device: tuple | None, arrays: str | None) -> str:
+    if device is not None:
+        return device[1]
+    return "host" if arrays is None else "workers' GPUs"
+
+
+def _worker_arrays(backend: Backend, engine: Engine) -> str | None:
+    """The array module a cluster's workers compare in, on a GPU backend (None: the host's kernels,
+    or this process compares: the local engine)."""
+    return backend.xp.__name__ if backend.on_gpu_path and not _in_this_process(engine) else None
 
 
 def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches,
@@ -400,11 +426,14 @@ def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine,
 
 def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
                     caches) -> HeldPairs:
-    """Pairs made and compared bucket by bucket on the engine (the cluster's tasks), then held."""
+    """Pairs made and compared bucket by bucket on the engine (the cluster's tasks; on a GPU backend
+    each worker compares on its own GPU), then held on the host, where they are scored."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
-    pairs, levels, counts = pairs_in_buckets(engine, blocking.keys, labels, prepared, buckets, scope)
-    return HeldPairs(pairs, blocking.keys, on_backend, backend.kernels, caches, levels=levels, counts=counts)
+    arrays = _worker_arrays(backend, engine)
+    pairs, levels, counts = pairs_in_buckets(engine, blocking.keys, labels, prepared, buckets, scope, arrays)
+    return HeldPairs(pairs, blocking.keys, prepared, backend.kernels, caches, levels=levels, counts=counts,
+                     summary={"buckets": {"buckets": buckets, "compared_on": _compared_on(None, arrays)}})
 
 
 def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
@@ -414,9 +443,9 @@ def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engi
     bucket's pairs, not all of them; EM's statistics and scoring run on the host."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
-    device = (on_backend, backend.kernels) if backend.on_gpu_path else None
+    device = (on_backend, backend.kernels) if backend.on_gpu_path and _in_this_process(engine) else None
     return StreamedPairs(engine, blocking.keys, np.asarray(labels, dtype=np.int64), prepared, scope, buckets,
-                         device=device)
+                         device=device, arrays=_worker_arrays(backend, engine))
 
 
 # The pair sources compute/dispatch.py chooses among, by name.
@@ -428,9 +457,8 @@ def pair_source(blocking: BlockingKeys, labels: np.ndarray, prepared: list[Prepa
                 on_backend: list[PreparedComparison], backend: Backend, engine: Engine, scope: PairScope | None,
                 caches: MatchCaches, stream_above_pairs: int) -> HeldPairs | StreamedPairs:
     """The pairs of this run: streamed when the blocks hold more than `stream_above_pairs` pairs and
-    the run has no state (whose caches keep every pair's hash and levels) where the engine and
-    backend stream at all; held otherwise. Made here (in the blocking stage) when held."""
-    streams = (not caches.used and choose("streamed_pairs", backend, engine) != "never"
-               and sum(p.pairs for p in blocking.plans) > stream_above_pairs)
+    the run has no state (whose caches keep every pair's hash and levels); held otherwise. Made here
+    (in the blocking stage) when held."""
+    streams = not caches.used and sum(p.pairs for p in blocking.plans) > stream_above_pairs
     name = choose("streamed_pairs" if streams else "pairs", backend, engine)
     return PAIR_SOURCES[name](blocking, labels, prepared, on_backend, backend, engine, scope, caches)
