@@ -48,7 +48,7 @@ SIZES = {
             "edges": 1_000_000_000, "equal_edges": 20_000_000, "cpu_pairs": 20_000_000, "cpu_edges": 20_000_000,
             "people": 1_000_000},
     "dry": {"pairs": 300, "hash_values": 300, "sessions": 30, "keys": 3_000, "edges": 200_000,
-            "equal_edges": 50_000, "cpu_pairs": 200_000, "cpu_edges": 200_000, "people": 1_500},
+            "equal_edges": 50_000, "cpu_pairs": 200_000, "cpu_edges": 200_000, "people": 600},
 }
 COMPONENT_BYTES_PER_EDGE = 45  # int32 ids: edges, their roots and masks per round (85 with int64, traced)
 
