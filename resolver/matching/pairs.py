@@ -111,28 +111,38 @@ def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: i
                    scope.take(rows) if scope is not None else None)
 
 
+@dataclass(frozen=True)
+class OnDevice:
+    """Where bucket jobs compare their pairs on a GPU backend: `arrays` names the array module
+    ("cupy"; "numpy" when simulated), `target` the kernels' numba target. `prepared`: every
+    record's comparison data already on this process's device (the local engine); None on a
+    cluster, where each worker moves its bucket's data to its own GPU (dask-cuda)."""
+
+    arrays: str
+    target: str
+    prepared: list | None = None
+
+    @property
+    def where(self) -> str:
+        return self.target if self.prepared is not None else "workers' GPUs"
+
+    def levels(self, prepared: list, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """The pairs' levels computed on the device; only they come back (device memory: one
+        bucket's pairs)."""
+        xp = importlib.import_module(self.arrays)
+        on_device = self.prepared if self.prepared is not None else [p.on(xp) for p in prepared]
+        return to_host(comparison_matrix(on_device, xp.asarray(left), xp.asarray(right), self.target))
+
+
 def _pairs_and_levels(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope,
-                      whole: bool, device: tuple | None = None, arrays: str | None = None):
+                      whole: bool, device: OnDevice | None = None):
     """A bucket's pairs (positions in the bucket) and their levels; `whole`: `prepared` is every
-    record's (bucket_jobs), compared at the records' own positions. `device`: (every record's
-    prepared comparisons on the GPU, the kernels' target): the bucket's pairs go to the device,
-    are compared there and only their levels come back (device memory: one bucket's pairs).
-    `arrays`: the array module of a cluster worker's own GPU ("cupy"; "numpy" simulated): the
-    bucket's comparison data goes there first (a dask-cuda worker compares its buckets itself)."""
+    record's (bucket_jobs), compared at the records' own positions; `device`: compared on a GPU."""
     left, right = rule_pairs_of(keys, rule, labels, scope)
     at_left, at_right = (rows[left], rows[right]) if whole else (left, right)
-    if device is None and arrays is not None:
-        xp = importlib.import_module(arrays)
-        device = ([p.on(xp) for p in prepared], "cuda")
     if device is not None:
-        return left, right, _levels_on_device(device, at_left, at_right)
+        return left, right, device.levels(prepared, at_left, at_right)
     return left, right, comparison_matrix(prepared, at_left, at_right)
-
-
-def _levels_on_device(device: tuple, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    on_device, target = device
-    xp = module_of(on_device[0].codes)
-    return to_host(comparison_matrix(on_device, xp.asarray(left), xp.asarray(right), target))
 
 
 def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, levels: np.ndarray):
@@ -141,10 +151,10 @@ def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, level
 
 
 def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None,
-                 whole: bool = False, arrays: str | None = None):
+                 whole: bool = False, device: OnDevice | None = None):
     """One bucket's pairs (record positions), their comparison levels and level-pattern counts;
-    `arrays`: compared on the worker's GPU (_pairs_and_levels)."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, arrays=arrays)
+    `device`: compared on a GPU (_pairs_and_levels)."""
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
     counts = _session_counts(keys, left, right, levels)
     return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
 
@@ -161,12 +171,12 @@ def _kept_pairs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list,
-                      scope=None, keep_at: str | None = None, whole: bool = False, device: tuple | None = None,
-                      arrays: str | None = None):
+                      scope=None, keep_at: str | None = None, whole: bool = False,
+                      device: OnDevice | None = None):
     """One bucket's pair count and level-pattern counts; the pairs and levels are written to
     `keep_at` when given (for bucket_scored), else dropped. `device`: compared on the GPU
     (_pairs_and_levels)."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device, arrays)
+    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
     if keep_at is not None:
         _keep_pairs(keep_at, left, right, levels)
     return len(left), _session_counts(keys, left, right, levels)
@@ -174,7 +184,7 @@ def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, ru
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
                   keep_from: float, scope=None, kept_at: str | None = None, whole: bool = False,
-                  tables: ScoringTables | None = None, device: tuple | None = None, arrays: str | None = None):
+                  tables: ScoringTables | None = None, device: OnDevice | None = None):
     """One bucket's pairs scored with `model`: those with probability >= keep_from (record positions,
     levels, weight, probability, tf adjustments) and the histogram of every pair's weight. The
     pairs and levels are read from `kept_at` when bucket_statistics wrote them there (the file is
@@ -185,7 +195,7 @@ def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: 
         left, right, levels = _kept_pairs(kept_at)
         os.remove(kept_at)
     else:
-        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device, arrays)
+        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     at = (rows[left], rows[right]) if whole else (left, right)  # where `prepared` has the pair's records
     pairs = CandidatePairs(*at, np.full(len(left), rule, dtype=np.int8), [])
@@ -221,14 +231,14 @@ def _kept_path(folder: str, job: int) -> str:
 
 
 def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                     scope=None, arrays: str | None = None) -> tuple[CandidatePairs, np.ndarray, tuple]:
+                     scope=None, device: OnDevice | None = None) -> tuple[CandidatePairs, np.ndarray, tuple]:
     """Every rule's candidate pairs made and compared bucket by bucket on `engine`, gathered in
     candidate order: the pairs, their levels and EM's statistics summed over the buckets.
-    `arrays`: the workers compare on their GPUs."""
+    `device`: the jobs compare on a GPU."""
     labels = np.asarray(labels, np.int64)
     task_rules: list[int] = []
     done = engine.map_lazily(bucket_pairs, _numbered_jobs(keys, labels, prepared, buckets, scope, task_rules),
-                             arrays=arrays)
+                             device=device)
     if not done:
         left, right, rule = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8)
         levels = np.zeros((0, len(prepared)), np.int8)
@@ -244,31 +254,29 @@ def pairs_in_buckets(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepa
 
 
 def pattern_statistics(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int,
-                       scope=None, keep_in: str | None = None, device: tuple | None = None,
-                       arrays: str | None = None):
+                       scope=None, keep_in: str | None = None, device: OnDevice | None = None):
     """Every bucket's pairs counted (and with `keep_in`, a folder the engine's tasks can write,
     kept there for scored_pairs): (pairs per rule, EM's level-pattern counts summed). `device`:
-    the buckets are compared on this process's GPU (local engine only)."""
+    the buckets are compared on a GPU."""
     rules: list[int] = []
     whole = _in_this_process(engine)
     done = engine.map_lazily(bucket_statistics, _numbered_jobs(keys, labels, prepared, buckets, scope, rules,
-                                                               keep_in, whole), whole=whole, device=device,
-                             arrays=arrays)
+                                                               keep_in, whole), whole=whole, device=device)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     np.add.at(per_rule, np.asarray(rules, dtype=np.int64), np.asarray([d[0] for d in done], dtype=np.int64))
     return per_rule.tolist(), merge_pattern_counts([d[1] for d in done], len(prepared))
 
 
 def scored_pairs(engine: Engine, keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: int, model,
-                 keep_from: float, scope=None, kept_in: str | None = None, device: tuple | None = None,
-                 arrays: str | None = None) -> ScoredPairs:
+                 keep_from: float, scope=None, kept_in: str | None = None,
+                 device: OnDevice | None = None) -> ScoredPairs:
     """Every bucket's pairs scored, the kept ones in candidate order; with `kept_in`, the pairs
     and levels pattern_statistics kept there are scored instead of compared again."""
     whole = _in_this_process(engine)
     jobs = ((*job[:5], model, keep_from, job[5], None if kept_in is None else _kept_path(kept_in, i))
             for i, job in enumerate(bucket_jobs(keys, labels, prepared, buckets, scope, whole)))
     tables = ScoringTables.of(model, prepared) if whole else None  # once, not per bucket: O(records)
-    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables, device=device, arrays=arrays)
+    done = engine.map_lazily(bucket_scored, jobs, whole=whole, tables=tables, device=device)
     histogram = np.sum([d[6] for d in done], axis=0) if done else np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     per_rule = np.zeros(len(keys), dtype=np.int64)
     for d in done:
@@ -368,8 +376,7 @@ class StreamedPairs:
     counts: tuple | None = None
     kept: tempfile.TemporaryDirectory | None = None  # the first pass's pairs and levels (local engine)
     compared: int = 0  # pair comparisons made, over both passes (a pair compared twice counts twice)
-    device: tuple | None = None  # (prepared comparisons on the GPU, kernels' target): buckets compared there
-    arrays: str | None = None  # a cluster's workers compare their buckets on their own GPUs (this array module)
+    device: OnDevice | None = None  # buckets compared on a GPU (None: the host's kernels)
 
     def compare(self, train: bool) -> int | None:
         if not train:
@@ -378,7 +385,7 @@ class StreamedPairs:
             self.kept = tempfile.TemporaryDirectory(prefix="resolver-pairs-")
         self.per_rule, self.counts = pattern_statistics(self.engine, self.keys, self.labels, self.prepared,
                                                         self.buckets, self.scope, self.kept and self.kept.name,
-                                                        self.device, self.arrays)
+                                                        self.device)
         self.compared = sum(self.per_rule)
         return self.compared
 
@@ -388,7 +395,7 @@ class StreamedPairs:
     def scored(self, model: FSModel, keep_from: float) -> ScoredPairs:
         try:
             scored = scored_pairs(self.engine, self.keys, self.labels, self.prepared, self.buckets, model,
-                                  keep_from, self.scope, self.kept and self.kept.name, self.device, self.arrays)
+                                  keep_from, self.scope, self.kept and self.kept.name, self.device)
         finally:
             if self.kept is not None:
                 self.kept.cleanup()
@@ -403,19 +410,22 @@ class StreamedPairs:
     def summary(self) -> dict:
         return {"streamed": {"buckets": self.buckets, "passes": 1 if self.counts is None else 2,
                              "pair_comparisons": self.compared,
-                             "compared_on": _compared_on(self.device, self.arrays)}}
+                             "compared_on": _compared_on(self.device)}}
 
 
-def _compared_on(device: tuple | None, arrays: str | None) -> str:
-    if device is not None:
-        return device[1]
-    return "host" if arrays is None else "workers' GPUs"
+def _compared_on(device: OnDevice | None) -> str:
+    return "host" if device is None else device.where
 
 
-def _worker_arrays(backend: Backend, engine: Engine) -> str | None:
-    """The array module a cluster's workers compare in, on a GPU backend (None: the host's kernels,
-    or this process compares: the local engine)."""
-    return backend.xp.__name__ if backend.on_gpu_path and not _in_this_process(engine) else None
+def _on_device(backend: Backend, engine: Engine, whole_on_backend: list | None = None) -> OnDevice | None:
+    """Where bucket jobs compare on a GPU backend (None on the CPU backend): with
+    `whole_on_backend` (every record's comparison data on this process's device, for jobs that
+    index it whole: the local engine's streamed passes) there; else each job moves its own
+    bucket's data to its GPU (a cluster worker's own)."""
+    if not backend.on_gpu_path:
+        return None
+    whole = whole_on_backend if _in_this_process(engine) else None
+    return OnDevice(backend.xp.__name__, backend.kernels, whole)
 
 
 def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine, scope, caches,
@@ -430,10 +440,10 @@ def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backen
     each worker compares on its own GPU), then held on the host, where they are scored."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
-    arrays = _worker_arrays(backend, engine)
-    pairs, levels, counts = pairs_in_buckets(engine, blocking.keys, labels, prepared, buckets, scope, arrays)
+    device = _on_device(backend, engine)  # its jobs take their bucket's data (not whole)
+    pairs, levels, counts = pairs_in_buckets(engine, blocking.keys, labels, prepared, buckets, scope, device)
     return HeldPairs(pairs, blocking.keys, prepared, backend.kernels, caches, levels=levels, counts=counts,
-                     summary={"buckets": {"buckets": buckets, "compared_on": _compared_on(None, arrays)}})
+                     summary={"buckets": {"buckets": buckets, "compared_on": _compared_on(device)}})
 
 
 def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
@@ -443,9 +453,8 @@ def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engi
     bucket's pairs, not all of them; EM's statistics and scoring run on the host."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
-    device = (on_backend, backend.kernels) if backend.on_gpu_path and _in_this_process(engine) else None
     return StreamedPairs(engine, blocking.keys, np.asarray(labels, dtype=np.int64), prepared, scope, buckets,
-                         device=device, arrays=_worker_arrays(backend, engine))
+                         device=_on_device(backend, engine, on_backend))
 
 
 # The pair sources compute/dispatch.py chooses among, by name.
