@@ -30,36 +30,8 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-300)))
 
 
-def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, stream: bool = False,
-            gpu_engine: str = "local") -> dict:
-    """permissive: guards off and thresholds 0.2 / 0.1, so that many probabilistic links reach the
-    graph (small generated sets are mostly resolved deterministically). The model may fail its
-    health check (a u sample of a few thousand pairs is too small for it): this compares backends,
-    not models, so it merges anyway. stream: both runs stream their pairs in buckets (the gpu one
-    compares each bucket on the device). gpu_engine "dask": the gpu run on a 2-worker cluster, whose
-    workers compare their pair buckets on their own (simulated) GPUs; the cpu run stays local."""
-    from numba import config as numba_config
-
-    from resolver.compute.backend import CPU, select_backend, simulated_gpu
-    from resolver.config import load_config
-    from resolver.pipeline import run
-
-    config = load_config(config_path)
-    config.run.workers = 1
-    if config.matching is not None:
-        config.matching.model.u_sample_pairs = u_sample_pairs
-        config.matching.model.allow_unhealthy = True
-        if stream:
-            config.matching.stream_above_pairs = 0
-    if permissive:
-        config.identity.guards = False
-        if config.matching is not None:
-            config.matching.thresholds.auto_merge, config.matching.thresholds.review = 0.2, 0.1
-    gpu_backend = simulated_gpu() if numba_config.ENABLE_CUDASIM else select_backend("gpu")
-    cpu = run(config, write=False, backend=CPU)
-    if gpu_engine == "dask":
-        config.engine.name, config.engine.workers, config.engine.partitions = "dask", 2, 4
-    gpu = run(config, write=False, backend=gpu_backend)
+def _compared(cpu, gpu) -> dict:
+    """How two runs' outputs compare."""
     out = {
         "backend": gpu.summary["backend"],
         "records": len(cpu.identity_map),
@@ -90,6 +62,47 @@ def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, str
     return out
 
 
+def compare(config_path: str, u_sample_pairs: int, permissive: bool = False, stream: bool = False,
+            gpu_engine: str = "local", then_streamed: bool = False) -> dict:
+    """permissive: guards off and thresholds 0.2 / 0.1, so that many probabilistic links reach the
+    graph (small generated sets are mostly resolved deterministically). The model may fail its
+    health check (a u sample of a few thousand pairs is too small for it): this compares backends,
+    not models, so it merges anyway. stream: both runs stream their pairs in buckets (the gpu one
+    compares each bucket on the device). gpu_engine "dask": the gpu run on a 2-worker cluster, whose
+    workers compare their pair buckets on their own (simulated) GPUs; the cpu run stays local.
+    then_streamed: the gpu run again with streamed pairs, its outputs compared with the cpu run's
+    under "then_streamed" (one process and one cpu run for both)."""
+    from numba import config as numba_config
+
+    from resolver.compute.backend import CPU, select_backend, simulated_gpu
+    from resolver.config import load_config
+    from resolver.pipeline import run
+
+    config = load_config(config_path)
+    config.run.workers = 1
+    if config.matching is not None:
+        config.matching.model.u_sample_pairs = u_sample_pairs
+        config.matching.model.allow_unhealthy = True
+        if stream:
+            config.matching.stream_above_pairs = 0
+    if permissive:
+        config.identity.guards = False
+        if config.matching is not None:
+            config.matching.thresholds.auto_merge, config.matching.thresholds.review = 0.2, 0.1
+    gpu_backend = simulated_gpu() if numba_config.ENABLE_CUDASIM else select_backend("gpu")
+    cpu = run(config, write=False, backend=CPU)
+    if gpu_engine == "dask":
+        config.engine.name, config.engine.workers, config.engine.partitions = "dask", 2, 4
+    gpu = run(config, write=False, backend=gpu_backend)
+    out = _compared(cpu, gpu)
+    if then_streamed and config.matching is not None:
+        config.matching.stream_above_pairs = 0
+        again = run(config, write=False, backend=gpu_backend)
+        out["then_streamed"] = {**{k: v for k, v in _compared(cpu, again).items() if k.startswith("same_")},
+                                "streamed": again.matching.get("streamed")}
+    return out
+
+
 if __name__ == "__main__":
     import warnings
 
@@ -103,5 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--permissive", action="store_true")
     parser.add_argument("--stream", action="store_true", help="both runs stream their pairs in buckets")
     parser.add_argument("--gpu-engine", choices=["local", "dask"], default="local")
+    parser.add_argument("--then-streamed", action="store_true", help="the gpu run again, streamed, compared too")
     args = parser.parse_args()
-    print(json.dumps(compare(args.config, args.u_sample_pairs, args.permissive, args.stream, args.gpu_engine)))
+    print(json.dumps(compare(args.config, args.u_sample_pairs, args.permissive, args.stream, args.gpu_engine,
+                                     args.then_streamed)))

@@ -41,8 +41,8 @@ def _simulated_comparison(config: Path, *extra: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _assert_identical(result: dict, min_pairs: int = 100) -> None:
-    assert result["backend"]["kernels"] == "cuda" and result["backend"]["components"] == "xp"
+def _assert_identical(result: dict, min_pairs: int = 100, components: str = "xp") -> None:
+    assert result["backend"]["kernels"] == "cuda" and result["backend"]["components"] == components
     same = {k: v for k, v in result.items() if k.startswith("same_")}
     assert same and all(same.values()), same
     assert result["max_relative_weight_difference"] <= 1e-9
@@ -77,18 +77,20 @@ def test_a_streamed_gpu_run_compares_its_buckets_on_the_device_and_gives_the_cpu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stream", [False, True])
-def test_dask_workers_compare_their_pair_buckets_on_their_own_gpus_and_give_the_cpu_outputs(tmp_path, stream):
+def test_dask_workers_make_and_compare_their_pair_buckets_on_their_own_gpus_and_give_the_cpu_outputs(tmp_path):
+    """Held, then streamed, pairs on a 2-worker cluster (one process and one cpu run for both)."""
     generate(tmp_path, 1500, seed=5, workers=1, events=False)
     result = _simulated_comparison(tmp_path / "resolver.yaml", "--permissive", "--gpu-engine", "dask",
-                                   *(["--stream"] if stream else []))
-    _assert_identical(result, min_pairs=50)
-    cpu, gpu = result["streamed"]
-    if stream:
-        assert cpu["compared_on"] == "host" and gpu["compared_on"] == "workers' GPUs"
-    else:  # held: made and compared in buckets on the workers, then gathered
-        assert cpu is None and gpu is None
-        assert result["in_buckets"][0] is None and result["in_buckets"][1]["compared_on"] == "workers' GPUs"
+                                   "--then-streamed")
+    _assert_identical(result, min_pairs=50, components="dask")  # components: on the workers' GPUs
+    # held: made and compared in buckets on the workers, then gathered
+    assert result["streamed"] == [None, None]
+    assert result["in_buckets"][0] is None and result["in_buckets"][1]["compared_on"] == "workers' GPUs"
+    streamed = result["then_streamed"]
+    same = {k: v for k, v in streamed.items() if k.startswith("same_")}
+    assert same and all(same.values()), same
+    assert streamed["streamed"]["compared_on"] == "workers' GPUs"
+    assert streamed["streamed"]["passes"] == 2
 
 
 @settings(max_examples=40, deadline=None)

@@ -88,7 +88,9 @@ def _xp_components(n_nodes: int, src, dst, backend: Backend, engine: Engine) -> 
 
 
 def _dask_components(n_nodes: int, src, dst, backend: Backend, engine: Engine) -> np.ndarray:
-    return dask_engine.connected_components(n_nodes, src, dst, engine)
+    """On the cluster; with a GPU backend each worker holds its edges on its own GPU."""
+    arrays = backend.xp.__name__ if backend.on_gpu_path else "numpy"
+    return dask_engine.connected_components(n_nodes, to_host(src), to_host(dst), engine, arrays)
 
 
 # The implementations compute/dispatch.py chooses among, by name.

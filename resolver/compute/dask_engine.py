@@ -13,9 +13,10 @@ like on any engine; compute/dispatch.py says which implementations the dask engi
   sent only its bucket's records, so no worker holds everyone's; the client gathers the pairs in
   the local engine's order and sums EM's statistics.
 - **Connected components** (here): cuGraph's multi-GPU weakly connected components on dask-cudf
-  where installed; otherwise min-label propagation over the edges as a Dask DataFrame (partitions
+  where installed; otherwise min-label propagation over edge partitions the workers hold for
+  every round (on a GPU backend as CuPy arrays on each dask-cuda worker's own GPU): partitions
   propose each node's smallest neighbour label, the client keeps the smallest and jumps
-  pointers), until a round changes no label.
+  pointers, until a round changes no label.
 - **Golden records**: a survivorship task per bucket of persons (persons/golden_buckets.py).
 
 Buckets grow with the data (about engine.ROWS_PER_BUCKET records each) unless `engine.partitions`
@@ -28,17 +29,18 @@ client. Workers must see the source files and the state folder at the same paths
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from resolver.compute import engine as engines
 from resolver.compute.heap import peak_rss_mb
-from resolver.compute.components import numbered_by_smallest_node
+from resolver.compute.backend import to_host
+from resolver.compute.components import node_index_dtype, numbered_by_smallest_node
 
 
 class EngineUnavailable(RuntimeError):
@@ -198,67 +200,80 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
 MAX_ROUNDS = 10_000
 
 
-def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: DaskEngine) -> np.ndarray:
+def connected_components(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: DaskEngine,
+                         arrays: str = "numpy") -> np.ndarray:
     """Component label per node, numbered by each component's smallest node (as scipy numbers
     them): cuGraph's multi-GPU WCC where dask-cudf and cuGraph are installed, otherwise min-label
-    propagation over Dask DataFrames."""
+    propagation over edge partitions held by the workers, as `arrays` arrays ("cupy": on each
+    dask-cuda worker's own GPU)."""
     src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
     if n_nodes == 0 or len(src) == 0:
         return np.arange(n_nodes, dtype=np.int64)
     if _installed("cugraph") and _installed("dask_cudf"):
         smallest = _cugraph_dask_components(n_nodes, src, dst, engine)
     else:
-        smallest = _label_propagation(n_nodes, src, dst, engine)
+        smallest = _label_propagation(n_nodes, src, dst, engine, arrays)
     return numbered_by_smallest_node(np, np.unique(smallest, return_inverse=True)[1].reshape(-1))
 
 
-def _partition_min_labels(edges: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One edge partition's proposals: each node it touches, and the smallest label among its
-    neighbours' in this partition."""
-    src, dst = edges["src"].to_numpy(np.int64), edges["dst"].to_numpy(np.int64)
-    nodes = np.concatenate([src, dst])
-    offered = np.concatenate([labels[dst], labels[src]])
-    order = np.lexsort((offered, nodes))
+def _held_edges(src: np.ndarray, dst: np.ndarray, arrays: str):
+    """An edge partition as the worker keeps it between rounds: int32 node ids while they fit, in
+    `arrays`' memory (a dask-cuda worker's GPU for "cupy")."""
+    xp = importlib.import_module(arrays)
+    index = node_index_dtype(int(max(src.max(initial=0), dst.max(initial=0))) + 1)
+    return xp.asarray(src, dtype=index), xp.asarray(dst, dtype=index)
+
+
+def _partition_min_labels(edges: tuple, labels: np.ndarray, arrays: str) -> tuple[np.ndarray, np.ndarray]:
+    """One edge partition's proposals, computed where the partition is held: each node it touches,
+    and the smallest label among its neighbours' in this partition (on the host)."""
+    xp = importlib.import_module(arrays)
+    src, dst = edges
+    labels = xp.asarray(labels)
+    nodes = xp.concatenate([src, dst])
+    offered = xp.concatenate([labels[dst], labels[src]])
+    order = xp.lexsort(xp.stack([offered, nodes.astype(offered.dtype)]))
     nodes, offered = nodes[order], offered[order]
-    first = np.ones(len(nodes), dtype=bool)
+    first = xp.ones(len(nodes), dtype=bool)
     first[1:] = nodes[1:] != nodes[:-1]
-    return nodes[first], offered[first]
+    return to_host(nodes[first]).astype(np.int64), to_host(offered[first])
 
 
-def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: DaskEngine) -> np.ndarray:
-    """Per node, the smallest node of its component, by min-label propagation over the edges as a
-    Dask DataFrame: each round every partition proposes, for each node it touches, the smallest
-    label among that node's neighbours there; the client takes the smallest proposal per node,
-    jumps pointers (a node takes its label's label) and broadcasts the labels for the next round.
-    A label is always a node of the same component no larger than the node, so labels only fall;
-    the round that changes none is the last."""
-    import dask
-    import dask.dataframe as dd
-
-    # Edges are 16 bytes: partitions of 4M edges (64 MB).
+def _label_propagation(n_nodes: int, src: np.ndarray, dst: np.ndarray, engine: DaskEngine,
+                       arrays: str = "numpy") -> np.ndarray:
+    """Per node, the smallest node of its component, by min-label propagation over edge partitions
+    the workers hold for every round (as `arrays` arrays: on dask-cuda workers, on their GPUs).
+    Each round every partition proposes, for each node it touches, the smallest label among that
+    node's neighbours there; the client takes the smallest proposal per node, jumps pointers (a
+    node takes its label's label) and broadcasts the labels for the next round. A label is always
+    a node of the same component no larger than the node, so labels only fall; the round that
+    changes none is the last."""
+    client = engine.client
+    # Edges are 16 bytes on the client: partitions of 4M edges (64 MB).
     partitions = max(1, min(engine.buckets_for(len(src), rows_per_bucket=8 * engines.ROWS_PER_BUCKET), len(src)))
     bounds = np.linspace(0, len(src), partitions + 1).astype(np.int64)
-    # The partitions are scattered, not embedded in the task graph (a graph carrying the edges
-    # would be shipped, and warned about, on every round).
-    edges = dd.from_delayed([engine.scatter(pd.DataFrame({"src": src[a:b], "dst": dst[a:b]}))
-                             for a, b in zip(bounds[:-1], bounds[1:])],
-                            meta=pd.DataFrame({"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64)}))
-    pieces = edges.to_delayed()
+    # Scattered (not put in the task graph, which would be shipped on every round), then moved
+    # into the worker's array memory once; the futures keep them there until the last round.
+    held = client.map(_held_edges, [engine.scatter(src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
+                      [engine.scatter(dst[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], arrays=arrays, pure=False)
     labels = np.arange(n_nodes, dtype=np.int64)
-    for _ in range(MAX_ROUNDS):
-        shared = engine.broadcast(labels)
-        proposals = engine.client.gather(engine.client.compute(
-            [dask.delayed(_partition_min_labels)(piece, shared) for piece in pieces]))
-        before = labels.copy()
-        for nodes, offered in proposals:
-            np.minimum.at(labels, nodes, offered)
-        while True:  # pointer jumping
-            jumped = labels[labels]
-            if np.array_equal(jumped, labels):
-                break
-            labels = jumped
-        if np.array_equal(labels, before):
-            return labels
+    try:
+        for _ in range(MAX_ROUNDS):
+            shared = engine.broadcast(labels)
+            proposals = client.gather(client.map(_partition_min_labels, held, labels=shared, arrays=arrays,
+                                                 pure=False))
+            before = labels.copy()
+            for nodes, offered in proposals:
+                np.minimum.at(labels, nodes, offered)
+            while True:  # pointer jumping
+                jumped = labels[labels]
+                if np.array_equal(jumped, labels):
+                    break
+                labels = jumped
+            if np.array_equal(labels, before):
+                return labels
+    finally:
+        client.cancel(held)
     raise RuntimeError(f"label propagation did not converge in {MAX_ROUNDS} rounds")  # pragma: no cover
 
 

@@ -23,10 +23,11 @@ ANY = "*"
 
 CHOICES: dict[str, dict[tuple[str, str], str]] = {
     # Connected components (compute/cluster.py COMPONENTS), by the backend's components library:
-    # scipy on the host; min-label propagation on the cluster (cuGraph's multi-GPU WCC where
-    # dask-cudf and cuGraph are installed); cuGraph or min-label hooking over CuPy on a GPU.
-    "components": {("local", "scipy"): "scipy", ("dask", "scipy"): "dask",
-                   (ANY, "cugraph"): "cugraph", (ANY, "xp"): "xp"},
+    # scipy on the host; cuGraph or min-label hooking over CuPy on this process's GPU; on the
+    # cluster, cuGraph's multi-GPU WCC where dask-cudf and cuGraph are installed, else min-label
+    # propagation over edge partitions the workers hold (on a GPU backend, on their own GPUs).
+    "components": {("local", "scipy"): "scipy", ("local", "cugraph"): "cugraph", ("local", "xp"): "xp",
+                   ("dask", ANY): "dask"},
     # One blocking rule's candidate pairs (matching/blocking.py RULE_PAIRS): the compiled kernels on
     # the host, array operations (every pair found from its index) on the device.
     "rule_pairs": {(ANY, "cpu"): "compiled", (ANY, "gpu"): "xp"},

@@ -52,6 +52,7 @@ from resolver.matching.blocking import (
     agreement_masks,
     candidate_pairs,
     rule_pairs_of,
+    rule_pairs_xp,
 )
 from resolver.matching.compare import PreparedComparison, comparison_matrix
 from resolver.matching.model import (
@@ -113,8 +114,8 @@ def bucket_jobs(keys: np.ndarray, labels: np.ndarray, prepared: list, buckets: i
 
 @dataclass(frozen=True)
 class OnDevice:
-    """Where bucket jobs compare their pairs on a GPU backend: `arrays` names the array module
-    ("cupy"; "numpy" when simulated), `target` the kernels' numba target. `prepared`: every
+    """Where bucket jobs make and compare their pairs on a GPU backend: `arrays` names the array
+    module ("cupy"; "numpy" when simulated), `target` the kernels' numba target. `prepared`: every
     record's comparison data already on this process's device (the local engine); None on a
     cluster, where each worker moves its bucket's data to its own GPU (dask-cuda)."""
 
@@ -126,36 +127,45 @@ class OnDevice:
     def where(self) -> str:
         return self.target if self.prepared is not None else "workers' GPUs"
 
-    def levels(self, prepared: list, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """The pairs' levels computed on the device; only they come back (device memory: one
-        bucket's pairs)."""
-        xp = importlib.import_module(self.arrays)
-        on_device = self.prepared if self.prepared is not None else [p.on(xp) for p in prepared]
-        return to_host(comparison_matrix(on_device, xp.asarray(left), xp.asarray(right), self.target))
+    @property
+    def xp(self):
+        return importlib.import_module(self.arrays)
+
+    def comparison_data(self, prepared: list) -> list:
+        return self.prepared if self.prepared is not None else [p.on(self.xp) for p in prepared]
 
 
 def _pairs_and_levels(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope,
-                      whole: bool, device: OnDevice | None = None):
-    """A bucket's pairs (positions in the bucket) and their levels; `whole`: `prepared` is every
-    record's (bucket_jobs), compared at the records' own positions; `device`: compared on a GPU."""
-    left, right = rule_pairs_of(keys, rule, labels, scope)
-    at_left, at_right = (rows[left], rows[right]) if whole else (left, right)
-    if device is not None:
-        return left, right, device.levels(prepared, at_left, at_right)
-    return left, right, comparison_matrix(prepared, at_left, at_right)
+                      whole: bool, device: OnDevice | None = None, count: bool = False):
+    """A bucket's pairs (positions in the bucket), their levels and, with `count`, EM's statistics
+    of them (else None), returned on the host. `whole`: `prepared` is every record's (bucket_jobs),
+    compared at the records' own positions. `device`: the pairs are made (by array operations,
+    the same pairs in the same order), compared and counted on a GPU, which holds the bucket's
+    keys, labels and comparison data meanwhile; only the results come back."""
+    if device is None:
+        xp, target, data = np, "cpu", prepared
+        left, right = rule_pairs_of(keys, rule, labels, scope)
+    else:
+        xp, target, data = device.xp, device.target, device.comparison_data(prepared)
+        keys = xp.asarray(keys)
+        left, right = rule_pairs_xp(xp, keys, rule, xp.asarray(labels), scope=None if scope is None else scope.on(xp))
+    at_left, at_right = (xp.asarray(rows)[left], xp.asarray(rows)[right]) if whole else (left, right)
+    levels = comparison_matrix(data, at_left, at_right, target)
+    counts = _session_counts(keys, left, right, levels) if count else None
+    return to_host(left), to_host(right), to_host(levels), counts
 
 
 def _session_counts(keys: np.ndarray, left: np.ndarray, right: np.ndarray, levels: np.ndarray):
-    """EM's statistics of some pairs: counts of (level pattern, rules whose keys they share)."""
+    """EM's statistics of some pairs: counts of (level pattern, rules whose keys they share), on
+    the host (reduced where the pairs are)."""
     return pattern_counts(levels, agreement_masks(keys, left, right))
 
 
 def bucket_pairs(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, scope=None,
                  whole: bool = False, device: OnDevice | None = None):
     """One bucket's pairs (record positions), their comparison levels and level-pattern counts;
-    `device`: compared on a GPU (_pairs_and_levels)."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
-    counts = _session_counts(keys, left, right, levels)
+    `device`: made, compared and counted on a GPU (_pairs_and_levels)."""
+    left, right, levels, counts = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device, True)
     return rows[left].astype(np.int32), rows[right].astype(np.int32), levels, counts
 
 
@@ -176,10 +186,10 @@ def bucket_statistics(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, ru
     """One bucket's pair count and level-pattern counts; the pairs and levels are written to
     `keep_at` when given (for bucket_scored), else dropped. `device`: compared on the GPU
     (_pairs_and_levels)."""
-    left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
+    left, right, levels, counts = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device, True)
     if keep_at is not None:
         _keep_pairs(keep_at, left, right, levels)
-    return len(left), _session_counts(keys, left, right, levels)
+    return len(left), counts
 
 
 def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: int, prepared: list, model,
@@ -195,7 +205,7 @@ def bucket_scored(rows: np.ndarray, keys: np.ndarray, labels: np.ndarray, rule: 
         left, right, levels = _kept_pairs(kept_at)
         os.remove(kept_at)
     else:
-        left, right, levels = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
+        left, right, levels, _ = _pairs_and_levels(rows, keys, labels, rule, prepared, scope, whole, device)
     histogram = np.zeros(len(WEIGHT_BINS) - 1, dtype=np.int64)
     at = (rows[left], rows[right]) if whole else (left, right)  # where `prepared` has the pair's records
     pairs = CandidatePairs(*at, np.full(len(left), rule, dtype=np.int8), [])
