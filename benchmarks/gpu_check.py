@@ -238,6 +238,13 @@ def stage_equal(rec: Recorder, sizes: dict, cp) -> None:
             gpu = cp.asnumpy(gpu) if cp is not None else np.asarray(gpu)
             differ = int((~((cpu == gpu) | (np.isnan(cpu) & np.isnan(gpu)))).sum())
             r.update(status="ok" if differ == 0 else "failed", value=differ, unit="pairs differ")
+    with rec.check(f"jaro_winkler levels (cut in the kernel) == cpu ({n:,} pairs)") as r:
+        cuts = [0.95, 0.88, 0.7]
+        cpu = strings.similarity_levels("jaro_winkler", enc, left, right, cuts, 2, 5, 0.1)
+        gpu = strings.similarity_levels("jaro_winkler", device, d_left, d_right, cuts, 2, 5, 0.1, target=target)
+        gpu = cp.asnumpy(gpu) if cp is not None else np.asarray(gpu)
+        differ = int((cpu != gpu).sum())
+        r.update(status="ok" if differ == 0 else "failed", value=differ, unit="pairs differ")
     with rec.check(f"hash_strings == cpu ({sizes['hash_values']:,} values)") as r:
         from resolver.kernels.hashing import hash_strings
 
@@ -301,7 +308,14 @@ def stage_speed(rec: Recorder, sizes: dict, cp) -> None:
             device = strings.Encoded(cp.asarray(enc.offsets), cp.asarray(enc.codes), cp.asarray(enc.valid))
             left, right = cp.random.randint(0, len(enc), n), cp.random.randint(0, len(enc), n)
             seconds = _median_seconds(lambda: fn(device, left, right, target="cuda"), cp)
-            r.update(value=f"{n / seconds:.3g}", unit="pairs/s")
+            r.update(value=f"{n / seconds:.3g}", unit="pairs/s", detail="random pairs, float similarities")
+        if cp is not None:
+            with rec.check(f"{name} gpu, levels, pairs sorted by left") as r:
+                left = cp.sort(left)  # candidate order: a warp's pairs share their left record
+                seconds = _median_seconds(lambda: strings.similarity_levels(
+                    name, device, left, right, [0.9, 0.7], 2, 4, 0.1 if name == "jaro_winkler" else 0.0,
+                    target="cuda"), cp)
+                r.update(value=f"{n / seconds:.3g}", unit="pairs/s", detail="int8 levels out of the kernel")
     with rec.check("components cpu (scipy)") as r:
         from resolver.compute.cluster import connected_components as scipy_components
 

@@ -38,6 +38,11 @@ def similarities(target: str) -> dict:
         "ngrams2": strings.jaccard_ngrams(enc, left, right, 2, target=target),
         "ngrams3": strings.jaccard_ngrams(enc, left, right, n=3, target=target),
         "tokens": strings.jaccard_tokens(enc, left, right, target=target),
+        # levels cut inside the kernel (CUDA) or from the similarities (CPU)
+        "jw_levels": strings.similarity_levels("jaro_winkler", enc, left, right, [0.95, 0.88, 0.7], 2, 5, 0.1,
+                                               target=target).astype(np.float64),
+        "lev_levels": strings.similarity_levels("levenshtein", enc, left, right, [0.9, 0.6], 3, 6, null=1,
+                                                target=target).astype(np.float64),
         # the two-table form: right rows read from a second encoding
         "jw_other": strings.jaro_winkler(
             enc, left, right[::-1] % 5, other=strings.encode(values[:5]), target=target

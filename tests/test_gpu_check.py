@@ -31,7 +31,7 @@ def test_the_dry_run_reaches_every_stage_and_the_simulated_kernels_equal_the_cpu
     by_check = {(r["stage"], r["check"]): r for r in rows}
     assert by_check[("probe", "numba-cuda trivial kernel")]["status"] == "ok"
     equal = [r for r in rows if r["stage"] == "equal"]
-    assert len(equal) == 9 and all(r["status"] == "ok" for r in equal), equal
+    assert len(equal) == 10 and all(r["status"] == "ok" for r in equal), equal
     assert by_check[("e2e", "gpu outputs == cpu outputs")]["status"] == "ok"
     assert not [r for r in rows if r["status"] in ("error", "crashed", "timeout", "failed")]
     assert "| stage | check | status |" in proc.stdout  # the table, last

@@ -315,3 +315,20 @@ def test_the_register_jaro_of_the_gpu_equals_rapidfuzz(gpu_jaro_on_the_cpu, a, b
     scratch = np.zeros(sk._TABLE + len(a) + len(b), dtype=np.int64)
     got = gpu_jaro_on_the_cpu(ca, 0, len(a), cb, 0, len(b), scratch, 0.1)
     assert got == pytest.approx(JaroWinkler.similarity(a, b, prefix_weight=0.1), abs=1e-12)
+
+
+def test_similarity_levels_cut_the_similarities_at_the_thresholds():
+    values = ["martha", "marhta", "dwayne", "duane", None, "", "jon", "john", "xyz"]
+    enc = encode(values)
+    left, right = np.array([0, 2, 4, 5, 6, 0, 8, 0]), np.array([1, 3, 0, 5, 7, 8, 8, 4])
+    levels = sk.similarity_levels("jaro_winkler", enc, left, right, [0.95, 0.85, 0.7], 2, 9, 0.1, null=1)
+    expected = []
+    for a, b in zip(left, right):
+        if values[a] is None or values[b] is None:
+            expected.append(1)
+            continue
+        sim = JaroWinkler.similarity(values[a], values[b], prefix_weight=0.1)
+        expected.append(next((2 + q for q, cut in enumerate([0.95, 0.85, 0.7]) if sim >= cut), 9))
+    assert levels.dtype == np.int8 and levels.tolist() == expected
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        sk.similarity_levels("soundex", enc, left, right, [0.5], 2, 3)

@@ -8,7 +8,11 @@ and with `numba.cuda.jit(device=True)`; `_compile` builds one namespace of them 
 feed it pairs: on the CPU a `prange` over chunks of pairs (each chunk owns its scratch), on CUDA a
 grid-stride kernel (each thread owns one row of a global scratch array).
 
-Results are floats in [0, 1], NaN where either record is null. Code points, not bytes or UTF-16
+Pairs arrive in candidate order (block by block, row-major inside a block: matching/blocking.py),
+so the threads of a CUDA warp mostly share their left record and read its string once from cache.
+
+Results are floats in [0, 1], NaN where either record is null (or, by `similarity_levels`, int8
+comparison levels cut inside the kernel). Code points, not bytes or UTF-16
 units, are the characters, as in Python `str` and rapidfuzz.
 """
 
@@ -32,6 +36,8 @@ __all__ = [
     "levenshtein_similarity",
     "jaccard_ngrams",
     "jaccard_tokens",
+    "similarity",
+    "similarity_levels",
     "available_targets",
 ]
 
@@ -672,9 +678,10 @@ def _cpu_drive(ca, oa, va, cb, ob, vb, left, right, ka, kb, kc, param, out):
                 out[k] = np.nan
 
 
-def _cuda_drive(ca, oa, va, cb, ob, vb, left, right, width, param, scratch, out):
-    """out[k] = _core(pair k) in a grid-stride loop; thread t works in its own scratch row.
-    `_core` and `cuda` are bound by _cuda_kernels."""
+def _cuda_drive(ca, oa, va, cb, ob, vb, left, right, width, param, scratch, cut, out):
+    """out[k] = _out(_core(pair k), cut) in a grid-stride loop; thread t works in its own scratch
+    row. `_core`, `_out` (the similarity itself, or its level by `cut`) and `cuda` are bound by
+    _cuda_kernels."""
     t = cuda.grid(1)  # noqa: F821
     row = scratch[t * width : (t + 1) * width]
     for q in range(width):
@@ -682,10 +689,25 @@ def _cuda_drive(ca, oa, va, cb, ob, vb, left, right, width, param, scratch, out)
     for k in range(t, left.shape[0], cuda.gridsize(1)):  # noqa: F821
         i = left[k]
         j = right[k]
+        sim = math.nan
         if va[i] and vb[j]:
-            out[k] = _core(ca, oa[i], oa[i + 1], cb, ob[j], ob[j + 1], row, param)  # noqa: F821
-        else:
-            out[k] = math.nan
+            sim = _core(ca, oa[i], oa[i + 1], cb, ob[j], ob[j + 1], row, param)  # noqa: F821
+        out[k] = _out(sim, cut)  # noqa: F821
+
+
+def _similarity_out(sim, cut):
+    return sim
+
+
+def _level_out(sim, cut):
+    """The comparison level of a similarity; `cut` is (null level, level below every threshold,
+    level of the first threshold, then the thresholds, descending)."""
+    if math.isnan(sim):
+        return int(cut[0])
+    for q in range(3, cut.shape[0]):
+        if sim >= cut[q]:
+            return int(cut[2]) + q - 3
+    return int(cut[1])
 
 
 def _cpu_drivers() -> dict:
@@ -715,11 +737,14 @@ def _cuda_kernels() -> dict:
     compiled = _compile(cuda.jit(device=True), extra)
     # Cached like the CPU builds (a second process loads the machine code instead of compiling for
     # minutes); each kernel has its own qualname, hence its own cache file.
-    return {
-        name: cuda.jit(cache=True)(_rebind(_cuda_drive, {**compiled, "_core": compiled[f"_{name}"]},
-                                           f"_cuda_drive_{name}"))
-        for name in _ALGORITHMS
-    }
+    kernels = {}
+    for out, kind in ((_similarity_out, ""), (_level_out, " levels")):
+        write = cuda.jit(device=True)(_rebind(out, compiled))
+        for name in _ALGORITHMS:
+            namespace = {**compiled, "_core": compiled[f"_{name}"], "_out": write}
+            qualname = f"_cuda_drive_{name}" + kind.replace(" ", "_")
+            kernels[name + kind] = cuda.jit(cache=True)(_rebind(_cuda_drive, namespace, qualname))
+    return kernels
 
 
 def available_targets() -> list[str]:
@@ -760,10 +785,13 @@ def _run_cpu(name, a: Encoded, b: Encoded, left, right, param: float) -> np.ndar
     return out
 
 
-def _run_cuda(name, a: Encoded, b: Encoded, left, right, param: float, xp):
+def _launch_cuda(kernel: str, a: Encoded, b: Encoded, left, right, param: float, xp, out, cut) -> None:
+    """Run the CUDA kernel `kernel` over the pairs into `out` (a device array; with the simulator a
+    numpy one), inputs moved through CuPy's memory pool, scratch sized by the columns' longest
+    strings; `cut`: _level_out's, for a levels kernel."""
     from numba import cuda
 
-    kernels = _cuda_kernels()
+    name = kernel.split(" ")[0]
     dev = {}
     for key, arr in (("ca", a.codes), ("oa", a.offsets), ("va", a.valid), ("cb", b.codes),
                      ("ob", b.offsets), ("vb", b.valid), ("left", left), ("right", right)):
@@ -781,39 +809,71 @@ def _run_cuda(name, a: Encoded, b: Encoded, left, right, param: float, xp):
     blocks = (threads + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK
     cells = blocks * _THREADS_PER_BLOCK * width
     scratch = cuda.as_cuda_array(xp.empty(cells, dtype=np.int64)) if xp is not np else cuda.device_array(cells, np.int64)
-    out = xp.empty(n, dtype=np.float64)
-    d_out = cuda.as_cuda_array(out) if xp is not np else cuda.device_array(n, dtype=np.float64)
-    kernels[name][blocks, _THREADS_PER_BLOCK](
+    cut = cuda.as_cuda_array(xp.asarray(cut)) if xp is not np else cuda.to_device(cut)
+    _cuda_kernels()[kernel][blocks, _THREADS_PER_BLOCK](
         dev["ca"], dev["oa"], dev["va"], dev["cb"], dev["ob"], dev["vb"], dev["left"], dev["right"],
-        width, param, scratch, d_out,
+        width, param, scratch, cut, out,
     )
+
+
+def _device_out(xp, n: int, dtype):
+    """(what the caller gets, what the kernel writes): one CuPy array, or with the simulator a numpy
+    array and its simulated device copy."""
+    from numba import cuda
+
+    if xp is not np:
+        out = xp.empty(n, dtype=dtype)
+        return out, cuda.as_cuda_array(out)
+    return None, cuda.device_array(n, dtype=dtype)
+
+
+def _run_cuda(name, a: Encoded, b: Encoded, left, right, param: float, xp):
+    out, d_out = _device_out(xp, len(left), np.float64)
+    _launch_cuda(name, a, b, left, right, param, xp, d_out, np.zeros(1))
     return out if xp is not np else d_out.copy_to_host()
 
 
-def _similarity(name, enc: Encoded, left, right, other, target: str, param: float):
-    """Validate, then run `name` over the pairs on `target`."""
+def _check_pairs(enc: Encoded, left, right, other: Encoded | None):
+    """(other side's encoding, array module, left, right as contiguous int64), validated."""
     b = enc if other is None else other
     xp = _array_module(left, right, enc.codes, b.codes)
     left = xp.ascontiguousarray(xp.asarray(left, dtype=np.int64).reshape(-1))
     right = xp.ascontiguousarray(xp.asarray(right, dtype=np.int64).reshape(-1))
     if len(left) != len(right):
         raise ValueError(f"left and right differ in length ({len(left)} vs {len(right)})")
+    if xp is not np and len(left):  # one device sync for both sides, not four
+        outside = (left.min() < 0) | (left.max() >= len(enc)) | (right.min() < 0) | (right.max() >= len(b))
+        if not bool(outside):
+            return b, xp, left, right
     _check_rows(left, len(enc), "left")
     _check_rows(right, len(b), "right")
+    return b, xp, left, right
+
+
+def _check_target(target: str, xp) -> None:
     if target == "cpu":
         if xp is not np:
             raise TypeError('target="cpu" needs numpy row indices, got GPU arrays')
-        return _run_cpu(name, enc, b, left, right, param)
+        return
     if target == "cuda":
         if "cuda" not in available_targets():
             raise RuntimeError(
                 'target="cuda" needs a GPU that numba can see (numba.cuda.is_available() is '
                 'False here); use target="cpu"'
             )
-        if len(left) == 0:
-            return xp.empty(0, dtype=np.float64)
-        return _run_cuda(name, enc, b, left, right, param, xp)
+        return
     raise ValueError(f"unknown target {target!r}; choose from {available_targets()}")
+
+
+def _similarity(name, enc: Encoded, left, right, other, target: str, param: float):
+    """Validate, then run `name` over the pairs on `target`."""
+    b, xp, left, right = _check_pairs(enc, left, right, other)
+    _check_target(target, xp)
+    if target == "cpu":
+        return _run_cpu(name, enc, b, left, right, param)
+    if len(left) == 0:
+        return xp.empty(0, dtype=np.float64)
+    return _run_cuda(name, enc, b, left, right, param, xp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -864,3 +924,42 @@ def jaccard_tokens(enc: Encoded, left, right, *, other: Encoded | None = None, t
     than ASCII whitespace (space, \\t, \\n, \\v, \\f, \\r). A string with no tokens has the
     empty set: two such score 1.0, one 0.0."""
     return _similarity("jaccard_tokens", enc, left, right, other, target, 0.0)
+
+
+def similarity(name: str, enc: Encoded, left, right, param: float = 0.0, *, other: Encoded | None = None,
+               target: str = "cpu"):
+    """The similarity of each pair by algorithm `name` (a key of the kernels; `param` as its
+    function takes it: Jaro-Winkler's prefix weight, the n of n-grams)."""
+    if name not in _ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose from {sorted(_ALGORITHMS)}")
+    return _similarity(name, enc, left, right, other, target, float(param))
+
+
+def similarity_levels(name: str, enc: Encoded, left, right, thresholds, first: int, otherwise: int,
+                      param: float = 0.0, null: int = 0, *, other: Encoded | None = None, target: str = "cpu"):
+    """The comparison level (int8) of each pair by algorithm `name` (a key of the kernels: "jaro",
+    "jaro_winkler", "levenshtein", "jaccard_ngrams", "jaccard_tokens"; `param` as their functions
+    take it): first + q for the first of the descending `thresholds` the similarity reaches, else
+    `otherwise`; `null` where either side is null. On CUDA the kernel writes the levels itself (one
+    byte a pair out of the kernel, not an eight-byte similarity and a pass over it); on the CPU
+    they are cut from the similarities."""
+    if name not in _ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose from {sorted(_ALGORITHMS)}")
+    b, xp, left, right = _check_pairs(enc, left, right, other)
+    _check_target(target, xp)
+    cuts = np.asarray(thresholds, dtype=np.float64)
+    if target == "cpu":
+        sim = _run_cpu(name, enc, b, left, right, param)
+        level = np.full(len(sim), otherwise, dtype=np.int8)
+        level[np.isnan(sim)] = null
+        undecided = ~np.isnan(sim)
+        for q, cut in enumerate(cuts):
+            hit = undecided & (sim >= cut)
+            level[hit] = first + q
+            undecided &= ~hit
+        return level
+    out, d_out = _device_out(xp, len(left), np.int8)
+    if len(left):
+        cut = np.concatenate([[null, otherwise, first], cuts]).astype(np.float64)
+        _launch_cuda(f"{name} levels", enc, b, left, right, param, xp, d_out, cut)
+    return out if xp is not np else d_out.copy_to_host()

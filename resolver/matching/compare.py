@@ -269,16 +269,21 @@ def prepare_all(comparisons: list[ComparisonConfig], attributes: dict[str, pd.Se
 # ---------------------------------------------------------------------------------------------
 # Levels (per pair)
 # ---------------------------------------------------------------------------------------------
-def _similarity(p: PreparedComparison, left: np.ndarray, right: np.ndarray, target: str) -> np.ndarray:
-    enc = p.extra["encoded"]
+def _kernel_of(p: PreparedComparison) -> tuple[str, float]:
+    """The string kernel of a similarity comparison and its parameter."""
     method = p.config.method
     if method == "jaro_winkler":
-        return strings.jaro_winkler(enc, left, right, target=target)
+        return "jaro_winkler", 0.1
     if method == "levenshtein":
-        return strings.levenshtein_similarity(enc, left, right, target=target)
+        return "levenshtein", 0.0
     if p.config.ngram:
-        return strings.jaccard_ngrams(enc, left, right, n=p.config.ngram, target=target)
-    return strings.jaccard_tokens(enc, left, right, target=target)
+        return "jaccard_ngrams", float(p.config.ngram)
+    return "jaccard_tokens", 0.0
+
+
+def _similarity(p: PreparedComparison, left: np.ndarray, right: np.ndarray, target: str) -> np.ndarray:
+    name, param = _kernel_of(p)
+    return strings.similarity(name, p.extra["encoded"], left, right, param, target=target)
 
 
 def _haversine_km(lat1, lon1, lat2, lon2):
@@ -396,8 +401,13 @@ def _similarity_levels(p: PreparedComparison, left, right, target: str):
         nickname = _nickname_match(p.extra["nicknames"], left[rows], right[rows])
         level[rows[nickname]] = labels.index("nickname")
         rows = rows[~nickname]
-    sim = _similarity(p, left[rows], right[rows], target)
     first = labels.index("nickname") + 1 if c.nicknames else 2
+    if target == "cuda":  # the kernel writes the levels: one byte a pair back, not a float
+        name, param = _kernel_of(p)
+        level[rows] = strings.similarity_levels(name, p.extra["encoded"], left[rows], right[rows], c.thresholds,
+                                                first, len(labels) - 1, param, null=len(labels) - 1, target=target)
+        return level
+    sim = _similarity(p, left[rows], right[rows], target)
     undecided = xp.ones(len(rows), dtype=bool)
     for k, t in enumerate(c.thresholds):
         hit = undecided & (sim >= t)
