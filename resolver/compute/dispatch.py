@@ -33,12 +33,12 @@ CHOICES: dict[str, dict[tuple[str, str], str]] = {
     "rule_pairs": {(ANY, "cpu"): "compiled", (ANY, "gpu"): "xp"},
     # Where candidate pairs are made and compared when they are all held (matching/pairs.py
     # PAIR_SOURCES): on the backend (the state's levels reused on the host), or in buckets of
-    # records on the cluster (on a GPU backend each dask-cuda worker compares its buckets on its own
-    # GPU); a local GPU run keeps its pairs on its device.
+    # records on the cluster (on a GPU backend each dask-cuda worker makes and compares its buckets
+    # on its own GPU); a local GPU run keeps its pairs on its device.
     "pairs": {("local", "cpu"): "held, reusing levels", ("dask", ANY): "buckets", ("local", "gpu"): "held"},
     # Pairs too many to hold: made bucket by bucket on the engine (EM statistics, then scores); on
-    # a GPU backend each bucket's pairs are compared on a GPU: this process's (local engine, memory:
-    # one bucket) or each dask-cuda worker's own.
+    # a GPU backend each bucket's pairs are made and compared on a GPU: this process's (local
+    # engine, memory: one bucket) or each dask-cuda worker's own.
     "streamed_pairs": {("local", ANY): "streamed", ("dask", ANY): "streamed"},
     # Golden records (pipeline): all persons at once, or buckets of persons, a task each.
     "golden": {("local", ANY): "whole", ("dask", ANY): "buckets"},

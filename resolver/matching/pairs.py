@@ -447,7 +447,8 @@ def _held(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine,
 def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
                     caches) -> HeldPairs:
     """Pairs made and compared bucket by bucket on the engine (the cluster's tasks; on a GPU backend
-    each worker compares on its own GPU), then held on the host, where they are scored."""
+    each worker makes and compares them on its own GPU), then held on the host, where they are
+    scored."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
     device = _on_device(backend, engine)  # its jobs take their bucket's data (not whole)
@@ -458,9 +459,9 @@ def held_in_buckets(blocking: BlockingKeys, labels, prepared, on_backend, backen
 
 def streamed(blocking: BlockingKeys, labels, prepared, on_backend, backend, engine: Engine, scope,
              caches) -> StreamedPairs:
-    """Pairs made on the host bucket by bucket; on a GPU backend each bucket's pairs are compared on
-    the device (the records' comparison data is moved there once), so device memory holds one
-    bucket's pairs, not all of them; EM's statistics and scoring run on the host."""
+    """Pairs made bucket by bucket; on a GPU backend each bucket's pairs are made, compared and
+    counted on the device (the records' comparison data is moved there once), so device memory
+    holds one bucket's pairs, not all of them; EM itself and scoring run on the host."""
     buckets = engine.buckets_for(blocking.keys.shape[1])
     engine.description["pair_buckets"] = buckets
     return StreamedPairs(engine, blocking.keys, np.asarray(labels, dtype=np.int64), prepared, scope, buckets,
