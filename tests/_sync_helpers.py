@@ -13,6 +13,8 @@ import yaml
 
 ORG_ID = "00D5g000004XXXXEA4"  # 18 characters, checksum suffix included
 SECRET = "test-secret"
+OUTBOUND_TOKEN = "test-outbound-token"  # in the Outbound Message endpoint URL: ?token=...
+OUTBOUND_BY_TOKEN = f"/webhooks/salesforce/outbound?token={OUTBOUND_TOKEN}"
 
 
 def outbound(notifications: list[tuple[str, str, dict]], org: str = ORG_ID) -> bytes:

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from _sync_helpers import (
     ORG_ID,
+    OUTBOUND_BY_TOKEN,
+    OUTBOUND_TOKEN,
     SECRET,
     cdc,
     fresh_postgres_database,
@@ -83,7 +85,7 @@ def _client(service, **kwargs):
 
     from resolver.sync.app import create_app
 
-    return TestClient(create_app(service, secret=SECRET, org_ids=[ORG_ID], **kwargs))
+    return TestClient(create_app(service, secret=SECRET, org_ids=[ORG_ID], outbound_token=OUTBOUND_TOKEN, **kwargs))
 
 
 def _get(client, path: str):
@@ -286,11 +288,27 @@ def test_signatures_sizes_and_malformed_bodies(batch, tmp_path):
         assert _post(client, "/webhooks/salesforce/cdc", cdc("Contact", "DELETE", [NEW_CONTACT]), sign=False).status_code == 401
         assert _get(client, "/profiles/user_id/u-1").status_code == 404  # signed lookup, unknown value
         assert client.get("/profiles/user_id/u-1").status_code == 401  # unsigned lookup
-        # Outbound Messages: an allow-listed organization (15- or 18-character id) needs no signature.
+        # Segment signs with X-Signature: the hex HMAC-SHA1 of the raw body under the shared secret.
+        from resolver.sync.app import segment_signature
+
+        by_segment = segment([identify("msg-sha1-1", user_id="u-sha1")])
+        assert client.post("/webhooks/segment", content=by_segment,
+                           headers={"X-Signature": segment_signature(SECRET, by_segment)}).status_code == 200
+        assert client.post("/webhooks/segment", content=by_segment + b" ",
+                           headers={"X-Signature": segment_signature(SECRET, by_segment)}).status_code == 401
+        assert client.post("/webhooks/segment", content=by_segment,
+                           headers={"X-Signature": segment_signature("other", by_segment)}).status_code == 401
+        assert client.post("/webhooks/salesforce/cdc", content=by_segment,  # Segment's signature is Segment's
+                           headers={"X-Signature": segment_signature(SECRET, by_segment)}).status_code == 401
+        # Outbound Messages cannot sign: the endpoint URL's token, and an allow-listed organization
+        # (15- or 18-character id). The org id alone is no secret: without the token, 401.
         message = outbound([("04l5g00000ORG0001", "Contact", {"Id": NEW_CONTACT, "LastName": "Org"})], org=ORG_ID[:15])
-        assert _post(client, "/webhooks/salesforce/outbound", message, sign=False).status_code == 200
+        assert _post(client, "/webhooks/salesforce/outbound", message, sign=False).status_code == 401
+        assert _post(client, "/webhooks/salesforce/outbound?token=guess", message, sign=False).status_code == 401
+        assert _post(client, OUTBOUND_BY_TOKEN, message, sign=False).status_code == 200
         stranger = outbound([("04l5g00000ORG0002", "Contact", {"Id": NEW_CONTACT})], org="00D000000000001AAA")
-        assert _post(client, "/webhooks/salesforce/outbound", stranger, sign=False).status_code == 401
+        assert _post(client, OUTBOUND_BY_TOKEN, stranger, sign=False).status_code == 401
+        assert _post(client, "/webhooks/salesforce/outbound", stranger).status_code == 401  # signed, other org
         # Too big: by Content-Length, and by counting a chunked stream.
         big = segment([identify(f"msg-big-{i}", user_id=f"u-{i}") for i in range(60)])
         assert len(big) > 4096

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _sync_helpers import ORG_ID, SECRET, cdc, identify, outbound, segment, signed, with_sync
+from _sync_helpers import ORG_ID, OUTBOUND_BY_TOKEN, OUTBOUND_TOKEN, SECRET, cdc, identify, outbound, segment, signed, with_sync
 from test_sync import (  # noqa: F401 - `batch` is the module's fixture: one batch run for these tests
     NEW_CONTACT,
     _client,
@@ -66,13 +66,15 @@ def test_xml_is_read_safely_in_any_encoding_and_only_after_authentication(batch,
             response = _post(client, "/webhooks/salesforce/outbound", _entity_document(encoding))
             assert response.status_code == 400, (encoding, response.text)
             assert "document type declarations" in response.json()["error"]
-        # Unsigned bombs: 401 whether or not they are well-formed, so they were never parsed (a
-        # parse would have answered 400); one claiming an allow-listed org is parsed: 400, no DTD.
-        assert _post(client, "/webhooks/salesforce/outbound", _bomb(org="00D000000000001AAA"), sign=False).status_code == 401
-        assert _post(client, "/webhooks/salesforce/outbound", _bomb(org="00D000000000001AAA")[:-30],
+        # Unauthenticated bombs: 401 whether or not they are well-formed, so they were never parsed
+        # (a parse would have answered 400), with the token too when they claim another org; one
+        # with the token claiming the allow-listed org is parsed: 400, no DTD.
+        assert _post(client, OUTBOUND_BY_TOKEN, _bomb(org="00D000000000001AAA"), sign=False).status_code == 401
+        assert _post(client, OUTBOUND_BY_TOKEN, _bomb(org="00D000000000001AAA")[:-30],
                      sign=False).status_code == 401
-        assert _post(client, "/webhooks/salesforce/outbound", _bomb(encoding="UTF-16"), sign=False).status_code == 401
-        assert _post(client, "/webhooks/salesforce/outbound", _bomb(), sign=False).status_code == 400
+        assert _post(client, OUTBOUND_BY_TOKEN, _bomb(encoding="UTF-16"), sign=False).status_code == 401
+        assert _post(client, "/webhooks/salesforce/outbound", _bomb(), sign=False).status_code == 401
+        assert _post(client, OUTBOUND_BY_TOKEN, _bomb(), sign=False).status_code == 400
         assert _post(client, "/webhooks/salesforce/outbound", _bomb()).status_code == 400
         assert _post(client, "/webhooks/salesforce/outbound", _bomb(encoding="UTF-16")).status_code == 400
         assert _stored(service) == before
@@ -137,7 +139,8 @@ def test_org_ids_are_compared_in_full_18_character_form(batch, tmp_path):
     from starlette.testclient import TestClient
 
     # One org allow-listed by its 15-character id, one by its 18-character id.
-    app = create_app(service, secret=SECRET, org_ids=["00D000000000062", "00D5g000004XXXXEA4"])
+    app = create_app(service, secret=SECRET, org_ids=["00D000000000062", "00D5g000004XXXXEA4"],
+                     outbound_token=OUTBOUND_TOKEN)
     cases = [("00D000000000062EAA", 200), ("00D000000000062", 200), ("00D5g000004XXXX", 200),
              ("00D5g000004XXXXEA4", 200),
              ("00D000000000062EAB", 401), ("00D5g000004XXXXEAA", 401),  # differ only after character 15
@@ -145,7 +148,7 @@ def test_org_ids_are_compared_in_full_18_character_form(batch, tmp_path):
     with TestClient(app) as client:
         for n, (sent, expected) in enumerate(cases):
             message = outbound([(f"04l5g00000ORG{n:04d}", "Contact", {"Id": NEW_CONTACT, "LastName": "Org"})], org=sent)
-            response = _post(client, "/webhooks/salesforce/outbound", message, sign=False)
+            response = _post(client, OUTBOUND_BY_TOKEN, message, sign=False)
             assert response.status_code == expected, (sent, response.text)
 
 
@@ -240,10 +243,11 @@ def test_records_per_event_and_text_lengths_are_capped(batch, tmp_path):
 
 def test_serve_answers_healthz_during_bombs_and_logs_one_json_line_per_entry(batch, tmp_path, monkeypatch):
     """The real `resolver serve`: 10 clients send entity bombs (UTF-16 and UTF-8, unsigned, signed,
-    and unsigned from the allow-listed org, which gets parsed) while /healthz stays fast; a messageId
+    and by URL token from the allow-listed org, which gets parsed) while /healthz stays fast; a messageId
     with a newline is one escaped JSON log line."""
     root = _copy(batch, tmp_path)
     monkeypatch.setenv("RESOLVER_SALESFORCE_ORG_IDS", ORG_ID)
+    monkeypatch.setenv("RESOLVER_SALESFORCE_OUTBOUND_TOKEN", OUTBOUND_TOKEN)
     port = _free_port()
     with open(tmp_path / "serve.log", "wb") as log:
         proc = _start_server(root, port, log)
@@ -257,8 +261,7 @@ def test_serve_answers_healthz_during_bombs_and_logs_one_json_line_per_entry(bat
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                     while not stop.is_set():
                         body, headers = bombs[worker % len(bombs)]
-                        statuses.append(http.post("/webhooks/salesforce/outbound", content=body,
-                                                  headers=headers).status_code)
+                        statuses.append(http.post(OUTBOUND_BY_TOKEN, content=body, headers=headers).status_code)
 
             threads = [threading.Thread(target=send, args=(w,)) for w in range(10)]
             for t in threads:

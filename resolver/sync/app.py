@@ -10,9 +10,17 @@ GET  /metrics                        Prometheus metrics
 
 Security: a webhook is accepted when `X-Resolver-Signature: sha256=<hex>` is the HMAC-SHA256 of
 `<X-Resolver-Timestamp>.<raw body>` under RESOLVER_WEBHOOK_SECRET (compared in constant time; the
-timestamp, Unix seconds, within 300 s of the server's clock), or, for Outbound Messages only, when
-its OrganizationId is allow-listed (RESOLVER_SALESFORCE_ORG_IDS, comma-separated, and
-sync.salesforce_org_ids; compared in full, 15-character ids in their 18-character form). GET
+timestamp, Unix seconds, within 300 s of the server's clock), or as its real sender signs it:
+- Segment (its Webhooks destination): `X-Signature: <hex>`, the HMAC-SHA1 of the raw body under the
+  destination's shared secret (RESOLVER_SEGMENT_SECRET, else RESOLVER_WEBHOOK_SECRET). Segment
+  sends no timestamp: a replayed message is a duplicate of its messageId, stored once.
+- Salesforce Outbound Messages, which cannot sign: the endpoint URL the org admin configures
+  carries `?token=<RESOLVER_SALESFORCE_OUTBOUND_TOKEN>` (a secret, compared in constant time), and
+  the message's OrganizationId must be allow-listed (RESOLVER_SALESFORCE_ORG_IDS, comma-separated,
+  and sync.salesforce_org_ids; compared in full, 15-character ids in their 18-character form). An
+  org id alone is not a secret, so it never authenticates by itself; with an allow-list, even a
+  signed Outbound Message from another org is refused.
+GET
 /profiles and /refetch sign `<timestamp>.<raw path>[?<query>]`, the path as sent (percent-encoding
 kept). Anything else: 401. Authentication needs no parsing: an unsigned Outbound Message's
 OrganizationId is found in its raw bytes first, and checked again once parsed. Bodies are parsed in
@@ -66,6 +74,7 @@ log = logging.getLogger("resolver.sync")
 SIGNATURE_HEADER = "x-resolver-signature"
 TIMESTAMP_HEADER = "x-resolver-timestamp"
 SIGNATURE_WINDOW = 300  # seconds a signature stays valid, either side of the server's clock
+SEGMENT_SIGNATURE_HEADER = "x-signature"  # Segment's: HMAC-SHA1 of the raw body, hex
 
 
 class _Refused(Exception):
@@ -96,6 +105,22 @@ def _signed(secret: str | None, data: bytes, header: str | None, timestamp: str 
     return hmac.compare_digest(sign(secret, data, timestamp).encode(), header.strip().encode("latin-1"))
 
 
+def segment_signature(secret: str, body: bytes) -> str:
+    """What Segment's Webhooks destination sends as `X-Signature`: the hex HMAC-SHA1 of the raw body
+    under the destination's shared secret."""
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+def _segment_signed(secret: str | None, body: bytes, header: str | None) -> bool:
+    if not secret or not header:
+        return False
+    return hmac.compare_digest(segment_signature(secret, body).encode(), header.strip().lower().encode("latin-1"))
+
+
+def _token_matches(token: str | None, given: str | None) -> bool:
+    return bool(token) and given is not None and hmac.compare_digest(token.encode(), given.encode("utf-8"))
+
+
 def org_id_18(org: str) -> str | None:
     """A Salesforce org id in its 18-character form, None when it is not an id: a 15-character id
     gets its checksum suffix; an 18-character one stays as given, so a wrong suffix never matches."""
@@ -123,9 +148,17 @@ def _allowed_org_ids(org_ids: list[str]) -> set[str]:
 
 
 def create_app(service: SyncService, secret: str | None = None, org_ids: list[str] | None = None,
-               retry_interval: float = 1.0, index_interval: float = 1.0, worker: str = "thread") -> Starlette:
+               retry_interval: float = 1.0, index_interval: float = 1.0, worker: str = "thread",
+               segment_secret: str | None = None, outbound_token: str | None = None) -> Starlette:
+    """The service's HTTP app. Secrets not given are read from the environment:
+    RESOLVER_WEBHOOK_SECRET, RESOLVER_SEGMENT_SECRET (default: the webhook secret),
+    RESOLVER_SALESFORCE_OUTBOUND_TOKEN and RESOLVER_SALESFORCE_ORG_IDS."""
     config = service.config
     secret = secret if secret is not None else os.environ.get("RESOLVER_WEBHOOK_SECRET") or None
+    if segment_secret is None:
+        segment_secret = os.environ.get("RESOLVER_SEGMENT_SECRET") or secret
+    if outbound_token is None:
+        outbound_token = os.environ.get("RESOLVER_SALESFORCE_OUTBOUND_TOKEN") or None
     if org_ids is None:
         org_ids = [o for o in os.environ.get("RESOLVER_SALESFORCE_ORG_IDS", "").split(",") if o.strip()]
     allowed_orgs = _allowed_org_ids(list(org_ids) + list(config.sync.salesforce_org_ids))
@@ -160,18 +193,31 @@ def create_app(service: SyncService, secret: str | None = None, org_ids: list[st
     def allowed_org(org: str | None) -> bool:
         return org is not None and org_id_18(org) in allowed_orgs
 
+    def sender_signed(request: Request, channel: str, data: bytes) -> bool:
+        """Authenticated the way the real sender can: Segment's X-Signature; an Outbound Message's
+        URL token (its org is checked once parsed)."""
+        if channel == "segment":
+            return _segment_signed(segment_secret, data, request.headers.get(SEGMENT_SIGNATURE_HEADER))
+        if channel == "salesforce_outbound":
+            return _token_matches(outbound_token, request.query_params.get("token"))
+        return False
+
     async def webhook(request: Request, channel: str) -> Response:
         start = time.perf_counter()
         status = 500
         try:
             body = await body_of(request)
             signed = authorized(request, body)
-            # No signature: an allow-listed organization may still send Outbound Messages. The org
-            # it claims is found in the raw bytes, so nothing unauthenticated is parsed.
-            if not signed and (channel != "salesforce_outbound" or not allowed_org(claimed_org_id(body))):
+            if not signed and not sender_signed(request, channel, body):
+                raise _Refused(401, "unauthorized")
+            # An Outbound Message by token must come from an allow-listed org: the org it claims is
+            # found in the raw bytes first, so nothing of another org's message is parsed, and
+            # checked again once parsed. A signed one is checked once parsed, when a list exists.
+            by_token = channel == "salesforce_outbound" and not signed
+            if by_token and not allowed_org(claimed_org_id(body)):
                 raise _Refused(401, "unauthorized")
             org, parsed = await run_in_threadpool(parse_webhook, channel, body, max_records, max_chars)
-            if not signed and not allowed_org(org):
+            if channel == "salesforce_outbound" and (by_token or allowed_orgs) and not allowed_org(org):
                 raise _Refused(401, "unauthorized")
             try:
                 counts = await asyncio.wrap_future(service.accept(parsed))
