@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from resolver import __version__
+from resolver.version import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INPUT, EXIT_QUALITY, EXIT_UNHEALTHY_MODEL = 0, 1, 2, 3, 4, 5
 

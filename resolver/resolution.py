@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
-from resolver import __version__
+from resolver.version import __version__
 from resolver.compute import heap
 from resolver.compute.heap import peak_rss_mb
 from resolver.compute.jit import jit_seconds

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver import __version__
+from resolver.version import __version__
 from resolver.ingest.tables import SourceTables
 
 SNAPSHOT_FORMAT = 4
