@@ -41,7 +41,7 @@ from resolver.resolution import Resolution
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "resolve", "Result", "score_pair",
            "Waterfall", "best_match", "Match"]
 
-TABLE_FORMATS = ("csv", "parquet", "jsonl")  # source formats whose rows are plain columns
+TABLE_FORMATS = ("csv", "parquet", "jsonl", "duckdb")  # source formats whose rows are plain columns
 
 
 def config_from_dict(raw: dict, base_dir: str | Path = ".") -> Config:
@@ -114,7 +114,7 @@ def _with_frames(config: Config, data: Mapping[str, pd.DataFrame | pa.Table], fo
         if source.name not in data:
             continue
         if source.format not in TABLE_FORMATS:
-            raise ConfigError(f"source {source.name!r}: a table can stand in for a csv, parquet or jsonl source, not "
+            raise ConfigError(f"source {source.name!r}: a table can stand in for a csv, parquet, jsonl or duckdb source, not "
                               f"{source.format!r} (its reader expects that system's message files)")
         table = data[source.name]
         if isinstance(table, pd.DataFrame):
@@ -124,6 +124,7 @@ def _with_frames(config: Config, data: Mapping[str, pd.DataFrame | pa.Table], fo
                             f"got {type(table).__name__}")
         path = folder / f"{len(list(folder.iterdir()))}.parquet"
         pq.write_table(table, path)
+        source.table = source.query = None
         source.path, source.format = str(path), "parquet"
     return config
 

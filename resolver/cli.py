@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from resolver.run_log import LOG_FORMATS, RunLog, error_line
 from resolver.version import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INPUT, EXIT_QUALITY, EXIT_UNHEALTHY_MODEL = 0, 1, 2, 3, 4, 5
@@ -36,13 +37,29 @@ def _stderr(quiet: bool = False) -> Console:
     return Console(stderr=True, quiet=quiet, soft_wrap=True)
 
 
-def _run_pipeline(config, console: Console, model_path: Path | None = None, state_dir: Path | None = None,
+def _talk(args) -> RunLog:
+    """How this command reports its progress, warnings and errors (--log-format, --quiet)."""
+    return RunLog(_console(args), getattr(args, "log_format", "text"), quiet=getattr(args, "quiet", False))
+
+
+def _run_pipeline(config, talk: RunLog, model_path: Path | None = None, state_dir: Path | None = None,
                   full: bool = False, truth: Path | None = None):
     from resolver.pipeline import run
 
-    with console.status("resolving") as status:
-        return run(config, report=lambda stage: status.update(f"[bold]{stage}"), model_path=model_path,
-                   state_dir=state_dir, full=full, truth=truth)
+    talk.emit("info", "run_started", sources=[s.name for s in config.sources], output_dir=str(config.output_path()))
+    with talk:
+        return run(config, report=talk, model_path=model_path, state_dir=state_dir, full=full, truth=truth)
+
+
+def _finished(talk: RunLog, args, summary: dict, table: Table) -> None:
+    """The run's summary: a table on stdout (text), or a `run_finished` log line (json)."""
+    if talk.format == "json":
+        matching = summary.get("matching") or {}
+        talk.emit("info", "run_finished", run_id=summary.get("run_id"), rows=summary.get("rows"),
+                  persons=summary.get("persons"), decisions=matching.get("decisions"),
+                  seconds=summary.get("seconds"), output_dir=summary.get("output_dir"))
+        return
+    Console(quiet=args.quiet, soft_wrap=True).print(table)
 
 
 def _generate(out: Path, people: int, seed: int, console: Console, workers: int = 2, events: bool = True,
@@ -158,18 +175,18 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
-def _config_warnings(console: Console, config) -> None:
+def _config_warnings(talk: RunLog, config) -> None:
     """What the config asks for that is most likely not meant, as soon as it is loaded."""
     for warning in config.warnings():
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        talk.warning(warning)
 
 
 def cmd_run(args) -> int:
     from resolver.config import load_config
 
-    console = _console(args)
+    talk = _talk(args)
     config = load_config(args.config)
-    _config_warnings(console, config)
+    _config_warnings(talk, config)
     if args.out:
         config.run.output_dir = str(Path(args.out).resolve())
     if args.no_guards:
@@ -185,42 +202,49 @@ def cmd_run(args) -> int:
         from resolver.outputs.report import read_truth
 
         read_truth(Path(args.truth))  # a wrong path is a usage error now, not a report without curves later
-    res = _run_pipeline(config, console, model_path=Path(args.model) if args.model else None,
+    res = _run_pipeline(config, talk, model_path=Path(args.model) if args.model else None,
                         state_dir=Path(args.state) if args.state else config.state_path(), full=args.full,
                         truth=Path(args.truth) if args.truth else None)
-    console.print(_summary_table(res.summary, None))
-    _print_warnings(console, res.summary, already=config.warnings())
+    _finished(talk, args, res.summary, _summary_table(res.summary, None))
+    _print_warnings(talk, res.summary, already=config.warnings())
     if (res.summary.get("report") or {}).get("error"):
-        console.print(f"[yellow]warning:[/yellow] report.html could not be built: {res.summary['report']['error']}",
-                      highlight=False)
-    console.print(f"outputs: {config.output_path()} (report: {config.output_path() / 'report.html'})")
-    return _model_health_exit(console, res.summary)
+        talk.warning(f"report.html could not be built: {res.summary['report']['error']}")
+    talk.info(f"outputs: {config.output_path()} (report: {config.output_path() / 'report.html'})", "outputs",
+              output_dir=str(config.output_path()))
+    return _model_health_exit(talk, res.summary)
 
 
-def _print_warnings(console: Console, summary: dict, already: list[str] = ()) -> None:
+def _print_warnings(talk: RunLog, summary: dict, already: list[str] = ()) -> None:
     """The run summary's warnings (those printed at load, `already`, are not repeated)."""
     matching = summary.get("matching") or {}
     general = [w for w in summary.get("warnings", []) if w not in already]
     for warning in general + matching.get("blocking_warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        talk.warning(warning)
 
 
-def _model_health_exit(console: Console, summary: dict) -> int:
+def _model_health_exit(talk: RunLog, summary: dict) -> int:
     """One line per health problem of the trained model, and per uninformative comparison; exit 5
     when it merged nothing on its own. Problems that withheld merges are errors: printed even with
     --quiet ("print only errors")."""
     health = (summary.get("matching") or {}).get("model_health") or {}
     withheld = health.get("auto_merge_withheld")
-    errors = _stderr() if withheld else console
+    errors = RunLog(_stderr(), talk.format) if withheld else talk
     for note in health.get("notes", []):
-        console.print(f"[yellow]model note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        talk.warning(note, "model note")
     for problem in health.get("problems", []):
-        label = "[red]model unhealthy:[/red]" if withheld else "[yellow]model warning:[/yellow]"
-        errors.print(f"{label} {escape(problem)}", highlight=False, soft_wrap=True)
+        if withheld and talk.format == "json":
+            errors.emit("error", "model_unhealthy", message=problem)
+        elif withheld:
+            errors.console.print(f"[red]model unhealthy:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        else:
+            talk.warning(problem, "model warning")
     if withheld:
-        errors.print("[red]no automatic merges:[/red] the probabilistic links went to the review queue; fix the "
-                     "problems above, or rerun with --allow-unhealthy-model to merge anyway", highlight=False,
-                     soft_wrap=True)
+        message = ("the probabilistic links went to the review queue; fix the problems above, or rerun with "
+                   "--allow-unhealthy-model to merge anyway")
+        if talk.format == "json":
+            errors.emit("error", "no_automatic_merges", message=message, exit_code=EXIT_UNHEALTHY_MODEL)
+        else:
+            errors.console.print(f"[red]no automatic merges:[/red] {message}", highlight=False, soft_wrap=True)
         return EXIT_UNHEALTHY_MODEL
     return EXIT_OK
 
@@ -232,7 +256,7 @@ def cmd_plan(args) -> int:
 
     console = _console(args)
     config = load_config(args.config)
-    _config_warnings(console, config)
+    _config_warnings(_talk(args), config)
     with console.status("reading records"):
         blocking, n_records, growth = plan_matching(config)
     cap = config.matching.blocking.max_block_size
@@ -333,7 +357,7 @@ def cmd_bench(args) -> int:
     if missing:
         from resolver.compute.dask_engine import EngineUnavailable
 
-        raise EngineUnavailable(f"engine {missing[0]} is not installed here: pip install 'resolver[dask]'")
+        raise EngineUnavailable(f"engine {missing[0]} is not installed here: pip install 'resolver-identity[dask]'")
     out = Path(args.out)
     with console.status("benchmarking") as status:
         bench = run_ladder(sizes, args.repeat, backends, engines, Path(args.data), out / "runs", args.seed,
@@ -385,17 +409,18 @@ def cmd_demo(args) -> int:
     from resolver.config import load_config
     from resolver.outputs.evaluate import evaluate_outputs
 
-    console = _console(args)
+    talk = _talk(args)
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="resolver-demo-"))
-    _generate(base, args.people, args.seed, console)
+    _generate(base, args.people, args.seed, talk.console)
     config = load_config(base / "resolver.yaml")
     if args.backend:
         config.run.backend = args.backend
-    res = _run_pipeline(config, console, truth=base / "truth")
+    res = _run_pipeline(config, talk, truth=base / "truth")
     metrics = evaluate_outputs(config.output_path(), base / "truth", config)
-    Console(quiet=args.quiet).print(_summary_table(res.summary, metrics))
-    console.print(f"data: {base}  outputs: {config.output_path()}  report: {config.output_path() / 'report.html'}")
-    return _model_health_exit(console, res.summary)
+    _finished(talk, args, res.summary, _summary_table(res.summary, metrics))
+    talk.info(f"data: {base}  outputs: {config.output_path()}  report: {config.output_path() / 'report.html'}",
+              "outputs", data=str(base), output_dir=str(config.output_path()))
+    return _model_health_exit(talk, res.summary)
 
 
 def cmd_forget(args) -> int:
@@ -568,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+        p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                       help="text (default: live progress on a terminal, plain lines elsewhere) or json "
+                            "(one JSON object per line on stderr, for schedulers and log collectors)")
         return p
 
     def backend(p):
@@ -576,13 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = backend(common(sub.add_parser("demo", help="generate a small dataset, resolve it, evaluate it")))
-    demo.add_argument("--people", type=int, default=5000)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--people", type=int, default=5000, help="people to generate (default 5000)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the generated data (default 7)")
     demo.add_argument("--out", help="folder for the generated data and outputs (default: a new temp folder)")
     demo.set_defaults(func=cmd_demo)
 
     run = backend(common(sub.add_parser("run", help="resolve the sources in a config")))
-    run.add_argument("--config", required=True)
+    run.add_argument("--config", required=True, help=CONFIG_HELP)
     run.add_argument("--out", help="output folder (overrides run.output_dir)")
     run.add_argument("--no-guards", action="store_true", help="switch off identifier limits and hub caps")
     run.add_argument("--allow-unhealthy-model", action="store_true",
@@ -607,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=3, help="runs per rung (median, min and max are reported)")
     bench.add_argument("--backends", help="comma-separated (default: every backend available here)")
     bench.add_argument("--engines", help="comma-separated: local, dask (default: every engine installed here)")
-    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--seed", type=int, default=1, help="random seed of the generated datasets (default 1)")
     bench.add_argument("--shape", choices=["crm", "people"], default="crm",
                        help="crm: Salesforce + Segment data; people: one person file (resolver generate --shape)")
     bench.add_argument("--data", default="bench-data", help="generated datasets (kept and reused)")
@@ -616,10 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     capacity = common(sub.add_parser("capacity", help="estimate wall time, GPUs and memory for a workload "
                                                        "from a bench's measurements"))
-    capacity.add_argument("--events", type=int, required=True)
+    capacity.add_argument("--events", type=int, required=True, help="CDP events (Segment tracks, page views...)")
     capacity.add_argument("--profiles", type=int, required=True, help="CRM records (customer profiles)")
     capacity.add_argument("--gpu", default="none", help="h200, h100, a100, a100-40gb, l40s, l4, a10, or none (CPU)")
-    capacity.add_argument("--engine", default="local", choices=["local", "dask"])
+    capacity.add_argument("--engine", default="local", choices=["local", "dask"],
+                          help="the engine whose curves answer (default local)")
     capacity.add_argument("--from", dest="from_", default="bench-results/bench.json", help="a bench.json")
     capacity.add_argument("--max-extrapolation", type=float, default=10.0,
                           help="refuse targets more than this factor beyond the largest measured size")
@@ -657,30 +686,31 @@ def build_parser() -> argparse.ArgumentParser:
     deciding.set_defaults(func=cmd_review_decide)
 
     forget = common(sub.add_parser("forget", help="erase a person (GDPR/CCPA) from the outputs and the state"))
-    forget.add_argument("--config", required=True)
+    forget.add_argument("--config", required=True, help=CONFIG_HELP)
     forget.add_argument("--state", help="state directory (default: run.state_dir)")
     forget.add_argument("--out", help="output folder (default: run.output_dir)")
     selector = forget.add_mutually_exclusive_group(required=True)
-    selector.add_argument("--email")
-    selector.add_argument("--phone")
+    selector.add_argument("--email", help="every person holding this email (normalized as the runs do)")
+    selector.add_argument("--phone", help="every person holding this phone number (any format)")
     selector.add_argument("--person", help="a person id (p + 16 hex digits)")
     selector.add_argument("--record", help="a record key (e.g. a Salesforce Id)")
     forget.set_defaults(func=cmd_forget)
 
     def sync_common(p):
-        p.add_argument("--config", required=True)
+        p.add_argument("--config", required=True, help=CONFIG_HELP)
         p.add_argument("--state", help="state directory of the batch runs (default: run.state_dir)")
         p.add_argument("--store", help="store URL: sqlite:///PATH or postgresql://... "
                                        "(default: sync.store, else sqlite under the state directory)")
         return p
 
     serve = sync_common(common(sub.add_parser("serve", help="real-time sync service: webhooks in, profiles out")))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(func=cmd_serve)
 
     dlq = sync_common(common(sub.add_parser("dlq", help="the sync service's dead-letter queue")))
-    dlq.add_argument("action", choices=["list", "replay", "drop"])
+    dlq.add_argument("action", choices=["list", "replay", "drop"],
+                     help="list the dead letters, replay them now, or drop them")
     dlq.add_argument("event_id", nargs="*", help="event ids (default for replay: all)")
     dlq.add_argument("--all", action="store_true", help="drop: every dead letter")
     dlq.set_defaults(func=cmd_dlq)
@@ -695,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_sync_export)
 
     plan = common(sub.add_parser("plan", help="blocking pair counts per rule and the largest blocks, before any pair is made"))
-    plan.add_argument("--config", required=True)
+    plan.add_argument("--config", required=True, help=CONFIG_HELP)
     plan.set_defaults(func=cmd_plan)
 
     init = common(sub.add_parser("init", help="propose a working config from the data: column kinds, blocking "
@@ -715,13 +745,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = common(sub.add_parser("generate", help="write synthetic Salesforce + Segment data (or, with --shape "
                                                  "people, one person file) with ground truth"))
-    gen.add_argument("--people", type=int, required=True)
+    gen.add_argument("--people", type=int, required=True, help="people to generate (records: about 1.1 a person)")
     gen.add_argument("--shape", choices=["crm", "people"], default="crm",
                      help="crm (default): Salesforce CSVs + Segment events; people: one people.parquet of person "
                           "records (about 1.43 a person, Splink/Zingg benchmark style) with truth and a config")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", required=True)
-    gen.add_argument("--workers", type=int, default=2)
+    gen.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same data (default 0)")
+    gen.add_argument("--out", required=True, help="folder for the data, its truth and its resolver.yaml")
+    gen.add_argument("--workers", type=int, default=2, help="generator processes (default 2)")
     gen.add_argument("--no-events", action="store_true",
                      help="write only the Salesforce CSVs and records truth (no Segment events)")
     gen.add_argument("--visitors", action="store_true",
@@ -731,12 +761,48 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     ev = common(sub.add_parser("evaluate", help="score a run's outputs against a truth folder"))
-    ev.add_argument("--config", required=True)
+    ev.add_argument("--config", required=True, help=CONFIG_HELP)
     ev.add_argument("--truth", required=True, help="truth folder written by `resolver generate`")
     ev.add_argument("--out", help="outputs to score (default: the config's output_dir)")
     ev.add_argument("--min-precision", type=float, help="exit 4 when record pairwise precision is lower")
     ev.set_defaults(func=cmd_evaluate)
+    _add_examples(parser)
     return parser
+
+
+CONFIG_HELP = "the resolver.yaml to use (`resolver init` proposes one from your data)"
+
+# One example per command, shown at the end of its --help.
+EXAMPLES = {
+    "demo": "resolver demo --people 2000 --out demo/",
+    "run": "resolver run --config data/resolver.yaml --state data/state --log-format json",
+    "bench": "resolver bench --sizes 10000,100000 --repeat 3 --backends cpu --out bench-results",
+    "capacity": "resolver capacity --profiles 50000000 --events 2000000000 --gpu h200",
+    "review": "resolver review list --state data/state --links 50",
+    "review list": "resolver review list --state data/state --links 50",
+    "review decide": "resolver review decide --state data/state --item i221def2dd0f4 --accept",
+    "forget": "resolver forget --config data/resolver.yaml --state data/state --email jane@example.com",
+    "serve": "RESOLVER_WEBHOOK_SECRET=... resolver serve --config data/resolver.yaml --state data/state --port 8080",
+    "dlq": "resolver dlq replay --config data/resolver.yaml --state data/state",
+    "sync": "resolver sync export --config data/resolver.yaml --state data/state --update-config",
+    "sync export": "resolver sync export --config data/resolver.yaml --state data/state --update-config",
+    "plan": "resolver plan --config data/resolver.yaml",
+    "init": "resolver init crm.csv web.parquet --name crm --name web --out resolver.yaml",
+    "generate": "resolver generate --people 100000 --seed 1 --out data/",
+    "evaluate": "resolver evaluate --config data/resolver.yaml --truth data/truth "
+                "(a folder with records.parquet: source, record_key, person_id)",
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Each command's example at the end of its --help (EXAMPLES), kept as written."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                command = f"{path} {name}".strip()
+                child.formatter_class = argparse.RawDescriptionHelpFormatter
+                child.epilog = f"example:\n  {EXAMPLES[command]}"
+                _add_examples(child, command)
 
 
 def _expected_failures() -> list[tuple[type, str, int]]:
@@ -762,7 +828,6 @@ def _expected_failures() -> list[tuple[type, str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = _stderr()
     try:
         return args.func(args)
     except Exception as exc:
@@ -770,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, tuple(kind for kind, _, _ in known)):
             raise
         label, code = next((label, code) for kind, label, code in known if isinstance(exc, kind))
-        console.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False)
+        error_line(getattr(args, "log_format", "text"), label, str(exc), code)
         return code
     except KeyboardInterrupt:
         return 130

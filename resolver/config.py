@@ -93,8 +93,11 @@ class SourceConfig(_Strict):
     name: str
     system: Literal["salesforce", "segment", "ga4", "adobe", "tealium", "generic"] = "generic"
     kind: Literal["records", "events"] = "records"
-    format: Literal["csv", "parquet", "jsonl", "segment", "ga4", "adobe", "tealium"]
+    format: Literal["csv", "parquet", "jsonl", "segment", "ga4", "adobe", "tealium", "duckdb"]
     path: str
+    # format duckdb: the database file is `path`; its rows are `table`'s, or `query`'s (one of them)
+    table: str | None = None
+    query: str | None = None
     csv: CsvOptions = Field(default_factory=CsvOptions)
     trust: int = 100
     key: str | None = None
@@ -116,6 +119,14 @@ class SourceConfig(_Strict):
         if unknown:
             raise ValueError(f"unknown session fields {unknown} (known: {', '.join(SESSION_FIELDS)})")
         return value
+
+    @model_validator(mode="after")
+    def _duckdb_needs_a_table_or_a_query(self) -> "SourceConfig":
+        if self.format == "duckdb" and (self.table is None) == (self.query is None):
+            raise ValueError(f"source {self.name!r}: format duckdb reads `table` or `query` (one of them)")
+        if self.format != "duckdb" and (self.table is not None or self.query is not None):
+            raise ValueError(f"source {self.name!r}: `table` and `query` are for format duckdb")
+        return self
 
     @model_validator(mode="after")
     def _records_need_a_key(self) -> "SourceConfig":
@@ -438,6 +449,9 @@ class RunOptions(_Strict):
     partition_bytes: int = Field(default=256 << 20, ge=0)
     state_dir: str | None = None  # persistent ids, lineage, erasure tombstones (see `--state`)
     backend: Literal["cpu", "gpu", "auto"] = "auto"  # where the hot stages run (auto: gpu when CuPy sees one)
+    # Also write the outputs as one DuckDB database, output_dir/resolver.duckdb (every table, plus
+    # views current_persons and current_golden_records); needs `pip install duckdb`.
+    duckdb: bool = False
 
 
 class StitchingConfig(_Strict):

@@ -12,6 +12,7 @@ from resolver.config import Config
 from resolver.ids import format_person_ids, person_key, record_member_keys, salted
 from resolver.outputs.report import REPORT_FILE, report_from_outputs
 from resolver.outputs.writers import OUTPUT_TABLES, stage_rewrite
+from resolver.persons.merge_candidates import MERGE_CANDIDATES_CSV
 from resolver.state.erasure import (
     OBSERVED_KIND, ErasureError, erase_rows, forget_person_keys, key_derived, select_erasure,
 )
@@ -53,6 +54,9 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
             changed[name] = frame[~drop].reset_index(drop=True)
     # The report shows records, review items and golden values: it is rebuilt without the person.
     page = report_from_outputs(out, {**outputs, **changed}, state_dir)
+    files = {REPORT_FILE: page}
+    if "merge_candidates" in changed:  # its CSV twin too
+        files[MERGE_CANDIDATES_CSV] = changed["merge_candidates"].to_csv(index=False)
 
     now = pd.Timestamp.now(tz="UTC")
     members = state.members
@@ -86,7 +90,7 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     # The erased outputs and the erased state go live together (a kill between them would leave
     # a state without the tombstones beside erased outputs: the next run would bring them back).
     store.commit_run(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", out,
-                     lambda folder: stage_rewrite(out, folder, changed, files={REPORT_FILE: page}), keep=1)
+                     lambda folder: stage_rewrite(out, folder, changed, files=files), keep=1)
     entry["review_decisions"] = forget_decisions(state_dir, member_keys)
     result = {**entry, "time": now.isoformat(), "rows_removed": removed}
     url = store_url_for(config, Path(state_dir))

@@ -41,6 +41,7 @@ from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.outputs.writers import stage_outputs, write_outputs
 from resolver.persons.golden import raw_fields
 from resolver.persons.golden_buckets import golden_records
+from resolver.persons.merge_candidates import MERGE_CANDIDATES_CSV, merge_candidates
 from resolver.persons.stitching import StitchResult, household_keys, stitch
 from resolver.persons.tables import person_tables, policy_actions
 from resolver.resolution import RECORD_COLUMNS, Reporter, Resolution, StageLog, run_summary
@@ -123,13 +124,16 @@ def _write(config: Config, res: Resolution, start: StartingState, writer: Snapsh
     hands on (StateStore.commit_run)."""
     res.summary["output_dir"] = str(config.output_path())
     page, row = report_for_run(res, start.directory, start.decisions, truth)
+    files = {REPORT_FILE: page}
+    if res.merge_candidates is not None and len(res.merge_candidates):  # for Salesforce's merge tools
+        files[MERGE_CANDIDATES_CSV] = res.merge_candidates.to_csv(index=False)
     if start.store is None:
-        write_outputs(config.output_path(), res, files={REPORT_FILE: page})
+        write_outputs(config.output_path(), res, files=files, duckdb=config.run.duckdb)
         return
     state = next_state(start, res)
     state.snapshots, state.files = writer.finish(), start.snapshots.files
     start.store.commit_run(state, run_id, config.output_path(),
-                           lambda folder: stage_outputs(folder, res, files={REPORT_FILE: page}), row)
+                           lambda folder: stage_outputs(folder, res, files=files, duckdb=config.run.duckdb), row)
 
 
 def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Vocabulary,
@@ -194,6 +198,7 @@ def resolve(config: Config, parts: list[SourceTables], log: StageLog, vocab: Voc
     if match is not None:
         with log.stage("match:outputs"):
             matching_outputs(resolution, match, config.matching, vocab)
+            resolution.merge_candidates = merge_candidates(resolution.review_queue, records, config)
     return resolution
 
 

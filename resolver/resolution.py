@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # the stages' result types, named here; the stages import thi
     from resolver.matching.model import FSModel
     from resolver.state.store import CarriedIds
 
-Reporter = Callable[[str], None]
+# Told of each stage as it starts ("start", its entry: name, rows in) and ends ("end", the entry with
+# seconds, rows out, peak memory): the CLI's progress lines and JSON logs.
+Reporter = Callable[[str, dict], None]
 
 
 @dataclass
@@ -38,7 +40,7 @@ class StageLog:
     def stage(self, name: str, rows_in: int | None = None):
         entry = {"stage": name, "rows_in": rows_in, "rows_out": None}
         if self.report:
-            self.report(name)
+            self.report("start", entry)
         start, jit = time.perf_counter(), jit_seconds()
         yield entry
         heap.trim()  # what the stage freed goes back to the system
@@ -47,6 +49,8 @@ class StageLog:
             entry["jit_seconds"] = round(jit_seconds() - jit, 4)
         entry["peak_rss_mb"] = round(peak_rss_mb(), 1)
         self.stages.append(entry)
+        if self.report:
+            self.report("end", entry)
 
 
 # The records' columns read once golden records are built (their attributes are read until then).
@@ -64,6 +68,7 @@ class Resolution:
     summary: dict
     match_links: pd.DataFrame | None = None
     review_queue: pd.DataFrame | None = None
+    merge_candidates: pd.DataFrame | None = None  # guard-refused pairs of one Salesforce object (persons/merge_candidates)
     scored_pairs: pd.DataFrame | None = None
     blocking_keys: pd.DataFrame | None = None
     model: FSModel | None = None  # saved as model.json

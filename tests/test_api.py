@@ -61,7 +61,7 @@ def test_bad_tables_and_configs_are_one_line_errors(world):
                         "identifiers": {"user_id": "userId"}}],
            "identity": {"types": {"user_id": {}}}}
     events = resolver.config_from_dict(raw, base_dir=root)
-    with pytest.raises(resolver.ConfigError, match="a table can stand in for a csv, parquet or jsonl source"):
+    with pytest.raises(resolver.ConfigError, match="a table can stand in for a csv, parquet, jsonl or duckdb source"):
         resolver.resolve(events, data={"web": pd.DataFrame({"userId": ["u1"]})})
 
 

@@ -58,7 +58,7 @@ def array_module(backend: str) -> ModuleType:
     try:
         import cupy
     except ImportError as exc:
-        raise BackendUnavailable("the gpu backend needs CuPy: pip install 'resolver[gpu]'") from exc
+        raise BackendUnavailable("the gpu backend needs CuPy: pip install 'resolver-identity[gpu]'") from exc
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise BackendUnavailable("the gpu backend needs a CUDA device; none is visible")
@@ -76,7 +76,7 @@ def _gpu_backend() -> Backend:
     except ImportError:  # pragma: no cover - numba is a dependency
         visible = False
     if not visible:
-        raise BackendUnavailable("the gpu backend needs numba-cuda to see the GPU: pip install 'resolver[gpu]'")
+        raise BackendUnavailable("the gpu backend needs numba-cuda to see the GPU: pip install 'resolver-identity[gpu]'")
     return Backend("gpu", xp, "cuda", "cugraph" if _installed("cugraph") else "xp",
                    "cudf" if _installed("cudf") else "host")
 

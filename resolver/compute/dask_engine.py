@@ -154,7 +154,7 @@ def dask_engine(options, default_workers: int, gpu: bool = False) -> Iterator[Da
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
-        raise EngineUnavailable("the dask engine needs Dask: pip install 'resolver[dask]'") from exc
+        raise EngineUnavailable("the dask engine needs Dask: pip install 'resolver-identity[dask]'") from exc
     cluster = None
     workers = options.workers or default_workers
     if options.scheduler:

@@ -459,6 +459,40 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
             table = _flatten(_read_row_range(pf, piece, tops))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeDecodeError) as exc:  # OSError: also corrupt pages; UnicodeDecodeError: a column name not UTF-8
         raise InputError(f"source {source.name!r}: {path}: cannot read Parquet: {one_line(exc)}") from exc
+    yield _arrow_part(table, where, leaves, path, source, piece.first_row if piece is not None else 1)
+
+
+def _read_duckdb(path: Path, source: SourceConfig, columns: list[str], piece: Piece | None = None) -> Iterable[_Part]:
+    """A DuckDB database's table or query (`source.table` / `source.query`), read only, as one Arrow
+    table; its columns are checked and converted as Parquet's are. Row numbers count the result's
+    rows from 1."""
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise InputError(f"source {source.name!r}: format duckdb needs DuckDB: pip install duckdb") from exc
+    sql = source.query if source.query is not None else f'SELECT * FROM "{source.table.replace(chr(34), chr(34) * 2)}"'
+    try:
+        with duckdb.connect(str(path), read_only=True) as db:
+            table = _flatten(_arrow_table(db.execute(sql)))
+    except duckdb.Error as exc:
+        raise InputError(f"source {source.name!r}: {path}: cannot read DuckDB "
+                         f"{'query' if source.query is not None else 'table ' + repr(source.table)}: {one_line(exc)}") from exc
+    leaves = table.column_names
+    yield _arrow_part(table, _match_columns(columns, leaves, path, source, "columns"), leaves, path, source, 1)
+
+
+def _arrow_table(result) -> pa.Table:
+    """A DuckDB result as an Arrow table (the method's name differs across DuckDB 1.x and 2.x)."""
+    fetch = next(getattr(result, name) for name in ("to_arrow_table", "fetch_arrow_table", "arrow")
+                 if hasattr(result, name))
+    table = fetch()
+    return table if isinstance(table, pa.Table) else table.read_all()
+
+
+def _arrow_part(table: pa.Table, where: dict, leaves: list[str], path: Path, source: SourceConfig,
+                first_row: int) -> _Part:
+    """The wanted columns of an Arrow table as text: dictionary columns as their values, columns
+    that hold bytes (or invalid UTF-8) decoded per row, the undecodable rows rejected."""
     strings: dict[str, pa.ChunkedArray] = {}
     binary: dict[str, pa.ChunkedArray] = {}
     for col, i in where.items():
@@ -469,13 +503,12 @@ def _read_parquet(path: Path, source: SourceConfig, columns: list[str], piece: P
             binary[col] = arr.cast(pa.binary())  # may hold invalid UTF-8: rejected per row, as in CSV
         else:
             strings[col] = _to_string(arr, col, path, source)
-    first_row = piece.first_row if piece is not None else 1
     rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
     decoded, rejects, keep = _decode_text(binary, rows, "UTF-8")
     if keep is not None:
         strings = {col: arr.filter(keep) for col, arr in strings.items()}
         rows = rows[keep]
-    yield _Part(strings | decoded, rows, rejects)
+    return _Part(strings | decoded, rows, rejects)
 
 
 def _is_binary(kind: pa.DataType) -> bool:
@@ -915,4 +948,4 @@ def _read_shaped(path: Path, source: SourceConfig, columns: list[str], piece: Pi
 
 _SHAPED_LINES = 200_000
 _READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl, "segment": _read_segment,
-            "ga4": _read_shaped, "adobe": _read_shaped, "tealium": _read_shaped}
+            "ga4": _read_shaped, "adobe": _read_shaped, "tealium": _read_shaped, "duckdb": _read_duckdb}

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from resolver.config import ConfigError
 from resolver.normalize import hash_identifiers, normalize_identifier
 
 
@@ -125,6 +126,39 @@ def event_persons(identifier_map: pd.DataFrame, events: pd.DataFrame, config) ->
     return predicted
 
 
+TRUTH_COLUMNS = ("source", "record_key", "person_id")
+TRUTH_FORMAT = ("a truth folder (as `resolver generate` writes: records.parquet, and events.parquet for events), "
+                "or one .parquet or .csv file of records with columns source (a source name of the config), "
+                "record_key (the record's key value) and person_id (any label; equal labels: one person)")
+
+
+def read_truth_records(path) -> pd.DataFrame:
+    """Truth records (source and record_key as strings, person_id as given) from TRUTH_FORMAT; a
+    ConfigError naming the file and what is wrong otherwise."""
+    from pathlib import Path
+
+    path = Path(path)
+    file = path / "records.parquet" if path.is_dir() else path
+    if not file.exists():
+        raise ConfigError(f"{file}: no truth records; --truth takes {TRUTH_FORMAT}")
+    try:
+        if file.suffix.lower() == ".csv":
+            truth = pd.read_csv(file, dtype=str, keep_default_na=False)
+        elif file.suffix.lower() == ".parquet":
+            truth = pd.read_parquet(file)
+        else:
+            raise ConfigError(f"{file}: truth records must be a .parquet or .csv file; --truth takes {TRUTH_FORMAT}")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{file}: cannot read truth records: {exc}") from exc
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
+    if missing:
+        raise ConfigError(f"{file}: truth records lack column(s) {missing} (found {list(truth.columns)[:8]}); "
+                          f"--truth takes {TRUTH_FORMAT}")
+    return truth.astype({"source": str, "record_key": str})  # person_id as given: events' labels match it
+
+
 def evaluate_outputs(out_dir, truth_dir, config) -> dict:
     """Metrics of a run's outputs against a truth folder written by `resolver generate`.
 
@@ -134,15 +168,19 @@ def evaluate_outputs(out_dir, truth_dir, config) -> dict:
     from pathlib import Path
 
     out_dir, truth_dir = Path(out_dir), Path(truth_dir)
+    if not (out_dir / "identity_map.parquet").exists():
+        raise ConfigError(f"{out_dir}: no run outputs to evaluate (identity_map.parquet is missing); run first, "
+                          "or name the outputs with --out")
+    truth_records = read_truth_records(truth_dir).rename(columns={"person_id": "true_person"})
+    folder = truth_dir.is_dir()  # events and visitors are a truth folder's only
     identity = pd.read_parquet(out_dir / "identity_map.parquet", columns=["source", "record_key", "person_id", "status"])
     identifiers = pd.read_parquet(out_dir / "identifier_map.parquet", columns=["id_type", "hash", "person_id", "status"])
-    truth_records = pd.read_parquet(truth_dir / "records.parquet").rename(columns={"person_id": "true_person"})
     records = truth_records.merge(identity, on=["source", "record_key"], how="left")
     records = records[records["status"].fillna("rejected") != "deleted"].reset_index(drop=True)
 
     result = {"records": cluster_metrics(records["person_id"], records["true_person"]).as_dict()}
     events_path = truth_dir / "events.parquet"
-    if events_path.exists():
+    if folder and events_path.exists():
         events = pd.read_parquet(events_path).rename(columns={"person_id": "true_person"})
         events["person_id"] = event_persons(identifiers, events, config).to_numpy()
         result["events"] = cluster_metrics(events["person_id"], events["true_person"]).as_dict()
@@ -151,7 +189,7 @@ def evaluate_outputs(out_dir, truth_dir, config) -> dict:
     result["excluded_deleted_records"] = int(len(truth_records) - len(records))
     if (out_dir / "scored_pairs.parquet").exists():
         result["matching"] = matching_metrics(out_dir, truth_records)
-    if (out_dir / "anonymous_map.parquet").exists():
+    if folder and (out_dir / "anonymous_map.parquet").exists():
         result["stitching"] = stitching_metrics(out_dir, truth_dir, truth_records)
     return result
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from resolver.outputs.duckdb_out import DUCKDB_FILE, write_duckdb
 from resolver.state.files import swap_into_place
 
 OUTPUT_TABLES = {
@@ -28,6 +29,7 @@ OUTPUT_TABLES = {
     # probabilistic matching (written when it ran)
     "match_links": "match_links.parquet",
     "review_queue": "review_queue.parquet",
+    "merge_candidates": "merge_candidates.parquet",  # also merge_candidates.csv, for Salesforce's merge tools
     "scored_pairs": "scored_pairs.parquet",
     "blocking_keys": "blocking_keys.parquet",
     # anonymous visitor stitching (written when it ran)
@@ -43,21 +45,22 @@ def _write_table(frame: pd.DataFrame, path: Path) -> None:
     frame.reset_index(drop=True).to_parquet(path, index=False)
 
 
-def write_outputs(out_dir: Path, resolution, files: dict[str, str] | None = None) -> None:
-    """Write every output table, the summary and `files` (name -> text: report.html); replace
-    `out_dir` only once all are written."""
+def write_outputs(out_dir: Path, resolution, files: dict[str, str] | None = None, duckdb: bool = False) -> None:
+    """Write every output table, the summary and `files` (name -> text: report.html), and with
+    `duckdb` the tables as one DuckDB database; replace `out_dir` only once all are written."""
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        stage_outputs(staging, resolution, files)
+        stage_outputs(staging, resolution, files, duckdb)
         swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def stage_outputs(staging: Path, resolution, files: dict[str, str] | None = None) -> None:
-    """Write every output table, the summary and `files` into the new folder `staging`."""
+def stage_outputs(staging: Path, resolution, files: dict[str, str] | None = None, duckdb: bool = False) -> None:
+    """Write every output table, the summary and `files` into the new folder `staging` (and with
+    `duckdb`, resolver.duckdb: outputs/duckdb_out.py)."""
     staging.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
     # Parquet encoding releases the GIL: the tables are written side by side, a few at a time
@@ -73,6 +76,8 @@ def stage_outputs(staging: Path, resolution, files: dict[str, str] | None = None
         resolution.model.save(staging / "model.json")
     for name, text in (files or {}).items():
         (staging / name).write_text(text, encoding="utf-8")
+    if duckdb:
+        write_duckdb(staging)
     (staging / "run_summary.json").write_text(json.dumps(resolution.summary, indent=2, default=str))
 
 
@@ -84,3 +89,5 @@ def stage_rewrite(out_dir: Path, staging: Path, tables: dict[str, pd.DataFrame],
         _write_table(frame, staging / OUTPUT_TABLES[name])
     for name, text in (files or {}).items():
         (staging / name).write_text(text, encoding="utf-8")
+    if (staging / DUCKDB_FILE).exists():  # rebuilt from the rewritten tables
+        write_duckdb(staging)

@@ -209,9 +209,12 @@ def holds_value(column: pd.Series, values: set) -> np.ndarray:
 def erase_rows(name: str, frame: pd.DataFrame, e: Erasure) -> np.ndarray:
     """Which rows of an output table belong to the erased persons (True = remove)."""
     drop = np.zeros(len(frame), dtype=bool)
-    for column in ("person_id", "person_id_l", "person_id_r"):
+    for column in ("person_id", "person_id_l", "person_id_r", "master_person_id", "duplicate_person_id"):
         if column in frame:
             drop |= frame[column].astype("str").isin(e.persons).to_numpy()
+    if name == "merge_candidates":  # Salesforce ids of the erased records
+        for column in ("MasterRecordId", "DuplicateRecordId"):
+            drop |= holds_value(frame[column], e.values)
     for column in ("record_id", "record_id_l", "record_id_r"):
         if column in frame and name != "lineage":
             drop |= frame[column].isin(e.record_ids).to_numpy()

@@ -214,7 +214,7 @@ class Store:
             try:
                 import psycopg  # noqa: F401
             except ImportError as exc:
-                raise StoreError(f"{url}: PostgreSQL needs psycopg (pip install 'resolver[serve]')") from exc
+                raise StoreError(f"{url}: PostgreSQL needs psycopg (pip install 'resolver-identity[serve]')") from exc
         else:
             raise StoreError(f"{url}: unsupported store URL (sqlite:///PATH or postgresql://...)")
         self._local = threading.local()

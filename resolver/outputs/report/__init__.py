@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resolver.config import ConfigError
 from resolver.ids import item_ids, record_member_keys
-from resolver.outputs.evaluate import cluster_metrics, matching_metrics_of
+from resolver.outputs.evaluate import cluster_metrics, matching_metrics_of, read_truth_records
 from resolver.outputs.writers import OUTPUT_TABLES
 from resolver.state.history import history_row, load_history, with_row
 from resolver.state.review import load_decisions
@@ -92,12 +91,30 @@ class _Report:
         self.charts: dict[str, dict] = {}
         self.sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
 
-    def chart(self, name: str, spec: dict) -> str:
+    def chart(self, name: str, spec: dict, empty: str = "No data for this chart in this run.") -> str:
+        """The chart's placeholder, or, when the spec holds nothing to draw, a note saying so
+        (never empty axes)."""
+        if not _has_data(spec):
+            return f'<p class="note empty-chart" data-empty-chart="{_e(name)}">{_e(empty)}</p>'
         self.charts[name] = spec
         return _chart(name)
 
     def section(self, anchor: str, title: str, body: str) -> None:
         self.sections.append((anchor, title, body))
+
+
+def _has_data(spec: dict) -> bool:
+    """Whether a chart spec has a value to draw: a non-zero bar, a finite point, a step, a weight."""
+    kind = spec.get("type")
+    if kind == "waterfall":
+        return bool(spec.get("steps"))
+    if kind == "weights":
+        return bool(spec.get("labels"))
+    values = [v for series in spec.get("series", []) for v in series.get("values", [])
+              if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if kind == "line":
+        return bool(values)
+    return any(v != 0 for v in values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,9 +279,9 @@ def _policy(r: _Report, tables: dict) -> None:
              "person would hold more values of a limited type than allowed.</p>")
     hubs = actions[actions["action"] == "hub_capped"].sort_values("count", ascending=False).head(TOP_HUBS)
     if len(hubs):
-        body += "<h3>Identifier hubs that were blocked</h3>" + r.chart("hubs", {
+        body += "<h3>Identifier hubs that were capped (no longer evidence)</h3>" + r.chart("hubs", {
             "type": "hbar", "labels": [f"{t}: {v}" for t, v in zip(hubs["id_type"], hubs["value"])],
-            "series": [{"name": "degree", "values": hubs["count"].astype(int).tolist()}]})
+            "series": [{"name": "records holding it", "values": hubs["count"].astype(int).tolist()}]})
         body += _table(hubs[["id_type", "value", "count", "reason"]], {"count"})
     else:
         body += '<p class="note">No identifier was capped as a hub.</p>'
@@ -313,6 +330,15 @@ def _review(r: _Report, summary: dict, tables: dict) -> None:
     body += f"<h3>{len(queue):,} pairs to review, by probability band</h3>" + r.chart("review_bands", {
         "type": "vbar", "stacked": True, "xLabel": "match probability (bands of 0.05, from the value shown)",
         "labels": [f"{a:.2f}" for a in edges[:-1]], "series": series})
+    candidates = tables.get("merge_candidates")
+    if candidates is not None and len(candidates):
+        body += (f'<h3>{len(candidates):,} duplicates to merge in Salesforce</h3><p class="note">Pairs of one '
+                 "Salesforce object the model matched but a guard kept apart (each holds its own record id): the "
+                 'CRM\'s own duplicates. <a href="merge_candidates.csv">merge_candidates.csv</a> lists them for '
+                 "Salesforce's merge tools (object, MasterRecordId: the survivor by survivorship, "
+                 "DuplicateRecordId); once merged there, the next run follows the merge.</p>"
+                 + _table(candidates.head(10)[["object", "MasterRecordId", "DuplicateRecordId", "probability"]],
+                          {"probability"}))
     top = queue.head(TOP_REVIEW)
     ids = _item_ids(top, tables.get("identity_map"))
     comparisons = [c[:-len("_level")] for c in queue.columns if c.endswith("_level")]
@@ -399,8 +425,14 @@ def _history(r: _Report, history: pd.DataFrame | None, persistent: bool) -> None
         r.section("history", "Run history", '<p class="note">No history.</p>')
         return
     runs = [str(i + 1) for i in range(len(history))]
-    body = "" if persistent else ('<p class="note">This run had no state directory (<code>--state</code>): no history '
-                                  "is kept, only this run is shown.</p>")
+    if not persistent:  # one run: charts over runs would have a single point
+        shown = history[["run_id", "records", "persons", "merged", "split", "links", "review_queue", "rejected_rows"]]
+        r.section("history", "Run history", '<p class="note">This run had no state directory (<code>--state</code>): '
+                  "no history is kept, so there is nothing to chart over runs. This run:</p>"
+                  + _table(shown.tail(1), {"records", "persons", "merged", "split", "links", "review_queue",
+                                           "rejected_rows"}))
+        return
+    body = ""
 
     def series(name: str, column: str) -> dict:
         return {"name": name, "values": [None if pd.isna(v) else float(v) for v in history[column]]}
@@ -408,7 +440,8 @@ def _history(r: _Report, history: pd.DataFrame | None, persistent: bool) -> None
     body += "<h3>Persons merged and split per run</h3>" + r.chart("history_merges", {
         "type": "vbar", "labels": runs, "xLabel": "run",
         "series": [{"name": "merged", "values": history["merged"].astype(int).tolist()},
-                   {"name": "split", "values": history["split"].astype(int).tolist()}]})
+                   {"name": "split", "values": history["split"].astype(int).tolist()}]},
+        empty="No person was merged or split in any run so far.")
     body += "<h3>Review queue and rejected rows per run</h3>" + r.chart("history_queue", {
         "type": "line", "x": runs, "xLabel": "run",
         "series": [series("review queue", "review_queue"), series("rejected rows", "rejected_rows")]})
@@ -473,12 +506,8 @@ def tables_of(resolution) -> dict[str, pd.DataFrame | None]:
 
 
 def read_truth(path: Path) -> pd.DataFrame:
-    """Truth records from a truth folder written by `resolver generate` (records.parquet) or that file."""
-    path = Path(path)
-    file = path / "records.parquet" if path.is_dir() else path
-    if not file.exists():
-        raise ConfigError(f"{file}: no truth records (expected the truth folder `resolver generate` writes)")
-    return pd.read_parquet(file, columns=["source", "record_key", "person_id"])
+    """Truth records (evaluate.TRUTH_FORMAT: a truth folder, or a .parquet or .csv file)."""
+    return read_truth_records(path)[["source", "record_key", "person_id"]]
 
 
 def report_from_outputs(out_dir: Path, tables: dict[str, pd.DataFrame] | None = None,

@@ -43,6 +43,27 @@
       text(s, x + j * 130 + 14, y, clip(ser.name, 18), { "font-size": 11 });
     });
   }
+  // Axis ticks up to hi: 0 and round steps on a linear axis; 0, 1, 10, 100... on a log axis
+  // (the bars' log scale is log10(1 + v), so 0 sits on the baseline).
+  function ticks(hi, log) {
+    var out = [0];
+    if (log) {
+      for (var p = 1; p <= hi; p *= 10) { out.push(p); }
+      return out;
+    }
+    var raw = hi / 4, mag = Math.pow(10, Math.floor(Math.log10(raw))), step = mag;
+    [1, 2, 2.5, 5, 10].some(function (m) { step = m * mag; return step >= raw; });
+    for (var t = step; t <= hi * 1.0001; t += step) { out.push(t); }
+    return out;
+  }
+  function yAxis(s, left, top, plotW, plotH, hi, scale, log) {
+    ticks(hi, log).forEach(function (t) {
+      var y = top + plotH - scale(t) * plotH;
+      if (t > 0) { el("line", { x1: left, x2: left + plotW, y1: y, y2: y, stroke: "#eee" }, s); }
+      text(s, left - 6, y + 3, fmt(t), { "text-anchor": "end", "font-size": 10 });
+    });
+    if (log) { text(s, 4, top - 2, "log scale", { "font-size": 9, fill: "#777" }); }
+  }
   function finite(values) { return values.filter(function (v) { return v !== null && !isNaN(v); }); }
 
   // Horizontal bars, one row per label; series grouped (or stacked); signed values diverge from 0.
@@ -101,10 +122,8 @@
     var scale = spec.log ? function (v) { return v <= 0 ? 0 : Math.log10(1 + v) / Math.log10(1 + hi); } : function (v) { return v / hi; };
     var s = svg(host, W, H);
     if (k > 1) { legend(s, series, left, 14); }
+    yAxis(s, left, top, plotW, plotH, hi, scale, spec.log);
     el("line", { x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH, stroke: "#999" }, s);
-    text(s, left - 6, top + 8, fmt(hi), { "text-anchor": "end", "font-size": 10 });
-    text(s, left - 6, top + plotH, "0", { "text-anchor": "end", "font-size": 10 });
-    if (spec.log) { text(s, left - 6, top + 20, "log", { "text-anchor": "end", "font-size": 9, fill: "#777" }); }
     var bw = Math.min(plotW / Math.max(n, 1), 90), every = Math.max(1, Math.ceil(n / 24));
     labels.forEach(function (label, i) {
       var x0 = left + i * bw, base = top + plotH;
@@ -146,10 +165,9 @@
     var py = function (v) { return top + plotH - v / hi * plotH; };
     var s = svg(host, W, H);
     legend(s, series, left, 14);
+    yAxis(s, left, top, plotW, plotH, hi, function (v) { return v / hi; }, false);
     el("line", { x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH, stroke: "#999" }, s);
     el("line", { x1: left, x2: left, y1: top, y2: top + plotH, stroke: "#999" }, s);
-    text(s, left - 6, top + 8, fmt(hi), { "text-anchor": "end", "font-size": 10 });
-    text(s, left - 6, top + plotH, "0", { "text-anchor": "end", "font-size": 10 });
     var every = Math.max(1, Math.ceil(n / 12));
     xs.forEach(function (x, i) {
       if (i % every === 0 || i === n - 1) { text(s, px(i), top + plotH + 14, clip(x, 12), { "text-anchor": "middle", "font-size": 10 }); }
