@@ -36,3 +36,18 @@ def test_dockerfile_copies_what_exists_and_installs_known_extras(dockerfile):
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     for group in re.findall(r'pip install [^\n]*"\.\[([^\]]+)\]"', text):
         assert set(group.split(",")) <= extras, f"{dockerfile.name} installs unknown extras {group}"
+
+
+def _installed_requirements(dockerfile: Path) -> list[str]:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    groups = re.findall(r'pip install [^\n]*"\.\[([^\]]+)\]"', dockerfile.read_text())
+    return [req for group in groups for extra in group.split(",") for req in extras[extra]]
+
+
+def test_the_cpu_image_can_serve_and_the_gpu_image_keeps_the_base_images_cupy():
+    cpu = _installed_requirements(ROOT / "docker" / "Dockerfile.cpu")
+    assert any(r.startswith("uvicorn") for r in cpu) and any(r.startswith("starlette") for r in cpu)
+    assert "EXPOSE 8080" in (ROOT / "docker" / "Dockerfile.cpu").read_text()
+    gpu = _installed_requirements(ROOT / "docker" / "Dockerfile.gpu")
+    assert any(r.startswith("numba-cuda") for r in gpu)
+    assert not [r for r in gpu if r.lower().startswith("cupy")], "a second CuPy over the RAPIDS image's own"
