@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from resolver.compute.backend import select_backend
 from resolver.config import Config, ConfigError, _format_validation_error, load_config
 from resolver.ingest.attributes import matching_columns, normalize_attribute
+from resolver.ingest.remote import is_url
 from resolver.matching.blocking import rule_keys
 from resolver.matching.compare import comparison_matrix, prepare_all
 from resolver.matching.model import FSModel, comparison_weights, household_adjustments, probabilities
@@ -150,11 +151,12 @@ def resolve(config: Config | str | Path, data: Mapping[str, pd.DataFrame | pa.Ta
         elif output_dir is not None:
             config = config.model_copy(deep=True)
         if output_dir is not None:
-            config.run.output_dir = str(Path(output_dir).resolve())
+            config.run.output_dir = str(output_dir) if is_url(str(output_dir)) else str(Path(output_dir).resolve())
         chosen = select_backend(backend or config.run.backend)
         resolution = run(config, write=output_dir is not None, backend=chosen,
                          state_dir=Path(state_dir).resolve() if state_dir is not None else None)
-    return Result(resolution, Path(output_dir).resolve() if output_dir is not None else None)
+    local = output_dir is not None and not is_url(str(output_dir))
+    return Result(resolution, Path(output_dir).resolve() if local else None)
 
 
 # ---------------------------------------------------------------------------------------------

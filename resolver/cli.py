@@ -37,6 +37,13 @@ def _stderr(quiet: bool = False) -> Console:
     return Console(stderr=True, quiet=quiet, soft_wrap=True)
 
 
+def _output_dir(out: str) -> str:
+    """--out as run.output_dir: a URL as given (published there: ingest/remote.py), a folder resolved."""
+    from resolver.ingest.remote import is_url
+
+    return out if is_url(out) else str(Path(out).resolve())
+
+
 def _talk(args) -> RunLog:
     """How this command reports its progress, warnings and errors (--log-format, --quiet)."""
     return RunLog(_console(args), getattr(args, "log_format", "text"), quiet=getattr(args, "quiet", False))
@@ -46,7 +53,7 @@ def _run_pipeline(config, talk: RunLog, model_path: Path | None = None, state_di
                   full: bool = False, truth: Path | None = None):
     from resolver.pipeline import run
 
-    talk.emit("info", "run_started", sources=[s.name for s in config.sources], output_dir=str(config.output_path()))
+    talk.emit("info", "run_started", sources=[s.name for s in config.sources], output_dir=config.run.output_dir)
     with talk:
         return run(config, report=talk, model_path=model_path, state_dir=state_dir, full=full, truth=truth)
 
@@ -188,7 +195,7 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     _config_warnings(talk, config)
     if args.out:
-        config.run.output_dir = str(Path(args.out).resolve())
+        config.run.output_dir = _output_dir(args.out)
     if args.no_guards:
         config.identity.guards = False
     if args.allow_unhealthy_model and config.matching is not None:
@@ -209,8 +216,8 @@ def cmd_run(args) -> int:
     _print_warnings(talk, res.summary, already=config.warnings())
     if (res.summary.get("report") or {}).get("error"):
         talk.warning(f"report.html could not be built: {res.summary['report']['error']}")
-    talk.info(f"outputs: {config.output_path()} (report: {config.output_path() / 'report.html'})", "outputs",
-              output_dir=str(config.output_path()))
+    where = res.summary.get("published_to") or str(config.output_path())
+    talk.info(f"outputs: {where} (report: {where.rstrip('/')}/report.html)", "outputs", output_dir=where)
     return _model_health_exit(talk, res.summary)
 
 
@@ -430,7 +437,7 @@ def cmd_forget(args) -> int:
     console = _console(args)
     config = load_config(args.config)
     if args.out:
-        config.run.output_dir = str(Path(args.out).resolve())
+        config.run.output_dir = _output_dir(args.out)
     kind, value = next((k, getattr(args, k)) for k in ("email", "phone", "person", "record") if getattr(args, k))
     entry = forget(config, _recovered(Path(args.state) if args.state else config.state_path()), kind, value)
     console.print(f"forgot {entry['persons']} person(s): {entry['records']} record(s), {entry['identifiers']} "

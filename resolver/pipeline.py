@@ -29,6 +29,7 @@ from resolver.graph.guards import CUT, GraphResult, resolve_graph
 from resolver.ids import record_member_keys
 from resolver.ingest.attributes import normalization_report
 from resolver.ingest.memo import NormalizationMemo
+from resolver.ingest.remote import publish, staged
 from resolver.ingest.plan import absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of
 from resolver.ingest.snapshots import SnapshotWriter
 from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
@@ -58,8 +59,15 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     see _run for what a run does."""
     return_freed_memory()
     backend = backend or select_backend(config.run.backend)
-    with open_engine(config.engine, config.run.workers, gpu=backend.on_gpu_path) as engine:
-        return _run(config, report, write, model_path, backend, state_dir, full, engine, truth)
+    # Remote sources are read from a local cache; a remote output folder is written locally, then
+    # published (ingest/remote.py).
+    with staged(config, state_dir) as (local, publish_to):
+        with open_engine(local.engine, local.run.workers, gpu=backend.on_gpu_path) as engine:
+            res = _run(local, report, write, model_path, backend, state_dir, full, engine, truth)
+        if write and publish_to is not None:
+            publish(local.output_path(), publish_to)
+            res.summary["published_to"] = publish_to
+    return res
 
 
 def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,

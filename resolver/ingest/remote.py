@@ -1,0 +1,142 @@
+"""Sources and outputs in object stores: `path: s3://bucket/crm/*.csv`, `output_dir: gs://bucket/out`
+(any URL pyarrow.fs opens: s3://, gs://, abfs://, hdfs://, with credentials and endpoints from the
+environment as each store's SDK reads them: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).
+
+Remote inputs are copied to a local cache before the run and read there, so every reader keeps
+its guarantees (rejects with file and row, pieces, snapshots); a copy is fetched again only when
+the object's size or modification time changed (with a state the cache lives in it, so an
+unchanged object is neither fetched nor ingested again). Remote outputs are written locally
+first, atomically as always, then uploaded file by file with run_summary.json last: a reader
+that finds this run's run_summary.json finds its other outputs complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from resolver.config import Config, ConfigError
+from resolver.ingest.readers import InputError
+
+GLOB_CHARS = set("*?[")
+
+
+def is_url(path: str) -> bool:
+    """A location with a scheme (s3://, gs://, ...); a Windows drive letter is not one."""
+    scheme, sep, _ = str(path).partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").isalnum()
+
+
+def _split_glob(url: str) -> tuple[str, list[str]]:
+    """(the URL up to the first folder with a glob character, the pattern's segments after it)."""
+    scheme, _, rest = url.partition("://")
+    parts = rest.split("/")
+    for i, part in enumerate(parts):
+        if GLOB_CHARS & set(part):
+            return f"{scheme}://{'/'.join(parts[:i])}", parts[i:]
+    return url, []
+
+
+def _filesystem(url: str):
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except (OSError, ValueError) as exc:  # pyarrow: unknown scheme, bad URI, missing credentials
+        raise ConfigError(f"{url}: cannot open this location: {exc}") from exc
+
+
+def remote_matches(url: str) -> list[tuple[str, object]]:
+    """(relative path, FileInfo) of each object the URL (glob: *, ?, [...] within a folder) names,
+    sorted so that runs are deterministic."""
+    import pyarrow.fs as pafs
+
+    base, pattern = _split_glob(url)
+    fs, root = _filesystem(base)
+    try:
+        if not pattern:
+            info = fs.get_file_info(root)
+            return [(Path(root).name, info)] if info.type == pafs.FileType.File else []
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=len(pattern) > 1, allow_not_found=True))
+    except OSError as exc:
+        raise ConfigError(f"{url}: cannot list: {exc}") from exc
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        relative = info.path[len(root):].lstrip("/").split("/")
+        if len(relative) == len(pattern) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(relative, pattern)):
+            out.append(("/".join(relative), info))
+    return sorted(out, key=lambda item: item[0])
+
+
+def _fetch(url: str, info, target: Path) -> None:
+    """The object at `url` copied to `target`, unless the copy there has its size and mtime."""
+    mtime_ns = info.mtime_ns if info.mtime_ns is not None else 0
+    if target.exists() and target.stat().st_size == info.size and target.stat().st_mtime_ns == mtime_ns:
+        return
+    fs, path = _filesystem(url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with fs.open_input_stream(path) as src, open(partial, "wb") as dst:
+        while chunk := src.read(16 << 20):
+            dst.write(chunk)
+    os.utime(partial, ns=(mtime_ns, mtime_ns))
+    os.replace(partial, target)
+
+
+def _local_inputs(config: Config, cache: Path) -> None:
+    """Each remote source's objects fetched into cache/inputs/<source>/, and its path pointed there."""
+    for source in config.sources:
+        if not is_url(source.path):
+            continue
+        base, pattern = _split_glob(source.path)
+        folder = cache / "inputs" / source.name
+        matches = remote_matches(source.path)
+        if not matches:
+            raise InputError(f"source {source.name!r}: no objects match {source.path}")
+        for relative, info in matches:
+            _fetch(f"{base.rstrip('/')}/{relative}" if pattern else source.path, info, folder / relative)
+        keep = {folder / relative for relative, _ in matches}
+        for stale in (p for p in folder.rglob("*") if p.is_file() and p not in keep):
+            stale.unlink()  # an object gone from the store is gone from the source
+        source.path = str(folder / "/".join(pattern)) if pattern else str(folder / Path(base).name)
+
+
+def publish(local: Path, url: str) -> None:
+    """Upload the output folder's files under `url`, run_summary.json last."""
+    fs, root = _filesystem(url)
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == "run_summary.json", str(p)))
+    for path in files:
+        target = f"{root.rstrip('/')}/{path.relative_to(local).as_posix()}"
+        try:
+            with open(path, "rb") as src, fs.open_output_stream(target) as dst:
+                while chunk := src.read(16 << 20):
+                    dst.write(chunk)
+        except OSError as exc:
+            raise ConfigError(f"{url}: cannot write {path.name}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def staged(config: Config, state_dir: Path | None) -> Iterator[tuple[Config, str | None]]:
+    """The run's config with remote sources fetched to a local cache and a remote output_dir
+    replaced by a local folder (the URL to publish it to comes second; None: nothing to publish).
+    With a state the cache lives in it (state_dir/remote); else in a folder removed afterwards."""
+    remote_output = config.run.output_dir if is_url(config.run.output_dir) else None
+    if remote_output is None and not any(is_url(s.path) for s in config.sources):
+        yield config, None
+        return
+    config = config.model_copy(deep=True)
+    with contextlib.ExitStack() as stack:
+        if state_dir is not None:
+            cache = Path(state_dir) / "remote"
+        else:
+            cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="resolver-remote-")))
+        _local_inputs(config, cache)
+        if remote_output is not None:
+            config.run.output_dir = str(cache / "outputs")
+        yield config, remote_output
