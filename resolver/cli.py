@@ -264,8 +264,10 @@ def cmd_plan(args) -> int:
     console = _console(args)
     config = load_config(args.config)
     _config_warnings(_talk(args), config)
-    with console.status("reading records"):
-        blocking, n_records, growth = plan_matching(config)
+    from resolver.ingest.remote import staged
+
+    with console.status("reading records"), staged(config, None) as (local, _):  # remote sources: fetched
+        blocking, n_records, growth = plan_matching(local)
     cap = config.matching.blocking.max_block_size
     link_type = config.matching.link_type
     title = f"blocking plan: {n_records:,} records, block cap {cap:,}"

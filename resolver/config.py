@@ -93,9 +93,10 @@ class SourceConfig(_Strict):
     name: str
     system: Literal["salesforce", "segment", "ga4", "adobe", "tealium", "generic"] = "generic"
     kind: Literal["records", "events"] = "records"
-    format: Literal["csv", "parquet", "jsonl", "segment", "ga4", "adobe", "tealium", "duckdb"]
+    format: Literal["csv", "parquet", "jsonl", "segment", "ga4", "adobe", "tealium", "duckdb", "postgresql"]
     path: str
-    # format duckdb: the database file is `path`; its rows are `table`'s, or `query`'s (one of them)
+    # format duckdb: the database file is `path`; format postgresql: `path` is the server's URL, or
+    # env:NAME for the environment variable holding it. Their rows are `table`'s or `query`'s.
     table: str | None = None
     query: str | None = None
     csv: CsvOptions = Field(default_factory=CsvOptions)
@@ -122,10 +123,11 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _duckdb_needs_a_table_or_a_query(self) -> "SourceConfig":
-        if self.format == "duckdb" and (self.table is None) == (self.query is None):
-            raise ValueError(f"source {self.name!r}: format duckdb reads `table` or `query` (one of them)")
-        if self.format != "duckdb" and (self.table is not None or self.query is not None):
-            raise ValueError(f"source {self.name!r}: `table` and `query` are for format duckdb")
+        databases = ("duckdb", "postgresql")
+        if self.format in databases and (self.table is None) == (self.query is None):
+            raise ValueError(f"source {self.name!r}: format {self.format} reads `table` or `query` (one of them)")
+        if self.format not in databases and (self.table is not None or self.query is not None):
+            raise ValueError(f"source {self.name!r}: `table` and `query` are for formats duckdb and postgresql")
         return self
 
     @model_validator(mode="after")
@@ -438,6 +440,11 @@ class GoldenConfig(_Strict):
         return self.fields.get(field, self.rules)
 
 
+class PostgresOutput(_Strict):
+    url_env: str = "RESOLVER_POSTGRES_URL"  # the environment variable holding the server's URL
+    db_schema: str = "resolver"  # the schema whose tables each run replaces
+
+
 class RunOptions(_Strict):
     output_dir: str = "out"
     default_region: str = "US"
@@ -452,6 +459,8 @@ class RunOptions(_Strict):
     # Also write the outputs as one DuckDB database, output_dir/resolver.duckdb (every table, plus
     # views current_persons and current_golden_records); needs `pip install duckdb`.
     duckdb: bool = False
+    # Also load the outputs into PostgreSQL (COPY, one transaction; views as in DuckDB).
+    postgres: PostgresOutput | None = None
 
 
 class StitchingConfig(_Strict):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from resolver.config import Config
 from resolver.ids import format_person_ids, person_key, record_member_keys, salted
+from resolver.outputs.postgres_out import postgres_url, write_postgres
 from resolver.outputs.report import REPORT_FILE, report_from_outputs
 from resolver.outputs.writers import OUTPUT_TABLES, stage_rewrite
 from resolver.persons.merge_candidates import MERGE_CANDIDATES_CSV
@@ -92,6 +93,8 @@ def forget(config: Config, state_dir, kind: str, value: str) -> dict:
     store.commit_run(state, f"forget-{now.strftime('%Y%m%dT%H%M%S%f')}", out,
                      lambda folder: stage_rewrite(out, folder, changed, files=files), keep=1)
     entry["review_decisions"] = forget_decisions(state_dir, member_keys)
+    if config.run.postgres is not None:  # the loaded tables too
+        write_postgres(out, postgres_url(config.run.postgres.url_env), config.run.postgres.db_schema)
     result = {**entry, "time": now.isoformat(), "rows_removed": removed}
     url = store_url_for(config, Path(state_dir))
     if url is not None:  # what `serve` keeps about them goes too

@@ -38,6 +38,7 @@ from resolver.matching.match import MatchResult, match_records
 from resolver.matching.plan import matching_attributes
 from resolver.matching.reuse import Reuse
 from resolver.matching.score import DECISIONS
+from resolver.outputs.postgres_out import postgres_url, write_postgres
 from resolver.outputs.report import REPORT_FILE, report_for_run
 from resolver.outputs.writers import stage_outputs, write_outputs
 from resolver.persons.golden import raw_fields
@@ -64,6 +65,9 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     with staged(config, state_dir) as (local, publish_to):
         with open_engine(local.engine, local.run.workers, gpu=backend.on_gpu_path) as engine:
             res = _run(local, report, write, model_path, backend, state_dir, full, engine, truth)
+        if write and local.run.postgres is not None:
+            options = local.run.postgres
+            write_postgres(local.output_path(), postgres_url(options.url_env), options.db_schema)
         if write and publish_to is not None:
             publish(local.output_path(), publish_to)
             res.summary["published_to"] = publish_to

@@ -89,9 +89,49 @@ def _fetch(url: str, info, target: Path) -> None:
     os.replace(partial, target)
 
 
+def database_url(source) -> str:
+    """A postgresql source's server URL: its path, or the environment variable `env:NAME` names."""
+    if source.path.startswith("env:"):
+        url = os.environ.get(source.path[4:])
+        if not url:
+            raise ConfigError(f"source {source.name!r}: the environment variable {source.path[4:]} holds no URL")
+        return url
+    return source.path
+
+
+def _export_postgres(source, folder: Path) -> Path:
+    """A postgresql source's table or query exported with COPY to folder/rows.csv (replaced only when
+    the rows changed, so that unchanged rows keep the file's snapshot)."""
+    import psycopg
+
+    sql = source.query if source.query is not None else \
+        "SELECT * FROM " + ".".join('"' + part.replace('"', '""') + '"' for part in source.table.split("."))
+    folder.mkdir(parents=True, exist_ok=True)
+    target, partial = folder / "rows.csv", folder / "rows.csv.partial"
+    try:
+        with psycopg.connect(database_url(source)) as conn, conn.cursor() as cursor, open(partial, "wb") as out:
+            with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv, HEADER true)") as copy:
+                for chunk in copy:
+                    out.write(chunk)
+    except psycopg.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise InputError(f"source {source.name!r}: cannot read from PostgreSQL: "
+                         f"{str(exc).strip().splitlines()[0]}") from exc
+    if target.exists() and target.read_bytes() == partial.read_bytes():
+        partial.unlink()
+    else:
+        os.replace(partial, target)
+    return target
+
+
 def _local_inputs(config: Config, cache: Path) -> None:
-    """Each remote source's objects fetched into cache/inputs/<source>/, and its path pointed there."""
+    """Each remote source's objects fetched into cache/inputs/<source>/ (a postgresql source's rows
+    exported there as CSV), and its path pointed there."""
     for source in config.sources:
+        if source.format == "postgresql":
+            source.path = str(_export_postgres(source, cache / "inputs" / source.name))
+            source.format, source.table, source.query = "csv", None, None
+            continue
         if not is_url(source.path):
             continue
         base, pattern = _split_glob(source.path)
@@ -127,7 +167,7 @@ def staged(config: Config, state_dir: Path | None) -> Iterator[tuple[Config, str
     replaced by a local folder (the URL to publish it to comes second; None: nothing to publish).
     With a state the cache lives in it (state_dir/remote); else in a folder removed afterwards."""
     remote_output = config.run.output_dir if is_url(config.run.output_dir) else None
-    if remote_output is None and not any(is_url(s.path) for s in config.sources):
+    if remote_output is None and not any(is_url(s.path) or s.format == "postgresql" for s in config.sources):
         yield config, None
         return
     config = config.model_copy(deep=True)
