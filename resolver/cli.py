@@ -546,6 +546,41 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def cmd_subscribe(args) -> int:
+    """Salesforce Change Data Capture over the Pub/Sub API into the sync store (sync/pubsub.py)."""
+    import grpc
+
+    from resolver.config import ConfigError
+    from resolver.sync.pubsub import PubSubSession, Subscriber
+    from resolver.sync.worker import Worker
+
+    names = ("SALESFORCE_ACCESS_TOKEN", "SALESFORCE_INSTANCE_URL", "SALESFORCE_ORG_ID")
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise ConfigError(f"subscribe salesforce needs {', '.join(missing)} in the environment (an OAuth access "
+                          "token, the org's instance URL and its id)")
+    session = PubSubSession(*(os.environ[n] for n in names), endpoint=args.endpoint, secure=not args.insecure)
+    talk = _talk(args)
+    service = _sync_service(args, import_batch=True)
+    worker = None if args.no_resolve else Worker(service)
+    subscriber = Subscriber(service, session, args.topic, replay=args.replay, batch=args.batch,
+                            resolve=(lambda: worker.drain()) if worker is not None else None)
+    try:
+        received = subscriber.run(max_events=args.max_events)
+    except grpc.RpcError as exc:
+        raise SubscriptionError(f"{args.endpoint} {args.topic}: {exc.code().name}: {exc.details()}") from None
+    except KeyboardInterrupt:
+        received = subscriber.received
+    finally:
+        service.close()
+    talk.info(f"{received} change events received from {args.topic}", "subscription_ended", received=received)
+    return EXIT_OK
+
+
+class SubscriptionError(RuntimeError):
+    """The Pub/Sub API refused or ended the subscription (authentication, topic, network)."""
+
+
 def cmd_dlq(args) -> int:
     from resolver.sync.service import dumps
 
@@ -717,6 +752,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(func=cmd_serve)
 
+    subscribe = sub.add_parser("subscribe", help="pull change events from a source system into the sync store")
+    subscribe_sub = subscribe.add_subparsers(dest="subscribe_system", required=True)
+    salesforce = sync_common(common(subscribe_sub.add_parser(
+        "salesforce", help="Change Data Capture over Salesforce's Pub/Sub API (gRPC), resumed from the stored "
+                           "replay id; credentials from SALESFORCE_ACCESS_TOKEN, SALESFORCE_INSTANCE_URL, "
+                           "SALESFORCE_ORG_ID")))
+    salesforce.add_argument("--topic", default="/data/ChangeEvents",
+                            help="the channel: /data/ChangeEvents (default), /data/ContactChangeEvent, ...")
+    salesforce.add_argument("--endpoint", default="api.pubsub.salesforce.com:7443", help="the Pub/Sub API's host:port")
+    salesforce.add_argument("--insecure", action="store_true", help="no TLS (a local test server only)")
+    salesforce.add_argument("--replay", choices=["latest", "earliest"], default="latest",
+                            help="where a first subscription starts (later ones resume after the stored replay id)")
+    salesforce.add_argument("--max-events", type=int, help="stop after this many events (default: run until stopped)")
+    salesforce.add_argument("--batch", type=int, default=100, choices=range(1, 101), metavar="1-100",
+                            help="events asked for per FetchRequest (default 100, the API's most)")
+    salesforce.add_argument("--no-resolve", action="store_true",
+                            help="only store the events: a running `resolver serve` on the same store resolves them")
+    salesforce.set_defaults(func=cmd_subscribe)
+
     dlq = sync_common(common(sub.add_parser("dlq", help="the sync service's dead-letter queue")))
     dlq.add_argument("action", choices=["list", "replay", "drop"],
                      help="list the dead letters, replay them now, or drop them")
@@ -793,6 +847,10 @@ EXAMPLES = {
     "forget": "resolver forget --config data/resolver.yaml --state data/state --email jane@example.com",
     "serve": "RESOLVER_WEBHOOK_SECRET=... resolver serve --config data/resolver.yaml --state data/state --port 8080",
     "dlq": "resolver dlq replay --config data/resolver.yaml --state data/state",
+    "subscribe": "resolver subscribe salesforce --config data/resolver.yaml --state data/state "
+                 "--topic /data/ContactChangeEvent",
+    "subscribe salesforce": "resolver subscribe salesforce --config data/resolver.yaml --state data/state "
+                            "--topic /data/ContactChangeEvent",
     "sync": "resolver sync export --config data/resolver.yaml --state data/state --update-config",
     "sync export": "resolver sync export --config data/resolver.yaml --state data/state --update-config",
     "plan": "resolver plan --config data/resolver.yaml",
@@ -832,7 +890,8 @@ def _expected_failures() -> list[tuple[type, str, int]]:
             (StateError, "state error", EXIT_CONFIG), (StoreError, "store error", EXIT_CONFIG),
             (ModelError, "model error", EXIT_CONFIG), (ReviewError, "review error", EXIT_CONFIG),
             (BackendUnavailable, "backend unavailable", EXIT_CONFIG), (EngineUnavailable, "engine unavailable", EXIT_CONFIG),
-            (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT)]
+            (CapacityError, "capacity", EXIT_CONFIG), (InputError, "input error", EXIT_INPUT),
+            (SubscriptionError, "subscription error", EXIT_CONFIG)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,9 @@ INBOX_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS inbox (
         seq {serial} PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, channel TEXT NOT NULL, received_at TEXT NOT NULL,
         payload TEXT NOT NULL)""",
+    # Where a pulled subscription stands (sync/pubsub.py: the replay id after the last stored
+    # event), written in the transaction that appends those events.
+    """CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, position TEXT NOT NULL)""",
 ]
 
 
