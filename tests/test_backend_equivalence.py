@@ -167,7 +167,7 @@ def test_cli_gpu_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     code = main(["run", "--config", str(tmp_path / "resolver.yaml"), "--backend", "gpu", "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("backend unavailable:") and "resolver[gpu]" in err
+    assert len(err.splitlines()) == 1 and err.startswith("backend unavailable:") and "resolver-identity[gpu]" in err
     assert not (tmp_path / "out").exists()  # nothing was written
 
 
