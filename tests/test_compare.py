@@ -6,7 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import JaroWinkler
 
-from resolver.matching.compare import compare_levels, level_labels, nickname_groups, prepare
+from resolver.matching.compare import (
+    compare_levels,
+    level_labels,
+    nickname_index,
+    nickname_neighbours,
+    prepare,
+    shares_nickname_group,
+)
 from resolver.config import ComparisonConfig
 
 
@@ -66,11 +73,19 @@ def test_labels_and_term_frequencies():
     assert p.frequency[:4].tolist() == [0.75, 0.75, 0.75, 0.25] and np.isnan(p.frequency[4])
 
 
-def test_nickname_table_puts_a_name_in_every_group_it_belongs_to():
-    groups = nickname_groups()
-    assert set(groups["bill"]) & set(groups["william"])
-    assert set(groups["chris"]) & set(groups["christopher"]) and set(groups["chris"]) & set(groups["christine"])
-    assert not set(groups["william"]) & set(groups["robert"])
+def test_nicknames_come_from_the_maintained_table_and_relate_short_forms_of_one_name():
+    neighbours = nickname_neighbours()
+    assert len(neighbours) > 2000  # the `nicknames` package's table, not a hand-kept list
+    number, _ = nickname_index()
+    pairs = [("bill", "william", True), ("bill", "robert", True), ("chris", "christopher", True),
+             ("chris", "christine", True), ("bob", "rob", True),  # two short forms of robert
+             ("william", "robert", False),  # both go by bill, which is shorter than either
+             ("bill", "bill", False),  # equal names are the exact level's
+             ("albert", "alfred", False), ("zebediah", "bill", False)]
+    ids_a = np.array([number.get(a, -1) for a, _, _ in pairs], dtype=np.int32)
+    ids_b = np.array([number.get(b, -1) for _, b, _ in pairs], dtype=np.int32)
+    assert shares_nickname_group(ids_a, ids_b).tolist() == [expected for *_, expected in pairs]
+    assert shares_nickname_group(ids_b, ids_a).tolist() == [expected for *_, expected in pairs]  # symmetric
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,7 +8,9 @@ term-frequency adjustment) is prepared once; pairs only index into it.
 
 from __future__ import annotations
 
+import csv
 import importlib.resources
+import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -121,29 +123,55 @@ def _frequency(codes: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def nickname_groups() -> dict[str, tuple[int, ...]]:
-    """Given name -> the nickname groups it belongs to (resolver/data/nicknames.csv)."""
-    text = (importlib.resources.files("resolver") / "data" / "nicknames.csv").read_text(encoding="utf-8")
-    groups: dict[str, list[int]] = {}
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    for g, line in enumerate(lines):
-        for name in line.split(","):
-            groups.setdefault(name.strip(), []).append(g)
-    return {name: tuple(ids) for name, ids in groups.items()}
+def nickname_neighbours() -> dict[str, frozenset[str]]:
+    """Given name -> the names the `nicknames` package lists as its nicknames, or lists it as a
+    nickname of (a maintained, genealogy-based table; its pairs run both ways: robert - bill,
+    bill - robert), lower case."""
+    text = (importlib.resources.files("nicknames") / "names.csv").read_text(encoding="utf-8")
+    neighbours: dict[str, set[str]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        if row.get("relationship") != "has_nickname":
+            continue
+        a, b = row["name1"].strip().lower(), row["name2"].strip().lower()
+        if a and b and a != b:
+            neighbours.setdefault(a, set()).add(b)
+            neighbours.setdefault(b, set()).add(a)
+    return {name: frozenset(names) for name, names in neighbours.items()}
 
 
-NICKNAME_SLOTS = 3
+def _nickname_pairs(neighbours: dict[str, frozenset[str]]):
+    """Every two names that may be one person's given name: a name and a nickname listed for it,
+    or two short forms of one longer name (bob and rob, of robert). Two names that are both
+    nicknames of a shorter one are not (william and robert, though both go by bill)."""
+    for name, others in neighbours.items():
+        for other in others:
+            yield name, other
+        shorter = [o for o in others if len(o) < len(name)]
+        for a in shorter:
+            for b in shorter:
+                if a != b:
+                    yield a, b
+
+
+@lru_cache(maxsize=1)
+def nickname_index() -> tuple[dict[str, int], np.ndarray]:
+    """(name -> a number, the sorted keys a * N + b of every two names _nickname_pairs relates):
+    whether two names are nicknames of each other is one binary search on the keys, on any array
+    module."""
+    neighbours = nickname_neighbours()
+    number = {name: i for i, name in enumerate(sorted(neighbours))}
+    n = len(number)
+    keys = {number[a] * n + number[b] for a, b in _nickname_pairs(neighbours)}
+    return number, np.array(sorted(keys), dtype=np.int64)
 
 
 def _nickname_ids(values: pd.Series) -> np.ndarray:
-    """Per record, up to three nickname group ids of its first word (-1 = none)."""
-    groups = nickname_groups()
+    """Per record, the number of its first word in the nickname table (-1 = not a known name)."""
+    number, _ = nickname_index()
     codes, uniques = pd.factorize(values)
-    table = np.full((len(uniques) + 1, NICKNAME_SLOTS), -1, dtype=np.int32)
+    table = np.full(len(uniques) + 1, -1, dtype=np.int32)
     for i, value in enumerate(uniques.tolist()):  # Python strings at once: iterating the array is slow
-        ids = groups.get(str(value).split(" ")[0], ())[:NICKNAME_SLOTS]
-        if ids:  # most names have none
-            table[i, : len(ids)] = ids
+        table[i] = number.get(str(value).split(" ")[0], -1)
     return table[np.where(codes >= 0, codes, len(uniques))]
 
 
@@ -293,20 +321,21 @@ def _haversine_km(lat1, lon1, lat2, lon2):
     return 2 * 6371.0088 * xp.arcsin(xp.sqrt(xp.clip(h, 0, 1)))
 
 
+def shares_nickname_group(ids_a, ids_b):
+    """Whether two names (nickname_index numbers, -1 = unknown) may be one person's given name
+    (nickname_index; equal names do not count: that is the exact level's)."""
+    xp = module_of(ids_a)
+    number, keys = nickname_index()
+    known = (ids_a >= 0) & (ids_b >= 0)
+    key = ids_a.astype(xp.int64) * len(number) + ids_b.astype(xp.int64)
+    keys = xp.asarray(keys)
+    at = xp.minimum(xp.searchsorted(keys, key), len(keys) - 1)
+    return known & (keys[at] == key) if len(keys) else xp.zeros(len(key), dtype=bool)
+
+
 def _nickname_match(ids, left, right):
-    """Whether the two records' names share a nickname group. Groups fill the slots from the
-    first, so only pairs where both have a first slot can match: most names have no group, and
-    the nine slot comparisons run on those pairs alone."""
-    xp = module_of(left)
-    hit = xp.zeros(len(left), dtype=bool)
-    both = xp.flatnonzero((ids[left, 0] >= 0) & (ids[right, 0] >= 0))
-    a, b = ids[left[both]], ids[right[both]]
-    shared = xp.zeros(len(both), dtype=bool)
-    for i in range(NICKNAME_SLOTS):
-        for j in range(NICKNAME_SLOTS):
-            shared |= (a[:, i] >= 0) & (a[:, i] == b[:, j])
-    hit[both] = shared
-    return hit
+    """Whether the two records' first names may be one given name (a nickname of the other)."""
+    return shares_nickname_group(ids[left], ids[right])
 
 
 def _assign(level: np.ndarray, todo: np.ndarray, hit: np.ndarray, value: int) -> None:

@@ -33,7 +33,7 @@ from resolver.config import Config, field_kind, golden_fields
 from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 from resolver.ingest.attributes import normalize_attribute
 from resolver.ingest.memo import NormalizationMemo
-from resolver.matching.compare import nickname_groups
+from resolver.matching.compare import nickname_index, shares_nickname_group
 
 NORMALIZED_DISPLAY = ("email", "phone", "date", "number")
 _BIG = np.iinfo(np.int64).max
@@ -290,23 +290,9 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
     n = len(values_a)
     similarity = jaro_winkler(encode_for_comparison(both), np.arange(n), np.arange(n, 2 * n))
     codes, names = pd.factorize(both.fillna(""))  # each distinct name looked up once
-    groups = _nickname_table(names)[codes]
-    a, b = groups[:n], groups[n:]
-    nickname = np.zeros(n, dtype=bool)
-    for i in range(groups.shape[1]):  # a shared nickname group
-        for j in range(groups.shape[1]):
-            nickname |= (a[:, i] >= 0) & (a[:, i] == b[:, j])
-    return np.where(nickname, 1.0, similarity)
-
-
-def _nickname_table(names) -> np.ndarray:
-    """Per name, the nickname groups it belongs to (a row each, -1 padded)."""
-    groups = nickname_groups()
-    of_name = [groups.get(name, ()) for name in names.tolist()]
-    table = np.full((len(of_name), max(map(len, of_name), default=0)), -1, dtype=np.int64)
-    for row, ids in enumerate(of_name):
-        table[row, :len(ids)] = ids
-    return table
+    number, _ = nickname_index()
+    ids = np.array([number.get(name, -1) for name in names.tolist()], dtype=np.int32)[codes]
+    return np.where(shares_nickname_group(ids[:n], ids[n:]), 1.0, similarity)
 
 
 def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config,

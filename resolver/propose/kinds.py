@@ -18,7 +18,7 @@ The order of the tests matters and is the documentation of the rules:
    a letter or a range), other numbers (skipped);
 4. short codes: postcodes of the UK / Canada / Netherlands, ids (digits and letters, mostly distinct);
 5. words: flags, gender, state and country (vocabularies), initials, first names (at least 12% of
-   the rows start with a given name of resolver/data/nicknames.csv), full names (2-4 words starting
+   the rows start with a full given name of the `nicknames` package's table), full names (2-4 words starting
    with a given name), streets (a street-type word after the first), cities (place words: "port",
    "mount", "lake", "north"... in 4% of the rows, or the name says city), categories (few distinct
    values), free text (long), unit designations, else last names.
@@ -33,7 +33,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from resolver.matching.compare import nickname_groups
+from resolver.matching.compare import nickname_neighbours
 from resolver.normalize import normalize_date, normalize_phone
 
 # Kinds. Compared kinds become attributes; the others are skipped with their reason.
@@ -104,7 +104,10 @@ def hinted(column: str, kind: str) -> bool:
 
 # --------------------------------------------------------------------------------- vocabularies
 def given_names() -> frozenset[str]:
-    return frozenset(nickname_groups())
+    """The full given names of the nickname table: those it lists a shorter nickname for (about a
+    thousand). Its short forms are left out: many are words or surnames too (bill, art, will),
+    and the detection thresholds below count rows that start with a given name."""
+    return frozenset(name for name, others in nickname_neighbours().items() if any(len(o) < len(name) for o in others))
 
 
 US_STATES = {
