@@ -53,3 +53,18 @@ def test_repeats_in_groups_are_pandas_duplicates(n_groups, rows, seed):
                           "b": rng.integers(0, 2, rows).astype(np.int16)})
     got = repeated_in_groups(frame["group"].to_numpy(), frame["a"].to_numpy(), frame["b"].to_numpy(), n_groups)
     assert got.tolist() == frame.duplicated(["group", "a", "b"], keep="first").tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(33, 3000), st.integers(1, 50), st.integers(0, 2**32 - 1))
+def test_repeats_in_a_big_group_are_found_by_sorting_and_equal_pandas(rows, distinct, seed):
+    """A group over _SMALL_GROUP rows (one record with thousands of identifiers) takes the sorted
+    path: the answer is the pairwise one's, without its quadratic time."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"group": rng.integers(0, 2, rows) * 0 + rng.integers(0, 2, rows),
+                          "a": rng.integers(0, distinct, rows).astype(np.uint64),
+                          "b": rng.integers(0, 3, rows).astype(np.uint64)})
+    got = repeated_in_groups(frame["group"].to_numpy(), frame["a"].to_numpy(), frame["b"].to_numpy(), 2)
+    assert got.tolist() == frame.duplicated(["group", "a", "b"], keep="first").tolist()

@@ -146,6 +146,9 @@ def _repeated_in_groups(group: np.ndarray, a: np.ndarray, b: np.ndarray, n_group
         fill[group[i]] += 1
     repeated = np.zeros(n, dtype=np.bool_)
     for g in range(n_groups):
+        if starts[g + 1] - starts[g] > _SMALL_GROUP:
+            _mark_repeats_sorted(order[starts[g]:starts[g + 1]], a, b, repeated)
+            continue
         for x in range(starts[g], starts[g + 1]):
             i = order[x]
             for y in range(starts[g], x):
@@ -156,9 +159,31 @@ def _repeated_in_groups(group: np.ndarray, a: np.ndarray, b: np.ndarray, n_group
     return repeated
 
 
+_SMALL_GROUP = 32  # rows of a group compared pairwise; a bigger group is sorted (no quadratic blow-up)
+
+
+@numba.njit(cache=True)
+def _mark_repeats_sorted(rows: np.ndarray, a: np.ndarray, b: np.ndarray, repeated: np.ndarray) -> None:
+    """Within one big group (`rows` in row order): every row after the first of its (a, b), by
+    stable sorts (by a, then by b within each run of equal a): the first of a run is its earliest row."""
+    by_a = rows[np.argsort(a[rows], kind="mergesort")]
+    start = 0
+    while start < len(by_a):
+        end = start + 1
+        while end < len(by_a) and a[by_a[end]] == a[by_a[start]]:
+            end += 1
+        run = by_a[start:end]
+        run = run[np.argsort(b[run], kind="mergesort")]
+        for k in range(1, len(run)):
+            if b[run[k]] == b[run[k - 1]]:
+                repeated[run[k]] = True
+        start = end
+
+
 def repeated_in_groups(group: np.ndarray, a: np.ndarray, b: np.ndarray, n_groups: int) -> np.ndarray:
-    """DataFrame({group, a, b}).duplicated(keep="first") where groups are small (a record's few
-    identifiers): rows counted into their groups, then each compared with the group's earlier rows.
+    """DataFrame({group, a, b}).duplicated(keep="first") for groups that are mostly small (a
+    record's few identifiers): rows counted into their groups, then each compared with the group's
+    earlier rows, or, in a group of more than _SMALL_GROUP rows, found by stable sorts.
     pandas factorizes the three columns and their combination instead (4.7 s for 12M rows)."""
     return _repeated_in_groups(np.ascontiguousarray(group, dtype=np.int64), np.ascontiguousarray(a),
                                np.ascontiguousarray(b), int(n_groups))
