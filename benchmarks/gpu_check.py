@@ -41,14 +41,15 @@ STAGES = {
     "probe": 45,
     "equal": 100,
     "speed": 90,
-    "e2e": 150,
+    "e2e": 110,
+    "dask": 45,
 }
 SIZES = {
     "gpu": {"pairs": 20_000_000, "hash_values": 5_000_000, "sessions": 2_000_000, "keys": 4_000_000,
             "edges": 1_000_000_000, "equal_edges": 20_000_000, "cpu_pairs": 20_000_000, "cpu_edges": 20_000_000,
-            "people": 1_000_000},
+            "people": 1_000_000, "dask_people": 100_000},
     "dry": {"pairs": 300, "hash_values": 300, "sessions": 30, "keys": 3_000, "edges": 200_000,
-            "equal_edges": 50_000, "cpu_pairs": 200_000, "cpu_edges": 200_000, "people": 600},
+            "equal_edges": 50_000, "cpu_pairs": 200_000, "cpu_edges": 200_000, "people": 600, "dask_people": 300},
 }
 COMPONENT_BYTES_PER_EDGE = 45  # int32 ids: edges, their roots and masks per round (85 with int64, traced)
 
@@ -385,7 +386,47 @@ def _resolve_both(rec: Recorder, people: int, folder: Path, cp, same_frame) -> N
             r.update(status="failed" if differ else "ok", detail=", ".join(differ) or "partition, persons, scored pairs")
 
 
-STAGE_FUNCTIONS = {"probe": stage_probe, "equal": stage_equal, "speed": stage_speed, "e2e": stage_e2e}
+def stage_dask(rec: Recorder, sizes: dict, cp) -> None:
+    """The mission's shape on one machine: the gpu backend on the dask engine (dask-cuda's
+    LocalCUDACluster, one worker on the one GPU; simulated: a 2-worker CPU LocalCluster), whose
+    workers make, compare and count their pair buckets and hold the components' edges on their
+    GPU; its outputs against the local cpu run's."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _backend_equivalence import same_frame
+
+    from resolver.compute.backend import CPU, select_backend, simulated_gpu
+    from resolver.config import load_config
+    from resolver.pipeline import run
+    from resolver.synth.people import generate
+
+    with tempfile.TemporaryDirectory(prefix="gpu-check-dask-") as tmp:
+        folder = Path(tmp)
+        generate(folder, sizes["dask_people"], seed=2, workers=os.cpu_count() or 2, events=False)
+        config = load_config(folder / "resolver.yaml")
+        if cp is None and config.matching is not None:
+            config.matching.model.u_sample_pairs = 1000
+            config.matching.model.allow_unhealthy = True
+        cpu = run(config, write=False, backend=CPU)
+        config.engine.name, config.engine.workers = "dask", 1 if cp is not None else 2
+        with rec.check(f"dask engine, gpu backend ({sizes['dask_people']:,} people)") as r:
+            start = time.perf_counter()
+            gpu = run(config, write=False, backend=select_backend("gpu") if cp is not None else simulated_gpu())
+            engine, matching = gpu.summary["engine"], gpu.matching or {}
+            r.update(value=round(time.perf_counter() - start, 2), unit="s",
+                     detail=f"{engine.get('cluster')} x {engine.get('workers')}, components "
+                            f"{gpu.summary['backend'].get('components')}, pairs compared on "
+                            f"{(matching.get('buckets') or matching.get('streamed') or {}).get('compared_on')}")
+        with rec.check("dask gpu outputs == local cpu outputs") as r:
+            checks = {"partition": bool(cpu.identity_map["person_id"].equals(gpu.identity_map["person_id"])),
+                      "persons": same_frame(cpu.persons, gpu.persons)}
+            if cpu.matching is not None:
+                checks["scored pairs"] = same_frame(cpu.scored_pairs, gpu.scored_pairs)
+            differ = [k for k, same in checks.items() if not same]
+            r.update(status="failed" if differ else "ok", detail=", ".join(differ) or "partition, persons, scored pairs")
+
+
+STAGE_FUNCTIONS = {"probe": stage_probe, "equal": stage_equal, "speed": stage_speed, "e2e": stage_e2e,
+                   "dask": stage_dask}
 
 
 # --------------------------------------------------------------------------------------- driver

@@ -13,7 +13,7 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
 python3 -m pip download -q "${py[@]}" "${plat[@]}" \
   pandas==3.1.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection \
   phonenumbers==9.0.43 orjson==3.13.0 Unidecode==1.4.0 jellyfish==1.3.0 RapidFuzz==3.14.6 \
-  tzdata typing-extensions ua-parser==1.0.2 ua-parser-builtins==202610
+  tzdata typing-extensions ua-parser==1.0.2 ua-parser-builtins==202610 nicknames==1.0.1
 # Dask, distributed and dask-cuda (4.6 MB with their dependencies): the multi-worker path runs on a
 # one-GPU machine with one or two workers.
 python3 -m pip download -q "${py[@]}" "${plat[@]}" \

@@ -33,6 +33,8 @@ def test_the_dry_run_reaches_every_stage_and_the_simulated_kernels_equal_the_cpu
     equal = [r for r in rows if r["stage"] == "equal"]
     assert len(equal) == 10 and all(r["status"] == "ok" for r in equal), equal
     assert by_check[("e2e", "gpu outputs == cpu outputs")]["status"] == "ok"
+    assert by_check[("dask", "dask gpu outputs == local cpu outputs")]["status"] == "ok"
+    assert "components dask" in by_check[("dask", "dask engine, gpu backend (300 people)")]["detail"]
     assert not [r for r in rows if r["status"] in ("error", "crashed", "timeout", "failed")]
     assert "| stage | check | status |" in proc.stdout  # the table, last
 
