@@ -901,6 +901,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         known = _expected_failures()
         if not isinstance(exc, tuple(kind for kind, _, _ in known)):
+            if getattr(args, "log_format", "text") == "json":  # a scheduler's log stays JSON lines
+                import traceback
+
+                error_line("json", "crash", f"{type(exc).__name__}: {exc}", EXIT_FAILURE,
+                           traceback="".join(traceback.format_exception(exc)))
+                return EXIT_FAILURE
             raise
         label, code = next((label, code) for kind, label, code in known if isinstance(exc, kind))
         error_line(getattr(args, "log_format", "text"), label, str(exc), code)

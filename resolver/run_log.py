@@ -95,10 +95,11 @@ class RunLog:
             self.console.print(text, highlight=False, soft_wrap=True)
 
 
-def error_line(log_format: str, label: str, message: str, code: int) -> None:
-    """A failed command's one line on stderr, in the command's log format."""
+def error_line(log_format: str, label: str, message: str, code: int, **fields) -> None:
+    """A failed command's one line on stderr, in the command's log format (`fields`: more JSON
+    fields, such as an unexpected failure's traceback)."""
     if log_format == "json":
         sys.stderr.write(json.dumps({"ts": _now(), "level": "error", "event": label.replace(" ", "_"),
-                                     "message": message, "exit_code": code}) + "\n")
+                                     "message": message, "exit_code": code, **fields}) + "\n")
     else:
         Console(stderr=True, soft_wrap=True).print(f"[red]{escape(label)}:[/red] {escape(message)}", highlight=False)

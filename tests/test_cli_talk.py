@@ -48,6 +48,30 @@ def test_json_logs_are_one_object_a_line(world, capsys):
     assert error["level"] == "error" and error["exit_code"] == 2 and "missing.yaml" in error["message"]
 
 
+def test_an_unexpected_failure_is_one_json_line_with_its_traceback(monkeypatch, capsys):
+    import resolver.cli as cli
+
+    def broken(args):
+        raise RuntimeError("disk on fire")
+
+    parser = cli.build_parser
+
+    def patched():
+        built = parser()
+        for action in built._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                action.choices["plan"].set_defaults(func=broken)
+        return built
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    assert main(["plan", "--config", "x.yaml", "--log-format", "json"]) == 1
+    line = json.loads(capsys.readouterr().err.strip())
+    assert line["event"] == "crash" and line["message"] == "RuntimeError: disk on fire" and line["exit_code"] == 1
+    assert "Traceback" in line["traceback"] and "disk on fire" in line["traceback"]
+    with pytest.raises(RuntimeError, match="disk on fire"):  # text: the traceback as Python prints it
+        main(["plan", "--config", "x.yaml"])
+
+
 def _commands(parser, path=()):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
