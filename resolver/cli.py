@@ -548,9 +548,14 @@ def cmd_serve(args) -> int:
 
 def cmd_subscribe(args) -> int:
     """Salesforce Change Data Capture over the Pub/Sub API into the sync store (sync/pubsub.py)."""
-    import grpc
-
     from resolver.config import ConfigError
+
+    try:
+        import fastavro  # noqa: F401 - needed to decode the events
+        import grpc
+    except ImportError as exc:
+        raise ConfigError(f"subscribe salesforce needs gRPC and Avro ({exc.name} is missing): "
+                          "pip install 'resolver-identity[serve]'") from None
     from resolver.sync.pubsub import PubSubSession, Subscriber
     from resolver.sync.worker import Worker
 
