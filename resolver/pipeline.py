@@ -23,7 +23,7 @@ from resolver.compute.backend import CPU, Backend, select_backend
 from resolver.compute.dispatch import choose, open_engine
 from resolver.compute.engine import LOCAL, Engine
 from resolver.compute.heap import return_freed_memory
-from resolver.config import Config, IdentityConfig, MatchingConfig, StitchingConfig
+from resolver.config import Config, ConfigError, IdentityConfig, MatchingConfig, StitchingConfig
 from resolver.graph.build import build_graph, flagged_of, with_probabilistic_edges
 from resolver.graph.guards import CUT, GraphResult, resolve_graph
 from resolver.ids import record_member_keys
@@ -59,6 +59,7 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     """Resolve the configured sources on the configured engine (config.engine: local, or dask);
     see _run for what a run does."""
     return_freed_memory()
+    _check_output_libraries(config, write)
     backend = backend or select_backend(config.run.backend)
     # Remote sources are read from a local cache; a remote output folder is written locally, then
     # published (ingest/remote.py).
@@ -72,6 +73,17 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
             publish(local.output_path(), publish_to)
             res.summary["published_to"] = publish_to
     return res
+
+
+def _check_output_libraries(config: Config, write: bool) -> None:
+    """A missing library for a configured output fails now, not after the whole run."""
+    import importlib.util
+
+    needs = [("duckdb", "run.duckdb", "duckdb")] if write and config.run.duckdb else []
+    needs += [("psycopg", "run.postgres", "serve")] if write and config.run.postgres is not None else []
+    for module, option, extra in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{option} needs {module}: pip install 'resolver-identity[{extra}]'")
 
 
 def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,

@@ -102,7 +102,11 @@ def database_url(source) -> str:
 def _export_postgres(source, folder: Path) -> Path:
     """A postgresql source's table or query exported with COPY to folder/rows.csv (replaced only when
     the rows changed, so that unchanged rows keep the file's snapshot)."""
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise InputError(f"source {source.name!r}: format postgresql needs psycopg: "
+                         "pip install 'resolver-identity[serve]'") from None
 
     sql = source.query if source.query is not None else \
         "SELECT * FROM " + ".".join('"' + part.replace('"', '""') + '"' for part in source.table.split("."))

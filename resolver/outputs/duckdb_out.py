@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from resolver.config import ConfigError
+
 DUCKDB_FILE = "resolver.duckdb"
 
 # Persons that hold a live record or events (a person all of whose records were deleted at the
@@ -27,7 +29,10 @@ VIEWS = {
 
 def write_duckdb(folder: Path) -> Path:
     """(Re)build folder/resolver.duckdb from the folder's Parquet outputs; returns its path."""
-    import duckdb
+    try:
+        import duckdb
+    except ImportError:
+        raise ConfigError("run.duckdb needs DuckDB: pip install 'resolver-identity[duckdb]'") from None
 
     target = Path(folder) / DUCKDB_FILE
     target.unlink(missing_ok=True)

@@ -59,7 +59,10 @@ def _load(cursor, schema: str, path: Path) -> None:
 
 def write_postgres(folder: Path, url: str, schema: str) -> None:
     """Load folder's Parquet outputs into `schema` (replacing its tables) and make its views."""
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("run.postgres needs psycopg: pip install 'resolver-identity[serve]'") from None
 
     try:
         with psycopg.connect(url) as conn, conn.transaction(), conn.cursor() as cursor:
