@@ -266,7 +266,7 @@ def cmd_plan(args) -> int:
     _config_warnings(_talk(args), config)
     from resolver.ingest.remote import staged
 
-    with console.status("reading records"), staged(config, None) as (local, _):  # remote sources: fetched
+    with console.status("reading records"), staged(config, None) as (local, _, _):  # remote sources: fetched
         blocking, n_records, growth = plan_matching(local)
     cap = config.matching.blocking.max_block_size
     link_type = config.matching.link_type

@@ -29,7 +29,7 @@ from resolver.graph.guards import CUT, GraphResult, resolve_graph
 from resolver.ids import record_member_keys
 from resolver.ingest.attributes import normalization_report
 from resolver.ingest.memo import NormalizationMemo
-from resolver.ingest.remote import publish, staged
+from resolver.ingest.remote import name_origins, publish, staged
 from resolver.ingest.plan import absorb_lookups, attributes_of, ingest_actions, ingest_all, rejects_of, sessions_of
 from resolver.ingest.snapshots import SnapshotWriter
 from resolver.ingest.tables import SourceTables, Vocabulary, reject_cross_file_duplicates
@@ -63,9 +63,9 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     backend = backend or select_backend(config.run.backend)
     # Remote sources are read from a local cache; a remote output folder is written locally, then
     # published (ingest/remote.py).
-    with staged(config, state_dir) as (local, publish_to):
+    with staged(config, state_dir) as (local, publish_to, origins):
         with open_engine(local.engine, local.run.workers, gpu=backend.on_gpu_path) as engine:
-            res = _run(local, report, write, model_path, backend, state_dir, full, engine, truth)
+            res = _run(local, report, write, model_path, backend, state_dir, full, engine, truth, origins)
         if write and local.run.postgres is not None:
             options = local.run.postgres
             write_postgres(local.output_path(), postgres_url(options.url_env), options.db_schema)
@@ -87,7 +87,8 @@ def _check_output_libraries(config: Config, write: bool) -> None:
 
 
 def _run(config: Config, report: Reporter | None, write: bool, model_path: Path | None, backend: Backend,
-         state_dir: Path | None, full: bool, engine: Engine = LOCAL, truth: Path | None = None) -> Resolution:
+         state_dir: Path | None, full: bool, engine: Engine = LOCAL, truth: Path | None = None,
+         origins: dict[str, str] | None = None) -> Resolution:
     """Resolve the configured sources and (by default) write the outputs atomically. The backend
     is config.run.backend unless one is given (a BackendUnavailable error says what is missing).
 
@@ -114,6 +115,7 @@ def _run(config: Config, report: Reporter | None, write: bool, model_path: Path 
         reject_cross_file_duplicates(config, parts)
         res = resolve(config, parts, log, vocab, model_path, backend, start.previous, run_id, pd.Timestamp(started),
                       start.reuse, start.decisions, engine, start.memo)
+        name_origins(res, origins or {})  # remote rows name their object, not its cached copy
         res.summary = run_summary(config.identity.guards, parts, res, log, run_id, started)
         res.summary["backend"] = backend.describe(components=choose("components", backend, engine))
         res.summary["engine"] = engine.summary()

@@ -87,6 +87,9 @@ def test_s3_sources_and_outputs_give_the_local_runs_persons(world, s3):
     with s3.open_input_file("crm-bucket/runs/first/persons.parquet") as f:
         remote = pd.read_parquet(f)
     pd.testing.assert_frame_equal(remote, pd.read_parquet(world / "local" / "persons.parquet"))
+    with s3.open_input_file("crm-bucket/runs/first/identity_map.parquet") as f:
+        files = set(pd.read_parquet(f, columns=["file"])["file"].astype(str))
+    assert files == {f"s3://crm-bucket/exports/salesforce/{p.name}" for p in (world / "salesforce").glob("*.csv")}
 
 
 def test_a_state_keeps_the_fetched_objects_and_fetches_a_changed_one_again(world, s3, tmp_path):

@@ -53,6 +53,8 @@ def test_a_table_or_a_query_is_a_source_and_the_outputs_load_into_a_schema(world
     assert main(["run", "--config", by_table, "--out", str(tmp_path / "table"), "--state", str(tmp_path / "state"),
                  "-q"]) == EXIT_OK
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "table" / "persons.parquet"), expected)
+    files = set(pd.read_parquet(tmp_path / "table" / "identity_map.parquet", columns=["file"])["file"].astype(str))
+    assert "postgresql:sf_leads:crm.leads" in files  # the rows name their table, not the cached export
     by_query = _config(world, tmp_path, "query", {"format": "postgresql", "path": database,
                                                   "query": 'SELECT * FROM crm.leads ORDER BY "Id"'})
     assert main(["run", "--config", by_query, "--out", str(tmp_path / "query"), "-q"]) == EXIT_OK

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+
 from resolver.config import Config, ConfigError
 from resolver.ingest.readers import InputError
 
@@ -128,12 +130,16 @@ def _export_postgres(source, folder: Path) -> Path:
     return target
 
 
-def _local_inputs(config: Config, cache: Path) -> None:
+def _local_inputs(config: Config, cache: Path) -> dict[str, str]:
     """Each remote source's objects fetched into cache/inputs/<source>/ (a postgresql source's rows
-    exported there as CSV), and its path pointed there."""
+    exported there as CSV), and its path pointed there; returns each local copy's origin (the
+    object's URL; a query's source name), for the outputs' `file` columns."""
+    origins: dict[str, str] = {}
     for source in config.sources:
         if source.format == "postgresql":
+            origin = f"postgresql:{source.name}:{source.table or 'query'}"
             source.path = str(_export_postgres(source, cache / "inputs" / source.name))
+            origins[source.path] = origin
             source.format, source.table, source.query = "csv", None, None
             continue
         if not is_url(source.path):
@@ -144,11 +150,29 @@ def _local_inputs(config: Config, cache: Path) -> None:
         if not matches:
             raise InputError(f"source {source.name!r}: no objects match {source.path}")
         for relative, info in matches:
-            _fetch(f"{base.rstrip('/')}/{relative}" if pattern else source.path, info, folder / relative)
+            url = f"{base.rstrip('/')}/{relative}" if pattern else source.path
+            _fetch(url, info, folder / relative)
+            origins[str(folder / relative)] = url
         keep = {folder / relative for relative, _ in matches}
         for stale in (p for p in folder.rglob("*") if p.is_file() and p not in keep):
             stale.unlink()  # an object gone from the store is gone from the source
         source.path = str(folder / "/".join(pattern)) if pattern else str(folder / Path(base).name)
+    return origins
+
+
+def name_origins(resolution, origins: dict[str, str]) -> None:
+    """The outputs' `file` columns (identity_map, rejects) naming each remote row's object or query,
+    not the cached copy it was read from."""
+    if not origins:
+        return
+    for frame in (resolution.identity_map, resolution.rejects):
+        if frame is None or "file" not in frame or not len(frame):
+            continue
+        column = frame["file"]
+        if isinstance(column.dtype, pd.CategoricalDtype):  # distinct copies have distinct origins
+            frame["file"] = column.cat.rename_categories(lambda f: origins.get(str(f), f))
+        else:
+            frame["file"] = column.map(lambda f: origins.get(str(f), f)).astype(column.dtype)
 
 
 def publish(local: Path, url: str) -> None:
@@ -166,13 +190,14 @@ def publish(local: Path, url: str) -> None:
 
 
 @contextlib.contextmanager
-def staged(config: Config, state_dir: Path | None) -> Iterator[tuple[Config, str | None]]:
+def staged(config: Config, state_dir: Path | None) -> Iterator[tuple[Config, str | None, dict[str, str]]]:
     """The run's config with remote sources fetched to a local cache and a remote output_dir
-    replaced by a local folder (the URL to publish it to comes second; None: nothing to publish).
-    With a state the cache lives in it (state_dir/remote); else in a folder removed afterwards."""
+    replaced by a local folder; then the URL to publish it to (None: nothing to publish) and each
+    cached copy's origin (name_origins). With a state the cache lives in it (state_dir/remote);
+    else in a folder removed afterwards."""
     remote_output = config.run.output_dir if is_url(config.run.output_dir) else None
     if remote_output is None and not any(is_url(s.path) or s.format == "postgresql" for s in config.sources):
-        yield config, None
+        yield config, None, {}
         return
     config = config.model_copy(deep=True)
     with contextlib.ExitStack() as stack:
@@ -180,7 +205,7 @@ def staged(config: Config, state_dir: Path | None) -> Iterator[tuple[Config, str
             cache = Path(state_dir) / "remote"
         else:
             cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="resolver-remote-")))
-        _local_inputs(config, cache)
+        origins = _local_inputs(config, cache)
         if remote_output is not None:
             config.run.output_dir = str(cache / "outputs")
-        yield config, remote_output
+        yield config, remote_output, origins
