@@ -42,7 +42,7 @@ from resolver.resolution import Resolution
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "resolve", "Result", "score_pair",
            "Waterfall", "best_match", "Match"]
 
-TABLE_FORMATS = ("csv", "parquet", "jsonl", "duckdb")  # source formats whose rows are plain columns
+TABLE_FORMATS = ("csv", "parquet", "jsonl", "duckdb", "postgresql")  # source formats whose rows are plain columns
 
 
 def config_from_dict(raw: dict, base_dir: str | Path = ".") -> Config:
@@ -103,31 +103,35 @@ class Result:
         return f"<resolver.Result {counts}>"
 
 
-def _with_frames(config: Config, data: Mapping[str, pd.DataFrame | pa.Table], folder: Path) -> Config:
+def _with_frames(config: Config, data: Mapping[str, pd.DataFrame | pa.Table], folder: Path
+                 ) -> tuple[Config, dict[str, str]]:
     """The config with each source named in `data` read from that table (written to `folder` as
-    Parquet, so the readers' checks and rejects apply to it as to a file)."""
+    Parquet, so the readers' checks and rejects apply to it as to a file), and what the outputs'
+    `file` columns call each table: `data[<source>]`."""
     sources = {s.name: s for s in config.sources}
     unknown = sorted(set(data) - set(sources))
     if unknown:
         raise ConfigError(f"data names sources the config does not have: {unknown} (sources: {sorted(sources)})")
     config = config.model_copy(deep=True)
+    names: dict[str, str] = {}
     for source in config.sources:
         if source.name not in data:
             continue
         if source.format not in TABLE_FORMATS:
-            raise ConfigError(f"source {source.name!r}: a table can stand in for a csv, parquet, jsonl or duckdb source, not "
-                              f"{source.format!r} (its reader expects that system's message files)")
+            raise ConfigError(f"source {source.name!r}: a table can stand in for a {', '.join(TABLE_FORMATS)} source, "
+                              f"not {source.format!r} (its reader expects that system's message files)")
         table = data[source.name]
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
         if not isinstance(table, pa.Table):
             raise TypeError(f"data[{source.name!r}]: expected a pandas DataFrame or a pyarrow Table, "
                             f"got {type(table).__name__}")
-        path = folder / f"{len(list(folder.iterdir()))}.parquet"
+        path = folder / f"{len(names)}.parquet"
         pq.write_table(table, path)
         source.table = source.query = None
         source.path, source.format = str(path), "parquet"
-    return config
+        names[str(path)] = f"data[{source.name}]"
+    return config, names
 
 
 def resolve(config: Config | str | Path, data: Mapping[str, pd.DataFrame | pa.Table] | None = None, *,
@@ -146,15 +150,16 @@ def resolve(config: Config | str | Path, data: Mapping[str, pd.DataFrame | pa.Ta
     if state_dir is not None and output_dir is None:
         raise ConfigError("state_dir needs output_dir: a run commits its outputs and its state together")
     with tempfile.TemporaryDirectory(prefix="resolver-api-") as folder:
+        names: dict[str, str] = {}
         if data:
-            config = _with_frames(config, data, Path(folder))
+            config, names = _with_frames(config, data, Path(folder))
         elif output_dir is not None:
             config = config.model_copy(deep=True)
         if output_dir is not None:
             config.run.output_dir = str(output_dir) if is_url(str(output_dir)) else str(Path(output_dir).resolve())
         chosen = select_backend(backend or config.run.backend)
         resolution = run(config, write=output_dir is not None, backend=chosen,
-                         state_dir=Path(state_dir).resolve() if state_dir is not None else None)
+                         state_dir=Path(state_dir).resolve() if state_dir is not None else None, file_names=names)
     local = output_dir is not None and not is_url(str(output_dir))
     return Result(resolution, Path(output_dir).resolve() if local else None)
 

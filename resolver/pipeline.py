@@ -55,9 +55,10 @@ from resolver.state.store import State
 
 def run(config: Config, report: Reporter | None = None, write: bool = True, model_path: Path | None = None,
         backend: Backend | None = None, state_dir: Path | None = None, full: bool = False,
-        truth: Path | None = None) -> Resolution:
+        truth: Path | None = None, file_names: dict[str, str] | None = None) -> Resolution:
     """Resolve the configured sources on the configured engine (config.engine: local, or dask);
-    see _run for what a run does."""
+    see _run for what a run does. `file_names`: what the outputs' `file` columns call some input
+    files (the Python API's tables: `data[<source>]`)."""
     return_freed_memory()
     _check_output_libraries(config, write)
     backend = backend or select_backend(config.run.backend)
@@ -65,7 +66,8 @@ def run(config: Config, report: Reporter | None = None, write: bool = True, mode
     # published (ingest/remote.py).
     with staged(config, state_dir) as (local, publish_to, origins):
         with open_engine(local.engine, local.run.workers, gpu=backend.on_gpu_path) as engine:
-            res = _run(local, report, write, model_path, backend, state_dir, full, engine, truth, origins)
+            res = _run(local, report, write, model_path, backend, state_dir, full, engine, truth,
+                       {**(file_names or {}), **origins})
         if write and local.run.postgres is not None:
             options = local.run.postgres
             write_postgres(local.output_path(), postgres_url(options.url_env), options.db_schema)

@@ -44,6 +44,8 @@ def test_tables_passed_in_give_the_outputs_of_the_files(world):
         assert result.identity_map["person_id"].equals(from_files.identity_map["person_id"])
         pd.testing.assert_frame_equal(result.persons, from_files.persons)
         pd.testing.assert_frame_equal(result.golden_records, from_files.golden_records)
+        contacts_files = result.identity_map.loc[result.identity_map["source"] == "sf_contacts", "file"]
+        assert set(contacts_files.astype(str)) == {"data[sf_contacts]"}  # not a temporary file's path
     assert repr(from_files).startswith("<resolver.Result identity_map: ")
 
 
@@ -61,7 +63,7 @@ def test_bad_tables_and_configs_are_one_line_errors(world):
                         "identifiers": {"user_id": "userId"}}],
            "identity": {"types": {"user_id": {}}}}
     events = resolver.config_from_dict(raw, base_dir=root)
-    with pytest.raises(resolver.ConfigError, match="a table can stand in for a csv, parquet, jsonl or duckdb source"):
+    with pytest.raises(resolver.ConfigError, match="a table can stand in for a csv, parquet, jsonl, duckdb, postgresql source"):
         resolver.resolve(events, data={"web": pd.DataFrame({"userId": ["u1"]})})
 
 
