@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -35,7 +34,6 @@ class RunLog:
         self.console, self.format, self.quiet = console, log_format, quiet
         self.live = log_format == "text" and console.is_terminal and not quiet
         self._status = None
-        self._started: dict[str, float] = {}
 
     # -- JSON lines -----------------------------------------------------------------------------
     def emit(self, level: str, event: str, **fields) -> None:
@@ -50,7 +48,6 @@ class RunLog:
     def __call__(self, event: str, entry: dict) -> None:
         stage = entry["stage"]
         if event == "start":
-            self._started[stage] = time.perf_counter()
             if self._status is not None:
                 self._status.update(f"[bold]{escape(stage)}")
             self.emit("info", "stage_started", stage=stage, rows_in=entry.get("rows_in"))
