@@ -578,7 +578,9 @@ def cmd_subscribe(args) -> int:
         received = subscriber.received
     finally:
         service.close()
-    talk.info(f"{received} change events received from {args.topic}", "subscription_ended", received=received)
+    talk.info(f"{received} change events received from {args.topic}"
+              + (f", {subscriber.unreadable} unreadable (logged)" if subscriber.unreadable else ""),
+              "subscription_ended", received=received, unreadable=subscriber.unreadable)
     return EXIT_OK
 
 

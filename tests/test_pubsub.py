@@ -180,3 +180,18 @@ def test_a_refused_session_is_a_one_line_error(batch, tmp_path, salesforce, monk
     monkeypatch.delenv("SALESFORCE_ORG_ID")
     assert main(["subscribe", "salesforce", "--config", str(root / "data" / "resolver.yaml"), "-q"]) == 2
     assert "SALESFORCE_ORG_ID" in capsys.readouterr().err
+
+
+def test_an_unreadable_event_is_logged_and_the_others_go_on(batch, tmp_path, salesforce, capsys, caplog):  # noqa: F811
+    root = _copy(batch, tmp_path)
+    contact = _contact(root)
+    fake, endpoint = salesforce([_event(contact["id"], 1, "before.garbage@fastmail.com"), b"\x07not avro",
+                                 _event(contact["id"], 3, "after.garbage@fastmail.com")])
+    assert main(["subscribe", "salesforce", "--config", str(root / "data" / "resolver.yaml"), "--state",
+                 str(root / "state"), "--endpoint", endpoint, "--insecure", "--replay", "earliest",
+                 "--max-events", "3"]) == EXIT_OK
+    assert "3 change events received from /data/ChangeEvents, 1 unreadable (logged)" in capsys.readouterr().err
+    assert any("e1" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+    service = _service(root)
+    assert service.profile("sf_contact_id", contact["id"])["golden"]["email"] == "after.garbage@fastmail.com"
+    service.close()

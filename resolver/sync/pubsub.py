@@ -26,7 +26,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from resolver.sync.payloads import parse_cdc
+from resolver.sync.payloads import PayloadError, parse_cdc
 
 log = logging.getLogger("resolver.sync")
 
@@ -160,6 +160,7 @@ class Subscriber:
     resolve: object = None
     schemas: dict = field(default_factory=dict)
     received: int = 0
+    unreadable: int = 0
 
     def _stub(self):
         import grpc
@@ -194,12 +195,20 @@ class Subscriber:
         return self.batch if max_events is None else max(1, min(self.batch, max_events - self.received))
 
     def events_of(self, stub, response) -> list:
-        """The response's change events, parsed as the CDC webhook parses its bodies."""
-        payloads = []
+        """The response's change events, parsed as the CDC webhook parses its bodies. An event that
+        cannot be decoded or parsed is logged (its id, replay id and why) and counted in
+        `unreadable`; the others go on (the webhook would answer 400 to its sender; here there is
+        no sender to tell)."""
+        events = []
         for consumer in response.events:
-            schema, record = decode(self._schema(stub, consumer.event.schema_id), consumer.event.payload)
-            payloads.append({"payload": cometd_payload(schema, record)})
-        return parse_cdc(json.dumps(payloads).encode()) if payloads else []
+            try:
+                schema, record = decode(self._schema(stub, consumer.event.schema_id), consumer.event.payload)
+                events += parse_cdc(json.dumps({"payload": cometd_payload(schema, record)}).encode())
+            except (PayloadError, ValueError, TypeError, KeyError, EOFError) as exc:
+                self.unreadable += 1
+                log.error("pubsub %s: event %s (replay id %s) unreadable: %s", self.topic, consumer.event.id,
+                          consumer.replay_id.hex(), exc)
+        return events
 
     def _store(self, events: list, replay_id: bytes) -> None:
         """The events and the replay id after them, in one inbox transaction."""
