@@ -377,13 +377,18 @@ def _resolve_both(rec: Recorder, people: int, folder: Path, cp, same_frame) -> N
                             f"{(results[name].matching or {}).get('candidate_pairs', 0):,} pairs")
     if len(results) == 2:
         cpu, gpu = results["cpu"], results["gpu"]
-        with rec.check("gpu outputs == cpu outputs") as r:
-            checks = {"partition": bool(cpu.identity_map["person_id"].equals(gpu.identity_map["person_id"])),
-                      "persons": same_frame(cpu.persons, gpu.persons)}
-            if cpu.matching is not None:
-                checks["scored pairs"] = same_frame(cpu.scored_pairs, gpu.scored_pairs)
-            differ = [k for k, same in checks.items() if not same]
-            r.update(status="failed" if differ else "ok", detail=", ".join(differ) or "partition, persons, scored pairs")
+        _compare_outputs(rec, "gpu outputs == cpu outputs", cpu, gpu, same_frame)
+
+
+def _compare_outputs(rec: Recorder, check: str, cpu, gpu, same_frame) -> None:
+    """One row: whether two runs gave the same partition, persons and scored pairs."""
+    with rec.check(check) as r:
+        checks = {"partition": bool(cpu.identity_map["person_id"].equals(gpu.identity_map["person_id"])),
+                  "persons": same_frame(cpu.persons, gpu.persons)}
+        if cpu.matching is not None:
+            checks["scored pairs"] = same_frame(cpu.scored_pairs, gpu.scored_pairs)
+        differ = [k for k, same in checks.items() if not same]
+        r.update(status="failed" if differ else "ok", detail=", ".join(differ) or "partition, persons, scored pairs")
 
 
 def stage_dask(rec: Recorder, sizes: dict, cp) -> None:
@@ -416,13 +421,7 @@ def stage_dask(rec: Recorder, sizes: dict, cp) -> None:
                      detail=f"{engine.get('cluster')} x {engine.get('workers')}, components "
                             f"{gpu.summary['backend'].get('components')}, pairs compared on "
                             f"{(matching.get('buckets') or matching.get('streamed') or {}).get('compared_on')}")
-        with rec.check("dask gpu outputs == local cpu outputs") as r:
-            checks = {"partition": bool(cpu.identity_map["person_id"].equals(gpu.identity_map["person_id"])),
-                      "persons": same_frame(cpu.persons, gpu.persons)}
-            if cpu.matching is not None:
-                checks["scored pairs"] = same_frame(cpu.scored_pairs, gpu.scored_pairs)
-            differ = [k for k, same in checks.items() if not same]
-            r.update(status="failed" if differ else "ok", detail=", ".join(differ) or "partition, persons, scored pairs")
+        _compare_outputs(rec, "dask gpu outputs == local cpu outputs", cpu, gpu, same_frame)
 
 
 STAGE_FUNCTIONS = {"probe": stage_probe, "equal": stage_equal, "speed": stage_speed, "e2e": stage_e2e,
