@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -54,3 +55,13 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     death signal fires when the thread that started it ends."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
+
+
+def map_in_workers(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """fn over items, results in order: in this process for one worker or one item, else in a
+    worker_pool of at most `workers` processes."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with worker_pool(min(workers, len(items))) as pool:
+        yield from pool.map(fn, items)

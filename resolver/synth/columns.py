@@ -239,6 +239,24 @@ def count(stats: dict, key: str, value) -> None:
     stats[key] = stats.get(key, 0) + int(value)
 
 
+def run_chunks(tasks: list, run_chunk, workers: int, take, progress=None) -> dict[str, int]:
+    """Each chunk task run (in this process or a worker pool: compute/workers.map_in_workers) and
+    handed to `take` in chunk order as it comes; returns their stats summed. `progress` is told how
+    many people are done after each chunk."""
+    from resolver.compute.workers import map_in_workers
+
+    totals: dict[str, int] = {}
+    done = 0
+    for task, stats in zip(tasks, map_in_workers(run_chunk, tasks, workers)):
+        take(task)
+        for k, v in stats.items():
+            count(totals, k, v)
+        done += task.size
+        if progress is not None:
+            progress(done)
+    return totals
+
+
 def message_ids(rng: np.random.Generator, kind: np.ndarray) -> pa.Array:
     """analytics.js writes ajs-<32 hex>; the mobile and server libraries write UUIDs (upper case on iOS)."""
     codes = uuid_codes(rng, len(kind), upper=kind == 1)

@@ -49,7 +49,7 @@ import contextlib
 import importlib.resources
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +60,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from resolver.compute.workers import worker_pool
 from resolver.synth import visitors as synth_visitors
 from resolver.synth.columns import (
     DAY_MS, DAY_S, by_group, choice, const, count, dates, digit_codes, epoch_s, fixed_width, hex_strings, ips,
-    iso_millis, join, message_ids, num, offsets, patch, permute, rank_within, scatter, sf_datetimes, take, text,
-    to_numpy, uuids, where, wrap, write_ipc, write_lines,
+    iso_millis, join, message_ids, num, offsets, patch, permute, rank_within, run_chunks, scatter, sf_datetimes, take,
+    text, to_numpy, uuids, where, wrap, write_ipc, write_lines,
 )
 from resolver.synth.tables import (
     ALIAS, AREA_CODES, BOOLEANS, CITY_NAMES, CITY_STATE_NAMES, CITY_STATES, CITY_ZIP3, COMPANY_NOUNS,
@@ -1308,15 +1307,6 @@ def _write_events(rng: np.random.Generator, task: _ChunkTask, p: _People, events
 # ----------------------------------------------------------------------------------------------
 # Orchestration
 # ----------------------------------------------------------------------------------------------
-def _chunk_results(tasks: list[_ChunkTask], workers: int) -> Iterator[dict]:
-    """Chunk stats in chunk order, computed in-process or by a spawn-based process pool."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield from map(_run_chunk, tasks)
-        return
-    with worker_pool(min(workers, len(tasks))) as pool:
-        yield from pool.map(_run_chunk, tasks)
-
-
 class _Assembler:
     """Appends each chunk's parts, in chunk order, to the final CSV and parquet files."""
 
@@ -1469,18 +1459,10 @@ def generate(out_dir: str | Path, people: int, seed: int = 0, *, chunk_people: i
     _prepare_out_dir(out, plan.events, plan.visitors)
     parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
     tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
-    totals: dict[str, int] = {}
-    done = 0
     try:
         with contextlib.ExitStack() as files:
             assembler = _Assembler(out, files, plan.visitors)
-            for task, stats in zip(tasks, _chunk_results(tasks, workers)):
-                assembler.append(task)
-                for k, v in stats.items():
-                    count(totals, k, v)
-                done += task.size
-                if progress is not None:
-                    progress(done)
+            totals = run_chunks(tasks, _run_chunk, workers, assembler.append, progress)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     _write_config(out, plan.events, plan.visitors)

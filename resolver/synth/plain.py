@@ -49,7 +49,7 @@ import contextlib
 import functools
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from resolver.compute.workers import worker_pool
-from resolver.synth.columns import count, dates, num, patch, permute, rank_within, take, text, where, write_ipc
+from resolver.synth.columns import (
+    count, dates, num, patch, permute, rank_within, run_chunks, take, text, where, write_ipc,
+)
 from resolver.synth.people import (
     BIRTH_FIRST_DAY, BIRTH_LAST_DAY, CRM_NAMES, DUPLICATE_NAMES, HOUSEHOLD_SHARED_PHONE_RATE, MAX_PEOPLE,
     RECORDS_SCHEMA, UK_RATE, FirstVocab, LastVocab, _ChunkTask, _email_domains, _email_local_parts, _EmailNoise,
@@ -314,14 +315,6 @@ def _run_chunk(task: _ChunkTask) -> dict:
     return stats
 
 
-def _chunk_results(tasks: list[_ChunkTask], workers: int) -> Iterator[dict]:
-    if workers <= 1 or len(tasks) <= 1:
-        yield from map(_run_chunk, tasks)
-        return
-    with worker_pool(min(workers, len(tasks))) as pool:
-        yield from pool.map(_run_chunk, tasks)
-
-
 # ----------------------------------------------------------------------------------------------
 # Config, manifest, orchestration
 # ----------------------------------------------------------------------------------------------
@@ -420,8 +413,6 @@ def generate_people(out_dir: str | Path, people: int, seed: int = 0, *, chunk_pe
     plan = _Plan(int(people), int(seed), int(chunk_people), events=False)
     parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out)
     tasks = [_ChunkTask(plan, i, str(out), parts_dir) for i in range(plan.chunks)]
-    totals: dict[str, int] = {}
-    done = 0
     try:
         with contextlib.ExitStack() as files:
             writers = {
@@ -430,16 +421,14 @@ def generate_people(out_dir: str | Path, people: int, seed: int = 0, *, chunk_pe
                 "records.arrow": files.enter_context(
                     pq.ParquetWriter(out / "truth" / "records.parquet", RECORDS_SCHEMA, compression="zstd")),
             }
-            for task, stats in zip(tasks, _chunk_results(tasks, workers)):
+
+            def append_parts(task: _ChunkTask) -> None:  # the chunk's parts appended to the files, then removed
                 for name, writer in writers.items():
                     with pa.memory_map(str(task.part(name))) as source:
                         writer.write_table(pa.ipc.open_file(source).read_all())
                     task.part(name).unlink()
-                for k, v in stats.items():
-                    count(totals, k, v)
-                done += task.size
-                if progress is not None:
-                    progress(done)
+
+            totals = run_chunks(tasks, _run_chunk, workers, append_parts, progress)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     (out / "resolver.yaml").write_text(RESOLVER_YAML, encoding="utf-8")
