@@ -28,7 +28,6 @@ from pydantic import ValidationError
 
 from resolver.compute.backend import select_backend
 from resolver.config import Config, ConfigError, _format_validation_error, load_config
-from resolver.ingest.attributes import matching_columns, normalize_attribute
 from resolver.ingest.remote import is_url
 from resolver.matching.blocking import rule_keys
 from resolver.matching.compare import comparison_matrix, prepare_all
@@ -38,6 +37,7 @@ from resolver.outputs.report import report_for_run, tables_of
 from resolver.outputs.writers import OUTPUT_TABLES
 from resolver.pipeline import run
 from resolver.resolution import Resolution
+from resolver.sync.matcher import match_forms
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "resolve", "Result", "score_pair",
            "Waterfall", "best_match", "Match"]
@@ -194,15 +194,6 @@ class Waterfall:
         return "\n".join(rows)
 
 
-def _match_forms(config: Config, records: list[Mapping]) -> dict[str, pd.Series]:
-    """Each matching attribute of the records in match form (the batch's normalizers)."""
-    out = {}
-    for column in matching_columns(config):
-        raw = pd.Series([None if r.get(column) is None else str(r.get(column)) for r in records], dtype="str")
-        out[column] = normalize_attribute(config.matching.normalizer(column), raw, config)
-    return out
-
-
 def _decision(config: Config, probability: float, vetoed: bool) -> str:
     """link at or above auto_merge (no must-agree veto), review in the band, else no_link."""
     thresholds = config.matching.thresholds
@@ -219,7 +210,7 @@ def score_pair(config: Config, model: FSModel | dict, a: Mapping, b: Mapping) ->
     Term-frequency adjustments need the run's value counts and are left out, as `serve` does."""
     if config.matching is None:
         raise ConfigError("score_pair needs a config with a matching section")
-    attributes = _match_forms(config, [a, b])
+    attributes = match_forms(config, [dict(a), dict(b)])
     prepared = prepare_all(config.matching.comparisons, attributes)
     rules = config.matching.blocking.rules
     if isinstance(model, dict):

@@ -12,7 +12,7 @@ from resolver.matching.compare import (
     nickname_index,
     nickname_neighbours,
     prepare,
-    shares_nickname_group,
+    are_nicknames,
 )
 from resolver.config import ComparisonConfig
 
@@ -84,8 +84,8 @@ def test_nicknames_come_from_the_maintained_table_and_relate_short_forms_of_one_
              ("albert", "alfred", False), ("zebediah", "bill", False)]
     ids_a = np.array([number.get(a, -1) for a, _, _ in pairs], dtype=np.int32)
     ids_b = np.array([number.get(b, -1) for _, b, _ in pairs], dtype=np.int32)
-    assert shares_nickname_group(ids_a, ids_b).tolist() == [expected for *_, expected in pairs]
-    assert shares_nickname_group(ids_b, ids_a).tolist() == [expected for *_, expected in pairs]  # symmetric
+    assert are_nicknames(ids_a, ids_b).tolist() == [expected for *_, expected in pairs]
+    assert are_nicknames(ids_b, ids_a).tolist() == [expected for *_, expected in pairs]  # symmetric
 
 
 @settings(max_examples=40, deadline=None)

@@ -81,12 +81,12 @@ def _fetch(url: str, info, target: Path) -> None:
     mtime_ns = info.mtime_ns if info.mtime_ns is not None else 0
     if target.exists() and target.stat().st_size == info.size and target.stat().st_mtime_ns == mtime_ns:
         return
+    import pyarrow.fs as pafs
+
     fs, path = _filesystem(url)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    with fs.open_input_stream(path) as src, open(partial, "wb") as dst:
-        while chunk := src.read(16 << 20):
-            dst.write(chunk)
+    pafs.copy_files(path, str(partial), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     os.utime(partial, ns=(mtime_ns, mtime_ns))
     os.replace(partial, target)
 
@@ -177,14 +177,14 @@ def name_origins(resolution, origins: dict[str, str]) -> None:
 
 def publish(local: Path, url: str) -> None:
     """Upload the output folder's files under `url`, run_summary.json last."""
+    import pyarrow.fs as pafs
+
     fs, root = _filesystem(url)
     files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == "run_summary.json", str(p)))
     for path in files:
         target = f"{root.rstrip('/')}/{path.relative_to(local).as_posix()}"
         try:
-            with open(path, "rb") as src, fs.open_output_stream(target) as dst:
-                while chunk := src.read(16 << 20):
-                    dst.write(chunk)
+            pafs.copy_files(str(path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         except OSError as exc:
             raise ConfigError(f"{url}: cannot write {path.name}: {exc}") from exc
 

@@ -321,9 +321,9 @@ def _haversine_km(lat1, lon1, lat2, lon2):
     return 2 * 6371.0088 * xp.arcsin(xp.sqrt(xp.clip(h, 0, 1)))
 
 
-def shares_nickname_group(ids_a, ids_b):
-    """Whether two names (nickname_index numbers, -1 = unknown) may be one person's given name
-    (nickname_index; equal names do not count: that is the exact level's)."""
+def are_nicknames(ids_a, ids_b):
+    """Per pair of names (nickname_index numbers, -1 = unknown): whether one is a nickname of the
+    other (nickname_index; equal names do not count: that is the exact level's)."""
     xp = module_of(ids_a)
     number, keys = nickname_index()
     known = (ids_a >= 0) & (ids_b >= 0)
@@ -335,7 +335,7 @@ def shares_nickname_group(ids_a, ids_b):
 
 def _nickname_match(ids, left, right):
     """Whether the two records' first names may be one given name (a nickname of the other)."""
-    return shares_nickname_group(ids[left], ids[right])
+    return are_nicknames(ids[left], ids[right])
 
 
 def _assign(level: np.ndarray, todo: np.ndarray, hit: np.ndarray, value: int) -> None:

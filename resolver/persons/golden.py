@@ -33,7 +33,7 @@ from resolver.config import Config, field_kind, golden_fields
 from resolver.kernels.strings import encode_for_comparison, jaro_winkler
 from resolver.ingest.attributes import normalize_attribute
 from resolver.ingest.memo import NormalizationMemo
-from resolver.matching.compare import nickname_index, shares_nickname_group
+from resolver.matching.compare import nickname_index, are_nicknames
 
 NORMALIZED_DISPLAY = ("email", "phone", "date", "number")
 _BIG = np.iinfo(np.int64).max
@@ -292,7 +292,7 @@ def _name_similarities(values_a: pd.Series, values_b: pd.Series) -> np.ndarray:
     codes, names = pd.factorize(both.fillna(""))  # each distinct name looked up once
     number, _ = nickname_index()
     ids = np.array([number.get(name, -1) for name in names.tolist()], dtype=np.int32)[codes]
-    return np.where(shares_nickname_group(ids[:n], ids[n:]), 1.0, similarity)
+    return np.where(are_nicknames(ids[:n], ids[n:]), 1.0, similarity)
 
 
 def build_golden(records: pd.DataFrame, record_person: pd.Series, person_ids: pd.Series, config: Config,

@@ -19,6 +19,20 @@ from resolver.sync.queries import golden_rows
 from resolver.sync.store import Tx
 
 
+def match_forms(config: Config, rows: list[dict], mapping: Mapping | None = None) -> dict[str, pd.Series]:
+    """Each matching column of some records ({attribute: raw value}) in match form: the batch's
+    normalize_attribute, or `mapping`'s memo of match forms when given (a value normalized once)."""
+    out = {}
+    for c in matching_columns(config):
+        raws = [value_text(row.get(c)) for row in rows]
+        kind = config.matching.normalizer(c)
+        if mapping is None or kind == "number":
+            out[c] = normalize_attribute(kind, pd.Series(raws, dtype="str"), config)
+            continue
+        out[c] = pd.Series(mapping.match_forms(c, raws), dtype="str")
+    return out
+
+
 class Matcher:
     """The batch model scoring one record against the golden records of block-sharing persons."""
 
@@ -26,22 +40,12 @@ class Matcher:
         self.config = config
         self.mapping = mapping  # its memo of match forms saves normalizing a value twice
         self.rules = config.matching.blocking.rules
-        self.columns = matching_columns(config)
         self.cap = config.matching.blocking.max_block_size
         prepared = prepare_all(config.matching.comparisons, self._attributes([{}]))
         self.model = FSModel.from_dict(model, prepared, [r.name for r in self.rules], "the state's model.json")
 
     def _attributes(self, rows: list[dict]) -> dict[str, pd.Series]:
-        """Each matching column in match form (the batch's normalize_attribute, per distinct value)."""
-        out = {}
-        for c in self.columns:
-            raws = [value_text(row.get(c)) for row in rows]
-            kind = self.config.matching.normalizer(c)
-            if self.mapping is None or kind == "number":
-                out[c] = normalize_attribute(kind, pd.Series(raws, dtype="str"), self.config)
-                continue
-            out[c] = pd.Series(self.mapping.match_forms(c, raws), dtype="str")
-        return out
+        return match_forms(self.config, rows, self.mapping)
 
     def keys(self, rows: list[dict]) -> np.ndarray:
         """(n_rules, n_rows) uint64 block keys (0 = no key)."""
