@@ -43,6 +43,9 @@ def similarities(target: str) -> dict:
                                                target=target).astype(np.float64),
         "lev_levels": strings.similarity_levels("levenshtein", enc, left, right, [0.9, 0.6], 3, 6, null=1,
                                                 target=target).astype(np.float64),
+        # every string against itself: a similarity of exactly 1.0 reaches the 1.0 threshold (>=)
+        "jw_levels_boundary": strings.similarity_levels("jaro_winkler", enc, left, left, [1.0, 0.9], 2, 5, 0.1,
+                                                        target=target).astype(np.float64),
         # the two-table form: right rows read from a second encoding
         "jw_other": strings.jaro_winkler(
             enc, left, right[::-1] % 5, other=strings.encode(values[:5]), target=target
